@@ -1,0 +1,115 @@
+"""The generic API channel's parser: the JSON body of ``POST /channels/api/messages``.
+
+The body shape is fixed by CONTRACTS.md. Validation errors name the field
+at fault (``$.sender.kind``) so the HTTP handler can answer 400 with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from datetime import datetime
+from typing import Any, Mapping
+
+import msgspec
+
+from connectors.base import PayloadRejected
+from routing.model import IDENTITY_KINDS, Attachment, Inbound, Sender, ThreadHints
+
+MAX_TEXT_CHARS = 256 * 1024
+
+
+class _Sender(msgspec.Struct, forbid_unknown_fields=True):
+    kind: str
+    value: str
+    name: str | None = None
+
+
+class _Attachment(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    content_type: str
+    data_base64: str
+
+
+class ApiMessage(msgspec.Struct, forbid_unknown_fields=True):
+    external_id: str
+    sender: _Sender
+    text: str
+    subject: str | None = None
+    attachments: list[_Attachment] = []
+    sent_at: datetime | None = None
+    ticket_ref: str | None = None
+    account: str | None = None
+
+
+_decoder = msgspec.json.Decoder(ApiMessage)
+
+
+class InvalidMessage(PayloadRejected):
+    """The body is not a valid API message; ``field`` is the JSON path at fault."""
+
+    def __init__(self, reason: str, field: str | None = None):
+        super().__init__(reason)
+        self.field = field
+
+
+def decode(raw: bytes) -> ApiMessage:
+    """Validate a request body; raises :class:`InvalidMessage` naming the field."""
+    try:
+        msg = _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        field = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else None
+        raise InvalidMessage(text, field) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidMessage(f"malformed JSON: {exc}") from None
+    if not msg.external_id.strip():
+        raise InvalidMessage("external_id must not be empty", "$.external_id")
+    if msg.sender.kind not in IDENTITY_KINDS:
+        raise InvalidMessage(
+            f"unknown sender kind {msg.sender.kind!r}; one of {', '.join(sorted(IDENTITY_KINDS))}", "$.sender.kind"
+        )
+    if not msg.sender.value.strip():
+        raise InvalidMessage("sender.value must not be empty", "$.sender.value")
+    if len(msg.text) > MAX_TEXT_CHARS:
+        raise InvalidMessage(f"text longer than {MAX_TEXT_CHARS} characters", "$.text")
+    if msg.sent_at is not None and msg.sent_at.tzinfo is None:
+        raise InvalidMessage("sent_at needs a UTC offset (ISO 8601, e.g. 2026-01-02T03:04:05+08:00)", "$.sent_at")
+    return msg
+
+
+def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
+    msg = decode(raw)
+    attachments = []
+    for i, a in enumerate(msg.attachments):
+        try:
+            data = base64.b64decode(a.data_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidMessage("data_base64 is not valid base64", f"$.attachments[{i}].data_base64") from None
+        attachments.append(
+            Attachment(
+                name=a.name,
+                content_type=a.content_type,
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                data=data,
+            )
+        )
+    value = msg.sender.value.strip()
+    if msg.sender.kind == "email":
+        value = value.lower()
+    return [
+        Inbound(
+            channel="api",
+            account=msg.account or str(context.get("account") or "api"),
+            external_id=msg.external_id,
+            kind="message",
+            sender=Sender(msg.sender.kind, value, msg.sender.name),
+            subject=msg.subject,
+            text=msg.text,
+            attachments=attachments,
+            thread=ThreadHints(ticket_ref=msg.ticket_ref),
+            sent_at=msg.sent_at,
+        )
+    ]

@@ -1,0 +1,141 @@
+"""The Connector protocol: the small, uniform surface every channel offers.
+
+A connector is a folder ``connectors/<channel>/`` holding
+
+- ``manifest.json``: ``channel``, ``transport`` (``webhook`` | ``push`` |
+  ``poll``), ``parser`` (``"module:function"``), ``connector``
+  (``"module:Class"``, optional for parse-only channels) and ``options``
+  (name → ``{"secret": bool, "description": str}``);
+- ``parse.py``: ``parse(raw: bytes, context: dict) -> list[Inbound]``, pure and
+  deterministic, raising :class:`PayloadRejected` only for input that must be
+  refused (bad signature, undecryptable, not this channel's format at all);
+- ``client.py``: the I/O — webhook routes, loops, tokens, ``send``.
+
+``context`` is the shape of ``omnigate parse --context`` (CONTRACTS.md): the
+account's secrets at the top level (``token``, ``encoding_aes_key``,
+``appid``/``corp_id``, ``app_secret``, ``channel_secret``…), plus ``query``,
+``headers`` and ``url`` of the request that carried the payload, and
+``account`` when known. The daemon builds the same dict from the journal
+entry and the configuration, so a replay parses exactly like the live call.
+
+Connectors import :mod:`routing.model` and nothing else of omnigate: what they
+need from the gateway comes through :class:`ConnectorContext`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping, Protocol, runtime_checkable
+
+from routing.model import Inbound, Outbound
+
+ParseFn = Callable[[bytes, Mapping[str, Any]], list[Inbound]]
+
+
+class PayloadRejected(Exception):
+    """The bytes must be refused: not this channel's format, bad signature,
+    cannot be decrypted. The message is the specific reason, free of secrets."""
+
+
+class ConnectorError(Exception):
+    """Base of the lifecycle errors a connector raises; the supervisor owns
+    what happens next (retry with back-off, wait for re-authentication, stop)."""
+
+
+class NotReady(ConnectorError):
+    """A transient failure (network down, server busy): retry with back-off."""
+
+
+class AuthFailed(ConnectorError):
+    """Credentials were refused: retrying with the same ones will not help."""
+
+
+class Fatal(ConnectorError):
+    """A configuration or programming error: the connector stops."""
+
+
+class SendError(Exception):
+    """A reply could not be delivered.
+
+    ``retryable`` says whether trying again later may succeed;
+    ``retry_after`` (seconds) is the platform's hint when it gave one;
+    ``code`` is the platform's own error code (e.g. WeChat 45015).
+    """
+
+    def __init__(self, reason: str, *, retryable: bool = False, retry_after: float | None = None, code: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What the journal answered: the entry id, and whether it is new
+    (False when the idempotency key was seen before: a redelivery)."""
+
+    journal_id: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    external_id: str | None = None  # the platform's id of the sent message
+    thread_ref: str | None = None  # e.g. the Message-ID of an outbound mail
+
+
+class ConnectorContext(Protocol):
+    """What the gateway gives a running connector."""
+
+    channel: str
+    config: Mapping[str, Any]  # this channel's configuration section
+    data_dir: str
+
+    async def ingest(
+        self, account: str, key: str, raw: bytes, meta: Mapping[str, Any] | None = None
+    ) -> IngestResult:
+        """Append the raw payload to the journal; returns once it is durable.
+
+        ``key`` is the idempotency key (a redelivery with the same key is
+        answered with the first entry). ``meta`` is what parse needs again on
+        replay (``query``, ``headers``, ``url``), secrets excluded.
+        Raises ``OSError``-like errors when the journal cannot take it.
+        """
+        ...
+
+    async def state_get(self, key: str) -> str | None: ...
+
+    async def state_set(self, key: str, value: str) -> None: ...
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """A running channel. Built by the gateway as ``Class(ctx)``."""
+
+    channel: str
+
+    def routes(self) -> list[Any]:
+        """aiohttp RouteDefs mounted under ``/channels/<channel>/``."""
+        ...
+
+    async def run(self) -> None:
+        """The long-running part (IMAP IDLE loop, SMTP server, polling);
+        returns when there is nothing to run. Raise NotReady/AuthFailed/Fatal."""
+        ...
+
+    async def send(self, outbound: Outbound) -> SendResult: ...
+
+    async def close(self) -> None: ...
+
+
+class MediaFetcher(Protocol):
+    """Optional connector method, called by the pipeline after ``parse`` and
+    before the stages: download what the channel only references (WeChat
+    media ids, Telegram file ids) and set ``attachment.data``. A failure is
+    recorded as a defect of the Inbound, never fails the message."""
+
+    async def fetch_media(self, inbound: Inbound) -> None: ...
+
+
+SendFn = Callable[[Outbound], Awaitable[SendResult]]

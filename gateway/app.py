@@ -1,0 +1,245 @@
+"""The application factory: wires store, pipeline, connectors and HTTP.
+
+``create_app(config)`` builds everything that routes need synchronously (the
+store, the ingest path, each configured connector and its routes); the
+long-lived parts start and stop in ``app.cleanup_ctx`` in order — the store
+is closed last, after the worker and the connectors have stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, AsyncIterator, Mapping
+
+import structlog
+from aiohttp import web
+
+from connectors.registry import RegistryError, connector_class, validate_all
+from gateway import api, keys
+from gateway.attachments import AttachmentStore
+from gateway.config import Config, parse_duration
+from gateway.http_util import Problem, json_response, problem
+from gateway.ingest import ChannelContext, Ingest
+from gateway.metrics import Metrics
+from gateway.store.sqlite import SQLiteStore
+from gateway.worker import Pipeline, Worker
+from routing.pipeline import Settings
+from routing.threads import compile_ref_patterns
+
+log = structlog.get_logger(__name__)
+
+_ACCOUNT_SECTIONS = ("accounts", "bots", "mailboxes", "numbers", "pages")
+
+
+class StartupError(Exception):
+    """The daemon cannot start as configured; the message says why."""
+
+
+def pipeline_settings(config: Config) -> Settings:
+    return Settings(
+        region=config.default_region,
+        near_window_s=parse_duration(config.dedupe.near_window),
+        reopen_window_s=config.reopen_window_s,
+        ref_patterns=compile_ref_patterns(config.threading.ref_patterns),
+        ref_requires_same_contact=config.threading.ref_requires_same_contact,
+        cross_channel=config.threading.cross_channel,
+    )
+
+
+def account_secrets(section: Mapping[str, Any], account: str) -> dict:
+    """The configuration of one account of a channel section, found by its
+    name or by one of its identifying values (appid, corp_id, bot name…)."""
+    for key in _ACCOUNT_SECTIONS:
+        accounts = section.get(key)
+        if not isinstance(accounts, dict):
+            continue
+        if isinstance(accounts.get(account), dict):
+            return dict(accounts[account])
+        for value in accounts.values():
+            if isinstance(value, dict) and account in (str(v) for v in value.values() if isinstance(v, (str, int))):
+                return dict(value)
+    return {}
+
+
+def context_factory(config: Config):
+    """``(channel, account, journal meta) → parse context`` for the pipeline:
+    the same shape ``omnigate parse --context`` takes."""
+
+    def context_for(channel: str, account: str, meta: Mapping[str, Any]) -> dict:
+        ctx = {"timezone": config.timezone, "default_region": config.default_region}
+        ctx.update(account_secrets(config.channels.get(channel, {}), account))
+        ctx.update(meta)
+        ctx["account"], ctx["channel"] = account, channel
+        return ctx
+
+    return context_for
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Errors as problem+json; request id bound for every log line."""
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request.headers.get("X-Request-Id") or hex(id(request))[2:],
+                                           path=request.path)
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        request.app[keys.METRICS].rejected.labels(_channel_of(request.path), "too_large").inc()
+        return problem(413, "Payload too large",
+                       f"the body exceeds {request.app[keys.CONFIG].max_body_bytes} bytes (max_body_bytes)")
+    except Problem as exc:
+        if exc.status == 401:
+            request.app[keys.METRICS].rejected.labels(_channel_of(request.path), "unauthorized").inc()
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem(exc.status, exc.reason, exc.text if exc.text and exc.text != exc.reason else None)
+    except Exception:
+        log.exception("http.unhandled")
+        return problem(500, "Internal error", "see the gateway log for this request id")
+
+
+def _channel_of(path: str) -> str:
+    parts = path.split("/")
+    return parts[2] if len(parts) > 2 and parts[1] == "channels" else "api"
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    detail: dict[str, Any] = {}
+    ok = True
+    try:
+        counts = await asyncio.wait_for(request.app[keys.STORE].journal_counts(), timeout=2)
+        detail["store"] = {"ok": True, "backend": "sqlite", "journal": counts}
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        ok = False
+        detail["store"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    for name, check in request.app[keys.READINESS].items():
+        try:
+            part_ok, part = check()
+        except Exception as exc:  # noqa: BLE001
+            part_ok, part = False, {"error": f"{type(exc).__name__}: {exc}"}
+        ok = ok and part_ok
+        detail[name] = {"ok": part_ok, **part}
+    return json_response({"status": "ready" if ok else "not ready", "detail": detail}, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[keys.METRICS].render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Application:
+    errors = validate_all(sorted(set(config.channels) | {"api"}))
+    if errors:
+        raise StartupError("connector registry: " + "; ".join(errors))
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = store or SQLiteStore.in_dir(
+        data_dir, synchronous=config.store.synchronous, group_commit_max=config.store.group_commit_max,
+        readers=config.store.readers, first_ticket_number=config.threading.first_ticket_number,
+    )
+    m = Metrics()
+    m.register_collector(m.journal_families)
+    app[keys.CONFIG] = config
+    app[keys.STORE] = store
+    app[keys.METRICS] = m
+    app[keys.READINESS] = {}
+    connectors: dict[str, Any] = {}
+    app[keys.CONNECTORS] = connectors
+    pipeline = Pipeline(store, pipeline_settings(config), attachments=AttachmentStore(data_dir / "attachments"),
+                        metrics=m, context_for=context_factory(config), media_fetchers=connectors,
+                        max_conflict_retries=config.pipeline.max_conflict_retries)
+    worker = Worker(pipeline, concurrency=config.pipeline.workers)
+    app[keys.WORKER] = worker
+    ingest = Ingest(store, m, worker.wake)
+    app[keys.INGEST] = ingest
+
+    for channel in sorted(config.channels):
+        try:
+            cls = connector_class(channel)
+        except RegistryError as exc:
+            raise StartupError(str(exc)) from None
+        if cls is None:
+            continue
+        ctx = ChannelContext(channel, config.channels[channel], str(data_dir), ingest, store)
+        try:
+            conn = cls(ctx)
+        except Exception as exc:
+            raise StartupError(f"{channel}: {exc}") from None
+        connectors[channel] = conn
+        app.router.add_routes(conn.routes())
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_routes(api.routes)
+
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_worker_ctx)
+    app.cleanup_ctx.append(_connectors_ctx)
+    app.cleanup_ctx.append(_gauges_ctx)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[keys.STORE].close()
+
+
+async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    worker = app[keys.WORKER]
+    await worker.start()
+    yield
+    await worker.stop()
+
+
+async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run each connector's long-lived part under the one Supervisor
+    (back-off, re-authentication, state for /readyz)."""
+    import msgspec
+
+    from gateway.supervisor import Supervisor
+
+    supervisor = Supervisor()
+
+    def readiness() -> tuple[bool, dict]:
+        return supervisor.ready(), {"tasks": msgspec.to_builtins(supervisor.states())}
+
+    app[keys.READINESS]["connectors"] = readiness
+    tasks = {channel: conn.run for channel, conn in app[keys.CONNECTORS].items()}
+    runner = asyncio.create_task(supervisor.run(tasks), name="omnigate-connectors")
+    yield
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    for channel, conn in app[keys.CONNECTORS].items():
+        try:
+            await conn.close()
+        except Exception:  # noqa: BLE001 - shutting down anyway
+            log.exception("connector.close_failed", channel=channel)
+
+
+async def _gauges_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Refresh the journal gauges every few seconds (not per scrape: a scrape
+    must stay cheap even with a large journal)."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                app[keys.METRICS].set_journal_counts(await app[keys.STORE].journal_counts())
+            except Exception:  # noqa: BLE001 - next round
+                log.warning("metrics.journal_counts_failed")
+            await asyncio.sleep(5)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+

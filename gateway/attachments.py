@@ -1,0 +1,43 @@
+"""Content-addressed attachment storage under ``<data_dir>/attachments``.
+
+A file is stored once per content: its path is derived from its sha256
+(``ab/cdef…``), so the same logo in a thousand signatures costs one file,
+and writing it again (a replay) changes nothing. Files are written to a
+temporary name and renamed, so a crash never leaves a half file under a
+valid name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+class AttachmentStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def path_of(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self.root / sha256[:2] / sha256[2:]
+
+    def put(self, data: bytes) -> str:
+        """Store ``data``; returns its storage ref (the sha256)."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.path_of(digest)
+        if path.exists():
+            return digest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+        return digest
+
+    def get(self, sha256: str) -> bytes | None:
+        try:
+            return self.path_of(sha256).read_bytes()
+        except (OSError, ValueError):
+            return None

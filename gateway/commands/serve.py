@@ -1,0 +1,52 @@
+"""``omnigate serve``: run the gateway daemon (CONTRACTS.md).
+
+Listens on 127.0.0.1:8686 and keeps its data in ./omnigate-data unless told
+otherwise; SIGTERM and SIGINT stop it gracefully (the worker finishes what it
+holds; whatever is still pending is picked up at the next start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str], prog: str = "omnigate serve") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    from gateway.commands.common import add_config_flags, load_config
+
+    add_config_flags(ap, listen=True)
+    args = ap.parse_args(argv)
+    config = load_config(args, prog)
+    if config is None:
+        return 2
+
+    import structlog
+    from aiohttp import web
+
+    from gateway import logs
+    from gateway.app import StartupError, create_app
+    from gateway.store.base import StoreError
+
+    logs.configure(config.log_level, config.log_format)
+    log = structlog.get_logger("omnigate")
+    try:
+        app = create_app(config)
+    except (StartupError, StoreError, OSError) as exc:
+        log.error("startup.failed", error=str(exc))
+        print(f"{prog}: cannot start: {exc}", file=sys.stderr)
+        return 1
+    if not config.api_token:
+        log.warning("startup.no_api_token",
+                    hint="the API channel and /api/v1 answer 401 until OMNIGATE_API_TOKEN "
+                         "(or OMNIGATE_API_TOKEN_FILE) is set")
+    log.info("startup.listening", listen=config.listen, data_dir=config.data_dir,
+             channels=sorted(set(config.channels) | {"api"}))
+    try:
+        web.run_app(app, host=config.host, port=config.port, print=None, access_log=None,
+                    shutdown_timeout=10, handle_signals=True)
+    except OSError as exc:
+        log.error("startup.listen_failed", listen=config.listen, error=str(exc))
+        return 1
+    log.info("shutdown.complete")
+    return 0

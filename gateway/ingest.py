@@ -1,0 +1,57 @@
+"""The one way a payload enters omnigate: append to the journal, durably,
+then wake the pipeline. Connectors reach it through their ConnectorContext;
+the API channel calls it directly. The caller acknowledges the channel only
+after :meth:`Ingest.ingest` returned."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import structlog
+
+from connectors.base import IngestResult
+from gateway.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+
+class Ingest:
+    def __init__(self, store: Any, metrics: Metrics, wake: Any = None):
+        self.store = store
+        self.metrics = metrics
+        self.wake = wake or (lambda: None)
+
+    async def ingest(self, channel: str, account: str, key: str, raw: bytes,
+                     meta: Mapping[str, Any] | None = None) -> IngestResult:
+        t0 = time.perf_counter()
+        result = await self.store.journal_append(channel, account, key, raw, dict(meta) if meta else None)
+        self.metrics.ingest_latency.observe(time.perf_counter() - t0)
+        if result.created:
+            self.metrics.received.labels(channel).inc()
+            self.wake()
+        else:
+            self.metrics.redelivered.labels(channel).inc()
+            log.info("ingest.redelivery", channel=channel, account=account, journal_id=result.journal_id)
+        return result
+
+
+class ChannelContext:
+    """The ConnectorContext (connectors/base.py) the gateway gives a connector."""
+
+    def __init__(self, channel: str, config: Mapping[str, Any], data_dir: str, ingest: Ingest, store: Any):
+        self.channel = channel
+        self.config = config
+        self.data_dir = data_dir
+        self._ingest = ingest
+        self._store = store
+        self.log = structlog.get_logger(f"connectors.{channel}").bind(channel=channel)
+
+    async def ingest(self, account: str, key: str, raw: bytes, meta: Mapping[str, Any] | None = None) -> IngestResult:
+        return await self._ingest.ingest(self.channel, account, key, raw, meta)
+
+    async def state_get(self, key: str) -> str | None:
+        return await self._store.state_get(f"{self.channel}:{key}")
+
+    async def state_set(self, key: str, value: str) -> None:
+        await self._store.state_set(f"{self.channel}:{key}", value)

@@ -1,0 +1,24 @@
+"""Typed keys of the aiohttp application's state (``app[keys.STORE]``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+    from gateway.ingest import Ingest
+    from gateway.metrics import Metrics
+    from gateway.store.sqlite import SQLiteStore
+    from gateway.worker import Worker
+
+CONFIG: web.AppKey["Config"] = web.AppKey("config")
+STORE: web.AppKey["SQLiteStore"] = web.AppKey("store")
+METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
+WORKER: web.AppKey["Worker"] = web.AppKey("worker")
+INGEST: web.AppKey["Ingest"] = web.AppKey("ingest")
+#: channel → running connector instance
+CONNECTORS: web.AppKey[dict[str, Any]] = web.AppKey("connectors")
+#: name → zero-argument callable returning (ok: bool, detail: dict), for /readyz
+READINESS: web.AppKey[dict[str, Any]] = web.AppKey("readiness")

@@ -1,0 +1,823 @@
+"""The embedded SQLite backend: WAL, one writer thread with group commit,
+readers on their own connections.
+
+Every write is a function ``fn(conn, *args)`` queued to the writer thread.
+The writer takes everything queued (up to ``group_commit_max``), runs each in
+its own SAVEPOINT inside one ``BEGIN IMMEDIATE … COMMIT``, and only then
+resolves the callers' futures: with ``synchronous=FULL`` the WAL is fsync'd at
+that COMMIT, so a caller that got its answer is durable, and a hundred
+concurrent webhooks cost one fsync, not a hundred. One write failing (a
+Conflict, a constraint) rolls back its savepoint only.
+
+Reads run on a small thread pool, each thread with its own read-only
+connection; WAL lets them read a consistent snapshot while the writer writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+import structlog
+
+from connectors.base import IngestResult
+from gateway.store.base import Conflict, JournalEntry, NotFound, Page, StoreError
+from gateway.store.schema import MIGRATIONS
+from routing.model import (
+    Attachment,
+    Contact,
+    Identity,
+    ReplyTarget,
+    SlaState,
+    Ticket,
+    TimelineEntry,
+    new_id,
+    utcnow,
+)
+from routing.pipeline import Lookup
+from routing.state import Commit, CommitResult, ContactState, Hit, Snapshot, TicketState
+
+log = structlog.get_logger(__name__)
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
+_reply_dec = msgspec.json.Decoder(ReplyTarget)
+_sla_dec = msgspec.json.Decoder(SlaState)
+_att_dec = msgspec.json.Decoder(list[Attachment])
+_STOP = object()
+
+
+def ms(dt: datetime | None) -> int | None:
+    return None if dt is None else int(dt.timestamp() * 1000)
+
+
+def dt(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+
+
+def _j(value: Any) -> str:
+    return _enc.encode(value).decode()
+
+
+class _Writer(threading.Thread):
+    """The one thread that writes, committing queued work in groups."""
+
+    def __init__(self, path: str, synchronous: str, max_batch: int):
+        super().__init__(name="omnigate-sqlite-writer", daemon=True)
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.max_batch = max_batch
+        self.conn = _connect(path, synchronous)
+        self.batches = 0
+        self.writes = 0
+
+    def run(self) -> None:
+        q, conn = self.q, self.conn
+        while True:
+            item = q.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(conn, batch)
+            if stop:
+                break
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list) -> None:
+        results: list[tuple[asyncio.AbstractEventLoop, asyncio.Future, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            err = StoreError(f"cannot start a write transaction: {exc}")
+            results = [(loop, fut, None, err) for fn, args, loop, fut in batch]
+            _resolve_all(results)
+            return
+        for fn, args, loop, fut in batch:
+            conn.execute("SAVEPOINT w")
+            try:
+                value = fn(conn, *args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+                results.append((loop, fut, None, exc))
+            else:
+                conn.execute("RELEASE w")
+                results.append((loop, fut, value, None))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            err = StoreError(f"commit failed: {exc}")
+            results = [(loop, fut, None, err) for loop, fut, _, _ in results]
+        self.batches += 1
+        self.writes += len(batch)
+        _resolve_all(results)
+
+
+def _resolve_all(results: list) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for loop, fut, value, exc in results:
+        by_loop.setdefault(loop, []).append((fut, value, exc))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_results, items)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+
+def _set_results(items: list) -> None:
+    for fut, value, exc in items:
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+
+def _connect(path: str, synchronous: str = "full", readonly: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    if readonly:
+        conn.execute("PRAGMA query_only = 1")
+    else:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
+
+
+def migrate(path: str) -> int:
+    """Apply the migrations not applied yet; returns the schema version."""
+    conn = _connect(path)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{path}: schema version {version} is newer than this omnigate knows ({len(MIGRATIONS)}); "
+                "upgrade omnigate or restore a matching backup"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            # executescript commits first, so the transaction is in the script
+            try:
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]};\nPRAGMA user_version = {number + 1};\nCOMMIT;"
+                )
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            log.info("store.migrated", version=number + 1)
+        return len(MIGRATIONS)
+    finally:
+        conn.close()
+
+
+class SQLiteStore:
+    """The default store: one file ``<data_dir>/omnigate.db``."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str | os.PathLike, *, synchronous: str = "full", group_commit_max: int = 512,
+                 readers: int = 2, first_ticket_number: int = 1000):
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.schema_version = migrate(self.path)
+        self._writer = _Writer(self.path, synchronous, group_commit_max)
+        self._writer.start()
+        self._local = threading.local()
+        self._readers = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="omnigate-sqlite-read")
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._first_number = first_ticket_number
+        self._closed = False
+
+    @classmethod
+    def in_dir(cls, data_dir: str | os.PathLike, **kw: Any) -> "SQLiteStore":
+        return cls(Path(data_dir) / "omnigate.db", **kw)
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._writer.q.put((fn, args, loop, fut))
+        return await fut
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connect(self.path, readonly=True)
+            self._reader_conns.append(conn)
+        return conn
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_in_thread, fn, args)
+
+    def _read_in_thread(self, fn: Callable[..., Any], args: tuple) -> Any:
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            return fn(conn, *args)
+        finally:
+            conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.q.put(_STOP)
+        await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+        self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    @property
+    def group_commit_stats(self) -> tuple[int, int]:
+        """(transactions committed, writes they carried)."""
+        return self._writer.batches, self._writer.writes
+
+    # ------------------------------------------------------------ journal
+
+    async def journal_append(self, channel: str, account: str, key: str, raw: bytes,
+                             meta: dict | None = None) -> IngestResult:
+        return await self._write(_journal_append, new_id(), channel, account, key, raw,
+                                 _j(meta) if meta else None, ms(utcnow()))
+
+    async def journal_get(self, journal_id: str, *, with_raw: bool = False) -> JournalEntry | None:
+        rows = await self._read(_journal_select, "WHERE id = ?", (journal_id,), with_raw, 1)
+        return rows[0] if rows else None
+
+    async def journal_list(self, *, status: str | None = None, since: datetime | None = None, after_seq: int = 0,
+                           limit: int = 100, with_raw: bool = False, ids: list[str] | None = None,
+                           channel: str | None = None) -> list[JournalEntry]:
+        where, args = ["seq > ?"], [after_seq]
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if since:
+            where.append("received_at >= ?")
+            args.append(ms(since))
+        if channel:
+            where.append("channel = ?")
+            args.append(channel)
+        if ids:
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            args.extend(ids)
+        return await self._read(_journal_select, "WHERE " + " AND ".join(where), tuple(args), with_raw, limit)
+
+    async def claim_pending(self, after_seq: int, limit: int) -> list[JournalEntry]:
+        """Pending entries after ``after_seq`` in arrival order, with their raw
+        bytes. In one process the claim is the worker's in-flight set; the
+        Redis backend claims through a consumer group instead."""
+        return await self._read(_journal_select, "WHERE status = 'pending' AND seq > ?", (after_seq,), True, limit)
+
+    async def journal_fail(self, journal_id: str, error: str) -> None:
+        await self._write(_journal_fail, journal_id, error[:2000], ms(utcnow()))
+
+    async def journal_mark_processed(self, journal_id: str) -> None:
+        """An entry that yields no message (nothing to route) is done."""
+        await self._write(_journal_done, journal_id, ms(utcnow()))
+
+    async def journal_requeue(self, journal_ids: list[str]) -> int:
+        """Put entries back to ``pending`` (replay); returns how many."""
+        return await self._write(_journal_requeue, list(journal_ids))
+
+    async def journal_counts(self) -> dict[str, int]:
+        return await self._read(_journal_counts)
+
+    # ------------------------------------------------------------ pipeline
+
+    async def snapshot(self, look: Lookup, now: datetime) -> Snapshot:
+        return await self._read(_snapshot, look, now)
+
+    async def commit(self, commit: Commit) -> CommitResult:
+        return await self._write(_apply_commit, commit, self._first_number)
+
+    # ------------------------------------------------------------ reads
+
+    async def get_ticket(self, ticket_id: str) -> Ticket | None:
+        return await self._read(_ticket_select, "id = ?", ticket_id)
+
+    async def get_ticket_by_number(self, number: int) -> Ticket | None:
+        return await self._read(_ticket_select, "number = ?", number)
+
+    async def get_contact(self, contact_id: str) -> Contact | None:
+        return await self._read(_contact_select, contact_id)
+
+    async def timeline(self, *, contact_id: str | None = None, ticket_id: str | None = None,
+                       cursor: str | None = None, limit: int = 50) -> Page:
+        return await self._read(_timeline_page, contact_id, ticket_id, cursor, limit)
+
+    async def tickets_of(self, contact_id: str) -> list[Ticket]:
+        return await self._read(_tickets_of, contact_id)
+
+    async def counts(self) -> dict[str, int]:
+        return await self._read(_table_counts)
+
+    # ------------------------------------------------------------ contacts
+
+    async def merge_contacts(self, winner_id: str, loser_id: str, actor: str, reason: str | None = None) -> Contact:
+        await self._write(_merge, winner_id, loser_id, actor, reason, ms(utcnow()))
+        contact = await self.get_contact(winner_id)
+        assert contact is not None
+        return contact
+
+    async def unmerge_contact(self, contact_id: str, actor: str, reason: str | None = None) -> Contact:
+        await self._write(_unmerge, contact_id, actor, reason, ms(utcnow()))
+        contact = await self.get_contact(contact_id)
+        assert contact is not None
+        return contact
+
+    # ------------------------------------------------------------ connector state
+
+    async def state_get(self, key: str) -> str | None:
+        return await self._read(_state_get, key)
+
+    async def state_set(self, key: str, value: str) -> None:
+        await self._write(_state_set, key, value, ms(utcnow()))
+
+
+# ---------------------------------------------------------------- journal SQL
+
+_JOURNAL_COLS = "id, seq, channel, account, key, received_at, status, attempts, error, meta, ticket_id, " \
+                "contact_id, processed_at, length(raw)"
+
+
+def _journal_append(conn: sqlite3.Connection, jid: str, channel: str, account: str, key: str, raw: bytes,
+                    meta: str | None, now: int) -> IngestResult:
+    row = conn.execute(
+        "INSERT INTO journal (id, channel, account, key, received_at, raw, meta) VALUES (?,?,?,?,?,?,?) "
+        "ON CONFLICT (channel, account, key) DO NOTHING RETURNING id",
+        (jid, channel, account, key, now, raw, meta),
+    ).fetchone()
+    if row is not None:
+        return IngestResult(journal_id=row[0], created=True)
+    existing = conn.execute(
+        "SELECT id FROM journal WHERE channel = ? AND account = ? AND key = ?", (channel, account, key)
+    ).fetchone()
+    return IngestResult(journal_id=existing[0], created=False)
+
+
+def _journal_select(conn: sqlite3.Connection, where: str, args: tuple, with_raw: bool, limit: int) -> list[JournalEntry]:
+    cols = _JOURNAL_COLS + (", raw" if with_raw else "")
+    out = []
+    for r in conn.execute(f"SELECT {cols} FROM journal {where} ORDER BY seq LIMIT ?", (*args, limit)):
+        out.append(JournalEntry(
+            id=r[0], seq=r[1], channel=r[2], account=r[3], key=r[4], received_at=dt(r[5]), status=r[6],
+            attempts=r[7], error=r[8], meta=_dec.decode(r[9]) if r[9] else {}, ticket_id=r[10],
+            contact_id=r[11], processed_at=dt(r[12]), size=r[13] or 0, raw=bytes(r[14]) if with_raw else None,
+        ))
+    return out
+
+
+def _journal_fail(conn: sqlite3.Connection, jid: str, error: str, now: int) -> None:
+    conn.execute(
+        "UPDATE journal SET status = 'failed', error = ?, attempts = attempts + 1, processed_at = ? WHERE id = ?",
+        (error, now, jid),
+    )
+
+
+def _journal_done(conn: sqlite3.Connection, jid: str, now: int) -> None:
+    conn.execute("UPDATE journal SET status = 'processed', error = NULL, processed_at = ? WHERE id = ?", (now, jid))
+
+
+def _journal_requeue(conn: sqlite3.Connection, ids: list[str]) -> int:
+    n = 0
+    for jid in ids:
+        n += conn.execute(
+            "UPDATE journal SET status = 'pending', error = NULL WHERE id = ? AND status != 'pending'", (jid,)
+        ).rowcount
+    return n
+
+
+def _journal_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    out = {s: 0 for s in ("pending", "processed", "failed", "duplicate")}
+    for status, n in conn.execute("SELECT status, count(*) FROM journal GROUP BY status"):
+        out[status] = n
+    return out
+
+
+def _table_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("journal", "contacts", "tickets", "timeline", "outbox")}
+
+
+# ---------------------------------------------------------------- snapshot
+
+
+_TICKET_STATE_COLS = "id, number, contact_id, status, version, created_at, last_message_at, subject, channels, " \
+                     "solved_at, priority, team, assignee"
+
+
+def _ticket_state(r: tuple) -> TicketState:
+    return TicketState(
+        id=r[0], number=r[1], contact_id=r[2], status=r[3], version=r[4], created_at=dt(r[5]),
+        last_message_at=dt(r[6]), subject=r[7], channels=tuple(_dec.decode(r[8])), solved_at=dt(r[9]),
+        priority=r[10], team=r[11], assignee=r[12],
+    )
+
+
+def _hit(conn: sqlite3.Connection, key: tuple[str, str, str]) -> Hit | None:
+    r = conn.execute(
+        "SELECT journal_id, timeline_id, ticket_id, contact_id FROM message_keys "
+        "WHERE channel = ? AND account = ? AND external_id = ?", key,
+    ).fetchone()
+    return Hit(*r) if r else None
+
+
+def _snapshot(conn: sqlite3.Connection, look: Lookup, now: datetime) -> Snapshot:
+    snap = Snapshot(now=now, exact=_hit(conn, look.message_key))
+    if snap.exact is not None:
+        return snap
+    if look.edits_key is not None:
+        snap.edited = _hit(conn, look.edits_key)
+    for ident in look.identities:
+        r = conn.execute("SELECT contact_id FROM identities WHERE kind = ? AND value = ?",
+                         (ident.kind, ident.value)).fetchone()
+        if r:
+            snap.owners[ident.key()] = r[0]
+    for cid in set(snap.owners.values()):
+        r = conn.execute("SELECT id, version, name, tier, tags, flags FROM contacts WHERE id = ?", (cid,)).fetchone()
+        if r:
+            idents = tuple(Identity(k, v) for k, v in conn.execute(
+                "SELECT kind, value FROM identities WHERE contact_id = ? ORDER BY kind, value", (cid,)))
+            snap.contacts[cid] = ContactState(id=r[0], version=r[1], name=r[2], tier=r[3],
+                                              tags=tuple(_dec.decode(r[4])), flags=tuple(_dec.decode(r[5])),
+                                              identities=idents)
+    for cid in snap.contacts:
+        for r in conn.execute(f"SELECT {_TICKET_STATE_COLS} FROM tickets WHERE contact_id = ? "
+                              "ORDER BY last_message_at DESC LIMIT 20", (cid,)):
+            snap.tickets.append(_ticket_state(r))
+    snap.tickets.sort(key=lambda t: t.last_message_at, reverse=True)
+    for ref in look.refs:
+        r = conn.execute(f"SELECT {_TICKET_STATE_COLS} FROM tickets WHERE id = "
+                         "(SELECT ticket_id FROM thread_refs WHERE ref = ?)", (ref,)).fetchone()
+        if r:
+            snap.ref_tickets[ref] = _ticket_state(r)
+    for n in look.numbers:
+        r = conn.execute(f"SELECT {_TICKET_STATE_COLS} FROM tickets WHERE number = ?", (n,)).fetchone()
+        if r:
+            snap.numbered[n] = _ticket_state(r)
+    sender_owner = snap.owners.get(look.sender.key())
+    if look.text_hash and sender_owner:
+        horizon = ms(now) - int(look.near_window_s * 1000)
+        r = conn.execute(
+            "SELECT journal_id, id, ticket_id, contact_id FROM timeline WHERE contact_id = ? AND text_hash = ? "
+            "AND at >= ? AND kind = 'message_in' ORDER BY seq LIMIT 1",
+            (sender_owner, look.text_hash, horizon),
+        ).fetchone()
+        if r:
+            snap.near_duplicate = Hit(*r)
+    return snap
+
+
+# ---------------------------------------------------------------- commit
+
+
+def _next_number(conn: sqlite3.Connection, first: int) -> int:
+    r = conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'ticket' RETURNING value").fetchone()
+    if r is None:
+        conn.execute("INSERT INTO counters (name, value) VALUES ('ticket', ?)", (first,))
+        return first
+    return r[0]
+
+
+def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int) -> CommitResult:
+    now = ms(utcnow())
+    if c.message_key is None or c.outcome != "processed":
+        if c.final and c.outcome == "duplicate":
+            conn.execute("UPDATE journal SET status = 'duplicate', processed_at = ?, ticket_id = ?, contact_id = ?, "
+                         "error = NULL WHERE id = ?", (now, c.ticket_id, c.contact_id, c.journal_id))
+        elif c.final:
+            conn.execute("UPDATE journal SET status = 'processed', processed_at = coalesce(processed_at, ?), "
+                         "error = NULL WHERE id = ?", (now, c.journal_id))
+        return CommitResult(c.outcome, c.contact_id, c.ticket_id, _number_of(conn, c.ticket_id))
+    key = c.message_key
+    try:
+        conn.execute(
+            "INSERT INTO message_keys (channel, account, external_id, journal_id, timeline_id, ticket_id, contact_id) "
+            "VALUES (?,?,?,?,?,?,?)", (*key, c.journal_id, c.message_entry_id, c.ticket_id, c.contact_id),
+        )
+    except sqlite3.IntegrityError:
+        hit = _hit(conn, key)
+        assert hit is not None
+        if hit.journal_id == c.journal_id:  # this entry committed before (a replay): nothing changes
+            if c.final:
+                conn.execute("UPDATE journal SET status = 'processed', error = NULL WHERE id = ?", (c.journal_id,))
+            return CommitResult("processed", hit.contact_id, hit.ticket_id, _number_of(conn, hit.ticket_id))
+        if c.final:
+            conn.execute("UPDATE journal SET status = 'duplicate', processed_at = ?, ticket_id = ?, contact_id = ?, "
+                         "error = NULL WHERE id = ?", (now, hit.ticket_id, hit.contact_id, c.journal_id))
+        return CommitResult("duplicate", hit.contact_id, hit.ticket_id, _number_of(conn, hit.ticket_id))
+
+    cid = c.contact_id
+    assert cid is not None
+    if c.new_contact is not None:
+        conn.execute("INSERT INTO contacts (id, name, created_at, updated_at) VALUES (?,?,?,?)",
+                     (cid, c.new_contact.name, ms(c.new_contact.created_at), now))
+    else:
+        n = conn.execute(
+            "UPDATE contacts SET version = version + 1, updated_at = ?, name = coalesce(name, ?) "
+            "WHERE id = ? AND version = ? AND merged_into IS NULL",
+            (now, c.contact_name, cid, c.contact_expect_version),
+        ).rowcount
+        if n == 0:
+            raise Conflict(f"contact {cid} changed since the snapshot")
+    if c.add_flags or c.remove_flags:
+        flags = set(_dec.decode(conn.execute("SELECT flags FROM contacts WHERE id = ?", (cid,)).fetchone()[0]))
+        flags = (flags | set(c.add_flags)) - set(c.remove_flags)
+        conn.execute("UPDATE contacts SET flags = ? WHERE id = ?", (_j(sorted(flags)), cid))
+    for link in c.link_identities:
+        try:
+            conn.execute(
+                "INSERT INTO identities (kind, value, contact_id, origin_contact_id, reason, created_at) "
+                "VALUES (?,?,?,?,?,?)", (link.identity.kind, link.identity.value, cid, cid, link.reason, now),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"identity {link.identity.key()} was taken since the snapshot") from None
+
+    origin = cid
+    if c.origin_identity is not None:
+        r = conn.execute("SELECT origin_contact_id FROM identities WHERE kind = ? AND value = ?",
+                         (c.origin_identity.kind, c.origin_identity.value)).fetchone()
+        origin = r[0] if r else cid
+    number = None
+    if c.new_ticket is not None:
+        t = c.new_ticket
+        number = _next_number(conn, first_number)
+        conn.execute(
+            "INSERT INTO tickets (id, number, contact_id, origin_contact_id, subject, status, priority, team, skills, "
+            "assignee, tags, channels, reply_to, follow_up_of, created_at, updated_at, last_message_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (t.id, number, cid, origin, t.subject, t.status, t.priority, t.team, _j(t.skills), t.assignee,
+             _j(sorted(set(t.tags))), _j([t.channel]), _j(t.reply_to) if t.reply_to else None, t.follow_up_of,
+             ms(t.created_at), now, ms(t.created_at)),
+        )
+    elif c.ticket_change is not None:
+        ch = c.ticket_change
+        r = conn.execute("SELECT version, channels, tags, number FROM tickets WHERE id = ?", (ch.id,)).fetchone()
+        if r is None or r[0] != ch.expect_version:
+            raise Conflict(f"ticket {ch.id} changed since the snapshot")
+        number = r[3]
+        sets, args = ["version = version + 1", "updated_at = ?"], [now]
+        if ch.status:
+            sets.append("status = ?")
+            args.append(ch.status)
+            if ch.status == "open":
+                sets.append("solved_at = NULL")
+        if ch.last_message_at:
+            sets.append("last_message_at = max(last_message_at, ?)")
+            args.append(ms(ch.last_message_at))
+        if ch.add_channel:
+            sets.append("channels = ?")
+            args.append(_j(sorted(set(_dec.decode(r[1])) | {ch.add_channel})))
+        if ch.add_tags:
+            sets.append("tags = ?")
+            args.append(_j(sorted(set(_dec.decode(r[2])) | set(ch.add_tags))))
+        for col, value in (("priority", ch.priority), ("team", ch.team), ("assignee", ch.assignee)):
+            if value is not None:
+                sets.append(f"{col} = ?")
+                args.append(value)
+        if ch.skills is not None:
+            sets.append("skills = ?")
+            args.append(_j(ch.skills))
+        if ch.reply_to is not None:
+            sets.append("reply_to = ?")
+            args.append(_j(ch.reply_to))
+        conn.execute(f"UPDATE tickets SET {', '.join(sets)} WHERE id = ?", (*args, ch.id))
+
+    for e in c.timeline:
+        _insert_timeline(conn, e, origin)
+    if c.edit is not None:
+        r = conn.execute("SELECT text, data FROM timeline WHERE id = ?", (c.edit.timeline_id,)).fetchone()
+        if r is not None:
+            data = _dec.decode(r[1]) if r[1] else {}
+            data.setdefault("edits", []).append({"previous_text": r[0], "edited_at": c.edit.edited_at.isoformat(),
+                                                 "journal_id": c.journal_id})
+            conn.execute("UPDATE timeline SET text = ?, edited_at = ?, data = ? WHERE id = ?",
+                         (c.edit.text, ms(c.edit.edited_at), _j(data), c.edit.timeline_id))
+    if c.ticket_id:
+        for ref in c.thread_refs:
+            conn.execute("INSERT OR IGNORE INTO thread_refs (ref, ticket_id) VALUES (?, ?)", (ref, c.ticket_id))
+    for ev in c.outbox:
+        conn.execute("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
+                     (new_id(), ev.topic, ev.ticket_id, _j(ev.payload), now, now))
+    if c.final:
+        conn.execute("UPDATE journal SET status = 'processed', processed_at = ?, ticket_id = ?, contact_id = ?, "
+                     "error = NULL WHERE id = ?", (now, c.ticket_id, cid, c.journal_id))
+    return CommitResult("processed", cid, c.ticket_id, number)
+
+
+def _number_of(conn: sqlite3.Connection, ticket_id: str | None) -> int | None:
+    if not ticket_id:
+        return None
+    r = conn.execute("SELECT number FROM tickets WHERE id = ?", (ticket_id,)).fetchone()
+    return r[0] if r else None
+
+
+def _insert_timeline(conn: sqlite3.Connection, e: TimelineEntry, origin: str | None = None) -> None:
+    origin = origin or e.contact_id
+    if e.ticket_id:  # an entry belongs to whoever the ticket originally belonged to
+        r = conn.execute("SELECT origin_contact_id FROM tickets WHERE id = ?", (e.ticket_id,)).fetchone()
+        if r:
+            origin = r[0]
+    conn.execute(
+        "INSERT INTO timeline (id, contact_id, origin_contact_id, ticket_id, kind, at, channel, journal_id, "
+        "external_id, subject, text, attachments, data, linked_to, text_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (e.id, e.contact_id, origin, e.ticket_id, e.kind, ms(e.at), e.channel, e.journal_id, e.external_id,
+         e.subject, e.text, _j(e.attachments) if e.attachments else None, _j(e.data) if e.data else None,
+         e.linked_to, e.data.get("text_hash") if e.kind == "message_in" else None),
+    )
+
+
+# ---------------------------------------------------------------- reads
+
+
+_TICKET_COLS = "id, number, contact_id, subject, status, priority, team, skills, assignee, tags, channels, " \
+               "reply_to, follow_up_of, sla, created_at, updated_at, last_message_at, first_response_at, " \
+               "solved_at, closed_at"
+
+
+def _ticket(r: tuple) -> Ticket:
+    return Ticket(
+        id=r[0], number=r[1], contact_id=r[2], subject=r[3], status=r[4], priority=r[5], team=r[6],
+        skills=_dec.decode(r[7]), assignee=r[8], tags=_dec.decode(r[9]), channels=_dec.decode(r[10]),
+        reply_to=_reply_dec.decode(r[11]) if r[11] else None, follow_up_of=r[12],
+        sla=_sla_dec.decode(r[13]) if r[13] else None, created_at=dt(r[14]), updated_at=dt(r[15]),
+        last_message_at=dt(r[16]), first_response_at=dt(r[17]), solved_at=dt(r[18]), closed_at=dt(r[19]),
+    )
+
+
+def _ticket_select(conn: sqlite3.Connection, where: str, arg: Any) -> Ticket | None:
+    r = conn.execute(f"SELECT {_TICKET_COLS} FROM tickets WHERE {where}", (arg,)).fetchone()
+    return _ticket(r) if r else None
+
+
+def _tickets_of(conn: sqlite3.Connection, contact_id: str) -> list[Ticket]:
+    return [_ticket(r) for r in conn.execute(
+        f"SELECT {_TICKET_COLS} FROM tickets WHERE contact_id = ? ORDER BY created_at", (contact_id,))]
+
+
+def _contact_select(conn: sqlite3.Connection, contact_id: str) -> Contact | None:
+    r = conn.execute("SELECT id, name, tier, tags, attributes, flags, merged_into, created_at, updated_at "
+                     "FROM contacts WHERE id = ?", (contact_id,)).fetchone()
+    if r is None:
+        return None
+    idents = [Identity(k, v) for k, v in conn.execute(
+        "SELECT kind, value FROM identities WHERE contact_id = ? ORDER BY kind, value", (contact_id,))]
+    return Contact(id=r[0], name=r[1], tier=r[2], tags=_dec.decode(r[3]), attributes=_dec.decode(r[4]),
+                   flags=_dec.decode(r[5]), merged_into=r[6], identities=idents, created_at=dt(r[7]),
+                   updated_at=dt(r[8]))
+
+
+def _resolve_merged(conn: sqlite3.Connection, contact_id: str) -> str:
+    seen = set()
+    while contact_id not in seen:
+        seen.add(contact_id)
+        r = conn.execute("SELECT merged_into FROM contacts WHERE id = ?", (contact_id,)).fetchone()
+        if not r or not r[0]:
+            break
+        contact_id = r[0]
+    return contact_id
+
+
+def _timeline_page(conn: sqlite3.Connection, contact_id: str | None, ticket_id: str | None, cursor: str | None,
+                   limit: int) -> Page:
+    if contact_id is not None:
+        where, args = "contact_id = ?", [_resolve_merged(conn, contact_id)]
+    else:
+        where, args = "ticket_id = ?", [ticket_id]
+    if cursor:
+        try:
+            at_s, seq_s = cursor.split(".", 1)
+            at, seq = int(at_s), int(seq_s)
+        except ValueError:
+            raise StoreError(f"bad cursor {cursor!r}") from None
+        where += " AND (at > ? OR (at = ? AND seq > ?))"
+        args += [at, at, seq]
+    rows = conn.execute(
+        "SELECT id, contact_id, kind, at, ticket_id, channel, journal_id, external_id, subject, text, attachments, "
+        f"data, linked_to, edited_at, seq FROM timeline WHERE {where} ORDER BY at, seq LIMIT ?", (*args, limit + 1),
+    ).fetchall()
+    items = [TimelineEntry(
+        id=r[0], contact_id=r[1], kind=r[2], at=dt(r[3]), ticket_id=r[4], channel=r[5], journal_id=r[6],
+        external_id=r[7], subject=r[8], text=r[9], attachments=_att_dec.decode(r[10]) if r[10] else [],
+        data=_dec.decode(r[11]) if r[11] else {}, linked_to=r[12], edited_at=dt(r[13]),
+    ) for r in rows[:limit]]
+    nxt = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        nxt = f"{last[3]}.{last[14]}"
+    return Page(items=items, next_cursor=nxt)
+
+
+# ---------------------------------------------------------------- merge
+
+
+def _audit(conn: sqlite3.Connection, now: int, actor: str, action: str, subject: str, data: dict) -> None:
+    conn.execute("INSERT INTO audit (at, actor, action, subject, data) VALUES (?,?,?,?,?)",
+                 (now, actor, action, subject, _j(data)))
+
+
+def _merge(conn: sqlite3.Connection, winner: str, loser: str, actor: str, reason: str | None, now: int) -> None:
+    if winner == loser:
+        raise StoreError("cannot merge a contact into itself")
+    rows = {r[0]: r[1] for r in conn.execute(
+        "SELECT id, merged_into FROM contacts WHERE id IN (?, ?)", (winner, loser))}
+    for cid in (winner, loser):
+        if cid not in rows:
+            raise NotFound(f"contact {cid} not found")
+        if rows[cid]:
+            raise StoreError(f"contact {cid} is already merged into {rows[cid]}")
+    moved = {}
+    for table in ("identities", "tickets", "timeline"):
+        moved[table] = conn.execute(f"UPDATE {table} SET contact_id = ? WHERE contact_id = ?", (winner, loser)).rowcount
+    conn.execute("UPDATE contacts SET merged_into = ?, version = version + 1, updated_at = ? WHERE id = ?",
+                 (winner, now, loser))
+    conn.execute("UPDATE contacts SET version = version + 1, updated_at = ?, name = coalesce(name, "
+                 "(SELECT name FROM contacts WHERE id = ?)) WHERE id = ?", (now, loser, winner))
+    data = {"winner": winner, "loser": loser, "moved": moved, "reason": reason}
+    _audit(conn, now, actor, "contact.merge", loser, data)
+    _insert_timeline(conn, TimelineEntry(
+        id=new_id(), contact_id=winner, kind="identity", at=dt(now),
+        text=f"contact {loser} merged into this contact by {actor}" + (f": {reason}" if reason else ""), data=data))
+    conn.execute("INSERT INTO outbox (id, topic, payload, created_at, next_at) VALUES (?,?,?,?,?)",
+                 (new_id(), "contact.merged", _j(data), now, now))
+
+
+def _unmerge(conn: sqlite3.Connection, contact_id: str, actor: str, reason: str | None, now: int) -> None:
+    r = conn.execute("SELECT merged_into FROM contacts WHERE id = ?", (contact_id,)).fetchone()
+    if r is None:
+        raise NotFound(f"contact {contact_id} not found")
+    winner = r[0]
+    if not winner:
+        raise StoreError(f"contact {contact_id} is not merged")
+    # The contact and everything merged into it (transitively) come back.
+    family = {contact_id}
+    frontier = [contact_id]
+    while frontier:
+        nxt = [row[0] for row in conn.execute(
+            f"SELECT id FROM contacts WHERE merged_into IN ({','.join('?' * len(frontier))})", frontier)]
+        frontier = [c for c in nxt if c not in family]
+        family.update(frontier)
+    marks = ",".join("?" * len(family))
+    moved = {}
+    for table in ("identities", "tickets", "timeline"):
+        # rows of the contact, and of contacts merged into it, go back to it
+        moved[table] = conn.execute(
+            f"UPDATE {table} SET contact_id = ? WHERE origin_contact_id IN ({marks}) AND contact_id = ?",
+            (contact_id, *family, winner)).rowcount
+    conn.execute("UPDATE contacts SET merged_into = NULL, version = version + 1, updated_at = ? WHERE id = ?",
+                 (now, contact_id))
+    conn.execute("UPDATE contacts SET version = version + 1, updated_at = ? WHERE id = ?", (now, winner))
+    data = {"contact": contact_id, "from": winner, "moved": moved, "reason": reason}
+    _audit(conn, now, actor, "contact.unmerge", contact_id, data)
+    for cid in (contact_id, winner):
+        _insert_timeline(conn, TimelineEntry(
+            id=new_id(), contact_id=cid, kind="identity", at=dt(now),
+            text=f"contact {contact_id} unmerged from {winner} by {actor}" + (f": {reason}" if reason else ""),
+            data=data))
+    conn.execute("INSERT INTO outbox (id, topic, payload, created_at, next_at) VALUES (?,?,?,?,?)",
+                 (new_id(), "contact.unmerged", _j(data), now, now))
+
+
+# ---------------------------------------------------------------- state
+
+
+def _state_get(conn: sqlite3.Connection, key: str) -> str | None:
+    r = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+    return r[0] if r else None
+
+
+def _state_set(conn: sqlite3.Connection, key: str, value: str, now: int) -> None:
+    conn.execute("INSERT INTO state (key, value, updated_at) VALUES (?,?,?) "
+                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                 (key, value, now))

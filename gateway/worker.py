@@ -1,0 +1,239 @@
+"""The pipeline worker: journal entry → parse → stages → atomic commit.
+
+It claims pending journal entries in arrival order and runs a bounded number
+of them concurrently (their commits share the store's group commits). For
+each entry: the channel's pure parser gives Inbounds; each Inbound gets its
+attachments stored, a snapshot of the state it needs, the pure stages'
+decision, and one atomic commit — decided again on a fresh snapshot when the
+store reports a conflict. A payload that cannot be parsed becomes a
+``failed`` journal entry with the reason, and stays replayable.
+
+At start-up every pending entry is claimed again: that is crash recovery.
+Processing is idempotent (exact-dedupe on the message key), so an entry
+interrupted after its commit but before being marked is simply confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Mapping
+
+import structlog
+
+from connectors.base import PayloadRejected
+from connectors.registry import RegistryError, parser_for
+from gateway.attachments import AttachmentStore
+from gateway.metrics import Metrics
+from gateway.store.base import Conflict, JournalEntry, Store
+from routing.model import Inbound, utcnow
+from routing.pipeline import Settings, decide, lookup
+from routing.state import CommitResult
+
+log = structlog.get_logger(__name__)
+
+ContextFn = Callable[[str, str, Mapping[str, Any]], dict]
+
+
+def default_context(channel: str, account: str, meta: Mapping[str, Any]) -> dict:
+    return {**meta, "account": account, "channel": channel}
+
+
+@dataclass
+class EntryResult:
+    journal_id: str
+    status: str  # processed | duplicate | failed
+    results: list[CommitResult] = field(default_factory=list)
+    error: str | None = None
+
+
+class Pipeline:
+    """Processes one journal entry at a time (call it concurrently)."""
+
+    def __init__(self, store: Store, settings: Settings, *, attachments: AttachmentStore | None = None,
+                 metrics: Metrics | None = None, context_for: ContextFn = default_context,
+                 media_fetchers: Mapping[str, Any] | None = None, max_conflict_retries: int = 20,
+                 clock: Callable[[], datetime] = utcnow):
+        self.store = store
+        self.settings = settings
+        self.attachments = attachments
+        self.metrics = metrics
+        self.context_for = context_for
+        self.media_fetchers = dict(media_fetchers or {})
+        self.max_conflict_retries = max_conflict_retries
+        self.clock = clock
+
+    def parse(self, entry: JournalEntry) -> list[Inbound]:
+        assert entry.raw is not None
+        parse = parser_for(entry.channel)
+        ctx = self.context_for(entry.channel, entry.account, entry.meta)
+        inbounds = parse(entry.raw, ctx)
+        for i in inbounds:
+            i.id = entry.id if len(inbounds) == 1 else f"{entry.id}:{i.external_id}"
+            i.received_at = entry.received_at
+            i.raw_ref = entry.id
+        return inbounds
+
+    async def process(self, entry: JournalEntry) -> EntryResult:
+        log_ = log.bind(journal_id=entry.id, channel=entry.channel)
+        try:
+            inbounds = self.parse(entry)
+        except PayloadRejected as exc:
+            return await self._fail(entry, f"rejected by the {entry.channel} parser: {exc}")
+        except RegistryError as exc:
+            return await self._fail(entry, str(exc))
+        except Exception as exc:  # a parser bug must not lose the payload
+            log_.exception("pipeline.parser_crashed")
+            return await self._fail(entry, f"{entry.channel} parser crashed: {type(exc).__name__}: {exc}")
+        if not inbounds:  # e.g. a delivery-status webhook: kept in the journal, nothing to route
+            await self.store.journal_mark_processed(entry.id)
+            log_.info("pipeline.done", status="processed", messages=0)
+            return EntryResult(entry.id, "processed")
+        results = []
+        try:
+            for n, inbound in enumerate(inbounds):
+                await self._prepare(inbound)
+                results.append(await self._commit(entry, inbound, final=n == len(inbounds) - 1))
+        except Exception as exc:
+            log_.exception("pipeline.failed")
+            return await self._fail(entry, f"pipeline error: {type(exc).__name__}: {exc}")
+        status = "duplicate" if all(r.outcome == "duplicate" for r in results) else "processed"
+        if self.metrics is not None:
+            latency = max(0.0, (self.clock() - entry.received_at).total_seconds())
+            self.metrics.pipeline_latency.labels(entry.channel).observe(latency)
+        log_.info("pipeline.done", status=status, messages=len(results),
+                  ticket_id=results[-1].ticket_id, contact_id=results[-1].contact_id)
+        return EntryResult(entry.id, status, results)
+
+    async def _prepare(self, inbound: Inbound) -> None:
+        fetcher = self.media_fetchers.get(inbound.channel)
+        if fetcher is not None and any(a.data is None and a.url for a in inbound.attachments):
+            try:
+                await fetcher.fetch_media(inbound)
+            except Exception as exc:  # the message goes on without the file
+                inbound.defects.append(f"media download failed: {type(exc).__name__}: {exc}")
+        if self.attachments is not None:
+            for a in inbound.attachments:
+                if a.data is not None:
+                    a.storage_ref = await asyncio.to_thread(self.attachments.put, a.data)
+                    a.data = None
+
+    async def _commit(self, entry: JournalEntry, inbound: Inbound, final: bool) -> CommitResult:
+        look = lookup(inbound, self.settings)
+        for attempt in range(self.max_conflict_retries):
+            snap = await self.store.snapshot(look, self.clock())
+            commit = decide(inbound, entry.id, snap, self.settings, look)
+            commit.final = final
+            try:
+                result = await self.store.commit(commit)
+            except Conflict:
+                if self.metrics is not None:
+                    self.metrics.conflicts.inc()
+                await asyncio.sleep(0.001 * attempt)
+                continue
+            self._count(inbound.channel, result, commit.counted)
+            return result
+        raise Conflict(f"gave up after {self.max_conflict_retries} conflicting commits")
+
+    def _count(self, channel: str, result: CommitResult, counted: str | None) -> None:
+        if self.metrics is None:
+            return
+        if result.outcome == "duplicate":
+            self.metrics.deduped.labels(channel).inc()
+        elif counted == "near_duplicate":
+            self.metrics.near_duplicates.labels(channel).inc()
+        else:
+            self.metrics.processed.labels(channel).inc()
+
+    async def _fail(self, entry: JournalEntry, reason: str) -> EntryResult:
+        log.warning("pipeline.entry_failed", journal_id=entry.id, channel=entry.channel, error=reason[:300])
+        await self.store.journal_fail(entry.id, reason)
+        if self.metrics is not None:
+            self.metrics.failed.labels(entry.channel).inc()
+        return EntryResult(entry.id, "failed", error=reason)
+
+
+class Worker:
+    """Feeds pending journal entries to the Pipeline, ``concurrency`` at a time."""
+
+    def __init__(self, pipeline: Pipeline, *, concurrency: int = 16, batch: int = 256, rescan_s: float = 5.0):
+        self.pipeline = pipeline
+        self.store = pipeline.store
+        self.concurrency = concurrency
+        self.batch = batch
+        self.rescan_s = rescan_s
+        self._wake = asyncio.Event()
+        self._inflight: set[str] = set()
+        self._queue: asyncio.Queue[JournalEntry] = asyncio.Queue(maxsize=batch * 2)
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        self.done = 0
+
+    def wake(self) -> None:
+        """Called after an append: there is new work."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._claimer(), name="omnigate-claimer")]
+        self._tasks += [asyncio.create_task(self._consume(), name=f"omnigate-pipeline-{n}")
+                        for n in range(self.concurrency)]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait until nothing is pending or in flight (tests, replay)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.wake()
+            counts = await self.store.journal_counts()
+            if counts.get("pending", 0) == 0 and not self._inflight and self._queue.empty():
+                return
+            await asyncio.sleep(0.02)
+        raise TimeoutError("journal not drained in time")
+
+    async def _claimer(self) -> None:
+        after = 0
+        last_full_scan = time.monotonic()
+        while not self._stopping:
+            try:
+                entries = await self.store.claim_pending(after, self.batch)
+            except Exception:
+                log.exception("worker.claim_failed")
+                await asyncio.sleep(1.0)
+                continue
+            fresh = [e for e in entries if e.id not in self._inflight]
+            for e in fresh:
+                self._inflight.add(e.id)
+                await self._queue.put(e)
+            if entries:
+                after = entries[-1].seq
+                continue
+            # nothing new after `after`: wait for an append, and now and then
+            # rescan from the start (entries put back by `omnigate replay`)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.rescan_s)
+            except asyncio.TimeoutError:
+                pass
+            if time.monotonic() - last_full_scan >= self.rescan_s:
+                after, last_full_scan = 0, time.monotonic()
+
+    async def _consume(self) -> None:
+        while True:
+            entry = await self._queue.get()
+            try:
+                await self.pipeline.process(entry)
+                self.done += 1
+            except Exception:  # process() fails entries itself; this is the store being down
+                log.exception("worker.process_error", journal_id=entry.id)
+                await asyncio.sleep(0.5)
+            finally:
+                self._inflight.discard(entry.id)
+

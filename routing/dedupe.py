@@ -1,0 +1,37 @@
+"""Dedupe: the same message twice is one message.
+
+- **Exact redelivery**: the same ``(channel, account, external_id)`` — a
+  webhook retried, an IMAP message fetched again, a replayed journal entry.
+  It is dropped and counted; the journal entry becomes ``duplicate`` (or
+  stays ``processed`` when it is the very entry that committed the message,
+  which is what makes a replay change nothing).
+- **Near duplicate**: the same contact sends the same text again within a
+  short window, on any channel (the customer who emails and then WeChats the
+  same complaint). It is recorded as a ``duplicate`` timeline entry linked to
+  the first message, on the first message's ticket, instead of opening a
+  second ticket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+_NOISE = re.compile(r"[\s\W_]+", re.UNICODE)
+
+
+def normalized_text(text: str) -> str:
+    """Width- and case-insensitive text with whitespace and punctuation removed."""
+    return _NOISE.sub("", unicodedata.normalize("NFKC", text).casefold())
+
+
+def text_hash(text: str | None) -> str | None:
+    """The near-duplicate key of a text, or None when there is nothing to compare
+    (empty, or too short to mean the same thing twice: "ok", "好的")."""
+    if not text:
+        return None
+    norm = normalized_text(text)
+    if len(norm) < 4:
+        return None
+    return hashlib.blake2b(norm.encode("utf-8"), digest_size=12).hexdigest()

@@ -1,0 +1,363 @@
+"""The conversation model: one shape for every channel.
+
+Connectors turn raw payloads into :class:`Inbound`; the pipeline turns an
+Inbound into changes of :class:`Contact`, :class:`Ticket` and
+:class:`TimelineEntry`. Everything here is a msgspec Struct: cheap to build,
+validated on decode, and encoded the same way by the API, the CLI and the
+store.
+
+Times are timezone-aware ``datetime`` objects (UTC inside the store; a
+connector keeps the offset its source gave). Ids are ULIDs (:func:`new_id`):
+sortable by creation time, unique across instances without coordination.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Literal
+
+import msgspec
+
+# ---------------------------------------------------------------- identifiers
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ulid_lock = threading.Lock()
+_ulid_last = [0, 0]  # [ms, random80] of the last id, for monotonic ids within one ms
+
+
+def new_id(now_ms: int | None = None) -> str:
+    """A ULID: 48-bit millisecond time + 80 random bits, Crockford base32.
+
+    Ids made in the same millisecond by this process are strictly increasing
+    (the random part is incremented), so sorting by id sorts by creation.
+    """
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    with _ulid_lock:
+        if ms <= _ulid_last[0]:
+            ms = _ulid_last[0]
+            rnd = (_ulid_last[1] + 1) & ((1 << 80) - 1)
+        else:
+            rnd = int.from_bytes(os.urandom(10), "big")
+        _ulid_last[0], _ulid_last[1] = ms, rnd
+    n = (ms << 80) | rnd
+    out = []
+    for _ in range(26):
+        out.append(_CROCKFORD[n & 31])
+        n >>= 5
+    return "".join(reversed(out))
+
+
+def ulid_time(ulid: str) -> datetime:
+    """The creation time encoded in a ULID."""
+    n = 0
+    for ch in ulid[:10]:
+        n = n * 32 + _CROCKFORD.index(ch)
+    return datetime.fromtimestamp(n / 1000, tz=timezone.utc)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------- vocabulary
+
+IdentityKind = Literal[
+    "email",
+    "phone",
+    "wechat_openid",
+    "wechat_unionid",
+    "wecom_userid",
+    "wecom_external",
+    "telegram",
+    "webchat",
+    "whatsapp",
+    "messenger",
+    "instagram",
+    "line",
+    "external",
+]
+IDENTITY_KINDS: frozenset[str] = frozenset(IdentityKind.__args__)  # type: ignore[attr-defined]
+
+#: Identity kinds that, when two contacts share them, link them automatically.
+LINKING_KINDS: frozenset[str] = frozenset({"email", "phone", "wechat_unionid"})
+
+InboundKind = Literal["message", "call", "event"]
+TicketStatus = Literal["new", "open", "pending", "solved", "closed"]
+TICKET_STATUSES: tuple[str, ...] = ("new", "open", "pending", "solved", "closed")
+#: Statuses in which a ticket is still being worked on.
+OPEN_STATUSES: frozenset[str] = frozenset({"new", "open", "pending"})
+Priority = Literal["urgent", "high", "normal", "low"]
+PRIORITIES: tuple[str, ...] = ("urgent", "high", "normal", "low")
+#: Sort rank: lower is more urgent.
+PRIORITY_RANK: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
+TimelineKind = Literal[
+    "message_in",
+    "message_out",
+    "call",
+    "event",
+    "note",
+    "status",
+    "assignment",
+    "sla",
+    "rule",
+    "duplicate",
+    "identity",
+]
+Presence = Literal["online", "away", "offline"]
+AgentRole = Literal["agent", "lead", "admin"]
+
+
+# ---------------------------------------------------------------- identities
+
+
+class Identity(msgspec.Struct, frozen=True, order=True):
+    """One way to reach a person: ``(kind, value)``, normalized.
+
+    ``email`` is the lower-cased addr-spec, ``phone`` is E.164, a
+    ``wechat_openid`` is ``"<appid>:<openid>"`` because openids are scoped to
+    one official account, a ``telegram`` value is the user (or chat) id.
+    """
+
+    kind: str
+    value: str
+
+    def key(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+class Sender(msgspec.Struct, frozen=True):
+    """Who sent an Inbound: an identity plus the display name the channel gave."""
+
+    kind: str
+    value: str
+    name: str | None = None
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.kind, self.value)
+
+
+# ---------------------------------------------------------------- inbound
+
+
+class Attachment(msgspec.Struct, omit_defaults=True):
+    """A file that came with a message.
+
+    ``data`` carries the bytes from the parser to the pipeline, which writes
+    them to the content-addressed attachment store and sets ``storage_ref``;
+    it is never serialised into the store or the API.
+    """
+
+    name: str | None
+    content_type: str
+    size: int
+    sha256: str
+    storage_ref: str | None = None
+    inline: bool = False
+    content_id: str | None = None
+    url: str | None = None  # where the channel keeps it (media id / file id / URL)
+    data: bytes | None = None
+
+
+class ThreadHints(msgspec.Struct, omit_defaults=True):
+    """What a message says about the conversation it belongs to."""
+
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    references: list[str] = msgspec.field(default_factory=list)
+    ticket_ref: str | None = None
+    session_id: str | None = None
+
+
+class CallInfo(msgspec.Struct, omit_defaults=True, rename={"from_": "from"}):
+    direction: Literal["inbound", "outbound", "internal"] | None = None
+    from_: str | None = None
+    to: str | None = None
+    started_at: datetime | None = None
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_s: int | None = None
+    disposition: str | None = None
+    recording_url: str | None = None
+
+
+class Inbound(msgspec.Struct, omit_defaults=True):
+    """A normalized message, call or event, as a connector's parser returns it.
+
+    Parsing is pure and deterministic: ``id``, ``received_at`` and
+    ``raw_ref`` are filled from the journal entry by the pipeline, not by the
+    parser.
+
+    - ``text`` is the plain text with quoted history and signatures stripped
+      (what the timeline shows first); ``full_text`` keeps the original when
+      stripping removed something.
+    - ``auto`` marks machine-sent messages that must never be answered
+      automatically: ``"auto_reply"``, ``"bounce"``, ``"bulk"``.
+    - ``raw_type`` is the channel's own message/event type (e.g. WeChat's
+      ``MsgType``/``Event``), always set for ``kind == "event"``.
+    - ``edits`` is the external_id of an earlier message this one edits
+      (Telegram ``edited_message``): the pipeline updates that timeline
+      entry instead of adding one.
+    - ``meta`` holds small channel-specific facts (menu keys, locations,
+      DSN status) as strings.
+    """
+
+    channel: str
+    account: str
+    external_id: str
+    kind: InboundKind
+    sender: Sender
+    subject: str | None = None
+    text: str = ""
+    html: str | None = None
+    full_text: str | None = None
+    attachments: list[Attachment] = msgspec.field(default_factory=list)
+    thread: ThreadHints = msgspec.field(default_factory=ThreadHints)
+    call: CallInfo | None = None
+    sent_at: datetime | None = None
+    defects: list[str] = msgspec.field(default_factory=list)
+    raw_type: str | None = None
+    auto: str | None = None
+    edits: str | None = None
+    language: str | None = None
+    recipients: list[str] = msgspec.field(default_factory=list)
+    meta: dict[str, str] = msgspec.field(default_factory=dict)
+    # filled by the pipeline from the journal entry
+    id: str | None = None
+    received_at: datetime | None = None
+    raw_ref: str | None = None
+
+
+# ---------------------------------------------------------------- contacts / tickets
+
+
+class Contact(msgspec.Struct, omit_defaults=True):
+    id: str
+    name: str | None = None
+    identities: list[Identity] = msgspec.field(default_factory=list)
+    tier: str | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
+    attributes: dict[str, str] = msgspec.field(default_factory=dict)
+    merged_into: str | None = None
+    flags: list[str] = msgspec.field(default_factory=list)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class SlaState(msgspec.Struct, omit_defaults=True):
+    policy: str | None = None
+    first_response_due: datetime | None = None
+    next_response_due: datetime | None = None
+    resolution_due: datetime | None = None
+    paused_at: datetime | None = None
+    breached: list[str] = msgspec.field(default_factory=list)
+
+
+class ReplyTarget(msgspec.Struct, omit_defaults=True):
+    """Where a reply to this ticket goes: the channel and account it came from."""
+
+    channel: str
+    account: str
+    to: Identity
+    thread: ThreadHints = msgspec.field(default_factory=ThreadHints)
+
+
+class Ticket(msgspec.Struct, omit_defaults=True):
+    id: str
+    number: int
+    contact_id: str
+    subject: str | None = None
+    status: str = "new"
+    priority: str = "normal"
+    team: str | None = None
+    skills: dict[str, int] = msgspec.field(default_factory=dict)
+    assignee: str | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
+    channels: list[str] = msgspec.field(default_factory=list)
+    reply_to: ReplyTarget | None = None
+    follow_up_of: str | None = None
+    sla: SlaState | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    last_message_at: datetime | None = None
+    first_response_at: datetime | None = None
+    solved_at: datetime | None = None
+    closed_at: datetime | None = None
+
+
+class TimelineEntry(msgspec.Struct, omit_defaults=True):
+    """One line of a customer's history. Ordered per contact and per ticket.
+
+    ``data`` carries the decision's *reason* (which rule, header or window),
+    so agents can always ask "why?".
+    """
+
+    id: str
+    contact_id: str
+    kind: str
+    at: datetime
+    ticket_id: str | None = None
+    channel: str | None = None
+    journal_id: str | None = None
+    external_id: str | None = None
+    subject: str | None = None
+    text: str | None = None
+    attachments: list[Attachment] = msgspec.field(default_factory=list)
+    data: dict = msgspec.field(default_factory=dict)
+    linked_to: str | None = None
+    edited_at: datetime | None = None
+
+
+class Agent(msgspec.Struct, omit_defaults=True):
+    id: str
+    name: str
+    login: str | None = None
+    roles: list[str] = msgspec.field(default_factory=lambda: ["agent"])
+    teams: list[str] = msgspec.field(default_factory=list)
+    skills: dict[str, int] = msgspec.field(default_factory=dict)
+    capacity: dict[str, int] = msgspec.field(default_factory=dict)
+    presence: str = "offline"
+
+
+# ---------------------------------------------------------------- outbound
+
+
+class Outbound(msgspec.Struct, omit_defaults=True):
+    """A reply (or auto-reply) to send back through a connector."""
+
+    id: str
+    ticket_id: str
+    channel: str
+    account: str
+    to: Identity
+    text: str
+    subject: str | None = None
+    html: str | None = None
+    attachments: list[Attachment] = msgspec.field(default_factory=list)
+    thread: ThreadHints = msgspec.field(default_factory=ThreadHints)
+    auto: bool = False
+    author: str | None = None  # agent id, or None for the system
+    # the ``auto`` marker of the inbound this answers ("auto_reply", "bounce",
+    # "bulk"): connectors refuse to auto-reply to it, as the core does
+    in_reply_to_auto: str | None = None
+
+
+# ---------------------------------------------------------------- public JSON
+
+
+def inbound_public(inbound: Inbound) -> dict:
+    """The contract shape of an Inbound (CONTRACTS.md `omnigate parse`)."""
+    d = msgspec.to_builtins(inbound)
+    for a in d.get("attachments", ()):
+        a.pop("data", None)
+    d.setdefault("subject", None)
+    d.setdefault("thread", {})
+    d.setdefault("call", None)
+    d.setdefault("sent_at", None)
+    d.setdefault("defects", [])
+    d.setdefault("attachments", [])
+    d["sender"].setdefault("name", None)
+    return d

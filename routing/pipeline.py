@@ -1,0 +1,324 @@
+"""The routing pipeline: an explicit, ordered list of pure stages.
+
+``decide(inbound, snapshot, settings)`` runs :data:`STAGES` in order over a
+:class:`Work` record and returns the :class:`~routing.state.Commit` the store
+applies atomically. A stage reads the Inbound, the snapshot and what earlier
+stages decided; it never does I/O and never reads the clock (``snapshot.now``
+is the time). A stage may finish the work early (an exact redelivery needs
+nothing else). Every decision carries its reason, and the reasons end up on
+the timeline.
+
+The stages that later issues fill in (rules, assignment, SLA) are hooks on
+:class:`Settings`: a callable that takes the Work and returns its decision.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+from routing import dedupe, identity, threads
+from routing.model import Attachment, Identity, Inbound, ReplyTarget, ThreadHints, TimelineEntry, new_id
+from routing.state import (
+    Commit,
+    NewTicket,
+    OutboxEvent,
+    Snapshot,
+    TicketChange,
+    TimelineEdit,
+)
+
+
+@dataclass
+class Settings:
+    """Pipeline configuration, already compiled (no parsing per message)."""
+
+    region: str = "CN"
+    near_window_s: float = 300.0
+    reopen_window_s: Callable[[str], float] = lambda channel: 7 * 86400.0
+    ref_patterns: list[re.Pattern[str]] = field(
+        default_factory=lambda: threads.compile_ref_patterns([r"\[#(\d{1,12})\]", r"工单[号編编]?\s*[:：#]?\s*(\d{1,12})"])
+    )
+    ref_requires_same_contact: bool = True
+    cross_channel: bool = True
+    #: Later stages, plugged in by the gateway: each takes the Work and records
+    #: its decision on it (rules → priority/team/skills/tags/auto-reply, …).
+    hooks: list[Callable[["Work"], None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the store must read for one Inbound (derived from it, purely)."""
+
+    sender: Identity
+    extra: tuple[Identity, ...]
+    numbers: tuple[int, ...]
+    refs: tuple[str, ...]
+    text_hash: str | None
+    message_key: tuple[str, str, str]
+    edits_key: tuple[str, str, str] | None
+    near_window_s: float
+
+    @property
+    def identities(self) -> tuple[Identity, ...]:
+        return (self.sender, *self.extra)
+
+
+def lookup(inbound: Inbound, settings: Settings) -> Lookup:
+    sender, extra, _ = identity.identities_of(inbound, settings.region)
+    refs = threads.thread_refs(inbound)
+    dsn_ref = inbound.meta.get("dsn_original_message_id")
+    if dsn_ref:
+        refs.append(dsn_ref.strip("<>"))
+    return Lookup(
+        sender=sender,
+        extra=tuple(extra),
+        numbers=tuple(threads.ticket_numbers(inbound, settings.ref_patterns)),
+        refs=tuple(refs),
+        text_hash=dedupe.text_hash(inbound.text) if inbound.kind == "message" and not inbound.auto else None,
+        message_key=(inbound.channel, inbound.account, inbound.external_id),
+        edits_key=(inbound.channel, inbound.account, inbound.edits) if inbound.edits else None,
+        near_window_s=settings.near_window_s,
+    )
+
+
+@dataclass
+class Work:
+    """One message on its way through the stages."""
+
+    inbound: Inbound
+    journal_id: str
+    snap: Snapshot
+    settings: Settings
+    look: Lookup
+    now: datetime
+    commit: Commit
+    contact_id: str | None = None
+    thread: threads.ThreadDecision | None = None
+    reasons: dict = field(default_factory=dict)
+    timeline: list[TimelineEntry] = field(default_factory=list)
+    #: Ticket fields decided by later stages (rules, assignment).
+    ticket_fields: dict = field(default_factory=dict)
+    outbox: list[OutboxEvent] = field(default_factory=list)
+    done: bool = False
+
+
+# ---------------------------------------------------------------- stages
+
+
+def stage_exact_dedupe(w: Work) -> None:
+    hit = w.snap.exact
+    if hit is None:
+        return
+    w.commit.outcome = "processed" if hit.journal_id == w.journal_id else "duplicate"
+    w.commit.message_key = None
+    w.commit.contact_id, w.commit.ticket_id = hit.contact_id, hit.ticket_id
+    w.commit.counted = None if hit.journal_id == w.journal_id else "deduped"
+    w.done = True
+
+
+def stage_identity(w: Work) -> None:
+    d = identity.resolve(w.inbound, w.look.sender, list(w.look.extra), w.snap, w.now)
+    c = w.commit
+    w.contact_id = c.contact_id = d.contact_id
+    c.origin_identity = w.look.sender
+    c.new_contact, c.link_identities, c.contact_expect_version = d.new_contact, d.links, d.expect_version
+    c.contact_name = d.rename
+    w.reasons["identity"] = d.reason
+    w.timeline.extend(d.timeline)
+    blocked = w.inbound.meta.get("blocked")
+    if blocked == "true":
+        c.add_flags = (f"blocked:{w.inbound.channel}",)
+    elif blocked == "false":
+        c.remove_flags = (f"blocked:{w.inbound.channel}",)
+
+
+def stage_edit(w: Work) -> None:
+    """An edit of an earlier message updates that timeline entry."""
+    hit = w.snap.edited
+    if not w.inbound.edits or hit is None or hit.timeline_id is None:
+        return
+    w.commit.edit = TimelineEdit(timeline_id=hit.timeline_id, text=w.inbound.text, edited_at=w.now)
+    w.commit.ticket_id = hit.ticket_id
+    w.reasons["edit"] = {"stage": "edit", "edits": w.inbound.edits, "timeline_id": hit.timeline_id}
+    w.outbox.append(OutboxEvent("message.edited", {"timeline_id": hit.timeline_id}, hit.ticket_id))
+    w.done = True
+
+
+def stage_events(w: Work) -> None:
+    """Events (subscribe, menu clicks, session changes) join the contact's
+    timeline without opening a ticket; so do bounces whose original is unknown."""
+    i = w.inbound
+    unthreadable_bounce = i.auto == "bounce" and not any(r in w.snap.ref_tickets for r in w.look.refs)
+    if i.kind != "event" and not unthreadable_bounce:
+        return
+    kind = "event" if i.kind == "event" else "message_in"
+    entry = _message_entry(w, kind, ticket_id=None)
+    entry.data["why_no_ticket"] = "event" if i.kind == "event" else "bounce of an unknown message"
+    w.timeline.append(entry)
+    w.commit.message_entry_id = entry.id
+    w.done = True
+
+
+def stage_near_dedupe(w: Work) -> None:
+    hit = w.snap.near_duplicate
+    if hit is None or hit.contact_id != w.contact_id:
+        return
+    entry = _message_entry(w, "duplicate", ticket_id=hit.ticket_id)
+    entry.linked_to = hit.timeline_id
+    entry.data["reason"] = {"stage": "dedupe", "near_duplicate_of": hit.timeline_id,
+                            "window_s": w.settings.near_window_s}
+    w.timeline.append(entry)
+    w.commit.message_entry_id = entry.id
+    w.commit.ticket_id = hit.ticket_id
+    w.commit.counted = "near_duplicate"
+    w.done = True
+
+
+def stage_threading(w: Work) -> None:
+    i = w.inbound
+    assert w.contact_id is not None
+    w.thread = threads.decide(
+        i, w.contact_id, w.snap, list(w.look.numbers), list(w.look.refs),
+        w.settings.reopen_window_s(i.channel),
+        ref_requires_same_contact=w.settings.ref_requires_same_contact,
+        cross_channel=w.settings.cross_channel,
+    )
+    w.reasons["threading"] = w.thread.reason
+
+
+def stage_hooks(w: Work) -> None:
+    for hook in w.settings.hooks:
+        hook(w)
+
+
+def stage_compose(w: Work) -> None:
+    """Turn the decisions into the ticket change, timeline entries and events."""
+    i, c, t = w.inbound, w.commit, w.thread
+    assert t is not None
+    reply_to = ReplyTarget(
+        channel=i.channel, account=i.account, to=w.look.sender,
+        thread=ThreadHints(message_id=i.thread.message_id,
+                           references=[*i.thread.references, *([i.thread.message_id] if i.thread.message_id else [])][-20:],
+                           session_id=i.thread.session_id),
+    )
+    at = i.sent_at or w.now
+    f = w.ticket_fields
+    if t.action == "new":
+        ticket_id = new_id()
+        c.new_ticket = NewTicket(
+            id=ticket_id, subject=i.subject or _subject_from(i), channel=i.channel, created_at=w.now,
+            reply_to=reply_to, follow_up_of=t.follow_up_of,
+            priority=f.get("priority", "normal"), team=f.get("team"), skills=f.get("skills", {}),
+            tags=tuple(f.get("tags", ())), assignee=f.get("assignee"),
+        )
+        w.outbox.append(OutboxEvent("ticket.created", {"ticket_id": ticket_id, "contact_id": w.contact_id,
+                                                        "channel": i.channel}, ticket_id))
+    else:
+        assert t.ticket is not None
+        ticket_id = t.ticket.id
+        c.ticket_change = TicketChange(
+            id=ticket_id, expect_version=t.ticket.version,
+            status="open" if t.action == "reopen" else None,
+            last_message_at=max(at, t.ticket.last_message_at),
+            add_channel=i.channel if i.channel not in t.ticket.channels else None,
+            reply_to=reply_to,
+            priority=f.get("priority"), team=f.get("team"), skills=f.get("skills"),
+            add_tags=tuple(f.get("tags", ())), assignee=f.get("assignee"),
+        )
+        if t.action == "reopen":
+            w.timeline.append(TimelineEntry(
+                id=new_id(), contact_id=w.contact_id or "", ticket_id=ticket_id, kind="status", at=w.now,
+                channel=i.channel, text=f"reopened: {t.ticket.status} → open by a new customer message",
+                data={"from": t.ticket.status, "to": "open", "reason": t.reason},
+            ))
+            w.outbox.append(OutboxEvent("ticket.reopened", {"ticket_id": ticket_id}, ticket_id))
+    c.ticket_id = ticket_id
+    entry = _message_entry(w, "call" if i.kind == "call" else "message_in", ticket_id)
+    w.timeline.insert(0, entry)
+    c.message_entry_id = entry.id
+    c.thread_refs = threads.own_refs(i)
+    w.outbox.append(OutboxEvent("message.created", {"timeline_id": entry.id, "ticket_id": ticket_id,
+                                                     "contact_id": w.contact_id, "channel": i.channel}, ticket_id))
+
+
+#: The pipeline, in order. Each stage is a pure function of the Work.
+STAGES: tuple[Callable[[Work], None], ...] = (
+    stage_exact_dedupe,
+    stage_identity,
+    stage_edit,
+    stage_events,
+    stage_near_dedupe,
+    stage_threading,
+    stage_hooks,
+    stage_compose,
+)
+
+
+def decide(inbound: Inbound, journal_id: str, snap: Snapshot, settings: Settings, look: Lookup | None = None) -> Commit:
+    """Run the stages; the Commit to apply. Pure: same inputs, same decision
+    (up to the fresh ids of new rows)."""
+    look = look or lookup(inbound, settings)
+    w = Work(
+        inbound=inbound, journal_id=journal_id, snap=snap, settings=settings, look=look, now=snap.now,
+        commit=Commit(journal_id=journal_id, outcome="processed", message_key=look.message_key),
+    )
+    for stage in STAGES:
+        stage(w)
+        if w.done:
+            break
+    c = w.commit
+    for e in w.timeline:
+        if not e.contact_id:
+            e.contact_id = w.contact_id or ""
+    c.timeline = w.timeline
+    c.outbox = w.outbox
+    return c
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _subject_from(i: Inbound) -> str | None:
+    text = (i.text or "").strip().splitlines()
+    if text and text[0].strip():
+        first = text[0].strip()
+        return first if len(first) <= 80 else first[:79] + "…"
+    if i.kind == "call" and i.call is not None:
+        return f"Call from {i.call.from_ or i.sender.value}"
+    return None
+
+
+def _public_attachments(attachments: list[Attachment]) -> list[Attachment]:
+    return [
+        Attachment(name=a.name, content_type=a.content_type, size=a.size, sha256=a.sha256,
+                   storage_ref=a.storage_ref, inline=a.inline, content_id=a.content_id, url=a.url)
+        for a in attachments
+    ]
+
+
+def _message_entry(w: Work, kind: str, ticket_id: str | None) -> TimelineEntry:
+    i = w.inbound
+    data: dict = {"sender": {"kind": w.look.sender.kind, "value": w.look.sender.value, "name": i.sender.name},
+                  "reasons": dict(w.reasons), "account": i.account}
+    for key in ("raw_type", "auto", "language", "html", "full_text"):
+        value = getattr(i, key)
+        if value:
+            data[key] = value
+    if i.defects:
+        data["defects"] = list(i.defects)
+    if i.meta:
+        data["meta"] = dict(i.meta)
+    if i.call is not None:
+        import msgspec
+
+        data["call"] = msgspec.to_builtins(i.call)
+    if w.look.text_hash:
+        data["text_hash"] = w.look.text_hash
+    return TimelineEntry(
+        id=new_id(), contact_id=w.contact_id or "", kind=kind, at=i.sent_at or w.now, ticket_id=ticket_id,
+        channel=i.channel, journal_id=w.journal_id, external_id=i.external_id, subject=i.subject, text=i.text,
+        attachments=_public_attachments(i.attachments), data=data,
+    )
