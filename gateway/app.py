@@ -195,7 +195,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     worker = app[keys.WORKER]
-    await worker.start()
+    if app[keys.CONFIG].pipeline.workers > 0:  # 0: an ingest-only node
+        await worker.start()
     yield
     await worker.stop()
 

@@ -198,8 +198,10 @@ def stage_compose(w: Work) -> None:
     """Turn the decisions into the ticket change, timeline entries and events."""
     i, c, t = w.inbound, w.commit, w.thread
     assert t is not None
+    # in a group chat the sender is a person but the reply goes to the chat
+    to = Identity(w.look.sender.kind, i.meta["chat_id"]) if i.meta.get("chat_id") else w.look.sender
     reply_to = ReplyTarget(
-        channel=i.channel, account=i.account, to=w.look.sender,
+        channel=i.channel, account=i.account, to=to,
         thread=ThreadHints(message_id=i.thread.message_id,
                            references=[*i.thread.references, *([i.thread.message_id] if i.thread.message_id else [])][-20:],
                            session_id=i.thread.session_id),

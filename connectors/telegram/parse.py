@@ -1,0 +1,477 @@
+"""Telegram's pure parser: one Bot API ``Update`` (JSON) → one :class:`Inbound`.
+
+The same function serves webhook bodies and the updates a getUpdates poll
+returned (the poller journals each update as its own JSON object), the
+daemon's pipeline, replays and ``omnigate parse telegram``.
+
+Third-party input is read tolerantly: unknown keys are ignored (the Zammad
+captures of the corpus add ``bid`` and ``callback_token``) and optional
+fields may be absent. PTB's ``Update.de_json`` is deliberately not used here:
+its constructors require fields older payloads lack (``User.is_bot`` is
+missing from every corpus payload, so it raises ``TypeError``), and msgspec
+Structs are several times faster on the webhook path.
+
+What an update becomes (https://core.telegram.org/bots/api#update):
+
+- ``message`` / ``channel_post`` → kind ``message``; text = text or caption;
+  attachments reference the file by ``file_id`` (``url``) with ``sha256=""``
+  until the connector's ``fetch_media`` downloads them;
+- ``edited_message`` / ``edited_channel_post`` → kind ``message`` with
+  ``edits`` = the original's external id and ``sent_at`` = the edit time;
+- a message that only carries a service notice (member joined, title
+  changed, message pinned …) → kind ``event``, raw_type ``message.<field>``;
+- ``callback_query`` → ``event``, the button's data in ``meta["data"]``;
+- ``my_chat_member`` / ``chat_member`` → ``event``; for ``my_chat_member``
+  in a private chat ``meta["blocked"]`` says whether the user has just
+  blocked (``"true"``) or unblocked (``"false"``) the bot;
+- any other update kind → ``event`` with raw_type = the update's key.
+
+:func:`update_key` is both the journal's idempotency key and the Inbound's
+``external_id``. It is derived from the content, so a redelivered update (a
+webhook retry, a batch polled again after a crash) maps onto the same key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import msgspec
+
+from connectors.base import PayloadRejected
+from routing.model import Attachment, Inbound, Sender, ThreadHints
+
+CHANNEL = "telegram"
+
+MESSAGE_KINDS = frozenset({"message", "channel_post", "edited_message", "edited_channel_post"})
+EDIT_KINDS = frozenset({"edited_message", "edited_channel_post"})
+MEMBER_KINDS = frozenset({"my_chat_member", "chat_member"})
+
+#: Message fields that make a message a service notice rather than something
+#: a person wrote (Bot API, Message object).
+SERVICE_FIELDS = (
+    "new_chat_members",
+    "left_chat_member",
+    "new_chat_title",
+    "new_chat_photo",
+    "delete_chat_photo",
+    "group_chat_created",
+    "supergroup_chat_created",
+    "channel_chat_created",
+    "message_auto_delete_timer_changed",
+    "migrate_to_chat_id",
+    "migrate_from_chat_id",
+    "pinned_message",
+    "write_access_allowed",
+    "forum_topic_created",
+    "forum_topic_edited",
+    "forum_topic_closed",
+    "forum_topic_reopened",
+    "video_chat_scheduled",
+    "video_chat_started",
+    "video_chat_ended",
+    "video_chat_participants_invited",
+    "boost_added",
+    "chat_background_set",
+    "proximity_alert_triggered",
+)
+
+#: File-carrying message fields in the order they are read, with the content
+#: type Telegram implies when it gives no ``mime_type``. ``document`` comes
+#: after ``animation`` because Telegram sends a GIF as both.
+MEDIA_FIELDS: tuple[tuple[str, str], ...] = (
+    ("animation", "video/mp4"),
+    ("document", "application/octet-stream"),
+    ("video", "video/mp4"),
+    ("video_note", "video/mp4"),
+    ("audio", "audio/mpeg"),
+    ("voice", "audio/ogg"),
+    ("sticker", "image/webp"),
+)
+PHOTO_TYPE = "image/jpeg"  # Telegram re-encodes every photo size as JPEG
+
+
+# ---------------------------------------------------------------- Bot API objects (the fields read)
+
+
+class _User(msgspec.Struct):
+    id: int
+    first_name: str = ""
+    last_name: str | None = None
+    username: str | None = None
+
+
+class _Chat(msgspec.Struct):
+    id: int
+    type: str = ""
+    title: str | None = None
+    username: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+
+
+class _File(msgspec.Struct):
+    """PhotoSize, Document, Audio, Video, Voice, Animation, VideoNote, Sticker."""
+
+    file_id: str
+    file_name: str | None = None
+    mime_type: str | None = None
+    file_size: int | None = None
+    width: int = 0
+    height: int = 0
+    is_animated: bool = False
+    is_video: bool = False
+
+
+class _MessageRef(msgspec.Struct):
+    """A replied-to message, or the (possibly inaccessible) message of a callback."""
+
+    message_id: int
+    chat: _Chat | None = None
+
+
+class _Location(msgspec.Struct):
+    latitude: float
+    longitude: float
+
+
+class _Contact(msgspec.Struct):
+    phone_number: str
+
+
+class _Message(msgspec.Struct, rename={"from_": "from"}):
+    message_id: int
+    chat: _Chat
+    date: int = 0
+    from_: _User | None = None
+    sender_chat: _Chat | None = None
+    text: str | None = None
+    caption: str | None = None
+    edit_date: int | None = None
+    reply_to_message: _MessageRef | None = None
+    media_group_id: str | None = None
+    photo: list[_File] = []
+    animation: _File | None = None
+    document: _File | None = None
+    video: _File | None = None
+    video_note: _File | None = None
+    audio: _File | None = None
+    voice: _File | None = None
+    sticker: _File | None = None
+    location: _Location | None = None
+    contact: _Contact | None = None
+
+
+class _CallbackQuery(msgspec.Struct, rename={"from_": "from"}):
+    id: str
+    from_: _User
+    message: _MessageRef | None = None
+    data: str | None = None
+    game_short_name: str | None = None
+
+
+class _ChatMember(msgspec.Struct):
+    status: str
+
+
+class _ChatMemberUpdated(msgspec.Struct, rename={"from_": "from"}):
+    chat: _Chat
+    from_: _User
+    date: int
+    old_chat_member: _ChatMember
+    new_chat_member: _ChatMember
+
+
+_json_decoder = msgspec.json.Decoder()
+
+
+# ---------------------------------------------------------------- envelope: validation, kind, key
+
+
+def validate_update(obj: Any) -> dict[str, Any]:
+    """``obj`` if it is a Bot API Update (an object with an integer ``update_id``)."""
+    if not isinstance(obj, dict):
+        raise PayloadRejected(f"not a Telegram update: JSON {type(obj).__name__}, expected an object")
+    update_id = obj.get("update_id")
+    if not isinstance(update_id, int) or isinstance(update_id, bool):
+        raise PayloadRejected("not a Telegram update: no integer update_id")
+    return obj
+
+
+def decode_update(raw: bytes) -> dict[str, Any]:
+    """The JSON object of an update; :class:`PayloadRejected` when it is not one."""
+    try:
+        obj = _json_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise PayloadRejected(f"not JSON: {exc}") from None
+    return validate_update(obj)
+
+
+def update_kind(update: Mapping[str, Any]) -> str | None:
+    """The update's one optional object field (``message``, ``callback_query`` …).
+
+    Telegram sets exactly one; keys a relay added (``bid``, ``_comment``) are
+    not objects and are skipped.
+    """
+    for key, value in update.items():
+        if key != "update_id" and isinstance(value, dict):
+            return key
+    return None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def update_key(update: Mapping[str, Any]) -> str:
+    """Idempotency key and external id of an update, from its content.
+
+    ``<chat_id>:<message_id>`` for a message (the id Telegram's own
+    ``reply_to_message`` points at), ``…:edit:<edit_date>`` for an edit of it,
+    ``callback:<id>`` for a button press, ``<kind>:<chat>:<date>:<status>`` for
+    a membership change; ``update:<update_id>`` when the content has no id.
+    """
+    kind = update_kind(update)
+    body = update.get(kind) if kind else None
+    if isinstance(body, dict):
+        chat = body.get("chat")
+        chat_id = _int(chat.get("id")) if isinstance(chat, dict) else None
+        if kind in MESSAGE_KINDS and chat_id is not None and _int(body.get("message_id")) is not None:
+            key = f"{chat_id}:{body['message_id']}"
+            edit_date = _int(body.get("edit_date"))
+            if kind not in EDIT_KINDS:
+                return key
+            if edit_date is not None:
+                return f"{key}:edit:{edit_date}"
+        elif kind == "callback_query" and isinstance(body.get("id"), str):
+            return f"callback:{body['id']}"
+        elif kind in MEMBER_KINDS and chat_id is not None:
+            status = (body.get("new_chat_member") or {}).get("status")
+            return f"{kind}:{chat_id}:{_int(body.get('date'))}:{status}"
+    return f"update:{update['update_id']}"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _time(ts: int | None) -> datetime | None:
+    # Telegram dates are Unix seconds; 0 marks an inaccessible message.
+    return datetime.fromtimestamp(ts, timezone.utc) if ts else None
+
+
+def _join(*parts: str | None) -> str:
+    return " ".join(p for p in parts if p)
+
+
+def _user_sender(user: _User) -> Sender:
+    return Sender(kind=CHANNEL, value=str(user.id), name=_join(user.first_name, user.last_name) or user.username)
+
+
+def _chat_sender(chat: _Chat) -> Sender:
+    name = chat.title or _join(chat.first_name, chat.last_name) or chat.username
+    return Sender(kind=CHANNEL, value=str(chat.id), name=name)
+
+
+def _message_sender(msg: _Message) -> Sender:
+    # sender_chat is set when a chat speaks for itself (an anonymous group
+    # admin, a linked channel): then ``from`` is a placeholder bot.
+    if msg.sender_chat is not None:
+        return _chat_sender(msg.sender_chat)
+    if msg.from_ is not None:
+        return _user_sender(msg.from_)
+    return _chat_sender(msg.chat)  # channel posts carry no ``from``
+
+
+def _attachment(media: _File, default_type: str) -> Attachment:
+    return Attachment(
+        name=media.file_name,
+        content_type=media.mime_type or default_type,
+        size=media.file_size or 0,
+        sha256="",  # known once fetch_media has downloaded the file
+        url=media.file_id,
+    )
+
+
+def _sticker_type(sticker: _File) -> str:
+    if sticker.is_animated:
+        return "application/x-tgsticker"
+    return "video/webm" if sticker.is_video else "image/webp"
+
+
+def _attachments(msg: _Message) -> list[Attachment]:
+    out: list[Attachment] = []
+    if msg.photo:
+        # Telegram lists the sizes of one photo smallest first; keep the largest.
+        largest = max(msg.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
+        out.append(_attachment(largest, PHOTO_TYPE))
+    for field, default_type in MEDIA_FIELDS:
+        media: _File | None = getattr(msg, field)
+        if media is None or (field == "document" and msg.animation is not None):
+            continue
+        out.append(_attachment(media, _sticker_type(media) if field == "sticker" else default_type))
+    return out
+
+
+def _chat_meta(chat: _Chat, update_id: int) -> dict[str, str]:
+    meta = {"chat_id": str(chat.id), "chat_type": chat.type, "update_id": str(update_id)}
+    if chat.title:
+        meta["chat_title"] = chat.title
+    return meta
+
+
+def _convert(body: Any, kind: str, type_: type[msgspec.Struct]) -> Any:
+    try:
+        return msgspec.convert(body, type_)
+    except msgspec.ValidationError as exc:
+        raise PayloadRejected(f"not a Telegram {kind}: {exc}") from None
+
+
+# ---------------------------------------------------------------- one function per update kind
+
+
+def _message(kind: str, body: Any, update_id: int, key: str, account: str) -> Inbound:
+    msg: _Message = _convert(body, kind, _Message)
+    sender = _message_sender(msg)
+    meta = _chat_meta(msg.chat, update_id)
+    meta["message_id"] = str(msg.message_id)
+    username = msg.from_.username if msg.from_ and msg.sender_chat is None else msg.chat.username
+    if username:
+        meta["username"] = username
+    if msg.media_group_id:
+        meta["media_group_id"] = msg.media_group_id
+    if msg.location:
+        meta["latitude"], meta["longitude"] = str(msg.location.latitude), str(msg.location.longitude)
+    if msg.contact:
+        meta["contact_phone"] = msg.contact.phone_number
+    original = f"{msg.chat.id}:{msg.message_id}"
+    edited = kind in EDIT_KINDS
+    attachments = _attachments(msg)
+    text = msg.text if msg.text is not None else (msg.caption or "")
+    service = "" if text or attachments or msg.location or msg.contact else _service_field(body)
+    return Inbound(
+        channel=CHANNEL,
+        account=account,
+        external_id=key,
+        kind="event" if service else "message",
+        sender=sender,
+        text=text,
+        attachments=attachments,
+        thread=ThreadHints(
+            message_id=original,
+            in_reply_to=f"{msg.chat.id}:{msg.reply_to_message.message_id}" if msg.reply_to_message else None,
+        ),
+        sent_at=_time(msg.edit_date if edited and msg.edit_date else msg.date),
+        raw_type=f"{kind}.{service}" if service else kind,
+        edits=original if edited else None,
+        meta=meta,
+    )
+
+
+def _service_field(body: Mapping[str, Any]) -> str:
+    return next((f for f in SERVICE_FIELDS if f in body), "")
+
+
+def _callback_query(kind: str, body: Any, update_id: int, key: str, account: str) -> Inbound:
+    cq: _CallbackQuery = _convert(body, kind, _CallbackQuery)
+    meta = {"update_id": str(update_id), "callback_id": cq.id}
+    if cq.from_.username:
+        meta["username"] = cq.from_.username
+    if cq.data is not None:
+        meta["data"] = cq.data
+    if cq.game_short_name:
+        meta["game_short_name"] = cq.game_short_name
+    in_reply_to = None
+    if cq.message is not None and cq.message.chat is not None:
+        meta.update(chat_id=str(cq.message.chat.id), chat_type=cq.message.chat.type)
+        # the bot's message that carried the button: what send() returned as its id
+        in_reply_to = f"{cq.message.chat.id}:{cq.message.message_id}"
+    return Inbound(
+        channel=CHANNEL,
+        account=account,
+        external_id=key,
+        kind="event",
+        sender=_user_sender(cq.from_),
+        thread=ThreadHints(in_reply_to=in_reply_to),
+        raw_type=kind,
+        meta=meta,
+    )
+
+
+def _member_update(kind: str, body: Any, update_id: int, key: str, account: str) -> Inbound:
+    cmu: _ChatMemberUpdated = _convert(body, kind, _ChatMemberUpdated)
+    meta = _chat_meta(cmu.chat, update_id)
+    meta.update(old_status=cmu.old_chat_member.status, new_status=cmu.new_chat_member.status)
+    if cmu.from_.username:
+        meta["username"] = cmu.from_.username
+    if kind == "my_chat_member" and cmu.chat.type == "private":
+        # In a private chat the bot's own membership only changes when the
+        # user blocks it ("kicked") or unblocks/restarts it ("member").
+        meta["blocked"] = "true" if cmu.new_chat_member.status == "kicked" else "false"
+    return Inbound(
+        channel=CHANNEL,
+        account=account,
+        external_id=key,
+        kind="event",
+        sender=_user_sender(cmu.from_),
+        sent_at=_time(cmu.date),
+        raw_type=kind,
+        meta=meta,
+    )
+
+
+def _other(kind: str, body: Any, update_id: int, key: str, account: str) -> Inbound:
+    """An update kind this parser does not model: kept as an event, never dropped."""
+    defects: list[str] = []
+    sender = _find_sender(body)
+    if sender is None:
+        sender = Sender(kind=CHANNEL, value="unknown")
+        defects.append(f"{kind}: no user or chat to attribute it to")
+    return Inbound(
+        channel=CHANNEL,
+        account=account,
+        external_id=key,
+        kind="event",
+        sender=sender,
+        raw_type=kind,
+        defects=defects,
+        meta={"update_id": str(update_id)},
+    )
+
+
+def _find_sender(body: Any) -> Sender | None:
+    if not isinstance(body, dict):
+        return None
+    for field, type_, make in (("from", _User, _user_sender), ("user", _User, _user_sender), ("chat", _Chat, _chat_sender)):
+        try:
+            return make(msgspec.convert(body[field], type_))
+        except (KeyError, msgspec.ValidationError):
+            continue
+    return None
+
+
+_BY_KIND = {
+    **dict.fromkeys(MESSAGE_KINDS, _message),
+    "callback_query": _callback_query,
+    **dict.fromkeys(MEMBER_KINDS, _member_update),
+}
+
+
+def account_of(context: Mapping[str, Any]) -> str:
+    """The bot id: given as ``account``, or the numeric prefix of the ``token``."""
+    account = context.get("account")
+    if account:
+        return str(account)
+    token = context.get("token")
+    if isinstance(token, str) and token.partition(":")[0].isdigit():
+        return token.partition(":")[0]
+    return CHANNEL
+
+
+def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
+    """One Inbound per update; :class:`PayloadRejected` for bytes that are not one."""
+    update = decode_update(raw)
+    kind = update_kind(update)
+    if kind is None:
+        raise PayloadRejected("not a Telegram update: update_id but no update object (message, callback_query …)")
+    handler = _BY_KIND.get(kind, _other)
+    return [handler(kind, update[kind], update["update_id"], update_key(update), account_of(context))]

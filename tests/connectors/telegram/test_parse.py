@@ -1,0 +1,207 @@
+"""The pure Telegram parser (no outside resource): every telegram row of the
+corpus, the labelled synthetic fixtures, and what must be refused."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from connectors.base import PayloadRejected
+from connectors.registry import validate_all
+from connectors.telegram.parse import parse, update_key
+from routing.model import Inbound
+from tests.corpus import Row, params
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "telegram"
+ROOT = Path(__file__).resolve().parents[3]
+CONTEXT = {"account": "1111111"}
+
+
+def parse_one(raw: bytes, context: dict | None = None) -> Inbound:
+    inbounds = parse(raw, CONTEXT if context is None else context)
+    assert len(inbounds) == 1
+    return inbounds[0]
+
+
+def fixture(name: str) -> Inbound:
+    return parse_one((FIXTURES / name).read_bytes())
+
+
+# ---------------------------------------------------------------- corpus
+
+#: Manifest facts checked below; anything else in a telegram row fails the
+#: test, so a new fact is never silently ignored.
+FACT_KEYS = {
+    "update_id", "kind", "chat.id", "chat.type", "chat.title", "from", "from.id", "from.name",
+    "from.username", "message_id", "date", "text", "caption",
+    "document.file_id", "document.file_name", "document.mime_type", "video.file_id",
+    "video.mime_type", "voice.file_id", "voice.mime_type", "sticker.file_id",
+}  # fmt: skip
+
+
+def check_fact(inbound: Inbound, key: str, value: str) -> None:
+    meta = inbound.meta
+    if key == "update_id":
+        assert meta["update_id"] == value
+    elif key == "kind":
+        assert inbound.raw_type == value and inbound.kind == "message"
+    elif key == "chat.id":
+        assert meta["chat_id"] == value
+    elif key == "chat.type":
+        assert meta["chat_type"] == value
+    elif key == "chat.title":
+        assert meta["chat_title"] == value
+    elif key == "from":  # "absent": a channel post speaks as its chat
+        assert value == "absent" and inbound.sender.value == meta["chat_id"]
+    elif key == "from.id":
+        assert inbound.sender.value == value
+    elif key == "from.name":
+        assert inbound.sender.name == value
+    elif key == "from.username":
+        assert meta["username"] == value
+    elif key == "message_id":
+        assert inbound.external_id == f"{meta['chat_id']}:{value}" == inbound.thread.message_id
+    elif key == "date":
+        assert inbound.sent_at == datetime.fromtimestamp(int(value), timezone.utc)
+    elif key in ("text", "caption"):
+        assert inbound.text == value
+    else:  # <media>.file_id / file_name / mime_type: the one attachment
+        (attachment,) = inbound.attachments
+        attr = {"file_id": "url", "file_name": "name", "mime_type": "content_type"}[key.split(".")[1]]
+        assert getattr(attachment, attr) == value
+        assert attachment.sha256 == ""  # until fetch_media downloads it
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("corpus_row", params("telegram"), indirect=True)
+def test_corpus_row(corpus_row: Row) -> None:
+    inbound = parse_one(corpus_row.read(), {**corpus_row.context, **CONTEXT})
+    facts = corpus_row.facts()
+    assert set(facts) <= FACT_KEYS, f"unchecked facts: {set(facts) - FACT_KEYS}"
+    for key, value in facts.items():
+        check_fact(inbound, key, value)
+    largest = re.search(r"largest file_id=(\w+)", corpus_row.expected)
+    if largest:  # "photo sizes=3; largest file_id=…": one attachment, the biggest size
+        (photo,) = inbound.attachments
+        assert (photo.url, photo.content_type) == (largest.group(1), "image/jpeg")
+    assert inbound.account == "1111111"
+    assert inbound.external_id == update_key(json.loads(corpus_row.read()))
+    assert parse(corpus_row.read(), CONTEXT) == parse(corpus_row.read(), CONTEXT)  # pure
+
+
+# ---------------------------------------------------------------- synthetic fixtures (labelled)
+
+
+def test_fixtures_are_labelled() -> None:
+    for path in FIXTURES.glob("*.json"):
+        assert "synthetic" in path.name
+        assert "core.telegram.org/bots/api" in json.loads(path.read_text())["_comment"]
+
+
+def test_edited_message_points_at_the_original() -> None:
+    edit = fixture("synthetic_edited_message.json")
+    assert (edit.kind, edit.raw_type, edit.text) == ("message", "edited_message", "Hello, I need your help with order 4711")
+    assert edit.edits == "111111:5"  # the external id of the corpus's zammad_private_text.json
+    assert edit.external_id == "111111:5:edit:1441645600" != edit.edits
+    assert edit.sent_at == datetime(2015, 9, 7, 17, 6, 40, tzinfo=timezone.utc)  # the edit's time
+
+
+def test_callback_query_is_an_event_with_its_data() -> None:
+    event = fixture("synthetic_callback_query.json")
+    assert (event.kind, event.raw_type, event.external_id) == ("event", "callback_query", "callback:4382bfdwdsb323b2d9")
+    assert event.sender.value == "111111" and event.sender.name == "Test Firstname Test Lastname"
+    assert event.meta["data"] == "csat:yes"
+    assert event.meta["chat_id"] == "111111"
+    assert event.thread.in_reply_to == "111111:42"  # the bot's message that carried the button
+
+
+@pytest.mark.parametrize(
+    ("name", "blocked", "status"),
+    [("synthetic_my_chat_member_kicked.json", "true", "kicked"), ("synthetic_my_chat_member_unblocked.json", "false", "member")],
+)
+def test_my_chat_member_says_whether_the_user_blocked_the_bot(name: str, blocked: str, status: str) -> None:
+    event = fixture(name)
+    assert (event.kind, event.raw_type, event.sender.value) == ("event", "my_chat_member", "111111")
+    assert event.meta["blocked"] == blocked and event.meta["new_status"] == status
+
+
+def test_group_message_with_audio_replying_to_the_bot() -> None:
+    msg = fixture("synthetic_group_audio_reply.json")
+    assert msg.sender.value == "222222"  # the person, not the group
+    assert msg.meta["chat_id"] == "-1001234567890" and msg.meta["chat_title"] == "Customer Group"
+    assert msg.text == "here is the recording"
+    assert msg.thread.in_reply_to == "-1001234567890:76"
+    (audio,) = msg.attachments
+    assert (audio.url, audio.name, audio.content_type, audio.size) == ("audiofileid", "call.mp3", "audio/mpeg", 20480)
+
+
+def test_service_message_is_an_event() -> None:
+    event = fixture("synthetic_group_new_members.json")
+    assert (event.kind, event.raw_type, event.sender.name) == ("event", "message.new_chat_members", "New Member")
+
+
+def test_unknown_update_kind_is_kept_as_an_event() -> None:
+    event = fixture("synthetic_message_reaction.json")
+    assert (event.kind, event.raw_type, event.external_id) == ("event", "message_reaction", "update:17")
+    assert event.sender.value == "111111" and not event.defects
+
+
+def test_unknown_update_without_a_person_records_a_defect() -> None:
+    event = parse_one(b'{"update_id": 9, "poll": {"id": "5", "question": "?", "options": []}}')
+    assert (event.kind, event.raw_type, event.sender.value) == ("event", "poll", "unknown")
+    assert event.defects == ["poll: no user or chat to attribute it to"]
+
+
+# ---------------------------------------------------------------- keys, account, refusals
+
+
+def test_redelivery_keeps_its_key_and_an_edit_gets_a_new_one() -> None:
+    text = {"update_id": 5, "message": {"message_id": 5, "date": 1, "chat": {"id": 7}, "text": "a"}}
+    redelivered = dict(text, update_id=6)  # same message, delivered again under another update id
+    edited = {"update_id": 7, "edited_message": dict(text["message"], edit_date=2, text="b")}
+    assert update_key(text) == update_key(redelivered) == "7:5"
+    assert update_key(edited) == "7:5:edit:2"
+
+
+def test_account_is_the_bot_id_from_the_context() -> None:
+    raw = b'{"update_id": 1, "message": {"message_id": 1, "date": 1, "chat": {"id": 7}, "text": "hi"}}'
+    assert parse_one(raw, {"token": "987654:AAH-secret"}).account == "987654"
+    assert parse_one(raw, {"account": "42", "token": "987654:x"}).account == "42"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"<xml>not json</xml>", "not JSON"),
+        (b'{"message": {"message_id": 1, "chat": {"id": 1}}}', "no integer update_id"),
+        (b'{"update_id": "1", "message": {}}', "no integer update_id"),
+        (b"[1, 2]", "expected an object"),
+        (b'{"update_id": 1}', "no update object"),
+        (b'{"update_id": 1, "message": {"message_id": 1, "chat": {"id": "x"}}}', "$.chat.id"),
+    ],
+)
+def test_refused(raw: bytes, reason: str) -> None:
+    with pytest.raises(PayloadRejected, match=re.escape(reason)):
+        parse(raw, CONTEXT)
+
+
+def test_manifest_is_valid() -> None:
+    assert validate_all(["telegram"]) == []
+
+
+def test_cli_refuses_what_is_not_an_update(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"ok": true}')
+    good = FIXTURES / "synthetic_callback_query.json"
+    cli = [sys.executable, "-m", "gateway.cli", "parse", "telegram", str(good), str(bad)]
+    done = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"{bad}: error: not a Telegram update: no integer update_id"
+    (line,) = done.stdout.splitlines()
+    assert json.loads(line)["raw_type"] == "callback_query"
