@@ -1,0 +1,370 @@
+"""Choosing an agent: skills ∩ presence ∩ capacity, least loaded, priority order.
+
+Pure functions of an :class:`AssignmentState` (every agent's teams, skills,
+capacity per channel class, presence, current load and last assignment time)
+and a :class:`Demand` (what one queued ticket needs). The store runs
+:func:`choose_agent` then :func:`apply_decision` inside the one transaction
+of ``assign_next``; the same few comparisons are meant to be mirrored by a
+Lua script for the Redis backend, so the state is plain data and the rules
+are integer/fraction arithmetic.
+
+Capacity is per *channel class* (the omnichannel model of Twilio TaskRouter
+and Zendesk): ``chat`` (webchat, WeChat, WeCom, Telegram, WhatsApp, …),
+``email`` (email and the API channel) and ``call`` (Asterisk, FreeSWITCH,
+Twilio voice); e.g. ``{chat: 5, email: 20, call: 1}``. A class missing from
+an agent's capacity means the agent takes none of it.
+
+Eligible: in the ticket's team (or one it overflowed to), every required
+skill at the required level, ``online``, and below capacity for the ticket's
+channel class (and holding the role, when one is required).
+
+Load, and the order among the eligible (lower first):
+
+1. the fraction of the ticket's class in use (``email 4/20`` = 0.2), so each
+   channel's work is spread over those who can take it;
+2. the occupancy: the sum over classes of load/capacity (an agent on a call,
+   ``call 1/1``, comes after one who is not, at equal email load);
+3. the longest idle: the oldest last assignment (never assigned first);
+4. the agent id, so the choice is deterministic.
+
+Sticky assignment: when the contact's previous agent is eligible, that agent
+is chosen whatever the load. Every decision carries its reason and, for each
+other agent of the team(s), why not ("offline", "lacks billing≥3 (has 2)",
+"at capacity email 20/20"); agents outside the searched teams are not listed.
+
+Queues (:func:`queue_order`) are ordered by priority, then age. Overflow
+(:func:`overflow_due`, :func:`apply_overflow`) widens a waiting ticket's
+search after configured waits: other teams, lower skill levels, higher
+priority. Waits are wall-clock time in the queue, not business time: a ticket
+waits for agents who are working, whatever the calendar says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import NamedTuple
+
+import msgspec
+
+from routing.calendar import parse_duration_minutes
+from routing.model import PRIORITIES, PRIORITY_RANK, Agent, Priority
+
+#: channel → capacity class; a channel not listed is its own class.
+DEFAULT_CHANNEL_CLASSES: dict[str, str] = {
+    **dict.fromkeys(("webchat", "wechat", "wecom", "telegram", "whatsapp", "messenger", "instagram", "line"), "chat"),
+    **dict.fromkeys(("email", "api"), "email"),
+    **dict.fromkeys(("asterisk", "freeswitch", "twilio", "phone", "voice"), "call"),
+}
+
+
+def channel_class(channel: str, classes: Mapping[str, str] = DEFAULT_CHANNEL_CLASSES) -> str:
+    return classes.get(channel, channel)
+
+
+# ---------------------------------------------------------------- state
+
+
+class AgentState(msgspec.Struct, frozen=True):
+    """One agent as the chooser sees it. ``load`` counts open assigned tickets per class."""
+
+    id: str
+    teams: frozenset[str]
+    skills: dict[str, int]
+    capacity: dict[str, int]
+    presence: str
+    roles: frozenset[str] = frozenset({"agent"})
+    load: dict[str, int] = {}
+    last_assigned_at: datetime | None = None
+
+    def occupancy(self) -> float:
+        total = 0.0
+        for cls, used in self.load.items():  # a plain loop: this runs for every eligible agent
+            cap = self.capacity.get(cls, 0)
+            if cap > 0:
+                total += used / cap
+        return total
+
+    def idle_key(self) -> float:
+        return self.last_assigned_at.timestamp() if self.last_assigned_at else float("-inf")
+
+
+def agent_state(
+    agent: Agent, load: Mapping[str, int] | None = None, last_assigned_at: datetime | None = None
+) -> AgentState:
+    """The chooser's view of a model ``Agent`` plus what the store counts."""
+    return AgentState(
+        id=agent.id,
+        teams=frozenset(agent.teams),
+        skills=dict(agent.skills),
+        capacity=dict(agent.capacity),
+        presence=agent.presence,
+        roles=frozenset(agent.roles),
+        load=dict(load or {}),
+        last_assigned_at=last_assigned_at,
+    )
+
+
+class AssignmentState(msgspec.Struct, frozen=True):
+    """Every agent by id, and the ids of each team's members (what the store
+    keeps as an index: a team's queue only ever looks at its members)."""
+
+    agents: dict[str, AgentState]
+    members: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, agents: Iterable[AgentState]) -> AssignmentState:
+        by_id = {a.id: a for a in agents}
+        members: dict[str, list[str]] = {}
+        for a in by_id.values():
+            for team in sorted(a.teams):
+                members.setdefault(team, []).append(a.id)
+        return cls(by_id, {team: tuple(ids) for team, ids in members.items()})
+
+    def candidates(self, teams: frozenset[str]) -> list[AgentState]:
+        """The members of ``teams`` (every agent when empty), each once, in team order."""
+        if not teams:
+            return list(self.agents.values())
+        ids = dict.fromkeys(i for team in sorted(teams) for i in self.members.get(team, ()))
+        return [self.agents[i] for i in ids]
+
+
+class Demand(msgspec.Struct, frozen=True):
+    """What a queued ticket needs. ``team`` None: any agent; ``also_teams`` come from overflow."""
+
+    ticket_id: str
+    capacity_class: str
+    queued_at: datetime
+    team: str | None = None
+    also_teams: tuple[str, ...] = ()
+    skills: dict[str, int] = {}
+    priority: str = "normal"
+    last_agent: str | None = None
+    role: str | None = None
+
+    def teams(self) -> frozenset[str]:
+        return frozenset((self.team, *self.also_teams)) if self.team is not None else frozenset()
+
+
+# ---------------------------------------------------------------- decisions
+
+
+class Reason(msgspec.Struct, frozen=True):
+    """A machine code plus the sentence shown on the timeline."""
+
+    code: str
+    text: str
+
+
+class Considered(msgspec.Struct, frozen=True):
+    agent: str
+    reasons: list[Reason]  # empty: eligible
+    load: float | None = None  # fraction of the ticket's class in use, for the eligible
+
+
+class Decision(msgspec.Struct, frozen=True):
+    ticket_id: str
+    agent: str | None
+    capacity_class: str
+    reason: Reason
+    considered: list[Considered]
+
+
+# Reasons repeat (the same "at capacity email 20/20" for every full agent of
+# every decision): build each once. Reason is frozen, so sharing is safe.
+@lru_cache(maxsize=4096)
+def _reason(code: str, text: str) -> Reason:
+    return Reason(code, text)
+
+
+@lru_cache(maxsize=4096)
+def _skill_reason(skill: str, need: int, has: int) -> Reason:
+    return Reason("skill", f"lacks {skill}≥{need} (has {has})")
+
+
+@lru_cache(maxsize=4096)
+def _capacity_reason(cls: str, used: int, cap: int) -> Reason:
+    return Reason("capacity", f"at capacity {cls} {used}/{cap}" if cap > 0 else f"takes no {cls}")
+
+
+def ineligibility(agent: AgentState, demand: Demand) -> list[Reason]:
+    """Every reason ``agent`` cannot take ``demand`` (empty when it can)."""
+    reasons: list[Reason] = []
+    if agent.presence != "online":
+        reasons.append(_reason(agent.presence, agent.presence))
+    if demand.role is not None and demand.role not in agent.roles:
+        reasons.append(_reason("role", f"not a {demand.role}"))
+    for skill, need in demand.skills.items():
+        has = agent.skills.get(skill, 0)
+        if has < need:
+            reasons.append(_skill_reason(skill, need, has))
+    cls = demand.capacity_class
+    cap, used = agent.capacity.get(cls, 0), agent.load.get(cls, 0)
+    if used >= cap:
+        reasons.append(_capacity_reason(cls, used, cap))
+    return reasons
+
+
+def _rank(agent: AgentState, cls: str) -> tuple[float, float, float, str]:
+    return (agent.load.get(cls, 0) / agent.capacity[cls], agent.occupancy(), agent.idle_key(), agent.id)
+
+
+def _why_chosen(agent: AgentState, cls: str, tied: bool) -> Reason:
+    text = f"least loaded: {cls} {agent.load.get(cls, 0)}/{agent.capacity[cls]}, occupancy {agent.occupancy():.2f}"
+    if tied:
+        since = agent.last_assigned_at.isoformat() if agent.last_assigned_at else "never assigned"
+        text += f"; tie broken by longest idle (last assigned {since})"
+    return Reason("least_loaded", text)
+
+
+def choose_agent(state: AssignmentState, demand: Demand, *, sticky: bool = True) -> Decision:
+    """The agent for ``demand``, or none, with the reason for each agent considered."""
+    teams = demand.teams()
+    cls = demand.capacity_class
+    considered: list[Considered] = []
+    eligible: list[tuple[tuple[float, float, float, str], AgentState]] = []
+    for agent in state.candidates(teams):
+        reasons = ineligibility(agent, demand)
+        if reasons:
+            considered.append(Considered(agent.id, reasons))
+        else:
+            rank = _rank(agent, cls)
+            considered.append(Considered(agent.id, [], rank[0]))
+            eligible.append((rank, agent))
+    if not eligible:
+        where = f"team {'/'.join(sorted(teams))}" if teams else "any team"
+        return Decision(
+            demand.ticket_id, None, cls, Reason("none_eligible", f"no eligible agent in {where}"), considered
+        )
+    last = state.agents.get(demand.last_agent) if sticky and demand.last_agent else None
+    if last is not None and any(a is last for _, a in eligible):
+        return Decision(demand.ticket_id, last.id, cls, Reason("sticky", "served this contact last"), considered)
+    eligible.sort(key=lambda e: e[0])
+    (best_rank, best), runner_up = eligible[0], eligible[1][0] if len(eligible) > 1 else None
+    tied = runner_up is not None and runner_up[:2] == best_rank[:2]
+    return Decision(demand.ticket_id, best.id, cls, _why_chosen(best, cls, tied), considered)
+
+
+def apply_decision(state: AssignmentState, decision: Decision, now: datetime) -> AssignmentState:
+    """The state after ``decision``: one more ticket of its class for the agent, idle since ``now``.
+
+    Raises ``ValueError`` rather than exceed a capacity (a stale decision).
+    """
+    if decision.agent is None:
+        return state
+    agent = state.agents[decision.agent]
+    cls = decision.capacity_class
+    used = agent.load.get(cls, 0) + 1
+    if used > agent.capacity.get(cls, 0):
+        raise ValueError(f"agent {agent.id} would exceed capacity {cls} {used}/{agent.capacity.get(cls, 0)}")
+    updated = msgspec.structs.replace(agent, load={**agent.load, cls: used}, last_assigned_at=now)
+    return AssignmentState({**state.agents, agent.id: updated}, state.members)
+
+
+# ---------------------------------------------------------------- queues
+
+
+def queue_order(demands: Iterable[Demand]) -> list[Demand]:
+    """Waiting tickets in the order they are served: priority, then age, then id."""
+    worst = len(PRIORITIES)
+    return sorted(demands, key=lambda d: (PRIORITY_RANK.get(d.priority, worst), d.queued_at, d.ticket_id))
+
+
+def queues_by_team(demands: Iterable[Demand]) -> dict[str | None, list[Demand]]:
+    """One ordered queue per home team (``None``: tickets without a team)."""
+    queues: dict[str | None, list[Demand]] = {}
+    for d in demands:
+        queues.setdefault(d.team, []).append(d)
+    return {team: queue_order(q) for team, q in queues.items()}
+
+
+def drain_queue(
+    state: AssignmentState, demands: Iterable[Demand], now: datetime, *, sticky: bool = True
+) -> tuple[list[Decision], AssignmentState]:
+    """Serve a queue in order; a ticket nobody can take waits without blocking the next."""
+    decisions = []
+    for demand in queue_order(demands):
+        decision = choose_agent(state, demand, sticky=sticky)
+        state = apply_decision(state, decision, now)
+        decisions.append(decision)
+    return decisions, state
+
+
+# ---------------------------------------------------------------- overflow
+
+
+class OverflowStep(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """After ``after`` in the queue (``10m``, ``1h``): widen, lower skills, raise priority."""
+
+    after: int | str
+    widen_to: list[str] = []
+    lower_skills_by: int = 0
+    raise_priority: bool = False
+
+    def __post_init__(self) -> None:
+        parse_duration_minutes(self.after)
+        if self.lower_skills_by < 0:
+            raise ValueError("lower_skills_by must not be negative")
+        if not (self.widen_to or self.lower_skills_by or self.raise_priority):
+            raise ValueError("an overflow step needs widen_to, lower_skills_by or raise_priority")
+
+    def wait(self) -> timedelta:
+        return timedelta(minutes=parse_duration_minutes(self.after))
+
+    def describe(self) -> str:
+        parts = []
+        if self.widen_to:
+            parts.append(f"widen to {', '.join(self.widen_to)}")
+        if self.lower_skills_by:
+            parts.append(f"lower skill levels by {self.lower_skills_by}")
+        if self.raise_priority:
+            parts.append("raise priority")
+        return "; ".join(parts)
+
+
+class DueStep(NamedTuple):
+    """An overflow step to take now: ``index`` in the policy, and the timeline text."""
+
+    index: int
+    step: OverflowStep
+    text: str
+
+
+def overflow_due(steps: Sequence[OverflowStep], queued_at: datetime, now: datetime, done: int) -> list[DueStep]:
+    """The steps past their wait that were not taken yet (``done`` were), in order.
+
+    Steps are taken in the order written, so a later step never comes before
+    an earlier one even if its wait is shorter.
+    """
+    waited = now - queued_at
+    due = []
+    for index in range(done, len(steps)):
+        step = steps[index]
+        if waited < step.wait():
+            break
+        due.append(DueStep(index, step, f"waited {_minutes(waited)} ≥ {step.after}: {step.describe()}"))
+    return due
+
+
+def _minutes(delta: timedelta) -> str:
+    return f"{int(delta.total_seconds() // 60)}m"
+
+
+def apply_overflow(demand: Demand, steps: Iterable[OverflowStep]) -> Demand:
+    """The demand after the steps: more teams, lower levels (a level reaching 0 drops), higher priority."""
+    also, skills, priority = list(demand.also_teams), dict(demand.skills), demand.priority
+    for step in steps:
+        also += [t for t in step.widen_to if t != demand.team and t not in also]
+        if step.lower_skills_by:
+            skills = {s: lvl - step.lower_skills_by for s, lvl in skills.items() if lvl > step.lower_skills_by}
+        if step.raise_priority:
+            priority = raised_priority(priority)
+    return msgspec.structs.replace(demand, also_teams=tuple(also), skills=skills, priority=priority)
+
+
+def raised_priority(current: str, to: Priority | None = None) -> str:
+    """``to`` if it is higher than ``current``, else one step up (``to`` omitted); never lower."""
+    rank = PRIORITY_RANK.get(current, len(PRIORITIES))
+    target = PRIORITY_RANK[to] if to is not None else max(rank - 1, 0)
+    return PRIORITIES[min(rank, target)]
