@@ -1,0 +1,219 @@
+"""Charset handling for mail: declared names → Python codecs, and detection.
+
+Mail in the wild lies about its charset. The rules here follow what Chinese,
+Japanese and Western mail actually needs:
+
+- ``GB2312`` (and ``iso-gb2312``, ``x-gbk``, ``gb_2312-80``, ``cp936`` …) is
+  decoded as GB18030, its superset: senders declare GB2312 and write GBK
+  characters (祐, 內) all the time.
+- ``Big5`` is decoded as Big5-HKSCS (then cp950), ``Shift_JIS`` as cp932,
+  ``ks_c_5601-1987``/``euc-kr`` as cp949, ``unicode-1-1-utf-7`` as UTF-7.
+- ``iso-8859-1``/``us-ascii`` are the usual lies of misconfigured mailers:
+  bytes that are valid UTF-8 win over them.
+- A missing, unknown (``NONE``, ``unknown-8bit``) or wrong declaration falls
+  back to detection: UTF-8, then charset-normalizer for text long enough to
+  judge, then a cheap trial order GB18030 → Big5-HKSCS → cp1252 → Latin-1.
+
+Everything is pure; decoding never raises, and says which codec it used so
+the caller can record a defect when the declaration was not honoured.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from functools import lru_cache
+
+#: Declared charset name (lower-cased) → codecs to try, in order.
+_ALIASES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        (
+            "gb2312", "gbk", "x-gbk", "iso-gb2312", "gb_2312-80", "gb_2312", "gb2312-80", "csgb2312",
+            "cn-gb", "euc-cn", "x-euc-cn", "chinese", "cp936", "ms936", "windows-936", "gb18030",
+            "x-gb18030", "gb",
+        ),
+        ("gb18030",),
+    ),
+    **dict.fromkeys(("big5", "big-5", "cn-big5", "x-x-big5", "csbig5", "big5-hkscs", "big5hkscs"),
+                    ("big5hkscs", "cp950")),
+    **dict.fromkeys(("cp950", "ms950", "x-windows-950", "windows-950"), ("cp950", "big5hkscs")),
+    **dict.fromkeys(("shift_jis", "shift-jis", "sjis", "x-sjis", "ms_kanji", "csshiftjis", "windows-31j",
+                     "cp932", "ms932"), ("cp932", "shift_jis_2004")),
+    **dict.fromkeys(("iso-2022-jp", "csiso2022jp", "iso-2022-jp-1", "iso-2022-jp-2", "iso-2022-jp-3"),
+                    ("iso2022_jp", "iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_2")),
+    **dict.fromkeys(("euc-jp", "x-euc-jp", "cseucpkdfmtjapanese"), ("euc_jp", "euc_jis_2004")),
+    **dict.fromkeys(("ks_c_5601-1987", "ks_c_5601", "euc-kr", "x-euc-kr", "korean", "cp949", "uhc",
+                     "ks_c_5601-1989", "ksc5601"), ("cp949",)),
+    **dict.fromkeys(("utf-7", "utf7", "unicode-1-1-utf-7", "x-unicode-1-1-utf-7", "x-unicode-2-0-utf-7",
+                     "csunicode11utf7"), ("utf-7",)),
+    **dict.fromkeys(("utf-8", "utf8", "x-utf-8", "unicode-1-1-utf-8", "unicode-2-0-utf-8"), ("utf-8",)),
+    # Single-byte "catch-alls": windows-1252 is what iso-8859-1 senders write.
+    **dict.fromkeys(("iso-8859-1", "iso8859-1", "latin1", "latin-1", "l1", "iso_8859-1", "cp819",
+                     "windows-1252", "cp1252", "x-cp1252"), ("cp1252", "latin-1")),
+    **dict.fromkeys(("us-ascii", "ascii", "ansi_x3.4-1968", "iso646-us", "us", "ibm367", "cp367", "7bit",
+                     "8bit"), ("ascii",)),
+}
+#: Declarations that mean "nobody knows": straight to detection.
+_UNKNOWN = frozenset({"", "none", "unknown", "unknown-8bit", "x-unknown", "default", "x-user-defined", "charset"})
+#: Declarations so permissive that any byte string decodes: valid UTF-8 wins over them.
+_PERMISSIVE = frozenset({"ascii", "cp1252", "iso8859-1", "iso8859-15", "iso8859-2", "cp1250", "cp1251"})
+#: Trial order when nothing is declared and the text is too short to judge.
+_TRIAL = ("gb18030", "big5hkscs", "cp932", "cp1252")
+_DETECT_MIN_BYTES = 48
+#: What charset-normalizer may answer: the charsets mail is really written in.
+_PLAUSIBLE = (
+    "utf_8", "gb18030", "big5hkscs", "cp950", "cp932", "euc_jp", "iso2022_jp", "cp949", "cp1252", "cp1250",
+    "cp1251", "koi8_r", "iso8859_2", "iso8859_5", "iso8859_7", "cp1253", "cp1254", "cp1255", "cp1256", "cp874",
+)
+#: Codecs whose text is pure 7-bit ASCII bytes.
+_SEVEN_BIT = ("iso2022", "utf-7", "utf_7", "hz")
+_CJK = re.compile(r"[\u3000-\u30ff\u3400-\u9fff\uac00-\ud7af\uff00-\uffef]")
+
+
+@lru_cache(maxsize=256)
+def codecs_for(declared: str | None) -> tuple[str, ...]:
+    """The codecs to try for a declared charset name; () when unknown or unusable."""
+    if declared is None:
+        return ()
+    name = declared.strip().strip("\"'").lower()
+    name = name.split("*", 1)[0]  # RFC 2231 language suffix: utf-8*en
+    if name in _UNKNOWN:
+        return ()
+    if name in _ALIASES:
+        return _ALIASES[name]
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        return ()
+    if not getattr(info, "_is_text_encoding", True):  # base64, zlib, rot13 …
+        return ()
+    return (info.name,)
+
+
+def _is_permissive(codec: str) -> bool:
+    return codecs.lookup(codec).name in _PERMISSIVE
+
+
+def _try(data: bytes, codec: str) -> str | None:
+    try:
+        return data.decode(codec)
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+def _latin1_for_bad_bytes(err: UnicodeError) -> tuple[str, int]:
+    assert isinstance(err, UnicodeDecodeError)
+    return bytes(err.object[err.start : err.end]).decode("latin-1"), err.end
+
+
+codecs.register_error("omnigate-email-latin1", _latin1_for_bad_bytes)
+
+
+def _mostly_utf8(data: bytes) -> str | None:
+    """UTF-8 text with a few stray Latin-1 bytes (mail edited by two programs), or None.
+
+    Taken only when valid multi-byte sequences outnumber the stray bytes and
+    the stray bytes are few: otherwise the text is in another charset.
+    """
+    replaced = data.decode("utf-8", "replace")
+    bad = replaced.count("\ufffd")
+    multibyte = sum(1 for c in replaced if c > "\x7f") - bad
+    if bad > max(4, multibyte // 50) or multibyte <= bad:
+        return None
+    return data.decode("utf-8", "omnigate-email-latin1")
+
+
+def _normalizer(data: bytes) -> tuple[str, str] | None:
+    from charset_normalizer import from_bytes  # imported lazily: only wrong/undeclared bodies need it
+
+    best = from_bytes(data, cp_isolation=list(_PLAUSIBLE)).best()
+    return (str(best), best.encoding) if best is not None else None
+
+
+def detect(data: bytes, hints: tuple[str, ...] = ()) -> tuple[str, str]:
+    """Decode undeclared bytes: ``(text, codec)``; never raises.
+
+    ``hints`` (codecs of a sibling declaration, e.g. the body charset for raw
+    8-bit header bytes) are tried right after UTF-8.
+    """
+    if data.isascii():
+        if b"\x1b$" in data:  # ISO-2022-JP is 7-bit: its escapes give it away
+            text = _try(data, "iso2022_jp")
+            if text is not None:
+                return text, "iso2022_jp"
+        return data.decode("ascii"), "ascii"
+    for codec in ("utf-8", *hints):
+        text = _try(data, codec)
+        if text is not None:
+            return text, codec
+    text = _mostly_utf8(data)
+    if text is not None:
+        return text, "utf-8+latin-1"
+    if len(data) >= _DETECT_MIN_BYTES:
+        found = _normalizer(data)
+        if found is not None:
+            return found
+    for codec in _TRIAL:
+        text = _try(data, codec)
+        if text is not None:
+            return text, codec
+    return data.decode("latin-1"), "latin-1"
+
+
+def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = ()) -> tuple[str, str, bool]:
+    """Decode bytes declared as ``declared``: ``(text, codec, honoured)``.
+
+    ``honoured`` is False when the declaration was missing, unknown or wrong
+    and detection chose the codec (the caller records a defect then).
+    """
+    candidates = codecs_for(declared)
+    if data.isascii():
+        # 7-bit charsets (ISO-2022-JP, UTF-7) need their codec; plain ASCII does not.
+        for codec in candidates:
+            if codec.startswith(_SEVEN_BIT):
+                text = _try(data, codec)
+                if text is not None:
+                    return text, codec, True
+        text, codec = detect(data)
+        return text, codec, True
+    if candidates and _is_permissive(candidates[0]):
+        # Valid multi-byte UTF-8 is never an accident in Latin text.
+        text = _try(data, "utf-8")
+        if text is not None:
+            return text, "utf-8", False
+    for codec in candidates:
+        text = _try(data, codec)
+        if text is not None:
+            return text, codec, True
+    text, codec = detect(data, hints)
+    if codec == "utf-8" and candidates:
+        # Declared CJK, written as UTF-8 of Latin-1 code points: the double-encoded mojibake.
+        fixed = recover_double_encoding(text, candidates, declared=True)
+        if fixed is not None:
+            return fixed, f"utf-8>latin-1>{candidates[0]}", False
+    return text, codec, False
+
+
+def recover_double_encoding(text: str, hints: tuple[str, ...], declared: bool = False) -> str | None:
+    """Undo UTF-8 → Latin-1 → CJK mojibake: ``大補`` stored as UTF-8 of its Big5 bytes read as Latin-1.
+
+    Returns the recovered text, or None when ``text`` does not look like that:
+    all its non-ASCII characters must be U+0080–U+00FF, dense (CJK mojibake
+    turns every character into two such code points) or containing C1
+    controls (which real text never has) — or ``declared``: the hints come
+    from a CJK declaration the bytes failed — and the Latin-1 bytes must
+    decode strictly into text with CJK characters.
+    """
+    non_ascii = [c for c in text if c > "\x7f"]
+    if len(non_ascii) < 4 or max(non_ascii) > "\xff":
+        return None
+    has_c1 = any(c < "\xa0" for c in non_ascii)
+    dense = len(non_ascii) * 10 >= 3 * len(text.replace(" ", ""))
+    if not (has_c1 or dense or declared):
+        return None
+    raw = text.encode("latin-1")
+    for codec in (*hints, "utf-8", "gb18030", "big5hkscs"):
+        fixed = _try(raw, codec)
+        if fixed is not None and _CJK.search(fixed):
+            return fixed
+    return None

@@ -1,0 +1,207 @@
+"""Pure tests of the email parser on synthetic mail the corpus lacks
+(tests/fixtures/email/*synthetic*, and messages built here from the RFCs):
+auto-reply / bulk / bounce classification, raw 8-bit headers, charset
+aliases, broken encoded words, TNEF, sender fallbacks, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from connectors.base import PayloadRejected
+from connectors.email import bench
+from connectors.email.parse import parse
+from connectors.registry import builtin_manifests
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "email"
+
+
+def one(raw: bytes, **context) -> object:
+    inbounds = parse(raw, context)
+    assert len(inbounds) == 1
+    return inbounds[0]
+
+
+def fixture(name: str) -> object:
+    return one((FIXTURES / name).read_bytes())
+
+
+def test_manifest_names_the_parser_and_marks_secrets():
+    m = builtin_manifests()["email"]
+    assert m.transport == "push" and m.parser == "connectors.email.parse:parse"
+    assert {"imap.mailboxes[].password", "relay.password"} <= m.secret_options
+    assert "smtp.listen" not in m.secret_options
+
+
+def test_auto_submitted_is_an_auto_reply():
+    msg = fixture("auto_submitted_reply_synthetic.eml")
+    assert msg.auto == "auto_reply"
+    assert msg.meta["auto_reason"] == "Auto-Submitted: auto-replied"
+    assert msg.subject == "自动回复: 放假中"
+
+
+def test_list_newsletter_is_bulk_and_html_only_mail_becomes_text():
+    msg = fixture("list_bulk_synthetic.eml")
+    assert msg.auto == "bulk"
+    assert msg.text == "Hello there,\n\n- Offer one\n- Offer two"
+    assert "alert" not in msg.text and "color" not in msg.text
+    assert msg.html is not None and msg.html.startswith("<html>")
+
+
+def test_raw_gbk_header_bytes_without_encoded_words():
+    msg = fixture("raw_gbk_headers_synthetic.eml")
+    assert msg.subject == "咨询：内存条保修"
+    assert msg.sender.name == "陈先生" and msg.sender.value == "chen@example.cn"
+    assert msg.text == "请问内存条保修几年？"
+    assert any(d.startswith("RawNonAsciiHeader") for d in msg.defects)
+
+
+def test_foxmail_reply_fields():
+    msg = fixture("foxmail_qq_reply_synthetic.eml")
+    assert msg.sender.value == "lihua@qq.example"  # addr-spec lower-cased
+    assert msg.thread.in_reply_to == "20240102101500.1@example.cn"
+    assert msg.thread.references == ["20240102101500.1@example.cn"]
+    assert msg.sent_at == datetime(2024, 1, 2, 3, 2, 3, tzinfo=timezone.utc)
+    assert msg.account == "support@example.cn" and msg.recipients == ["support@example.cn"]
+    assert msg.meta["charset"] == "gb2312" and msg.auto is None
+
+
+def test_context_account_wins():
+    raw = (FIXTURES / "outlook_cn_reply_synthetic.eml").read_bytes()
+    assert one(raw, account="sales@example.cn").account == "sales@example.cn"
+
+
+@pytest.mark.parametrize("alias", ["gb2312", "iso-gb2312", "x-gbk", "gb_2312-80", "GB2312"])
+def test_gb2312_aliases_decode_as_gb18030(alias):
+    body = "梁祐晟，內應力".encode("gb18030")  # 祐 and 內 are outside strict GB2312
+    raw = b"From: a@example.com\r\nContent-Type: text/plain; charset=" + alias.encode() + b"\r\n\r\n" + body
+    msg = one(raw)
+    assert msg.text == "梁祐晟，內應力"
+    assert not any(d.startswith("CharsetMismatch") for d in msg.defects)
+
+
+def test_big5_is_decoded_as_hkscs_and_utf7_odd_name():
+    raw = (
+        b"From: a@example.com\r\nSubject: =?unicode-1-1-utf-7?Q?+ANw-bermittlung?=\r\n"
+        b"Content-Type: text/plain; charset=big5\r\n\r\n" + "香港繁體".encode("big5hkscs")
+    )
+    msg = one(raw)
+    assert msg.subject == "Übermittlung" and msg.text == "香港繁體"
+
+
+def test_undeclared_charset_is_detected_not_mojibake():
+    text = "您好，我想咨询一下退款的进度，订单号是二零二四零一一七，谢谢您的帮助。" * 2
+    raw = b"From: a@example.com\r\nContent-Type: text/plain\r\n\r\n" + text.encode("gb18030")
+    msg = one(raw)
+    assert msg.text == text
+    assert any(d.startswith("CharsetMismatch:undeclared") for d in msg.defects)
+
+
+def test_encoded_word_split_inside_a_multibyte_character():
+    data = "退款进度".encode("utf-8")
+    import base64
+
+    w1, w2 = (base64.b64encode(p).decode() for p in (data[:5], data[5:]))
+    raw = f"From: a@example.com\r\nSubject: =?utf-8?B?{w1}?=\r\n =?utf-8?B?{w2}?=\r\n\r\nx".encode()
+    assert one(raw).subject == "退款进度"
+
+
+def test_broken_encoded_word_unknown_charset_and_bad_padding():
+    msg = one(b"Subject: =?NONE?B?VEVTVA=?=\r\n\r\nTEST\r\n")
+    assert msg.subject == "TEST"
+    assert msg.sender.value == "" and "NoSenderAddress" in msg.defects
+    assert msg.external_id.startswith("sha256:")
+
+
+def test_sender_falls_back_to_reply_to_then_envelope():
+    msg = one(b"From: \"=?GB2312?B?ztI=?=\" <>\r\nReply-To: <Help@Example.com>\r\n\r\nx")
+    assert (msg.sender.value, msg.sender.name) == ("help@example.com", "我")
+    assert "SenderFrom:reply-to" in msg.defects
+    msg = one(b"From Env@Example.org  Tue Oct 29 03:52:03 2013\r\nSubject: hi\r\n\r\nx")
+    assert msg.sender.value == "env@example.org" and "SenderFrom:mbox-envelope" in msg.defects
+
+
+def test_bad_date_is_a_defect_not_an_error():
+    msg = one(b"From: a@example.com\r\nDate: yesterday-ish\r\n\r\nx")
+    assert msg.sent_at is None and "InvalidDateHeader" in msg.defects
+
+
+def test_plain_text_mailer_daemon_bounce_gets_dsn_facts():
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.com\r\nSubject: Undelivered Mail Returned to Sender\r\n\r\n"
+        b"550 5.1.1 user unknown\r\n\r\n--- original ---\r\nMessage-ID: <orig-1@example.cn>\r\nSubject: hi\r\n"
+    )
+    msg = one(raw)
+    assert msg.auto == "bounce"
+    assert msg.meta["dsn_status"] == "5.1.1" and msg.meta["dsn_original_message_id"] == "orig-1@example.cn"
+
+
+def _tnef_attr(level: int, attr_id: int, data: bytes) -> bytes:
+    # TNEF attribute: level, id (u32: name | type << 16), length, data, checksum (MS-OXTNEF 2.1.3.1)
+    return struct.pack("<BII", level, attr_id, len(data)) + data + struct.pack("<H", sum(data) & 0xFFFF)
+
+
+def _tnef(files: dict[str, bytes]) -> bytes:
+    """A minimal winmail.dat (MS-OXTNEF): signature, key, one rendering+title+data triple per file."""
+    out = struct.pack("<IH", 0x223E9F78, 1)
+    out += _tnef_attr(1, 0x00089006, struct.pack("<I", 0x00010000))  # attTnefVersion
+    for name, data in files.items():
+        out += _tnef_attr(2, 0x00069002, b"\x01\x00" + b"\x00" * 12)  # attAttachRendData
+        out += _tnef_attr(2, 0x00018010, name.encode("ascii") + b"\x00")  # attAttachTitle
+        out += _tnef_attr(2, 0x0006800F, data)  # attAttachData
+    return out
+
+
+def test_tnef_winmail_dat_is_opened_into_its_files():
+    import base64
+
+    blob = base64.encodebytes(_tnef({"report.pdf": b"%PDF-1.4 tiny", "notes.txt": b"hello"})).decode()
+    raw = (
+        "From: a@example.com\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        "--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        "--b\r\nContent-Type: application/ms-tnef; name=winmail.dat\r\nContent-Transfer-Encoding: base64\r\n"
+        f"Content-Disposition: attachment; filename=winmail.dat\r\n\r\n{blob}\r\n--b--\r\n"
+    ).encode()
+    msg = one(raw)
+    assert [(a.name, a.content_type, a.data) for a in msg.attachments] == [
+        ("report.pdf", "application/pdf", b"%PDF-1.4 tiny"),
+        ("notes.txt", "text/plain", b"hello"),
+    ]
+    assert msg.attachments[0].sha256 == hashlib.sha256(b"%PDF-1.4 tiny").hexdigest()
+    assert msg.meta["tnef"] == "report.pdf, notes.txt"
+
+
+def test_unreadable_tnef_is_kept_as_is():
+    raw = (
+        b"From: a@example.com\r\nContent-Type: application/ms-tnef; name=winmail.dat\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nbm90IHRuZWY=\r\n"
+    )
+    msg = one(raw)
+    assert [a.name for a in msg.attachments] == ["winmail.dat"] and "TnefUnreadable" in msg.defects
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [(b"", "empty"), (b"\r\n\r\n  ", "empty"), (b"\x89PNG\r\n\x1a\n\x00\x00binary", "not an email message")],
+)
+def test_bytes_that_are_not_mail_are_refused(raw, reason):
+    with pytest.raises(PayloadRejected, match=reason):
+        parse(raw, {})
+
+
+def test_parse_is_deterministic():
+    raw = (FIXTURES / "foxmail_qq_reply_synthetic.eml").read_bytes()
+    assert parse(raw, {}) == parse(raw, {})
+
+
+def test_bench_sample_is_realistic():
+    raw = bench.sample_message()
+    assert 11_000 <= len(raw) <= 12_500
+    msg = one(raw)
+    assert msg.subject == "回复: 关于订单 2024-0117 的退款问题"
+    assert msg.attachments[0].name == "发票-2024-0117.pdf" and msg.full_text is not None
+    assert "写道" not in msg.text
