@@ -17,6 +17,7 @@ from connectors.api.parse import InvalidMessage, decode as decode_api_message
 from gateway import keys
 from gateway.http_util import Problem, check_bearer, json_response
 from gateway.store.base import JOURNAL_STATUSES, JournalEntry, NotFound, StoreError
+from routing.model import utcnow
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -192,6 +193,29 @@ async def contact_unmerge(request: web.Request) -> web.Response:
         raise Problem(409, "Cannot unmerge", str(exc)) from None
     log.info("contact.unmerged", contact_id=request.match_info["id"], actor=actor)
     return json_response(contact)
+
+
+# ---------------------------------------------------------------- rules
+
+
+@routes.post("/api/v1/rules/test")
+async def rules_test(request: web.Request) -> web.Response:
+    """Dry-run: where would this message go? (``omnigate rules test``)"""
+    check_bearer(request, _token(request))
+    rules = request.app[keys.RULES]
+    if rules is None or rules.tree is None:
+        raise Problem(409, "No rules loaded", "the gateway runs without a rules folder (rules_dir)")
+    from routing.rules import InputError, dry_run
+
+    try:
+        body = msgspec.json.decode(await request.read())
+    except msgspec.DecodeError as exc:
+        raise Problem(400, "Invalid request body", f"malformed JSON: {exc}") from None
+    try:
+        answer = dry_run(rules.tree, body, now=utcnow(), calendars=rules.calendars)
+    except InputError as exc:
+        raise Problem(400, "Invalid message", str(exc), field=getattr(exc, "field", None)) from None
+    return json_response(answer)
 
 
 # ---------------------------------------------------------------- helpers

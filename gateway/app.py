@@ -134,6 +134,46 @@ async def metrics(request: web.Request) -> web.Response:
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+def load_directory(config: Config):
+    """The agents/teams/SLA/calendars YAML named by ``directory``, checked."""
+    if not config.directory:
+        return None
+    from routing.directory import DirectoryError, parse_directory
+
+    try:
+        text = Path(config.directory).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StartupError(f"directory: cannot read {config.directory}: {exc.strerror or exc}") from None
+    try:
+        return parse_directory(text, config.directory)
+    except DirectoryError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def load_rules(config: Config, directory: Any):
+    """The routing tree from ``rules_dir``, checked against the directory's
+    teams, agents and calendars. No such folder: messages are not routed (and
+    the start-up log says so). A tree with errors refuses the start: there is
+    no last good tree yet."""
+    rules_dir = config.rules_dir
+    if not rules_dir or not Path(rules_dir).is_dir():
+        log.warning("rules.none", rules_dir=rules_dir, hint="no rules folder: tickets are not routed")
+        return None
+    from gateway.rules_runtime import RulesRuntime
+    from routing.rules import KnownNames
+
+    known = None
+    calendars = None
+    if directory is not None:
+        known = KnownNames(teams=frozenset(directory.teams), agents=frozenset(a.id for a in directory.agents))
+        calendars = directory.calendars
+    runtime = RulesRuntime(rules_dir, known=known, calendars=calendars)
+    if not runtime.reload("start"):
+        errors = runtime.status().get("errors") or []
+        raise StartupError(f"rules in {rules_dir} have errors:\n" + "\n".join(map(str, errors)))
+    return runtime
+
+
 def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Application:
     errors = validate_all(sorted(set(config.channels) | {"api"}))
     if errors:
@@ -153,7 +193,11 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     app[keys.READINESS] = {}
     connectors: dict[str, Any] = {}
     app[keys.CONNECTORS] = connectors
-    pipeline = Pipeline(store, pipeline_settings(config), attachments=AttachmentStore(data_dir / "attachments"),
+    app[keys.DIRECTORY] = directory = load_directory(config)
+    app[keys.RULES] = rules = load_rules(config, directory)
+    settings = pipeline_settings(config)
+    settings.rules = rules
+    pipeline = Pipeline(store, settings, attachments=AttachmentStore(data_dir / "attachments"),
                         metrics=m, context_for=context_factory(config), media_fetchers=connectors,
                         max_conflict_retries=config.pipeline.max_conflict_retries)
     worker = Worker(pipeline, concurrency=config.pipeline.workers)
@@ -185,7 +229,28 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     app.cleanup_ctx.append(_worker_ctx)
     app.cleanup_ctx.append(_connectors_ctx)
     app.cleanup_ctx.append(_gauges_ctx)
+    if rules is not None:
+        app[keys.READINESS]["rules"] = rules.readiness
+        m.registry.register(rules.collector())
+        app.cleanup_ctx.append(_rules_ctx)
     return app
+
+
+async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Hot reload: poll the rules folder, and reload on SIGHUP."""
+    rules = app[keys.RULES]
+    task = asyncio.create_task(rules.run(), name="omnigate-rules-reload")
+    try:
+        rules.install_sighup()
+    except (NotImplementedError, RuntimeError):  # not the main thread (tests), or no signals here
+        pass
+    yield
+    try:
+        rules.remove_sighup()
+    except (NotImplementedError, RuntimeError, ValueError):
+        pass
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

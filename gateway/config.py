@@ -81,7 +81,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     log_format: str = "auto"  # auto | json | console
     max_body_bytes: int = 1024 * 1024
     redis_url: str | None = None
-    rules_dir: str | None = None
+    #: The routing tree's folder (``*.yaml``, tests in ``tests/``); hot-reloaded.
+    rules_dir: str | None = "./rules"
     directory: str | None = None
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)

@@ -18,6 +18,10 @@ STORE: web.AppKey["SQLiteStore"] = web.AppKey("store")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 WORKER: web.AppKey["Worker"] = web.AppKey("worker")
 INGEST: web.AppKey["Ingest"] = web.AppKey("ingest")
+#: the hot-reloaded routing tree (gateway.rules_runtime.RulesRuntime), or None
+RULES: web.AppKey[Any] = web.AppKey("rules")
+#: agents, teams, SLA policies and calendars (routing.directory.Directory), or None
+DIRECTORY: web.AppKey[Any] = web.AppKey("directory")
 #: channel → running connector instance
 CONNECTORS: web.AppKey[dict[str, Any]] = web.AppKey("connectors")
 #: name → zero-argument callable returning (ok: bool, detail: dict), for /readyz

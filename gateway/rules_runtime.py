@@ -34,7 +34,8 @@ from typing import Any
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from routing.rules import Calendar, CompiledTree, KnownNames, RuleInput, RuleOutcome, check, evaluate
+from routing.rules import AutoReply, Calendar, CompiledTree, KnownNames, RuleInput, RuleOutcome, check, evaluate
+from routing.rules.evaluator import render as render_template
 from routing.rules.loader import yaml_files
 
 log = structlog.get_logger(__name__)
@@ -81,6 +82,13 @@ class RulesRuntime:
     def evaluate(self, rule_input: RuleInput) -> RuleOutcome | None:
         tree = self._tree  # one read: the whole evaluation uses one tree
         return None if tree is None else evaluate(tree, rule_input, self.calendars)
+
+    def render(self, template: str, rule_input: RuleInput) -> AutoReply | None:
+        """Render an auto-reply template of the live tree (after the commit,
+        when the ticket number is known); None if the template is gone."""
+        tree = self._tree
+        spec = None if tree is None else tree.templates.get(template)
+        return None if spec is None else render_template(spec, rule_input)
 
     # ------------------------------------------------------------ reloading
 

@@ -19,8 +19,9 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
+import msgspec
 import structlog
 
 from connectors.base import PayloadRejected
@@ -35,6 +36,12 @@ from routing.state import CommitResult
 log = structlog.get_logger(__name__)
 
 ContextFn = Callable[[str, str, Mapping[str, Any]], dict]
+#: Runs after a message's commit (assignment, SLA timers): separate
+#: transactions that must themselves be idempotent and recoverable — a crash
+#: between the commit and them leaves work a periodic sweep picks up.
+AfterCommit = Callable[[Inbound, CommitResult], Awaitable[None]]
+#: Sends a rule's auto-reply: (ticket id, rendered AutoReply, the Inbound).
+AutoReplier = Callable[[str, Any, Inbound], Awaitable[None]]
 
 
 def default_context(channel: str, account: str, meta: Mapping[str, Any]) -> dict:
@@ -55,7 +62,8 @@ class Pipeline:
     def __init__(self, store: Store, settings: Settings, *, attachments: AttachmentStore | None = None,
                  metrics: Metrics | None = None, context_for: ContextFn = default_context,
                  media_fetchers: Mapping[str, Any] | None = None, max_conflict_retries: int = 20,
-                 clock: Callable[[], datetime] = utcnow):
+                 clock: Callable[[], datetime] = utcnow, after_commit: list[AfterCommit] | None = None,
+                 auto_replier: AutoReplier | None = None):
         self.store = store
         self.settings = settings
         self.attachments = attachments
@@ -64,6 +72,8 @@ class Pipeline:
         self.media_fetchers = dict(media_fetchers or {})
         self.max_conflict_retries = max_conflict_retries
         self.clock = clock
+        self.after_commit: list[AfterCommit] = list(after_commit or [])
+        self.auto_replier = auto_replier
 
     def parse(self, entry: JournalEntry) -> list[Inbound]:
         assert entry.raw is not None
@@ -134,8 +144,31 @@ class Pipeline:
                 await asyncio.sleep(0.001 * attempt)
                 continue
             self._count(inbound.channel, result, commit.counted)
+            if result.outcome == "processed" and commit.message_key is not None:
+                if commit.auto_reply is not None and result.ticket_id:
+                    await self._auto_reply(commit.auto_reply, inbound, result)
+                for hook in self.after_commit:
+                    try:
+                        await hook(inbound, result)
+                    except Exception:  # the message is committed; the sweep retries the rest
+                        log.exception("pipeline.after_commit_failed", hook=getattr(hook, "__name__", str(hook)))
             return result
         raise Conflict(f"gave up after {self.max_conflict_retries} conflicting commits")
+
+    async def _auto_reply(self, plan: tuple, inbound: Inbound, result: CommitResult) -> None:
+        """Render the rule's template with the committed ticket number and
+        hand it to the replies outbox (never for machine-sent messages)."""
+        template, rule_input = plan
+        rules = self.settings.rules
+        if inbound.auto or rules is None or self.auto_replier is None:
+            return
+        reply = rules.render(template, msgspec.structs.replace(rule_input, ticket_number=result.ticket_number))
+        if reply is None:
+            return
+        try:
+            await self.auto_replier(result.ticket_id, reply, inbound)
+        except Exception:  # the message is committed; a lost auto-reply is logged, not retried
+            log.exception("pipeline.auto_reply_failed", ticket_id=result.ticket_id, template=template)
 
     def _count(self, channel: str, result: CommitResult, counted: str | None) -> None:
         if self.metrics is None:

@@ -17,10 +17,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
+from typing import Any, Callable
+
+import msgspec
 
 from routing import dedupe, identity, threads
-from routing.model import Attachment, Identity, Inbound, ReplyTarget, ThreadHints, TimelineEntry, new_id
+from routing.model import PRIORITY_RANK, Attachment, Identity, Inbound, ReplyTarget, ThreadHints, TimelineEntry, new_id
+from routing.rules.types import RuleInput, RuleOutcome
 from routing.state import (
     Commit,
     NewTicket,
@@ -43,8 +46,11 @@ class Settings:
     )
     ref_requires_same_contact: bool = True
     cross_channel: bool = True
-    #: Later stages, plugged in by the gateway: each takes the Work and records
-    #: its decision on it (rules → priority/team/skills/tags/auto-reply, …).
+    #: The routing tree: anything with ``evaluate(RuleInput) -> RuleOutcome | None``
+    #: (the gateway's hot-reloaded RulesRuntime); None routes nothing.
+    rules: Any = None
+    #: Further stages plugged in by the gateway: each takes the Work and
+    #: records its decision on it.
     hooks: list[Callable[["Work"], None]] = field(default_factory=list)
 
 
@@ -189,6 +195,69 @@ def stage_threading(w: Work) -> None:
     w.reasons["threading"] = w.thread.reason
 
 
+def stage_rules(w: Work) -> None:
+    """The YAML routing tree: priority, team, skills, tags, assignee,
+    auto-reply, webhooks, spam/ignore — one ``rule`` entry per matched rule.
+
+    A new ticket takes every setting; a follow-up on an existing ticket only
+    raises its priority and adds tags (re-routing work in progress would
+    surprise the agent who has it)."""
+    rules, t, i = w.settings.rules, w.thread, w.inbound
+    if rules is None or t is None:
+        return
+    contact = w.snap.contacts.get(w.contact_id or "")
+    ri = RuleInput(
+        inbound=i, now=w.now, contact_name=(contact.name if contact else None) or i.sender.name,
+        contact_tier=contact.tier if contact else None, contact_tags=contact.tags if contact else (),
+        is_new_ticket=t.action == "new", ticket_number=t.ticket.number if t.ticket else None,
+        ticket_status=t.ticket.status if t.ticket else None,
+    )
+    outcome: RuleOutcome | None = rules.evaluate(ri)
+    if outcome is None:
+        return
+    w.reasons["rules"] = {"stage": "rules", "path": list(outcome.path), "rule": outcome.rule}
+    for m in outcome.matched:
+        w.timeline.append(TimelineEntry(
+            id=new_id(), contact_id=w.contact_id or "", kind="rule", at=w.now, channel=i.channel,
+            text=f"rule {m.id}: {m.title}" + (f" — {'; '.join(m.matched)}" if m.matched else ""),
+            data={"rule": m.id, "title": m.title, "owner": m.owner, "matched": list(m.matched), "depth": m.depth},
+        ))
+    f = w.ticket_fields
+    if t.action == "new":
+        f["priority"] = outcome.priority
+        if outcome.team or outcome.assign_team:
+            f["team"] = outcome.assign_team or outcome.team
+        if outcome.skills:
+            f["skills"] = dict(outcome.skills)
+        if outcome.assignee:
+            f["assignee"] = outcome.assignee
+    elif t.ticket is not None and PRIORITY_RANK.get(outcome.priority, 9) < PRIORITY_RANK.get(t.ticket.priority, 9):
+        f["priority"] = outcome.priority
+    if outcome.tags:
+        f["tags"] = list(outcome.tags)
+    for hook in outcome.webhooks:
+        w.outbox.append(OutboxEvent("webhook.notify", {"webhook": hook, "rule": outcome.rule,
+                                                       "contact_id": w.contact_id}, None))
+    if outcome.spam or outcome.ignore:
+        f["drop"] = "spam" if outcome.spam else "ignore"
+    elif outcome.auto_reply is not None:
+        w.commit.auto_reply = (outcome.auto_reply.template, ri)
+    if outcome.auto_reply_suppressed:
+        w.reasons["rules"]["auto_reply_suppressed"] = outcome.auto_reply_suppressed
+
+
+def stage_dropped(w: Work) -> None:
+    """Spam and ignored messages are kept on the contact's timeline, without a ticket."""
+    drop = w.ticket_fields.get("drop")
+    if drop is None:
+        return
+    entry = _message_entry(w, "message_in", ticket_id=None)
+    entry.data["why_no_ticket"] = f"marked {drop} by rule {w.reasons['rules']['rule']}"
+    w.timeline.insert(0, entry)
+    w.commit.message_entry_id = entry.id
+    w.done = True
+
+
 def stage_hooks(w: Work) -> None:
     for hook in w.settings.hooks:
         hook(w)
@@ -238,6 +307,11 @@ def stage_compose(w: Work) -> None:
             ))
             w.outbox.append(OutboxEvent("ticket.reopened", {"ticket_id": ticket_id}, ticket_id))
     c.ticket_id = ticket_id
+    for e in w.timeline:
+        if e.kind == "rule":
+            e.ticket_id = ticket_id
+    w.outbox = [OutboxEvent(e.topic, {**e.payload, "ticket_id": ticket_id}, ticket_id)
+                if e.topic == "webhook.notify" else e for e in w.outbox]
     entry = _message_entry(w, "call" if i.kind == "call" else "message_in", ticket_id)
     w.timeline.insert(0, entry)
     c.message_entry_id = entry.id
@@ -254,6 +328,8 @@ STAGES: tuple[Callable[[Work], None], ...] = (
     stage_events,
     stage_near_dedupe,
     stage_threading,
+    stage_rules,
+    stage_dropped,
     stage_hooks,
     stage_compose,
 )
@@ -314,8 +390,6 @@ def _message_entry(w: Work, kind: str, ticket_id: str | None) -> TimelineEntry:
     if i.meta:
         data["meta"] = dict(i.meta)
     if i.call is not None:
-        import msgspec
-
         data["call"] = msgspec.to_builtins(i.call)
     if w.look.text_hash:
         data["text_hash"] = w.look.text_hash

@@ -171,6 +171,9 @@ class Commit(msgspec.Struct):
     #: several (a LINE batch, a call log): the entry is marked done only with
     #: the last, so a crash between them re-runs the entry.
     final: bool = True
+    #: An auto-reply decided by the rules, rendered after the commit when the
+    #: ticket number is known: ``(template name, RuleInput)``. Not stored.
+    auto_reply: tuple | None = None
 
 
 class CommitResult(msgspec.Struct, frozen=True):

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import msgspec
 
 from connectors.base import IngestResult
-from routing.model import Contact, Ticket, TimelineEntry
+from routing.model import Attachment, Contact, Outbound, ReplyTarget, Ticket, ThreadHints, TimelineEntry
 from routing.pipeline import Lookup
 from routing.state import Commit, CommitResult, Snapshot
 
@@ -55,6 +55,78 @@ class JournalEntry(msgspec.Struct, omit_defaults=True):
 class Page(msgspec.Struct):
     items: list[Any]
     next_cursor: str | None = None
+
+
+# ---------------------------------------------------------------- replies and outbox
+
+#: The outbox topic of replies the dispatcher (gateway/outbox.py) sends.
+REPLY_TOPIC = "reply.send"
+
+
+class NoReplyTarget(StoreError):
+    """The ticket has no ``reply_to``: nothing says where a reply would go."""
+
+
+class ReplyDraft(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A reply (or internal note) as an agent or the rules engine asks for it.
+
+    ``attachments`` are already in the attachment store (``storage_ref``
+    set, no bytes). ``in_reply_to_auto`` is the ``auto`` marker of the
+    message an auto-reply answers, so a connector can refuse to answer a
+    bounce."""
+
+    text: str
+    subject: str | None = None
+    html: str | None = None
+    author: str | None = None  # agent id; None = the system
+    internal: bool = False
+    auto: bool = False
+    attachments: list[Attachment] = msgspec.field(default_factory=list)
+    in_reply_to_auto: str | None = None
+
+    @property
+    def public(self) -> bool:
+        return not self.internal
+
+    def outbound(self, outbound_id: str, ticket: Ticket, target: ReplyTarget) -> Outbound:
+        """The Outbound for ``ticket``'s reply target: same channel and account,
+        threaded on the last inbound message (email ``In-Reply-To`` and
+        ``References``), tagged with the ticket number (``[#1234]``)."""
+        hint = target.thread
+        return Outbound(
+            id=outbound_id, ticket_id=ticket.id, channel=target.channel, account=target.account, to=target.to,
+            text=self.text, subject=self.subject or ticket.subject, html=self.html, attachments=list(self.attachments),
+            thread=ThreadHints(in_reply_to=hint.message_id, references=list(hint.references),
+                               ticket_ref=str(ticket.number), session_id=hint.session_id),
+            auto=self.auto, author=self.author, in_reply_to_auto=self.in_reply_to_auto,
+        )
+
+
+class OutboxItem(msgspec.Struct, frozen=True):
+    """An outbox row claimed by one dispatcher: leased until ``lease_until``
+    under the token ``lease``; only that holder may settle it."""
+
+    id: str
+    topic: str
+    ticket_id: str | None
+    timeline_id: str | None
+    payload: dict
+    attempts: int  # this attempt included
+    lease: str
+    lease_until: datetime
+
+
+class Delivery(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How one send attempt ended; becomes the timeline entry's ``data.delivery``."""
+
+    status: str  # sent | retrying | failed
+    at: datetime
+    attempts: int
+    external_id: str | None = None
+    thread_ref: str | None = None  # e.g. the Message-ID of a sent mail, for threading the answer
+    reason: str | None = None
+    code: str | None = None
+    next_at: datetime | None = None  # when retrying
 
 
 class Store(Protocol):
@@ -101,6 +173,29 @@ class Store(Protocol):
     async def merge_contacts(self, winner_id: str, loser_id: str, actor: str, reason: str | None = None) -> Contact: ...
 
     async def unmerge_contact(self, contact_id: str, actor: str, reason: str | None = None) -> Contact: ...
+
+    # replies and outbox (gateway/store/sqlite_replies.py) ------------
+    async def reply_create(self, ticket_id: str, draft: ReplyDraft) -> TimelineEntry:
+        """One transaction: the timeline entry (``message_out``, or ``note``
+        when internal), the ``reply.send`` outbox row (not for notes), and the
+        ticket (first response, ``new`` → ``open``, version). Raises NotFound,
+        and NoReplyTarget for a public reply on a ticket without ``reply_to``."""
+        ...
+
+    async def auto_reply(self, ticket_id: str, text: str, *, subject: str | None = None,
+                         in_reply_to_auto: str | None = None) -> TimelineEntry: ...
+
+    async def outbox_claim(self, topic: str, limit: int, lease_s: float) -> list[OutboxItem]:
+        """Due rows of ``topic`` (and rows whose holder's lease ran out), leased
+        to the caller; rows of other topics are never touched."""
+        ...
+
+    async def outbox_settle(self, item: OutboxItem, delivery: Delivery) -> bool:
+        """Record an attempt's outcome on the row and its timeline entry (and a
+        thread ref), atomically; False when the lease was lost meanwhile."""
+        ...
+
+    async def outbox_next_due(self, topic: str) -> datetime | None: ...
 
     # connector state -------------------------------------------------
     async def state_get(self, key: str) -> str | None: ...

@@ -6,6 +6,8 @@ Times are integer milliseconds since the epoch (UTC); JSON columns hold
 msgspec-encoded JSON.
 """
 
+from gateway.store import sqlite_assign, sqlite_replies
+
 MIGRATIONS: list[str] = [
     # 1: the core slice
     """
@@ -153,4 +155,8 @@ MIGRATIONS: list[str] = [
         data    TEXT
     );
     """,
+    # 2: replies and outbox delivery
+    sqlite_replies.MIGRATION,
+    # 3: agents, presence, queues, SLA timers
+    sqlite_assign.MIGRATION,
 ]

@@ -31,6 +31,8 @@ import structlog
 from connectors.base import IngestResult
 from gateway.store.base import Conflict, JournalEntry, NotFound, Page, StoreError
 from gateway.store.schema import MIGRATIONS
+from gateway.store.sqlite_assign import AssignOps
+from gateway.store.sqlite_replies import RepliesOps
 from routing.model import (
     Attachment,
     Contact,
@@ -193,8 +195,11 @@ def migrate(path: str) -> int:
         conn.close()
 
 
-class SQLiteStore:
-    """The default store: one file ``<data_dir>/omnigate.db``."""
+class SQLiteStore(RepliesOps, AssignOps):
+    """The default store: one file ``<data_dir>/omnigate.db``.
+
+    Operations of later features live in mixins beside this module
+    (``sqlite_replies``, ``sqlite_assign``) and use ``_read``/``_write``."""
 
     backend = "sqlite"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway import keys
@@ -12,8 +14,14 @@ TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+RULES = str(Path(__file__).resolve().parents[2] / "rules")
+
+
 def make_config(tmp_path, **flags):
-    env = {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data")}
+    """A gateway configuration in ``tmp_path``; no routing rules unless
+    ``rules_dir`` is given (e.g. ``RULES``, the shipped defaults)."""
+    env = {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data"),
+           "OMNIGATE_RULES_DIR": str(tmp_path / "no-rules")}
     return load(None, environ=env, flags=flags)
 
 

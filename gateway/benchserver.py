@@ -1,0 +1,95 @@
+"""HTTP servers for ``omnigate bench``, each run in its own process.
+
+- ``bare``: an aiohttp handler that reads the body and answers 202 — the
+  framework's ceiling on this machine;
+- ``sqlite``: the same handler doing one group-committed, fsync'd SQLite
+  insert per request (a minimal writer thread, independent of omnigate's
+  store) — the durable-ack ceiling;
+- ``omnigate``: the real gateway (``create_app``) with the pipeline off, so
+  the figure is the ingest path alone: auth, validation, journal, 202.
+
+Usage: ``python -m gateway.benchserver MODE PORT DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+
+from aiohttp import web
+
+
+def _bare_app() -> web.Application:
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"journal_id": "0"}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/channels/api/messages", handler)
+    return app
+
+
+def _sqlite_app(data_dir: Path) -> web.Application:
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    conn = sqlite3.connect(data_dir / "baseline.db", isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body BLOB)")
+
+    def writer() -> None:
+        while True:
+            batch = [q.get()]
+            while True:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO t (body) VALUES (?)", [(b,) for b, _, _ in batch])
+            conn.execute("COMMIT")
+            by_loop: dict = {}
+            for _, loop, fut in batch:
+                by_loop.setdefault(loop, []).append(fut)
+            for loop, futs in by_loop.items():
+                loop.call_soon_threadsafe(lambda fs=futs: [f.set_result(None) for f in fs if not f.done()])
+
+    threading.Thread(target=writer, daemon=True).start()
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        q.put((body, loop, fut))
+        await fut
+        return web.json_response({"journal_id": "0"}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/channels/api/messages", handler)
+    return app
+
+
+def _omnigate_app(data_dir: Path) -> web.Application:
+    from gateway.app import create_app
+    from gateway.config import load
+
+    config = load(None, environ={"OMNIGATE_API_TOKEN": "bench-token", "OMNIGATE_DATA_DIR": str(data_dir),
+                                 "OMNIGATE_PIPELINE__WORKERS": "0", "OMNIGATE_LOG_LEVEL": "warning"})
+    from gateway import logs
+
+    logs.configure("warning", "json")
+    return create_app(config)
+
+
+def main() -> None:
+    mode, port, data_dir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = {"bare": _bare_app, "sqlite": lambda: _sqlite_app(data_dir), "omnigate": lambda: _omnigate_app(data_dir)}[mode]()
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""SQLite operations for replies and the outbox's ``reply.send`` rows.
+
+A reply is one write transaction: its timeline entry, its outbox row (the
+Outbound as payload) and the ticket's first response / status / version.
+The dispatcher then *claims* due rows of one topic with a lease (an
+``UPDATE … RETURNING`` in the single writer, so two dispatchers never get
+the same row) and *settles* each attempt in one transaction: the row, the
+timeline entry's ``data.delivery`` and, for a sent mail, the thread ref that
+lets the customer's answer thread back. Rows of other topics (the webhook
+events) are never claimed here.
+
+Outbox row states: ``pending`` (due at ``next_at``), ``sending`` (leased
+until ``next_at``; a holder that died is replaced once the lease runs out),
+``sent``, ``failed``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from gateway.store.base import (
+    REPLY_TOPIC,
+    Delivery,
+    NoReplyTarget,
+    NotFound,
+    OutboxItem,
+    ReplyDraft,
+)
+from routing.model import TimelineEntry, new_id, utcnow
+
+if TYPE_CHECKING:
+    from gateway.store.sqlite import SQLiteStore
+
+#: Schema migration 2 (replies, outbox delivery). Applied once, in order.
+MIGRATION = """
+    ALTER TABLE outbox ADD COLUMN timeline_id TEXT;
+    ALTER TABLE outbox ADD COLUMN lease TEXT;
+    ALTER TABLE outbox ADD COLUMN external_id TEXT;
+    ALTER TABLE outbox ADD COLUMN sent_at INTEGER;
+    CREATE INDEX outbox_topic_due ON outbox (topic, status, next_at);
+"""
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
+
+
+def _core() -> Any:
+    """The core SQLite module, for its row helpers. Imported late: it imports
+    this module (the mixin) before its own helpers exist."""
+    from gateway.store import sqlite
+
+    return sqlite
+
+
+class RepliesOps:
+    """Mixed into SQLiteStore: reply and outbox operations."""
+
+    async def reply_create(self: "SQLiteStore", ticket_id: str, draft: ReplyDraft) -> TimelineEntry:
+        return await self._write(_reply_create, ticket_id, draft, new_id(), utcnow())
+
+    async def auto_reply(self: "SQLiteStore", ticket_id: str, text: str, *, subject: str | None = None,
+                         in_reply_to_auto: str | None = None) -> TimelineEntry:
+        """What the rules engine sends on its own: ``auto``, author "system"."""
+        draft = ReplyDraft(text=text, subject=subject, auto=True, in_reply_to_auto=in_reply_to_auto)
+        return await self.reply_create(ticket_id, draft)
+
+    async def outbox_claim(self: "SQLiteStore", topic: str, limit: int, lease_s: float) -> list[OutboxItem]:
+        now = utcnow()
+        return await self._write(_outbox_claim, topic, limit, new_id(), now, now + timedelta(seconds=lease_s))
+
+    async def outbox_settle(self: "SQLiteStore", item: OutboxItem, delivery: Delivery) -> bool:
+        return await self._write(_outbox_settle, item, delivery)
+
+    async def outbox_next_due(self: "SQLiteStore", topic: str) -> datetime | None:
+        return await self._read(_outbox_next_due, topic)
+
+
+# ---------------------------------------------------------------- reply
+
+
+def _reply_create(conn: sqlite3.Connection, ticket_id: str, draft: ReplyDraft, entry_id: str,
+                  now: datetime) -> TimelineEntry:
+    core = _core()
+    ticket = core._ticket_select(conn, "id = ?", ticket_id)
+    if ticket is None:
+        raise NotFound(f"ticket {ticket_id} not found")
+    target = ticket.reply_to
+    if draft.public and target is None:
+        raise NoReplyTarget(f"ticket #{ticket.number} has no reply target (it did not come in through a "
+                            "channel that can be answered); add an internal note instead")
+    data: dict[str, Any] = {"author": draft.author or "system", "auto": draft.auto, "public": draft.public}
+    if draft.html:
+        data["html"] = draft.html
+    if draft.public:
+        data["delivery"] = {"status": "queued"}
+    entry = TimelineEntry(
+        id=entry_id, contact_id=ticket.contact_id, kind="message_out" if draft.public else "note", at=now,
+        ticket_id=ticket.id, channel=target.channel if target else None, subject=draft.subject, text=draft.text,
+        attachments=list(draft.attachments), data=data,
+    )
+    core._insert_timeline(conn, entry)
+    at = core.ms(now)
+    if draft.public:
+        assert target is not None
+        outbound = draft.outbound(new_id(), ticket, target)
+        conn.execute(
+            "INSERT INTO outbox (id, topic, ticket_id, timeline_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?,?)",
+            (outbound.id, REPLY_TOPIC, ticket.id, entry.id, _enc.encode(outbound).decode(), at, at),
+        )
+    sets, args = ["version = version + 1", "updated_at = ?"], [at]
+    if draft.public and not draft.auto:  # an agent answered: the SLA's first response, and work has begun
+        sets += ["first_response_at = coalesce(first_response_at, ?)",
+                 "status = CASE status WHEN 'new' THEN 'open' ELSE status END"]
+        args.append(at)
+    conn.execute(f"UPDATE tickets SET {', '.join(sets)} WHERE id = ?", (*args, ticket.id))
+    return entry
+
+
+# ---------------------------------------------------------------- outbox
+
+
+def _outbox_claim(conn: sqlite3.Connection, topic: str, limit: int, lease: str, now: datetime,
+                  until: datetime) -> list[OutboxItem]:
+    core = _core()
+    rows = conn.execute(
+        "UPDATE outbox SET status = 'sending', lease = ?, next_at = ?, attempts = attempts + 1 "
+        "WHERE id IN (SELECT id FROM outbox WHERE topic = ? AND status IN ('pending', 'sending') AND next_at <= ? "
+        "ORDER BY next_at, seq LIMIT ?) "
+        "RETURNING id, topic, ticket_id, timeline_id, payload, attempts",
+        (lease, core.ms(until), topic, core.ms(now), limit),
+    ).fetchall()
+    return [OutboxItem(id=r[0], topic=r[1], ticket_id=r[2], timeline_id=r[3], payload=_dec.decode(r[4]),
+                       attempts=r[5], lease=lease, lease_until=until) for r in rows]
+
+
+def _outbox_settle(conn: sqlite3.Connection, item: OutboxItem, d: Delivery) -> bool:
+    core = _core()
+    status = {"sent": "sent", "retrying": "pending", "failed": "failed"}[d.status]
+    next_at = core.ms(d.next_at or d.at)
+    n = conn.execute(
+        "UPDATE outbox SET status = ?, next_at = ?, error = ?, external_id = ?, sent_at = ?, lease = NULL "
+        "WHERE id = ? AND lease = ? AND status = 'sending'",
+        (status, next_at, d.reason, d.external_id, core.ms(d.at) if d.status == "sent" else None, item.id, item.lease),
+    ).rowcount
+    if n == 0:  # our lease ran out and another dispatcher took the row over
+        return False
+    if item.timeline_id:
+        _set_delivery(conn, item.timeline_id, d)
+    if d.thread_ref and item.ticket_id:
+        # stored as inbound messages name it (no angle brackets), so the answer threads here
+        conn.execute("INSERT OR IGNORE INTO thread_refs (ref, ticket_id) VALUES (?, ?)",
+                     (d.thread_ref.strip().strip("<>"), item.ticket_id))
+    return True
+
+
+def _set_delivery(conn: sqlite3.Connection, timeline_id: str, d: Delivery) -> None:
+    r = conn.execute("SELECT data FROM timeline WHERE id = ?", (timeline_id,)).fetchone()
+    if r is None:
+        return
+    data = _dec.decode(r[0]) if r[0] else {}
+    data["delivery"] = msgspec.to_builtins(msgspec.structs.replace(d, thread_ref=None))
+    conn.execute("UPDATE timeline SET data = ? WHERE id = ?", (_enc.encode(data).decode(), timeline_id))
+
+
+def _outbox_next_due(conn: sqlite3.Connection, topic: str) -> datetime | None:
+    r = conn.execute("SELECT min(next_at) FROM outbox WHERE topic = ? AND status IN ('pending', 'sending')",
+                     (topic,)).fetchone()
+    return _core().dt(r[0]) if r and r[0] is not None else None

@@ -1,0 +1,78 @@
+"""The routing tree inside the running pipeline (the shipped rules)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.app import StartupError, create_app
+from tests.gateway.conftest import AUTH, RULES, drain, make_config
+
+
+@pytest.fixture
+async def routed(aiohttp_client, tmp_path):
+    app = create_app(make_config(tmp_path, rules_dir=RULES))
+    return await aiohttp_client(app), app
+
+
+async def _ticket_of(client, journal_id):
+    j = await (await client.get(f"/api/v1/journal/{journal_id}", headers=AUTH)).json()
+    t = await (await client.get(f"/api/v1/tickets/{j['ticket_id']}", headers=AUTH)).json()
+    tl = await (await client.get(f"/api/v1/tickets/{j['ticket_id']}/timeline", headers=AUTH)).json()
+    return t, tl["items"]
+
+
+async def _post(client, ext, text, sender="li.lei@example.cn", subject=None):
+    body = {"external_id": ext, "sender": {"kind": "email", "value": sender}, "text": text}
+    if subject:
+        body["subject"] = subject
+    r = await client.post("/channels/api/messages", json=body, headers=AUTH)
+    return (await r.json())["journal_id"]
+
+
+async def test_refund_goes_to_billing_and_the_timeline_says_why(routed):
+    client, app = routed
+    jid = await _post(client, "r1", "订单重复扣款了，我要申请退款")
+    await drain(app)
+    ticket, items = await _ticket_of(client, jid)
+    assert ticket["team"] == "billing" and ticket["skills"] == {"billing": 1} and "refund" in ticket["tags"]
+    rules = [e for e in items if e["kind"] == "rule"]
+    assert [e["data"]["rule"] for e in rules] == ["root", "billing-refund"]
+    assert any("退款" in m for m in rules[1]["data"]["matched"])
+    message = next(e for e in items if e["kind"] == "message_in")
+    assert message["data"]["reasons"]["rules"]["rule"] == "billing-refund"
+
+
+async def test_a_follow_up_about_an_outage_raises_priority_but_keeps_the_team(routed):
+    client, app = routed
+    first = await _post(client, "o1", "我要申请退款")
+    await drain(app)
+    await _post(client, "o2", "现在系统崩溃了，完全打不开")
+    await drain(app)
+    ticket, items = await _ticket_of(client, first)
+    assert ticket["priority"] == "urgent" and ticket["team"] == "billing"
+    assert {"refund", "outage"} <= set(ticket["tags"])
+
+
+async def test_dry_run_endpoint(routed):
+    client, _ = routed
+    r = await client.post("/api/v1/rules/test", headers=AUTH,
+                          json={"channel": "email", "from": "a@b.cn", "subject": "申请退款", "tree": True})
+    body = await r.json()
+    assert r.status == 200 and body["path"] == ["root", "billing-refund"] and body["team"] == "billing"
+    assert "billing-refund" in body["tree"]
+    r = await client.post("/api/v1/rules/test", headers=AUTH, json={"channel": 5})
+    assert r.status == 400 and (await r.json())["field"]
+
+
+async def test_rules_test_without_rules_is_a_clear_409(aiohttp_client, tmp_path):
+    client = await aiohttp_client(create_app(make_config(tmp_path)))
+    r = await client.post("/api/v1/rules/test", headers=AUTH, json={"channel": "email"})
+    assert r.status == 409 and "rules_dir" in (await r.json())["detail"]
+
+
+def test_a_broken_rules_folder_refuses_the_start(tmp_path):
+    bad = tmp_path / "rules"
+    bad.mkdir()
+    (bad / "00-root.yaml").write_text("route:\n  id: root\n  title: Root\n  owner: ops\n  teem: x\n")
+    with pytest.raises(StartupError, match=r"00-root.yaml:5:\d+: .*teem"):
+        create_app(make_config(tmp_path, rules_dir=str(bad)))
