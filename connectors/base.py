@@ -91,6 +91,10 @@ class ConnectorContext(Protocol):
     channel: str
     config: Mapping[str, Any]  # this channel's configuration section
     data_dir: str
+    #: The gateway's supervisor: ``await ctx.supervisor.run({name: factory})``
+    #: runs a connector's loops (one per mailbox, say) with the gateway's
+    #: back-off and reports their state on /readyz.
+    supervisor: Any
 
     async def ingest(
         self, account: str, key: str, raw: bytes, meta: Mapping[str, Any] | None = None

@@ -7,6 +7,7 @@ the request, call one store operation, and encode the result.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import msgspec
@@ -102,7 +103,17 @@ async def journal_replay(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- tickets
 
 
-async def _ticket(request: web.Request):
+def field_of(exc: msgspec.ValidationError) -> str | None:
+    """The JSON path a msgspec validation error is about (``$.sender.kind``)."""
+    text = str(exc)
+    if " - at `" in text:
+        return text.rsplit(" - at `", 1)[1].rstrip("`")
+    m = re.search(r"(?:missing required field|unknown field) `([^`]+)`", text)
+    return f"$.{m.group(1)}" if m else None
+
+
+async def ticket_or_404(request: web.Request):
+    """The ticket named by ``{id}`` in the path: its id or display number."""
     store = request.app[keys.STORE]
     ref = request.match_info["id"]
     ticket = await store.get_ticket(ref)
@@ -116,13 +127,13 @@ async def _ticket(request: web.Request):
 @routes.get("/api/v1/tickets/{id}")
 async def ticket_get(request: web.Request) -> web.Response:
     check_bearer(request, _token(request))
-    return json_response(await _ticket(request))
+    return json_response(await ticket_or_404(request))
 
 
 @routes.get("/api/v1/tickets/{id}/timeline")
 async def ticket_timeline(request: web.Request) -> web.Response:
     check_bearer(request, _token(request))
-    ticket = await _ticket(request)
+    ticket = await ticket_or_404(request)
     return await _timeline(request, ticket_id=ticket.id)
 
 
@@ -167,7 +178,7 @@ async def contact_merge(request: web.Request) -> web.Response:
     """Merge contact ``{id}`` into ``into``: its identities, tickets and
     timeline move (not copy) to ``into``; audited; undone by unmerge."""
     check_bearer(request, _token(request))
-    body = await _body(request, _MergeBody)
+    body = await read_body(request, _MergeBody)
     actor = request.headers.get("X-Omnigate-Actor", "api")
     try:
         contact = await request.app[keys.STORE].merge_contacts(body.into, request.match_info["id"], actor, body.reason)
@@ -182,7 +193,7 @@ async def contact_merge(request: web.Request) -> web.Response:
 @routes.post("/api/v1/contacts/{id}/unmerge")
 async def contact_unmerge(request: web.Request) -> web.Response:
     check_bearer(request, _token(request))
-    body = await _body(request, _UnmergeBody, allow_empty=True)
+    body = await read_body(request, _UnmergeBody, allow_empty=True)
     actor = request.headers.get("X-Omnigate-Actor", "api")
     try:
         contact = await request.app[keys.STORE].unmerge_contact(request.match_info["id"], actor,
@@ -230,16 +241,15 @@ async def _timeline(request: web.Request, **where: str) -> web.Response:
     return json_response({"items": page.items, "next_cursor": page.next_cursor})
 
 
-async def _body(request: web.Request, typ: type, allow_empty: bool = False):
+async def read_body(request: web.Request, typ: type, allow_empty: bool = False):
+    """The JSON body decoded (strictly) as ``typ``; 400 naming the field at fault."""
     raw = await request.read()
     if allow_empty and not raw.strip():
         return None
     try:
         return msgspec.json.decode(raw, type=typ)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        field = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else None
-        raise Problem(400, "Invalid request body", text, field=field) from None
+        raise Problem(400, "Invalid request body", str(exc), field=field_of(exc)) from None
     except msgspec.DecodeError as exc:
         raise Problem(400, "Invalid request body", f"malformed JSON: {exc}") from None
 

@@ -39,8 +39,10 @@ class Ingest:
 class ChannelContext:
     """The ConnectorContext (connectors/base.py) the gateway gives a connector."""
 
-    def __init__(self, channel: str, config: Mapping[str, Any], data_dir: str, ingest: Ingest, store: Any):
+    def __init__(self, channel: str, config: Mapping[str, Any], data_dir: str, ingest: Ingest, store: Any,
+                 supervisor: Any = None):
         self.channel = channel
+        self.supervisor = supervisor
         self.config = config
         self.data_dir = data_dir
         self._ingest = ingest

@@ -22,6 +22,8 @@ INGEST: web.AppKey["Ingest"] = web.AppKey("ingest")
 RULES: web.AppKey[Any] = web.AppKey("rules")
 #: agents, teams, SLA policies and calendars (routing.directory.Directory), or None
 DIRECTORY: web.AppKey[Any] = web.AppKey("directory")
+#: runs connector loops with back-off (gateway.supervisor.Supervisor)
+SUPERVISOR: web.AppKey[Any] = web.AppKey("supervisor")
 #: channel → running connector instance
 CONNECTORS: web.AppKey[dict[str, Any]] = web.AppKey("connectors")
 #: name → zero-argument callable returning (ok: bool, detail: dict), for /readyz

@@ -275,7 +275,7 @@ def stage_compose(w: Work) -> None:
                            references=[*i.thread.references, *([i.thread.message_id] if i.thread.message_id else [])][-20:],
                            session_id=i.thread.session_id),
     )
-    at = i.sent_at or w.now
+    at = _arrival(w)
     f = w.ticket_fields
     if t.action == "new":
         ticket_id = new_id()
@@ -377,6 +377,16 @@ def _public_attachments(attachments: list[Attachment]) -> list[Attachment]:
     ]
 
 
+def _arrival(w: Work) -> datetime:
+    """Where a message sits on the timeline: when it reached us. A sender's
+    own clock (an email Date header) can be anything, so it is kept in
+    ``data.sent_at`` but does not order the timeline; a call sits at its start."""
+    i = w.inbound
+    if i.kind == "call" and i.call is not None and i.call.started_at is not None:
+        return i.call.started_at
+    return i.received_at or w.now
+
+
 def _message_entry(w: Work, kind: str, ticket_id: str | None) -> TimelineEntry:
     i = w.inbound
     data: dict = {"sender": {"kind": w.look.sender.kind, "value": w.look.sender.value, "name": i.sender.name},
@@ -385,6 +395,8 @@ def _message_entry(w: Work, kind: str, ticket_id: str | None) -> TimelineEntry:
         value = getattr(i, key)
         if value:
             data[key] = value
+    if i.sent_at is not None:
+        data["sent_at"] = i.sent_at.isoformat()
     if i.defects:
         data["defects"] = list(i.defects)
     if i.meta:
@@ -394,7 +406,7 @@ def _message_entry(w: Work, kind: str, ticket_id: str | None) -> TimelineEntry:
     if w.look.text_hash:
         data["text_hash"] = w.look.text_hash
     return TimelineEntry(
-        id=new_id(), contact_id=w.contact_id or "", kind=kind, at=i.sent_at or w.now, ticket_id=ticket_id,
+        id=new_id(), contact_id=w.contact_id or "", kind=kind, at=_arrival(w), ticket_id=ticket_id,
         channel=i.channel, journal_id=w.journal_id, external_id=i.external_id, subject=i.subject, text=i.text,
         attachments=_public_attachments(i.attachments), data=data,
     )

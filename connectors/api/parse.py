@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from datetime import datetime
 from typing import Any, Mapping
 
@@ -54,14 +55,19 @@ class InvalidMessage(PayloadRejected):
         self.field = field
 
 
+def _field_of(text: str) -> str | None:
+    if " - at `" in text:
+        return text.rsplit(" - at `", 1)[1].rstrip("`")
+    m = re.search(r"(?:missing required field|unknown field) `([^`]+)`", text)
+    return f"$.{m.group(1)}" if m else None
+
+
 def decode(raw: bytes) -> ApiMessage:
     """Validate a request body; raises :class:`InvalidMessage` naming the field."""
     try:
         msg = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        field = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else None
-        raise InvalidMessage(text, field) from None
+        raise InvalidMessage(str(exc), _field_of(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise InvalidMessage(f"malformed JSON: {exc}") from None
     if not msg.external_id.strip():

@@ -17,6 +17,7 @@ import msgspec
 from connectors.base import IngestResult
 from routing.model import Attachment, Contact, Outbound, ReplyTarget, Ticket, ThreadHints, TimelineEntry
 from routing.pipeline import Lookup
+from routing.sla import SlaEvent
 from routing.state import Commit, CommitResult, Snapshot
 
 JOURNAL_STATUSES = ("pending", "processed", "failed", "duplicate")
@@ -32,6 +33,10 @@ class Conflict(StoreError):
 
 class NotFound(StoreError):
     pass
+
+
+class InvalidTransition(StoreError):
+    """A ticket status change the ticket's current status does not allow."""
 
 
 class JournalEntry(msgspec.Struct, omit_defaults=True):
@@ -50,6 +55,24 @@ class JournalEntry(msgspec.Struct, omit_defaults=True):
     processed_at: datetime | None = None
     size: int = 0
     raw: bytes | None = None
+
+
+class AgentView(msgspec.Struct, omit_defaults=True):
+    """An agent as the API shows it: the directory's fields, presence, and what it holds now."""
+
+    id: str
+    name: str
+    presence: str
+    login: str | None = None
+    roles: list[str] = msgspec.field(default_factory=list)
+    teams: list[str] = msgspec.field(default_factory=list)
+    skills: dict[str, int] = msgspec.field(default_factory=dict)
+    capacity: dict[str, int] = msgspec.field(default_factory=dict)
+    #: capacity class → open tickets held
+    load: dict[str, int] = msgspec.field(default_factory=dict)
+    tickets: list[str] = msgspec.field(default_factory=list)
+    presence_at: datetime | None = None
+    last_assigned_at: datetime | None = None
 
 
 class Page(msgspec.Struct):
@@ -201,5 +224,30 @@ class Store(Protocol):
     async def state_get(self, key: str) -> str | None: ...
 
     async def state_set(self, key: str, value: str) -> None: ...
+
+    # assignment, presence, SLA (gateway/store/sqlite_assign.py) ----
+    async def directory_load(self, directory: Directory, now: datetime) -> list[Decision]: ...
+
+    async def list_agents(self) -> list[AgentView]: ...
+
+    async def get_agent(self, agent_id: str) -> AgentView | None: ...
+
+    async def set_presence(
+        self, agent_id: str, presence: str, now: datetime, *, return_chats: bool = False, actor: str = "api"
+    ) -> list[str]: ...
+
+    async def assign_next(self, ticket_id: str, now: datetime) -> Decision: ...
+
+    async def ticket_sync(self, ticket_ids: list[str], now: datetime) -> list[Decision]: ...
+
+    async def set_status(self, ticket_id: str, status: str, now: datetime, actor: str = "api") -> bool: ...
+
+    async def overflow_due(self, now: datetime, limit: int = 200) -> int: ...
+
+    async def sla_fire_due(self, now: datetime, limit: int = 200) -> list[SlaEvent]: ...
+
+    async def changed_tickets(self, cursor: str | None, limit: int = 500) -> tuple[list[str], str | None]: ...
+
+    async def assign_stats(self) -> dict: ...
 
     async def close(self) -> None: ...

@@ -1,0 +1,85 @@
+"""``POST /api/v1/tickets/{id}/replies``: an agent's reply or internal note.
+
+The handler checks the body, puts attachments into the attachment store,
+and asks the store for one ``reply_create`` transaction (timeline entry,
+outbox row, ticket update); the dispatcher (gateway/outbox.py) sends it
+afterwards. A reply answers ``202`` (queued; the entry's
+``data.delivery.status`` follows its fate), a note ``201`` (nothing to send).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from gateway import keys
+from gateway.api import read_body, ticket_or_404
+from gateway.attachments import AttachmentStore
+from gateway.http_util import Problem, check_bearer, json_response
+from gateway.outbox import DISPATCHER
+from gateway.store.base import NoReplyTarget, NotFound, ReplyDraft
+from routing.model import Attachment
+
+log = structlog.get_logger(__name__)
+routes = web.RouteTableDef()
+
+
+class _Upload(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    content_type: str
+    data_base64: str
+
+
+class _ReplyBody(msgspec.Struct, forbid_unknown_fields=True):
+    text: str
+    subject: str | None = None
+    html: str | None = None
+    author: str | None = None
+    internal: bool = False
+    attachments: list[_Upload] = msgspec.field(default_factory=list)
+
+
+@routes.post("/api/v1/tickets/{id}/replies")
+async def reply_create(request: web.Request) -> web.Response:
+    app = request.app
+    check_bearer(request, app[keys.CONFIG].api_token)
+    body: _ReplyBody = await read_body(request, _ReplyBody)
+    if not body.text.strip():
+        raise Problem(400, "Invalid request body", "text must not be empty", field="$.text")
+    ticket = await ticket_or_404(request)
+    attachments = await _store_uploads(app[DISPATCHER].attachments, body.attachments)
+    draft = ReplyDraft(text=body.text, subject=body.subject, html=body.html, author=body.author,
+                       internal=body.internal, attachments=attachments)
+    try:
+        entry = await app[keys.STORE].reply_create(ticket.id, draft)
+    except NoReplyTarget as exc:
+        raise Problem(409, "Cannot reply", str(exc)) from None
+    except NotFound as exc:
+        raise Problem(404, "Not found", str(exc)) from None
+    if draft.public:
+        app[DISPATCHER].wake()
+    log.info("reply.created", ticket_id=ticket.id, timeline_id=entry.id, kind=entry.kind, author=entry.data["author"])
+    return json_response(entry, status=202 if draft.public else 201)
+
+
+async def _store_uploads(store: AttachmentStore, uploads: list[_Upload]) -> list[Attachment]:
+    """Decode every upload first (400 naming the one that is not base64),
+    then store them; the store's ref is the content's sha256."""
+    decoded = []
+    for n, up in enumerate(uploads):
+        try:
+            decoded.append(base64.b64decode(up.data_base64, validate=True))
+        except (binascii.Error, ValueError):
+            raise Problem(400, "Invalid request body", "data_base64 is not valid base64",
+                          field=f"$.attachments[{n}].data_base64") from None
+    out = []
+    for up, data in zip(uploads, decoded):
+        ref = await asyncio.to_thread(store.put, data)
+        out.append(Attachment(name=up.name, content_type=up.content_type, size=len(data), sha256=ref,
+                              storage_ref=ref))
+    return out
