@@ -16,13 +16,14 @@ import structlog
 from aiohttp import web
 
 from connectors.registry import RegistryError, connector_class, validate_all
-from gateway import api, keys
+from gateway import api, assignment, keys, outbox, replies
 from gateway.attachments import AttachmentStore
 from gateway.config import Config, parse_duration
 from gateway.http_util import Problem, json_response, problem
 from gateway.ingest import ChannelContext, Ingest
 from gateway.metrics import Metrics
 from gateway.store.sqlite import SQLiteStore
+from gateway.supervisor import Supervisor
 from gateway.worker import Pipeline, Worker
 from routing.pipeline import Settings
 from routing.threads import compile_ref_patterns
@@ -197,13 +198,16 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     app[keys.RULES] = rules = load_rules(config, directory)
     settings = pipeline_settings(config)
     settings.rules = rules
-    pipeline = Pipeline(store, settings, attachments=AttachmentStore(data_dir / "attachments"),
+    attachments = AttachmentStore(data_dir / "attachments")
+    pipeline = Pipeline(store, settings, attachments=attachments,
                         metrics=m, context_for=context_factory(config), media_fetchers=connectors,
                         max_conflict_retries=config.pipeline.max_conflict_retries)
+    assignment.setup(app, pipeline)
     worker = Worker(pipeline, concurrency=config.pipeline.workers)
     app[keys.WORKER] = worker
     ingest = Ingest(store, m, worker.wake)
     app[keys.INGEST] = ingest
+    app[keys.SUPERVISOR] = supervisor = Supervisor()
 
     for channel in sorted(config.channels):
         try:
@@ -212,7 +216,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
             raise StartupError(str(exc)) from None
         if cls is None:
             continue
-        ctx = ChannelContext(channel, config.channels[channel], str(data_dir), ingest, store)
+        ctx = ChannelContext(channel, config.channels[channel], str(data_dir), ingest, store, supervisor)
         try:
             conn = cls(ctx)
         except Exception as exc:
@@ -224,10 +228,14 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_routes(api.routes)
+    app.router.add_routes(replies.routes)
+    app[outbox.DISPATCHER] = outbox.Dispatcher(store, connectors, attachments)
 
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(assignment.cleanup_ctx)  # the directory is in the store before the worker runs
     app.cleanup_ctx.append(_worker_ctx)
     app.cleanup_ctx.append(_connectors_ctx)
+    app.cleanup_ctx.append(outbox.dispatcher_ctx)  # after the connectors: it stops before they close
     app.cleanup_ctx.append(_gauges_ctx)
     if rules is not None:
         app[keys.READINESS]["rules"] = rules.readiness
@@ -271,9 +279,7 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
     (back-off, re-authentication, state for /readyz)."""
     import msgspec
 
-    from gateway.supervisor import Supervisor
-
-    supervisor = Supervisor()
+    supervisor = app[keys.SUPERVISOR]
 
     def readiness() -> tuple[bool, dict]:
         return supervisor.ready(), {"tasks": msgspec.to_builtins(supervisor.states())}

@@ -318,6 +318,6 @@ def main(argv: list[str], prog: str = "omnigate bench") -> int:
             if fig.get("ratio") is not None else ""
         print(f"{name:28} {fig['value']:>12,.1f} {fig['unit']:<10} {ratio}")
         detail = fig.get("detail") or {}
-        if detail:
+        if isinstance(detail, dict) and detail:
             print(" " * 29 + ", ".join(f"{k}={v}" for k, v in detail.items() if not isinstance(v, (dict, list))))
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 disable_created_metrics()  # *_created series double the output and nobody graphs them
 
@@ -39,6 +39,7 @@ class Metrics:
         self.connector_up = Gauge("omnigate_connector_up", "1 when a connector's loop runs", ["channel", "task"],
                                   registry=r)
         self._backlog: dict[str, int] = {}
+        self._assignment: dict = {}
 
     def set_journal_counts(self, counts: dict[str, int]) -> None:
         """Latest journal counts by status (refreshed by the worker)."""
@@ -58,6 +59,43 @@ class Metrics:
         b = GaugeMetricFamily("omnigate_journal_backlog", "Journal entries waiting for the pipeline")
         b.add_metric([], self._backlog.get("pending", 0))
         return [g, b]
+
+    def set_assignment_stats(self, stats: dict) -> None:
+        """Latest assignment/SLA figures from the store (``gateway.assignment``; shared by all instances)."""
+        self._assignment = dict(stats)
+
+    def assignment_families(self) -> list:
+        s = self._assignment
+        if not s:
+            return []
+        out: list = []
+        for name, key, what in (("omnigate_first_response_seconds", "first_response", "ticket creation to first "
+                                 "public agent reply"), ("omnigate_resolution_seconds", "resolution",
+                                                         "ticket creation to solved")):
+            fam = SummaryMetricFamily(name, f"Time from {what} (wall-clock), over solved tickets in the store")
+            fam.add_metric([], count_value=s[key]["count"], sum_value=s[key]["sum_s"])
+            out.append(fam)
+        for name, key in (("omnigate_sla_breaches", "sla_breaches"), ("omnigate_sla_warnings", "sla_warnings")):
+            fam = CounterMetricFamily(name, f"SLA {key.split('_')[1]} fired, by policy and target",
+                                      labels=["policy", "target"])
+            for policy, targets in sorted(s[key].items()):
+                for target, n in sorted(targets.items()):
+                    fam.add_metric([policy, target], n)
+            out.append(fam)
+        queued = GaugeMetricFamily("omnigate_assign_queued", "Tickets waiting for an agent, by team", labels=["team"])
+        for team, n in sorted(s["queued"].items()):
+            queued.add_metric([team], n)
+        agents = GaugeMetricFamily("omnigate_agents", "Agents by presence", labels=["presence"])
+        for presence, n in sorted(s["agents"].items()):
+            agents.add_metric([presence], n)
+        held = GaugeMetricFamily("omnigate_assigned_tickets", "Open tickets holding an agent's capacity")
+        held.add_metric([], s["assigned"])
+        fallback = GaugeMetricFamily("omnigate_calendar_fallback_year", "1 for each year a calendar answered with "
+                                     "weekly hours alone (no holiday data)", labels=["calendar", "year"])
+        for calendar, years in sorted(s.get("calendar_fallback_years", {}).items()):
+            for year in years:
+                fallback.add_metric([calendar, str(year)], 1)
+        return [*out, queued, agents, held, fallback]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -53,7 +53,10 @@ async def reply_create(request: web.Request) -> web.Response:
         raise Problem(400, "Invalid request body", "text must not be empty", field="$.text")
     ticket = await ticket_or_404(request)
     attachments = await _store_uploads(app[DISPATCHER].attachments, body.attachments)
-    draft = ReplyDraft(text=body.text, subject=body.subject, html=body.html, author=body.author,
+    # a reply posted without an author comes from whoever holds the API token
+    # (a help desk integration relaying an agent's answer): it is an agent reply
+    author = body.author or request.headers.get("X-Omnigate-Actor") or "api"
+    draft = ReplyDraft(text=body.text, subject=body.subject, html=body.html, author=author,
                        internal=body.internal, attachments=attachments)
     try:
         entry = await app[keys.STORE].reply_create(ticket.id, draft)

@@ -33,7 +33,7 @@ def fixture(name: str) -> object:
 def test_manifest_names_the_parser_and_marks_secrets():
     m = builtin_manifests()["email"]
     assert m.transport == "push" and m.parser == "connectors.email.parse:parse"
-    assert {"imap.mailboxes[].password", "relay.password"} <= m.secret_options
+    assert {"imap.<account>.password", "relay.password", "smtp.tls_key"} <= m.secret_options
     assert "smtp.listen" not in m.secret_options
 
 

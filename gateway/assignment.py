@@ -1,0 +1,248 @@
+"""Assignment and SLAs at runtime: the directory, the hook, the scheduler, the API.
+
+The decisions are pure (``routing.assign``, ``routing.sla``) and the state
+changes are single store transactions (``gateway/store/sqlite_assign.py``);
+this module only says *when* they run:
+
+- at start-up, the directory (``config.directory``, parsed and checked by
+  the app factory: a wrong file stops the daemon with its line number) has
+  its agents upserted
+  into the store so every instance and the API see them, and every queue
+  drained (capacity may have grown);
+- after each pipeline commit (:meth:`Assignment.after_commit`), the ticket's
+  assignment and SLA are brought in line with it (new ticket, team/skills
+  changed, reopened);
+- every ``tick_s`` the scheduler takes the overflow steps and fires the SLA
+  events that are due (their due times live in the store: a restart forgets
+  nothing), and sweeps the tickets changed since its last look — which
+  repairs a crash between a commit and its hook, and picks up replies that
+  set ``first_response_at``;
+- the HTTP API: agents and presence, ticket status, stats.
+
+Every time comes from :attr:`Assignment.clock`, so tests drive time instead
+of sleeping. Without ``config.directory`` assignment and SLAs are off: no
+hook, no scheduler; status changes still work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any, AsyncIterator, Callable, Literal
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from gateway import keys
+from gateway.api import read_body, ticket_or_404
+from gateway.http_util import Problem, check_bearer, json_response
+from gateway.metrics import Metrics
+from gateway.store.base import InvalidTransition, NotFound, Store, StoreError
+from gateway.worker import Pipeline
+from routing.directory import Directory, parse_directory
+from routing.model import Inbound, utcnow
+from routing.state import CommitResult
+
+log = structlog.get_logger(__name__)
+routes = web.RouteTableDef()
+_SWEEP_KEY = "assignment.sweep_cursor"
+
+
+class Assignment:
+    """The runtime of assignment and SLAs for one app (see the module docstring)."""
+
+    def __init__(self, store: Store, directory: Directory | None, metrics: Metrics, *,
+                 clock: Callable[[], datetime] = utcnow, tick_s: float = 1.0, sweep_batch: int = 500) -> None:
+        self.store = store
+        self.enabled = directory is not None
+        self.directory = directory if directory is not None else parse_directory("", "<no directory>")
+        self.metrics = metrics
+        self.clock = clock
+        self.tick_s = tick_s
+        self.sweep_batch = sweep_batch
+        self._cursor: str | None = None
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        decisions = await self.store.directory_load(self.directory, self.clock())
+        self._cursor = await self.store.state_get(_SWEEP_KEY)
+        log.info("assignment.started", enabled=self.enabled, agents=len(self.directory.agents),
+                 policies=len(self.directory.sla_policies), drained=len(decisions))
+        await self.refresh_stats()
+
+    async def after_commit(self, inbound: Inbound, result: CommitResult) -> None:
+        """Pipeline hook: assign a new (or changed, or reopened) ticket and time its SLA."""
+        if result.ticket_id is not None:
+            await self.store.ticket_sync([result.ticket_id], self.clock())
+
+    async def tick(self) -> dict[str, int]:
+        """One scheduler round; returns what it did (for logs and tests)."""
+        now = self.clock()
+        done = {
+            "overflowed": await self.store.overflow_due(now),
+            "sla_events": len(await self.store.sla_fire_due(now)),
+            "swept": await self._sweep(now),
+        }
+        if any(done.values()):
+            log.info("assignment.tick", **done)
+        return done
+
+    async def _sweep(self, now: datetime) -> int:
+        """Sync the tickets changed since the last sweep (its cursor is kept in the store)."""
+        changed, cursor = await self.store.changed_tickets(self._cursor, self.sweep_batch)
+        if not changed:
+            return 0
+        await self.store.ticket_sync(changed, now)
+        self._cursor = cursor
+        if cursor is not None:
+            await self.store.state_set(_SWEEP_KEY, cursor)
+        return len(changed)
+
+    async def run(self) -> None:
+        """The scheduler loop (a task of :func:`cleanup_ctx`)."""
+        ticks = 0
+        while True:
+            try:
+                await self.tick()
+                ticks += 1
+                if ticks % 10 == 0:
+                    await self.refresh_stats()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the next round retries; the store keeps what is due
+                log.exception("assignment.tick_failed")
+            await asyncio.sleep(self.tick_s)
+
+    # -- stats, readiness
+
+    def fallback_years(self) -> dict[str, list[int]]:
+        """Calendar → years it answered with weekly hours alone (holiday data missing)."""
+        return {name: years for name, cal in self.directory.calendars.items() if (years := cal.fallback_years())}
+
+    async def refresh_stats(self) -> dict[str, Any]:
+        stats = await self.store.assign_stats()
+        stats["calendar_fallback_years"] = self.fallback_years()
+        self.metrics.set_assignment_stats(stats)
+        return stats
+
+    def readiness(self) -> tuple[bool, dict]:
+        """Never fails readiness: a fallback year is a warning an operator must see, not an outage."""
+        detail: dict[str, Any] = {"enabled": self.enabled, "agents": len(self.directory.agents),
+                                  "sla_policies": len(self.directory.sla_policies)}
+        fallback = self.fallback_years()
+        if fallback:
+            detail["calendar_fallback_years"] = fallback
+            detail["warning"] = "holiday data does not cover these years: weekly hours only; upgrade " \
+                                "chinesecalendar or add the notice as closed/open dates with arranged_years"
+        return True, detail
+
+
+ASSIGNMENT: web.AppKey[Assignment] = web.AppKey("assignment")
+
+
+def setup(app: web.Application, pipeline: Pipeline) -> None:
+    """Register the runtime for ``app[keys.DIRECTORY]`` (loaded and checked by the app
+    factory): the after-commit hook, routes, readiness and metrics."""
+    runtime = Assignment(app[keys.STORE], app[keys.DIRECTORY], app[keys.METRICS], clock=pipeline.clock)
+    app[ASSIGNMENT] = runtime
+    if runtime.enabled:
+        pipeline.after_commit.append(runtime.after_commit)
+    app[keys.READINESS]["assignment"] = runtime.readiness
+    app[keys.METRICS].register_collector(app[keys.METRICS].assignment_families)
+    app.router.add_routes(routes)
+
+
+async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Load the directory into the store, then run the scheduler (before the worker starts)."""
+    runtime = app[ASSIGNMENT]
+    await runtime.start()
+    task = asyncio.create_task(runtime.run(), name="omnigate-assignment") if runtime.enabled else None
+    yield
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+def _auth(request: web.Request) -> Assignment:
+    check_bearer(request, request.app[keys.CONFIG].api_token)
+    return request.app[ASSIGNMENT]
+
+
+def _actor(request: web.Request) -> str:
+    return request.headers.get("X-Omnigate-Actor", "api")
+
+
+async def _agent(runtime: Assignment, agent_id: str) -> Any:
+    agent = await runtime.store.get_agent(agent_id)
+    if agent is None:
+        raise Problem(404, "Not found", f"no agent {agent_id}")
+    return agent
+
+
+@routes.get("/api/v1/agents")
+async def agents_list(request: web.Request) -> web.Response:
+    runtime = _auth(request)
+    return json_response({"items": await runtime.store.list_agents()})
+
+
+@routes.get("/api/v1/agents/{id}")
+async def agent_get(request: web.Request) -> web.Response:
+    runtime = _auth(request)
+    return json_response(await _agent(runtime, request.match_info["id"]))
+
+
+class PresenceBody(msgspec.Struct, forbid_unknown_fields=True):
+    presence: Literal["online", "away", "offline"]
+    return_chats: bool = False
+
+
+@routes.put("/api/v1/agents/{id}/presence")
+async def agent_presence(request: web.Request) -> web.Response:
+    """Set presence; ``return_chats`` puts the agent's open chats back in the queue. Drains at once."""
+    runtime = _auth(request)
+    body = await read_body(request, PresenceBody)
+    agent_id = request.match_info["id"]
+    try:
+        returned = await runtime.store.set_presence(agent_id, body.presence, runtime.clock(),
+                                                    return_chats=body.return_chats, actor=_actor(request))
+    except NotFound as exc:
+        raise Problem(404, "Not found", str(exc)) from None
+    log.info("agent.presence", agent_id=agent_id, presence=body.presence, returned=len(returned))
+    view = msgspec.to_builtins(await _agent(runtime, agent_id))
+    view["returned"] = returned
+    return json_response(view)
+
+
+class StatusBody(msgspec.Struct, forbid_unknown_fields=True):
+    status: Literal["open", "pending", "solved", "closed"]
+
+
+@routes.post("/api/v1/tickets/{id}/status")
+async def ticket_status(request: web.Request) -> web.Response:
+    """Change a ticket's status: frees capacity on solved/closed and drains the queue at once."""
+    runtime = _auth(request)
+    body = await read_body(request, StatusBody)
+    store = runtime.store
+    ticket = await ticket_or_404(request)
+    try:
+        changed = await store.set_status(ticket.id, body.status, runtime.clock(), _actor(request))
+    except InvalidTransition as exc:
+        raise Problem(409, "Invalid status transition", str(exc), status_from=ticket.status,
+                      status_to=body.status) from None
+    except StoreError as exc:
+        raise Problem(409, "Cannot change status", str(exc)) from None
+    log.info("ticket.status", ticket_id=ticket.id, status=body.status, changed=changed)
+    view = msgspec.to_builtins(await store.get_ticket(ticket.id))
+    view["changed"] = changed
+    return json_response(view)
+
+
+@routes.get("/api/v1/stats")
+async def stats(request: web.Request) -> web.Response:
+    runtime = _auth(request)
+    return json_response(await runtime.refresh_stats())
