@@ -175,6 +175,18 @@ def load_rules(config: Config, directory: Any):
     return runtime
 
 
+def _auto_replier(store: SQLiteStore):
+    """A rule's auto-reply goes out like an agent's reply: a ``message_out``
+    entry (auto, author "system") and a ``reply.send`` outbox row, sent by
+    the dispatcher through the ticket's channel."""
+
+    async def send(ticket_id: str, reply: Any, inbound: Any) -> None:
+        entry = await store.auto_reply(ticket_id, reply.text, subject=reply.subject, in_reply_to_auto=inbound.auto)
+        log.info("pipeline.auto_reply", ticket_id=ticket_id, template=reply.template, timeline_id=entry.id)
+
+    return send
+
+
 def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Application:
     errors = validate_all(sorted(set(config.channels) | {"api"}))
     if errors:
@@ -201,7 +213,8 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     attachments = AttachmentStore(data_dir / "attachments")
     pipeline = Pipeline(store, settings, attachments=attachments,
                         metrics=m, context_for=context_factory(config), media_fetchers=connectors,
-                        max_conflict_retries=config.pipeline.max_conflict_retries)
+                        max_conflict_retries=config.pipeline.max_conflict_retries,
+                        auto_replier=_auto_replier(store))
     assignment.setup(app, pipeline)
     worker = Worker(pipeline, concurrency=config.pipeline.workers)
     app[keys.WORKER] = worker

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway import keys
 from gateway.app import StartupError, create_app
 from tests.gateway.conftest import AUTH, RULES, drain, make_config
 
@@ -76,3 +77,31 @@ def test_a_broken_rules_folder_refuses_the_start(tmp_path):
     (bad / "00-root.yaml").write_text("route:\n  id: root\n  title: Root\n  owner: ops\n  teem: x\n")
     with pytest.raises(StartupError, match=r"00-root.yaml:5:\d+: .*teem"):
         create_app(make_config(tmp_path, rules_dir=str(bad)))
+
+
+
+async def test_password_reset_gets_the_self_service_auto_reply_once(routed):
+    client, app = routed
+    jid = await _post(client, "pw1", "I forgot my password, please help me reset password")
+    await drain(app)
+    ticket, items = await _ticket_of(client, jid)
+    [auto] = [e for e in items if e["kind"] == "message_out"]
+    assert auto["data"]["auto"] is True and auto["data"]["author"] == "system"
+    assert "password" in auto["text"].lower() or "密码" in auto["text"]
+    assert ticket.get("first_response_at") is None  # an auto-reply is not a first response
+    await _post(client, "pw1", "I forgot my password, please help me reset password")  # a redelivery
+    await drain(app)
+    _, items = await _ticket_of(client, jid)
+    assert sum(e["kind"] == "message_out" for e in items) == 1
+
+
+async def test_no_auto_reply_to_an_automatic_message(routed):
+    client, app = routed
+    raw = (b"From: noreply@example.cn\r\nTo: support@example.com\r\nSubject: Auto: password reset\r\n"
+           b"Auto-Submitted: auto-replied\r\nMessage-ID: <auto-1@example.cn>\r\n\r\nI am away. password reset\r\n")
+    res = await app[keys.INGEST].ingest("email", "support", "auto-1", raw, None)
+    await drain(app)
+    j = await (await client.get(f"/api/v1/journal/{res.journal_id}", headers=AUTH)).json()
+    _, items = await _ticket_of(client, res.journal_id)
+    assert j["status"] == "processed"
+    assert [e["kind"] for e in items if e["kind"].startswith("message")] == ["message_in"]
