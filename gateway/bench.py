@@ -39,19 +39,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-#: figure group → "module:function" returning {figure name: figure dict}
-PLUGINS: dict[str, str] = {
-    "email": "connectors.email.bench:figures",
-    "email_io": "connectors.email.io_bench:figures",
-    "wechat": "connectors.wechat.bench:figures",
-    "telegram": "connectors.telegram.bench:figures",
-    "rules": "routing.rules.bench:figures",
-    "assign": "routing.assign_bench:figures",
+#: job → ("module:function" returning {figure name: figure dict}, the figures it gives)
+PLUGINS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "email": ("connectors.email.bench:figures", ("email_parse",)),
+    "email_io": ("connectors.email.io_bench:figures", ("email_smtp_accept",)),
+    "wechat": ("connectors.wechat.bench:figures", ("wechat_parse_aes",)),
+    "telegram": ("connectors.telegram.bench:figures", ("telegram_webhook_parse",)),
+    "rules": ("routing.rules.bench:figures", ("rules_eval_100", "rules_eval_1000", "rules_eval_10000")),
+    "assign": ("routing.assign_bench:figures", ("assign_decisions",)),
+    "assign_store": ("gateway.assign_bench:figures", ("assign_next_store",)),
 }
 
 CONCURRENCY = 64
+ROUNDS = 3
 PIPELINE_CONCURRENCY = 16
-DURATION_S = 4.0
+DURATION_S = 2.5
 
 
 def _free_port() -> int:
@@ -82,23 +84,31 @@ async def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> 
     raise TimeoutError("bench server did not start")
 
 
-async def _load(port: int, token: str, duration: float, concurrency: int) -> dict:
-    """POST distinct API messages over keep-alive connections for ``duration``."""
+RequestFn = Callable[[int], bytes]
+
+
+def api_request(n: int) -> bytes:
+    """The n-th distinct API-channel message, as raw HTTP/1.1."""
+    body = json.dumps({"external_id": f"b{n}", "sender": {"kind": "email", "value": f"bench{n % 997}@example.cn"},
+                       "text": "我的订单还没有到，请帮忙查一下 order 12345"}).encode()
+    return (f"POST /channels/api/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer bench-token\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _load(port: int, make: RequestFn, duration: float, concurrency: int, start: int = 0) -> dict:
+    """Send distinct requests (``make(n)``) over keep-alive connections for
+    ``duration`` seconds; 2xx answers count."""
     latencies: list[float] = []
-    counter = [0]
+    counter = [start]
     errors = [0]
     stop_at = time.monotonic() + duration
 
-    async def conn(n: int) -> None:
+    async def conn() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while time.monotonic() < stop_at:
                 counter[0] += 1
-                body = json.dumps({"external_id": f"b{n}-{counter[0]}",
-                                   "sender": {"kind": "email", "value": f"bench{counter[0] % 997}@example.cn"},
-                                   "text": "我的订单还没有到，请帮忙查一下 order 12345"}).encode()
-                req = (f"POST /channels/api/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-                       f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+                req = make(counter[0])
                 t0 = time.perf_counter()
                 writer.write(req)
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -108,52 +118,150 @@ async def _load(port: int, token: str, duration: float, concurrency: int) -> dic
                         length = int(line[15:])
                 if length:
                     await reader.readexactly(length)
-                latencies.append(time.perf_counter() - t0)
-                if not head.startswith(b"HTTP/1.1 202"):
+                if head[9:10] == b"2":
+                    latencies.append(time.perf_counter() - t0)
+                else:
                     errors[0] += 1
         finally:
             writer.close()
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(conn(n) for n in range(concurrency)))
+    await asyncio.gather(*(conn() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t0
     return {"rate": len(latencies) / elapsed, "p50_ms": _percentile(latencies, 50) * 1000,
-            "p99_ms": _percentile(latencies, 99) * 1000, "requests": len(latencies), "errors": errors[0]}
+            "p99_ms": _percentile(latencies, 99) * 1000, "requests": len(latencies), "errors": errors[0],
+            "next": counter[0]}
 
 
-async def _serve_and_load(mode: str, duration: float) -> dict:
-    with tempfile.TemporaryDirectory(prefix=f"omnigate-bench-{mode}-") as d:
-        port = _free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.benchserver", mode, str(port), d],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            await _wait_port(port, proc)
-            await _load(port, "bench-token", 0.5, 8)  # warm up
-            return await _load(port, "bench-token", duration, CONCURRENCY)
-        finally:
+class _Servers:
+    """Bench servers, each in its own process, started together and
+    measured in alternating rounds so that a burst of noise on the machine
+    hits every one of them, not just the one running at that moment."""
+
+    def __init__(self, modes: list[str]):
+        self.modes = modes
+        self.ports: dict[str, int] = {}
+        self.procs: list[subprocess.Popen] = []
+        self.dirs: list[tempfile.TemporaryDirectory] = []
+
+    async def __aenter__(self) -> "_Servers":
+        for mode in self.modes:
+            d = tempfile.TemporaryDirectory(prefix=f"omnigate-bench-{mode}-")
+            self.dirs.append(d)
+            port = self.ports[mode] = _free_port()
+            self.procs.append(subprocess.Popen([sys.executable, "-m", "gateway.benchserver", mode, str(port), d.name],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for mode, proc in zip(self.modes, self.procs):
+            await _wait_port(self.ports[mode], proc)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        for proc in self.procs:
             proc.terminate()
+        for proc in self.procs:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for d in self.dirs:
+            d.cleanup()
+
+    async def best_of(self, plan: dict[str, tuple[str, RequestFn]], rounds: int, seconds: float) -> dict[str, dict]:
+        """Each figure's best round (the least disturbed by the rest of the
+        machine); ``plan`` is figure → (server mode, request maker)."""
+        best: dict[str, dict] = {}
+        numbers = {name: 0 for name in plan}
+        for name, (mode, make) in plan.items():  # warm up
+            numbers[name] = (await _load(self.ports[mode], make, 0.3, 8, numbers[name]))["next"]
+        for _ in range(rounds):
+            for name, (mode, make) in plan.items():
+                r = await _load(self.ports[mode], make, seconds, CONCURRENCY, numbers[name])
+                numbers[name] = r["next"]
+                if name not in best or r["rate"] > best[name]["rate"]:
+                    best[name] = r
+        return best
+
+
+def _wechat_requests() -> RequestFn:
+    """Signed, AES-encrypted Official Account text messages, each with its own MsgId."""
+    import hashlib
+
+    from wechatpy.crypto import WeChatCrypto
+
+    from gateway.benchserver import BENCH_CHANNELS
+
+    acct = BENCH_CHANNELS["wechat"]["accounts"]["bench"]
+    crypto = WeChatCrypto(acct["token"], acct["encoding_aes_key"], acct["appid"])
+    ts, nonce = "1700000000", "424242"
+    signature = hashlib.sha1("".join(sorted([acct["token"], ts, nonce])).encode()).hexdigest()
+
+    def make(n: int) -> bytes:
+        xml = (f"<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><FromUserName><![CDATA[o{n % 997:06d}]]>"
+               f"</FromUserName><CreateTime>1700000000</CreateTime><MsgType><![CDATA[text]]></MsgType>"
+               f"<Content><![CDATA[订单 {n} 还没有到]]></Content><MsgId>{10**15 + n}</MsgId></xml>")
+        body = crypto.encrypt_message(xml, nonce, ts).encode()
+        msg_signature = body.split(b"<MsgSignature><![CDATA[", 1)[1].split(b"]]>", 1)[0].decode()
+        path = (f"/channels/wechat/{acct['appid']}?signature={signature}&timestamp={ts}&nonce={nonce}"
+                f"&encrypt_type=aes&msg_signature={msg_signature}&openid=o{n % 997:06d}")
+        return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    return _pregenerated(make)
+
+
+def _telegram_requests() -> RequestFn:
+    from gateway.benchserver import BENCH_CHANNELS
+
+    secret = BENCH_CHANNELS["telegram"]["bots"]["bench"]["secret_token"]
+
+    def make(n: int) -> bytes:
+        chat = 100000 + n % 997
+        body = json.dumps({"update_id": n, "message": {
+            "message_id": n, "date": 1700000000, "text": f"hello, order {n} is late",
+            "chat": {"id": chat, "type": "private", "first_name": "Bench"},
+            "from": {"id": chat, "is_bot": False, "first_name": "Bench"}}}).encode()
+        return (f"POST /channels/telegram/bench HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"X-Telegram-Bot-Api-Secret-Token: {secret}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+    return make
+
+
+def _pregenerated(make: RequestFn, count: int = 25_000) -> RequestFn:
+    """Requests made before the clock starts, so the client's own crypto is
+    not measured; past ``count`` they are made on the fly."""
+    ready = [make(n) for n in range(count)]
+    return lambda n: ready[n] if n < count else make(n)
 
 
 async def ingest_http() -> dict:
-    bare = await _serve_and_load("bare", DURATION_S)
-    durable = await _serve_and_load("sqlite", DURATION_S)
-    real = await _serve_and_load("omnigate", DURATION_S)
-    return {"ingest_http": {
-        "value": round(real["rate"], 1), "unit": "msg/s",
-        "baseline": round(durable["rate"], 1),
-        "baseline_label": "bare aiohttp handler + one group-committed fsync'd SQLite insert",
-        "ratio": round(real["rate"] / durable["rate"], 3),
-        "detail": {"p50_ms": round(real["p50_ms"], 2), "p99_ms": round(real["p99_ms"], 2),
-                   "errors": real["errors"], "concurrency": CONCURRENCY,
-                   "bare_aiohttp_msg_s": round(bare["rate"], 1),
-                   "ratio_to_bare": round(real["rate"] / bare["rate"], 3),
-                   "durable_baseline_p50_ms": round(durable["p50_ms"], 2),
-                   "durable_baseline_p99_ms": round(durable["p99_ms"], 2)},
-    }}
+    """The durable-ack path of the API channel, WeChat (AES) and Telegram,
+    against the bare and the durable baselines, in alternating rounds."""
+    plan = {"bare": ("bare", api_request), "durable": ("sqlite", api_request), "api": ("omnigate", api_request),
+            "wechat": ("omnigate", _wechat_requests()), "telegram": ("omnigate", _telegram_requests())}
+    async with _Servers(["bare", "sqlite", "omnigate"]) as servers:
+        r = await servers.best_of(plan, ROUNDS, DURATION_S)
+    bare, durable = r["bare"], r["durable"]
+
+    def figure(name: str, label: str) -> dict:
+        x = r[name]
+        return {
+            "value": round(x["rate"], 1), "unit": "msg/s",
+            "baseline": round(durable["rate"], 1) if name == "api" else round(bare["rate"], 1),
+            "baseline_label": ("bare aiohttp handler + one group-committed fsync'd SQLite insert" if name == "api"
+                               else "bare aiohttp handler answering at once"),
+            "ratio": round(x["rate"] / (durable if name == "api" else bare)["rate"], 3),
+            "detail": {"what": label, "p50_ms": round(x["p50_ms"], 2), "p99_ms": round(x["p99_ms"], 2),
+                       "errors": x["errors"], "concurrency": CONCURRENCY, "rounds": ROUNDS,
+                       "bare_aiohttp_msg_s": round(bare["rate"], 1), "durable_baseline_msg_s": round(durable["rate"], 1),
+                       "ratio_to_bare": round(x["rate"] / bare["rate"], 3),
+                       "ratio_to_durable": round(x["rate"] / durable["rate"], 3)},
+        }
+
+    return {
+        "ingest_http": figure("api", "POST /channels/api/messages → durable journal → 202"),
+        "wechat_callback_aes": figure("wechat", "signed AES callback → verified, durable → success"),
+        "telegram_webhook": figure("telegram", "webhook with secret token → durable → 200"),
+    }
 
 
 async def _raw_insert_rate(n: int, bodies: list[bytes], concurrency: int) -> float:
@@ -251,7 +359,11 @@ async def pipeline(n: int = 4000) -> dict:
     }}
 
 
-CORE: dict[str, Callable[[], Any]] = {"ingest_http": ingest_http, "pipeline": pipeline}
+#: job → (function, the figures it gives)
+CORE: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {
+    "ingest_http": (ingest_http, ("ingest_http", "wechat_callback_aes", "telegram_webhook")),
+    "pipeline": (pipeline, ("pipeline",)),
+}
 
 
 async def _call(fn: Callable[[], Any]) -> dict:
@@ -261,34 +373,31 @@ async def _call(fn: Callable[[], Any]) -> dict:
     return result
 
 
+def _plugin(ref: str) -> Callable[[], Any]:
+    mod_name, _, attr = ref.partition(":")
+    return lambda: getattr(importlib.import_module(mod_name), attr)()
+
+
 async def run(only: str | None, log: Callable[[str], None]) -> dict:
+    """Run every job (or the one giving figure/job ``only``); one failing
+    job is reported as an error and does not hide the others."""
+    jobs = [(name, fn, figs) for name, (fn, figs) in CORE.items()]
+    jobs += [(name, _plugin(ref), figs) for name, (ref, figs) in PLUGINS.items()]
     out: dict[str, Any] = {}
-    jobs: list[tuple[str, Callable[[], Any]]] = [(k, v) for k, v in CORE.items()]
-    for group, ref in PLUGINS.items():
-        mod_name, _, attr = ref.partition(":")
-
-        def load(mod_name=mod_name, attr=attr):
-            return getattr(importlib.import_module(mod_name), attr)()
-
-        jobs.append((group, load))
-    for name, fn in jobs:
-        if only and only != name and not only.startswith(name + "_") and not name.startswith(only):
+    for name, fn, figs in jobs:
+        if only and only != name and only not in figs:
             continue
         log(f"bench: {name} …")
         t0 = time.perf_counter()
         try:
             figures = await _call(fn)
-        except ModuleNotFoundError as exc:
-            log(f"bench: {name}: skipped ({exc})")
-            continue
-        except Exception as exc:  # one broken figure must not hide the others
+        except Exception as exc:  # noqa: BLE001 - reported in the output
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
             log(f"bench: {name}: error {exc}")
             continue
         for fname, fig in figures.items():
-            if only and only not in (name, fname):
-                continue
-            out[fname] = fig
+            if not only or only in (name, fname):
+                out[fname] = fig
         log(f"bench: {name} done in {time.perf_counter() - t0:.1f}s")
     return out
 

@@ -6,7 +6,9 @@
   insert per request (a minimal writer thread, independent of omnigate's
   store) — the durable-ack ceiling;
 - ``omnigate``: the real gateway (``create_app``) with the pipeline off, so
-  the figure is the ingest path alone: auth, validation, journal, 202.
+  the figure is the ingest path alone: auth, validation, journal, 202 — with
+  a WeChat Official Account (safe mode, AES) and a Telegram bot configured
+  (:data:`BENCH_CHANNELS`), whose callbacks are measured the same way.
 
 Usage: ``python -m gateway.benchserver MODE PORT DATA_DIR``.
 """
@@ -72,12 +74,26 @@ def _sqlite_app(data_dir: Path) -> web.Application:
     return app
 
 
+#: The bench's channel accounts. The AES key is wechatpy's public test key.
+BENCH_CHANNELS = {
+    "wechat": {"accounts": {"bench": {"appid": "wxbench0000000001", "token": "bench-token-wx",
+                                      "encoding_aes_key": "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR",
+                                      "app_secret": "bench-secret"}},
+               "api_base": "http://127.0.0.1:9"},
+    "telegram": {"bots": {"bench": {"token": "123456:bench-token-telegram", "secret_token": "bench-secret-tg",
+                                    "mode": "webhook"}},
+                 "api_base": "http://127.0.0.1:9"},
+}
+
+
 def _omnigate_app(data_dir: Path) -> web.Application:
     from gateway.app import create_app
     from gateway.config import load
 
     config = load(None, environ={"OMNIGATE_API_TOKEN": "bench-token", "OMNIGATE_DATA_DIR": str(data_dir),
-                                 "OMNIGATE_PIPELINE__WORKERS": "0", "OMNIGATE_LOG_LEVEL": "warning"})
+                                 "OMNIGATE_PIPELINE__WORKERS": "0", "OMNIGATE_LOG_LEVEL": "warning",
+                                 "OMNIGATE_RULES_DIR": str(data_dir / "no-rules")},
+                  flags={"channels": BENCH_CHANNELS})
     from gateway import logs
 
     logs.configure("warning", "json")

@@ -21,6 +21,7 @@ class Ingest:
         self.store = store
         self.metrics = metrics
         self.wake = wake or (lambda: None)
+        self._received: dict[str, Any] = {}  # channel → counter child (labels() takes a lock each call)
 
     async def ingest(self, channel: str, account: str, key: str, raw: bytes,
                      meta: Mapping[str, Any] | None = None) -> IngestResult:
@@ -28,7 +29,10 @@ class Ingest:
         result = await self.store.journal_append(channel, account, key, raw, dict(meta) if meta else None)
         self.metrics.ingest_latency.observe(time.perf_counter() - t0)
         if result.created:
-            self.metrics.received.labels(channel).inc()
+            counter = self._received.get(channel)
+            if counter is None:
+                counter = self._received[channel] = self.metrics.received.labels(channel)
+            counter.inc()
             self.wake()
         else:
             self.metrics.redelivered.labels(channel).inc()

@@ -24,6 +24,8 @@ import msgspec
 # ---------------------------------------------------------------- identifiers
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: 10-bit value → two Crockford characters: 13 lookups encode a ULID.
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
 _ulid_lock = threading.Lock()
 _ulid_last = [0, 0]  # [ms, random80] of the last id, for monotonic ids within one ms
 
@@ -42,12 +44,9 @@ def new_id(now_ms: int | None = None) -> str:
         else:
             rnd = int.from_bytes(os.urandom(10), "big")
         _ulid_last[0], _ulid_last[1] = ms, rnd
-    n = (ms << 80) | rnd
-    out = []
-    for _ in range(26):
-        out.append(_CROCKFORD[n & 31])
-        n >>= 5
-    return "".join(reversed(out))
+    n = (ms << 80) | rnd  # 128 bits, written as 130 (26 × 5) with two leading zero bits
+    pairs = _PAIRS
+    return "".join([pairs[(n >> shift) & 1023] for shift in range(120, -1, -10)])
 
 
 def ulid_time(ulid: str) -> datetime:

@@ -26,7 +26,6 @@ class ContactState(msgspec.Struct, frozen=True):
     tier: str | None = None
     tags: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
-    identities: tuple[Identity, ...] = ()
 
 
 class TicketState(msgspec.Struct, frozen=True):

@@ -63,7 +63,7 @@ def figures() -> dict[str, dict]:
     value, n = _rate(lambda: parse(body, context), 4.0)
     baseline, n_base = _rate(lambda: ET.fromstring(plain), 2.0)
     return {
-        "wechat_callback_aes": {
+        "wechat_parse_aes": {
             "value": round(value, 1),
             "unit": "msg/s",
             "baseline": round(baseline, 1),

@@ -3,7 +3,9 @@ migrations applied; each migration is applied once, in order, in one
 transaction. Never edit a released migration: add the next one.
 
 Times are integer milliseconds since the epoch (UTC); JSON columns hold
-msgspec-encoded JSON.
+msgspec-encoded JSON. ``seq`` columns are plain rowids (no AUTOINCREMENT:
+rows are never deleted, so rowids only grow, and AUTOINCREMENT would cost an
+extra b-tree write per insert on the ingest path).
 """
 
 from gateway.store import sqlite_assign, sqlite_replies
@@ -12,7 +14,7 @@ MIGRATIONS: list[str] = [
     # 1: the core slice
     """
     CREATE TABLE journal (
-        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq          INTEGER PRIMARY KEY,
         id           TEXT NOT NULL UNIQUE,
         channel      TEXT NOT NULL,
         account      TEXT NOT NULL,
@@ -83,7 +85,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX tickets_contact ON tickets (contact_id, last_message_at);
 
     CREATE TABLE timeline (
-        seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq               INTEGER PRIMARY KEY,
         id                TEXT NOT NULL UNIQUE,
         contact_id        TEXT NOT NULL,
         origin_contact_id TEXT NOT NULL,
@@ -122,7 +124,7 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
 
     CREATE TABLE outbox (
-        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq        INTEGER PRIMARY KEY,
         id         TEXT NOT NULL UNIQUE,
         topic      TEXT NOT NULL,
         ticket_id  TEXT,
@@ -147,7 +149,7 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
 
     CREATE TABLE audit (
-        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq     INTEGER PRIMARY KEY,
         at      INTEGER NOT NULL,
         actor   TEXT NOT NULL,
         action  TEXT NOT NULL,

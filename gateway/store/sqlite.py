@@ -33,6 +33,7 @@ from gateway.store.base import Conflict, JournalEntry, NotFound, Page, StoreErro
 from gateway.store.schema import MIGRATIONS
 from gateway.store.sqlite_assign import AssignOps
 from gateway.store.sqlite_replies import RepliesOps
+from gateway.store.sqlite_sla import SlaOps
 from routing.model import (
     Attachment,
     Contact,
@@ -108,10 +109,32 @@ class _Writer(threading.Thread):
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             err = StoreError(f"cannot start a write transaction: {exc}")
-            results = [(loop, fut, None, err) for fn, args, loop, fut in batch]
+            results = [(loop, fut, None, err) for fn, args, loop, fut, _ in batch]
             _resolve_all(results)
             return
-        for fn, args, loop, fut in batch:
+        i = 0
+        while i < len(batch):
+            fn, args, loop, fut, savepoint = batch[i]
+            many = getattr(fn, "many", None)
+            if many is not None:  # a run of the same batchable write: one executemany
+                j = i
+                while j < len(batch) and batch[j][0] is fn:
+                    j += 1
+                run = batch[i:j]
+                try:
+                    values = many(conn, [item[1] for item in run])
+                    results.extend((item[2], item[3], v, None) for item, v in zip(run, values))
+                except BaseException as exc:  # noqa: BLE001 - handed to the callers
+                    results.extend((item[2], item[3], None, exc) for item in run)
+                i = j
+                continue
+            i += 1
+            if not savepoint:  # one statement: SQLite undoes a failed statement by itself
+                try:
+                    results.append((loop, fut, fn(conn, *args), None))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    results.append((loop, fut, None, exc))
+                continue
             conn.execute("SAVEPOINT w")
             try:
                 value = fn(conn, *args)
@@ -195,7 +218,7 @@ def migrate(path: str) -> int:
         conn.close()
 
 
-class SQLiteStore(RepliesOps, AssignOps):
+class SQLiteStore(RepliesOps, AssignOps, SlaOps):
     """The default store: one file ``<data_dir>/omnigate.db``.
 
     Operations of later features live in mixins beside this module
@@ -222,12 +245,15 @@ class SQLiteStore(RepliesOps, AssignOps):
 
     # ------------------------------------------------------------ plumbing
 
-    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _write(self, fn: Callable[..., Any], *args: Any, savepoint: bool = True) -> Any:
+        """Run ``fn(conn, *args)`` in the writer's next group commit; returns
+        once that transaction is durable. ``savepoint=False`` is for a write
+        of one statement, which SQLite already makes atomic."""
         if self._closed:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._writer.q.put((fn, args, loop, fut))
+        self._writer.q.put((fn, args, loop, fut, savepoint))
         return await fut
 
     def _reader(self) -> sqlite3.Connection:
@@ -274,7 +300,7 @@ class SQLiteStore(RepliesOps, AssignOps):
     async def journal_append(self, channel: str, account: str, key: str, raw: bytes,
                              meta: dict | None = None) -> IngestResult:
         return await self._write(_journal_append, new_id(), channel, account, key, raw,
-                                 _j(meta) if meta else None, ms(utcnow()))
+                                 _j(meta) if meta else None, ms(utcnow()), savepoint=False)
 
     async def journal_get(self, journal_id: str, *, with_raw: bool = False) -> JournalEntry | None:
         rows = await self._read(_journal_select, "WHERE id = ?", (journal_id,), with_raw, 1)
@@ -376,19 +402,38 @@ _JOURNAL_COLS = "id, seq, channel, account, key, received_at, status, attempts, 
                 "contact_id, processed_at, length(raw)"
 
 
+_JOURNAL_INSERT = ("INSERT INTO journal (id, channel, account, key, received_at, raw, meta) VALUES (?,?,?,?,?,?,?) "
+                   "ON CONFLICT (channel, account, key) DO NOTHING")
+
+
 def _journal_append(conn: sqlite3.Connection, jid: str, channel: str, account: str, key: str, raw: bytes,
                     meta: str | None, now: int) -> IngestResult:
-    row = conn.execute(
-        "INSERT INTO journal (id, channel, account, key, received_at, raw, meta) VALUES (?,?,?,?,?,?,?) "
-        "ON CONFLICT (channel, account, key) DO NOTHING RETURNING id",
-        (jid, channel, account, key, now, raw, meta),
-    ).fetchone()
-    if row is not None:
-        return IngestResult(journal_id=row[0], created=True)
-    existing = conn.execute(
-        "SELECT id FROM journal WHERE channel = ? AND account = ? AND key = ?", (channel, account, key)
-    ).fetchone()
-    return IngestResult(journal_id=existing[0], created=False)
+    return _journal_append_many(conn, [(jid, channel, account, key, raw, meta, now)])[0]
+
+
+def _journal_append_many(conn: sqlite3.Connection, rows: list[tuple]) -> list[IngestResult]:
+    """Append a run of payloads with one ``executemany`` (the ingest hot
+    path: a group commit of webhooks is mostly appends). Rows whose key was
+    already journaled — before, or earlier in this same run — answer with
+    the existing entry's id."""
+    before = conn.total_changes
+    conn.executemany(_JOURNAL_INSERT, [(jid, ch, acc, key, now, raw, meta) for jid, ch, acc, key, raw, meta, now in rows])
+    if conn.total_changes - before == len(rows):
+        return [IngestResult(journal_id=r[0], created=True) for r in rows]
+    ids = [r[0] for r in rows]
+    created = {row[0] for row in conn.execute(f"SELECT id FROM journal WHERE id IN ({','.join('?' * len(ids))})", ids)}
+    out = []
+    for jid, ch, acc, key, *_ in rows:
+        if jid in created:
+            out.append(IngestResult(journal_id=jid, created=True))
+        else:
+            existing = conn.execute("SELECT id FROM journal WHERE channel = ? AND account = ? AND key = ?",
+                                    (ch, acc, key)).fetchone()
+            out.append(IngestResult(journal_id=existing[0], created=False))
+    return out
+
+
+_journal_append.many = lambda conn, argss: _journal_append_many(conn, [tuple(a) for a in argss])  # type: ignore[attr-defined]
 
 
 def _journal_select(conn: sqlite3.Connection, where: str, args: tuple, with_raw: bool, limit: int) -> list[JournalEntry]:
@@ -472,11 +517,8 @@ def _snapshot(conn: sqlite3.Connection, look: Lookup, now: datetime) -> Snapshot
     for cid in set(snap.owners.values()):
         r = conn.execute("SELECT id, version, name, tier, tags, flags FROM contacts WHERE id = ?", (cid,)).fetchone()
         if r:
-            idents = tuple(Identity(k, v) for k, v in conn.execute(
-                "SELECT kind, value FROM identities WHERE contact_id = ? ORDER BY kind, value", (cid,)))
             snap.contacts[cid] = ContactState(id=r[0], version=r[1], name=r[2], tier=r[3],
-                                              tags=tuple(_dec.decode(r[4])), flags=tuple(_dec.decode(r[5])),
-                                              identities=idents)
+                                              tags=tuple(_dec.decode(r[4])), flags=tuple(_dec.decode(r[5])))
     for cid in snap.contacts:
         for r in conn.execute(f"SELECT {_TICKET_STATE_COLS} FROM tickets WHERE contact_id = ? "
                               "ORDER BY last_message_at DESC LIMIT 20", (cid,)):
@@ -570,11 +612,12 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int) -> Com
             raise Conflict(f"identity {link.identity.key()} was taken since the snapshot") from None
 
     origin = cid
-    if c.origin_identity is not None:
+    if c.origin_identity is not None and c.new_contact is None:  # a new contact's identities are its own
         r = conn.execute("SELECT origin_contact_id FROM identities WHERE kind = ? AND value = ?",
                          (c.origin_identity.kind, c.origin_identity.value)).fetchone()
         origin = r[0] if r else cid
     number = None
+    ticket_origin = origin  # whose the ticket's entries are: the ticket's original contact
     if c.new_ticket is not None:
         t = c.new_ticket
         number = _next_number(conn, first_number)
@@ -588,10 +631,11 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int) -> Com
         )
     elif c.ticket_change is not None:
         ch = c.ticket_change
-        r = conn.execute("SELECT version, channels, tags, number FROM tickets WHERE id = ?", (ch.id,)).fetchone()
+        r = conn.execute("SELECT version, channels, tags, number, origin_contact_id FROM tickets WHERE id = ?",
+                         (ch.id,)).fetchone()
         if r is None or r[0] != ch.expect_version:
             raise Conflict(f"ticket {ch.id} changed since the snapshot")
-        number = r[3]
+        number, ticket_origin = r[3], r[4]
         sets, args = ["version = version + 1", "updated_at = ?"], [now]
         if ch.status:
             sets.append("status = ?")
@@ -619,8 +663,8 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int) -> Com
             args.append(_j(ch.reply_to))
         conn.execute(f"UPDATE tickets SET {', '.join(sets)} WHERE id = ?", (*args, ch.id))
 
-    for e in c.timeline:
-        _insert_timeline(conn, e, origin)
+    conn.executemany(_TIMELINE_INSERT, [_timeline_row(e, ticket_origin if e.ticket_id == c.ticket_id else origin)
+                                        for e in c.timeline])
     if c.edit is not None:
         r = conn.execute("SELECT text, data FROM timeline WHERE id = ?", (c.edit.timeline_id,)).fetchone()
         if r is not None:
@@ -632,9 +676,8 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int) -> Com
     if c.ticket_id:
         for ref in c.thread_refs:
             conn.execute("INSERT OR IGNORE INTO thread_refs (ref, ticket_id) VALUES (?, ?)", (ref, c.ticket_id))
-    for ev in c.outbox:
-        conn.execute("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
-                     (new_id(), ev.topic, ev.ticket_id, _j(ev.payload), now, now))
+    conn.executemany("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
+                     [(new_id(), ev.topic, ev.ticket_id, _j(ev.payload), now, now) for ev in c.outbox])
     if c.final:
         conn.execute("UPDATE journal SET status = 'processed', processed_at = ?, ticket_id = ?, contact_id = ?, "
                      "error = NULL WHERE id = ?", (now, c.ticket_id, cid, c.journal_id))
@@ -648,19 +691,26 @@ def _number_of(conn: sqlite3.Connection, ticket_id: str | None) -> int | None:
     return r[0] if r else None
 
 
+_TIMELINE_INSERT = (
+    "INSERT INTO timeline (id, contact_id, origin_contact_id, ticket_id, kind, at, channel, journal_id, external_id, "
+    "subject, text, attachments, data, linked_to, text_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _timeline_row(e: TimelineEntry, origin: str) -> tuple:
+    return (e.id, e.contact_id, origin, e.ticket_id, e.kind, ms(e.at), e.channel, e.journal_id, e.external_id,
+            e.subject, e.text, _j(e.attachments) if e.attachments else None, _j(e.data) if e.data else None,
+            e.linked_to, e.data.get("text_hash") if e.kind == "message_in" else None)
+
+
 def _insert_timeline(conn: sqlite3.Connection, e: TimelineEntry, origin: str | None = None) -> None:
+    """One entry; on a ticket it belongs to whoever the ticket originally belonged to."""
     origin = origin or e.contact_id
-    if e.ticket_id:  # an entry belongs to whoever the ticket originally belonged to
+    if e.ticket_id:
         r = conn.execute("SELECT origin_contact_id FROM tickets WHERE id = ?", (e.ticket_id,)).fetchone()
         if r:
             origin = r[0]
-    conn.execute(
-        "INSERT INTO timeline (id, contact_id, origin_contact_id, ticket_id, kind, at, channel, journal_id, "
-        "external_id, subject, text, attachments, data, linked_to, text_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (e.id, e.contact_id, origin, e.ticket_id, e.kind, ms(e.at), e.channel, e.journal_id, e.external_id,
-         e.subject, e.text, _j(e.attachments) if e.attachments else None, _j(e.data) if e.data else None,
-         e.linked_to, e.data.get("text_hash") if e.kind == "message_in" else None),
-    )
+    conn.execute(_TIMELINE_INSERT, _timeline_row(e, origin))
 
 
 # ---------------------------------------------------------------- reads

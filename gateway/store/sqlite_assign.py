@@ -1,17 +1,22 @@
-"""SQLite operations for agents, presence, assignment queues and SLA timers.
+"""SQLite operations for agents, presence and assignment queues (SLA timers: ``sqlite_sla``).
 
 Each public operation of :class:`AssignOps` is ONE write transaction on the
 store's writer thread (see ``gateway/store/sqlite.py``): it reads what it
-needs, runs the pure deciders of ``routing.assign`` and ``routing.sla``, and
-writes the outcome — ticket, agent load, queue, timers, timeline entries with
-their reasons, outbox events — atomically. The writer runs one transaction at
-a time, so a decision always sees the load every earlier decision left: no
-agent is ever filled above capacity, however many pipeline workers assign at
-once.
+needs, runs the pure deciders of ``routing.assign`` (and, through the
+:class:`AssignTx` subclass of ``gateway/store/sqlite_sla.py``, of
+``routing.sla``), and writes the outcome — ticket, agent load, queue, timers,
+timeline entries with their reasons, outbox events — atomically. The writer
+runs one transaction at a time, so a decision always sees the load every
+earlier decision left: no agent is ever filled above capacity, however many
+pipeline workers assign at once.
 
 Load is not a counter: it is the number of *held* rows in ``assignments``
 (``released_at IS NULL``) per agent and capacity class, so taking and freeing
-capacity are idempotent row updates that cannot drift.
+capacity are idempotent row updates that cannot drift. Each decision reads
+it, with presence and the last assignment time, in one indexed query over
+the team's members; the agents' fixed fields (teams, skills, capacity, roles)
+come from :class:`AgentCache`, which is rebuilt only when the directory
+changes them.
 
 Everything time-based (overflow steps, SLA warnings and breaches) is a due
 time in a table (``assign_queue.overflow_at``, ``sla_timers.due_at``): a
@@ -40,24 +45,9 @@ from routing.assign import (
     channel_class,
     choose_agent,
     overflow_due,
-    raised_priority,
 )
 from routing.directory import Directory
-from routing.model import OPEN_STATUSES, PRIORITY_RANK, Agent, TimelineEntry, new_id
-from routing.sla import (
-    NotifyWebhook,
-    RaisePriority,
-    ReassignToLead,
-    SlaClock,
-    SlaEvent,
-    SlaPolicy,
-    StatusChange,
-    due_events,
-    escalation_actions,
-    response_verdict,
-    select_policy,
-    sla_state,
-)
+from routing.model import OPEN_STATUSES, PRIORITY_RANK, Agent, new_id
 
 #: Schema migration 3 (agents, queues, SLA timers). Applied once, in order.
 MIGRATION = """
@@ -154,27 +144,26 @@ RELEASING: frozenset[str] = frozenset({"solved", "closed"})
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
-_clock_dec = msgspec.json.Decoder(SlaClock)
 _SHOWN_OTHERS = 8  # agents named in a decision's timeline sentence
 _DRAIN_LIMIT = 1000  # queued tickets looked at per drain (one transaction stays short)
 
 
-def _ms(value: datetime) -> int:
+def to_ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-def _dt(value: int | None) -> datetime | None:
+def from_ms(value: int | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value / 1000, tz=timezone.utc)
 
 
-def _j(value: Any) -> str:
+def to_json(value: Any) -> str:
     return _enc.encode(value).decode()
 
 
 # ---------------------------------------------------------------- rows
 
 
-class _TicketRow(NamedTuple):
+class TicketRow(NamedTuple):
     id: str
     contact_id: str
     status: str
@@ -214,13 +203,13 @@ _QUEUE_COLS = "ticket_id, team, base_skills, also_teams, skills, priority, class
 
 def _queued(r: tuple) -> _Queued:
     demand = Demand(
-        ticket_id=r[0], capacity_class=r[6], queued_at=_dt(r[8]), team=r[1], also_teams=tuple(_dec.decode(r[3])),
+        ticket_id=r[0], capacity_class=r[6], queued_at=from_ms(r[8]), team=r[1], also_teams=tuple(_dec.decode(r[3])),
         skills=_dec.decode(r[4]), priority=r[5], last_agent=r[7],
     )
     return _Queued(demand, _dec.decode(r[2]), r[9])
 
 
-def _describe(decision: Decision) -> str:
+def describe(decision: Decision) -> str:
     """The timeline sentence: the decision's reason, then why not each other agent."""
     others = [
         f"{c.agent} {', '.join(r.text for r in c.reasons)}" if c.reasons else f"{c.agent} eligible at {c.load:.2f}"
@@ -233,32 +222,147 @@ def _describe(decision: Decision) -> str:
     return head + (f" (not chosen: {'; '.join(others)})" if others else "")
 
 
-def _decision_data(decision: Decision, **extra: Any) -> dict:
+def decision_data(decision: Decision, **extra: Any) -> dict:
     return {
         "agent": decision.agent,
-        "reason": msgspec.to_builtins(decision.reason),
+        "reason": decision.reason,  # structs: the encoder writes them as it would their builtins
         "capacity_class": decision.capacity_class,
-        "considered": msgspec.to_builtins(decision.considered),
+        "considered": decision.considered,
         **extra,
     }
+
+
+# ---------------------------------------------------------------- the agent cache
+
+
+_VERSION_KEY = "assign.agents_version"  # in the ``state`` table
+_UNBUILT = object()  # a version no row holds: the next use rebuilds the cache
+
+
+class _Fixed(NamedTuple):
+    """What the directory says about an agent: nothing a decision changes."""
+
+    teams: frozenset[str]
+    skills: dict[str, int]
+    capacity: dict[str, int]
+    roles: frozenset[str]
+
+
+class _Live:
+    """What decisions and the API change: presence, last assignment, held load per class."""
+
+    __slots__ = ("presence", "last_assigned_at", "load")
+
+    def __init__(self, presence: str, last_assigned_at: datetime | None) -> None:
+        self.presence, self.last_assigned_at = presence, last_assigned_at
+        self.load: dict[str, int] = {}
+
+
+class AgentCache:
+    """Every agent as the chooser sees it, kept in memory so a decision reads no agent row.
+
+    Owned by the store and used only on its writer thread. SQL stays the
+    truth (load is the held rows of ``assignments``): the cache is built from
+    it and is valid while its version equals the one in the ``state`` table.
+    A transaction that changes an agent replaces that version first
+    (:meth:`AssignTx.changing`) and then changes the rows and the cache
+    together; if it rolls back (its savepoint, or the whole group commit),
+    the version in SQL goes back to one the cache no longer has, and the next
+    transaction rebuilds the cache from the tables. So do a restart and a
+    write by another process. The version is a fresh ULID, not a counter: a
+    counter bumped in a transaction that rolled back would be bumped to the
+    same number again, and a cache built in between would look current.
+    """
+
+    def __init__(self) -> None:
+        self.version: object = _UNBUILT
+        self.fixed: dict[str, _Fixed] = {}
+        self.live: dict[str, _Live] = {}
+        self.members: dict[str, tuple[str, ...]] = {}
+
+    def current(self, conn: sqlite3.Connection) -> AgentCache:
+        """This cache, rebuilt first if it is not the one of the version in SQL."""
+        r = conn.execute("SELECT value FROM state WHERE key = ?", (_VERSION_KEY,)).fetchone()
+        version = r[0] if r else None
+        if version != self.version:
+            self._rebuild(conn, version)
+        return self
+
+    def new_version(self, conn: sqlite3.Connection, now_ms: int, *, rebuild: bool = False) -> None:
+        """Replace the version in SQL and here (``rebuild``: and rebuild from the tables at next use)."""
+        version = new_id()
+        conn.execute(
+            "INSERT INTO state (key, value, updated_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE "
+            "SET value = excluded.value, updated_at = excluded.updated_at", (_VERSION_KEY, version, now_ms))
+        self.version = _UNBUILT if rebuild else version
+
+    def _rebuild(self, conn: sqlite3.Connection, version: str | None) -> None:
+        rows = conn.execute(
+            "SELECT id, teams, skills, capacity, roles, presence, last_assigned_at FROM agents ORDER BY id").fetchall()
+        self.fixed = {r[0]: _Fixed(frozenset(_dec.decode(r[1])), _dec.decode(r[2]), _dec.decode(r[3]),
+                                   frozenset(_dec.decode(r[4]))) for r in rows}
+        self.live = {r[0]: _Live(r[5], from_ms(r[6])) for r in rows}
+        for agent_id, cls, n in conn.execute(
+                "SELECT agent_id, class, count(*) FROM assignments WHERE released_at IS NULL GROUP BY agent_id, class"):
+            if agent_id in self.live:  # a rule may pin a ticket to an id the directory does not know
+                self.live[agent_id].load[cls] = n
+        members: dict[str, list[str]] = {}
+        for agent_id, fixed in self.fixed.items():
+            for team in fixed.teams:
+                members.setdefault(team, []).append(agent_id)
+        self.members = {team: tuple(ids) for team, ids in members.items()}
+        self.version = version
+
+    def state(self, teams: frozenset[str] | None) -> AssignmentState:
+        """The chooser's view of the members of ``teams`` (every agent when None or empty), in id order."""
+        if teams:
+            ids: Any = dict.fromkeys(i for team in sorted(teams) for i in self.members.get(team, ()))
+            members = {team: self.members.get(team, ()) for team in teams}
+        else:
+            ids, members = self.fixed, self.members
+        agents = {}
+        for i in ids:
+            f, live = self.fixed[i], self.live[i]
+            # a copy of the load: a state outlives the changes made after it (drain keeps one)
+            agents[i] = AgentState(i, f.teams, f.skills, f.capacity, live.presence, f.roles, dict(live.load),
+                                   live.last_assigned_at)
+        return AssignmentState(agents, members)
 
 
 # ---------------------------------------------------------------- one transaction
 
 
-class _Tx:
-    """One write transaction: the connection, the directory and the time it runs at."""
+class AssignTx:
+    """One write transaction: the connection, the directory, the agent cache and the time it runs at.
 
-    def __init__(self, conn: sqlite3.Connection, directory: Directory, now: datetime) -> None:
-        self.conn, self.d, self.now, self.now_ms = conn, directory, now, _ms(now)
+    The SLA half (:meth:`sla_sync` and the firing of timers) is the subclass
+    ``gateway.store.sqlite_sla.Tx``, the class the store's operations use.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, directory: Directory, cache: AgentCache, now: datetime) -> None:
+        self.conn, self.d, self.cache, self.now, self.now_ms = conn, directory, cache, now, to_ms(now)
+        self._changed = False
+
+    def agents(self) -> AgentCache:
+        """The agent cache, current for this transaction."""
+        return self.cache.current(self.conn)
+
+    def changing(self) -> AgentCache:
+        """The agent cache, about to change with the rows: a new version first (see :class:`AgentCache`)."""
+        cache = self.agents()
+        if not self._changed:
+            cache.new_version(self.conn, self.now_ms)
+            self._changed = True
+        return cache
 
     # -- reads
 
-    def ticket(self, ticket_id: str) -> _TicketRow | None:
+    def ticket(self, ticket_id: str) -> TicketRow | None:
         r = self.conn.execute(_TICKET_SQL, (ticket_id,)).fetchone()
         if r is None:
             return None
-        return _TicketRow(r[0], r[1], r[2], r[3], r[4], _dec.decode(r[5]), r[6], r[7], _dt(r[8]), _dt(r[9]), r[10])
+        return TicketRow(r[0], r[1], r[2], r[3], r[4], _dec.decode(r[5]), r[6], r[7], from_ms(r[8]), from_ms(r[9]),
+                         r[10])
 
     def held(self, ticket_id: str) -> _Held | None:
         r = self.conn.execute(
@@ -273,30 +377,9 @@ class _Tx:
 
     def state(self, teams: frozenset[str] | None = None) -> AssignmentState:
         """The chooser's view of the members of ``teams`` (every agent when None or empty)."""
-        members, args = "", ()
-        if teams:
-            members = f"IN (SELECT agent_id FROM agent_teams WHERE team IN ({','.join('?' * len(teams))}))"
-            args = tuple(sorted(teams))
-        rows = self.conn.execute(
-            "SELECT id, teams, skills, capacity, presence, roles, last_assigned_at FROM agents "
-            + (f"WHERE id {members}" if members else ""), args
-        ).fetchall()
-        load: dict[str, dict[str, int]] = {}
-        for agent, cls, n in self.conn.execute(
-            "SELECT agent_id, class, count(*) FROM assignments WHERE released_at IS NULL "
-            + (f"AND agent_id {members} " if members else "") + "GROUP BY agent_id, class", args
-        ):
-            load.setdefault(agent, {})[cls] = n
-        return AssignmentState.of(
-            AgentState(
-                id=r[0], teams=frozenset(_dec.decode(r[1])), skills=_dec.decode(r[2]), capacity=_dec.decode(r[3]),
-                presence=r[4], roles=frozenset(_dec.decode(r[5])), load=load.get(r[0], {}),
-                last_assigned_at=_dt(r[6]),
-            )
-            for r in rows
-        )
+        return self.agents().state(teams)
 
-    def contact_last_agent(self, t: _TicketRow) -> str | None:
+    def contact_last_agent(self, t: TicketRow) -> str | None:
         """Who served this contact last (another ticket), for sticky assignment."""
         r = self.conn.execute(
             "SELECT a.agent_id FROM assignments a JOIN tickets t ON t.id = a.ticket_id "
@@ -305,7 +388,7 @@ class _Tx:
         ).fetchone()
         return r[0] if r else None
 
-    def demand(self, t: _TicketRow, last_agent: str | None = None, role: str | None = None) -> Demand:
+    def demand(self, t: TicketRow, last_agent: str | None = None, role: str | None = None) -> Demand:
         team = self.d.teams.get(t.team) if t.team else None
         sticky = team.sticky if team is not None else True
         return Demand(
@@ -325,13 +408,13 @@ class _Tx:
         self.conn.execute(
             "INSERT INTO timeline (id, contact_id, origin_contact_id, ticket_id, kind, at, text, data) "
             "SELECT ?, contact_id, origin_contact_id, id, ?, ?, ?, ? FROM tickets WHERE id = ?",
-            (new_id(self.now_ms), kind, self.now_ms, text, _j(data), ticket_id),
+            (new_id(self.now_ms), kind, self.now_ms, text, to_json(data), ticket_id),
         )
 
     def outbox(self, topic: str, ticket_id: str | None, payload: dict) -> None:
         self.conn.execute(
             "INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
-            (new_id(self.now_ms), topic, ticket_id, _j(payload), self.now_ms, self.now_ms),
+            (new_id(self.now_ms), topic, ticket_id, to_json(payload), self.now_ms, self.now_ms),
         )
 
     def touch_ticket(self, ticket_id: str, **columns: Any) -> None:
@@ -344,49 +427,60 @@ class _Tx:
 
     # -- assignment
 
-    def take(self, t: _TicketRow, decision: Decision, state: AssignmentState, why: str | None = None
+    def take(self, t: TicketRow, decision: Decision, state: AssignmentState, why: str | None = None
              ) -> AssignmentState:
         """Give the ticket to the decided agent (load, assignee, timeline, event); the state after."""
         agent = decision.agent
         assert agent is not None
         after = apply_decision(state, decision, self.now)  # raises rather than over-fill: a stale state is a bug
-        self.conn.execute(
-            "INSERT OR REPLACE INTO assignments (ticket_id, agent_id, class, team, skills, assigned_at) "
-            "VALUES (?,?,?,?,?,?)",
-            (t.id, agent, decision.capacity_class, t.team, _j(t.skills), self.now_ms),
-        )
-        self.conn.execute("UPDATE agents SET last_assigned_at = ? WHERE id = ?", (self.now_ms, agent))
-        self.conn.execute("DELETE FROM assign_queue WHERE ticket_id = ?", (t.id,))
+        self._hold(t, agent, decision.capacity_class)
         self.touch_ticket(t.id, assignee=agent)
-        text = _describe(decision) + (f" — {why}" if why else "")
-        self.timeline(t.id, "assignment", text, _decision_data(decision, previous=t.assignee, why=why))
+        text = describe(decision) + (f" — {why}" if why else "")
+        self.timeline(t.id, "assignment", text, decision_data(decision, previous=t.assignee, why=why))
         self.outbox("ticket.assigned", t.id, {
             "ticket_id": t.id, "agent_id": agent, "previous": t.assignee, "reason": decision.reason.code,
         })
         return after
 
-    def pin(self, t: _TicketRow, agent: str, why: str) -> None:
+    def pin(self, t: TicketRow, agent: str, why: str) -> None:
         """Hold capacity for an assignee a rule named (explicit: capacity does not refuse it)."""
         cls = channel_class(t.channel, self.d.channel_classes)
+        self._hold(t, agent, cls)
+        self.timeline(t.id, "assignment", f"assigned to {agent}: {why}",
+                      {"agent": agent, "reason": {"code": "pinned", "text": why}, "capacity_class": cls})
+
+    def _hold(self, t: TicketRow, agent: str, cls: str) -> None:
+        """The held row (and the cache's load and idle time) for ``agent``; the ticket leaves the queue."""
+        self.release(t.id)  # the row is replaced below: its holder's load must drop in the cache too
+        cache = self.changing()
         self.conn.execute(
             "INSERT OR REPLACE INTO assignments (ticket_id, agent_id, class, team, skills, assigned_at) "
             "VALUES (?,?,?,?,?,?)",
-            (t.id, agent, cls, t.team, _j(t.skills), self.now_ms),
+            (t.id, agent, cls, t.team, to_json(t.skills), self.now_ms),
         )
         self.conn.execute("UPDATE agents SET last_assigned_at = ? WHERE id = ?", (self.now_ms, agent))
         self.conn.execute("DELETE FROM assign_queue WHERE ticket_id = ?", (t.id,))
-        self.timeline(t.id, "assignment", f"assigned to {agent}: {why}",
-                      {"agent": agent, "reason": {"code": "pinned", "text": why}, "capacity_class": cls})
+        live = cache.live.get(agent)
+        if live is not None:  # a rule may pin a ticket to an id the directory does not know
+            live.load[cls] = live.load.get(cls, 0) + 1
+            live.last_assigned_at = from_ms(self.now_ms)
 
     def release(self, ticket_id: str) -> str | None:
         """Free the ticket's capacity; returns the agent it was held by."""
         r = self.conn.execute(
-            "UPDATE assignments SET released_at = ? WHERE ticket_id = ? AND released_at IS NULL RETURNING agent_id",
-            (self.now_ms, ticket_id),
+            "UPDATE assignments SET released_at = ? WHERE ticket_id = ? AND released_at IS NULL "
+            "RETURNING agent_id, class", (self.now_ms, ticket_id),
         ).fetchone()
-        return r[0] if r else None
+        if r is None:
+            return None
+        live = self.changing().live.get(r[0])
+        if live is not None:
+            live.load[r[1]] -= 1
+            if not live.load[r[1]]:
+                del live.load[r[1]]  # as counted from the table: a class with nothing held is absent
+        return r[0]
 
-    def assign(self, t: _TicketRow, demand: Demand, why: str | None = None) -> Decision:
+    def assign(self, t: TicketRow, demand: Demand, why: str | None = None) -> Decision:
         """Choose for ``demand``: take the ticket, or queue it saying why."""
         state = self.state(demand.teams())
         decision = choose_agent(state, demand)
@@ -396,23 +490,24 @@ class _Tx:
             self.enqueue(t, demand, decision)
         return decision
 
-    def enqueue(self, t: _TicketRow, demand: Demand, decision: Decision) -> None:
+    def enqueue(self, t: TicketRow, demand: Demand, decision: Decision) -> None:
         """Queue the ticket (once: a later failed attempt only refreshes the reason)."""
-        reason = _describe(decision)
+        reason = describe(decision)
         if self.conn.execute("UPDATE assign_queue SET reason = ? WHERE ticket_id = ?", (reason, t.id)).rowcount:
             return
         steps = self.overflow_steps(demand.team)
         self.conn.execute(
             "INSERT INTO assign_queue (ticket_id, team, base_skills, also_teams, skills, priority, rank, class, "
             "last_agent, queued_at, overflow_at, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (t.id, demand.team, _j(t.skills), _j(list(demand.also_teams)), _j(demand.skills), demand.priority,
-             PRIORITY_RANK.get(demand.priority, len(PRIORITY_RANK)), demand.capacity_class, demand.last_agent,
-             _ms(demand.queued_at), _ms(demand.queued_at + steps[0].wait()) if steps else None, reason),
+            (t.id, demand.team, to_json(t.skills), to_json(list(demand.also_teams)), to_json(demand.skills),
+             demand.priority, PRIORITY_RANK.get(demand.priority, len(PRIORITY_RANK)), demand.capacity_class,
+             demand.last_agent,
+             to_ms(demand.queued_at), to_ms(demand.queued_at + steps[0].wait()) if steps else None, reason),
         )
         where = f"team {demand.team}" if demand.team else "the general queue"
-        self.timeline(t.id, "assignment", f"queued in {where}: {reason}", _decision_data(decision, queued=True))
+        self.timeline(t.id, "assignment", f"queued in {where}: {reason}", decision_data(decision, queued=True))
 
-    def ensure(self, t: _TicketRow) -> Decision | None:
+    def ensure(self, t: TicketRow) -> Decision | None:
         """Bring the ticket's assignment in line with the ticket (idempotent).
 
         Open ticket held by its assignee with unchanged team/skills: nothing.
@@ -447,7 +542,7 @@ class _Tx:
         return self.assign(t, self.demand(t, last), "reopened" if previous else None)
 
     @staticmethod
-    def _wants(t: _TicketRow) -> str:
+    def _wants(t: TicketRow) -> str:
         skills = ", ".join(f"{s}≥{lvl}" for s, lvl in sorted(t.skills.items()))
         return f"team {t.team or '-'}" + (f", skills {skills}" if skills else "")
 
@@ -479,8 +574,8 @@ class _Tx:
         return decisions
 
     def teams_of(self, agent_id: str) -> frozenset[str]:
-        return frozenset(r[0] for r in self.conn.execute("SELECT team FROM agent_teams WHERE agent_id = ?",
-                                                         (agent_id,)))
+        fixed = self.agents().fixed.get(agent_id)
+        return fixed.teams if fixed is not None else frozenset()
 
     # -- overflow
 
@@ -500,11 +595,11 @@ class _Tx:
         due = overflow_due(steps, d.queued_at, self.now, q.overflow_done)
         widened = apply_overflow(d, [s.step for s in due])
         done = q.overflow_done + len(due)
-        nxt = _ms(d.queued_at + steps[done].wait()) if done < len(steps) else None
+        nxt = to_ms(d.queued_at + steps[done].wait()) if done < len(steps) else None
         self.conn.execute(
             "UPDATE assign_queue SET also_teams = ?, skills = ?, priority = ?, rank = ?, overflow_done = ?, "
             "overflow_at = ? WHERE ticket_id = ?",
-            (_j(list(widened.also_teams)), _j(widened.skills), widened.priority,
+            (to_json(list(widened.also_teams)), to_json(widened.skills), widened.priority,
              PRIORITY_RANK.get(widened.priority, len(PRIORITY_RANK)), done, nxt, d.ticket_id),
         )
         for step in due:
@@ -521,7 +616,7 @@ class _Tx:
             self.take(t, decision, state, "after overflow")
         else:
             self.conn.execute("UPDATE assign_queue SET reason = ? WHERE ticket_id = ?",
-                              (_describe(decision), d.ticket_id))
+                              (describe(decision), d.ticket_id))
 
     # -- status
 
@@ -564,10 +659,12 @@ class _Tx:
         if r is None:
             raise NotFound(f"agent {agent_id} not found")
         if r[0] != presence:
+            cache = self.changing()
             self.conn.execute("UPDATE agents SET presence = ?, presence_at = ?, updated_at = ? WHERE id = ?",
                               (presence, self.now_ms, self.now_ms, agent_id))
+            cache.live[agent_id].presence = presence
             self.conn.execute("INSERT INTO audit (at, actor, action, subject, data) VALUES (?,?,?,?,?)",
-                              (self.now_ms, actor, "agent.presence", agent_id, _j({"from": r[0], "to": presence})))
+                              (self.now_ms, actor, "agent.presence", agent_id, to_json({"from": r[0], "to": presence})))
         returned = self._return_chats(agent_id) if return_chats and presence != "online" else []
         self.drain(self.teams_of(agent_id))
         return returned
@@ -588,142 +685,9 @@ class _Tx:
 
     # -- SLA
 
-    def sla_sync(self, t: _TicketRow) -> None:
-        """Recompute the ticket's SLA (policy, state, due events) from its current facts."""
-        r = self.conn.execute("SELECT clock FROM sla_clocks WHERE ticket_id = ?", (t.id,)).fetchone()
-        if r is None and t.status not in OPEN_STATUSES:
-            return  # done before the directory came (first sweep of an older store): nothing is owed
-        clock = _clock_dec.decode(r[0]) if r else SlaClock(
-            t.id, "", t.created_at, statuses=[StatusChange(t.created_at, t.status)])
-        if clock.statuses[-1].status != t.status:
-            clock.statuses.append(StatusChange(self.now, t.status))
-        clock.first_response_at, clock.awaiting_since = self._responses(t)
-        match = select_policy(self.d.sla_policies, t.priority, t.tier, t.channel)
-        if match is None:
-            self._sla_clear(t, clock)
-            return
-        policy = match.policy
-        if policy.id != clock.policy:
-            self.timeline(t.id, "sla", f"SLA {match.reason}", {"policy": policy.id, "reason": match.reason,
-                                                               "calendar": policy.calendar})
-            clock.policy = policy.id
-        calendar = self.d.calendars[policy.calendar]
-        state = sla_state(clock, self.now, policy, calendar)
-        self.conn.execute("UPDATE tickets SET sla = ? WHERE id = ?", (_j(state), t.id))
-        self._save_clock(clock)
-        self.conn.execute("DELETE FROM sla_timers WHERE ticket_id = ?", (t.id,))
-        for ev in due_events(clock, self.now, policy, calendar):
-            self.conn.execute(
-                "INSERT INTO sla_timers (ticket_id, key, kind, target, policy, since, due_at) VALUES (?,?,?,?,?,?,?)",
-                (t.id, ev.key, ev.kind, ev.target, policy.id, _ms(ev.since), _ms(ev.at)),
-            )
-
-    def _sla_clear(self, t: _TicketRow, clock: SlaClock) -> None:
-        if clock.policy:
-            self.timeline(t.id, "sla", "no SLA policy matches any more", {"policy": None})
-        clock.policy = ""
-        self._save_clock(clock)
-        self.conn.execute("UPDATE tickets SET sla = NULL WHERE id = ?", (t.id,))
-        self.conn.execute("DELETE FROM sla_timers WHERE ticket_id = ?", (t.id,))
-
-    def _save_clock(self, clock: SlaClock) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO sla_clocks (ticket_id, policy, clock) VALUES (?,?,?)",
-                          (clock.ticket_id, clock.policy or None, _j(clock)))
-
-    def _responses(self, t: _TicketRow) -> tuple[datetime | None, datetime | None]:
-        """(first response, first customer message not answered since the last response).
-
-        A response is a public agent reply (``routing.sla.response_verdict``);
-        ``tickets.first_response_at`` counts too, whoever set it.
-        """
-        first, last_reply, awaiting = t.first_response_at, None, None
-        for kind, at_ms, data in self.conn.execute(
-            "SELECT kind, at, data FROM timeline WHERE ticket_id = ? AND kind IN ('message_in', 'message_out') "
-            "ORDER BY at, seq", (t.id,)):
-            at = _dt(at_ms)
-            if kind == "message_in":
-                awaiting = awaiting or at
-            elif response_verdict(TimelineEntry("", "", kind, at, data=_dec.decode(data) if data else {})).counts:
-                first = first or at
-                last_reply, awaiting = at, None
-        if first is None or (last_reply is None and awaiting is not None and awaiting <= first):
-            awaiting = None  # before the first response, only the first-response clock runs
-        return first, awaiting
-
-    def fire_due(self, limit: int) -> list[SlaEvent]:
-        """Fire every SLA event due at ``now`` (each once), after re-checking its ticket's facts."""
-        tickets = [r[0] for r in self.conn.execute(
-            "SELECT DISTINCT ticket_id FROM sla_timers WHERE due_at <= ? ORDER BY due_at LIMIT ?",
-            (self.now_ms, limit))]
-        fired = []
-        for ticket_id in tickets:
-            t = self.ticket(ticket_id)
-            if t is None:
-                self.conn.execute("DELETE FROM sla_timers WHERE ticket_id = ?", (ticket_id,))
-                continue
-            self.sla_sync(t)  # a reply or status change not synced yet must not fire a stale event
-            due = self.conn.execute(
-                "SELECT key, kind, target, policy, since, due_at FROM sla_timers WHERE ticket_id = ? AND due_at <= ? "
-                "ORDER BY due_at", (ticket_id, self.now_ms)).fetchall()
-            for key, kind, target, policy_id, since, due_at in due:
-                event = SlaEvent(kind, target, _dt(due_at), _dt(since))
-                self._fire(t, self.d.policy(policy_id), event, key)
-                fired.append(event)
-            if due:
-                t = self.ticket(ticket_id)
-                assert t is not None
-                self.sla_sync(t)
-        return fired
-
-    def _fire(self, t: _TicketRow, policy: SlaPolicy, event: SlaEvent, key: str) -> None:
-        self.conn.execute("DELETE FROM sla_timers WHERE ticket_id = ? AND key = ?", (t.id, key))
-        r = self.conn.execute("SELECT clock FROM sla_clocks WHERE ticket_id = ?", (t.id,)).fetchone()
-        clock = _clock_dec.decode(r[0])
-        clock.fired.append(key)
-        self._save_clock(clock)
-        self.conn.execute(
-            "INSERT INTO sla_events (ticket_id, policy, kind, target, due_at, fired_at) VALUES (?,?,?,?,?,?)",
-            (t.id, policy.id, event.kind, event.target, _ms(event.at), self.now_ms))
-        target = event.target.replace("_", " ")
-        word = "breached" if event.kind == "breach" else "warning"
-        local = event.at.astimezone(self.d.calendars[policy.calendar].tz).isoformat()
-        text = f"SLA {word}: {target} due {local} (policy {policy.id}, calendar {policy.calendar})"
-        payload = {"ticket_id": t.id, "policy": policy.id, "target": event.target, "due_at": event.at.isoformat(),
-                   "assignee": t.assignee, "priority": t.priority}
-        self.timeline(t.id, "sla", text, {**payload, "event": event.kind})
-        self.outbox("sla.breached" if event.kind == "breach" else "sla.warning", t.id, payload)
-        for action in escalation_actions(policy, event):
-            self._escalate(t.id, action, event, payload)
-
-    def _escalate(self, ticket_id: str, action: Any, event: SlaEvent, payload: dict) -> None:
-        t = self.ticket(ticket_id)
-        assert t is not None
-        why = f"SLA {event.kind} of {event.target.replace('_', ' ')}"
-        match action:
-            case RaisePriority(to=to):
-                raised = raised_priority(t.priority, to)
-                if raised != t.priority:
-                    self.touch_ticket(t.id, priority=raised)
-                    self.conn.execute("UPDATE assign_queue SET priority = ?, rank = ? WHERE ticket_id = ?",
-                                      (raised, PRIORITY_RANK[raised], t.id))
-                    self.timeline(t.id, "sla", f"priority {t.priority} → {raised}: {why}",
-                                  {"action": "raise_priority", "from": t.priority, "to": raised})
-            case ReassignToLead(team=team):
-                self._to_lead(t, team or t.team, why)
-            case NotifyWebhook(name=name):
-                self.outbox("sla.escalation", t.id, {**payload, "event": event.kind, "webhook": name})
-
-    def _to_lead(self, t: _TicketRow, team: str | None, why: str) -> None:
-        lead = msgspec.structs.replace(self.demand(t), team=team, role="lead", last_agent=None)
-        state = self.state(lead.teams())
-        decision = choose_agent(state, lead)
-        if decision.agent is None or decision.agent == t.assignee:
-            text = "already with a lead" if decision.agent else f"no lead available: {_describe(decision)}"
-            self.timeline(t.id, "sla", f"{why}: reassign to a lead: {text}", _decision_data(decision))
-            return
-        self.release(t.id)
-        state = self.state(lead.teams())  # the released load counts again
-        self.take(t, choose_agent(state, lead), state, f"{why}: reassigned to a lead")
+    def sla_sync(self, t: TicketRow) -> None:
+        """Recompute the ticket's SLA from its current facts (``gateway.store.sqlite_sla.Tx``)."""
+        raise NotImplementedError
 
     # -- directory
 
@@ -735,8 +699,8 @@ class _Tx:
                 "updated_at) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
                 "login = excluded.login, roles = excluded.roles, teams = excluded.teams, skills = excluded.skills, "
                 "capacity = excluded.capacity, updated_at = excluded.updated_at",
-                (a.id, a.name, a.login, _j(a.roles), _j(a.teams), _j(a.skills), _j(a.capacity), a.presence,
-                 self.now_ms, self.now_ms),
+                (a.id, a.name, a.login, to_json(a.roles), to_json(a.teams), to_json(a.skills), to_json(a.capacity),
+                 a.presence, self.now_ms, self.now_ms),
             )
         ids = [a.id for a in agents]
         marks = ",".join("?" * len(ids))
@@ -744,6 +708,7 @@ class _Tx:
         self.conn.execute("DELETE FROM agent_teams")
         self.conn.executemany("INSERT INTO agent_teams (team, agent_id) VALUES (?, ?)",
                               [(team, a.id) for a in agents for team in a.teams])
+        self.cache.new_version(self.conn, self.now_ms, rebuild=True)
 
 
 # ---------------------------------------------------------------- reads
@@ -764,35 +729,9 @@ def _agents(conn: sqlite3.Connection, agent_id: str | None) -> list[AgentView]:
         tickets.setdefault(agent, []).append(ticket_id)
     return [AgentView(
         id=r[0], name=r[1], login=r[2], roles=_dec.decode(r[3]), teams=_dec.decode(r[4]), skills=_dec.decode(r[5]),
-        capacity=_dec.decode(r[6]), presence=r[7], presence_at=_dt(r[8]), last_assigned_at=_dt(r[9]),
+        capacity=_dec.decode(r[6]), presence=r[7], presence_at=from_ms(r[8]), last_assigned_at=from_ms(r[9]),
         load=held.get(r[0], {}), tickets=tickets.get(r[0], []),
     ) for r in rows]
-
-
-def _seconds_summary(conn: sqlite3.Connection, column: str) -> dict[str, float | int]:
-    count, total, worst = conn.execute(
-        f"SELECT count(*), coalesce(sum({column} - created_at), 0), coalesce(max({column} - created_at), 0) "
-        f"FROM tickets WHERE {column} IS NOT NULL").fetchone()
-    return {"count": count, "sum_s": total / 1000, "avg_s": total / 1000 / count if count else 0.0,
-            "max_s": worst / 1000}
-
-
-def _stats(conn: sqlite3.Connection) -> dict:
-    sla: dict[str, dict[str, dict[str, int]]] = {"breach": {}, "warning": {}}
-    for kind, policy, target, n in conn.execute(
-            "SELECT kind, policy, target, count(*) FROM sla_events GROUP BY kind, policy, target"):
-        sla.setdefault(kind, {}).setdefault(policy, {})[target] = n
-    queues = {team or "": n for team, n in conn.execute("SELECT team, count(*) FROM assign_queue GROUP BY team")}
-    presence = dict(conn.execute("SELECT presence, count(*) FROM agents GROUP BY presence").fetchall())
-    return {
-        "first_response": _seconds_summary(conn, "first_response_at"),
-        "resolution": _seconds_summary(conn, "solved_at"),
-        "sla_breaches": sla["breach"],
-        "sla_warnings": sla["warning"],
-        "queued": queues,
-        "agents": presence,
-        "assigned": conn.execute("SELECT count(*) FROM assignments WHERE released_at IS NULL").fetchone()[0],
-    }
 
 
 def _changed_tickets(conn: sqlite3.Connection, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
@@ -806,7 +745,7 @@ def _changed_tickets(conn: sqlite3.Connection, cursor: str | None, limit: int) -
 # ---------------------------------------------------------------- the mixin
 
 
-def _sync(tx: _Tx, ticket_ids: list[str]) -> list[Decision]:
+def _sync(tx: AssignTx, ticket_ids: list[str]) -> list[Decision]:
     decisions = []
     for ticket_id in ticket_ids:
         t = tx.ticket(ticket_id)
@@ -821,7 +760,7 @@ def _sync(tx: _Tx, ticket_ids: list[str]) -> list[Decision]:
     return decisions
 
 
-def _assign_next(tx: _Tx, ticket_id: str) -> Decision:
+def _assign_next(tx: AssignTx, ticket_id: str) -> Decision:
     t = tx.ticket(ticket_id)
     if t is None:
         raise NotFound(f"ticket {ticket_id} not found")
@@ -839,13 +778,16 @@ def _assign_next(tx: _Tx, ticket_id: str) -> Decision:
 
 
 class AssignOps:
-    """Mixed into SQLiteStore: agents, presence, assign_next, queues, status, SLA timers.
+    """Mixed into SQLiteStore with ``sqlite_sla.SlaOps``: agents, presence, assign_next, queues, status.
 
     ``directory_load`` must run first: it gives the store the directory
     (teams, overflow, policies, calendars) the other operations decide with.
     """
 
     _directory: Directory | None = None
+    _agent_cache: AgentCache | None = None
+    #: the transaction class, with the SLA half: set by ``sqlite_sla.SlaOps``
+    _tx_type: type[AssignTx]
 
     def _dir(self) -> Directory:
         if self._directory is None:
@@ -853,15 +795,19 @@ class AssignOps:
         return self._directory
 
     async def _tx(self, now: datetime, fn: Any, *args: Any) -> Any:
-        directory = self._dir()
-        return await self._write(lambda conn: fn(_Tx(conn, directory, now), *args))  # type: ignore[attr-defined]
+        directory, tx_type = self._dir(), self._tx_type
+        if self._agent_cache is None:
+            self._agent_cache = AgentCache()
+        cache = self._agent_cache
+        return await self._write(  # type: ignore[attr-defined]
+            lambda conn: fn(tx_type(conn, directory, cache, now), *args))
 
     async def directory_load(self, directory: Directory, now: datetime) -> list[Decision]:
         """Use ``directory``: upsert its agents, then drain every queue (capacity may have grown)."""
         self._directory = directory
         agents = directory.agent_models()
 
-        def load(tx: _Tx) -> list[Decision]:
+        def load(tx: AssignTx) -> list[Decision]:
             tx.load_agents(agents)
             return tx.drain(None)
 
@@ -877,7 +823,7 @@ class AssignOps:
     async def set_presence(self, agent_id: str, presence: str, now: datetime, *, return_chats: bool = False,
                            actor: str = "api") -> list[str]:
         """Set an agent's presence and drain its teams' queues; returns the chat tickets put back."""
-        return await self._tx(now, _Tx.set_presence, agent_id, presence, return_chats, actor)
+        return await self._tx(now, AssignTx.set_presence, agent_id, presence, return_chats, actor)
 
     async def assign_next(self, ticket_id: str, now: datetime) -> Decision:
         """Choose an agent for the ticket now (again, if it was held), or queue it."""
@@ -893,18 +839,12 @@ class AssignOps:
 
     async def set_status(self, ticket_id: str, status: str, now: datetime, actor: str = "api") -> bool:
         """Change a ticket's status (raises InvalidTransition); False when unchanged."""
-        return await self._tx(now, _Tx.set_status, ticket_id, status, actor)
+        return await self._tx(now, AssignTx.set_status, ticket_id, status, actor)
 
     async def overflow_due(self, now: datetime, limit: int = 200) -> int:
-        return await self._tx(now, _Tx.overflow, limit)
-
-    async def sla_fire_due(self, now: datetime, limit: int = 200) -> list[SlaEvent]:
-        return await self._tx(now, _Tx.fire_due, limit)
+        return await self._tx(now, AssignTx.overflow, limit)
 
     async def changed_tickets(self, cursor: str | None, limit: int = 500) -> tuple[list[str], str | None]:
         """Tickets updated after ``cursor`` (None: all), oldest change first, and the cursor after them."""
         return await self._read(_changed_tickets, cursor, limit)  # type: ignore[attr-defined]
-
-    async def assign_stats(self) -> dict:
-        return await self._read(_stats)  # type: ignore[attr-defined]
 

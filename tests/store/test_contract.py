@@ -172,3 +172,13 @@ async def test_thread_refs_and_state(store):
     await store.state_set("imap:x", "1:42")
     await store.state_set("imap:x", "1:43")
     assert await store.state_get("imap:x") == "1:43"
+
+
+async def test_redeliveries_inside_one_group_commit_get_the_first_entry(store):
+    results = await asyncio.gather(*(store.journal_append("api", "api", f"k{i % 25}", b"x") for i in range(100)))
+    assert sum(r.created for r in results) == 25
+    by_key: dict[str, set] = {}
+    for i, r in enumerate(results):
+        by_key.setdefault(f"k{i % 25}", set()).add(r.journal_id)
+    assert all(len(ids) == 1 for ids in by_key.values())
+    assert (await store.journal_counts())["pending"] == 25

@@ -1,0 +1,97 @@
+"""The store's in-memory agent cache: capacity holds under concurrency, and the
+cache never outlives a rollback, a restart or a directory change."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+
+from gateway.store.sqlite import SQLiteStore
+from tests.assignment.conftest import T0, directory, make_ticket
+
+
+def _over_capacity(agents: list) -> list[str]:
+    return [f"{a.id} {cls} {used}/{a.capacity.get(cls, 0)}"
+            for a in agents for cls, used in a.load.items() if used > a.capacity.get(cls, 0)]
+
+
+async def test_concurrent_assign_next_with_presence_flips_never_exceeds_capacity(store, clock):
+    # team chat: c-1..c-3 take email 10 each → 30 places; billing/support: a-li 2, a-han 2, a-wang 3
+    teams = ["chat", "billing", "support"]
+    tickets = [await make_ticket(store, team=teams[i % 3]) for i in range(120)]
+    flips = ["c-1", "c-2", "a-li", "c-3", "a-wang", "a-han"]
+    decided = []
+    for rnd in range(6):  # rounds of 20 concurrent decisions, with presence changes racing them
+        agent = flips[rnd]
+        now = clock.advance(minutes=1)
+        calls = [store.assign_next(t, now) for t in tickets[rnd * 20:(rnd + 1) * 20]]
+        calls.insert(7, store.set_presence(agent, "offline", now))
+        calls.insert(15, store.set_presence(agent, "online", now))
+        results = await asyncio.gather(*calls)
+        decided += [r for r in results if not isinstance(r, list)]
+        assert _over_capacity(await store.list_agents()) == []
+    assigned = [d for d in decided if d.agent is not None]
+    # every place is used (load only grows), and no one holds a ticket beyond capacity
+    agents = {a.id: a for a in await store.list_agents()}
+    assert sum(sum(a.load.values()) for a in agents.values()) == len(assigned) == 30 + 4 + 3
+    assert {a.id: a.load.get("email", 0) for a in agents.values()} == {
+        "a-li": 2, "a-han": 2, "a-wang": 3, "c-1": 10, "c-2": 10, "c-3": 10}
+
+
+async def test_a_rolled_back_change_is_not_kept_by_the_cache(store, clock):
+    # a-wang (support) holds 3/3 email; a transaction frees one in the cache, then fails
+    held = [await make_ticket(store, team="support") for _ in range(3)]
+    for t in held:
+        assert (await store.assign_next(t, T0)).agent == "a-wang"
+
+    def release_then_fail(tx):
+        tx.release(held[0])
+        raise RuntimeError("after the release")
+
+    with pytest.raises(RuntimeError):
+        await store._tx(T0, release_then_fail)
+    # the release was rolled back: a-wang is still full, so the next support ticket waits
+    waiting = await make_ticket(store, team="support")
+    decision = await store.assign_next(waiting, clock.advance(minutes=1))
+    assert decision.agent is None
+    assert "at capacity email 3/3" in str(decision.considered)
+
+
+async def test_a_restarted_store_rebuilds_the_cache_from_the_tables(tmp_path, clock):
+    store = SQLiteStore.in_dir(tmp_path)
+    await store.directory_load(directory(), T0)
+    for _ in range(2):
+        await store.assign_next(await make_ticket(store, team="billing"), T0)
+    await store.set_presence("a-li", "away", T0)
+    await store.close()
+
+    store = SQLiteStore.in_dir(tmp_path)
+    try:
+        await store.directory_load(directory(), T0)  # presence is kept: a-li stays away
+        decision = await store.assign_next(await make_ticket(store, team="billing"), clock.advance(minutes=1))
+        # a-han already holds one ticket (least loaded spread them: one each), a-li is away
+        assert decision.agent == "a-han"
+        agents = {a.id: a for a in await store.list_agents()}
+        assert agents["a-han"].load == {"email": 2} and agents["a-li"].load == {"email": 1}
+    finally:
+        await store.close()
+
+
+async def test_a_directory_change_by_another_store_is_seen(tmp_path, clock):
+    first, second = SQLiteStore.in_dir(tmp_path), SQLiteStore.in_dir(tmp_path)
+    try:
+        await first.directory_load(directory(), T0)
+        await first.assign_next(await make_ticket(first, team="support"), T0)  # builds first's cache
+        # another process gives a-wang more capacity (the same directory with a bigger email place)
+        bigger = directory().agents
+        wang = next(a for a in bigger if a.id == "a-wang")
+        changed = msgspec.structs.replace(directory(), agents=[
+            msgspec.structs.replace(a, capacity={"email": 1}) if a is wang else a for a in bigger])
+        await second.directory_load(changed, T0)
+        decision = await first.assign_next(await make_ticket(first, team="support"), clock.advance(minutes=1))
+        assert decision.agent is None and "at capacity email 1/1" in str(decision.considered)
+    finally:
+        await first.close()
+        await second.close()
