@@ -19,7 +19,7 @@ from connectors.registry import RegistryError, connector_class, validate_all
 from gateway import api, assignment, keys, outbox, replies
 from gateway.attachments import AttachmentStore
 from gateway.config import Config, parse_duration
-from gateway.http_util import Problem, json_response, problem
+from gateway.http_util import guarded_routes, json_response
 from gateway.ingest import ChannelContext, Ingest
 from gateway.metrics import Metrics
 from gateway.store.sqlite import SQLiteStore
@@ -75,36 +75,6 @@ def context_factory(config: Config):
         return ctx
 
     return context_for
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Errors as problem+json; request id bound for every log line."""
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request.headers.get("X-Request-Id") or hex(id(request))[2:],
-                                           path=request.path)
-    try:
-        return await handler(request)
-    except web.HTTPRequestEntityTooLarge:
-        request.app[keys.METRICS].rejected.labels(_channel_of(request.path), "too_large").inc()
-        return problem(413, "Payload too large",
-                       f"the body exceeds {request.app[keys.CONFIG].max_body_bytes} bytes (max_body_bytes)")
-    except Problem as exc:
-        if exc.status == 401:
-            request.app[keys.METRICS].rejected.labels(_channel_of(request.path), "unauthorized").inc()
-        return exc.response()
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return problem(exc.status, exc.reason, exc.text if exc.text and exc.text != exc.reason else None)
-    except Exception:
-        log.exception("http.unhandled")
-        return problem(500, "Internal error", "see the gateway log for this request id")
-
-
-def _channel_of(path: str) -> str:
-    parts = path.split("/")
-    return parts[2] if len(parts) > 2 and parts[1] == "channels" else "api"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -191,7 +161,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     errors = validate_all(sorted(set(config.channels) | {"api"}))
     if errors:
         raise StartupError("connector registry: " + "; ".join(errors))
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(client_max_size=config.max_body_bytes)
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = store or SQLiteStore.in_dir(
@@ -235,13 +205,13 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
         except Exception as exc:
             raise StartupError(f"{channel}: {exc}") from None
         connectors[channel] = conn
-        app.router.add_routes(conn.routes())
+        app.router.add_routes(guarded_routes(conn.routes()))
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_routes(api.routes)
-    app.router.add_routes(replies.routes)
+    app.router.add_routes(guarded_routes(api.routes))
+    app.router.add_routes(guarded_routes(replies.routes))
     app[outbox.DISPATCHER] = outbox.Dispatcher(store, connectors, attachments)
 
     app.cleanup_ctx.append(_store_ctx)

@@ -36,7 +36,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.api import read_body, ticket_or_404
-from gateway.http_util import Problem, check_bearer, json_response
+from gateway.http_util import Problem, check_bearer, guarded_routes, json_response
 from gateway.metrics import Metrics
 from gateway.store.base import InvalidTransition, NotFound, Store, StoreError
 from gateway.worker import Pipeline
@@ -151,7 +151,7 @@ def setup(app: web.Application, pipeline: Pipeline) -> None:
         pipeline.after_commit.append(runtime.after_commit)
     app[keys.READINESS]["assignment"] = runtime.readiness
     app[keys.METRICS].register_collector(app[keys.METRICS].assignment_families)
-    app.router.add_routes(routes)
+    app.router.add_routes(guarded_routes(routes))
 
 
 async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:

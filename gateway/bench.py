@@ -51,7 +51,7 @@ PLUGINS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 CONCURRENCY = 64
-ROUNDS = 3
+ROUNDS = 2
 PIPELINE_CONCURRENCY = 16
 DURATION_S = 2.5
 
@@ -166,6 +166,13 @@ class _Servers:
         for d in self.dirs:
             d.cleanup()
 
+    def cpu_seconds(self, mode: str) -> float:
+        """CPU time (user + system) the server process has used so far."""
+        proc = self.procs[self.modes.index(mode)]
+        with open(f"/proc/{proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     async def best_of(self, plan: dict[str, tuple[str, RequestFn]], rounds: int, seconds: float) -> dict[str, dict]:
         """Each figure's best round (the least disturbed by the rest of the
         machine); ``plan`` is figure → (server mode, request maker)."""
@@ -175,7 +182,9 @@ class _Servers:
             numbers[name] = (await _load(self.ports[mode], make, 0.3, 8, numbers[name]))["next"]
         for _ in range(rounds):
             for name, (mode, make) in plan.items():
+                cpu0 = self.cpu_seconds(mode)
                 r = await _load(self.ports[mode], make, seconds, CONCURRENCY, numbers[name])
+                r["cpu_us"] = (self.cpu_seconds(mode) - cpu0) / max(1, r["requests"]) * 1e6
                 numbers[name] = r["next"]
                 if name not in best or r["rate"] > best[name]["rate"]:
                     best[name] = r
@@ -251,6 +260,8 @@ async def ingest_http() -> dict:
                                else "bare aiohttp handler answering at once"),
             "ratio": round(x["rate"] / (durable if name == "api" else bare)["rate"], 3),
             "detail": {"what": label, "p50_ms": round(x["p50_ms"], 2), "p99_ms": round(x["p99_ms"], 2),
+                       "server_cpu_us_per_msg": round(x["cpu_us"], 1),
+                       "baseline_cpu_us_per_msg": round((durable if name == "api" else bare)["cpu_us"], 1),
                        "errors": x["errors"], "concurrency": CONCURRENCY, "rounds": ROUNDS,
                        "bare_aiohttp_msg_s": round(bare["rate"], 1), "durable_baseline_msg_s": round(durable["rate"], 1),
                        "ratio_to_bare": round(x["rate"] / bare["rate"], 3),

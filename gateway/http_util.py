@@ -1,13 +1,20 @@
 """HTTP helpers shared by the API and the channel routes: problem+json
-errors, bearer-token checks, JSON responses encoded with msgspec."""
+errors, bearer-token checks, JSON responses encoded with msgspec, and the
+guard every route handler runs in."""
 
 from __future__ import annotations
 
+import functools
 import hmac
-from typing import Any
+from typing import Any, Iterable
 
 import msgspec
+import structlog
 from aiohttp import web
+
+from gateway import keys
+
+log = structlog.get_logger(__name__)
 
 _enc = msgspec.json.Encoder()
 PROBLEM = "application/problem+json"
@@ -50,3 +57,47 @@ def check_bearer(request: web.Request, token: str | None) -> None:
     scheme, _, given = auth.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise Problem(401, "Unauthorized", "missing or wrong bearer token")
+
+
+def guard(handler: Any) -> Any:
+    """Wrap a route handler: errors become problem+json, the request id is
+    bound for every log line, refusals are counted.
+
+    A per-route wrapper rather than an app middleware: aiohttp rebuilds the
+    middleware chain on every request, which cost ~15% of the ingest path's
+    throughput in ``omnigate bench``."""
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request.headers.get("X-Request-Id") or f"{id(request):x}",
+                                               path=request.path)
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            request.app[keys.METRICS].rejected.labels(_channel_of(request.path), "too_large").inc()
+            return problem(413, "Payload too large",
+                           f"the body exceeds {request.app[keys.CONFIG].max_body_bytes} bytes (max_body_bytes)")
+        except Problem as exc:
+            if exc.status == 401:
+                request.app[keys.METRICS].rejected.labels(_channel_of(request.path), "unauthorized").inc()
+            return exc.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return problem(exc.status, exc.reason, exc.text if exc.text and exc.text != exc.reason else None)
+        except Exception:
+            log.exception("http.unhandled")
+            return problem(500, "Internal error", "see the gateway log for this request id")
+
+    return guarded
+
+
+def guarded_routes(routes: Iterable[web.AbstractRouteDef]) -> list[web.AbstractRouteDef]:
+    return [web.RouteDef(r.method, r.path, guard(r.handler), r.kwargs) if isinstance(r, web.RouteDef) else r
+            for r in routes]
+
+
+def _channel_of(path: str) -> str:
+    parts = path.split("/")
+    return parts[2] if len(parts) > 2 and parts[1] == "channels" else "api"
