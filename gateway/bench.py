@@ -30,7 +30,6 @@ import os
 import queue
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from typing import Any, Callable
 #: job → ("module:function" returning {figure name: figure dict}, the figures it gives)
 PLUGINS: dict[str, tuple[str, tuple[str, ...]]] = {
     "email": ("connectors.email.bench:figures", ("email_parse",)),
-    "email_io": ("connectors.email.io_bench:figures", ("email_smtp_accept",)),
+    "email_io": ("gateway.email_bench:figures", ("email_smtp_accept",)),
     "wechat": ("connectors.wechat.bench:figures", ("wechat_parse_aes",)),
     "telegram": ("connectors.telegram.bench:figures", ("telegram_webhook_parse",)),
     "rules": ("routing.rules.bench:figures", ("rules_eval_100", "rules_eval_1000", "rules_eval_10000")),

@@ -19,6 +19,9 @@ if str(ROOT) not in sys.path:
 
 from tests.corpus import IN_CI, require_corpus  # noqa: E402
 
+# fixtures that start real servers on loopback ports (dovecot, …)
+pytest_plugins = ["tests.integration.dovecot"]
+
 
 @pytest.fixture
 def corpus_row(request):

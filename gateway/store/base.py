@@ -10,7 +10,7 @@ against every backend.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -19,6 +19,10 @@ from routing.model import Attachment, Contact, Outbound, ReplyTarget, Ticket, Th
 from routing.pipeline import Lookup
 from routing.sla import SlaEvent
 from routing.state import Commit, CommitResult, Snapshot
+
+if TYPE_CHECKING:
+    from routing.assign import Decision
+    from routing.directory import Directory
 
 JOURNAL_STATUSES = ("pending", "processed", "failed", "duplicate")
 

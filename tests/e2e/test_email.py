@@ -8,8 +8,6 @@ from __future__ import annotations
 import aiosmtplib
 import pytest
 
-from gateway.ingest import ChannelContext
-
 from tests.connectors.email.conftest import listening
 from tests.connectors.email.test_send import sink
 from tests.corpus import require_corpus
@@ -17,10 +15,7 @@ from tests.e2e.conftest import Gateway, wait_for
 
 MAILBOX = "bob@example.com"  # the To: of the corpus mail
 
-# The email connector runs its SMTP server and IMAP loops under ``ctx.supervisor``,
-# which the gateway's ChannelContext does not give yet.
-pytestmark = pytest.mark.skipif(not hasattr(ChannelContext("email", {}, ".", None, None), "supervisor"),
-                                reason="gateway.ingest.ChannelContext has no supervisor for the email connector")
+pytestmark = pytest.mark.integration
 
 
 async def deliver(port: int, raw: bytes, sender: str) -> None:
@@ -63,3 +58,29 @@ async def test_mail_in_reply_out_and_the_answer_threads_back(start_gateway, unus
         assert [e.get("ticket_id") for e in items] == [ticket["id"], ticket["id"]]
         texts = [e["text"] for e in await gw.timeline(ticket["id"], "message_in", "message_out")]
         assert texts[-1].startswith("Great, thank you!")
+
+        # the reply bounces: the DSN (RFC 3464) names it, and joins its ticket, unanswered
+        await deliver(smtp_port, dsn(bounced=msg["Message-ID"].strip(), to=MAILBOX), "mailer-daemon@mx.example.org")
+        await wait_for(gw.journal, lambda items: len(items) == 3)
+        await gw.drain()
+        bounce = (await gw.journal())[-1]
+        assert bounce["status"] == "processed" and bounce["ticket_id"] == ticket["id"]
+        [entry] = [e for e in await gw.timeline(ticket["id"], "message_in") if e["data"].get("auto") == "bounce"]
+        assert entry["data"]["reasons"]["threading"]["ref"] == msg["Message-ID"].strip().strip("<>")
+        assert len(relay.received) == 1  # nothing answered the bounce
+
+
+def dsn(bounced: str, to: str) -> bytes:
+    """A delivery-status notification for ``bounced`` (synthetic, after RFC 3464's example)."""
+    return (
+        f"From: Mail Delivery System <MAILER-DAEMON@mx.example.org>\r\nTo: {to}\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn-1@mx.example.org>\r\n"
+        "Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n\r\n"
+        "Final-Recipient: rfc822; xxx@gmail.com\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"From: {to}\r\nTo: xxx@gmail.com\r\nSubject: Re: Test\r\nMessage-ID: {bounced}\r\n"
+        "--B--\r\n"
+    ).encode()

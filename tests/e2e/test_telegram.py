@@ -3,7 +3,6 @@ replies out through the Bot API stand-in (429 included), edits applied."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

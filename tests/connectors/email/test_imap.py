@@ -21,13 +21,7 @@ from structlog.testing import capture_logs
 
 from gateway.supervisor import TaskState
 from tests.connectors.email.conftest import MemoryContext, eventually, running
-from tests.integration.dovecot import (  # noqa: F401 (fixtures)
-    DovecotServer,
-    dovecot,
-    dovecot_server,
-    dovecot_server_without_idle,
-    dovecot_without_idle,
-)
+from tests.integration.dovecot import DovecotServer
 
 pytestmark = pytest.mark.integration
 
