@@ -22,7 +22,17 @@ from typing import Any, Callable
 import msgspec
 
 from routing import dedupe, identity, threads
-from routing.model import PRIORITY_RANK, Attachment, Identity, Inbound, ReplyTarget, ThreadHints, TimelineEntry, new_id
+from routing.model import (
+    PRIORITY_RANK,
+    Attachment,
+    Identity,
+    Inbound,
+    ReplyTarget,
+    Sender,
+    ThreadHints,
+    TimelineEntry,
+    new_id,
+)
 from routing.rules.types import RuleInput, RuleOutcome
 from routing.state import (
     Commit,
@@ -206,6 +216,9 @@ def stage_rules(w: Work) -> None:
     if rules is None or t is None:
         return
     contact = w.snap.contacts.get(w.contact_id or "")
+    if (i.sender.kind, i.sender.value) != (w.look.sender.kind, w.look.sender.value):
+        # rules match the normalized identity ("+8613800138000", not "138 0013 8000")
+        i = msgspec.structs.replace(i, sender=Sender(w.look.sender.kind, w.look.sender.value, i.sender.name))
     ri = RuleInput(
         inbound=i, now=w.now, contact_name=(contact.name if contact else None) or i.sender.name,
         contact_tier=contact.tier if contact else None, contact_tags=contact.tags if contact else (),

@@ -105,3 +105,12 @@ async def test_no_auto_reply_to_an_automatic_message(routed):
     _, items = await _ticket_of(client, res.journal_id)
     assert j["status"] == "processed"
     assert [e["kind"] for e in items if e["kind"].startswith("message")] == ["message_in"]
+
+
+async def test_rules_see_the_normalized_sender(routed):
+    client, app = routed
+    r = await client.post("/channels/api/messages", headers=AUTH, json={
+        "external_id": "vip-1", "sender": {"kind": "phone", "value": "138 0013 8000"}, "text": "我要申请退款"})
+    await drain(app)
+    ticket, items = await _ticket_of(client, (await r.json())["journal_id"])
+    assert ticket["team"] == "senior" and ticket["priority"] == "high"  # vip_senders lists +8613800138000
