@@ -212,7 +212,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     app.router.add_get("/metrics", metrics)
     app.router.add_routes(guarded_routes(api.routes))
     app.router.add_routes(guarded_routes(replies.routes))
-    app[outbox.DISPATCHER] = outbox.Dispatcher(store, connectors, attachments)
+    app[outbox.DISPATCHER] = outbox.Dispatcher(store, connectors, attachments, metrics=m)
 
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(assignment.cleanup_ctx)  # the directory is in the store before the worker runs

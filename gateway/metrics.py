@@ -30,6 +30,8 @@ class Metrics:
                                        ["channel"], registry=r)
         self.processed = Counter("omnigate_processed", "Messages committed by the pipeline", ["channel"], registry=r)
         self.failed = Counter("omnigate_failed", "Journal entries that failed processing", ["channel"], registry=r)
+        self.replies = Counter("omnigate_replies", "Reply send attempts settled, by outcome (sent, retrying, failed)",
+                               ["channel", "status"], registry=r)
         self.conflicts = Counter("omnigate_commit_conflicts", "Commits retried on a fresh snapshot", registry=r)
         self.pipeline_latency = Histogram("omnigate_pipeline_latency_seconds",
                                           "From journal append to committed ticket", ["channel"],

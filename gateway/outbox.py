@@ -53,8 +53,10 @@ class Dispatcher:
 
     def __init__(self, store: Store, connectors: Mapping[str, Any], attachments: AttachmentStore, *,
                  batch: int = 16, lease_s: float = 120.0, base_delay_s: float = 5.0, max_delay_s: float = 900.0,
-                 max_attempts: int = 12, idle_s: float = 5.0, clock: Callable[[], datetime] = utcnow):
+                 max_attempts: int = 12, idle_s: float = 5.0, clock: Callable[[], datetime] = utcnow,
+                 metrics: Any = None):
         self.store = store
+        self.metrics = metrics
         self.connectors = connectors
         self.attachments = attachments
         self.batch = batch
@@ -105,6 +107,8 @@ class Dispatcher:
         if not await self.store.outbox_settle(item, delivery):
             bound.warning("outbox.lease_lost", status=delivery.status)
             return
+        if self.metrics is not None:
+            self.metrics.replies.labels(outbound.channel, delivery.status).inc()
         if delivery.status == "sent":
             bound.info("outbox.sent", external_id=delivery.external_id)
         else:

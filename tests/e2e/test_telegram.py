@@ -75,6 +75,9 @@ async def test_rate_limited_reply_is_retried_after_retry_after(gw: Gateway, tele
     sent = await gw.delivery(ticket["id"], reply["id"], lambda d: d["status"] != "retrying")
     assert (sent["status"], sent["attempts"]) == ("sent", 2)
     assert [p["text"] for _, p in telegram_api.bot.sent] == ["Thanks for waiting."]
+    metrics = await (await gw.client.get("/metrics")).text()
+    assert 'omnigate_replies_total{channel="telegram",status="retrying"} 1.0' in metrics
+    assert 'omnigate_replies_total{channel="telegram",status="sent"} 1.0' in metrics
 
 
 async def test_edited_message_updates_the_earlier_entry(gw: Gateway) -> None:
@@ -93,3 +96,4 @@ def _seconds(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso).timestamp()
+
