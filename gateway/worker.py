@@ -16,10 +16,11 @@ interrupted after its commit but before being marked is simply confirmed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import msgspec
 import structlog
@@ -56,6 +57,32 @@ class EntryResult:
     error: str | None = None
 
 
+class KeyedLocks:
+    """One FIFO lock per key, dropped when nobody holds or waits for it.
+
+    asyncio.Lock hands itself to waiters in the order they asked, so tasks
+    that ask in arrival order are served in arrival order."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class Pipeline:
     """Processes one journal entry at a time (call it concurrently)."""
 
@@ -74,6 +101,7 @@ class Pipeline:
         self.clock = clock
         self.after_commit: list[AfterCommit] = list(after_commit or [])
         self.auto_replier = auto_replier
+        self._in_order = KeyedLocks()
 
     def parse(self, entry: JournalEntry) -> list[Inbound]:
         assert entry.raw is not None
@@ -102,13 +130,16 @@ class Pipeline:
             log_.info("pipeline.done", status="processed", messages=0)
             return EntryResult(entry.id, "processed")
         results = []
-        try:
-            for n, inbound in enumerate(inbounds):
-                await self._prepare(inbound)
-                results.append(await self._commit(entry, inbound, final=n == len(inbounds) - 1))
-        except Exception as exc:
-            log_.exception("pipeline.failed")
-            return await self._fail(entry, f"pipeline error: {type(exc).__name__}: {exc}")
+        # one sender's messages are decided in arrival order, even with many
+        # workers: the lock is taken before the first await, in claim order
+        async with self._in_order(f"{inbounds[0].channel}:{inbounds[0].sender.kind}:{inbounds[0].sender.value}"):
+            try:
+                for n, inbound in enumerate(inbounds):
+                    await self._prepare(inbound)
+                    results.append(await self._commit(entry, inbound, final=n == len(inbounds) - 1))
+            except Exception as exc:
+                log_.exception("pipeline.failed")
+                return await self._fail(entry, f"pipeline error: {type(exc).__name__}: {exc}")
         status = "duplicate" if all(r.outcome == "duplicate" for r in results) else "processed"
         if self.metrics is not None:
             latency = max(0.0, (self.clock() - entry.received_at).total_seconds())
@@ -147,6 +178,8 @@ class Pipeline:
             if result.outcome == "processed" and commit.message_key is not None:
                 if commit.auto_reply is not None and result.ticket_id:
                     await self._auto_reply(commit.auto_reply, inbound, result)
+                if commit.status_change is not None:
+                    await self._status_change(commit.status_change, inbound)
                 for hook in self.after_commit:
                     try:
                         await hook(inbound, result)
@@ -169,6 +202,20 @@ class Pipeline:
             await self.auto_replier(result.ticket_id, reply, inbound)
         except Exception:  # the message is committed; a lost auto-reply is logged, not retried
             log.exception("pipeline.auto_reply_failed", ticket_id=result.ticket_id, template=template)
+
+    async def _status_change(self, change: tuple[str, str, str], inbound: Inbound) -> None:
+        """Apply the status a channel reported (a session that ended) the way
+        an agent's status change is applied: capacity freed, SLA re-timed."""
+        ticket_id, status, reason = change
+        set_status = getattr(self.store, "set_status", None)
+        if set_status is None:
+            return
+        try:
+            changed = await set_status(ticket_id, status, self.clock(), actor=f"{inbound.channel}:session")
+        except Exception as exc:  # an impossible transition (already closed…) is logged, not fatal
+            log.warning("pipeline.status_change_refused", ticket_id=ticket_id, status=status, error=str(exc))
+            return
+        log.info("pipeline.status_changed", ticket_id=ticket_id, status=status, changed=changed, reason=reason)
 
     def _count(self, channel: str, result: CommitResult, counted: str | None) -> None:
         if self.metrics is None:

@@ -206,7 +206,12 @@ class Inbound(msgspec.Struct, omit_defaults=True):
       (Telegram ``edited_message``): the pipeline updates that timeline
       entry instead of adding one.
     - ``meta`` holds small channel-specific facts (menu keys, locations,
-      DSN status) as strings.
+      DSN status) as strings. Keys the pipeline reads: ``unionid``,
+      ``phone``, ``email`` (further identities), ``chat_id`` (where replies
+      go), ``blocked``, ``ticket_status`` (a session that ended),
+      ``dsn_original_message_id``, and ``direction == "outbound"`` with
+      ``agent``: an agent's message sent from the platform's own client,
+      recorded as a reply on the customer's conversation.
     """
 
     channel: str

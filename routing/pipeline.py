@@ -23,6 +23,7 @@ import msgspec
 
 from routing import dedupe, identity, threads
 from routing.model import (
+    OPEN_STATUSES,
     PRIORITY_RANK,
     Attachment,
     Identity,
@@ -36,6 +37,7 @@ from routing.model import (
 from routing.rules.types import RuleInput, RuleOutcome
 from routing.state import (
     Commit,
+    TicketState,
     NewTicket,
     OutboxEvent,
     Snapshot,
@@ -93,7 +95,8 @@ def lookup(inbound: Inbound, settings: Settings) -> Lookup:
         extra=tuple(extra),
         numbers=tuple(threads.ticket_numbers(inbound, settings.ref_patterns)),
         refs=tuple(refs),
-        text_hash=dedupe.text_hash(inbound.text) if inbound.kind == "message" and not inbound.auto else None,
+        text_hash=(dedupe.text_hash(inbound.text)
+                   if inbound.kind == "message" and not inbound.auto and not _outbound(inbound) else None),
         message_key=(inbound.channel, inbound.account, inbound.external_id),
         edits_key=(inbound.channel, inbound.account, inbound.edits) if inbound.edits else None,
         near_window_s=settings.near_window_s,
@@ -173,9 +176,29 @@ def stage_events(w: Work) -> None:
     kind = "event" if i.kind == "event" else "message_in"
     entry = _message_entry(w, kind, ticket_id=None)
     entry.data["why_no_ticket"] = "event" if i.kind == "event" else "bounce of an unknown message"
+    target = _session_end_target(w) if i.kind == "event" else None
+    if target is not None:
+        status = i.meta["ticket_status"]
+        reason = f"{i.channel} session {i.raw_type or 'event'}: {status}"
+        w.commit.status_change = (target.id, status, reason)
+        entry.ticket_id = target.id
+        entry.data["status_change"] = {"ticket": target.id, "to": status}
     w.timeline.append(entry)
     w.commit.message_entry_id = entry.id
     w.done = True
+
+
+def _session_end_target(w: Work) -> TicketState | None:
+    """The ticket a channel's "conversation ended" event closes: the contact's
+    most recent open ticket that came through this channel. (A session
+    *starting* changes nothing: the customer's next message threads as usual.)"""
+    status = w.inbound.meta.get("ticket_status")
+    if status not in ("solved", "closed"):
+        return None
+    for t in w.snap.tickets:  # most recent activity first
+        if t.contact_id == w.contact_id and w.inbound.channel in t.channels and t.status in OPEN_STATUSES:
+            return t
+    return None
 
 
 def stage_near_dedupe(w: Work) -> None:
@@ -213,7 +236,7 @@ def stage_rules(w: Work) -> None:
     raises its priority and adds tags (re-routing work in progress would
     surprise the agent who has it)."""
     rules, t, i = w.settings.rules, w.thread, w.inbound
-    if rules is None or t is None:
+    if rules is None or t is None or _outbound(i):  # an agent's own message is not routed
         return
     contact = w.snap.contacts.get(w.contact_id or "")
     if (i.sender.kind, i.sender.value) != (w.look.sender.kind, w.look.sender.value):
@@ -303,9 +326,11 @@ def stage_compose(w: Work) -> None:
     else:
         assert t.ticket is not None
         ticket_id = t.ticket.id
+        reopen = t.action == "reopen" or (_outbound(i) and t.ticket.status == "new")
         c.ticket_change = TicketChange(
             id=ticket_id, expect_version=t.ticket.version,
-            status="open" if t.action == "reopen" else None,
+            status="open" if reopen else None,
+            responded_at=at if _outbound(i) else None,
             last_message_at=max(at, t.ticket.last_message_at),
             add_channel=i.channel if i.channel not in t.ticket.channels else None,
             reply_to=reply_to,
@@ -325,7 +350,11 @@ def stage_compose(w: Work) -> None:
             e.ticket_id = ticket_id
     w.outbox = [OutboxEvent(e.topic, {**e.payload, "ticket_id": ticket_id}, ticket_id)
                 if e.topic == "webhook.notify" else e for e in w.outbox]
-    entry = _message_entry(w, "call" if i.kind == "call" else "message_in", ticket_id)
+    kind = "call" if i.kind == "call" else "message_out" if _outbound(i) else "message_in"
+    entry = _message_entry(w, kind, ticket_id)
+    if kind == "message_out":  # written by an agent in the platform's own client
+        entry.data.update(author=i.meta.get("agent") or f"{i.channel}:agent", auto=False, public=True,
+                          delivery={"status": "sent", "via": f"{i.channel} client"})
     w.timeline.insert(0, entry)
     c.message_entry_id = entry.id
     c.thread_refs = threads.own_refs(i)
@@ -388,6 +417,12 @@ def _public_attachments(attachments: list[Attachment]) -> list[Attachment]:
                    storage_ref=a.storage_ref, inline=a.inline, content_id=a.content_id, url=a.url)
         for a in attachments
     ]
+
+
+def _outbound(i: Inbound) -> bool:
+    """An agent's message the channel reports (``meta["direction"] == "outbound"``):
+    it joins the customer's conversation as a reply, not as a new question."""
+    return i.meta.get("direction") == "outbound"
 
 
 def _arrival(w: Work) -> datetime:

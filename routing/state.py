@@ -117,6 +117,9 @@ class TicketChange(msgspec.Struct, frozen=True):
     skills: dict[str, int] | None = None
     add_tags: tuple[str, ...] = ()
     assignee: str | None = None
+    #: An agent answered (outside omnigate, in the platform's own client):
+    #: sets ``first_response_at`` if it is not set yet.
+    responded_at: datetime | None = None
 
 
 class TimelineEdit(msgspec.Struct, frozen=True):
@@ -170,6 +173,10 @@ class Commit(msgspec.Struct):
     #: several (a LINE batch, a call log): the entry is marked done only with
     #: the last, so a crash between them re-runs the entry.
     final: bool = True
+    #: A status the channel says the conversation is in (a 微信客服 session
+    #: ended): ``(ticket id, status, reason)``, applied after the commit through
+    #: the store's status operation, which also frees the agent's capacity.
+    status_change: tuple[str, str, str] | None = None
     #: An auto-reply decided by the rules, rendered after the commit when the
     #: ticket number is known: ``(template name, RuleInput)``. Not stored.
     auto_reply: tuple | None = None

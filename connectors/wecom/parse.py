@@ -149,9 +149,17 @@ def _event_status(event: dict, meta: dict[str, str]) -> None:
                 meta["servicer_presence"] = presence
 
 
-def _kf_sender(msg: dict, event: dict, corp_id: str, defects: list[str]) -> Sender:
+def _kf_sender(msg: dict, event: dict, corp_id: str, defects: list[str], meta: dict[str, str]) -> Sender:
+    """Who the conversation is with. A servicer's own message to a customer
+    (sent from the WeCom client, not through omnigate) belongs to that
+    customer's conversation: the customer is the sender identity, and
+    ``meta["direction"] = "outbound"`` with ``meta["agent"]`` says who wrote it."""
     external = _s(msg, "external_userid") or _s(event, "external_userid")
     servicer = _s(msg, "servicer_userid") or _s(event, "servicer_userid")
+    if _int(msg.get("origin")) == ORIGIN_SERVICER and external:
+        meta["direction"] = "outbound"
+        meta["agent"] = wecom_user(corp_id, servicer).value if servicer else "wecom:servicer"
+        return Sender(kind="wecom_external", value=external)
     if _int(msg.get("origin")) == ORIGIN_SERVICER or (servicer and not external):
         if not corp_id:
             defects.append("no corp_id in the context: the servicer's userid is not corp-scoped")
@@ -191,7 +199,7 @@ def kf_inbound(msg: dict, context: Mapping[str, Any]) -> Inbound:
     else:
         kind, raw_type = "event", (_s(event, "event_type") or msgtype)
         _event_status(event, meta)
-    sender = _kf_sender(msg, event, corp_id, defects)
+    sender = _kf_sender(msg, event, corp_id, defects, meta)
     external = sender.value if sender.kind == "wecom_external" else ""
     thread = ThreadHints(session_id=kf_session_id(open_kfid, external)) if open_kfid and external else ThreadHints()
     return Inbound(

@@ -666,6 +666,9 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int) -> Com
         if ch.reply_to is not None:
             sets.append("reply_to = ?")
             args.append(_j(ch.reply_to))
+        if ch.responded_at is not None:
+            sets.append("first_response_at = coalesce(first_response_at, ?)")
+            args.append(ms(ch.responded_at))
         conn.execute(f"UPDATE tickets SET {', '.join(sets)} WHERE id = ?", (*args, ch.id))
 
     conn.executemany(_TIMELINE_INSERT, [_timeline_row(e, ticket_origin if e.ticket_id == c.ticket_id else origin)

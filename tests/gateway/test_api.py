@@ -175,3 +175,4 @@ async def test_concurrent_posts_each_become_one_entry(gw):
     items = (await (await client.get("/api/v1/journal?limit=1000", headers=AUTH)).json())["items"]
     assert len(items) == 60 and all(e["status"] == "processed" for e in items)
     assert len({e["ticket_id"] for e in items}) == 60
+

@@ -182,3 +182,26 @@ def test_lookup_collects_what_the_store_must_read():
     look = lookup(m, Settings())
     assert look.numbers == (77,) and look.refs == ("a@x", "r1@x")
     assert look.message_key == ("email", "support", "m1") and look.text_hash
+
+
+def test_a_session_that_ended_solves_the_open_ticket_of_that_channel():
+    end = msg(channel="wecom", kind="event", raw_type="session_status_change", text="",
+              meta={"ticket_status": "solved"})
+    wecom, email = ticket("T1", channels=("wecom",)), ticket("T2", 1002, channels=("email",),
+                                                             last=NOW - timedelta(minutes=1))
+    c = decide(end, "J1", snap(owners=KNOWN, tickets=[email, wecom]), Settings())
+    assert c.status_change == ("T1", "solved", "wecom session session_status_change: solved")
+    assert c.new_ticket is None and c.timeline[0].ticket_id == "T1"
+    start = msg(channel="wecom", kind="event", raw_type="enter_session", text="", meta={"ticket_status": "open"})
+    assert decide(start, "J2", snap(owners=KNOWN, tickets=[wecom]), Settings()).status_change is None
+
+
+def test_an_agents_message_from_the_platform_client_is_a_reply_on_the_customers_ticket():
+    m = msg(channel="wecom", sender=Sender("wecom_external", "wmC1"), text="您好，请提供订单号",
+            meta={"direction": "outbound", "agent": "corp:zhangsan"})
+    new = ticket(status="new", channels=("wecom",))
+    c = decide(m, "J1", snap(owners={"wecom_external:wmC1": "C1"}, tickets=[new]), Settings())
+    [entry] = [e for e in c.timeline if e.kind == "message_out"]
+    assert entry.ticket_id == "T1" and entry.data["author"] == "corp:zhangsan" and entry.data["public"] is True
+    assert c.ticket_change.status == "open" and c.ticket_change.responded_at is not None
+    assert lookup(m, Settings()).text_hash is None  # never a near-duplicate of the customer's words

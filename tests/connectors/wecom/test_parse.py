@@ -69,6 +69,7 @@ def test_sync_msg_message(msg):
     assert inbound.text == want.get("text", "")
     assert len(inbound.attachments) == want.get("attachments", 0)
     assert inbound.meta.get("ticket_status") == want.get("ticket_status")
+    assert (inbound.meta.get("direction"), inbound.meta.get("agent")) == (want.get("direction"), want.get("agent"))
     assert inbound.meta["open_kfid"] == "wkSyntheticKf01"
     assert int(inbound.sent_at.timestamp()) == msg["send_time"]
     assert inbound.defects == []
