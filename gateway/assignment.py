@@ -40,7 +40,7 @@ from gateway.http_util import Problem, check_bearer, guarded_routes, json_respon
 from gateway.metrics import Metrics
 from gateway.store.base import InvalidTransition, NotFound, Store, StoreError
 from gateway.worker import Pipeline
-from routing.directory import Directory, parse_directory
+from routing.directory import AgentConfig, Directory, agent_errors, parse_directory
 from routing.model import Inbound, utcnow
 from routing.state import CommitResult
 
@@ -194,6 +194,42 @@ async def agents_list(request: web.Request) -> web.Response:
 async def agent_get(request: web.Request) -> web.Response:
     runtime = _auth(request)
     return json_response(await _agent(runtime, request.match_info["id"]))
+
+
+class AgentBody(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    teams: list[str] = []
+    skills: dict[str, int] = {}
+    capacity: dict[str, int] = {}
+    roles: list[Literal["agent", "lead", "admin"]] = msgspec.field(default_factory=lambda: ["agent"])
+    login: str | None = None
+
+
+@routes.put("/api/v1/agents/{id}")
+async def agent_put(request: web.Request) -> web.Response:
+    """Create or change an agent (teams, skills with levels, capacity per
+    channel class, roles); presence is set on its own endpoint. Checked
+    against the directory like an agent in the YAML; the team queues drain at
+    once (raised capacity takes waiting tickets). The directory YAML stays
+    the source of truth for the agents it lists: it is applied again at start-up."""
+    runtime = _auth(request)
+    if not runtime.enabled:
+        raise Problem(409, "No directory", "assignment needs a directory (teams, calendars): set `directory`")
+    body = await read_body(request, AgentBody)
+    try:
+        config = AgentConfig(id=request.match_info["id"], name=body.name, login=body.login, roles=body.roles,
+                             teams=body.teams, skills=body.skills, capacity=body.capacity)
+    except (ValueError, msgspec.ValidationError) as exc:
+        raise Problem(400, "Invalid agent", str(exc)) from None
+    errors = agent_errors(runtime.directory, config)
+    if errors:
+        field, message = errors[0]
+        raise Problem(400, "Invalid agent", "; ".join(m for _, m in errors), field=field)
+    decisions = await runtime.store.put_agent(config.to_model(), runtime.clock())
+    log.info("agent.put", agent_id=config.id, teams=config.teams, assigned=len(decisions))
+    view = msgspec.to_builtins(await _agent(runtime, config.id))
+    view["assigned"] = [d.ticket_id for d in decisions if d.agent]
+    return json_response(view)
 
 
 class PresenceBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -219,6 +219,20 @@ def parse_directory(text: str, source: str = "<directory>") -> Directory:
     return directory
 
 
+def agent_errors(d: Directory, agent: AgentConfig) -> list[tuple[str, str]]:
+    """(field, message) for what ``agent`` names that ``d`` does not define
+    (an agent created or changed through the API is checked like one in the YAML)."""
+    out = []
+    class_names = set(d.channel_classes.values())
+    for j, team in enumerate(agent.teams):
+        if team not in d.teams:
+            out.append((f"$.teams[{j}]", _unknown("team", team, d.teams)))
+    for cls in agent.capacity:
+        if cls not in class_names:
+            out.append(("$.capacity", _unknown("capacity class", cls, class_names)))
+    return out
+
+
 def _unknown(kind: str, name: str, known: Any) -> str:
     return f"undefined {kind} {name!r} (defined: {', '.join(sorted(known)) or 'none'})"
 

@@ -62,7 +62,8 @@ MIGRATION = """
         presence         TEXT NOT NULL,
         presence_at      INTEGER,
         last_assigned_at INTEGER,
-        updated_at       INTEGER NOT NULL
+        updated_at       INTEGER NOT NULL,
+        source           TEXT NOT NULL DEFAULT 'directory'  -- directory | api
     );
     CREATE TABLE agent_teams (
         team     TEXT NOT NULL,
@@ -692,23 +693,42 @@ class AssignTx:
     # -- directory
 
     def load_agents(self, agents: list[Agent]) -> None:
-        """Upsert the directory's agents (presence is kept: it belongs to the API)."""
+        """Upsert the directory's agents (presence is kept: it belongs to the
+        API). The YAML wins for the agents it lists; agents created through
+        the API stay; agents the YAML dropped go."""
         for a in agents:
-            self.conn.execute(
-                "INSERT INTO agents (id, name, login, roles, teams, skills, capacity, presence, presence_at, "
-                "updated_at) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
-                "login = excluded.login, roles = excluded.roles, teams = excluded.teams, skills = excluded.skills, "
-                "capacity = excluded.capacity, updated_at = excluded.updated_at",
-                (a.id, a.name, a.login, to_json(a.roles), to_json(a.teams), to_json(a.skills), to_json(a.capacity),
-                 a.presence, self.now_ms, self.now_ms),
-            )
+            self._upsert_agent(a, "directory")
         ids = [a.id for a in agents]
         marks = ",".join("?" * len(ids))
-        self.conn.execute(f"DELETE FROM agents WHERE id NOT IN ({marks})", ids)
+        self.conn.execute(f"DELETE FROM agents WHERE source = 'directory' AND id NOT IN ({marks})", ids)
         self.conn.execute("DELETE FROM agent_teams")
         self.conn.executemany("INSERT INTO agent_teams (team, agent_id) VALUES (?, ?)",
-                              [(team, a.id) for a in agents for team in a.teams])
+                              [(team, agent_id) for agent_id, teams in self.conn.execute("SELECT id, teams FROM agents")
+                               for team in _dec.decode(teams)])
         self.cache.new_version(self.conn, self.now_ms, rebuild=True)
+
+    def put_agent(self, agent: Agent) -> list[Decision]:
+        """Create or change one agent (the API); its teams' queues drain at
+        once, since it may bring capacity or skills that were missing."""
+        before = self.conn.execute("SELECT teams FROM agents WHERE id = ?", (agent.id,)).fetchone()
+        self._upsert_agent(agent, "api")
+        self.conn.execute("DELETE FROM agent_teams WHERE agent_id = ?", (agent.id,))
+        self.conn.executemany("INSERT INTO agent_teams (team, agent_id) VALUES (?, ?)",
+                              [(team, agent.id) for team in agent.teams])
+        self.cache.new_version(self.conn, self.now_ms, rebuild=True)
+        teams = set(agent.teams) | set(_dec.decode(before[0]) if before else ())
+        return self.drain(frozenset(teams))
+
+    def _upsert_agent(self, a: Agent, source: str) -> None:
+        self.conn.execute(
+            "INSERT INTO agents (id, name, login, roles, teams, skills, capacity, presence, presence_at, "
+            "updated_at, source) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+            "login = excluded.login, roles = excluded.roles, teams = excluded.teams, skills = excluded.skills, "
+            "capacity = excluded.capacity, updated_at = excluded.updated_at"
+            + (", source = excluded.source" if source == "directory" else ""),
+            (a.id, a.name, a.login, to_json(a.roles), to_json(a.teams), to_json(a.skills), to_json(a.capacity),
+             a.presence, self.now_ms, self.now_ms, source),
+        )
 
 
 # ---------------------------------------------------------------- reads
@@ -812,6 +832,10 @@ class AssignOps:
             return tx.drain(None)
 
         return await self._tx(now, load)
+
+    async def put_agent(self, agent: Agent, now: datetime) -> list[Decision]:
+        """Create or change an agent (presence aside); drains its teams' queues."""
+        return await self._tx(now, AssignTx.put_agent, agent)
 
     async def list_agents(self) -> list[AgentView]:
         return await self._read(_agents, None)  # type: ignore[attr-defined]

@@ -126,3 +126,34 @@ async def test_stats_readyz_and_metrics(aiohttp_client, tmp_path, year):
     assert f'omnigate_calendar_fallback_year{{calendar="cn-office",year="{year}"}} 1.0' in text
     assert 'omnigate_sla_breaches_total{policy="standard",target="first_response"} 1.0' in text
     assert "omnigate_resolution_seconds_count 1.0" in text and "omnigate_first_response_seconds_count 0.0" in text
+
+
+async def test_agents_through_the_api_raised_capacity_takes_the_queue(aiohttp_client, tmp_path):
+    client, app = await _gateway(aiohttp_client, tmp_path)
+    first = await _message(client, app, "c1", "one@example.cn")
+    second = await _message(client, app, "c2", "two@example.cn")
+    assert (await _ticket(client, first["ticket_id"]))["assignee"] == "a-one"
+    assert (await _ticket(client, second["ticket_id"])).get("assignee") is None  # a-one is full (email 1)
+    r = await client.put("/api/v1/agents/a-one", headers=AUTH,
+                         json={"name": "One", "capacity": {"email": 2}, "skills": {"billing": 2}})
+    body = await r.json()
+    assert r.status == 200 and body["capacity"] == {"email": 2} and body["assigned"] == [second["ticket_id"]]
+    assert (await _ticket(client, second["ticket_id"]))["assignee"] == "a-one"
+    r = await client.put("/api/v1/agents/new-one", headers=AUTH,
+                         json={"name": "New", "teams": ["nosuch"], "capacity": {"email": 1}})
+    assert r.status == 400 and (await r.json())["field"] == "$.teams[0]"
+    r = await client.put("/api/v1/agents/new-one", headers=AUTH, json={"name": "New", "capacity": {"fax": 1}})
+    assert r.status == 400 and "capacity class" in (await r.json())["detail"]
+    r = await client.put("/api/v1/agents/new-one", headers=AUTH, json={"name": "New", "capacity": {"email": 3}})
+    assert r.status == 200 and (await r.json())["presence"] == "offline"
+    agents = {a["id"] for a in (await (await client.get("/api/v1/agents", headers=AUTH)).json())["items"]}
+    assert agents == {"a-one", "a-chat", "new-one"}
+
+
+async def test_the_directory_keeps_api_agents_across_a_restart(aiohttp_client, tmp_path):
+    client, app = await _gateway(aiohttp_client, tmp_path)
+    assert (await client.put("/api/v1/agents/api-made", headers=AUTH, json={"name": "API"})).status == 200
+    await client.close()
+    client, app = await _gateway(aiohttp_client, tmp_path)
+    agents = {a["id"] for a in (await (await client.get("/api/v1/agents", headers=AUTH)).json())["items"]}
+    assert agents == {"a-one", "a-chat", "api-made"}
