@@ -10,14 +10,13 @@ afterwards. A reply answers ``202`` (queued; the entry's
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 
 import msgspec
 import structlog
 from aiohttp import web
 
 from gateway import keys
+from connectors.api.parse import InvalidMessage, Upload, decode_uploads
 from gateway.api import read_body, ticket_or_404
 from gateway.attachments import AttachmentStore
 from gateway.http_util import Problem, check_bearer, json_response
@@ -29,19 +28,13 @@ log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 
-class _Upload(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    content_type: str
-    data_base64: str
-
-
 class _ReplyBody(msgspec.Struct, forbid_unknown_fields=True):
     text: str
     subject: str | None = None
     html: str | None = None
     author: str | None = None
     internal: bool = False
-    attachments: list[_Upload] = msgspec.field(default_factory=list)
+    attachments: list[Upload] = msgspec.field(default_factory=list)
 
 
 @routes.post("/api/v1/tickets/{id}/replies")
@@ -70,19 +63,14 @@ async def reply_create(request: web.Request) -> web.Response:
     return json_response(entry, status=202 if draft.public else 201)
 
 
-async def _store_uploads(store: AttachmentStore, uploads: list[_Upload]) -> list[Attachment]:
+async def _store_uploads(store: AttachmentStore, uploads: list[Upload]) -> list[Attachment]:
     """Decode every upload first (400 naming the one that is not base64),
     then store them; the store's ref is the content's sha256."""
-    decoded = []
-    for n, up in enumerate(uploads):
-        try:
-            decoded.append(base64.b64decode(up.data_base64, validate=True))
-        except (binascii.Error, ValueError):
-            raise Problem(400, "Invalid request body", "data_base64 is not valid base64",
-                          field=f"$.attachments[{n}].data_base64") from None
-    out = []
-    for up, data in zip(uploads, decoded):
-        ref = await asyncio.to_thread(store.put, data)
-        out.append(Attachment(name=up.name, content_type=up.content_type, size=len(data), sha256=ref,
-                              storage_ref=ref))
-    return out
+    try:
+        decoded = decode_uploads(uploads)
+    except InvalidMessage as exc:
+        raise Problem(400, "Invalid request body", str(exc), field=exc.field) from None
+    for a in decoded:
+        a.storage_ref = await asyncio.to_thread(store.put, a.data)
+        a.data = None
+    return decoded

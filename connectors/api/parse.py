@@ -27,7 +27,9 @@ class _Sender(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
 
 
-class _Attachment(msgspec.Struct, forbid_unknown_fields=True):
+class Upload(msgspec.Struct, forbid_unknown_fields=True):
+    """A file given inline in a JSON body (a message or a reply)."""
+
     name: str
     content_type: str
     data_base64: str
@@ -38,7 +40,7 @@ class ApiMessage(msgspec.Struct, forbid_unknown_fields=True):
     sender: _Sender
     text: str
     subject: str | None = None
-    attachments: list[_Attachment] = []
+    attachments: list[Upload] = []
     sent_at: datetime | None = None
     ticket_ref: str | None = None
     account: str | None = None
@@ -85,23 +87,23 @@ def decode(raw: bytes) -> ApiMessage:
     return msg
 
 
-def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
-    msg = decode(raw)
-    attachments = []
-    for i, a in enumerate(msg.attachments):
+def decode_uploads(uploads: list[Upload]) -> list[Attachment]:
+    """Inline files → Attachments with their bytes; all are decoded before any
+    is used, and a bad one raises InvalidMessage naming its field."""
+    out = []
+    for i, up in enumerate(uploads):
         try:
-            data = base64.b64decode(a.data_base64, validate=True)
+            data = base64.b64decode(up.data_base64, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidMessage("data_base64 is not valid base64", f"$.attachments[{i}].data_base64") from None
-        attachments.append(
-            Attachment(
-                name=a.name,
-                content_type=a.content_type,
-                size=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                data=data,
-            )
-        )
+        out.append(Attachment(name=up.name, content_type=up.content_type, size=len(data),
+                              sha256=hashlib.sha256(data).hexdigest(), data=data))
+    return out
+
+
+def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
+    msg = decode(raw)
+    attachments = decode_uploads(msg.attachments)
     value = msg.sender.value.strip()
     if msg.sender.kind == "email":
         value = value.lower()
