@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from gateway import keys
+from gateway.store.base import StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -24,13 +25,14 @@ def json_response(data: Any, status: int = 200, headers: dict | None = None) -> 
     return web.Response(body=_enc.encode(data), status=status, content_type="application/json", headers=headers)
 
 
-def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> web.Response:
+def problem(status: int, title: str, detail: str | None = None, *, headers: dict | None = None,
+            **extra: Any) -> web.Response:
     """An RFC 9457 problem document."""
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
     if detail:
         body["detail"] = detail
     body.update({k: v for k, v in extra.items() if v is not None})
-    return web.Response(body=_enc.encode(body), status=status, content_type=PROBLEM)
+    return web.Response(body=_enc.encode(body), status=status, content_type=PROBLEM, headers=headers)
 
 
 class Problem(Exception):
@@ -86,6 +88,10 @@ def guard(handler: Any) -> Any:
             if exc.status < 400:
                 raise
             return problem(exc.status, exc.reason, exc.text if exc.text and exc.text != exc.reason else None)
+        except StoreError as exc:  # nothing was stored: the sender should retry later
+            log.error("http.store_unavailable", error=str(exc))
+            return problem(503, "Store unavailable", "the journal cannot take this now; retry later",
+                           headers={"Retry-After": "5"})
         except Exception:
             log.exception("http.unhandled")
             return problem(500, "Internal error", "see the gateway log for this request id")

@@ -176,3 +176,13 @@ async def test_concurrent_posts_each_become_one_entry(gw):
     assert len(items) == 60 and all(e["status"] == "processed" for e in items)
     assert len({e["ticket_id"] for e in items}) == 60
 
+
+
+async def test_a_store_that_cannot_take_the_message_answers_503(gw):
+    client, app = gw
+    from gateway import keys
+
+    await app[keys.STORE].close()  # the journal is gone (disk full, closed…)
+    r = await post(client, msg("late"))
+    assert r.status == 503 and r.headers["Retry-After"] == "5"
+    assert r.content_type == "application/problem+json"
