@@ -83,7 +83,7 @@ def codecs_for(declared: str | None) -> tuple[str, ...]:
         return _ALIASES[name]
     try:
         info = codecs.lookup(name)
-    except LookupError:
+    except (LookupError, UnicodeError, ValueError):  # 8-bit garbage or NUL in the name
         return ()
     if not getattr(info, "_is_text_encoding", True):  # base64, zlib, rot13 …
         return ()

@@ -147,7 +147,8 @@ def _rfc2231(sections: list[tuple[bool, str]], hints: tuple[str, ...]) -> str | 
         if encoded:
             if charset is None and raw.count("'") >= 2:
                 charset, _language, raw = raw.split("'", 2)
-            data += unquote_to_bytes(raw)
+            # raw 8-bit bytes in the value arrive as surrogates: keep them as bytes
+            data += unquote_to_bytes(raw.encode("utf-8", "surrogateescape"))
         else:
             data += raw.encode("ascii", "surrogateescape")
     return charsets.decode(bytes(data), charset or None, hints)[0].strip() or None

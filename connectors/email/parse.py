@@ -21,6 +21,8 @@ mail at all — empty, or no header line at the start — raise
 
 from __future__ import annotations
 
+import email.errors
+
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -146,12 +148,25 @@ def _is_attachment(part: Message, ctype: str, name: str | None) -> bool:
 
 def _part_bytes(part: Message, ctype: str) -> bytes:
     if ctype.startswith("message/") and isinstance(part.get_payload(), list):
-        try:
-            return part.get_payload(0).as_bytes()
-        except (LookupError, TypeError, ValueError, UnicodeError):
-            return str(part.get_payload(0)).encode("utf-8", "surrogateescape")
+        return _message_bytes(part.get_payload(0))
     payload = part.get_payload(decode=True)
     return payload if isinstance(payload, bytes) else b""
+
+
+def _message_bytes(msg: Message) -> bytes:
+    """An attached message as bytes; when the generator refuses it (a header
+    that folds into what looks like another header, a bad charset) its
+    headers and payload are written out as they are."""
+    try:
+        return msg.as_bytes()
+    except (LookupError, TypeError, ValueError, UnicodeError, email.errors.MessageError):
+        pass
+    head = "".join(f"{k}: {v}\n" for k, v in msg.items()).encode("utf-8", "surrogateescape")
+    payload = msg.get_payload()
+    if isinstance(payload, list):
+        return head + b"\n" + b"\n".join(_message_bytes(p) for p in payload)
+    body = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+    return head + b"\n" + body
 
 
 def _collect_attachment(part: Message, ctype: str, name: str | None, body: _Body) -> None:

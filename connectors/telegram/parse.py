@@ -202,7 +202,7 @@ def decode_update(raw: bytes) -> dict[str, Any]:
     """The JSON object of an update; :class:`PayloadRejected` when it is not one."""
     try:
         obj = _json_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 inside a string
         raise PayloadRejected(f"not JSON: {exc}") from None
     return validate_update(obj)
 
