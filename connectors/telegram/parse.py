@@ -137,6 +137,9 @@ class _Location(msgspec.Struct):
 
 class _Contact(msgspec.Struct):
     phone_number: str
+    first_name: str = ""
+    last_name: str | None = None
+    user_id: int | None = None
 
 
 class _Message(msgspec.Struct, rename={"from_": "from"}):
@@ -343,10 +346,17 @@ def _message(kind: str, body: Any, update_id: int, key: str, account: str) -> In
         meta["latitude"], meta["longitude"] = str(msg.location.latitude), str(msg.location.longitude)
     if msg.contact:
         meta["contact_phone"] = msg.contact.phone_number
+        if msg.from_ is not None and msg.contact.user_id == msg.from_.id:
+            # the user shared their own number (Telegram's "share my phone"):
+            # a phone identity Telegram vouches for, linked to other channels
+            meta["phone"] = msg.contact.phone_number
     original = f"{msg.chat.id}:{msg.message_id}"
     edited = kind in EDIT_KINDS
     attachments = _attachments(msg)
     text = msg.text if msg.text is not None else (msg.caption or "")
+    if not text and msg.contact:
+        name = " ".join(x for x in (msg.contact.first_name, msg.contact.last_name) if x)
+        text = f"{name} {msg.contact.phone_number}".strip()
     service = "" if text or attachments or msg.location or msg.contact else _service_field(body)
     return Inbound(
         channel=CHANNEL,

@@ -205,3 +205,16 @@ def test_cli_refuses_what_is_not_an_update(tmp_path: Path) -> None:
     assert done.stderr.strip() == f"{bad}: error: not a Telegram update: no integer update_id"
     (line,) = done.stdout.splitlines()
     assert json.loads(line)["raw_type"] == "callback_query"
+
+
+def test_a_user_sharing_their_own_number_gives_a_phone_identity():
+    """Synthetic, after the Bot API's Contact object (core.telegram.org/bots/api#contact)."""
+    update = {"update_id": 12, "message": {
+        "message_id": 8, "date": 1700000000, "chat": {"id": 42, "type": "private", "first_name": "Li"},
+        "from": {"id": 42, "is_bot": False, "first_name": "Li"},
+        "contact": {"phone_number": "+8613800138000", "first_name": "Li", "user_id": 42}}}
+    (inbound,) = parse(json.dumps(update).encode(), {})
+    assert inbound.meta["phone"] == "+8613800138000" and inbound.text == "Li +8613800138000"
+    update["message"]["contact"]["user_id"] = 7  # someone else's card: not the sender's identity
+    (inbound,) = parse(json.dumps(update).encode(), {})
+    assert "phone" not in inbound.meta and inbound.meta["contact_phone"] == "+8613800138000"
