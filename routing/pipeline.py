@@ -8,8 +8,10 @@ is the time). A stage may finish the work early (an exact redelivery needs
 nothing else). Every decision carries its reason, and the reasons end up on
 the timeline.
 
-The stages that later issues fill in (rules, assignment, SLA) are hooks on
-:class:`Settings`: a callable that takes the Work and returns its decision.
+The routing tree comes in through :class:`Settings` (``rules``: anything
+that evaluates a ``RuleInput``). Assignment and SLA timers are not stages:
+they need the agents' live load, so the gateway runs them after the commit,
+each in its own store transaction (ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -61,9 +63,6 @@ class Settings:
     #: The routing tree: anything with ``evaluate(RuleInput) -> RuleOutcome | None``
     #: (the gateway's hot-reloaded RulesRuntime); None routes nothing.
     rules: Any = None
-    #: Further stages plugged in by the gateway: each takes the Work and
-    #: records its decision on it.
-    hooks: list[Callable[["Work"], None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -294,11 +293,6 @@ def stage_dropped(w: Work) -> None:
     w.done = True
 
 
-def stage_hooks(w: Work) -> None:
-    for hook in w.settings.hooks:
-        hook(w)
-
-
 def stage_compose(w: Work) -> None:
     """Turn the decisions into the ticket change, timeline entries and events."""
     i, c, t = w.inbound, w.commit, w.thread
@@ -372,7 +366,6 @@ STAGES: tuple[Callable[[Work], None], ...] = (
     stage_threading,
     stage_rules,
     stage_dropped,
-    stage_hooks,
     stage_compose,
 )
 
