@@ -170,6 +170,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     )
     m = Metrics()
     m.register_collector(m.journal_families)
+    m.register_collector(m.ingest_families)
     app[keys.CONFIG] = config
     app[keys.STORE] = store
     app[keys.METRICS] = m

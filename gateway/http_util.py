@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from gateway import keys
+from gateway.logs import REQUEST
 from gateway.store.base import StoreError
 
 log = structlog.get_logger(__name__)
@@ -71,9 +72,7 @@ def guard(handler: Any) -> Any:
 
     @functools.wraps(handler)
     async def guarded(request: web.Request) -> web.StreamResponse:
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request.headers.get("X-Request-Id") or f"{id(request):x}",
-                                               path=request.path)
+        REQUEST.set((request.headers.get("X-Request-Id") or f"{id(request):x}", request.path))
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:

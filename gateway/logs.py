@@ -10,8 +10,23 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 
 import structlog
+
+#: (request id, path) of the HTTP request being handled. One ContextVar set
+#: per request is far cheaper than structlog's clear+bind (which showed as
+#: ~20 µs per request on the ingest path in ``omnigate bench``).
+REQUEST: ContextVar[tuple[str, str] | None] = ContextVar("omnigate_request", default=None)
+
+
+def add_request(logger: object, method: str, event: dict) -> dict:
+    """Processor: the current request's id and path on every line logged for it."""
+    current = REQUEST.get()
+    if current is not None:
+        event.setdefault("request_id", current[0])
+        event.setdefault("path", current[1])
+    return event
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -28,6 +43,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_request,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
