@@ -10,11 +10,10 @@ import asyncio
 import datetime as dt
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -22,51 +21,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from connectors.base import IngestResult
 from connectors.email.client import EmailConnector
-from gateway.supervisor import BackoffPolicy, Supervisor
+from tests.connectors.memory import Entry, MemoryContext as BaseMemoryContext  # noqa: F401 (Entry: for tests)
 
 PATIENCE_S = 20.0  # a safety net against a hung test, not a timing assertion
 
 
-@dataclass(frozen=True)
-class Entry:
-    account: str
-    key: str
-    raw: bytes
-    meta: dict[str, Any]
-
-
 @dataclass
-class MemoryContext:
-    """What the gateway gives a connector, in memory. Hand ``state`` (and
-    ``journal``) to a new context to simulate a gateway restart."""
-
-    config: Mapping[str, Any]
+class MemoryContext(BaseMemoryContext):
     channel: str = "email"
-    data_dir: str = "."
-    journal: list[Entry] = field(default_factory=list)  # unique by (account, key)
-    calls: list[Entry] = field(default_factory=list)  # every ingest call, redeliveries included
-    state: dict[str, str] = field(default_factory=dict)
-    fail_ingest: bool = False
-    supervisor: Supervisor = field(default_factory=lambda: Supervisor(BackoffPolicy(base=0.05, cap=0.2)))
-
-    async def ingest(self, account: str, key: str, raw: bytes, meta: Mapping[str, Any] | None = None) -> IngestResult:
-        if self.fail_ingest:
-            raise OSError("journal disk full")
-        entry = Entry(account, key, raw, dict(meta or {}))
-        self.calls.append(entry)
-        for i, e in enumerate(self.journal):
-            if (e.account, e.key) == (account, key):
-                return IngestResult(str(i), created=False)
-        self.journal.append(entry)
-        return IngestResult(str(len(self.journal) - 1), created=True)
-
-    async def state_get(self, key: str) -> str | None:
-        return self.state.get(key)
-
-    async def state_set(self, key: str, value: str) -> None:
-        self.state[key] = value
 
 
 async def eventually(predicate: Callable[[], bool], what: str) -> None:

@@ -4,13 +4,13 @@ stand-in on 127.0.0.1, and connectors wired to both."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from connectors.base import IngestResult
 from connectors.telegram.client import TelegramConnector
+from tests.connectors.memory import MemoryContext as BaseMemoryContext
 from tests.standins.telegram_api import BotState, TelegramApiStandIn
 
 WEBHOOK_TOKEN = "1111111:webhook-bot-token"
@@ -20,48 +20,8 @@ PATIENCE_S = 30.0  # a safety net against a hung test, not a timing assertion
 
 
 @dataclass
-class MemoryContext:
-    """The ConnectorContext the gateway gives, kept in memory: the journal is
-    a list deduplicated by (account, key), the state a dict that survives a
-    "restart" when handed to a new connector."""
-
-    config: Mapping[str, Any]
+class MemoryContext(BaseMemoryContext):
     channel: str = "telegram"
-    data_dir: str = "."
-    journal: list[tuple[str, str, bytes]] = field(default_factory=list)
-    state: dict[str, str] = field(default_factory=dict)
-    fail_ingest: bool = False
-    ingest_calls: int = 0
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def ingest(self, account: str, key: str, raw: bytes, meta: Mapping[str, Any] | None = None) -> IngestResult:
-        self.ingest_calls += 1
-        if self.fail_ingest:
-            raise OSError("journal disk full")
-        for i, (acc, k, _) in enumerate(self.journal):
-            if (acc, k) == (account, key):
-                return IngestResult(journal_id=str(i), created=False)
-        self.journal.append((account, key, raw))
-        self._changed.set()
-        return IngestResult(journal_id=str(len(self.journal) - 1), created=True)
-
-    async def state_get(self, key: str) -> str | None:
-        return self.state.get(key)
-
-    async def state_set(self, key: str, value: str) -> None:
-        self.state[key] = value
-
-    @property
-    def keys(self) -> list[str]:
-        return [k for _, k, _ in self.journal]
-
-    async def wait_for_entries(self, n: int) -> None:
-        async def wait() -> None:
-            while len(self.journal) < n:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(wait(), PATIENCE_S)
 
 
 @dataclass

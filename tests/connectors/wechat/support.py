@@ -4,54 +4,28 @@ encrypting WeChat does on its side of a callback (through wechatpy)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from wechatpy.crypto import WeChatCrypto as OaCrypto
 from wechatpy.enterprise.crypto import WeChatCrypto as WorkCrypto
 from wechatpy.utils import WeChatSigner
 
-from connectors.base import IngestResult
 from connectors.wechat.safexml import parse_xml
+from tests.connectors.memory import Entry, MemoryContext as BaseMemoryContext
 
 AES_KEY = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"  # wechatpy's test key, not a secret
 TOKEN = "tok-123456"
 TIMESTAMP, NONCE = "1411525903", "461056294"
 
 
-@dataclass
-class Journaled:
-    account: str
-    key: str
-    raw: bytes
-    meta: dict[str, Any]
+Journaled = Entry
 
 
 @dataclass
-class MemoryContext:
-    """A ConnectorContext: idempotent ingest into a list, state in a dict."""
-
-    config: Mapping[str, Any]
+class MemoryContext(BaseMemoryContext):
     channel: str = "wechat"
     data_dir: str = "/nonexistent"
-    journal: list[Journaled] = field(default_factory=list)
-    state: dict[str, str] = field(default_factory=dict)
-    broken: bool = False  # the journal refuses everything (disk full)
-
-    async def ingest(self, account: str, key: str, raw: bytes, meta: Mapping[str, Any] | None = None) -> IngestResult:
-        if self.broken:
-            raise OSError("journal unavailable")
-        for i, entry in enumerate(self.journal):
-            if (entry.account, entry.key) == (account, key):
-                return IngestResult(journal_id=str(i), created=False)
-        self.journal.append(Journaled(account, key, raw, dict(meta or {})))
-        return IngestResult(journal_id=str(len(self.journal) - 1), created=True)
-
-    async def state_get(self, key: str) -> str | None:
-        return self.state.get(key)
-
-    async def state_set(self, key: str, value: str) -> None:
-        self.state[key] = value
 
 
 def sign(*parts: str) -> str:

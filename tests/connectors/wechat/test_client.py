@@ -123,7 +123,7 @@ async def test_unknown_appid_is_404(client):
 
 
 async def test_journal_failure_is_503_so_wechat_retries(client, connector):
-    connector.ctx.broken = True
+    connector.ctx.fail_ingest = True
     resp = await client.post(URL, params=plain_query(), data=TEXT.encode())
     assert resp.status == 503
 
