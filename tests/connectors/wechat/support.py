@@ -12,14 +12,11 @@ from wechatpy.enterprise.crypto import WeChatCrypto as WorkCrypto
 from wechatpy.utils import WeChatSigner
 
 from connectors.wechat.safexml import parse_xml
-from tests.connectors.memory import Entry, MemoryContext as BaseMemoryContext
+from tests.connectors.memory import MemoryContext as BaseMemoryContext
 
 AES_KEY = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"  # wechatpy's test key, not a secret
 TOKEN = "tok-123456"
 TIMESTAMP, NONCE = "1411525903", "461056294"
-
-
-Journaled = Entry
 
 
 @dataclass
