@@ -263,13 +263,20 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps):
             self._reader_conns.append(conn)
         return conn
 
-    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _read(self, fn: Callable[..., Any], *args: Any, inline: bool = False) -> Any:
+        """Run ``fn(conn, *args)`` in a read transaction on a reader thread —
+        or, with ``inline``, right here on the event loop's own connection:
+        for small indexed reads on the hot path (the pipeline's snapshot),
+        where the thread hop costs more than the read (WAL readers never wait
+        for the writer, so this does not stall the loop)."""
         if self._closed:
             raise StoreError("store is closed")
+        if inline:
+            return self._read_on_this_thread(fn, args)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._read_in_thread, fn, args)
+        return await loop.run_in_executor(self._readers, self._read_on_this_thread, fn, args)
 
-    def _read_in_thread(self, fn: Callable[..., Any], args: tuple) -> Any:
+    def _read_on_this_thread(self, fn: Callable[..., Any], args: tuple) -> Any:
         conn = self._reader()
         conn.execute("BEGIN")
         try:
@@ -347,7 +354,7 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps):
     # ------------------------------------------------------------ pipeline
 
     async def snapshot(self, look: Lookup, now: datetime) -> Snapshot:
-        return await self._read(_snapshot, look, now)
+        return await self._read(_snapshot, look, now, inline=True)
 
     async def commit(self, commit: Commit) -> CommitResult:
         return await self._write(_apply_commit, commit, self._first_number)
