@@ -10,7 +10,8 @@ concurrent webhooks cost one fsync, not a hundred. One write failing (a
 Conflict, a constraint) rolls back its savepoint only.
 
 Reads run on a small thread pool, each thread with its own read-only
-connection; WAL lets them read a consistent snapshot while the writer writes.
+connection (the pipeline's small snapshot read runs on the event loop's own
+connection); WAL lets them read a consistent snapshot while the writer writes.
 """
 
 from __future__ import annotations
