@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from gateway import keys
 from gateway.app import create_app
 from gateway.config import load
-from tests.gateway.conftest import AUTH, TOKEN, drain
+from tests.gateway.conftest import AUTH, RULES, TOKEN, drain
 from tests.standins.telegram_api import TelegramApiStandIn
 from tests.standins.wechat_api import WeChatApiStandin
 
@@ -86,7 +86,8 @@ def start_gateway(aiohttp_client, tmp_path) -> Callable[..., Awaitable[Gateway]]
     """``await start_gateway(wechat={...}, …)``: a running gateway with these channel sections."""
 
     async def start(**sections: dict) -> Gateway:
-        env = {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data")}
+        env = {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data"),
+               "OMNIGATE_RULES_DIR": RULES}  # the shipped rules, wherever pytest runs from
         app = create_app(load(None, environ=env, flags=sections))
         client = await aiohttp_client(app)
         assert set(sections) <= set(app[keys.CONNECTORS])
@@ -95,19 +96,20 @@ def start_gateway(aiohttp_client, tmp_path) -> Callable[..., Awaitable[Gateway]]
     return start
 
 
+async def _serve(aiohttp_server, api):
+    """Run a platform stand-in on 127.0.0.1; ``api.base`` becomes its URL."""
+    server = await aiohttp_server(api.app(), host="127.0.0.1")
+    api.base = str(server.make_url("")).rstrip("/")
+    return api
+
+
 @pytest.fixture
 async def wechat_api(aiohttp_server) -> WeChatApiStandin:
-    """The WeChat/WeCom API stand-in; ``.base`` is its URL."""
-    api = WeChatApiStandin()
-    server = await aiohttp_server(api.app(), host="127.0.0.1")
-    api.base = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
-    return api
+    """The WeChat/WeCom API stand-in."""
+    return await _serve(aiohttp_server, WeChatApiStandin())
 
 
 @pytest.fixture
 async def telegram_api(aiohttp_server) -> TelegramApiStandIn:
-    """The Bot API stand-in; ``.base`` is its URL."""
-    api = TelegramApiStandIn()
-    server = await aiohttp_server(api.app(), host="127.0.0.1")
-    api.base = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
-    return api
+    """The Bot API stand-in."""
+    return await _serve(aiohttp_server, TelegramApiStandIn())

@@ -142,7 +142,8 @@ async def test_retrying_state_tells_attempt_and_next_try():
     assert sup.ready()
 
 
-async def test_cancelling_stops_every_task():
+async def _running_forever() -> tuple[Supervisor, asyncio.Task]:
+    """A supervisor running task "a", which runs until cancelled."""
     started = asyncio.Event()
 
     async def forever() -> None:
@@ -152,6 +153,11 @@ async def test_cancelling_stops_every_task():
     sup = Supervisor(POLICY)
     run = asyncio.create_task(sup.run({"a": forever}))
     await asyncio.wait_for(started.wait(), 5)
+    return sup, run
+
+
+async def test_cancelling_stops_every_task():
+    sup, run = await _running_forever()
     assert sup.states()["a"].status == "running" and sup.ready()
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -160,17 +166,9 @@ async def test_cancelling_stops_every_task():
 
 
 async def test_names_are_unique_while_running():
-    started = asyncio.Event()
-
-    async def forever() -> None:
-        started.set()
-        await asyncio.Event().wait()
-
-    sup = Supervisor(POLICY)
-    run = asyncio.create_task(sup.run({"a": forever}))
-    await asyncio.wait_for(started.wait(), 5)
+    sup, run = await _running_forever()
     with pytest.raises(ValueError, match="already supervised: a"):
-        await sup.run({"a": forever})
+        await sup.run({"a": asyncio.Event().wait})
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
