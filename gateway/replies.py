@@ -4,22 +4,26 @@ The handler checks the body, puts attachments into the attachment store,
 and asks the store for one ``reply_create`` transaction (timeline entry,
 outbox row, ticket update); the dispatcher (gateway/outbox.py) sends it
 afterwards. A reply answers ``202`` (queued; the entry's
-``data.delivery.status`` follows its fate), a note ``201`` (nothing to send).
+``data.delivery.status`` follows its fate), a note ``201`` (nothing to
+send). ``@agent-id`` mentions in a note are recorded with it, in the same
+transaction, each with a ``note.mentioned`` outbox event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 
-import msgspec
 import structlog
 from aiohttp import web
 
 from gateway import keys
 from connectors.api.parse import InvalidMessage, Upload, decode_uploads
 from gateway.api import read_body, ticket_or_404
+from gateway.api_types import ReplyBody
 from gateway.attachments import AttachmentStore
-from gateway.http_util import Problem, check_bearer, json_response
+from gateway.auth import AUTH, authenticate, forbid, visible_ticket
+from gateway.http_util import Problem, json_response
 from gateway.outbox import DISPATCHER
 from gateway.store.base import NoReplyTarget, NotFound, ReplyDraft
 from routing.model import Attachment
@@ -28,38 +32,45 @@ log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 
-class _ReplyBody(msgspec.Struct, forbid_unknown_fields=True):
-    text: str
-    subject: str | None = None
-    html: str | None = None
-    author: str | None = None
-    internal: bool = False
-    attachments: list[Upload] = msgspec.field(default_factory=list)
+#: ``@agent-id`` in a note's text: not inside an email address or a word.
+MENTION = re.compile(r"(?<![\w.@+-])@([A-Za-z0-9][A-Za-z0-9_.-]{0,99})")
+
+
+def mentions_in(text: str) -> list[str]:
+    """The agent ids a note mentions, in order, once each (trailing dots and dashes are punctuation)."""
+    return list(dict.fromkeys(m.rstrip(".-") for m in MENTION.findall(text)))
 
 
 @routes.post("/api/v1/tickets/{id}/replies")
 async def reply_create(request: web.Request) -> web.Response:
     app = request.app
-    check_bearer(request, app[keys.CONFIG].api_token)
-    body: _ReplyBody = await read_body(request, _ReplyBody)
+    p = await authenticate(request)
+    body: ReplyBody = await read_body(request, ReplyBody)
     if not body.text.strip():
         raise Problem(400, "Invalid request body", "text must not be empty", field="$.text")
     ticket = await ticket_or_404(request)
+    visible_ticket(p, ticket)
+    if p.token_id is not None:  # a per-agent token always acts as its agent
+        if body.author and body.author != p.agent_id:
+            raise forbid(f"the token of {p.agent_id} cannot write as {body.author}")
+        author = p.agent_id
+    else:
+        # the bootstrap token: a help desk integration relaying an agent's answer names them
+        author = body.author or request.headers.get("X-Omnigate-Actor") or "api"
     attachments = await _store_uploads(app[DISPATCHER].attachments, body.attachments)
-    # a reply posted without an author comes from whoever holds the API token
-    # (a help desk integration relaying an agent's answer): it is an agent reply
-    author = body.author or request.headers.get("X-Omnigate-Actor") or "api"
     draft = ReplyDraft(text=body.text, subject=body.subject, html=body.html, author=author,
                        internal=body.internal, attachments=attachments)
     try:
-        entry = await app[keys.STORE].reply_create(ticket.id, draft)
+        entry, mentioned = await app[keys.STORE].note_create(
+            ticket.id, draft, app[AUTH].clock(), mentions_in(body.text) if body.internal else [])
     except NoReplyTarget as exc:
         raise Problem(409, "Cannot reply", str(exc)) from None
     except NotFound as exc:
         raise Problem(404, "Not found", str(exc)) from None
     if draft.public:
         app[DISPATCHER].wake()
-    log.info("reply.created", ticket_id=ticket.id, timeline_id=entry.id, kind=entry.kind, author=entry.data["author"])
+    log.info("reply.created", ticket_id=ticket.id, timeline_id=entry.id, kind=entry.kind, author=entry.data["author"],
+             mentions=len(mentioned))
     return json_response(entry, status=202 if draft.public else 201)
 
 
