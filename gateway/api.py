@@ -11,7 +11,6 @@ Tickets, contacts, timelines and tokens: ``gateway/api_tickets.py``.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
 
 import msgspec
 import structlog
@@ -19,7 +18,7 @@ from aiohttp import web
 
 from connectors.api.parse import InvalidMessage, decode as decode_api_message
 from gateway import keys
-from gateway.api_query import parse_query
+from gateway.api_query import parse_query, query_time
 from gateway.api_types import JournalPage, JournalQuery, JournalView, ReplayResult, RulesTestBody, RulesTestResult
 from gateway.auth import AUTH, require
 from gateway.http_util import Problem, check_bearer, json_response
@@ -73,7 +72,7 @@ async def journal_get(request: web.Request) -> web.Response:
 async def journal_list(request: web.Request) -> web.Response:
     await require(request, "lead")
     q: JournalQuery = parse_query(request, JournalQuery)
-    since = q.since if q.since is None or q.since.tzinfo else q.since.replace(tzinfo=timezone.utc)
+    since = query_time(request, q.since, "since")
     after = int(q.cursor) if q.cursor else 0
     entries = await request.app[keys.STORE].journal_list(status=q.status, since=since, after_seq=after, limit=q.limit)
     nxt = str(entries[-1].seq) if len(entries) == q.limit else None

@@ -87,3 +87,17 @@ def read_cursor(cursor: str, qhash: str, shape: tuple[type, ...]) -> list:
     if any(isinstance(v, int) and abs(v) > 1 << 62 for v in key):
         raise Problem(400, "Invalid query", "cursor is out of range", field="cursor")
     return key
+
+
+def query_time(request: web.Request, value: str | None, name: str):
+    """A time parameter (ISO 8601, or ``2h``/``7d`` back from now) as an aware datetime; 400 naming it."""
+    if value is None:
+        return None
+    from gateway import keys
+    from gateway.auth import AUTH
+    from gateway.timeparse import parse_time
+
+    try:
+        return parse_time(value, request.app[keys.CONFIG].timezone, now=request.app[AUTH].clock())
+    except (ValueError, OverflowError) as exc:
+        raise Problem(400, "Invalid query", f"{name}: {exc}", field=name) from None

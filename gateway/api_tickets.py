@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway import api_types as T
 from gateway import keys
 from gateway.api import read_body, ticket_or_404
-from gateway.api_query import make_cursor, parse_query, query_hash, read_cursor
+from gateway.api_query import make_cursor, parse_query, query_hash, query_time, read_cursor
 from gateway.auth import (
     AUTH,
     Principal,
@@ -76,7 +76,7 @@ async def tickets_list(request: web.Request) -> web.Response:
     if "none" in q.assignee and assignees:
         raise Problem(400, "Invalid query", "assignee: `none` cannot be combined with agent ids", field="assignee")
     for name in ("created_after", "created_before", "updated_after", "updated_before"):
-        value = getattr(q, name)
+        value = query_time(request, getattr(q, name), name)
         if value is not None:
             setattr(sq, name, int(value.timestamp() * 1000))
     now = _now(request)

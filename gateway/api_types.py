@@ -33,6 +33,9 @@ TimelineKindName = Literal["message_in", "message_out", "call", "event", "note",
 Limit = Annotated[int, Meta(ge=1, le=500, description="items per page")]
 Cursor = Annotated[str, Meta(max_length=512, description="an opaque cursor from a previous page of the same query")]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
+#: ISO 8601 (without an offset: the configured time zone) or a duration back from now (``90m``, ``2h``, ``7d``)
+TimeParam = Annotated[str, Meta(min_length=1, max_length=64, description="ISO 8601 (no offset: the configured "
+                                "time zone), or a duration back from now such as 2h or 7d")]
 
 
 class Problem(msgspec.Struct, omit_defaults=True):
@@ -69,7 +72,7 @@ class JournalPage(msgspec.Struct):
 
 class JournalQuery(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     status: Literal["pending", "processed", "failed", "duplicate"] | None = None
-    since: datetime | None = None
+    since: TimeParam | None = None
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
     cursor: Annotated[str, Meta(pattern=r"^[0-9]{1,18}$")] | None = None
 
@@ -96,10 +99,10 @@ class TicketListQuery(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
     channel: Name | None = None
     tag: Name | None = None
     contact: Name | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    updated_after: datetime | None = None
-    updated_before: datetime | None = None
+    created_after: TimeParam | None = None
+    created_before: TimeParam | None = None
+    updated_after: TimeParam | None = None
+    updated_before: TimeParam | None = None
     #: tickets whose SLA breaches within this many minutes (or is already overdue)
     sla_breaching_within: Annotated[int, Meta(ge=0, le=525600)] | None = None
     #: tickets that have (or have not) breached an SLA target
