@@ -86,7 +86,7 @@ async def tickets_list(request: web.Request) -> web.Response:
     if not p.is_admin:
         sq.visible_teams, sq.visible_agent = sorted(p.teams), p.agent_id
     qh = query_hash(q, p.agent_id if "me" in q.assignee else None)
-    shape: tuple[type, ...] = (int, str) if q.sort == "updated" else (int, int, str)
+    shape: tuple[type, ...] = (int, int) if q.sort == "updated" else (int, int, str)
     after = read_cursor(q.cursor, qh, shape) if q.cursor else None
     items, last = await request.app[keys.STORE].tickets_list(sq, after=after, limit=q.limit)
     return json_response(T.TicketPage(items=items, next_cursor=make_cursor(qh, last) if last else None))

@@ -36,7 +36,7 @@ MIGRATION = f"""
     CREATE INDEX tickets_queue ON tickets (status, {RANK_SQL}, created_at, id);
     CREATE INDEX tickets_team_queue ON tickets (team, status, {RANK_SQL}, created_at, id);
     CREATE INDEX tickets_rank ON tickets ({RANK_SQL}, created_at, id);
-    CREATE INDEX tickets_status_updated ON tickets (status, updated_at, id);
+    CREATE INDEX tickets_status_updated ON tickets (status, updated_at);
     CREATE INDEX tickets_assignee ON tickets (assignee, status, updated_at) WHERE assignee IS NOT NULL;
 
     CREATE TABLE mentions (
@@ -174,11 +174,11 @@ def _tickets_list(conn: sqlite3.Connection, q: TicketQuery, after: list | None, 
     if q.unassigned:
         where.append("assignee IS NULL")
     if q.channel:
-        where.append("EXISTS (SELECT 1 FROM json_each(tickets.channels) WHERE value = ?)")
-        args.append(q.channel)
-    if q.tag:
-        where.append("EXISTS (SELECT 1 FROM json_each(tickets.tags) WHERE value = ?)")
-        args.append(q.tag)
+        where.append("instr(channels, ?) > 0 AND EXISTS (SELECT 1 FROM json_each(tickets.channels) WHERE value = ?)")
+        args.extend([_enc.encode(q.channel).decode(), q.channel])
+    if q.tag:  # a substring test first: json_each only on the rows that may hold the tag
+        where.append("instr(tags, ?) > 0 AND EXISTS (SELECT 1 FROM json_each(tickets.tags) WHERE value = ?)")
+        args.extend([_enc.encode(q.tag).decode(), q.tag])
     if q.contact_id:
         where.append("contact_id = ?")
         args.append(_core()._resolve_merged(conn, q.contact_id))
@@ -203,9 +203,10 @@ def _tickets_list(conn: sqlite3.Connection, q: TicketQuery, after: list | None, 
         where.append("(" + " OR ".join(vis) + ")")
         args.extend(vargs)
     if q.sort == "updated":
-        key_sql, order = "updated_at, id", "updated_at DESC, id DESC"
+        # rowid, not id, breaks ties: every index on updated_at carries it (no sort step)
+        key_sql, order = "updated_at, rowid", "updated_at DESC, rowid DESC"
         if after is not None:
-            where.append("(updated_at, id) < (?, ?)")
+            where.append("(updated_at, rowid) < (?, ?)")
             args.extend(after)
     else:
         key_sql, order = f"{RANK_SQL}, created_at, id", f"{RANK_SQL}, created_at, id"
