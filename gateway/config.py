@@ -75,9 +75,9 @@ class RestConfig(msgspec.Struct, forbid_unknown_fields=True):
     """The REST API under ``/api/v1`` (``rest:`` in the YAML; ``api:`` is the API channel)."""
 
     #: Requests per minute each token may make (a token bucket; 0: no limit).
-    rate_limit_per_minute: int = 1200
+    rate_limit_per_minute: int = 6000
     #: Requests a token may make at once above the steady rate.
-    rate_limit_burst: int = 200
+    rate_limit_burst: int = 1000
     #: Contact attributes agents (role ``agent``) do not see: omitted from every answer.
     sensitive_attributes: list[str] = msgspec.field(
         default_factory=lambda: ["id_number", "passport", "address", "birthday", "bank_account"])
