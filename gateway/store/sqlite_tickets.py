@@ -240,6 +240,10 @@ def _patch(tx: Any, ticket_id: str, changes: dict[str, Any], expected: int | Non
     done = {k: {"from": before[k], "to": v} for k, v in changes.items() if before[k] != v}
     if not done:
         return done
+    moved, holder = done.get("team", {}).get("to"), before["assignee"]
+    if "team" in done and "assignee" not in changes and holder is not None and (moved is None or conn.execute(
+            "SELECT 1 FROM agent_teams WHERE team = ? AND agent_id = ?", (moved, holder)).fetchone() is None):
+        done["assignee"] = {"from": holder, "to": None}  # not a member of the new team: it chooses again
     if "assignee" in done and done["assignee"]["to"] is not None and not _agent_exists(conn, done["assignee"]["to"]):
         raise NotFound(f"no agent {done['assignee']['to']}")
     columns: dict[str, Any] = {}

@@ -238,3 +238,17 @@ async def test_a_revoked_token_through_the_store_is_refused_once_the_cache_is_cl
     await api.app[keys.STORE].token_revoke(info.id, actor="cli", now=api.clock())
     api.mono.t += api.app[AUTH].config.token_cache_s + 0.1
     assert (await api.client.get("/api/v1/agents", headers=headers)).status == 401
+
+
+async def test_moving_a_ticket_to_another_team_leaves_its_assignee_if_not_a_member(api):
+    t = await api.ticket("m1", "move@example.cn", "billing", assignee="a-bill")
+    r = await api.client.patch(f"/api/v1/tickets/{t['id']}", json={"team": "support", "reason": "wrong queue"},
+                               headers=api.h("admin"))
+    assert r.status == 200
+    moved = await r.json()
+    assert moved["team"] == "support" and moved.get("assignee") != "a-bill"
+    bill = await (await api.client.get("/api/v1/agents/a-bill", headers=api.h("admin"))).json()
+    assert t["id"] not in bill.get("tickets", [])
+    tl = await (await api.client.get(f"/api/v1/tickets/{t['id']}/timeline?kind=update&start=end&limit=1",
+                                     headers=api.h("admin"))).json()
+    assert tl["items"][0]["data"]["changes"]["assignee"] == {"from": "a-bill", "to": None}
