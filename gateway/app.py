@@ -136,7 +136,8 @@ def load_rules(config: Config, directory: Any):
     known = None
     calendars = None
     if directory is not None:
-        known = KnownNames(teams=frozenset(directory.teams), agents=frozenset(a.id for a in directory.agents))
+        known = KnownNames(teams=frozenset(directory.teams), agents=frozenset(a.id for a in directory.agents),
+                           skills=frozenset(s for a in directory.agents for s in a.skills))
         calendars = directory.calendars
     runtime = RulesRuntime(rules_dir, known=known, calendars=calendars)
     if not runtime.reload("start"):

@@ -59,6 +59,17 @@ _ZH_NAMES: dict[str, str] = {h.value: h.chinese for h in cn_holidays.Holiday}
 _UTC = timezone.utc
 
 
+def cn_day_kind(d: date) -> Literal["holiday", "makeup"] | None:
+    """Mainland China's public holiday (weekend days inside one included) or
+    调休 make-up workday on ``d``, from ``chinesecalendar``; None otherwise
+    (and for years the package does not know: see :func:`holiday_data_gaps`)."""
+    if d in cn_holidays.workdays:
+        return "makeup"
+    if d in cn_holidays.holidays:
+        return "holiday"
+    return None
+
+
 class CalendarError(ValueError):
     """A calendar definition is wrong, or a question cannot be answered."""
 
