@@ -266,11 +266,17 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
 
     supervisor = app[keys.SUPERVISOR]
 
-    def readiness() -> tuple[bool, dict]:
-        return supervisor.ready(), {"tasks": msgspec.to_builtins(supervisor.states())}
+    from connectors.registry import manifests
+    from gateway.supervisor import WEBHOOK_READY
+
+    def readiness() -> tuple[bool, dict]:  # the api channel has no task: POSTs are all it takes
+        return supervisor.ready(), {"tasks": {"api": {"status": WEBHOOK_READY},
+                                              **msgspec.to_builtins(supervisor.states())}}
 
     app[keys.READINESS]["connectors"] = readiness
     tasks = {channel: conn.run for channel, conn in app[keys.CONNECTORS].items()}
+    supervisor.webhook_tasks = frozenset(
+        ch for ch in tasks if ch in manifests() and manifests()[ch].transport == "webhook")
     runner = asyncio.create_task(supervisor.run(tasks), name="omnigate-connectors")
     yield
     runner.cancel()
