@@ -176,6 +176,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     app[keys.STORE] = store
     app[keys.METRICS] = m
     app[keys.READINESS] = {}
+    from gateway.readiness import disk_check
+
+    app[keys.READINESS]["disk"] = disk_check(data_dir)  # a full disk: not ready (gateway/readiness.py)
     connectors: dict[str, Any] = {}
     app[keys.CONNECTORS] = connectors
     app[keys.DIRECTORY] = directory = load_directory(config)
