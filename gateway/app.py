@@ -225,6 +225,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     app.cleanup_ctx.append(_connectors_ctx)
     app.cleanup_ctx.append(outbox.dispatcher_ctx)  # after the connectors: it stops before they close
     app.cleanup_ctx.append(_gauges_ctx)
+    from gateway import holidaycheck
+
+    holidaycheck.setup(app, directory, rules, m.registry)  # warn when a calendar lacks holiday data
     if rules is not None:
         app[keys.READINESS]["rules"] = rules.readiness
         m.registry.register(rules.collector())
