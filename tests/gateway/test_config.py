@@ -175,11 +175,24 @@ def test_manifest_options_list_every_key_the_connector_takes(channel):
     else:
         from connectors.telegram.client import BotConfig, _Section as kind
 
+        assert {("bots", "*", f) for f in BotConfig.__struct_fields__} <= names  # bots are dicts, checked one by one
         names = {n for n in names if len(n) == 1 or n[0] != "bots"} | {("bots",)}
-        assert {("bots", "*", f) for f in BotConfig.__struct_fields__} - {("bots", "*", "token"), ("bots", "*", "secret_token")} <= {
-            tuple("*" if s.startswith("<") else s for s in n.split(".")) for n in manifests()[channel].options}
     wanted = _struct_paths(kind)
     leaves = {p for p in wanted if not any(q[: len(p)] == p and q != p for q in wanted)}
     listed = {n for n in names if len(n) > 1} | {n for n in names if len(n) == 1}
     missing = {p for p in leaves if p not in listed and not (len(p) > 1 and (p[-1],) in listed)}
     assert not missing, f"{channel} manifest lacks {sorted('.'.join(p) for p in missing)}"
+
+
+def test_a_one_segment_manifest_secret_is_found_at_any_depth(tmp_path, monkeypatch):
+    """A manifest option ``token`` (no path) marks every ``token`` key of the section."""
+    from connectors import registry
+    from connectors.registry import Manifest
+
+    plugin = Manifest(channel="chatx", transport="webhook", parser="x:y",
+                      options={"token": {"secret": True}, "teams": {"secret": False}})
+    monkeypatch.setattr(registry, "manifests", lambda: {"chatx": plugin})
+    f = tmp_path / "c.yaml"
+    f.write_text("chatx:\n  teams:\n    a:\n      nested:\n        token: x\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:5: chatx.teams.a.nested.token .*is a secret"):
+        load(str(f), environ={}, channel_names=frozenset({"chatx"}))
