@@ -300,7 +300,40 @@ def _check_keys(file: str, node: _Node, valid: dict, section: str) -> None:
             raise _unknown_key(file, child, {k for k in valid if k != "*"}, section)
 
 
-def _check_yaml(file: str, text: str, channel_names: frozenset[str]) -> None:
+def _check_required_secrets(channels: Mapping[str, Any], channel_names: frozenset[str],
+                            file: str | None, tree: _Node | None) -> None:
+    """A secret the manifest marks ``"required": true`` and an account lacks:
+    name the account and where to put it (the ``*_file`` key, the variable)."""
+    from connectors.registry import manifests
+
+    for channel, manifest in manifests().items():
+        section = channels.get(channel)
+        if channel not in channel_names or not isinstance(section, dict):
+            continue
+        for name, spec in manifest.options.items():
+            if not (isinstance(spec, dict) and spec.get("secret") and spec.get("required")):
+                continue
+            *parents, key = ("*" if p.startswith("<") else p for p in name.split("."))
+            level: list[tuple[tuple[str, ...], Any]] = [((channel,), section)]
+            for seg in parents:
+                level = [((*path, k), v) for path, node in level if isinstance(node, dict)
+                         for k, v in node.items() if seg in ("*", k) and isinstance(v, dict)]
+            for path, node in level:
+                if key in node:
+                    continue
+                where = tree
+                for p in path:
+                    where = where.children.get(p) if where is not None else None
+                at = f"{file}:{where.line}: " if file and where is not None else ""
+                account = f" (account {path[-1]!r})" if len(path) >= 3 else ""
+                raise ConfigError(
+                    f"{at}{'.'.join(path)}{account} lacks its {key}, a secret: put the path of a file holding it "
+                    f"in {'.'.join((*path, key))}_file, or set {_env_name((*path, key))} "
+                    f"(or {_env_name((*path, key))}_FILE)"
+                )
+
+
+def _check_yaml(file: str, text: str, channel_names: frozenset[str]) -> _Node:
     """Secrets, unknown keys and features not available yet, each with ``file:line``."""
     tree = _key_tree(text)
     from connectors.registry import manifests
@@ -334,6 +367,7 @@ def _check_yaml(file: str, text: str, channel_names: frozenset[str]) -> None:
             _check_keys(file, node, {k: {} for k in _struct_keys(nested[key])}, key)
         elif key in known and known[key].options:
             _check_keys(file, node, _option_tree(known[key].options), f"the {key} section (see its manifest)")
+    return tree
 
 
 def load(
@@ -351,6 +385,7 @@ def load(
     """
     environ = os.environ if environ is None else environ
     yaml_data: dict = {}
+    tree: _Node | None = None
     path = config_file or environ.get("OMNIGATE_CONFIG")
     if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
         path = DEFAULT_CONFIG_FILE
@@ -371,7 +406,7 @@ def load(
             from connectors.registry import manifests
 
             channel_names = frozenset(manifests())
-        _check_yaml(str(path), text, channel_names)
+        tree = _check_yaml(str(path), text, channel_names)
         yaml_data = _resolve_files(yaml_data)
     env = env_overrides(environ)
     env.pop("config", None)
@@ -390,6 +425,7 @@ def load(
             if not isinstance(section, dict):
                 raise ConfigError(f"{name}: a channel section must be a mapping")
             merged["channels"][name] = _merge(merged["channels"].get(name, {}), section)
+    _check_required_secrets(merged["channels"], channel_names, str(path) if path else None, tree)
     try:
         return msgspec.convert(merged, Config, strict=False)
     except msgspec.ValidationError as exc:

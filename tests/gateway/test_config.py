@@ -28,7 +28,7 @@ def test_secrets_from_files_and_never_from_yaml(tmp_path):
     secret.write_text("s3cret\n")
     assert load(None, environ={"OMNIGATE_API_TOKEN_FILE": str(secret)}, channel_names=CH).api_token == "s3cret"
     f = tmp_path / "c.yaml"
-    f.write_text(f"wechat:\n  accounts:\n    main:\n      appid: wx1\n      token_file: {secret}\n")
+    f.write_text(f"wechat:\n  accounts:\n    main:\n      appid: wx1\n      token_file: {secret}\n      app_secret_file: {secret}\n")
     assert load(str(f), environ={}, channel_names=CH).channels["wechat"]["accounts"]["main"]["token"] == "s3cret"
     f.write_text("listen: 127.0.0.1:1\napi_token: oops\n")
     with pytest.raises(ConfigError, match=r"c.yaml:2: api_token is a secret .* OMNIGATE_API_TOKEN"):
@@ -196,3 +196,20 @@ def test_a_one_segment_manifest_secret_is_found_at_any_depth(tmp_path, monkeypat
     f.write_text("chatx:\n  teams:\n    a:\n      nested:\n        token: x\n")
     with pytest.raises(ConfigError, match=r"c.yaml:5: chatx.teams.a.nested.token .*is a secret"):
         load(str(f), environ={}, channel_names=frozenset({"chatx"}))
+
+
+def test_a_missing_secret_names_the_account_and_where_to_put_it(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("wechat:\n  accounts:\n    main:\n      appid: wx1\n      app_secret_file: /dev/null\n")
+    with pytest.raises(ConfigError) as exc:
+        load(str(f), environ={}, channel_names=CHANNELS)
+    assert str(exc.value) == (
+        f"{f}:3: wechat.accounts.main (account 'main') lacks its token, a secret: put the path of a file holding "
+        "it in wechat.accounts.main.token_file, or set OMNIGATE_WECHAT__ACCOUNTS__MAIN__TOKEN "
+        "(or OMNIGATE_WECHAT__ACCOUNTS__MAIN__TOKEN_FILE)")
+    env = {"OMNIGATE_WECHAT__ACCOUNTS__MAIN__TOKEN": "t"}
+    assert load(str(f), environ=env, channel_names=CHANNELS).channels["wechat"]["accounts"]["main"]["token"] == "t"
+    f.write_text("email:\n  imap:\n    sales:\n      host: h\n      user: u\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:3: email.imap.sales \(account 'sales'\) lacks its password.*"
+                                          r"email.imap.sales.password_file.*OMNIGATE_EMAIL__IMAP__SALES__PASSWORD"):
+        load(str(f), environ={}, channel_names=CHANNELS)
