@@ -370,6 +370,16 @@ def _check_yaml(file: str, text: str, channel_names: frozenset[str]) -> _Node:
     return tree
 
 
+def config_path(config_file: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The YAML file ``serve`` reads: ``--config``, else ``OMNIGATE_CONFIG``,
+    else ``./omnigate.yaml`` when it exists; None for none."""
+    environ = os.environ if environ is None else environ
+    path = config_file or environ.get("OMNIGATE_CONFIG")
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        path = DEFAULT_CONFIG_FILE
+    return path
+
+
 def load(
     config_file: str | None = None,
     *,
@@ -386,9 +396,7 @@ def load(
     environ = os.environ if environ is None else environ
     yaml_data: dict = {}
     tree: _Node | None = None
-    path = config_file or environ.get("OMNIGATE_CONFIG")
-    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
-        path = DEFAULT_CONFIG_FILE
+    path = config_path(config_file, environ)
     if path is not None:
         import yaml
 

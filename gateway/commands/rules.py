@@ -67,13 +67,25 @@ def _configured_directory(args: argparse.Namespace, prog: str) -> str | None:
     would read (--config, OMNIGATE_CONFIG, ./omnigate.yaml)."""
     if args.directory:
         return args.directory
-    from gateway.config import ConfigError, load
+    import os
 
+    import yaml
+
+    from gateway.config import config_path
+
+    if os.environ.get("OMNIGATE_DIRECTORY"):
+        return os.environ["OMNIGATE_DIRECTORY"]
+    path = config_path(args.config)
+    if path is None:
+        return None
+    # only directory: is needed; the daemon's secrets need not be in this shell's environment
     try:
-        return load(args.config).directory
-    except ConfigError as exc:
-        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"{prog}: configuration error: {path}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         raise _Failed(2) from None
+    value = data.get("directory") if isinstance(data, dict) else None
+    return str(value) if value else None
 
 
 def _directory(path: str | None, prog: str) -> tuple[Any, dict]:

@@ -270,3 +270,12 @@ def test_diff_replays_the_journal(tmp_path, capsys, monkeypatch, restore_logging
     code, out, _ = run(capsys, "diff", str(candidate), "--rules", str(RULES), "--data-dir", str(data), "--since", "2000-01-01", "--json")
     report = json.loads(out)
     assert report["total"] == 3 and report["counts"] == {"team: billing → payments": 2} and report["skipped"] == []
+
+
+def test_check_needs_only_the_directory_of_the_configuration(tmp_path, capsys):
+    """The daemon's secrets live in its own environment: check reads directory: alone."""
+    example = RULES.parent / "deploy" / "directory.example.yaml"
+    (tmp_path / "omnigate.yaml").write_text(
+        f"directory: {example}\nwechat:\n  accounts:\n    main: {{appid: wx1}}\n")  # token only in the daemon's env
+    code, out, err = run(capsys, "check", str(RULES), "--no-tests")
+    assert (code, err) == (0, "") and f"checked against {example}" in out
