@@ -88,7 +88,8 @@ class RestConfig(msgspec.Struct, forbid_unknown_fields=True):
     sensitive_attributes: list[str] = msgspec.field(
         default_factory=lambda: ["id_number", "passport", "address", "birthday", "bank_account"])
     #: Seconds a token (and its agent's teams) stays in the in-process cache; a
-    #: revocation through the API clears it at once, one by ``omnigate tokens`` within this.
+    #: revocation through the API (``omnigate tokens revoke`` uses it while a
+    #: daemon runs) clears it at once.
     token_cache_s: float = 10.0
 
 

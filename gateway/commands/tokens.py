@@ -1,10 +1,13 @@
 """``omnigate tokens``: per-agent API tokens (create, list, revoke).
 
 ``create`` prints the token once (the store keeps only its SHA-256).
-These commands work offline, straight on the SQLite file of the data folder;
-a running daemon sees a new token at once and a revocation within
-``rest.token_cache_s`` seconds (``DELETE /api/v1/tokens/{id}`` on the daemon
-revokes at once).
+
+When a daemon holds the data folder (``<data_dir>/omnigate.lock``, see
+gateway/datalock.py) the commands go through its API (``/api/v1/tokens``;
+the address is in the lock file, the token is ``OMNIGATE_API_TOKEN``/the
+configuration's), so a revocation takes effect at once. Otherwise they take
+the lock for their run and work on the SQLite file itself (offline: no
+daemon needed to mint the first tokens).
 """
 
 from __future__ import annotations
@@ -50,12 +53,97 @@ def main(argv: list[str], prog: str = "omnigate tokens") -> int:
         if expires_s <= 0:
             print(f"{prog}: --expires must be positive", file=sys.stderr)
             return 2
-    return asyncio.run(_run(config, args, prog, expires_s))
+    from gateway import datalock
+
+    try:
+        lock = datalock.acquire(config.data_dir)
+    except datalock.Locked as exc:
+        if exc.info is None or not exc.info.listen:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return 1
+        return asyncio.run(_through(exc.info.listen, config, args, prog))
+    except OSError as exc:
+        print(f"{prog}: {config.data_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(_run(config, args, prog, expires_s))
+    finally:
+        lock.release()
+
+
+async def _through(listen: str, config, args, prog: str) -> int:
+    """The same commands through the running daemon's ``/api/v1/tokens``."""
+    import aiohttp
+    import msgspec
+
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    if not config.api_token:
+        print(f"{prog}: a daemon holds {config.data_dir} (listening on {listen}); managing tokens through its API "
+              "needs its token: set OMNIGATE_API_TOKEN (or OMNIGATE_API_TOKEN_FILE)", file=sys.stderr)
+        return 1
+    headers = {"Authorization": f"Bearer {config.api_token}", "X-Omnigate-Actor": "cli"}
+    async with aiohttp.ClientSession(base, headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        try:
+            if args.action == "create":
+                body = {"agent_id": args.agent, "role": args.role}
+                if args.expires:
+                    body["expires_in"] = args.expires
+                if args.note:
+                    body["note"] = args.note
+                async with session.post("/api/v1/tokens", json=body) as r:
+                    answer = await r.json(content_type=None)
+                    if r.status != 201:
+                        print(f"{prog}: {answer.get('detail') or answer.get('title')}", file=sys.stderr)
+                        return 1
+                print(answer["token"])
+                print(f"id {answer['id']}, agent {answer['agent_id']}, role {answer['role']}"
+                      + (f", expires {answer['expires_at']}" if answer.get("expires_at") else "")
+                      + " — store it now: it is not shown again", file=sys.stderr)
+            elif args.action == "list":
+                params = {"include_revoked": "true" if args.all else "false"}
+                if args.agent:
+                    params["agent_id"] = args.agent
+                async with session.get("/api/v1/tokens", params=params) as r:
+                    answer = await r.json(content_type=None)
+                    if r.status != 200:
+                        print(f"{prog}: {answer.get('detail') or answer.get('title')}", file=sys.stderr)
+                        return 1
+                from gateway.store.sqlite_tokens import TokenInfo
+
+                _print_list(msgspec.convert(answer["items"], list[TokenInfo]), args.json)
+            else:
+                async with session.delete(f"/api/v1/tokens/{args.id}") as r:
+                    answer = await r.json(content_type=None)
+                    if r.status != 200:
+                        print(f"{prog}: {answer.get('detail') or answer.get('title')}", file=sys.stderr)
+                        return 1
+                print(f"revoked {answer['id']} ({answer['prefix']}…, agent {answer['agent_id']})")
+        except aiohttp.ClientError as exc:
+            print(f"{prog}: the daemon at {base} does not answer: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _print_list(items, as_json: bool) -> None:
+    import msgspec
+
+    from routing.model import utcnow
+
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(items).decode() + "\n")
+        return
+    now = utcnow()
+    for t in items:
+        state = "revoked" if t.revoked_at else "expired" if not t.active(now) else "active"
+        used = t.last_used_at.isoformat(timespec="seconds") if t.last_used_at else "never"
+        print(f"{t.id}  {t.prefix}…  {t.agent_id:<16} {t.role:<5}  {state:<7}  last used {used}")
 
 
 async def _run(config, args, prog: str, expires_s: float | None) -> int:
-    import msgspec
-
     from gateway import logs
     from gateway.store.base import NotFound, StoreError
     from gateway.store.sqlite import SQLiteStore
@@ -77,14 +165,7 @@ async def _run(config, args, prog: str, expires_s: float | None) -> int:
                   + (f", expires {info.expires_at.isoformat()}" if info.expires_at else "")
                   + " — store it now: it is not shown again", file=sys.stderr)
         elif args.action == "list":
-            items = await store.token_list(args.agent, include_revoked=args.all)
-            if args.json:
-                sys.stdout.write(msgspec.json.encode(items).decode() + "\n")
-            else:
-                for t in items:
-                    state = "revoked" if t.revoked_at else "expired" if not t.active(now) else "active"
-                    used = t.last_used_at.isoformat(timespec="seconds") if t.last_used_at else "never"
-                    print(f"{t.id}  {t.prefix}…  {t.agent_id:<16} {t.role:<5}  {state:<7}  last used {used}")
+            _print_list(await store.token_list(args.agent, include_revoked=args.all), args.json)
         else:
             try:
                 info = await store.token_revoke(args.id, actor="cli", now=now)
