@@ -375,7 +375,8 @@ def _check_yaml(file: str, text: str, channel_names: frozenset[str]) -> _Node:
             stack.extend(node.children.values())
     # typos: top level, the nested sections, and each channel section's keys
     top = _struct_keys(Config) - {"channels"} | set(channel_names)
-    nested = {"store": StoreConfig, "pipeline": PipelineConfig, "dedupe": DedupeConfig, "threading": ThreadingConfig}
+    nested = {"store": StoreConfig, "pipeline": PipelineConfig, "dedupe": DedupeConfig, "threading": ThreadingConfig,
+              "rest": RestConfig}
     for key, node in tree.children.items():
         base = key[: -len("_file")] if key.endswith("_file") else key
         if key not in top and base not in top:
