@@ -78,8 +78,12 @@ async def _replay_through(listen: str, config, args, since, prog: str, wait_s: f
     async with aiohttp.ClientSession(base, headers=headers, timeout=timeout) as session:
 
         async def get(path: str, **params: str) -> tuple[int, dict]:
-            async with session.get(path, params=params) as r:
-                return r.status, (await r.json() if r.content_type.endswith("json") else {})
+            while True:
+                async with session.get(path, params=params) as r:
+                    if r.status == 429:  # the token's rate limit (rest.rate_limit_*): wait as told
+                        await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+                        continue
+                    return r.status, (await r.json() if r.content_type.endswith("json") else {})
 
         ids: list[str] = []
         missing = 0

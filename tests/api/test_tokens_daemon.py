@@ -53,3 +53,29 @@ def test_tokens_go_through_the_running_daemon_and_revoke_at_once(tmp_path):
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0
+
+
+@pytest.mark.integration
+def test_replay_through_the_daemon_waits_out_the_rate_limit(tmp_path):
+    """``omnigate replay`` with a daemon running uses the API with the bootstrap
+    token, which is rate-limited like any other: it waits as 429 says."""
+    from tests.gateway.test_datalock import _http
+
+    data = tmp_path / "data"
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = _env(OMNIGATE_REST__RATE_LIMIT_PER_MINUTE="600", OMNIGATE_REST__RATE_LIMIT_BURST="3")
+    daemon = subprocess.Popen([OMNIGATE, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)],
+                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_up(base, daemon)
+        for i in range(4):
+            body = {"external_id": f"r{i}", "sender": {"kind": "email", "value": f"r{i}@x.cn"}, "text": f"t {i}"}
+            assert _http("POST", f"{base}/channels/api/messages", body)[0] == 202  # the channel is not limited
+        replay = subprocess.run([OMNIGATE, "replay", "--data-dir", str(data)], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+        assert replay.returncode == 0, replay.stderr
+        assert "replayed 4 entries: 4 processed" in replay.stdout
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
