@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway.store.base import NotFound, StoreError
-from routing.model import Contact, Ticket, TimelineEntry, new_id
+from routing.model import OPEN_STATUSES, Contact, Ticket, TimelineEntry, new_id
 
 if TYPE_CHECKING:
     from gateway.store.base import ReplyDraft
@@ -260,8 +260,9 @@ def _patch(tx: Any, ticket_id: str, changes: dict[str, Any], expected: int | Non
     if "assignee" in done:
         agent = done["assignee"]["to"]
         tx.touch_ticket(ticket_id, assignee=agent)
-        if agent is not None:
-            tx.pin(tx.ticket(ticket_id), agent, f"assigned by {actor}" + (f": {reason}" if reason else ""))
+        t = tx.ticket(ticket_id)
+        if agent is not None and t.status in OPEN_STATUSES:  # a solved ticket names its agent, holds no capacity
+            tx.pin(t, agent, f"assigned by {actor}" + (f": {reason}" if reason else ""))
         else:
             tx.release(ticket_id)
         tx.outbox("ticket.assigned", ticket_id, {"ticket_id": ticket_id, "agent_id": agent,

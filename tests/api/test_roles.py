@@ -252,3 +252,11 @@ async def test_moving_a_ticket_to_another_team_leaves_its_assignee_if_not_a_memb
     tl = await (await api.client.get(f"/api/v1/tickets/{t['id']}/timeline?kind=update&start=end&limit=1",
                                      headers=api.h("admin"))).json()
     assert tl["items"][0]["data"]["changes"]["assignee"] == {"from": "a-bill", "to": None}
+
+
+async def test_assigning_a_solved_ticket_names_the_agent_but_holds_no_capacity(api):
+    t = await api.ticket("m1", "done@example.cn", "billing", status="solved")
+    r = await api.client.patch(f"/api/v1/tickets/{t['id']}", json={"assignee": "a-bill"}, headers=api.h("admin"))
+    assert r.status == 200 and (await r.json())["assignee"] == "a-bill"
+    bill = await (await api.client.get("/api/v1/agents/a-bill", headers=api.h("admin"))).json()
+    assert t["id"] not in bill.get("tickets", []) and not bill.get("load")
