@@ -75,10 +75,11 @@ def guard(handler: Any) -> Any:
         REQUEST.set((request.headers.get("X-Request-Id") or f"{id(request):x}", request.path))
         try:
             return await handler(request)
-        except web.HTTPRequestEntityTooLarge:
+        except web.HTTPRequestEntityTooLarge as exc:
             request.app[keys.METRICS].rejected.labels(_channel_of(request.path), "too_large").inc()
-            return problem(413, "Payload too large",
-                           f"the body exceeds {request.app[keys.CONFIG].max_body_bytes} bytes (max_body_bytes)")
+            # a channel's own limit (connectors.http.BodyTooLarge) or the global one
+            limit = getattr(exc, "limit", None) or request.app[keys.CONFIG].max_body_bytes
+            return problem(413, "Payload too large", f"the body exceeds {limit} bytes (max_body_bytes)")
         except Problem as exc:
             if exc.status == 401:
                 request.app[keys.METRICS].rejected.labels(_channel_of(request.path), "unauthorized").inc()

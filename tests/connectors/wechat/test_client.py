@@ -34,7 +34,7 @@ async def standin(aiohttp_server):
 
 
 def config(api_base: str, **extra) -> dict:
-    account = {"appid": APPID, "app_secret": SECRET, "token": TOKEN, "encoding_aes_key": AES_KEY}
+    account = {"appid": APPID, "app_secret": SECRET, "token": TOKEN, "encoding_aes_key": AES_KEY, "mode": "plain"}
     return {"api_base": api_base, "accounts": {"main": account}, **extra}
 
 
