@@ -49,3 +49,15 @@ async def read_body(request: web.BaseRequest, max_bytes: int, *, timeout: float 
     except TimeoutError:
         raise BodyTimeout(text=f"the body was not received within {timeout:g} s") from None
     return bytes(body)
+
+
+_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 408: "Request timeout",
+           413: "Payload too large", 503: "Service unavailable"}
+
+
+def problem(status: int, detail: str, title: str | None = None) -> web.Response:
+    """An RFC 9457 problem document (the gateway's format for every 4xx/5xx),
+    for connectors, which do not import the gateway."""
+    body = {"type": "about:blank", "title": title or _TITLES.get(status, "Error"), "status": status,
+            "detail": detail}
+    return web.json_response(body, status=status, content_type="application/problem+json")

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from connectors.base import ConnectorContext, IngestResult, Nonce, NonceReused
-from connectors.http import read_body as _read_whole
+from connectors.http import problem, read_body as _read_whole
 from routing.model import utcnow
 
 log = structlog.get_logger(__name__)
@@ -47,7 +47,7 @@ def callback_meta(request: web.Request) -> dict[str, Any]:
 def refuse(status: int, reason: str, **bound: Any) -> web.Response:
     """An answer for a refused callback; the reason is logged and returned."""
     log.warning("wechat.callback_refused", status=status, reason=reason, **bound)
-    return web.Response(status=status, text=reason)
+    return problem(status, reason)
 
 
 def fallback_key(raw: bytes) -> str:
@@ -92,9 +92,9 @@ class CallbackGuard:
         if not (timestamp and value):
             return self.refuse(401, "signature", "timestamp or nonce missing from the query", **bound)
         now = self.clock()
-        problem = timestamp_problem(timestamp, now, self.window_s)
-        if problem is not None:
-            return self.refuse(403, "stale_timestamp", problem, **bound)
+        why = timestamp_problem(timestamp, now, self.window_s)
+        if why is not None:
+            return self.refuse(403, "stale_timestamp", why, **bound)
         expires = max(now, datetime.fromtimestamp(int(timestamp), now.tzinfo)) + timedelta(seconds=self.window_s)
         return Nonce(scope=scope, value=value, expires=expires, now=now)
 
@@ -111,7 +111,7 @@ class CallbackGuard:
             return self.refuse(403, "nonce_reused", str(exc), key=key, **bound)
         except Exception as exc:  # any journal failure: WeChat must retry, we must not answer success
             log.error("wechat.ingest_failed", key=key, error=type(exc).__name__, **bound)
-            return web.Response(status=503, text="journal unavailable")
+            return problem(503, "journal unavailable")
 
 
 async def ingest(
@@ -122,4 +122,4 @@ async def ingest(
         return await ctx.ingest(account, key, raw, meta)
     except Exception as exc:  # any journal failure: WeChat must retry, we must not answer success
         log.error("wechat.ingest_failed", key=key, error=type(exc).__name__, **bound)
-        return web.Response(status=503, text="journal unavailable")
+        return problem(503, "journal unavailable")

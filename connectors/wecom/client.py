@@ -28,6 +28,7 @@ import structlog
 from aiohttp import web
 
 from connectors.base import ConnectorContext, SendError, SendResult
+from connectors.http import problem
 from connectors.wechat.api import ApiSession, TokenedApi, fetch_token, fill_attachments
 from connectors.wechat.client import deliver
 from connectors.wechat.envelope import DecryptionFailed, Secrets, SignatureMismatch, open_callback, verify_echo
@@ -165,7 +166,7 @@ class WeComConnector:
         task.add_done_callback(lambda t: self._pull_done(t, open_kfid, bound))
         done, _ = await asyncio.wait({task}, timeout=self.config.kf_pull_wait_s)
         if done and not task.cancelled() and task.exception() is not None:
-            return web.Response(status=503, text="pull failed")  # WeCom will call again
+            return problem(503, "pull failed")  # WeCom will call again
         return web.Response(text=SUCCESS)
 
     def _pull_done(self, task: asyncio.Task[int], open_kfid: str, bound: dict[str, Any]) -> None:

@@ -797,8 +797,10 @@ def _timeline_page(conn: sqlite3.Connection, contact_id: str | None, ticket_id: 
         try:
             at_s, seq_s = cursor.split(".", 1)
             at, seq = int(at_s), int(seq_s)
+            if not (0 <= at < 2**63 and 0 <= seq < 2**63):  # SQLite integers are 64-bit
+                raise ValueError(cursor)
         except ValueError:
-            raise StoreError(f"bad cursor {cursor!r}") from None
+            raise StoreError(f"bad cursor {cursor[:64]!r}") from None
         where += " AND (at > ? OR (at = ? AND seq > ?))"
         args += [at, at, seq]
     rows = conn.execute(
