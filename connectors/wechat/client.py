@@ -19,7 +19,8 @@ WeChat only accepts within 48 hours of the customer's last message.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Mapping
 
 import structlog
 from aiohttp import web
@@ -61,6 +62,16 @@ async def deliver(api: TokenedApi, path: str, body: dict[str, Any], meanings: di
         raise SendError(str(exc), retryable=True) from None
     except AuthFailed as exc:
         raise SendError(f"access_token refused: {exc}") from None
+
+
+#: 客服消息 are accepted within 48 hours of the customer's last message.
+REPLY_WINDOW = timedelta(hours=48)
+
+
+def window_closed(facts: Mapping[str, Any], window: timedelta = REPLY_WINDOW) -> bool:
+    """Whether the store already knows the customer last wrote more than ``window`` ago."""
+    last, now = facts.get("last_inbound_at"), facts.get("now")
+    return isinstance(last, datetime) and isinstance(now, datetime) and now - last > window
 
 
 class WeChatConnector:
@@ -169,6 +180,12 @@ class WeChatConnector:
         if account is None:
             raise SendError(f"no configured official account has appid {appid!r}")
         return account
+
+    def can_send(self, outbound: Outbound, facts: Mapping[str, Any]) -> str | None:
+        """The 48-hour window, judged on what the store knows (WeChat would answer 45015)."""
+        if window_closed(facts):
+            return f"{SEND_ERRORS[45015]} (errcode 45015)"
+        return None
 
     async def send(self, outbound: Outbound) -> SendResult:
         """A text reply through 客服消息, in wechatpy's ``send_text`` shape."""

@@ -30,7 +30,7 @@ from aiohttp import web
 from connectors.base import ConnectorContext, SendError, SendResult
 from connectors.http import problem
 from connectors.wechat.api import ApiSession, TokenedApi, fetch_token, fill_attachments
-from connectors.wechat.client import deliver
+from connectors.wechat.client import deliver, window_closed
 from connectors.wechat.envelope import DecryptionFailed, Secrets, SignatureMismatch, open_callback, verify_echo
 from connectors.wechat.parse import external_id
 from connectors.wechat.safexml import UnsafeXml, text_field
@@ -49,6 +49,10 @@ SYNC_LIMIT = 1000
 KF_SEND_ERRORS = {
     95001: "the customer must write again before more messages can be sent",
 }
+
+
+#: 微信客服: messages an agent may send per customer message (within its 48 hours).
+KF_MAX_REPLIES = 5
 
 
 def _cursor_key(account: str, open_kfid: str) -> str:
@@ -231,6 +235,18 @@ class WeComConnector:
         if account is None:
             raise SendError(f"no configured wecom account is named {name!r}")
         return account
+
+    def can_send(self, outbound: Outbound, facts: Mapping[str, Any]) -> str | None:
+        """微信客服: at most 5 messages within 48 hours of the customer's last
+        message (WeCom answers 95001 past either); employees have no such limit."""
+        if outbound.to.kind != "wecom_external":
+            return None
+        if window_closed(facts):
+            return "微信客服 can only answer within 48 hours of the customer's last message (errcode 95001)"
+        if int(facts.get("sent_since_inbound") or 0) >= KF_MAX_REPLIES:
+            return (f"微信客服 allows {KF_MAX_REPLIES} messages per customer message: "
+                    f"{KF_SEND_ERRORS[95001]} (errcode 95001)")
+        return None
 
     async def send(self, outbound: Outbound) -> SendResult:
         """To a customer through kf/send_msg; to an employee through message/send."""
