@@ -269,6 +269,11 @@ class TelegramConnector:
     def routes(self) -> list[web.RouteDef]:
         return [web.post(WEBHOOK_PATH, self._webhook)]
 
+    def _count_refusal(self, reason: str) -> None:
+        count = getattr(self._ctx, "rejected", None)  # the omnigate_rejected metric (optional in the context)
+        if count is not None:
+            count(reason)
+
     def _handle_for(self, account: str) -> _BotHandle | None:
         return self._by_account.get(account) or self._bots.get(account)
 
@@ -281,15 +286,18 @@ class TelegramConnector:
         bound = log.bind(bot=handle.name, transport="webhook")
         if not secret_matches(request.headers.get(SECRET_HEADER), handle.config.secret_token):
             bound.warning("telegram.webhook.refused", reason="secret token missing or wrong", status=401)
+            self._count_refusal("unauthorized")
             return problem(401, "secret token missing or wrong")
         body = await _read_body(request, self._config.max_body_bytes)
         if body is None:
             bound.warning("telegram.webhook.refused", reason="body too large", status=413)
+            self._count_refusal("too_large")
             return problem(413, f"body larger than {self._config.max_body_bytes} bytes")
         try:
             update = decode_update(body)
         except PayloadRejected as exc:
             bound.warning("telegram.webhook.refused", reason=str(exc), status=400)
+            self._count_refusal("invalid")
             return problem(400, str(exc))
         key = update_key(update)
         try:

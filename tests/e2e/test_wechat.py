@@ -11,6 +11,7 @@ from tests.connectors.wechat.support import AES_KEY, TOKEN, envelope, plain_quer
 from gateway import keys
 from tests.corpus import Row, require_corpus, rows
 from tests.e2e.conftest import Gateway
+from tests.gateway.conftest import AUTH
 
 APPID, APP_SECRET = "wxe2eofficial01", "oa-secret-1"
 WORK_SECRET = "work-secret-1"
@@ -117,3 +118,22 @@ def _decrypted_facts(row: Row) -> dict[str, str]:
     fields.update({k: str(v) for k, v in parse_xml(row.read()).items() if k in ("MsgSignature", "TimeStamp", "Nonce")})
     return fields
 
+
+
+async def test_oa_reply_after_the_48_hour_window_is_refused_at_post_time(oa: Gateway, wechat_api) -> None:
+    import sqlite3
+
+    await callback(oa, f"/channels/wechat/{APPID}", plain_query(**signed_now(oa)),
+                   corpus("wechatpy_oa_text_message.xml").read())
+    await oa.drain()
+    _, ticket, _ = await oa.only_ticket()
+    # what the store knows: the customer last wrote 49 hours ago
+    with sqlite3.connect(oa.app[keys.STORE].path) as conn:
+        conn.execute("UPDATE timeline SET at = at - ? WHERE kind = 'message_in'", (49 * 3600 * 1000,))
+    resp = await oa.client.post(f"/api/v1/tickets/{ticket['id']}/replies", json={"text": "Sorry for the delay."},
+                                headers=AUTH)
+    assert resp.status == 409
+    problem = await resp.json()
+    assert "48-hour reply window is closed" in problem["detail"] and "45015" in problem["detail"]
+    assert [e for e in await oa.timeline(ticket["id"]) if e["kind"] == "message_out"] == []
+    assert wechat_api.sent == []

@@ -139,6 +139,9 @@ async def test_a_failed_delivery_is_not_a_first_response(gw):
     assert sent["status"] == "sent"
     after = await (await client.get(f"/api/v1/tickets/{ticket['id']}", headers=AUTH)).json()
     assert after["first_response_at"][:23] == sent["at"][:23]  # delivered at (ms)
+    # what a connector's can_send is told: one reply delivered since the customer wrote (the failed one is not)
+    facts = await app[keys.STORE].reply_facts(ticket["id"], "api")
+    assert facts["sent_since_inbound"] == 1 and facts["last_inbound_at"] is not None
 
 
 async def test_a_header_with_a_line_break_fails_once_without_retries(gw):
