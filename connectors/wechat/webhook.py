@@ -113,13 +113,3 @@ class CallbackGuard:
             log.error("wechat.ingest_failed", key=key, error=type(exc).__name__, **bound)
             return problem(503, "journal unavailable")
 
-
-async def ingest(
-    ctx: ConnectorContext, account: str, key: str, raw: bytes, meta: Mapping[str, Any], /, **bound: Any
-) -> IngestResult | web.Response:
-    """Journal a payload; a failing journal is 503, so the platform retries."""
-    try:
-        return await ctx.ingest(account, key, raw, meta)
-    except Exception as exc:  # any journal failure: WeChat must retry, we must not answer success
-        log.error("wechat.ingest_failed", key=key, error=type(exc).__name__, **bound)
-        return problem(503, "journal unavailable")
