@@ -57,10 +57,9 @@ def fallback_key(raw: bytes) -> str:
 
 def timestamp_problem(timestamp: str, now: datetime, window_s: float) -> str | None:
     """Why a callback's ``timestamp`` is refused (None when within the window)."""
-    try:
-        ts = int(timestamp)
-    except ValueError:
-        return "timestamp is not an integer"
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        return "timestamp is not a Unix time in seconds"
+    ts = int(timestamp)
     skew = ts - now.timestamp()
     if abs(skew) > window_s:
         where = "ahead of" if skew > 0 else "behind"
