@@ -18,7 +18,6 @@ from connectors.api.parse import InvalidMessage, decode as decode_api_message
 from gateway import keys
 from gateway.http_util import Problem, check_bearer, json_response
 from gateway.store.base import JOURNAL_STATUSES, JournalEntry, NotFound, StoreError
-from routing.model import utcnow
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -79,7 +78,7 @@ async def journal_list(request: web.Request) -> web.Response:
     status = q.get("status")
     if status and status not in JOURNAL_STATUSES:
         raise Problem(400, "Invalid query", f"status must be one of {', '.join(JOURNAL_STATUSES)}", field="status")
-    since = _parse_time(q.get("since"), "since")
+    since = _parse_time(q.get("since"), "since", request.app[keys.CLOCK]())
     limit = _int(q.get("limit"), "limit", 100, 1, 1000)
     after = _int(q.get("cursor"), "cursor", 0, 0, None)
     entries = await request.app[keys.STORE].journal_list(status=status, since=since, after_seq=after, limit=limit)
@@ -223,7 +222,7 @@ async def rules_test(request: web.Request) -> web.Response:
     except msgspec.DecodeError as exc:
         raise Problem(400, "Invalid request body", f"malformed JSON: {exc}") from None
     try:
-        answer = dry_run(rules.tree, body, now=utcnow(), calendars=rules.calendars)
+        answer = dry_run(rules.tree, body, now=request.app[keys.CLOCK](), calendars=rules.calendars)
     except InputError as exc:
         raise Problem(400, "Invalid message", str(exc), field=getattr(exc, "field", None)) from None
     return json_response(answer)
@@ -266,12 +265,12 @@ def _int(value: str | None, name: str, default: int, lo: int, hi: int | None) ->
     return n
 
 
-def _parse_time(value: str | None, name: str) -> datetime | None:
+def _parse_time(value: str | None, name: str, now: datetime) -> datetime | None:
     if not value:
         return None
     from gateway.timeparse import parse_time
 
     try:
-        return parse_time(value)
+        return parse_time(value, now=now)
     except ValueError as exc:
         raise Problem(400, "Invalid query", str(exc), field=name) from None

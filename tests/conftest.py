@@ -17,10 +17,34 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from gateway.clock import ticking_from  # noqa: E402
+from tests.clock import INSTANTS  # noqa: E402
 from tests.corpus import IN_CI, require_corpus  # noqa: E402
 
 # fixtures that start real servers on loopback ports (dovecot, …)
 pytest_plugins = ["tests.integration.dovecot"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "clock(*names): run the gateway_clock tests only at these INSTANTS (tests/clock.py)")
+
+
+def pytest_generate_tests(metafunc):
+    """A test that uses ``gateway_clock`` runs once per instant of
+    ``tests/clock.py`` (business hours, an evening, a public holiday), or at
+    those its ``clock`` marker names."""
+    if "gateway_instant" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("clock")
+        names = list(marker.args) if marker else list(INSTANTS)
+        metafunc.parametrize("gateway_instant", [INSTANTS[n] for n in names], ids=names, scope="function")
+
+
+@pytest.fixture
+def gateway_clock(gateway_instant):
+    """The gateway's clock: it starts at the test's instant and ticks with the
+    monotonic clock (delays and back-off still elapse; the date and hour do not
+    depend on when the suite runs)."""
+    return ticking_from(gateway_instant)
 
 
 @pytest.fixture

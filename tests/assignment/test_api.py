@@ -26,9 +26,9 @@ sla_policies:
 async def _gateway(aiohttp_client, tmp_path, presence: str = "online", now=local(2026, 3, 2, 9, 0)):
     path = tmp_path / "directory.yaml"
     path.write_text(DIRECTORY.replace("{presence}", presence), encoding="utf-8")
-    app = create_app(make_config(tmp_path, directory=str(path)))
     clock = Clock(now)
-    app[ASSIGNMENT].clock = app[keys.WORKER].pipeline.clock = clock
+    app = create_app(make_config(tmp_path, directory=str(path)), clock=clock)
+    assert app[ASSIGNMENT].clock is clock and app[keys.WORKER].pipeline.clock is clock
     return await aiohttp_client(app), app
 
 
