@@ -48,6 +48,18 @@ def gateway_clock(gateway_instant):
 
 
 @pytest.fixture
+def cn_holidays_until_2026(monkeypatch):
+    """The Chinese holiday data ends with 2026, whatever ``chinesecalendar``
+    version is installed: tests of "a year the data does not cover" test that
+    behaviour, not the package's current horizon (2027 stays uncovered when
+    the package publishes it)."""
+    import routing.calendar
+
+    monkeypatch.setattr(routing.calendar, "CN_LAST_YEAR", 2026)
+    return 2026
+
+
+@pytest.fixture
 def corpus_row(request):
     """Use with ``@pytest.mark.parametrize("corpus_row", params(CH), indirect=True)``."""
     row = request.param

@@ -106,7 +106,7 @@ async def test_presence_online_drains_the_queue(aiohttp_client, tmp_path):
 
 
 @pytest.mark.parametrize("year", [2027])
-async def test_stats_readyz_and_metrics(aiohttp_client, tmp_path, year):
+async def test_stats_readyz_and_metrics(aiohttp_client, tmp_path, year, cn_holidays_until_2026):
     # a year the holiday data does not cover: the calendar falls back to weekly hours, and says so
     client, app = await _gateway(aiohttp_client, tmp_path, now=local(year, 1, 4, 9, 0))
     done = await _message(client, app, "m1", "d@example.cn")
