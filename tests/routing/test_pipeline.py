@@ -250,10 +250,11 @@ def test_decide_is_deterministic_and_reads_no_clock(monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(time, "time", no_clock)
         m.setattr(time, "time_ns", no_clock)
-        first, second = decision(NOW), decision(NOW)
-        evening = decision(NOW + timedelta(hours=11))  # 21:00 in Shanghai
+        morning = NOW - timedelta(hours=7)  # Monday 11:00 in Shanghai
+        first, second = decision(morning), decision(morning)
+        evening = decision(NOW + timedelta(hours=4))  # 22:00 in Shanghai
     assert first == second
     ids = [first.new_ticket.id, first.new_contact.id, *(e.id for e in first.timeline)]
-    assert all(i.startswith(f"{int(NOW.timestamp() * 1000)}-") for i in ids) and len(set(ids)) == len(ids)
-    assert {e.at for e in first.timeline} == {NOW}
+    assert all(i.startswith(f"{int(morning.timestamp() * 1000)}-") for i in ids) and len(set(ids)) == len(ids)
+    assert {e.at for e in first.timeline} == {morning}
     assert "after-hours" not in first.new_ticket.tags and "after-hours" in evening.new_ticket.tags
