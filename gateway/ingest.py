@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import structlog
 
 from connectors.base import IngestResult
+from gateway import crashpoints
 from gateway.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -24,6 +25,8 @@ class Ingest:
     async def ingest(self, channel: str, account: str, key: str, raw: bytes,
                      meta: Mapping[str, Any] | None = None) -> IngestResult:
         result = await self.store.journal_append(channel, account, key, raw, dict(meta) if meta else None)
+        if crashpoints.ARMED:
+            crashpoints.reached("journal_append")
         counts = self.metrics.received if result.created else self.metrics.redelivered
         counts[channel] = counts.get(channel, 0) + 1
         if result.created:

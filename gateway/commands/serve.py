@@ -31,7 +31,7 @@ def main(argv: list[str], prog: str = "omnigate serve") -> int:
     logs.configure(config.log_level, config.log_format)
     log = structlog.get_logger("omnigate")
     try:
-        app = create_app(config)
+        app = create_app(config, clock=_test_clock())
     except (StartupError, StoreError, OSError) as exc:
         log.error("startup.failed", error=str(exc))
         print(f"{prog}: cannot start: {exc}", file=sys.stderr)
@@ -50,3 +50,18 @@ def main(argv: list[str], prog: str = "omnigate serve") -> int:
         return 1
     log.info("shutdown.complete")
     return 0
+
+
+def _test_clock():
+    """``OMNIGATE_TEST_CLOCK=<ISO 8601 instant with offset>``: the daemon's
+    clock starts there and ticks on (for tests that run a real daemon; the
+    default is the real time)."""
+    import os
+    from datetime import datetime
+
+    text = os.environ.get("OMNIGATE_TEST_CLOCK")
+    if not text:
+        return None
+    from gateway.clock import ticking_from
+
+    return ticking_from(datetime.fromisoformat(text))

@@ -30,6 +30,7 @@ import msgspec
 import structlog
 
 from connectors.base import IngestResult
+from gateway import crashpoints
 from gateway.store.base import Conflict, JournalEntry, NotFound, Page, StoreError
 from gateway.store.schema import MIGRATIONS
 from gateway.store.sqlite_assign import AssignOps
@@ -699,6 +700,8 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int, now: i
     if c.final:
         conn.execute("UPDATE journal SET status = 'processed', processed_at = ?, ticket_id = ?, contact_id = ?, "
                      "error = NULL WHERE id = ?", (now, c.ticket_id, cid, c.journal_id))
+    if crashpoints.ARMED:  # the crash test: everything written, nothing committed
+        crashpoints.reached("commit")
     return CommitResult("processed", cid, c.ticket_id, number)
 
 
