@@ -94,7 +94,7 @@ async def journal_replay(request: web.Request) -> web.Response:
     if await store.journal_get(jid) is None:
         raise Problem(404, "Not found", f"no journal entry {jid}")
     n = await store.journal_requeue([jid])
-    request.app[keys.WORKER].wake()
+    request.app[keys.WORKER].rescan()
     log.info("journal.replay_requested", journal_id=jid, requeued=n)
     return json_response({"id": jid, "requeued": bool(n)}, status=202)
 
