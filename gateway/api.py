@@ -16,11 +16,12 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from connectors.api.parse import InvalidMessage, decode as decode_api_message
+from connectors.http import read_body as read_whole
+from connectors.api.parse import InvalidMessage, decode as decode_api_message, decode_uploads
 from gateway import keys
 from gateway.api_query import parse_query, query_time
 from gateway.api_types import JournalPage, JournalQuery, JournalView, ReplayResult, RulesTestBody, RulesTestResult
-from gateway.auth import AUTH, require
+from gateway.auth import require
 from gateway.http_util import Problem, check_bearer, json_response
 from gateway.store.base import JournalEntry
 
@@ -45,9 +46,10 @@ def journal_view(e: JournalEntry) -> JournalView:
 async def api_message(request: web.Request) -> web.Response:
     app = request.app
     check_bearer(request, _token(request))
-    raw = await request.read()
+    raw = await read_whole(request, app[keys.CONFIG].max_body_bytes)
     try:
         msg = decode_api_message(raw)
+        decode_uploads(msg.attachments)  # what parse would fail on later is refused now
     except InvalidMessage as exc:
         app[keys.METRICS].rejected.labels("api", "invalid").inc()
         raise Problem(400, "Invalid message", str(exc), field=exc.field) from None
@@ -87,7 +89,7 @@ async def journal_replay(request: web.Request) -> web.Response:
     if await store.journal_get(jid) is None:
         raise Problem(404, "Not found", f"no journal entry {jid}")
     n = await store.journal_requeue([jid])
-    request.app[keys.WORKER].wake()
+    request.app[keys.WORKER].rescan()
     log.info("journal.replay_requested", journal_id=jid, requeued=n, actor=p.agent_id)
     return json_response(ReplayResult(id=jid, requeued=bool(n)), status=202)
 
@@ -109,8 +111,9 @@ async def ticket_or_404(request: web.Request):
     store = request.app[keys.STORE]
     ref = request.match_info["id"]
     ticket = await store.get_ticket(ref)
-    if ticket is None and ref.lstrip("#").isdigit() and len(ref.lstrip("#")) <= 18:
-        ticket = await store.get_ticket_by_number(int(ref.lstrip("#")))
+    number = ref.lstrip("#")
+    if ticket is None and number.isdigit() and len(number) < 19:  # SQLite integers are 64-bit
+        ticket = await store.get_ticket_by_number(int(number))
     if ticket is None:
         raise Problem(404, "Not found", f"no ticket {ref}")
     return ticket
@@ -134,7 +137,7 @@ async def rules_test(request: web.Request) -> web.Response:
     body: RulesTestBody = await read_body(request, RulesTestBody)
     fields = {k: v for k, v in msgspec.to_builtins(body).items() if v is not None}
     try:
-        answer = dry_run(rules.tree, fields, now=request.app[AUTH].clock(), calendars=rules.calendars)
+        answer = dry_run(rules.tree, fields, now=request.app[keys.CLOCK](), calendars=rules.calendars)
     except InputError as exc:
         raise Problem(400, "Invalid message", str(exc), field=getattr(exc, "field", None)) from None
     return json_response(msgspec.convert(answer, RulesTestResult))
@@ -145,12 +148,23 @@ async def rules_test(request: web.Request) -> web.Response:
 
 async def read_body(request: web.Request, typ: type, allow_empty: bool = False):
     """The JSON body decoded (strictly) as ``typ``; 400 naming the field at fault."""
-    raw = await request.read()
+    raw = await read_whole(request, request.app[keys.CONFIG].max_body_bytes)
     if allow_empty and not raw.strip():
         return None
+    return decode_json(raw, typ)
+
+
+def decode_json(raw: bytes, typ: type | None = None):
+    """JSON (strictly as ``typ`` when given); 400 naming the field at fault,
+    for invalid UTF-8 and absurd nesting too."""
     try:
-        return msgspec.json.decode(raw, type=typ)
+        return msgspec.json.decode(raw) if typ is None else msgspec.json.decode(raw, type=typ)
     except msgspec.ValidationError as exc:
         raise Problem(400, "Invalid request body", str(exc), field=field_of(exc)) from None
     except msgspec.DecodeError as exc:
         raise Problem(400, "Invalid request body", f"malformed JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise Problem(400, "Invalid request body", f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except RecursionError:
+        raise Problem(400, "Invalid request body", "JSON nested too deeply") from None
+

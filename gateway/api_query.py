@@ -94,10 +94,9 @@ def query_time(request: web.Request, value: str | None, name: str):
     if value is None:
         return None
     from gateway import keys
-    from gateway.auth import AUTH
     from gateway.timeparse import parse_time
 
     try:
-        return parse_time(value, request.app[keys.CONFIG].timezone, now=request.app[AUTH].clock())
+        return parse_time(value, request.app[keys.CONFIG].timezone, now=request.app[keys.CLOCK]())
     except (ValueError, OverflowError) as exc:
         raise Problem(400, "Invalid query", f"{name}: {exc}", field=name) from None

@@ -34,7 +34,7 @@ from gateway.auth import (
 )
 from gateway.config import ConfigError, parse_duration
 from gateway.http_util import Problem, json_response
-from gateway.openapi import OPS, document
+from gateway.openapi import document
 from gateway.store.base import InvalidTransition, NotFound, StoreError
 from gateway.store.sqlite_tickets import TicketQuery, TicketRecord, TimelineRow, VersionMismatch
 
@@ -42,7 +42,7 @@ log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 def _now(request: web.Request):
-    return request.app[AUTH].clock()
+    return request.app[keys.CLOCK]()
 
 
 def actor_of(p: Principal) -> str:
@@ -408,27 +408,10 @@ async def tokens_revoke(request: web.Request) -> web.Response:
     return json_response(info)
 
 
-# ---------------------------------------------------------------- the document, unknown paths
+# ---------------------------------------------------------------- the document
 
 
 @routes.get("/api/v1/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
     await authenticate(request)
     return json_response(document())
-
-
-_TEMPLATES = [(re.compile("^" + re.sub(r"{\w+}", "[^/]+", op.path) + "$"), op.method) for op in OPS]
-
-
-async def unknown(request: web.Request) -> web.Response:
-    """Any other ``/api/v1`` path or method: problem+json, not aiohttp's plain text."""
-    allowed = sorted({m for rx, m in _TEMPLATES if rx.match(request.path)})
-    if allowed:
-        raise Problem(405, "Method not allowed", f"{request.method} {request.path}: use {', '.join(allowed)}",
-                      headers={"Allow": ", ".join(allowed)})
-    raise Problem(404, "Not found", f"no endpoint {request.path} (see /api/v1/openapi.json)")
-
-
-def catch_all() -> list[web.RouteDef]:
-    """Register last: after every real ``/api/v1`` route."""
-    return [web.RouteDef("*", "/api/v1/{tail:.*}", unknown, {})]

@@ -67,7 +67,7 @@ OPS: list[Op] = [
     Op("GET", "/api/v1/tickets/{id}/timeline", "ticketTimeline", "A ticket's timeline, paged both ways", "agent",
        "tickets", response=T.TimelinePage, query=T.TimelineQuery, errors=_ID),
     Op("POST", "/api/v1/tickets/{id}/replies", "createReply", "Reply to the customer, or add an internal note",
-       "agent", "tickets", ok=202, response=TimelineEntry, body=T.ReplyBody, errors=(404, 409, 413),
+       "agent", "tickets", ok=202, response=TimelineEntry, body=T.ReplyBody, errors=(404, 409, 413, 422),
        extra_ok={201: TimelineEntry},
        description="A reply answers 202 (queued; `data.delivery.status` follows its fate), a note 201. "
                    "`@agent-id` in a note's text mentions that agent: recorded, and a `note.mentioned` event."),
@@ -130,6 +130,7 @@ _COMMON_ERRORS = {400: "Bad request: the parameter or field at fault is named in
                   404: "No such object", 409: "The object's state does not allow this",
                   412: "The ticket changed since the `ETag` given in `If-Match`",
                   413: "The body is too large (`max_body_bytes`)",
+                  422: "The body is well-formed but cannot be sent (e.g. a line break in a subject)",
                   429: "The token's rate limit is spent: retry after `Retry-After` seconds",
                   503: "The store cannot take this now: retry after `Retry-After` seconds"}
 

@@ -3,16 +3,21 @@
 The handler checks the body, puts attachments into the attachment store,
 and asks the store for one ``reply_create`` transaction (timeline entry,
 outbox row, ticket update); the dispatcher (gateway/outbox.py) sends it
-afterwards. A reply answers ``202`` (queued; the entry's
-``data.delivery.status`` follows its fate), a note ``201`` (nothing to
-send). ``@agent-id`` mentions in a note are recorded with it, in the same
-transaction, each with a ``note.mentioned`` outbox event.
+afterwards. A reply the channel will certainly refuse answers ``409`` with
+the reason before anything is queued (a channel without a sending
+connector; the connector's ``can_send`` verdict, e.g. WeChat's 48-hour
+window); a subject or author with a line break ``422``. A reply answers
+``202`` (queued; the entry's ``data.delivery.status`` follows its fate), a
+note ``201`` (nothing to send). ``@agent-id`` mentions in a note are
+recorded with it, in the same transaction, each with a ``note.mentioned``
+outbox event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from datetime import datetime
 
 import structlog
 from aiohttp import web
@@ -22,7 +27,7 @@ from connectors.api.parse import InvalidMessage, Upload, decode_uploads
 from gateway.api import read_body, ticket_or_404
 from gateway.api_types import ReplyBody
 from gateway.attachments import AttachmentStore
-from gateway.auth import AUTH, authenticate, forbid, visible_ticket
+from gateway.auth import authenticate, forbid, visible_ticket
 from gateway.http_util import Problem, json_response
 from gateway.outbox import DISPATCHER
 from gateway.store.base import NoReplyTarget, NotFound, ReplyDraft
@@ -48,6 +53,11 @@ async def reply_create(request: web.Request) -> web.Response:
     body: ReplyBody = await read_body(request, ReplyBody)
     if not body.text.strip():
         raise Problem(400, "Invalid request body", "text must not be empty", field="$.text")
+    for name in ("subject", "author"):  # header material: a line break would inject headers, and never sends
+        value = getattr(body, name)
+        if value is not None and ("\r" in value or "\n" in value):
+            raise Problem(422, "Invalid request body", f"{name} must not contain a line break (CR or LF)",
+                          field=f"$.{name}")
     ticket = await ticket_or_404(request)
     visible_ticket(p, ticket)
     if p.token_id is not None:  # a per-agent token always acts as its agent
@@ -57,12 +67,14 @@ async def reply_create(request: web.Request) -> web.Response:
     else:
         # the bootstrap token: a help desk integration relaying an agent's answer names them
         author = body.author or request.headers.get("X-Omnigate-Actor") or "api"
+    if not body.internal:
+        await _check_sendable(app, ticket, body)
     attachments = await _store_uploads(app[DISPATCHER].attachments, body.attachments)
     draft = ReplyDraft(text=body.text, subject=body.subject, html=body.html, author=author,
                        internal=body.internal, attachments=attachments)
     try:
         entry, mentioned = await app[keys.STORE].note_create(
-            ticket.id, draft, app[AUTH].clock(), mentions_in(body.text) if body.internal else [])
+            ticket.id, draft, _now(app), mentions_in(body.text) if body.internal else [])
     except NoReplyTarget as exc:
         raise Problem(409, "Cannot reply", str(exc)) from None
     except NotFound as exc:
@@ -72,6 +84,31 @@ async def reply_create(request: web.Request) -> web.Response:
     log.info("reply.created", ticket_id=ticket.id, timeline_id=entry.id, kind=entry.kind, author=entry.data["author"],
              mentions=len(mentioned))
     return json_response(entry, status=202 if draft.public else 201)
+
+
+def _now(app: web.Application) -> datetime:
+    return app[keys.CLOCK]()
+
+
+async def _check_sendable(app: web.Application, ticket, body: ReplyBody) -> None:
+    """409 now, with the reason, for a reply the channel will certainly refuse
+    (rather than 202 and a failure later): a channel that cannot send, or the
+    connector's own ``can_send`` verdict on what the store knows."""
+    target = ticket.reply_to
+    if target is None:
+        return  # reply_create answers this one (NoReplyTarget)
+    connector = app[keys.CONNECTORS].get(target.channel)
+    if connector is None or not hasattr(connector, "send"):
+        raise Problem(409, "Cannot reply", f"the {target.channel} channel cannot send replies (no running "
+                      "connector sends on it); add an internal note instead", field="channel")
+    can_send = getattr(connector, "can_send", None)
+    if can_send is None:
+        return
+    draft = ReplyDraft(text=body.text, subject=body.subject, html=body.html, author=body.author or "api")
+    facts = {**await app[keys.STORE].reply_facts(ticket.id, target.channel), "now": _now(app)}
+    reason = can_send(draft.outbound("check", ticket, target), facts)
+    if reason:
+        raise Problem(409, "Cannot reply", reason, field="channel")
 
 
 async def _store_uploads(store: AttachmentStore, uploads: list[Upload]) -> list[Attachment]:

@@ -10,7 +10,6 @@ import pytest
 
 from gateway import keys
 from gateway.app import create_app
-from gateway.assignment import ASSIGNMENT
 from gateway.auth import AUTH
 from tests.assignment.conftest import Clock, local
 from tests.gateway.conftest import AUTH as ADMIN, drain, make_config
@@ -86,11 +85,9 @@ def api_config(tmp_path, **flags):
 
 
 async def start(aiohttp_client, tmp_path, **flags) -> Api:
-    app = create_app(api_config(tmp_path, **flags))
     clock = Clock(local(2026, 3, 2, 10, 0))
+    app = create_app(api_config(tmp_path, **flags), clock=clock)
     mono = Mono()
-    app[ASSIGNMENT].clock = app[keys.WORKER].pipeline.clock = clock
-    app[AUTH].clock = clock
     app[AUTH].monotonic = app[AUTH].limiter.clock = mono
     client = await aiohttp_client(app)
     api = Api(client, app, clock, mono)
