@@ -347,3 +347,27 @@ def entry_item(e: TimelineEntry, **extra: Any) -> TimelineItem:
                         channel=e.channel, journal_id=e.journal_id, external_id=e.external_id, subject=e.subject,
                         text=e.text, attachments=e.attachments, data=e.data,
                         linked_to=e.linked_to, edited_at=e.edited_at, **extra)
+
+
+# ---------------------------------------------------------------- canned replies (the console)
+
+from gateway.store.sqlite_console import CannedReply  # noqa: E402
+
+
+class CannedQuery(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``q``: a part of the name or the text."""
+
+    q: Annotated[str, Meta(max_length=200)] | None = None
+    limit: Annotated[int, Meta(ge=1, le=200)] = 50
+
+
+class CannedBody(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A canned reply: ``text`` may use ``{contact_name}`` and ``{ticket_number}`` (the rules' template syntax)."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    text: Annotated[str, Meta(min_length=1, max_length=20000)]
+    language: Annotated[str, Meta(max_length=20)] | None = None
+
+
+class CannedPage(msgspec.Struct):
+    items: list[CannedReply]

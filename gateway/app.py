@@ -198,6 +198,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
                         auto_replier=_auto_replier(store), clock=clock)
     assignment.setup(app, pipeline)
     auth.setup(app, clock=clock)  # tokens, roles, rate limits of /api/v1
+    from gateway import console
+
+    console.setup(app, pipeline)  # the agent console at /console (gateway/console/)
     worker = Worker(pipeline, concurrency=config.pipeline.workers)
     app[keys.WORKER] = worker
     ingest = Ingest(store, m, worker.wake)

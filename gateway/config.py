@@ -93,6 +93,21 @@ class RestConfig(msgspec.Struct, forbid_unknown_fields=True):
     token_cache_s: float = 10.0
 
 
+class ConsoleConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The agent console at ``/console`` (``console:`` in the YAML; gateway/console/)."""
+
+    #: Seconds without a heartbeat from any open console page before an online agent goes away.
+    presence_grace_s: float = 120.0
+    #: Hours a console sign-in lasts (the session also ends when its token is revoked or expires).
+    session_hours: float = 12.0
+    #: A YAML file of canned replies loaded at start (``- {name, text, language?}``); existing names are kept.
+    canned_replies_yaml: str | None = None
+    #: The agents' time zone for dates on the console (an IANA name); default: ``timezone``.
+    timezone: str | None = None
+    #: Minutes before an SLA breach at which the queue's countdown turns amber.
+    sla_warning_minutes: int = 15
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     listen: str = DEFAULT_LISTEN
     data_dir: str = DEFAULT_DATA_DIR
@@ -111,6 +126,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     dedupe: DedupeConfig = msgspec.field(default_factory=DedupeConfig)
     threading: ThreadingConfig = msgspec.field(default_factory=ThreadingConfig)
     rest: RestConfig = msgspec.field(default_factory=RestConfig)
+    console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
     #: Channel sections (top-level keys named after a channel), as plain dicts.
     channels: dict[str, dict] = msgspec.field(default_factory=dict)
 
@@ -378,7 +394,7 @@ def _check_yaml(file: str, text: str, channel_names: frozenset[str]) -> _Node:
     # typos: top level, the nested sections, and each channel section's keys
     top = _struct_keys(Config) - {"channels"} | set(channel_names)
     nested = {"store": StoreConfig, "pipeline": PipelineConfig, "dedupe": DedupeConfig, "threading": ThreadingConfig,
-              "rest": RestConfig}
+              "rest": RestConfig, "console": ConsoleConfig}
     for key, node in tree.children.items():
         base = key[: -len("_file")] if key.endswith("_file") else key
         if key not in top and base not in top:

@@ -118,6 +118,15 @@ OPS: list[Op] = [
        ok=201, response=T.TokenCreated, body=T.TokenCreateBody),
     Op("DELETE", "/api/v1/tokens/{id}", "revokeToken", "Revoke a token (at once)", "admin", "tokens",
        response=T.TokenInfo, errors=_ID),
+    # canned replies (the console's composer)
+    Op("GET", "/api/v1/canned-replies", "listCannedReplies", "Canned replies, searched by name or text", "agent",
+       "canned", response=T.CannedPage, query=T.CannedQuery),
+    Op("POST", "/api/v1/canned-replies", "createCannedReply", "A new canned reply", "admin", "canned", ok=201,
+       response=T.CannedReply, body=T.CannedBody, errors=(409,)),
+    Op("PUT", "/api/v1/canned-replies/{id}", "replaceCannedReply", "Replace a canned reply", "admin", "canned",
+       response=T.CannedReply, body=T.CannedBody, errors=(404, 409)),
+    Op("DELETE", "/api/v1/canned-replies/{id}", "deleteCannedReply", "Delete a canned reply", "admin", "canned",
+       ok=204, response=None, errors=_ID),
     # rules, the document
     Op("POST", "/api/v1/rules/test", "testRules", "Dry-run the routing rules on a described message", "lead",
        "rules", response=T.RulesTestResult, body=T.RulesTestBody, errors=(409,)),

@@ -39,6 +39,7 @@ from gateway.store.sqlite_replies import RepliesOps
 from gateway.store.sqlite_sla import SlaOps
 from gateway.store.sqlite_tickets import TicketsOps
 from gateway.store.sqlite_tokens import TokensOps
+from gateway.store.sqlite_console import ConsoleOps
 from routing.model import (
     Attachment,
     Contact,
@@ -223,7 +224,7 @@ def migrate(path: str) -> int:
         conn.close()
 
 
-class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps):
+class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps, ConsoleOps):
     """The default store: one file ``<data_dir>/omnigate.db``.
 
     Operations of later features live in mixins beside this module

@@ -1,0 +1,189 @@
+"""The console over HTTP (no browser): sign-in and sessions, CSRF, role rules
+on the server, the canned-replies API, presence away after the grace time,
+the live stream's catch-up by Last-Event-ID, sanitised mail HTML."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+
+from gateway import keys
+from gateway.app import create_app
+from gateway.config import load
+from gateway.console import CONSOLE
+from gateway.console.views import safe_html, sweep_presence
+from tests.clock import BUSINESS_HOURS, INSTANTS, FakeClock
+from tests.console.conftest import CSRF, agent_token, console_env, sign_in
+from tests.gateway.conftest import AUTH, TOKEN, drain
+
+pytestmark = pytest.mark.clock(BUSINESS_HOURS)
+
+
+async def api_message(client, text: str, *, ext: str, sender: str = "li.lei@example.cn", subject: str | None = None):
+    body = {"external_id": ext, "sender": {"kind": "email", "value": sender, "name": "李磊"}, "text": text}
+    if subject:
+        body["subject"] = subject
+    resp = await client.post("/channels/api/messages", json=body, headers=AUTH)
+    assert resp.status in (200, 202), await resp.text()
+    await drain(client.app)
+
+
+async def test_sign_in_needs_a_valid_token_and_the_form_csrf(console) -> None:
+    page = await console.get("/console/queue", allow_redirects=False)
+    assert page.status == 303 and page.headers["Location"] == "/console/login"
+    login = await console.get("/console/login")
+    pre = CSRF.search(await login.text()).group(1)
+    bad = await console.post("/console/login", data={"csrf": pre, "token": "og_nope"}, allow_redirects=False)
+    assert bad.status == 401
+    no_csrf = await console.post("/console/login", data={"token": TOKEN}, allow_redirects=False)
+    assert no_csrf.status == 403
+    ok = await console.post("/console/login", data={"csrf": pre, "token": TOKEN}, allow_redirects=False)
+    assert ok.status == 303
+    cookie = ok.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "og_session=" in cookie
+    assert (await console.get("/console/queue")).status == 200
+
+
+async def test_a_revoked_token_ends_its_console_session(console) -> None:
+    token = await agent_token(console.app, "a-zhao")
+    await sign_in(console, token)
+    info = (await console.app[keys.STORE].token_list("a-zhao"))[0]
+    resp = await console.delete(f"/api/v1/tokens/{info.id}", headers=AUTH)
+    assert resp.status == 200
+    page = await console.get("/console/queue", allow_redirects=False)
+    assert page.status == 303 and page.headers["Location"] == "/console/login"
+
+
+async def test_logout_needs_csrf_and_ends_the_session(console) -> None:
+    csrf = await sign_in(console, TOKEN)
+    forged = await console.post("/console/logout", data={}, allow_redirects=False)
+    assert forged.status == 403
+    assert (await console.get("/console/queue", allow_redirects=False)).status == 200
+    out = await console.post("/console/logout", data={"csrf": csrf}, allow_redirects=False)
+    assert out.status == 303
+    assert (await console.get("/console/queue", allow_redirects=False)).status == 303
+
+
+async def test_an_agent_of_another_team_gets_the_403_page_and_cannot_act(console) -> None:
+    await api_message(console, "订单重复扣款，我要退款", ext="m1", subject="申请退款")
+    ticket = (await (await console.get("/api/v1/tickets", headers=AUTH)).json())["items"][0]
+    assert ticket["team"] == "billing"
+    csrf = await sign_in(console, await agent_token(console.app, "a-zhao"))
+    page = await console.get(f"/console/tickets/{ticket['number']}")
+    assert page.status == 403
+    assert "你无权打开此页面" in await page.text() or "You may not open" in await page.text()
+    acted = await console.post(f"/console/tickets/{ticket['number']}/reply", data={"csrf": csrf, "text": "hi"})
+    assert acted.status == 403
+    items = (await (await console.get(f"/api/v1/tickets/{ticket['id']}/timeline", headers=AUTH)).json())["items"]
+    assert [e for e in items if e["kind"] in ("message_out", "note")] == []
+
+
+async def test_a_stale_edit_saves_nothing_and_shows_who_changed_what(console) -> None:
+    await api_message(console, "我要退款", ext="m1", subject="退款")
+    ticket = (await (await console.get("/api/v1/tickets", headers=AUTH)).json())["items"][0]
+    csrf = await sign_in(console, await agent_token(console.app, "a-lilei", "lead"))
+    page = await (await console.get(f"/console/tickets/{ticket['number']}")).text()
+    import re
+
+    version = re.search(r'name="version" value="(\d+)"', page).group(1)
+    seq = re.search(r'name="seq" value="(\d+)"', page).group(1)
+    other = await console.patch(f"/api/v1/tickets/{ticket['id']}", json={"priority": "urgent"},
+                                headers={**AUTH, "X-Omnigate-Actor": "a-hanmeimei"})
+    assert other.status == 200
+    stale = await console.post(f"/console/tickets/{ticket['number']}/update",
+                               data={"csrf": csrf, "version": version, "seq": seq, "status": "pending"})
+    assert stale.status == 409
+    text = await stale.text()
+    assert "a-hanmeimei" in text and "urgent" in text
+    after = await (await console.get(f"/api/v1/tickets/{ticket['id']}", headers=AUTH)).json()
+    assert after["status"] != "pending"
+
+
+async def test_canned_replies_api_admin_only_typed_and_rendered_in_the_composer(console) -> None:
+    bad = await console.post("/api/v1/canned-replies", json={"name": "x", "text": "{nope}"}, headers=AUTH)
+    assert bad.status == 400 and (await bad.json())["field"] == "$.text"
+    made = await console.post("/api/v1/canned-replies", json={"name": "退款说明", "text": "{contact_name} 您好，工单 {ticket_number} 的退款已提交。"},
+                              headers=AUTH)
+    assert made.status == 201
+    agent = await agent_token(console.app, "a-lilei", "lead")
+    denied = await console.post("/api/v1/canned-replies", json={"name": "y", "text": "t"},
+                                headers={"Authorization": f"Bearer {agent}"})
+    assert denied.status == 403
+    listed = await console.get("/api/v1/canned-replies?q=退款", headers={"Authorization": f"Bearer {agent}"})
+    assert [c["name"] for c in (await listed.json())["items"]] == ["退款说明"]
+    doc = await (await console.get("/api/v1/openapi.json", headers=AUTH)).json()
+    assert "/api/v1/canned-replies" in doc["paths"] and "CannedBody" in doc["components"]["schemas"]
+    await api_message(console, "我要退款", ext="m1", subject="退款")
+    ticket = (await (await console.get("/api/v1/tickets", headers=AUTH)).json())["items"][0]
+    await sign_in(console, agent)
+    found = await console.get(f"/console/canned?q=退款&ticket={ticket['number']}")
+    assert f"李磊 您好，工单 {ticket['number']} 的退款已提交。" in await found.text()
+
+
+async def test_canned_replies_are_seeded_from_yaml(aiohttp_client, tmp_path, gateway_clock) -> None:
+    seed = tmp_path / "canned.yaml"
+    seed.write_text("- {name: greeting, text: '您好 {contact_name}', language: zh-CN}\n", encoding="utf-8")
+    env = console_env(tmp_path, OMNIGATE_CONSOLE__CANNED_REPLIES_YAML=str(seed))
+    client = await aiohttp_client(create_app(load(None, environ=env, flags={}), clock=gateway_clock))
+    items = (await (await client.get("/api/v1/canned-replies", headers=AUTH)).json())["items"]
+    assert [(c["name"], c["text"], c["language"]) for c in items] == [("greeting", "您好 {contact_name}", "zh-CN")]
+
+
+async def test_an_agent_whose_console_is_closed_goes_away_after_the_grace_time(aiohttp_client, tmp_path) -> None:
+    clock = FakeClock(INSTANTS[BUSINESS_HOURS])
+    env = console_env(tmp_path, OMNIGATE_CONSOLE__PRESENCE_GRACE_S="120")
+    client = await aiohttp_client(create_app(load(None, environ=env, flags={}), clock=clock))
+    csrf = await sign_in(client, await agent_token(client.app, "a-zhao"))
+    resp = await client.post("/console/presence", data={"csrf": csrf, "presence": "online"}, allow_redirects=False)
+    assert resp.status == 303
+    assert (await client.post("/console/heartbeat", data={"csrf": csrf})).status == 204
+    clock.advance(seconds=100)
+    assert await sweep_presence(client.app) == []  # within the grace time
+    assert (await client.post("/console/heartbeat", data={"csrf": csrf})).status == 204
+    clock.advance(seconds=119)
+    assert await sweep_presence(client.app) == []
+    clock.advance(seconds=2)  # the page closed: no heartbeat for 121 s
+    assert await sweep_presence(client.app) == ["a-zhao"]
+    assert (await client.app[keys.STORE].get_agent("a-zhao")).presence == "away"
+
+
+async def read_events(resp, n: int) -> list[tuple[int, dict]]:
+    got: list[tuple[int, dict]] = []
+    ident = None
+    while len(got) < n:
+        line = (await asyncio.wait_for(resp.content.readline(), 30)).decode().rstrip("\n")
+        if line.startswith("id: "):
+            ident = int(line[4:])
+        elif line.startswith("data: "):
+            got.append((ident, json.loads(line[6:])))
+    return got
+
+
+async def test_live_stream_catches_up_from_last_event_id_without_gap_or_duplicate(console) -> None:
+    await sign_in(console, TOKEN)
+    await api_message(console, "第一条", ext="m1")
+    resp = await console.get("/console/events?after=0")
+    first = await read_events(resp, 1)
+    seqs = [s for s, _ in first]
+    resp.close()
+    last_seen = seqs[-1]
+    await api_message(console, "第二条", ext="m2")  # while the browser is away
+    everything = [r.seq for r in await console.app[keys.STORE].timeline_tail(0)]
+    again = await console.get("/console/events", headers={"Last-Event-ID": str(last_seen)})
+    missed = [s for s in everything if s > last_seen]
+    got = await read_events(again, len(missed))
+    assert [s for s, _ in got] == missed  # no gap, in order
+    await api_message(console, "第三条", ext="m3")  # live, after the catch-up
+    live = await read_events(again, 1)
+    assert live[0][0] > missed[-1] and live[0][1]["type"] == "timeline"
+    again.close()
+
+
+def test_mail_html_is_sanitised_and_remote_images_wait_for_a_click() -> None:
+    html, blocked = safe_html('<p onclick="x()">Hi<script>alert(1)</script><img src="https://t.example/p.gif">'
+                              '<a href="javascript:alert(1)">x</a></p>')
+    assert "script" not in html and "onclick" not in html and "javascript:" not in html
+    assert blocked and 'data-src="https://t.example/p.gif"' in html and 'src="data:,"' in html
