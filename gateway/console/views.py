@@ -46,8 +46,9 @@ STATIC = {"htmx.min.js": ("htmx-2.0.4.min.js", "text/javascript"), "console.js":
 STATUSES = ("new", "open", "pending", "on_hold", "solved", "closed")
 PRIORITIES = ("urgent", "high", "normal", "low")
 OPEN = ("new", "open", "pending", "on_hold")
-CHANNEL_ICONS = {"wechat": "💬", "wecom": "🏢", "email": "✉️", "telegram": "✈️", "api": "🔌", "webchat": "🗨️",
-                 "whatsapp": "📱", "voice": "📞", "line": "🟩", "messenger": "💠", "instagram": "📷", "sms": "📨"}
+#: Channel icons: symbols the common fonts carry (no colour-emoji font needed), with the name beside or as the label.
+CHANNEL_ICONS = {"wechat": "◎", "wecom": "◈", "email": "✉", "telegram": "✈", "api": "⚙", "webchat": "☷",
+                 "whatsapp": "✆", "voice": "☎", "line": "◆", "messenger": "◇", "instagram": "▣", "sms": "✎"}
 PAGE = 50
 
 

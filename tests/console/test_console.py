@@ -187,3 +187,24 @@ def test_mail_html_is_sanitised_and_remote_images_wait_for_a_click() -> None:
                               '<a href="javascript:alert(1)">x</a></p>')
     assert "script" not in html and "onclick" not in html and "javascript:" not in html
     assert blocked and 'data-src="https://t.example/p.gif"' in html and 'src="data:,"' in html
+
+
+def test_sla_countdown_turns_amber_at_the_warning_and_red_when_breached() -> None:
+    from datetime import datetime, timezone
+
+    from gateway.console.views import sla_view
+    from routing.model import SlaState, Ticket
+
+    now = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
+
+    def state(minutes_left: float, breached: list[str] | None = None, status: str = "open") -> str:
+        t = Ticket(id="t", number=1, contact_id="c", status=status,
+                   sla=SlaState(policy="p", first_response_due=now + timedelta(minutes=minutes_left),
+                                breached=breached or []))
+        return sla_view(t, now, 15)["state"]
+
+    assert state(60) == "ok"
+    assert state(15) == "warning" and state(1) == "warning"
+    assert state(0) == "breached" and state(-5) == "breached"
+    assert state(60, ["first_response"]) == "breached"
+    assert state(60, status="solved") == "none"
