@@ -48,6 +48,7 @@ PLUGINS: dict[str, tuple[str, tuple[str, ...]]] = {
     "assign": ("routing.assign_bench:figures", ("assign_decisions",)),
     "assign_store": ("gateway.assign_bench:figures", ("assign_next_store",)),
     "api_list": ("gateway.api_bench:figures", ("api_ticket_list_100k",)),
+    "console": ("gateway.console_bench:figures", ("console_page",)),
 }
 
 CONCURRENCY = 64
