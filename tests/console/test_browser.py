@@ -64,8 +64,8 @@ async def _serve(aiohttp_server, api):
     return api
 
 
-def wechat_text(content: str, msg_id: int, now: int) -> bytes:
-    return (f"<xml><ToUserName><![CDATA[gh_console]]></ToUserName><FromUserName><![CDATA[{CUSTOMER_OPENID}]]>"
+def wechat_text(content: str, msg_id: int, now: int, openid: str = CUSTOMER_OPENID) -> bytes:
+    return (f"<xml><ToUserName><![CDATA[gh_console]]></ToUserName><FromUserName><![CDATA[{openid}]]>"
             f"</FromUserName><CreateTime>{now}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
             f"<Content><![CDATA[{content}]]></Content><MsgId>{msg_id}</MsgId></xml>").encode()
 
@@ -91,10 +91,10 @@ class World:
     def now(self) -> int:
         return int(self.app[keys.CLOCK]().timestamp())
 
-    async def wechat_message(self, text: str, msg_id: int) -> None:
+    async def wechat_message(self, text: str, msg_id: int, openid: str = CUSTOMER_OPENID) -> None:
         now = str(self.now())
         resp = await self.client.post(f"/channels/wechat/{APPID}", params=plain_query(timestamp=now, nonce=f"n{msg_id}"),
-                                      data=wechat_text(text, msg_id, self.now()))
+                                      data=wechat_text(text, msg_id, self.now(), openid))
         assert (resp.status, await resp.text()) == (200, "success")
         await drain(self.app)
 
@@ -198,10 +198,10 @@ async def sign_in(context, base: str, token: str):
 
 TEXTS = {
     "zh-CN": {"locale": "zh-CN", "via": "将通过 微信", "sent": "已发送", "status": "等待客户", "forbidden": "你无权打开此页面",
-              "routed": "由规则 billing-refund 路由", "assigned": "分配给 李雷", "mine": "我的工单"},
+              "routed": "由规则 billing-refund 路由", "assigned": "分配给 李雷", "mine": "我的工单", "teams": "我的团队"},
     "en": {"locale": "en-US", "via": "Leaves through WeChat", "sent": "sent", "status": "Pending",
            "forbidden": "You may not open this page", "routed": "routed by rule billing-refund",
-           "assigned": "assigned to 李雷", "mine": "My tickets"},
+           "assigned": "assigned to 李雷", "mine": "My tickets", "teams": "My teams"},
 }
 
 
@@ -236,6 +236,16 @@ async def test_the_agents_flow_in_a_real_browser(world: World, browser, lang: st
     await page.get_by_role("link", name=x["mine"]).first.wait_for()
     await shot(page, f"{lang}-queue")
     await axe_check(page, "queue")
+    # the team queue takes a new ticket without a reload
+    await page.get_by_role("link", name=x["teams"]).click()
+    await page.wait_for_url("**/console/queue?view=teams")
+    await page.locator("#live.on").wait_for()
+    rows_before = await page.locator("a.ticket-link").count()
+    await page.evaluate("() => { window.__noReload = 1; }")
+    await world.wechat_message("另一位客户：退款还没到账", 9100, openid="oAnotherCustomer")
+    await page.locator("a.ticket-link").nth(rows_before).wait_for()
+    assert await page.evaluate("() => window.__noReload") == 1
+    await page.goto(f"{world.base}/console/queue")
 
     # keyboard only: from the queue to the ticket
     await tab_to(page, f'a.ticket-link[href="/console/tickets/{wx_ticket["number"]}"]')

@@ -208,3 +208,78 @@ def test_sla_countdown_turns_amber_at_the_warning_and_red_when_breached() -> Non
     assert state(0) == "breached" and state(-5) == "breached"
     assert state(60, ["first_response"]) == "breached"
     assert state(60, status="solved") == "none"
+
+
+async def test_failed_journal_inbox_lists_and_an_admin_replays(console) -> None:
+    await api_message(console, "会失败的一条", ext="f1")
+    store = console.app[keys.STORE]
+    [entry] = await store.journal_list(status=None, since=None, after_seq=0, limit=10)
+    await store.journal_fail(entry.id, "parse: synthetic failure for the inbox")
+    lead = await agent_token(console.app, "a-lilei", "lead")
+    csrf = await sign_in(console, lead)
+    page = await console.get("/console/journal")
+    assert page.status == 200 and "synthetic failure for the inbox" in await page.text()
+    denied = await console.post(f"/console/journal/{entry.id}/replay", data={"csrf": csrf})
+    assert denied.status == 403  # replay is an admin's
+    csrf = await sign_in(console, TOKEN)
+    done = await console.post(f"/console/journal/{entry.id}/replay", data={"csrf": csrf}, allow_redirects=False)
+    assert done.status == 303
+    await drain(console.app)
+    assert (await store.journal_get(entry.id)).status == "processed"
+    assert "synthetic failure" not in await (await console.get("/console/journal")).text()
+
+
+async def test_canned_replies_managed_in_the_console_by_admins_only(console) -> None:
+    csrf = await sign_in(console, await agent_token(console.app, "a-lilei", "lead"))
+    assert (await console.get("/console/admin/canned")).status == 403
+    assert (await console.post("/console/admin/canned", data={"csrf": csrf, "name": "n", "text": "t"})).status == 403
+    csrf = await sign_in(console, TOKEN)
+    bad = await console.post("/console/admin/canned", data={"csrf": csrf, "name": "n", "text": "{who}"})
+    assert bad.status == 400 and "unknown placeholder" in await bad.text()
+    ok = await console.post("/console/admin/canned", data={"csrf": csrf, "name": "问候", "text": "{contact_name} 您好"},
+                            allow_redirects=False)
+    assert ok.status == 303
+    [item] = await console.app[keys.STORE].canned_list()
+    assert (item.name, item.text, item.created_by) == ("问候", "{contact_name} 您好", "admin")
+
+
+async def test_merge_and_unmerge_through_the_console(console) -> None:
+    await api_message(console, "微信那边", ext="a1", sender="one@example.cn")
+    await api_message(console, "邮件这边", ext="a2", sender="two@example.cn")
+    store = console.app[keys.STORE]
+    one = (await store.contact_by_identity("email", "one@example.cn")).id
+    two = (await store.contact_by_identity("email", "two@example.cn")).id
+    agent_csrf = await sign_in(console, await agent_token(console.app, "a-hanmeimei"))
+    assert (await console.post(f"/console/contacts/{one}/merge", data={"csrf": agent_csrf, "other": two})).status == 403
+    csrf = await sign_in(console, await agent_token(console.app, "a-lilei", "lead"))
+    r = await console.post(f"/console/contacts/{one}/merge", data={"csrf": csrf, "other": two}, allow_redirects=False)
+    assert r.status == 303
+    assert (await store.contact_by_identity("email", "two@example.cn")).id == one
+    r = await console.post(f"/console/contacts/{one}/unmerge", data={"csrf": csrf, "other": two},
+                           allow_redirects=False)
+    assert r.status == 303
+    assert (await store.contact_by_identity("email", "two@example.cn")).id == two
+
+
+async def test_after_a_daemon_restart_the_stream_catches_up_with_the_same_session(aiohttp_client, tmp_path,
+                                                                                  gateway_clock) -> None:
+    env = console_env(tmp_path)
+    first = await aiohttp_client(create_app(load(None, environ=env, flags={}), clock=gateway_clock))
+    await sign_in(first, TOKEN)
+    cookies = {c.key: c.value for c in first.session.cookie_jar}
+    await api_message(first, "重启之前", ext="r1")
+    resp = await first.get("/console/events?after=0")
+    seen = await read_events(resp, 1)
+    resp.close()
+    last = seen[-1][0]
+    await first.close()  # the daemon stops
+    second = await aiohttp_client(create_app(load(None, environ=env, flags={}), clock=gateway_clock))
+    second.session.cookie_jar.update_cookies(cookies)
+    await api_message(second, "重启之后", ext="r2")
+    missed = [r.seq for r in await second.app[keys.STORE].timeline_tail(last)]
+    assert missed
+    again = await second.get("/console/events", headers={"Last-Event-ID": str(last)})
+    assert again.status == 200  # the session outlived the restart (server-side)
+    got = await read_events(again, len(missed))
+    assert [s for s, _ in got] == missed
+    again.close()
