@@ -77,6 +77,9 @@ class Lookup:
     message_key: tuple[str, str, str]
     edits_key: tuple[str, str, str] | None
     near_window_s: float
+    #: A call: a hit on its message key is another report of it (the store
+    #: reads the rest of the snapshot too).
+    call: bool = False
 
     @property
     def identities(self) -> tuple[Identity, ...]:
@@ -102,6 +105,7 @@ def lookup(inbound: Inbound, settings: Settings) -> Lookup:
         message_key=(inbound.channel, inbound.account, inbound.external_id),
         edits_key=(inbound.channel, inbound.account, inbound.edits) if inbound.edits else None,
         near_window_s=settings.near_window_s,
+        call=inbound.kind == "call",
     )
 
 

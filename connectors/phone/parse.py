@@ -285,6 +285,25 @@ def _records(raw: bytes, p: _Ctx) -> Iterable[tuple[int, list[str] | None, str |
         yield line_no, rows[0], None
 
 
+def split_records(raw: bytes, first_line: int = 1) -> list[tuple[int, bytes]]:
+    """(line number, bytes) of each CSV record of a call log, blank lines
+    skipped; a quoted field may span lines (the record keeps them)."""
+    out: list[tuple[int, bytes]] = []
+    lines = raw.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        start, chunk = i, lines[i]
+        i += 1
+        while chunk.count(b'"') % 2 and i < len(lines) and i - start < 20:
+            chunk += lines[i]
+            i += 1
+        if chunk.count(b'"') % 2:  # never closed: report the line alone, go on with the next
+            chunk, i = lines[start], start + 1
+        if chunk.strip():
+            out.append((first_line + start, chunk))
+    return out
+
+
 # ---------------------------------------------------------------- Asterisk
 
 

@@ -519,7 +519,7 @@ def _hit(conn: sqlite3.Connection, key: tuple[str, str, str]) -> Hit | None:
 
 def _snapshot(conn: sqlite3.Connection, look: Lookup, now: datetime) -> Snapshot:
     snap = Snapshot(now=now, exact=_hit(conn, look.message_key))
-    if snap.exact is not None:
+    if snap.exact is not None and not look.call:  # a later report of a call still needs its contact
         return snap
     if look.edits_key is not None:
         snap.edited = _hit(conn, look.edits_key)
