@@ -5,7 +5,7 @@ One :class:`PhoneConnector` serves every account of the ``phone`` section::
     phone:
       internal_patterns: ['\\d{3,4}']      # extensions (none by default)
       accounts:
-        pbx1: {source: asterisk, cdr_file: /var/log/asterisk/cdr-csv/Master.csv}
+        pbx1: {source: asterisk, cdr_path: /var/log/asterisk/cdr-csv/Master.csv}
         fs1:  {source: freeswitch, username: cdr, csv_template: '"${uuid}",…'}
         main: {source: twilio, public_url: https://support.example.com}
 
@@ -30,7 +30,7 @@ Routes (each body read whole, however TCP cut it, up to ``max_body_bytes``):
   a forged or missing one → 401. A signed ``Timestamp`` older than
   ``replay_window`` → 403; a redelivered body is the same journal entry.
 
-The tailer (an asterisk account with ``cdr_file``) reads complete lines only
+The tailer (an asterisk account with ``cdr_path``) reads complete lines only
 (a partial last line waits until the PBX finishes it), journals them, then
 stores the byte offset with ``ctx.state_set``: a crash after the journal but
 before the offset re-reads rows whose keys the journal already has (no
@@ -77,7 +77,7 @@ MAX_BATCH = 256  # rows journaled together before the tail offset is stored
 
 class AccountConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     source: Literal["asterisk", "freeswitch", "twilio"]
-    cdr_file: str | None = None
+    cdr_path: str | None = None
     upload_token: str | None = None
     username: str | None = None
     password: str | None = None
@@ -119,8 +119,8 @@ def load_config(raw: Mapping[str, Any]) -> PhoneConfig:
         if a.source == "freeswitch" and not (a.username and a.password) and not a.upload_token:
             raise Fatal(f"phone config: accounts.{name}: a freeswitch account needs username and password "
                         "(mod_json_cdr's cred) or upload_token")
-        if a.cdr_file and a.source != "asterisk":
-            raise Fatal(f"phone config: accounts.{name}: cdr_file is tailed for asterisk accounts only")
+        if a.cdr_path and a.source != "asterisk":
+            raise Fatal(f"phone config: accounts.{name}: cdr_path is tailed for asterisk accounts only")
         if a.csv_template:
             try:
                 template_columns(a.csv_template)
@@ -319,21 +319,21 @@ class PhoneConnector:
 
     async def run(self) -> None:
         tails = {f"phone:tail:{name}": (lambda n=name, a=acct: self.tail(n, a))
-                 for name, acct in self.cfg.accounts.items() if acct.cdr_file}
+                 for name, acct in self.cfg.accounts.items() if acct.cdr_path}
         if tails:
             await self.ctx.supervisor.run(tails)
 
     async def tail(self, name: str, acct: AccountConfig, *, once: bool = False) -> None:
-        """Follow ``cdr_file``; every complete row is journaled, then the offset stored."""
-        assert acct.cdr_file is not None
+        """Follow ``cdr_path``; every complete row is journaled, then the offset stored."""
+        assert acct.cdr_path is not None
         state_key = f"tail:{name}"
         raw_state = await self.ctx.state_get(state_key)
         st = _Tail(**json.loads(raw_state)) if raw_state else _Tail()
         account = f"asterisk:{name}"
-        meta = self._meta(acct, "asterisk", file=acct.cdr_file)
+        meta = self._meta(acct, "asterisk", file=acct.cdr_path)
         while not self._stopping.is_set():
             try:
-                info = os.stat(acct.cdr_file)
+                info = os.stat(acct.cdr_path)
             except FileNotFoundError:
                 info = None
             if info is not None:
@@ -342,7 +342,7 @@ class PhoneConnector:
                     st = _Tail(inode=info.st_ino)
                 st.inode = info.st_ino
                 if info.st_size > st.offset:
-                    await self._consume(acct.cdr_file, account, meta, st, state_key)
+                    await self._consume(acct.cdr_path, account, meta, st, state_key)
             if once:
                 return
             try:
