@@ -325,7 +325,7 @@ def stage_dropped(w: Work) -> None:
     drop = w.ticket_fields.get("drop")
     if drop is None:
         return
-    entry = _message_entry(w, "message_in", ticket_id=None)
+    entry = _message_entry(w, "call" if w.inbound.kind == "call" else "message_in", ticket_id=None)
     entry.data["why_no_ticket"] = f"marked {drop} by rule {w.reasons['rules']['rule']}"
     w.timeline.insert(0, entry)
     w.commit.message_entry_id = entry.id

@@ -50,7 +50,7 @@ import re
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 import msgspec
 import structlog
@@ -182,6 +182,8 @@ class PhoneConnector:
         self.ctx = ctx
         self.cfg = load_config(ctx.config)
         self._stopping = asyncio.Event()
+        #: Unix seconds now: the replay window of Twilio's signed Timestamp (tests pin it).
+        self.clock: Callable[[], float] = time.time
 
     # routes ----------------------------------------------------------------
 
@@ -300,7 +302,7 @@ class PhoneConnector:
         stamp = params.get("Timestamp")
         if stamp:
             try:
-                age = time.time() - parsedate_to_datetime(stamp).timestamp()
+                age = self.clock() - parsedate_to_datetime(stamp).timestamp()
             except (TypeError, ValueError):
                 return _problem(400, "Bad callback", "Timestamp is not an RFC 2822 date", field="Timestamp")
             if age > self.cfg.replay_window:

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 import pytest
 from twilio.request_validator import RequestValidator
 
+from gateway import keys
 from tests.corpus import require_corpus
 from tests.e2e.conftest import Gateway
 from tests.gateway.conftest import AUTH
@@ -211,3 +212,52 @@ async def test_upload_needs_its_token(gw: Gateway) -> None:
     resp = await gw.client.post("/channels/phone/nobody/upload", data=b"x")
     assert resp.status == 404
     assert await gw.journal() == []
+
+
+async def test_twilio_stale_timestamp_and_foreign_account_are_refused(start_gateway) -> None:
+    section = {"accounts": {"main": {**SECTION["accounts"]["main"], "account_sid": "AC0123"}}}
+    gw = await start_gateway(phone=section)
+    gw.app[keys.CONNECTORS]["phone"].clock = lambda: 1796000000.0  # 2026-11-29T23:33:20Z
+    fresh = {**TWILIO, "CallStatus": "completed", "CallDuration": "12", "Timestamp": "Sun, 29 Nov 2026 23:30:00 +0000"}
+    stale = {**fresh, "Timestamp": "Fri, 27 Nov 2026 23:30:00 +0000"}
+    resp = await twilio_post(gw, stale)
+    assert resp.status == 403 and (await resp.json())["field"] == "Timestamp"
+    resp = await twilio_post(gw, {**fresh, "AccountSid": "AC9999"})
+    assert resp.status == 403 and (await resp.json())["field"] == "AccountSid"
+    assert await gw.journal() == []
+    assert (await twilio_post(gw, fresh)).status == 204
+    assert (await twilio_post(gw, fresh)).status == 204  # Twilio retrying: the same journal entry
+    await gw.drain()
+    (entry,) = await gw.journal()
+    (call,) = await calls_of(gw, entry["contact_id"])
+    assert call["data"]["call"]["started_at"] == "2026-11-29T23:29:48Z"
+
+
+async def test_bodies_over_the_limit_are_refused(start_gateway) -> None:
+    gw = await start_gateway(phone={**SECTION, "max_body_bytes": 1000})
+    body = cdr("13800138000", "400", "2026-11-30 10:00:00", "ANSWERED", "9.9", billsec=3) * 20
+
+    async def chunks():
+        for i in range(0, len(body), 100):
+            yield body[i:i + 100].encode()
+
+    resp = await gw.client.post("/channels/phone/pbx1/upload", data=chunks(),
+                                headers={"Authorization": f"Bearer {UPLOAD}"})
+    assert resp.status == 413
+    assert await gw.journal() == []
+
+
+@pytest.mark.parametrize("section, problem", [
+    ({"accounts": {"t": {"source": "twilio", "public_url": PUBLIC}}}, "needs auth_token"),
+    ({"accounts": {"t": {"source": "twilio", "auth_token": "x"}}}, "needs public_url"),
+    ({"accounts": {"f": {"source": "freeswitch"}}}, "needs username and password"),
+    ({"accounts": {"f": {"source": "skype"}}}, "phone.accounts"),
+    ({"accounts": {"f": {"source": "freeswitch", "upload_token": "x", "csv_template": '"${a}"'}}}, "uuid"),
+    ({"internal_patterns": ["("]}, "internal_patterns"),
+])
+def test_config_errors_name_the_key(section, problem) -> None:
+    from connectors.base import Fatal
+    from connectors.phone.client import load_config
+
+    with pytest.raises(Fatal, match=problem):
+        load_config(section)
