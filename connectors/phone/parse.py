@@ -145,6 +145,7 @@ class _Ctx:
         except re.error as exc:
             raise PayloadRejected(f"internal_patterns: {exc}") from None
         self.template = context.get("csv_template") or context.get("template") or FREESWITCH_DEFAULT_TEMPLATE
+        self.region = str(context.get("default_region") or "CN")
         self.context = context
         self.first_line = int(context.get("line") or 1)
         self._warn = context.get("warn")
@@ -164,6 +165,27 @@ class _Ctx:
 
 
 # ---------------------------------------------------------------- shared helpers
+
+
+def e164(value: str, region: str = "CN") -> str:
+    """``13812345678`` → ``+8613812345678`` (``phonenumbers``, ``region`` for
+    numbers without a country code); extensions, short codes and anything
+    that is not a number are returned as given."""
+    raw = re.sub(r"[\s()./-]", "", value)
+    if raw.startswith("00"):
+        raw = "+" + raw[2:]
+    if not re.fullmatch(r"\+?\d{7,17}", raw):
+        return value
+    import phonenumbers
+
+    for text, reg in ((raw, region), *((("+" + raw, None),) if not raw.startswith("+") and len(raw) > 11 else ())):
+        try:
+            num = phonenumbers.parse(text, reg)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_possible_number(num):
+            return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+    return value
 
 
 def is_phone_number(value: str | None) -> bool:
@@ -217,13 +239,17 @@ def _call_inbound(p: _Ctx, *, call_id: str, number_from: str | None, number_to: 
                   call: CallInfo, defects: list[str], meta: dict[str, str], raw_type: str) -> Inbound:
     """The Inbound of one call report: direction, the customer (sender) and defects."""
     src, dst = (number_from or "").strip(), (number_to or "").strip()
-    if call.direction is None:
+    if call.direction is None:  # extension patterns see the numbers as the PBX wrote them
         if p.is_internal(src) and p.is_internal(dst):
             call.direction = "internal"
         elif p.is_internal(src):
             call.direction = "outbound"
         else:
             call.direction = "inbound"
+    if src and is_phone_number(src) and not p.is_internal(src):
+        src = e164(src, p.region)
+    if dst and is_phone_number(dst) and not p.is_internal(dst):
+        dst = e164(dst, p.region)
     call.from_, call.to = src or None, dst or None
     customer = dst if call.direction == "outbound" else src
     if call.direction != "internal" and not is_phone_number(customer):

@@ -82,7 +82,7 @@ async def test_rows_of_one_call_make_one_call_updated_by_the_later_row(gw: Gatew
     contact_id = journal[0]["contact_id"]
     (call,) = await calls_of(gw, contact_id)
     assert call["data"]["call"]["disposition"] == "answered" and call["data"]["call"]["duration_s"] == 47
-    assert call["text"] == "Inbound call from 13900139000, answered, 47 s"
+    assert call["text"] == "Inbound call from +8613900139000, answered, 47 s"
     assert [r["journal_id"] for r in call["data"]["call_reports"]] == [journal[1]["id"]]
     # the same file again changes nothing (row keys), and so does a replay of the update
     await upload(gw, rows.encode())

@@ -101,7 +101,8 @@ def test_asterisk_cdr_bad_row_is_reported_by_line_and_the_rest_taken():
     assert calls[0].meta["_warnings"] == "line 2: start 'yesterday' is not a time"
     assert [c.external_id for c in calls] == ["1764465302.1", "1764465600.4", "1764466200.6", "1764466800.8"]
     missed, voicemail, internal, outbound = calls
-    assert missed.sender.value == "13812345678" and missed.sender.name == "Zhang San"
+    assert missed.sender.value == "+8613812345678" and missed.sender.name == "Zhang San"  # E.164, region CN
+    assert missed.call.to == "+864008001234"
     assert (missed.call.direction, missed.call.disposition, missed.call.answered_at) == ("inbound", "missed", None)
     assert missed.call.started_at == SHANGHAI_9_15
     assert voicemail.call.disposition == "voicemail"
@@ -109,7 +110,7 @@ def test_asterisk_cdr_bad_row_is_reported_by_line_and_the_rest_taken():
     assert voicemail.sender.value == "anonymous" and any("not a phone number" in d for d in voicemail.defects)
     assert internal.call.direction == "internal"
     assert (outbound.call.direction, outbound.sender.value, outbound.call.disposition) == (
-        "outbound", "13812345678", "busy")
+        "outbound", "+8613812345678", "busy")
 
 
 def test_without_internal_patterns_every_call_is_inbound():
@@ -185,7 +186,7 @@ def test_cli_prints_good_rows_warns_per_bad_row_and_exits_0():
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(lines) == 4 and {x["channel"] for x in lines} == {"phone"} and {x["kind"] for x in lines} == {"call"}
-    assert lines[0]["call"]["from"] == "13812345678" and lines[0]["account"] == "asterisk"
+    assert lines[0]["call"]["from"] == "+8613812345678" and lines[0]["account"] == "asterisk"
     assert r.stderr.strip() == (f"{FIXTURES / 'synthetic_asterisk_cdr_bad_row.csv'}: warning: "
                                 "line 2: start 'yesterday' is not a time")
 
@@ -201,3 +202,14 @@ def test_cli_exits_1_when_no_row_parses(tmp_path):
     bad.write_text('"only","three","fields"\n')
     r = omnigate_parse("asterisk", str(bad))
     assert r.returncode == 1 and f"{bad}: error: no row of this asterisk call log parses" in r.stderr
+
+
+@pytest.mark.parametrize("value, region, expected", [
+    ("13812345678", "CN", "+8613812345678"), ("138 1234 5678", "CN", "+8613812345678"),
+    ("008613812345678", "CN", "+8613812345678"), ("+1 415 555 0100", "CN", "+14155550100"),
+    ("4155550100", "US", "+14155550100"), ("1001", "CN", "1001"), ("anonymous", "CN", "anonymous"),
+])
+def test_numbers_are_e164_with_the_default_region(value, region, expected):
+    from connectors.phone.parse import e164
+
+    assert e164(value, region) == expected
