@@ -42,6 +42,7 @@ extension → extension is ``internal``, extension → outside ``outbound``.
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -88,6 +89,7 @@ _TWILIO_DISPOSITION = {"completed": "answered", "in-progress": "answered", "answ
                        "no-answer": "missed", "canceled": "missed", "failed": "failed"}
 _PHONE_LIKE = re.compile(r"\+?[0-9][0-9 ()./-]*")
 _VAR = re.compile(r"\$\{([^}]+)\}")
+_PCT = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
 class RowError(ValueError):
@@ -104,15 +106,27 @@ def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
     if source == "twilio":
         return [parse_twilio(raw, p)]
     if source == "freeswitch":
-        if raw.lstrip()[:1] in (b"{", b"") or raw.lstrip().startswith(b"cdr="):
+        if _json_cdr(raw):
             return [parse_freeswitch_json(raw, p)]
         return _rows_or_refuse(raw, p, parse_freeswitch_csv)
     return _rows_or_refuse(raw, p, parse_asterisk_csv)
 
 
+def _json_cdr(raw: bytes) -> bool:
+    """A mod_json_cdr POST body (JSON, ``cdr=`` form, base64) rather than CSV rows."""
+    head = raw.lstrip()[:64]
+    if head[:1] in (b"{", b"") or head.startswith(b"cdr="):
+        return True
+    if re.fullmatch(rb"[A-Za-z0-9+/=\s]+", raw[:4096]):
+        try:
+            return base64.b64decode(raw.strip()[:64])[:1] == b"{"
+        except ValueError:
+            return False
+    return False
+
+
 def _sniff(raw: bytes) -> str:
-    head = raw.lstrip()[:200]
-    if head.startswith((b"{", b"cdr=")):
+    if raw.lstrip()[:1] == b"{" or raw.lstrip().startswith(b"cdr="):
         return "freeswitch"
     if b"CallSid=" in raw[:4096]:
         return "twilio"
@@ -481,15 +495,27 @@ def parse_freeswitch_csv(raw: bytes, p: _Ctx) -> list[Inbound]:
 
 
 def parse_freeswitch_json(raw: bytes, p: _Ctx) -> Inbound:
-    body = raw.strip()
-    if body.startswith(b"cdr="):  # mod_json_cdr with encode = true sends a form field
-        from urllib.parse import unquote_plus
+    """A mod_json_cdr record as the module POSTs it: raw JSON (``encode``
+    false), the form field ``cdr=`` (``encode`` true) or base64 (``encode``
+    base64); values URL-encoded one by one (``encode-values``, the module's
+    default) are decoded."""
+    from urllib.parse import unquote, unquote_plus
 
-        body = unquote_plus(body[4:].decode("utf-8", "replace")).encode()
+    body = raw.strip()
+    if body.startswith(b"cdr="):
+        body = unquote_plus(body[4:].decode("utf-8", "replace")).encode().strip()
+    if body[:1] not in (b"{", b"["):
+        try:
+            body = base64.b64decode(body, validate=True).strip()
+        except ValueError:
+            raise PayloadRejected("not a mod_json_cdr record: neither JSON nor base64") from None
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadRejected(f"not a mod_json_cdr record: invalid JSON ({exc})") from None
+    if isinstance(doc, dict) and isinstance(doc.get("variables"), dict):
+        doc["variables"] = {k: unquote(v) if isinstance(v, str) and _PCT.search(v) else v
+                            for k, v in doc["variables"].items()}
     if not isinstance(doc, dict) or not isinstance(doc.get("variables"), dict):
         raise PayloadRejected("not a mod_json_cdr record: no \"variables\" object")
     v = {k: str(x) for k, x in doc["variables"].items() if isinstance(x, (str, int, float))}

@@ -213,3 +213,21 @@ def test_numbers_are_e164_with_the_default_region(value, region, expected):
     from connectors.phone.parse import e164
 
     assert e164(value, region) == expected
+
+
+def test_mod_json_cdr_encodings_all_read_the_same():
+    """json_cdr.conf.xml: ``encode`` false | true (form field cdr=) | base64, ``encode-values`` (the default)."""
+    import base64
+    from urllib.parse import quote, quote_plus
+
+    from tests.corpus import require_corpus
+
+    raw = (require_corpus() / "phone" / "cgrates_fs_json_cdr_1.json").read_bytes()
+    doc = json.loads(raw)
+    encoded_values = json.dumps({**doc, "variables": {k: quote(v) if isinstance(v, str) else v
+                                                      for k, v in doc["variables"].items()}}).encode()
+    forms = [raw, b"cdr=" + quote_plus(raw.decode()).encode(), base64.b64encode(raw),
+             b"cdr=" + quote_plus(base64.b64encode(raw).decode()).encode(), encoded_values]
+    calls = [parse(body, {"channel": "freeswitch"})[0] for body in forms]
+    assert {(c.external_id, c.call.from_, c.call.duration_s, c.call.disposition) for c in calls} == {
+        ("3da8bf84-c133-4959-9e24-e72875cb33a1", "1001", 71, "answered")}
