@@ -34,9 +34,12 @@ def mutate(raw: bytes, rng: random.Random) -> bytes:
     return bytes(b)
 
 
-@pytest.mark.parametrize("corpus_row", params("email") + params("wechat") + params("telegram"), indirect=True)
+@pytest.mark.parametrize("corpus_row", params("email") + params("wechat") + params("telegram") + params("phone"),
+                         indirect=True)
 def test_mangled_payloads_normalize_or_are_refused(corpus_row):
     channel = "wecom" if "_work_" in corpus_row.path else corpus_row.channel
+    if channel == "phone":  # the parse name is the source: asterisk-cdr-csv → asterisk
+        channel = corpus_row.format.split("-", 1)[0]
     parse = parser_for(channel)
     raw = corpus_row.read()
     rng = random.Random(corpus_row.path)
@@ -47,7 +50,7 @@ def test_mangled_payloads_normalize_or_are_refused(corpus_row):
             pass
 
 
-@pytest.mark.parametrize("channel", ["api", "email", "wechat", "wecom", "telegram"])
+@pytest.mark.parametrize("channel", ["api", "email", "wechat", "wecom", "telegram", "asterisk", "freeswitch", "twilio"])
 @pytest.mark.parametrize("blob", [b"", b"\x00" * 10, b"{}", b"[]", b"null", b"\xff\xfe\xfd",
                                   b'{"update_id": 1, "message": {"chat": {}}}', b"<xml><MsgType>text</MsgType></xml>",
                                   b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><xml>&a;</xml>"])

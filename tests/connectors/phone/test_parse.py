@@ -231,3 +231,20 @@ def test_mod_json_cdr_encodings_all_read_the_same():
     calls = [parse(body, {"channel": "freeswitch"})[0] for body in forms]
     assert {(c.external_id, c.call.from_, c.call.duration_s, c.call.disposition) for c in calls} == {
         ("3da8bf84-c133-4959-9e24-e72875cb33a1", "1001", 71, "answered")}
+
+
+@pytest.mark.parametrize("name, source", [
+    ("synthetic_twilio_status_completed.form", "twilio"), ("synthetic_asterisk_cdr_bad_row.csv", "asterisk"),
+    ("synthetic_freeswitch_custom_template.csv", "freeswitch"),
+])
+def test_mangled_fixtures_normalize_or_are_refused(name, source):
+    import random
+
+    from tests.connectors.test_robustness import mutate
+
+    raw, rng = (FIXTURES / name).read_bytes(), random.Random(name)
+    for _ in range(200):
+        try:
+            parse(mutate(raw, rng), {"channel": source, "warn": lambda message: None})
+        except PayloadRejected:
+            pass
