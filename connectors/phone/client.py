@@ -59,6 +59,7 @@ from aiohttp import web
 from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
 from connectors.phone.parse import (
     CEL_EVENTS,
+    MAX_RECORD_LINES,
     parse,
     split_records,
     template_columns,
@@ -384,20 +385,30 @@ def _read_from(path: str, offset: int, size: int) -> bytes:
         return fh.read(size)
 
 
-def complete_prefix(data: bytes) -> bytes:
-    """The longest prefix of ``data`` made of whole rows: it ends with a newline
-    outside quotes (a quoted field may hold a newline)."""
-    end = 0
-    quotes = 0
-    start = 0
-    while True:
-        nl = data.find(b"\n", start)
-        if nl < 0:
-            return data[:end]
-        quotes += data.count(b'"', start, nl)
-        start = nl + 1
+def complete_prefix(data: bytes, max_lines: int = MAX_RECORD_LINES) -> bytes:
+    """The longest prefix of ``data`` made of whole rows, as
+    :func:`split_records` cuts them: each ends with a newline outside quotes
+    (a quoted field may hold newlines). A quote still open after
+    ``max_lines`` lines is a broken row: its first line is taken alone (and
+    reported by the parser), so one bad row never stops the tail."""
+    lines = data.split(b"\n")[:-1]  # the last piece has no newline yet
+    ends, pos = [], 0
+    for line in lines:
+        pos += len(line) + 1
+        ends.append(pos)
+    end, i = 0, 0
+    while i < len(lines):
+        j, quotes = i, lines[i].count(b'"')
+        while quotes % 2 and j + 1 < len(lines) and j - i + 1 < max_lines:
+            j += 1
+            quotes += lines[j].count(b'"')
         if quotes % 2 == 0:
-            end = start
+            end, i = ends[j], j + 1
+        elif j - i + 1 >= max_lines:
+            end, i = ends[i], i + 1
+        else:
+            break  # a row the PBX is still writing
+    return data[:end]
 
 
 def _cel_event(record: bytes) -> bool:

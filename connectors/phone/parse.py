@@ -87,6 +87,9 @@ _FS_MISSED = frozenset({"NO_ANSWER", "NO_USER_RESPONSE", "ORIGINATOR_CANCEL", "A
 _FS_BUSY = frozenset({"USER_BUSY", "CALL_REJECTED", "NORMAL_CIRCUIT_CONGESTION"})
 _TWILIO_DISPOSITION = {"completed": "answered", "in-progress": "answered", "answered": "answered", "busy": "busy",
                        "no-answer": "missed", "canceled": "missed", "failed": "failed"}
+#: Lines one CSV record may span (a quoted field holding newlines); a quote
+#: still open after them is a broken row.
+MAX_RECORD_LINES = 20
 _PHONE_LIKE = re.compile(r"\+?[0-9][0-9 ()./-]*")
 _VAR = re.compile(r"\$\{([^}]+)\}")
 _PCT = re.compile(r"%[0-9A-Fa-f]{2}")
@@ -304,7 +307,7 @@ def _records(raw: bytes, p: _Ctx) -> Iterable[tuple[int, list[str] | None, str |
         start = i
         chunk = lines[i]
         i += 1
-        while chunk.count('"') % 2 and i < len(lines) and i - start < 20:  # a quoted field spanning lines
+        while chunk.count('"') % 2 and i < len(lines) and i - start < MAX_RECORD_LINES:  # a field spanning lines
             chunk += lines[i]
             i += 1
         if not chunk.strip():
@@ -334,7 +337,7 @@ def split_records(raw: bytes, first_line: int = 1) -> list[tuple[int, bytes]]:
     while i < len(lines):
         start, chunk = i, lines[i]
         i += 1
-        while chunk.count(b'"') % 2 and i < len(lines) and i - start < 20:
+        while chunk.count(b'"') % 2 and i < len(lines) and i - start < MAX_RECORD_LINES:
             chunk += lines[i]
             i += 1
         if chunk.count(b'"') % 2:  # never closed: report the line alone, go on with the next

@@ -86,3 +86,22 @@ def test_complete_prefix_respects_quoted_newlines():
     assert complete_prefix(b'a,b\nc,"d\ne"\nf') == b'a,b\nc,"d\ne"\n'
     assert complete_prefix(b'a,"b\n') == b""
     assert complete_prefix(b"") == b""
+
+
+async def test_a_broken_row_does_not_stop_the_tail(tmp_path):
+    """buggy.csv's unterminated quote, then good rows: the broken line is
+    journaled alone (it fails in the pipeline with its line), the rest flows."""
+    path = tmp_path / "Master.csv"
+    broken = row(1)[:-3] + '"\n'  # the last field opens a quote that never closes
+    path.write_text(broken + "".join(row(n) for n in range(2, 30)))
+    ctx = make_ctx(path)
+    await tail_once(ctx)
+    assert len(ctx.journal) == 29
+    assert ctx.journal[0].raw.decode() == broken and ctx.journal[1].meta["line"] == 2
+
+
+def test_complete_prefix_takes_a_broken_row_alone_once_enough_lines_follow():
+    broken = b'a,"open\n'
+    assert complete_prefix(broken + b"b,c\n" * 3) == b""  # could still be a quoted newline
+    data = broken + b"b,c\n" * 25
+    assert complete_prefix(data) == data
