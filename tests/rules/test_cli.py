@@ -27,7 +27,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_the_shipped_rules_pass_check_with_their_tests(capsys):
     code, out, err = run(capsys, "check", str(RULES))
     assert code == 0, err
-    assert "rule tests: 19 passed, 0 failed, 0 errors in test files" in out
+    assert "rule tests: 20 passed, 0 failed, 0 errors in test files" in out
     assert err == ""
 
 
@@ -60,7 +60,7 @@ def test_a_failing_rule_test_prints_expected_and_got_per_field(tmp_path, capsys)
         "    priority: expected high, got normal",
         "    tags:     expected [x], got []",
     ]
-    assert "rule tests: 19 passed, 1 failed, 0 errors in test files" in out
+    assert "rule tests: 20 passed, 1 failed, 0 errors in test files" in out
 
 
 def test_malformed_rule_tests_are_errors_with_positions(tmp_path, capsys):
