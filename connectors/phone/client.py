@@ -54,7 +54,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping
 
 import msgspec
 import structlog
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
 from connectors.phone.parse import (
@@ -150,6 +150,24 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_file_part(request: web.Request, max_bytes: int) -> tuple[bytes, str | None]:
+    """The first file of a multipart/form-data upload, whole, up to ``max_bytes`` (413 past it)."""
+    if request.content_length is not None and request.content_length > max_bytes + 64 * 1024:
+        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader) or part.filename is None and part.name != "file":
+            continue
+        chunks, size = [], 0
+        while chunk := await part.read_chunk(65536):
+            size += len(chunk)
+            if size > max_bytes:
+                raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=size)
+            chunks.append(chunk)
+        return b"".join(chunks), part.filename
+    raise web.HTTPBadRequest(text="a multipart upload needs a file part")
+
+
 def _problem(status: int, title: str, detail: str, **extra: Any) -> web.Response:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     return web.Response(status=status, text=json.dumps(body, ensure_ascii=False),
@@ -220,9 +238,13 @@ class PhoneConnector:
             log.warning("phone.upload_refused", account=name, reason="bad or missing bearer token")
             return _problem(401, "Unauthorized", "Authorization: Bearer <upload_token of this account> is needed",
                             field="Authorization")
-        body = await read_body(request, self.cfg.max_body_bytes)
-        account = f"{acct.source}:{name}"
         file_name = request.query.get("name") or "upload"
+        if request.content_type == "multipart/form-data":  # curl -F file=@Master.csv
+            body, part_name = await read_file_part(request, self.cfg.max_body_bytes)
+            file_name = part_name or file_name
+        else:
+            body = await read_body(request, self.cfg.max_body_bytes)
+        account = f"{acct.source}:{name}"
         meta = self._meta(acct, acct.source, file=file_name)
         groups = self._groups(body, acct)
         if not groups:

@@ -255,7 +255,7 @@ def _clid(clid: str) -> tuple[str | None, str | None]:
 def _call_inbound(p: _Ctx, *, call_id: str, number_from: str | None, number_to: str | None, name: str | None,
                   call: CallInfo, defects: list[str], meta: dict[str, str], raw_type: str) -> Inbound:
     """The Inbound of one call report: direction, the customer (sender) and defects."""
-    src, dst = (number_from or "").strip(), (number_to or "").strip()
+    src, dst = _user_part(number_from), _user_part(number_to)
     if call.direction is None:  # extension patterns see the numbers as the PBX wrote them
         if p.is_internal(src) and p.is_internal(dst):
             call.direction = "internal"
@@ -278,6 +278,13 @@ def _call_inbound(p: _Ctx, *, call_id: str, number_from: str | None, number_to: 
     return Inbound(channel=CHANNEL, account=p.account, external_id=call_id, kind="call",
                    sender=Sender("phone", customer, name), text=text, call=call, sent_at=call.started_at,
                    defects=defects, raw_type=raw_type, meta={k: v for k, v in meta.items() if v})
+
+
+def _user_part(value: str | None) -> str:
+    """``sip:+8613800138000@trunk.example;user=phone`` or ``tel:+86…`` → the number; anything else as given."""
+    v = (value or "").strip()
+    m = re.fullmatch(r"(?:sips?|tel):([^@;]+)(?:[@;].*)?", v, re.I)
+    return m.group(1) if m else v
 
 
 def call_summary(call: CallInfo) -> str:

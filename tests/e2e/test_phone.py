@@ -261,3 +261,17 @@ def test_config_errors_name_the_key(section, problem) -> None:
 
     with pytest.raises(Fatal, match=problem):
         load_config(section)
+
+
+async def test_multipart_upload_like_curl_form(gw: Gateway) -> None:
+    import aiohttp
+
+    form = aiohttp.FormData()
+    form.add_field("file", cdr("sip:+8613500135000@trunk.example", "4008001234", "2026-11-30 13:00:00", "NO ANSWER",
+                               "1700009000.1").encode(), filename="Master.csv", content_type="text/csv")
+    resp = await gw.client.post("/channels/phone/pbx1/upload", data=form, headers={"Authorization": f"Bearer {UPLOAD}"})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["accepted"] == 1
+    await gw.drain()
+    entry, ticket, contact = await gw.only_ticket()
+    assert {"kind": "phone", "value": "+8613500135000"} in contact["identities"]  # the number of the SIP URI
