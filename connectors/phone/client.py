@@ -30,7 +30,8 @@ Routes (each body read whole, however TCP cut it, up to ``max_body_bytes``):
   a forged or missing one → 401. A signed ``Timestamp`` older than
   ``replay_window`` → 403; a redelivered body is the same journal entry.
 
-The tailer (an asterisk account with ``cdr_path``) reads complete lines only
+The tailer (an account with ``cdr_path``: Asterisk's ``Master.csv``, or
+FreeSWITCH ``mod_cdr_csv``'s in its ``csv_template``) reads complete lines only
 (a partial last line waits until the PBX finishes it), journals them, then
 stores the byte offset with ``ctx.state_set``: a crash after the journal but
 before the offset re-reads rows whose keys the journal already has (no
@@ -120,8 +121,8 @@ def load_config(raw: Mapping[str, Any]) -> PhoneConfig:
         if a.source == "freeswitch" and not (a.username and a.password) and not a.upload_token:
             raise Fatal(f"phone config: accounts.{name}: a freeswitch account needs username and password "
                         "(mod_json_cdr's cred) or upload_token")
-        if a.cdr_path and a.source != "asterisk":
-            raise Fatal(f"phone config: accounts.{name}: cdr_path is tailed for asterisk accounts only")
+        if a.cdr_path and a.source == "twilio":
+            raise Fatal(f"phone config: accounts.{name}: cdr_path is for asterisk and freeswitch accounts")
         if a.csv_template:
             try:
                 template_columns(a.csv_template)
@@ -349,13 +350,14 @@ class PhoneConnector:
             await self.ctx.supervisor.run(tails)
 
     async def tail(self, name: str, acct: AccountConfig, *, once: bool = False) -> None:
-        """Follow ``cdr_path``; every complete row is journaled, then the offset stored."""
+        """Follow ``cdr_path``; every complete row is journaled, then the offset stored.
+        (CEL files are uploaded, not tailed: a call's events span rows.)"""
         assert acct.cdr_path is not None
         state_key = f"tail:{name}"
         raw_state = await self.ctx.state_get(state_key)
         st = _Tail(**json.loads(raw_state)) if raw_state else _Tail()
-        account = f"asterisk:{name}"
-        meta = self._meta(acct, "asterisk", file=acct.cdr_path)
+        account = f"{acct.source}:{name}"
+        meta = self._meta(acct, acct.source, file=acct.cdr_path)
         while not self._stopping.is_set():
             try:
                 info = os.stat(acct.cdr_path)

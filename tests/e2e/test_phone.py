@@ -251,6 +251,7 @@ async def test_bodies_over_the_limit_are_refused(start_gateway) -> None:
     ({"accounts": {"t": {"source": "twilio", "public_url": PUBLIC}}}, "needs auth_token"),
     ({"accounts": {"t": {"source": "twilio", "auth_token": "x"}}}, "needs public_url"),
     ({"accounts": {"f": {"source": "freeswitch"}}}, "needs username and password"),
+    ({"accounts": {"t": {"source": "twilio", "auth_token": "x", "public_url": PUBLIC, "cdr_path": "/x"}}}, "cdr_path"),
     ({"accounts": {"f": {"source": "skype"}}}, "phone.accounts"),
     ({"accounts": {"f": {"source": "freeswitch", "upload_token": "x", "csv_template": '"${a}"'}}}, "uuid"),
     ({"internal_patterns": ["("]}, "internal_patterns"),

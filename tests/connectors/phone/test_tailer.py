@@ -3,7 +3,9 @@ complete rows only, the offset stored after the journal, restarts, rotation."""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 from connectors.phone.client import PhoneConnector, complete_prefix
 from tests.connectors.memory import MemoryContext
@@ -105,3 +107,19 @@ def test_complete_prefix_takes_a_broken_row_alone_once_enough_lines_follow():
     assert complete_prefix(broken + b"b,c\n" * 3) == b""  # could still be a quoted newline
     data = broken + b"b,c\n" * 25
     assert complete_prefix(data) == data
+
+
+async def test_a_freeswitch_mod_cdr_csv_file_is_tailed_in_its_template(tmp_path):
+    from connectors.phone.parse import parse
+
+    path = tmp_path / "Master.csv"
+    fixtures = Path(__file__).resolve().parents[2] / "fixtures" / "phone"
+    path.write_bytes((fixtures / "synthetic_freeswitch_custom_template.csv").read_bytes())
+    template = json.loads((fixtures / "synthetic_freeswitch_custom_template.context.json").read_text())["csv_template"]
+    ctx = MemoryContext(config={"accounts": {"fs": {"source": "freeswitch", "upload_token": "t", "cdr_path": str(path),
+                                                    "csv_template": template}}}, channel="phone")
+    c = PhoneConnector(ctx)
+    await c.tail("fs", c.cfg.accounts["fs"], once=True)
+    assert [e.account for e in ctx.journal] == ["freeswitch:fs", "freeswitch:fs"]
+    calls = [parse(e.raw, {**e.meta, "account": e.account})[0] for e in ctx.journal]  # as the pipeline parses them
+    assert [c.call.disposition for c in calls] == ["missed", "answered"]
