@@ -576,17 +576,16 @@ def _freeswitch_call(r: Mapping[str, str], p: _Ctx, line: int, raw_type: str) ->
         disposition = "voicemail"
     if disposition not in ("answered", "voicemail"):
         answer = None
-    direction = (r.get("call_direction") or r.get("direction") or "").lower()
+    # FreeSWITCH's own "direction" is per leg (a B-leg it originated is
+    # "outbound" even for a customer's call): the number patterns decide
     call = CallInfo(direction=None, started_at=start, answered_at=answer, ended_at=end, duration_s=duration,
                     disposition=disposition,
                     recording_url=next((r[k] for k in ("recording_url", "record_url") if r.get(k)), None))
     src = r.get("caller_id_number") or r.get("sip_from_user") or r.get("effective_caller_id_number") or ""
     dst = r.get("destination_number") or r.get("sip_to_user") or r.get("sip_req_user") or r.get("dialed_user") or ""
-    if direction == "outbound" and p.internal and not p.is_internal(src):
-        pass  # a B-leg the switch originated: leave the direction to the number patterns
     meta = {"trunk": (r.get("sofia_profile_name") or r.get("context") or ""), "hangup_cause": cause,
             "billsec": str(billsec or 0), "bleg_uuid": r.get("bleg_uuid", ""), "line": str(line) if line > 1 else "",
-            "accountcode": r.get("accountcode", "")}
+            "accountcode": r.get("accountcode", ""), "leg_direction": r.get("direction", "")}
     return _call_inbound(p, call_id=call_id, number_from=src, number_to=dst,
                          name=(r.get("caller_id_name") or None), call=call, defects=defects, meta=meta,
                          raw_type=raw_type)
