@@ -141,6 +141,9 @@ def _rows_or_refuse(raw: bytes, p: "_Ctx", fn: Callable[[bytes, "_Ctx"], list[In
     if not inbounds:
         first = p.errors[0] if p.errors else "no call rows"
         raise PayloadRejected(f"no row of this {p.source} call log parses ({first})")
+    if p.errors and not callable(p._warn):  # no one to tell (the pipeline): the calls carry it
+        for inbound in inbounds:
+            inbound.defects.extend(f"skipped {e}" for e in p.errors)
     return inbounds
 
 
@@ -164,7 +167,10 @@ class _Ctx:
         self.template = context.get("csv_template") or context.get("template") or FREESWITCH_DEFAULT_TEMPLATE
         self.region = str(context.get("default_region") or "CN")
         self.context = context
-        self.first_line = int(context.get("line") or 1)
+        try:
+            self.first_line = int(context.get("line") or 1)
+        except (TypeError, ValueError):
+            self.first_line = 1
         self._warn = context.get("warn")
         self.errors: list[str] = []
 

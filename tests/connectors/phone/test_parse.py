@@ -248,3 +248,9 @@ def test_mangled_fixtures_normalize_or_are_refused(name, source):
             parse(mutate(raw, rng), {"channel": source, "warn": lambda message: None})
         except PayloadRejected:
             pass
+
+
+def test_without_a_warn_callback_skipped_rows_become_defects():
+    raw = (FIXTURES / "synthetic_asterisk_cdr_bad_row.csv").read_bytes()
+    calls = parse(raw, {"channel": "asterisk", "line": "not a number"})
+    assert calls[0].defects[-1] == "skipped line 2: start 'yesterday' is not a time"
