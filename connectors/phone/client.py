@@ -254,10 +254,9 @@ class PhoneConnector:
         journal_ids: list[str] = []
         good = 0
         for line, record in groups:
-            row_meta = dict(meta, line=line)
             problems: list[str] = []
             try:
-                calls = parse(record, {**row_meta, "account": account, "warn": problems.append})
+                calls = parse(record, {**meta, "line": line, "account": account, "warn": problems.append})
             except PayloadRejected as exc:
                 calls = []
                 problems = problems or [str(exc)]
@@ -266,8 +265,11 @@ class PhoneConnector:
             for p in problems:
                 m = re.match(r"line (\d+): (.*)", p)
                 errors.append({"line": int(m.group(1)), "error": m.group(2)} if m else {"line": line, "error": p})
-            result = await self.ctx.ingest(account, row_key(account, record), record, row_meta)
-            journal_ids.append(result.journal_id)
+        for i in range(0, len(groups), MAX_BATCH):  # one group commit per batch, not one fsync per row
+            results = await asyncio.gather(*(self.ctx.ingest(account, row_key(account, record), record,
+                                                             dict(meta, line=line))
+                                             for line, record in groups[i:i + MAX_BATCH]))
+            journal_ids.extend(r.journal_id for r in results)
         log.info("phone.upload", account=account, rows=len(groups), bad=len(errors))
         body_out = {"account": account, "rows": len(groups), "accepted": good, "errors": errors,
                     "journal_ids": journal_ids}
