@@ -19,7 +19,7 @@ from connectors.registry import RegistryError, connector_class, validate_all
 from gateway import api, assignment, keys, outbox, replies
 from gateway.attachments import AttachmentStore
 from gateway.config import Config, parse_duration
-from gateway.http_util import guarded_routes, json_response
+from gateway.http_util import add_not_found, guarded_routes, json_response
 from gateway.ingest import ChannelContext, Ingest
 from gateway.metrics import Metrics
 from gateway.store.sqlite import SQLiteStore
@@ -232,6 +232,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
         app[keys.READINESS]["rules"] = rules.readiness
         m.registry.register(rules.collector())
         app.cleanup_ctx.append(_rules_ctx)
+    add_not_found(app)  # last: unknown routes answer problem+json
     return app
 
 

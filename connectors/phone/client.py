@@ -48,8 +48,8 @@ import hmac
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, Callable, Literal, Mapping
 
@@ -58,6 +58,7 @@ import structlog
 from aiohttp import BodyPartReader, web
 
 from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
+from connectors.http import BODY_TIMEOUT_S, BodyTooLarge, read_body
 from connectors.phone.parse import (
     CEL_EVENTS,
     MAX_RECORD_LINES,
@@ -134,38 +135,22 @@ def load_config(raw: Mapping[str, Any]) -> PhoneConfig:
 # ---------------------------------------------------------------- HTTP helpers
 
 
-async def read_body(request: web.Request, max_bytes: int) -> bytes:
-    """The whole body, however the client's TCP segments cut it; 413 past ``max_bytes``."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await request.content.read(65536)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > max_bytes:
-            raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=size)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def read_file_part(request: web.Request, max_bytes: int) -> tuple[bytes, str | None]:
     """The first file of a multipart/form-data upload, whole, up to ``max_bytes`` (413 past it)."""
     if request.content_length is not None and request.content_length > max_bytes + 64 * 1024:
-        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
+        raise BodyTooLarge(max_bytes, request.content_length)
     reader = await request.multipart()
-    async for part in reader:
-        if not isinstance(part, BodyPartReader) or part.filename is None and part.name != "file":
-            continue
-        chunks, size = [], 0
-        while chunk := await part.read_chunk(65536):
-            size += len(chunk)
-            if size > max_bytes:
-                raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=size)
-            chunks.append(chunk)
-        return b"".join(chunks), part.filename
+    async with asyncio.timeout(BODY_TIMEOUT_S):
+        async for part in reader:
+            if not isinstance(part, BodyPartReader) or part.filename is None and part.name != "file":
+                continue
+            chunks, size = [], 0
+            while chunk := await part.read_chunk(65536):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise BodyTooLarge(max_bytes, request.content_length)
+                chunks.append(chunk)
+            return b"".join(chunks), part.filename
     raise web.HTTPBadRequest(text="a multipart upload needs a file part")
 
 
@@ -202,8 +187,21 @@ class PhoneConnector:
         self.ctx = ctx
         self.cfg = load_config(ctx.config)
         self._stopping = asyncio.Event()
-        #: Unix seconds now: the replay window of Twilio's signed Timestamp (tests pin it).
-        self.clock: Callable[[], float] = time.time
+        #: The gateway's clock (aware UTC): the replay window of Twilio's signed Timestamp.
+        self.clock: Callable[[], datetime] = getattr(ctx, "clock", None) or (lambda: datetime.now(timezone.utc))
+
+    def _refuse(self, status: int, title: str, detail: str, field: str, reason: str, **bound: Any) -> web.Response:
+        """A request refused before anything was stored: logged, counted
+        (``omnigate_rejected{channel="phone", reason}``), answered problem+json."""
+        log.warning("phone.request_refused", status=status, reason=reason, **bound)
+        count = getattr(self.ctx, "rejected", None)
+        if count is not None:
+            count(reason)
+        headers = {"WWW-Authenticate": 'Basic realm="omnigate"'} if reason == "unauthorized_basic" else None
+        resp = _problem(status, title, detail, field=field)
+        if headers:
+            resp.headers.update(headers)
+        return resp
 
     # routes ----------------------------------------------------------------
 
@@ -236,9 +234,8 @@ class PhoneConnector:
         name, acct = self._account(request, "asterisk", "freeswitch")
         auth = request.headers.get("Authorization", "")
         if not acct.upload_token or not auth.startswith("Bearer ") or not _same(auth[7:].strip(), acct.upload_token):
-            log.warning("phone.upload_refused", account=name, reason="bad or missing bearer token")
-            return _problem(401, "Unauthorized", "Authorization: Bearer <upload_token of this account> is needed",
-                            field="Authorization")
+            return self._refuse(401, "Unauthorized", "Authorization: Bearer <upload_token of this account> is needed",
+                                "Authorization", "unauthorized", account=name)
         file_name = request.query.get("name") or "upload"
         if request.content_type == "multipart/form-data":  # curl -F file=@Master.csv
             body, part_name = await read_file_part(request, self.cfg.max_body_bytes)
@@ -293,9 +290,8 @@ class PhoneConnector:
         name, acct = self._account(request, "freeswitch")
         user, password = _basic_auth(request.headers.get("Authorization", ""))
         if not (acct.username and acct.password and _same(user, acct.username) and _same(password, acct.password)):
-            log.warning("phone.cdr_refused", account=name, reason="bad or missing basic auth")
-            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="omnigate"'},
-                                text="mod_json_cdr's cred (HTTP basic auth) does not match")
+            return self._refuse(401, "Unauthorized", "mod_json_cdr's cred (HTTP basic auth) does not match",
+                                "Authorization", "unauthorized_basic", account=name)
         body = await read_body(request, self.cfg.max_body_bytes)
         account = f"freeswitch:{name}"
         meta = self._meta(acct, "freeswitch")
@@ -318,25 +314,26 @@ class PhoneConnector:
         try:
             params = twilio_params(body)
         except PayloadRejected as exc:
-            return _problem(400, "Bad callback", str(exc), field="body")
+            return self._refuse(400, "Bad callback", str(exc), "body", "malformed", account=name)
         assert acct.auth_token is not None
         if not twilio_signature_ok(acct.auth_token, url, params, signature):
-            log.warning("phone.twilio_refused", account=name, reason="X-Twilio-Signature mismatch")
-            return _problem(401, "Unauthorized", "X-Twilio-Signature does not match", field="X-Twilio-Signature")
+            return self._refuse(401, "Unauthorized", "X-Twilio-Signature does not match", "X-Twilio-Signature",
+                                "bad_signature", account=name)
         if acct.account_sid and params.get("AccountSid") != acct.account_sid:
-            return _problem(403, "Forbidden", "AccountSid is not this account's", field="AccountSid")
+            return self._refuse(403, "Forbidden", "AccountSid is not this account's", "AccountSid", "wrong_account",
+                                account=name)
         stamp = params.get("Timestamp")
         if stamp:
             try:
-                age = self.clock() - parsedate_to_datetime(stamp).timestamp()
+                age = (self.clock() - parsedate_to_datetime(stamp)).total_seconds()
             except (TypeError, ValueError):
-                return _problem(400, "Bad callback", "Timestamp is not an RFC 2822 date", field="Timestamp")
+                return self._refuse(400, "Bad callback", "Timestamp is not an RFC 2822 date", "Timestamp", "malformed",
+                                    account=name)
             if age > self.cfg.replay_window:
-                log.warning("phone.twilio_refused", account=name, reason="stale Timestamp", age_s=int(age))
-                return _problem(403, "Replayed callback", "Timestamp is older than the replay window",
-                                field="Timestamp")
+                return self._refuse(403, "Replayed callback", "Timestamp is older than the replay window",
+                                    "Timestamp", "stale", account=name, age_s=int(age))
         if not params.get("CallSid"):
-            return _problem(400, "Bad callback", "no CallSid", field="CallSid")
+            return self._refuse(400, "Bad callback", "no CallSid", "CallSid", "malformed", account=name)
         account = f"twilio:{name}"
         meta = self._meta(acct, "twilio", url=url, headers={"X-Twilio-Signature": signature})
         key = f"twilio:{params['CallSid']}:" + hashlib.sha256(body).hexdigest()[:32]

@@ -29,9 +29,10 @@ from typing import Any, Callable
 import msgspec
 import structlog
 
-from connectors.base import IngestResult
+from connectors.base import IngestResult, Nonce
 from gateway.store.base import Conflict, JournalEntry, NotFound, Page, StoreError
 from gateway.store.schema import MIGRATIONS
+from gateway.store.sqlite_nonces import journal_append_nonce
 from gateway.store.sqlite_assign import AssignOps
 from gateway.store.sqlite_replies import RepliesOps
 from gateway.store.sqlite_sla import SlaOps
@@ -307,9 +308,15 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps):
     # ------------------------------------------------------------ journal
 
     async def journal_append(self, channel: str, account: str, key: str, raw: bytes,
-                             meta: dict | None = None) -> IngestResult:
-        return await self._write(_journal_append, new_id(), channel, account, key, raw,
-                                 _j(meta) if meta else None, ms(utcnow()), savepoint=False)
+                             meta: dict | None = None, *, nonce: Nonce | None = None) -> IngestResult:
+        """Append durably. With ``nonce``, the nonce is checked and recorded in
+        the same transaction (gateway/store/sqlite_nonces.py; may raise
+        ``NonceReused``); without, the batched hot path."""
+        row = (new_id(), channel, account, key, raw, _j(meta) if meta else None, ms(utcnow()))
+        if nonce is None:
+            return await self._write(_journal_append, *row, savepoint=False)
+        return await self._write(journal_append_nonce, _journal_append, row, nonce.scope, nonce.value,
+                                 ms(nonce.expires), ms(nonce.now))
 
     async def journal_get(self, journal_id: str, *, with_raw: bool = False) -> JournalEntry | None:
         rows = await self._read(_journal_select, "WHERE id = ?", (journal_id,), with_raw, 1)
@@ -799,8 +806,10 @@ def _timeline_page(conn: sqlite3.Connection, contact_id: str | None, ticket_id: 
         try:
             at_s, seq_s = cursor.split(".", 1)
             at, seq = int(at_s), int(seq_s)
+            if not (0 <= at < 2**63 and 0 <= seq < 2**63):  # SQLite integers are 64-bit
+                raise ValueError(cursor)
         except ValueError:
-            raise StoreError(f"bad cursor {cursor!r}") from None
+            raise StoreError(f"bad cursor {cursor[:64]!r}") from None
         where += " AND (at > ? OR (at = ? AND seq > ?))"
         args += [at, at, seq]
     rows = conn.execute(

@@ -186,12 +186,14 @@ TWILIO = {"AccountSid": "AC0123", "CallSid": "CA42", "From": "+8613600136000", "
 
 async def test_twilio_callbacks_of_one_call_update_it_and_a_forged_one_is_refused(gw: Gateway) -> None:
     forged = await twilio_post(gw, {**TWILIO, "CallStatus": "no-answer"}, signature="bm90IGEgc2lnbmF0dXJl")
-    assert forged.status == 401
+    assert forged.status == 401 and (await forged.json())["field"] == "X-Twilio-Signature"
     tampered_sig = RequestValidator(TW_TOKEN).compute_signature(PUBLIC + "/channels/phone/main/status",
                                                                {**TWILIO, "CallStatus": "ringing"})
     tampered = await twilio_post(gw, {**TWILIO, "CallStatus": "completed"}, signature=tampered_sig)
     assert tampered.status == 401
     assert await gw.journal() == []  # nothing stored
+    metrics = await (await gw.client.get("/metrics")).text()
+    assert 'omnigate_rejected_total{channel="phone",reason="bad_signature"} 2.0' in metrics
     assert (await twilio_post(gw, {**TWILIO, "CallStatus": "ringing"})).status == 204
     await gw.drain()
     resp = await twilio_post(gw, {**TWILIO, "CallStatus": "no-answer", "CallDuration": "0"})
@@ -217,7 +219,9 @@ async def test_upload_needs_its_token(gw: Gateway) -> None:
 async def test_twilio_stale_timestamp_and_foreign_account_are_refused(start_gateway) -> None:
     section = {"accounts": {"main": {**SECTION["accounts"]["main"], "account_sid": "AC0123"}}}
     gw = await start_gateway(phone=section)
-    gw.app[keys.CONNECTORS]["phone"].clock = lambda: 1796000000.0  # 2026-11-29T23:33:20Z
+    from datetime import datetime, timezone
+
+    gw.app[keys.CONNECTORS]["phone"].clock = lambda: datetime(2026, 11, 29, 23, 33, 20, tzinfo=timezone.utc)
     fresh = {**TWILIO, "CallStatus": "completed", "CallDuration": "12", "Timestamp": "Sun, 29 Nov 2026 23:30:00 +0000"}
     stale = {**fresh, "Timestamp": "Fri, 27 Nov 2026 23:30:00 +0000"}
     resp = await twilio_post(gw, stale)
