@@ -19,7 +19,6 @@ from connectors.api.parse import InvalidMessage, decode as decode_api_message, d
 from gateway import keys
 from gateway.http_util import Problem, check_bearer, json_response
 from gateway.store.base import JOURNAL_STATUSES, JournalEntry, NotFound, StoreError
-from routing.model import utcnow
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -81,7 +80,7 @@ async def journal_list(request: web.Request) -> web.Response:
     status = q.get("status")
     if status and status not in JOURNAL_STATUSES:
         raise Problem(400, "Invalid query", f"status must be one of {', '.join(JOURNAL_STATUSES)}", field="status")
-    since = _parse_time(q.get("since"), "since")
+    since = _parse_time(q.get("since"), "since", request.app[keys.CLOCK]())
     limit = _int(q.get("limit"), "limit", 100, 1, 1000)
     after = _int(q.get("cursor"), "cursor", 0, 0, None)
     entries = await request.app[keys.STORE].journal_list(status=status, since=since, after_seq=after, limit=limit)
@@ -97,7 +96,7 @@ async def journal_replay(request: web.Request) -> web.Response:
     if await store.journal_get(jid) is None:
         raise Problem(404, "Not found", f"no journal entry {jid}")
     n = await store.journal_requeue([jid])
-    request.app[keys.WORKER].wake()
+    request.app[keys.WORKER].rescan()
     log.info("journal.replay_requested", journal_id=jid, requeued=n)
     return json_response({"id": jid, "requeued": bool(n)}, status=202)
 
@@ -223,7 +222,7 @@ async def rules_test(request: web.Request) -> web.Response:
 
     body = decode_json(await read_whole(request, request.app[keys.CONFIG].max_body_bytes))
     try:
-        answer = dry_run(rules.tree, body, now=utcnow(), calendars=rules.calendars)
+        answer = dry_run(rules.tree, body, now=request.app[keys.CLOCK](), calendars=rules.calendars)
     except InputError as exc:
         raise Problem(400, "Invalid message", str(exc), field=getattr(exc, "field", None)) from None
     return json_response(answer)
@@ -279,12 +278,12 @@ def _int(value: str | None, name: str, default: int, lo: int, hi: int | None) ->
     return n
 
 
-def _parse_time(value: str | None, name: str) -> datetime | None:
+def _parse_time(value: str | None, name: str, now: datetime) -> datetime | None:
     if not value:
         return None
     from gateway.timeparse import parse_time
 
     try:
-        return parse_time(value)
+        return parse_time(value, now=now)
     except ValueError as exc:
         raise Problem(400, "Invalid query", str(exc), field=name) from None

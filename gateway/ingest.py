@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Callable
 
 from connectors.base import IngestResult, Nonce
+from gateway import crashpoints
 from routing.model import utcnow
 from gateway.metrics import Metrics
 
@@ -34,6 +35,8 @@ class Ingest:
         else:
             result = await self.store.journal_append(channel, account, key, raw, dict(meta) if meta else None,
                                                      nonce=nonce)
+        if crashpoints.ARMED:
+            crashpoints.reached("journal_append")
         counts = self.metrics.received if result.created else self.metrics.redelivered
         counts[channel] = counts.get(channel, 0) + 1
         if result.created:

@@ -29,6 +29,7 @@ import structlog
 from aiohttp import web
 
 from connectors.base import SendError, SendResult
+from gateway import crashpoints
 from gateway.attachments import AttachmentStore
 from gateway.store.base import REPLY_TOPIC, Delivery, OutboxItem, Store
 from routing.model import Outbound, utcnow
@@ -131,6 +132,8 @@ class Dispatcher:
         try:
             self._load_attachments(outbound)
             result: SendResult = await connector.send(outbound)
+            if crashpoints.ARMED:
+                crashpoints.reached("outbox_send")
         except SendError as exc:
             return self._failed(item, exc)
         except Exception as exc:  # noqa: BLE001 - a connector bug: retry, it may be transient

@@ -26,7 +26,7 @@ from gateway.attachments import AttachmentStore
 from gateway.http_util import Problem, check_bearer, json_response
 from gateway.outbox import DISPATCHER
 from gateway.store.base import NoReplyTarget, NotFound, ReplyDraft
-from routing.model import Attachment, utcnow
+from routing.model import Attachment
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -75,8 +75,7 @@ async def reply_create(request: web.Request) -> web.Response:
 
 
 def _now(app: web.Application) -> datetime:
-    clock = app.get(keys.CLOCK) if hasattr(keys, "CLOCK") else None
-    return clock() if clock else utcnow()
+    return app[keys.CLOCK]()
 
 
 async def _check_sendable(app: web.Application, ticket, body: _ReplyBody) -> None:

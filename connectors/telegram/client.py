@@ -34,7 +34,7 @@ import hmac
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Awaitable, Callable, Literal, Mapping
 
 import msgspec
 import structlog
@@ -265,6 +265,8 @@ class TelegramConnector:
         self._bots = {name: _BotHandle.build(name, cfg, self._config.api_base) for name, cfg in self._config.bots.items()}
         self._by_account = {h.account: h for h in self._bots.values()}
         self._encoder = msgspec.json.Encoder()
+        #: how the polling loop waits out a 429's retry_after (tests record it)
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(WEBHOOK_PATH, self._webhook)]
@@ -349,7 +351,7 @@ class TelegramConnector:
         except RetryAfter as exc:
             delay = retry_seconds(exc)
             log.warning("telegram.poll.rate_limited", bot=handle.name, retry_after=delay)
-            await asyncio.sleep(delay)
+            await self.sleep(delay)
             return []
         except TelegramError as exc:
             raise _poll_error(handle, exc) from exc

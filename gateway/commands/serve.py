@@ -59,7 +59,7 @@ def _serve(config, prog, log, create_app, StartupError, StoreError) -> int:
     from aiohttp import web
 
     try:
-        app = create_app(config)
+        app = create_app(config, clock=_test_clock())
     except (StartupError, StoreError, OSError) as exc:
         log.error("startup.failed", error=str(exc))
         print(f"{prog}: cannot start: {exc}", file=sys.stderr)
@@ -78,3 +78,18 @@ def _serve(config, prog, log, create_app, StartupError, StoreError) -> int:
         return 1
     log.info("shutdown.complete")
     return 0
+
+
+def _test_clock():
+    """``OMNIGATE_TEST_CLOCK=<ISO 8601 instant with offset>``: the daemon's
+    clock starts there and ticks on (for tests that run a real daemon; the
+    default is the real time)."""
+    import os
+    from datetime import datetime
+
+    text = os.environ.get("OMNIGATE_TEST_CLOCK")
+    if not text:
+        return None
+    from gateway.clock import ticking_from
+
+    return ticking_from(datetime.fromisoformat(text))

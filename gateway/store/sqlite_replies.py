@@ -30,7 +30,7 @@ from gateway.store.base import (
     OutboxItem,
     ReplyDraft,
 )
-from routing.model import TimelineEntry, new_id, utcnow
+from routing.model import TimelineEntry, new_id
 from routing.sla import response_verdict
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class RepliesOps:
     """Mixed into SQLiteStore: reply and outbox operations."""
 
     async def reply_create(self: "SQLiteStore", ticket_id: str, draft: ReplyDraft) -> TimelineEntry:
-        return await self._write(_reply_create, ticket_id, draft, new_id(), utcnow())
+        return await self._write(_reply_create, ticket_id, draft, new_id(), self.clock())
 
     async def auto_reply(self: "SQLiteStore", ticket_id: str, text: str, *, subject: str | None = None,
                          in_reply_to_auto: str | None = None) -> TimelineEntry:
@@ -74,7 +74,7 @@ class RepliesOps:
         return await self._read(_reply_facts, ticket_id, channel)
 
     async def outbox_claim(self: "SQLiteStore", topic: str, limit: int, lease_s: float) -> list[OutboxItem]:
-        now = utcnow()
+        now = self.clock()
         return await self._write(_outbox_claim, topic, limit, new_id(), now, now + timedelta(seconds=lease_s))
 
     async def outbox_settle(self: "SQLiteStore", item: OutboxItem, delivery: Delivery) -> bool:

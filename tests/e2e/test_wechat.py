@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.clock import BUSINESS_HOURS
 from tests.connectors.wechat.support import AES_KEY, TOKEN, envelope, plain_query
 from gateway import keys
 from tests.corpus import Row, require_corpus, rows
@@ -50,6 +51,7 @@ async def check_one_ticket(gw: Gateway, identity: dict, text: str) -> dict:
     return ticket
 
 
+@pytest.mark.clock(BUSINESS_HOURS)  # asserts every send: the evening's opening-hours reply aside
 @pytest.mark.parametrize("safe_mode", [False, True], ids=["plain", "aes"])
 async def test_oa_text_to_ticket_redelivery_and_reply(oa: Gateway, wechat_api, safe_mode: bool) -> None:
     xml = corpus("wechatpy_oa_text_message.xml").read()
@@ -83,6 +85,7 @@ async def test_oa_reply_after_the_48_hour_window_fails_with_the_reason(oa: Gatew
     assert wechat_api.sent == []
 
 
+@pytest.mark.clock(BUSINESS_HOURS)  # asserts every send: the evening's opening-hours reply aside
 @pytest.mark.parametrize("name", ["wechatpy_work_encrypted_text.xml", "wechatpy_work_encrypted_reply.xml"])
 async def test_wecom_encrypted_corpus_to_ticket_and_reply(start_gateway, wechat_api, name: str) -> None:
     row = corpus(name)
