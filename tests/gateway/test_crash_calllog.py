@@ -1,6 +1,8 @@
 """A watched Asterisk Master.csv appended while the daemon is dead: kill -9 a
-real `omnigate serve` while it tails the file, append more rows, restart it,
-and check that every row became exactly one call (nothing lost, nothing twice)."""
+real `omnigate serve` while it tails the file (from outside, and at exact
+crash points: rows journaled but the tail offset not stored; inside a
+pipeline commit), append more rows (and half a row), restart it, and check
+that every complete row became exactly one call (nothing lost, nothing twice)."""
 
 from __future__ import annotations
 
@@ -26,8 +28,11 @@ def row(n: int) -> str:
             f'"2026-11-30 10:00:00","","2026-11-30 10:00:20",20,0,"NO ANSWER","DOCUMENTATION","1700000000.{n}",""\n')
 
 
-def start(data_dir, port: int, cdr_path) -> subprocess.Popen:
-    env = {**os.environ, "OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_LOG_LEVEL": "warning",
+def start(data_dir, port: int, cdr_path, crash_at: str | None = None) -> subprocess.Popen:
+    """``crash_at``: a crash point (gateway/crashpoints.py) where the daemon kills itself."""
+    env = {**{k: v for k, v in os.environ.items() if k != "OMNIGATE_TEST_CRASH_AT"},
+           **({"OMNIGATE_TEST_CRASH_AT": crash_at} if crash_at else {}),
+           "OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_LOG_LEVEL": "warning",
            "OMNIGATE_PHONE__ACCOUNTS__PBX1__SOURCE": "asterisk",
            "OMNIGATE_PHONE__ACCOUNTS__PBX1__CDR_PATH": str(cdr_path),
            "OMNIGATE_PHONE__POLL_INTERVAL": "0.05"}
@@ -47,21 +52,27 @@ async def journal(s: aiohttp.ClientSession, base: str) -> list[dict]:
         cursor = page["next_cursor"]
 
 
-async def test_kill_9_while_tailing_then_append_loses_and_duplicates_no_call(tmp_path):
+@pytest.mark.parametrize("crash_at", [
+    None,  # kill -9 from outside once tailing is under way
+    "journal_append:300",  # rows durable in the journal, the tail offset not yet stored
+    "commit:200",  # inside a pipeline commit
+])
+async def test_kill_9_while_tailing_then_append_loses_and_duplicates_no_call(tmp_path, crash_at):
     cdr = tmp_path / "Master.csv"
     rows = [row(n) for n in range(1200)]
     with open(cdr, "w") as fh:
         fh.writelines(rows[:800])
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start(tmp_path / "data", port, cdr)
+    proc = start(tmp_path / "data", port, cdr, crash_at)
     try:
-        await wait_ready(base, proc)
-        async with aiohttp.ClientSession() as s:
-            while len(await journal(s, base)) < 50:  # tailing is under way
-                await asyncio.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        if crash_at is None:
+            await wait_ready(base, proc)
+            async with aiohttp.ClientSession() as s:
+                while len(await journal(s, base)) < 50:  # tailing is under way
+                    await asyncio.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
         with open(cdr, "a") as fh:  # the PBX goes on writing while the gateway is dead
             fh.writelines(rows[800:1100])
             fh.write(rows[1100][:30])  # and is in the middle of a row
