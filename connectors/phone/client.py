@@ -89,6 +89,9 @@ class AccountConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     account_sid: str | None = None
     public_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/]")] | None = None
     timezone: str | None = None
+    #: Where a tail with no stored offset starts: the file's ``beginning``
+    #: (import its history) or its ``end`` (only calls from now on).
+    start_at: Literal["beginning", "end"] = "beginning"
 
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -355,6 +358,10 @@ class PhoneConnector:
         state_key = f"tail:{name}"
         raw_state = await self.ctx.state_get(state_key)
         st = _Tail(**json.loads(raw_state)) if raw_state else _Tail()
+        if raw_state is None and acct.start_at == "end":  # first run: the history before today is not imported
+            st = await asyncio.to_thread(_end_of, acct.cdr_path)
+            await self.ctx.state_set(state_key, json.dumps({"offset": st.offset, "inode": st.inode, "line": st.line}))
+            log.info("phone.tail_start", account=f"{acct.source}:{name}", offset=st.offset, start_at="end")
         account = f"{acct.source}:{name}"
         meta = self._meta(acct, acct.source, file=acct.cdr_path)
         while not self._stopping.is_set():
@@ -400,6 +407,25 @@ class PhoneConnector:
 
     async def close(self) -> None:
         self._stopping.set()
+
+
+def _end_of(path: str) -> _Tail:
+    """Where a tail that starts at the end of ``path`` begins: after its last
+    complete line (a partial last line is still to come)."""
+    try:
+        with open(path, "rb") as fh:
+            inode = os.fstat(fh.fileno()).st_ino
+            offset = lines = 0
+            last_newline = 0
+            while chunk := fh.read(1 << 20):
+                lines += chunk.count(b"\n")
+                nl = chunk.rfind(b"\n")
+                if nl >= 0:
+                    last_newline = offset + nl + 1
+                offset += len(chunk)
+    except FileNotFoundError:
+        return _Tail()
+    return _Tail(offset=last_newline, inode=inode, line=lines)
 
 
 def _read_from(path: str, offset: int, size: int) -> bytes:

@@ -123,3 +123,18 @@ async def test_a_freeswitch_mod_cdr_csv_file_is_tailed_in_its_template(tmp_path)
     assert [e.account for e in ctx.journal] == ["freeswitch:fs", "freeswitch:fs"]
     calls = [parse(e.raw, {**e.meta, "account": e.account})[0] for e in ctx.journal]  # as the pipeline parses them
     assert [c.call.disposition for c in calls] == ["missed", "answered"]
+
+
+async def test_start_at_end_skips_the_history_once(tmp_path):
+    path = tmp_path / "Master.csv"
+    path.write_text(row(1) + row(2) + row(3)[:20])  # history, and a row being written
+    ctx = MemoryContext(config={"accounts": {"pbx1": {"source": "asterisk", "cdr_path": str(path),
+                                                      "start_at": "end"}}}, channel="phone")
+    c = PhoneConnector(ctx)
+    await c.tail("pbx1", c.cfg.accounts["pbx1"], once=True)
+    assert ctx.journal == []
+    with open(path, "a") as fh:
+        fh.write(row(3)[20:] + row(4))
+    await c.tail("pbx1", c.cfg.accounts["pbx1"], once=True)  # the stored offset now rules, not start_at
+    assert [e.meta["line"] for e in ctx.journal] == [3, 4]
+    assert ctx.journal[0].raw.decode() == row(3)
