@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
 
@@ -28,3 +29,5 @@ SUPERVISOR: web.AppKey[Any] = web.AppKey("supervisor")
 CONNECTORS: web.AppKey[dict[str, Any]] = web.AppKey("connectors")
 #: name → zero-argument callable returning (ok: bool, detail: dict), for /readyz
 READINESS: web.AppKey[dict[str, Any]] = web.AppKey("readiness")
+#: the app's clock (an aware UTC datetime); absent: the wall clock
+CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")

@@ -10,6 +10,7 @@ afterwards. A reply answers ``202`` (queued; the entry's
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 import structlog
@@ -22,19 +23,27 @@ from gateway.attachments import AttachmentStore
 from gateway.http_util import Problem, check_bearer, json_response
 from gateway.outbox import DISPATCHER
 from gateway.store.base import NoReplyTarget, NotFound, ReplyDraft
-from routing.model import Attachment
+from routing.model import Attachment, Template, utcnow
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 
+class _TemplateBody(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    language: str
+    parameters: list[str] = msgspec.field(default_factory=list)
+
+
 class _ReplyBody(msgspec.Struct, forbid_unknown_fields=True):
-    text: str
+    text: str = ""
     subject: str | None = None
     html: str | None = None
     author: str | None = None
     internal: bool = False
     attachments: list[Upload] = msgspec.field(default_factory=list)
+    #: an approved template (channels whose connector ``supports_templates``: WhatsApp)
+    template: _TemplateBody | None = None
 
 
 @routes.post("/api/v1/tickets/{id}/replies")
@@ -42,15 +51,17 @@ async def reply_create(request: web.Request) -> web.Response:
     app = request.app
     check_bearer(request, app[keys.CONFIG].api_token)
     body: _ReplyBody = await read_body(request, _ReplyBody)
-    if not body.text.strip():
+    if not body.text.strip() and body.template is None:
         raise Problem(400, "Invalid request body", "text must not be empty", field="$.text")
     ticket = await ticket_or_404(request)
+    template = await _check_channel(app, ticket, body)
     attachments = await _store_uploads(app[DISPATCHER].attachments, body.attachments)
     # a reply posted without an author comes from whoever holds the API token
     # (a help desk integration relaying an agent's answer): it is an agent reply
     author = body.author or request.headers.get("X-Omnigate-Actor") or "api"
-    draft = ReplyDraft(text=body.text, subject=body.subject, html=body.html, author=author,
-                       internal=body.internal, attachments=attachments)
+    text = body.text if body.text.strip() or template is None else _template_text(template)
+    draft = ReplyDraft(text=text, subject=body.subject, html=body.html, author=author,
+                       internal=body.internal, attachments=attachments, template=template)
     try:
         entry = await app[keys.STORE].reply_create(ticket.id, draft)
     except NoReplyTarget as exc:
@@ -61,6 +72,41 @@ async def reply_create(request: web.Request) -> web.Response:
         app[DISPATCHER].wake()
     log.info("reply.created", ticket_id=ticket.id, timeline_id=entry.id, kind=entry.kind, author=entry.data["author"])
     return json_response(entry, status=202 if draft.public else 201)
+
+
+async def _check_channel(app: web.Application, ticket: Any, body: _ReplyBody) -> Template | None:
+    """What the ticket's channel allows, checked at POST time: a template only
+    where the connector ``supports_templates``; free text only inside the
+    channel's reply window (WhatsApp: 24 hours since the customer last wrote),
+    else 409 with the connector's reason."""
+    target = ticket.reply_to
+    connector = app[keys.CONNECTORS].get(target.channel) if target is not None else None
+    if body.internal or target is None:
+        if body.template is not None:
+            raise Problem(400, "Invalid request body", "a note cannot be a template", field="$.template")
+        return None
+    if body.template is not None:
+        if not getattr(connector, "supports_templates", False):
+            raise Problem(400, "Invalid request body", f"channel {target.channel} has no message templates",
+                          field="$.template")
+        if body.attachments:
+            raise Problem(400, "Invalid request body", "a template reply carries no attachments",
+                          field="$.attachments")
+        t = body.template
+        return Template(name=t.name, language=t.language, parameters=list(t.parameters))
+    window = getattr(connector, "window_refusal", None)
+    if window is not None:
+        last = await app[keys.STORE].last_inbound_at(ticket.contact_id, target.channel)
+        reason = window(last, app.get(keys.CLOCK, utcnow)())
+        if reason is not None:
+            raise Problem(409, "Reply window closed", f"{reason}; send a template (field template)",
+                          field="$.template")
+    return None
+
+
+def _template_text(t: Template) -> str:
+    params = f": {' | '.join(t.parameters)}" if t.parameters else ""
+    return f"[template {t.name} ({t.language})]{params}"
 
 
 async def _store_uploads(store: AttachmentStore, uploads: list[Upload]) -> list[Attachment]:

@@ -39,6 +39,7 @@ from routing.model import (
 from routing.rules.types import RuleInput, RuleOutcome
 from routing.state import (
     Commit,
+    DeliveryStatus,
     TicketState,
     NewTicket,
     OutboxEvent,
@@ -134,6 +135,23 @@ def stage_exact_dedupe(w: Work) -> None:
     w.commit.message_key = None
     w.commit.contact_id, w.commit.ticket_id = hit.contact_id, hit.ticket_id
     w.commit.counted = None if hit.journal_id == w.journal_id else "deduped"
+    w.done = True
+
+
+def stage_delivery_status(w: Work) -> None:
+    """A platform's delivery report (``raw_type == "status"`` with
+    ``meta["status_of"]``: a WhatsApp status, a Messenger delivery or read)
+    updates the delivery of the reply it names; it is not a customer
+    message, so no contact, ticket or timeline entry comes of it."""
+    i = w.inbound
+    if i.kind != "event" or i.raw_type != "status" or "status_of" not in i.meta:
+        return
+    w.commit.delivery = DeliveryStatus(
+        channel=i.channel, external_id=i.meta["status_of"], status=i.meta.get("status", "unknown"),
+        at=i.sent_at or w.now, error_code=i.meta.get("error_code"),
+        error=i.meta.get("error_details") or i.meta.get("error_title"),
+    )
+    w.reasons["delivery"] = {"stage": "delivery", "status_of": i.meta["status_of"]}
     w.done = True
 
 
@@ -359,6 +377,7 @@ def stage_compose(w: Work) -> None:
 #: The pipeline, in order. Each stage is a pure function of the Work.
 STAGES: tuple[Callable[[Work], None], ...] = (
     stage_exact_dedupe,
+    stage_delivery_status,
     stage_identity,
     stage_edit,
     stage_events,

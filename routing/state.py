@@ -128,6 +128,20 @@ class TimelineEdit(msgspec.Struct, frozen=True):
     edited_at: datetime
 
 
+class DeliveryStatus(msgspec.Struct, frozen=True):
+    """A platform's delivery report for one of our sent messages (a WhatsApp
+    status, a Messenger delivery/read): the store finds the reply whose
+    delivery ``external_id`` is ``external_id`` and updates its
+    ``data.delivery``; it is never a customer message."""
+
+    channel: str
+    external_id: str
+    status: str  # sent | delivered | read | failed | …
+    at: datetime
+    error_code: str | None = None
+    error: str | None = None
+
+
 class OutboxEvent(msgspec.Struct, frozen=True):
     topic: str
     payload: dict
@@ -177,6 +191,10 @@ class Commit(msgspec.Struct):
     #: ended): ``(ticket id, status, reason)``, applied after the commit through
     #: the store's status operation, which also frees the agent's capacity.
     status_change: tuple[str, str, str] | None = None
+    #: A delivery report of one of our replies (no contact, ticket or timeline
+    #: entry of its own): applied to the reply's ``data.delivery``, and a
+    #: ``message.status`` event emitted, when the reply is found.
+    delivery: DeliveryStatus | None = None
     #: An auto-reply decided by the rules, rendered after the commit when the
     #: ticket number is known: ``(template name, RuleInput)``. Not stored.
     auto_reply: tuple | None = None

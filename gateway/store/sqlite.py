@@ -33,6 +33,7 @@ from connectors.base import IngestResult
 from gateway.store.base import Conflict, JournalEntry, NotFound, Page, StoreError
 from gateway.store.schema import MIGRATIONS
 from gateway.store.sqlite_assign import AssignOps
+from gateway.store.sqlite_delivery import DeliveryOps, apply_delivery
 from gateway.store.sqlite_replies import RepliesOps
 from gateway.store.sqlite_sla import SlaOps
 from routing.model import (
@@ -219,7 +220,7 @@ def migrate(path: str) -> int:
         conn.close()
 
 
-class SQLiteStore(RepliesOps, AssignOps, SlaOps):
+class SQLiteStore(RepliesOps, AssignOps, SlaOps, DeliveryOps):
     """The default store: one file ``<data_dir>/omnigate.db``.
 
     Operations of later features live in mixins beside this module
@@ -597,6 +598,12 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int) -> Com
             conn.execute("UPDATE journal SET status = 'duplicate', processed_at = ?, ticket_id = ?, contact_id = ?, "
                          "error = NULL WHERE id = ?", (now, hit.ticket_id, hit.contact_id, c.journal_id))
         return CommitResult("duplicate", hit.contact_id, hit.ticket_id, _number_of(conn, hit.ticket_id))
+    if c.delivery is not None:  # a platform's delivery report of one of our replies
+        ticket_id, contact_id = apply_delivery(conn, c, now)
+        if c.final:
+            conn.execute("UPDATE journal SET status = 'processed', processed_at = ?, ticket_id = ?, contact_id = ?, "
+                         "error = NULL WHERE id = ?", (now, ticket_id, contact_id, c.journal_id))
+        return CommitResult("processed", contact_id, ticket_id, _number_of(conn, ticket_id))
 
     cid = c.contact_id
     assert cid is not None

@@ -1,0 +1,89 @@
+"""SQLite operations for platform delivery reports and reply windows.
+
+- A delivery report (a WhatsApp status, a Messenger delivery or read) is a
+  Commit with ``delivery`` set: :func:`apply_delivery` finds the reply whose
+  outbox row recorded that ``external_id`` when it was sent (indexed), moves
+  its timeline entry's ``data.delivery`` forward (``sent`` → ``delivered``
+  → ``read``; ``failed`` with the platform's error wins over all; a late
+  report never moves it back) and queues a ``message.status`` event. A
+  report for a message omnigate did not send (the business app, another
+  tool) changes nothing; the journal keeps it.
+- :meth:`DeliveryOps.last_inbound_at`: when the contact last wrote on a
+  channel — what the 24-hour WhatsApp window is measured from.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from gateway.store.base import REPLY_TOPIC
+from routing.model import new_id
+from routing.state import Commit
+
+if TYPE_CHECKING:
+    from gateway.store.sqlite import SQLiteStore
+
+#: Schema migration (delivery reports find their reply by the platform's id).
+MIGRATION = """
+    CREATE INDEX outbox_external ON outbox (external_id) WHERE external_id IS NOT NULL;
+    CREATE INDEX timeline_contact_kind ON timeline (contact_id, channel, kind, at);
+"""
+
+#: How far along a delivery is; a report never moves it back.
+RANK = {"queued": 0, "retrying": 0, "sent": 1, "delivered": 2, "read": 3, "played": 3, "failed": 4}
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
+
+
+class DeliveryOps:
+    """Mixed into SQLiteStore."""
+
+    async def last_inbound_at(self: "SQLiteStore", contact_id: str, channel: str) -> datetime | None:
+        """When the contact (merges followed) last wrote on ``channel``."""
+        return await self._read(_last_inbound_at, contact_id, channel)
+
+
+def _last_inbound_at(conn: sqlite3.Connection, contact_id: str, channel: str) -> datetime | None:
+    from gateway.store import sqlite
+
+    contact_id = sqlite._resolve_merged(conn, contact_id)
+    r = conn.execute("SELECT max(at) FROM timeline WHERE contact_id = ? AND channel = ? AND kind = 'message_in'",
+                     (contact_id, channel)).fetchone()
+    return sqlite.dt(r[0]) if r and r[0] is not None else None
+
+
+def apply_delivery(conn: sqlite3.Connection, c: Commit, now_ms: int) -> tuple[str | None, str | None]:
+    """Apply ``c.delivery``; (ticket id, contact id) of the reply, or Nones when unknown."""
+    d = c.delivery
+    assert d is not None
+    row = conn.execute(
+        "SELECT o.timeline_id, o.ticket_id, t.data, t.contact_id FROM outbox o JOIN timeline t ON t.id = o.timeline_id "
+        "WHERE o.external_id = ? AND o.topic = ? ORDER BY o.seq DESC LIMIT 1", (d.external_id, REPLY_TOPIC),
+    ).fetchone() if d.external_id else None
+    if row is None:
+        return None, None
+    timeline_id, ticket_id, data_json, contact_id = row
+    data: dict[str, Any] = _dec.decode(data_json) if data_json else {}
+    delivery = dict(data.get("delivery") or {})
+    current = delivery.get("status", "queued")
+    stamp = d.at.isoformat()
+    delivery.setdefault("external_id", d.external_id)
+    delivery[f"{d.status}_at"] = stamp
+    if RANK.get(d.status, 0) >= RANK.get(current, 0) and current != "failed":
+        delivery["status"] = d.status
+    if d.status == "failed":
+        delivery["reason"] = d.error or "the platform reported the message as failed"
+        if d.error_code:
+            delivery["code"] = d.error_code
+    data["delivery"] = delivery
+    conn.execute("UPDATE timeline SET data = ? WHERE id = ?", (_enc.encode(data).decode(), timeline_id))
+    payload = {"timeline_id": timeline_id, "ticket_id": ticket_id, "contact_id": contact_id, "channel": d.channel,
+               "external_id": d.external_id, "status": d.status, "delivery": delivery}
+    conn.execute("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
+                 (new_id(), "message.status", ticket_id, _enc.encode(payload).decode(), now_ms, now_ms))
+    return ticket_id, contact_id
