@@ -34,6 +34,7 @@ TEMPORARY_CODES = frozenset({1, 2, 131000, 131016, 133004})
 RATE_LIMIT_DEFAULT_S = 60.0  # Graph rarely says how long; a minute is what its docs advise
 REENGAGEMENT = 131047  # WhatsApp: more than 24 hours since the customer last wrote
 TOKEN_CODES = frozenset({190, 102})
+MESSENGER_WINDOW_SUBCODE = 2018278  # Messenger/Instagram: sent outside the 24-hour standard messaging window
 
 
 def verification(request: web.Request, verify_token: str | None) -> web.Response:
@@ -65,6 +66,12 @@ def send_error(status: int, body: Any, headers: Mapping[str, str], platform: str
     details = err.get("error_data", {}).get("details") if isinstance(err.get("error_data"), dict) else None
     reason = f"{platform} refused the message: {message}" + (f" ({details})" if details else "")
     code_s = str(code) if code is not None else str(status)
+    if code == 10 and err.get("error_subcode") == MESSENGER_WINDOW_SUBCODE:
+        return SendError(f"{platform}: more than 24 hours since the customer last wrote; the Page can no longer "
+                         f"answer in this conversation ({message})", code=f"10/{MESSENGER_WINDOW_SUBCODE}")
+    if code == 551 or (code == 10 and err.get("error_subcode") == 2018108):
+        return SendError(f"{platform}: this person is not available (blocked the Page or left) ({message})",
+                         code=code_s)
     if code == REENGAGEMENT:
         return SendError(f"{platform}: the 24-hour customer service window is closed; only an approved template "
                          f"can be sent ({message})", code=code_s)

@@ -153,6 +153,8 @@ def test_config_without_app_secret_is_fatal() -> None:
     (401, {"code": 190, "message": "Invalid OAuth access token"}, {}, ("190", False, None)),
     (500, {"code": 2, "message": "Service temporarily unavailable"}, {}, ("2", True, None)),
     (503, None, {}, ("503", True, None)),
+    (400, {"code": 10, "error_subcode": 2018278, "message": "(#10) This message is sent outside of allowed window."},
+     {}, ("10/2018278", False, None)),
 ])
 def test_graph_errors_for_the_outbox(status, error, headers, expect) -> None:
     e = graph_error(status, {"error": error} if error else None, headers, "WhatsApp")
