@@ -400,3 +400,33 @@ async def test_line_image_content_is_downloaded_and_templates_are_refused(gw: Ga
 async def test_line_verify_button_stores_nothing(gw: Gateway) -> None:
     await line(gw, line_body())
     assert await gw.journal() == []
+
+
+async def test_whatsapp_edit_and_deletion_update_the_original(gw: Gateway) -> None:
+    await wa(gw, wa_body(messages=[wa_text("wamid.ORIG", "order 4711 is late")]))
+    await gw.drain()
+    _, ticket, _ = await gw.only_ticket()
+    edit = {"from": "972544401243", "id": "wamid.EDIT", "timestamp": str(T0 + 30), "type": "edit",
+            "edit": {"original_message_id": "wamid.ORIG", "message": {"type": "text", "text": {"body": "order 4712 is late"}}}}
+    await wa(gw, wa_body(messages=[edit]))
+    await gw.drain()
+    (message,) = await gw.timeline(ticket["id"])
+    assert message["text"] == "order 4712 is late"
+    revoke = {"from": "972544401243", "id": "wamid.DEL", "timestamp": str(T0 + 60), "type": "revoke",
+              "revoke": {"original_message_id": "wamid.ORIG"}}
+    await wa(gw, wa_body(messages=[revoke]))
+    await gw.drain()
+    (message,) = await gw.timeline(ticket["id"])
+    assert message["text"] == "" and [e["previous_text"] for e in message["data"]["edits"]] == [
+        "order 4711 is late", "order 4712 is late"]
+
+
+async def test_messenger_attachment_is_downloaded(gw: Gateway, graph) -> None:
+    graph.cdn["photo.jpg"] = ("image/jpeg", b"\xff\xd8 a photo of the parcel")
+    event = fb_message("6247348", PAGE_ID, "m_IMG", "")
+    event["message"] = {"mid": "m_IMG", "attachments": [{"type": "image", "payload": {"url": f"{graph.base}/cdn/photo.jpg"}}]}
+    await fb(gw, "messenger", fb_body("page", PAGE_ID, event), FB_SECRET)
+    await gw.drain()
+    _, ticket, _ = await gw.only_ticket()
+    (message,) = await gw.timeline(ticket["id"])
+    assert message["attachments"][0]["sha256"] == hashlib.sha256(b"\xff\xd8 a photo of the parcel").hexdigest()

@@ -180,3 +180,25 @@ def test_window() -> None:
     assert window_refusal(now - timedelta(hours=23, minutes=59), now) is None
     assert "24-hour" in window_refusal(now - timedelta(hours=24), now)
     assert "has not written" in window_refusal(None, now)
+
+
+def test_secrets_come_from_files(tmp_path) -> None:
+    """``*_file`` keys of the YAML are read as the secrets; the values never sit in the YAML."""
+    from gateway.config import load
+    from connectors.whatsapp.client import load_config
+
+    (tmp_path / "secret").write_text("s3cret\n")
+    (tmp_path / "token").write_text("EAAG-token\n")
+    yaml_file = tmp_path / "omnigate.yaml"
+    yaml_file.write_text(f"""
+whatsapp:
+  app_secret_file: {tmp_path / 'secret'}
+  numbers:
+    main:
+      phone_number_id: "1065"
+      access_token_file: {tmp_path / 'token'}
+""")
+    config = load(str(yaml_file), environ={})
+    wa = load_config(config.channels["whatsapp"])
+    assert wa.app_secret == "s3cret" and wa.numbers["main"].access_token == "EAAG-token"
+    assert "s3cret" not in yaml_file.read_text()
