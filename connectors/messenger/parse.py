@@ -62,7 +62,7 @@ def decode(raw: bytes) -> dict[str, Any]:
         raise PayloadRejected(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise PayloadRejected(f"not a Messenger/Instagram webhook: JSON {type(obj).__name__}, expected an object")
-    if obj.get("object") not in OBJECTS:
+    if not isinstance(obj.get("object"), str) or obj["object"] not in OBJECTS:
         raise PayloadRejected(f"not a Messenger/Instagram webhook: object is {obj.get('object')!r}, "
                               "expected 'page' or 'instagram'")
     if not isinstance(obj.get("entry"), list):
@@ -181,7 +181,9 @@ def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> l
     at = _time(ev.get("timestamp"))
     meta: dict[str, str] = {}
     if "delivery" in ev:
-        mids = [m for m in _d(ev["delivery"]).get("mids", []) if isinstance(m, str)] or [""]
+        given = _d(ev["delivery"]).get("mids")
+        mids = [m for m in given if isinstance(m, str) and m] if isinstance(given, list) else []
+        mids = mids or [""]  # a watermark only: nothing to match
         return [_status(channel, account, user, mid, "delivered", ev, f"{mid or key}:status:delivered")
                 for mid in mids]
     if "read" in ev:

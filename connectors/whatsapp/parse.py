@@ -303,8 +303,9 @@ def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
         names = {}
         for c in _dicts(value.get("contacts")):
             profile = c.get("profile") if isinstance(c.get("profile"), dict) else {}
-            if _str(c.get("wa_id")) and _str(profile.get("name")):
-                names[c["wa_id"].lstrip("+")] = profile["name"]
+            wa_id, name = _str(c.get("wa_id")), _str(profile.get("name"))
+            if wa_id and name:
+                names[wa_id.lstrip("+")] = name
         out += [_message(m, account, names) for m in _dicts(value.get("messages"))]
         out += [_status(s, account, names) for s in _dicts(value.get("statuses"))]
     return out

@@ -34,9 +34,16 @@ def mutate(raw: bytes, rng: random.Random) -> bytes:
     return bytes(b)
 
 
-@pytest.mark.parametrize("corpus_row", params("email") + params("wechat") + params("telegram"), indirect=True)
+def _parser_name(row) -> str:
+    if row.channel == "social":  # the file name says the platform (corpus_check.py does the same)
+        return next(p for p in ("whatsapp", "messenger", "instagram", "line") if p in row.path.rsplit("/", 1)[-1])
+    return "wecom" if "_work_" in row.path else row.channel
+
+
+@pytest.mark.parametrize("corpus_row", params("email") + params("wechat") + params("telegram") + params("social"),
+                         indirect=True)
 def test_mangled_payloads_normalize_or_are_refused(corpus_row):
-    channel = "wecom" if "_work_" in corpus_row.path else corpus_row.channel
+    channel = _parser_name(corpus_row)
     parse = parser_for(channel)
     raw = corpus_row.read()
     rng = random.Random(corpus_row.path)
@@ -47,7 +54,7 @@ def test_mangled_payloads_normalize_or_are_refused(corpus_row):
             pass
 
 
-@pytest.mark.parametrize("channel", ["api", "email", "wechat", "wecom", "telegram"])
+@pytest.mark.parametrize("channel", ["api", "email", "wechat", "wecom", "telegram", "whatsapp", "messenger", "line"])
 @pytest.mark.parametrize("blob", [b"", b"\x00" * 10, b"{}", b"[]", b"null", b"\xff\xfe\xfd",
                                   b'{"update_id": 1, "message": {"chat": {}}}', b"<xml><MsgType>text</MsgType></xml>",
                                   b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><xml>&a;</xml>"])

@@ -219,3 +219,44 @@ def test_keys_are_stable_and_distinguish_bodies() -> None:
     ev = {"type": "follow", "webhookEventId": "01HZ", "source": {"type": "user", "userId": "U1"}}
     assert line.body_key({"events": [ev]}, b"") == "01HZ"
     assert line.body_key({"events": [ev, dict(ev, webhookEventId="01HY")]}, b"").startswith("sha256:")
+
+
+# ---------------------------------------------------------------- hostile shapes
+
+_ODD = [None, 0, 7, -1, True, "", "x", [], [1, "a"], {}, {"id": 5}, 1.5]
+
+
+def _retyped(obj, rng, depth=0):
+    """``obj`` with values swapped for values of other JSON types, at random."""
+    if isinstance(obj, dict):
+        return {k: (rng.choice(_ODD) if rng.random() < 0.15 else _retyped(v, rng, depth + 1)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rng.choice(_ODD) if rng.random() < 0.15 else _retyped(v, rng, depth + 1) for v in obj]
+    return obj
+
+
+@pytest.mark.parametrize("name,parse", [
+    ("whatsapp_synthetic_all_types.json", whatsapp.parse), ("messenger_synthetic_events.json", messenger.parse),
+    ("instagram_synthetic_message_read.json", messenger.parse)])
+def test_valid_json_of_unexpected_shapes_never_crashes(name: str, parse) -> None:
+    import random
+
+    base = json.loads((FIXTURES / name).read_text())
+    rng = random.Random(name)
+    for _ in range(300):
+        try:
+            parse(json.dumps(_retyped(base, rng)).encode(), {})
+        except PayloadRejected:
+            pass
+
+
+def test_line_corpus_of_unexpected_shapes_never_crashes() -> None:
+    import random
+
+    base = json.loads(corpus_file("line_webhook_v3.json").read_text())
+    rng = random.Random("line")
+    for _ in range(100):
+        try:
+            line.parse(json.dumps(_retyped(base, rng)).encode(), {})
+        except PayloadRejected:
+            pass
