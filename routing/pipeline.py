@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import msgspec
@@ -146,10 +146,14 @@ def stage_delivery_status(w: Work) -> None:
     i = w.inbound
     if i.kind != "event" or i.raw_type != "status" or "status_of" not in i.meta:
         return
+    watermark = None
+    if not i.meta["status_of"] and i.meta.get("watermark", "").isdigit():
+        watermark = datetime.fromtimestamp(int(i.meta["watermark"]) / 1000, timezone.utc)
     w.commit.delivery = DeliveryStatus(
         channel=i.channel, external_id=i.meta["status_of"], status=i.meta.get("status", "unknown"),
         at=i.sent_at or w.now, error_code=i.meta.get("error_code"),
         error=i.meta.get("error_details") or i.meta.get("error_title"),
+        watermark=watermark, contact_id=w.snap.owners.get(w.look.sender.key()) if watermark else None,
     )
     w.reasons["delivery"] = {"stage": "delivery", "status_of": i.meta["status_of"]}
     w.done = True

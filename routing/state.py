@@ -140,6 +140,11 @@ class DeliveryStatus(msgspec.Struct, frozen=True):
     at: datetime
     error_code: str | None = None
     error: str | None = None
+    #: A report without a message id (a Messenger read or delivery
+    #: "watermark"): every reply to ``contact_id`` on ``channel`` sent up to
+    #: ``watermark`` has reached ``status``.
+    watermark: datetime | None = None
+    contact_id: str | None = None
 
 
 class OutboxEvent(msgspec.Struct, frozen=True):

@@ -5,7 +5,9 @@
   outbox row recorded that ``external_id`` when it was sent (indexed), moves
   its timeline entry's ``data.delivery`` forward (``sent`` → ``delivered``
   → ``read``; ``failed`` with the platform's error wins over all; a late
-  report never moves it back) and queues a ``message.status`` event. A
+  report never moves it back) and queues a ``message.status`` event; a
+  report that names no message (a Messenger read "watermark") moves every
+  reply to that contact on that channel sent up to the watermark. A
   report for a message omnigate did not send (the business app, another
   tool) changes nothing; the journal keeps it.
 - :meth:`DeliveryOps.last_inbound_at`: when the contact last wrote on a
@@ -61,6 +63,8 @@ def apply_delivery(conn: sqlite3.Connection, c: Commit, now_ms: int) -> tuple[st
     """Apply ``c.delivery``; (ticket id, contact id) of the reply, or Nones when unknown."""
     d = c.delivery
     assert d is not None
+    if d.watermark is not None:
+        return _apply_watermark(conn, d, now_ms)
     row = conn.execute(
         "SELECT o.timeline_id, o.ticket_id, t.data, t.contact_id FROM outbox o JOIN timeline t ON t.id = o.timeline_id "
         "WHERE o.external_id = ? AND o.topic = ? ORDER BY o.seq DESC LIMIT 1", (d.external_id, REPLY_TOPIC),
@@ -68,11 +72,41 @@ def apply_delivery(conn: sqlite3.Connection, c: Commit, now_ms: int) -> tuple[st
     if row is None:
         return None, None
     timeline_id, ticket_id, data_json, contact_id = row
+    _advance(conn, d, timeline_id, ticket_id, contact_id, data_json, now_ms)
+    return ticket_id, contact_id
+
+
+def _apply_watermark(conn: sqlite3.Connection, d: Any, now_ms: int) -> tuple[str | None, str | None]:
+    """Every reply to the contact on the channel sent up to the watermark
+    (a Messenger read or delivery names no message) that has not got that far."""
+    if d.contact_id is None:
+        return None, None
+    from gateway.store import sqlite
+
+    contact_id = sqlite._resolve_merged(conn, d.contact_id)
+    rows = conn.execute(
+        "SELECT id, ticket_id, data FROM timeline WHERE contact_id = ? AND channel = ? AND kind = 'message_out' "
+        "AND at <= ? ORDER BY at DESC LIMIT 50", (contact_id, d.channel, sqlite.ms(d.watermark)),
+    ).fetchall()
+    last_ticket = None
+    for timeline_id, ticket_id, data_json in rows:
+        data = _dec.decode(data_json) if data_json else {}
+        current = (data.get("delivery") or {}).get("status", "queued")
+        if current in ("queued", "retrying", "failed") or RANK.get(current, 0) >= RANK.get(d.status, 0):
+            continue  # not sent yet, failed, or already that far
+        _advance(conn, d, timeline_id, ticket_id, contact_id, data_json, now_ms)
+        last_ticket = last_ticket or ticket_id
+    return last_ticket, contact_id
+
+
+def _advance(conn: sqlite3.Connection, d: Any, timeline_id: str, ticket_id: str | None, contact_id: str | None,
+             data_json: str | None, now_ms: int) -> None:
     data: dict[str, Any] = _dec.decode(data_json) if data_json else {}
     delivery = dict(data.get("delivery") or {})
     current = delivery.get("status", "queued")
     stamp = d.at.isoformat()
-    delivery.setdefault("external_id", d.external_id)
+    if d.external_id:
+        delivery.setdefault("external_id", d.external_id)
     delivery[f"{d.status}_at"] = stamp
     if RANK.get(d.status, 0) >= RANK.get(current, 0) and current != "failed":
         delivery["status"] = d.status
@@ -83,7 +117,6 @@ def apply_delivery(conn: sqlite3.Connection, c: Commit, now_ms: int) -> tuple[st
     data["delivery"] = delivery
     conn.execute("UPDATE timeline SET data = ? WHERE id = ?", (_enc.encode(data).decode(), timeline_id))
     payload = {"timeline_id": timeline_id, "ticket_id": ticket_id, "contact_id": contact_id, "channel": d.channel,
-               "external_id": d.external_id, "status": d.status, "delivery": delivery}
+               "external_id": delivery.get("external_id"), "status": d.status, "delivery": delivery}
     conn.execute("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
                  (new_id(), "message.status", ticket_id, _enc.encode(payload).decode(), now_ms, now_ms))
-    return ticket_id, contact_id

@@ -327,6 +327,16 @@ async def test_messenger_message_echo_delivery_and_reply(gw: Gateway, graph) -> 
     await gw.drain()
     assert len(await gw.timeline(ticket["id"])) == 3
     await reply_status(gw, ticket["id"], reply["id"], lambda d: d["status"] == "delivered")
+    # Messenger's read report names no message: a watermark covers every reply sent before it
+    read = {"sender": {"id": "6247348"}, "recipient": {"id": PAGE_ID}, "timestamp": T0 * 1000 + 4,
+            "read": {"watermark": int(datetime.now(timezone.utc).timestamp() * 1000) + 60_000}}
+    await fb(gw, "messenger", fb_body("page", PAGE_ID, read), FB_SECRET)
+    await gw.drain()
+    await reply_status(gw, ticket["id"], reply["id"], lambda d: d["status"] == "read")
+    (echoed,) = [e for e in await gw.timeline(ticket["id"]) if e["text"] == "Yes, 3 left."]
+    assert echoed["data"]["delivery"]["status"] == "read"
+    statuses = [(e["timeline_id"], e["status"]) for e in outbox_events(gw, "message.status")]
+    assert (reply["id"], "read") in statuses and (echoed["id"], "read") in statuses
 
 
 async def test_instagram_message_and_reply_on_its_own_channel(gw: Gateway, graph) -> None:
