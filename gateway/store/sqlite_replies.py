@@ -95,6 +95,8 @@ def _reply_create(conn: sqlite3.Connection, ticket_id: str, draft: ReplyDraft, e
     data: dict[str, Any] = {"author": draft.author or "system", "auto": draft.auto, "public": draft.public}
     if draft.html:
         data["html"] = draft.html
+    if draft.template is not None:
+        data["template"] = msgspec.to_builtins(draft.template)
     if draft.public:
         data["delivery"] = {"status": "queued"}
     entry = TimelineEntry(

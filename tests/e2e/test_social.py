@@ -240,6 +240,7 @@ async def test_whatsapp_free_text_outside_the_window_is_409_and_a_template_goes(
     reply = await gw.reply(ticket["id"], "", template={"name": "order_update", "language": "en_US",
                                                        "parameters": ["4711", "shipped"]})
     assert reply["text"] == "[template order_update (en_US)]: 4711 | shipped"
+    assert reply["data"]["template"] == {"name": "order_update", "language": "en_US", "parameters": ["4711", "shipped"]}
     await reply_status(gw, ticket["id"], reply["id"], lambda d: d["status"] == "sent")
     _, _, payload = graph.sent[-1]
     assert payload["type"] == "template"
