@@ -24,7 +24,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import socket
 import subprocess
 import sys

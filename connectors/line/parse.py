@@ -39,7 +39,7 @@ import msgspec
 
 from connectors.base import PayloadRejected
 from connectors.webhooks import header, line_signature_ok
-from routing.model import Attachment, Inbound, Sender, ThreadHints
+from routing.model import Attachment, Inbound, Sender
 
 CHANNEL = "line"
 SIGNATURE_HEADER = "X-Line-Signature"

@@ -33,7 +33,7 @@ import structlog
 from aiohttp import web
 
 from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
-from connectors.graph import DEFAULT_API_VERSION, DEFAULT_GRAPH_BASE, HttpClient, MediaTooLarge, verification
+from connectors.graph import DEFAULT_API_VERSION, DEFAULT_GRAPH_BASE, HttpClient, MediaTooLarge, send_error, verification
 from connectors.webhooks import BodyTooLarge, hub_signature_ok, read_body
 from connectors.whatsapp.parse import CHANNEL, SIGNATURE_HEADER, body_key, changes, decode
 from routing.model import Attachment, Inbound, Outbound
@@ -222,8 +222,6 @@ class WhatsAppConnector:
                                                  headers={"Authorization": f"Bearer {number.access_token}"}) as resp:
                 answer = await resp.json(content_type=None)
                 if resp.status >= 400:
-                    from connectors.graph import send_error
-
                     raise send_error(resp.status, answer, resp.headers, "WhatsApp")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SendError(f"WhatsApp unreachable: {exc}", retryable=True) from exc

@@ -23,7 +23,7 @@ from gateway import keys
 from gateway.app import create_app
 from gateway.config import load
 from tests.corpus import require_corpus
-from tests.e2e.conftest import Gateway, _serve, wait_for
+from tests.e2e.conftest import Gateway, _serve
 from tests.gateway.conftest import AUTH, TOKEN
 from tests.standins.graph_api import THROUGHPUT, GraphApiStandIn
 from tests.standins.line_api import RATE_LIMITED, LineApiStandIn
@@ -441,3 +441,16 @@ async def test_messenger_attachment_is_downloaded(gw: Gateway, graph) -> None:
     _, ticket, _ = await gw.only_ticket()
     (message,) = await gw.timeline(ticket["id"])
     assert message["attachments"][0]["sha256"] == hashlib.sha256(b"\xff\xd8 a photo of the parcel").hexdigest()
+
+
+async def test_whatsapp_reply_with_a_file_uploads_it_first(gw: Gateway, graph) -> None:
+    ticket = await whatsapp_ticket(gw)
+    pdf = b"%PDF-1.4 invoice"
+    reply = await gw.reply(ticket["id"], "Your invoice:", attachments=[
+        {"name": "invoice.pdf", "content_type": "application/pdf", "data_base64": base64.b64encode(pdf).decode()}])
+    await reply_status(gw, ticket["id"], reply["id"], lambda d: d["status"] == "sent")
+    assert graph.uploads == [("invoice.pdf", pdf)]
+    text, document = [payload for _, _, payload in graph.sent[-2:]]
+    assert text["text"]["body"] == "Your invoice:"
+    assert document["type"] == "document" and document["document"]["filename"] == "invoice.pdf"
+    assert graph.media[document["document"]["id"]] == ("application/pdf", pdf)
