@@ -8,8 +8,11 @@
   report never moves it back) and queues a ``message.status`` event; a
   report that names no message (a Messenger read "watermark") moves every
   reply to that contact on that channel sent up to the watermark. A
-  report for a message omnigate did not send (the business app, another
-  tool) changes nothing; the journal keeps it.
+  report on a message the store does not know is kept a day in
+  ``delivery_early``: the platform may report on a reply before the send
+  API's answer was settled, and the settle applies it then; a report for a
+  message omnigate did not send (the business app, another tool) changes
+  nothing and is dropped after the day.
 - :meth:`DeliveryOps.last_inbound_at`: when the contact last wrote on a
   channel — what the 24-hour WhatsApp window is measured from.
 """
@@ -33,7 +36,20 @@ if TYPE_CHECKING:
 MIGRATION = """
     CREATE INDEX outbox_external ON outbox (external_id) WHERE external_id IS NOT NULL;
     CREATE INDEX timeline_contact_kind ON timeline (contact_id, channel, kind, at);
+    CREATE TABLE delivery_early (
+        external_id TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        report      TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (external_id, status)
+    ) WITHOUT ROWID;
+    CREATE INDEX delivery_early_created ON delivery_early (created_at);
 """
+
+#: How long a report for a message we do not know (yet) is kept: the reply it
+#: belongs to may be settled a moment after the platform reported on it; a
+#: report for a message sent by another tool is dropped after this.
+EARLY_KEEP_MS = 24 * 3600 * 1000
 
 #: How far along a delivery is; a report never moves it back.
 RANK = {"queued": 0, "retrying": 0, "sent": 1, "delivered": 2, "read": 3, "played": 3, "failed": 4}
@@ -70,10 +86,32 @@ def apply_delivery(conn: sqlite3.Connection, c: Commit, now_ms: int) -> tuple[st
         "WHERE o.external_id = ? AND o.topic = ? ORDER BY o.seq DESC LIMIT 1", (d.external_id, REPLY_TOPIC),
     ).fetchone() if d.external_id else None
     if row is None:
+        if d.external_id:  # perhaps our reply, sent but not settled yet: applied when it is
+            conn.execute("DELETE FROM delivery_early WHERE created_at < ?", (now_ms - EARLY_KEEP_MS,))
+            conn.execute("INSERT OR REPLACE INTO delivery_early (external_id, status, report, created_at) "
+                         "VALUES (?,?,?,?)", (d.external_id, d.status, _enc.encode(d).decode(), now_ms))
         return None, None
     timeline_id, ticket_id, data_json, contact_id = row
     _advance(conn, d, timeline_id, ticket_id, contact_id, data_json, now_ms)
     return ticket_id, contact_id
+
+
+def apply_early_reports(conn: sqlite3.Connection, external_id: str, timeline_id: str, ticket_id: str | None,
+                        now_ms: int) -> None:
+    """A reply was just settled as sent with ``external_id``: apply the
+    platform's reports on it that arrived first (a race between the send
+    API's answer and the status webhook)."""
+    rows = conn.execute("SELECT report FROM delivery_early WHERE external_id = ?", (external_id,)).fetchall()
+    if not rows:
+        return
+    from routing.state import DeliveryStatus
+
+    for (report,) in rows:
+        d = msgspec.json.decode(report, type=DeliveryStatus)
+        r = conn.execute("SELECT data, contact_id FROM timeline WHERE id = ?", (timeline_id,)).fetchone()
+        if r is not None:
+            _advance(conn, d, timeline_id, ticket_id, r[1], r[0], now_ms)
+    conn.execute("DELETE FROM delivery_early WHERE external_id = ?", (external_id,))
 
 
 def _apply_watermark(conn: sqlite3.Connection, d: Any, now_ms: int) -> tuple[str | None, str | None]:

@@ -152,6 +152,10 @@ def _outbox_settle(conn: sqlite3.Connection, item: OutboxItem, d: Delivery) -> b
         return False
     if item.timeline_id:
         _set_delivery(conn, item.timeline_id, d)
+        if d.status == "sent" and d.external_id:  # a platform's report that came first (sqlite_delivery.py)
+            from gateway.store.sqlite_delivery import apply_early_reports
+
+            apply_early_reports(conn, d.external_id, item.timeline_id, item.ticket_id, _core().ms(d.at))
     if d.thread_ref and item.ticket_id:
         # stored as inbound messages name it (no angle brackets), so the answer threads here
         conn.execute("INSERT OR IGNORE INTO thread_refs (ref, ticket_id) VALUES (?, ?)",

@@ -454,3 +454,17 @@ async def test_whatsapp_reply_with_a_file_uploads_it_first(gw: Gateway, graph) -
     assert text["text"]["body"] == "Your invoice:"
     assert document["type"] == "document" and document["document"]["filename"] == "invoice.pdf"
     assert graph.media[document["document"]["id"]] == ("application/pdf", pdf)
+
+
+async def test_whatsapp_status_that_beats_the_send_answer_is_applied_at_settle(gw: Gateway, graph) -> None:
+    ticket = await whatsapp_ticket(gw)
+
+    async def status_first(wamid: str) -> None:  # Meta's webhook arrives before its own API answer
+        await wa(gw, wa_body(statuses=[wa_status(wamid, "delivered")]))
+        await gw.drain()
+
+    graph.before_answer = status_first
+    reply = await gw.reply(ticket["id"], "Racing the webhook")
+    delivery = await reply_status(gw, ticket["id"], reply["id"], lambda d: d["status"] != "queued")
+    assert delivery["status"] == "delivered" and delivery["external_id"].startswith("wamid.standin")
+    assert [e["status"] for e in outbox_events(gw, "message.status")] == ["delivered"]

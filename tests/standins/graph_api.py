@@ -20,7 +20,7 @@ import base64
 import itertools
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -54,6 +54,8 @@ class GraphApiStandIn:
     closed_windows: set[str] = field(default_factory=set)
     failures: list[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=list)
     base: str = ""
+    #: awaited with the new wamid before the send is answered (a status webhook racing the answer)
+    before_answer: Callable[[str], Awaitable[None]] | None = None
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def fail_next(self, error: tuple[int, dict[str, Any], dict[str, str]]) -> None:
@@ -108,6 +110,8 @@ class GraphApiStandIn:
             return self._error(graph_error(132000, "(#132000) Number of parameters does not match the expected number"))
         self.sent.append(("whatsapp", body["to"], body))
         wamid = f"wamid.standin{next(self._ids)}"
+        if self.before_answer is not None:
+            await self.before_answer(wamid)
         return web.json_response({"messaging_product": "whatsapp", "contacts": [{"input": body["to"], "wa_id": body["to"]}],
                                   "messages": [{"id": wamid}]})
 
