@@ -44,27 +44,44 @@ TEXT_LIMIT = {"messenger": 2000, "instagram": 1000}
 FILE_TYPES = {"image": "image", "video": "video", "audio": "audio"}
 
 
-class AccountConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    page_id: str | int | None = None
-    ig_id: str | int | None = None
+class PageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    page_id: str | int
     access_token: str | None = None
     #: the app that sends omnigate's replies: its echoes are our own messages
     app_id: str | int | None = None
 
-    @property
-    def id(self) -> str:
-        return str(self.page_id or self.ig_id or "")
+
+class IgAccountConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    ig_id: str | int
+    access_token: str | None = None
+    app_id: str | int | None = None
 
 
-class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+@dataclass(frozen=True)
+class AccountConfig:
+    id: str
+    access_token: str | None
+
+
+class _Common(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     graph_base: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/]")] = DEFAULT_GRAPH_BASE
     api_version: Annotated[str, msgspec.Meta(pattern=r"^v[0-9]+\.[0-9]+$")] = DEFAULT_API_VERSION
     app_secret: str | None = None
     verify_token: str | None = None
-    pages: dict[str, AccountConfig] = {}
-    accounts: dict[str, AccountConfig] = {}
     max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1048576
     max_media_bytes: Annotated[int, msgspec.Meta(gt=0)] = 25 * 1048576
+
+
+class MessengerSection(_Common, forbid_unknown_fields=True, frozen=True):
+    """The ``messenger`` section: Pages."""
+
+    pages: dict[str, PageConfig] = {}
+
+
+class InstagramSection(_Common, forbid_unknown_fields=True, frozen=True):
+    """The ``instagram`` section: Instagram professional accounts."""
+
+    accounts: dict[str, IgAccountConfig] = {}
 
 
 @dataclass(frozen=True)
@@ -78,17 +95,19 @@ class MessengerConfig:
 
 
 def load_config(channel: str, raw: Mapping[str, Any]) -> MessengerConfig:
+    kind = InstagramSection if channel == "instagram" else MessengerSection
     try:
-        s = msgspec.convert(dict(raw), _Section, strict=False)
+        s = msgspec.convert(dict(raw), kind, strict=False)
     except msgspec.ValidationError as exc:
         raise Fatal(f"{channel} config: {exc}") from None
     if not s.app_secret:
         raise Fatal(f"{channel} config: app_secret is required (app_secret_file: the secret signing the webhooks)")
-    accounts = {**s.pages, **s.accounts}
-    missing = [name for name, a in accounts.items() if not a.id]
-    if missing:
-        raise Fatal(f"{channel} config: {', '.join(missing)}: page_id (Messenger) or ig_id (Instagram) is required")
-    return MessengerConfig(f"{s.graph_base.rstrip('/')}/{s.api_version}", s.app_secret, s.verify_token, accounts, s.max_body_bytes, s.max_media_bytes)
+    if isinstance(s, InstagramSection):
+        accounts = {name: AccountConfig(str(a.ig_id), a.access_token) for name, a in s.accounts.items()}
+    else:
+        accounts = {name: AccountConfig(str(p.page_id), p.access_token) for name, p in s.pages.items()}
+    return MessengerConfig(f"{s.graph_base.rstrip('/')}/{s.api_version}", s.app_secret, s.verify_token, accounts,
+                           s.max_body_bytes, s.max_media_bytes)
 
 
 def split_text(text: str, limit: int) -> list[str]:

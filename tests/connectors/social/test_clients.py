@@ -143,6 +143,8 @@ def test_config_without_app_secret_is_fatal() -> None:
     with pytest.raises(Fatal, match="page_id"):
         MessengerConnector(MemoryContext(config={"app_secret": "x", "pages": {"p": {"access_token": "t"}}},
                                          channel="messenger"))
+    with pytest.raises(Fatal, match="unknown field `pages`"):  # Instagram accounts are not Pages
+        MessengerConnector(MemoryContext(config={"app_secret": "x", "pages": {}}, channel="instagram"))
 
 
 @pytest.mark.parametrize("status,error,headers,expect", [
