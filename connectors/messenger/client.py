@@ -14,6 +14,10 @@ the channel comes from the context the gateway builds it with.
 - ``send``: ``POST {graph}/{version}/me/messages`` with the Page's (or the
   Instagram account's) token: text split at 2000 characters (Messenger's
   limit; Instagram's is 1000), files uploaded with the message (multipart).
+  Past the 24-hour standard window the platform refuses (``10``/``2018278``)
+  and the message is sent again with the ``HUMAN_AGENT`` tag (7 days; the
+  app needs Meta's Human Agent permission); past 7 days
+  :meth:`MessengerConnector.window_refusal` makes the reply API answer 409.
   A Messenger reply carries ``metadata: "omnigate:<id>"``, so its echo is
   recognised as ours; an echo from the account's ``app_id`` is ours too
   (Instagram has no metadata).
@@ -25,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Mapping
 
 import aiohttp
@@ -33,7 +38,15 @@ import structlog
 from aiohttp import web
 
 from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
-from connectors.graph import DEFAULT_API_VERSION, DEFAULT_GRAPH_BASE, HttpClient, MediaTooLarge, send_error, verification
+from connectors.graph import (
+    DEFAULT_API_VERSION,
+    DEFAULT_GRAPH_BASE,
+    MESSENGER_WINDOW_SUBCODE,
+    HttpClient,
+    MediaTooLarge,
+    send_error,
+    verification,
+)
 from connectors.messenger.parse import OBJECTS, OWN_METADATA, SIGNATURE_HEADER, body_key, decode, events
 from connectors.webhooks import BodyTooLarge, hub_signature_ok, read_body
 from routing.model import Attachment, Inbound, Outbound
@@ -41,6 +54,7 @@ from routing.model import Attachment, Inbound, Outbound
 log = structlog.get_logger(__name__)
 
 TEXT_LIMIT = {"messenger": 2000, "instagram": 1000}
+HUMAN_AGENT_WINDOW = timedelta(days=7)
 FILE_TYPES = {"image": "image", "video": "video", "audio": "audio"}
 
 
@@ -197,15 +211,40 @@ class MessengerConnector:
             message: dict[str, Any] = {"text": part}
             if self.channel == "messenger":
                 message["metadata"] = f"{OWN_METADATA}{outbound.id}"
-            answer = await self._http.json_call(
-                "POST", url, token=account.access_token, platform=self.channel.capitalize(),
-                json={"recipient": recipient, "messaging_type": "RESPONSE", "message": message})
+            answer = await self._post_message(url, account, {"recipient": recipient, "message": message})
             first = first or (answer.get("message_id") if isinstance(answer, dict) else None)
         for a in outbound.attachments:
             mid = await self._send_file(url, account, recipient, a)
             first = first or mid
         log.info(f"{self.channel}.sent", account=account.id, parts=len(parts), files=len(outbound.attachments))
         return SendResult(external_id=first)
+
+    async def _post_message(self, url: str, account: AccountConfig, body: dict[str, Any]) -> Any:
+        """A standard-window message (``RESPONSE``); when the platform says the
+        24-hour window has closed, the same message with the ``HUMAN_AGENT``
+        tag, which lets a person answer for 7 days after the customer wrote."""
+        platform = self.channel.capitalize()
+        try:
+            return await self._http.json_call("POST", url, token=account.access_token, platform=platform,
+                                              json={**body, "messaging_type": "RESPONSE"})
+        except SendError as exc:
+            if exc.code != f"10/{MESSENGER_WINDOW_SUBCODE}":
+                raise
+        log.info(f"{self.channel}.send.human_agent_tag", account=account.id)
+        return await self._http.json_call("POST", url, token=account.access_token, platform=platform,
+                                          json={**body, "messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT"})
+
+    def window_refusal(self, last_inbound_at: datetime | None, now: datetime) -> str | None:
+        """Why no reply can go (None when one can): a Page or Instagram account
+        may answer a person within 7 days of their last message (the last 6
+        of them with the HUMAN_AGENT tag, which ``send`` adds when needed)."""
+        if last_inbound_at is None:
+            return f"the customer has not written on {self.channel.capitalize()}: a Page cannot start a conversation"
+        if now - last_inbound_at >= HUMAN_AGENT_WINDOW:
+            days = (now - last_inbound_at).total_seconds() / 86400
+            return (f"the customer last wrote {days:.0f} days ago: {self.channel.capitalize()} lets a person answer "
+                    "for 7 days only")
+        return None
 
     async def _send_file(self, url: str, account: AccountConfig, recipient: dict, a: Attachment) -> str | None:
         if a.data is None:

@@ -468,3 +468,17 @@ async def test_whatsapp_status_that_beats_the_send_answer_is_applied_at_settle(g
     delivery = await reply_status(gw, ticket["id"], reply["id"], lambda d: d["status"] != "queued")
     assert delivery["status"] == "delivered" and delivery["external_id"].startswith("wamid.standin")
     assert [e["status"] for e in outbox_events(gw, "message.status")] == ["delivered"]
+
+
+async def test_messenger_reply_after_a_day_goes_with_the_human_agent_tag_and_after_a_week_is_409(gw, graph) -> None:
+    await fb(gw, "messenger", fb_body("page", PAGE_ID, fb_message("6247348", PAGE_ID, "m_1", "Any news?")), FB_SECRET)
+    await gw.drain()
+    _, ticket, _ = await gw.only_ticket()
+    graph.closed_windows.add("6247348")
+    gw.app[keys.CLOCK].shift = timedelta(days=2)
+    reply = await gw.reply(ticket["id"], "Sorry for the wait: it shipped today.")
+    await reply_status(gw, ticket["id"], reply["id"], lambda d: d["status"] == "sent")
+    assert graph.messaging_types == [("RESPONSE", None), ("MESSAGE_TAG", "HUMAN_AGENT")]
+    gw.app[keys.CLOCK].shift = timedelta(days=8)
+    resp = await gw.client.post(f"/api/v1/tickets/{ticket['id']}/replies", json={"text": "Hello?"}, headers=AUTH)
+    assert resp.status == 409 and "7 days" in (await resp.json())["detail"]

@@ -37,6 +37,9 @@ REENGAGEMENT = graph_error(131047, "(#131047) Re-engagement message",
                            details="Message failed to send because more than 24 hours have passed since the "
                                    "customer last replied to this number.")
 THROUGHPUT = graph_error(130429, "(#130429) Rate limit hit", details="Cloud API message throughput has been reached.")
+MESSENGER_WINDOW = graph_error(10, "(#10) This message is sent outside of allowed window. Learn more about the new "
+                                     "policy here: https://developers.facebook.com/docs/messenger-platform/policy-overview")
+MESSENGER_WINDOW[1]["error"]["error_subcode"] = 2018278
 CALLS_LIMIT = graph_error(613, "(#613) Calls to this api have exceeded the rate limit.", headers={"Retry-After": "2"})
 
 
@@ -50,9 +53,12 @@ class GraphApiStandIn:
     media: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # media id → (mime type, bytes)
     cdn: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # path → (mime type, bytes)
     uploads: list[tuple[str, bytes]] = field(default_factory=list)
-    #: WhatsApp recipients whose 24-hour window is closed: free text answers 131047
+    #: recipients whose 24-hour window is closed: WhatsApp free text answers
+    #: 131047, Messenger without the HUMAN_AGENT tag 10/2018278
     closed_windows: set[str] = field(default_factory=set)
     failures: list[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    #: (messaging_type, tag) of every JSON Send API call, refused ones included
+    messaging_types: list[tuple[str | None, str | None]] = field(default_factory=list)
     base: str = ""
     #: awaited with the new wamid before the send is answered (a status webhook racing the answer)
     before_answer: Callable[[str], Awaitable[None]] | None = None
@@ -162,8 +168,15 @@ class GraphApiStandIn:
         else:
             body = await request.json()
             recipient, message = body.get("recipient", {}), body.get("message", {})
+            self.messaging_types.append((body.get("messaging_type"), body.get("tag")))
             if body.get("messaging_type") not in ("RESPONSE", "UPDATE", "MESSAGE_TAG"):
                 return self._error(graph_error(100, "(#100) messaging_type is required"))
+            if body.get("messaging_type") == "MESSAGE_TAG" and body.get("tag") not in ("HUMAN_AGENT", "ACCOUNT_UPDATE",
+                                                                                       "CONFIRMED_EVENT_UPDATE",
+                                                                                       "POST_PURCHASE_UPDATE"):
+                return self._error(graph_error(100, "(#100) Param tag must be one of {...}"))
+            if recipient.get("id") in self.closed_windows and body.get("tag") != "HUMAN_AGENT":
+                return self._error(MESSENGER_WINDOW)
             if "text" in message and len(message["text"]) > 2000:
                 return self._error(graph_error(100, "(#100) Length of param message[text] must be less than or equal to 2000"))
         if not recipient.get("id"):
