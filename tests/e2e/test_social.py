@@ -376,6 +376,8 @@ async def test_line_message_redelivery_reply_and_rate_limit(gw: Gateway, line_ap
     await line(gw, line_body(first), 401, signature=base64.b64encode(b"forged" * 6).decode())
     assert await gw.journal() == []
     await line(gw, line_body(first))
+    await line(gw, line_body(first))  # the same body again: the same journal entry
+    assert len(await gw.journal()) == 1
     # LINE redelivers the event (same webhookEventId, isRedelivery), this time batched with a new one
     again = dict(first, deliveryContext={"isRedelivery": True})
     await line(gw, line_body(again, line_text("468789577898262531", "追跡番号は？", "01HZX2")))
