@@ -377,6 +377,7 @@ async def test_line_message_redelivery_reply_and_rate_limit(gw: Gateway, line_ap
     assert await gw.journal() == []
     await line(gw, line_body(first))
     await line(gw, line_body(first))  # the same body again: the same journal entry
+    await line(gw, line_body(dict(first, deliveryContext={"isRedelivery": True})))  # flagged: same webhookEventId
     assert len(await gw.journal()) == 1
     # LINE redelivers the event (same webhookEventId, isRedelivery), this time batched with a new one
     again = dict(first, deliveryContext={"isRedelivery": True})
