@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from gateway.worker import Worker
 
 CONFIG: web.AppKey["Config"] = web.AppKey("config")
+#: the daemon's one clock (gateway.clock): aware UTC ``datetime`` now
+CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 STORE: web.AppKey["SQLiteStore"] = web.AppKey("store")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 WORKER: web.AppKey["Worker"] = web.AppKey("worker")
@@ -29,5 +31,3 @@ SUPERVISOR: web.AppKey[Any] = web.AppKey("supervisor")
 CONNECTORS: web.AppKey[dict[str, Any]] = web.AppKey("connectors")
 #: name → zero-argument callable returning (ok: bool, detail: dict), for /readyz
 READINESS: web.AppKey[dict[str, Any]] = web.AppKey("readiness")
-#: the app's clock (an aware UTC datetime); absent: the wall clock
-CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")

@@ -3,14 +3,19 @@
 The handler checks the body, puts attachments into the attachment store,
 and asks the store for one ``reply_create`` transaction (timeline entry,
 outbox row, ticket update); the dispatcher (gateway/outbox.py) sends it
-afterwards. A reply answers ``202`` (queued; the entry's
+afterwards. A reply the channel will certainly refuse answers ``409`` with
+the reason before anything is queued (a channel without a sending
+connector; the connector's ``can_send`` verdict, e.g. WeChat's 48-hour
+window or WhatsApp's 24-hour one); a ``template`` (name, language,
+parameters) where the connector ``supports_templates`` (WhatsApp), ``400``
+elsewhere; a subject or author with a line break ``422``. A reply answers ``202`` (queued; the entry's
 ``data.delivery.status`` follows its fate), a note ``201`` (nothing to send).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from datetime import datetime
 
 import msgspec
 import structlog
@@ -23,7 +28,7 @@ from gateway.attachments import AttachmentStore
 from gateway.http_util import Problem, check_bearer, json_response
 from gateway.outbox import DISPATCHER
 from gateway.store.base import NoReplyTarget, NotFound, ReplyDraft
-from routing.model import Attachment, Template, utcnow
+from routing.model import Attachment, Template
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -53,8 +58,15 @@ async def reply_create(request: web.Request) -> web.Response:
     body: _ReplyBody = await read_body(request, _ReplyBody)
     if not body.text.strip() and body.template is None:
         raise Problem(400, "Invalid request body", "text must not be empty", field="$.text")
+    for name in ("subject", "author"):  # header material: a line break would inject headers, and never sends
+        value = getattr(body, name)
+        if value is not None and ("\r" in value or "\n" in value):
+            raise Problem(422, "Invalid request body", f"{name} must not contain a line break (CR or LF)",
+                          field=f"$.{name}")
     ticket = await ticket_or_404(request)
-    template = await _check_channel(app, ticket, body)
+    template = _template(app, ticket, body)
+    if not body.internal:
+        await _check_sendable(app, ticket, body, template)
     attachments = await _store_uploads(app[DISPATCHER].attachments, body.attachments)
     # a reply posted without an author comes from whoever holds the API token
     # (a help desk integration relaying an agent's answer): it is an agent reply
@@ -74,39 +86,53 @@ async def reply_create(request: web.Request) -> web.Response:
     return json_response(entry, status=202 if draft.public else 201)
 
 
-async def _check_channel(app: web.Application, ticket: Any, body: _ReplyBody) -> Template | None:
-    """What the ticket's channel allows, checked at POST time: a template only
-    where the connector ``supports_templates``; free text only inside the
-    channel's reply window (WhatsApp: 24 hours since the customer last wrote),
-    else 409 with the connector's reason."""
+def _now(app: web.Application) -> datetime:
+    return app[keys.CLOCK]()
+
+
+def _template(app: web.Application, ticket, body: _ReplyBody) -> Template | None:
+    """The reply's template, checked: only on a channel whose connector
+    ``supports_templates``, never on a note, without attachments."""
+    if body.template is None:
+        return None
     target = ticket.reply_to
     connector = app[keys.CONNECTORS].get(target.channel) if target is not None else None
-    if body.internal or target is None:
-        if body.template is not None:
-            raise Problem(400, "Invalid request body", "a note cannot be a template", field="$.template")
-        return None
-    if body.template is not None:
-        if not getattr(connector, "supports_templates", False):
-            raise Problem(400, "Invalid request body", f"channel {target.channel} has no message templates",
-                          field="$.template")
-        if body.attachments:
-            raise Problem(400, "Invalid request body", "a template reply carries no attachments",
-                          field="$.attachments")
-        t = body.template
-        return Template(name=t.name, language=t.language, parameters=list(t.parameters))
-    window = getattr(connector, "window_refusal", None)
-    if window is not None:
-        last = await app[keys.STORE].last_inbound_at(ticket.contact_id, target.channel)
-        reason = window(last, app.get(keys.CLOCK, utcnow)())
-        if reason is not None:
-            raise Problem(409, "Reply window closed", f"{reason}; send a template (field template)",
-                          field="$.template")
-    return None
+    if body.internal:
+        raise Problem(400, "Invalid request body", "a note cannot be a template", field="$.template")
+    if not getattr(connector, "supports_templates", False):
+        channel = target.channel if target is not None else "(none)"
+        raise Problem(400, "Invalid request body", f"channel {channel} has no message templates", field="$.template")
+    if body.attachments:
+        raise Problem(400, "Invalid request body", "a template reply carries no attachments", field="$.attachments")
+    t = body.template
+    return Template(name=t.name, language=t.language, parameters=list(t.parameters))
 
 
 def _template_text(t: Template) -> str:
     params = f": {' | '.join(t.parameters)}" if t.parameters else ""
     return f"[template {t.name} ({t.language})]{params}"
+
+
+async def _check_sendable(app: web.Application, ticket, body: _ReplyBody, template: Template | None = None) -> None:
+    """409 now, with the reason, for a reply the channel will certainly refuse
+    (rather than 202 and a failure later): a channel that cannot send, or the
+    connector's own ``can_send`` verdict on what the store knows."""
+    target = ticket.reply_to
+    if target is None:
+        return  # reply_create answers this one (NoReplyTarget)
+    connector = app[keys.CONNECTORS].get(target.channel)
+    if connector is None or not hasattr(connector, "send"):
+        raise Problem(409, "Cannot reply", f"the {target.channel} channel cannot send replies (no running "
+                      "connector sends on it); add an internal note instead", field="channel")
+    can_send = getattr(connector, "can_send", None)
+    if can_send is None:
+        return
+    draft = ReplyDraft(text=body.text, subject=body.subject, html=body.html, author=body.author or "api",
+                       template=template)
+    facts = {**await app[keys.STORE].reply_facts(ticket.id, target.channel), "now": _now(app)}
+    reason = can_send(draft.outbound("check", ticket, target), facts)
+    if reason:
+        raise Problem(409, "Cannot reply", reason, field="channel")
 
 
 async def _store_uploads(store: AttachmentStore, uploads: list[Upload]) -> list[Attachment]:

@@ -17,7 +17,7 @@ the channel comes from the context the gateway builds it with.
   Past the 24-hour standard window the platform refuses (``10``/``2018278``)
   and the message is sent again with the ``HUMAN_AGENT`` tag (7 days; the
   app needs Meta's Human Agent permission); past 7 days
-  :meth:`MessengerConnector.window_refusal` makes the reply API answer 409.
+  :meth:`MessengerConnector.can_send` makes the reply API answer 409.
   A Messenger reply carries ``metadata: "omnigate:<id>"``, so its echo is
   recognised as ours; an echo from the account's ``app_id`` is ours too
   (Instagram has no metadata).
@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any, Mapping
 
 import aiohttp
@@ -234,10 +234,12 @@ class MessengerConnector:
         return await self._http.json_call("POST", url, token=account.access_token, platform=platform,
                                           json={**body, "messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT"})
 
-    def window_refusal(self, last_inbound_at: datetime | None, now: datetime) -> str | None:
-        """Why no reply can go (None when one can): a Page or Instagram account
-        may answer a person within 7 days of their last message (the last 6
-        of them with the HUMAN_AGENT tag, which ``send`` adds when needed)."""
+    def can_send(self, outbound: Outbound, facts: Mapping[str, Any]) -> str | None:
+        """Why no reply can go (None when one can; connectors/base.py
+        SendChecker): a Page or Instagram account may answer a person within
+        7 days of their last message (the last 6 of them with the HUMAN_AGENT
+        tag, which ``send`` adds when needed)."""
+        last_inbound_at, now = facts.get("last_inbound_at"), facts["now"]
         if last_inbound_at is None:
             return f"the customer has not written on {self.channel.capitalize()}: a Page cannot start a conversation"
         if now - last_inbound_at >= HUMAN_AGENT_WINDOW:

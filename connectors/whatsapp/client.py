@@ -13,7 +13,7 @@ replies and templates through the Graph API, media downloads.
   approved template (name, language, body parameters). The answer's
   ``messages[0].id`` (the wamid) is the delivery's ``external_id``: the
   statuses WhatsApp posts later find the reply's timeline entry by it.
-- The 24-hour customer-service window: :meth:`WhatsAppConnector.window_refusal`
+- The 24-hour customer-service window: :meth:`WhatsAppConnector.can_send`
   says why a free-text reply cannot go (the reply API answers 409); a
   template can always go.
 - ``fetch_media``: ``GET /{media-id}`` gives a short-lived URL, downloaded
@@ -139,8 +139,13 @@ class WhatsAppConnector:
     async def close(self) -> None:
         await self._http.close()
 
-    def window_refusal(self, last_inbound_at: datetime | None, now: datetime) -> str | None:
-        return window_refusal(last_inbound_at, now)
+    def can_send(self, outbound: Outbound, facts: Mapping[str, Any]) -> str | None:
+        """The reply API's 409 (connectors/base.py SendChecker): free text only
+        within 24 hours of the customer's last message; a template always."""
+        if outbound.template is not None:
+            return None
+        reason = window_refusal(facts.get("last_inbound_at"), facts["now"])
+        return f"{reason}; send a template (field template)" if reason else None
 
     # ------------------------------------------------------------ webhook
 

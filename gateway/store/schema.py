@@ -8,7 +8,7 @@ rows are never deleted, so rowids only grow, and AUTOINCREMENT would cost an
 extra b-tree write per insert on the ingest path).
 """
 
-from gateway.store import sqlite_assign, sqlite_delivery, sqlite_replies
+from gateway.store import sqlite_assign, sqlite_delivery, sqlite_nonces, sqlite_replies
 
 MIGRATIONS: list[str] = [
     # 1: the core slice
@@ -161,6 +161,8 @@ MIGRATIONS: list[str] = [
     sqlite_replies.MIGRATION,
     # 3: agents, presence, queues, SLA timers
     sqlite_assign.MIGRATION,
-    # 4: delivery reports find their reply; when a contact last wrote on a channel
+    # 4: request nonces remembered with the journal (WeChat/WeCom replay defence)
+    sqlite_nonces.MIGRATION,
+    # 5: delivery reports find their reply; when a contact last wrote on a channel
     sqlite_delivery.MIGRATION,
 ]

@@ -1,4 +1,4 @@
-"""SQLite operations for platform delivery reports and reply windows.
+"""SQLite operations for platform delivery reports (WhatsApp statuses, Messenger deliveries and reads).
 
 - A delivery report (a WhatsApp status, a Messenger delivery or read) is a
   Commit with ``delivery`` set: :func:`apply_delivery` finds the reply whose
@@ -13,15 +13,12 @@
   API's answer was settled, and the settle applies it then; a report for a
   message omnigate did not send (the business app, another tool) changes
   nothing and is dropped after the day.
-- :meth:`DeliveryOps.last_inbound_at`: when the contact last wrote on a
-  channel — what the 24-hour WhatsApp window is measured from.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -29,10 +26,8 @@ from gateway.store.base import REPLY_TOPIC
 from routing.model import new_id
 from routing.state import Commit
 
-if TYPE_CHECKING:
-    from gateway.store.sqlite import SQLiteStore
-
-#: Schema migration (delivery reports find their reply by the platform's id).
+#: Schema migration (delivery reports find their reply by the platform's id;
+#: reply windows read the contact's last message on a channel).
 MIGRATION = """
     CREATE INDEX outbox_external ON outbox (external_id) WHERE external_id IS NOT NULL;
     CREATE INDEX timeline_contact_kind ON timeline (contact_id, channel, kind, at);
@@ -56,23 +51,6 @@ RANK = {"queued": 0, "retrying": 0, "sent": 1, "delivered": 2, "read": 3, "playe
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
-
-
-class DeliveryOps:
-    """Mixed into SQLiteStore."""
-
-    async def last_inbound_at(self: "SQLiteStore", contact_id: str, channel: str) -> datetime | None:
-        """When the contact (merges followed) last wrote on ``channel``."""
-        return await self._read(_last_inbound_at, contact_id, channel)
-
-
-def _last_inbound_at(conn: sqlite3.Connection, contact_id: str, channel: str) -> datetime | None:
-    from gateway.store import sqlite
-
-    contact_id = sqlite._resolve_merged(conn, contact_id)
-    r = conn.execute("SELECT max(at) FROM timeline WHERE contact_id = ? AND channel = ? AND kind = 'message_in'",
-                     (contact_id, channel)).fetchone()
-    return sqlite.dt(r[0]) if r and r[0] is not None else None
 
 
 def apply_delivery(conn: sqlite3.Connection, c: Commit, now_ms: int) -> tuple[str | None, str | None]:
