@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from connectors.base import SendError
+from connectors.http import problem
 from connectors.webhooks import secret_equal
 
 log = structlog.get_logger(__name__)
@@ -43,10 +44,10 @@ def verification(request: web.Request, verify_token: str | None) -> web.Response
     token matches, 403 otherwise."""
     q = request.query
     if q.get("hub.mode") != "subscribe" or "hub.challenge" not in q:
-        return web.Response(status=400, text="expected hub.mode=subscribe and hub.challenge")
+        return problem(400, "expected hub.mode=subscribe and hub.challenge")
     if not secret_equal(q.get("hub.verify_token"), verify_token):
         log.warning("graph.webhook.verify_refused", path=request.path)
-        return web.Response(status=403, text="hub.verify_token does not match")
+        return problem(403, "hub.verify_token does not match")
     log.info("graph.webhook.verified", path=request.path)
     return web.Response(text=q["hub.challenge"], content_type="text/plain")
 

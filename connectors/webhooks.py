@@ -1,8 +1,7 @@
 """Helpers shared by the webhook connectors of signed-JSON platforms
-(WhatsApp Cloud API, Messenger/Instagram, LINE): reading a body whole and
-size-limited, and HMAC signature checks in constant time.
-
-Pure except :func:`read_body`, which reads an aiohttp request.
+(WhatsApp Cloud API, Messenger/Instagram, LINE): HMAC signature checks in
+constant time and case-insensitive header lookup in a ``--context`` dict.
+Pure (bodies are read by :func:`connectors.http.read_body`).
 """
 
 from __future__ import annotations
@@ -11,26 +10,6 @@ import base64
 import hashlib
 import hmac
 from typing import Any, Mapping
-
-
-class BodyTooLarge(Exception):
-    """The request body is larger than the limit (nothing more was read)."""
-
-
-async def read_body(request: Any, limit: int) -> bytes:
-    """The whole body, however the client's bytes were split into TCP
-    segments or HTTP chunks: read until EOF, refusing past ``limit`` bytes
-    (a declared Content-Length over the limit is refused before reading)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"body larger than {limit} bytes")
-    body = bytearray()
-    while True:
-        chunk = await request.content.read(64 * 1024)
-        if not chunk:
-            return bytes(body)
-        body += chunk
-        if len(body) > limit:
-            raise BodyTooLarge(f"body larger than {limit} bytes")
 
 
 def header(headers: Mapping[str, Any] | None, name: str) -> str | None:

@@ -33,7 +33,8 @@ from aiohttp import web
 from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
 from connectors.graph import HttpClient, MediaTooLarge
 from connectors.line.parse import CHANNEL, SIGNATURE_HEADER, body_key, decode
-from connectors.webhooks import BodyTooLarge, line_signature_ok, read_body
+from connectors.http import BodyTooLarge, problem, read_body
+from connectors.webhooks import line_signature_ok
 from routing.model import Inbound, Outbound
 
 log = structlog.get_logger(__name__)
@@ -130,21 +131,21 @@ class LineConnector:
     async def _webhook(self, request: web.Request) -> web.Response:
         account = self._config.accounts.get(request.match_info["name"])
         if account is None:
-            return web.Response(status=404, text="no such line webhook")
+            return problem(404, "no such line webhook")
         bound = log.bind(account=account.channel_id)
         try:
             body = await read_body(request, self._config.max_body_bytes)
         except BodyTooLarge as exc:
             bound.warning("line.webhook.refused", reason="body too large", status=413)
-            return web.Response(status=413, text=str(exc))
+            return problem(413, f"body larger than {exc.limit} bytes")
         if not line_signature_ok(body, request.headers.get(SIGNATURE_HEADER), account.channel_secret):
             bound.warning("line.webhook.refused", reason="bad signature", status=401)
-            return web.Response(status=401, text=f"{SIGNATURE_HEADER} missing or wrong")
+            return problem(401, f"{SIGNATURE_HEADER} missing or wrong")
         try:
             obj = decode(body)
         except PayloadRejected as exc:
             bound.warning("line.webhook.refused", reason=str(exc), status=400)
-            return web.Response(status=400, text=str(exc))
+            return problem(400, str(exc))
         if not obj["events"]:  # the console's "Verify" button
             bound.info("line.webhook.verified")
             return web.Response(status=200)
@@ -153,7 +154,7 @@ class LineConnector:
             result = await self._ctx.ingest(account.channel_id, key, body)
         except Exception:
             bound.exception("line.webhook.journal_failed", key=key)
-            return web.Response(status=503, text="journal unavailable, retry later")
+            return problem(503, "journal unavailable, retry later")
         bound.info("line.webhook", key=key, journal_id=result.journal_id, created=result.created,
                    events=len(obj["events"]))
         return web.Response(status=200)

@@ -48,7 +48,8 @@ from connectors.graph import (
     verification,
 )
 from connectors.messenger.parse import OBJECTS, OWN_METADATA, SIGNATURE_HEADER, body_key, decode, events
-from connectors.webhooks import BodyTooLarge, hub_signature_ok, read_body
+from connectors.http import BodyTooLarge, problem, read_body
+from connectors.webhooks import hub_signature_ok
 from routing.model import Attachment, Inbound, Outbound
 
 log = structlog.get_logger(__name__)
@@ -166,20 +167,20 @@ class MessengerConnector:
             body = await read_body(request, self._config.max_body_bytes)
         except BodyTooLarge as exc:
             bound.warning("messenger.webhook.refused", reason="body too large", status=413)
-            return web.Response(status=413, text=str(exc))
+            return problem(413, f"body larger than {exc.limit} bytes")
         if not hub_signature_ok(body, request.headers.get(SIGNATURE_HEADER), self._config.app_secret):
             bound.warning("messenger.webhook.refused", reason="bad signature", status=401)
-            return web.Response(status=401, text=f"{SIGNATURE_HEADER} missing or wrong")
+            return problem(401, f"{SIGNATURE_HEADER} missing or wrong")
         try:
             obj = decode(body)
         except PayloadRejected as exc:
             bound.warning("messenger.webhook.refused", reason=str(exc), status=400)
-            return web.Response(status=400, text=str(exc))
+            return problem(400, str(exc))
         if obj["object"] != self._object:
             reason = (f"object {obj['object']!r} posted to the {self.channel} webhook: subscribe it at "
                       f"/channels/{OBJECTS[obj['object']]}")
             bound.warning("messenger.webhook.refused", reason=reason, status=400)
-            return web.Response(status=400, text=reason)
+            return problem(400, reason)
         evs = events(obj)
         account = evs[0][0] if evs and evs[0][0] else self.channel
         key = body_key(obj, body)
@@ -187,7 +188,7 @@ class MessengerConnector:
             result = await self._ctx.ingest(account, key, body)
         except Exception:
             bound.exception("messenger.webhook.journal_failed", key=key)
-            return web.Response(status=503, text="journal unavailable, retry later")
+            return problem(503, "journal unavailable, retry later")
         bound.info("messenger.webhook", key=key, account=account, journal_id=result.journal_id, created=result.created)
         return web.Response(status=200, text="EVENT_RECEIVED")
 

@@ -34,7 +34,8 @@ from aiohttp import web
 
 from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
 from connectors.graph import DEFAULT_API_VERSION, DEFAULT_GRAPH_BASE, HttpClient, MediaTooLarge, send_error, verification
-from connectors.webhooks import BodyTooLarge, hub_signature_ok, read_body
+from connectors.http import BodyTooLarge, problem, read_body
+from connectors.webhooks import hub_signature_ok
 from connectors.whatsapp.parse import CHANNEL, SIGNATURE_HEADER, body_key, changes, decode
 from routing.model import Attachment, Inbound, Outbound
 
@@ -157,15 +158,15 @@ class WhatsAppConnector:
             body = await read_body(request, self._config.max_body_bytes)
         except BodyTooLarge as exc:
             log.warning("whatsapp.webhook.refused", reason="body too large", status=413)
-            return web.Response(status=413, text=str(exc))
+            return problem(413, f"body larger than {exc.limit} bytes")
         if not hub_signature_ok(body, request.headers.get(SIGNATURE_HEADER), self._config.app_secret):
             log.warning("whatsapp.webhook.refused", reason="bad signature", status=401)
-            return web.Response(status=401, text=f"{SIGNATURE_HEADER} missing or wrong")
+            return problem(401, f"{SIGNATURE_HEADER} missing or wrong")
         try:
             obj = decode(body)
         except PayloadRejected as exc:
             log.warning("whatsapp.webhook.refused", reason=str(exc), status=400)
-            return web.Response(status=400, text=str(exc))
+            return problem(400, str(exc))
         values = changes(obj)
         account = next((str(v["metadata"]["phone_number_id"]) for v in values
                         if isinstance(v.get("metadata"), dict) and v["metadata"].get("phone_number_id")), CHANNEL)
@@ -174,7 +175,7 @@ class WhatsAppConnector:
             result = await self._ctx.ingest(account, key, body)
         except Exception:  # the journal could not take it: Meta retries on non-200
             log.exception("whatsapp.webhook.journal_failed", key=key)
-            return web.Response(status=503, text="journal unavailable, retry later")
+            return problem(503, "journal unavailable, retry later")
         log.info("whatsapp.webhook", key=key, account=account, journal_id=result.journal_id, created=result.created)
         return web.Response(status=200, text="ok")
 

@@ -118,6 +118,7 @@ async def test_refusals_store_nothing(aiohttp_server, case: Case) -> None:
         chunked_big = await http.post(url, data=_stream(big), headers={**client_headers, case.header: case.sign(big)})
         not_json = await http.post(url, data=b"[]", headers={**client_headers, case.header: case.sign(b"[]")})
     assert [r.status for r in (forged, missing, too_large, chunked_big, not_json)] == [401, 401, 413, 413, 400]
+    assert {r.content_type for r in (forged, missing, too_large, chunked_big, not_json)} == {"application/problem+json"}
     assert ctx.calls == []
 
 
