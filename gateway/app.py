@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from connectors.registry import RegistryError, connector_class, validate_all
-from gateway import api, assignment, keys, outbox, replies
+from gateway import api, api_tickets, assignment, auth, keys, outbox, replies
 from gateway.attachments import AttachmentStore
 from gateway.clock import Clock, system_clock
 from gateway.config import Config, parse_duration
@@ -197,6 +197,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
                         max_conflict_retries=config.pipeline.max_conflict_retries,
                         auto_replier=_auto_replier(store), clock=clock)
     assignment.setup(app, pipeline)
+    auth.setup(app, clock=clock)  # tokens, roles, rate limits of /api/v1
     worker = Worker(pipeline, concurrency=config.pipeline.workers)
     app[keys.WORKER] = worker
     ingest = Ingest(store, m, worker.wake)
@@ -223,6 +224,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     app.router.add_get("/metrics", metrics)
     app.router.add_routes(guarded_routes(api.routes))
     app.router.add_routes(guarded_routes(replies.routes))
+    app.router.add_routes(guarded_routes(api_tickets.routes))
     app[outbox.DISPATCHER] = outbox.Dispatcher(store, connectors, attachments, metrics=m, clock=clock)
 
     app.cleanup_ctx.append(_store_ctx)

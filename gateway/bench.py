@@ -48,6 +48,7 @@ PLUGINS: dict[str, tuple[str, tuple[str, ...]]] = {
     "assign": ("routing.assign_bench:figures", ("assign_decisions",)),
     "assign_store": ("gateway.assign_bench:figures", ("assign_next_store",)),
     "social": ("gateway.bench_social:figures", ("social_webhook",)),
+    "api_list": ("gateway.api_bench:figures", ("api_ticket_list_100k",)),
 }
 
 CONCURRENCY = 64

@@ -109,6 +109,7 @@ TimelineKind = Literal[
     "rule",
     "duplicate",
     "identity",
+    "update",
 ]
 Presence = Literal["online", "away", "offline"]
 AgentRole = Literal["agent", "lead", "admin"]

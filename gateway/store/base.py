@@ -260,4 +260,13 @@ class Store(Protocol):
 
     async def assign_stats(self) -> dict: ...
 
+    # the REST API (gateway/store/sqlite_tickets.py, sqlite_tokens.py) ---
+    # ticket_record, tickets_list (keyset), ticket_patch (version-checked,
+    # one assignment transaction), contact_by_identity, contacts_by_name,
+    # contact_set_attributes, contact_audit, timeline_rows (both ways, by
+    # kind), note_create (with mentions), mentions_of; token_create,
+    # token_revoke, token_lookup, token_list, token_touch. Their signatures
+    # and semantics are the SQLite mixins' docstrings; a second backend
+    # implements the same.
+
     async def close(self) -> None: ...

@@ -8,7 +8,7 @@ rows are never deleted, so rowids only grow, and AUTOINCREMENT would cost an
 extra b-tree write per insert on the ingest path).
 """
 
-from gateway.store import sqlite_assign, sqlite_delivery, sqlite_nonces, sqlite_replies
+from gateway.store import sqlite_assign, sqlite_delivery, sqlite_nonces, sqlite_replies, sqlite_tickets, sqlite_tokens
 
 MIGRATIONS: list[str] = [
     # 1: the core slice
@@ -165,4 +165,6 @@ MIGRATIONS: list[str] = [
     sqlite_nonces.MIGRATION,
     # 5: delivery reports find their reply; when a contact last wrote on a channel
     sqlite_delivery.MIGRATION,
+    # 6: the REST API: ticket list indexes, mentions, per-agent API tokens
+    sqlite_tickets.MIGRATION + sqlite_tokens.MIGRATION,
 ]

@@ -38,6 +38,8 @@ from gateway.store.sqlite_assign import AssignOps
 from gateway.store.sqlite_delivery import apply_delivery
 from gateway.store.sqlite_replies import RepliesOps
 from gateway.store.sqlite_sla import SlaOps
+from gateway.store.sqlite_tickets import TicketsOps
+from gateway.store.sqlite_tokens import TokensOps
 from routing.model import (
     Attachment,
     Contact,
@@ -222,7 +224,7 @@ def migrate(path: str) -> int:
         conn.close()
 
 
-class SQLiteStore(RepliesOps, AssignOps, SlaOps):
+class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps):
     """The default store: one file ``<data_dir>/omnigate.db``.
 
     Operations of later features live in mixins beside this module

@@ -116,6 +116,7 @@ def test_secrets_through_file_keys_and_path_options_are_accepted(tmp_path):
         ("pipeline:\n  worker: 4\n", 2, "'workers'"),
         ("dedupe:\n  near_windw: 5m\n", 2, "'near_window'"),
         ("threading:\n\n  reopen_windows: {}\n", 3, "'reopen_window'"),
+        ("rest:\n  rate_limit_per_minut: 10\n", 2, "'rate_limit_per_minute'"),
         ("email:\n  smtp:\n    listn: 127.0.0.1:25\n", 3, "'listen'"),
         ("email:\n  imap:\n    support:\n      hots: h\n", 4, "'host'"),
         ("wechat:\n  api_bse: http://x\n", 2, "'api_base'"),
