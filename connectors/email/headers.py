@@ -168,6 +168,15 @@ def addresses(
     return out
 
 
+def decoded_addresses(text: str) -> list[tuple[str | None, str]]:
+    """``(name, addr)`` pairs of an already decoded value (a whole ``name
+    <addr>`` that some mailer put inside one encoded word)."""
+    out = []
+    for name, addr in _split_addresses([text]):
+        out.append((name.strip("\"' ") or None, addr.strip().lower()))
+    return out
+
+
 def _split_addresses(values: list[str]) -> list[tuple[str, str]]:
     """``getaddresses``, with a fast path for single-address values (the stdlib parser is slow)."""
     out: list[tuple[str, str]] = []

@@ -222,7 +222,8 @@ def _body_hints(data: bytes) -> tuple[str, ...]:
 # ---------------------------------------------------------------- headers → Inbound fields
 
 
-def _sender(msg: Message, hmap: dict[str, list[str]], hints: tuple[str, ...], defects: list[str]) -> Sender:
+def _sender(msg: Message, raw: bytes, context: Mapping[str, Any], hmap: dict[str, list[str]],
+            hints: tuple[str, ...], defects: list[str]) -> Sender:
     froms = hmap.get("from", [])
     if len(froms) > 1:
         defects.append("DuplicateFromHeader")
@@ -231,18 +232,51 @@ def _sender(msg: Message, hmap: dict[str, list[str]], hints: tuple[str, ...], de
     for name, addr in pairs:
         if headers.usable(addr):
             return Sender("email", addr, name or any_name)
+    # the whole `name <addr>` inside one encoded word (old mailers): decode, then parse again
+    for value in froms:
+        if "=?" in value:
+            for name, addr in headers.decoded_addresses(headers.decode_header(value, hints, [])):
+                if headers.usable(addr):
+                    defects.append("EncodedWordAddress")
+                    return Sender("email", addr, name)
     defects.append("NoUsableFrom" if froms else "MissingFrom")
     for hdr in _SENDER_FALLBACKS:
         for name, addr in headers.addresses(hmap.get(hdr, []), hints, defects):
             if headers.usable(addr):
                 defects.append(f"SenderFrom:{hdr}")
                 return Sender("email", addr, any_name or name)
+    mail_from = str(context.get("mail_from") or "").strip().strip("<>").lower()
+    if headers.usable(mail_from):
+        defects.append("SenderFrom:smtp-envelope")
+        return Sender("email", mail_from, any_name)
     envelope = (msg.get_unixfrom() or "").split()
     if len(envelope) > 1 and headers.usable(envelope[1].lower()):
         defects.append("SenderFrom:mbox-envelope")
         return Sender("email", envelope[1].lower(), any_name)
     defects.append("NoSenderAddress")
-    return Sender("email", "", any_name)
+    # no address anywhere: a sender of its own, unique to this message, that
+    # never links to another contact (an empty identity would merge strangers)
+    return Sender("external", f"email-unknown:{hashlib.sha256(raw).hexdigest()[:32]}", any_name)
+
+
+def _envelope(context: Mapping[str, Any], hmap: dict[str, list[str]]) -> dict[str, str]:
+    """What the envelope says, as meta: ``return_path`` (the SMTP ``MAIL FROM``
+    this gateway received, else the ``Return-Path`` the delivering MTA wrote;
+    ``<>`` for a null sender — RFC 3834 auto-replies go there and only there)
+    and ``envelope_to`` (our own mailboxes it was delivered to)."""
+    out: dict[str, str] = {}
+    if "mail_from" in context:
+        path = str(context.get("mail_from") or "").strip()
+    else:
+        path = next(iter(hmap.get("return-path", [])), None)
+    if path is not None:
+        addr = path.strip().strip("<>").strip().lower()
+        out["return_path"] = addr if headers.usable(addr) else "<>"
+    rcpts = context.get("rcpt_tos") or [
+        a for _n, a in headers.addresses(hmap.get("delivered-to", []), (), []) if headers.usable(a)]
+    if rcpts:
+        out["envelope_to"] = ",".join(str(r).strip().strip("<>").lower() for r in rcpts)
+    return out
 
 
 def _usable_addresses(values: list[str], hints: tuple[str, ...], defects: list[str]) -> list[str]:
@@ -275,7 +309,7 @@ def _inbound(msg: Message, raw: bytes, context: Mapping[str, Any], defects: list
     def first(name: str) -> str | None:
         return (hmap.get(name) or [None])[0]
 
-    sender = _sender(msg, hmap, hints, defects)
+    sender = _sender(msg, raw, context, hmap, hints, defects)
     subject_raw = first("subject")
     subject = headers.decode_header(subject_raw, hints, defects) if subject_raw is not None else None
     message_ids = headers.message_ids(first("message-id"))
@@ -293,7 +327,9 @@ def _inbound(msg: Message, raw: bytes, context: Mapping[str, Any], defects: list
     report_type = msg.get_param("report-type") if content_type == "multipart/report" else None
     auto, reason = dsn.classify(hmap, content_type, report_type, sender.value, subject or "")
 
-    meta: dict[str, str] = {"content_type": content_type}
+    meta: dict[str, str] = {"content_type": content_type, **_envelope(context, hmap)}
+    if sender.kind == "external":
+        meta["sender_unknown"] = "true"
     if body.charsets:
         meta["charset"] = ",".join(body.charsets)
     if reason:

@@ -542,6 +542,14 @@ def _snapshot(conn: sqlite3.Connection, look: Lookup, now: datetime) -> Snapshot
                          "(SELECT ticket_id FROM thread_refs WHERE ref = ?)", (ref,)).fetchone()
         if r:
             snap.ref_tickets[ref] = _ticket_state(r)
+    if snap.ref_tickets:  # a reply by headers: may the sender join those tickets?
+        sender_owner = snap.owners.get(look.sender.key())
+        snap.participating = frozenset(
+            t.id for t in snap.ref_tickets.values()
+            if t.contact_id != sender_owner and conn.execute(
+                "SELECT 1 FROM ticket_participants WHERE ticket_id = ? AND kind = ? AND value = ?",
+                (t.id, look.sender.kind, look.sender.value)).fetchone()
+        )
     for n in look.numbers:
         r = conn.execute(f"SELECT {_TICKET_STATE_COLS} FROM tickets WHERE number = ?", (n,)).fetchone()
         if r:
@@ -692,6 +700,10 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int) -> Com
     if c.ticket_id:
         for ref in c.thread_refs:
             conn.execute("INSERT OR IGNORE INTO thread_refs (ref, ticket_id) VALUES (?, ?)", (ref, c.ticket_id))
+        if c.participants:
+            conn.executemany("INSERT OR IGNORE INTO ticket_participants (ticket_id, kind, value, source, added_at) "
+                             "VALUES (?,?,?,?,?)",
+                             [(c.ticket_id, i.kind, i.value, src, now) for i, src in c.participants])
     conn.executemany("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
                      [(new_id(), ev.topic, ev.ticket_id, _j(ev.payload), now, now) for ev in c.outbox])
     if c.final:

@@ -64,6 +64,9 @@ async def test_bad_requests_are_refused_and_not_stored(gw):
     assert r.status == 400 and (await r.json())["field"] == "$.sender.kind"
     r = await post(client, {"external_id": "x", "sender": {"kind": "email", "value": "a@b.cn"}})
     assert r.status == 400 and "text" in (await r.json())["detail"]
+    for kind, value in (("phone", "abc"), ("email", "not-an-address"), ("phone", " ")):
+        r = await post(client, {"external_id": "x", "sender": {"kind": kind, "value": value}, "text": "t"})
+        assert r.status == 422 and (await r.json())["field"] == "$.sender.value"  # refused before the journal
     r = await client.post("/channels/api/messages", data=b"x" * (65 * 1024), headers=AUTH)
     assert r.status == 413 and r.content_type == "application/problem+json"
     r = await client.get("/api/v1/journal", headers=AUTH)
