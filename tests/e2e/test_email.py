@@ -84,3 +84,55 @@ def dsn(bounced: str, to: str) -> bytes:
         f"From: {to}\r\nTo: xxx@gmail.com\r\nSubject: Re: Test\r\nMessage-ID: {bounced}\r\n"
         "--B--\r\n"
     ).encode()
+
+
+def mail(sender: str, subject: str, message_id: str, text: str, **headers: str) -> bytes:
+    extra = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    return (f"From: {sender}\r\nTo: {MAILBOX}\r\nSubject: {subject}\r\nMessage-ID: <{message_id}>\r\n{extra}"
+            "Date: Mon, 2 Nov 2026 10:00:00 +0000\r\n\r\n" + text + "\r\n").encode()
+
+
+async def test_a_stranger_quoting_a_customers_message_id_cannot_take_over_the_ticket(
+        start_gateway, unused_tcp_port_factory) -> None:
+    """Issue 10, item 2: header threading trusts only the ticket's contact and its participants."""
+    smtp_port = unused_tcp_port_factory()
+    async with sink() as relay:
+        gw: Gateway = await start_gateway(email={
+            "smtp": {"listen": f"127.0.0.1:{smtp_port}", "mailboxes": {"support": MAILBOX}},
+            "relay": {"host": "127.0.0.1", "port": relay.port, "security": "none",
+                      "from": f"Support <{MAILBOX}>"},
+        })
+        await listening(smtp_port)
+        await deliver(smtp_port, mail("Li Lei <li@example.cn>", "Invoice 4411", "li-1@example.cn",
+                                      "My invoice address is wrong.", Cc="boss@example.cn"), "li@example.cn")
+        await wait_for(gw.journal, lambda items: len(items) == 1)
+        await gw.drain()
+        _, ticket, _ = await gw.only_ticket()
+
+        # a stranger replies to the customer's Message-ID: own ticket, which mentions the customer's
+        await deliver(smtp_port, mail("Mallory <mallory@evil.example>", "Re: Invoice 4411", "m-1@evil.example",
+                                      "Please send the invoice to me instead.", In_Reply_To="<li-1@example.cn>"),
+                      "mallory@evil.example")
+        await wait_for(gw.journal, lambda items: len(items) == 2)
+        await gw.drain()
+        stranger = (await gw.journal())[-1]
+        assert stranger["status"] == "processed" and stranger["ticket_id"] != ticket["id"]
+        [mention] = [e for e in await gw.timeline(stranger["ticket_id"], "event")]
+        assert mention["data"]["mentions"] == {"ticket_id": ticket["id"], "number": ticket["number"]}
+        assert f"mentions ticket #{ticket['number']}" in mention["text"]
+        [noted] = [e for e in await gw.timeline(ticket["id"], "event")]
+        assert noted["data"]["mentioned_by"]["ticket_id"] == stranger["ticket_id"]
+        assert [e["text"] for e in await gw.timeline(ticket["id"], "message_in")] == ["My invoice address is wrong."]
+
+        # the Cc of the customer's mail is a participant: it joins, but the replies stay with the customer
+        await deliver(smtp_port, mail("Boss <boss@example.cn>", "Re: Invoice 4411", "boss-1@example.cn",
+                                      "Approved.", In_Reply_To="<li-1@example.cn>"), "boss@example.cn")
+        await wait_for(gw.journal, lambda items: len(items) == 3)
+        await gw.drain()
+        assert (await gw.journal())[-1]["ticket_id"] == ticket["id"]
+
+        reply = await gw.reply(ticket["id"], "Your invoice has been corrected.")
+        delivery = await gw.delivery(ticket["id"], reply["id"], lambda d: d["status"] != "queued")
+        assert delivery["status"] == "sent", delivery
+        [envelope] = relay.received
+        assert envelope.rcpt_tos == ["li@example.cn"]  # not mallory, not the boss
