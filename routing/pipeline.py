@@ -77,6 +77,9 @@ class Lookup:
     message_key: tuple[str, str, str]
     edits_key: tuple[str, str, str] | None
     near_window_s: float
+    #: The body digest of an email (``meta["content_sha"]``): tells a reused
+    #: Message-ID from a redelivery.
+    content_sha: str | None = None
 
     @property
     def identities(self) -> tuple[Identity, ...]:
@@ -99,6 +102,7 @@ def lookup(inbound: Inbound, settings: Settings) -> Lookup:
         message_key=(inbound.channel, inbound.account, inbound.external_id),
         edits_key=(inbound.channel, inbound.account, inbound.edits) if inbound.edits else None,
         near_window_s=settings.near_window_s,
+        content_sha=inbound.meta.get("content_sha"),
     )
 
 
@@ -126,9 +130,24 @@ class Work:
 # ---------------------------------------------------------------- stages
 
 
+REUSED_ID = "message-id reused with different content"
+
+
+def _reused_id(w: Work, hit) -> bool:
+    return hit.journal_id != w.journal_id and dedupe.reused_id(hit.journal_key, w.look.content_sha)
+
+
 def stage_exact_dedupe(w: Work) -> None:
     hit = w.snap.exact
     if hit is None:
+        return
+    if _reused_id(w, hit):
+        i = w.inbound
+        w.commit.message_key = (i.channel, i.account, f"{i.external_id}#{i.meta['content_sha']}")
+        if REUSED_ID not in i.defects:
+            i.defects.append(REUSED_ID)
+        w.reasons["dedupe"] = {"stage": "dedupe", "reused_message_id": i.external_id,
+                               "first_journal_id": hit.journal_id, "why": REUSED_ID}
         return
     w.commit.outcome = "processed" if hit.journal_id == w.journal_id else "duplicate"
     w.commit.message_key = None

@@ -52,6 +52,9 @@ class Hit(msgspec.Struct, frozen=True):
     timeline_id: str | None
     ticket_id: str | None
     contact_id: str | None
+    #: The idempotency key of that journal entry (an email's ends in its body
+    #: digest: a different one means the message id was reused).
+    journal_key: str | None = None
 
 
 class Snapshot(msgspec.Struct):

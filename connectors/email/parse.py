@@ -32,7 +32,7 @@ from email.policy import compat32
 from typing import Any, Mapping
 
 from connectors.base import PayloadRejected
-from connectors.email import attachments, charsets, dsn, headers, outlook
+from connectors.email import attachments, charsets, dsn, headers, keys, outlook
 from connectors.email.htmltext import html_to_text
 from connectors.email.quotes import strip_reply
 from routing.model import Attachment, Inbound, Sender, ThreadHints
@@ -328,6 +328,8 @@ def _inbound(msg: Message, raw: bytes, context: Mapping[str, Any], defects: list
     auto, reason = dsn.classify(hmap, content_type, report_type, sender.value, subject or "")
 
     meta: dict[str, str] = {"content_type": content_type, **_envelope(context, hmap)}
+    if thread.message_id:  # as in the journal key: the pipeline tells a reused Message-ID by it
+        meta["content_sha"] = keys.content_digest(raw)
     if sender.kind == "external":
         meta["sender_unknown"] = "true"
     if body.charsets:

@@ -46,6 +46,7 @@ from routing.model import (
     new_id,
     utcnow,
 )
+from routing.dedupe import reused_id
 from routing.pipeline import Lookup
 from routing.state import Commit, CommitResult, ContactState, Hit, Snapshot, TicketState
 
@@ -510,15 +511,16 @@ def _ticket_state(r: tuple) -> TicketState:
 
 def _hit(conn: sqlite3.Connection, key: tuple[str, str, str]) -> Hit | None:
     r = conn.execute(
-        "SELECT journal_id, timeline_id, ticket_id, contact_id FROM message_keys "
-        "WHERE channel = ? AND account = ? AND external_id = ?", key,
+        "SELECT m.journal_id, m.timeline_id, m.ticket_id, m.contact_id, j.key FROM message_keys m "
+        "LEFT JOIN journal j ON j.id = m.journal_id "
+        "WHERE m.channel = ? AND m.account = ? AND m.external_id = ?", key,
     ).fetchone()
     return Hit(*r) if r else None
 
 
 def _snapshot(conn: sqlite3.Connection, look: Lookup, now: datetime) -> Snapshot:
     snap = Snapshot(now=now, exact=_hit(conn, look.message_key))
-    if snap.exact is not None:
+    if snap.exact is not None and not reused_id(snap.exact.journal_key, look.content_sha):
         return snap
     if look.edits_key is not None:
         snap.edited = _hit(conn, look.edits_key)

@@ -19,7 +19,13 @@ pytestmark = pytest.mark.integration
 
 
 async def deliver(port: int, raw: bytes, sender: str) -> None:
-    await aiosmtplib.send(raw, sender=sender, recipients=[MAILBOX], hostname="127.0.0.1", port=port)
+    if sender:
+        await aiosmtplib.send(raw, sender=sender, recipients=[MAILBOX], hostname="127.0.0.1", port=port)
+        return
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+    await smtp.connect()
+    await smtp.sendmail("", [MAILBOX], raw)  # MAIL FROM:<> (a null reverse-path)
+    await smtp.quit()
 
 
 async def test_mail_in_reply_out_and_the_answer_threads_back(start_gateway, unused_tcp_port_factory) -> None:
@@ -136,3 +142,32 @@ async def test_a_stranger_quoting_a_customers_message_id_cannot_take_over_the_ti
         assert delivery["status"] == "sent", delivery
         [envelope] = relay.received
         assert envelope.rcpt_tos == ["li@example.cn"]  # not mallory, not the boss
+
+
+async def test_a_reused_message_id_with_other_content_is_kept_and_a_null_sender_gets_no_auto_reply(
+        start_gateway, unused_tcp_port_factory) -> None:
+    """Issue 10, item 4: no silent drop of a reused Message-ID; RFC 3834 on the SMTP envelope."""
+    smtp_port = unused_tcp_port_factory()
+    async with sink() as relay:
+        gw: Gateway = await start_gateway(email={
+            "smtp": {"listen": f"127.0.0.1:{smtp_port}", "mailboxes": {"support": MAILBOX}},
+            "relay": {"host": "127.0.0.1", "port": relay.port, "security": "none",
+                      "from": f"Support <{MAILBOX}>"},
+        })
+        await listening(smtp_port)
+        await deliver(smtp_port, mail("li@example.cn", "Password", "dup@example.cn",
+                                      "I forgot my password, please help me reset password"), "li@example.cn")
+        await deliver(smtp_port, mail("li@example.cn", "Password", "dup@example.cn",
+                                      "Different words under the same id"), "li@example.cn")
+        # a forged From with a null envelope sender (MAIL FROM:<>): never answered automatically
+        await deliver(smtp_port, mail("victim@example.org", "Password", "forged@example.org",
+                                      "I forgot my password, please help me reset password"), "")
+        await wait_for(gw.journal, lambda items: len(items) == 3)
+        await gw.drain()
+        first, second, forged = await gw.journal()
+        assert second["status"] == "processed" and second["ticket_id"] == first["ticket_id"]
+        entries = await gw.timeline(first["ticket_id"], "message_in")
+        assert [e["text"] for e in entries][-1] == "Different words under the same id"
+        assert "message-id reused with different content" in entries[-1]["data"]["defects"]
+        assert forged["status"] == "processed"
+        assert not [e for e in await gw.timeline(forged["ticket_id"], "message_out")]

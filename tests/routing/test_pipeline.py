@@ -271,3 +271,17 @@ def test_normalize_refuses_values_that_identify_nobody():
         with pytest.raises(ValueError):
             normalize(kind, value)
     assert normalize("phone", "100") == "100"  # a PBX extension stays valid
+
+
+def test_a_reused_message_id_with_another_body_is_kept_and_flagged_not_dropped():
+    first = Hit(journal_id="J0", timeline_id="E0", ticket_id="T1", contact_id="C1",
+                journal_key="mid:<same@mail>#aaaaaaaaaaaaaaaa")
+    m = msg(external_id="same@mail", meta={"content_sha": "bbbbbbbbbbbbbbbb"})
+    c = decide(m, "J1", snap(owners=KNOWN, exact=first), Settings())
+    assert c.outcome == "processed" and c.counted is None
+    assert c.message_key == ("email", "support", "same@mail#bbbbbbbbbbbbbbbb")
+    assert "message-id reused with different content" in c.timeline[0].data["defects"]
+    assert c.timeline[0].data["reasons"]["dedupe"]["first_journal_id"] == "J0"
+    same = decide(msg(external_id="same@mail", meta={"content_sha": "aaaaaaaaaaaaaaaa"}), "J2",
+                  snap(owners=KNOWN, exact=first), Settings())
+    assert (same.outcome, same.counted) == ("duplicate", "deduped")  # the same body: a redelivery
