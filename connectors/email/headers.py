@@ -8,7 +8,8 @@ raw 8-bit bytes are surrogate-escaped; this module does the decoding itself:
   names (``=?NONE?B?…?=``), multi-byte characters split across two words
   (adjacent words of one charset are joined as bytes before decoding);
 - raw 8-bit header bytes with no encoded word at all (GBK/Big5 mailers),
-  decoded by detection with the body's charset as the first guess, and
+  decoded per header by plausibility over the charsets the message declares
+  anywhere and the CJK ones (``charsets.detect_header``), and
   UTF-8 → Latin-1 → Big5 double encoding undone;
 - addresses are split on the *undecoded* value, so a decoded display name
   holding a comma or ``<`` cannot break the split.
@@ -54,7 +55,7 @@ def decode_raw(text: str, hints: tuple[str, ...], defects: list[str]) -> str:
     if text.isascii():
         return text
     data = text.encode("ascii", "surrogateescape")
-    decoded, codec = charsets.detect(data, hints)
+    decoded, codec = charsets.detect_header(data, hints)
     if codec == "utf-8":
         fixed = charsets.recover_double_encoding(decoded, hints)
         if fixed is not None:

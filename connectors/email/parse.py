@@ -207,11 +207,31 @@ def _walk(part: Message, body: _Body, in_report: bool = False) -> None:
         body.plain.append(_decode_text(part, body))
 
 
-def _body_hints(data: bytes) -> tuple[str, ...]:
-    """Codecs of the first declared charset: the best guess for raw 8-bit header bytes.
+_WORD_CHARSET_BYTES = re.compile(rb"=\?([A-Za-z0-9_.:+-]+)(?:\*[^?]*)?\?[bBqQ]\?")
+
+
+def _declared(data: bytes) -> tuple[str, ...]:
+    """Codecs of every charset the message declares anywhere (MIME charset
+    parameters and encoded words), in order of appearance: the candidates for
+    raw 8-bit header bytes. The first one is also the body's fallback hint.
 
     A byte search rather than a second walk over the MIME tree: it is on the hot path.
     """
+    found: dict[str, None] = {}
+    for pattern in (_CHARSET_PARAM_BYTES, _WORD_CHARSET_BYTES):
+        for m in pattern.finditer(data):
+            for codec in charsets.codecs_for(m.group(1).decode("ascii")):
+                found.setdefault(codec)
+    return tuple(found)
+
+
+def _header_bytes(data: bytes) -> bytes:
+    end = _END_OF_HEADERS.search(data)
+    return data[: end.start()] if end else data
+
+
+def _body_hints(data: bytes) -> tuple[str, ...]:
+    """Codecs of the first declared charset: the best guess for undeclared body bytes."""
     for m in _CHARSET_PARAM_BYTES.finditer(data):
         found = charsets.codecs_for(m.group(1).decode("ascii"))
         if found:
@@ -301,8 +321,9 @@ def _unique(items: list[str]) -> list[str]:
 
 
 def _inbound(msg: Message, raw: bytes, context: Mapping[str, Any], defects: list[str]) -> Inbound:
-    hints = _body_hints(raw)
-    body = _Body(hints=hints)
+    body = _Body(hints=_body_hints(raw))
+    # raw 8-bit header bytes: only worth the search when there are any
+    hints = _declared(raw) if not _header_bytes(raw).isascii() else body.hints
     _walk(msg, body)
     hmap = _header_map(msg)
 

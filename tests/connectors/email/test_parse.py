@@ -240,3 +240,25 @@ def test_return_path_header_is_the_envelope_sender_when_no_smtp_envelope_is_know
     assert msg.meta["return_path"] == "<>"
     msg = one(b"Return-Path: <Li@Example.cn>\r\nFrom: li@example.cn\r\nSubject: s\r\n\r\nx\r\n")
     assert msg.meta["return_path"] == "li@example.cn"
+
+
+# ------------------------------------------------- raw 8-bit headers by plausibility (issue 10, item 4)
+
+
+@pytest.mark.parametrize(("name", "sender", "subject"), [
+    ("synthetic_raw8bit_gb2312_headers_with_latin1_parts.eml", "张伟", "关于订单的问题，请尽快处理"),
+    ("synthetic_raw8bit_big5_headers_with_latin1_parts.eml", "陳大文", "請問我的訂單何時到貨"),
+])
+def test_raw_cjk_headers_are_not_read_as_the_latin1_declared_elsewhere(name, sender, subject):
+    msg = fixture(name)
+    assert (msg.sender.name, msg.subject) == (sender, subject)
+
+
+@pytest.mark.parametrize(("codec", "subject"), [
+    ("gb2312", "你好"), ("gb2312", "发票抬头错了"), ("big5", "發票抬頭錯了"), ("big5", "謝謝您的幫忙"),
+    ("cp1252", "Café crème"), ("cp1252", "Grüße aus München"), ("shift_jis", "お問い合わせ"),
+])
+def test_short_raw_headers_pick_the_plausible_charset(codec, subject):
+    raw = (b"From: a@example.net\r\nSubject: " + subject.encode(codec) + b"\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nx\r\n")
+    assert one(raw).subject == subject
