@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from connectors.registry import RegistryError, connector_class, validate_all
-from gateway import api, assignment, keys, outbox, replies
+from gateway import api, assignment, keys, outbox, participants, replies
 from gateway.attachments import AttachmentStore
 from gateway.config import Config, parse_duration
 from gateway.http_util import guarded_routes, json_response
@@ -228,6 +228,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     app.router.add_get("/metrics", metrics)
     app.router.add_routes(guarded_routes(api.routes))
     app.router.add_routes(guarded_routes(replies.routes))
+    app.router.add_routes(guarded_routes(participants.routes))
     app[outbox.DISPATCHER] = outbox.Dispatcher(store, connectors, attachments, metrics=m)
 
     app.cleanup_ctx.append(_store_ctx)

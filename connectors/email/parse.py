@@ -283,7 +283,9 @@ def _envelope(context: Mapping[str, Any], hmap: dict[str, list[str]]) -> dict[st
     """What the envelope says, as meta: ``return_path`` (the SMTP ``MAIL FROM``
     this gateway received, else the ``Return-Path`` the delivering MTA wrote;
     ``<>`` for a null sender — RFC 3834 auto-replies go there and only there)
-    and ``envelope_to`` (our own mailboxes it was delivered to)."""
+    and ``envelope_to`` (our own mailboxes it was delivered to: the SMTP
+    recipients, else ``Delivered-To``/``X-Original-To`` and the IMAP login) —
+    never taken for a ticket's participants."""
     out: dict[str, str] = {}
     if "mail_from" in context:
         path = str(context.get("mail_from") or "").strip()
@@ -293,7 +295,11 @@ def _envelope(context: Mapping[str, Any], hmap: dict[str, list[str]]) -> dict[st
         addr = path.strip().strip("<>").strip().lower()
         out["return_path"] = addr if headers.usable(addr) else "<>"
     rcpts = context.get("rcpt_tos") or [
-        a for _n, a in headers.addresses(hmap.get("delivered-to", []), (), []) if headers.usable(a)]
+        a for _n, a in headers.addresses(hmap.get("delivered-to", []) + hmap.get("x-original-to", []), (), [])
+        if headers.usable(a)]
+    user = str(context.get("user") or "").lower()  # an IMAP account's login is often its address
+    if headers.usable(user) and user not in rcpts:
+        rcpts = [*rcpts, user]
     if rcpts:
         out["envelope_to"] = ",".join(str(r).strip().strip("<>").lower() for r in rcpts)
     return out

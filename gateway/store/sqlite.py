@@ -396,6 +396,15 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps):
         assert contact is not None
         return contact
 
+    # ------------------------------------------------------------ ticket participants
+
+    async def ticket_participant_add(self, ticket_id: str, identity: Identity, source: str) -> None:
+        """``identity`` may now thread onto the ticket by mail headers (an agent's Cc)."""
+        await self._write(_participant_add, ticket_id, identity, source, ms(utcnow()))
+
+    async def ticket_participants(self, ticket_id: str) -> list[dict]:
+        return await self._read(_participants_of, ticket_id)
+
     # ------------------------------------------------------------ connector state
 
     async def state_get(self, key: str) -> str | None:
@@ -492,6 +501,20 @@ def _journal_counts(conn: sqlite3.Connection) -> dict[str, int]:
 def _table_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
             for t in ("journal", "contacts", "tickets", "timeline", "outbox")}
+
+
+# ---------------------------------------------------------------- participants
+
+
+def _participant_add(conn: sqlite3.Connection, ticket_id: str, ident: Identity, source: str, now: int) -> None:
+    conn.execute("INSERT OR IGNORE INTO ticket_participants (ticket_id, kind, value, source, added_at) "
+                 "VALUES (?,?,?,?,?)", (ticket_id, ident.kind, ident.value, source, now))
+
+
+def _participants_of(conn: sqlite3.Connection, ticket_id: str) -> list[dict]:
+    return [{"kind": r[0], "value": r[1], "source": r[2], "added_at": dt(r[3]).isoformat()}
+            for r in conn.execute("SELECT kind, value, source, added_at FROM ticket_participants "
+                                  "WHERE ticket_id = ? ORDER BY added_at, value", (ticket_id,))]
 
 
 # ---------------------------------------------------------------- snapshot
