@@ -136,7 +136,8 @@ def load_rules(config: Config, directory: Any):
     known = None
     calendars = None
     if directory is not None:
-        known = KnownNames(teams=frozenset(directory.teams), agents=frozenset(a.id for a in directory.agents))
+        known = KnownNames(teams=frozenset(directory.teams), agents=frozenset(a.id for a in directory.agents),
+                           skills=frozenset(s for a in directory.agents for s in a.skills))
         calendars = directory.calendars
     runtime = RulesRuntime(rules_dir, known=known, calendars=calendars)
     if not runtime.reload("start"):
@@ -190,6 +191,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     app[keys.STORE] = store
     app[keys.METRICS] = m
     app[keys.READINESS] = {}
+    from gateway.readiness import disk_check
+
+    app[keys.READINESS]["disk"] = disk_check(data_dir)  # a full disk: not ready (gateway/readiness.py)
     connectors: dict[str, Any] = {}
     app[keys.CONNECTORS] = connectors
     app[keys.DIRECTORY] = directory = load_directory(config)
@@ -237,6 +241,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     app.cleanup_ctx.append(_connectors_ctx)
     app.cleanup_ctx.append(outbox.dispatcher_ctx)  # after the connectors: it stops before they close
     app.cleanup_ctx.append(_gauges_ctx)
+    from gateway import holidaycheck
+
+    holidaycheck.setup(app, directory, rules, m.registry)  # warn when a calendar lacks holiday data
     if rules is not None:
         app[keys.READINESS]["rules"] = rules.readiness
         m.registry.register(rules.collector())
@@ -281,11 +288,17 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
 
     supervisor = app[keys.SUPERVISOR]
 
-    def readiness() -> tuple[bool, dict]:
-        return supervisor.ready(), {"tasks": msgspec.to_builtins(supervisor.states())}
+    from connectors.registry import manifests
+    from gateway.supervisor import WEBHOOK_READY
+
+    def readiness() -> tuple[bool, dict]:  # the api channel has no task: POSTs are all it takes
+        return supervisor.ready(), {"tasks": {"api": {"status": WEBHOOK_READY},
+                                              **msgspec.to_builtins(supervisor.states())}}
 
     app[keys.READINESS]["connectors"] = readiness
     tasks = {channel: conn.run for channel, conn in app[keys.CONNECTORS].items()}
+    supervisor.webhook_tasks = frozenset(
+        ch for ch in tasks if ch in manifests() and manifests()[ch].transport == "webhook")
     runner = asyncio.create_task(supervisor.run(tasks), name="omnigate-connectors")
     yield
     runner.cancel()

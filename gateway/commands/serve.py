@@ -2,7 +2,9 @@
 
 Listens on 127.0.0.1:8686 and keeps its data in ./omnigate-data unless told
 otherwise; SIGTERM and SIGINT stop it gracefully (the worker finishes what it
-holds; whatever is still pending is picked up at the next start).
+holds; whatever is still pending is picked up at the next start). It holds
+``<data_dir>/omnigate.lock`` (gateway/datalock.py): a second daemon on the
+same folder refuses to start.
 """
 
 from __future__ import annotations
@@ -22,14 +24,32 @@ def main(argv: list[str], prog: str = "omnigate serve") -> int:
         return 2
 
     import structlog
-    from aiohttp import web
 
-    from gateway import logs
+    from gateway import datalock, logs
     from gateway.app import StartupError, create_app
     from gateway.store.base import StoreError
 
     logs.configure(config.log_level, config.log_format)
     log = structlog.get_logger("omnigate")
+    try:  # one daemon per data folder, held until this process exits
+        lock = datalock.acquire(config.data_dir, config.listen)
+    except datalock.Locked as exc:
+        log.error("startup.data_dir_locked", data_dir=config.data_dir,
+                  holder_pid=exc.info.pid if exc.info else None, holder_listen=exc.info.listen if exc.info else None)
+        print(f"{prog}: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{prog}: cannot start: {config.data_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        return _serve(config, prog, log, create_app, StartupError, StoreError)
+    finally:
+        lock.release()
+
+
+def _serve(config, prog, log, create_app, StartupError, StoreError) -> int:
+    from aiohttp import web
+
     try:
         app = create_app(config)
     except (StartupError, StoreError, OSError) as exc:

@@ -71,6 +71,20 @@ async def test_rules_test_without_rules_is_a_clear_409(aiohttp_client, tmp_path)
     assert r.status == 409 and "rules_dir" in (await r.json())["detail"]
 
 
+async def test_the_shipped_rules_start_with_the_shipped_example_directory(aiohttp_client, tmp_path):
+    """deploy/directory.example.yaml has every team and skill rules/*.yaml name:
+    pointing directory: at it starts, and a refund lands on its billing team."""
+    from pathlib import Path
+
+    example = Path(RULES).parent / "deploy" / "directory.example.yaml"
+    app = create_app(make_config(tmp_path, rules_dir=RULES, directory=str(example)))
+    client = await aiohttp_client(app)
+    jid = await _post(client, "ex-1", "订单重复扣款了", subject="申请退款")
+    await drain(app)
+    ticket, _ = await _ticket_of(client, jid)
+    assert ticket["team"] == "billing"
+
+
 def test_a_broken_rules_folder_refuses_the_start(tmp_path):
     bad = tmp_path / "rules"
     bad.mkdir()
