@@ -68,7 +68,8 @@ def decode_raw(text: str, hints: tuple[str, ...], defects: list[str]) -> str:
 
 def _decode_word(charset: str, data: bytes, hints: tuple[str, ...], defects: list[str]) -> str:
     if not charsets.codecs_for(charset):
-        defects.append(f"UnknownEncodedWordCharset:{charset}")
+        printable = charset.encode("utf-8", "surrogateescape").decode("ascii", "replace")
+        defects.append(f"UnknownEncodedWordCharset:{printable}")
     text, _codec, _honoured = charsets.decode(data, charset, hints)
     return text
 
@@ -194,16 +195,22 @@ def _split_addresses(values: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+_UNSENDABLE = re.compile(r"[\s\x00-\x1f\x7f\ud800-\udfff\ufffd<>]")
+
+
 def usable(addr: str) -> bool:
-    """An addr-spec a reply could go to: ``local@domain`` with no spaces."""
+    """An addr-spec a reply could go to: ``local@domain``, no spaces, control
+    characters or undecodable bytes."""
     local, at, domain = addr.partition("@")
-    return bool(at and local and domain) and " " not in addr
+    return bool(at and local and domain) and not _UNSENDABLE.search(addr)
 
 
 def message_ids(value: str | None) -> list[str]:
     """The ids of a Message-ID / In-Reply-To / References value, without angle brackets."""
     if not value:
         return []
+    # ids are ASCII by the RFC: stray 8-bit bytes become U+FFFD (never lone surrogates)
+    value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     ids = [_SPACES.sub("", i) for i in _MSG_ID.findall(value)]
     ids = [i for i in ids if i]
     if not ids:  # bare ids, as some mailers write them
