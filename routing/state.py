@@ -52,6 +52,9 @@ class Hit(msgspec.Struct, frozen=True):
     timeline_id: str | None
     ticket_id: str | None
     contact_id: str | None
+    #: The idempotency key of that journal entry (an email's ends in its body
+    #: digest: a different one means the message id was reused).
+    journal_key: str | None = None
 
 
 class Snapshot(msgspec.Struct):
@@ -71,6 +74,10 @@ class Snapshot(msgspec.Struct):
     ref_tickets: dict[str, TicketState] = msgspec.field(default_factory=dict)
     #: Ticket display numbers named in the message → their tickets.
     numbered: dict[int, TicketState] = msgspec.field(default_factory=dict)
+    #: Ids of the tickets above (``ref_tickets``) on which the sender identity
+    #: is a known participant (a Cc of an earlier message, a Cc an agent added):
+    #: header threading joins another contact's ticket only through this.
+    participating: frozenset[str] = frozenset()
     #: The first message of a contact with the same normalized text in the window.
     near_duplicate: Hit | None = None
 
@@ -185,6 +192,9 @@ class Commit(msgspec.Struct):
     message_entry_id: str | None = None
     edit: TimelineEdit | None = None
     thread_refs: list[str] = msgspec.field(default_factory=list)
+    #: Addresses the ticket now corresponds with (the Cc/To of a message that
+    #: joined it): ``(identity, source)``, recorded once per ticket.
+    participants: list[tuple[Identity, str]] = msgspec.field(default_factory=list)
     outbox: list[OutboxEvent] = msgspec.field(default_factory=list)
     #: Name of the counter to bump in metrics, e.g. "deduped", "near_duplicate".
     counted: str | None = None

@@ -167,4 +167,24 @@ MIGRATIONS: list[str] = [
     sqlite_delivery.MIGRATION,
     # 6: the REST API: ticket list indexes, mentions, per-agent API tokens
     sqlite_tickets.MIGRATION + sqlite_tokens.MIGRATION,
+    # 7: ticket participants (who may thread onto a ticket by mail headers
+    # besides its contact) and the auto-reply ledger (RFC 3834 rate limits)
+    """
+    CREATE TABLE ticket_participants (
+        ticket_id TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        value     TEXT NOT NULL,
+        source    TEXT NOT NULL,
+        added_at  INTEGER NOT NULL,
+        PRIMARY KEY (ticket_id, kind, value)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE auto_reply_log (
+        seq     INTEGER PRIMARY KEY,
+        address TEXT NOT NULL,
+        at      INTEGER NOT NULL
+    );
+    CREATE INDEX auto_reply_log_address ON auto_reply_log (address, at);
+    CREATE INDEX auto_reply_log_at ON auto_reply_log (at);
+    """,
 ]
