@@ -48,6 +48,8 @@ PLUGINS: dict[str, tuple[str, tuple[str, ...]]] = {
     "assign": ("routing.assign_bench:figures", ("assign_decisions",)),
     "assign_store": ("gateway.assign_bench:figures", ("assign_next_store",)),
     "calllog": ("gateway.bench_calllog:figures", ("calllog_rows",)),
+    "social": ("gateway.bench_social:figures", ("social_webhook",)),
+    "api_list": ("gateway.api_bench:figures", ("api_ticket_list_100k",)),
 }
 
 CONCURRENCY = 64
