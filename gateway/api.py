@@ -52,7 +52,7 @@ async def api_message(request: web.Request) -> web.Response:
         decode_uploads(msg.attachments)  # what parse would fail on later is refused now
     except InvalidMessage as exc:
         app[keys.METRICS].rejected.labels("api", "invalid").inc()
-        raise Problem(400, "Invalid message", str(exc), field=exc.field) from None
+        raise Problem(exc.status, "Invalid message", str(exc), field=exc.field) from None
     account = msg.account or "api"
     result = await app[keys.INGEST].ingest("api", account, msg.external_id, raw, None)
     return json_response({"journal_id": result.journal_id}, status=202)

@@ -124,6 +124,32 @@ class TicketPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     reason: Annotated[str, Meta(max_length=2000)] | None = None
 
 
+class ParticipantBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Someone besides the ticket's contact who may add to it by mail (an agent's Cc)."""
+
+    value: str
+    kind: str = "email"
+
+
+class Participant(msgspec.Struct):
+    kind: str
+    value: str
+    #: ``recipient`` (a To/Cc of a message on the ticket) or ``agent`` (added here)
+    source: str
+    added_at: datetime
+
+
+class ParticipantAdded(msgspec.Struct):
+    ticket_id: str
+    kind: str
+    value: str
+    source: str
+
+
+class ParticipantPage(msgspec.Struct):
+    items: list[Participant]
+
+
 class StatusBody(msgspec.Struct, forbid_unknown_fields=True):
     status: Literal["open", "pending", "solved", "closed"]
 
@@ -173,14 +199,24 @@ class TimelinePage(msgspec.Struct):
     prev_cursor: str | None = None
 
 
+class TemplateBody(msgspec.Struct, forbid_unknown_fields=True):
+    """An approved message template (WhatsApp): sent where free text may not be."""
+
+    name: str
+    language: str
+    parameters: list[str] = msgspec.field(default_factory=list)
+
+
 class ReplyBody(msgspec.Struct, forbid_unknown_fields=True):
-    text: str
+    text: str = ""
     subject: str | None = None
     html: str | None = None
     #: the agent answering; per-agent tokens always act as their own agent
     author: str | None = None
     internal: bool = False
     attachments: list[Upload] = msgspec.field(default_factory=list)
+    #: an approved template (channels whose connector ``supports_templates``: WhatsApp)
+    template: TemplateBody | None = None
 
 
 # ---------------------------------------------------------------- contacts

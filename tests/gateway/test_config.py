@@ -160,7 +160,8 @@ def _struct_paths(kind, prefix=()):
     return out
 
 
-@pytest.mark.parametrize("channel", ["email", "wechat", "wecom", "telegram"])
+@pytest.mark.parametrize("channel", ["email", "wechat", "wecom", "telegram", "whatsapp", "messenger", "instagram",
+                                     "line", "phone"])
 def test_manifest_options_list_every_key_the_connector_takes(channel):
     """The typo check and the README tables read the manifests: a key a
     connector takes but its manifest lacks would be refused as a typo."""
@@ -173,6 +174,16 @@ def test_manifest_options_list_every_key_the_connector_takes(channel):
         from connectors.wechat.config import WeChatConfig as kind
     elif channel == "wecom":
         from connectors.wecom.config import WeComConfig as kind
+    elif channel == "phone":
+        from connectors.phone.client import PhoneConfig as kind
+    elif channel == "whatsapp":
+        from connectors.whatsapp.client import _Section as kind
+    elif channel == "messenger":
+        from connectors.messenger.client import MessengerSection as kind
+    elif channel == "instagram":
+        from connectors.messenger.client import InstagramSection as kind
+    elif channel == "line":
+        from connectors.line.client import _Section as kind
     else:
         from connectors.telegram.client import BotConfig, _Section as kind
 
