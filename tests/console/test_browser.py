@@ -197,9 +197,9 @@ async def sign_in(context, base: str, token: str):
 
 
 TEXTS = {
-    "zh-CN": {"locale": "zh-CN", "via": "将通过 微信", "sent": "已发送", "status": "等待客户", "forbidden": "你无权打开此页面",
+    "zh-CN": {"locale": "zh-CN", "tz": "Asia/Shanghai", "local": "2026-12-01 11:", "via": "将通过 微信", "sent": "已发送", "status": "等待客户", "forbidden": "你无权打开此页面",
               "routed": "由规则 billing-refund 路由", "assigned": "分配给 李雷", "mine": "我的工单", "teams": "我的团队"},
-    "en": {"locale": "en-US", "via": "Leaves through WeChat", "sent": "sent", "status": "Pending",
+    "en": {"locale": "en-US", "tz": "Europe/Berlin", "local": "2026-12-01 04:", "via": "Leaves through WeChat", "sent": "sent", "status": "Pending",
            "forbidden": "You may not open this page", "routed": "routed by rule billing-refund",
            "assigned": "assigned to 李雷", "mine": "My tickets", "teams": "My teams"},
 }
@@ -231,7 +231,7 @@ async def test_the_agents_flow_in_a_real_browser(world: World, browser, lang: st
 
     lead_token = await agent_token(world.app, "a-lilei", "lead")
     context = await browser.new_context(locale=x["locale"], viewport={"width": 1280, "height": 800},
-                                        timezone_id="Asia/Shanghai", bypass_csp=True)
+                                        timezone_id=x["tz"], bypass_csp=True)
     page = await sign_in(context, world.base, lead_token)
     await page.get_by_role("link", name=x["mine"]).first.wait_for()
     await shot(page, f"{lang}-queue")
@@ -265,6 +265,9 @@ async def test_the_agents_flow_in_a_real_browser(world: World, browser, lang: st
     assert any("退款" in r for r in reasons if x["routed"] in r), reasons
     await timeline.locator(".reason", has_text=x["assigned"]).first.wait_for()
     assert x["via"] in await page.locator("#via").inner_text()
+    # dates in the agent's time zone (the browser's, given at sign-in): 11:00 in Shanghai is 04:00 in Berlin
+    first_time = await timeline.locator("li.kind-message_in time").first.inner_text()
+    assert first_time.startswith(x["local"]), first_time
 
     # reply by keyboard: the composer, then Send
     await tab_to(page, "#text")

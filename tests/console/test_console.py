@@ -283,3 +283,25 @@ async def test_after_a_daemon_restart_the_stream_catches_up_with_the_same_sessio
     got = await read_events(again, len(missed))
     assert [s for s, _ in got] == missed
     again.close()
+
+
+async def test_a_call_shows_direction_duration_disposition_and_recording(console) -> None:
+    import sqlite3
+
+    import msgspec
+
+    await api_message(console, "请回电", ext="c1", subject="退款")
+    ticket = (await (await console.get("/api/v1/tickets", headers=AUTH)).json())["items"][0]
+    call = {"direction": "inbound", "from": "+8613800000000", "duration_s": 95, "disposition": "answered",
+            "recording_url": "https://recordings.example.cn/r/1.wav"}
+    with sqlite3.connect(console.app[keys.STORE].path) as conn:  # what the phone connector's pipeline writes
+        conn.execute("INSERT INTO timeline (id, contact_id, origin_contact_id, ticket_id, kind, at, channel, text, data) "
+                     "SELECT 'call-1', contact_id, contact_id, id, 'call', updated_at + 1, 'phone', "
+                     "'Call from +8613800000000', ? FROM tickets WHERE id = ?",
+                     (msgspec.json.encode({"call": call}).decode(), ticket["id"]))
+    await sign_in(console, TOKEN)
+    page = await (await console.get(f"/console/tickets/{ticket['number']}", headers={"Accept-Language": "en"})).text()
+    entry = page[page.index('id="entry-call-1"'):]
+    entry = entry[:entry.index("</li>")]
+    for shown in ("Call", "inbound", "95s", "answered", 'href="https://recordings.example.cn/r/1.wav"'):
+        assert shown in entry, shown
