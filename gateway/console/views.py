@@ -381,7 +381,8 @@ async def queue(request: web.Request) -> web.Response:
     template = "queue_rows.html" if request.headers.get("HX-Request") else "queue.html"
     return render(request, template, ctx, view=view, rows=rows, counts=counts, f_status=status,
                   f_priority=priority, f_channel=channel or "", channels=sorted(CHANNEL_ICONS),
-                  presence=await _presence(request, p), query=urlencode({k: v for k, v in q.items()}))
+                  presence=await _presence(request, p), query=urlencode({k: v for k, v in q.items()}),
+                  agent_names=await _names(request))
 
 
 async def _presence(request: web.Request, p: Principal) -> str:
