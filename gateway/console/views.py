@@ -324,19 +324,24 @@ async def set_lang(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- queues
 
 
-def sla_view(ticket: Any, now: datetime, warn_minutes: int) -> dict:
-    """The SLA countdown of a ticket: the nearest due time, and ``state`` ok | warning | breached."""
+def sla_view(ticket: Any, now: datetime, warn_minutes: int, warned: set[str] = frozenset()) -> dict:
+    """The SLA countdown of a ticket: the nearest due time, and ``state`` ok | warning | breached.
+    Amber (warning) once the policy's warning for that target has fired (``warned``: targets),
+    or within ``console.sla_warning_minutes`` of it; red once breached."""
     sla = ticket.sla
     if sla is None or ticket.status not in OPEN:
         return {"state": "none", "due": None, "seconds": None}
-    dues = [d for d in (sla.first_response_due, sla.next_response_due, sla.resolution_due) if d is not None]
+    dues = [(d, name) for d, name in ((sla.first_response_due, "first_response"),
+                                      (sla.next_response_due, "next_response"),
+                                      (sla.resolution_due, "resolution")) if d is not None]
     if sla.breached and not dues:
         return {"state": "breached", "due": None, "seconds": None}
     if not dues:
         return {"state": "none", "due": None, "seconds": None}
-    due = min(dues)
+    due, target = min(dues)
     left = (due - now).total_seconds()
-    state = "breached" if left <= 0 or sla.breached else "warning" if left <= warn_minutes * 60 else "ok"
+    state = "breached" if left <= 0 or sla.breached else \
+        "warning" if left <= warn_minutes * 60 or target in warned else "ok"
     return {"state": state, "due": due, "seconds": left}
 
 
@@ -375,7 +380,8 @@ async def queue(request: web.Request) -> web.Response:
         counts[v] = f"{len(got)}+" if more else str(len(got))
     now = _now(request)
     warn = request.app[keys.CONFIG].console.sla_warning_minutes
-    rows = [{"t": t, "sla": sla_view(t, now, warn)} for t in items]
+    warned = await store.sla_warned([t.id for t in items])
+    rows = [{"t": t, "sla": sla_view(t, now, warn, warned.get(t.id, set()))} for t in items]
     rows.sort(key=lambda r: (_PRIO.get(r["t"].priority, 9), _URGENCY[r["sla"]["state"]],
                              r["sla"]["seconds"] if r["sla"]["seconds"] is not None else float("inf")))
     template = "queue_rows.html" if request.headers.get("HX-Request") else "queue.html"
@@ -483,7 +489,8 @@ async def _ticket_render(request: web.Request, ctx: Ctx, t: Any, *, notice: str 
     now = _now(request)
     return render(request, "ticket.html", ctx, status=status, tk=t, contact=contact, entries=entries, more=more,
                   last_seq=last_seq, teams=teams, agents=agents, can_manage=can_manage_ticket(ctx.p, t),
-                  sla=sla_view(t, now, request.app[keys.CONFIG].console.sla_warning_minutes), notice=notice,
+                  sla=sla_view(t, now, request.app[keys.CONFIG].console.sla_warning_minutes,
+                               (await store.sla_warned([t.id])).get(t.id, set())), notice=notice,
                   notice_detail=notice_detail, stale=stale or [], draft=draft, target=t.reply_to,
                   presence=await _presence(request, ctx.p), agent_names={a.id: a.name for a in agents})
 

@@ -190,6 +190,25 @@ class ConsoleOps:
 
         await self._write(write)
 
+    async def sla_warned(self: "SQLiteStore", ticket_ids: list[str]) -> dict[str, set[str]]:
+        """Per ticket, the SLA targets (``first_response``…) whose current warning has fired: a warning
+        event for the target and no warning timer still pending for it (a new cycle, e.g. the next
+        response after the customer wrote again, schedules a new warning timer)."""
+
+        def read(conn: sqlite3.Connection) -> dict[str, set[str]]:
+            out: dict[str, set[str]] = {}
+            for i in range(0, len(ticket_ids), 500):
+                part = ticket_ids[i:i + 500]
+                marks = ",".join("?" * len(part))
+                for tid, target in conn.execute(
+                        f"SELECT DISTINCT e.ticket_id, e.target FROM sla_events e WHERE e.kind = 'warning' "
+                        f"AND e.ticket_id IN ({marks}) AND NOT EXISTS (SELECT 1 FROM sla_timers s WHERE "
+                        f"s.ticket_id = e.ticket_id AND s.kind = 'warning' AND s.target = e.target)", part):
+                    out.setdefault(tid, set()).add(target)
+            return out
+
+        return await self._read(read) if ticket_ids else {}
+
     # ------------------------------------------------------------ the live view's tail
 
     async def timeline_tail(self: "SQLiteStore", after_seq: int, limit: int = 500) -> list[TimelineRow]:

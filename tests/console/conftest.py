@@ -32,9 +32,9 @@ agents:
 """
 
 
-def console_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+def console_env(tmp_path: Path, directory: str = DIRECTORY, **extra: str) -> dict[str, str]:
     d = tmp_path / "directory.yaml"
-    d.write_text(DIRECTORY, encoding="utf-8")
+    d.write_text(directory, encoding="utf-8")
     return {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data"), "OMNIGATE_RULES_DIR": RULES,
             "OMNIGATE_DIRECTORY": str(d), **extra}
 

@@ -305,3 +305,38 @@ async def test_a_call_shows_direction_duration_disposition_and_recording(console
     entry = entry[:entry.index("</li>")]
     for shown in ("Call", "inbound", "95s", "answered", 'href="https://recordings.example.cn/r/1.wav"'):
         assert shown in entry, shown
+
+
+SLA_POLICY = """
+sla_policies:
+  - id: standard
+    calendar: always
+    targets: {first_response: 1h, next_response: 4h, resolution: 24h}
+    warn_at: 0.75
+"""
+
+
+async def test_sla_changes_reach_the_queue_and_the_live_stream(aiohttp_client, tmp_path) -> None:
+    from gateway.assignment import ASSIGNMENT
+    from tests.console.conftest import DIRECTORY
+
+    clock = FakeClock(INSTANTS[BUSINESS_HOURS])
+    env = console_env(tmp_path, DIRECTORY + SLA_POLICY, OMNIGATE_CONSOLE__SLA_WARNING_MINUTES="5")
+    client = await aiohttp_client(create_app(load(None, environ=env, flags={}), clock=clock))
+    await sign_in(client, TOKEN)
+    await api_message(client, "退款还没到账", ext="s1", subject="退款")
+    queue = await (await client.get("/console/queue?view=all")).text()
+    assert "sla sla-ok" in queue
+    stream = await client.get("/console/events")  # from now on
+    clock.advance(minutes=46)  # past 75 % of the first-response hour: the policy's warning (14 min left, more
+    # than the console's own 5-minute rule set below) makes it amber
+    await client.app[ASSIGNMENT].tick()
+    client.app[CONSOLE].bus.nudge()
+    kinds = []
+    while "sla" not in kinds:
+        kinds += [e["kind"] for _, e in await read_events(stream, 1)]
+    assert "sla sla-warning" in await (await client.get("/console/queue?view=all")).text()
+    clock.advance(minutes=15)
+    await client.app[ASSIGNMENT].tick()
+    assert "sla sla-breached" in await (await client.get("/console/queue?view=all")).text()
+    stream.close()
