@@ -104,7 +104,7 @@ class ConsoleConfig(msgspec.Struct, forbid_unknown_fields=True):
     canned_replies_yaml: str | None = None
     #: The agents' time zone for dates on the console (an IANA name); default: ``timezone``.
     timezone: str | None = None
-    #: Minutes before an SLA breach at which the queue's countdown turns amber.
+    #: Minutes before an SLA breach at which the countdown turns amber at the latest (the policy's own warning turns it amber when it fires).
     sla_warning_minutes: int = 15
 
 

@@ -77,6 +77,7 @@ def setup(app: web.Application, pipeline: Any) -> None:
     r.add_get("/console/tickets/{number}/older", ticket_older)
     r.add_get("/console/tickets/{number}/newer", ticket_newer)
     r.add_get("/console/tickets/{number}/entries/{entry}", ticket_entry)
+    r.add_get("/console/tickets/{number}/entries/{entry}/attachments/{index}", ticket_attachment)
     r.add_post("/console/tickets/{number}/reply", ticket_reply)
     r.add_post("/console/tickets/{number}/update", ticket_update)
     r.add_get("/console/canned", canned_search)
@@ -535,6 +536,35 @@ async def ticket_entry(request: web.Request) -> web.Response:
 
 async def _names(request: web.Request) -> dict[str, str]:
     return {a.id: a.name for a in await request.app[keys.STORE].list_agents()}
+
+
+SAFE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+
+
+async def ticket_attachment(request: web.Request) -> web.Response:
+    """A file of an entry the agent may read: images of safe types inline, everything else as a download;
+    sandboxed by CSP and never sniffed."""
+    ctx = await principal(request)
+    t = await _ticket(request, ctx.p)
+    store = request.app[keys.STORE]
+    rows = await store.timeline_rows(contact_id=t.contact_id, position=None, backward=True, limit=1000)
+    found = [r for r in rows if r.entry.id == request.match_info["entry"]]
+    index = request.match_info["index"]
+    if not found or not index.isdigit() or int(index) >= len(found[0].entry.attachments):
+        raise _page_error(request, 404, "error.notfound")
+    row = found[0]
+    if row.entry.ticket_id and not can_read_ticket(ctx.p, _Facts(row.ticket_team, row.ticket_assignee)):
+        raise _page_error(request, 403, "error.forbidden")
+    a = row.entry.attachments[int(index)]
+    data = await asyncio.to_thread(request.app[DISPATCHER].attachments.get, a.storage_ref) if a.storage_ref else None
+    if data is None:
+        raise _page_error(request, 404, "error.notfound")
+    image = a.content_type in SAFE_IMAGES
+    name = re.sub(r'[^\w.\- ]', "_", a.name or "attachment")[:100]
+    return web.Response(body=data, content_type=a.content_type if image else "application/octet-stream", headers={
+        "Content-Disposition": f'{"inline" if image else "attachment"}; filename="{name}"',
+        "Content-Security-Policy": "default-src 'none'; sandbox", "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, max-age=3600"})
 
 
 async def ticket_reply(request: web.Request) -> web.Response:

@@ -340,3 +340,30 @@ async def test_sla_changes_reach_the_queue_and_the_live_stream(aiohttp_client, t
     await client.app[ASSIGNMENT].tick()
     assert "sla sla-breached" in await (await client.get("/console/queue?view=all")).text()
     stream.close()
+
+
+async def test_attachments_images_inline_others_as_downloads_and_only_for_who_may_read(console) -> None:
+    import base64
+
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+    body = {"external_id": "att1", "sender": {"kind": "email", "value": "li.lei@example.cn"}, "text": "截图和文件",
+            "subject": "退款", "attachments": [
+                {"name": "shot.png", "content_type": "image/png", "data_base64": base64.b64encode(png).decode()},
+                {"name": "evil.html", "content_type": "text/html",
+                 "data_base64": base64.b64encode(b"<script>alert(1)</script>").decode()}]}
+    assert (await console.post("/channels/api/messages", json=body, headers=AUTH)).status in (200, 202)
+    await drain(console.app)
+    ticket = (await (await console.get("/api/v1/tickets", headers=AUTH)).json())["items"][0]
+    await sign_in(console, await agent_token(console.app, "a-lilei", "lead"))
+    page = await (await console.get(f"/console/tickets/{ticket['number']}")).text()
+    import re
+
+    [img] = re.findall(r'<img src="(/console/tickets/\d+/entries/[^"]+/attachments/0)"', page)
+    shown = await console.get(img)
+    assert shown.status == 200 and shown.content_type == "image/png" and await shown.read() == png
+    other = await console.get(img[:-1] + "1")
+    assert other.content_type == "application/octet-stream"
+    assert other.headers["Content-Disposition"].startswith("attachment")
+    assert "sandbox" in other.headers["Content-Security-Policy"] and other.headers["X-Content-Type-Options"] == "nosniff"
+    await sign_in(console, await agent_token(console.app, "a-zhao"))
+    assert (await console.get(img)).status == 403
