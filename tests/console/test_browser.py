@@ -269,6 +269,15 @@ async def test_the_agents_flow_in_a_real_browser(world: World, browser, lang: st
     first_time = await timeline.locator("li.kind-message_in time").first.inner_text()
     assert first_time.startswith(x["local"]), first_time
 
+    # a canned reply, found from the composer, filled in for this customer and ticket
+    resp = await world.client.post("/api/v1/canned-replies", headers=AUTH, json={
+        "name": "退款受理", "text": "{contact_name}，工单 {ticket_number} 的退款已受理。"})
+    assert resp.status == 201, await resp.text()
+    await page.fill("#canned-q", "退款")
+    await page.locator(".canned-insert").first.click()
+    assert await page.input_value("#text") == f"Lei Li，工单 {wx_ticket['number']} 的退款已受理。"
+    await page.fill("#text", "")
+
     # reply by keyboard: the composer, then Send
     await tab_to(page, "#text")
     await page.keyboard.type("李先生您好，退款已提交。")
