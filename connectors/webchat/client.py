@@ -372,7 +372,9 @@ class WebchatConnector:
                 except TimeoutError:
                     pass
             out += session.out
-            return web.json_response({"frames": out}, dumps=lambda d: json.dumps(d, ensure_ascii=False))
+            return web.json_response({"frames": out}, dumps=lambda d: json.dumps(d, ensure_ascii=False),
+                                     headers={"Access-Control-Allow-Origin": request.headers["Origin"],
+                                              "Vary": "Origin"})
         finally:
             self._forget(session, ip)
 

@@ -10,6 +10,7 @@
   var src = new URL(script ? script.src : "/channels/webchat/widget.js", location.href);
   var BASE = src.origin + src.pathname.replace(/widget\.js$/, "");
   var SITE = CFG.site;
+  var OPT = window.omnigateConfig || {};   /* {transport: "poll"} where websockets are blocked */
   var KEY = "omnigate:" + SITE;
   var lang = ((document.documentElement.lang || navigator.language || "en") + "").toLowerCase();
   var ZH = lang.indexOf("zh") === 0;
@@ -252,14 +253,17 @@
   input.addEventListener("keydown", function (e) {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); form.requestSubmit ? form.requestSubmit() : form.dispatchEvent(new Event("submit")); }
   });
-  var typingSent = 0, typingStop;
+  var typingSent = 0, typingStop, typingNext = null;
   input.addEventListener("input", function () {
+    /* the agent sees a live preview: at most one frame per 400 ms, the latest text last */
     var now = Date.now();
     if (now - typingSent > 400) { typingSent = now; typing(true); }
+    else if (!typingNext) typingNext = setTimeout(function () { typingNext = null; typingSent = Date.now(); typing(true); },
+      400 - (now - typingSent));
     clearTimeout(typingStop);
     typingStop = setTimeout(function () { typing(false); }, 3000);
   });
-  function typing(on) { if (connected) send({type: "typing", on: on, text: on ? input.value.slice(0, 200) : ""}); }
+  function typing(on) { if (!on) { clearTimeout(typingNext); typingNext = null; } if (connected) send({type: "typing", on: on, text: on ? input.value.slice(0, 200) : ""}); }
   attachBtn.addEventListener("click", function () { fileIn.click(); });
   fileIn.addEventListener("change", function () {
     var f = fileIn.files[0];
@@ -280,7 +284,7 @@
     if (ws && ws.readyState === 1) ws.send(JSON.stringify(frame));
   }
   function connect() {
-    if (CFG.transport === "poll" || (!everOpen && failures >= 2)) { startPolling(); return; }
+    if (OPT.transport === "poll" || (!everOpen && failures >= 2)) { startPolling(); return; }
     var url = BASE.replace(/^http/, "ws") + "ws?site=" + encodeURIComponent(SITE);
     var sock = ws = new WebSocket(url);
     sock.onopen = function () { everOpen = true; failures = 0; sock.send(JSON.stringify(hello())); };
@@ -301,7 +305,8 @@
   }
   function postPoll(frames, wait) {
     return fetch(BASE + "poll?site=" + encodeURIComponent(SITE), {
-      method: "POST", headers: {"Content-Type": "application/json"}, credentials: "omit",
+      /* text/plain: a "simple" cross-origin request, no preflight; the server checks Origin */
+      method: "POST", headers: {"Content-Type": "text/plain"}, credentials: "omit",
       body: JSON.stringify({frames: [hello()].concat(frames), wait: wait})
     }).then(function (r) {
       if (!r.ok) throw new Error("poll " + r.status);

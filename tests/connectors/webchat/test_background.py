@@ -1,0 +1,105 @@
+"""What the webchat connector does on its own, on a fake clock: mail the
+replies a visitor who left an email has not seen, end a conversation after
+inactivity (the timeline says so, the ticket is solved), and reopen it
+when the visitor comes back within the reopen window."""
+
+from __future__ import annotations
+
+import asyncio
+
+from connectors.base import SendResult
+from connectors.http import client_ip
+from gateway import keys
+from gateway.app import create_app
+from tests.clock import BUSINESS_HOURS, INSTANTS, FakeClock
+from tests.connectors.webchat.conftest import Visitor, webchat_config
+from tests.gateway.conftest import AUTH, drain
+
+
+class Mailbox:
+    """Stands in for the email connector's ``send`` (its SMTP relay is tested in tests/connectors/email)."""
+
+    def __init__(self):
+        self.sent = []
+
+    async def send(self, outbound):
+        self.sent.append(outbound)
+        return SendResult(external_id="<m1@example>")
+
+    async def close(self):
+        pass
+
+
+async def test_unseen_replies_are_mailed_then_the_conversation_ends_and_reopens(aiohttp_client, tmp_path):
+    clock = FakeClock(INSTANTS[BUSINESS_HOURS])
+    app = create_app(webchat_config(tmp_path, email_account="support", email_after="10m", inactivity="30m"),
+                     clock=clock)
+    client = await aiohttp_client(app)
+    mailbox = Mailbox()
+    app[keys.CONNECTORS]["email"] = mailbox
+    conn = app[keys.CONNECTORS]["webchat"]
+    v = await Visitor.connect(client, profile={"name": "Wang", "email": "Wang@Example.com"})
+    conv = v.welcome["conversation"]
+    ack = await v.say("c1", "is the blue one in stock?")
+    await v.close()
+    await drain(app)
+    ticket_id = conn.transcript.conversation(conv)["ticket_id"]
+    assert (await client.post(f"/api/v1/tickets/{ticket_id}/replies", json={"text": "Yes, 3 left", "author": "ann"},
+                              headers=AUTH)).status == 202
+    for _ in range(200):
+        if len(conn.transcript.history(conv)) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert (await conn.sweep())["mailed"] == 0  # not yet: email_after has not passed
+    clock.advance(minutes=11)
+    assert (await conn.sweep()) == {"ended": 0, "mailed": 1}
+    [mail] = mailbox.sent
+    assert (mail.channel, mail.account, mail.to.value) == ("email", "support", "wang@example.com")
+    assert "Yes, 3 left" in mail.text
+    assert (await conn.sweep())["mailed"] == 0  # once
+    clock.advance(minutes=30)
+    assert (await conn.sweep())["ended"] == 1
+    await drain(app)
+    ticket = await (await client.get(f"/api/v1/tickets/{ticket_id}", headers=AUTH)).json()
+    assert ticket["status"] == "solved"
+    tl = await (await client.get(f"/api/v1/tickets/{ticket_id}/timeline", headers=AUTH)).json()
+    assert any(e["kind"] == "event" and e["data"].get("status_change", {}).get("to") == "solved" for e in tl["items"])
+    assert (await conn.sweep())["ended"] == 0  # ended once
+    # back within webchat's reopen window (24h): the same ticket, reopened
+    clock.advance(hours=2)
+    back = await Visitor.connect(client, visitor=v.welcome["visitor"], token=v.welcome["token"])
+    ack2 = await back.say("c2", "one more question")
+    await drain(app)
+    j = await (await client.get(f"/api/v1/journal/{ack2['journal_id']}", headers=AUTH)).json()
+    assert j["ticket_id"] == ticket_id
+    ticket = await (await client.get(f"/api/v1/tickets/{ticket_id}", headers=AUTH)).json()
+    assert ticket["status"] != "solved"
+    assert ack["journal_id"] != ack2["journal_id"]
+
+
+class _Req:
+    def __init__(self, remote, headers):
+        from multidict import CIMultiDict
+
+        self.remote = remote
+        self.headers = CIMultiDict(headers)
+
+
+def test_client_ip_believes_forwarding_headers_only_from_trusted_proxies():
+    xff = [("X-Forwarded-For", "203.0.113.7, 10.0.0.2")]
+    assert client_ip(_Req("198.51.100.1", xff), ()) == "198.51.100.1"
+    assert client_ip(_Req("198.51.100.1", xff), ("10.0.0.0/8",)) == "198.51.100.1"  # not a proxy of ours
+    assert client_ip(_Req("10.0.0.1", xff), ("10.0.0.0/8",)) == "203.0.113.7"
+    assert client_ip(_Req("10.0.0.1", [("Forwarded", 'for="[2001:db8::1]:4711"')]), ("10.0.0.1",)) == "2001:db8::1"
+    assert client_ip(_Req("10.0.0.1", []), ("10.0.0.1",)) == "10.0.0.1"
+
+
+def test_trusted_proxies_config_key(tmp_path):
+    import pytest
+
+    from gateway.config import ConfigError, load
+
+    c = load(None, environ={"OMNIGATE_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16"})
+    assert c.trusted_proxies == ["10.0.0.1", "192.168.0.0/16"]
+    with pytest.raises(ConfigError, match="trusted_proxies"):
+        load(None, environ={"OMNIGATE_TRUSTED_PROXIES": "not-an-ip"})
