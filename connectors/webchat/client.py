@@ -209,6 +209,7 @@ class WebchatConnector:
         data = Path(ctx.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.transcript = Transcript(data / "webchat.db")
+        self.files = FileStore(data / "webchat-files")
         self._key = _visitor_key(data / "webchat.key")
         self.hub = LiveHub()
         self.hub.on_agent_typing = self._agent_typing
@@ -228,6 +229,7 @@ class WebchatConnector:
             web.get("/channels/webchat/widget.js", self.widget_js),
             web.get("/channels/webchat/ws", self.websocket),
             web.post("/channels/webchat/poll", self.poll),
+            web.get("/channels/webchat/files/{sha256}", self.file),
         ]
 
     async def run(self) -> None:
@@ -294,6 +296,37 @@ class WebchatConnector:
         body = self._widget.replace("/*OMNIGATE_CONFIG*/null", cfg, 1)
         return web.Response(text=body, content_type="application/javascript", charset="utf-8",
                             headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"})
+
+    async def file(self, request: web.Request) -> web.StreamResponse:
+        """A file of the visitor's conversation: ``?site=&visitor=&token=``
+        (the welcome's), and the file must be in that conversation. A signed
+        user's conversation needs ``user`` and ``signature`` too (the same
+        ``window.omnigateUser``); images inline, anything else as a download."""
+        q = request.query
+        sha = request.match_info["sha256"]
+        site = self.settings.sites.get(q.get("site", ""))
+        visitor, token = q.get("visitor", ""), q.get("token", "")
+        if site is None or not ID_RE.match(visitor) or not hmac.compare_digest(
+                token.encode(), self.visitor_token(site.name, visitor).encode()):
+            return problem(403, "the visitor and token of the welcome frame are needed")
+        conv = f"webchat:{site.name}:{visitor}"
+        if q.get("user"):
+            u = User(id=q["user"], expires=q.get("expires", ""), signature=q.get("signature", ""),
+                     email=q.get("email") or None, phone=q.get("phone") or None)
+            if verify_user(u, site.secret, self.clock())[0] == "none":
+                return problem(403, "the signed user does not verify")
+            conv = f"external:{site.name}:{u.id}"
+        if not re.fullmatch(r"[0-9a-f]{64}", sha) or not self.transcript.has_file(conv, sha):
+            return problem(404, "no such file in this conversation")
+        data = await asyncio.to_thread(self.files.get, sha)
+        if data is None:
+            return problem(404, "the file is gone")
+        ctype = sniff(data) or "application/octet-stream"
+        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=86400",
+                   "Content-Security-Policy": "default-src 'none'; sandbox"}
+        if not ctype.startswith("image/"):
+            headers["Content-Disposition"] = "attachment"
+        return web.Response(body=data, content_type=ctype, headers=headers)
 
     # ------------------------------------------------------------ transports
 
@@ -401,8 +434,17 @@ class WebchatConnector:
         """One client frame → the frames to answer this transport with."""
         try:
             f = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return [{"type": "error", "code": "bad_frame", "reason": "not JSON"}]
+        try:
+            return await self._handle(s, f)
+        except (Closed, OSError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - hostile frames must not kill the socket with a 500
+            log.warning("webchat.bad_frame", error=f"{type(exc).__name__}: {exc}")
+            return [{"type": "error", "code": "bad_frame", "reason": "a field has the wrong type"}]
+
+    async def _handle(self, s: Session, f: Any) -> list[dict]:
         if not isinstance(f, dict) or not isinstance(f.get("type"), str):
             return [{"type": "error", "code": "bad_frame", "reason": "a frame is an object with a type"}]
         kind = f["type"]
@@ -510,8 +552,11 @@ class WebchatConnector:
         raw_files = f.get("files") or []
         if not isinstance(raw_files, list) or len(raw_files) > MAX_FILES:
             return {"type": "error", "cid": cid, "code": "file_refused", "reason": f"at most {MAX_FILES} files"}
+        blobs = []
         for up in raw_files:
             try:
+                if not isinstance(up, dict):
+                    raise TypeError
                 data = base64.b64decode(up["data_base64"], validate=True)
                 name = str(up.get("name") or "file")[:200]
             except (KeyError, TypeError, binascii.Error, ValueError):
@@ -524,8 +569,9 @@ class WebchatConnector:
                 return {"type": "error", "cid": cid, "code": "file_type",
                         "reason": "only PNG, JPEG, GIF, WebP images and PDF files"}
             files.append({"name": name, "content_type": ctype, "data_base64": up["data_base64"]})
-            shown.append({"name": name, "content_type": ctype, "size": len(data),
-                          "sha256": hashlib.sha256(data).hexdigest()})
+            sha = hashlib.sha256(data).hexdigest()
+            shown.append({"name": name, "content_type": ctype, "size": len(data), "sha256": sha})
+            blobs.append((sha, data))
         if not text.strip() and not files:
             return {"type": "error", "cid": cid, "code": "empty", "reason": "an empty message"}
         now = self.clock()
@@ -540,6 +586,8 @@ class WebchatConnector:
             env["form"] = "offline"
         result = await self.ctx.ingest(s.site.name, f"{s.conv}:{cid}", json.dumps(env, ensure_ascii=False).encode(),
                                        {})
+        for sha, data in blobs:  # after the journal: the widget shows them from here
+            await asyncio.to_thread(self.files.put, sha, data)
         frame, created = self.transcript.add(s.conv, cid, "visitor", text, _ms(now), files=shown or None,
                                              journal_id=result.journal_id)
         if created:
@@ -549,7 +597,10 @@ class WebchatConnector:
                     await other.push(public)
             self.hub.publish({**public, "site": s.site.name, "visitor": s.visitor})
             self.hub.update_chat(s.conv, typing=None)
-        return {"type": "ack", "cid": cid, "seq": frame.seq, "journal_id": result.journal_id, "at": frame.at_ms}
+        ack = {"type": "ack", "cid": cid, "seq": frame.seq, "journal_id": result.journal_id, "at": frame.at_ms}
+        if frame.files:
+            ack["files"] = frame.files
+        return ack
 
     def _visitor_typing(self, s: Session, f: dict) -> None:
         now = time.monotonic()
@@ -598,16 +649,42 @@ class WebchatConnector:
         if site not in self.settings.sites:
             raise SendError(f"no webchat site {site!r} is configured")
         conv = f"{to.kind}:{to.value}"
-        files = [{"name": a.name, "content_type": a.content_type, "size": a.size, "sha256": a.sha256}
-                 for a in outbound.attachments] or None
+        files = []
+        for a in outbound.attachments:
+            if a.data is not None:  # the dispatcher loaded it from the gateway's attachment store
+                await asyncio.to_thread(self.files.put, a.sha256, a.data)
+            files.append({"name": a.name, "content_type": a.content_type, "size": a.size, "sha256": a.sha256})
         frame, created = self.transcript.add(conv, outbound.id, "agent", outbound.text, _ms(self.clock()),
-                                             author=outbound.author, files=files)
+                                             author=outbound.author, files=files or None)
         if created:
             public = frame.public(conv)
             for s in list(self.sessions.get(conv, ())):
                 await s.push(public)
             self.hub.publish(public)
         return SendResult(external_id=f"{conv}#{frame.seq}")
+
+
+class FileStore:
+    """Content-addressed files of the conversations (``<sha256>``, written once)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, sha: str, data: bytes) -> None:
+        path = self.root / sha[:2] / sha
+        if path.exists():
+            return
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def get(self, sha: str) -> bytes | None:
+        try:
+            return (self.root / sha[:2] / sha).read_bytes()
+        except OSError:
+            return None
 
 
 class _Refused(Exception):
@@ -642,10 +719,14 @@ def _str(v: Any) -> str | None:
     return str(v)[:320] if v not in (None, "") else None
 
 
-def _page(f: dict) -> dict:
+def _page(f: Any) -> dict:
+    if not isinstance(f, dict):
+        return {"url": "", "title": ""}
     return {"url": str(f.get("url") or "")[:2000], "title": str(f.get("title") or "")[:300]}
 
 
-def _profile(f: dict) -> dict:
+def _profile(f: Any) -> dict:
+    if not isinstance(f, dict):
+        return {}
     p = Profile(name=_str(f.get("name")), email=_str(f.get("email")), phone=_str(f.get("phone")))
     return {k: v for k, v in (("name", p.name), ("email", p.email), ("phone", p.phone)) if v}

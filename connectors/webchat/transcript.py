@@ -134,6 +134,11 @@ class Transcript:
                 "ORDER BY seq DESC LIMIT ?", (conv, after, limit)).fetchall()
         return [_frame(r) for r in reversed(rows)]
 
+    def has_file(self, conv: str, sha: str) -> bool:
+        with self._lock:
+            return self.db.execute("SELECT 1 FROM frames WHERE conv=? AND files LIKE ? LIMIT 1",
+                                   (conv, f'%"sha256": "{sha}"%')).fetchone() is not None
+
     def conversation(self, conv: str) -> dict[str, Any] | None:
         with self._lock:
             row = self.db.execute(

@@ -61,7 +61,7 @@
     ".h h2{margin:0;font-size:16px;font-weight:600}.x{background:transparent;border:0;color:#fff;font-size:20px;cursor:pointer;min-width:32px;min-height:32px}" +
     ".g{flex:1;overflow-y:auto;padding:12px;background:#f7f7f8}.m{margin:6px 0;max-width:80%;padding:8px 10px;border-radius:10px;white-space:pre-wrap;word-wrap:break-word}" +
     ".v{margin-left:auto;background:" + C + ";color:#fff}.a{background:#fff;border:1px solid #ddd}.s{margin:8px auto;color:#555;font-size:12px;text-align:center}" +
-    ".st{display:block;font-size:11px;opacity:.8;text-align:right}.t{min-height:18px;padding:0 12px;color:#555;font-size:12px}" +
+    ".im{display:block;max-width:100%;max-height:200px;border-radius:6px;margin-top:4px}a{color:inherit}.st{display:block;font-size:11px;opacity:.8;text-align:right}.t{min-height:18px;padding:0 12px;color:#555;font-size:12px}" +
     ".f{display:flex;gap:6px;padding:8px;border-top:1px solid #ddd;align-items:flex-end}textarea{flex:1;resize:none;border:1px solid #bbb;border-radius:8px;padding:8px;height:40px;max-height:120px}" +
     ".b{border:0;border-radius:8px;background:" + C + ";color:#fff;padding:9px 12px;cursor:pointer}.at{background:#eee;color:#111}" +
     ".o{padding:8px 12px;background:#fff8e1;border-bottom:1px solid #eed;font-size:13px}.o input,.pc input{width:100%;margin:4px 0 6px;padding:6px;border:1px solid #bbb;border-radius:6px}" +
@@ -148,13 +148,33 @@
     var d = line("m " + (mine ? "v" : "a"), m.text || "");
     d.setAttribute("data-from", m.from);
     if (m.seq) d.setAttribute("data-seq", m.seq);
-    (m.files || []).forEach(function (f) { d.appendChild(line("st", "📎 " + (f.name || "file"))); });
+    (m.files || []).forEach(function (f) { d.appendChild(fileEl(f)); });
     var lab = document.createElement("span");
     lab.className = "sr";
     lab.textContent = (mine ? T.you : (m.author || T.agent)) + ": ";
     d.insertBefore(lab, d.firstChild);
     if (mine) { var s = line("st", status); s.className = "st og-status"; d.appendChild(s); }
     return d;
+  }
+
+  function fileEl(f) {
+    if (!f.sha256 || !st.token) return line("st", "📎 " + (f.name || "file"));
+    var u = window.omnigateUser, url = BASE + "files/" + f.sha256 + "?site=" + encodeURIComponent(SITE) +
+      "&visitor=" + encodeURIComponent(st.visitor) + "&token=" + encodeURIComponent(st.token) +
+      (u ? "&user=" + encodeURIComponent(u.id) + "&expires=" + encodeURIComponent(u.expires) +
+        "&signature=" + encodeURIComponent(u.signature) + (u.email ? "&email=" + encodeURIComponent(u.email) : "") +
+        (u.phone ? "&phone=" + encodeURIComponent(u.phone) : "") : "");
+    var a = document.createElement("a");
+    a.href = url; a.target = "_blank"; a.rel = "noopener noreferrer";
+    if (/^image\//.test(f.content_type || "")) {
+      var img = document.createElement("img");
+      img.src = url; img.alt = f.name || "image"; img.className = "im";
+      a.appendChild(img);
+    } else {
+      a.textContent = "📎 " + (f.name || "file");
+      a.className = "st";
+    }
+    return a;
   }
 
   /* ---------------------------------------------------------------- frames in */
@@ -175,7 +195,7 @@
       st.queue = st.queue.filter(function (m) { return m.cid !== f.cid; });
       inflight = null; save();
       var p = pending[f.cid];
-      if (p) { p.seq = f.seq; p.at = f.at; addMsg(p); delete pending[f.cid]; }
+      if (p) { p.seq = f.seq; p.at = f.at; p.files = f.files || p.files; addMsg(p); delete pending[f.cid]; }
       flush();
     } else if (f.type === "typing") {
       typingEl.textContent = f.on ? T.typing : "";

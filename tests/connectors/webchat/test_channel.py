@@ -288,3 +288,47 @@ async def test_agent_socket_needs_the_token(chat):
     await ws.send_str(json.dumps({"type": "auth", "token": TOKEN}))
     assert json.loads((await ws.receive(timeout=5)).data)["type"] == "snapshot"
     assert (await client.get("/api/v1/live/webchat/chats")).status == 401
+
+
+async def test_files_both_ways_are_served_to_their_conversation_only(chat):
+    client, app = chat
+    v = await Visitor.connect(client)
+    who = {"site": "shop", "visitor": v.welcome["visitor"], "token": v.welcome["token"]}
+    png = b"\x89PNG\r\n\x1a\n" + b"\1" * 60
+    ack = await v.say("f1", "my screenshot", files=[{"name": "s.png", "content_type": "image/png",
+                                                      "data_base64": base64.b64encode(png).decode()}])
+    [shown] = ack["files"]
+    r = await client.get(f"/channels/webchat/files/{shown['sha256']}", params=who)
+    assert r.status == 200 and r.content_type == "image/png" and await r.read() == png
+    other = await Visitor.connect(client)
+    r = await client.get(f"/channels/webchat/files/{shown['sha256']}",
+                         params={"site": "shop", "visitor": other.welcome["visitor"], "token": other.welcome["token"]})
+    assert r.status == 404  # not in that visitor's conversation
+    r = await client.get(f"/channels/webchat/files/{shown['sha256']}", params={**who, "token": "x" * 32})
+    assert r.status == 403
+    # an agent's PDF reaches the visitor as a download
+    await drain(app)
+    ticket_id = app[keys.CONNECTORS]["webchat"].transcript.conversation(v.welcome["conversation"])["ticket_id"]
+    pdf = b"%PDF-1.4\n% synthetic\n"
+    r = await client.post(f"/api/v1/tickets/{ticket_id}/replies", headers=AUTH, json={
+        "text": "the invoice", "attachments": [{"name": "invoice.pdf", "content_type": "application/pdf",
+                                                "data_base64": base64.b64encode(pdf).decode()}]})
+    assert r.status == 202, await r.text()
+    got = await v.expect("message")
+    [f] = got["files"]
+    r = await client.get(f"/channels/webchat/files/{f['sha256']}", params=who)
+    assert await r.read() == pdf and r.headers["Content-Disposition"] == "attachment"
+
+
+async def test_hostile_frames_get_error_frames_not_a_dead_socket(chat):
+    client, app = chat
+    v = await Visitor.connect(client)
+    for frame in ('{"type": "page", "url": {"x": 1}}', "[1, 2]", "nope", '{"type": 7}',
+                  '{"type": "message", "cid": "h1", "text": "x", "files": ["not-a-dict"]}',
+                  '{"type": "profile", "email": ["a"]}', "[" * 100000 + "]" * 100000,
+                  '{"type": "hello", "user": "string", "page": 5}'):
+        await v.ws.send_str(frame)
+    await v.send({"type": "ping"})
+    assert (await v.expect("pong"))["type"] == "pong"  # still alive
+    ack = await v.say("h2", "still works")
+    assert ack["seq"] >= 1
