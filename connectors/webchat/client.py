@@ -55,6 +55,9 @@ _COLOR = re.compile(r"#(?:[0-9a-fA-F]{3}){1,2}\Z")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 POLL_MAX_WAIT_S = 25.0
+#: frames of any type one transport may send (messages have their own, stricter limit)
+FRAMES_PER_SECOND = 20.0
+FRAMES_BURST = 60
 
 
 def _seconds(value: Any, name: str) -> float:
@@ -152,6 +155,8 @@ class Session:
         self.profile: dict | None = None
         self.page: dict | None = None
         self.lang: str | None = None
+        #: every frame of this transport, whatever its type (typing, page, read…): a flood is closed
+        self.frames = Bucket(FRAMES_PER_SECOND, FRAMES_BURST)
 
     async def push(self, frame: dict) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -445,6 +450,10 @@ class WebchatConnector:
             return [{"type": "error", "code": "bad_frame", "reason": "a field has the wrong type"}]
 
     async def _handle(self, s: Session, f: Any) -> list[dict]:
+        if not s.frames.take():
+            if hasattr(self.ctx, "rejected"):
+                self.ctx.rejected("frame_flood")
+            raise Closed(1008, 429, f"too many frames (at most {FRAMES_PER_SECOND:g} per second)")
         if not isinstance(f, dict) or not isinstance(f.get("type"), str):
             return [{"type": "error", "code": "bad_frame", "reason": "a frame is an object with a type"}]
         kind = f["type"]

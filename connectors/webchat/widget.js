@@ -216,7 +216,7 @@
   }
   var typingTimer;
   function addMsg(m) {
-    if (m.seq > lastSeq) lastSeq = m.seq;
+    if (m.seq > lastSeq) { lastSeq = m.seq; ended = false; }
     msgs[m.seq] = m;
     if (m.cid) st.queue = st.queue.filter(function (x) { return x.cid !== m.cid; });
   }

@@ -59,7 +59,8 @@ class Daemon:
         (tmp_path / "site.secret").write_text(SECRET)
         (tmp_path / "omnigate.yaml").write_text(yaml.safe_dump({"webchat": {"sites": {"shop": {
             "origins": [page_origin], "secret_file": str(tmp_path / "site.secret"), "color": "#0a7d4f",
-            "greeting": {"en": "Hi! Ask us anything.", "zh-CN": "您好！请问有什么可以帮您？"}}}}}))
+            "greeting": {"en": "Hi! Ask us anything.", "zh-CN": "您好！请问有什么可以帮您？"}},
+            "desk": {"origins": [page_origin], "prechat": True}}}}))
         self.proc = None
 
     async def start(self):
@@ -97,11 +98,11 @@ async def site(tmp_path):
     await web.TCPSite(runner, "127.0.0.1", page_port).start()
     await daemon.start()
 
-    def host_page(name: str, head: str = "", lang: str = "en") -> str:
+    def host_page(name: str, head: str = "", lang: str = "en", site: str = "shop") -> str:
         pages[name] = (f"<!doctype html><html lang='{lang}'><head><title>Shop {name}</title>"
                        "<style>div{color:red!important;font-size:40px!important}button{display:none!important}</style>"
                        f"{head}</head><body><h1>Shop</h1>"
-                       f"<script src='{daemon.base}/channels/webchat/widget.js?site=shop' async></script></body></html>")
+                       f"<script src='{daemon.base}/channels/webchat/widget.js?site={site}' async></script></body></html>")
         return f"{origin}/{name}"
 
     try:

@@ -232,3 +232,39 @@ async def test_long_polling_fallback_in_the_browser(browser, site):
             await agent.reply(ticket["ticket_id"], "polled reply")
             await bubbles(page, "agent").filter(has_text="polled reply").wait_for()
         await ctx.close()
+
+
+async def test_prechat_form_and_offline_notice(browser, site):
+    """A site with ``prechat``: name/email/phone first (labelled fields); no agent
+    online: the offline notice; the typed email is recorded, unverified."""
+    async with asyncio.timeout(DEADLINE_S):
+        daemon, host_page = site
+        ctx = await browser.new_context(locale="en-US")
+        page = await ctx.new_page()
+        async with Agent(daemon.base) as agent:
+            await page.goto(host_page("desk", site="desk"))
+            await page.get_by_role("button", name="Open chat").click()
+            name = page.get_by_label("Name")
+            await name.wait_for()
+            assert await name.evaluate("el => el.getRootNode().activeElement === el")
+            await name.fill("Zhang Wei")
+            await page.get_by_label("Email", exact=True).first.fill("zhang@example.com")
+            await page.get_by_role("button", name="Start chat").click()
+            box = page.get_by_label("Type a message, Enter to send")
+            assert await box.evaluate("el => el.getRootNode().activeElement === el")
+            await page.get_by_text("No one is online right now").wait_for()  # nobody of the team is online
+            await box.fill("please email me the quote")
+            await box.press("Enter")
+            msg = await agent.wait("message", text="please email me the quote")
+            ticket = await agent.wait("ticket", conversation=msg["conversation"])
+            chat = await agent.wait("chat", conversation=msg["conversation"], name="Zhang Wei")
+            assert chat["site"] == "desk"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{daemon.base}/api/v1/tickets/{ticket['ticket_id']}/timeline", headers=AUTH) as r:
+                [entry] = [e for e in (await r.json())["items"] if e["kind"] == "message_in"]
+            async with s.get(f"{daemon.base}/api/v1/contacts/{ticket['contact_id']}", headers=AUTH) as r:
+                contact = await r.json()
+        assert entry["data"]["meta"]["claimed_email"] == "zhang@example.com"
+        assert entry["data"]["meta"]["form"] == "offline"
+        assert not any(i["kind"] == "email" for i in contact["identities"])  # typed, not signed: not linked
+        await ctx.close()

@@ -240,6 +240,10 @@ async def test_signed_user_lands_on_their_existing_contact_and_unsigned_claims_d
     contact = await (await client.get(f"/api/v1/contacts/{j['contact_id']}", headers=AUTH)).json()
     kinds = {(i["kind"], i["value"]) for i in contact["identities"]}
     assert ("email", "li@example.com") in kinds
+    # the agent's answer goes back to the signed user's conversation (every tab and device of theirs)
+    r = await client.post(f"/api/v1/tickets/{j['ticket_id']}/replies", json={"text": "hello Li"}, headers=AUTH)
+    assert r.status == 202
+    assert (await v.expect("message"))["text"] == "hello Li"
     # an unsigned claim: an anonymous visitor typing someone's email links nothing
     anon = await Visitor.connect(client, profile={"email": "li@example.com", "name": "Impostor"})
     ack2 = await anon.say("a1", "I am Li, honestly")
@@ -318,6 +322,15 @@ async def test_files_both_ways_are_served_to_their_conversation_only(chat):
     [f] = got["files"]
     r = await client.get(f"/channels/webchat/files/{f['sha256']}", params=who)
     assert await r.read() == pdf and r.headers["Content-Disposition"] == "attachment"
+
+
+async def test_a_flood_of_frames_is_closed_with_a_reason(chat):
+    client, app = chat
+    v = await Visitor.connect(client)
+    for n in range(200):
+        await v.send({"type": "page", "url": f"{ORIGIN}/p{n}", "title": "t"})
+    err = await v.expect("error")
+    assert err["code"] == "closed" and "too many frames" in err["reason"]
 
 
 async def test_hostile_frames_get_error_frames_not_a_dead_socket(chat):
