@@ -13,7 +13,7 @@ ORIGIN = "https://shop.example.com"
 SECRET = "site-secret-for-tests"
 
 
-def webchat_config(tmp_path, secret_dir=None, **options):
+def webchat_config(tmp_path, secret_dir=None, extra=None, **options):
     (tmp_path / "secret").write_text(SECRET)
     section = {"sites": {"shop": {"origins": [ORIGIN], "secret_file": str(tmp_path / "secret"), "team": "support",
                                   "greeting": {"en": "Hi!", "zh-CN": "你好！"}, "color": "#ff6600"}},
@@ -21,7 +21,7 @@ def webchat_config(tmp_path, secret_dir=None, **options):
     import yaml
 
     path = tmp_path / "omnigate.yaml"
-    path.write_text(yaml.safe_dump({"webchat": section}))
+    path.write_text(yaml.safe_dump({"webchat": section, **(extra or {})}))
     from gateway.config import load
 
     from tests.gateway.conftest import TOKEN

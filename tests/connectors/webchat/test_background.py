@@ -7,36 +7,30 @@ from __future__ import annotations
 
 import asyncio
 
-from connectors.base import SendResult
+import pytest
+
 from connectors.http import client_ip
 from gateway import keys
 from gateway.app import create_app
 from tests.clock import BUSINESS_HOURS, INSTANTS, FakeClock
 from tests.connectors.webchat.conftest import Visitor, webchat_config
+from tests.connectors.email.test_send import sink
 from tests.gateway.conftest import AUTH, drain
 
 
-class Mailbox:
-    """Stands in for the email connector's ``send`` (its SMTP relay is tested in tests/connectors/email)."""
-
-    def __init__(self):
-        self.sent = []
-
-    async def send(self, outbound):
-        self.sent.append(outbound)
-        return SendResult(external_id="<m1@example>")
-
-    async def close(self):
-        pass
-
-
+@pytest.mark.integration
 async def test_unseen_replies_are_mailed_then_the_conversation_ends_and_reopens(aiohttp_client, tmp_path):
+    async with sink() as relay:  # a real SMTP relay on loopback, reached through the email connector
+        await _mail_end_reopen(aiohttp_client, tmp_path, relay)
+
+
+async def _mail_end_reopen(aiohttp_client, tmp_path, relay):
     clock = FakeClock(INSTANTS[BUSINESS_HOURS])
-    app = create_app(webchat_config(tmp_path, email_account="support", email_after="10m", inactivity="30m"),
-                     clock=clock)
+    email = {"email": {"relay": {"host": "127.0.0.1", "port": relay.port, "security": "none",
+                                 "from": "Shop Support <support@shop.example.com>"}}}
+    app = create_app(webchat_config(tmp_path, extra=email, email_account="support", email_after="10m",
+                                    inactivity="30m"), clock=clock)
     client = await aiohttp_client(app)
-    mailbox = Mailbox()
-    app[keys.CONNECTORS]["email"] = mailbox
     conn = app[keys.CONNECTORS]["webchat"]
     v = await Visitor.connect(client, profile={"name": "Wang", "email": "Wang@Example.com"})
     conv = v.welcome["conversation"]
@@ -53,9 +47,10 @@ async def test_unseen_replies_are_mailed_then_the_conversation_ends_and_reopens(
     assert (await conn.sweep())["mailed"] == 0  # not yet: email_after has not passed
     clock.advance(minutes=11)
     assert (await conn.sweep()) == {"ended": 0, "mailed": 1}
-    [mail] = mailbox.sent
-    assert (mail.channel, mail.account, mail.to.value) == ("email", "support", "wang@example.com")
-    assert "Yes, 3 left" in mail.text
+    [envelope] = relay.received
+    assert envelope.rcpt_tos == ["wang@example.com"]
+    mail = relay.message()
+    assert "Yes, 3 left" in mail.get_body(("plain",)).get_content()
     assert (await conn.sweep())["mailed"] == 0  # once
     clock.advance(minutes=30)
     assert (await conn.sweep())["ended"] == 1
