@@ -55,6 +55,8 @@ _COLOR = re.compile(r"#(?:[0-9a-fA-F]{3}){1,2}\Z")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 POLL_MAX_WAIT_S = 25.0
+#: a polling widget not heard from for this long has left (agents see it offline)
+POLL_GONE_S = 60.0
 #: frames of any type one transport may send (messages have their own, stricter limit)
 FRAMES_PER_SECOND = 20.0
 FRAMES_BURST = 60
@@ -225,6 +227,8 @@ class WebchatConnector:
         self.per_ip: dict[str, int] = {}
         self.buckets: dict[str, Bucket] = {}
         self._typing_at: dict[str, float] = {}
+        #: conversation → when a polling widget last asked (no socket says when it leaves)
+        self.polled: dict[str, float] = {}
         self._widget = (_HERE / "widget.js").read_text(encoding="utf-8")
 
     # ------------------------------------------------------------ lifecycle
@@ -261,6 +265,12 @@ class WebchatConnector:
             self.hub.drop_chat(conv)
             ended += 1
             log.info("webchat.conversation_ended", site=site, conversation=conv)
+        gone = time.monotonic() - POLL_GONE_S
+        for conv, at in list(self.polled.items()):
+            if at < gone:
+                del self.polled[conv]
+                if not self.sessions.get(conv) and conv in self.hub.live:
+                    self.hub.update_chat(conv, online=False)
         mailed = 0
         if self.mailer is not None and self.settings.email_account:
             pending: dict[str, tuple[str, list]] = {}
@@ -410,6 +420,8 @@ class WebchatConnector:
                 except TimeoutError:
                     pass
             out += session.out
+            if session.conv:
+                self.polled[session.conv] = time.monotonic()
             return web.json_response({"frames": out}, dumps=lambda d: json.dumps(d, ensure_ascii=False),
                                      headers={"Access-Control-Allow-Origin": request.headers["Origin"],
                                               "Vary": "Origin"})

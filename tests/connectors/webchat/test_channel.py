@@ -345,3 +345,18 @@ async def test_hostile_frames_get_error_frames_not_a_dead_socket(chat):
     assert (await v.expect("pong"))["type"] == "pong"  # still alive
     ack = await v.say("h2", "still works")
     assert ack["seq"] >= 1
+
+
+async def test_a_polling_visitor_who_stops_asking_is_shown_offline(chat):
+    client, app = chat
+    conn = app[keys.CONNECTORS]["webchat"]
+    agent, _ = await agent_socket(client)
+    r = await client.post("/channels/webchat/poll?site=shop", headers={"Origin": ORIGIN},
+                          json={"frames": [{"type": "hello"}]})
+    conv = (await r.json())["frames"][0]["conversation"]
+    assert (await next_event(agent, "chat", conversation=conv))["online"] is True
+    await conn.sweep()
+    assert conn.hub.live[conv]["online"] is True  # asked just now
+    conn.polled[conv] -= 61
+    await conn.sweep()
+    assert (await next_event(agent, "chat", conversation=conv, online=False))["online"] is False
