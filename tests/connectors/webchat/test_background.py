@@ -98,3 +98,24 @@ def test_trusted_proxies_config_key(tmp_path):
     assert c.trusted_proxies == ["10.0.0.1", "192.168.0.0/16"]
     with pytest.raises(ConfigError, match="trusted_proxies"):
         load(None, environ={"OMNIGATE_TRUSTED_PROXIES": "not-an-ip"})
+
+
+def test_site_configuration_is_checked(tmp_path):
+    import pytest
+
+    from gateway.app import StartupError
+    from gateway.config import ConfigError, load
+
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("webchat:\n  sites:\n    shop:\n      origins: [https://a.example]\n      colour: '#fff'\n")
+    with pytest.raises(ConfigError, match="did you mean 'color'"):
+        load(str(bad), environ={})
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("webchat:\n  sites:\n    shop:\n      origins: [https://a.example]\n      secret: abc\n")
+    with pytest.raises(ConfigError, match="SECRET_FILE"):
+        load(str(secret), environ={})
+    for section, why in (({"origins": ["a.example/path"]}, "is not an origin"), ({"color": "red"}, "#rgb")):
+        with pytest.raises(StartupError, match=why):
+            create_app(load(None, environ={"OMNIGATE_DATA_DIR": str(tmp_path / "d"),
+                                           "OMNIGATE_RULES_DIR": str(tmp_path / "none")},
+                            flags={"webchat": {"sites": {"shop": {"origins": ["https://a.example"], **section}}}}))
