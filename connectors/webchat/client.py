@@ -265,6 +265,9 @@ class WebchatConnector:
             self.hub.drop_chat(conv)
             ended += 1
             log.info("webchat.conversation_ended", site=site, conversation=conv)
+        for conv in [c for c in self.buckets if c not in self.sessions]:  # forget who left
+            del self.buckets[conv]
+            self._typing_at.pop(conv, None)
         gone = time.monotonic() - POLL_GONE_S
         for conv, at in list(self.polled.items()):
             if at < gone:
@@ -605,8 +608,12 @@ class WebchatConnector:
                 env[k] = getattr(s, k)
         if f.get("form") == "offline":
             env["form"] = "offline"
-        result = await self.ctx.ingest(s.site.name, f"{s.conv}:{cid}", json.dumps(env, ensure_ascii=False).encode(),
-                                       {})
+        try:
+            result = await self.ctx.ingest(s.site.name, f"{s.conv}:{cid}",
+                                           json.dumps(env, ensure_ascii=False).encode(), {})
+        except Exception as exc:  # no ack: the widget keeps the message and resends it after reconnecting
+            log.warning("webchat.journal_failed", site=s.site.name, error=f"{type(exc).__name__}: {exc}")
+            raise Closed(1011, 503, "the message could not be stored; the widget will send it again") from None
         for sha, data in blobs:  # after the journal: the widget shows them from here
             await asyncio.to_thread(self.files.put, sha, data)
         frame, created = self.transcript.add(s.conv, cid, "visitor", text, _ms(now), files=shown or None,

@@ -360,3 +360,27 @@ async def test_a_polling_visitor_who_stops_asking_is_shown_offline(chat):
     conn.polled[conv] -= 61
     await conn.sweep()
     assert (await next_event(agent, "chat", conversation=conv, online=False))["online"] is False
+
+
+async def test_a_message_the_journal_cannot_take_is_not_acknowledged(chat):
+    client, app = chat
+    conn = app[keys.CONNECTORS]["webchat"]
+    v = await Visitor.connect(client)
+    real = conn.ctx.ingest
+
+    async def failing(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    conn.ctx.ingest = failing
+    await v.send({"type": "message", "cid": "d1", "text": "lost?"})
+    err = await v.expect("error")
+    assert err["code"] == "closed" and "could not be stored" in err["reason"]
+    msg = await v.ws.receive(timeout=5)
+    while msg.type.name == "TEXT":
+        msg = await v.ws.receive(timeout=5)
+    assert v.ws.close_code == 1011
+    assert conn.transcript.history(v.welcome["conversation"]) == []  # nothing shown as sent
+    conn.ctx.ingest = real  # the widget comes back and resends the same cid
+    again = await Visitor.connect(client, visitor=v.welcome["visitor"], token=v.welcome["token"])
+    ack = await again.say("d1", "lost?")
+    assert ack["seq"] == 1
