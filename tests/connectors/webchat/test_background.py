@@ -119,3 +119,33 @@ def test_site_configuration_is_checked(tmp_path):
             create_app(load(None, environ={"OMNIGATE_DATA_DIR": str(tmp_path / "d"),
                                            "OMNIGATE_RULES_DIR": str(tmp_path / "none")},
                             flags={"webchat": {"sites": {"shop": {"origins": ["https://a.example"], **section}}}}))
+
+
+async def test_webchat_tickets_go_through_the_shipped_rules_and_assignment(aiohttp_client, tmp_path):
+    """The same routing as every channel: the refund rule sends the chat to
+    billing, and an online billing agent (chat capacity) takes it; the
+    widget says agents are online because one of the site's team is."""
+    from pathlib import Path
+
+    from gateway.config import load
+
+    root = Path(__file__).resolve().parents[3]
+    cfg = webchat_config(tmp_path)
+    cfg = load(str(tmp_path / "omnigate.yaml"), environ={
+        "OMNIGATE_API_TOKEN": "t", "OMNIGATE_DATA_DIR": str(tmp_path / "data2"),
+        "OMNIGATE_RULES_DIR": str(root / "rules"), "OMNIGATE_DIRECTORY": str(root / "deploy/directory.example.yaml")},
+        flags={"webchat": {"sites": {"shop": {"team": "billing"}}}})
+    assert cfg.channels["webchat"]["sites"]["shop"]["origins"]
+    clock = FakeClock(INSTANTS[BUSINESS_HOURS])
+    app = create_app(cfg, clock=clock)
+    client = await aiohttp_client(app)
+    await app[keys.STORE].set_presence("a-hanmeimei", "online", clock())
+    v = await Visitor.connect(client)
+    assert v.welcome["agents_online"] is True
+    ack = await v.say("r1", "我要申请退款，订单 8812")
+    await drain(app)
+    auth = {"Authorization": "Bearer t"}
+    j = await (await client.get(f"/api/v1/journal/{ack['journal_id']}", headers=auth)).json()
+    ticket = await (await client.get(f"/api/v1/tickets/{j['ticket_id']}", headers=auth)).json()
+    assert ticket["team"] == "billing" and "refund" in ticket["tags"]
+    assert ticket["assignee"] == "a-hanmeimei"

@@ -202,6 +202,10 @@ async def test_rate_size_and_file_limits(chat):
     exe = base64.b64encode(b"MZ\x90\x00" * 10).decode()
     await v.send({"type": "message", "cid": "f1", "text": "", "files": [{"name": "a.png", "data_base64": exe}]})
     assert (await v.expect("error"))["code"] == "file_type"
+    conn.settings.max_file_bytes = 100
+    big = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 200).decode()
+    await v.send({"type": "message", "cid": "f0", "text": "", "files": [{"name": "big.png", "data_base64": big}]})
+    assert (await v.expect("error"))["code"] == "file_too_large"
     png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 40).decode()
     ack = await v.say("f2", "", files=[{"name": "shot.png", "content_type": "image/png", "data_base64": png}])
     await drain(app)
