@@ -31,7 +31,7 @@ import binascii
 import hashlib
 import hmac
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Mapping
 
 import msgspec
@@ -229,6 +229,3 @@ def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
                     sender=sender, text=text, attachments=attachments, sent_at=env.received_at,
                     language=env.lang, meta=meta, defects=defects)]
 
-
-def received_now(now: datetime) -> str:
-    return now.astimezone(timezone.utc).isoformat()
