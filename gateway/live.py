@@ -6,7 +6,8 @@ wires it into the daemon and gives agents (the console, or any API client):
 - ``GET /api/v1/live/webchat`` — a websocket. Authenticate with
   ``Authorization: Bearer <token>`` on the upgrade request, or (browsers
   cannot set headers on a websocket) with a first frame
-  ``{"type": "auth", "token": "<token>"}`` within 10 s. The server sends
+  ``{"type": "auth", "token": "<token>"}`` within 10 s (answered
+  ``{"type": "error", "code": "unauthorized"}`` and close 4401 when wrong). The server sends
   ``{"type": "snapshot", "chats": [chat…]}`` and then every hub event
   (hub.py lists them: ``chat``, ``message``, ``ticket``, ``typing``,
   ``read``, ``ended``). The agent sends ``{"type": "typing", "conversation",
@@ -20,10 +21,11 @@ wires it into the daemon and gives agents (the console, or any API client):
   ``POST /api/v1/live/webchat/read`` ``{"conversation", "seq"}`` — the same
   signals without a socket.
 
-Authorisation is the API bearer token for now (``api_token``); it must move
-to the REST API's per-agent tokens and role checks (gateway/auth.py) when
-they land. ``agent`` in the signals is the ``X-Omnigate-Actor`` header or
-the ``agent`` field, ``"api"`` by default.
+Authorisation is the REST API's (gateway/auth.py): a per-agent token
+(any role) or the bootstrap ``api_token`` (admin; the acting agent is
+``X-Omnigate-Actor``). Agents and leads see the chats of the sites whose
+``team`` is one of theirs (a site without a team: everyone's); admins all;
+their typing and read marks are signed with their agent id.
 
 After each committed webchat message the pipeline hook publishes a
 ``ticket`` event and tells the connector the conversation's ticket.
@@ -35,7 +37,6 @@ mailed through the email connector (``webchat.email_account``).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from typing import Any
 
@@ -43,8 +44,11 @@ import msgspec
 import structlog
 from aiohttp import WSMsgType, web
 
+from multidict import CIMultiDict
+
+from gateway import auth as rest_auth
 from gateway import keys
-from gateway.http_util import Problem, check_bearer, json_response
+from gateway.http_util import Problem, json_response
 from routing.model import Identity, Outbound, new_id
 
 log = structlog.get_logger(__name__)
@@ -98,81 +102,119 @@ def setup(app: web.Application, pipeline: Any) -> None:
     pipeline.after_commit.append(committed)
 
 
-def _actor(request: web.Request, given: Any = None) -> str:
-    return str(given or request.headers.get("X-Omnigate-Actor") or "api")[:100]
+class LiveTyping(msgspec.Struct, forbid_unknown_fields=True):
+    """Show (``on``) or stop showing "agent is typing" to the visitor."""
 
-
-class _Typing(msgspec.Struct, forbid_unknown_fields=True):
     conversation: str
     on: bool = True
-    agent: str | None = None
 
 
-class _Read(msgspec.Struct, forbid_unknown_fields=True):
+class LiveRead(msgspec.Struct, forbid_unknown_fields=True):
+    """The agent has read the visitor's messages up to ``seq``."""
+
     conversation: str
     seq: int
-    agent: str | None = None
+
+
+class LiveChats(msgspec.Struct):
+    """The live chats the caller may see (each a ``chat`` event: ``conversation``, ``site``,
+    ``visitor``, ``name``, ``online``, ``page``, ``ticket_id``)."""
+
+    chats: list[dict[str, Any]]
+
+
+class LiveOk(msgspec.Struct):
+    ok: bool
+
+
+class _WithToken:
+    """The upgrade request, with the token of the socket's first frame as its bearer."""
+
+    def __init__(self, request: web.Request, token: str):
+        self.app = request.app
+        self.headers = CIMultiDict(request.headers)
+        self.headers["Authorization"] = f"Bearer {token}"
+
+
+def may_see(p: rest_auth.Principal, conn: Any, conversation: str) -> bool:
+    """Admins: every chat; others: chats of sites whose team is theirs (or that have no team)."""
+    if p.is_admin:
+        return True
+    parts = conversation.split(":", 2)
+    site = conn.settings.sites.get(parts[1]) if len(parts) == 3 else None
+    return site is not None and (site.team is None or site.team in p.teams)
+
+
+def _visible(p: rest_auth.Principal, conn: Any) -> list[dict]:
+    return [c for c in conn.hub.chats() if may_see(p, conn, c["conversation"])]
+
+
+async def _signal(request: web.Request, body: Any) -> web.Response:
+    p = await rest_auth.require(request, "agent")
+    conn = webchat(request.app)
+    if not may_see(p, conn, body.conversation):
+        raise rest_auth.forbid(f"{p.agent_id} is not in the team of this chat's site")
+    if isinstance(body, LiveTyping):
+        ok = await conn.hub.agent_typing(body.conversation, p.agent_id, body.on)
+    else:
+        ok = await conn.hub.agent_read(body.conversation, p.agent_id, body.seq)
+    if not ok:
+        raise Problem(404, "Not found", f"no webchat conversation {body.conversation!r}", field="$.conversation")
+    return json_response(LiveOk(True))
 
 
 @routes.get("/api/v1/live/webchat/chats")
 async def chats(request: web.Request) -> web.Response:
-    check_bearer(request, request.app[keys.CONFIG].api_token)
-    return json_response({"chats": webchat(request.app).hub.chats()})
+    p = await rest_auth.require(request, "agent")
+    return json_response(LiveChats(_visible(p, webchat(request.app))))
 
 
 @routes.post("/api/v1/live/webchat/typing")
 async def typing(request: web.Request) -> web.Response:
     from gateway.api import read_body
 
-    check_bearer(request, request.app[keys.CONFIG].api_token)
-    body: _Typing = await read_body(request, _Typing)
-    if not await webchat(request.app).hub.agent_typing(body.conversation, _actor(request, body.agent), body.on):
-        raise Problem(404, "Not found", f"no webchat conversation {body.conversation!r}", field="$.conversation")
-    return json_response({"ok": True})
+    return await _signal(request, await read_body(request, LiveTyping))
 
 
 @routes.post("/api/v1/live/webchat/read")
 async def read(request: web.Request) -> web.Response:
     from gateway.api import read_body
 
-    check_bearer(request, request.app[keys.CONFIG].api_token)
-    body: _Read = await read_body(request, _Read)
-    if not await webchat(request.app).hub.agent_read(body.conversation, _actor(request, body.agent), body.seq):
-        raise Problem(404, "Not found", f"no webchat conversation {body.conversation!r}", field="$.conversation")
-    return json_response({"ok": True})
+    return await _signal(request, await read_body(request, LiveRead))
 
 
 @routes.get("/api/v1/live/webchat")
 async def live_socket(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    token = app[keys.CONFIG].api_token
-    conn = webchat(app)
-    header_ok = False
+    p = None
     if request.headers.get("Authorization"):
-        check_bearer(request, token)  # a wrong header: 401 before the upgrade
-        header_ok = True
-    elif not token:
-        check_bearer(request, token)
+        p = await rest_auth.require(request, "agent")  # a wrong header: 401 before the upgrade
+    conn = webchat(request.app)
     ws = web.WebSocketResponse(heartbeat=25, max_msg_size=64 * 1024)
     await ws.prepare(request)
-    if not header_ok:
+    if p is None:
         try:
             msg = await ws.receive(timeout=AUTH_TIMEOUT_S)
             frame = json.loads(msg.data) if msg.type == WSMsgType.TEXT else {}
         except (TimeoutError, ValueError):
             frame = {}
         given = frame.get("token") if isinstance(frame, dict) and frame.get("type") == "auth" else None
-        if not (isinstance(given, str) and hmac.compare_digest(given.encode(), token.encode())):
-            await ws.send_json({"type": "error", "code": "unauthorized", "reason": "missing or wrong token"})
+        reason = "missing token: send {\"type\": \"auth\", \"token\": …} first"
+        if isinstance(given, str):
+            try:
+                p = await rest_auth.require(_WithToken(request, given), "agent")  # type: ignore[arg-type]
+            except Problem as exc:
+                reason = exc.detail or exc.title
+        if p is None:
+            await ws.send_json({"type": "error", "code": "unauthorized", "reason": reason})
             await ws.close(code=4401, message=b"unauthorized")
             return ws
-    agent = _actor(request)
     sub = conn.hub.subscribe()
-    await ws.send_json({"type": "snapshot", "chats": conn.hub.chats()})
+    await ws.send_json({"type": "snapshot", "chats": _visible(p, conn)})
 
     async def pump() -> None:
         async for event in sub:
-            await ws.send_str(json.dumps(event, ensure_ascii=False))
+            if may_see(p, conn, event.get("conversation", "")):
+                await ws.send_str(json.dumps(event, ensure_ascii=False))
         if sub.overflowed and not ws.closed:
             await ws.close(code=4429, message=b"too slow: reconnect for a fresh snapshot")
 
@@ -181,7 +223,7 @@ async def live_socket(request: web.Request) -> web.StreamResponse:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 break
-            await ws.send_json(await _agent_frame(conn, agent, msg.data))
+            await ws.send_json(await _agent_frame(conn, p, msg.data))
     finally:
         sub.close()
         task.cancel()
@@ -189,7 +231,7 @@ async def live_socket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _agent_frame(conn: Any, agent: str, text: str) -> dict:
+async def _agent_frame(conn: Any, p: rest_auth.Principal, text: str) -> dict:
     try:
         f = json.loads(text)
     except ValueError:
@@ -199,7 +241,9 @@ async def _agent_frame(conn: Any, agent: str, text: str) -> dict:
     kind, conv = f.get("type"), f.get("conversation")
     if kind not in ("typing", "read") or not isinstance(conv, str):
         return {"type": "error", "code": "bad_frame", "reason": "typing or read frames with a conversation"}
-    who = str(f.get("agent") or agent)[:100]
+    if not may_see(p, conn, conv):
+        return {"type": "error", "code": "forbidden", "conversation": conv}
+    who = p.agent_id
     if kind == "typing":
         ok = await conn.hub.agent_typing(conv, who, bool(f.get("on", True)))
     else:

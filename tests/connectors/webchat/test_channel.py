@@ -278,6 +278,52 @@ async def test_agents_online_decides_the_offline_form(chat):
     assert json.loads(entry.raw)["form"] == "offline"
 
 
+async def _agent_token(client, agent_id: str, teams: list[str]) -> str:
+    from routing.model import Agent
+
+    app = client.app
+    await app[keys.STORE].put_agent(Agent(id=agent_id, name=agent_id, teams=teams), app[keys.CLOCK]())
+    r = await client.post("/api/v1/tokens", headers=AUTH, json={"agent_id": agent_id, "role": "agent"})
+    assert r.status == 201, await r.text()
+    return (await r.json())["token"]
+
+
+async def test_agents_see_and_signal_only_chats_of_their_teams_sites(chat):
+    """The REST API's tokens and roles: an agent of the site's team (support) sees
+    the chat and types into it; an agent of another team sees nothing of it."""
+    client, app = chat
+    mine = await _agent_token(client, "ann", ["support"])
+    other = await _agent_token(client, "bob", ["billing"])
+    ann = await client.ws_connect("/api/v1/live/webchat")
+    await ann.send_str(json.dumps({"type": "auth", "token": mine}))
+    assert json.loads((await ann.receive(timeout=5)).data)["type"] == "snapshot"
+    bob = await client.ws_connect("/api/v1/live/webchat", headers={"Authorization": f"Bearer {other}"})
+    assert json.loads((await bob.receive(timeout=5)).data)["chats"] == []
+    v = await Visitor.connect(client)
+    conv = v.welcome["conversation"]
+    await v.say("c1", "hello support")
+    assert (await next_event(ann, "message", conversation=conv))["text"] == "hello support"
+    await ann.send_str(json.dumps({"type": "typing", "conversation": conv, "on": True}))
+    assert (await v.expect("typing"))["on"] is True
+    typing = await next_event(ann, "typing", **{"from": "agent"})
+    assert typing["agent"] == "ann"  # signed with the token's agent, not a field the client sets
+    await bob.send_str(json.dumps({"type": "typing", "conversation": conv, "on": True}))
+    assert json.loads((await bob.receive(timeout=5)).data) == {"type": "error", "code": "forbidden",
+                                                                "conversation": conv}
+    r = await client.post("/api/v1/live/webchat/read", json={"conversation": conv, "seq": 1},
+                          headers={"Authorization": f"Bearer {other}"})
+    assert r.status == 403
+    r = await client.post("/api/v1/live/webchat/read", json={"conversation": conv, "seq": 1},
+                          headers={"Authorization": f"Bearer {mine}"})
+    assert r.status == 200 and (await v.expect("read"))["seq"] == 1
+    chats = await (await client.get("/api/v1/live/webchat/chats", headers={"Authorization": f"Bearer {other}"})).json()
+    assert chats["chats"] == []
+    chats = await (await client.get("/api/v1/live/webchat/chats", headers={"Authorization": f"Bearer {mine}"})).json()
+    assert [c["conversation"] for c in chats["chats"]] == [conv]
+    # bob's socket never carried this chat's events
+    await bob.close()
+
+
 async def test_agent_socket_needs_the_token(chat):
     client, app = chat
     import aiohttp
