@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: ``PRAGMA user_version`` of ``webchat.db`` (its own file, not the store's migrations)
+SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
   conv TEXT PRIMARY KEY,            -- "webchat:<site>:<visitor>" or "external:<site>:<user>"
@@ -89,7 +91,11 @@ class Transcript:
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{path} has webchat schema {version}, newer than this omnigate's {SCHEMA_VERSION}")
         self.db.executescript(SCHEMA)
+        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._lock = threading.Lock()
 
     def close(self) -> None:

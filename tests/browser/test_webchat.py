@@ -268,3 +268,40 @@ async def test_prechat_form_and_offline_notice(browser, site):
         assert entry["data"]["meta"]["form"] == "offline"
         assert not any(i["kind"] == "email" for i in contact["identities"])  # typed, not signed: not linked
         await ctx.close()
+
+
+async def test_visitor_sends_an_image_and_gets_the_agents_file(browser, site, tmp_path):
+    """The attach button: a PNG goes through (type-checked by its bytes), both
+    sides get it from the conversation's file store; the agent's PDF is a link."""
+    import base64
+
+    async with asyncio.timeout(DEADLINE_S):
+        daemon, host_page = site
+        png = tmp_path / "screenshot.png"
+        png.write_bytes(base64.b64decode(  # a 1×1 PNG
+            "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="))
+        ctx = await browser.new_context(locale="en-US")
+        page = await ctx.new_page()
+        async with Agent(daemon.base) as agent:
+            await page.goto(host_page("files"))
+            await open_chat(page)
+            await page.locator("input.fi").set_input_files(str(png))
+            msg = await agent.wait("message", pred=lambda e: bool(e.get("files")))
+            [f] = msg["files"]
+            assert (f["name"], f["content_type"]) == ("screenshot.png", "image/png")
+            img = bubbles(page, "visitor").locator("img")
+            await img.wait_for()
+            assert await img.evaluate("el => el.complete && el.naturalWidth === 1")  # served back to the visitor
+            ticket = await agent.wait("ticket", conversation=msg["conversation"])
+            async with agent.session.post(f"{daemon.base}/api/v1/tickets/{ticket['ticket_id']}/replies", headers=AUTH,
+                                          json={"text": "here is the invoice", "attachments": [{
+                                              "name": "invoice.pdf", "content_type": "application/pdf",
+                                              "data_base64": base64.b64encode(b"%PDF-1.4\n%synthetic\n").decode()}]}) as r:
+                assert r.status == 202, await r.text()
+            link = bubbles(page, "agent").get_by_role("link", name="📎 invoice.pdf")
+            await link.wait_for()
+            href = await link.get_attribute("href")
+        async with aiohttp.ClientSession() as s:
+            async with s.get(href) as r:
+                assert r.status == 200 and (await r.read()).startswith(b"%PDF-")
+        await ctx.close()
