@@ -55,6 +55,9 @@ _COLOR = re.compile(r"#(?:[0-9a-fA-F]{3}){1,2}\Z")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 POLL_MAX_WAIT_S = 25.0
+#: polling requests per client IP (bursts of POLLS_BURST), whatever the visitor
+POLLS_PER_SECOND = 10.0
+POLLS_BURST = 40
 #: a polling widget not heard from for this long has left (agents see it offline)
 POLL_GONE_S = 60.0
 #: frames of any type one transport may send (messages have their own, stricter limit)
@@ -226,6 +229,8 @@ class WebchatConnector:
         self.sessions: dict[str, set[Session]] = {}
         self.per_ip: dict[str, int] = {}
         self.buckets: dict[str, Bucket] = {}
+        #: client IP → its polling requests' bucket (a poll is a hello: no free loop of them)
+        self.poll_buckets: dict[str, Bucket] = {}
         self._typing_at: dict[str, float] = {}
         #: conversation → when a polling widget last asked (no socket says when it leaves)
         self.polled: dict[str, float] = {}
@@ -268,6 +273,8 @@ class WebchatConnector:
         for conv in [c for c in self.buckets if c not in self.sessions]:  # forget who left
             del self.buckets[conv]
             self._typing_at.pop(conv, None)
+        for ip in [i for i, b in self.poll_buckets.items() if i not in self.per_ip and b.tokens >= b.burst - 1]:
+            del self.poll_buckets[ip]
         gone = time.monotonic() - POLL_GONE_S
         for conv, at in list(self.polled.items()):
             if at < gone:
@@ -395,6 +402,11 @@ class WebchatConnector:
             site, ip = self._admit(request)
         except _Refused as r:
             return r.response
+        bucket = self.poll_buckets.setdefault(ip, Bucket(POLLS_PER_SECOND, POLLS_BURST))
+        if not bucket.take():
+            if hasattr(self.ctx, "rejected"):
+                self.ctx.rejected("poll_rate")
+            return problem(429, f"too many polls from this address (at most {POLLS_PER_SECOND:g} per second)")
         limit = int(self.settings.max_file_bytes * 1.4) + 64 * 1024
         raw = await read_body(request, limit)
         try:

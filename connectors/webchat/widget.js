@@ -15,14 +15,14 @@
   var lang = ((document.documentElement.lang || navigator.language || "en") + "").toLowerCase();
   var ZH = lang.indexOf("zh") === 0;
   var T = ZH ? {
-    open: "打开在线客服", close: "关闭", title: "在线客服", input: "输入消息，按回车发送",
+    open: "打开在线客服", unread: "条新消息", close: "关闭", title: "在线客服", input: "输入消息，按回车发送",
     send: "发送", attach: "添加图片或文件", typing: "客服正在输入…", read: "已读", sent: "已送达",
     sending: "发送中…", offline: "暂时没有客服在线。请留下消息和邮箱，我们会尽快回复。",
     name: "姓名", email: "邮箱", phone: "电话", start: "开始聊天", ended: "会话已结束",
     reconnecting: "正在重新连接…", tooBig: "文件太大", hello: "您好！有什么可以帮您？",
     you: "我", agent: "客服", failed: "发送失败"
   } : {
-    open: "Open chat", close: "Close", title: "Chat with us", input: "Type a message, Enter to send",
+    open: "Open chat", unread: "new", close: "Close", title: "Chat with us", input: "Type a message, Enter to send",
     send: "Send", attach: "Attach an image or file", typing: "Agent is typing…", read: "Read", sent: "Delivered",
     sending: "Sending…", offline: "No one is online right now. Leave a message and your email, we will get back to you.",
     name: "Name", email: "Email", phone: "Phone", start: "Start chat", ended: "Conversation ended",
@@ -55,6 +55,7 @@
   root.innerHTML = "<style>" +
     ":host{all:initial}*{box-sizing:border-box;font:14px/1.4 system-ui,-apple-system,'Segoe UI','Noto Sans CJK SC','PingFang SC',sans-serif}" +
     ".l{position:fixed;right:20px;bottom:20px;width:56px;height:56px;border-radius:50%;border:0;background:" + C + ";color:#fff;cursor:pointer;box-shadow:0 2px 10px rgba(0,0,0,.25);z-index:2147483646}" +
+    ".n{position:absolute;top:-4px;right:-4px;min-width:20px;height:20px;border-radius:10px;background:#d92d20;color:#fff;font-size:12px;line-height:20px;text-align:center;padding:0 5px}.n[hidden]{display:none}" +
     ".l:focus-visible,button:focus-visible,textarea:focus-visible,input:focus-visible{outline:3px solid #111;outline-offset:2px}" +
     ".p{position:fixed;right:20px;bottom:88px;width:360px;max-width:calc(100vw - 40px);height:520px;max-height:calc(100vh - 110px);background:#fff;color:#111;border-radius:12px;box-shadow:0 4px 24px rgba(0,0,0,.3);display:flex;flex-direction:column;overflow:hidden;z-index:2147483647}" +
     ".p[hidden]{display:none}.h{background:" + C + ";color:#fff;padding:12px 14px;display:flex;align-items:center;justify-content:space-between}" +
@@ -67,7 +68,7 @@
     ".o{padding:8px 12px;background:#fff8e1;border-bottom:1px solid #eed;font-size:13px}.o input,.pc input{width:100%;margin:4px 0 6px;padding:6px;border:1px solid #bbb;border-radius:6px}" +
     ".pc{padding:12px}.pc label,.o label{display:block;font-size:12px;color:#333}.sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}" +
     "</style>" +
-    "<button class='l' type='button' aria-haspopup='dialog' aria-expanded='false'><svg width='26' height='26' viewBox='0 0 24 24' aria-hidden='true'><path fill='currentColor' d='M4 4h16v12H7l-3 3z'/></svg></button>" +
+    "<button class='l' type='button' aria-haspopup='dialog' aria-expanded='false'><svg width='26' height='26' viewBox='0 0 24 24' aria-hidden='true'><path fill='currentColor' d='M4 4h16v12H7l-3 3z'/></svg><span class='n' aria-hidden='true' hidden></span></button>" +
     "<div class='p' role='dialog' aria-modal='false' hidden>" +
     "<div class='h'><h2></h2><button class='x' type='button'>×</button></div>" +
     "<div class='o' hidden><p></p><label>" + "<span class='oe'></span><input class='oi' type='email' autocomplete='email'></label></div>" +
@@ -109,13 +110,13 @@
     launcher.setAttribute("aria-expanded", "true");
     showPrechat();
     (prechat.hidden ? input : prechat.querySelector("input")).focus();
-    markRead();
+    markRead(); badge();
     if (!ws && !polling) connect();
   }
   function closePanel() {
     panel.hidden = true;
     launcher.setAttribute("aria-expanded", "false");
-    launcher.focus();
+    badge(); launcher.focus();
   }
   launcher.addEventListener("click", function () { panel.hidden ? openPanel() : closePanel(); });
   q(".x").addEventListener("click", closePanel);
@@ -140,6 +141,7 @@
     seqs.forEach(function (s) { log.appendChild(bubble(msgs[s], s <= agentRead ? T.read : T.sent)); });
     st.queue.forEach(function (m) { log.appendChild(bubble({from: "visitor", text: m.text, files: m.files}, m.failed ? T.failed : T.sending)); });
     if (ended) log.appendChild(line("s", T.ended));
+    badge();
     if (!connected && (ws || polling) && st.queue.length) log.appendChild(line("s", T.reconnecting));
     if (keep) log.scrollTop = log.scrollHeight;
   }
@@ -219,6 +221,13 @@
     if (m.seq > lastSeq) { lastSeq = m.seq; ended = false; }
     msgs[m.seq] = m;
     if (m.cid) st.queue = st.queue.filter(function (x) { return x.cid !== m.cid; });
+  }
+  function badge() {
+    var n = 0, el = q(".n");
+    Object.keys(msgs).forEach(function (s) { if (msgs[s].from === "agent" && +s > visitorRead) n++; });
+    n = panel.hidden ? n : 0;
+    el.hidden = !n; el.textContent = n > 9 ? "9+" : String(n);
+    launcher.setAttribute("aria-label", T.open + (n ? " (" + n + " " + T.unread + ")" : ""));
   }
   function markRead() {
     if (panel.hidden || document.hidden) return;

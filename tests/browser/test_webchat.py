@@ -301,6 +301,13 @@ async def test_visitor_sends_an_image_and_gets_the_agents_file(browser, site, tm
             link = bubbles(page, "agent").get_by_role("link", name="📎 invoice.pdf")
             await link.wait_for()
             href = await link.get_attribute("href")
+            # closed panel: an agent message shows as an unread count on the launcher
+            await page.keyboard.press("Escape")
+            await agent.reply(ticket["ticket_id"], "anything else?")
+            await page.get_by_role("button", name="Open chat (1 new)").wait_for()
+            await page.get_by_role("button", name="Open chat (1 new)").click()
+            await bubbles(page, "agent").filter(has_text="anything else?").wait_for()
+            assert await page.get_by_role("button", name="Open chat", exact=True).get_attribute("aria-expanded") == "true"
         async with aiohttp.ClientSession() as s:
             async with s.get(href) as r:
                 assert r.status == 200 and (await r.read()).startswith(b"%PDF-")
