@@ -44,6 +44,7 @@
     } catch (e) { /* storage full or blocked: the session still works */ }
   }
   var msgs = {};          /* seq -> message frame */
+  var refused = [];       /* messages the gateway refused (this page view only) */
   var lastSeq = 0, agentRead = 0, visitorRead = 0;
   var online = true, ended = false, connected = false;
 
@@ -139,7 +140,8 @@
     while (log.lastChild && log.lastChild !== greet) log.removeChild(log.lastChild);
     var seqs = Object.keys(msgs).map(Number).sort(function (a, b) { return a - b; });
     seqs.forEach(function (s) { log.appendChild(bubble(msgs[s], s <= agentRead ? T.read : T.sent)); });
-    st.queue.forEach(function (m) { log.appendChild(bubble({from: "visitor", text: m.text, files: m.files}, m.failed ? T.failed : T.sending)); });
+    refused.forEach(function (m) { log.appendChild(bubble(m, T.failed + (m.reason ? ": " + m.reason : ""))); });
+    st.queue.forEach(function (m) { log.appendChild(bubble({from: "visitor", text: m.text, files: m.files}, T.sending)); });
     if (ended) log.appendChild(line("s", T.ended));
     badge();
     if (!connected && (ws || polling) && st.queue.length) log.appendChild(line("s", T.reconnecting));
@@ -209,8 +211,13 @@
       ended = true;
     } else if (f.type === "error") {
       if (f.cid) {
-        st.queue.forEach(function (m) { if (m.cid === f.cid) m.failed = true; });
-        st.queue = st.queue.filter(function (m) { return m.cid !== f.cid || !/too_long|file|empty|bad_cid/.test(f.code); });
+        /* refused for good (too long, a file not allowed): shown as not sent, with the reason */
+        st.queue = st.queue.filter(function (m) {
+          if (m.cid !== f.cid || !/too_long|file|empty|bad_cid/.test(f.code)) return true;
+          refused.push({from: "visitor", text: m.text, files: (m.files || []).map(function (x) { return {name: x.name}; }),
+            reason: f.reason});
+          return false;
+        });
         inflight = null; save(); flush();
       }
     }

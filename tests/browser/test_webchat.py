@@ -312,3 +312,23 @@ async def test_visitor_sends_an_image_and_gets_the_agents_file(browser, site, tm
             async with s.get(href) as r:
                 assert r.status == 200 and (await r.read()).startswith(b"%PDF-")
         await ctx.close()
+
+
+async def test_a_refused_message_says_so_and_the_next_one_goes_through(browser, site):
+    async with asyncio.timeout(DEADLINE_S):
+        daemon, host_page = site
+        ctx = await browser.new_context(locale="en-US")
+        page = await ctx.new_page()
+        async with Agent(daemon.base) as agent:
+            await page.goto(host_page("long"))
+            box = await open_chat(page)
+            await box.fill("x" * 4001)  # webchat.max_text_chars: 4000
+            await box.press("Enter")
+            await page.locator(".og-status", has_text="Not sent: a message has at most 4000 characters").wait_for()
+            await box.fill("short one")
+            await box.press("Enter")
+            await agent.wait("message", text="short one")
+            await bubbles(page, "visitor").filter(has_text="short one").locator(".og-status",
+                                                                               has_text="Delivered").wait_for()
+            assert not [e for e in agent.events if e["type"] == "message" and e["text"].startswith("xxx")]
+        await ctx.close()
