@@ -367,3 +367,21 @@ async def test_attachments_images_inline_others_as_downloads_and_only_for_who_ma
     assert "sandbox" in other.headers["Content-Security-Policy"] and other.headers["X-Content-Type-Options"] == "nosniff"
     await sign_in(console, await agent_token(console.app, "a-zhao"))
     assert (await console.get(img)).status == 403
+
+
+async def test_an_html_mail_on_the_ticket_page_is_sanitised_with_remote_images_held(console) -> None:
+    import sqlite3
+
+    await api_message(console, "见下", ext="h1", subject="退款")
+    ticket = (await (await console.get("/api/v1/tickets", headers=AUTH)).json())["items"][0]
+    html = ('<div>退款进度<script>steal()</script><img src="https://tracker.example.com/open.gif" onerror="x()">'
+            '<a href="javascript:alert(1)">点此</a></div>')
+    with sqlite3.connect(console.app[keys.STORE].path) as conn:  # what the email pipeline stores for an HTML mail
+        conn.execute("UPDATE timeline SET data = json_set(coalesce(data, '{}'), '$.html', ?) "
+                     "WHERE ticket_id = ? AND kind = 'message_in'", (html, ticket["id"]))
+    await sign_in(console, TOKEN)
+    page = await (await console.get(f"/console/tickets/{ticket['number']}")).text()
+    assert "退款进度" in page
+    assert "steal()" not in page and "onerror" not in page and "javascript:alert" not in page
+    assert 'data-src="https://tracker.example.com/open.gif"' in page and ' src="https://tracker' not in page
+    assert 'class="show-images"' in page
