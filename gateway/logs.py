@@ -31,7 +31,8 @@ def add_request(logger: object, method: str, event: dict) -> dict:
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure(level: str = "info", fmt: str = "auto") -> None:
+def configure(level: str = "info", fmt: str = "auto", stream: object | None = None) -> None:
+    """Set up structlog; lines go to ``stream`` (default stderr)."""
     lvl = _LEVELS.get(level.lower(), logging.INFO)
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
@@ -51,7 +52,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     # aiohttp / asyncio speak stdlib logging; send warnings and up to stderr.

@@ -10,7 +10,7 @@
   a WeChat Official Account (safe mode, AES) and a Telegram bot configured
   (:data:`BENCH_CHANNELS`), whose callbacks are measured the same way.
 
-Usage: ``python -m gateway.benchserver MODE PORT DATA_DIR``.
+Usage: ``python -m gateway.bench.server MODE PORT DATA_DIR``.
 """
 
 from __future__ import annotations
