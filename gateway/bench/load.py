@@ -147,6 +147,12 @@ class Servers:
         for d in self.dirs:
             d.cleanup()
 
+    def data_dir(self, mode: str) -> Path:
+        return Path(self.dirs[self.modes.index(mode)].name)
+
+    def pid(self, mode: str) -> int:
+        return self.procs[self.modes.index(mode)].pid
+
     def cpu_seconds(self, mode: str) -> float:
         """CPU time (user + system) the server process has used so far."""
         proc = self.procs[self.modes.index(mode)]
