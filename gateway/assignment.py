@@ -9,9 +9,10 @@ this module only says *when* they run:
   its agents upserted
   into the store so every instance and the API see them, and every queue
   drained (capacity may have grown);
-- after each pipeline commit (:meth:`Assignment.after_commit`), the ticket's
-  assignment and SLA are brought in line with it (new ticket, team/skills
-  changed, reopened);
+- with each pipeline commit, the ticket's assignment and SLA are brought in
+  line with it (new ticket, team/skills changed, reopened): in the commit's
+  own transaction where the store offers it (``sync_in_commit``, SQLite),
+  else right after it (:meth:`Assignment.after_commit`);
 - every ``tick_s`` the scheduler takes the overflow steps and fires the SLA
   events that are due (their due times live in the store: a restart forgets
   nothing), and sweeps the tickets changed since its last look — which
@@ -148,7 +149,11 @@ def setup(app: web.Application, pipeline: Pipeline) -> None:
     runtime = Assignment(app[keys.STORE], app[keys.DIRECTORY], app[keys.METRICS], clock=pipeline.clock)
     app[ASSIGNMENT] = runtime
     if runtime.enabled:
-        pipeline.after_commit.append(runtime.after_commit)
+        in_commit = getattr(app[keys.STORE], "sync_in_commit", None)
+        if in_commit is not None:  # the store syncs in the commit's own transaction
+            in_commit(lambda: runtime.clock())
+        else:
+            pipeline.after_commit.append(runtime.after_commit)
     app[keys.READINESS]["assignment"] = runtime.readiness
     app[keys.METRICS].register_collector(app[keys.METRICS].assignment_families)
     app.router.add_routes(guarded_routes(routes))

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import msgspec
+import structlog
 
 from gateway.store.base import AgentView, InvalidTransition, NotFound, StoreError
 from routing.assign import (
@@ -148,6 +149,8 @@ _dec = msgspec.json.Decoder()
 _SHOWN_OTHERS = 8  # agents named in a decision's timeline sentence
 _DRAIN_LIMIT = 1000  # queued tickets looked at per drain (one transaction stays short)
 
+log = structlog.get_logger(__name__)
+
 
 def to_ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
@@ -262,7 +265,8 @@ class _Live:
 class AgentCache:
     """Every agent as the chooser sees it, kept in memory so a decision reads no agent row.
 
-    Owned by the store and used only on its writer thread. SQL stays the
+    Owned by the store and used only by its writer (whose statements run on
+    the event loop's thread). SQL stays the
     truth (load is the held rows of ``assignments``): the cache is built from
     it and is valid while its version equals the one in the ``state`` table.
     A transaction that changes an agent replaces that version first
@@ -806,6 +810,8 @@ class AssignOps:
 
     _directory: Directory | None = None
     _agent_cache: AgentCache | None = None
+    #: set by :meth:`sync_in_commit`: the clock pipeline commits sync at
+    _commit_clock: Callable[[], datetime] | None = None
     #: the transaction class, with the SLA half: set by ``sqlite_sla.SlaOps``
     _tx_type: type[AssignTx]
 
@@ -821,6 +827,29 @@ class AssignOps:
         cache = self._agent_cache
         return await self._write(  # type: ignore[attr-defined]
             lambda conn: fn(tx_type(conn, directory, cache, now), *args))
+
+    def sync_in_commit(self, clock: Callable[[], datetime]) -> None:
+        """From now on, each pipeline commit that lands a message on a ticket
+        also brings the ticket's assignment and SLA in line (what
+        :meth:`ticket_sync` does), in the commit's own transaction, at
+        ``clock()``: one write per message instead of two. A failing sync
+        is rolled back alone and logged (the message stays committed; the
+        scheduler's sweep retries), as the after-commit hook's was."""
+        self._commit_clock = clock
+
+    def _sync_in_tx(self, conn: sqlite3.Connection, ticket_id: str) -> None:
+        directory, clock = self._directory, self._commit_clock
+        if directory is None or clock is None:
+            return  # no directory loaded yet: the sweep syncs the ticket later
+        if self._agent_cache is None:
+            self._agent_cache = AgentCache()
+        conn.execute("SAVEPOINT sync")
+        try:
+            _sync(self._tx_type(conn, directory, self._agent_cache, clock()), [ticket_id])
+        except Exception:  # noqa: BLE001 - the message is committed; the sweep retries the rest
+            conn.execute("ROLLBACK TO sync")
+            log.exception("pipeline.after_commit_failed", hook="ticket_sync", ticket_id=ticket_id)
+        conn.execute("RELEASE sync")
 
     async def directory_load(self, directory: Directory, now: datetime) -> list[Decision]:
         """Use ``directory``: upsert its agents, then drain every queue (capacity may have grown)."""

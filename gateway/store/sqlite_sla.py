@@ -42,6 +42,7 @@ from routing.sla import (
     StatusChange,
     due_events,
     escalation_actions,
+    evaluate,
     response_verdict,
     select_policy,
     sla_state,
@@ -74,15 +75,15 @@ class Tx(AssignTx):
                                                                "calendar": policy.calendar})
             clock.policy = policy.id
         calendar = self.d.calendars[policy.calendar]
-        state = sla_state(clock, self.now, policy, calendar)
+        statuses = evaluate(clock, self.now, policy, calendar)  # once, for the state and the timers
+        state = sla_state(clock, self.now, policy, calendar, statuses)
         self.conn.execute("UPDATE tickets SET sla = ? WHERE id = ?", (to_json(state), t.id))
         self._save_clock(clock)
         self.conn.execute("DELETE FROM sla_timers WHERE ticket_id = ?", (t.id,))
-        for ev in due_events(clock, self.now, policy, calendar):
-            self.conn.execute(
-                "INSERT INTO sla_timers (ticket_id, key, kind, target, policy, since, due_at) VALUES (?,?,?,?,?,?,?)",
-                (t.id, ev.key, ev.kind, ev.target, policy.id, to_ms(ev.since), to_ms(ev.at)),
-            )
+        self.conn.executemany(
+            "INSERT INTO sla_timers (ticket_id, key, kind, target, policy, since, due_at) VALUES (?,?,?,?,?,?,?)",
+            [(t.id, ev.key, ev.kind, ev.target, policy.id, to_ms(ev.since), to_ms(ev.at))
+             for ev in due_events(clock, self.now, policy, calendar, statuses)])
 
     def _sla_clear(self, t: TicketRow, clock: SlaClock) -> None:
         if clock.policy:
