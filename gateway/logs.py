@@ -12,6 +12,7 @@ import logging
 import sys
 from contextvars import ContextVar
 
+import msgspec
 import structlog
 
 #: (request id, path) of the HTTP request being handled. One ContextVar set
@@ -28,6 +29,17 @@ def add_request(logger: object, method: str, event: dict) -> dict:
         event.setdefault("path", current[1])
     return event
 
+_encoder = msgspec.json.Encoder(enc_hook=repr)
+
+
+def _json(event: dict, **_: object) -> str:
+    """One JSON line, UTF-8 kept as is (``ensure_ascii=False``); values JSON
+    cannot carry are given as their ``repr``, as structlog's default does.
+    msgspec renders the per-message ``pipeline.done`` line several times
+    faster than ``json.dumps``."""
+    return _encoder.encode(event).decode()
+
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -39,7 +51,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: object | None = No
     renderer = (
         structlog.dev.ConsoleRenderer(colors=False)
         if fmt == "console"
-        else structlog.processors.JSONRenderer(ensure_ascii=False)
+        else structlog.processors.JSONRenderer(serializer=_json)
     )
     structlog.configure(
         processors=[
