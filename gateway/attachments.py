@@ -4,7 +4,10 @@ A file is stored once per content: its path is derived from its sha256
 (``ab/cdef…``), so the same logo in a thousand signatures costs one file,
 and writing it again (a replay) changes nothing. Files are written to a
 temporary name and renamed, so a crash never leaves a half file under a
-valid name.
+valid name. A write that fails (a full disk: ENOSPC) removes its temporary
+file and raises :class:`AttachmentWriteError`, a
+:class:`~gateway.store.base.StoreError`, which HTTP handlers answer with 503
+(nothing was stored; retry later).
 """
 
 from __future__ import annotations
@@ -12,6 +15,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+
+from gateway.store.base import StoreError
+
+
+class AttachmentWriteError(StoreError):
+    """An attachment could not be written (disk full, read-only, …); no file is left behind."""
 
 
 class AttachmentStore:
@@ -29,11 +38,18 @@ class AttachmentStore:
         path = self.path_of(digest)
         if path.exists():
             return digest
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise AttachmentWriteError(f"cannot write attachment: {exc.strerror or exc}") from None
         return digest
 
     def get(self, sha256: str) -> bytes | None:

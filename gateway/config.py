@@ -14,6 +14,7 @@ connector validates it strictly.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -26,7 +27,12 @@ DEFAULT_LISTEN = "127.0.0.1:8686"
 DEFAULT_DATA_DIR = "./omnigate-data"
 DEFAULT_CONFIG_FILE = "./omnigate.yaml"
 #: Keys that hold secrets; they come from the environment or a file only.
+#: (Channel secrets are those their connector's manifest marks ``"secret": true``.)
 SECRET_KEYS = frozenset({"api_token"})
+#: Keys ending in ``_file`` that are options themselves (a path), not ``<key>_file`` references.
+PATH_KEYS = frozenset({"log_file", "ca_file"})
+#: Keys that are known but whose feature has not landed: refused, not ignored.
+NOT_AVAILABLE = {"redis_url": "the Redis backend is not available yet; remove redis_url"}
 
 
 class ConfigError(Exception):
@@ -155,7 +161,7 @@ def _resolve_files(d: dict, where: str = "") -> dict:
     for k, v in d.items():
         if isinstance(v, dict):
             out[k] = _resolve_files(v, f"{where}{k}.")
-        elif isinstance(k, str) and k.endswith("_file") and isinstance(v, str) and k != "log_file":
+        elif isinstance(k, str) and k.endswith("_file") and isinstance(v, str) and k not in PATH_KEYS:
             out.setdefault(k[: -len("_file")], _read_secret_file(v, f"{where}{k}"))
         else:
             out[k] = v
@@ -173,15 +179,17 @@ def _merge(base: dict, over: Mapping) -> dict:
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict:
-    """``OMNIGATE_A__B_C=v`` → ``{"a": {"b_c": "v"}}``; ``…_FILE`` reads the file."""
+    """``OMNIGATE_A__B_C=v`` → ``{"a": {"b_c": "v"}}``; ``…_FILE`` reads the file.
+    ``OMNIGATE_TEST_*`` are the test suite's hooks (``OMNIGATE_TEST_CLOCK``,
+    ``OMNIGATE_TEST_CRASH_AT``), not configuration."""
     out: dict = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "OMNIGATE_CORPUS":
+        if not name.startswith(ENV_PREFIX) or name == "OMNIGATE_CORPUS" or name.startswith("OMNIGATE_TEST_"):
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):
             continue
-        if path[-1].endswith("_file") and path[-1] != "log_file":
+        if path[-1].endswith("_file") and path[-1] not in PATH_KEYS:
             path[-1] = path[-1][: -len("_file")]
             value = _read_secret_file(value, name)
         node = out
@@ -193,9 +201,185 @@ def env_overrides(environ: Mapping[str, str]) -> dict:
     return out
 
 
-def _line_of(text: str, key: str) -> int | None:
-    m = re.search(rf"(?m)^\s*{re.escape(key)}\s*:", text)
-    return text.count("\n", 0, m.start()) + 1 if m else None
+class _Node:
+    """A YAML mapping key with where it was written (1-based line)."""
+
+    __slots__ = ("path", "line", "children")
+
+    def __init__(self, path: tuple[str, ...], line: int) -> None:
+        self.path, self.line = path, line
+        self.children: dict[str, _Node] = {}
+
+
+def _key_tree(text: str) -> _Node:
+    """Every mapping key of the document with its line (PyYAML's node marks)."""
+    import yaml
+
+    root = _Node((), 1)
+    try:
+        doc = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return root
+
+    def walk(node: Any, into: _Node, depth: int) -> None:
+        if depth > 64 or not isinstance(node, yaml.MappingNode):
+            return
+        for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                continue
+            child = _Node((*into.path, str(k.value)), k.start_mark.line + 1)
+            into.children[str(k.value)] = child
+            walk(v, child, depth + 1)
+
+    walk(doc, root, 0)
+    return root
+
+
+def _seg_match(pattern: str, key: str) -> bool:
+    return pattern in ("*", key) or (pattern.startswith("<") and pattern.endswith(">"))
+
+
+def _is_secret(path: tuple[str, ...], patterns: list[tuple[str, ...]]) -> bool:
+    """A manifest option ``accounts.*.token`` (or ``token``: any depth) matches a
+    key path when it matches the path's tail, segment by segment."""
+    for pat in patterns:
+        if len(pat) <= len(path) and all(_seg_match(p, k) for p, k in zip(pat, path[-len(pat):])):
+            return True
+    return False
+
+
+def _env_name(path: tuple[str, ...]) -> str:
+    return ENV_PREFIX + "__".join(re.sub(r"[^A-Za-z0-9_]", "_", p).upper() for p in path)
+
+
+def _refuse_secret(file: str, node: _Node) -> ConfigError:
+    *parents, key = node.path
+    dotted = ".".join(node.path)
+    account = f" (account {parents[-1]!r})" if len(parents) >= 2 else ""
+    file_key = ".".join((*parents, f"{key}_file"))
+    return ConfigError(
+        f"{file}:{node.line}: {dotted}{account} is a secret and must not be in the YAML; "
+        f"set {_env_name(node.path)} (or {_env_name(node.path)}_FILE) in the environment, "
+        f"or put the path of a file holding it in {file_key}"
+    )
+
+
+def _unknown_key(file: str, node: _Node, valid: set[str], section: str) -> ConfigError:
+    key = node.path[-1]
+    close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return ConfigError(f"{file}:{node.line}: unknown key {'.'.join(node.path)!r} in {section}{hint}")
+
+
+def _struct_keys(kind: type[msgspec.Struct]) -> set[str]:
+    return set(kind.__struct_fields__)
+
+
+def _option_tree(options: Mapping[str, Any]) -> dict:
+    """Manifest option names (``smtp.listen``, ``imap.<account>.host``) → a key tree."""
+    tree: dict = {}
+    for name in options:
+        node = tree
+        for seg in name.split("."):
+            seg = "*" if seg.startswith("<") and seg.endswith(">") else seg
+            node = node.setdefault(seg, {})
+    return tree
+
+
+def _check_keys(file: str, node: _Node, valid: dict, section: str) -> None:
+    """Unknown keys under ``node`` against ``valid`` (a key tree; ``*`` a
+    wildcard level; an empty subtree is not checked further)."""
+    if not valid:
+        return
+    wildcard = valid.get("*")
+    for key, child in node.children.items():
+        base = key[: -len("_file")] if key.endswith("_file") else key
+        if key in valid or base in valid:
+            _check_keys(file, child, valid.get(key, valid.get(base, {})), section)
+        elif wildcard is not None:
+            _check_keys(file, child, wildcard, section)
+        else:
+            raise _unknown_key(file, child, {k for k in valid if k != "*"}, section)
+
+
+def _check_required_secrets(channels: Mapping[str, Any], channel_names: frozenset[str],
+                            file: str | None, tree: _Node | None) -> None:
+    """A secret the manifest marks ``"required": true`` and an account lacks:
+    name the account and where to put it (the ``*_file`` key, the variable)."""
+    from connectors.registry import manifests
+
+    for channel, manifest in manifests().items():
+        section = channels.get(channel)
+        if channel not in channel_names or not isinstance(section, dict):
+            continue
+        for name, spec in manifest.options.items():
+            if not (isinstance(spec, dict) and spec.get("secret") and spec.get("required")):
+                continue
+            *parents, key = ("*" if p.startswith("<") else p for p in name.split("."))
+            level: list[tuple[tuple[str, ...], Any]] = [((channel,), section)]
+            for seg in parents:
+                level = [((*path, k), v) for path, node in level if isinstance(node, dict)
+                         for k, v in node.items() if seg in ("*", k) and isinstance(v, dict)]
+            for path, node in level:
+                if key in node:
+                    continue
+                where = tree
+                for p in path:
+                    where = where.children.get(p) if where is not None else None
+                at = f"{file}:{where.line}: " if file and where is not None else ""
+                account = f" (account {path[-1]!r})" if len(path) >= 3 else ""
+                raise ConfigError(
+                    f"{at}{'.'.join(path)}{account} lacks its {key}, a secret: put the path of a file holding it "
+                    f"in {'.'.join((*path, key))}_file, or set {_env_name((*path, key))} "
+                    f"(or {_env_name((*path, key))}_FILE)"
+                )
+
+
+def _check_yaml(file: str, text: str, channel_names: frozenset[str]) -> _Node:
+    """Secrets, unknown keys and features not available yet, each with ``file:line``."""
+    tree = _key_tree(text)
+    from connectors.registry import manifests
+
+    known = {k: v for k, v in manifests().items() if k in channel_names}
+    for key, node in tree.children.items():
+        if key in SECRET_KEYS:
+            raise _refuse_secret(file, node)
+        if key in NOT_AVAILABLE:
+            raise ConfigError(f"{file}:{node.line}: {NOT_AVAILABLE[key]}")
+    # channel secrets, at any depth of the channel's section (the manifest is the one source)
+    for channel, manifest in known.items():
+        section = tree.children.get(channel)
+        if section is None:
+            continue
+        patterns = [tuple(n.split(".")) for n in manifest.secret_options]
+        stack = list(section.children.values())
+        while stack:
+            node = stack.pop()
+            if _is_secret(node.path[1:], patterns):
+                raise _refuse_secret(file, node)
+            stack.extend(node.children.values())
+    # typos: top level, the nested sections, and each channel section's keys
+    top = _struct_keys(Config) - {"channels"} | set(channel_names)
+    nested = {"store": StoreConfig, "pipeline": PipelineConfig, "dedupe": DedupeConfig, "threading": ThreadingConfig}
+    for key, node in tree.children.items():
+        base = key[: -len("_file")] if key.endswith("_file") else key
+        if key not in top and base not in top:
+            raise _unknown_key(file, node, top, "the configuration")
+        if key in nested:
+            _check_keys(file, node, {k: {} for k in _struct_keys(nested[key])}, key)
+        elif key in known and known[key].options:
+            _check_keys(file, node, _option_tree(known[key].options), f"the {key} section (see its manifest)")
+    return tree
+
+
+def config_path(config_file: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The YAML file ``serve`` reads: ``--config``, else ``OMNIGATE_CONFIG``,
+    else ``./omnigate.yaml`` when it exists; None for none."""
+    environ = os.environ if environ is None else environ
+    path = config_file or environ.get("OMNIGATE_CONFIG")
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        path = DEFAULT_CONFIG_FILE
+    return path
 
 
 def load(
@@ -213,9 +397,8 @@ def load(
     """
     environ = os.environ if environ is None else environ
     yaml_data: dict = {}
-    path = config_file or environ.get("OMNIGATE_CONFIG")
-    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
-        path = DEFAULT_CONFIG_FILE
+    tree: _Node | None = None
+    path = config_path(config_file, environ)
     if path is not None:
         import yaml
 
@@ -229,16 +412,18 @@ def load(
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
         if not isinstance(yaml_data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-        for key in SECRET_KEYS & set(yaml_data):
-            line = _line_of(text, key)
-            raise ConfigError(
-                f"{path}:{line or '?'}: {key} is a secret and must not be in the YAML; "
-                f"set {ENV_PREFIX}{key.upper()} or {key}_file (a path) instead"
-            )
+        if channel_names is None:
+            from connectors.registry import manifests
+
+            channel_names = frozenset(manifests())
+        tree = _check_yaml(str(path), text, channel_names)
         yaml_data = _resolve_files(yaml_data)
     env = env_overrides(environ)
     env.pop("config", None)
     merged = _merge(_merge(yaml_data, env), {k: v for k, v in (flags or {}).items() if v is not None})
+    for key, why in NOT_AVAILABLE.items():
+        if merged.get(key):
+            raise ConfigError(f"{key}: {why}")
     if channel_names is None:
         from connectors.registry import manifests
 
@@ -250,6 +435,7 @@ def load(
             if not isinstance(section, dict):
                 raise ConfigError(f"{name}: a channel section must be a mapping")
             merged["channels"][name] = _merge(merged["channels"].get(name, {}), section)
+    _check_required_secrets(merged["channels"], channel_names, str(path) if path else None, tree)
     try:
         return msgspec.convert(merged, Config, strict=False)
     except msgspec.ValidationError as exc:

@@ -18,7 +18,8 @@ A run that stayed up for ``reset_after`` seconds resets the back-off, so a
 connection that drops once a day reconnects quickly every time.
 
 Each task's state (running / retrying with attempt and next try / failed with
-reason / stopped) is exposed by :meth:`Supervisor.states` for ``/readyz``.
+reason / stopped / ready (webhook) for a webhook-only connector whose
+``run`` returns at once) is exposed by :meth:`Supervisor.states` for ``/readyz``.
 The retry schedule is :func:`backoff_delay`, a pure function; clock, sleep
 and randomness are injectable so the whole policy is testable without sleeping.
 """
@@ -41,7 +42,10 @@ from connectors.base import AuthFailed, Fatal, NotReady
 log = structlog.get_logger(__name__)
 
 TaskFactory = Callable[[], Awaitable[None]]
-Status = Literal["running", "retrying", "failed", "stopped"]
+#: ``ready (webhook)``: a webhook-only task returned at once (nothing runs in
+#: the background; the platform pushes to its routes), which is healthy.
+Status = Literal["running", "retrying", "failed", "stopped", "ready (webhook)"]
+WEBHOOK_READY: Status = "ready (webhook)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,8 @@ class Supervisor:
         self._states: dict[str, TaskState] = {}
         self._factories: dict[str, TaskFactory] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
+        #: tasks whose normal return means "served by webhooks", not "stopped"
+        self.webhook_tasks: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------ public
 
@@ -118,7 +124,7 @@ class Supervisor:
 
     def ready(self) -> bool:
         """True when no task is retrying or failed (stopped tasks are fine)."""
-        return all(s.status in ("running", "stopped") for s in self._states.values())
+        return all(s.status in ("running", "stopped", WEBHOOK_READY) for s in self._states.values())
 
     async def run(self, tasks: Mapping[str, TaskFactory]) -> None:
         """Supervise ``tasks`` (name → coroutine factory, called once per
@@ -180,6 +186,10 @@ class Supervisor:
                 attempt += 1
                 await self._back_off(name, attempt, exc)
                 continue
+            if name in self.webhook_tasks:
+                self._set(name, TaskState(WEBHOOK_READY))
+                log.info("task_webhook_only", task=name)
+                return
             self._set(name, TaskState("stopped"))
             log.info("task_stopped", task=name)
             return

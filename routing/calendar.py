@@ -59,6 +59,89 @@ _ZH_NAMES: dict[str, str] = {h.value: h.chinese for h in cn_holidays.Holiday}
 _UTC = timezone.utc
 
 
+def cn_day_kind(d: date) -> Literal["holiday", "makeup"] | None:
+    """Mainland China's public holiday (weekend days inside one included) or
+    调休 make-up workday on ``d``, from ``chinesecalendar``; None otherwise
+    (and for years the package does not know: see :func:`holiday_data_gaps`)."""
+    if d in cn_holidays.workdays:
+        return "makeup"
+    if d in cn_holidays.holidays:
+        return "holiday"
+    return None
+
+
+def holiday_data_gaps(calendars: Mapping[str, BusinessCalendar], now: datetime, ahead_days: int = 60) -> dict[str, list[int]]:
+    """Calendars (by name) that lack holiday data for a year between ``now``
+    and ``now + ahead_days``: the years they would answer with weekly hours
+    alone (no public holidays, no make-up workdays). ``now`` comes from the
+    caller's clock; 24×7 and ``holidays: none`` calendars never lack data."""
+    first, last = now.date().year, (now + timedelta(days=ahead_days)).date().year
+    out: dict[str, list[int]] = {}
+    for name, cal in calendars.items():
+        if cal.always_open or cal.holidays == "none":
+            continue
+        missing = [y for y in range(first, last + 1) if not cal.covers(y)]
+        if missing:
+            out[name] = missing
+    return out
+
+
+class IcalDays(NamedTuple):
+    """The days of a holiday calendar in iCalendar form (:func:`ical_days`)."""
+
+    closed: dict[date, str]
+    open: dict[date, str]
+    years: frozenset[int]
+
+
+#: an event whose SUMMARY or CATEGORIES holds one of these is a make-up workday
+ICAL_WORKDAY_MARKS = ("补班", "上班", "调休上班", "workday", "working day", "make-up")
+
+
+def ical_days(data: bytes, source: str = "<ical>") -> IcalDays:
+    """Read a published holiday calendar (RFC 5545, e.g. the 中国节假日 feeds).
+
+    Every VEVENT is a closed day (all its days: DTSTART up to DTEND, exclusive,
+    or DURATION; one day without either), named by its SUMMARY; an event
+    whose SUMMARY or CATEGORIES contains 补班, 上班, workday, working day or
+    make-up is a make-up workday (open with ``workday_hours``) instead.
+    ``years`` are the years that have any event."""
+    import icalendar
+
+    try:
+        cal = icalendar.Calendar.from_ical(data)
+    except ValueError as exc:
+        raise CalendarError(f"{source}: not an iCalendar file: {exc}") from None
+    closed: dict[date, str] = {}
+    opened: dict[date, str] = {}
+    for ev in cal.walk("VEVENT"):
+        start = ev.get("DTSTART")
+        if start is None:
+            continue
+        first = start.dt.date() if isinstance(start.dt, datetime) else start.dt
+        end = ev.get("DTEND")
+        if end is not None:
+            last = end.dt.date() if isinstance(end.dt, datetime) else end.dt
+        elif ev.get("DURATION") is not None:
+            last = first + ev.get("DURATION").dt
+        else:
+            last = first + timedelta(days=1)
+        summary = str(ev.get("SUMMARY") or "holiday")
+        cats = ev.get("CATEGORIES")
+        cat_text = " ".join(str(c) for v in (cats if isinstance(cats, list) else [cats] if cats else [])
+                            for c in getattr(v, "cats", [v]))
+        marked = f"{summary} {cat_text}".lower()
+        target = opened if any(m in marked for m in ICAL_WORKDAY_MARKS) else closed
+        d = first
+        while d < last or d == first:
+            target[d] = summary
+            d += timedelta(days=1)
+    both = set(closed) & set(opened)
+    for d in both:  # a day marked a workday by one event and a holiday by another: the workday wins
+        del closed[d]
+    return IcalDays(closed, opened, frozenset(d.year for d in (*closed, *opened)))
+
+
 class CalendarError(ValueError):
     """A calendar definition is wrong, or a question cannot be answered."""
 
@@ -157,6 +240,9 @@ class CalendarConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     hours: dict[str, str | list[str]] | None = None
     workday_hours: str | list[str] | None = None
     holidays: HolidaySource | None = None
+    #: a published holiday calendar (iCalendar file, path relative to the
+    #: directory file): see :func:`ical_days` for how its events are read
+    holidays_ical: str | None = None
     closed: dict[date, str] = {}
     open: dict[date, str] = {}
     arranged_years: list[int] = []
@@ -165,7 +251,7 @@ class CalendarConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     def __post_init__(self) -> None:
         load_zone(self.timezone)
         if self.always_open:
-            extra = [k for k in ("hours", "workday_hours", "holidays") if getattr(self, k) is not None]
+            extra = [k for k in ("hours", "workday_hours", "holidays", "holidays_ical") if getattr(self, k) is not None]
             extra += [k for k in ("closed", "open", "arranged_years") if getattr(self, k)]
             if extra:
                 raise CalendarError(f"always_open calendars take no {', '.join(extra)}")
@@ -264,19 +350,26 @@ class BusinessCalendar:
     # -- construction
 
     @classmethod
-    def from_config(cls, name: str, cfg: CalendarConfig) -> BusinessCalendar:
+    def from_config(cls, name: str, cfg: CalendarConfig, ical: IcalDays | None = None) -> BusinessCalendar:
+        """``ical``: the days of ``cfg.holidays_ical`` (read by the caller);
+        the YAML's own ``closed``/``open`` win over them, and every year the
+        iCal file has events for counts as arranged (its days are the year's
+        holidays; the package's data is not consulted for it)."""
         tz = load_zone(cfg.timezone)
         if cfg.always_open:
             return cls.twenty_four_seven(name, tz)
+        closed, opened, years = (ical.closed, ical.open, ical.years) if ical else ({}, {}, frozenset())
+        closed = {d: n for d, n in closed.items() if d not in cfg.open}
+        opened = {d: n for d, n in opened.items() if d not in cfg.closed}
         return cls(
             name,
             tz,
             weekly_hours(cfg.hours),
             workday_hours=parse_intervals(cfg.workday_hours) if cfg.workday_hours is not None else None,
             holidays=cfg.holidays or "CN",
-            closed=cfg.closed,
-            opened=cfg.open,
-            arranged_years=frozenset(cfg.arranged_years),
+            closed={**closed, **cfg.closed},
+            opened={**opened, **cfg.open},
+            arranged_years=frozenset(cfg.arranged_years) | years,
         )
 
     @classmethod

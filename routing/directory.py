@@ -4,7 +4,9 @@ Parsed strictly (msgspec ``forbid_unknown_fields``: a typo fails loudly) and
 cross-checked (an agent's team, a policy's calendar, an overflow target must
 exist), with errors that say where: ``directory.yaml:42: agents[3].skills:
 Expected `int`, got `str```. Pure: the caller reads the file and passes the
-text (``routing/`` does no I/O).
+text (``routing/`` does no I/O), except the ``holidays_ical`` files a
+calendar names, read through :func:`parse_directory`'s ``read`` (default:
+beside the directory file).
 
 The YAML shape (``deploy/directory.example.yaml`` is a full example)::
 
@@ -16,6 +18,8 @@ The YAML shape (``deploy/directory.example.yaml`` is a full example)::
         hours:                          # mon…sun, weekdays, weekend, daily
           weekdays: [09:00-12:00, 13:30-18:00]
         holidays: CN                    # CN (default) or none
+        holidays_ical: cn-2027.ics      # published holiday calendar (path beside this file):
+                                        #   VEVENTs are closed days, 补班/workday events open days
         closed: {2026-12-31: year-end stocktake}
         open: {2027-02-06: 调休 (notice of 2026-11-xx)}
         arranged_years: [2027]          # years entered by hand in closed/open
@@ -50,14 +54,15 @@ The YAML shape (``deploy/directory.example.yaml`` is a full example)::
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 import yaml
 
 from routing.assign import DEFAULT_CHANNEL_CLASSES, OverflowStep
-from routing.calendar import BusinessCalendar, CalendarConfig
+from routing.calendar import BusinessCalendar, CalendarConfig, CalendarError, ical_days
 from routing.model import Agent, AgentRole, Presence
 from routing.sla import ReassignToLead, SlaPolicy
 
@@ -199,15 +204,38 @@ def _compose(text: str, source: str) -> tuple[Any, yaml.Node | None]:
 # ---------------------------------------------------------------- parsing
 
 
-def parse_directory(text: str, source: str = "<directory>") -> Directory:
-    """Parse and check a directory YAML document; raises :class:`DirectoryError`."""
+def _read_beside(source: str) -> Callable[[str], bytes]:
+    """The default reader of ``holidays_ical`` files: relative to the directory file."""
+
+    def read(path: str) -> bytes:
+        p = Path(path)
+        return (p if p.is_absolute() else Path(source).parent / p).read_bytes()
+
+    return read
+
+
+def parse_directory(text: str, source: str = "<directory>", read: Callable[[str], bytes] | None = None) -> Directory:
+    """Parse and check a directory YAML document; raises :class:`DirectoryError`.
+
+    ``read`` fetches the ``holidays_ical`` files a calendar names (default:
+    read from disk relative to ``source``, the one I/O of this module)."""
     data, root = _compose(text, source)
     check = _Checker(source, _Locator(root))
     doc = check.convert({} if data is None else data, _Document, "$")
     calendars = {BUILTIN_24X7: BusinessCalendar.twenty_four_seven(BUILTIN_24X7)}
+    read = read or _read_beside(source)
     for name, raw in doc.calendars.items():
         cfg = check.convert(raw, CalendarConfig, f"$.calendars.{name}")
-        calendars[name] = BusinessCalendar.from_config(name, cfg)
+        ical = None
+        if cfg.holidays_ical is not None:
+            where = f"$.calendars.{name}.holidays_ical"
+            try:
+                ical = ical_days(read(cfg.holidays_ical), cfg.holidays_ical)
+            except OSError as exc:
+                raise check.fail(where, f"cannot read {cfg.holidays_ical}: {exc.strerror or exc}") from None
+            except CalendarError as exc:
+                raise check.fail(where, str(exc)) from None
+        calendars[name] = BusinessCalendar.from_config(name, cfg, ical)
     teams = {name: check.convert(raw, TeamConfig, f"$.teams.{name}") for name, raw in doc.teams.items()}
     agents = check.convert(doc.agents, list[AgentConfig], "$.agents")
     policies = check.convert(doc.sla_policies, list[SlaPolicy], "$.sla_policies")

@@ -59,13 +59,15 @@ async def _production(bodies: list[bytes]) -> dict:
     latencies: list[float] = []
     with tempfile.TemporaryDirectory(prefix="omnigate-bench-pipeline-") as d:
         cfg = production.config(Path(d), workers=CONCURRENCY)
+        clock = production.pinned_clock()
         store = SQLiteStore.in_dir(d, synchronous=cfg.store.synchronous, group_commit_max=cfg.store.group_commit_max,
-                                   readers=cfg.store.readers, first_ticket_number=cfg.threading.first_ticket_number)
+                                   readers=cfg.store.readers, first_ticket_number=cfg.threading.first_ticket_number,
+                                   clock=clock)
         await _prefill(store, bodies)
         with open(Path(d) / "omnigate.log", "w", encoding="utf-8") as log_file:
             logs.configure("info", "json", stream=log_file)
             try:
-                app = production.create_app(cfg, production.pinned_clock(), store=store)
+                app = production.create_app(cfg, clock, store=store)
                 worker = app[keys.WORKER]
                 _timed(worker.pipeline, latencies)
                 runner = web.AppRunner(app)

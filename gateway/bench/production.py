@@ -120,11 +120,7 @@ def config(data_dir: Path, *, workers: int = 16) -> Any:
 
 
 def create_app(config: Any, clock: Callable[[], datetime], store: Any = None) -> Any:
-    """The real app, its pipeline and assignment reading ``clock``."""
+    """The real app, every time-dependent part reading ``clock``."""
     from gateway import app as app_module
-    from gateway import assignment, keys
 
-    app = app_module.create_app(config, store=store)
-    app[keys.WORKER].pipeline.clock = clock
-    app[assignment.ASSIGNMENT].clock = clock
-    return app
+    return app_module.create_app(config, store=store, clock=clock)

@@ -3,8 +3,13 @@
 Processing is idempotent: an entry that already committed its message is
 confirmed and changes nothing, so replaying twice is safe. ``--failed``
 takes the failed entries (after a parser fix, say), ``--since`` limits by
-arrival time, ``--id`` names entries. It runs in this process against the
-same data directory; a running daemon may stay up.
+arrival time, ``--id`` names entries.
+
+When a daemon holds the data folder (``<data_dir>/omnigate.lock``, see
+gateway/datalock.py) the entries are replayed through its API (the address is
+in the lock file, the token is ``OMNIGATE_API_TOKEN``/the configuration's):
+the daemon's own worker processes them, so nothing writes behind its caches.
+Otherwise this command takes the lock for its run and processes them itself.
 """
 
 from __future__ import annotations
@@ -34,7 +39,106 @@ def main(argv: list[str], prog: str = "omnigate replay") -> int:
     except ValueError as exc:
         print(f"{prog}: --since: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_replay(config, args, since))
+    from gateway import datalock
+
+    try:
+        lock = datalock.acquire(config.data_dir)
+    except datalock.Locked as exc:
+        if exc.info is None or not exc.info.listen:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return 1
+        return asyncio.run(_replay_through(exc.info.listen, config, args, since, prog))
+    except OSError as exc:
+        print(f"{prog}: {config.data_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(_replay(config, args, since))
+    finally:
+        lock.release()
+
+
+async def _replay_through(listen: str, config, args, since, prog: str, wait_s: float = 120.0) -> int:
+    """Replay through the running daemon: list the entries, ask it to replay
+    each (``POST /api/v1/journal/{id}/replay``), then wait until its worker
+    has taken every one and report as for a local run."""
+    import aiohttp
+
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    if not config.api_token:
+        print(f"{prog}: a daemon holds {config.data_dir} (listening on {listen}); replaying through its API "
+              "needs its token: set OMNIGATE_API_TOKEN (or OMNIGATE_API_TOKEN_FILE)", file=sys.stderr)
+        return 1
+    headers = {"Authorization": f"Bearer {config.api_token}"}
+    print(f"replaying through the running daemon at {base}", file=sys.stderr)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(base, headers=headers, timeout=timeout) as session:
+
+        async def get(path: str, **params: str) -> tuple[int, dict]:
+            async with session.get(path, params=params) as r:
+                return r.status, (await r.json() if r.content_type.endswith("json") else {})
+
+        ids: list[str] = []
+        missing = 0
+        try:
+            if args.id:
+                for jid in args.id:
+                    status, _ = await get(f"/api/v1/journal/{jid}")
+                    if status == 404:
+                        print(f"{jid}: error: no such journal entry", file=sys.stderr)
+                        missing += 1
+                    elif status != 200:
+                        raise RuntimeError(f"GET /api/v1/journal/{jid}: HTTP {status}")
+                    else:
+                        ids.append(jid)
+            else:
+                cursor = None
+                while len(ids) < args.limit:
+                    params = {"limit": str(min(1000, args.limit - len(ids)))}
+                    if args.failed:
+                        params["status"] = "failed"
+                    if since is not None:
+                        params["since"] = since.isoformat()
+                    if cursor:
+                        params["cursor"] = cursor
+                    status, page = await get("/api/v1/journal", **params)
+                    if status != 200:
+                        raise RuntimeError(f"GET /api/v1/journal: HTTP {status} {page.get('detail', '')}")
+                    ids += [e["id"] for e in page["items"]]
+                    cursor = page.get("next_cursor")
+                    if not cursor:
+                        break
+            for jid in ids:
+                async with session.post(f"/api/v1/journal/{jid}/replay") as r:
+                    if r.status != 202:
+                        raise RuntimeError(f"POST /api/v1/journal/{jid}/replay: HTTP {r.status}")
+            counts: dict[str, int] = {}
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait_s
+            pending = list(ids)
+            while pending:
+                still = []
+                for jid in pending:
+                    _, entry = await get(f"/api/v1/journal/{jid}")
+                    if entry.get("status") == "pending" and loop.time() < deadline:
+                        still.append(jid)
+                        continue
+                    counts[entry.get("status", "unknown")] = counts.get(entry.get("status", "unknown"), 0) + 1
+                    if entry.get("status") == "failed":
+                        print(f"{jid}: failed: {entry.get('error')}", file=sys.stderr)
+                pending = still
+                if pending:
+                    await asyncio.sleep(0.2)
+        except (aiohttp.ClientError, OSError, RuntimeError, asyncio.TimeoutError) as exc:
+            print(f"{prog}: the daemon at {base}: {exc}", file=sys.stderr)
+            return 1
+    total = sum(counts.values())
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to replay"
+    print(f"replayed {total} entries: {summary}")
+    return 1 if missing or counts.get("failed") or counts.get("pending") else 0
 
 
 async def _replay(config, args, since) -> int:

@@ -11,9 +11,12 @@
   journal through the live and the candidate rules and lists the messages
   whose decision would change, with counts per change.
 
-``--directory FILE`` (the directory YAML of agents, teams and calendars)
-makes the checker verify team and agent names and lets ``time in NAME`` use
-the directory's business-hours calendars.
+``--directory FILE`` (the directory YAML of agents, teams and calendars;
+default: the ``directory:`` of the configuration that ``serve`` reads —
+``--config``, ``OMNIGATE_CONFIG``, ``./omnigate.yaml``) makes the checker
+verify team, agent and skill names and lets ``time in NAME`` use the
+directory's business-hours calendars. Without one, ``check`` warns that it
+could not check teams.
 """
 
 from __future__ import annotations
@@ -51,8 +54,38 @@ class _Failed(Exception):
         self.code = code
 
 
-def _add_directory_flag(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--directory", metavar="FILE", help="directory YAML: check team/agent names, use its calendars")
+def _add_directory_flag(ap: argparse.ArgumentParser, config: bool = True) -> None:
+    ap.add_argument("--directory", metavar="FILE", help="directory YAML: check team/agent/skill names, use its "
+                    "calendars (default: the configuration's directory:)")
+    if config:
+        ap.add_argument("--config", metavar="FILE", help="configuration whose directory: is used (default "
+                    "$OMNIGATE_CONFIG, else ./omnigate.yaml if present)")
+
+
+def _configured_directory(args: argparse.Namespace, prog: str) -> str | None:
+    """``--directory``, else the ``directory:`` of the configuration ``serve``
+    would read (--config, OMNIGATE_CONFIG, ./omnigate.yaml)."""
+    if args.directory:
+        return args.directory
+    import os
+
+    import yaml
+
+    from gateway.config import config_path
+
+    if os.environ.get("OMNIGATE_DIRECTORY"):
+        return os.environ["OMNIGATE_DIRECTORY"]
+    path = config_path(args.config)
+    if path is None:
+        return None
+    # only directory: is needed; the daemon's secrets need not be in this shell's environment
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"{prog}: configuration error: {path}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        raise _Failed(2) from None
+    value = data.get("directory") if isinstance(data, dict) else None
+    return str(value) if value else None
 
 
 def _directory(path: str | None, prog: str) -> tuple[Any, dict]:
@@ -70,7 +103,15 @@ def _directory(path: str | None, prog: str) -> tuple[Any, dict]:
     except DirectoryError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         raise _Failed(2) from None
-    return KnownNames(teams=frozenset(d.teams), agents=frozenset(a.id for a in d.agents)), dict(d.calendars)
+    return known_names(d), dict(d.calendars)
+
+
+def known_names(d: Any) -> Any:
+    """What a directory lets rules refer to: teams, agents and the skills some agent has."""
+    from routing.rules import KnownNames
+
+    return KnownNames(teams=frozenset(d.teams), agents=frozenset(a.id for a in d.agents),
+                      skills=frozenset(s for a in d.agents for s in a.skills))
 
 
 def _load(rules_dir: str, known: Any, calendars: dict, prog: str):
@@ -109,9 +150,15 @@ def _check_parser(ap: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace, prog: str) -> int:
     from routing.rules import run_tests
 
-    known, calendars = _directory(args.directory, prog)
+    directory = _configured_directory(args, prog)
+    known, calendars = _directory(directory, prog)
     tree = _load(args.dir, known, calendars, prog)
     print(f"{args.dir}: {tree.rule_count} rules in {len(tree.files)} files, {len(tree.keywords)} keywords: OK")
+    if directory is None:
+        print(f"{prog}: warning: no directory (no --directory, no directory: in the configuration): "
+              "could not check teams, agents and skills", file=sys.stderr)
+    else:
+        print(f"teams, agents and skills checked against {directory}")
     if args.no_tests:
         return 0
     results, errors = run_tests(tree, Path(args.dir) / "tests", calendars)
@@ -167,7 +214,7 @@ def _test(args: argparse.Namespace, prog: str) -> int:
     from routing.rules import InputError, evaluate
     from routing.rules.inputs import message_input, to_rule_input, with_contact
 
-    known, calendars = _directory(args.directory, prog)
+    known, calendars = _directory(_configured_directory(args, prog), prog)
     tree = _load(args.dir, known, calendars, prog)
     fields = {("from" if k == "from_" else k): getattr(args, k) for k in _MESSAGE_FLAGS if getattr(args, k) is not None}
     try:
@@ -227,7 +274,7 @@ def _diff_parser(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--limit", type=int, default=10_000, help="at most this many journal entries (default 10000)")
     ap.add_argument("--show", type=int, default=50, metavar="N", help="list at most N changed messages (default 50)")
     ap.add_argument("--json", action="store_true", help="print the whole report as JSON")
-    _add_directory_flag(ap)
+    _add_directory_flag(ap, config=False)
     add_config_flags(ap)
     ap.set_defaults(run=_guarded(_diff))
 

@@ -146,7 +146,16 @@ def _time_matcher(op: str, ref: str | None, items: tuple[str, ...] | None, inter
 
 def _in_interval(v: MessageView, interval: IntervalSpec) -> bool:
     local = v.local(interval.timezone)
-    return any(local.weekday() in p.weekdays and (not p.hours or _within(local, p.hours)) for p in interval.periods)
+    weekday = local.weekday()
+    if interval.holidays == "CN":
+        from routing.calendar import cn_day_kind
+
+        kind = cn_day_kind(local.date())
+        if kind == "holiday":
+            return False
+        if kind == "makeup":
+            weekday = 0  # a 调休 make-up workday keeps a Monday's hours
+    return any(weekday in p.weekdays and (not p.hours or _within(local, p.hours)) for p in interval.periods)
 
 
 def _within(local: datetime, hours: tuple[tuple[int, int], ...]) -> bool:

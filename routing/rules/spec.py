@@ -82,6 +82,9 @@ class IntervalSpec:
     name: str
     timezone: str
     periods: tuple[Period, ...]
+    #: ``CN``: mainland public holidays are closed, 调休 make-up workdays keep
+    #: Monday's hours (routing.calendar's data); ``none``: weekly hours only.
+    holidays: str = "none"
 
 
 @dataclass(frozen=True)

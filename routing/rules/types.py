@@ -88,6 +88,8 @@ class KnownNames:
     teams: frozenset[str] | None = None
     agents: frozenset[str] | None = None
     webhooks: frozenset[str] | None = None
+    #: skills some agent of the directory has (a rule asking for another can never be met)
+    skills: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, order=True)

@@ -11,7 +11,7 @@ File layout (each key optional per file; files merge in name order)::
 
     timezone: Asia/Shanghai          # for weekday / time-literal matchers
     lists:     {NAME: [str, ...]}
-    intervals: {NAME: {timezone, times: [{weekdays: [mon-fri], hours: ["09:00-18:00"]}]}}
+    intervals: {NAME: {timezone, holidays: CN|none, times: [{weekdays: [mon-fri], hours: ["09:00-18:00"]}]}}
     templates: {NAME: {default_language: zh-CN, zh-CN: {subject, text, fallback_name}, en: {...}}}
     route:     the root rule (exactly one file has it)
     routes:    [rule, ...]  appended to the root's children, in file order
@@ -185,15 +185,21 @@ class _FileReader:
             self.got.lists[name] = (tuple(s for s, _ in items), self.r.pos(key_node))
 
     def _interval(self, name: str, key_node: yaml.Node, node: yaml.Node) -> None:
-        m = self.r.mapping(node, ("timezone", "times"), required=("times",), what=f"interval {name!r}")
+        m = self.r.mapping(node, ("timezone", "times", "holidays"), required=("times",), what=f"interval {name!r}")
         if m is None:
+            return
+        holidays = self.r.string(m["holidays"], "holidays") if "holidays" in m else "none"
+        if holidays is not None and holidays not in ("CN", "none"):
+            self.r.error(m["holidays"], f"interval {name!r}: holidays must be CN or none, got {holidays!r}")
+            holidays = None
+        if holidays is None:
             return
         tz = self._zone(m["timezone"]) if "timezone" in m else DEFAULT_TIMEZONE
         periods = [self._period(p) for p in self.r.sequence(m["times"], "times") or []] if "times" in m else []
         if "times" in m and not periods:
             self.r.error(m["times"], f"interval {name!r} needs at least one entry in times")
         if tz is not None and periods and None not in periods:
-            self.got.intervals[name] = (IntervalSpec(name, tz, tuple(periods)), self.r.pos(key_node))
+            self.got.intervals[name] = (IntervalSpec(name, tz, tuple(periods), holidays), self.r.pos(key_node))
 
     def _period(self, node: yaml.Node) -> Period | None:
         m = self.r.mapping(node, ("weekdays", "hours"), what="a times entry")
@@ -404,7 +410,8 @@ class _FileReader:
 
     def _skills(self, node: yaml.Node) -> tuple[tuple[str, int], ...] | None:
         out = []
-        for name, _, value in self.r.items(node, "skills"):
+        for name, key_node, value in self.r.items(node, "skills"):
+            self.got.refs.append(_Ref("skill", name, self.r.pos(key_node)))
             level = self.r.integer(value, f"level of skill {name!r}")
             if level is not None and not 1 <= level <= 10:
                 self.r.error(value, f"level of skill {name!r} must be between 1 and 10, got {level}")
@@ -459,7 +466,8 @@ def _check_refs(got: _Collected, directory: KnownNames | None, calendars: set[st
         "template": set(got.templates),
     }
     if directory is not None:
-        for kind, names in (("team", directory.teams), ("agent", directory.agents), ("webhook", directory.webhooks)):
+        for kind, names in (("team", directory.teams), ("agent", directory.agents), ("webhook", directory.webhooks),
+                            ("skill", directory.skills)):
             if names is not None:
                 defined[kind] = set(names)
     for ref in got.refs:

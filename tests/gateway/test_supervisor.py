@@ -172,3 +172,25 @@ async def test_names_are_unique_while_running():
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
+
+
+async def test_a_webhook_only_connector_is_ready_not_stopped(aiohttp_client, tmp_path):
+    """WeChat's run() returns at once (WeChat pushes): /readyz says ready (webhook),
+    as for the api channel, and the gateway is ready."""
+    from gateway.app import create_app
+    from gateway.config import load
+    from tests.gateway.conftest import TOKEN
+
+    env = {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data"),
+           "OMNIGATE_RULES_DIR": str(tmp_path / "no-rules"),
+           "OMNIGATE_WECHAT__ACCOUNTS__MAIN__APPID": "wx0123456789abcdef",
+           "OMNIGATE_WECHAT__ACCOUNTS__MAIN__APP_SECRET": "s", "OMNIGATE_WECHAT__ACCOUNTS__MAIN__TOKEN": "t"}
+    client = await aiohttp_client(create_app(load(None, environ=env)))
+    for _ in range(200):  # the supervisor runs the connector on the loop
+        body = await (await client.get("/readyz")).json()
+        if body["detail"]["connectors"]["tasks"].get("wechat", {}).get("status") not in (None, "running"):
+            break
+        await asyncio.sleep(0.01)
+    tasks = body["detail"]["connectors"]["tasks"]
+    assert tasks["wechat"] == {"status": "ready (webhook)"} and tasks["api"] == {"status": "ready (webhook)"}
+    assert body["status"] == "ready"
