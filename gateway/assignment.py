@@ -93,12 +93,12 @@ class Assignment:
     async def _sweep(self, now: datetime) -> int:
         """Sync the tickets changed since the last sweep (its cursor is kept in the store)."""
         changed, cursor = await self.store.changed_tickets(self._cursor, self.sweep_batch)
-        if not changed:
-            return 0
-        await self.store.ticket_sync(changed, now)
-        self._cursor = cursor
-        if cursor is not None:
-            await self.store.state_set(_SWEEP_KEY, cursor)
+        if changed:
+            await self.store.ticket_sync(changed, now)
+        if cursor != self._cursor:  # the store may leave out tickets synced in their commit
+            self._cursor = cursor
+            if cursor is not None:
+                await self.store.state_set(_SWEEP_KEY, cursor)
         return len(changed)
 
     async def run(self) -> None:
