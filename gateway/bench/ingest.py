@@ -12,8 +12,11 @@ from gateway.bench.load import CONCURRENCY, DURATION_S, ROUNDS, RequestFn, Serve
 
 
 def _wechat_requests() -> RequestFn:
-    """Signed, AES-encrypted Official Account text messages, each with its own MsgId."""
+    """Signed, AES-encrypted Official Account text messages, each with its own
+    MsgId and nonce, timestamped now (the gateway refuses replays and
+    timestamps outside its window)."""
     import hashlib
+    import time
 
     from wechatpy.crypto import WeChatCrypto
 
@@ -21,12 +24,13 @@ def _wechat_requests() -> RequestFn:
 
     acct = BENCH_CHANNELS["wechat"]["accounts"]["bench"]
     crypto = WeChatCrypto(acct["token"], acct["encoding_aes_key"], acct["appid"])
-    ts, nonce = "1700000000", "424242"
-    signature = hashlib.sha1("".join(sorted([acct["token"], ts, nonce])).encode()).hexdigest()
+    ts = str(int(time.time()))
 
     def make(n: int) -> bytes:
+        nonce = str(100_000_000 + n)
+        signature = hashlib.sha1("".join(sorted([acct["token"], ts, nonce])).encode()).hexdigest()
         xml = (f"<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><FromUserName><![CDATA[o{n % 997:06d}]]>"
-               f"</FromUserName><CreateTime>1700000000</CreateTime><MsgType><![CDATA[text]]></MsgType>"
+               f"</FromUserName><CreateTime>{ts}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
                f"<Content><![CDATA[订单 {n} 还没有到]]></Content><MsgId>{10**15 + n}</MsgId></xml>")
         body = crypto.encrypt_message(xml, nonce, ts).encode()
         msg_signature = body.split(b"<MsgSignature><![CDATA[", 1)[1].split(b"]]>", 1)[0].decode()

@@ -42,7 +42,7 @@ async def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"bench server exited: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
+            raise RuntimeError(f"bench server exited (its stderr.log says why); args {proc.args}")
         try:
             _, w = await asyncio.open_connection("127.0.0.1", port)
             w.close()
@@ -130,8 +130,11 @@ class Servers:
             d = tempfile.TemporaryDirectory(prefix=f"omnigate-bench-{mode}-")
             self.dirs.append(d)
             port = self.ports[mode] = free_port()
+            # stderr to a file: an unread pipe fills up and stalls the server
+            err = open(Path(d.name) / "stderr.log", "wb")
             self.procs.append(subprocess.Popen([sys.executable, "-m", "gateway.bench.server", mode, str(port), d.name],
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                                               stdout=subprocess.DEVNULL, stderr=err))
+            err.close()
         for mode, proc in zip(self.modes, self.procs):
             await wait_port(self.ports[mode], proc)
         return self
