@@ -14,7 +14,8 @@ The package holds everything the bench needs and nothing else imports it:
   callbacks), ``pipeline`` (``pipeline`` in the production configuration and
   ``pipeline_bare``), ``sustained`` (open-loop end to end), ``assign_store``
   (``assign_next_store``), ``assign`` (the pure chooser), ``rules``,
-  ``email_parse``, ``email_smtp``, ``wechat``, ``telegram``.
+  ``email_parse``, ``email_smtp``, ``wechat``, ``telegram``, ``social``
+  (``social_webhook``), ``api_list`` (``api_ticket_list_100k``).
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ REGISTRY: dict[str, Group] = {
     "telegram": Group("gateway.bench.telegram:figures", ("telegram_webhook_parse",)),
     "rules": Group("gateway.bench.rules:figures", ("rules_eval_100", "rules_eval_1000", "rules_eval_10000")),
     "assign": Group("gateway.bench.assign:figures", ("assign_decisions",)),
+    "social": Group("gateway.bench.social:figures", ("social_webhook",)),
+    "api_list": Group("gateway.bench.api_list:figures", ("api_ticket_list_100k",)),
 }
 
 
