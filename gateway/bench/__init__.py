@@ -15,7 +15,8 @@ The package holds everything the bench needs and nothing else imports it:
   ``pipeline_bare``), ``sustained`` (open-loop end to end), ``assign_store``
   (``assign_next_store``), ``assign`` (the pure chooser), ``rules``,
   ``email_parse``, ``email_smtp``, ``wechat``, ``telegram``, ``social``
-  (``social_webhook``), ``api_list`` (``api_ticket_list_100k``).
+  (``social_webhook``), ``api_list`` (``api_ticket_list_100k``), ``calllog``
+  (``calllog_rows``).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ REGISTRY: dict[str, Group] = {
     "assign": Group("gateway.bench.assign:figures", ("assign_decisions",)),
     "social": Group("gateway.bench.social:figures", ("social_webhook",)),
     "api_list": Group("gateway.bench.api_list:figures", ("api_ticket_list_100k",)),
+    "calllog": Group("gateway.bench.calllog:figures", ("calllog_rows",)),
 }
 
 
