@@ -1,5 +1,6 @@
-"""``omnigate bench --only console_page``: the console's ticket page for a
-customer with 1,000 timeline entries (10 tickets over WeChat, email and
+"""``omnigate bench --only console_page`` (group ``console`` in
+``gateway/bench/runner.py``): the console's ticket page for a customer with
+1,000 timeline entries (10 tickets over WeChat, email and
 Telegram: messages, replies with delivery status, notes, rule and assignment
 reasons), signed in as an admin, through a real app on a loopback port.
 
