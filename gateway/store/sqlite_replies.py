@@ -30,6 +30,7 @@ from gateway.store.base import (
     OutboxItem,
     ReplyDraft,
 )
+from gateway.store.sqlite_webhooks import insert_events
 from routing.model import TimelineEntry, new_id, utcnow
 
 if TYPE_CHECKING:
@@ -117,6 +118,8 @@ def _reply_create(conn: sqlite3.Connection, ticket_id: str, draft: ReplyDraft, e
                  "status = CASE status WHEN 'new' THEN 'open' ELSE status END"]
         args.append(at)
     conn.execute(f"UPDATE tickets SET {', '.join(sets)} WHERE id = ?", (*args, ticket.id))
+    insert_events(conn, [("message.created", ticket.id, {"timeline_id": entry.id, "ticket_id": ticket.id,
+                                                          "contact_id": ticket.contact_id, "channel": entry.channel})], at)
     return entry
 
 
@@ -150,6 +153,10 @@ def _outbox_settle(conn: sqlite3.Connection, item: OutboxItem, d: Delivery) -> b
         return False
     if item.timeline_id:
         _set_delivery(conn, item.timeline_id, d)
+        if d.status != "retrying":  # a reply's outcome (sent or failed) for the webhooks
+            insert_events(conn, [("message.status", item.ticket_id, {
+                "timeline_id": item.timeline_id, "ticket_id": item.ticket_id, "status": d.status,
+                "reason": d.reason, "external_id": d.external_id})], core.ms(d.at))
     if d.thread_ref and item.ticket_id:
         # stored as inbound messages name it (no angle brackets), so the answer threads here
         conn.execute("INSERT OR IGNORE INTO thread_refs (ref, ticket_id) VALUES (?, ?)",
