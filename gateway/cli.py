@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("gateway.commands.replay", "re-run journal entries through the pipeline"),
     "rules": ("gateway.commands.rules", "check, test and diff routing rules"),
     "calendar": ("gateway.commands.calendar", "business-hours calendars: due times, closed days"),
+    "webhooks": ("gateway.commands.webhooks", "webhook endpoints: list, dead letters, replay"),
     "options": ("gateway.commands.options", "each connector's options as Markdown tables (from the manifests)"),
     "bench": ("gateway.bench", "measure throughput and latency against raw baselines"),
 }
