@@ -25,6 +25,7 @@ need from the gateway comes through :class:`ConnectorContext`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Awaitable, Callable, Mapping, Protocol, runtime_checkable
 
 from routing.model import Inbound, Outbound
@@ -70,6 +71,30 @@ class SendError(Exception):
         self.code = code
 
 
+class NonceReused(PayloadRejected):
+    """A signed request's nonce was already used, with another body: a replay
+    of a seen signature carrying a forged payload."""
+
+
+@dataclass(frozen=True, slots=True)
+class Nonce:
+    """A request nonce the journal must remember with the payload it came with.
+
+    ``scope`` names whose nonce it is (``wechat:<appid>``), ``expires`` is when
+    the request's timestamp leaves the acceptance window (after which the
+    nonce may be forgotten: the timestamp check refuses it anyway), ``now`` is
+    the connector's clock reading (expired nonces are purged against it).
+    Recorded in the same transaction as the journal append: the same nonce
+    with the same body answers the first entry (a redelivery), with another
+    body raises :class:`NonceReused`.
+    """
+
+    scope: str
+    value: str
+    expires: datetime
+    now: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     """What the journal answered: the entry id, and whether it is new
@@ -97,16 +122,27 @@ class ConnectorContext(Protocol):
     supervisor: Any
 
     async def ingest(
-        self, account: str, key: str, raw: bytes, meta: Mapping[str, Any] | None = None
+        self, account: str, key: str, raw: bytes, meta: Mapping[str, Any] | None = None, *,
+        nonce: Nonce | None = None,
     ) -> IngestResult:
         """Append the raw payload to the journal; returns once it is durable.
 
         ``key`` is the idempotency key (a redelivery with the same key is
         answered with the first entry). ``meta`` is what parse needs again on
-        replay (``query``, ``headers``, ``url``), secrets excluded.
+        replay (``query``, ``headers``, ``url``), secrets excluded. ``nonce``
+        (optional) is checked and remembered in the same transaction (see
+        :class:`Nonce`; raises :class:`NonceReused`).
         Raises ``OSError``-like errors when the journal cannot take it.
         """
         ...
+
+    # Optional members (read with ``getattr(ctx, name, None)``, so older
+    # contexts keep working):
+    #
+    # - ``clock() -> datetime``: the gateway's clock (aware UTC); connectors
+    #   judge request timestamps against it, never against the wall clock.
+    # - ``rejected(reason: str) -> None``: count a request refused before
+    #   anything was stored (the ``omnigate_rejected`` metric, by reason).
 
     async def state_get(self, key: str) -> str | None: ...
 
@@ -131,6 +167,19 @@ class Connector(Protocol):
     async def send(self, outbound: Outbound) -> SendResult: ...
 
     async def close(self) -> None: ...
+
+
+class SendChecker(Protocol):
+    """Optional connector method, called when an agent posts a reply, before
+    anything is queued: the reason the channel will certainly refuse this
+    reply (the gateway answers 409 with it), or None when it may be sent.
+
+    ``facts`` are what the store knows about the conversation:
+    ``last_inbound_at`` (datetime | None, the customer's last message on this
+    channel/account), ``sent_since_inbound`` (int, replies delivered since
+    then) and ``now`` (datetime, the gateway's clock)."""
+
+    def can_send(self, outbound: Outbound, facts: Mapping[str, Any]) -> str | None: ...
 
 
 class MediaFetcher(Protocol):

@@ -14,11 +14,11 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from connectors.api.parse import InvalidMessage, decode as decode_api_message
+from connectors.http import read_body as read_whole
+from connectors.api.parse import InvalidMessage, decode as decode_api_message, decode_uploads
 from gateway import keys
 from gateway.http_util import Problem, check_bearer, json_response
 from gateway.store.base import JOURNAL_STATUSES, JournalEntry, NotFound, StoreError
-from routing.model import utcnow
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -49,9 +49,10 @@ def journal_view(e: JournalEntry) -> dict:
 async def api_message(request: web.Request) -> web.Response:
     app = request.app
     check_bearer(request, _token(request))
-    raw = await request.read()
+    raw = await read_whole(request, app[keys.CONFIG].max_body_bytes)
     try:
         msg = decode_api_message(raw)
+        decode_uploads(msg.attachments)  # what parse would fail on later is refused now
     except InvalidMessage as exc:
         app[keys.METRICS].rejected.labels("api", "invalid").inc()
         raise Problem(400, "Invalid message", str(exc), field=exc.field) from None
@@ -79,7 +80,7 @@ async def journal_list(request: web.Request) -> web.Response:
     status = q.get("status")
     if status and status not in JOURNAL_STATUSES:
         raise Problem(400, "Invalid query", f"status must be one of {', '.join(JOURNAL_STATUSES)}", field="status")
-    since = _parse_time(q.get("since"), "since")
+    since = _parse_time(q.get("since"), "since", request.app[keys.CLOCK]())
     limit = _int(q.get("limit"), "limit", 100, 1, 1000)
     after = _int(q.get("cursor"), "cursor", 0, 0, None)
     entries = await request.app[keys.STORE].journal_list(status=status, since=since, after_seq=after, limit=limit)
@@ -95,7 +96,7 @@ async def journal_replay(request: web.Request) -> web.Response:
     if await store.journal_get(jid) is None:
         raise Problem(404, "Not found", f"no journal entry {jid}")
     n = await store.journal_requeue([jid])
-    request.app[keys.WORKER].wake()
+    request.app[keys.WORKER].rescan()
     log.info("journal.replay_requested", journal_id=jid, requeued=n)
     return json_response({"id": jid, "requeued": bool(n)}, status=202)
 
@@ -117,8 +118,9 @@ async def ticket_or_404(request: web.Request):
     store = request.app[keys.STORE]
     ref = request.match_info["id"]
     ticket = await store.get_ticket(ref)
-    if ticket is None and ref.lstrip("#").isdigit():
-        ticket = await store.get_ticket_by_number(int(ref.lstrip("#")))
+    number = ref.lstrip("#")
+    if ticket is None and number.isdigit() and len(number) < 19:  # SQLite integers are 64-bit
+        ticket = await store.get_ticket_by_number(int(number))
     if ticket is None:
         raise Problem(404, "Not found", f"no ticket {ref}")
     return ticket
@@ -218,12 +220,9 @@ async def rules_test(request: web.Request) -> web.Response:
         raise Problem(409, "No rules loaded", "the gateway runs without a rules folder (rules_dir)")
     from routing.rules import InputError, dry_run
 
+    body = decode_json(await read_whole(request, request.app[keys.CONFIG].max_body_bytes))
     try:
-        body = msgspec.json.decode(await request.read())
-    except msgspec.DecodeError as exc:
-        raise Problem(400, "Invalid request body", f"malformed JSON: {exc}") from None
-    try:
-        answer = dry_run(rules.tree, body, now=utcnow(), calendars=rules.calendars)
+        answer = dry_run(rules.tree, body, now=request.app[keys.CLOCK](), calendars=rules.calendars)
     except InputError as exc:
         raise Problem(400, "Invalid message", str(exc), field=getattr(exc, "field", None)) from None
     return json_response(answer)
@@ -243,35 +242,48 @@ async def _timeline(request: web.Request, **where: str) -> web.Response:
 
 async def read_body(request: web.Request, typ: type, allow_empty: bool = False):
     """The JSON body decoded (strictly) as ``typ``; 400 naming the field at fault."""
-    raw = await request.read()
+    raw = await read_whole(request, request.app[keys.CONFIG].max_body_bytes)
     if allow_empty and not raw.strip():
         return None
+    return decode_json(raw, typ)
+
+
+def decode_json(raw: bytes, typ: type | None = None):
+    """JSON (strictly as ``typ`` when given); 400 naming the field at fault,
+    for invalid UTF-8 and absurd nesting too."""
     try:
-        return msgspec.json.decode(raw, type=typ)
+        return msgspec.json.decode(raw) if typ is None else msgspec.json.decode(raw, type=typ)
     except msgspec.ValidationError as exc:
         raise Problem(400, "Invalid request body", str(exc), field=field_of(exc)) from None
     except msgspec.DecodeError as exc:
         raise Problem(400, "Invalid request body", f"malformed JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise Problem(400, "Invalid request body", f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except RecursionError:
+        raise Problem(400, "Invalid request body", "JSON nested too deeply") from None
 
 
 def _int(value: str | None, name: str, default: int, lo: int, hi: int | None) -> int:
     if value is None or value == "":
         return default
     try:
-        n = int(value)
+        n = int(value) if len(value) < 30 else None
     except ValueError:
-        raise Problem(400, "Invalid query", f"{name} must be an integer", field=name) from None
+        n = None
+    if n is None:
+        raise Problem(400, "Invalid query", f"{name} must be an integer", field=name)
+    hi = 2**63 - 1 if hi is None else hi  # SQLite integers are 64-bit
     if n < lo or (hi is not None and n > hi):
         raise Problem(400, "Invalid query", f"{name} must be between {lo} and {hi}", field=name)
     return n
 
 
-def _parse_time(value: str | None, name: str) -> datetime | None:
+def _parse_time(value: str | None, name: str, now: datetime) -> datetime | None:
     if not value:
         return None
     from gateway.timeparse import parse_time
 
     try:
-        return parse_time(value)
+        return parse_time(value, now=now)
     except ValueError as exc:
         raise Problem(400, "Invalid query", str(exc), field=name) from None

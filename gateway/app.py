@@ -18,8 +18,9 @@ from aiohttp import web
 from connectors.registry import RegistryError, connector_class, validate_all
 from gateway import api, assignment, keys, outbox, replies
 from gateway.attachments import AttachmentStore
+from gateway.clock import Clock, system_clock
 from gateway.config import Config, parse_duration
-from gateway.http_util import guarded_routes, json_response
+from gateway.http_util import add_not_found, guarded_routes, json_response
 from gateway.ingest import ChannelContext, Ingest
 from gateway.metrics import Metrics
 from gateway.store.sqlite import SQLiteStore
@@ -121,7 +122,7 @@ def load_directory(config: Config):
         raise StartupError(str(exc)) from None
 
 
-def load_rules(config: Config, directory: Any):
+def load_rules(config: Config, directory: Any, clock: Clock = system_clock):
     """The routing tree from ``rules_dir``, checked against the directory's
     teams, agents and calendars. No such folder: messages are not routed (and
     the start-up log says so). A tree with errors refuses the start: there is
@@ -139,7 +140,7 @@ def load_rules(config: Config, directory: Any):
         known = KnownNames(teams=frozenset(directory.teams), agents=frozenset(a.id for a in directory.agents),
                            skills=frozenset(s for a in directory.agents for s in a.skills))
         calendars = directory.calendars
-    runtime = RulesRuntime(rules_dir, known=known, calendars=calendars)
+    runtime = RulesRuntime(rules_dir, known=known, calendars=calendars, clock=lambda: clock().timestamp())
     if not runtime.reload("start"):
         errors = runtime.status().get("errors") or []
         raise StartupError(f"rules in {rules_dir} have errors:\n" + "\n".join(map(str, errors)))
@@ -158,7 +159,11 @@ def _auto_replier(store: SQLiteStore):
     return send
 
 
-def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Application:
+def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock | None = None) -> web.Application:
+    """The daemon. ``clock`` (aware UTC ``datetime``; default the real time)
+    is the one clock every time-dependent part reads (gateway/clock.py); a
+    ``store`` given here should have been built with the same clock."""
+    clock = clock or system_clock
     errors = validate_all(sorted(set(config.channels) | {"api"}))
     if errors:
         raise StartupError("connector registry: " + "; ".join(errors))
@@ -167,12 +172,13 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     data_dir.mkdir(parents=True, exist_ok=True)
     store = store or SQLiteStore.in_dir(
         data_dir, synchronous=config.store.synchronous, group_commit_max=config.store.group_commit_max,
-        readers=config.store.readers, first_ticket_number=config.threading.first_ticket_number,
+        readers=config.store.readers, first_ticket_number=config.threading.first_ticket_number, clock=clock,
     )
     m = Metrics()
     m.register_collector(m.journal_families)
     m.register_collector(m.ingest_families)
     app[keys.CONFIG] = config
+    app[keys.CLOCK] = clock
     app[keys.STORE] = store
     app[keys.METRICS] = m
     app[keys.READINESS] = {}
@@ -182,14 +188,14 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     connectors: dict[str, Any] = {}
     app[keys.CONNECTORS] = connectors
     app[keys.DIRECTORY] = directory = load_directory(config)
-    app[keys.RULES] = rules = load_rules(config, directory)
+    app[keys.RULES] = rules = load_rules(config, directory, clock)
     settings = pipeline_settings(config)
     settings.rules = rules
     attachments = AttachmentStore(data_dir / "attachments")
     pipeline = Pipeline(store, settings, attachments=attachments,
                         metrics=m, context_for=context_factory(config), media_fetchers=connectors,
                         max_conflict_retries=config.pipeline.max_conflict_retries,
-                        auto_replier=_auto_replier(store))
+                        auto_replier=_auto_replier(store), clock=clock)
     assignment.setup(app, pipeline)
     worker = Worker(pipeline, concurrency=config.pipeline.workers)
     app[keys.WORKER] = worker
@@ -204,7 +210,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
             raise StartupError(str(exc)) from None
         if cls is None:
             continue
-        ctx = ChannelContext(channel, config.channels[channel], str(data_dir), ingest, store, supervisor)
+        ctx = ChannelContext(channel, config.channels[channel], str(data_dir), ingest, store, supervisor, clock=clock)
         try:
             conn = cls(ctx)
         except Exception as exc:
@@ -222,9 +228,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
     from gateway.webhooks import service as webhooks
     from gateway.webhooks.api_reply import ApiReplySender
 
-    hooks = webhooks.setup(app, store, config)  # deliveries, /api/v1/webhooks, /readyz detail
+    hooks = webhooks.setup(app, store, config, clock)  # deliveries, /api/v1/webhooks, /readyz detail
     senders = ChainMap(connectors, {"api": ApiReplySender(hooks, config.channels.get("api", {}))})
-    app[outbox.DISPATCHER] = outbox.Dispatcher(store, senders, attachments, metrics=m)
+    app[outbox.DISPATCHER] = outbox.Dispatcher(store, senders, attachments, metrics=m, clock=clock)
 
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(assignment.cleanup_ctx)  # the directory is in the store before the worker runs
@@ -240,6 +246,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None) -> web.Appli
         app[keys.READINESS]["rules"] = rules.readiness
         m.registry.register(rules.collector())
         app.cleanup_ctx.append(_rules_ctx)
+    add_not_found(app)  # last: unknown routes answer problem+json
     return app
 
 

@@ -229,10 +229,12 @@ def _merge(base: dict, over: Mapping) -> dict:
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict:
-    """``OMNIGATE_A__B_C=v`` → ``{"a": {"b_c": "v"}}``; ``…_FILE`` reads the file."""
+    """``OMNIGATE_A__B_C=v`` → ``{"a": {"b_c": "v"}}``; ``…_FILE`` reads the file.
+    ``OMNIGATE_TEST_*`` are the test suite's hooks (``OMNIGATE_TEST_CLOCK``,
+    ``OMNIGATE_TEST_CRASH_AT``), not configuration."""
     out: dict = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "OMNIGATE_CORPUS":
+        if not name.startswith(ENV_PREFIX) or name == "OMNIGATE_CORPUS" or name.startswith("OMNIGATE_TEST_"):
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):

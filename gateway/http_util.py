@@ -58,7 +58,9 @@ def check_bearer(request: web.Request, token: str | None) -> None:
                       "OMNIGATE_API_TOKEN_FILE and restart", )
     auth = request.headers.get("Authorization", "")
     scheme, _, given = auth.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    # header bytes that are not UTF-8 arrive as surrogate escapes: compare them as the bytes they were
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
+                                                             token.encode()):
         raise Problem(401, "Unauthorized", "missing or wrong bearer token")
 
 
@@ -75,10 +77,11 @@ def guard(handler: Any) -> Any:
         REQUEST.set((request.headers.get("X-Request-Id") or f"{id(request):x}", request.path))
         try:
             return await handler(request)
-        except web.HTTPRequestEntityTooLarge:
+        except web.HTTPRequestEntityTooLarge as exc:
             request.app[keys.METRICS].rejected.labels(_channel_of(request.path), "too_large").inc()
-            return problem(413, "Payload too large",
-                           f"the body exceeds {request.app[keys.CONFIG].max_body_bytes} bytes (max_body_bytes)")
+            # a channel's own limit (connectors.http.BodyTooLarge) or the global one
+            limit = getattr(exc, "limit", None) or request.app[keys.CONFIG].max_body_bytes
+            return problem(413, "Payload too large", f"the body exceeds {limit} bytes (max_body_bytes)")
         except Problem as exc:
             if exc.status == 401:
                 request.app[keys.METRICS].rejected.labels(_channel_of(request.path), "unauthorized").inc()
@@ -87,6 +90,9 @@ def guard(handler: Any) -> Any:
             if exc.status < 400:
                 raise
             return problem(exc.status, exc.reason, exc.text if exc.text and exc.text != exc.reason else None)
+        except ConnectionResetError:  # the client went away mid-body: nothing to answer, nothing to fix
+            log.info("http.client_disconnected", method=request.method)
+            return problem(400, "Client disconnected")
         except StoreError as exc:  # nothing was stored: the sender should retry later
             log.error("http.store_unavailable", error=str(exc))
             return problem(503, "Store unavailable", "the journal cannot take this now; retry later",
@@ -106,3 +112,28 @@ def guarded_routes(routes: Iterable[web.AbstractRouteDef]) -> list[web.AbstractR
 def _channel_of(path: str) -> str:
     parts = path.split("/")
     return parts[2] if len(parts) > 2 and parts[1] == "channels" else "api"
+
+
+NOT_FOUND_ROUTE = "omnigate.not_found"
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    """Unknown routes answer problem+json: 405 (with ``Allow``) where the path
+    exists for other methods, else 404. Only unmatched requests come here."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource.name == NOT_FOUND_ROUTE:
+            continue
+        match, methods = await resource.resolve(request)
+        allowed |= methods
+    if allowed:
+        return problem(405, "Method not allowed", f"{request.method} is not allowed on {request.path}",
+                       headers={"Allow": ", ".join(sorted(allowed))})
+    return problem(404, "Not found", f"no route for {request.method} {request.path}")
+
+
+def add_not_found(app: web.Application) -> None:
+    """A catch-all route, resolved after every other (aiohttp looks up the
+    most specific path prefix first; this one's prefix is ``/``). A route
+    rather than a middleware: see :func:`guard`."""
+    app.router.add_route("*", "/{tail:.*}", guard(_not_found), name=NOT_FOUND_ROUTE)

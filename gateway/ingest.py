@@ -9,7 +9,12 @@ from typing import Any, Mapping
 
 import structlog
 
-from connectors.base import IngestResult
+from datetime import datetime
+from typing import Callable
+
+from connectors.base import IngestResult, Nonce
+from gateway import crashpoints
+from routing.model import utcnow
 from gateway.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -22,8 +27,16 @@ class Ingest:
         self.wake = wake or (lambda: None)
 
     async def ingest(self, channel: str, account: str, key: str, raw: bytes,
-                     meta: Mapping[str, Any] | None = None) -> IngestResult:
-        result = await self.store.journal_append(channel, account, key, raw, dict(meta) if meta else None)
+                     meta: Mapping[str, Any] | None = None, *, nonce: Nonce | None = None) -> IngestResult:
+        """Append durably; ``nonce`` is checked and remembered in the same
+        transaction (raises ``connectors.base.NonceReused``)."""
+        if nonce is None:
+            result = await self.store.journal_append(channel, account, key, raw, dict(meta) if meta else None)
+        else:
+            result = await self.store.journal_append(channel, account, key, raw, dict(meta) if meta else None,
+                                                     nonce=nonce)
+        if crashpoints.ARMED:
+            crashpoints.reached("journal_append")
         counts = self.metrics.received if result.created else self.metrics.redelivered
         counts[channel] = counts.get(channel, 0) + 1
         if result.created:
@@ -37,8 +50,10 @@ class ChannelContext:
     """The ConnectorContext (connectors/base.py) the gateway gives a connector."""
 
     def __init__(self, channel: str, config: Mapping[str, Any], data_dir: str, ingest: Ingest, store: Any,
-                 supervisor: Any = None):
+                 supervisor: Any = None, clock: Callable[[], datetime] | None = None):
         self.channel = channel
+        #: The gateway's clock (aware UTC): connectors judge request timestamps by it.
+        self.clock: Callable[[], datetime] = clock or utcnow
         self.supervisor = supervisor
         self.config = config
         self.data_dir = data_dir
@@ -46,8 +61,13 @@ class ChannelContext:
         self._store = store
         self.log = structlog.get_logger(f"connectors.{channel}").bind(channel=channel)
 
-    async def ingest(self, account: str, key: str, raw: bytes, meta: Mapping[str, Any] | None = None) -> IngestResult:
-        return await self._ingest.ingest(self.channel, account, key, raw, meta)
+    async def ingest(self, account: str, key: str, raw: bytes, meta: Mapping[str, Any] | None = None, *,
+                     nonce: Nonce | None = None) -> IngestResult:
+        return await self._ingest.ingest(self.channel, account, key, raw, meta, nonce=nonce)
+
+    def rejected(self, reason: str) -> None:
+        """Count a request this channel refused before storing anything."""
+        self._ingest.metrics.rejected.labels(self.channel, reason).inc()
 
     async def state_get(self, key: str) -> str | None:
         return await self._store.state_get(f"{self.channel}:{key}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
 
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from gateway.worker import Worker
 
 CONFIG: web.AppKey["Config"] = web.AppKey("config")
+#: the daemon's one clock (gateway.clock): aware UTC ``datetime`` now
+CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 STORE: web.AppKey["SQLiteStore"] = web.AppKey("store")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 WORKER: web.AppKey["Worker"] = web.AppKey("worker")

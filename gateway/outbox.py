@@ -29,6 +29,7 @@ import structlog
 from aiohttp import web
 
 from connectors.base import SendError, SendResult
+from gateway import crashpoints
 from gateway.attachments import AttachmentStore
 from gateway.store.base import REPLY_TOPIC, Delivery, OutboxItem, Store
 from routing.model import Outbound, utcnow
@@ -109,6 +110,12 @@ class Dispatcher:
             return
         if self.metrics is not None:
             self.metrics.replies.labels(outbound.channel, delivery.status).inc()
+        if delivery.status == "sent" and item.ticket_id and hasattr(self.store, "ticket_sync"):
+            # a delivered reply is the first (or next) response: re-time the SLA now
+            try:
+                await self.store.ticket_sync([item.ticket_id], self.clock())
+            except Exception as exc:  # noqa: BLE001 - the scheduler's sweep will catch up
+                bound.warning("outbox.sla_sync_failed", error=str(exc))
         if delivery.status == "sent":
             bound.info("outbox.sent", external_id=delivery.external_id)
         else:
@@ -119,9 +126,14 @@ class Dispatcher:
         connector = self.connectors.get(outbound.channel)
         if connector is None or not hasattr(connector, "send"):
             return self._failed(item, SendError(f"no running connector can send on channel {outbound.channel!r}"))
+        unsendable = _unsendable(outbound)
+        if unsendable:  # it would fail the same way every time: fail once, with the reason
+            return self._failed(item, SendError(unsendable, retryable=False))
         try:
             self._load_attachments(outbound)
             result: SendResult = await connector.send(outbound)
+            if crashpoints.ARMED:
+                crashpoints.reached("outbox_send")
         except SendError as exc:
             return self._failed(item, exc)
         except Exception as exc:  # noqa: BLE001 - a connector bug: retry, it may be transient
@@ -146,6 +158,15 @@ class Dispatcher:
                             next_at=now + timedelta(seconds=delay))
         reason = exc.reason if not exc.retryable else f"gave up after {item.attempts} attempts: {exc.reason}"
         return Delivery(status="failed", at=now, attempts=item.attempts, reason=reason, code=exc.code)
+
+
+def _unsendable(outbound: Outbound) -> str | None:
+    """Why this content can never be sent (header injection material), or None."""
+    for name in ("subject", "author"):
+        value = getattr(outbound, name, None)
+        if isinstance(value, str) and ("\r" in value or "\n" in value):
+            return f"the {name} contains a line break (CR or LF): it cannot go into a message header"
+    return None
 
 
 #: The app's dispatcher (set by ``create_app``).

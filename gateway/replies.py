@@ -3,13 +3,17 @@
 The handler checks the body, puts attachments into the attachment store,
 and asks the store for one ``reply_create`` transaction (timeline entry,
 outbox row, ticket update); the dispatcher (gateway/outbox.py) sends it
-afterwards. A reply answers ``202`` (queued; the entry's
+afterwards. A reply the channel will certainly refuse answers ``409`` with
+the reason before anything is queued (a channel without a sending
+connector; the connector's ``can_send`` verdict, e.g. WeChat's 48-hour
+window); a subject or author with a line break ``422``. A reply answers ``202`` (queued; the entry's
 ``data.delivery.status`` follows its fate), a note ``201`` (nothing to send).
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 import msgspec
 import structlog
@@ -44,7 +48,14 @@ async def reply_create(request: web.Request) -> web.Response:
     body: _ReplyBody = await read_body(request, _ReplyBody)
     if not body.text.strip():
         raise Problem(400, "Invalid request body", "text must not be empty", field="$.text")
+    for name in ("subject", "author"):  # header material: a line break would inject headers, and never sends
+        value = getattr(body, name)
+        if value is not None and ("\r" in value or "\n" in value):
+            raise Problem(422, "Invalid request body", f"{name} must not contain a line break (CR or LF)",
+                          field=f"$.{name}")
     ticket = await ticket_or_404(request)
+    if not body.internal:
+        await _check_sendable(app, ticket, body)
     attachments = await _store_uploads(app[DISPATCHER].attachments, body.attachments)
     # a reply posted without an author comes from whoever holds the API token
     # (a help desk integration relaying an agent's answer): it is an agent reply
@@ -61,6 +72,31 @@ async def reply_create(request: web.Request) -> web.Response:
         app[DISPATCHER].wake()
     log.info("reply.created", ticket_id=ticket.id, timeline_id=entry.id, kind=entry.kind, author=entry.data["author"])
     return json_response(entry, status=202 if draft.public else 201)
+
+
+def _now(app: web.Application) -> datetime:
+    return app[keys.CLOCK]()
+
+
+async def _check_sendable(app: web.Application, ticket, body: _ReplyBody) -> None:
+    """409 now, with the reason, for a reply the channel will certainly refuse
+    (rather than 202 and a failure later): a channel that cannot send, or the
+    connector's own ``can_send`` verdict on what the store knows."""
+    target = ticket.reply_to
+    if target is None:
+        return  # reply_create answers this one (NoReplyTarget)
+    connector = app[keys.CONNECTORS].get(target.channel)
+    if connector is None or not hasattr(connector, "send"):
+        raise Problem(409, "Cannot reply", f"the {target.channel} channel cannot send replies (no running "
+                      "connector sends on it); add an internal note instead", field="channel")
+    can_send = getattr(connector, "can_send", None)
+    if can_send is None:
+        return
+    draft = ReplyDraft(text=body.text, subject=body.subject, html=body.html, author=body.author or "api")
+    facts = {**await app[keys.STORE].reply_facts(ticket.id, target.channel), "now": _now(app)}
+    reason = can_send(draft.outbound("check", ticket, target), facts)
+    if reason:
+        raise Problem(409, "Cannot reply", reason, field="channel")
 
 
 async def _store_uploads(store: AttachmentStore, uploads: list[Upload]) -> list[Attachment]:

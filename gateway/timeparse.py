@@ -20,7 +20,10 @@ def parse_time(text: str, tz: str = "Asia/Shanghai", now: datetime | None = None
     except ConfigError:
         seconds = None
     if seconds is not None and not s.replace(".", "").isdigit():
-        return (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
+        try:
+            return (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
+        except (OverflowError, ValueError):
+            raise ValueError(f"{text!r} reaches back before the year 1") from None
     try:
         dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
     except ValueError:

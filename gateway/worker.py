@@ -245,6 +245,7 @@ class Worker:
         self.batch = batch
         self.rescan_s = rescan_s
         self._wake = asyncio.Event()
+        self._rescan = False
         self._inflight: set[str] = set()
         self._queue: asyncio.Queue[JournalEntry] = asyncio.Queue(maxsize=batch * 2)
         self._tasks: list[asyncio.Task] = []
@@ -253,6 +254,12 @@ class Worker:
 
     def wake(self) -> None:
         """Called after an append: there is new work."""
+        self._wake.set()
+
+    def rescan(self) -> None:
+        """Entries were put back to pending (a replay): claim from the start
+        now, not at the next periodic rescan."""
+        self._rescan = True
         self._wake.set()
 
     async def start(self) -> None:
@@ -302,8 +309,8 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.rescan_s)
             except asyncio.TimeoutError:
                 pass
-            if time.monotonic() - last_full_scan >= self.rescan_s:
-                after, last_full_scan = 0, time.monotonic()
+            if self._rescan or time.monotonic() - last_full_scan >= self.rescan_s:
+                after, last_full_scan, self._rescan = 0, time.monotonic(), False
 
     async def _consume(self) -> None:
         while True:

@@ -19,6 +19,7 @@ suggesting the merge (agents merge through the API).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -110,9 +111,11 @@ class IdentityDecision:
 
 
 def resolve(
-    inbound: Inbound, sender: Identity, extra: list[Identity], snap: Snapshot, now: datetime
+    inbound: Inbound, sender: Identity, extra: list[Identity], snap: Snapshot, now: datetime,
+    new_id: Callable[[], str] = new_id,
 ) -> IdentityDecision:
-    """Decide the contact of an Inbound from the snapshot (pure)."""
+    """Decide the contact of an Inbound from the snapshot (pure; ``new_id``
+    makes the ids of new rows, the pipeline's comes from its settings)."""
     owners = snap.owners
     name = inbound.sender.name or None
     candidates = [sender, *extra]

@@ -63,6 +63,10 @@ class Settings:
     #: The routing tree: anything with ``evaluate(RuleInput) -> RuleOutcome | None``
     #: (the gateway's hot-reloaded RulesRuntime); None routes nothing.
     rules: Any = None
+    #: Where the ids of new rows come from: ``(milliseconds of snapshot.now) → id``.
+    #: ULIDs by default (time from the snapshot, never the clock); a test passes a
+    #: deterministic one and gets the same Commit for the same inputs.
+    new_id: Callable[[int], str] = new_id
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,10 @@ class Work:
     outbox: list[OutboxEvent] = field(default_factory=list)
     done: bool = False
 
+    def new_id(self) -> str:
+        """A fresh id for a new row, from ``settings.new_id`` at the snapshot's time."""
+        return self.settings.new_id(int(self.now.timestamp() * 1000))
+
 
 # ---------------------------------------------------------------- stages
 
@@ -138,7 +146,7 @@ def stage_exact_dedupe(w: Work) -> None:
 
 
 def stage_identity(w: Work) -> None:
-    d = identity.resolve(w.inbound, w.look.sender, list(w.look.extra), w.snap, w.now)
+    d = identity.resolve(w.inbound, w.look.sender, list(w.look.extra), w.snap, w.now, new_id=w.new_id)
     c = w.commit
     w.contact_id = c.contact_id = d.contact_id
     c.origin_identity = w.look.sender
@@ -253,7 +261,7 @@ def stage_rules(w: Work) -> None:
     w.reasons["rules"] = {"stage": "rules", "path": list(outcome.path), "rule": outcome.rule}
     for m in outcome.matched:
         w.timeline.append(TimelineEntry(
-            id=new_id(), contact_id=w.contact_id or "", kind="rule", at=w.now, channel=i.channel,
+            id=w.new_id(), contact_id=w.contact_id or "", kind="rule", at=w.now, channel=i.channel,
             text=f"rule {m.id}: {m.title}" + (f" — {'; '.join(m.matched)}" if m.matched else ""),
             data={"rule": m.id, "title": m.title, "owner": m.owner, "matched": list(m.matched), "depth": m.depth},
         ))
@@ -308,7 +316,7 @@ def stage_compose(w: Work) -> None:
     at = _arrival(w)
     f = w.ticket_fields
     if t.action == "new":
-        ticket_id = new_id()
+        ticket_id = w.new_id()
         c.new_ticket = NewTicket(
             id=ticket_id, subject=i.subject or _subject_from(i), channel=i.channel, created_at=w.now,
             reply_to=reply_to, follow_up_of=t.follow_up_of,
@@ -339,7 +347,7 @@ def stage_compose(w: Work) -> None:
             w.outbox.append(OutboxEvent("ticket.status_changed", {"ticket_id": ticket_id, "from": t.ticket.status,
                                                                   "to": "open", "actor": "customer"}, ticket_id))
             w.timeline.append(TimelineEntry(
-                id=new_id(), contact_id=w.contact_id or "", ticket_id=ticket_id, kind="status", at=w.now,
+                id=w.new_id(), contact_id=w.contact_id or "", ticket_id=ticket_id, kind="status", at=w.now,
                 channel=i.channel, text=f"reopened: {t.ticket.status} → open by a new customer message",
                 data={"from": t.ticket.status, "to": "open", "reason": t.reason},
             ))
@@ -389,8 +397,9 @@ STAGES: tuple[Callable[[Work], None], ...] = (
 
 
 def decide(inbound: Inbound, journal_id: str, snap: Snapshot, settings: Settings, look: Lookup | None = None) -> Commit:
-    """Run the stages; the Commit to apply. Pure: same inputs, same decision
-    (up to the fresh ids of new rows)."""
+    """Run the stages; the Commit to apply. Pure: the same inputs (and a
+    deterministic ``settings.new_id``) give an equal Commit; times come from
+    ``snap.now``, never from the clock."""
     look = look or lookup(inbound, settings)
     w = Work(
         inbound=inbound, journal_id=journal_id, snap=snap, settings=settings, look=look, now=snap.now,
@@ -465,7 +474,7 @@ def _message_entry(w: Work, kind: str, ticket_id: str | None) -> TimelineEntry:
     if w.look.text_hash:
         data["text_hash"] = w.look.text_hash
     return TimelineEntry(
-        id=new_id(), contact_id=w.contact_id or "", kind=kind, at=_arrival(w), ticket_id=ticket_id,
+        id=w.new_id(), contact_id=w.contact_id or "", kind=kind, at=_arrival(w), ticket_id=ticket_id,
         channel=i.channel, journal_id=w.journal_id, external_id=i.external_id, subject=i.subject, text=i.text,
         attachments=_public_attachments(i.attachments), data=data,
     )

@@ -17,10 +17,46 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from gateway.clock import ticking_from  # noqa: E402
+from tests.clock import INSTANTS  # noqa: E402
 from tests.corpus import IN_CI, require_corpus  # noqa: E402
 
 # fixtures that start real servers on loopback ports (dovecot, …)
 pytest_plugins = ["tests.integration.dovecot"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "clock(*names): run the gateway_clock tests only at these INSTANTS (tests/clock.py)")
+
+
+def pytest_generate_tests(metafunc):
+    """A test that uses ``gateway_clock`` runs once per instant of
+    ``tests/clock.py`` (business hours, an evening, a public holiday), or at
+    those its ``clock`` marker names."""
+    if "gateway_instant" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("clock")
+        names = list(marker.args) if marker else list(INSTANTS)
+        metafunc.parametrize("gateway_instant", [INSTANTS[n] for n in names], ids=names, scope="function")
+
+
+@pytest.fixture
+def gateway_clock(gateway_instant):
+    """The gateway's clock: it starts at the test's instant and ticks with the
+    monotonic clock (delays and back-off still elapse; the date and hour do not
+    depend on when the suite runs)."""
+    return ticking_from(gateway_instant)
+
+
+@pytest.fixture
+def cn_holidays_until_2026(monkeypatch):
+    """The Chinese holiday data ends with 2026, whatever ``chinesecalendar``
+    version is installed: tests of "a year the data does not cover" test that
+    behaviour, not the package's current horizon (2027 stays uncovered when
+    the package publishes it)."""
+    import routing.calendar
+
+    monkeypatch.setattr(routing.calendar, "CN_LAST_YEAR", 2026)
+    return 2026
 
 
 @pytest.fixture

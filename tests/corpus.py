@@ -90,6 +90,17 @@ def rows(channel: str | None = None) -> list[Row]:
     return out
 
 
+def row_named(channel: str, name: str) -> Row:
+    """The manifest row of ``channel`` whose path contains ``name``. No corpus:
+    skip (fail under CI, see ``require_corpus``); a corpus without that
+    payload is always a failure, never a skip."""
+    require_corpus()
+    found = [r for r in rows(channel) if name in r.path]
+    if not found:
+        pytest.fail(f"the corpus has no {channel} payload named {name!r}")
+    return found[0]
+
+
 def params(channel: str) -> list:
     """pytest parameters for a channel's rows, one per payload, id = file name.
 

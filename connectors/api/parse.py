@@ -72,6 +72,10 @@ def decode(raw: bytes) -> ApiMessage:
         raise InvalidMessage(str(exc), _field_of(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise InvalidMessage(f"malformed JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidMessage(f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except RecursionError:
+        raise InvalidMessage("JSON nested too deeply") from None
     if not msg.external_id.strip():
         raise InvalidMessage("external_id must not be empty", "$.external_id")
     if msg.sender.kind not in IDENTITY_KINDS:

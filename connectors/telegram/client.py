@@ -34,7 +34,7 @@ import hmac
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Awaitable, Callable, Literal, Mapping
 
 import msgspec
 import structlog
@@ -43,6 +43,7 @@ from aiohttp import web
 from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
 
+from connectors.http import BodyTooLarge, problem, read_body
 from connectors.base import (
     AuthFailed,
     ConnectorContext,
@@ -184,7 +185,9 @@ class _BotHandle:
 def secret_matches(given: str | None, expected: str | None) -> bool:
     """The webhook's secret check, in constant time (no timing oracle); an
     empty expected secret matches nothing."""
-    return bool(given and expected) and hmac.compare_digest(given.encode(), expected.encode())
+    # header bytes that are not UTF-8 arrive as surrogate escapes: compare them as the bytes they were
+    return bool(given and expected) and hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                                            expected.encode())
 
 
 def callback_query_id(update: Mapping[str, Any]) -> str | None:
@@ -241,15 +244,11 @@ def _poll_error(handle: _BotHandle, exc: TelegramError) -> ConnectorError:
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None when it is larger than ``limit`` (read no further)."""
-    if request.content_length is not None and request.content_length > limit:
+    """The whole body, or None when it is larger than ``limit`` (read no further)."""
+    try:
+        return await read_body(request, limit)
+    except BodyTooLarge:
         return None
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 # ---------------------------------------------------------------- the connector
@@ -266,9 +265,16 @@ class TelegramConnector:
         self._bots = {name: _BotHandle.build(name, cfg, self._config.api_base) for name, cfg in self._config.bots.items()}
         self._by_account = {h.account: h for h in self._bots.values()}
         self._encoder = msgspec.json.Encoder()
+        #: how the polling loop waits out a 429's retry_after (tests record it)
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(WEBHOOK_PATH, self._webhook)]
+
+    def _count_refusal(self, reason: str) -> None:
+        count = getattr(self._ctx, "rejected", None)  # the omnigate_rejected metric (optional in the context)
+        if count is not None:
+            count(reason)
 
     def _handle_for(self, account: str) -> _BotHandle | None:
         return self._by_account.get(account) or self._bots.get(account)
@@ -278,26 +284,29 @@ class TelegramConnector:
     async def _webhook(self, request: web.Request) -> web.StreamResponse:
         handle = self._bots.get(request.match_info["bot"])
         if handle is None or handle.config.mode != "webhook":
-            return web.Response(status=404, text="no such telegram webhook")
+            return problem(404, "no such telegram webhook")
         bound = log.bind(bot=handle.name, transport="webhook")
         if not secret_matches(request.headers.get(SECRET_HEADER), handle.config.secret_token):
             bound.warning("telegram.webhook.refused", reason="secret token missing or wrong", status=401)
-            return web.Response(status=401, text="secret token missing or wrong")
+            self._count_refusal("unauthorized")
+            return problem(401, "secret token missing or wrong")
         body = await _read_body(request, self._config.max_body_bytes)
         if body is None:
             bound.warning("telegram.webhook.refused", reason="body too large", status=413)
-            return web.Response(status=413, text=f"body larger than {self._config.max_body_bytes} bytes")
+            self._count_refusal("too_large")
+            return problem(413, f"body larger than {self._config.max_body_bytes} bytes")
         try:
             update = decode_update(body)
         except PayloadRejected as exc:
             bound.warning("telegram.webhook.refused", reason=str(exc), status=400)
-            return web.Response(status=400, text=str(exc))
+            self._count_refusal("invalid")
+            return problem(400, str(exc))
         key = update_key(update)
         try:
             result = await self._ctx.ingest(handle.account, key, body)
         except Exception:  # the journal could not take it: Telegram retries on 5xx
             bound.exception("telegram.webhook.journal_failed", key=key)
-            return web.Response(status=503, text="journal unavailable, retry later")
+            return problem(503, "journal unavailable, retry later")
         _log_ingested(bound, key, result)
         query_id = callback_query_id(update)
         if query_id is None:
@@ -342,7 +351,7 @@ class TelegramConnector:
         except RetryAfter as exc:
             delay = retry_seconds(exc)
             log.warning("telegram.poll.rate_limited", bot=handle.name, retry_after=delay)
-            await asyncio.sleep(delay)
+            await self.sleep(delay)
             return []
         except TelegramError as exc:
             raise _poll_error(handle, exc) from exc

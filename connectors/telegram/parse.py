@@ -207,6 +207,8 @@ def decode_update(raw: bytes) -> dict[str, Any]:
         obj = _json_decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 inside a string
         raise PayloadRejected(f"not JSON: {exc}") from None
+    except RecursionError:  # [[[[…]]]] 10,000 deep: msgspec's depth guard
+        raise PayloadRejected("not a Telegram update: JSON nested too deeply") from None
     return validate_update(obj)
 
 

@@ -4,8 +4,13 @@ Routes (absolute): ``GET /channels/wechat/{appid}`` answers WeChat's URL
 verification, ``POST /channels/wechat/{appid}`` takes callbacks for that
 account. A POST is answered ``success`` only once its raw body is durable in
 the journal; before that it must carry a valid ``signature`` (401), be safe
-XML (400) within ``max_body_bytes`` (413), and in safe mode a valid
-``msg_signature``. An envelope that verifies but does not decrypt is still
+XML (400) read whole within ``max_body_bytes`` (413), in safe mode a valid
+``msg_signature``, and in ``compatible``/``safe`` mode an ``<Encrypt>`` (400;
+only the decrypted part is trusted). Its ``timestamp`` must be within
+``replay_window_s`` of the gateway's clock (403) and its ``nonce`` new — or
+come with the very body it came with before (WeChat's retry: ``success``, not
+stored twice); a reused nonce with another body is 403. Refusals store
+nothing and are counted by reason. An envelope that verifies but does not decrypt is still
 journaled: parse fails it into the journal as ``failed`` with the reason.
 
 Replies go through 客服消息 (``POST /cgi-bin/message/custom/send``), which
@@ -14,7 +19,8 @@ WeChat only accepts within 48 hours of the customer's last message.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Mapping
 
 import structlog
 from aiohttp import web
@@ -26,7 +32,7 @@ from connectors.wechat.envelope import DecryptionFailed, SignatureMismatch, chec
 from connectors.wechat.parse import external_id
 from connectors.wechat.safexml import UnsafeXml
 from connectors.wechat.tokens import TokenCache
-from connectors.wechat.webhook import SUCCESS, callback_meta, fallback_key, ingest, read_body, refuse
+from connectors.wechat.webhook import SUCCESS, CallbackGuard, callback_meta, fallback_key, read_body, refuse
 from routing.model import Inbound, Outbound
 
 log = structlog.get_logger(__name__)
@@ -58,6 +64,16 @@ async def deliver(api: TokenedApi, path: str, body: dict[str, Any], meanings: di
         raise SendError(f"access_token refused: {exc}") from None
 
 
+#: 客服消息 are accepted within 48 hours of the customer's last message.
+REPLY_WINDOW = timedelta(hours=48)
+
+
+def window_closed(facts: Mapping[str, Any], window: timedelta = REPLY_WINDOW) -> bool:
+    """Whether the store already knows the customer last wrote more than ``window`` ago."""
+    last, now = facts.get("last_inbound_at"), facts.get("now")
+    return isinstance(last, datetime) and isinstance(now, datetime) and now - last > window
+
+
 class WeChatConnector:
     """Several official accounts at once, each found by its appid."""
 
@@ -70,6 +86,7 @@ class WeChatConnector:
         self._session = ApiSession(self.config.api_base)
         self._tokens = tokens or TokenCache()
         self._apis: dict[str, TokenedApi] = {}
+        self._guard = CallbackGuard(ctx, self.channel, self.config.replay_window_s)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -115,22 +132,31 @@ class WeChatConnector:
     async def _callback(self, request: web.Request) -> web.StreamResponse:
         account = self._account(request)
         bound = {"channel": self.channel, "appid": account.appid}
+        guard = self._guard
         raw = await read_body(request, self.config.max_body_bytes)
         meta = callback_meta(request)
         if "signature" not in meta["query"]:  # WeChat signs every callback, safe mode included
-            return refuse(401, "signature missing from the query", **bound)
+            return guard.refuse(401, "signature", "signature missing from the query", **bound)
         try:
-            fields = open_callback(raw, self._context(account, meta), "oa", max_bytes=self.config.max_body_bytes).fields
-            key = external_id(fields)
+            opened = open_callback(raw, self._context(account, meta), "oa", max_bytes=self.config.max_body_bytes)
         except SignatureMismatch as exc:
-            return refuse(401, str(exc), **bound)
+            return guard.refuse(401, "signature", str(exc), **bound)
         except UnsafeXml as exc:
-            return refuse(400, str(exc), **bound)
+            return guard.refuse(400, "bad_xml", str(exc), **bound)
         except DecryptionFailed as exc:
             # signed by WeChat but unreadable: journal it, parse will fail it with this reason
             log.error("wechat.decrypt_failed", reason=str(exc), **bound)
-            key = fallback_key(raw)
-        result = await ingest(self.ctx, account.appid, key, raw, meta, **bound)
+            opened, key = None, fallback_key(raw)
+        else:
+            if not opened.encrypted and account.effective_mode != "plain":
+                # compatible and safe mode always carry <Encrypt>: a plain body is a forgery
+                text = f"plain body refused: the account is in {account.effective_mode} mode (<Encrypt> expected)"
+                return guard.refuse(400, "not_encrypted", text, **bound)
+            key = external_id(opened.fields)
+        nonce = guard.nonce(f"wechat:{account.appid}", meta["query"], **bound)
+        if isinstance(nonce, web.Response):
+            return nonce
+        result = await guard.ingest(account.appid, key, raw, meta, nonce, **bound)
         if isinstance(result, web.Response):
             return result
         log.info("wechat.callback", key=key, journal_id=result.journal_id, created=result.created, **bound)
@@ -154,6 +180,12 @@ class WeChatConnector:
         if account is None:
             raise SendError(f"no configured official account has appid {appid!r}")
         return account
+
+    def can_send(self, outbound: Outbound, facts: Mapping[str, Any]) -> str | None:
+        """The 48-hour window, judged on what the store knows (WeChat would answer 45015)."""
+        if window_closed(facts):
+            return f"{SEND_ERRORS[45015]} (errcode 45015)"
+        return None
 
     async def send(self, outbound: Outbound) -> SendResult:
         """A text reply through 客服消息, in wechatpy's ``send_text`` shape."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Mapping, TypeVar
+from typing import Any, Literal, Mapping, TypeVar
 
 import msgspec
 
@@ -25,12 +25,21 @@ class OaAccount(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     app_secret: str
     token: str
     encoding_aes_key: str | None = None  # absent: plain mode only
+    #: The account's 消息加解密方式. ``compatible`` and ``safe`` refuse a body
+    #: without ``<Encrypt>``; default: ``safe`` with an AES key, else ``plain``.
+    mode: Literal["plain", "compatible", "safe"] | None = None
+
+    @property
+    def effective_mode(self) -> str:
+        return self.mode or ("safe" if self.encoding_aes_key else "plain")
 
 
 class WeChatConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     accounts: dict[str, OaAccount]
     api_base: str = "https://api.weixin.qq.com"
     max_body_bytes: int = MAX_XML_BYTES
+    #: Callbacks whose timestamp is further than this from the clock are refused.
+    replay_window_s: int = 300
 
 
 def check_aes_key(key: str | None, where: str) -> None:
@@ -56,8 +65,12 @@ def load(kind: type[C], section: Mapping[str, Any], channel: str) -> C:
         raise Fatal(f"{channel} config: accounts is empty; add at least one account")
     if getattr(config, "max_body_bytes", 1) <= 0:
         raise Fatal(f"{channel} config: max_body_bytes must be positive")
+    if getattr(config, "replay_window_s", 1) <= 0:
+        raise Fatal(f"{channel} config: replay_window_s must be positive")
     for name, account in accounts.items():
         check_aes_key(account.encoding_aes_key, f"{channel}.accounts.{name}")
+        if getattr(account, "mode", None) in ("compatible", "safe") and not account.encoding_aes_key:
+            raise Fatal(f"{channel}.accounts.{name}: mode {account.mode} needs encoding_aes_key")
     return config
 
 

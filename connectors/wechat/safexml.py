@@ -53,6 +53,8 @@ def parse_xml(raw: bytes | str, *, root: str = "xml", max_bytes: int = MAX_XML_B
         doc = xmltodict.parse(data, expat=_NoDoctypeExpat)
     except expat.ExpatError as exc:
         raise UnsafeXml(f"not well-formed XML: {expat.ErrorString(exc.code)} at line {exc.lineno}") from None
+    except (LookupError, ValueError) as exc:  # encoding="GBK" (multi-byte) or an unknown encoding name
+        raise UnsafeXml(f"XML declares an encoding the parser does not take: {exc}") from None
     if not isinstance(doc, dict) or set(doc) != {root}:
         found = next(iter(doc), "?") if isinstance(doc, dict) else "?"
         raise UnsafeXml(f"root element is <{found}>, expected <{root}>")

@@ -7,7 +7,9 @@ one corp has several callback configurations (each app, and 微信客服, has
 its own Token and EncodingAESKey); that name is the Inbound's ``account``.
 
 WeCom signs only encrypted bodies, so a POST must be an envelope with a valid
-``msg_signature``. An app message is journaled as it came. The 微信客服
+``msg_signature``, its ``timestamp`` within ``replay_window_s`` of the
+gateway's clock and its ``nonce`` not reused with another body (the same
+defences as WeChat's, connectors/wechat/webhook.py). An app message is journaled as it came. The 微信客服
 notification ``kf_msg_or_event`` is not: it triggers a ``kf/sync_msg`` pull
 whose messages are journaled one by one (key = msgid); the cursor is saved
 through ``ctx.state_set`` only after a page is durable, so a restart pulls
@@ -26,13 +28,14 @@ import structlog
 from aiohttp import web
 
 from connectors.base import ConnectorContext, SendError, SendResult
+from connectors.http import problem
 from connectors.wechat.api import ApiSession, TokenedApi, fetch_token, fill_attachments
-from connectors.wechat.client import deliver
+from connectors.wechat.client import deliver, window_closed
 from connectors.wechat.envelope import DecryptionFailed, Secrets, SignatureMismatch, open_callback, verify_echo
 from connectors.wechat.parse import external_id
 from connectors.wechat.safexml import UnsafeXml, text_field
 from connectors.wechat.tokens import TokenCache
-from connectors.wechat.webhook import SUCCESS, callback_meta, fallback_key, ingest, read_body, refuse
+from connectors.wechat.webhook import SUCCESS, CallbackGuard, callback_meta, fallback_key, read_body, refuse
 from connectors.wecom.config import WeComAccount, load_wecom
 from connectors.wecom.parse import KF_NOTIFY_EVENT, open_kfid_of
 from routing.model import Inbound, Outbound
@@ -46,6 +49,10 @@ SYNC_LIMIT = 1000
 KF_SEND_ERRORS = {
     95001: "the customer must write again before more messages can be sent",
 }
+
+
+#: 微信客服: messages an agent may send per customer message (within its 48 hours).
+KF_MAX_REPLIES = 5
 
 
 def _cursor_key(account: str, open_kfid: str) -> str:
@@ -65,6 +72,7 @@ class WeComConnector:
         self._apis: dict[str, TokenedApi] = {}
         self._pull_locks: dict[str, asyncio.Lock] = {}
         self._pulls: set[asyncio.Task[int]] = set()
+        self._guard = CallbackGuard(ctx, self.channel, self.config.replay_window_s)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -114,29 +122,38 @@ class WeComConnector:
     async def _callback(self, request: web.Request) -> web.StreamResponse:
         name, account = self._account(request)
         bound = {"channel": self.channel, "account": name}
+        guard = self._guard
         raw = await read_body(request, self.config.max_body_bytes)
         meta = callback_meta(request)
         if "msg_signature" not in meta["query"]:
-            return refuse(401, "msg_signature missing from the query", **bound)
+            return guard.refuse(401, "signature", "msg_signature missing from the query", **bound)
         try:
             opened = open_callback(raw, self._context(name, account, meta), "wecom", max_bytes=self.config.max_body_bytes)
         except SignatureMismatch as exc:
-            return refuse(401, str(exc), **bound)
+            return guard.refuse(401, "signature", str(exc), **bound)
         except UnsafeXml as exc:
-            return refuse(400, str(exc), **bound)
+            return guard.refuse(400, "bad_xml", str(exc), **bound)
         except DecryptionFailed as exc:
             log.error("wecom.decrypt_failed", reason=str(exc), **bound)
-            return await self._journal(name, fallback_key(raw), raw, meta, bound)
-        if not opened.encrypted:
-            return refuse(400, "plain callback refused: WeCom signs only encrypted bodies", **bound)
-        if text_field(opened.fields, "Event") == KF_NOTIFY_EVENT:
+            opened, key = None, fallback_key(raw)
+        else:
+            if not opened.encrypted:
+                return guard.refuse(400, "not_encrypted", "plain callback refused: WeCom signs only encrypted bodies",
+                                    **bound)
+            key = external_id(opened.fields)
+        nonce = guard.nonce(f"wecom:{name}", meta["query"], **bound)
+        if isinstance(nonce, web.Response):
+            return nonce
+        if opened is not None and text_field(opened.fields, "Event") == KF_NOTIFY_EVENT:
+            # nothing is journaled for the notification itself (its messages are pulled); a
+            # replayed one within the window only triggers a pull, which journals nothing twice
             return await self._kf_notified(name, account, opened.fields, bound)
-        return await self._journal(name, external_id(opened.fields), raw, meta, bound)
+        return await self._journal(name, key, raw, meta, bound, nonce)
 
     async def _journal(
-        self, name: str, key: str, raw: bytes, meta: Mapping[str, Any], bound: dict[str, Any]
+        self, name: str, key: str, raw: bytes, meta: Mapping[str, Any], bound: dict[str, Any], nonce: Any = None
     ) -> web.StreamResponse:
-        result = await ingest(self.ctx, name, key, raw, meta, **bound)
+        result = await self._guard.ingest(name, key, raw, meta, nonce, **bound)
         if isinstance(result, web.Response):
             return result
         log.info("wecom.callback", key=key, journal_id=result.journal_id, created=result.created, **bound)
@@ -153,7 +170,7 @@ class WeComConnector:
         task.add_done_callback(lambda t: self._pull_done(t, open_kfid, bound))
         done, _ = await asyncio.wait({task}, timeout=self.config.kf_pull_wait_s)
         if done and not task.cancelled() and task.exception() is not None:
-            return web.Response(status=503, text="pull failed")  # WeCom will call again
+            return problem(503, "pull failed")  # WeCom will call again
         return web.Response(text=SUCCESS)
 
     def _pull_done(self, task: asyncio.Task[int], open_kfid: str, bound: dict[str, Any]) -> None:
@@ -218,6 +235,18 @@ class WeComConnector:
         if account is None:
             raise SendError(f"no configured wecom account is named {name!r}")
         return account
+
+    def can_send(self, outbound: Outbound, facts: Mapping[str, Any]) -> str | None:
+        """微信客服: at most 5 messages within 48 hours of the customer's last
+        message (WeCom answers 95001 past either); employees have no such limit."""
+        if outbound.to.kind != "wecom_external":
+            return None
+        if window_closed(facts):
+            return "微信客服 can only answer within 48 hours of the customer's last message (errcode 95001)"
+        if int(facts.get("sent_since_inbound") or 0) >= KF_MAX_REPLIES:
+            return (f"微信客服 allows {KF_MAX_REPLIES} messages per customer message: "
+                    f"{KF_SEND_ERRORS[95001]} (errcode 95001)")
+        return None
 
     async def send(self, outbound: Outbound) -> SendResult:
         """To a customer through kf/send_msg; to an employee through message/send."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import msgspec
 
@@ -19,6 +19,9 @@ class WeComAccount(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     encoding_aes_key: str
     open_kfid: str | None = None  # default 微信客服 account for pulls and replies
     agent_id: int | None = None  # the app's AgentId, to reply to employees
+    #: WeCom signs only encrypted callbacks: ``safe`` is the one mode there is
+    #: (stated for symmetry with the wechat section; a plain body is refused).
+    mode: Literal["safe"] = "safe"
 
 
 class WeComConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -26,6 +29,8 @@ class WeComConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     api_base: str = "https://qyapi.weixin.qq.com"
     max_body_bytes: int = MAX_XML_BYTES
     kf_pull_wait_s: float = 3.0  # < WeCom's 5 s callback timeout
+    #: Callbacks whose timestamp is further than this from the clock are refused.
+    replay_window_s: int = 300
 
 
 def load_wecom(section: Mapping[str, Any]) -> WeComConfig:

@@ -71,6 +71,8 @@ def _parse_callback(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
     corp_id = str(context.get("corp_id") or text_field(fields, "ToUserName") or "")
     account = str(context.get("account") or corp_id)
     userid = text_field(fields, "FromUserName")
+    if not userid and not corp_id:  # nobody to attribute it to: never an empty identity
+        raise PayloadRejected("not a WeCom callback: neither FromUserName nor ToUserName")
     sender = wecom_user(corp_id, userid) if userid else Sender(kind="wecom_userid", value=corp_id)
     inbound = xml_inbound(fields, channel=CHANNEL, account=account, sender=sender)
     if userid is None:

@@ -13,6 +13,14 @@ import argparse
 import sys
 
 
+#: How the daemon's HTTP server treats clients (tests run the app with these too).
+#: A client that disconnects mid-request is not cancelled under the handler:
+#: the route guard sees the reset and logs one info line. Idle keep-alive
+#: connections close after 75 s; a body must arrive whole within
+#: connectors.http.BODY_TIMEOUT_S (the shared body reader), else 408.
+SERVER_SETTINGS = {"handler_cancellation": False, "keepalive_timeout": 75.0}
+
+
 def main(argv: list[str], prog: str = "omnigate serve") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     from gateway.commands.common import add_config_flags, load_config
@@ -51,7 +59,7 @@ def _serve(config, prog, log, create_app, StartupError, StoreError) -> int:
     from aiohttp import web
 
     try:
-        app = create_app(config)
+        app = create_app(config, clock=_test_clock())
     except (StartupError, StoreError, OSError) as exc:
         log.error("startup.failed", error=str(exc))
         print(f"{prog}: cannot start: {exc}", file=sys.stderr)
@@ -64,9 +72,24 @@ def _serve(config, prog, log, create_app, StartupError, StoreError) -> int:
              channels=sorted(set(config.channels) | {"api"}))
     try:
         web.run_app(app, host=config.host, port=config.port, print=None, access_log=None,
-                    shutdown_timeout=10, handle_signals=True)
+                    shutdown_timeout=10, handle_signals=True, **SERVER_SETTINGS)
     except OSError as exc:
         log.error("startup.listen_failed", listen=config.listen, error=str(exc))
         return 1
     log.info("shutdown.complete")
     return 0
+
+
+def _test_clock():
+    """``OMNIGATE_TEST_CLOCK=<ISO 8601 instant with offset>``: the daemon's
+    clock starts there and ticks on (for tests that run a real daemon; the
+    default is the real time)."""
+    import os
+    from datetime import datetime
+
+    text = os.environ.get("OMNIGATE_TEST_CLOCK")
+    if not text:
+        return None
+    from gateway.clock import ticking_from
+
+    return ticking_from(datetime.fromisoformat(text))

@@ -67,7 +67,7 @@ def _print(result: object) -> None:
 async def _local(config, args, since, prog: str) -> int:
     from gateway.store.base import NotFound
     from gateway.store.sqlite import SQLiteStore
-    from routing.model import utcnow
+    from gateway.clock import system_clock
 
     store = SQLiteStore.in_dir(config.data_dir)
     try:
@@ -79,7 +79,7 @@ async def _local(config, args, since, prog: str) -> int:
             _print(await store.webhook_dead(args.name, 1000))
         else:
             try:
-                n = await store.webhook_replay(args.name, since=since, event_id=args.id, now=utcnow())
+                n = await store.webhook_replay(args.name, since=since, event_id=args.id, now=system_clock())
             except NotFound as exc:
                 print(f"{prog}: {exc}", file=sys.stderr)
                 return 1

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from connectors.base import IngestResult
+from connectors.base import IngestResult, Nonce
 from routing.model import Attachment, Contact, Outbound, ReplyTarget, Ticket, ThreadHints, TimelineEntry
 from routing.pipeline import Lookup
 from routing.sla import SlaEvent
@@ -159,8 +159,13 @@ class Delivery(msgspec.Struct, frozen=True, omit_defaults=True):
 class Store(Protocol):
     # journal ---------------------------------------------------------
     async def journal_append(
-        self, channel: str, account: str, key: str, raw: bytes, meta: dict | None = None
-    ) -> IngestResult: ...
+        self, channel: str, account: str, key: str, raw: bytes, meta: dict | None = None, *,
+        nonce: Nonce | None = None,
+    ) -> IngestResult:
+        """Append durably; with ``nonce``, check and remember it in the same
+        transaction (same nonce + same body: the first entry, ``created``
+        False; + another body: ``connectors.base.NonceReused``)."""
+        ...
 
     async def journal_get(self, journal_id: str, *, with_raw: bool = False) -> JournalEntry | None: ...
 

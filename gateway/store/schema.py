@@ -8,7 +8,7 @@ rows are never deleted, so rowids only grow, and AUTOINCREMENT would cost an
 extra b-tree write per insert on the ingest path).
 """
 
-from gateway.store import sqlite_assign, sqlite_replies, sqlite_webhooks
+from gateway.store import sqlite_assign, sqlite_nonces, sqlite_replies, sqlite_webhooks
 
 MIGRATIONS: list[str] = [
     # 1: the core slice
@@ -161,6 +161,8 @@ MIGRATIONS: list[str] = [
     sqlite_replies.MIGRATION,
     # 3: agents, presence, queues, SLA timers
     sqlite_assign.MIGRATION,
-    # 4: webhook endpoints, delivery queue, dead letters, delivery log; journal raw pruning
+    # 4: request nonces remembered with the journal (WeChat/WeCom replay defence)
+    sqlite_nonces.MIGRATION,
+    # 5: webhook endpoints, delivery queue, dead letters, delivery log; journal raw pruning
     sqlite_webhooks.MIGRATION,
 ]

@@ -29,9 +29,11 @@ from typing import Any, Callable
 import msgspec
 import structlog
 
-from connectors.base import IngestResult
+from connectors.base import IngestResult, Nonce
+from gateway import crashpoints
 from gateway.store.base import Conflict, JournalEntry, NotFound, Page, StoreError
 from gateway.store.schema import MIGRATIONS
+from gateway.store.sqlite_nonces import journal_append_nonce
 from gateway.store.sqlite_assign import AssignOps
 from gateway.store.sqlite_replies import RepliesOps
 from gateway.store.sqlite_sla import SlaOps
@@ -229,8 +231,11 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, WebhookOps):
     backend = "sqlite"
 
     def __init__(self, path: str | os.PathLike, *, synchronous: str = "full", group_commit_max: int = 512,
-                 readers: int = 2, first_ticket_number: int = 1000):
+                 readers: int = 2, first_ticket_number: int = 1000, clock: Callable[[], datetime] = utcnow):
         self.path = str(path)
+        #: the daemon's clock (``create_app(clock=…)``): every time the store
+        #: records by itself (received_at, processed_at, updated_at…) reads it
+        self.clock = clock
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.schema_version = migrate(self.path)
         self._writer = _Writer(self.path, synchronous, group_commit_max)
@@ -307,9 +312,15 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, WebhookOps):
     # ------------------------------------------------------------ journal
 
     async def journal_append(self, channel: str, account: str, key: str, raw: bytes,
-                             meta: dict | None = None) -> IngestResult:
-        return await self._write(_journal_append, new_id(), channel, account, key, raw,
-                                 _j(meta) if meta else None, ms(utcnow()), savepoint=False)
+                             meta: dict | None = None, *, nonce: Nonce | None = None) -> IngestResult:
+        """Append durably. With ``nonce``, the nonce is checked and recorded in
+        the same transaction (gateway/store/sqlite_nonces.py; may raise
+        ``NonceReused``); without, the batched hot path."""
+        row = (new_id(), channel, account, key, raw, _j(meta) if meta else None, ms(self.clock()))
+        if nonce is None:
+            return await self._write(_journal_append, *row, savepoint=False)
+        return await self._write(journal_append_nonce, _journal_append, row, nonce.scope, nonce.value,
+                                 ms(nonce.expires), ms(nonce.now))
 
     async def journal_get(self, journal_id: str, *, with_raw: bool = False) -> JournalEntry | None:
         rows = await self._read(_journal_select, "WHERE id = ?", (journal_id,), with_raw, 1)
@@ -340,11 +351,11 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, WebhookOps):
         return await self._read(_journal_select, "WHERE status = 'pending' AND seq > ?", (after_seq,), True, limit)
 
     async def journal_fail(self, journal_id: str, error: str) -> None:
-        await self._write(_journal_fail, journal_id, error[:2000], ms(utcnow()))
+        await self._write(_journal_fail, journal_id, error[:2000], ms(self.clock()))
 
     async def journal_mark_processed(self, journal_id: str) -> None:
         """An entry that yields no message (nothing to route) is done."""
-        await self._write(_journal_done, journal_id, ms(utcnow()))
+        await self._write(_journal_done, journal_id, ms(self.clock()))
 
     async def journal_requeue(self, journal_ids: list[str]) -> int:
         """Put entries back to ``pending`` (replay); returns how many."""
@@ -359,7 +370,7 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, WebhookOps):
         return await self._read(_snapshot, look, now, inline=True)
 
     async def commit(self, commit: Commit) -> CommitResult:
-        return await self._write(_apply_commit, commit, self._first_number)
+        return await self._write(_apply_commit, commit, self._first_number, ms(self.clock()))
 
     # ------------------------------------------------------------ reads
 
@@ -385,13 +396,13 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, WebhookOps):
     # ------------------------------------------------------------ contacts
 
     async def merge_contacts(self, winner_id: str, loser_id: str, actor: str, reason: str | None = None) -> Contact:
-        await self._write(_merge, winner_id, loser_id, actor, reason, ms(utcnow()))
+        await self._write(_merge, winner_id, loser_id, actor, reason, ms(self.clock()))
         contact = await self.get_contact(winner_id)
         assert contact is not None
         return contact
 
     async def unmerge_contact(self, contact_id: str, actor: str, reason: str | None = None) -> Contact:
-        await self._write(_unmerge, contact_id, actor, reason, ms(utcnow()))
+        await self._write(_unmerge, contact_id, actor, reason, ms(self.clock()))
         contact = await self.get_contact(contact_id)
         assert contact is not None
         return contact
@@ -402,7 +413,7 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, WebhookOps):
         return await self._read(_state_get, key)
 
     async def state_set(self, key: str, value: str) -> None:
-        await self._write(_state_set, key, value, ms(utcnow()))
+        await self._write(_state_set, key, value, ms(self.clock()))
 
 
 # ---------------------------------------------------------------- journal SQL
@@ -572,8 +583,7 @@ def _next_number(conn: sqlite3.Connection, first: int) -> int:
     return r[0]
 
 
-def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int) -> CommitResult:
-    now = ms(utcnow())
+def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int, now: int) -> CommitResult:
     if c.message_key is None or c.outcome != "processed":
         if c.final and c.outcome == "duplicate":
             conn.execute("UPDATE journal SET status = 'duplicate', processed_at = ?, ticket_id = ?, contact_id = ?, "
@@ -700,6 +710,8 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int) -> Com
     if c.final:
         conn.execute("UPDATE journal SET status = 'processed', processed_at = ?, ticket_id = ?, contact_id = ?, "
                      "error = NULL WHERE id = ?", (now, c.ticket_id, cid, c.journal_id))
+    if crashpoints.ARMED:  # the crash test: everything written, nothing committed
+        crashpoints.reached("commit")
     return CommitResult("processed", cid, c.ticket_id, number)
 
 
@@ -793,8 +805,10 @@ def _timeline_page(conn: sqlite3.Connection, contact_id: str | None, ticket_id: 
         try:
             at_s, seq_s = cursor.split(".", 1)
             at, seq = int(at_s), int(seq_s)
+            if not (0 <= at < 2**63 and 0 <= seq < 2**63):  # SQLite integers are 64-bit
+                raise ValueError(cursor)
         except ValueError:
-            raise StoreError(f"bad cursor {cursor!r}") from None
+            raise StoreError(f"bad cursor {cursor[:64]!r}") from None
         where += " AND (at > ? OR (at = ? AND seq > ?))"
         args += [at, at, seq]
     rows = conn.execute(

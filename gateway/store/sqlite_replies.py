@@ -31,7 +31,8 @@ from gateway.store.base import (
     ReplyDraft,
 )
 from gateway.store.sqlite_webhooks import insert_events
-from routing.model import TimelineEntry, new_id, utcnow
+from routing.model import TimelineEntry, new_id
+from routing.sla import response_verdict
 
 if TYPE_CHECKING:
     from gateway.store.sqlite import SQLiteStore
@@ -61,7 +62,7 @@ class RepliesOps:
     """Mixed into SQLiteStore: reply and outbox operations."""
 
     async def reply_create(self: "SQLiteStore", ticket_id: str, draft: ReplyDraft) -> TimelineEntry:
-        return await self._write(_reply_create, ticket_id, draft, new_id(), utcnow())
+        return await self._write(_reply_create, ticket_id, draft, new_id(), self.clock())
 
     async def auto_reply(self: "SQLiteStore", ticket_id: str, text: str, *, subject: str | None = None,
                          in_reply_to_auto: str | None = None) -> TimelineEntry:
@@ -69,8 +70,12 @@ class RepliesOps:
         draft = ReplyDraft(text=text, subject=subject, auto=True, in_reply_to_auto=in_reply_to_auto)
         return await self.reply_create(ticket_id, draft)
 
+    async def reply_facts(self: "SQLiteStore", ticket_id: str, channel: str) -> dict[str, Any]:
+        """The conversation facts a connector's ``can_send`` judges a reply by."""
+        return await self._read(_reply_facts, ticket_id, channel)
+
     async def outbox_claim(self: "SQLiteStore", topic: str, limit: int, lease_s: float) -> list[OutboxItem]:
-        now = utcnow()
+        now = self.clock()
         return await self._write(_outbox_claim, topic, limit, new_id(), now, now + timedelta(seconds=lease_s))
 
     async def outbox_settle(self: "SQLiteStore", item: OutboxItem, delivery: Delivery) -> bool:
@@ -113,10 +118,9 @@ def _reply_create(conn: sqlite3.Connection, ticket_id: str, draft: ReplyDraft, e
             (outbound.id, REPLY_TOPIC, ticket.id, entry.id, _enc.encode(outbound).decode(), at, at),
         )
     sets, args = ["version = version + 1", "updated_at = ?"], [at]
-    if draft.public and not draft.auto:  # an agent answered: the SLA's first response, and work has begun
-        sets += ["first_response_at = coalesce(first_response_at, ?)",
-                 "status = CASE status WHEN 'new' THEN 'open' ELSE status END"]
-        args.append(at)
+    if draft.public and not draft.auto:  # an agent answered: work has begun (the first response
+        # is only counted once the channel took the reply: _outbox_settle)
+        sets += ["status = CASE status WHEN 'new' THEN 'open' ELSE status END"]
     conn.execute(f"UPDATE tickets SET {', '.join(sets)} WHERE id = ?", (*args, ticket.id))
     insert_events(conn, [("message.created", ticket.id, {"timeline_id": entry.id, "ticket_id": ticket.id,
                                                           "contact_id": ticket.contact_id, "channel": entry.channel})], at)
@@ -151,12 +155,17 @@ def _outbox_settle(conn: sqlite3.Connection, item: OutboxItem, d: Delivery) -> b
     ).rowcount
     if n == 0:  # our lease ran out and another dispatcher took the row over
         return False
-    if item.timeline_id:
-        _set_delivery(conn, item.timeline_id, d)
-        if d.status != "retrying":  # a reply's outcome (sent or failed) for the webhooks
-            insert_events(conn, [("message.status", item.ticket_id, {
-                "timeline_id": item.timeline_id, "ticket_id": item.ticket_id, "status": d.status,
-                "reason": d.reason, "external_id": d.external_id})], core.ms(d.at))
+    data = _set_delivery(conn, item.timeline_id, d) if item.timeline_id else None
+    if d.status == "sent" and item.ticket_id and data is not None and \
+            response_verdict(TimelineEntry("", "", "message_out", d.at, data=data)).counts:
+        # delivered (or accepted by the channel): now it is the ticket's first response
+        at = core.ms(d.at)
+        conn.execute("UPDATE tickets SET first_response_at = coalesce(first_response_at, ?), updated_at = ?, "
+                     "version = version + 1 WHERE id = ?", (at, at, item.ticket_id))
+    if item.timeline_id and d.status != "retrying":  # a reply's outcome (sent or failed) for the webhooks
+        insert_events(conn, [("message.status", item.ticket_id, {
+            "timeline_id": item.timeline_id, "ticket_id": item.ticket_id, "status": d.status,
+            "reason": d.reason, "external_id": d.external_id})], core.ms(d.at))
     if d.thread_ref and item.ticket_id:
         # stored as inbound messages name it (no angle brackets), so the answer threads here
         conn.execute("INSERT OR IGNORE INTO thread_refs (ref, ticket_id) VALUES (?, ?)",
@@ -164,13 +173,30 @@ def _outbox_settle(conn: sqlite3.Connection, item: OutboxItem, d: Delivery) -> b
     return True
 
 
-def _set_delivery(conn: sqlite3.Connection, timeline_id: str, d: Delivery) -> None:
+def _set_delivery(conn: sqlite3.Connection, timeline_id: str, d: Delivery) -> dict | None:
     r = conn.execute("SELECT data FROM timeline WHERE id = ?", (timeline_id,)).fetchone()
     if r is None:
-        return
+        return None
     data = _dec.decode(r[0]) if r[0] else {}
     data["delivery"] = msgspec.to_builtins(msgspec.structs.replace(d, thread_ref=None))
     conn.execute("UPDATE timeline SET data = ? WHERE id = ?", (_enc.encode(data).decode(), timeline_id))
+    return data
+
+
+def _reply_facts(conn: sqlite3.Connection, ticket_id: str, channel: str) -> dict[str, Any]:
+    """What a connector's ``can_send`` may judge a reply by (connectors/base.py
+    SendChecker): the contact's last message on this channel, and how many
+    replies were delivered since."""
+    core = _core()
+    r = conn.execute("SELECT contact_id FROM tickets WHERE id = ?", (ticket_id,)).fetchone()
+    if r is None:
+        return {"last_inbound_at": None, "sent_since_inbound": 0}
+    last = conn.execute("SELECT max(at) FROM timeline WHERE contact_id = ? AND channel = ? AND kind = 'message_in'",
+                        (r[0], channel)).fetchone()[0]
+    sent = conn.execute(
+        "SELECT count(*) FROM timeline WHERE contact_id = ? AND channel = ? AND kind = 'message_out' AND at >= ? "
+        "AND json_extract(data, '$.delivery.status') = 'sent'", (r[0], channel, last or 0)).fetchone()[0]
+    return {"last_inbound_at": core.dt(last), "sent_since_inbound": sent}
 
 
 def _outbox_next_due(conn: sqlite3.Connection, topic: str) -> datetime | None:

@@ -99,17 +99,33 @@ class Tx(AssignTx):
     def _responses(self, t: TicketRow) -> tuple[datetime | None, datetime | None]:
         """(first response, first customer message not answered since the last response).
 
-        A response is a public agent reply (``routing.sla.response_verdict``);
+        A response is a public agent reply (``routing.sla.response_verdict``)
+        that was delivered (or accepted by the channel), at the time it was:
+        a queued, retrying or failed reply answers nobody.
         ``tickets.first_response_at`` counts too, whoever set it.
         """
         first, last_reply, awaiting = t.first_response_at, None, None
+        events = []
         for kind, at_ms, data in self.conn.execute(
             "SELECT kind, at, data FROM timeline WHERE ticket_id = ? AND kind IN ('message_in', 'message_out') "
             "ORDER BY at, seq", (t.id,)):
             at = from_ms(at_ms)
             if kind == "message_in":
+                events.append((at, False))
+                continue
+            fields = _dec.decode(data) if data else {}
+            if not response_verdict(TimelineEntry("", "", kind, at, data=fields)).counts:
+                continue
+            delivery = fields.get("delivery")
+            if isinstance(delivery, dict):
+                if delivery.get("status") != "sent":
+                    continue
+                at = datetime.fromisoformat(delivery["at"]) if delivery.get("at") else at
+            events.append((at, True))
+        for at, reply in sorted(events, key=lambda e: e[0]):
+            if not reply:
                 awaiting = awaiting or at
-            elif response_verdict(TimelineEntry("", "", kind, at, data=_dec.decode(data) if data else {})).counts:
+            else:
                 first = first or at
                 last_reply, awaiting = at, None
         if first is None or (last_reply is None and awaiting is not None and awaiting <= first):

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import msgspec
 
 from gateway.store.base import REPLY_TOPIC, NotFound, StoreError
-from routing.model import new_id, utcnow
+from routing.model import new_id
 
 if TYPE_CHECKING:
     from gateway.store.sqlite import SQLiteStore
@@ -309,7 +309,7 @@ class WebhookOps:
     async def webhook_event_insert(self: "SQLiteStore", topic: str, ticket_id: str | None, payload: dict,
                                    now: datetime | None = None) -> None:
         """Record an event outside a pipeline commit (the API's note mentions, PATCH)."""
-        await self._write(lambda conn: insert_events(conn, [(topic, ticket_id, payload)], _ms(now or utcnow())))
+        await self._write(lambda conn: insert_events(conn, [(topic, ticket_id, payload)], _ms(now or self.clock())))
 
 
 _EP_COLS = ("name, url, secret, events, allow_private, enabled, source, description, cursor, disabled_reason, "

@@ -43,7 +43,7 @@ from standardwebhooks.webhooks import Webhook
 from gateway.config import RetentionConfig, WebhooksConfig, parse_duration
 from gateway.store.sqlite_webhooks import Claimed
 from gateway.webhooks.ssrf import GuardedResolver, Refused, check_url, refusal_in
-from routing.model import utcnow
+from gateway.clock import Clock, system_clock
 
 log = structlog.get_logger(__name__)
 
@@ -95,7 +95,7 @@ class WebhookService:
     """Delivers the outbox's events to the configured and API-made endpoints."""
 
     def __init__(self, store: Any, config: WebhooksConfig, retention: RetentionConfig | None = None, *,
-                 clock: Callable[[], datetime] = utcnow, jitter: Callable[[], float] = random.random,
+                 clock: Clock = system_clock, jitter: Callable[[], float] = random.random,
                  resolver: Any = None, poll_s: float = 0.05, prune_every_s: float = 3600.0) -> None:
         self.store = store
         self.config = config
@@ -344,7 +344,7 @@ def setup(app: web.Application, store: Any, config: Any, clock: Callable[[], dat
     from gateway.http_util import guarded_routes
     from gateway.webhooks import routes
 
-    svc = WebhookService(store, config.webhooks, config.retention, clock=clock or utcnow)
+    svc = WebhookService(store, config.webhooks, config.retention, clock=clock or system_clock)
     app[SERVICE] = svc
     app.router.add_routes(guarded_routes(routes.routes))
     app[keys.READINESS]["webhooks"] = svc.readiness

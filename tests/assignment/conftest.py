@@ -3,12 +3,13 @@ own commit, and a clock the tests move (nothing sleeps)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from gateway.store.sqlite import SQLiteStore
+from tests.clock import FakeClock
 from routing.directory import Directory, parse_directory
 from routing.model import Identity, ReplyTarget, new_id
 from routing.state import Commit, NewContact, NewTicket
@@ -58,18 +59,7 @@ def directory(presence: str = "online") -> Directory:
     return parse_directory(text, "test-directory.yaml")
 
 
-class Clock:
-    """An injectable clock: ``clock()`` is now, ``clock.advance(minutes=…)`` moves it."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> datetime:
-        self.now += timedelta(**delta)
-        return self.now
+Clock = FakeClock  # the tests' name for it
 
 
 def local(*args: int) -> datetime:
@@ -86,8 +76,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = SQLiteStore.in_dir(tmp_path)
+async def store(tmp_path, clock):
+    s = SQLiteStore.in_dir(tmp_path, clock=clock)
     await s.directory_load(directory(), T0)
     yield s
     await s.close()

@@ -26,9 +26,9 @@ sla_policies:
 async def _gateway(aiohttp_client, tmp_path, presence: str = "online", now=local(2026, 3, 2, 9, 0)):
     path = tmp_path / "directory.yaml"
     path.write_text(DIRECTORY.replace("{presence}", presence), encoding="utf-8")
-    app = create_app(make_config(tmp_path, directory=str(path)))
     clock = Clock(now)
-    app[ASSIGNMENT].clock = app[keys.WORKER].pipeline.clock = clock
+    app = create_app(make_config(tmp_path, directory=str(path)), clock=clock)
+    assert app[ASSIGNMENT].clock is clock and app[keys.WORKER].pipeline.clock is clock
     return await aiohttp_client(app), app
 
 
@@ -106,7 +106,7 @@ async def test_presence_online_drains_the_queue(aiohttp_client, tmp_path):
 
 
 @pytest.mark.parametrize("year", [2027])
-async def test_stats_readyz_and_metrics(aiohttp_client, tmp_path, year):
+async def test_stats_readyz_and_metrics(aiohttp_client, tmp_path, year, cn_holidays_until_2026):
     # a year the holiday data does not cover: the calendar falls back to weekly hours, and says so
     client, app = await _gateway(aiohttp_client, tmp_path, now=local(year, 1, 4, 9, 0))
     done = await _message(client, app, "m1", "d@example.cn")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from gateway.store.base import ReplyDraft
+from gateway.store.base import REPLY_TOPIC, Delivery, ReplyDraft
 from gateway.store.sqlite import SQLiteStore
 from routing.model import utcnow
 from tests.assignment.conftest import T0, assignee, directory, entries, local, make_ticket
@@ -100,6 +100,11 @@ async def test_a_public_agent_reply_meets_the_first_response(store):
     t, sla = await _due(store, created, priority="urgent")
     assert sla.first_response_due == created + timedelta(minutes=15)
     await store.reply_create(t, ReplyDraft(text="您好，我们在处理", author="a-li"))
+    await store.ticket_sync([t], utcnow())
+    # queued, not delivered: nobody has been answered yet
+    assert (await store.get_ticket(t)).sla.first_response_due == created + timedelta(minutes=15)
+    (item,) = await store.outbox_claim(REPLY_TOPIC, 10, 60)
+    assert await store.outbox_settle(item, Delivery(status="sent", at=utcnow(), attempts=1))
     await store.ticket_sync([t], utcnow())
     sla = (await store.get_ticket(t)).sla
     assert sla.first_response_due is None and sla.breached == []

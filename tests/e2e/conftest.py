@@ -41,9 +41,15 @@ class Gateway:
         return (await self.get("/api/v1/journal"))["items"]
 
     async def timeline(self, ticket_id: str, *kinds: str) -> list[dict]:
-        """The ticket's timeline entries (of these kinds; rule and status entries aside)."""
+        """The ticket's timeline entries (of these kinds; rule and status entries aside, and
+        the rules' automatic replies, which depend on the hour: ``auto_replies`` reads those)."""
         items = (await self.get(f"/api/v1/tickets/{ticket_id}/timeline"))["items"]
-        return [e for e in items if e["kind"] in (kinds or MESSAGE_KINDS)]
+        return [e for e in items if e["kind"] in (kinds or MESSAGE_KINDS) and not _automatic_reply(e)]
+
+    async def auto_replies(self, ticket_id: str) -> list[dict]:
+        """What the rules engine sent on its own (e.g. the opening hours, after hours)."""
+        items = (await self.get(f"/api/v1/tickets/{ticket_id}/timeline"))["items"]
+        return [e for e in items if _automatic_reply(e)]
 
     async def only_ticket(self) -> tuple[dict, dict, dict]:
         """(journal entry, ticket, contact) of the one processed message so far."""
@@ -63,10 +69,15 @@ class Gateway:
         """The reply entry's ``data.delivery`` once ``until`` holds for it."""
 
         async def current() -> dict:
-            (entry,) = [e for e in await self.timeline(ticket_id) if e["id"] == entry_id]
+            items = (await self.get(f"/api/v1/tickets/{ticket_id}/timeline"))["items"]
+            (entry,) = [e for e in items if e["id"] == entry_id]
             return entry["data"]["delivery"]
 
         return await wait_for(current, until)
+
+
+def _automatic_reply(entry: dict) -> bool:
+    return entry["kind"] == "message_out" and bool(entry["data"].get("auto"))
 
 
 async def wait_for(read: Callable[[], Awaitable[Any]], until: Callable[[Any], bool]) -> Any:
@@ -82,13 +93,15 @@ async def wait_for(read: Callable[[], Awaitable[Any]], until: Callable[[Any], bo
 
 
 @pytest.fixture
-def start_gateway(aiohttp_client, tmp_path) -> Callable[..., Awaitable[Gateway]]:
-    """``await start_gateway(wechat={...}, …)``: a running gateway with these channel sections."""
+def start_gateway(aiohttp_client, tmp_path, gateway_clock) -> Callable[..., Awaitable[Gateway]]:
+    """``await start_gateway(wechat={...}, …)``: a running gateway with these channel sections,
+    its clock pinned to the test's instant (business hours, an evening, a holiday:
+    tests/clock.py; ``@pytest.mark.clock(...)`` picks)."""
 
     async def start(**sections: dict) -> Gateway:
         env = {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data"),
                "OMNIGATE_RULES_DIR": RULES}  # the shipped rules, wherever pytest runs from
-        app = create_app(load(None, environ=env, flags=sections))
+        app = create_app(load(None, environ=env, flags=sections), clock=gateway_clock)
         client = await aiohttp_client(app)
         assert set(sections) <= set(app[keys.CONNECTORS])
         return Gateway(client, app)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import aiosmtplib
 import pytest
 
+from tests.clock import BUSINESS_HOURS
 from tests.connectors.email.conftest import listening
 from tests.connectors.email.test_send import sink
 from tests.corpus import require_corpus
@@ -22,6 +23,7 @@ async def deliver(port: int, raw: bytes, sender: str) -> None:
     await aiosmtplib.send(raw, sender=sender, recipients=[MAILBOX], hostname="127.0.0.1", port=port)
 
 
+@pytest.mark.clock(BUSINESS_HOURS)  # asserts every send: the evening's opening-hours reply aside
 async def test_mail_in_reply_out_and_the_answer_threads_back(start_gateway, unused_tcp_port_factory) -> None:
     raw = (require_corpus() / "email" / "talon_gmail.eml").read_bytes()
     smtp_port = unused_tcp_port_factory()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.clock import BUSINESS_HOURS, EVENING
 from tests.corpus import require_corpus
 from tests.e2e.conftest import Gateway
 from tests.standins.telegram_api import TelegramApiStandIn, rate_limited
@@ -50,6 +51,7 @@ async def test_private_text_becomes_a_ticket_and_a_redelivery_changes_nothing(gw
     assert (message["kind"], message["text"]) == ("message_in", "Hello, I need your Help")
 
 
+@pytest.mark.clock(BUSINESS_HOURS)  # asserts every send: the evening's opening-hours reply aside
 async def test_reply_is_sent_to_the_chat(gw: Gateway, telegram_api) -> None:
     await push(gw, corpus_text())
     await gw.drain()
@@ -63,6 +65,7 @@ async def test_reply_is_sent_to_the_chat(gw: Gateway, telegram_api) -> None:
     assert (await gw.get(f"/api/v1/tickets/{ticket['id']}"))["status"] == "open"
 
 
+@pytest.mark.clock(BUSINESS_HOURS)  # asserts every send: the evening's opening-hours reply aside
 async def test_rate_limited_reply_is_retried_after_retry_after(gw: Gateway, telegram_api) -> None:
     await push(gw, corpus_text())
     await gw.drain()
@@ -74,10 +77,34 @@ async def test_rate_limited_reply_is_retried_after_retry_after(gw: Gateway, tele
     assert _seconds(retrying["next_at"]) - _seconds(retrying["at"]) == pytest.approx(1.0)
     sent = await gw.delivery(ticket["id"], reply["id"], lambda d: d["status"] != "retrying")
     assert (sent["status"], sent["attempts"]) == ("sent", 2)
+    assert _seconds(sent["at"]) >= _seconds(retrying["next_at"])  # Retry-After was waited out (the gateway's clock)
     assert [p["text"] for _, p in telegram_api.bot.sent] == ["Thanks for waiting."]
     metrics = await (await gw.client.get("/metrics")).text()
     assert 'omnigate_replies_total{channel="telegram",status="retrying"} 1.0' in metrics
     assert 'omnigate_replies_total{channel="telegram",status="sent"} 1.0' in metrics
+
+
+@pytest.mark.clock(EVENING)
+async def test_in_the_evening_the_opening_hours_reply_goes_to_the_chat(gw: Gateway, telegram_api) -> None:
+    """The shipped after-hours rule answers through the channel, by the gateway's clock."""
+    await push(gw, corpus_text())
+    await gw.drain()
+    _, ticket, _ = await gw.only_ticket()
+    (auto,) = await gw.auto_replies(ticket["id"])
+    delivery = await gw.delivery(ticket["id"], auto["id"], lambda d: d["status"] != "queued")
+    assert delivery["status"] == "sent"
+    ((method, params),) = telegram_api.bot.sent
+    assert method == "sendMessage" and f"工单号 {ticket['number']}" in params["text"] and "非工作时间" in params["text"]
+    assert "after-hours" in (await gw.get(f"/api/v1/tickets/{ticket['id']}"))["tags"]
+
+
+@pytest.mark.clock(BUSINESS_HOURS)
+async def test_in_business_hours_nothing_answers_on_its_own(gw: Gateway, telegram_api) -> None:
+    await push(gw, corpus_text())
+    await gw.drain()
+    _, ticket, _ = await gw.only_ticket()
+    assert await gw.auto_replies(ticket["id"]) == [] and telegram_api.bot.sent == []
+    assert "after-hours" not in (await gw.get(f"/api/v1/tickets/{ticket['id']}")).get("tags", [])
 
 
 async def test_edited_message_updates_the_earlier_entry(gw: Gateway) -> None:

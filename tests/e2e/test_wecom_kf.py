@@ -1,5 +1,7 @@
-"""微信客服 end to end: a whole (synthetic, labelled) kf/sync_msg conversation
-through the gateway's journal and pipeline — the customer's messages make one
+"""微信客服 end to end: WeCom's signed, encrypted ``kf_msg_or_event``
+notification posted to the gateway's callback route makes the real connector
+pull a whole (synthetic, labelled) kf/sync_msg conversation from the API
+stand-in into the journal and the pipeline — the customer's messages make one
 ticket, the servicer's reply from the WeCom client is a reply on it (the first
 response), and the session's end solves the ticket. The ten messages are
 journaled at once and the pipeline runs them concurrently: the session end
@@ -10,23 +12,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import msgspec
+from tests.connectors.wechat.support import AES_KEY, NONCE, TIMESTAMP, TOKEN, envelope
+from tests.e2e.conftest import Gateway, wait_for
 
-from gateway import keys
-from tests.connectors.wechat.support import AES_KEY, TOKEN
-from tests.e2e.conftest import Gateway
-
-SYNC = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "wecom" / "kf_sync_msg_synthetic.json")
-                  .read_text(encoding="utf-8"))
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wecom"
+SYNC = json.loads((FIXTURES / "kf_sync_msg_synthetic.json").read_text(encoding="utf-8"))
 
 
 async def test_a_kf_session_is_one_ticket_answered_and_solved(start_gateway, wechat_api) -> None:
+    corp = SYNC["corp_id"]
+    wechat_api.work_apps[(corp, "kf-secret")] = "kf"
+    wechat_api.kf_messages.extend(SYNC["msg_list"])
     gw: Gateway = await start_gateway(wecom={"api_base": wechat_api.base, "accounts": {"kf": {
-        "corp_id": SYNC["corp_id"], "secret": "kf-secret", "token": TOKEN, "encoding_aes_key": AES_KEY}}})
-    for msg in SYNC["msg_list"]:  # what the connector ingests after each sync_msg page
-        await gw.app[keys.INGEST].ingest("wecom", "kf", msg["msgid"], msgspec.json.encode(msg), None)
+        "corp_id": corp, "secret": "kf-secret", "token": TOKEN, "encoding_aes_key": AES_KEY}}})
+    notification = (FIXTURES / "kf_msg_or_event_synthetic.xml").read_text(encoding="utf-8")
+    body, msg_signature = envelope("wecom", notification, corp)
+    resp = await gw.client.post(f"/channels/wecom/{corp}/kf", data=body,
+                                params={"msg_signature": msg_signature, "timestamp": TIMESTAMP, "nonce": NONCE})
+    assert (resp.status, await resp.text()) == (200, "success")
+    # the callback is answered within kf_pull_wait_s; the pull may go on behind it
+    await wait_for(gw.journal, lambda items: len(items) == len(SYNC["msg_list"]))  # pulled from sync_msg
     await gw.drain()
     journal = await gw.journal()
+    assert wechat_api.sync_calls and {c["token"] for c in wechat_api.sync_calls} == {"ENCSyntheticSyncToken"}
     assert [e["status"] for e in journal] == ["processed"] * len(SYNC["msg_list"])
     customer = {e["contact_id"] for e in journal if e["id"] != journal[7]["id"]}  # kfmsg-0008: servicer presence
     assert len(customer) == 1

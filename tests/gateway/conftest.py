@@ -8,7 +8,9 @@ import pytest
 
 from gateway import keys
 from gateway.app import create_app
+from gateway.clock import ticking_from
 from gateway.config import load
+from tests.clock import BUSINESS_HOURS, INSTANTS
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,9 +30,15 @@ def make_config(tmp_path, **flags):
 @pytest.fixture
 async def gw(aiohttp_client, tmp_path):
     """(client, app) of a running gateway; ``await drain(app)`` waits for the pipeline."""
-    app = create_app(make_config(tmp_path, max_body_bytes=64 * 1024))
+    app = create_app(make_config(tmp_path, max_body_bytes=64 * 1024), clock=business_hours())
     client = await aiohttp_client(app)
     return client, app
+
+
+def business_hours():
+    """A gateway clock pinned to Shanghai business hours (tests/clock.py) that
+    ticks on: for tests whose subject is not the time of day."""
+    return ticking_from(INSTANTS[BUSINESS_HOURS])
 
 
 async def drain(app) -> None:

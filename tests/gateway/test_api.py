@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 
+import msgspec
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.gateway.conftest import AUTH, drain
 
 
@@ -82,20 +85,49 @@ async def test_no_token_configured_answers_401_with_hint(aiohttp_client, tmp_pat
     assert r.status == 401 and "OMNIGATE_API_TOKEN" in (await r.json())["detail"]
 
 
-async def test_unparseable_payload_is_kept_failed_and_replayable(gw):
-    client, app = gw
-    from gateway import keys
+async def test_unparseable_payload_is_kept_failed_and_replayable(aiohttp_client, tmp_path):
+    """A WeChat callback signed with the right token but encrypted for another
+    AES key (the account was configured with the wrong one) is journaled as
+    failed with the reason; replaying it unchanged fails again; once the key is
+    fixed (and the gateway restarted), the replay makes it a ticket."""
+    from gateway.app import create_app
+    from tests.connectors.wechat.support import AES_KEY, NONCE, TIMESTAMP, TOKEN, envelope, sign
+    from tests.gateway.conftest import business_hours, make_config
 
-    # stored by a connector, but not parseable by its parser (e.g. a parser bug)
-    res = await app[keys.INGEST].ingest("api", "api", "broken-1", b'{"external_id": 5}', None)
-    await drain(app)
-    failed = await (await client.get("/api/v1/journal?status=failed", headers=AUTH)).json()
-    assert [e["id"] for e in failed["items"]] == [res.journal_id]
-    assert "external_id" in failed["items"][0]["error"]
-    r = await client.post(f"/api/v1/journal/{res.journal_id}/replay", headers=AUTH)
+    appid = "wxreplay000001"
+    xml = (f"<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[o-replay-1]]></FromUserName>"
+           f"<CreateTime>1764554400</CreateTime><MsgType><![CDATA[text]]></MsgType>"
+           f"<Content><![CDATA[退款还没到账]]></Content><MsgId>880001</MsgId></xml>")
+    body, msg_signature = envelope("oa", xml, appid)
+    query = {"signature": sign(TOKEN, TIMESTAMP, NONCE), "timestamp": TIMESTAMP, "nonce": NONCE,
+             "encrypt_type": "aes", "msg_signature": msg_signature}
+
+    def gateway(aes_key: str):
+        account = {"appid": appid, "token": TOKEN, "encoding_aes_key": aes_key, "app_secret": "unused"}
+        return create_app(make_config(tmp_path, wechat={"accounts": {"main": account}}), clock=business_hours())
+
+    client = await aiohttp_client(gateway("B" * 43))  # the wrong key
+    r = await client.post(f"/channels/wechat/{appid}", params=query, data=body)
+    assert (r.status, await r.text()) == (200, "success")  # signed by WeChat: kept, not refused
+    await drain(client.server.app)
+    failed = (await (await client.get("/api/v1/journal?status=failed", headers=AUTH)).json())["items"]
+    [entry] = failed
+    assert "decrypt" in entry["error"].lower() or "aes" in entry["error"].lower(), entry["error"]
+    r = await client.post(f"/api/v1/journal/{entry['id']}/replay", headers=AUTH)
     assert r.status == 202
-    await drain(app)
-    assert (await (await client.get(f"/api/v1/journal/{res.journal_id}", headers=AUTH)).json())["status"] == "failed"
+    await drain(client.server.app)
+    again = await (await client.get(f"/api/v1/journal/{entry['id']}", headers=AUTH)).json()
+    assert again["status"] == "failed"  # nothing changed: the cause is still there
+    await client.close()
+
+    client = await aiohttp_client(gateway(AES_KEY))  # the operator fixed the key
+    r = await client.post(f"/api/v1/journal/{entry['id']}/replay", headers=AUTH)
+    assert r.status == 202
+    await drain(client.server.app)
+    done = await (await client.get(f"/api/v1/journal/{entry['id']}", headers=AUTH)).json()
+    assert done["status"] == "processed" and done["ticket_id"] and not done.get("error")
+    timeline = await (await client.get(f"/api/v1/tickets/{done['ticket_id']}/timeline", headers=AUTH)).json()
+    assert [e["text"] for e in timeline["items"] if e["kind"] == "message_in"] == ["退款还没到账"]
 
 
 async def test_cross_channel_identity_and_near_duplicate(gw):
@@ -159,11 +191,24 @@ async def test_health_ready_metrics(gw):
     body = await r.json()
     assert r.status == 200 and body["detail"]["store"]["ok"]
     await post(client, msg("h1"))
+    await post(client, msg("h2"))  # the same text from the same sender: a near duplicate
+    from gateway import keys
+
+    await app[keys.INGEST].ingest("api", "api", "h3", b'{"external_id": 5}', None)  # stored, unparseable
+    again = msgspec.json.encode(msg("h1"))  # h1 once more, under another journal key: an exact duplicate
+    await app[keys.INGEST].ingest("api", "api", "h1-again", again, None)
     await drain(app)
-    text = await (await client.get("/metrics")).text()
-    for name in ("omnigate_received_total", "omnigate_processed_total", "omnigate_pipeline_latency_seconds_bucket",
-                 "omnigate_deduped_total", "omnigate_failed_total", "omnigate_journal_backlog"):
-        assert name in text or name.replace("_total", "") in text, name
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(await (await client.get("/metrics")).text())
+               for s in family.samples}  # sample lines only: # HELP/# TYPE lines do not count
+    api = (("channel", "api"),)
+    assert samples[("omnigate_received_total", api)] == 4
+    assert samples[("omnigate_processed_total", api)] == 1
+    assert samples[("omnigate_near_duplicates_total", api)] == 1
+    assert samples[("omnigate_deduped_total", api)] == 1
+    assert samples[("omnigate_failed_total", api)] == 1
+    assert samples[("omnigate_pipeline_latency_seconds_count", api)] == 3
+    assert ("omnigate_journal_backlog", ()) in samples
 
 
 async def test_concurrent_posts_each_become_one_entry(gw):

@@ -6,13 +6,20 @@ import pytest
 
 from gateway import keys
 from gateway.app import StartupError, create_app
+from tests.clock import BUSINESS_HOURS, EVENING
 from tests.gateway.conftest import AUTH, RULES, drain, make_config
 
 
 @pytest.fixture
-async def routed(aiohttp_client, tmp_path):
-    app = create_app(make_config(tmp_path, rules_dir=RULES))
+async def routed(aiohttp_client, tmp_path, gateway_clock):
+    """The shipped rules, at each of tests/clock.py's instants (or the marked ones)."""
+    app = create_app(make_config(tmp_path, rules_dir=RULES), clock=gateway_clock)
     return await aiohttp_client(app), app
+
+
+def _without_after_hours(path: list[str]) -> list[str]:
+    """The decision's path apart from the time-of-day rule (its own tests pin the clock)."""
+    return [r for r in path if r != "after-hours"]
 
 
 async def _ticket_of(client, journal_id):
@@ -36,9 +43,9 @@ async def test_refund_goes_to_billing_and_the_timeline_says_why(routed):
     await drain(app)
     ticket, items = await _ticket_of(client, jid)
     assert ticket["team"] == "billing" and ticket["skills"] == {"billing": 1} and "refund" in ticket["tags"]
-    rules = [e for e in items if e["kind"] == "rule"]
-    assert [e["data"]["rule"] for e in rules] == ["root", "billing-refund"]
-    assert any("退款" in m for m in rules[1]["data"]["matched"])
+    rules = {e["data"]["rule"]: e for e in items if e["kind"] == "rule"}
+    assert _without_after_hours(list(rules)) == ["root", "billing-refund"]
+    assert any("退款" in m for m in rules["billing-refund"]["data"]["matched"])
     message = next(e for e in items if e["kind"] == "message_in")
     assert message["data"]["reasons"]["rules"]["rule"] == "billing-refund"
 
@@ -59,10 +66,38 @@ async def test_dry_run_endpoint(routed):
     r = await client.post("/api/v1/rules/test", headers=AUTH,
                           json={"channel": "email", "from": "a@b.cn", "subject": "申请退款", "tree": True})
     body = await r.json()
-    assert r.status == 200 and body["path"] == ["root", "billing-refund"] and body["team"] == "billing"
-    assert "billing-refund" in body["tree"]
+    assert r.status == 200 and _without_after_hours(body["path"]) == ["root", "billing-refund"]
+    assert body["team"] == "billing" and "billing-refund" in body["tree"]
     r = await client.post("/api/v1/rules/test", headers=AUTH, json={"channel": 5})
     assert r.status == 400 and (await r.json())["field"]
+
+
+@pytest.mark.clock(BUSINESS_HOURS)
+async def test_in_business_hours_a_new_ticket_gets_no_opening_hours_reply(routed):
+    client, app = routed
+    jid = await _post(client, "bh1", "订单重复扣款了，我要申请退款")
+    await drain(app)
+    ticket, items = await _ticket_of(client, jid)
+    assert [e["data"]["rule"] for e in items if e["kind"] == "rule"] == ["root", "billing-refund"]
+    assert "after-hours" not in ticket["tags"] and not [e for e in items if e["kind"] == "message_out"]
+    r = await client.post("/api/v1/rules/test", headers=AUTH, json={"channel": "email", "subject": "申请退款"})
+    assert (await r.json())["path"] == ["root", "billing-refund"]
+
+
+@pytest.mark.clock(EVENING)
+async def test_in_the_evening_a_new_ticket_gets_the_opening_hours_reply(routed):
+    """The daemon's clock, not the machine's, decides (the dry-run endpoint too)."""
+    client, app = routed
+    jid = await _post(client, "ev1", "订单重复扣款了，我要申请退款")
+    await drain(app)
+    ticket, items = await _ticket_of(client, jid)
+    assert [e["data"]["rule"] for e in items if e["kind"] == "rule"] == ["root", "after-hours", "billing-refund"]
+    assert "after-hours" in ticket["tags"] and ticket["team"] == "billing"
+    [auto] = [e for e in items if e["kind"] == "message_out"]
+    assert auto["data"]["auto"] is True
+    r = await client.post("/api/v1/rules/test", headers=AUTH, json={"channel": "email", "subject": "申请退款"})
+    body = await r.json()
+    assert body["path"] == ["root", "after-hours", "billing-refund"]
 
 
 async def test_rules_test_without_rules_is_a_clear_409(aiohttp_client, tmp_path):

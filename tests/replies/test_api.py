@@ -4,12 +4,15 @@ auto-reply store operation, and the refusals."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import sqlite3
 from pathlib import Path
 
 import msgspec
 
+from connectors.base import SendError, SendResult
+from gateway.outbox import DISPATCHER
 from gateway import keys
 from gateway.store.base import REPLY_TOPIC
 from routing.model import Identity, Outbound, utcnow
@@ -18,8 +21,28 @@ from tests.e2e.conftest import wait_for
 from tests.gateway.conftest import AUTH, drain
 
 
-async def api_ticket(client, app, ext: str = "r1") -> dict:
-    """A ticket opened through the API channel (which has no connector to send with)."""
+class Accepting:
+    """A connector for the API channel that accepts every reply (the real API
+    channel cannot send yet: replies to its tickets are refused with 409)."""
+
+    def __init__(self, gate: asyncio.Event | None = None) -> None:
+        self.sent: list[Outbound] = []
+        self.gate = gate  # when given, a send waits until it is set
+
+    async def send(self, outbound: Outbound) -> SendResult:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.sent.append(outbound)
+        return SendResult()
+
+    async def close(self) -> None:
+        pass
+
+
+async def api_ticket(client, app, ext: str = "r1", *, sendable: bool = True) -> dict:
+    """A ticket opened through the API channel (given a connector that accepts replies when ``sendable``)."""
+    if sendable:
+        app[keys.CONNECTORS].setdefault("api", Accepting())
     body = {"external_id": ext, "sender": {"kind": "email", "value": "li@example.com", "name": "Li"},
             "subject": "Invoice", "text": "Where is my invoice?"}
     assert (await client.post("/channels/api/messages", json=body, headers=AUTH)).status == 202
@@ -49,6 +72,7 @@ async def post_reply(client, ref, body: dict):
 async def test_reply_is_one_transaction_of_entry_outbox_row_and_ticket(gw):
     client, app = gw
     ticket = await api_ticket(client, app)
+    gate = app[keys.CONNECTORS]["api"].gate = asyncio.Event()  # the channel takes its time
     before = version(app, ticket["id"])
     data = base64.b64encode(b"%PDF-1.4 invoice").decode()
     resp = await post_reply(client, ticket["number"], {"text": "Attached.", "author": "agent-1", "attachments": [
@@ -68,25 +92,74 @@ async def test_reply_is_one_transaction_of_entry_outbox_row_and_ticket(gw):
     assert outbound.thread.ticket_ref == str(ticket["number"])
     assert outbound.attachments[0].storage_ref == att["sha256"] and outbound.attachments[0].data is None
     after = await (await client.get(f"/api/v1/tickets/{ticket['id']}", headers=AUTH)).json()
-    assert after["status"] == "open" and after["first_response_at"]
+    assert after["status"] == "open" and "first_response_at" not in after  # not delivered yet
     assert version(app, ticket["id"]) == before + 1
+    gate.set()
+    sent = await wait_for(lambda: _delivery(client, ticket["id"], entry["id"]), lambda d: d["status"] == "sent")
+    after = await (await client.get(f"/api/v1/tickets/{ticket['id']}", headers=AUTH)).json()
+    assert after["first_response_at"][:23] == sent["at"][:23]  # delivered at (ms)
     # a second reply is not the first response
     assert (await post_reply(client, ticket["id"], {"text": "And another thing."})).status == 202
     again = await (await client.get(f"/api/v1/tickets/{ticket['id']}", headers=AUTH)).json()
     assert again["first_response_at"] == after["first_response_at"]
 
 
-async def test_reply_on_a_channel_without_a_connector_fails_with_the_reason(gw):
+async def test_reply_on_a_channel_without_a_connector_is_refused_at_once(gw):
+    client, app = gw
+    ticket = await api_ticket(client, app, sendable=False)
+    resp = await post_reply(client, ticket["id"], {"text": "Hello"})
+    assert resp.status == 409
+    problem = await resp.json()
+    assert "api channel cannot send" in problem["detail"] and problem["field"] == "channel"
+    assert [r for r in outbox_rows(app) if r[0] == REPLY_TOPIC] == []  # nothing queued to fail later
+    # an internal note is still fine
+    assert (await post_reply(client, ticket["id"], {"text": "n", "internal": True})).status == 201
+
+
+async def test_a_failed_delivery_is_not_a_first_response(gw):
     client, app = gw
     ticket = await api_ticket(client, app)
-    entry = await (await post_reply(client, ticket["id"], {"text": "Hello"})).json()
 
-    async def delivery() -> dict:
-        items = (await (await client.get(f"/api/v1/tickets/{ticket['id']}/timeline", headers=AUTH)).json())["items"]
-        return next(e for e in items if e["id"] == entry["id"])["data"]["delivery"]
+    class Refusing(Accepting):
+        async def send(self, outbound: Outbound) -> SendResult:
+            raise SendError("the customer blocked us", code="403")
 
-    failed = await wait_for(delivery, lambda d: d["status"] != "queued")
-    assert failed["status"] == "failed" and "no running connector" in failed["reason"] and failed["attempts"] == 1
+    app[keys.CONNECTORS]["api"] = Refusing()
+    entry = await (await post_reply(client, ticket["id"], {"text": "Hello", "author": "agent-1"})).json()
+    failed = await wait_for(lambda: _delivery(client, ticket["id"], entry["id"]), lambda d: d["status"] != "queued")
+    assert failed["status"] == "failed"
+    after = await (await client.get(f"/api/v1/tickets/{ticket['id']}", headers=AUTH)).json()
+    assert "first_response_at" not in after
+    stats = await (await client.get("/api/v1/stats", headers=AUTH)).json()
+    assert stats["first_response"]["count"] == 0, stats
+    # the same reply delivered: now it counts, at the time it was delivered
+    app[keys.CONNECTORS]["api"] = Accepting()
+    entry = await (await post_reply(client, ticket["id"], {"text": "Again", "author": "agent-1"})).json()
+    sent = await wait_for(lambda: _delivery(client, ticket["id"], entry["id"]), lambda d: d["status"] != "queued")
+    assert sent["status"] == "sent"
+    after = await (await client.get(f"/api/v1/tickets/{ticket['id']}", headers=AUTH)).json()
+    assert after["first_response_at"][:23] == sent["at"][:23]  # delivered at (ms)
+    # what a connector's can_send is told: one reply delivered since the customer wrote (the failed one is not)
+    facts = await app[keys.STORE].reply_facts(ticket["id"], "api")
+    assert facts["sent_since_inbound"] == 1 and facts["last_inbound_at"] is not None
+
+
+async def test_a_header_with_a_line_break_fails_once_without_retries(gw):
+    client, app = gw
+    ticket = await api_ticket(client, app)
+    # a row queued before the API checked subjects (or by another writer): the dispatcher must not retry it
+    from gateway.store.base import ReplyDraft
+
+    entry = await app[keys.STORE].reply_create(ticket["id"], ReplyDraft(text="t", subject="a\r\nBcc: x@y", author="ag"))
+    app[DISPATCHER].wake()
+    failed = await wait_for(lambda: _delivery(client, ticket["id"], entry.id), lambda d: d["status"] != "queued")
+    assert (failed["status"], failed["attempts"]) == ("failed", 1) and "line break" in failed["reason"]
+    assert app[keys.CONNECTORS]["api"].sent == []
+
+
+async def _delivery(client, ticket_id: str, entry_id: str) -> dict:
+    items = (await (await client.get(f"/api/v1/tickets/{ticket_id}/timeline", headers=AUTH)).json())["items"]
+    return next(e for e in items if e["id"] == entry_id)["data"]["delivery"]
 
 
 async def test_internal_note_is_never_sent_and_changes_no_sla_fact(gw):

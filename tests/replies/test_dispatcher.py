@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import datetime
 
 import pytest
 
@@ -16,6 +17,7 @@ from gateway.store.base import REPLY_TOPIC, Delivery, ReplyDraft
 from gateway.store.sqlite import SQLiteStore
 from routing.model import Identity, ReplyTarget, utcnow
 from routing.state import Commit, NewContact, NewTicket, OutboxEvent
+from tests.clock import BUSINESS_HOURS, INSTANTS, FakeClock
 from tests.connectors.telegram.conftest import MemoryContext
 from tests.standins.telegram_api import ApiError, TelegramApiStandIn
 
@@ -109,22 +111,36 @@ async def test_an_expired_lease_passes_the_row_on_and_the_old_holder_cannot_sett
 
 
 async def test_retryable_errors_back_off_then_give_up(tmp_path, bot_api) -> None:
+    """A 502 is retried only once its back-off (5 s, then 10 s, +≤10% jitter)
+    has passed on the dispatcher's clock, and the last attempt gives up."""
     bot, connectors = bot_api
-    store = open_store(tmp_path)
+    clock = FakeClock(INSTANTS[BUSINESS_HOURS])
+    store = SQLiteStore.in_dir(tmp_path / "data", clock=clock)
     try:
         ticket = await telegram_ticket(store)
         entry = await store.reply_create(ticket, ReplyDraft(text="Hi"))
-        for _ in range(2):
+        for _ in range(3):
             bot.fail_next("sendMessage", ApiError(502, "Bad Gateway"))
-        d = dispatcher(store, connectors, tmp_path, base_delay_s=0, max_attempts=2)
+        d = dispatcher(store, connectors, tmp_path, base_delay_s=5, max_attempts=3, clock=clock)
+
+        async def delivery() -> dict:
+            (out,) = [e for e in (await store.timeline(ticket_id=ticket)).items if e.id == entry.id]
+            return out.data["delivery"]
+
+        for attempt, base in ((1, 5), (2, 10)):
+            assert await d.dispatch_due() == 1
+            first = await delivery()
+            assert (first["status"], first["attempts"]) == ("retrying", attempt)
+            wait = (datetime.fromisoformat(first["next_at"]) - clock()).total_seconds()
+            assert base <= wait <= base * 1.1
+            clock.advance(seconds=wait - 0.5)
+            assert await d.dispatch_due() == 0  # not yet due: nothing is sent early
+            clock.advance(seconds=0.5)
         assert await d.dispatch_due() == 1
-        (out,) = [e for e in (await store.timeline(ticket_id=ticket)).items if e.id == entry.id]
-        assert (out.data["delivery"]["status"], out.data["delivery"]["attempts"]) == ("retrying", 1)
-        assert await d.dispatch_due() == 1
-        (out,) = [e for e in (await store.timeline(ticket_id=ticket)).items if e.id == entry.id]
-        assert out.data["delivery"]["status"] == "failed"
-        assert out.data["delivery"]["reason"].startswith("gave up after 2 attempts: Telegram unreachable")
-        assert bot.sent == [] and outbox(store)[REPLY_TOPIC][:2] == ("failed", 2)
+        last = await delivery()
+        assert last["status"] == "failed"
+        assert last["reason"].startswith("gave up after 3 attempts: Telegram unreachable")
+        assert bot.sent == [] and outbox(store)[REPLY_TOPIC][:2] == ("failed", 3)
     finally:
         await store.close()
 

@@ -119,18 +119,18 @@ def test_custom_dates_are_listed():
     assert date(2025, 10, 3) not in {n.date for n in CUSTOM.closed_days(2025)}
 
 
-def test_year_not_covered_falls_back_to_weekdays_and_says_so():
+def test_year_not_covered_falls_back_to_weekdays_and_says_so(cn_holidays_until_2026):
     office = cal(hours={"weekdays": "09:00-18:00"})
     assert office.covers(2026) and not office.covers(2027)
     office.add_business_minutes(local("2026-12-31 10:00"), 60)
     assert office.fallback_years() == []
-    # 2027-01-01 is a Friday; the library does not know it is New Year's Day
+    # 2027-01-01 is a Friday; data ending with 2026 does not know it is New Year's Day
     assert office.add_business_minutes(local("2027-01-01 10:00"), 60) == local("2027-01-01 11:00")
     assert office.fallback_years() == [2027]
     assert office.closed_days(2027) == [] and office.makeup_workdays(2027) == []
 
 
-def test_next_year_arranged_by_hand_is_not_a_fallback():
+def test_next_year_arranged_by_hand_is_not_a_fallback(cn_holidays_until_2026):
     office = cal(hours={"weekdays": "09:00-18:00"}, closed={date(2027, 1, 1): "元旦"}, arranged_years=[2027])
     assert office.covers(2027)
     assert office.add_business_minutes(local("2027-01-01 10:00"), 60) == local("2027-01-04 10:00")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def test_show_2026_lists_closed_days_with_names_and_makeup_workdays(capsys):
     code, out, _ = run(capsys, "show", "--calendar", "cn-office", "--config", EXAMPLE, "--year", "2026")
     assert code == 0
     lines = out.splitlines()
-    assert lines[1] == "2026: holidays and make-up workdays from chinesecalendar 1.11.0"
+    assert lines[1] == f"2026: holidays and make-up workdays from chinesecalendar {version('chinesecalendar')}"
     closed = lines[lines.index("closed days (34):") + 1 : lines.index("make-up workdays (6):")]
     assert "  2026-02-15 sun  CN      Spring Festival 春节" in closed
     assert "  2026-10-01 thu  CN      National Day 国庆节" in closed
@@ -55,7 +56,7 @@ def test_show_2026_lists_closed_days_with_names_and_makeup_workdays(capsys):
     ]
 
 
-def test_show_an_uncovered_year_says_it_falls_back(capsys):
+def test_show_an_uncovered_year_says_it_falls_back(capsys, cn_holidays_until_2026):
     code, out, _ = run(capsys, "show", *ADHOC, "--year", "2027")
     assert code == 0
     assert "2027: not covered (chinesecalendar knows 2004-2026): weekly hours only" in out

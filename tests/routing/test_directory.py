@@ -13,7 +13,7 @@ from routing.sla import select_policy
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "directory.example.yaml"
 
 
-def test_the_shipped_example_loads():
+def test_the_shipped_example_loads(cn_holidays_until_2026):
     d = parse_directory(EXAMPLE.read_text(encoding="utf-8"), str(EXAMPLE))
     assert set(d.calendars) == {"24x7", "cn-office", "cn-long-day", "berlin", "always"}
     assert {a.id for a in d.agent_models()} == {"a-lilei", "a-hanmeimei", "a-wang", "a-zhao", "a-chen", "a-anna"}

@@ -205,3 +205,56 @@ def test_an_agents_message_from_the_platform_client_is_a_reply_on_the_customers_
     assert entry.ticket_id == "T1" and entry.data["author"] == "corp:zhangsan" and entry.data["public"] is True
     assert c.ticket_change.status == "open" and c.ticket_change.responded_at is not None
     assert lookup(m, Settings()).text_hash is None  # never a near-duplicate of the customer's words
+
+
+# ---------------------------------------------------------------- determinism (issue 10, item 1)
+
+
+def _counting_ids():
+    """A deterministic id source: ``<ms of snapshot.now>-<n>``."""
+    import itertools
+
+    counter = itertools.count(1)
+    return lambda now_ms: f"{now_ms}-{next(counter)}"
+
+
+def _shipped_rules():
+    from pathlib import Path
+
+    from routing.rules import check, evaluate
+
+    tree, errors = check(Path(__file__).resolve().parents[2] / "rules")
+    assert tree is not None, errors
+
+    class Tree:  # what Settings.rules takes: the gateway's RulesRuntime has the same method
+        def evaluate(self, rule_input):
+            return evaluate(tree, rule_input, {})
+
+    return Tree()
+
+
+def test_decide_is_deterministic_and_reads_no_clock(monkeypatch):
+    """Same Inbound, snapshot and settings → an equal Commit; ids and times
+    come from the snapshot and the injected id source, never from the clock."""
+    import time
+
+    rules = _shipped_rules()
+
+    def decision(at: datetime):
+        settings = Settings(rules=rules, new_id=_counting_ids())
+        return decide(msg(text="我要申请退款"), "J1", Snapshot(now=at), settings)
+
+    def no_clock():
+        raise AssertionError("routing read the clock")
+
+    with monkeypatch.context() as m:
+        m.setattr(time, "time", no_clock)
+        m.setattr(time, "time_ns", no_clock)
+        morning = NOW - timedelta(hours=7)  # Monday 11:00 in Shanghai
+        first, second = decision(morning), decision(morning)
+        evening = decision(NOW + timedelta(hours=4))  # 22:00 in Shanghai
+    assert first == second
+    ids = [first.new_ticket.id, first.new_contact.id, *(e.id for e in first.timeline)]
+    assert all(i.startswith(f"{int(morning.timestamp() * 1000)}-") for i in ids) and len(set(ids)) == len(ids)
+    assert {e.at for e in first.timeline} == {morning}
+    assert "after-hours" not in first.new_ticket.tags and "after-hours" in evening.new_ticket.tags

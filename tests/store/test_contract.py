@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -34,18 +35,53 @@ async def test_journal_append_is_idempotent_by_key(store):
     assert entry.raw == b"one" and entry.status == "pending" and entry.size == 3
 
 
-async def test_append_is_durable_when_acknowledged(tmp_path):
+_ACK_THEN_DIE = """
+import asyncio, os, signal, sys
+from gateway.store.sqlite import SQLiteStore
+
+async def main():
+    s = SQLiteStore.in_dir(sys.argv[1])
+    acked = 0
+
+    async def append(i):
+        nonlocal acked
+        r = await s.journal_append("api", "api", f"k{i}", b"payload %d" % i)
+        print("ACK", r.journal_id, flush=True)  # the acknowledgement
+        acked += 1
+        if acked == 100:  # more appends still queued for the writer: no close, no flush, no goodbye
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    await asyncio.gather(*(append(i) for i in range(400)))
+
+asyncio.run(main())
+"""
+
+
+def test_append_is_durable_when_acknowledged(tmp_path):
+    """A writer process killed (SIGKILL) right after acknowledging appends, with
+    more in flight: every acknowledged entry is there when the store reopens."""
+    import signal
+    import subprocess
+    import sys
+
     from gateway.store.sqlite import SQLiteStore
 
-    s = SQLiteStore.in_dir(tmp_path)
-    ids = [(await s.journal_append("api", "api", f"k{i}", b"x")).journal_id for i in range(3)]
-    await s.close()
-    s2 = SQLiteStore.in_dir(tmp_path)
-    try:
-        got = await s2.journal_list(limit=10)
-        assert [e.id for e in got] == ids
-    finally:
-        await s2.close()
+    proc = subprocess.run([sys.executable, "-c", _ACK_THEN_DIE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    acked = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("ACK ")]
+    assert len(acked) >= 100
+
+    async def reopen():
+        s = SQLiteStore.in_dir(tmp_path)
+        try:
+            return {e.id: e for e in await s.journal_list(limit=1000, with_raw=True)}
+        finally:
+            await s.close()
+
+    stored = asyncio.run(reopen())
+    assert set(acked) <= set(stored)
+    assert all(stored[j].raw.startswith(b"payload ") for j in acked)
 
 
 async def test_concurrent_appends_share_group_commits(store):

@@ -189,7 +189,16 @@ async def test_polling_waits_out_a_429_then_continues(api: Api, make_connector) 
     ctx = MemoryContext(config_for(api))
     api.polling_bot.fail_next("getUpdates", rate_limited(1))
     api.polling_bot.push_update(*update_from("synthetic_edited_message.json"))
-    await run_until(make_connector(ctx), lambda: ctx.wait_for_entries(1))
+    connector = make_connector(ctx)
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # waits without sleeping, and says how long
+        assert ctx.keys == []  # nothing was fetched before the wait
+        waits.append(seconds)
+
+    connector.sleep = sleep
+    await run_until(connector, lambda: ctx.wait_for_entries(1))
+    assert waits == [1.0]  # Retry-After honoured
     assert ctx.keys == ["111111:5:edit:1441645600"]
 
 

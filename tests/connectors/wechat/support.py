@@ -5,6 +5,7 @@ encrypting WeChat does on its side of a callback (through wechatpy)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from wechatpy.crypto import WeChatCrypto as OaCrypto
@@ -19,10 +20,15 @@ TOKEN = "tok-123456"
 TIMESTAMP, NONCE = "1411525903", "461056294"
 
 
+#: The gateway's clock in these tests: the moment the helpers' requests are signed.
+SIGNED_AT = datetime.fromtimestamp(int(TIMESTAMP), timezone.utc)
+
+
 @dataclass
 class MemoryContext(BaseMemoryContext):
     channel: str = "wechat"
     data_dir: str = "/nonexistent"
+    now: datetime | None = SIGNED_AT
 
 
 def sign(*parts: str) -> str:
@@ -31,15 +37,16 @@ def sign(*parts: str) -> str:
     return signer.signature
 
 
-def plain_query(token: str = TOKEN, **extra: str) -> dict[str, str]:
+def plain_query(token: str = TOKEN, *, timestamp: str = TIMESTAMP, nonce: str = NONCE, **extra: str) -> dict[str, str]:
     """The query WeChat puts on a callback: signature over token, timestamp, nonce."""
-    return {"signature": sign(token, TIMESTAMP, NONCE), "timestamp": TIMESTAMP, "nonce": NONCE, **extra}
+    return {"signature": sign(token, timestamp, nonce), "timestamp": timestamp, "nonce": nonce, **extra}
 
 
-def envelope(flavor: str, xml: str, receive_id: str, token: str = TOKEN, aes_key: str = AES_KEY) -> tuple[bytes, str]:
+def envelope(flavor: str, xml: str, receive_id: str, token: str = TOKEN, aes_key: str = AES_KEY, *,
+             timestamp: str = TIMESTAMP, nonce: str = NONCE) -> tuple[bytes, str]:
     """WeChat's side of safe mode: (envelope body, msg_signature)."""
     crypto = (OaCrypto if flavor == "oa" else WorkCrypto)(token, aes_key, receive_id)
-    body = crypto.encrypt_message(xml, NONCE, TIMESTAMP)
+    body = crypto.encrypt_message(xml, nonce, timestamp)
     return body.encode(), parse_xml(body)["MsgSignature"]
 
 

@@ -34,7 +34,7 @@ async def standin(aiohttp_server):
 
 
 def config(api_base: str, **extra) -> dict:
-    account = {"appid": APPID, "app_secret": SECRET, "token": TOKEN, "encoding_aes_key": AES_KEY}
+    account = {"appid": APPID, "app_secret": SECRET, "token": TOKEN, "encoding_aes_key": AES_KEY, "mode": "plain"}
     return {"api_base": api_base, "accounts": {"main": account}, **extra}
 
 
@@ -245,3 +245,10 @@ async def test_failed_media_is_a_defect(connector):
 def test_bad_config_is_fatal(section, reason):
     with pytest.raises(Fatal, match=reason):
         WeChatConnector(MemoryContext(section))
+
+
+@pytest.mark.parametrize("timestamp", ["9" * 400, "1e9", "-5", "１４１１５２５９０３"])
+async def test_a_signed_but_absurd_timestamp_is_refused_not_a_crash(client, connector, timestamp):
+    resp = await client.post(URL, params=plain_query(timestamp=timestamp), data=TEXT.encode())
+    assert resp.status == 403 and "Unix time" in (await resp.json())["detail"]
+    assert connector.ctx.journal == [] and connector.ctx.refusals == ["stale_timestamp"]

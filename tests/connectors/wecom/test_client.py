@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import msgspec
@@ -19,6 +20,8 @@ from connectors.wecom.parse import parse
 from routing.model import Attachment, Identity, Inbound, Outbound, Sender, ThreadHints
 from tests.connectors.wechat.support import AES_KEY, NONCE, TIMESTAMP, TOKEN, MemoryContext, envelope, sign
 from tests.standins.wechat_api import WeChatApiStandin
+
+T0 = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "wecom"
 SYNC = json.loads((FIXTURES / "kf_sync_msg_synthetic.json").read_text(encoding="utf-8"))
@@ -180,3 +183,28 @@ def test_bad_config_is_fatal():
     del section["accounts"]["kf"]["encoding_aes_key"]
     with pytest.raises(Fatal, match="encoding_aes_key"):
         make(MemoryContext(section))
+
+
+# ---------------------------------------------------------------- can_send (409 before queueing)
+
+
+def _kf_outbound(kind: str = "wecom_external") -> Outbound:
+    return Outbound(id="o1", ticket_id="t1", channel="wecom", account="kf", to=Identity(kind, "wmCustomer"), text="hi")
+
+
+@pytest.mark.parametrize(("facts", "refused"), [
+    ({"last_inbound_at": T0, "sent_since_inbound": 4, "now": T0 + timedelta(hours=47)}, None),
+    ({"last_inbound_at": T0, "sent_since_inbound": 5, "now": T0 + timedelta(hours=1)}, "5 messages"),
+    ({"last_inbound_at": T0, "sent_since_inbound": 0, "now": T0 + timedelta(hours=49)}, "48 hours"),
+    ({"last_inbound_at": None, "sent_since_inbound": 0, "now": T0}, None),  # the store knows nothing: let WeCom judge
+])
+async def test_kf_replies_past_the_limits_the_store_knows_are_refused(standin, facts, refused) -> None:
+    conn = WeComConnector(MemoryContext(config(str(standin.server.make_url(""))), channel="wecom"),
+                          tokens=TokenCache(MemoryTokenStore()))
+    try:
+        reason = conn.can_send(_kf_outbound(), facts)
+        assert (reason is None) if refused is None else (refused in reason)
+        # an employee (wecom_userid) has no such limit
+        assert conn.can_send(_kf_outbound("wecom_userid"), facts) is None
+    finally:
+        await conn.close()

@@ -13,7 +13,7 @@ from connectors.base import PayloadRejected
 from connectors.wechat.envelope import DecryptionFailed, SignatureMismatch
 from connectors.wecom.parse import parse
 from tests.connectors.wechat.support import check_corpus_row, corpus_params
-from tests.corpus import params
+from tests.corpus import params, row_named
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "wecom"
 SYNC = json.loads((FIXTURES / "kf_sync_msg_synthetic.json").read_text(encoding="utf-8"))
@@ -27,10 +27,7 @@ def test_corpus_row(corpus_row):
 
 
 def _encrypted_row(name: str):
-    rows = [p.values[0] for p in params("wechat") if p.values[0] is not None and name in p.values[0].path]
-    if not rows:
-        pytest.skip("corpus absent")
-    return rows[0]
+    return row_named("wechat", name)  # fails under CI without the corpus, and whenever the file is gone
 
 
 def test_forged_msg_signature_is_refused():
