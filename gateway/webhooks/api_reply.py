@@ -31,6 +31,13 @@ class ApiReplySender:
         name = self.section.get("reply_webhook")
         return str(name) if name else None
 
+    def can_send(self, outbound: Outbound, facts: Mapping[str, Any]) -> str | None:
+        """A reply on an API ticket needs an endpoint to go to (409 at the API otherwise)."""
+        if self.endpoint_name(outbound.account) is None:
+            return (f"the api channel cannot send replies without a webhook: set api.reply_webhook (or "
+                    f"api.accounts.{outbound.account}.reply_webhook) to an endpoint under webhooks.endpoints")
+        return None
+
     async def send(self, outbound: Outbound) -> SendResult:
         name = self.endpoint_name(outbound.account)
         if name is None:
