@@ -136,3 +136,80 @@ def test_the_catalogue_matches_the_contract_and_feeds_openapi():
                 "sla.breached", "sla.escalation", "contact.merged", "contact.unmerged", "webhook.notify"}
     assert contract <= set(EVENTS)
     assert set(openapi_webhooks()) == set(EVENTS)
+
+
+async def test_rules_escalation_emits_ticket_updated_and_notifies_only_the_named_endpoint(aiohttp_client, tmp_path):
+    from tests.gateway.conftest import RULES, business_hours
+
+    crm = await Receiver().start()
+    incident = await Receiver().start()
+    try:
+        cfg = config(tmp_path, crm.url, rules_dir=RULES)
+        from gateway.config import WebhookEndpointConfig
+
+        cfg.webhooks.endpoints["incident"] = WebhookEndpointConfig(url=incident.url, secret=SECRET,
+                                                                   allow_private=True)
+        app = create_app(cfg, clock=business_hours())
+        client = await aiohttp_client(app)
+        sender = {"kind": "phone", "value": "13900139000"}
+        await client.post("/channels/api/messages", json={"external_id": "a", "sender": sender, "text": "你好，问个问题"},
+                          headers=AUTH)
+        await app[keys.WORKER].drain()
+        await client.post("/channels/api/messages", json={"external_id": "b", "sender": sender, "text": "系统崩溃了！"},
+                          headers=AUTH)
+        await until(lambda: any(e["type"] == "ticket.updated" for e in crm.accepted)
+                    and any(e["type"] == "webhook.notify" for e in incident.accepted))
+        await until(lambda: sum(e["type"] == "message.created" for e in crm.accepted) == 2)
+        types = [e["type"] for e in crm.accepted]
+        assert types.index("ticket.created") < types.index("ticket.updated")
+        assert "webhook.notify" not in types  # the rule named the incident endpoint only
+        updated = next(e for e in crm.accepted if e["type"] == "ticket.updated")
+        assert updated["data"]["changes"]["priority"]["to"] == "urgent"
+        assert "outage" in updated["data"]["changes"]["tags"]["added"]
+        assert updated["data"]["ticket"]["priority"] == "urgent"  # the snapshot as committed with the change
+        notify = next(e for e in incident.accepted if e["type"] == "webhook.notify")
+        assert notify["data"]["webhook"] == "incident" and notify["data"]["rule"] == "outage"
+        assert notify["data"]["ticket"]["id"] == updated["data"]["ticket"]["id"]
+    finally:
+        await crm.stop()
+        await incident.stop()
+
+
+async def test_contact_merge_events_carry_the_contact(aiohttp_client, tmp_path):
+    r = await Receiver().start()
+    try:
+        app = create_app(config(tmp_path, r.url))
+        client = await aiohttp_client(app)
+        ids = []
+        for ext, value in (("a", "13900139001"), ("b", "13900139002")):
+            jid = (await (await client.post("/channels/api/messages", json={
+                "external_id": ext, "sender": {"kind": "phone", "value": value}, "text": "hi"},
+                headers=AUTH)).json())["journal_id"]
+            await app[keys.WORKER].drain()
+            ids.append((await (await client.get(f"/api/v1/journal/{jid}", headers=AUTH)).json())["contact_id"])
+        m = await client.post(f"/api/v1/contacts/{ids[1]}/merge", json={"into": ids[0]}, headers=AUTH)
+        assert m.status in (200, 201, 202), await m.text()
+        await until(lambda: any(e["type"] == "contact.merged" for e in r.accepted))
+        ev = next(e for e in r.accepted if e["type"] == "contact.merged")
+        assert ev["data"]["winner"] == ids[0] and ev["data"]["contact"]["id"] == ids[0]
+        assert len(ev["data"]["contact"]["identities"]) == 2  # as committed: the loser's identity moved over
+    finally:
+        await r.stop()
+
+
+def test_webhook_secrets_never_come_from_the_yaml_and_an_endpoint_needs_one(tmp_path):
+    import pytest
+
+    from gateway.config import ConfigError, WebhookEndpointConfig, WebhooksConfig
+    from gateway.webhooks.service import WebhookService
+
+    f = tmp_path / "c.yaml"
+    f.write_text("webhooks:\n  endpoints:\n    crm:\n      url: https://crm.example/h\n      secret: whsec_x\n")
+    with pytest.raises(ConfigError, match="OMNIGATE_WEBHOOKS__ENDPOINTS__CRM__SECRET"):
+        load(str(f), environ={})
+    f.write_text("webhooks:\n  endpoints:\n    crm:\n      url: https://crm.example/h\n      evnets: [ticket.]\n")
+    with pytest.raises(ConfigError, match="did you mean 'events'"):
+        load(str(f), environ={})
+    svc = WebhookService(None, WebhooksConfig(endpoints={"crm": WebhookEndpointConfig(url="https://crm.example/h")}))
+    with pytest.raises(ValueError, match="no secret"):
+        asyncio.run(svc.start())
