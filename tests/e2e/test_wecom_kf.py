@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.connectors.wechat.support import AES_KEY, NONCE, TIMESTAMP, TOKEN, envelope
+from gateway import keys
+from tests.connectors.wechat.support import AES_KEY, NONCE, TOKEN, envelope
 from tests.e2e.conftest import Gateway, wait_for
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wecom"
@@ -26,9 +27,10 @@ async def test_a_kf_session_is_one_ticket_answered_and_solved(start_gateway, wec
     gw: Gateway = await start_gateway(wecom={"api_base": wechat_api.base, "accounts": {"kf": {
         "corp_id": corp, "secret": "kf-secret", "token": TOKEN, "encoding_aes_key": AES_KEY}}})
     notification = (FIXTURES / "kf_msg_or_event_synthetic.xml").read_text(encoding="utf-8")
-    body, msg_signature = envelope("wecom", notification, corp)
+    signed_at = str(int(gw.app[keys.CLOCK]().timestamp()))  # as WeCom signs it: now, by the gateway's clock
+    body, msg_signature = envelope("wecom", notification, corp, timestamp=signed_at)
     resp = await gw.client.post(f"/channels/wecom/{corp}/kf", data=body,
-                                params={"msg_signature": msg_signature, "timestamp": TIMESTAMP, "nonce": NONCE})
+                                params={"msg_signature": msg_signature, "timestamp": signed_at, "nonce": NONCE})
     assert (resp.status, await resp.text()) == (200, "success")
     # the callback is answered within kf_pull_wait_s; the pull may go on behind it
     await wait_for(gw.journal, lambda items: len(items) == len(SYNC["msg_list"]))  # pulled from sync_msg

@@ -91,15 +91,16 @@ async def test_unparseable_payload_is_kept_failed_and_replayable(aiohttp_client,
     failed with the reason; replaying it unchanged fails again; once the key is
     fixed (and the gateway restarted), the replay makes it a ticket."""
     from gateway.app import create_app
-    from tests.connectors.wechat.support import AES_KEY, NONCE, TIMESTAMP, TOKEN, envelope, sign
+    from tests.connectors.wechat.support import AES_KEY, NONCE, TOKEN, envelope, sign
     from tests.gateway.conftest import business_hours, make_config
 
     appid = "wxreplay000001"
     xml = (f"<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[o-replay-1]]></FromUserName>"
            f"<CreateTime>1764554400</CreateTime><MsgType><![CDATA[text]]></MsgType>"
            f"<Content><![CDATA[退款还没到账]]></Content><MsgId>880001</MsgId></xml>")
-    body, msg_signature = envelope("oa", xml, appid)
-    query = {"signature": sign(TOKEN, TIMESTAMP, NONCE), "timestamp": TIMESTAMP, "nonce": NONCE,
+    signed_at = str(int(business_hours()().timestamp()))  # inside the replay window of the gateway's clock
+    body, msg_signature = envelope("oa", xml, appid, timestamp=signed_at)
+    query = {"signature": sign(TOKEN, signed_at, NONCE), "timestamp": signed_at, "nonce": NONCE,
              "encrypt_type": "aes", "msg_signature": msg_signature}
 
     def gateway(aes_key: str):
