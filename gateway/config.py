@@ -158,6 +158,19 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         for name, ep in self.webhooks.endpoints.items():
             if not ep.url.startswith(("http://", "https://")):
                 raise ConfigError(f"webhooks.endpoints.{name}.url must be an http(s) URL, got {ep.url!r}")
+            env = _env_name(("webhooks", "endpoints", name, "secret"))
+            if not ep.secret:
+                raise ConfigError(f"webhooks.endpoints.{name} lacks its secret (whsec_…): put the path of a file "
+                                  f"holding it in webhooks.endpoints.{name}.secret_file, or set {env}")
+            from standardwebhooks.webhooks import Webhook
+
+            for line in ep.secret.splitlines():
+                try:
+                    if line.strip():
+                        Webhook(line.strip())
+                except Exception:  # noqa: BLE001 - binascii errors and the library's own
+                    raise ConfigError(f"webhooks.endpoints.{name}: the secret is not whsec_ + base64 "
+                                      "(one per line; two during a rotation)") from None
         for pattern in self.threading.ref_patterns:
             try:
                 if re.compile(pattern).groups != 1:

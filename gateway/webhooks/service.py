@@ -49,6 +49,7 @@ log = structlog.get_logger(__name__)
 
 _enc = msgspec.json.Encoder()
 USER_AGENT = "omnigate-webhooks/1"
+_FAR = datetime.max.replace(tzinfo=timezone.utc)
 
 
 def secret_lines(secret: str | None) -> list[str]:
@@ -118,6 +119,8 @@ class WebhookService:
         self._last_prune: datetime | None = None
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task] = set()
+        self._dirty = True  # claim at the next round
+        self._due: datetime | None = None  # the earliest due time, when the last claim found nothing
 
     # ------------------------------------------------------------ life cycle
 
@@ -148,6 +151,8 @@ class WebhookService:
         self._sessions.clear()
 
     def wake(self) -> None:
+        """Endpoints or queues changed (API, replay): claim at the next round."""
+        self._dirty = True
         self._wake.set()
 
     def _session(self, allow_private: bool) -> aiohttp.ClientSession:
@@ -182,12 +187,17 @@ class WebhookService:
         while True:
             claimed = 0
             try:
-                await self._fanout()
+                queued = await self._fanout()
                 await self._maybe_prune()
                 free = self.workers - len(self._inflight)
-                if free > 0:
+                # claim only when something may be due (a write): new events, a settled delivery,
+                # or the earliest due time reached
+                if free > 0 and (queued or self._dirty or self._due is None or self._due <= self.clock()):
+                    self._dirty = False
                     items = await self._claim(free)
                     claimed = len(items)
+                    if not claimed:
+                        self._due = await self.store.webhook_next_due(self.clock()) or _FAR
                     for item in items:
                         task = asyncio.create_task(self._deliver(item))
                         self._inflight.add(task)
@@ -203,13 +213,16 @@ class WebhookService:
 
     def _done(self, task: asyncio.Task) -> None:
         self._inflight.discard(task)
+        self._dirty = True
         self._wake.set()  # a worker is free, and the ticket's next event may be due
 
-    async def _fanout(self) -> None:
+    async def _fanout(self) -> int:
         end = await self.store.webhook_outbox_end()
-        if end != self._seen_end:
-            await self.store.webhook_fanout(self.clock())
-            self._seen_end = end
+        if end == self._seen_end:
+            return 0
+        n = await self.store.webhook_fanout(self.clock())
+        self._seen_end = end
+        return n
 
     async def _claim(self, limit: int) -> list[Claimed]:
         self._endpoints = {e["name"]: e for e in await self.store.webhook_endpoints()}

@@ -210,6 +210,12 @@ def test_webhook_secrets_never_come_from_the_yaml_and_an_endpoint_needs_one(tmp_
     f.write_text("webhooks:\n  endpoints:\n    crm:\n      url: https://crm.example/h\n      evnets: [ticket.]\n")
     with pytest.raises(ConfigError, match="did you mean 'events'"):
         load(str(f), environ={})
+    f.write_text("webhooks:\n  endpoints:\n    crm:\n      url: https://crm.example/h\n")
+    with pytest.raises(ConfigError, match="lacks its secret"):
+        load(str(f), environ={})
+    with pytest.raises(ConfigError, match="not whsec_"):
+        load(str(f), environ={"OMNIGATE_WEBHOOKS__ENDPOINTS__CRM__SECRET": "whsec_%%%"})
+    assert load(str(f), environ={"OMNIGATE_WEBHOOKS__ENDPOINTS__CRM__SECRET": SECRET}).webhooks.endpoints["crm"]
     svc = WebhookService(None, WebhooksConfig(endpoints={"crm": WebhookEndpointConfig(url="https://crm.example/h")}))
     with pytest.raises(ValueError, match="no secret"):
         asyncio.run(svc.start())
