@@ -271,8 +271,10 @@ class WebhookOps:
         return await self._write(_fanout, _ms(now), limit)
 
     async def webhook_claim(self: "SQLiteStore", limit: int, lease_s: float, now: datetime,
-                            breaker_threshold: int) -> list[Claimed]:
-        return await self._write(_claim, limit, new_id(), _ms(now), int(lease_s * 1000), breaker_threshold)
+                            breaker_threshold: int, busy: frozenset[str] = frozenset()) -> list[Claimed]:
+        """Claim due heads; an endpoint whose breaker is half-open gets one probe,
+        none while one of its deliveries is in flight (``busy``)."""
+        return await self._write(_claim, limit, new_id(), _ms(now), int(lease_s * 1000), breaker_threshold, busy)
 
     async def webhook_settle(self: "SQLiteStore", item: Claimed, outcome: str, *, now: datetime,
                              code: int | None = None, latency_ms: int | None = None, error: str | None = None,
@@ -422,7 +424,7 @@ def _fanout(conn: sqlite3.Connection, now: int, limit: int) -> int:
 
 
 def _claim(conn: sqlite3.Connection, limit: int, lease: str, now: int, lease_ms: int,
-           threshold: int) -> list[Claimed]:
+           threshold: int, busy: frozenset[str] = frozenset()) -> list[Claimed]:
     if limit <= 0:
         return []
     # the head of each (endpoint, ticket) line, due, on an endpoint that is enabled and not paused
@@ -435,7 +437,7 @@ def _claim(conn: sqlite3.Connection, limit: int, lease: str, now: int, lease_ms:
     probing: set[str] = set()
     for seq, endpoint, failures in rows:
         if failures >= threshold:  # the breaker is half-open: one probe at a time
-            if endpoint in probing:
+            if endpoint in probing or endpoint in busy:
                 continue
             probing.add(endpoint)
         chosen.append(seq)

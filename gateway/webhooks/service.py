@@ -97,7 +97,8 @@ class WebhookService:
 
     def __init__(self, store: Any, config: WebhooksConfig, retention: RetentionConfig | None = None, *,
                  clock: Clock = system_clock, jitter: Callable[[], float] = random.random,
-                 resolver: Any = None, poll_s: float = 0.05, prune_every_s: float = 3600.0) -> None:
+                 resolver: Any = None, poll_s: float = 0.05, prune_every_s: float = 3600.0,
+                 registry: Any = None) -> None:
         self.store = store
         self.config = config
         self.retention = retention or RetentionConfig()
@@ -112,6 +113,13 @@ class WebhookService:
         self.poll_s = poll_s
         self.prune_every_s = prune_every_s
         self._resolver = resolver
+        self.attempts_metric = None
+        if registry is not None:
+            from prometheus_client import Counter
+
+            self.attempts_metric = Counter("omnigate_webhook_attempts", "Webhook delivery attempts settled, by "
+                                           "outcome (delivered, retrying, dead, gone)", ["endpoint", "outcome"],
+                                           registry=registry)
         self._secrets = {name: secret_lines(ep.secret) for name, ep in config.endpoints.items()}
         self._sessions: dict[bool, aiohttp.ClientSession] = {}
         self._endpoints: dict[str, dict] = {}
@@ -119,6 +127,7 @@ class WebhookService:
         self._last_prune: datetime | None = None
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task] = set()
+        self._busy: dict[asyncio.Task, str] = {}  # in-flight deliveries' endpoints
         self._dirty = True  # claim at the next round
         self._due: datetime | None = None  # the earliest due time, when the last claim found nothing
 
@@ -201,6 +210,7 @@ class WebhookService:
                     for item in items:
                         task = asyncio.create_task(self._deliver(item))
                         self._inflight.add(task)
+                        self._busy[task] = item.endpoint
                         task.add_done_callback(self._done)
             except Exception:  # noqa: BLE001 - the store is busy or down: next round
                 log.exception("webhook.round_failed")
@@ -213,6 +223,7 @@ class WebhookService:
 
     def _done(self, task: asyncio.Task) -> None:
         self._inflight.discard(task)
+        self._busy.pop(task, None)
         self._dirty = True
         self._wake.set()  # a worker is free, and the ticket's next event may be due
 
@@ -226,7 +237,10 @@ class WebhookService:
 
     async def _claim(self, limit: int) -> list[Claimed]:
         self._endpoints = {e["name"]: e for e in await self.store.webhook_endpoints()}
-        return await self.store.webhook_claim(limit, self.lease_s, self.clock(), self.config.breaker_threshold)
+        busy = frozenset(self._busy.values())
+        items = await self.store.webhook_claim(limit, self.lease_s, self.clock(), self.config.breaker_threshold,
+                                               busy)
+        return items
 
     async def _maybe_prune(self) -> None:
         now = self.clock()
@@ -322,6 +336,8 @@ class WebhookService:
                     ok = await self.store.webhook_settle(item, "dead", pause_until=pause, **kw)
                     if ok:
                         bound.error("webhook.dead_letter", error=result.error, status=result.code)
+                        if self.attempts_metric is not None:
+                            self.attempts_metric.labels(item.endpoint, "dead").inc()
                     return
                 next_at = now + timedelta(seconds=self.delay_s(item.attempts, result.retry_after))
                 ok = await self.store.webhook_settle(item, "retrying", next_at=next_at, pause_until=pause, **kw)
@@ -330,6 +346,9 @@ class WebhookService:
                                   next_at=next_at.isoformat(), breaker_open=pause is not None)
             if not ok:
                 bound.warning("webhook.lease_lost")
+            elif self.attempts_metric is not None:
+                outcome = result.outcome if result.outcome != "failed" else "retrying"
+                self.attempts_metric.labels(item.endpoint, outcome).inc()
         except Exception:  # noqa: BLE001 - the row stays leased and is retried when the lease ends
             bound.exception("webhook.settle_failed")
 
@@ -357,7 +376,8 @@ def setup(app: web.Application, store: Any, config: Any, clock: Callable[[], dat
     from gateway.http_util import guarded_routes
     from gateway.webhooks import routes
 
-    svc = WebhookService(store, config.webhooks, config.retention, clock=clock or system_clock)
+    svc = WebhookService(store, config.webhooks, config.retention, clock=clock or system_clock,
+                         registry=app[keys.METRICS].registry)
     app[SERVICE] = svc
     app.router.add_routes(guarded_routes(routes.routes))
     app[keys.READINESS]["webhooks"] = svc.readiness

@@ -141,7 +141,9 @@ async def test_circuit_breaker_pauses_a_dead_receiver_and_probes_one_at_a_time(s
         assert ep["failures"] >= 3 and ep["paused_until"] is not None
         assert await svc.step() == 0  # paused: nothing claimed, no worker held
         clock.now = datetime.fromisoformat(ep["paused_until"])
-        assert await svc.step() == 1  # half-open: one probe
+        # half-open: no probe while one of its deliveries is in flight, else one at a time
+        assert await store.webhook_claim(10, 30, clock(), 3, busy=frozenset({"x"})) == []
+        assert await svc.step() == 1
         await drive(svc, clock)
         dead = await store.webhook_dead("x")
         assert len(dead) == 20  # after the horizon: dead letters

@@ -50,6 +50,8 @@ async def test_events_carry_the_ticket_and_message_as_committed(aiohttp_client, 
         assert m["channel"] == "api" and m["direction"] == "inbound" and m["text"] == "我要退款，订单 123"
         assert message["data"]["ticket"]["id"] == t["id"]
         # /readyz names no disabled endpoint
+        metrics = await (await client.get("/metrics")).text()
+        assert 'omnigate_webhook_attempts_total{endpoint="crm",outcome="delivered"}' in metrics
         body = await (await client.get("/readyz")).json()
         assert body["detail"]["webhooks"]["ok"] and body["detail"]["webhooks"]["disabled"] == {}
     finally:
