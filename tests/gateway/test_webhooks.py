@@ -331,3 +331,30 @@ async def test_retention_prunes_delivered_rows_and_logs_keeps_keys_and_failed_en
         await svc.close()
     finally:
         await r.stop()
+
+
+def test_cli_lists_dead_letters_and_replays_them(tmp_path, capsys):
+    import asyncio
+    import json
+
+    from gateway.commands.webhooks import main
+
+    async def setup() -> str:
+        s = SQLiteStore.in_dir(tmp_path)
+        await s.webhook_upsert("x", {"url": "http://127.0.0.1:9/", "secret": SECRET, "allow_private": True},
+                               source="api", now=T0)
+        await s.webhook_event_insert("ticket.created", "T1", {"ticket_id": "T1"}, T0)
+        await s.webhook_fanout(T0)
+        items = await s.webhook_claim(10, 30, T0, 5)
+        await s.webhook_settle(items[0], "dead", now=T0, error="HTTP 500")
+        await s.close()
+        return items[0].event_id
+
+    event_id = asyncio.run(setup())
+    assert main(["--data-dir", str(tmp_path), "dead", "x"]) == 0
+    out = capsys.readouterr().out
+    dead = json.loads(out[out.index("[\n"):])
+    assert [d["event_id"] for d in dead] == [event_id] and dead[0]["error"] == "HTTP 500"
+    assert main(["--data-dir", str(tmp_path), "replay", "x", "--id", event_id]) == 0
+    assert "requeued 1 events for x" in capsys.readouterr().out
+    assert main(["--data-dir", str(tmp_path), "replay", "nope"]) == 1
