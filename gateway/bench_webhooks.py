@@ -1,7 +1,8 @@
 """``webhook_delivery`` for ``omnigate bench``: events committed to the
 outbox → signed POSTs accepted by a local receiver (aiohttp on loopback),
 through the real WebhookService (fan-out, per-ticket claims, settle), in
-events/s, with the p99 commit-to-delivery latency. The baseline is the same
+events/s, with the p99 commit-to-delivery latency measured at half that
+rate (a burst only measures how long the queue takes to drain). The baseline is the same
 number of bare aiohttp POSTs of the same bodies to the same receiver at the
 same concurrency (no store, no signing): the ratio is what the delivery
 machinery costs."""
@@ -45,7 +46,9 @@ async def _receiver() -> tuple[Any, str, dict[str, float]]:
     return runner, f"http://127.0.0.1:{port}/hook", arrived
 
 
-async def _delivery() -> tuple[float, list[float]]:
+async def _delivery(events: int = EVENTS, pace_s: float = 0.0) -> tuple[float, list[float]]:
+    """Commit ``events`` in batches (``pace_s`` apart: 0 is a burst) while the
+    service delivers; (events/s, commit-to-delivery latencies in s)."""
     from gateway.config import WebhookEndpointConfig, WebhooksConfig
     from gateway.store.sqlite import SQLiteStore
     from gateway.store.sqlite_webhooks import insert_events
@@ -61,14 +64,14 @@ async def _delivery() -> tuple[float, list[float]]:
         task = asyncio.create_task(svc.run())
         committed: dict[int, float] = {}
         t0 = time.perf_counter()
-        for b in range(0, EVENTS, BATCH):
+        for b in range(0, events, BATCH):
             rows = [("message.created", f"T{i % TICKETS}", {"ticket_id": f"T{i % TICKETS}", "n": i, "text": "x" * 200})
                     for i in range(b, b + BATCH)]
             now_ms = int(time.time() * 1000)
             await store._write(lambda conn, rows=rows, now_ms=now_ms: insert_events(conn, rows, now_ms))
             committed[b] = now_ms / 1000
-            await asyncio.sleep(0)
-        while len(arrived) < EVENTS and time.perf_counter() - t0 < 120:
+            await asyncio.sleep(pace_s)
+        while len(arrived) < events and time.perf_counter() - t0 < 120:
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - t0
         task.cancel()
@@ -104,8 +107,11 @@ async def _raw(concurrency: int = 16) -> float:
 
 
 async def figures() -> dict:
-    rate, latencies = await _delivery()
+    rate, _ = await _delivery()
     raw = await _raw()
+    # latency at a sustainable load: half the measured rate, paced in batches
+    paced_rate = rate / 2
+    _, latencies = await _delivery(events=EVENTS // 2, pace_s=BATCH / paced_rate)
     return {"webhook_delivery": {
         "value": round(rate, 1), "unit": "events/s", "baseline": round(raw, 1),
         "baseline_label": "bare aiohttp POSTs of the same bodies to the same receiver, 16 concurrent",
@@ -113,5 +119,7 @@ async def figures() -> dict:
         "detail": {"events": EVENTS, "tickets": TICKETS,
                    "p50_commit_to_delivery_ms": round(_percentile(latencies, 50) * 1000, 1),
                    "p99_commit_to_delivery_ms": round(_percentile(latencies, 99) * 1000, 1),
-                   "note": f"committed in batches of {BATCH} while the service delivers, per-ticket order kept"},
+                   "latency_load_events_s": round(paced_rate, 1),
+                   "note": f"rate: {EVENTS} events committed at once in batches of {BATCH} while the service "
+                           "delivers (per-ticket order kept); latency: commit → receiver, at half that rate"},
     }}
