@@ -101,7 +101,7 @@ class WebhooksConfig(msgspec.Struct, forbid_unknown_fields=True):
     retry_horizon: str = "24h"
     timeout: str = "15s"
     #: Consecutive failures that open an endpoint's circuit breaker (then one probe at a time).
-    breaker_threshold: int = 5
+    breaker_threshold: int = 20
     #: Attempts kept in each endpoint's delivery log (and no older than ``retention.delivery_log``).
     delivery_log_max: int = 1000
 

@@ -139,6 +139,7 @@ class Claimed(msgspec.Struct, kw_only=True):
     event_at: int  # when the event was committed
     payload: dict
     lease: str
+    order_key: str | None = None
 
 
 def ticket_snapshot(conn: sqlite3.Connection, ticket_id: str) -> dict | None:
@@ -279,11 +280,15 @@ class WebhookOps:
     async def webhook_settle(self: "SQLiteStore", item: Claimed, outcome: str, *, now: datetime,
                              code: int | None = None, latency_ms: int | None = None, error: str | None = None,
                              next_at: datetime | None = None, pause_until: datetime | None = None,
-                             disable_reason: str | None = None) -> bool:
-        """Record one attempt. ``outcome``: ``delivered`` | ``retrying`` | ``dead`` | ``gone``."""
+                             disable_reason: str | None = None, chain_lease_s: float | None = None
+                             ) -> "bool | Claimed":
+        """Record one attempt. ``outcome``: ``delivered`` | ``retrying`` | ``dead`` | ``gone``.
+        False when the lease was lost. With ``chain_lease_s``, a delivered event's
+        ticket's next event, when due, is claimed in the same transaction and
+        returned (one commit less per event of a busy ticket)."""
         return await self._write(_settle, item, outcome, _ms(now), code, latency_ms, error,
                                  _ms(next_at) if next_at else None, _ms(pause_until) if pause_until else None,
-                                 disable_reason)
+                                 disable_reason, int(chain_lease_s * 1000) if chain_lease_s else None)
 
     async def webhook_next_due(self: "SQLiteStore", now: datetime) -> datetime | None:
         return await self._read(_next_due, _ms(now))
@@ -448,21 +453,16 @@ def _claim(conn: sqlite3.Connection, limit: int, lease: str, now: int, lease_ms:
     marks = ",".join("?" * len(chosen))
     got = conn.execute(
         f"UPDATE webhook_queue SET status = 'sending', lease = ?, next_at = ?, attempts = attempts + 1 "
-        f"WHERE seq IN ({marks}) RETURNING seq, endpoint, event_id, topic, attempts, created_at, event_seq",
-        (lease, now + lease_ms, *chosen)).fetchall()
-    out = []
-    for seq, endpoint, event_id, topic, attempts, created_at, event_seq in got:
-        ev = conn.execute("SELECT payload, created_at FROM outbox WHERE seq = ?", (event_seq,)).fetchone()
-        payload, event_at = (_dec.decode(ev[0]), ev[1]) if ev else ({}, created_at)
-        out.append(Claimed(seq=seq, endpoint=endpoint, event_id=event_id, topic=topic, attempts=attempts,
-                           created_at=created_at, event_at=event_at, payload=payload, lease=lease))
+        f"WHERE seq IN ({marks}) RETURNING seq, endpoint, event_id, topic, attempts, created_at, event_seq, "
+        f"order_key", (lease, now + lease_ms, *chosen)).fetchall()
+    out = [_claimed(conn, row, lease) for row in got]
     out.sort(key=lambda c: c.seq)
     return out
 
 
 def _settle(conn: sqlite3.Connection, item: Claimed, outcome: str, now: int, code: int | None,
             latency_ms: int | None, error: str | None, next_at: int | None, pause_until: int | None,
-            disable_reason: str | None) -> bool:
+            disable_reason: str | None, chain_lease_ms: int | None = None) -> "bool | Claimed":
     r = conn.execute("SELECT 1 FROM webhook_queue WHERE seq = ? AND lease = ? AND status = 'sending'",
                      (item.seq, item.lease)).fetchone()
     if r is None:  # the lease ran out and another round took the row over
@@ -474,6 +474,10 @@ def _settle(conn: sqlite3.Connection, item: Claimed, outcome: str, now: int, cod
         conn.execute("DELETE FROM webhook_queue WHERE seq = ?", (item.seq,))
         conn.execute("UPDATE webhook_endpoints SET failures = 0, paused_until = NULL WHERE name = ? AND failures > 0",
                      (item.endpoint,))
+        if chain_lease_ms:
+            nxt = _claim_next(conn, item, now, chain_lease_ms)
+            if nxt is not None:
+                return nxt
     elif outcome == "dead":
         conn.execute(
             "INSERT INTO webhook_dead (endpoint, event_seq, event_id, topic, order_key, attempts, created_at, dead_at, "
@@ -493,6 +497,33 @@ def _settle(conn: sqlite3.Connection, item: Claimed, outcome: str, now: int, cod
         conn.execute("UPDATE webhook_endpoints SET failures = failures + 1, paused_until = ? WHERE name = ?",
                      (pause_until, item.endpoint))
     return True
+
+
+def _claim_next(conn: sqlite3.Connection, item: Claimed, now: int, lease_ms: int) -> Claimed | None:
+    """The next event of the delivered one's ticket on the same endpoint, claimed if due."""
+    key = item.order_key
+    if key is None:
+        return None
+    r = conn.execute(
+        "SELECT q.seq FROM webhook_queue q JOIN webhook_endpoints e ON e.name = q.endpoint "
+        "WHERE q.endpoint = ? AND q.order_key = ? AND e.enabled = 1 ORDER BY q.seq LIMIT 1",
+        (item.endpoint, key)).fetchone()
+    if r is None:
+        return None
+    got = conn.execute(
+        "UPDATE webhook_queue SET status = 'sending', lease = ?, next_at = ?, attempts = attempts + 1 "
+        "WHERE seq = ? AND status = 'pending' AND next_at <= ? "
+        "RETURNING seq, endpoint, event_id, topic, attempts, created_at, event_seq, order_key",
+        (item.lease, now + lease_ms, r[0], now)).fetchone()
+    return _claimed(conn, got, item.lease) if got else None
+
+
+def _claimed(conn: sqlite3.Connection, row: tuple, lease: str) -> Claimed:
+    seq, endpoint, event_id, topic, attempts, created_at, event_seq, order_key = row
+    ev = conn.execute("SELECT payload, created_at FROM outbox WHERE seq = ?", (event_seq,)).fetchone()
+    payload, event_at = (_dec.decode(ev[0]), ev[1]) if ev else ({}, created_at)
+    return Claimed(seq=seq, endpoint=endpoint, event_id=event_id, topic=topic, attempts=attempts,
+                   created_at=created_at, event_at=event_at, payload=payload, lease=lease, order_key=order_key)
 
 
 def _next_due(conn: sqlite3.Connection, now: int) -> datetime | None:

@@ -305,20 +305,32 @@ class WebhookService:
             return min(retry_after, self.horizon_s)
         return min(self.max_s, self.first_s * 2 ** max(0, attempts - 1)) * (0.5 + 0.5 * self.jitter())
 
-    async def _deliver(self, item: Claimed) -> None:
+    async def _deliver(self, item: Claimed | None) -> None:
+        """Deliver ``item``, then the ticket's next events while each is claimed with the settle."""
+        while item is not None:
+            item = await self._deliver_one(item)
+
+    async def _deliver_one(self, item: Claimed) -> Claimed | None:
         endpoint = self._endpoints.get(item.endpoint)
         bound = log.bind(endpoint=item.endpoint, event_id=item.event_id, type=item.topic, attempt=item.attempts)
         if endpoint is None:
-            return
+            return None
         body = event_body(item.topic, item.event_at, item.payload)
         result = await self.post(endpoint, item.event_id, body)
         now = self.clock()
         kw: dict[str, Any] = {"now": now, "code": result.code, "latency_ms": result.latency_ms, "error": result.error}
         try:
             if result.outcome == "delivered":
-                ok = await self.store.webhook_settle(item, "delivered", **kw)
+                ok = await self.store.webhook_settle(item, "delivered", chain_lease_s=self.lease_s, **kw)
                 if ok:
                     bound.debug("webhook.delivered", status=result.code, latency_ms=result.latency_ms)
+                    if self.attempts_metric is not None:
+                        self.attempts_metric.labels(item.endpoint, "delivered").inc()
+                if isinstance(ok, Claimed):
+                    return ok
+                if not ok:
+                    bound.warning("webhook.lease_lost")
+                return None
             elif result.outcome == "gone":
                 reason = f"the receiver answered 410 Gone at {now.isoformat()}: re-enable it to resume"
                 ok = await self.store.webhook_settle(item, "gone", disable_reason=reason, **kw)
@@ -338,7 +350,7 @@ class WebhookService:
                         bound.error("webhook.dead_letter", error=result.error, status=result.code)
                         if self.attempts_metric is not None:
                             self.attempts_metric.labels(item.endpoint, "dead").inc()
-                    return
+                    return None
                 next_at = now + timedelta(seconds=self.delay_s(item.attempts, result.retry_after))
                 ok = await self.store.webhook_settle(item, "retrying", next_at=next_at, pause_until=pause, **kw)
                 if ok:
@@ -351,6 +363,7 @@ class WebhookService:
                 self.attempts_metric.labels(item.endpoint, outcome).inc()
         except Exception:  # noqa: BLE001 - the row stays leased and is retried when the lease ends
             bound.exception("webhook.settle_failed")
+        return None
 
     # ------------------------------------------------------------ readiness
 
