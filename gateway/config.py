@@ -108,7 +108,7 @@ class WebhookEndpointConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 class WebhooksConfig(msgspec.Struct, forbid_unknown_fields=True):
     endpoints: dict[str, WebhookEndpointConfig] = msgspec.field(default_factory=dict)
-    #: Deliveries in flight at once, across endpoints.
+    #: Deliveries in flight at once, across endpoints (0: this node sends none; events wait in the queue).
     workers: int = 16
     #: Back-off: the first retry comes within this (jittered), then doubles up to ``max_delay``.
     first_retry: str = "5s"
