@@ -132,6 +132,7 @@ def _advance(conn: sqlite3.Connection, d: Any, timeline_id: str, ticket_id: str 
             delivery["code"] = d.error_code
     data["delivery"] = delivery
     conn.execute("UPDATE timeline SET data = ? WHERE id = ?", (_enc.encode(data).decode(), timeline_id))
-    payload = {"timeline_id": timeline_id, "ticket_id": ticket_id, "contact_id": contact_id, "channel": d.channel,
+    payload = {"timeline_id": timeline_id, "ticket_id": ticket_id, "contact_id": contact_id, "source": "report",
+               "channel": d.channel,
                "external_id": delivery.get("external_id"), "status": d.status, "delivery": delivery}
     insert_events(conn, [("message.status", ticket_id, payload)], now_ms)

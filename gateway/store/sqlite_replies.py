@@ -196,15 +196,16 @@ def _outbox_settle(conn: sqlite3.Connection, item: OutboxItem, d: Delivery) -> b
         at = core.ms(d.at)
         conn.execute("UPDATE tickets SET first_response_at = coalesce(first_response_at, ?), updated_at = ?, "
                      "version = version + 1 WHERE id = ?", (at, at, item.ticket_id))
+    if item.timeline_id and d.status != "retrying":
+        # the send's outcome (sent or failed) for the webhooks, before any platform report it unlocks
+        insert_events(conn, [("message.status", item.ticket_id, {
+            "timeline_id": item.timeline_id, "ticket_id": item.ticket_id, "status": d.status, "source": "send",
+            "reason": d.reason, "external_id": d.external_id})], core.ms(d.at))
     if d.status == "sent" and d.external_id and item.timeline_id:
         # a platform's report on this message that came before this settle (sqlite_delivery.py)
         from gateway.store.sqlite_delivery import apply_early_reports
 
         apply_early_reports(conn, d.external_id, item.timeline_id, item.ticket_id, core.ms(d.at))
-    if item.timeline_id and d.status != "retrying":  # a reply's outcome (sent or failed) for the webhooks
-        insert_events(conn, [("message.status", item.ticket_id, {
-            "timeline_id": item.timeline_id, "ticket_id": item.ticket_id, "status": d.status,
-            "reason": d.reason, "external_id": d.external_id})], core.ms(d.at))
     if d.thread_ref and item.ticket_id:
         # stored as inbound messages name it (no angle brackets), so the answer threads here
         conn.execute("INSERT OR IGNORE INTO thread_refs (ref, ticket_id) VALUES (?, ?)",

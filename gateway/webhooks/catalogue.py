@@ -22,7 +22,8 @@ EVENTS: dict[str, tuple[str, str]] = {
                         "message: id, channel, direction, text, subject, at, attachments, author"),
     "message.edited": ("the customer edited a message", "message (the new text), timeline_id"),
     "message.status": ("a reply's delivery outcome: sent or failed, then the platform's delivered/read reports",
-                       "message (with delivery), status, reason, delivery"),
+                       "message (with delivery), status, source (send: the send's outcome; report: the "
+                       "platform's), reason, delivery"),
     "message.outbound": ("a reply to send on an API-channel ticket (the account's reply_webhook only)",
                          "message: id, text, html, subject, to, account, attachments"),
     "note.mentioned": ("an internal note mentioned an agent (one event per agent)",
