@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from routing import dedupe, identity, threads
+from routing import calls, dedupe, identity, threads
 from routing.model import (
     OPEN_STATUSES,
     PRIORITY_RANK,
@@ -82,6 +82,9 @@ class Lookup:
     message_key: tuple[str, str, str]
     edits_key: tuple[str, str, str] | None
     near_window_s: float
+    #: A call: a hit on its message key is another report of it (the store
+    #: reads the rest of the snapshot too).
+    call: bool = False
     #: The body digest of an email (``meta["content_sha"]``): tells a reused
     #: Message-ID from a redelivery.
     content_sha: str | None = None
@@ -93,6 +96,9 @@ class Lookup:
 
 def lookup(inbound: Inbound, settings: Settings) -> Lookup:
     sender, extra, _ = identity.identities_of(inbound, settings.region)
+    call_owner = calls.call_identity(inbound)
+    if call_owner is not None:  # an internal call, a withheld caller: not the sender's own number
+        sender, extra = call_owner, []
     refs = threads.thread_refs(inbound)
     dsn_ref = inbound.meta.get("dsn_original_message_id")
     if dsn_ref:
@@ -107,6 +113,7 @@ def lookup(inbound: Inbound, settings: Settings) -> Lookup:
         message_key=(inbound.channel, inbound.account, inbound.external_id),
         edits_key=(inbound.channel, inbound.account, inbound.edits) if inbound.edits else None,
         near_window_s=settings.near_window_s,
+        call=inbound.kind == "call",
         content_sha=inbound.meta.get("content_sha"),
     )
 
@@ -150,6 +157,8 @@ def stage_exact_dedupe(w: Work) -> None:
     hit = w.snap.exact
     if hit is None:
         return
+    if w.inbound.kind == "call" and hit.journal_id != w.journal_id and hit.timeline_id is not None:
+        return  # another report of a committed call: stage_call_update
     if _reused_id(w, hit):
         i = w.inbound
         w.commit.message_key = (i.channel, i.account, f"{i.external_id}#{i.meta['content_sha']}")
@@ -217,6 +226,36 @@ def stage_edit(w: Work) -> None:
     w.commit.ticket_id = hit.ticket_id
     w.reasons["edit"] = {"stage": "edit", "edits": w.inbound.edits, "timeline_id": hit.timeline_id}
     w.outbox.append(OutboxEvent("message.edited", {"timeline_id": hit.timeline_id}, hit.ticket_id))
+    w.done = True
+
+
+def stage_call_update(w: Work) -> None:
+    """A later report of a call already on the timeline (same call id:
+    uniqueid/linkedid, FreeSWITCH uuid, CallSid) updates that entry's call
+    data — disposition, times, recording — instead of adding a second call.
+    Its own message key (``<call id>@<journal id>``) makes a replay of the
+    report change nothing."""
+    i, hit = w.inbound, w.snap.exact
+    if i.kind != "call" or hit is None or hit.journal_id == w.journal_id or hit.timeline_id is None:
+        return
+    w.commit.message_key = (i.channel, i.account, f"{i.external_id}@{w.journal_id}")
+    w.commit.edit = TimelineEdit(timeline_id=hit.timeline_id, text=i.text, edited_at=w.now,
+                                 call=msgspec.to_builtins(i.call) if i.call is not None else {})
+    w.commit.ticket_id = hit.ticket_id
+    w.reasons["call_update"] = {"stage": "call_update", "call": i.external_id, "timeline_id": hit.timeline_id}
+    w.outbox.append(OutboxEvent("message.edited", {"timeline_id": hit.timeline_id}, hit.ticket_id))
+    w.done = True
+
+
+def stage_internal_call(w: Work) -> None:
+    """An internal call (extension to extension) is no customer's: recorded
+    on the source's "internal calls" contact, without a ticket."""
+    if not calls.is_internal(w.inbound):
+        return
+    entry = _message_entry(w, "call", ticket_id=None)
+    entry.data["why_no_ticket"] = "internal call"
+    w.timeline.insert(0, entry)
+    w.commit.message_entry_id = entry.id
     w.done = True
 
 
@@ -341,7 +380,7 @@ def stage_dropped(w: Work) -> None:
     drop = w.ticket_fields.get("drop")
     if drop is None:
         return
-    entry = _message_entry(w, "message_in", ticket_id=None)
+    entry = _message_entry(w, "call" if w.inbound.kind == "call" else "message_in", ticket_id=None)
     entry.data["why_no_ticket"] = f"marked {drop} by rule {w.reasons['rules']['rule']}"
     w.timeline.insert(0, entry)
     w.commit.message_entry_id = entry.id
@@ -440,6 +479,8 @@ STAGES: tuple[Callable[[Work], None], ...] = (
     stage_delivery_status,
     stage_identity,
     stage_edit,
+    stage_call_update,
+    stage_internal_call,
     stage_events,
     stage_near_dedupe,
     stage_threading,
@@ -456,7 +497,8 @@ def decide(inbound: Inbound, journal_id: str, snap: Snapshot, settings: Settings
     look = look or lookup(inbound, settings)
     w = Work(
         inbound=inbound, journal_id=journal_id, snap=snap, settings=settings, look=look, now=snap.now,
-        commit=Commit(journal_id=journal_id, outcome="processed", message_key=look.message_key),
+        commit=Commit(journal_id=journal_id, outcome="processed", message_key=look.message_key,
+                      key_taken_conflicts=inbound.kind == "call"),
     )
     for stage in STAGES:
         stage(w)

@@ -130,9 +130,14 @@ class TicketChange(msgspec.Struct, frozen=True):
 
 
 class TimelineEdit(msgspec.Struct, frozen=True):
+    """Update an earlier timeline entry: a message's new text, or a later
+    report of a call (``call``: merged into ``data.call`` by the store, inside
+    its transaction, with :func:`routing.calls.merge_call`)."""
+
     timeline_id: str
     text: str
     edited_at: datetime
+    call: dict | None = None
 
 
 class DeliveryStatus(msgspec.Struct, frozen=True):
@@ -196,6 +201,10 @@ class Commit(msgspec.Struct):
     #: joined it): ``(identity, source)``, recorded once per ticket.
     participants: list[tuple[Identity, str]] = msgspec.field(default_factory=list)
     outbox: list[OutboxEvent] = msgspec.field(default_factory=list)
+    #: The message key may already be taken by another journal entry's
+    #: report of the same call (two rows raced): decide again (``Conflict``)
+    #: so this one becomes an update of that call, not a duplicate.
+    key_taken_conflicts: bool = False
     #: Name of the counter to bump in metrics, e.g. "deduped", "near_duplicate".
     counted: str | None = None
     #: False for all but the last Inbound of a journal entry that yields

@@ -52,6 +52,7 @@ from routing.model import (
     new_id,
     utcnow,
 )
+from routing.calls import call_text, merge_call
 from routing.dedupe import reused_id
 from routing.pipeline import Lookup
 from routing.state import Commit, CommitResult, ContactState, Hit, Snapshot, TicketState
@@ -559,8 +560,8 @@ def _hit(conn: sqlite3.Connection, key: tuple[str, str, str]) -> Hit | None:
 
 def _snapshot(conn: sqlite3.Connection, look: Lookup, now: datetime) -> Snapshot:
     snap = Snapshot(now=now, exact=_hit(conn, look.message_key))
-    if snap.exact is not None and not reused_id(snap.exact.journal_key, look.content_sha):
-        return snap
+    if snap.exact is not None and not look.call and not reused_id(snap.exact.journal_key, look.content_sha):
+        return snap  # (a later report of a call, a reused Message-ID: the rest is needed too)
     if look.edits_key is not None:
         snap.edited = _hit(conn, look.edits_key)
     for ident in look.identities:
@@ -637,6 +638,8 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int, now: i
     except sqlite3.IntegrityError:
         hit = _hit(conn, key)
         assert hit is not None
+        if c.key_taken_conflicts and hit.journal_id != c.journal_id:  # a call reported twice at once
+            raise Conflict(f"call {key[2]} was committed by another report since the snapshot") from None
         if hit.journal_id == c.journal_id:  # this entry committed before (a replay): nothing changes
             if c.final:
                 conn.execute("UPDATE journal SET status = 'processed', error = NULL WHERE id = ?", (c.journal_id,))
@@ -737,7 +740,13 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int, now: i
                                         for e in c.timeline])
     if c.edit is not None:
         r = conn.execute("SELECT text, data FROM timeline WHERE id = ?", (c.edit.timeline_id,)).fetchone()
-        if r is not None:
+        if r is not None and c.edit.call is not None:  # a later report of a call
+            data = _dec.decode(r[1]) if r[1] else {}
+            data["call"] = merge_call(data.get("call"), c.edit.call)
+            data.setdefault("call_reports", []).append({"journal_id": c.journal_id, "call": c.edit.call})
+            conn.execute("UPDATE timeline SET text = ?, edited_at = ?, data = ? WHERE id = ?",
+                         (call_text(data["call"]), ms(c.edit.edited_at), _j(data), c.edit.timeline_id))
+        elif r is not None:
             data = _dec.decode(r[1]) if r[1] else {}
             data.setdefault("edits", []).append({"previous_text": r[0], "edited_at": c.edit.edited_at.isoformat(),
                                                  "journal_id": c.journal_id})

@@ -161,7 +161,7 @@ def _struct_paths(kind, prefix=()):
 
 
 @pytest.mark.parametrize("channel", ["email", "wechat", "wecom", "telegram", "whatsapp", "messenger", "instagram",
-                                     "line"])
+                                     "line", "phone"])
 def test_manifest_options_list_every_key_the_connector_takes(channel):
     """The typo check and the README tables read the manifests: a key a
     connector takes but its manifest lacks would be refused as a typo."""
@@ -174,6 +174,8 @@ def test_manifest_options_list_every_key_the_connector_takes(channel):
         from connectors.wechat.config import WeChatConfig as kind
     elif channel == "wecom":
         from connectors.wecom.config import WeComConfig as kind
+    elif channel == "phone":
+        from connectors.phone.client import PhoneConfig as kind
     elif channel == "whatsapp":
         from connectors.whatsapp.client import _Section as kind
     elif channel == "messenger":
