@@ -16,6 +16,7 @@ from gateway.store import (
     sqlite_replies,
     sqlite_tickets,
     sqlite_tokens,
+    sqlite_webhooks,
 )
 
 MIGRATIONS: list[str] = [
@@ -195,6 +196,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX auto_reply_log_address ON auto_reply_log (address, at);
     CREATE INDEX auto_reply_log_at ON auto_reply_log (at);
     """,
-    # 8: the agent console: sign-in sessions, canned replies
+    # 8: webhook endpoints, delivery queue, dead letters, delivery log; journal raw pruning
+    sqlite_webhooks.MIGRATION,
+    # 9: the agent console: sign-in sessions, canned replies
     sqlite_console.MIGRATION,
 ]
