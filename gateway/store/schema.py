@@ -8,7 +8,7 @@ rows are never deleted, so rowids only grow, and AUTOINCREMENT would cost an
 extra b-tree write per insert on the ingest path).
 """
 
-from gateway.store import sqlite_assign, sqlite_nonces, sqlite_replies, sqlite_webhooks
+from gateway.store import sqlite_assign, sqlite_desks, sqlite_nonces, sqlite_replies, sqlite_webhooks
 
 MIGRATIONS: list[str] = [
     # 1: the core slice
@@ -165,4 +165,6 @@ MIGRATIONS: list[str] = [
     sqlite_nonces.MIGRATION,
     # 5: webhook endpoints, delivery queue, dead letters, delivery log; journal raw pruning
     sqlite_webhooks.MIGRATION,
+    # 6: help-desk sync: omnigate ↔ desk ticket links, desk comments seen
+    sqlite_desks.MIGRATION,
 ]

@@ -38,6 +38,7 @@ from gateway.store.sqlite_assign import AssignOps
 from gateway.store.sqlite_replies import RepliesOps
 from gateway.store.sqlite_sla import SlaOps
 from gateway.store.sqlite_webhooks import WebhookOps, event_payloads, insert_events
+from gateway.store.sqlite_desks import DeskOps
 from routing.model import (
     Attachment,
     Contact,
@@ -222,7 +223,7 @@ def migrate(path: str) -> int:
         conn.close()
 
 
-class SQLiteStore(RepliesOps, AssignOps, SlaOps, WebhookOps):
+class SQLiteStore(RepliesOps, AssignOps, SlaOps, WebhookOps, DeskOps):
     """The default store: one file ``<data_dir>/omnigate.db``.
 
     Operations of later features live in mixins beside this module
