@@ -55,6 +55,8 @@ class NewTicket(msgspec.Struct, kw_only=True):
     identity: str | None  # the WeChat openid, the phone, … as omnigate knows the customer
     team: str | None = None
     assignee: str | None = None
+    #: the desk group: ``desks.<name>.group``, or (``ownership: desk``) the team omnigate's rules chose
+    group: str | None = None
 
 
 class DeskClient:

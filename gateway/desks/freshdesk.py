@@ -54,8 +54,10 @@ class FreshdeskClient(DeskClient):
             fields["phone"] = t.phone
         else:
             fields["email"] = t.email
-        if self.config.group and self.config.group.isdigit():
-            fields["group_id"] = int(self.config.group)
+        if t.group and t.group.isdigit():
+            fields["group_id"] = int(t.group)
+        elif t.group:
+            fields["tags"].append(f"omnigate-group-{t.group}")
         _, body, _ = await self.call("POST", "/api/v2/tickets", json=fields)
         return str(body["id"]), []  # the description is the ticket's, not a conversation
 

@@ -202,9 +202,12 @@ class DeskSync:
             log.info("desk.ticket_created", desk=name, ticket_id=tid, desk_ticket=desk_id)
         else:
             log.info("desk.ticket_found", desk=name, ticket_id=tid, desk_ticket=desk_id)
-        await self.store.desk_link_set(name, tid, desk_id)
+        owned = self.desks[name].ownership == "desk"
+        await self.store.desk_link_set(name, tid, desk_id, owned=owned)
         for cid in made:
             await self.store.desk_seen_add(name, cid, tid, "omnigate")
+        if owned:  # the desk routes it from now on: omnigate's agent is released, its SLA timers cleared
+            await self.store.ticket_sync([tid], self.clock())
 
     async def _new_ticket(self, name: str, ticket: dict, msg: dict) -> NewTicket:
         cfg = self.desks[name]
@@ -224,7 +227,8 @@ class DeskSync:
         return NewTicket(ticket_id=ticket["id"], number=ticket.get("number") or 0, subject=subject,
                          text=msg.get("text") or "(no text)", name=(contact.name if contact else None) or identity
                          or "customer", email=email, phone=phone, channel=channel, identity=identity,
-                         team=ticket.get("team"), assignee=ticket.get("assignee"))
+                         team=ticket.get("team"), assignee=ticket.get("assignee"),
+                         group=(ticket.get("team") if cfg.ownership == "desk" else None) or cfg.group)
 
     async def _generic(self, name: str, cfg: DeskConfig, topic: str, data: dict) -> None:
         template = cfg.templates.get(topic)

@@ -55,7 +55,7 @@ class ZammadClient(DeskClient):
         if t.team:
             tags.append(f"team-{t.team}")
         fields: dict[str, Any] = {
-            "title": t.subject, "group": self.config.group or "Users", "customer_id": f"guess:{t.email}",
+            "title": t.subject, "group": t.group or "Users", "customer_id": f"guess:{t.email}",
             "tags": ",".join(tags), "note": f"omnigate #{t.number}; {t.channel}: {t.identity or ''}".strip(),
             "article": {"subject": t.subject, "body": t.text, "type": "note", "internal": False,
                         "sender": "Customer", "content_type": "text/plain"}}

@@ -47,8 +47,10 @@ class ZendeskClient(DeskClient):
         if t.phone:
             fields["comment"]["body"] = t.text
             requester["phone"] = t.phone
-        if self.config.group:
-            fields["group_id"] = int(self.config.group) if self.config.group.isdigit() else self.config.group
+        if t.group and t.group.isdigit():
+            fields["group_id"] = int(t.group)
+        elif t.group:
+            tags.append(f"omnigate_group_{t.group}")
         if t.team:
             tags.append(f"omnigate_team_{t.team}")
         if t.identity:

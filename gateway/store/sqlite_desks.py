@@ -2,7 +2,10 @@
 
 - ``desk_links``: one row per (desk, omnigate ticket) with the desk's ticket
   id — written when the desk ticket is created (or found by the lookup before
-  create), read by every later event and by the way back.
+  create), read by every later event and by the way back. ``owned`` is set
+  for a desk with ``ownership: desk``: assignment and SLA timing leave the
+  ticket alone (:func:`desk_owned`, read by ``AssignTx.ensure`` and
+  ``sla_sync``).
 - ``desk_seen``: desk comment ids this side knows: ``origin = 'omnigate'``
   for comments omnigate wrote (never echoed back), ``'desk'`` for agent
   comments already sent to the customer (a repeated nudge or poll changes
@@ -25,6 +28,7 @@ MIGRATION = """
         desk           TEXT NOT NULL,
         ticket_id      TEXT NOT NULL,
         desk_ticket_id TEXT NOT NULL,
+        owned          INTEGER NOT NULL DEFAULT 0,
         created_at     INTEGER NOT NULL,
         PRIMARY KEY (desk, ticket_id)
     ) WITHOUT ROWID;
@@ -60,11 +64,14 @@ class DeskOps:
             return r[0] if r else None
         return await self._read(q)
 
-    async def desk_link_set(self: "SQLiteStore", desk: str, ticket_id: str, desk_ticket_id: str) -> None:
+    async def desk_link_set(self: "SQLiteStore", desk: str, ticket_id: str, desk_ticket_id: str, *,
+                            owned: bool = False) -> None:
+        """Link the tickets; ``owned``: the desk routes it from now on (then ``ticket_sync``
+        releases its agent and clears its SLA timers)."""
         now = int(self.clock().timestamp() * 1000)
         await self._write(lambda conn: conn.execute(
-            "INSERT OR IGNORE INTO desk_links (desk, ticket_id, desk_ticket_id, created_at) VALUES (?,?,?,?)",
-            (desk, ticket_id, str(desk_ticket_id), now)))
+            "INSERT OR IGNORE INTO desk_links (desk, ticket_id, desk_ticket_id, owned, created_at) VALUES (?,?,?,?,?)",
+            (desk, ticket_id, str(desk_ticket_id), int(owned), now)))
 
     async def desk_links(self: "SQLiteStore", desk: str) -> list[tuple[str, str]]:
         """(omnigate ticket id, desk ticket id) of every linked ticket."""
@@ -88,3 +95,9 @@ class DeskOps:
         await self._write(lambda conn: conn.execute(
             "INSERT OR IGNORE INTO desk_seen (desk, comment_id, ticket_id, origin, at) VALUES (?,?,?,?,?)",
             (desk, str(comment_id), ticket_id, origin, now)))
+
+
+def desk_owned(conn: sqlite3.Connection, ticket_id: str) -> bool:
+    """Is the ticket routed by a desk (``ownership: desk``)? Then omnigate neither assigns it nor times SLAs."""
+    return conn.execute("SELECT 1 FROM desk_links WHERE ticket_id = ? AND owned = 1 LIMIT 1",
+                        (ticket_id,)).fetchone() is not None
