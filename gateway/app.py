@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from connectors.registry import RegistryError, connector_class, validate_all
-from gateway import api, assignment, keys, outbox, replies
+from gateway import api, api_tickets, assignment, auth, keys, outbox, participants, replies
 from gateway.attachments import AttachmentStore
 from gateway.clock import Clock, system_clock
 from gateway.config import Config, parse_duration
@@ -147,13 +147,28 @@ def load_rules(config: Config, directory: Any, clock: Clock = system_clock):
     return runtime
 
 
-def _auto_replier(store: SQLiteStore):
+def _auto_replier(store: SQLiteStore, email_config: Mapping[str, Any] | None = None):
     """A rule's auto-reply goes out like an agent's reply: a ``message_out``
     entry (auto, author "system") and a ``reply.send`` outbox row, sent by
-    the dispatcher through the ticket's channel."""
+    the dispatcher through the ticket's channel — for email only to the
+    envelope sender, paced per address and globally (gateway/autoreply.py)."""
+    from gateway import autoreply
+    from gateway.store.sqlite_replies import AutoReplyLimits
+
+    window, budget = autoreply.limits_from(email_config or {})
+    limits = AutoReplyLimits(window_s=window, global_per_hour=budget)
 
     async def send(ticket_id: str, reply: Any, inbound: Any) -> None:
-        entry = await store.auto_reply(ticket_id, reply.text, subject=reply.subject, in_reply_to_auto=inbound.auto)
+        v = autoreply.verdict(inbound)
+        if not v.send:
+            log.info("pipeline.auto_reply_suppressed", ticket_id=ticket_id, template=reply.template, why=v.why)
+            return
+        entry = await store.auto_reply(ticket_id, reply.text, subject=reply.subject, in_reply_to_auto=inbound.auto,
+                                       to=v.to, limits=limits if v.to is not None else None)
+        if entry is None:
+            log.info("pipeline.auto_reply_suppressed", ticket_id=ticket_id, template=reply.template,
+                     why="paced: this address had one within the window, or the hourly budget is spent")
+            return
         log.info("pipeline.auto_reply", ticket_id=ticket_id, template=reply.template, timeline_id=entry.id)
 
     return send
@@ -195,8 +210,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     pipeline = Pipeline(store, settings, attachments=attachments,
                         metrics=m, context_for=context_factory(config), media_fetchers=connectors,
                         max_conflict_retries=config.pipeline.max_conflict_retries,
-                        auto_replier=_auto_replier(store), clock=clock)
+                        auto_replier=_auto_replier(store, config.channels.get("email")), clock=clock)
     assignment.setup(app, pipeline)
+    auth.setup(app, clock=clock)  # tokens, roles, rate limits of /api/v1
     worker = Worker(pipeline, concurrency=config.pipeline.workers)
     app[keys.WORKER] = worker
     ingest = Ingest(store, m, worker.wake)
@@ -223,6 +239,8 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     app.router.add_get("/metrics", metrics)
     app.router.add_routes(guarded_routes(api.routes))
     app.router.add_routes(guarded_routes(replies.routes))
+    app.router.add_routes(guarded_routes(api_tickets.routes))
+    app.router.add_routes(guarded_routes(participants.routes))
     from collections import ChainMap
 
     from gateway.webhooks import service as webhooks

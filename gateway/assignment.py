@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Literal
+from typing import Any, AsyncIterator, Callable
 
 import msgspec
 import structlog
@@ -36,7 +36,18 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.api import read_body, ticket_or_404
-from gateway.http_util import Problem, check_bearer, guarded_routes, json_response
+from gateway.api_types import (
+    AgentBody,
+    AgentList,
+    AgentPresenceView,
+    AgentPutView,
+    PresenceBody,
+    Stats,
+    StatusBody,
+    TicketStatusView,
+)
+from gateway.auth import AUTH, Principal, forbid, require, visible_ticket
+from gateway.http_util import Problem, guarded_routes, json_response
 from gateway.metrics import Metrics
 from gateway.store.base import InvalidTransition, NotFound, Store, StoreError
 from gateway.worker import Pipeline
@@ -168,13 +179,8 @@ async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
 # ---------------------------------------------------------------- HTTP
 
 
-def _auth(request: web.Request) -> Assignment:
-    check_bearer(request, request.app[keys.CONFIG].api_token)
-    return request.app[ASSIGNMENT]
-
-
-def _actor(request: web.Request) -> str:
-    return request.headers.get("X-Omnigate-Actor", "api")
+async def _auth(request: web.Request, role: str = "agent") -> tuple[Assignment, Principal]:
+    return request.app[ASSIGNMENT], await require(request, role)
 
 
 async def _agent(runtime: Assignment, agent_id: str) -> Any:
@@ -186,23 +192,14 @@ async def _agent(runtime: Assignment, agent_id: str) -> Any:
 
 @routes.get("/api/v1/agents")
 async def agents_list(request: web.Request) -> web.Response:
-    runtime = _auth(request)
-    return json_response({"items": await runtime.store.list_agents()})
+    runtime, _ = await _auth(request)
+    return json_response(AgentList(items=await runtime.store.list_agents()))
 
 
 @routes.get("/api/v1/agents/{id}")
 async def agent_get(request: web.Request) -> web.Response:
-    runtime = _auth(request)
+    runtime, _ = await _auth(request)
     return json_response(await _agent(runtime, request.match_info["id"]))
-
-
-class AgentBody(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    teams: list[str] = []
-    skills: dict[str, int] = {}
-    capacity: dict[str, int] = {}
-    roles: list[Literal["agent", "lead", "admin"]] = msgspec.field(default_factory=lambda: ["agent"])
-    login: str | None = None
 
 
 @routes.put("/api/v1/agents/{id}")
@@ -212,7 +209,7 @@ async def agent_put(request: web.Request) -> web.Response:
     against the directory like an agent in the YAML; the team queues drain at
     once (raised capacity takes waiting tickets). The directory YAML stays
     the source of truth for the agents it lists: it is applied again at start-up."""
-    runtime = _auth(request)
+    runtime, p = await _auth(request, "admin")
     if not runtime.enabled:
         raise Problem(409, "No directory", "assignment needs a directory (teams, calendars): set `directory`")
     body = await read_body(request, AgentBody)
@@ -226,59 +223,56 @@ async def agent_put(request: web.Request) -> web.Response:
         field, message = errors[0]
         raise Problem(400, "Invalid agent", "; ".join(m for _, m in errors), field=field)
     decisions = await runtime.store.put_agent(config.to_model(), runtime.clock())
-    log.info("agent.put", agent_id=config.id, teams=config.teams, assigned=len(decisions))
-    view = msgspec.to_builtins(await _agent(runtime, config.id))
-    view["assigned"] = [d.ticket_id for d in decisions if d.agent]
-    return json_response(view)
-
-
-class PresenceBody(msgspec.Struct, forbid_unknown_fields=True):
-    presence: Literal["online", "away", "offline"]
-    return_chats: bool = False
+    request.app[AUTH].invalidate()  # the agent's teams are cached with its tokens
+    log.info("agent.put", agent_id=config.id, teams=config.teams, assigned=len(decisions), actor=p.agent_id)
+    view = await _agent(runtime, config.id)
+    return json_response(AgentPutView(**msgspec.structs.asdict(view),
+                                      assigned=[d.ticket_id for d in decisions if d.agent]))
 
 
 @routes.put("/api/v1/agents/{id}/presence")
 async def agent_presence(request: web.Request) -> web.Response:
-    """Set presence; ``return_chats`` puts the agent's open chats back in the queue. Drains at once."""
-    runtime = _auth(request)
+    """Set presence; ``return_chats`` puts the agent's open chats back in the queue. Drains at once.
+    Agents set their own; leads their team members'; admins anyone's."""
+    runtime, p = await _auth(request)
     body = await read_body(request, PresenceBody)
     agent_id = request.match_info["id"]
+    if agent_id != p.agent_id and not p.is_admin:
+        target = await _agent(runtime, agent_id)
+        if not (p.role == "lead" and set(target.teams) & p.teams):
+            raise forbid(f"{p.agent_id} may set only their own presence" + (
+                " and their team members'" if p.role == "lead" else ""))
     try:
         returned = await runtime.store.set_presence(agent_id, body.presence, runtime.clock(),
-                                                    return_chats=body.return_chats, actor=_actor(request))
+                                                    return_chats=body.return_chats, actor=p.agent_id)
     except NotFound as exc:
         raise Problem(404, "Not found", str(exc)) from None
     log.info("agent.presence", agent_id=agent_id, presence=body.presence, returned=len(returned))
-    view = msgspec.to_builtins(await _agent(runtime, agent_id))
-    view["returned"] = returned
-    return json_response(view)
-
-
-class StatusBody(msgspec.Struct, forbid_unknown_fields=True):
-    status: Literal["open", "pending", "solved", "closed"]
+    view = await _agent(runtime, agent_id)
+    return json_response(AgentPresenceView(**msgspec.structs.asdict(view), returned=returned))
 
 
 @routes.post("/api/v1/tickets/{id}/status")
 async def ticket_status(request: web.Request) -> web.Response:
     """Change a ticket's status: frees capacity on solved/closed and drains the queue at once."""
-    runtime = _auth(request)
+    runtime, p = await _auth(request)
     body = await read_body(request, StatusBody)
     store = runtime.store
     ticket = await ticket_or_404(request)
+    visible_ticket(p, ticket)
     try:
-        changed = await store.set_status(ticket.id, body.status, runtime.clock(), _actor(request))
+        changed = await store.set_status(ticket.id, body.status, runtime.clock(), p.agent_id)
     except InvalidTransition as exc:
         raise Problem(409, "Invalid status transition", str(exc), status_from=ticket.status,
                       status_to=body.status) from None
     except StoreError as exc:
         raise Problem(409, "Cannot change status", str(exc)) from None
-    log.info("ticket.status", ticket_id=ticket.id, status=body.status, changed=changed)
-    view = msgspec.to_builtins(await store.get_ticket(ticket.id))
-    view["changed"] = changed
-    return json_response(view)
+    log.info("ticket.status", ticket_id=ticket.id, status=body.status, changed=changed, actor=p.agent_id)
+    record = await store.ticket_record(ticket.id)
+    return json_response(TicketStatusView(**msgspec.structs.asdict(record), changed=changed))
 
 
 @routes.get("/api/v1/stats")
 async def stats(request: web.Request) -> web.Response:
-    runtime = _auth(request)
-    return json_response(await runtime.refresh_stats())
+    runtime, _ = await _auth(request, "lead")
+    return json_response(msgspec.convert(await runtime.refresh_stats(), Stats))

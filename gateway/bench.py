@@ -47,6 +47,9 @@ PLUGINS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rules": ("routing.rules.bench:figures", ("rules_eval_100", "rules_eval_1000", "rules_eval_10000")),
     "assign": ("routing.assign_bench:figures", ("assign_decisions",)),
     "assign_store": ("gateway.assign_bench:figures", ("assign_next_store",)),
+    "calllog": ("gateway.bench_calllog:figures", ("calllog_rows",)),
+    "social": ("gateway.bench_social:figures", ("social_webhook",)),
+    "api_list": ("gateway.api_bench:figures", ("api_ticket_list_100k",)),
     "webhooks": ("gateway.bench_webhooks:figures", ("webhook_delivery",)),
 }
 

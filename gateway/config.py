@@ -77,6 +77,22 @@ class ThreadingConfig(msgspec.Struct, forbid_unknown_fields=True):
     first_ticket_number: int = 1000
 
 
+class RestConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The REST API under ``/api/v1`` (``rest:`` in the YAML; ``api:`` is the API channel)."""
+
+    #: Requests per minute each token may make (a token bucket; 0: no limit).
+    rate_limit_per_minute: int = 6000
+    #: Requests a token may make at once above the steady rate.
+    rate_limit_burst: int = 1000
+    #: Contact attributes agents (role ``agent``) do not see: omitted from every answer.
+    sensitive_attributes: list[str] = msgspec.field(
+        default_factory=lambda: ["id_number", "passport", "address", "birthday", "bank_account"])
+    #: Seconds a token (and its agent's teams) stays in the in-process cache; a
+    #: revocation through the API (``omnigate tokens revoke`` uses it while a
+    #: daemon runs) clears it at once.
+    token_cache_s: float = 10.0
+
+
 class WebhookEndpointConfig(msgspec.Struct, forbid_unknown_fields=True):
     """``webhooks.endpoints.<name>`` (CONTRACTS.md "Webhooks (outbound)")."""
 
@@ -92,7 +108,7 @@ class WebhookEndpointConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 class WebhooksConfig(msgspec.Struct, forbid_unknown_fields=True):
     endpoints: dict[str, WebhookEndpointConfig] = msgspec.field(default_factory=dict)
-    #: Deliveries in flight at once, across endpoints.
+    #: Deliveries in flight at once, across endpoints (0: this node sends none; events wait in the queue).
     workers: int = 16
     #: Back-off: the first retry comes within this (jittered), then doubles up to ``max_delay``.
     first_retry: str = "5s"
@@ -160,6 +176,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     dedupe: DedupeConfig = msgspec.field(default_factory=DedupeConfig)
     threading: ThreadingConfig = msgspec.field(default_factory=ThreadingConfig)
+    rest: RestConfig = msgspec.field(default_factory=RestConfig)
     webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     desks: dict[str, DeskConfig] = msgspec.field(default_factory=dict)
@@ -470,7 +487,7 @@ def _check_yaml(file: str, text: str, channel_names: frozenset[str]) -> _Node:
     # typos: top level, the nested sections, and each channel section's keys
     top = _struct_keys(Config) - {"channels"} | set(channel_names)
     nested = {"store": StoreConfig, "pipeline": PipelineConfig, "dedupe": DedupeConfig, "threading": ThreadingConfig,
-              "retention": RetentionConfig}
+              "rest": RestConfig, "retention": RetentionConfig}
     for key, node in tree.children.items():
         base = key[: -len("_file")] if key.endswith("_file") else key
         if key not in top and base not in top:

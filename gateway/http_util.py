@@ -40,15 +40,17 @@ class Problem(Exception):
     """Raise to answer a problem document from anywhere in a handler; the
     error middleware turns it into the response."""
 
-    def __init__(self, status: int, title: str, detail: str | None = None, **extra: Any):
+    def __init__(self, status: int, title: str, detail: str | None = None, *, headers: dict | None = None,
+                 **extra: Any):
         super().__init__(detail or title)
         self.status = status
         self.title = title
         self.detail = detail
+        self.headers = headers
         self.extra = extra
 
     def response(self) -> web.Response:
-        return problem(self.status, self.title, self.detail, **self.extra)
+        return problem(self.status, self.title, self.detail, headers=self.headers, **self.extra)
 
 
 def check_bearer(request: web.Request, token: str | None) -> None:

@@ -96,7 +96,8 @@ class Pipeline:
         self.attachments = attachments
         self.metrics = metrics
         self.context_for = context_for
-        self.media_fetchers = dict(media_fetchers or {})
+        # kept by reference: the app fills its connectors mapping after building the pipeline
+        self.media_fetchers = media_fetchers if media_fetchers is not None else {}
         self.max_conflict_retries = max_conflict_retries
         self.clock = clock
         self.after_commit: list[AfterCommit] = list(after_commit or [])
@@ -175,7 +176,7 @@ class Pipeline:
                 await asyncio.sleep(0.001 * attempt)
                 continue
             self._count(inbound.channel, result, commit.counted)
-            if result.outcome == "processed" and commit.message_key is not None:
+            if result.outcome == "processed" and commit.message_key is not None and commit.delivery is None:
                 if commit.auto_reply is not None and result.ticket_id:
                     await self._auto_reply(commit.auto_reply, inbound, result)
                 if commit.status_change is not None:

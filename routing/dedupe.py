@@ -35,3 +35,11 @@ def text_hash(text: str | None) -> str | None:
     if len(norm) < 4:
         return None
     return hashlib.blake2b(norm.encode("utf-8"), digest_size=12).hexdigest()
+
+
+def reused_id(hit_journal_key: str | None, content_sha: str | None) -> bool:
+    """The message committed under this id had another body: its journal key
+    ends in another digest (email keys are ``mid:<id>#<body digest>``), so
+    this is a message of its own that reuses the id, not a redelivery."""
+    key = hit_journal_key or ""
+    return bool(content_sha) and "#" in key and key.rsplit("#", 1)[1] != content_sha

@@ -29,17 +29,39 @@ from routing.state import IdentityLink, NewContact, Snapshot
 _WS = re.compile(r"\s+")
 
 
+_PHONE = re.compile(r"\+?\d{2,20}")
+_EMAIL = re.compile(r"[^\s@<>()\[\],;:\"]+@[^\s@<>()\[\],;:\"]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_IDENTITY_CHARS = 320
+
+
 def normalize(kind: str, value: str, region: str = "CN") -> str:
-    """The canonical value of an identity (raises ValueError if it has none)."""
+    """The canonical value of an identity; raises ValueError when it has none
+    (empty, an email without ``local@domain``, a phone without digits,
+    control characters, over 320 characters): no such identity is ever stored."""
     v = value.strip()
+    if not v:
+        raise ValueError(f"empty {kind} identity")
+    if len(v) > MAX_IDENTITY_CHARS or _CONTROL.search(v):
+        raise ValueError(f"not a usable {kind} identity: {value[:40]!r}")
     if kind == "email":
         v = v.strip("<>").lower()
-        if "@" not in v:
+        if not _EMAIL.fullmatch(v):
             raise ValueError(f"not an email address: {value!r}")
         return v
     if kind in ("phone", "whatsapp"):
-        return normalize_phone(v, region)
+        v = normalize_phone(v, region)
+        if not _PHONE.fullmatch(v):
+            raise ValueError(f"not a phone number: {value!r}")
+        return v
     return v
+
+
+def unknown_sender(inbound: Inbound) -> Identity:
+    """A contact of its own for a message whose sender has no usable identity:
+    an ``external`` identity unique to the message (never a linking kind, so
+    it joins nobody else's contact)."""
+    return Identity("external", f"unknown:{inbound.channel}:{inbound.account}:{inbound.external_id}")
 
 
 def normalize_phone(value: str, region: str = "CN") -> str:
@@ -81,9 +103,9 @@ def identities_of(inbound: Inbound, region: str = "CN") -> tuple[Identity, list[
     s = inbound.sender
     try:
         sender = Identity(s.kind, normalize(s.kind, s.value, region))
-    except ValueError as exc:
-        defects.append(f"sender identity not normalized: {exc}")
-        sender = Identity(s.kind, s.value.strip())
+    except ValueError as exc:  # never stored as it is: the message gets a contact of its own
+        defects.append(f"sender identity unusable: {exc}")
+        sender = unknown_sender(inbound)
     extra: list[Identity] = []
     for kind, key in (("wechat_unionid", "unionid"), ("phone", "phone"), ("email", "email")):
         value = inbound.meta.get(key)

@@ -109,6 +109,7 @@ TimelineKind = Literal[
     "rule",
     "duplicate",
     "identity",
+    "update",
 ]
 Presence = Literal["online", "away", "offline"]
 AgentRole = Literal["agent", "lead", "admin"]
@@ -334,8 +335,20 @@ class Agent(msgspec.Struct, omit_defaults=True):
 # ---------------------------------------------------------------- outbound
 
 
+class Template(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A platform-approved message template (WhatsApp): its name, language
+    code and the body's ``{{1}}``… parameters, in order."""
+
+    name: str
+    language: str
+    parameters: list[str] = msgspec.field(default_factory=list)
+
+
 class Outbound(msgspec.Struct, omit_defaults=True):
-    """A reply (or auto-reply) to send back through a connector."""
+    """A reply (or auto-reply) to send back through a connector.
+
+    ``template`` is set for a templated message (channels whose connector
+    has ``supports_templates``): the connector sends the template, not ``text``."""
 
     id: str
     ticket_id: str
@@ -352,6 +365,7 @@ class Outbound(msgspec.Struct, omit_defaults=True):
     # the ``auto`` marker of the inbound this answers ("auto_reply", "bounce",
     # "bulk"): connectors refuse to auto-reply to it, as the core does
     in_reply_to_auto: str | None = None
+    template: Template | None = None
 
 
 # ---------------------------------------------------------------- public JSON

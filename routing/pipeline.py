@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import msgspec
 
-from routing import dedupe, identity, threads
+from routing import calls, dedupe, identity, threads
 from routing.model import (
     OPEN_STATUSES,
     PRIORITY_RANK,
@@ -39,6 +39,7 @@ from routing.model import (
 from routing.rules.types import RuleInput, RuleOutcome
 from routing.state import (
     Commit,
+    DeliveryStatus,
     TicketState,
     NewTicket,
     OutboxEvent,
@@ -81,6 +82,12 @@ class Lookup:
     message_key: tuple[str, str, str]
     edits_key: tuple[str, str, str] | None
     near_window_s: float
+    #: A call: a hit on its message key is another report of it (the store
+    #: reads the rest of the snapshot too).
+    call: bool = False
+    #: The body digest of an email (``meta["content_sha"]``): tells a reused
+    #: Message-ID from a redelivery.
+    content_sha: str | None = None
 
     @property
     def identities(self) -> tuple[Identity, ...]:
@@ -89,6 +96,9 @@ class Lookup:
 
 def lookup(inbound: Inbound, settings: Settings) -> Lookup:
     sender, extra, _ = identity.identities_of(inbound, settings.region)
+    call_owner = calls.call_identity(inbound)
+    if call_owner is not None:  # an internal call, a withheld caller: not the sender's own number
+        sender, extra = call_owner, []
     refs = threads.thread_refs(inbound)
     dsn_ref = inbound.meta.get("dsn_original_message_id")
     if dsn_ref:
@@ -103,6 +113,8 @@ def lookup(inbound: Inbound, settings: Settings) -> Lookup:
         message_key=(inbound.channel, inbound.account, inbound.external_id),
         edits_key=(inbound.channel, inbound.account, inbound.edits) if inbound.edits else None,
         near_window_s=settings.near_window_s,
+        call=inbound.kind == "call",
+        content_sha=inbound.meta.get("content_sha"),
     )
 
 
@@ -134,14 +146,52 @@ class Work:
 # ---------------------------------------------------------------- stages
 
 
+REUSED_ID = "message-id reused with different content"
+
+
+def _reused_id(w: Work, hit) -> bool:
+    return hit.journal_id != w.journal_id and dedupe.reused_id(hit.journal_key, w.look.content_sha)
+
+
 def stage_exact_dedupe(w: Work) -> None:
     hit = w.snap.exact
     if hit is None:
+        return
+    if w.inbound.kind == "call" and hit.journal_id != w.journal_id and hit.timeline_id is not None:
+        return  # another report of a committed call: stage_call_update
+    if _reused_id(w, hit):
+        i = w.inbound
+        w.commit.message_key = (i.channel, i.account, f"{i.external_id}#{i.meta['content_sha']}")
+        if REUSED_ID not in i.defects:
+            i.defects.append(REUSED_ID)
+        w.reasons["dedupe"] = {"stage": "dedupe", "reused_message_id": i.external_id,
+                               "first_journal_id": hit.journal_id, "why": REUSED_ID}
         return
     w.commit.outcome = "processed" if hit.journal_id == w.journal_id else "duplicate"
     w.commit.message_key = None
     w.commit.contact_id, w.commit.ticket_id = hit.contact_id, hit.ticket_id
     w.commit.counted = None if hit.journal_id == w.journal_id else "deduped"
+    w.done = True
+
+
+def stage_delivery_status(w: Work) -> None:
+    """A platform's delivery report (``raw_type == "status"`` with
+    ``meta["status_of"]``: a WhatsApp status, a Messenger delivery or read)
+    updates the delivery of the reply it names; it is not a customer
+    message, so no contact, ticket or timeline entry comes of it."""
+    i = w.inbound
+    if i.kind != "event" or i.raw_type != "status" or "status_of" not in i.meta:
+        return
+    watermark = None
+    if not i.meta["status_of"] and i.meta.get("watermark", "").isdigit():
+        watermark = datetime.fromtimestamp(int(i.meta["watermark"]) / 1000, timezone.utc)
+    w.commit.delivery = DeliveryStatus(
+        channel=i.channel, external_id=i.meta["status_of"], status=i.meta.get("status", "unknown"),
+        at=i.sent_at or w.now, error_code=i.meta.get("error_code"),
+        error=i.meta.get("error_details") or i.meta.get("error_title"),
+        watermark=watermark, contact_id=w.snap.owners.get(w.look.sender.key()) if watermark else None,
+    )
+    w.reasons["delivery"] = {"stage": "delivery", "status_of": i.meta["status_of"]}
     w.done = True
 
 
@@ -153,6 +203,12 @@ def stage_identity(w: Work) -> None:
     c.new_contact, c.link_identities, c.contact_expect_version = d.new_contact, d.links, d.expect_version
     c.contact_name = d.rename
     w.reasons["identity"] = d.reason
+    if w.inbound.meta.get("sender_unknown") == "true" or (
+            w.look.sender.kind == "external" and w.look.sender.value.startswith("unknown:")
+            and w.inbound.sender.kind != "external"):
+        # no usable sender identity: a contact of its own, flagged for an agent
+        d.reason["sender_unknown"] = f"no usable {w.inbound.sender.kind} identity in the message"
+        c.add_flags = ("sender_unknown",)
     w.timeline.extend(d.timeline)
     blocked = w.inbound.meta.get("blocked")
     if blocked == "true":
@@ -170,6 +226,36 @@ def stage_edit(w: Work) -> None:
     w.commit.ticket_id = hit.ticket_id
     w.reasons["edit"] = {"stage": "edit", "edits": w.inbound.edits, "timeline_id": hit.timeline_id}
     w.outbox.append(OutboxEvent("message.edited", {"timeline_id": hit.timeline_id}, hit.ticket_id))
+    w.done = True
+
+
+def stage_call_update(w: Work) -> None:
+    """A later report of a call already on the timeline (same call id:
+    uniqueid/linkedid, FreeSWITCH uuid, CallSid) updates that entry's call
+    data — disposition, times, recording — instead of adding a second call.
+    Its own message key (``<call id>@<journal id>``) makes a replay of the
+    report change nothing."""
+    i, hit = w.inbound, w.snap.exact
+    if i.kind != "call" or hit is None or hit.journal_id == w.journal_id or hit.timeline_id is None:
+        return
+    w.commit.message_key = (i.channel, i.account, f"{i.external_id}@{w.journal_id}")
+    w.commit.edit = TimelineEdit(timeline_id=hit.timeline_id, text=i.text, edited_at=w.now,
+                                 call=msgspec.to_builtins(i.call) if i.call is not None else {})
+    w.commit.ticket_id = hit.ticket_id
+    w.reasons["call_update"] = {"stage": "call_update", "call": i.external_id, "timeline_id": hit.timeline_id}
+    w.outbox.append(OutboxEvent("message.edited", {"timeline_id": hit.timeline_id}, hit.ticket_id))
+    w.done = True
+
+
+def stage_internal_call(w: Work) -> None:
+    """An internal call (extension to extension) is no customer's: recorded
+    on the source's "internal calls" contact, without a ticket."""
+    if not calls.is_internal(w.inbound):
+        return
+    entry = _message_entry(w, "call", ticket_id=None)
+    entry.data["why_no_ticket"] = "internal call"
+    w.timeline.insert(0, entry)
+    w.commit.message_entry_id = entry.id
     w.done = True
 
 
@@ -294,7 +380,7 @@ def stage_dropped(w: Work) -> None:
     drop = w.ticket_fields.get("drop")
     if drop is None:
         return
-    entry = _message_entry(w, "message_in", ticket_id=None)
+    entry = _message_entry(w, "call" if w.inbound.kind == "call" else "message_in", ticket_id=None)
     entry.data["why_no_ticket"] = f"marked {drop} by rule {w.reasons['rules']['rule']}"
     w.timeline.insert(0, entry)
     w.commit.message_entry_id = entry.id
@@ -335,7 +421,9 @@ def stage_compose(w: Work) -> None:
             responded_at=at if _outbound(i) else None,
             last_message_at=max(at, t.ticket.last_message_at),
             add_channel=i.channel if i.channel not in t.ticket.channels else None,
-            reply_to=reply_to,
+            # the reply address follows the ticket's own contact only: a
+            # participant's or a bounce's message never redirects the replies
+            reply_to=reply_to if w.contact_id == t.ticket.contact_id else None,
             priority=f.get("priority"), team=f.get("team"), skills=f.get("skills"),
             add_tags=tuple(f.get("tags", ())), assignee=f.get("assignee"),
         )
@@ -353,6 +441,9 @@ def stage_compose(w: Work) -> None:
             ))
             w.outbox.append(OutboxEvent("ticket.reopened", {"ticket_id": ticket_id}, ticket_id))
     c.ticket_id = ticket_id
+    if t.mentions is not None:
+        _mention_entries(w, t.mentions, ticket_id)
+    c.participants = _participants(w)
     for e in w.timeline:
         if e.kind == "rule":
             e.ticket_id = ticket_id
@@ -385,8 +476,11 @@ def _ticket_changes(ticket: Any, f: dict) -> dict:
 #: The pipeline, in order. Each stage is a pure function of the Work.
 STAGES: tuple[Callable[[Work], None], ...] = (
     stage_exact_dedupe,
+    stage_delivery_status,
     stage_identity,
     stage_edit,
+    stage_call_update,
+    stage_internal_call,
     stage_events,
     stage_near_dedupe,
     stage_threading,
@@ -403,7 +497,8 @@ def decide(inbound: Inbound, journal_id: str, snap: Snapshot, settings: Settings
     look = look or lookup(inbound, settings)
     w = Work(
         inbound=inbound, journal_id=journal_id, snap=snap, settings=settings, look=look, now=snap.now,
-        commit=Commit(journal_id=journal_id, outcome="processed", message_key=look.message_key),
+        commit=Commit(journal_id=journal_id, outcome="processed", message_key=look.message_key,
+                      key_taken_conflicts=inbound.kind == "call"),
     )
     for stage in STAGES:
         stage(w)
@@ -419,6 +514,47 @@ def decide(inbound: Inbound, journal_id: str, snap: Snapshot, settings: Settings
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _mention_entries(w: Work, other: TicketState, ticket_id: str) -> None:
+    """A message that quoted another contact's ticket in its thread headers
+    opened its own ticket: say so on both, for an agent to merge."""
+    i, why = w.inbound, w.thread.reason.get("why", "") if w.thread else ""
+    sender = w.look.sender.key()
+    w.timeline.append(TimelineEntry(
+        id=w.new_id(), contact_id=w.contact_id or "", ticket_id=ticket_id, kind="event", at=w.now, channel=i.channel,
+        text=f"mentions ticket #{other.number}: {sender} replied to it but is neither its contact nor a "
+             "participant, so this message opened its own ticket; merge if it belongs there",
+        data={"mentions": {"ticket_id": other.id, "number": other.number}, "reason": why, "sender": sender},
+    ))
+    w.timeline.append(TimelineEntry(
+        id=w.new_id(), contact_id=other.contact_id, ticket_id=other.id, kind="event", at=w.now, channel=i.channel,
+        text=f"mentioned by a message from {sender} (not this ticket's contact nor a participant): "
+             "it opened its own ticket",
+        data={"mentioned_by": {"ticket_id": ticket_id, "contact_id": w.contact_id}, "sender": sender},
+    ))
+
+
+def _participants(w: Work) -> list[tuple[Identity, str]]:
+    """Addresses a person-written email brings into the conversation (its To
+    and Cc, less our own mailboxes and the sender): later mail from them may
+    thread onto the ticket by its headers."""
+    i = w.inbound
+    if i.channel != "email" or i.auto or _outbound(i) or not i.recipients:
+        return []
+    ours = {a.strip().lower() for a in i.meta.get("envelope_to", "").split(",") if a.strip()}
+    ours.add(i.account.lower())
+    out: list[tuple[Identity, str]] = []
+    for addr in i.recipients:
+        try:
+            value = identity.normalize("email", addr, w.settings.region)
+        except ValueError:
+            continue
+        if value in ours or value == w.look.sender.value:
+            continue
+        out.append((Identity("email", value), "recipient"))
+    return out
+
 
 
 def _subject_from(i: Inbound) -> str | None:

@@ -52,6 +52,9 @@ class Hit(msgspec.Struct, frozen=True):
     timeline_id: str | None
     ticket_id: str | None
     contact_id: str | None
+    #: The idempotency key of that journal entry (an email's ends in its body
+    #: digest: a different one means the message id was reused).
+    journal_key: str | None = None
 
 
 class Snapshot(msgspec.Struct):
@@ -71,6 +74,10 @@ class Snapshot(msgspec.Struct):
     ref_tickets: dict[str, TicketState] = msgspec.field(default_factory=dict)
     #: Ticket display numbers named in the message → their tickets.
     numbered: dict[int, TicketState] = msgspec.field(default_factory=dict)
+    #: Ids of the tickets above (``ref_tickets``) on which the sender identity
+    #: is a known participant (a Cc of an earlier message, a Cc an agent added):
+    #: header threading joins another contact's ticket only through this.
+    participating: frozenset[str] = frozenset()
     #: The first message of a contact with the same normalized text in the window.
     near_duplicate: Hit | None = None
 
@@ -123,9 +130,33 @@ class TicketChange(msgspec.Struct, frozen=True):
 
 
 class TimelineEdit(msgspec.Struct, frozen=True):
+    """Update an earlier timeline entry: a message's new text, or a later
+    report of a call (``call``: merged into ``data.call`` by the store, inside
+    its transaction, with :func:`routing.calls.merge_call`)."""
+
     timeline_id: str
     text: str
     edited_at: datetime
+    call: dict | None = None
+
+
+class DeliveryStatus(msgspec.Struct, frozen=True):
+    """A platform's delivery report for one of our sent messages (a WhatsApp
+    status, a Messenger delivery/read): the store finds the reply whose
+    delivery ``external_id`` is ``external_id`` and updates its
+    ``data.delivery``; it is never a customer message."""
+
+    channel: str
+    external_id: str
+    status: str  # sent | delivered | read | failed | …
+    at: datetime
+    error_code: str | None = None
+    error: str | None = None
+    #: A report without a message id (a Messenger read or delivery
+    #: "watermark"): every reply to ``contact_id`` on ``channel`` sent up to
+    #: ``watermark`` has reached ``status``.
+    watermark: datetime | None = None
+    contact_id: str | None = None
 
 
 class OutboxEvent(msgspec.Struct, frozen=True):
@@ -166,7 +197,14 @@ class Commit(msgspec.Struct):
     message_entry_id: str | None = None
     edit: TimelineEdit | None = None
     thread_refs: list[str] = msgspec.field(default_factory=list)
+    #: Addresses the ticket now corresponds with (the Cc/To of a message that
+    #: joined it): ``(identity, source)``, recorded once per ticket.
+    participants: list[tuple[Identity, str]] = msgspec.field(default_factory=list)
     outbox: list[OutboxEvent] = msgspec.field(default_factory=list)
+    #: The message key may already be taken by another journal entry's
+    #: report of the same call (two rows raced): decide again (``Conflict``)
+    #: so this one becomes an update of that call, not a duplicate.
+    key_taken_conflicts: bool = False
     #: Name of the counter to bump in metrics, e.g. "deduped", "near_duplicate".
     counted: str | None = None
     #: False for all but the last Inbound of a journal entry that yields
@@ -177,6 +215,10 @@ class Commit(msgspec.Struct):
     #: ended): ``(ticket id, status, reason)``, applied after the commit through
     #: the store's status operation, which also frees the agent's capacity.
     status_change: tuple[str, str, str] | None = None
+    #: A delivery report of one of our replies (no contact, ticket or timeline
+    #: entry of its own): applied to the reply's ``data.delivery``, and a
+    #: ``message.status`` event emitted, when the reply is found.
+    delivery: DeliveryStatus | None = None
     #: An auto-reply decided by the rules, rendered after the commit when the
     #: ticket number is known: ``(template name, RuleInput)``. Not stored.
     auto_reply: tuple | None = None

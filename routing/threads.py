@@ -5,7 +5,12 @@ In order, the first that applies wins, and the reason is recorded:
 1. an explicit ticket reference in the subject or text (``[#1234]``,
    ``工单号 1234``), when that ticket belongs to the same contact (configurable);
 2. thread headers (email ``In-Reply-To`` / ``References``, a channel's session
-   id) naming a message that belongs to a ticket;
+   id) naming a message that belongs to a ticket — only when the sender is
+   that ticket's contact or a known participant (an address the ticket has
+   corresponded with: a Cc of an earlier message, a Cc an agent added).
+   Anyone else who quotes a ticket's Message-ID opens a ticket of their own
+   that *mentions* the referenced one (``ThreadDecision.mentions``), for an
+   agent to merge: a Message-ID is no credential;
 3. an open ticket of the contact whose last activity is within the
    channel's reopen window (a solved one inside the window is reopened);
 4. otherwise a new ticket — linked as a follow-up to the contact's latest
@@ -75,6 +80,9 @@ class ThreadDecision:
     ticket: TicketState | None  # the existing ticket for append/reopen
     follow_up_of: str | None
     reason: dict
+    #: A ticket the message referenced by headers but may not join (the
+    #: sender is neither its contact nor a participant).
+    mentions: TicketState | None = None
 
 
 def decide(
@@ -110,13 +118,27 @@ def decide(
             continue
         return on(t, {"stage": "threading", "by": "ticket_ref", "ref": f"#{n}", "ticket": t.id,
                       **({"ignored": ignored} if ignored else {})})
+    mentioned: TicketState | None = None
     for ref in refs:
         t = snap.ref_tickets.get(ref)
         if t is not None:
             header = "in_reply_to" if ref == inbound.thread.in_reply_to else (
                 "session" if ref.startswith("session:") else "references")
+            # a bounce names our own outgoing mail: it joins (as a notice; it
+            # changes no reply address), whoever the mailer daemon is
+            if t.contact_id != contact_id and t.id not in snap.participating and inbound.auto != "bounce":
+                ignored.append({"ref": ref, "by": header, "ticket": t.id,
+                                "why": f"sender is neither the contact nor a participant of ticket #{t.number}"})
+                mentioned = mentioned or t
+                continue
             return on(t, {"stage": "threading", "by": header, "ref": ref, "ticket": t.id,
-                          **({"ignored": ignored} if ignored else {})})
+                          **({"ignored": ignored} if ignored else {}),
+                          **({"participant": True} if t.contact_id != contact_id else {})})
+    if mentioned is not None:
+        return ThreadDecision("new", None, None, {
+            "stage": "threading", "by": "new_ticket", "ignored": ignored, "mentions": mentioned.id,
+            "why": f"mentions ticket #{mentioned.number}, whose contact is not the sender; merge if it belongs there",
+        }, mentions=mentioned)
     mine = [t for t in snap.tickets if t.contact_id == contact_id]
     for t in mine:  # most recent activity first
         if not cross_channel and inbound.channel not in t.channels:

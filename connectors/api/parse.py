@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import msgspec
 
 from connectors.base import PayloadRejected
+from routing.identity import normalize as normalize_identity
 from routing.model import IDENTITY_KINDS, Attachment, Inbound, Sender, ThreadHints
 
 MAX_TEXT_CHARS = 256 * 1024
@@ -50,11 +51,15 @@ _decoder = msgspec.json.Decoder(ApiMessage)
 
 
 class InvalidMessage(PayloadRejected):
-    """The body is not a valid API message; ``field`` is the JSON path at fault."""
+    """The body is not a valid API message; ``field`` is the JSON path at fault.
 
-    def __init__(self, reason: str, field: str | None = None):
+    ``status``: 400 for a body that is not the contract's shape, 422 for a
+    well-formed body whose content cannot be used (a phone of ``"abc"``)."""
+
+    def __init__(self, reason: str, field: str | None = None, status: int = 400):
         super().__init__(reason)
         self.field = field
+        self.status = status
 
 
 def _field_of(text: str) -> str | None:
@@ -83,7 +88,11 @@ def decode(raw: bytes) -> ApiMessage:
             f"unknown sender kind {msg.sender.kind!r}; one of {', '.join(sorted(IDENTITY_KINDS))}", "$.sender.kind"
         )
     if not msg.sender.value.strip():
-        raise InvalidMessage("sender.value must not be empty", "$.sender.value")
+        raise InvalidMessage("sender.value must not be empty", "$.sender.value", 422)
+    try:  # the same check the pipeline makes: no unusable identity is ever journaled
+        normalize_identity(msg.sender.kind, msg.sender.value)
+    except ValueError as exc:
+        raise InvalidMessage(f"sender.value is not a usable {msg.sender.kind}: {exc}", "$.sender.value", 422) from None
     if len(msg.text) > MAX_TEXT_CHARS:
         raise InvalidMessage(f"text longer than {MAX_TEXT_CHARS} characters", "$.text")
     if msg.sent_at is not None and msg.sent_at.tzinfo is None:

@@ -217,3 +217,87 @@ def recover_double_encoding(text: str, hints: tuple[str, ...], declared: bool = 
         if fixed is not None and _CJK.search(fixed):
             return fixed
     return None
+
+
+# ---------------------------------------------------------------- raw 8-bit headers
+
+#: Tried after the message's own declarations for raw 8-bit header bytes.
+_HEADER_TRIAL = ("gb18030", "big5hkscs", "cp932", "cp949")
+_JAPANESE = ("cp932", "shift_jis", "euc_jp", "iso2022_jp")
+_KOREAN = ("cp949", "euc_kr")
+
+
+@lru_cache(maxsize=8192)
+def _hanzi_weight(ch: str) -> int:
+    """2 for a level-1 (common) character of GB2312 or Big5, 1 for level 2,
+    0 for a character only the big extensions (GBK, HKSCS) have."""
+    best = 0
+    for codec, level1, level2 in (("gb2312", (0xB0, 0xD7), (0xD8, 0xF7)), ("big5", (0xA4, 0xC6), (0xC9, 0xF9))):
+        try:
+            lead = ch.encode(codec)[0]
+        except UnicodeEncodeError:
+            continue
+        if level1[0] <= lead <= level1[1]:
+            return 2
+        if level2[0] <= lead <= level2[1]:
+            best = 1
+    return best
+
+
+def plausibility(text: str, codec: str) -> int:
+    """How much ``text`` looks like what a person wrote, decoded as ``codec``.
+
+    Common ideographs, CJK punctuation, kana in a Japanese decoding, Hangul
+    in a Korean one, and an accented letter between ASCII letters in a
+    single-byte decoding count for it; symbols, box drawing, Greek or
+    Cyrillic inside CJK, private-use and C1 characters, and runs of Latin-1
+    letters (the look of CJK bytes read as Latin-1) count against it."""
+    name = codecs.lookup(codec).name
+    single = _is_permissive(codec) or name.startswith(("cp125", "iso8859", "latin"))
+    score = 0
+    for n, ch in enumerate(text):
+        o = ord(ch)
+        if o < 0x80:
+            continue
+        if 0x4E00 <= o <= 0x9FFF:
+            score += _hanzi_weight(ch)
+        elif 0x3000 <= o <= 0x303F or 0xFF01 <= o <= 0xFF5E or 0x2010 <= o <= 0x201F:
+            score += 1
+        elif 0x3040 <= o <= 0x30FF:
+            score += 1 if name in _JAPANESE else -1
+        elif 0xAC00 <= o <= 0xD7AF:
+            score += 1 if name in _KOREAN else -1
+        elif single and (0xC0 <= o <= 0xFF) and o not in (0xD7, 0xF7):
+            before = text[n - 1] if n else " "
+            after = text[n + 1] if n + 1 < len(text) else " "
+            score += 1 if before < "\x80" and after < "\x80" else -1
+        else:
+            score -= 2
+    return score
+
+
+def detect_header(data: bytes, declared: tuple[str, ...] = ()) -> tuple[str, str]:
+    """Decode raw 8-bit header bytes: ``(text, codec)``; never raises.
+
+    Valid UTF-8 wins outright. Otherwise every codec the message declares
+    anywhere (``declared``, in order) and then GB18030, Big5-HKSCS,
+    Shift_JIS and EUC-KR are tried strictly, and the most plausible text
+    wins (the earliest on a tie): a Latin-1 declaration elsewhere in the
+    message — a report wrapper, another part — no longer turns a GB2312 or
+    Big5 subject into mojibake just because any byte decodes as Latin-1."""
+    if data.isascii():
+        return detect(data)
+    text = _try(data, "utf-8")
+    if text is not None:
+        return text, "utf-8"
+    best: tuple[int, str, str] | None = None
+    for codec in dict.fromkeys((*declared, *_HEADER_TRIAL)):
+        text = _try(data, codec)
+        if text is None:
+            continue
+        score = plausibility(text, codec)
+        if best is None or score > best[0]:
+            best = (score, text, codec)
+    if best is not None and best[0] > 0:
+        return best[1], best[2]
+    return detect(data, declared)

@@ -8,7 +8,8 @@ raw 8-bit bytes are surrogate-escaped; this module does the decoding itself:
   names (``=?NONE?B?…?=``), multi-byte characters split across two words
   (adjacent words of one charset are joined as bytes before decoding);
 - raw 8-bit header bytes with no encoded word at all (GBK/Big5 mailers),
-  decoded by detection with the body's charset as the first guess, and
+  decoded per header by plausibility over the charsets the message declares
+  anywhere and the CJK ones (``charsets.detect_header``), and
   UTF-8 → Latin-1 → Big5 double encoding undone;
 - addresses are split on the *undecoded* value, so a decoded display name
   holding a comma or ``<`` cannot break the split.
@@ -54,7 +55,7 @@ def decode_raw(text: str, hints: tuple[str, ...], defects: list[str]) -> str:
     if text.isascii():
         return text
     data = text.encode("ascii", "surrogateescape")
-    decoded, codec = charsets.detect(data, hints)
+    decoded, codec = charsets.detect_header(data, hints)
     if codec == "utf-8":
         fixed = charsets.recover_double_encoding(decoded, hints)
         if fixed is not None:
@@ -67,7 +68,8 @@ def decode_raw(text: str, hints: tuple[str, ...], defects: list[str]) -> str:
 
 def _decode_word(charset: str, data: bytes, hints: tuple[str, ...], defects: list[str]) -> str:
     if not charsets.codecs_for(charset):
-        defects.append(f"UnknownEncodedWordCharset:{charset}")
+        printable = charset.encode("utf-8", "surrogateescape").decode("ascii", "replace")
+        defects.append(f"UnknownEncodedWordCharset:{printable}")
     text, _codec, _honoured = charsets.decode(data, charset, hints)
     return text
 
@@ -168,6 +170,15 @@ def addresses(
     return out
 
 
+def decoded_addresses(text: str) -> list[tuple[str | None, str]]:
+    """``(name, addr)`` pairs of an already decoded value (a whole ``name
+    <addr>`` that some mailer put inside one encoded word)."""
+    out = []
+    for name, addr in _split_addresses([text]):
+        out.append((name.strip("\"' ") or None, addr.strip().lower()))
+    return out
+
+
 def _split_addresses(values: list[str]) -> list[tuple[str, str]]:
     """``getaddresses``, with a fast path for single-address values (the stdlib parser is slow)."""
     out: list[tuple[str, str]] = []
@@ -184,16 +195,22 @@ def _split_addresses(values: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+_UNSENDABLE = re.compile(r"[\s\x00-\x1f\x7f\ud800-\udfff\ufffd<>]")
+
+
 def usable(addr: str) -> bool:
-    """An addr-spec a reply could go to: ``local@domain`` with no spaces."""
+    """An addr-spec a reply could go to: ``local@domain``, no spaces, control
+    characters or undecodable bytes."""
     local, at, domain = addr.partition("@")
-    return bool(at and local and domain) and " " not in addr
+    return bool(at and local and domain) and not _UNSENDABLE.search(addr)
 
 
 def message_ids(value: str | None) -> list[str]:
     """The ids of a Message-ID / In-Reply-To / References value, without angle brackets."""
     if not value:
         return []
+    # ids are ASCII by the RFC: stray 8-bit bytes become U+FFFD (never lone surrogates)
+    value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     ids = [_SPACES.sub("", i) for i in _MSG_ID.findall(value)]
     ids = [i for i in ids if i]
     if not ids:  # bare ids, as some mailers write them

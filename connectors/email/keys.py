@@ -4,8 +4,15 @@ The key is the Message-ID when the message has one, so the same mail seen
 twice — an SMTP retry after a ``451``, an IMAP re-sync after a UIDVALIDITY
 change, or one message arriving both by SMTP and IMAP — is one journal
 entry. Without a usable Message-ID it is the SHA-256 of the bytes, which
-still dedupes byte-identical redeliveries. Only the header block is read:
-this runs before the ``250`` reply, the full parse happens later.
+still dedupes byte-identical redeliveries.
+
+A Message-ID is chosen by the sender, so two different mails can carry the
+same one (a broken mailer, or someone replaying a known id): the key ends in
+a digest of the body (``mid:<id>#<16 hex>``, line endings and trailing
+blanks normalized, so the SMTP and the IMAP copy of one mail still agree),
+and a different body is a different entry, never a silent redelivery. The
+parser puts the same digest in ``meta["content_sha"]`` so the pipeline can
+flag the reuse.
 """
 
 from __future__ import annotations
@@ -24,11 +31,22 @@ def _header_block(raw: bytes) -> bytes:
     return raw[: end.start()] if end else raw
 
 
+_TRAILING_WS = re.compile(rb"[ \t\r]+$", re.MULTILINE)
+
+
+def content_digest(raw: bytes) -> str:
+    """16 hex digits of the body's SHA-256, transport differences normalized."""
+    end = _HEADER_END.search(raw)
+    body = raw[end.end():] if end else b""
+    body = _TRAILING_WS.sub(b"", body.replace(b"\r\n", b"\n")).rstrip(b"\n")
+    return hashlib.sha256(body).hexdigest()[:16]
+
+
 def message_key(raw: bytes) -> str:
-    """``mid:<id@host>`` from the first Message-ID header, else ``sha256:<hex>``."""
+    """``mid:<id@host>#<body digest>`` from the first Message-ID header, else ``sha256:<hex>``."""
     found = _MESSAGE_ID.search(_header_block(raw))
     if found:
         token = _MSG_ID_TOKEN.search(found.group("value"))
         if token:
-            return "mid:" + token.group().decode("ascii", "replace")
+            return "mid:" + token.group().decode("ascii", "replace") + "#" + content_digest(raw)
     return "sha256:" + hashlib.sha256(raw).hexdigest()

@@ -32,7 +32,7 @@ from email.policy import compat32
 from typing import Any, Mapping
 
 from connectors.base import PayloadRejected
-from connectors.email import attachments, charsets, dsn, headers, outlook
+from connectors.email import attachments, charsets, dsn, headers, keys, outlook
 from connectors.email.htmltext import html_to_text
 from connectors.email.quotes import strip_reply
 from routing.model import Attachment, Inbound, Sender, ThreadHints
@@ -207,11 +207,31 @@ def _walk(part: Message, body: _Body, in_report: bool = False) -> None:
         body.plain.append(_decode_text(part, body))
 
 
-def _body_hints(data: bytes) -> tuple[str, ...]:
-    """Codecs of the first declared charset: the best guess for raw 8-bit header bytes.
+_WORD_CHARSET_BYTES = re.compile(rb"=\?([A-Za-z0-9_.:+-]+)(?:\*[^?]*)?\?[bBqQ]\?")
+
+
+def _declared(data: bytes) -> tuple[str, ...]:
+    """Codecs of every charset the message declares anywhere (MIME charset
+    parameters and encoded words), in order of appearance: the candidates for
+    raw 8-bit header bytes. The first one is also the body's fallback hint.
 
     A byte search rather than a second walk over the MIME tree: it is on the hot path.
     """
+    found: dict[str, None] = {}
+    for pattern in (_CHARSET_PARAM_BYTES, _WORD_CHARSET_BYTES):
+        for m in pattern.finditer(data):
+            for codec in charsets.codecs_for(m.group(1).decode("ascii")):
+                found.setdefault(codec)
+    return tuple(found)
+
+
+def _header_bytes(data: bytes) -> bytes:
+    end = _END_OF_HEADERS.search(data)
+    return data[: end.start()] if end else data
+
+
+def _body_hints(data: bytes) -> tuple[str, ...]:
+    """Codecs of the first declared charset: the best guess for undeclared body bytes."""
     for m in _CHARSET_PARAM_BYTES.finditer(data):
         found = charsets.codecs_for(m.group(1).decode("ascii"))
         if found:
@@ -222,7 +242,8 @@ def _body_hints(data: bytes) -> tuple[str, ...]:
 # ---------------------------------------------------------------- headers → Inbound fields
 
 
-def _sender(msg: Message, hmap: dict[str, list[str]], hints: tuple[str, ...], defects: list[str]) -> Sender:
+def _sender(msg: Message, raw: bytes, context: Mapping[str, Any], hmap: dict[str, list[str]],
+            hints: tuple[str, ...], defects: list[str]) -> Sender:
     froms = hmap.get("from", [])
     if len(froms) > 1:
         defects.append("DuplicateFromHeader")
@@ -231,18 +252,57 @@ def _sender(msg: Message, hmap: dict[str, list[str]], hints: tuple[str, ...], de
     for name, addr in pairs:
         if headers.usable(addr):
             return Sender("email", addr, name or any_name)
+    # the whole `name <addr>` inside one encoded word (old mailers): decode, then parse again
+    for value in froms:
+        if "=?" in value:
+            for name, addr in headers.decoded_addresses(headers.decode_header(value, hints, [])):
+                if headers.usable(addr):
+                    defects.append("EncodedWordAddress")
+                    return Sender("email", addr, name)
     defects.append("NoUsableFrom" if froms else "MissingFrom")
     for hdr in _SENDER_FALLBACKS:
         for name, addr in headers.addresses(hmap.get(hdr, []), hints, defects):
             if headers.usable(addr):
                 defects.append(f"SenderFrom:{hdr}")
                 return Sender("email", addr, any_name or name)
+    mail_from = str(context.get("mail_from") or "").strip().strip("<>").lower()
+    if headers.usable(mail_from):
+        defects.append("SenderFrom:smtp-envelope")
+        return Sender("email", mail_from, any_name)
     envelope = (msg.get_unixfrom() or "").split()
     if len(envelope) > 1 and headers.usable(envelope[1].lower()):
         defects.append("SenderFrom:mbox-envelope")
         return Sender("email", envelope[1].lower(), any_name)
     defects.append("NoSenderAddress")
-    return Sender("email", "", any_name)
+    # no address anywhere: a sender of its own, unique to this message, that
+    # never links to another contact (an empty identity would merge strangers)
+    return Sender("external", f"email-unknown:{hashlib.sha256(raw).hexdigest()[:32]}", any_name)
+
+
+def _envelope(context: Mapping[str, Any], hmap: dict[str, list[str]]) -> dict[str, str]:
+    """What the envelope says, as meta: ``return_path`` (the SMTP ``MAIL FROM``
+    this gateway received, else the ``Return-Path`` the delivering MTA wrote;
+    ``<>`` for a null sender — RFC 3834 auto-replies go there and only there)
+    and ``envelope_to`` (our own mailboxes it was delivered to: the SMTP
+    recipients, else ``Delivered-To``/``X-Original-To`` and the IMAP login) —
+    never taken for a ticket's participants."""
+    out: dict[str, str] = {}
+    if "mail_from" in context:
+        path = str(context.get("mail_from") or "").strip()
+    else:
+        path = next(iter(hmap.get("return-path", [])), None)
+    if path is not None:
+        addr = path.strip().strip("<>").strip().lower()
+        out["return_path"] = addr if headers.usable(addr) else "<>"
+    rcpts = context.get("rcpt_tos") or [
+        a for _n, a in headers.addresses(hmap.get("delivered-to", []) + hmap.get("x-original-to", []), (), [])
+        if headers.usable(a)]
+    user = str(context.get("user") or "").lower()  # an IMAP account's login is often its address
+    if headers.usable(user) and user not in rcpts:
+        rcpts = [*rcpts, user]
+    if rcpts:
+        out["envelope_to"] = ",".join(str(r).strip().strip("<>").lower() for r in rcpts)
+    return out
 
 
 def _usable_addresses(values: list[str], hints: tuple[str, ...], defects: list[str]) -> list[str]:
@@ -267,15 +327,16 @@ def _unique(items: list[str]) -> list[str]:
 
 
 def _inbound(msg: Message, raw: bytes, context: Mapping[str, Any], defects: list[str]) -> Inbound:
-    hints = _body_hints(raw)
-    body = _Body(hints=hints)
+    body = _Body(hints=_body_hints(raw))
+    # raw 8-bit header bytes: only worth the search when there are any
+    hints = _declared(raw) if not _header_bytes(raw).isascii() else body.hints
     _walk(msg, body)
     hmap = _header_map(msg)
 
     def first(name: str) -> str | None:
         return (hmap.get(name) or [None])[0]
 
-    sender = _sender(msg, hmap, hints, defects)
+    sender = _sender(msg, raw, context, hmap, hints, defects)
     subject_raw = first("subject")
     subject = headers.decode_header(subject_raw, hints, defects) if subject_raw is not None else None
     message_ids = headers.message_ids(first("message-id"))
@@ -293,7 +354,11 @@ def _inbound(msg: Message, raw: bytes, context: Mapping[str, Any], defects: list
     report_type = msg.get_param("report-type") if content_type == "multipart/report" else None
     auto, reason = dsn.classify(hmap, content_type, report_type, sender.value, subject or "")
 
-    meta: dict[str, str] = {"content_type": content_type}
+    meta: dict[str, str] = {"content_type": content_type, **_envelope(context, hmap)}
+    if thread.message_id:  # as in the journal key: the pipeline tells a reused Message-ID by it
+        meta["content_sha"] = keys.content_digest(raw)
+    if sender.kind == "external":
+        meta["sender_unknown"] = "true"
     if body.charsets:
         meta["charset"] = ",".join(body.charsets)
     if reason:

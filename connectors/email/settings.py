@@ -33,6 +33,8 @@ class SmtpSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     tls_cert: str | None = None
     tls_key: str | None = None
     hostname: str | None = None  # the name in the banner/EHLO reply (default: the host's FQDN)
+    max_recipients: int = 100  # accepted RCPTs per message; more get 452 (RFC 5321 4.5.3.1.8)
+    max_refused_recipients: int = 20  # refused RCPTs per session before 421 and close (address probing)
 
 
 class ImapSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -63,7 +65,10 @@ class EmailSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     smtp: SmtpSettings | None = None
     imap: dict[str, ImapSettings] = {}
     relay: RelaySettings | None = None
-    auto_replies_per_hour: int = 3  # per recipient address: the loop breaker
+    auto_replies_per_hour: int = 3  # per recipient address: the connector's loop breaker
+    # RFC 3834 auto-replies, decided when the inbound's envelope is known (gateway/autoreply.py):
+    auto_reply_window: float = 86400.0  # at most one auto-reply per address in this many seconds
+    auto_replies_global_per_hour: int = 200  # all addresses together
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +161,10 @@ def load_settings(config: Mapping[str, Any]) -> EmailSettings:
             _check_relay(settings.relay)
         if settings.auto_replies_per_hour < 0:
             raise ValueError("auto_replies_per_hour must be >= 0")
+        if settings.auto_reply_window < 0 or settings.auto_replies_global_per_hour < 0:
+            raise ValueError("auto_reply_window and auto_replies_global_per_hour must be >= 0")
+        if settings.smtp is not None and (settings.smtp.max_recipients < 1 or settings.smtp.max_refused_recipients < 1):
+            raise ValueError("smtp.max_recipients and smtp.max_refused_recipients must be >= 1")
     except ValueError as exc:
         raise Fatal(f"email config: {exc}") from None
     return settings

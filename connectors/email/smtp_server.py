@@ -7,6 +7,11 @@ are the SMTP replies (aiosmtpd's convention), which is what makes the
 - ``RCPT`` to a configured mailbox → ``250``; to another address of a
   configured domain → ``550 5.1.1``; to any other domain → ``550 5.7.1``
   (not an open relay);
+- at most ``smtp.max_recipients`` accepted recipients per message (more get
+  ``452 4.5.3``, RFC 5321 4.5.3.1.8: the client sends the rest in another
+  transaction); a session that has had ``smtp.max_refused_recipients``
+  recipients refused (someone probing for addresses) gets ``421`` and is
+  closed;
 - ``SIZE`` is advertised and a larger message gets ``552`` (aiosmtpd);
 - ``DATA``: the raw bytes go to ``ctx.ingest`` once per receiving account,
   and only then ``250``; if the journal cannot take them, ``451 4.3.0`` so
@@ -36,6 +41,8 @@ REPLY_UNKNOWN_MAILBOX = "550 5.1.1 No such mailbox here"
 REPLY_NO_RELAY = "550 5.7.1 Relaying denied: not a domain served here"
 REPLY_BAD_ADDRESS = "553 5.1.3 Bad recipient address syntax"
 REPLY_JOURNAL_DOWN = "451 4.3.0 Cannot store the message now, try again later"
+REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+REPLY_TOO_MANY_REFUSED = "421 4.7.0 Too many refused recipients, closing connection"
 
 
 class Recipients:
@@ -72,12 +79,24 @@ class InboundHandler:
     def __init__(self, ctx: ConnectorContext, settings: SmtpSettings) -> None:
         self._ctx = ctx
         self._recipients = Recipients(settings)
+        self._max_rcpts = settings.max_recipients
+        self._max_refused = settings.max_refused_recipients
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
+        if len(envelope.rcpt_tos) >= self._max_rcpts:
+            log.info("smtp_rcpt_too_many", peer=_peer(session), limit=self._max_rcpts)
+            return REPLY_TOO_MANY_RCPTS
         account, reply = self._recipients.verdict(address)
         if account is None:
+            refused = getattr(session, "omnigate_refused", 0) + 1
+            session.omnigate_refused = refused  # type: ignore[attr-defined]
+            if refused >= self._max_refused:
+                log.warning("smtp_session_closed_refused_rcpts", peer=_peer(session), refused=refused)
+                # the reply is written before the loop runs this: then the connection closes
+                asyncio.get_running_loop().call_soon(server.transport.close)
+                return REPLY_TOO_MANY_REFUSED
             log.info("smtp_rcpt_refused", peer=_peer(session), reply=reply[:9])
             return reply
         envelope.rcpt_tos.append(address)

@@ -78,8 +78,12 @@ async def _replay_through(listen: str, config, args, since, prog: str, wait_s: f
     async with aiohttp.ClientSession(base, headers=headers, timeout=timeout) as session:
 
         async def get(path: str, **params: str) -> tuple[int, dict]:
-            async with session.get(path, params=params) as r:
-                return r.status, (await r.json() if r.content_type.endswith("json") else {})
+            while True:
+                async with session.get(path, params=params) as r:
+                    if r.status == 429:  # the token's rate limit (rest.rate_limit_*): wait as told
+                        await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+                        continue
+                    return r.status, (await r.json() if r.content_type.endswith("json") else {})
 
         ids: list[str] = []
         missing = 0
@@ -112,9 +116,14 @@ async def _replay_through(listen: str, config, args, since, prog: str, wait_s: f
                     if not cursor:
                         break
             for jid in ids:
-                async with session.post(f"/api/v1/journal/{jid}/replay") as r:
-                    if r.status != 202:
-                        raise RuntimeError(f"POST /api/v1/journal/{jid}/replay: HTTP {r.status}")
+                while True:
+                    async with session.post(f"/api/v1/journal/{jid}/replay") as r:
+                        if r.status == 429:  # the token's rate limit (rest.rate_limit_*): wait as told
+                            await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+                            continue
+                        if r.status != 202:
+                            raise RuntimeError(f"POST /api/v1/journal/{jid}/replay: HTTP {r.status}")
+                        break
             counts: dict[str, int] = {}
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait_s

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from connectors.base import IngestResult, Nonce
-from routing.model import Attachment, Contact, Outbound, ReplyTarget, Ticket, ThreadHints, TimelineEntry
+from routing.model import Attachment, Contact, Outbound, ReplyTarget, Template, Ticket, ThreadHints, TimelineEntry
 from routing.pipeline import Lookup
 from routing.sla import SlaEvent
 from routing.state import Commit, CommitResult, Snapshot
@@ -110,6 +110,7 @@ class ReplyDraft(msgspec.Struct, frozen=True, omit_defaults=True):
     auto: bool = False
     attachments: list[Attachment] = msgspec.field(default_factory=list)
     in_reply_to_auto: str | None = None
+    template: Template | None = None  # an approved template instead of free text (WhatsApp)
 
     @property
     def public(self) -> bool:
@@ -125,7 +126,7 @@ class ReplyDraft(msgspec.Struct, frozen=True, omit_defaults=True):
             text=self.text, subject=self.subject or ticket.subject, html=self.html, attachments=list(self.attachments),
             thread=ThreadHints(in_reply_to=hint.message_id, references=list(hint.references),
                                ticket_ref=str(ticket.number), session_id=hint.session_id),
-            auto=self.auto, author=self.author, in_reply_to_auto=self.in_reply_to_auto,
+            auto=self.auto, author=self.author, in_reply_to_auto=self.in_reply_to_auto, template=self.template,
         )
 
 
@@ -258,5 +259,14 @@ class Store(Protocol):
     async def changed_tickets(self, cursor: str | None, limit: int = 500) -> tuple[list[str], str | None]: ...
 
     async def assign_stats(self) -> dict: ...
+
+    # the REST API (gateway/store/sqlite_tickets.py, sqlite_tokens.py) ---
+    # ticket_record, tickets_list (keyset), ticket_patch (version-checked,
+    # one assignment transaction), contact_by_identity, contacts_by_name,
+    # contact_set_attributes, contact_audit, timeline_rows (both ways, by
+    # kind), note_create (with mentions), mentions_of; token_create,
+    # token_revoke, token_lookup, token_list, token_touch. Their signatures
+    # and semantics are the SQLite mixins' docstrings; a second backend
+    # implements the same.
 
     async def close(self) -> None: ...

@@ -8,7 +8,16 @@ rows are never deleted, so rowids only grow, and AUTOINCREMENT would cost an
 extra b-tree write per insert on the ingest path).
 """
 
-from gateway.store import sqlite_assign, sqlite_desks, sqlite_nonces, sqlite_replies, sqlite_webhooks
+from gateway.store import (
+    sqlite_assign,
+    sqlite_delivery,
+    sqlite_desks,
+    sqlite_nonces,
+    sqlite_replies,
+    sqlite_tickets,
+    sqlite_tokens,
+    sqlite_webhooks,
+)
 
 MIGRATIONS: list[str] = [
     # 1: the core slice
@@ -163,8 +172,32 @@ MIGRATIONS: list[str] = [
     sqlite_assign.MIGRATION,
     # 4: request nonces remembered with the journal (WeChat/WeCom replay defence)
     sqlite_nonces.MIGRATION,
-    # 5: webhook endpoints, delivery queue, dead letters, delivery log; journal raw pruning
+    # 5: delivery reports find their reply; when a contact last wrote on a channel
+    sqlite_delivery.MIGRATION,
+    # 6: the REST API: ticket list indexes, mentions, per-agent API tokens
+    sqlite_tickets.MIGRATION + sqlite_tokens.MIGRATION,
+    # 7: ticket participants (who may thread onto a ticket by mail headers
+    # besides its contact) and the auto-reply ledger (RFC 3834 rate limits)
+    """
+    CREATE TABLE ticket_participants (
+        ticket_id TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        value     TEXT NOT NULL,
+        source    TEXT NOT NULL,
+        added_at  INTEGER NOT NULL,
+        PRIMARY KEY (ticket_id, kind, value)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE auto_reply_log (
+        seq     INTEGER PRIMARY KEY,
+        address TEXT NOT NULL,
+        at      INTEGER NOT NULL
+    );
+    CREATE INDEX auto_reply_log_address ON auto_reply_log (address, at);
+    CREATE INDEX auto_reply_log_at ON auto_reply_log (at);
+    """,
+    # 8: webhook endpoints, delivery queue, dead letters, delivery log; journal raw pruning
     sqlite_webhooks.MIGRATION,
-    # 6: help-desk sync: omnigate ↔ desk ticket links, desk comments seen
+    # 9: help-desk sync: omnigate ↔ desk ticket links, desk comments seen
     sqlite_desks.MIGRATION,
 ]

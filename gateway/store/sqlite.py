@@ -35,8 +35,11 @@ from gateway.store.base import Conflict, JournalEntry, NotFound, Page, StoreErro
 from gateway.store.schema import MIGRATIONS
 from gateway.store.sqlite_nonces import journal_append_nonce
 from gateway.store.sqlite_assign import AssignOps
+from gateway.store.sqlite_delivery import apply_delivery
 from gateway.store.sqlite_replies import RepliesOps
 from gateway.store.sqlite_sla import SlaOps
+from gateway.store.sqlite_tickets import TicketsOps
+from gateway.store.sqlite_tokens import TokensOps
 from gateway.store.sqlite_webhooks import WebhookOps, event_payloads, insert_events
 from gateway.store.sqlite_desks import DeskOps
 from routing.model import (
@@ -50,6 +53,8 @@ from routing.model import (
     new_id,
     utcnow,
 )
+from routing.calls import call_text, merge_call
+from routing.dedupe import reused_id
 from routing.pipeline import Lookup
 from routing.state import Commit, CommitResult, ContactState, Hit, Snapshot, TicketState
 
@@ -223,7 +228,7 @@ def migrate(path: str) -> int:
         conn.close()
 
 
-class SQLiteStore(RepliesOps, AssignOps, SlaOps, WebhookOps, DeskOps):
+class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps, WebhookOps, DeskOps):
     """The default store: one file ``<data_dir>/omnigate.db``.
 
     Operations of later features live in mixins beside this module
@@ -408,6 +413,15 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, WebhookOps, DeskOps):
         assert contact is not None
         return contact
 
+    # ------------------------------------------------------------ ticket participants
+
+    async def ticket_participant_add(self, ticket_id: str, identity: Identity, source: str) -> None:
+        """``identity`` may now thread onto the ticket by mail headers (an agent's Cc)."""
+        await self._write(_participant_add, ticket_id, identity, source, ms(self.clock()))
+
+    async def ticket_participants(self, ticket_id: str) -> list[dict]:
+        return await self._read(_participants_of, ticket_id)
+
     # ------------------------------------------------------------ connector state
 
     async def state_get(self, key: str) -> str | None:
@@ -507,6 +521,20 @@ def _table_counts(conn: sqlite3.Connection) -> dict[str, int]:
             for t in ("journal", "contacts", "tickets", "timeline", "outbox")}
 
 
+# ---------------------------------------------------------------- participants
+
+
+def _participant_add(conn: sqlite3.Connection, ticket_id: str, ident: Identity, source: str, now: int) -> None:
+    conn.execute("INSERT OR IGNORE INTO ticket_participants (ticket_id, kind, value, source, added_at) "
+                 "VALUES (?,?,?,?,?)", (ticket_id, ident.kind, ident.value, source, now))
+
+
+def _participants_of(conn: sqlite3.Connection, ticket_id: str) -> list[dict]:
+    return [{"kind": r[0], "value": r[1], "source": r[2], "added_at": dt(r[3]).isoformat()}
+            for r in conn.execute("SELECT kind, value, source, added_at FROM ticket_participants "
+                                  "WHERE ticket_id = ? ORDER BY added_at, value", (ticket_id,))]
+
+
 # ---------------------------------------------------------------- snapshot
 
 
@@ -524,16 +552,17 @@ def _ticket_state(r: tuple) -> TicketState:
 
 def _hit(conn: sqlite3.Connection, key: tuple[str, str, str]) -> Hit | None:
     r = conn.execute(
-        "SELECT journal_id, timeline_id, ticket_id, contact_id FROM message_keys "
-        "WHERE channel = ? AND account = ? AND external_id = ?", key,
+        "SELECT m.journal_id, m.timeline_id, m.ticket_id, m.contact_id, j.key FROM message_keys m "
+        "LEFT JOIN journal j ON j.id = m.journal_id "
+        "WHERE m.channel = ? AND m.account = ? AND m.external_id = ?", key,
     ).fetchone()
     return Hit(*r) if r else None
 
 
 def _snapshot(conn: sqlite3.Connection, look: Lookup, now: datetime) -> Snapshot:
     snap = Snapshot(now=now, exact=_hit(conn, look.message_key))
-    if snap.exact is not None:
-        return snap
+    if snap.exact is not None and not look.call and not reused_id(snap.exact.journal_key, look.content_sha):
+        return snap  # (a later report of a call, a reused Message-ID: the rest is needed too)
     if look.edits_key is not None:
         snap.edited = _hit(conn, look.edits_key)
     for ident in look.identities:
@@ -556,6 +585,14 @@ def _snapshot(conn: sqlite3.Connection, look: Lookup, now: datetime) -> Snapshot
                          "(SELECT ticket_id FROM thread_refs WHERE ref = ?)", (ref,)).fetchone()
         if r:
             snap.ref_tickets[ref] = _ticket_state(r)
+    if snap.ref_tickets:  # a reply by headers: may the sender join those tickets?
+        sender_owner = snap.owners.get(look.sender.key())
+        snap.participating = frozenset(
+            t.id for t in snap.ref_tickets.values()
+            if t.contact_id != sender_owner and conn.execute(
+                "SELECT 1 FROM ticket_participants WHERE ticket_id = ? AND kind = ? AND value = ?",
+                (t.id, look.sender.kind, look.sender.value)).fetchone()
+        )
     for n in look.numbers:
         r = conn.execute(f"SELECT {_TICKET_STATE_COLS} FROM tickets WHERE number = ?", (n,)).fetchone()
         if r:
@@ -602,6 +639,8 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int, now: i
     except sqlite3.IntegrityError:
         hit = _hit(conn, key)
         assert hit is not None
+        if c.key_taken_conflicts and hit.journal_id != c.journal_id:  # a call reported twice at once
+            raise Conflict(f"call {key[2]} was committed by another report since the snapshot") from None
         if hit.journal_id == c.journal_id:  # this entry committed before (a replay): nothing changes
             if c.final:
                 conn.execute("UPDATE journal SET status = 'processed', error = NULL WHERE id = ?", (c.journal_id,))
@@ -610,6 +649,12 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int, now: i
             conn.execute("UPDATE journal SET status = 'duplicate', processed_at = ?, ticket_id = ?, contact_id = ?, "
                          "error = NULL WHERE id = ?", (now, hit.ticket_id, hit.contact_id, c.journal_id))
         return CommitResult("duplicate", hit.contact_id, hit.ticket_id, _number_of(conn, hit.ticket_id))
+    if c.delivery is not None:  # a platform's delivery report of one of our replies
+        ticket_id, contact_id = apply_delivery(conn, c, now)
+        if c.final:
+            conn.execute("UPDATE journal SET status = 'processed', processed_at = ?, ticket_id = ?, contact_id = ?, "
+                         "error = NULL WHERE id = ?", (now, ticket_id, contact_id, c.journal_id))
+        return CommitResult("processed", contact_id, ticket_id, _number_of(conn, ticket_id))
 
     cid = c.contact_id
     assert cid is not None
@@ -696,7 +741,13 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int, now: i
                                         for e in c.timeline])
     if c.edit is not None:
         r = conn.execute("SELECT text, data FROM timeline WHERE id = ?", (c.edit.timeline_id,)).fetchone()
-        if r is not None:
+        if r is not None and c.edit.call is not None:  # a later report of a call
+            data = _dec.decode(r[1]) if r[1] else {}
+            data["call"] = merge_call(data.get("call"), c.edit.call)
+            data.setdefault("call_reports", []).append({"journal_id": c.journal_id, "call": c.edit.call})
+            conn.execute("UPDATE timeline SET text = ?, edited_at = ?, data = ? WHERE id = ?",
+                         (call_text(data["call"]), ms(c.edit.edited_at), _j(data), c.edit.timeline_id))
+        elif r is not None:
             data = _dec.decode(r[1]) if r[1] else {}
             data.setdefault("edits", []).append({"previous_text": r[0], "edited_at": c.edit.edited_at.isoformat(),
                                                  "journal_id": c.journal_id})
@@ -705,6 +756,10 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int, now: i
     if c.ticket_id:
         for ref in c.thread_refs:
             conn.execute("INSERT OR IGNORE INTO thread_refs (ref, ticket_id) VALUES (?, ?)", (ref, c.ticket_id))
+        if c.participants:
+            conn.executemany("INSERT OR IGNORE INTO ticket_participants (ticket_id, kind, value, source, added_at) "
+                             "VALUES (?,?,?,?,?)",
+                             [(c.ticket_id, i.kind, i.value, src, now) for i, src in c.participants])
     conn.executemany("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
                      [(new_id(), ev.topic, ev.ticket_id, _j(p), now, now)
                       for ev, p in zip(c.outbox, event_payloads(conn, c.outbox, now))])

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gateway.store.sqlite import SQLiteStore
 
-#: Schema migration 6 (help-desk sync). Applied once, in order.
+#: Schema migration of the help-desk sync (after the webhooks'). Applied once, in order.
 MIGRATION = """
     CREATE TABLE desk_links (
         desk           TEXT NOT NULL,

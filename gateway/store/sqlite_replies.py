@@ -31,7 +31,7 @@ from gateway.store.base import (
     ReplyDraft,
 )
 from gateway.store.sqlite_webhooks import insert_events
-from routing.model import TimelineEntry, new_id
+from routing.model import Identity, TimelineEntry, new_id
 from routing.sla import response_verdict
 
 if TYPE_CHECKING:
@@ -65,10 +65,17 @@ class RepliesOps:
         return await self._write(_reply_create, ticket_id, draft, new_id(), self.clock())
 
     async def auto_reply(self: "SQLiteStore", ticket_id: str, text: str, *, subject: str | None = None,
-                         in_reply_to_auto: str | None = None) -> TimelineEntry:
-        """What the rules engine sends on its own: ``auto``, author "system"."""
+                         in_reply_to_auto: str | None = None, to: Identity | None = None,
+                         limits: AutoReplyLimits | None = None, now: datetime | None = None) -> TimelineEntry | None:
+        """What the rules engine sends on its own: ``auto``, author "system".
+
+        ``to`` overrides the ticket's reply address (an email auto-reply goes
+        to the envelope sender, RFC 3834). With ``limits``, the ledger
+        (``auto_reply_log``) is checked and written in the same transaction as
+        the reply: None when ``to`` already had one within the window or the
+        global hourly budget is spent — so a restart forgets nothing."""
         draft = ReplyDraft(text=text, subject=subject, auto=True, in_reply_to_auto=in_reply_to_auto)
-        return await self.reply_create(ticket_id, draft)
+        return await self._write(_auto_reply_create, ticket_id, draft, new_id(), now or self.clock(), to, limits)
 
     async def reply_facts(self: "SQLiteStore", ticket_id: str, channel: str) -> dict[str, Any]:
         """The conversation facts a connector's ``can_send`` judges a reply by."""
@@ -88,19 +95,46 @@ class RepliesOps:
 # ---------------------------------------------------------------- reply
 
 
+class AutoReplyLimits(msgspec.Struct, frozen=True):
+    """RFC 3834 pacing: one auto-reply per address per ``window_s``, and at
+    most ``global_per_hour`` to all addresses together."""
+
+    window_s: float = 86400.0
+    global_per_hour: int = 200
+
+
+def _auto_reply_create(conn: sqlite3.Connection, ticket_id: str, draft: ReplyDraft, entry_id: str, now: datetime,
+                       to: Identity | None, limits: AutoReplyLimits | None) -> TimelineEntry | None:
+    if limits is not None and to is not None:
+        at = _core().ms(now)
+        address = to.key()
+        if conn.execute("SELECT 1 FROM auto_reply_log WHERE address = ? AND at > ? LIMIT 1",
+                        (address, at - int(limits.window_s * 1000))).fetchone():
+            return None
+        if conn.execute("SELECT count(*) FROM auto_reply_log WHERE at > ?",
+                        (at - 3_600_000,)).fetchone()[0] >= limits.global_per_hour:
+            return None
+        conn.execute("INSERT INTO auto_reply_log (address, at) VALUES (?, ?)", (address, at))
+    return _reply_create(conn, ticket_id, draft, entry_id, now, to=to)
+
+
 def _reply_create(conn: sqlite3.Connection, ticket_id: str, draft: ReplyDraft, entry_id: str,
-                  now: datetime) -> TimelineEntry:
+                  now: datetime, to: Identity | None = None) -> TimelineEntry:
     core = _core()
     ticket = core._ticket_select(conn, "id = ?", ticket_id)
     if ticket is None:
         raise NotFound(f"ticket {ticket_id} not found")
     target = ticket.reply_to
+    if target is not None and to is not None:
+        target = msgspec.structs.replace(target, to=to)
     if draft.public and target is None:
         raise NoReplyTarget(f"ticket #{ticket.number} has no reply target (it did not come in through a "
                             "channel that can be answered); add an internal note instead")
     data: dict[str, Any] = {"author": draft.author or "system", "auto": draft.auto, "public": draft.public}
     if draft.html:
         data["html"] = draft.html
+    if draft.template is not None:
+        data["template"] = msgspec.to_builtins(draft.template)
     if draft.public:
         data["delivery"] = {"status": "queued"}
     entry = TimelineEntry(
@@ -162,10 +196,16 @@ def _outbox_settle(conn: sqlite3.Connection, item: OutboxItem, d: Delivery) -> b
         at = core.ms(d.at)
         conn.execute("UPDATE tickets SET first_response_at = coalesce(first_response_at, ?), updated_at = ?, "
                      "version = version + 1 WHERE id = ?", (at, at, item.ticket_id))
-    if item.timeline_id and d.status != "retrying":  # a reply's outcome (sent or failed) for the webhooks
+    if item.timeline_id and d.status != "retrying":
+        # the send's outcome (sent or failed) for the webhooks, before any platform report it unlocks
         insert_events(conn, [("message.status", item.ticket_id, {
-            "timeline_id": item.timeline_id, "ticket_id": item.ticket_id, "status": d.status,
+            "timeline_id": item.timeline_id, "ticket_id": item.ticket_id, "status": d.status, "source": "send",
             "reason": d.reason, "external_id": d.external_id})], core.ms(d.at))
+    if d.status == "sent" and d.external_id and item.timeline_id:
+        # a platform's report on this message that came before this settle (sqlite_delivery.py)
+        from gateway.store.sqlite_delivery import apply_early_reports
+
+        apply_early_reports(conn, d.external_id, item.timeline_id, item.ticket_id, core.ms(d.at))
     if d.thread_ref and item.ticket_id:
         # stored as inbound messages name it (no angle brackets), so the answer threads here
         conn.execute("INSERT OR IGNORE INTO thread_refs (ref, ticket_id) VALUES (?, ?)",

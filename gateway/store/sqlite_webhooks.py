@@ -216,6 +216,10 @@ def event_payloads(conn: sqlite3.Connection, events: Iterable[Any], now: int | N
             msg = message_snapshot(conn, data["timeline_id"])
             if msg is not None:
                 data["message"] = msg
+        if topic == "note.mentioned" and data.get("timeline_id"):
+            note = message_snapshot(conn, data["timeline_id"])
+            if note is not None:
+                data["note"] = note
         if topic.startswith("contact."):
             cid = data.get("winner") or data.get("contact")
             snap = contact_snapshot(conn, cid) if isinstance(cid, str) else None

@@ -413,8 +413,13 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
     svc = app[SERVICE]
     await svc.start()
     await svc.refresh()
-    task = asyncio.create_task(svc.run(), name="omnigate-webhooks")
+    task = None
+    if svc.config.workers > 0:  # 0: this node keeps the queue and the API but sends nothing
+        task = asyncio.create_task(svc.run(), name="omnigate-webhooks")
+    else:
+        log.warning("webhook.delivery_off", hint="webhooks.workers is 0: events queue up and are not sent")
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     await svc.close()

@@ -16,6 +16,7 @@ branch (there the more urgent priority wins).
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -198,11 +199,33 @@ def choose_language(template: TemplateSpec, *preferred: str | None) -> str:
     return template.default_language
 
 
+#: Longest customer-controlled name put into a template.
+MAX_NAME_CHARS = 64
+#: Control and format characters (bidi overrides, zero-width) a name never needs.
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]")
+_SCHEME = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*):(//)")
+_HOSTISH = re.compile(r"(?i)(?<=[a-z0-9-])\.(?=[a-z0-9-]{2,})")
+
+
+def plain_name(value: str | None) -> str:
+    """A customer-chosen display name made safe to put into a reply: one line
+    of plain text, no control or bidi characters, at most 64 characters, and
+    no working link (``http://evil.example`` → ``http[:]//evil[.]example``:
+    mail clients link anything that looks like a URL or a host name)."""
+    if not value:
+        return ""
+    text = " ".join(_INVISIBLE.sub(" ", value).split())
+    text = _HOSTISH.sub("[.]", _SCHEME.sub(r"\1[:]\2", text))
+    if len(text) > MAX_NAME_CHARS:
+        text = text[: MAX_NAME_CHARS - 1].rstrip() + "…"
+    return text
+
+
 def render(template: TemplateSpec, ri: RuleInput) -> AutoReply:
     lang = choose_language(template, ri.inbound.language, ri.contact_language)
     variant = template.variants[lang]
     values = {
-        "contact_name": ri.contact_name or ri.inbound.sender.name or variant.fallback_name,
+        "contact_name": plain_name(ri.contact_name or ri.inbound.sender.name) or variant.fallback_name,
         "ticket_number": "" if ri.ticket_number is None else str(ri.ticket_number),
     }
     fmt = string.Formatter()

@@ -5,7 +5,8 @@ One shape serves the rule tests (``input:`` of a case), the dry-run HTTP body
 
     {"channel": "email", "from": "a@b.cn", "subject": "…", "text": "…",
      "kind": "message", "tier": "vip", "tags": ["…"], "attachments": 1,
-     "ticket": "new" | "follow_up", "now": "2025-03-04T10:00:00+08:00", …}
+     "ticket": "new" | "follow_up", "now": "2025-03-04T10:00:00+08:00",
+     "call": {"direction": "inbound", "disposition": "missed", "duration": 0}, …}
 
 It is admin-written, so read strictly: an unknown field is an error naming it.
 """
@@ -19,12 +20,20 @@ from typing import Literal
 
 import msgspec
 
-from routing.model import IDENTITY_KINDS, Attachment, Inbound, Sender
+from routing.model import IDENTITY_KINDS, Attachment, CallInfo, Inbound, Sender
 from routing.rules.types import RuleInput
 
 _PHONE = re.compile(r"\+?[0-9][0-9 ()-]{4,}\Z")
 #: identity kinds of channels whose name is not itself an identity kind
 _CHANNEL_SENDER_KIND = {"wechat": "wechat_openid", "wecom": "wecom_external"}
+
+
+class CallInput(msgspec.Struct, forbid_unknown_fields=True):
+    """A call's facts for the ``call.*`` matchers (``kind`` becomes ``call``)."""
+
+    direction: Literal["inbound", "outbound", "internal"] = "inbound"
+    disposition: Literal["answered", "missed", "busy", "failed", "voicemail"] | None = None
+    duration: int | None = None
 
 
 class MessageInput(msgspec.Struct, forbid_unknown_fields=True, rename={"from_": "from"}):
@@ -46,6 +55,7 @@ class MessageInput(msgspec.Struct, forbid_unknown_fields=True, rename={"from_": 
     ticket: Literal["new", "follow_up"] = "new"
     ticket_status: Literal["new", "open", "pending", "solved", "closed"] | None = None
     ticket_number: int | None = None
+    call: CallInput | None = None
     now: datetime | None = None
 
 
@@ -89,7 +99,9 @@ def to_rule_input(msg: MessageInput, now: datetime | None = None) -> RuleInput:
         channel=msg.channel,
         account=msg.account or msg.channel,
         external_id="dry-run",
-        kind=msg.kind,
+        kind="call" if msg.call is not None else msg.kind,
+        call=(CallInfo(direction=msg.call.direction, disposition=msg.call.disposition, duration_s=msg.call.duration,
+                       from_=value) if msg.call is not None else None),
         sender=Sender(msg.sender_kind or infer_sender_kind(msg.channel, value), value, msg.name),
         subject=msg.subject,
         text=msg.text,

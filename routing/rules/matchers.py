@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Protocol
 
 from routing.rules.spec import IntervalSpec, MatcherSpec
-from routing.rules.syntax import WEEKDAYS, fold, in_hours, parse_hours, parse_weekdays, width_fold
+from routing.rules.syntax import WEEKDAYS, fold, in_hours, parse_hours, parse_seconds, parse_weekdays, width_fold
 from routing.rules.types import RuleInput
 
 
@@ -32,7 +32,7 @@ class MessageView:
     """What matchers read: each field's width-folded value (``raw``, for
     regexes) and its comparison form (``folded``), computed once."""
 
-    __slots__ = ("raw", "folded", "tags", "raw_tags", "attachments", "now", "calendars", "_local")
+    __slots__ = ("raw", "folded", "tags", "raw_tags", "attachments", "now", "calendars", "_local", "call_duration")
 
     def __init__(self, ri: RuleInput, default_tz: str, calendars: Mapping[str, Calendar] | None):
         ib = ri.inbound
@@ -48,7 +48,10 @@ class MessageView:
             "text": ib.text,
             "ticket": "new" if ri.is_new_ticket else "follow_up",
             "ticket_status": ri.ticket_status,
+            "call.direction": ib.call.direction if ib.call is not None else None,
+            "call.disposition": ib.call.disposition if ib.call is not None else None,
         }
+        self.call_duration = ib.call.duration_s if ib.call is not None else None
         self.raw = {k: (width_fold(v) if v is not None else None) for k, v in raw.items()}
         self.folded = {k: (v.casefold() if v is not None else None) for k, v in self.raw.items()}
         self.raw_tags = tuple(width_fold(t) for t in ri.contact_tags)
@@ -84,12 +87,32 @@ def build_matcher(spec: MatcherSpec, lists: Mapping[str, tuple[str, ...]], inter
             lambda v: (v.local(tz).weekday() in days) == positive,
             lambda v: f"{text} ({WEEKDAYS[v.local(tz).weekday()]}, {tz})",
         )
+    if p.field.startswith("call."):
+        return _call_matcher(p.field, p.op, p.items if p.items is not None else lists[p.ref] if p.ref is not None
+                             else (p.value,), text)
     if p.field == "attachments":
         want = (p.value == "true") == (p.op == "=")
         return Matcher(lambda v: v.attachments == want, lambda v: text)
     values = p.items if p.items is not None else lists[p.ref] if p.ref is not None else (p.value,)
     test = _multi_test(p.op, values) if p.field == "tags" else _scalar_test(p.field, p.op, values)
     return Matcher(test, lambda v: text)
+
+
+_NUMBER_OPS: dict[str, Callable[[int, int], bool]] = {
+    "=": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+}
+
+
+def _call_matcher(field: str, op: str, values: tuple[str, ...], text: str) -> Matcher:
+    """``call.direction``, ``call.disposition``, ``call.duration`` (seconds):
+    only a call matches them (an email is neither ``!= missed`` nor ``< 10``)."""
+    if field == "call.duration":
+        limit, compare = parse_seconds(values[0]), _NUMBER_OPS[op]
+        return Matcher(lambda v: v.call_duration is not None and compare(v.call_duration, limit),
+                       lambda v: f"{text} ({v.call_duration} s)")
+    inner = _scalar_test(field, op, values)
+    return Matcher(lambda v: v.raw[field] is not None and inner(v), lambda v: text)
 
 
 def _scalar_test(field: str, op: str, values: tuple[str, ...]) -> Callable[[MessageView], bool]:

@@ -3,7 +3,7 @@
 A matcher is one line, ``FIELD OP VALUE``, in the style of Alertmanager's
 ``matchers:`` (``'channel = email'``, ``'subject =~ "(?i)refund"'``,
 ``'tier in [vip, gold]'``, ``'sender in vip_senders'``,
-``'time not in business_hours'``). ``in`` / ``not in`` take either a literal
+``'time not in business_hours'``, ``'call.duration < 10'``). ``in`` / ``not in`` take either a literal
 ``[a, b]`` list or the name of a list (for ``time``: of an interval or
 calendar). A value may be double-quoted to keep spaces, commas or brackets;
 inside quotes ``\\"`` is a quote and nothing else is an escape, so regexes
@@ -25,6 +25,8 @@ from routing.model import IDENTITY_KINDS, TICKET_STATUSES
 from routing.rules.nodes import suggest
 
 OPERATORS = ("=", "!=", "=~", "!~", "in", "not in")
+#: Comparisons of a number field (``call.duration``, seconds).
+NUMBER_OPERATORS = ("=", "!=", "<", "<=", ">", ">=")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -43,7 +45,7 @@ def fold(s: str) -> str:
 class FieldType:
     """What a matcher field compares and which operators make sense for it."""
 
-    kind: str  # text | multi | enum | bool | time
+    kind: str  # text | multi | enum | bool | time | number
     values: tuple[str, ...] = ()  # allowed values of an enum
 
     @property
@@ -54,6 +56,8 @@ class FieldType:
             return ("=", "!=", "in", "not in")
         if self.kind == "bool":
             return ("=", "!=")
+        if self.kind == "number":
+            return NUMBER_OPERATORS
         return ("in", "not in")  # time
 
 
@@ -73,9 +77,13 @@ FIELDS: dict[str, FieldType] = {
     "ticket_status": FieldType("enum", TICKET_STATUSES),
     "weekday": FieldType("enum", WEEKDAYS),
     "time": FieldType("time"),
+    # calls (kind = call): a call.* matcher never matches anything else
+    "call.direction": FieldType("enum", ("inbound", "outbound", "internal")),
+    "call.disposition": FieldType("enum", ("answered", "missed", "busy", "failed", "voicemail")),
+    "call.duration": FieldType("number"),  # seconds: 'call.duration < 10', '30s', '2m'
 }
 
-_MATCHER = re.compile(r"\s*(?P<field>[a-z_.]+)\s*(?P<op>!=|=~|!~|=|not\s+in\b|in\b)\s*(?P<value>.*?)\s*\Z", re.S)
+_MATCHER = re.compile(r"\s*(?P<field>[a-z_.]+)\s*(?P<op>!=|=~|!~|<=|>=|<|>|=|not\s+in\b|in\b)\s*(?P<value>.*?)\s*\Z", re.S)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
 
 
@@ -119,7 +127,7 @@ def parse_matcher(source: str) -> ParsedMatcher:
             raise SyntaxProblem(f"after {op!r} write a [list] or the name of a defined list, got {raw!r}")
         return ParsedMatcher(field, op, ref=raw)
     value = _unquote(raw)
-    if op in ("=", "!="):
+    if op in ("=", "!=") or ftype.kind == "number":
         _check_values(field, ftype, (value,))
     return ParsedMatcher(field, op, value=value)
 
@@ -139,7 +147,18 @@ def _check_values(field: str, ftype: FieldType, values: tuple[str, ...]) -> tupl
     elif ftype.kind == "time":
         for v in values:
             parse_hours(v)
+    elif ftype.kind == "number":
+        for v in values:
+            parse_seconds(v, field)
     return values
+
+
+def parse_seconds(value: str, field: str = "call.duration") -> int:
+    """``30``, ``30s``, ``2m``, ``1h`` → seconds."""
+    m = re.fullmatch(r"\s*(\d{1,9})\s*(s|m|h)?\s*", value)
+    if not m:
+        raise SyntaxProblem(f"{field} compares with a number of seconds (30, 30s, 2m), got {value!r}")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
 
 
 _ITEM = re.compile(r'\s*(?:"(?P<q>(?:[^"\\]|\\.)*)"|(?P<b>[^,"\[\]]*?))\s*(?P<sep>,|\Z)')

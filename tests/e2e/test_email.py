@@ -20,7 +20,13 @@ pytestmark = pytest.mark.integration
 
 
 async def deliver(port: int, raw: bytes, sender: str) -> None:
-    await aiosmtplib.send(raw, sender=sender, recipients=[MAILBOX], hostname="127.0.0.1", port=port)
+    if sender:
+        await aiosmtplib.send(raw, sender=sender, recipients=[MAILBOX], hostname="127.0.0.1", port=port)
+        return
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+    await smtp.connect()
+    await smtp.sendmail("", [MAILBOX], raw)  # MAIL FROM:<> (a null reverse-path)
+    await smtp.quit()
 
 
 @pytest.mark.clock(BUSINESS_HOURS)  # asserts every send: the evening's opening-hours reply aside
@@ -86,3 +92,85 @@ def dsn(bounced: str, to: str) -> bytes:
         f"From: {to}\r\nTo: xxx@gmail.com\r\nSubject: Re: Test\r\nMessage-ID: {bounced}\r\n"
         "--B--\r\n"
     ).encode()
+
+
+def mail(sender: str, subject: str, message_id: str, text: str, **headers: str) -> bytes:
+    extra = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    return (f"From: {sender}\r\nTo: {MAILBOX}\r\nSubject: {subject}\r\nMessage-ID: <{message_id}>\r\n{extra}"
+            "Date: Mon, 2 Nov 2026 10:00:00 +0000\r\n\r\n" + text + "\r\n").encode()
+
+
+async def test_a_stranger_quoting_a_customers_message_id_cannot_take_over_the_ticket(
+        start_gateway, unused_tcp_port_factory) -> None:
+    """Issue 10, item 2: header threading trusts only the ticket's contact and its participants."""
+    smtp_port = unused_tcp_port_factory()
+    async with sink() as relay:
+        gw: Gateway = await start_gateway(email={
+            "smtp": {"listen": f"127.0.0.1:{smtp_port}", "mailboxes": {"support": MAILBOX}},
+            "relay": {"host": "127.0.0.1", "port": relay.port, "security": "none",
+                      "from": f"Support <{MAILBOX}>"},
+        })
+        await listening(smtp_port)
+        await deliver(smtp_port, mail("Li Lei <li@example.cn>", "Invoice 4411", "li-1@example.cn",
+                                      "My invoice address is wrong.", Cc="boss@example.cn"), "li@example.cn")
+        await wait_for(gw.journal, lambda items: len(items) == 1)
+        await gw.drain()
+        _, ticket, _ = await gw.only_ticket()
+
+        # a stranger replies to the customer's Message-ID: own ticket, which mentions the customer's
+        await deliver(smtp_port, mail("Mallory <mallory@evil.example>", "Re: Invoice 4411", "m-1@evil.example",
+                                      "Please send the invoice to me instead.", In_Reply_To="<li-1@example.cn>"),
+                      "mallory@evil.example")
+        await wait_for(gw.journal, lambda items: len(items) == 2)
+        await gw.drain()
+        stranger = (await gw.journal())[-1]
+        assert stranger["status"] == "processed" and stranger["ticket_id"] != ticket["id"]
+        [mention] = [e for e in await gw.timeline(stranger["ticket_id"], "event")]
+        assert mention["data"]["mentions"] == {"ticket_id": ticket["id"], "number": ticket["number"]}
+        assert f"mentions ticket #{ticket['number']}" in mention["text"]
+        [noted] = [e for e in await gw.timeline(ticket["id"], "event")]
+        assert noted["data"]["mentioned_by"]["ticket_id"] == stranger["ticket_id"]
+        assert [e["text"] for e in await gw.timeline(ticket["id"], "message_in")] == ["My invoice address is wrong."]
+
+        # the Cc of the customer's mail is a participant: it joins, but the replies stay with the customer
+        await deliver(smtp_port, mail("Boss <boss@example.cn>", "Re: Invoice 4411", "boss-1@example.cn",
+                                      "Approved.", In_Reply_To="<li-1@example.cn>"), "boss@example.cn")
+        await wait_for(gw.journal, lambda items: len(items) == 3)
+        await gw.drain()
+        assert (await gw.journal())[-1]["ticket_id"] == ticket["id"]
+
+        reply = await gw.reply(ticket["id"], "Your invoice has been corrected.")
+        delivery = await gw.delivery(ticket["id"], reply["id"], lambda d: d["status"] != "queued")
+        assert delivery["status"] == "sent", delivery
+        # (auto-replies aside: at some hours the shipped after-hours rule answers each sender's envelope)
+        [envelope] = [e for e in relay.received if b"Auto-Submitted:" not in e.original_content]
+        assert envelope.rcpt_tos == ["li@example.cn"]  # not mallory, not the boss
+
+
+async def test_a_reused_message_id_with_other_content_is_kept_and_a_null_sender_gets_no_auto_reply(
+        start_gateway, unused_tcp_port_factory) -> None:
+    """Issue 10, item 4: no silent drop of a reused Message-ID; RFC 3834 on the SMTP envelope."""
+    smtp_port = unused_tcp_port_factory()
+    async with sink() as relay:
+        gw: Gateway = await start_gateway(email={
+            "smtp": {"listen": f"127.0.0.1:{smtp_port}", "mailboxes": {"support": MAILBOX}},
+            "relay": {"host": "127.0.0.1", "port": relay.port, "security": "none",
+                      "from": f"Support <{MAILBOX}>"},
+        })
+        await listening(smtp_port)
+        await deliver(smtp_port, mail("li@example.cn", "Password", "dup@example.cn",
+                                      "I forgot my password, please help me reset password"), "li@example.cn")
+        await deliver(smtp_port, mail("li@example.cn", "Password", "dup@example.cn",
+                                      "Different words under the same id"), "li@example.cn")
+        # a forged From with a null envelope sender (MAIL FROM:<>): never answered automatically
+        await deliver(smtp_port, mail("victim@example.org", "Password", "forged@example.org",
+                                      "I forgot my password, please help me reset password"), "")
+        await wait_for(gw.journal, lambda items: len(items) == 3)
+        await gw.drain()
+        first, second, forged = await gw.journal()
+        assert second["status"] == "processed" and second["ticket_id"] == first["ticket_id"]
+        entries = await gw.timeline(first["ticket_id"], "message_in")
+        assert [e["text"] for e in entries][-1] == "Different words under the same id"
+        assert "message-id reused with different content" in entries[-1]["data"]["defects"]
+        assert forged["status"] == "processed"
+        assert not [e for e in await gw.timeline(forged["ticket_id"], "message_out")]

@@ -67,6 +67,9 @@ async def test_bad_requests_are_refused_and_not_stored(gw):
     assert r.status == 400 and (await r.json())["field"] == "$.sender.kind"
     r = await post(client, {"external_id": "x", "sender": {"kind": "email", "value": "a@b.cn"}})
     assert r.status == 400 and "text" in (await r.json())["detail"]
+    for kind, value in (("phone", "abc"), ("email", "not-an-address"), ("phone", " ")):
+        r = await post(client, {"external_id": "x", "sender": {"kind": kind, "value": value}, "text": "t"})
+        assert r.status == 422 and (await r.json())["field"] == "$.sender.value"  # refused before the journal
     r = await client.post("/channels/api/messages", data=b"x" * (65 * 1024), headers=AUTH)
     assert r.status == 413 and r.content_type == "application/problem+json"
     r = await client.get("/api/v1/journal", headers=AUTH)
@@ -232,3 +235,37 @@ async def test_a_store_that_cannot_take_the_message_answers_503(gw):
     r = await post(client, msg("late"))
     assert r.status == 503 and r.headers["Retry-After"] == "5"
     assert r.content_type == "application/problem+json"
+
+
+async def test_a_cc_the_agent_adds_may_reply_onto_the_ticket_but_nobody_else(gw):
+    """Issue 10, item 2: header threading joins another contact's ticket only for its participants."""
+    from gateway import keys
+
+    client, app = gw
+
+    def mail(sender: str, mid: str, reply_to: str | None = None) -> bytes:
+        irt = f"In-Reply-To: <{reply_to}>\r\n" if reply_to else ""
+        return (f"From: {sender}\r\nTo: support@corp.example\r\nSubject: Contract\r\nMessage-ID: <{mid}>\r\n{irt}"
+                f"\r\nText of {mid}\r\n").encode()
+
+    first = await app[keys.INGEST].ingest("email", "support", "c1", mail("li@example.cn", "c1@example.cn"),
+                                          {"mail_from": "li@example.cn", "rcpt_tos": ["support@corp.example"]})
+    await drain(app)
+    ticket_id = (await (await client.get(f"/api/v1/journal/{first.journal_id}", headers=AUTH)).json())["ticket_id"]
+    r = await client.post(f"/api/v1/tickets/{ticket_id}/participants", json={"value": "not-an-address"}, headers=AUTH)
+    assert r.status == 422 and (await r.json())["field"] == "$.value"
+    r = await client.post(f"/api/v1/tickets/{ticket_id}/participants", json={"value": "Lawyer@Firm.example"},
+                          headers=AUTH)
+    assert r.status == 201 and (await r.json())["value"] == "lawyer@firm.example"
+    listed = await (await client.get(f"/api/v1/tickets/{ticket_id}/participants", headers=AUTH)).json()
+    assert [(p["value"], p["source"]) for p in listed["items"]] == [("lawyer@firm.example", "agent")]
+
+    ids = []
+    for n, sender in enumerate(("lawyer@firm.example", "stranger@else.example")):
+        res = await app[keys.INGEST].ingest("email", "support", f"r{n}", mail(sender, f"r{n}@x", "c1@example.cn"),
+                                            {"mail_from": sender, "rcpt_tos": ["support@corp.example"]})
+        await drain(app)
+        ids.append((await (await client.get(f"/api/v1/journal/{res.journal_id}", headers=AUTH)).json())["ticket_id"])
+    assert ids[0] == ticket_id and ids[1] != ticket_id
+    ticket = await (await client.get(f"/api/v1/tickets/{ticket_id}", headers=AUTH)).json()
+    assert ticket["reply_to"]["to"]["value"] == "li@example.cn"

@@ -116,6 +116,7 @@ def test_secrets_through_file_keys_and_path_options_are_accepted(tmp_path):
         ("pipeline:\n  worker: 4\n", 2, "'workers'"),
         ("dedupe:\n  near_windw: 5m\n", 2, "'near_window'"),
         ("threading:\n\n  reopen_windows: {}\n", 3, "'reopen_window'"),
+        ("rest:\n  rate_limit_per_minut: 10\n", 2, "'rate_limit_per_minute'"),
         ("email:\n  smtp:\n    listn: 127.0.0.1:25\n", 3, "'listen'"),
         ("email:\n  imap:\n    support:\n      hots: h\n", 4, "'host'"),
         ("wechat:\n  api_bse: http://x\n", 2, "'api_base'"),
@@ -159,7 +160,8 @@ def _struct_paths(kind, prefix=()):
     return out
 
 
-@pytest.mark.parametrize("channel", ["email", "wechat", "wecom", "telegram"])
+@pytest.mark.parametrize("channel", ["email", "wechat", "wecom", "telegram", "whatsapp", "messenger", "instagram",
+                                     "line", "phone"])
 def test_manifest_options_list_every_key_the_connector_takes(channel):
     """The typo check and the README tables read the manifests: a key a
     connector takes but its manifest lacks would be refused as a typo."""
@@ -172,6 +174,16 @@ def test_manifest_options_list_every_key_the_connector_takes(channel):
         from connectors.wechat.config import WeChatConfig as kind
     elif channel == "wecom":
         from connectors.wecom.config import WeComConfig as kind
+    elif channel == "phone":
+        from connectors.phone.client import PhoneConfig as kind
+    elif channel == "whatsapp":
+        from connectors.whatsapp.client import _Section as kind
+    elif channel == "messenger":
+        from connectors.messenger.client import MessengerSection as kind
+    elif channel == "instagram":
+        from connectors.messenger.client import InstagramSection as kind
+    elif channel == "line":
+        from connectors.line.client import _Section as kind
     else:
         from connectors.telegram.client import BotConfig, _Section as kind
 

@@ -163,3 +163,85 @@ async def test_rules_see_the_normalized_sender(routed):
     await drain(app)
     ticket, items = await _ticket_of(client, (await r.json())["journal_id"])
     assert ticket["team"] == "senior" and ticket["priority"] == "high"  # vip_senders lists +8613800138000
+
+
+# ------------------------------------------------- RFC 3834 auto-replies (issue 10, item 4)
+
+
+def _password_mail(sender: str, mid: str) -> bytes:
+    return (f"From: {sender}\r\nTo: support@example.com\r\nSubject: password {mid}\r\n"
+            f"Message-ID: <{mid}@example.cn>\r\n\r\nI forgot my password, please help me reset password\r\n").encode()
+
+
+async def _auto_replies(client, journal_id) -> list[dict]:
+    _, items = await _ticket_of(client, journal_id)
+    return [e for e in items if e["kind"] == "message_out" and e["data"]["auto"]]
+
+
+async def _outbound_to(app) -> list[str]:
+    from gateway.store.base import REPLY_TOPIC
+    items = await app[keys.STORE].outbox_claim(REPLY_TOPIC, 50, 60)
+    return [i.payload["to"]["value"] for i in items]
+
+
+async def test_a_forged_from_with_a_null_envelope_sender_gets_no_auto_reply(routed):
+    client, app = routed
+    res = await app[keys.INGEST].ingest("email", "support", "n1", _password_mail("victim@example.cn", "n1"),
+                                        {"mail_from": "", "rcpt_tos": ["support@example.com"]})
+    await drain(app)
+    assert await _auto_replies(client, res.journal_id) == []
+    unknown = await app[keys.INGEST].ingest("email", "support", "n2", _password_mail("victim@example.cn", "n2"), None)
+    await drain(app)  # no envelope sender known at all (no Return-Path): nothing either
+    assert await _auto_replies(client, unknown.journal_id) == []
+
+
+async def test_the_auto_reply_goes_to_the_envelope_sender_once_per_window_even_across_restarts(
+        routed, aiohttp_client, tmp_path, gateway_clock):
+    client, app = routed
+    env = {"mail_from": "Bounces@Lists.example.cn", "rcpt_tos": ["support@example.com"]}
+    first = await app[keys.INGEST].ingest("email", "support", "e1", _password_mail("li@example.cn", "e1"), env)
+    await drain(app)
+    assert len(await _auto_replies(client, first.journal_id)) == 1
+    assert await _outbound_to(app) == ["bounces@lists.example.cn"]  # not the From
+    # another From (its own contact and ticket), the same envelope sender within 24 h: no second
+    second = await app[keys.INGEST].ingest("email", "support", "e2", _password_mail("wang@example.cn", "e2"), env)
+    await drain(app)
+    assert await _auto_replies(client, second.journal_id) == []
+    await client.close()
+
+    again = create_app(make_config(tmp_path, rules_dir=RULES), clock=gateway_clock)  # a restart, same data folder
+    client2 = await aiohttp_client(again)
+    third = await again[keys.INGEST].ingest("email", "support", "e3", _password_mail("zhao@example.cn", "e3"), env)
+    await drain(again)
+    assert await _auto_replies(client2, third.journal_id) == []
+
+
+async def test_auto_reply_pacing_per_address_and_global_budget_in_the_store(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from gateway.store.sqlite import SQLiteStore
+    from gateway.store.sqlite_replies import AutoReplyLimits
+    from routing.model import Identity, Inbound, Sender, ThreadHints
+    from routing.pipeline import Settings, decide, lookup
+    from routing.state import Snapshot
+
+    store = SQLiteStore.in_dir(tmp_path)
+    try:
+        t0 = datetime(2026, 3, 2, 10, tzinfo=timezone.utc)
+        tickets = []
+        for n in range(3):
+            i = Inbound(channel="email", account="support", external_id=f"m{n}", kind="message",
+                        sender=Sender("email", f"c{n}@example.cn"), text="hi", thread=ThreadHints())
+            look = lookup(i, Settings())
+            tickets.append((await store.commit(decide(i, f"J{n}", Snapshot(now=t0), Settings(), look))).ticket_id)
+        limits = AutoReplyLimits(window_s=86400, global_per_hour=2)
+        a, b, c = (Identity("email", f"c{n}@example.cn") for n in range(3))
+        assert await store.auto_reply(tickets[0], "x", to=a, limits=limits, now=t0) is not None
+        assert await store.auto_reply(tickets[0], "x", to=a, limits=limits, now=t0 + timedelta(hours=23)) is None
+        assert await store.auto_reply(tickets[1], "x", to=b, limits=limits, now=t0 + timedelta(minutes=1)) is not None
+        # the hourly budget (2) is spent: c waits for the hour to pass
+        assert await store.auto_reply(tickets[2], "x", to=c, limits=limits, now=t0 + timedelta(minutes=2)) is None
+        assert await store.auto_reply(tickets[2], "x", to=c, limits=limits, now=t0 + timedelta(hours=2)) is not None
+        assert await store.auto_reply(tickets[0], "x", to=a, limits=limits, now=t0 + timedelta(hours=25)) is not None
+    finally:
+        await store.close()

@@ -328,6 +328,7 @@ async def test_retention_prunes_delivered_rows_and_logs_keeps_keys_and_failed_en
         assert (await store.journal_get(bad.journal_id, with_raw=True)).raw == b'{"raw": 2}'
         again = await store.journal_append("api", "api", "k1", b'{"raw": 1}')
         assert again.journal_id == ok.journal_id and not again.created  # a late redelivery is still recognised
+        assert await store.journal_requeue([ok.journal_id]) == 0  # a pruned payload cannot be decided again
         await svc.close()
     finally:
         await r.stop()

@@ -221,3 +221,12 @@ def test_webhook_secrets_never_come_from_the_yaml_and_an_endpoint_needs_one(tmp_
     svc = WebhookService(None, WebhooksConfig(endpoints={"crm": WebhookEndpointConfig(url="https://crm.example/h")}))
     with pytest.raises(ValueError, match="no secret"):
         asyncio.run(svc.start())
+
+
+def test_the_readme_lists_the_catalogue():
+    from pathlib import Path
+
+    from gateway.webhooks.catalogue import readme_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert readme_table() in readme, "regenerate the README's event table from gateway/webhooks/catalogue.py"

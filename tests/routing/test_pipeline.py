@@ -258,3 +258,83 @@ def test_decide_is_deterministic_and_reads_no_clock(monkeypatch):
     assert all(i.startswith(f"{int(morning.timestamp() * 1000)}-") for i in ids) and len(set(ids)) == len(ids)
     assert {e.at for e in first.timeline} == {morning}
     assert "after-hours" not in first.new_ticket.tags and "after-hours" in evening.new_ticket.tags
+
+
+# ------------------------------------------------- header threading cannot be hijacked (issue 10, item 2)
+
+
+def test_a_stranger_quoting_another_customers_message_id_opens_a_ticket_that_mentions_it():
+    stranger = {"email:mallory@evil.example": "C9"}
+    s = snap(owners=stranger, ref_tickets={"orig@mail": ticket(number=1012, contact="C1")})
+    c = decide(msg(sender=Sender("email", "mallory@evil.example"), thread=ThreadHints(in_reply_to="orig@mail")),
+               "J1", s, Settings())
+    assert c.ticket_change is None and c.new_ticket is not None  # T1 is untouched: no append, no reply_to
+    assert c.new_ticket.reply_to.to.value == "mallory@evil.example"
+    reason = c.timeline[0].data["reasons"]["threading"]
+    assert reason["mentions"] == "T1" and "#1012" in reason["why"]
+    assert reason["ignored"][0]["by"] == "in_reply_to"
+    [mine, theirs] = [e for e in c.timeline if e.kind == "event"]
+    assert mine.ticket_id == c.new_ticket.id and mine.data["mentions"] == {"ticket_id": "T1", "number": 1012}
+    assert "mentions ticket #1012" in mine.text
+    assert theirs.ticket_id == "T1" and theirs.contact_id == "C1"
+    assert theirs.data["mentioned_by"]["ticket_id"] == c.new_ticket.id
+
+
+def test_a_known_participant_joins_by_headers_without_taking_the_reply_address():
+    cc = {"email:boss@example.cn": "C2"}
+    s = snap(owners=cc, ref_tickets={"orig@mail": ticket(contact="C1")}, participating=frozenset({"T1"}))
+    c = decide(msg(sender=Sender("email", "boss@example.cn"), thread=ThreadHints(references=["orig@mail"])),
+               "J1", s, Settings())
+    assert c.ticket_change is not None and c.ticket_change.id == "T1"
+    assert c.ticket_change.reply_to is None  # the replies still go to the ticket's own contact
+    assert c.timeline[0].data["reasons"]["threading"]["participant"] is True
+
+
+def test_the_contacts_own_reply_by_headers_moves_the_reply_address():
+    s = snap(owners=KNOWN, ref_tickets={"orig@mail": ticket(contact="C1")})
+    c = decide(msg(thread=ThreadHints(in_reply_to="orig@mail", message_id="new@mail")), "J1", s, Settings())
+    assert c.ticket_change.reply_to is not None and c.ticket_change.reply_to.thread.message_id == "new@mail"
+
+
+def test_recipients_of_a_message_become_participants_of_its_ticket():
+    m = msg(recipients=["support@corp.example", "Boss@Example.cn", "li@example.cn"],
+            meta={"envelope_to": "support@corp.example"})
+    c = decide(m, "J1", snap(owners=KNOWN, tickets=[ticket()]), Settings())
+    assert [(i.key(), src) for i, src in c.participants] == [("email:boss@example.cn", "recipient")]
+    auto = decide(msg(recipients=["x@example.cn"], auto="auto_reply"), "J2", snap(owners=KNOWN), Settings())
+    assert auto.participants == []
+
+
+# ------------------------------------------------- no identity with an empty or invalid value (issue 10, item 4)
+
+
+@pytest.mark.parametrize("kind,value", [("email", ""), ("email", "not-an-address"), ("phone", "abc"),
+                                        ("telegram", "  "), ("wechat_openid", "o\x00x")])
+def test_unusable_sender_identities_are_never_stored_and_never_shared(kind, value):
+    a = decide(msg(sender=Sender(kind, value), external_id="m1"), "J1", snap(), Settings())
+    b = decide(msg(sender=Sender(kind, value), external_id="m2"), "J2", snap(), Settings())
+    [la], [lb] = a.link_identities, b.link_identities
+    assert la.identity.kind == "external" and la.identity.value and la.identity != lb.identity
+    assert a.add_flags == ("sender_unknown",)
+    assert "sender_unknown" in a.timeline[0].data["reasons"]["identity"]
+
+
+def test_normalize_refuses_values_that_identify_nobody():
+    for kind, value in (("phone", "abc"), ("email", "a b@c"), ("email", "@x"), ("phone", "")):
+        with pytest.raises(ValueError):
+            normalize(kind, value)
+    assert normalize("phone", "100") == "100"  # a PBX extension stays valid
+
+
+def test_a_reused_message_id_with_another_body_is_kept_and_flagged_not_dropped():
+    first = Hit(journal_id="J0", timeline_id="E0", ticket_id="T1", contact_id="C1",
+                journal_key="mid:<same@mail>#aaaaaaaaaaaaaaaa")
+    m = msg(external_id="same@mail", meta={"content_sha": "bbbbbbbbbbbbbbbb"})
+    c = decide(m, "J1", snap(owners=KNOWN, exact=first), Settings())
+    assert c.outcome == "processed" and c.counted is None
+    assert c.message_key == ("email", "support", "same@mail#bbbbbbbbbbbbbbbb")
+    assert "message-id reused with different content" in c.timeline[0].data["defects"]
+    assert c.timeline[0].data["reasons"]["dedupe"]["first_journal_id"] == "J0"
+    same = decide(msg(external_id="same@mail", meta={"content_sha": "aaaaaaaaaaaaaaaa"}), "J2",
+                  snap(owners=KNOWN, exact=first), Settings())
+    assert (same.outcome, same.counted) == ("duplicate", "deduped")  # the same body: a redelivery

@@ -176,3 +176,18 @@ def test_outcome_serialises_for_the_timeline():
     d = route(tree, text="退款").to_dict()
     assert d["path"] == ["root", "r"]
     assert d["matched"][1] == {"id": "r", "title": "Refunds", "owner": "billing", "matched": ['text contains "退款"'], "depth": 1}
+
+
+def test_a_customer_chosen_name_is_plain_short_text_without_a_working_link():
+    """Issue 10, item 4: the display name is the customer's to choose, not to weaponise."""
+    tree = with_rules("- {id: r, title: t, owner: o, auto_reply: ack}\n", TEMPLATES)
+    o = route(tree, language="en", name="Win a prize at http://evil.example/x\r\nBcc: all", ticket_number=7)
+    text = o.auto_reply.text
+    assert "http://" not in text and "evil.example" not in text and "\n" not in text and "\r" not in text
+    assert "http[:]//evil[.]example/x" in text
+    long = route(tree, language="en", name="A" * 500 + "\u202e", ticket_number=7).auto_reply.text
+    name = long.removeprefix("Hello ").removesuffix(", ticket {#7}.")
+    assert len(name) <= 64 and name.endswith("…") and "\u202e" not in long
+    assert route(tree, language="en", name="\x00\x07", ticket_number=7).auto_reply.text.startswith("Hello there")
+    assert route(tree, language="en", name="José Müller", ticket_number=7).auto_reply.text.startswith("Hello José Müller,")
+    assert "Hello J.R.R. Tolkien," in route(tree, language="en", name="J.R.R. Tolkien", ticket_number=7).auto_reply.text

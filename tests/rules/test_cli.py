@@ -35,7 +35,7 @@ def _no_ambient_config(monkeypatch, tmp_path):
 def test_the_shipped_rules_pass_check_with_their_tests(capsys):
     code, out, err = run(capsys, "check", str(RULES))
     assert code == 0, err
-    assert "rule tests: 22 passed, 0 failed, 0 errors in test files" in out
+    assert "rule tests: 23 passed, 0 failed, 0 errors in test files" in out
     assert err == ("omnigate rules check: warning: no directory (no --directory, no directory: in the "
                    "configuration): could not check teams, agents and skills\n")
 
@@ -91,7 +91,7 @@ def test_a_failing_rule_test_prints_expected_and_got_per_field(tmp_path, capsys)
         "    priority: expected high, got normal",
         "    tags:     expected [x], got []",
     ]
-    assert "rule tests: 22 passed, 1 failed, 0 errors in test files" in out
+    assert "rule tests: 23 passed, 1 failed, 0 errors in test files" in out
 
 
 def test_malformed_rule_tests_are_errors_with_positions(tmp_path, capsys):

@@ -232,3 +232,50 @@ def test_a_keyword_rule_under_a_disabled_parent_never_matches():
         """
     )
     assert route(tree, text="退款").path == ("root", "other")
+
+
+MISSED = {"channel": "phone", "from": "+8613800138000", "call": {"direction": "inbound", "disposition": "missed", "duration": 0}}
+SHORT = {"channel": "phone", "from": "+8613800138000", "call": {"direction": "inbound", "disposition": "answered", "duration": 8}}
+
+
+@pytest.mark.parametrize(
+    "matcher, fields, expected",
+    [
+        ("call.disposition = missed", MISSED, True),
+        ("call.disposition = missed", SHORT, False),
+        ("call.disposition in [missed, busy]", MISSED, True),
+        ("call.disposition != missed", SHORT, True),
+        ("call.direction = inbound", MISSED, True),
+        ("call.direction = outbound", MISSED, False),
+        ("call.duration < 10", SHORT, True),
+        ("call.duration < 10s", {**SHORT, "call": {**SHORT["call"], "duration": 10}}, False),
+        ("call.duration <= 10", {**SHORT, "call": {**SHORT["call"], "duration": 10}}, True),
+        ("call.duration >= 1m", {**SHORT, "call": {**SHORT["call"], "duration": 60}}, True),
+        ("call.duration > 1m", {**SHORT, "call": {**SHORT["call"], "duration": 60}}, False),
+        ("call.duration = 8", SHORT, True),
+        ("call.duration != 8", SHORT, False),
+        # a call matcher never matches what is not a call
+        ("call.disposition != missed", {"channel": "email", "from": "a@b.cn"}, False),
+        ("call.duration < 10", {"channel": "email", "from": "a@b.cn"}, False),
+        ("call.duration < 10", {**SHORT, "call": {"direction": "inbound"}}, False),  # duration unknown
+    ],
+)
+def test_call_matchers(matcher, fields, expected):
+    assert matches([matcher], **fields) is expected
+
+
+@pytest.mark.parametrize(
+    "matcher, problem",
+    [
+        ("call.disposition = hungup", "call.disposition is one of answered, missed, busy, failed, voicemail"),
+        ("call.duration < soon", "call.duration compares with a number of seconds"),
+        ("call.duration =~ 1", "operator '=~' does not apply to 'call.duration'"),
+        ("channel < email", "operator '<' does not apply to 'channel'"),
+    ],
+)
+def test_call_matcher_errors(matcher, problem):
+    from tests.rules.helpers import errors_of, ROOT
+
+    quoted = "'" + matcher + "'"
+    errors = errors_of(ROOT + f"routes:\n  - {{id: hit, title: t, owner: o, matchers: [{quoted}]}}\n")
+    assert any(problem in e for e in errors), errors

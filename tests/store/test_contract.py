@@ -197,13 +197,26 @@ async def test_timeline_pages_in_order(store):
     assert seen == [f"p{n}" for n in range(7)]
 
 
+def mail(ext: str, sender: str, **kw) -> Inbound:
+    return Inbound(channel="email", account="support", external_id=ext, kind="message",
+                   sender=Sender("email", sender), text=f"mail {ext}", **kw)
+
+
 async def test_thread_refs_and_state(store):
-    j = (await store.journal_append("api", "api", "r1", b"{}")).journal_id
-    r = await run(store, j, inbound("r1", thread=ThreadHints(message_id="abc@x")))
-    j2 = (await store.journal_append("api", "api", "r2", b"{}")).journal_id
-    r2 = await run(store, j2, inbound("r2", sender="someone-else@x.cn", text="fwd",
-                                      thread=ThreadHints(in_reply_to="abc@x")))
+    j = (await store.journal_append("email", "support", "r1", b"{}")).journal_id
+    r = await run(store, j, mail("r1", "a@example.cn", thread=ThreadHints(message_id="abc@x"),
+                                 recipients=["support@corp.example", "Colleague@x.cn"],
+                                 meta={"envelope_to": "support@corp.example"}))
+    # the Cc of the first mail is a participant: its answer by headers joins the ticket
+    j2 = (await store.journal_append("email", "support", "r2", b"{}")).journal_id
+    r2 = await run(store, j2, mail("r2", "colleague@x.cn", thread=ThreadHints(in_reply_to="abc@x")))
     assert r2.ticket_id == r.ticket_id
+    # anyone else quoting the same Message-ID opens a ticket of their own
+    j3 = (await store.journal_append("email", "support", "r3", b"{}")).journal_id
+    r3 = await run(store, j3, mail("r3", "someone-else@x.cn", thread=ThreadHints(in_reply_to="abc@x")))
+    assert r3.ticket_id != r.ticket_id
+    ticket = await store.get_ticket(r.ticket_id)
+    assert ticket.reply_to.to.value == "a@example.cn"  # neither answer moved the reply address
     assert await store.state_get("imap:x") is None
     await store.state_set("imap:x", "1:42")
     await store.state_set("imap:x", "1:43")

@@ -96,7 +96,7 @@ async def test_idle_push_ingests_each_message_once_then_flags_it_seen(dovecot: D
             assert [e["mode"] for e in logs if e["event"] == "imap_waiting"] == ["idle"]
             await deliver(dovecot, 1, 2)
             await eventually(recorded_up_to(ctx, 2), "two messages ingested and recorded")
-    assert keys(ctx) == ["mid:<q1@customer.example.net>", "mid:<q2@customer.example.net>"]
+    assert [k.split("#")[0] for k in keys(ctx)] == ["mid:<q1@customer.example.net>", "mid:<q2@customer.example.net>"]
     assert len(ctx.calls) == 2  # fetched once each
     assert [e.account for e in ctx.journal] == ["support", "support"]
     assert ctx.journal[0].raw.replace(b"\r\n", b"\n") == mail(1).replace(b"\r\n", b"\n")
@@ -118,7 +118,7 @@ async def test_restart_neither_repeats_nor_misses(dovecot: DovecotServer):
             await eventually(waiting(logs), "the catch-up to finish")
             await deliver(dovecot, 3)
             await eventually(lambda: len(second.journal) == 3, "a new message ingested")
-    assert keys(second) == [f"mid:<q{n}@customer.example.net>" for n in (1, 2, 3)]
+    assert [k.split("#")[0] for k in keys(second)] == [f"mid:<q{n}@customer.example.net>" for n in (1, 2, 3)]
     assert len(second.calls) == 3  # nothing fetched twice
     assert not any("\\Seen" in f for f in await flags(dovecot, "INBOX"))  # "leave" leaves them
 

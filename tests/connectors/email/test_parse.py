@@ -113,7 +113,8 @@ def test_encoded_word_split_inside_a_multibyte_character():
 def test_broken_encoded_word_unknown_charset_and_bad_padding():
     msg = one(b"Subject: =?NONE?B?VEVTVA=?=\r\n\r\nTEST\r\n")
     assert msg.subject == "TEST"
-    assert msg.sender.value == "" and "NoSenderAddress" in msg.defects
+    assert msg.sender.kind == "external" and msg.sender.value.startswith("email-unknown:")
+    assert "NoSenderAddress" in msg.defects
     assert msg.external_id.startswith("sha256:")
 
 
@@ -205,3 +206,59 @@ def test_bench_sample_is_realistic():
     assert msg.subject == "回复: 关于订单 2024-0117 的退款问题"
     assert msg.attachments[0].name == "发票-2024-0117.pdf" and msg.full_text is not None
     assert "写道" not in msg.text
+
+
+# ------------------------------------------------- senders: no merged strangers (issue 10, item 4)
+
+
+def test_a_whole_name_and_address_inside_one_encoded_word_is_recovered():
+    import base64
+    word = base64.b64encode("张三 <Zhang@Example.cn>".encode()).decode()
+    msg = one(f"From: =?utf-8?B?{word}?=\r\nTo: support@corp.example\r\nSubject: hi\r\n\r\nx\r\n".encode())
+    assert (msg.sender.kind, msg.sender.value, msg.sender.name) == ("email", "zhang@example.cn", "张三")
+    assert "EncodedWordAddress" in msg.defects
+
+
+def test_the_smtp_envelope_sender_is_the_last_fallback_and_is_kept_as_return_path():
+    raw = b"To: support@corp.example\r\nSubject: hi\r\n\r\nx\r\n"
+    msg = one(raw, mail_from="Bounce@X.example", rcpt_tos=["support@corp.example"])
+    assert (msg.sender.kind, msg.sender.value) == ("email", "bounce@x.example")
+    assert "SenderFrom:smtp-envelope" in msg.defects
+    assert msg.meta["return_path"] == "bounce@x.example" and msg.meta["envelope_to"] == "support@corp.example"
+
+
+def test_mail_with_no_sender_anywhere_gets_a_sender_of_its_own_never_an_empty_one():
+    a = one(b"To: support@corp.example\r\nSubject: one\r\n\r\nx\r\n", mail_from="")
+    b = one(b"To: support@corp.example\r\nSubject: two\r\n\r\ny\r\n", mail_from="")
+    assert a.sender.kind == b.sender.kind == "external"
+    assert a.sender.value and a.sender.value != b.sender.value
+    assert a.meta["sender_unknown"] == "true" and a.meta["return_path"] == "<>"
+
+
+def test_return_path_header_is_the_envelope_sender_when_no_smtp_envelope_is_known():
+    msg = one(b"Return-Path: <>\r\nFrom: boss@corp.example\r\nSubject: s\r\n\r\nx\r\n")
+    assert msg.meta["return_path"] == "<>"
+    msg = one(b"Return-Path: <Li@Example.cn>\r\nFrom: li@example.cn\r\nSubject: s\r\n\r\nx\r\n")
+    assert msg.meta["return_path"] == "li@example.cn"
+
+
+# ------------------------------------------------- raw 8-bit headers by plausibility (issue 10, item 4)
+
+
+@pytest.mark.parametrize(("name", "sender", "subject"), [
+    ("synthetic_raw8bit_gb2312_headers_with_latin1_parts.eml", "张伟", "关于订单的问题，请尽快处理"),
+    ("synthetic_raw8bit_big5_headers_with_latin1_parts.eml", "陳大文", "請問我的訂單何時到貨"),
+])
+def test_raw_cjk_headers_are_not_read_as_the_latin1_declared_elsewhere(name, sender, subject):
+    msg = fixture(name)
+    assert (msg.sender.name, msg.subject) == (sender, subject)
+
+
+@pytest.mark.parametrize(("codec", "subject"), [
+    ("gb2312", "你好"), ("gb2312", "发票抬头错了"), ("big5", "發票抬頭錯了"), ("big5", "謝謝您的幫忙"),
+    ("cp1252", "Café crème"), ("cp1252", "Grüße aus München"), ("shift_jis", "お問い合わせ"),
+])
+def test_short_raw_headers_pick_the_plausible_charset(codec, subject):
+    raw = (b"From: a@example.net\r\nSubject: " + subject.encode(codec) + b"\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nx\r\n")
+    assert one(raw).subject == subject

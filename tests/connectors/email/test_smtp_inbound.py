@@ -11,7 +11,7 @@ from email.message import EmailMessage
 import aiosmtplib
 import pytest
 
-from connectors.email.keys import message_key
+from connectors.email.keys import content_digest, message_key
 from tests.connectors.email.conftest import Cert, MemoryContext, listening, running
 from tests.integration.dovecot import free_port
 
@@ -71,7 +71,7 @@ async def test_accepts_for_a_mailbox_only_once_journaled(smtp_ctx):
     # the 250 came after the ingest: the entry is there, exactly as sent
     [entry] = ctx.journal
     assert entry.account == "support"
-    assert entry.key == "mid:<order-1@customer.example.net>"
+    assert entry.key == "mid:<order-1@customer.example.net>#" + content_digest(raw)
     assert entry.raw.replace(b"\r\n", b"\n") == raw.replace(b"\r\n", b"\n")
     assert entry.meta == {
         "mail_from": "zhang@customer.example.net",
@@ -105,7 +105,7 @@ async def test_one_entry_per_receiving_account(smtp_ctx):
             sender="zhang@customer.example.net",
             recipients=["support@example.com", "sales@example.org", "SUPPORT@example.com"],
         )
-    assert [(e.account, e.key) for e in ctx.journal] == [
+    assert [(e.account, e.key.split("#")[0]) for e in ctx.journal] == [
         ("support", "mid:<order-1@customer.example.net>"),
         ("sales", "mid:<order-1@customer.example.net>"),
     ]
@@ -192,7 +192,15 @@ async def test_no_starttls_without_a_certificate(smtp_ctx):
     (b"Message-Id: <first@x> <second@x>\n\nbody", "mid:<first@x>"),
 ])
 def test_key_is_the_message_id(raw: bytes, key: str):
-    assert message_key(raw) == key
+    assert message_key(raw) == key + "#" + content_digest(raw)
+
+
+def test_same_message_id_with_another_body_is_another_key_but_transport_differences_are_not():
+    a = b"Subject: x\r\nMessage-ID: <a@b.example>\r\n\r\nhello  \r\nworld\r\n\r\n"
+    same = b"Received: by mx\nSubject: x\nMessage-ID: <a@b.example>\n\nhello\nworld\n"  # the IMAP copy
+    other = b"Subject: x\r\nMessage-ID: <a@b.example>\r\n\r\nsend the money elsewhere\r\n"
+    assert message_key(a) == message_key(same) != message_key(other)
+    assert message_key(a).split("#")[0] == message_key(other).split("#")[0] == "mid:<a@b.example>"
 
 
 @pytest.mark.parametrize("raw", [
@@ -201,3 +209,40 @@ def test_key_is_the_message_id(raw: bytes, key: str):
 ])
 def test_key_falls_back_to_the_bytes(raw: bytes):
     assert message_key(raw) == "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+async def test_recipients_per_message_are_capped_with_452(tmp_path):
+    port = free_port()
+    ctx = MemoryContext(config(port, max_recipients=2, domains=["example.com"],
+                               mailboxes={"a": "a@example.com", "b": "b@example.com", "c": "c@example.com"}))
+    async with running(ctx):
+        await listening(port)
+        smtp = await client(port)
+        await smtp.mail("zhang@customer.example.net")
+        assert (await smtp.rcpt("a@example.com"))[0] == 250
+        assert (await smtp.rcpt("b@example.com"))[0] == 250
+        with pytest.raises(aiosmtplib.SMTPRecipientRefused) as third:
+            await smtp.rcpt("c@example.com")
+        assert third.value.code == 452 and "too many recipients" in third.value.message.lower()
+        code, _ = await smtp.data(mail())
+        await smtp.quit()
+    assert code == 250 and sorted(e.account for e in ctx.journal) == ["a", "b"]
+
+
+async def test_a_session_probing_addresses_is_closed_after_the_refused_limit():
+    port = free_port()
+    ctx = MemoryContext(config(port, max_refused_recipients=3))
+    async with running(ctx):
+        await listening(port)
+        smtp = await client(port)
+        await smtp.mail("prober@spam.example.net")
+        codes = []
+        for n in range(3):
+            try:
+                await smtp.rcpt(f"guess{n}@example.com")
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                codes.append(exc.code)
+        assert codes == [550, 550, 421]
+        with pytest.raises(aiosmtplib.SMTPException):  # the server hung up
+            await smtp.rcpt("support@example.com")
+    assert ctx.calls == []

@@ -1,0 +1,1 @@
+"""LINE Messaging API connector (webhook in, push API out)."""

@@ -1,0 +1,1 @@
+"""Messenger and Instagram messaging connector (Graph webhooks in, Send API out)."""

@@ -1,0 +1,260 @@
+"""Messenger and Instagram messaging webhooks: one body → its Inbounds.
+
+Both platforms post the Graph "messaging" webhook: ``object`` is ``page``
+(Messenger) or ``instagram``, each ``entry`` (``id`` = the Page or Instagram
+professional account) holds ``messaging[]`` events (``standby[]`` when
+another app has the thread, and older Instagram subscriptions send
+``changes[]`` of field ``messages``). The Inbound's ``channel`` is the
+platform (``messenger`` or ``instagram``), its ``account`` the entry id.
+
+Identities are page-scoped (CONTRACTS.md): ``messenger`` ``<pageid>:<psid>``,
+``instagram`` ``<igid>:<igsid>`` — a PSID means nothing outside its page.
+
+What each event becomes:
+
+- ``message`` → a message (text, attachments referenced by their CDN URL
+  until ``fetch_media`` downloads them, ``quick_reply.payload`` in
+  ``meta["reply_id"]``, ``reply_to.mid`` as ``in_reply_to``);
+- ``message`` with ``is_echo`` → the page's own message: sent by omnigate
+  (its ``metadata`` starts with ``omnigate:``, or it comes from the
+  account's ``app_id`` in the context) it is only a delivery status
+  of that reply; sent from the Page inbox or another app it is recorded as
+  the agent's message (``meta["direction"] = "outbound"``), never as the
+  customer's;
+- ``message`` with ``is_deleted`` → an event that empties the original;
+  ``message_edit`` → a message that ``edits`` the original;
+- ``postback`` → the customer's choice: a message with the button's title
+  as text (an event when it has no title), the payload in ``meta``;
+- ``delivery`` (``mids``) and ``read`` → delivery statuses of our messages
+  (raw_type ``status``), never customer messages;
+- ``reaction`` and anything else → an event carrying the raw type.
+
+Signature: as WhatsApp (``X-Hub-Signature-256`` with the app secret), checked
+when the context has the request's ``headers`` and ``app_secret``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import msgspec
+
+from connectors.base import PayloadRejected
+from connectors.webhooks import header, hub_signature_ok
+from routing.model import Attachment, Inbound, Sender, ThreadHints
+
+OBJECTS = {"page": "messenger", "instagram": "instagram"}
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+OWN_METADATA = "omnigate:"  # what send() puts in message.metadata, echoed back
+ATTACHMENT_TYPES = {"image": "image/jpeg", "video": "video/mp4", "audio": "audio/mpeg", "file": "application/octet-stream",
+                    "ig_reel": "video/mp4", "reel": "video/mp4", "story_mention": "image/jpeg", "animated_image_share": "image/gif"}
+
+_decoder = msgspec.json.Decoder()
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    try:
+        obj = _decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise PayloadRejected(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PayloadRejected(f"not a Messenger/Instagram webhook: JSON {type(obj).__name__}, expected an object")
+    if not isinstance(obj.get("object"), str) or obj["object"] not in OBJECTS:
+        raise PayloadRejected(f"not a Messenger/Instagram webhook: object is {obj.get('object')!r}, "
+                              "expected 'page' or 'instagram'")
+    if not isinstance(obj.get("entry"), list):
+        raise PayloadRejected("not a Messenger/Instagram webhook: no entry list")
+    return obj
+
+
+def verify(raw: bytes, context: Mapping[str, Any]) -> None:
+    headers, secret = context.get("headers"), context.get("app_secret")
+    if not headers or not secret:
+        return
+    signature = header(headers, SIGNATURE_HEADER)
+    if signature is None:
+        raise PayloadRejected(f"{SIGNATURE_HEADER} header missing")
+    if not hub_signature_ok(raw, signature, str(secret)):
+        raise PayloadRejected(f"{SIGNATURE_HEADER} does not match the body (wrong app_secret or altered body)")
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _d(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str | None:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _time(ms_: Any) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(ms_) / 1000, timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def events(obj: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(entry id, event) of every messaging event of the body, in order."""
+    out = []
+    for entry in _dicts(obj.get("entry")):
+        eid = _str(entry.get("id")) or ""
+        for ev in _dicts(entry.get("messaging")) + _dicts(entry.get("standby")):
+            out.append((eid, ev))
+        for change in _dicts(entry.get("changes")):
+            if change.get("field") == "messages" and isinstance(change.get("value"), dict):
+                out.append((eid, change["value"]))
+    return out
+
+
+def event_key(eid: str, ev: Mapping[str, Any]) -> str:
+    """External id of one event: the message id where it has one, else a
+    hash of the event (Meta redelivers the same JSON)."""
+    msg = _d(ev.get("message"))
+    if _str(msg.get("mid")):
+        return msg["mid"] if not msg.get("is_deleted") else f"{msg['mid']}:deleted"
+    edit = _d(ev.get("message_edit"))
+    if _str(edit.get("mid")):
+        return f"{edit['mid']}:edit:{edit.get('num_edit', ev.get('timestamp'))}"
+    canonical = json.dumps(ev, sort_keys=True, ensure_ascii=False).encode()
+    kind = next((k for k in ev if k not in ("sender", "recipient", "timestamp")), "event")
+    return f"{eid}:{kind}:{hashlib.sha256(canonical).hexdigest()[:32]}"
+
+
+def body_key(obj: Mapping[str, Any], raw: bytes) -> str:
+    keys = [event_key(eid, ev) for eid, ev in events(obj)]
+    if len(keys) == 1 and len(keys[0]) <= 200:
+        return keys[0]
+    return "sha256:" + hashlib.sha256("\n".join(keys).encode() if keys else raw).hexdigest()
+
+
+def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachment]:
+    out = []
+    for n, a in enumerate(_dicts(msg.get("attachments"))):
+        kind = _str(a.get("type")) or "file"
+        payload = _d(a.get("payload"))
+        url = _str(payload.get("url"))
+        if kind == "location" or payload.get("coordinates"):
+            coords = _d(payload.get("coordinates"))
+            meta["latitude"], meta["longitude"] = str(coords.get("lat")), str(coords.get("long"))
+            continue
+        if _str(payload.get("sticker_id")):
+            meta["sticker_id"] = payload["sticker_id"]
+        if kind in ("fallback", "template", "share") or not url:
+            meta[f"attachment_{n}"] = kind if not url else f"{kind} {url}"
+            continue
+        out.append(Attachment(name=_str(a.get("title")) or _str(payload.get("title")),
+                              content_type=ATTACHMENT_TYPES.get(kind, "application/octet-stream"),
+                              size=0, sha256="", url=url))
+    return out
+
+
+def _status(channel: str, account: str, user: Sender, mid: str, status: str, ev: Mapping[str, Any],
+            key: str) -> Inbound:
+    meta = {"status_of": mid, "status": status}
+    watermark = _str(_d(ev.get(status if status != "delivered" else "delivery")).get("watermark"))
+    if watermark:
+        meta["watermark"] = watermark
+    return Inbound(channel=channel, account=account, external_id=key, kind="event", sender=user,
+                   sent_at=_time(ev.get("timestamp")), raw_type="status", meta=meta)
+
+
+def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> list[Inbound]:
+    sender_id = _str(_d(ev.get("sender")).get("id")) or "unknown"
+    recipient_id = _str(_d(ev.get("recipient")).get("id")) or ""
+    account = eid or recipient_id
+    msg = _d(ev.get("message"))
+    echo = bool(msg.get("is_echo"))
+    customer = recipient_id if echo else sender_id
+    user = Sender(kind=channel, value=f"{account}:{customer}")
+    key = event_key(eid, ev)
+    at = _time(ev.get("timestamp"))
+    meta: dict[str, str] = {}
+    if "delivery" in ev:
+        given = _d(ev["delivery"]).get("mids")
+        mids = [m for m in given if isinstance(m, str) and m] if isinstance(given, list) else []
+        mids = mids or [""]  # a watermark only: nothing to match
+        return [_status(channel, account, user, mid, "delivered", ev, f"{mid or key}:status:delivered")
+                for mid in mids]
+    if "read" in ev:
+        mid = _str(_d(ev["read"]).get("mid")) or ""  # Instagram names the message; Messenger gives a watermark
+        return [_status(channel, account, user, mid, "read", ev, f"{mid or key}:status:read")]
+    inbound = Inbound(channel=channel, account=account, external_id=key, kind="message", sender=user, sent_at=at,
+                      meta=meta)
+    if msg:
+        mid = _str(msg.get("mid")) or key
+        inbound.thread = ThreadHints(message_id=mid, in_reply_to=_str(_d(msg.get("reply_to")).get("mid")))
+        inbound.raw_type = "message"
+        own = (_str(msg.get("metadata")) or "").startswith(OWN_METADATA) or (
+            own_app is not None and _str(msg.get("app_id")) == own_app)
+        if echo and own:
+            # our own reply coming back: only proof that it was sent
+            return [_status(channel, account, user, mid, "sent", ev, f"{mid}:status:sent")]
+        if msg.get("is_deleted"):
+            inbound.kind, inbound.edits, inbound.raw_type = "event", mid, "message_deleted"
+            meta["deleted"] = "true"
+            return [inbound]
+        inbound.text = _str(msg.get("text")) or ""
+        inbound.attachments = _attachments(msg, meta)
+        if _str(_d(msg.get("quick_reply")).get("payload")):
+            meta["reply_id"] = msg["quick_reply"]["payload"]
+        if msg.get("is_unsupported"):
+            inbound.kind, inbound.raw_type = "event", "unsupported"
+        if echo:
+            meta["direction"] = "outbound"
+            app_id = _str(msg.get("app_id"))
+            meta["agent"] = f"{channel}:app:{app_id}" if app_id else f"{channel}:page"
+        return [inbound]
+    if "message_edit" in ev:
+        edit = _d(ev["message_edit"])
+        inbound.text = _str(edit.get("text")) or ""
+        inbound.edits = _str(edit.get("mid"))
+        inbound.raw_type = "message_edit"
+        return [inbound]
+    if "postback" in ev:
+        pb = _d(ev["postback"])
+        payload = pb.get("payload")
+        payload_s = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, sort_keys=True)
+        meta["reply_id"] = payload_s
+        if _str(_d(pb.get("referral")).get("ref")):
+            meta["ref"] = pb["referral"]["ref"]
+        inbound.raw_type = "postback"
+        inbound.text = _str(pb.get("title")) or ""
+        if not inbound.text:
+            inbound.kind = "event"
+        if _str(pb.get("mid")):
+            inbound.thread = ThreadHints(message_id=pb["mid"])
+        return [inbound]
+    kind = next((k for k in ev if k not in ("sender", "recipient", "timestamp")), "unknown")
+    inbound.kind, inbound.raw_type = "event", kind
+    body = _d(ev.get(kind))
+    for field in ("emoji", "action", "reaction", "ref", "source", "type"):
+        if isinstance(body.get(field), (str, int)):
+            meta[field] = str(body[field])
+    if kind == "reaction" and _str(body.get("mid")):
+        inbound.thread = ThreadHints(in_reply_to=body["mid"])
+        meta["reacted_to"] = body["mid"]
+    if sender_id == "unknown":
+        inbound.defects.append(f"{kind}: no sender to attribute it to")
+    return [inbound]
+
+
+def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
+    obj = decode(raw)
+    verify(raw, context)
+    channel = OBJECTS[obj["object"]]
+    out: list[Inbound] = []
+    own_app = _str(context.get("app_id"))
+    for eid, ev in events(obj):
+        out += _event(channel, eid, ev, own_app)
+    return out

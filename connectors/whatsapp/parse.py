@@ -1,0 +1,311 @@
+"""WhatsApp Cloud API's pure parser: one webhook body → its Inbounds.
+
+A POST carries ``entry[].changes[]``; a change of field ``messages`` has
+``value.metadata.phone_number_id`` (the business number: the Inbound's
+``account``), ``value.contacts`` (profile names by ``wa_id``) and
+``value.messages`` and/or ``value.statuses``. Each message and each status
+is one Inbound, so one POST may give several (the pipeline commits them one
+by one and marks the journal entry done with the last).
+
+What each becomes (https://developers.facebook.com/docs/whatsapp/cloud-api/webhooks/components):
+
+- ``text`` → a message; ``image``/``video``/``audio``/``document``/``sticker``
+  → a message whose attachment references the media id (``url``) until the
+  connector's ``fetch_media`` downloads it; the caption is the text;
+- ``location``, ``contacts`` → a message with a readable text and the facts
+  in ``meta``; ``interactive`` (button/list replies, flows) and ``button``
+  (a template's quick reply) → a message whose text is what the customer
+  chose, the choice's id in ``meta["reply_id"]``;
+- ``reaction`` → an event on the reacted-to message;
+- ``edit`` → a message that ``edits`` the original; ``revoke`` (the customer
+  deleted a message) → an event that edits the original to an empty text
+  (``meta["deleted"]``); both shapes follow Meta's changelog and are covered
+  by synthetic fixtures;
+- ``unsupported``, ``system`` and any unknown type → an event carrying the raw type;
+- a status (``sent``/``delivered``/``read``/``failed``) → an event of
+  raw_type ``status`` with ``meta["status_of"]`` = the wamid of our message:
+  the pipeline updates that reply's delivery and emits ``message.status``,
+  it never becomes a customer message.
+
+The sender is the ``whatsapp`` identity ``+<wa_id>`` (a wa_id is the phone
+number in international form, so it also gives the ``phone`` identity).
+
+Signature: with an ``app_secret`` and the request ``headers`` in the context
+(``omnigate parse --context``, a live request), ``X-Hub-Signature-256`` must
+verify over the exact bytes. The daemon verifies before journaling and does
+not keep headers in the journal, so a replay does not verify again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import msgspec
+
+from connectors.base import PayloadRejected
+from connectors.webhooks import header, hub_signature_ok
+from routing.model import Attachment, Inbound, Sender, ThreadHints
+
+CHANNEL = "whatsapp"
+OBJECT = "whatsapp_business_account"
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
+DEFAULT_MEDIA_TYPE = {"image": "image/jpeg", "video": "video/mp4", "audio": "audio/ogg",
+                      "document": "application/octet-stream", "sticker": "image/webp"}
+STATUSES = ("sent", "delivered", "read", "failed", "deleted", "warning")
+
+_decoder = msgspec.json.Decoder()
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    """The webhook's JSON object; :class:`PayloadRejected` when it is not one."""
+    try:
+        obj = _decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise PayloadRejected(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PayloadRejected(f"not a WhatsApp webhook: JSON {type(obj).__name__}, expected an object")
+    if obj.get("object") != OBJECT:
+        raise PayloadRejected(f"not a WhatsApp webhook: object is {obj.get('object')!r}, expected {OBJECT!r}")
+    if not isinstance(obj.get("entry"), list):
+        raise PayloadRejected("not a WhatsApp webhook: no entry list")
+    return obj
+
+
+def verify(raw: bytes, context: Mapping[str, Any]) -> None:
+    """Check ``X-Hub-Signature-256`` when the context carries a live request's
+    headers and the app secret; :class:`PayloadRejected` when it does not verify."""
+    headers = context.get("headers")
+    secret = context.get("app_secret")
+    if not headers or not secret:
+        return
+    signature = header(headers, SIGNATURE_HEADER)
+    if signature is None:
+        raise PayloadRejected(f"{SIGNATURE_HEADER} header missing")
+    if not hub_signature_ok(raw, signature, str(secret)):
+        raise PayloadRejected(f"{SIGNATURE_HEADER} does not match the body (wrong app_secret or altered body)")
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str | None:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _time(ts: Any) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(ts), timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def changes(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``value`` of every ``messages`` change, in order."""
+    out = []
+    for entry in _dicts(obj.get("entry")):
+        for change in _dicts(entry.get("changes")):
+            value = change.get("value")
+            if change.get("field") == "messages" and isinstance(value, dict):
+                out.append(value)
+    return out
+
+
+def item_ids(obj: Mapping[str, Any]) -> list[str]:
+    """The external ids of every message and status in a body."""
+    ids: list[str] = []
+    for value in changes(obj):
+        for m in _dicts(value.get("messages")):
+            ids.append(str(m.get("id")))
+        for s in _dicts(value.get("statuses")):
+            ids.append(f"{s.get('id')}:status:{s.get('status')}")
+    return ids
+
+
+def body_key(obj: Mapping[str, Any], raw: bytes) -> str:
+    """The journal's idempotency key of a body: its one item's id, or a hash
+    of all its items' ids (Meta redelivers the same body after a failed
+    answer), or of the bytes when it has none."""
+    ids = item_ids(obj)
+    if len(ids) == 1 and len(ids[0]) <= 200:
+        return ids[0]
+    basis = "\n".join(ids).encode() if ids else raw
+    return "sha256:" + hashlib.sha256(basis).hexdigest()
+
+
+def _sender(wa_id: str, names: Mapping[str, str]) -> Sender:
+    digits = wa_id.lstrip("+")
+    return Sender(kind=CHANNEL, value=f"+{digits}", name=names.get(digits))
+
+
+def _attachment(kind: str, media: Mapping[str, Any]) -> Attachment:
+    return Attachment(
+        name=_str(media.get("filename")),
+        content_type=_str(media.get("mime_type")) or DEFAULT_MEDIA_TYPE[kind],
+        size=0,
+        sha256="",  # known once fetch_media has downloaded it (WhatsApp's own sha256 is in meta)
+        url=_str(media.get("id")),
+    )
+
+
+def _location_text(loc: Mapping[str, Any]) -> str:
+    parts = [p for p in (_str(loc.get("name")), _str(loc.get("address"))) if p]
+    where = f"{loc.get('latitude')}, {loc.get('longitude')}"
+    return " — ".join([*parts, where]) if parts else f"📍 {where}"
+
+
+def _contacts_text(cards: list[dict[str, Any]]) -> str:
+    lines = []
+    for card in cards:
+        name = card.get("name") if isinstance(card.get("name"), dict) else {}
+        label = _str(name.get("formatted_name")) or " ".join(
+            p for p in (_str(name.get("first_name")), _str(name.get("last_name"))) if p) or "contact"
+        phones = [_str(p.get("phone")) or _str(p.get("wa_id")) for p in _dicts(card.get("phones"))]
+        lines.append(f"{label}: {', '.join(p for p in phones if p)}".rstrip(": "))
+    return "\n".join(lines)
+
+
+def _content(kind: str, m: Mapping[str, Any], meta: dict[str, str], defects: list[str]) -> tuple[str, list[Attachment]]:
+    """(text, attachments) of one message's own content."""
+    body = m.get(kind) if isinstance(m.get(kind), dict) else {}
+    if kind == "text":
+        return _str(body.get("body")) or "", []
+    if kind in MEDIA_TYPES:
+        if body.get("voice") is True:
+            meta["voice"] = "true"
+        if _str(body.get("sha256")):
+            meta["media_sha256"] = body["sha256"]
+        if body.get("animated") is True:
+            meta["animated"] = "true"
+        if not _str(body.get("id")):
+            defects.append(f"{kind} without a media id: cannot be downloaded")
+            return _str(body.get("caption")) or "", []
+        return _str(body.get("caption")) or "", [_attachment(kind, body)]
+    if kind == "location":
+        for key in ("latitude", "longitude", "name", "address", "url"):
+            if body.get(key) is not None:
+                meta[key] = str(body[key])
+        return _location_text(body), []
+    if kind == "contacts":
+        return _contacts_text(_dicts(m.get("contacts"))), []
+    if kind == "interactive":
+        sub = _str(body.get("type")) or ""
+        choice = body.get(sub) if isinstance(body.get(sub), dict) else {}
+        meta["interactive_type"] = sub
+        if _str(choice.get("id")):
+            meta["reply_id"] = choice["id"]
+        if sub == "nfm_reply":  # a WhatsApp Flow's answer
+            if _str(choice.get("response_json")):
+                meta["response_json"] = choice["response_json"]
+            return _str(choice.get("body")) or _str(choice.get("name")) or "", []
+        text = _str(choice.get("title")) or ""
+        if _str(choice.get("description")):
+            text = f"{text} — {choice['description']}" if text else choice["description"]
+        return text, []
+    if kind == "button":  # a quick-reply button of a template
+        if _str(body.get("payload")):
+            meta["reply_id"] = body["payload"]
+        return _str(body.get("text")) or "", []
+    return "", []
+
+
+def _message(m: dict[str, Any], account: str, names: Mapping[str, str]) -> Inbound:
+    kind = _str(m.get("type")) or "unknown"
+    wa_id = _str(m.get("from")) or "unknown"
+    mid = _str(m.get("id")) or f"{wa_id}:{m.get('timestamp')}"
+    meta: dict[str, str] = {"phone_number_id": account}
+    defects: list[str] = []
+    context = m.get("context") if isinstance(m.get("context"), dict) else {}
+    if context.get("forwarded") or context.get("frequently_forwarded"):
+        meta["forwarded"] = "true"
+    if isinstance(m.get("referral"), dict) and _str(m["referral"].get("source_url")):
+        meta["referral_url"] = m["referral"]["source_url"]
+    for err in _dicts(m.get("errors")):
+        defects.append(f"WhatsApp error {err.get('code')}: {err.get('title') or err.get('message')}")
+    inbound = Inbound(
+        channel=CHANNEL, account=account, external_id=mid, kind="message", sender=_sender(wa_id, names),
+        thread=ThreadHints(message_id=mid, in_reply_to=_str(context.get("id"))),
+        sent_at=_time(m.get("timestamp")), raw_type=kind, meta=meta, defects=defects,
+    )
+    if kind == "reaction":
+        body = m.get("reaction") if isinstance(m.get("reaction"), dict) else {}
+        inbound.kind = "event"
+        inbound.thread.in_reply_to = _str(body.get("message_id"))
+        meta["emoji"] = _str(body.get("emoji")) or ""  # empty: the reaction was removed
+        if inbound.thread.in_reply_to:
+            meta["reacted_to"] = inbound.thread.in_reply_to
+        return inbound
+    if kind == "edit":
+        body = m.get("edit") if isinstance(m.get("edit"), dict) else {}
+        original = _str(body.get("original_message_id"))
+        edited = body.get("message") if isinstance(body.get("message"), dict) else {}
+        inner = _str(edited.get("type")) or "text"
+        inbound.text, inbound.attachments = _content(inner, edited, meta, defects)
+        inbound.edits = original
+        return inbound
+    if kind == "revoke":
+        body = m.get("revoke") if isinstance(m.get("revoke"), dict) else {}
+        inbound.kind = "event"
+        inbound.edits = _str(body.get("original_message_id"))
+        meta["deleted"] = "true"
+        return inbound
+    if kind == "system":
+        body = m.get("system") if isinstance(m.get("system"), dict) else {}
+        inbound.kind = "event"
+        inbound.text = _str(body.get("body")) or ""
+        if _str(body.get("wa_id")) or _str(body.get("new_wa_id")):
+            meta["new_wa_id"] = _str(body.get("wa_id")) or _str(body.get("new_wa_id")) or ""
+        return inbound
+    known = kind in ("text", "location", "contacts", "interactive", "button", *MEDIA_TYPES)
+    if not known:  # "unsupported", "order", new types: kept as an event, never dropped
+        inbound.kind = "event"
+        return inbound
+    inbound.text, inbound.attachments = _content(kind, m, meta, defects)
+    return inbound
+
+
+def _status(s: dict[str, Any], account: str, names: Mapping[str, str]) -> Inbound:
+    wamid = _str(s.get("id")) or ""
+    status = _str(s.get("status")) or "unknown"
+    meta = {"status_of": wamid, "status": status, "phone_number_id": account}
+    for err in _dicts(s.get("errors"))[:1]:
+        meta["error_code"] = str(err.get("code", ""))
+        meta["error_title"] = str(err.get("title") or err.get("message") or "")
+        details = err.get("error_data", {}).get("details") if isinstance(err.get("error_data"), dict) else None
+        if isinstance(details, str):
+            meta["error_details"] = details
+    conversation = s.get("conversation") if isinstance(s.get("conversation"), dict) else {}
+    if _str(conversation.get("expiration_timestamp")):
+        meta["conversation_expires"] = str(conversation["expiration_timestamp"])
+    return Inbound(
+        channel=CHANNEL, account=account, external_id=f"{wamid}:status:{status}", kind="event",
+        sender=_sender(_str(s.get("recipient_id")) or "unknown", names), sent_at=_time(s.get("timestamp")),
+        raw_type="status", meta=meta,
+    )
+
+
+def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
+    """Every message and status of the body, in order (none for a change of
+    another field, such as a template's review: the journal keeps it)."""
+    obj = decode(raw)
+    verify(raw, context)
+    out: list[Inbound] = []
+    for value in changes(obj):
+        metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
+        account = _str(metadata.get("phone_number_id")) or str(context.get("account") or CHANNEL)
+        names = {}
+        for c in _dicts(value.get("contacts")):
+            profile = c.get("profile") if isinstance(c.get("profile"), dict) else {}
+            wa_id, name = _str(c.get("wa_id")), _str(profile.get("name"))
+            if wa_id and name:
+                names[wa_id.lstrip("+")] = name
+        out += [_message(m, account, names) for m in _dicts(value.get("messages"))]
+        out += [_status(s, account, names) for s in _dicts(value.get("statuses"))]
+    return out
