@@ -51,6 +51,7 @@ PLUGINS: dict[str, tuple[str, tuple[str, ...]]] = {
     "social": ("gateway.bench_social:figures", ("social_webhook",)),
     "api_list": ("gateway.api_bench:figures", ("api_ticket_list_100k",)),
     "webhooks": ("gateway.bench_webhooks:figures", ("webhook_delivery",)),
+    "webchat": ("gateway.webchat_bench:figures", ("webchat_push",)),
 }
 
 CONCURRENCY = 64
