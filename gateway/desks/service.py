@@ -65,6 +65,11 @@ def endpoint_name(desk: str) -> str:
     return f"desk:{desk}"
 
 
+def cursor_key(desk: str) -> str:
+    """The ``state`` row holding the desk's change cursor."""
+    return f"desk:{desk}:cursor"
+
+
 def actor(desk: str) -> str:
     """The author/actor omnigate records for what came from this desk."""
     return f"desk:{desk}"
@@ -95,6 +100,11 @@ class DeskSync:
                 "description": f"help-desk sync: desks.{name} ({cfg.kind})"}, source="desk", now=now)
             self.hooks.targets[endpoint_name(name)] = self._target(name)
             self._next_poll[name] = now
+            client = self.clients.get(name)
+            if client is not None and await self.store.state_get(cursor_key(name)) is None:
+                # the way back starts from now (the desk's older changes are not omnigate's)
+                _, cursor = await client.changed(None)
+                await self.store.state_set(cursor_key(name), cursor)
         self.hooks.wake()
 
     def _target(self, name: str) -> Any:
@@ -259,7 +269,7 @@ class DeskSync:
     async def sync(self, name: str) -> int:
         """Follow the desk's changes since the stored cursor; how many agent comments were relayed."""
         client = self.clients[name]
-        key = f"desk:{name}:cursor"
+        key = cursor_key(name)
         async with self.locks[name]:
             cursor = await self.store.state_get(key)
             changed, nxt = await client.changed(cursor)

@@ -93,7 +93,8 @@ class ZendeskClient(DeskClient):
 
     async def changed(self, cursor: str | None) -> tuple[list[Changed], str]:
         if cursor is None:
-            return [], "t:" + str(int(self.clock().timestamp()))
+            # Zendesk wants a start_time at least a minute old; what it re-reads is skipped (desk_seen)
+            return [], "t:" + str(int(self.clock().timestamp()) - 60)
         params = {"start_time": cursor[2:]} if cursor.startswith("t:") else {"cursor": cursor[2:]}
         out: list[Changed] = []
         while True:

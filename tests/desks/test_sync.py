@@ -10,6 +10,7 @@ import pytest
 
 from gateway.desks.service import SYNC, endpoint_name
 from tests.desks.conftest import WORDS, Rig, wait_for
+from tests.gateway.conftest import AUTH
 
 KINDS = ["zammad", "zendesk", "freshdesk"]
 
@@ -39,7 +40,7 @@ async def test_round_trip_with_push(make_rig, kind: str) -> None:
     desk_t = await rig.desk_ticket()
     ticket = await rig.only_ticket()
     desk_id = desk_t["id"]
-    assert await rig.store.desk_link("hd", ticket["id"]) == str(desk_id)
+    assert await wait_for(lambda: rig.store.desk_link("hd", ticket["id"])) == str(desk_id)
     requester = rig.desk.users[desk_t["customer_id"] if kind == "zammad" else desk_t["requester_id"]]
     assert requester["email"] == f"wechat_openid-{'wxdeskofficial01'}_fromuser@omnigate.invalid"
     if kind == "freshdesk":
@@ -94,6 +95,11 @@ async def test_round_trip_with_push(make_rig, kind: str) -> None:
     assert len(rig.wechat.sent) == 1
     # exactly one desk ticket throughout
     assert len(rig.desk.tickets) == 1
+    # the desk's delivery queue is visible (and replayable) as the endpoint desk:hd, but not deletable
+    listed = await (await rig.client.get("/api/v1/webhooks", headers=AUTH)).json()
+    (ep,) = [e for e in listed["items"] if e["name"] == "desk:hd"]
+    assert ep["source"] == "desk" and ep["dead"] == 0
+    assert (await rig.client.delete("/api/v1/webhooks/desk:hd", headers=AUTH)).status == 409
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -129,6 +135,7 @@ async def test_a_reply_that_fails_on_wechat_is_written_back_as_an_internal_note(
     rig = await make_rig(kind)
     await rig.wechat_message("在吗", 9201)
     desk_id = (await rig.desk_ticket())["id"]
+    await wait_for(lambda: rig.store.desk_links("hd"))
     rig.wechat.closed_windows.add("fromUser")  # the 48-hour window is closed: WeChat answers 45015
     rig.desk.agent_reply(desk_id, "抱歉久等了")
     assert (await rig.nudge()).status == 200
@@ -145,7 +152,7 @@ async def test_poll_mode_reaches_the_same_state_as_push(make_rig) -> None:
     await rig.wechat_message("轮询模式", 9301)
     desk_id = (await rig.desk_ticket())["id"]
     ticket = await rig.only_ticket()
-    await wait_for(lambda: rig.app[SYNC].store.state_get("desk:hd:cursor"))
+    await wait_for(lambda: rig.store.desk_links("hd"))
     rig.desk.agent_reply(desk_id, "轮询回复")
     rig.clock.advance(seconds=61)
     await wait_for(lambda: rig.wechat.sent)
