@@ -120,7 +120,7 @@ def desk_clock() -> FakeClock:
 
 @pytest.fixture
 def make_rig(aiohttp_client, aiohttp_server, tmp_path, desk_clock) -> Callable[..., Awaitable[Rig]]:
-    async def make(kind: str, **desk: Any) -> Rig:
+    async def make(kind: str, *, directory: str | None = None, **desk: Any) -> Rig:
         wechat = WeChatApiStandin()
         wechat.oa_apps[APPID] = APP_SECRET
         server = await aiohttp_server(wechat.app(), host="127.0.0.1")
@@ -133,6 +133,10 @@ def make_rig(aiohttp_client, aiohttp_server, tmp_path, desk_clock) -> Callable[.
         if kind == "zendesk":
             section["email"] = DESK_EMAIL
         env = {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data"), "OMNIGATE_RULES_DIR": RULES}
+        if directory is not None:
+            (tmp_path / "directory.yaml").write_text(directory, encoding="utf-8")
+            env["OMNIGATE_DIRECTORY"] = str(tmp_path / "directory.yaml")
+            env["OMNIGATE_RULES_DIR"] = str(tmp_path / "no-rules")  # the shipped rules name teams it lacks
         account = {"appid": APPID, "app_secret": APP_SECRET, "token": WX_TOKEN, "encoding_aes_key": AES_KEY,
                    "mode": "plain"}
         config = load(None, environ=env, flags={"wechat": {"api_base": wechat.base, "accounts": {"main": account}},

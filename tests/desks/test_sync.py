@@ -165,3 +165,36 @@ async def test_poll_mode_reaches_the_same_state_as_push(make_rig) -> None:
     assert len(rig.wechat.sent) == 1 and len(rig.desk.tickets) == 1
     # no way back configured for push: a nudge is refused
     assert (await rig.nudge()).status == 401
+
+
+# Synthetic directory: one chat agent online, an SLA policy for every ticket.
+DIRECTORY = """
+calendars:
+  cn-office:
+    hours: {weekdays: [09:00-12:00, 13:30-18:00]}
+agents:
+  - {id: a-chat, name: Chat, presence: online, capacity: {chat: 5}}
+sla_policies:
+  - {id: standard, calendar: cn-office, targets: {first_response: 2h, resolution: 24h}}
+"""
+
+
+@pytest.mark.parametrize("ownership", ["omnigate", "desk"])
+async def test_ownership_decides_who_assigns_and_times(make_rig, ownership: str) -> None:
+    rig = await make_rig("zammad", directory=DIRECTORY, ownership=ownership)
+    await rig.wechat_message("帮我看看订单", 9401)
+    desk_id = (await rig.desk_ticket())["id"]
+    ticket = await rig.only_ticket()
+    await wait_for(lambda: rig.store.desk_links("hd"))
+    if ownership == "omnigate":  # omnigate assigns and times it; the desk is told who has it
+        assert ticket["assignee"] == "a-chat" and ticket["sla"]["policy"] == "standard"
+        notes = await wait_for(lambda: internal_notes(rig, desk_id), lambda n: n)
+        assert notes == ["omnigate assigned this ticket to a-chat (team —)"]
+    else:  # the desk routes it: omnigate's agent is released and no SLA is timed
+        t = await wait_for(lambda: rig.store.get_ticket(ticket["id"]), lambda t: t.assignee is None)
+        assert t.sla is None
+        timeline = await (await rig.client.get(f"/api/v1/tickets/{ticket['id']}/timeline", headers=AUTH)).json()
+        assert any(e["kind"] == "assignment" and "help desk" in e["text"] for e in timeline["items"])
+        await rig.wechat_message("还在吗", 9402)  # a follow-up does not bring omnigate's routing back
+        assert (await rig.store.get_ticket(ticket["id"])).assignee is None
+        assert internal_notes(rig, desk_id) == []
