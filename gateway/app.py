@@ -242,6 +242,11 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     app.router.add_routes(guarded_routes(replies.routes))
     app.router.add_routes(guarded_routes(api_tickets.routes))
     app.router.add_routes(guarded_routes(participants.routes))
+    from gateway import live
+
+    live.setup(app, pipeline)  # webchat's live hub: presence, ticket events, the agent socket
+    app.router.add_routes(guarded_routes(live.routes))
+
     from collections import ChainMap
 
     from gateway.webhooks import service as webhooks
@@ -252,10 +257,6 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
 
     desks.setup(app, store, config, hooks, clock)  # help-desk sync: desk:<name> targets, /channels/desks/<name>
     senders = ChainMap(connectors, {"api": ApiReplySender(hooks, config.channels.get("api", {}))})
-    from gateway import live
-
-    live.setup(app, pipeline)  # webchat's live hub: presence, ticket events, the agent socket
-    app.router.add_routes(guarded_routes(live.routes))
     app[outbox.DISPATCHER] = outbox.Dispatcher(store, senders, attachments, metrics=m, clock=clock)
 
     app.cleanup_ctx.append(_store_ctx)

@@ -197,6 +197,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         for name, value in self.threading.reopen_window.items():
             parse_duration(value, f"threading.reopen_window.{name}")
         parse_duration(self.dedupe.near_window, "dedupe.near_window")
+        import ipaddress
+
+        for p in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(p, strict=False)
+            except ValueError:
+                raise ConfigError(f"trusted_proxies: {p!r} is not an address or network") from None
         for key in ("first_retry", "max_delay", "retry_horizon", "timeout"):
             parse_duration(getattr(self.webhooks, key), f"webhooks.{key}")
         for key in ("outbox", "delivery_log", "journal_raw"):
@@ -237,13 +244,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
                 raise ConfigError(f"{where}.email is required for Zendesk (the token's agent)")
             if desk.kind != "generic" and desk.mode == "push" and not desk.webhook_secret:
                 raise ConfigError(f"{where}: mode push needs webhook_secret_file (the way back is verified)")
-        import ipaddress
-
-        for p in self.trusted_proxies:
-            try:
-                ipaddress.ip_network(p, strict=False)
-            except ValueError:
-                raise ConfigError(f"trusted_proxies: {p!r} is not an address or network") from None
         for pattern in self.threading.ref_patterns:
             try:
                 if re.compile(pattern).groups != 1:
