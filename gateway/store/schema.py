@@ -12,6 +12,7 @@ from gateway.store import (
     sqlite_assign,
     sqlite_console,
     sqlite_delivery,
+    sqlite_desks,
     sqlite_nonces,
     sqlite_replies,
     sqlite_tickets,
@@ -198,6 +199,8 @@ MIGRATIONS: list[str] = [
     """,
     # 8: webhook endpoints, delivery queue, dead letters, delivery log; journal raw pruning
     sqlite_webhooks.MIGRATION,
-    # 9: the agent console: sign-in sessions, canned replies
+    # 9: help-desk sync: omnigate ↔ desk ticket links, desk comments seen
+    sqlite_desks.MIGRATION,
+    # 10: the agent console: sign-in sessions, canned replies
     sqlite_console.MIGRATION,
 ]

@@ -40,6 +40,7 @@ from gateway.store.sqlite_sla import SlaOps
 from gateway.store.sqlite_tickets import TicketsOps
 from gateway.store.sqlite_tokens import TokensOps
 from gateway.store.sqlite_webhooks import WebhookOps, event_payloads, insert_events
+from gateway.store.sqlite_desks import DeskOps
 from gateway.store.sqlite_console import ConsoleOps
 from routing.model import (
     Attachment,
@@ -252,7 +253,7 @@ def migrate(path: str) -> int:
         conn.close()
 
 
-class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps, WebhookOps, ConsoleOps):
+class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps, WebhookOps, DeskOps, ConsoleOps):
     """The default store: one file ``<data_dir>/omnigate.db``.
 
     Operations of later features live in mixins beside this module

@@ -29,7 +29,7 @@ from routing.model import new_id
 if TYPE_CHECKING:
     from gateway.store.sqlite import SQLiteStore
 
-#: Schema migration 9: console sessions and canned replies.
+#: Schema migration 10: console sessions and canned replies.
 MIGRATION = """
     CREATE TABLE console_sessions (
         hash        TEXT PRIMARY KEY,       -- sha256 hex of the cookie value
