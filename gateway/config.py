@@ -390,6 +390,16 @@ def _check_yaml(file: str, text: str, channel_names: frozenset[str]) -> _Node:
     return tree
 
 
+def _default_smtp_listen(merged: dict) -> None:
+    """An SMTP listener without ``listen`` binds the host HTTP binds, port
+    2525: ``0.0.0.0`` in the container (``OMNIGATE_LISTEN=0.0.0.0:8686``),
+    loopback by default."""
+    smtp = merged["channels"].get("email", {}).get("smtp") if isinstance(merged["channels"].get("email"), dict) else None
+    if isinstance(smtp, dict) and "listen" not in smtp:
+        host = str(merged.get("listen") or DEFAULT_LISTEN).rpartition(":")[0]
+        smtp["listen"] = f"{host}:2525"
+
+
 def config_path(config_file: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
     """The YAML file ``serve`` reads: ``--config``, else ``OMNIGATE_CONFIG``,
     else ``./omnigate.yaml`` when it exists; None for none."""
@@ -453,6 +463,7 @@ def load(
             if not isinstance(section, dict):
                 raise ConfigError(f"{name}: a channel section must be a mapping")
             merged["channels"][name] = _merge(merged["channels"].get(name, {}), section)
+    _default_smtp_listen(merged)
     _check_required_secrets(merged["channels"], channel_names, str(path) if path else None, tree)
     try:
         return msgspec.convert(merged, Config, strict=False)
