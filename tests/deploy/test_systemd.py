@@ -11,6 +11,7 @@ import configparser
 import json
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +28,13 @@ ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None and not IN_CI, reason="systemd-analyze missing (scripts/test installs systemd)")
 
 
-def _entries(section: str = "Service") -> list[tuple[str, str]]:
+BACKUP_UNITS = [DEPLOY / "omnigate-backup.service", DEPLOY / "omnigate-backup.timer"]
+
+
+def _entries(section: str = "Service", unit: Path = UNIT) -> list[tuple[str, str]]:
     """Every ``Key=value`` of a section, repeated keys in order."""
     out, current = [], None
-    for line in UNIT.read_text(encoding="utf-8").splitlines():
+    for line in unit.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith(("#", ";")):
             continue
@@ -42,8 +46,8 @@ def _entries(section: str = "Service") -> list[tuple[str, str]]:
     return out
 
 
-def _values(key: str) -> list[str]:
-    return [v for k, v in _entries() if k == key]
+def _values(key: str, unit: Path = UNIT) -> list[str]:
+    return [v for k, v in _entries(unit=unit) if k == key]
 
 
 def _local_copy(tmp_path: Path, text: str | None = None, name: str = "omnigate.service") -> Path:
@@ -56,10 +60,11 @@ def _local_copy(tmp_path: Path, text: str | None = None, name: str = "omnigate.s
 
 @needs_analyze
 def test_systemd_analyze_verify_finds_nothing_and_would_see_a_typo(tmp_path):
-    unit = _local_copy(tmp_path)
-    run = subprocess.run([ANALYZE, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=120)
+    units = [_local_copy(tmp_path, f.read_text(encoding="utf-8"), f.name) for f in [UNIT, *BACKUP_UNITS]]
+    run = subprocess.run([ANALYZE, "verify", "--man=no", *map(str, units)], capture_output=True, text=True,
+                         timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
-    ours = [line for line in (run.stdout + run.stderr).splitlines() if unit.name in line]
+    ours = [line for line in (run.stdout + run.stderr).splitlines() if any(u.name in line for u in units)]
     assert not ours, ours  # systemd-analyze only warns (exit 0) on an unknown key or bad value
     # the same check on a unit with a typo does complain: the assertion above can fail
     bad = _local_copy(tmp_path, UNIT.read_text().replace("ProtectHome=yes", "ProtectHom=yes"), "bad.service")
@@ -68,8 +73,9 @@ def test_systemd_analyze_verify_finds_nothing_and_would_see_a_typo(tmp_path):
 
 
 @needs_analyze
-def test_the_offline_security_review_rates_the_unit_low_exposure(tmp_path):
-    unit = _local_copy(tmp_path)
+@pytest.mark.parametrize("name", ["omnigate.service", "omnigate-backup.service"])
+def test_the_offline_security_review_rates_the_units_low_exposure(tmp_path, name):
+    unit = _local_copy(tmp_path, (DEPLOY / name).read_text(encoding="utf-8"), name)
     run = subprocess.run([ANALYZE, "security", "--offline=yes", "--man=no", "--threshold=20", str(unit)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr  # exposure at most 2.0 of 10
@@ -131,7 +137,21 @@ def test_the_units_command_starts_the_gateway_on_a_temporary_state_dir(tmp_path)
         assert http("POST", f"{base}/channels/api/messages", body, token="wrong")[0] == 401
         status, ready = http("GET", f"{base}/readyz")
         assert status == 200, ready
+        # the backup unit's command, run while the daemon runs, as the same (dynamic) user
+        backup_unit = DEPLOY / "omnigate-backup.service"
+        assert dict(_entries(unit=backup_unit))["User"] == UNIT.stem  # the main unit's user name: one UID
+        assert "omnigate" in _values("StateDirectory", backup_unit)[0].split()
+        (state / "omnigate-backup").mkdir()
+        argv = expand(_values("ExecStart", backup_unit)[0]).split()
+        argv[0] = OMNIGATE
+        run = subprocess.run(argv, env=clean_env(), cwd=state / "omnigate-backup", capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 0, run.stderr
     finally:
         proc.send_signal(signal.SIGTERM)  # KillMode=mixed: SIGTERM to the main process first
         assert proc.wait(timeout=30) == 0
     assert (state / "omnigate" / "omnigate.db").is_file()  # the data went into the state directory
+    copy = state / "omnigate-backup" / "latest" / "omnigate.db"
+    conn = sqlite3.connect(copy)
+    assert conn.execute("SELECT count(*) FROM journal").fetchone()[0] == 1
+    conn.close()
