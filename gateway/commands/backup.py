@@ -211,6 +211,10 @@ def main(argv: list[str], prog: str = "omnigate backup") -> int:
     config = load_config(args, prog)
     if config is None:
         return 2
+    if getattr(config, "redis_url", None):
+        print(f"{prog}: with redis_url the state is in Redis: back up Redis (README, \"Backup and restore\"); "
+              "this command copies the embedded SQLite store", file=sys.stderr)
+        return 2
     if args.pages == 0 or args.sleep < 0:
         print(f"{prog}: --pages must be positive (or -1: all at once), --sleep not negative", file=sys.stderr)
         return 2

@@ -88,6 +88,9 @@ def test_every_variable_the_deployments_set_is_a_configuration_key():
     names.discard("OMNIGATE_CONFIG")  # the file itself, not a key in it
     unknown = [n for n in sorted(names) if not key_is_known(config_key(n)) and config_key(n) not in PENDING]
     assert not unknown, unknown
+    # the check knows a typo when it sees one
+    assert not key_is_known(config_key("OMNIGATE_LISTN")) and not key_is_known(config_key("OMNIGATE_STORE__SYNC"))
+    assert key_is_known(config_key("OMNIGATE_WECHAT__ACCOUNTS__MAIN__TOKEN_FILE"))
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None and not IN_CI, reason="openssl missing")

@@ -80,14 +80,23 @@ def test_redis_runs_with_aof_on_a_persistent_volume():
     (c,) = sts["spec"]["template"]["spec"]["containers"]
     cmd = " ".join(c.get("command", []) + c.get("args", []))
     assert "--appendonly yes" in cmd and "--appendfsync always" in cmd and "--dir /data" in cmd
+    # the password: from the Secret, through the shell (not Kubernetes' $(NAME) expansion)
+    env = {e["name"]: e for e in c["env"]}
+    assert env["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"] == {"name": "omnigate", "key": "redis_password"}
+    assert '--requirepass "$REDISCLI_AUTH"' in cmd
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     assert {"name": "data", "mountPath": "/data"} in c["volumeMounts"]
 
 
-def test_the_configmaps_configuration_loads(tmp_path):
+def test_the_configmaps_configuration_loads_under_the_pods_environment(tmp_path):
     from gateway.config import load
+    from tests.deploy.conftest import loadable_env
 
     cfg = tmp_path / "omnigate.yaml"
     cfg.write_text(_one("ConfigMap", "omnigate-config")["data"]["omnigate.yaml"], encoding="utf-8")
-    config = load(str(cfg), environ={"OMNIGATE_LISTEN": "0.0.0.0:8686"})  # the image's listen
+    (c,) = _one("Deployment", "omnigate")["spec"]["template"]["spec"]["containers"]
+    env = loadable_env({e["name"]: e["value"] for e in c["env"] if e["name"] != "OMNIGATE_CONFIG"},
+                       tmp_path / "secrets")
+    config = load(str(cfg), environ={"OMNIGATE_LISTEN": "0.0.0.0:8686", **env})  # the image's listen
     assert config.channels["email"]["smtp"]["listen"] == "0.0.0.0:2525"
+    assert config.api_token == "s3cret-api_token" and config.log_format == "json"
