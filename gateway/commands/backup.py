@@ -3,9 +3,10 @@ the attachments, taken while the daemon runs.
 
 The copy is a data folder itself: ``DEST/omnigate.db`` (the store: journal,
 contacts, tickets, timelines, tokens, offsets), ``DEST/attachments/`` (the
-content-addressed files) and ``DEST/backup.json`` (what was copied, when).
-Restoring is putting those in place of a stopped daemon's data folder
-(README, "Backup and restore").
+content-addressed files), whatever else the data folder holds (a
+connector's own SQLite file such as ``webchat.db``, its files and keys) and
+``DEST/backup.json`` (what was copied, when). Restoring is putting those in
+place of a stopped daemon's data folder (README, "Backup and restore").
 
 Consistency: the store is copied with SQLite's online backup API
 (``sqlite3.Connection.backup``) in steps of ``--pages`` pages, all inside
@@ -17,8 +18,12 @@ it: the copy is the store exactly as it was when the read began, so every
 entry acknowledged before the backup started is in it. Attachments are
 written (and renamed into place) before the commit that refers to them, so
 copying the folder after the snapshot covers every file the copy names;
-files already in ``DEST/attachments`` are not copied again (same name, same
-content), which makes repeated backups into one folder incremental.
+files already in ``DEST`` with the same size and time are not copied again
+(attachments never change once written), which makes repeated backups into
+one folder incremental. Every other SQLite file of the folder (a connector's
+view, e.g. ``webchat.db``) is copied the same way, each in a snapshot of its
+own taken *before* the store's, so it never runs ahead of the store (the
+store is the record); the other folders and files after it.
 
 It only reads the data folder and takes no lock a running daemon holds; the
 daemon needs no pause. With no daemon running it holds a *shared* lock on
@@ -63,8 +68,11 @@ class BackupResult:
     schema_version: int
     journal_entries: int
     last_journal_id: str | None
-    attachments_copied: int
-    attachments_present: int
+    #: files copied besides the SQLite files (attachments, a connector's files and keys)
+    files_copied: int
+    files_present: int
+    #: the other SQLite files copied (e.g. webchat.db)
+    databases: list[str]
     integrity: str
 
 
@@ -99,59 +107,64 @@ def _source(db: Path) -> Iterator[sqlite3.Connection]:
             os.close(lock_fd)
 
 
-def _copy_attachments(src: Path, dest: Path) -> tuple[int, int]:
-    """Copy the content-addressed files ``dest`` lacks; (copied, already there)."""
-    copied = present = 0
-    if not src.is_dir():
+#: Never copied: the lock, the readiness probe, SQLite's companions (the
+#: snapshot copies hold everything), temporary files of writes under way.
+_SKIP_SUFFIXES = ("-wal", "-shm", "-journal", ".tmp")
+
+
+def _skipped(name: str) -> bool:
+    return name.startswith(".") or name == "omnigate.lock" or name.endswith(_SKIP_SUFFIXES)
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def _copy_tree(entry: Path, target: Path) -> tuple[int, int]:
+    """Copy a file, or a folder's files, that ``target`` lacks or holds in
+    another size or time (attachments never change: same name, same
+    content); (copied, already there)."""
+    if entry.is_dir() and not entry.is_symlink():
+        copied = present = 0
+        for child in sorted(entry.iterdir()):
+            if not _skipped(child.name):
+                c, p = _copy_tree(child, target / child.name)
+                copied, present = copied + c, present + p
+        return copied, present
+    if not entry.is_file():
         return 0, 0
-    for sub in sorted(src.iterdir()):
-        if not sub.is_dir() or sub.name.startswith("."):
-            continue
-        for f in sorted(sub.iterdir()):
-            if f.name.startswith(".") or not f.is_file():
-                continue  # a temporary file of a write under way
-            target = dest / sub.name / f.name
-            if target.exists():
-                present += 1
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{f.name}.{os.getpid()}.tmp")
-            shutil.copy2(f, tmp)
-            os.replace(tmp, target)
-            copied += 1
-    return copied, present
+    st = entry.stat()
+    try:
+        t = target.stat()
+        if t.st_size == st.st_size and t.st_mtime_ns == st.st_mtime_ns:
+            return 0, 1
+    except FileNotFoundError:
+        pass
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copy2(entry, tmp)  # mode and times too (a key file stays 0600)
+    except FileNotFoundError:
+        return 0, 0  # removed meanwhile
+    os.replace(tmp, target)
+    return 1, 0
 
 
-def backup(data_dir: str | os.PathLike, dest: str | os.PathLike, *, pages: int = 1024, sleep: float = 0.005,
-           verify: bool = True, clock: Callable[[], datetime] = _utc_now,
-           progress: Callable[[int, int], None] | None = None) -> BackupResult:
-    """Copy ``data_dir``'s store and attachments into ``dest`` (module docstring)."""
-    data_dir, dest = Path(data_dir), Path(dest)
-    db = data_dir / DB_NAME
-    if not db.is_file():
-        raise BackupError(f"{db}: no SQLite store here (is --data-dir right?)")
-    dest.mkdir(parents=True, exist_ok=True)
-    if dest.resolve() == data_dir.resolve():
-        raise BackupError(f"{dest} is the data folder itself; back up into another folder")
-    from gateway import datalock
-
-    if datalock.holder(dest) is not None:
-        raise BackupError(f"{dest} is a daemon's data folder in use; back up into another folder")
-    started = clock()
-    tmp = dest / f".{DB_NAME}.{os.getpid()}.tmp"
+def _copy_sqlite(db: Path, dest: Path, *, pages: int, sleep: float, verify: bool,
+                 step: Callable[[int, int, int], None] | None = None) -> tuple[str, int, tuple, int]:
+    """One SQLite file copied with the backup API inside one read transaction
+    (module docstring), checked, renamed into place; (integrity, page count,
+    journal count and last id — the store only —, schema version)."""
+    tmp = dest / f".{db.name}.{os.getpid()}.tmp"
     tmp.unlink(missing_ok=True)
-    steps = 0
-
-    def step(status: int, remaining: int, total: int) -> None:
-        nonlocal steps
-        steps += 1
-        if progress is not None:
-            progress(total - remaining, total)
-
     try:
         with _source(db) as src:
             src.execute("BEGIN")  # one read transaction for every step: one snapshot
-            journal = src.execute("SELECT count(*), max(id) FROM journal").fetchone()
+            journal = src.execute("SELECT count(*), max(id) FROM journal").fetchone() if db.name == DB_NAME else (0, None)
             schema = src.execute("PRAGMA user_version").fetchone()[0]
             out = sqlite3.connect(tmp, isolation_level=None)
             try:
@@ -165,22 +178,62 @@ def backup(data_dir: str | os.PathLike, dest: str | os.PathLike, *, pages: int =
             finally:
                 out.close()
         if verify and integrity != "ok":
-            raise BackupError(f"the copy failed its integrity check: {integrity}")
+            raise BackupError(f"the copy of {db.name} failed its integrity check: {integrity}")
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        for stale in (f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal"):
-            (dest / stale).unlink(missing_ok=True)  # never pair the new copy with an old WAL
-        os.replace(tmp, dest / DB_NAME)
+        for stale in ("-wal", "-shm", "-journal"):
+            (dest / f"{db.name}{stale}").unlink(missing_ok=True)  # never pair the new copy with an old WAL
+        os.replace(tmp, dest / db.name)
     except sqlite3.Error as exc:
         raise BackupError(f"{db}: {exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    copied, present = _copy_attachments(data_dir / "attachments", dest / "attachments")
+    return integrity, page_count, journal, schema
+
+
+def backup(data_dir: str | os.PathLike, dest: str | os.PathLike, *, pages: int = 1024, sleep: float = 0.005,
+           verify: bool = True, clock: Callable[[], datetime] = _utc_now,
+           progress: Callable[[int, int], None] | None = None) -> BackupResult:
+    """Copy ``data_dir``'s store and attachments into ``dest`` (module docstring)."""
+    data_dir, dest = Path(data_dir), Path(dest)
+    db = data_dir / DB_NAME
+    if not db.is_file():
+        raise BackupError(f"{db}: no SQLite store here (is --data-dir right?)")
+    dest.mkdir(parents=True, exist_ok=True)
+    if dest.resolve() == data_dir.resolve() or data_dir.resolve() in dest.resolve().parents:
+        raise BackupError(f"{dest} is the data folder itself or inside it; back up into another folder")
+    from gateway import datalock
+
+    if datalock.holder(dest) is not None:
+        raise BackupError(f"{dest} is a daemon's data folder in use; back up into another folder")
+    started = clock()
+    steps = 0
+
+    def step(status: int, remaining: int, total: int) -> None:
+        nonlocal steps
+        steps += 1
+        if progress is not None:
+            progress(total - remaining, total)
+
+    # a connector's own SQLite files first (views that must not run ahead of
+    # the store), then the store, then everything else
+    others = sorted(p for p in data_dir.iterdir() if p.is_file() and p.name != DB_NAME and p.suffix == ".db"
+                    and not _skipped(p.name) and _is_sqlite(p))
+    for other in others:
+        _copy_sqlite(other, dest, pages=pages, sleep=sleep, verify=verify)
+    integrity, page_count, journal, schema = _copy_sqlite(db, dest, pages=pages, sleep=sleep, verify=verify,
+                                                          step=step)
+    copied = present = 0
+    done = {DB_NAME, *(p.name for p in others), MANIFEST_NAME}
+    for entry in sorted(data_dir.iterdir()):
+        if entry.name not in done and not _skipped(entry.name):
+            c, p = _copy_tree(entry, dest / entry.name)
+            copied, present = copied + c, present + p
     result = BackupResult(
         dest=str(dest), started_at=started.isoformat(), finished_at=clock().isoformat(),
         db_bytes=(dest / DB_NAME).stat().st_size, pages=page_count, steps=steps, schema_version=schema,
-        journal_entries=journal[0], last_journal_id=journal[1], attachments_copied=copied,
-        attachments_present=present, integrity=integrity,
+        journal_entries=journal[0], last_journal_id=journal[1], files_copied=copied,
+        files_present=present, databases=[p.name for p in others], integrity=integrity,
     )
     manifest = dest / MANIFEST_NAME
     manifest.with_suffix(".tmp").write_text(json.dumps(asdict(result), indent=2) + "\n", encoding="utf-8")
@@ -232,6 +285,7 @@ def main(argv: list[str], prog: str = "omnigate backup") -> int:
     else:
         print(f"{result.dest}: store {result.db_bytes} bytes ({result.journal_entries} journal entries, "
               f"last {result.last_journal_id}, schema {result.schema_version}, integrity {result.integrity}), "
-              f"attachments {result.attachments_copied} copied, {result.attachments_present} already there; "
+              f"{''.join(d + ', ' for d in result.databases)}files {result.files_copied} copied, "
+              f"{result.files_present} already there; "
               f"{time.monotonic() - t0:.1f} s")
     return 0

@@ -120,7 +120,7 @@ def test_backup_while_the_daemon_writes_is_consistent_complete_and_restores(tmp_
     copy.close()
     assert refs, "no processed attachment in the copy"
     assert all((dest / "attachments" / r[:2] / r[2:]).is_file() for r in refs)
-    assert result["attachments_copied"] >= len(refs)
+    assert result["files_copied"] >= len(refs)
     assert not list(dest.glob("omnigate.db-*")) and not list(dest.glob(".*.tmp"))
 
     # restore (README): a daemon on the copy serves what was acknowledged before the backup
@@ -166,19 +166,40 @@ def test_backup_of_a_stopped_store_creates_nothing_in_the_data_folder_and_repeat
     att.mkdir(parents=True)
     (att / ("c" * 62)).write_bytes(b"x")
     (att / ".tmpfile.1.tmp").write_bytes(b"half")  # a write under way is not copied
+    files = data / "webchat-files" / "cd"  # a connector's own things beside the store
+    files.mkdir(parents=True)
+    (files / ("cd" * 32)).write_bytes(b"png")
+    (files / "half.123.tmp").write_bytes(b"p")
+    (data / "webchat.key").write_bytes(b"k" * 32)
+    (data / "webchat.key").chmod(0o600)
+    view = sqlite3.connect(data / "webchat.db")
+    view.execute("PRAGMA journal_mode=WAL")
+    view.execute("CREATE TABLE t (v TEXT)")
+    view.execute("INSERT INTO t VALUES ('view')")
+    view.commit()
+    view.close()
     datalock.acquire(data).release()  # a daemon ran here once: the lock file exists, unheld
     before = sorted(p.name for p in data.iterdir())
     first = backup(data, dest, pages=2, sleep=0)
     assert sorted(p.name for p in data.iterdir()) == before  # no -wal/-shm left in the source
     assert first.journal_entries == 5 and first.integrity == "ok"
-    assert (first.attachments_copied, first.attachments_present) == (1, 0)
+    # the attachment, the connector's key (its mode kept) and its file; webchat.db as a database
+    assert (first.files_copied, first.files_present) == (3, 0) and first.databases == ["webchat.db"]
+    assert (dest / "webchat.key").read_bytes() == b"k" * 32
+    assert (dest / "webchat.key").stat().st_mode & 0o777 == 0o600
+    assert (dest / "webchat-files" / "cd" / ("cd" * 32)).read_bytes() == b"png"
     assert not (dest / "attachments" / "ab" / ".tmpfile.1.tmp").exists()
+    assert not (dest / "webchat-files" / "cd" / "half.123.tmp").exists()
+    assert not (dest / "omnigate.lock").exists()
     assert json.loads((dest / "backup.json").read_text())["journal_entries"] == 5
     second = backup(data, dest)
-    assert (second.attachments_copied, second.attachments_present) == (0, 1)
+    assert (second.files_copied, second.files_present) == (0, 3)
     conn = sqlite3.connect(dest / "omnigate.db")
     assert conn.execute("SELECT count(*) FROM journal").fetchone()[0] == 5
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # no WAL companions needed
+    conn.close()
+    conn = sqlite3.connect(dest / "webchat.db")
+    assert conn.execute("SELECT v FROM t").fetchall() == [("view",)]
     conn.close()
 
 
@@ -187,6 +208,8 @@ def test_backup_refuses_the_data_folder_itself_a_folder_in_use_and_a_folder_with
     _small_store(data)
     with pytest.raises(BackupError, match="the data folder itself"):
         backup(data, data)
+    with pytest.raises(BackupError, match="inside it"):
+        backup(data, data / "backups" / "latest")
     busy = tmp_path / "busy"
     with datalock.acquire(busy):
         with pytest.raises(BackupError, match="in use"):
