@@ -42,9 +42,9 @@ def config_key(env_name: str) -> tuple[str, ...]:
 
 
 #: Keys the deploy files set whose feature lands on another branch: the Redis
-#: backend (t-redis: redis_url is refused until then) and the client address
-#: behind a proxy (t-webchat). Once they land, the tests below load them too.
-PENDING = {("redis_url",), ("trusted_proxies",)}
+#: backend (t-redis: redis_url is refused until then). Once it lands, the
+#: tests below load it too.
+PENDING = {("redis_url",)}
 
 
 def key_is_known(key: tuple[str, ...]) -> bool:

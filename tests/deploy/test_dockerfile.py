@@ -76,6 +76,7 @@ def test_the_example_configuration_loads_under_each_deployments_environment(tmp_
     config = load(str(DEPLOY / "omnigate.example.yaml"), environ={**_image_env(), **env})
     assert config.api_token == "s3cret-api_token"
     assert config.log_format == "json"
+    assert config.trusted_proxies == [compose["services"]["proxy"]["networks"]["back"]["ipv4_address"]]
 
 
 @pytest.mark.integration

@@ -100,3 +100,4 @@ def test_the_configmaps_configuration_loads_under_the_pods_environment(tmp_path)
     config = load(str(cfg), environ={"OMNIGATE_LISTEN": "0.0.0.0:8686", **env})  # the image's listen
     assert config.channels["email"]["smtp"]["listen"] == "0.0.0.0:2525"
     assert config.api_token == "s3cret-api_token" and config.log_format == "json"
+    assert config.trusted_proxies == ["10.0.0.0/8"]
