@@ -250,7 +250,9 @@ def backup(data_dir: str | os.PathLike, dest: str | os.PathLike, *, pages: int =
 
 
 def main(argv: list[str], prog: str = "omnigate backup") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0].strip("`"))
+    ap = argparse.ArgumentParser(prog=prog, description="A consistent online copy of the SQLite store, the "
+                                 "attachments and the rest of the data folder, safe while the daemon runs "
+                                 "(it only reads; README, \"Backup and restore\").")
     from gateway.commands.common import add_config_flags, load_config
 
     add_config_flags(ap)
