@@ -16,7 +16,7 @@ bare relay in its own process: the same sockets, the same frames, each
 visitor message forwarded to the agent socket at once, nothing stored. The
 ratio is the gateway's p99 over the relay's.
 
-Usage of the server half: ``python -m gateway.webchat_bench MODE PORT DATA_DIR``.
+Usage of the server half: ``python -m gateway.bench.webchat MODE PORT DATA_DIR``.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ async def _measure(base: str) -> dict:
 async def _run(mode: str) -> dict:
     port = _free_port()
     with tempfile.TemporaryDirectory() as d:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.webchat_bench", mode, str(port), d],
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.bench.webchat", mode, str(port), d],
                                 env={**os.environ, "OMNIGATE_LOG_LEVEL": "warning"},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
