@@ -531,6 +531,16 @@ def _check_yaml(file: str, text: str, channel_names: frozenset[str]) -> _Node:
     return tree
 
 
+def _default_smtp_listen(merged: dict) -> None:
+    """An SMTP listener without ``listen`` binds the host HTTP binds, port
+    2525: ``0.0.0.0`` in the container (``OMNIGATE_LISTEN=0.0.0.0:8686``),
+    loopback by default."""
+    smtp = merged["channels"].get("email", {}).get("smtp") if isinstance(merged["channels"].get("email"), dict) else None
+    if isinstance(smtp, dict) and "listen" not in smtp:
+        host = str(merged.get("listen") or DEFAULT_LISTEN).rpartition(":")[0]
+        smtp["listen"] = f"{host}:2525"
+
+
 def config_path(config_file: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
     """The YAML file ``serve`` reads: ``--config``, else ``OMNIGATE_CONFIG``,
     else ``./omnigate.yaml`` when it exists; None for none."""
@@ -596,6 +606,7 @@ def load(
             merged["channels"][name] = _merge(merged["channels"].get(name, {}), section)
     if isinstance(merged.get("trusted_proxies"), str):  # OMNIGATE_TRUSTED_PROXIES=10.0.0.1,10.0.0.0/8
         merged["trusted_proxies"] = [p.strip() for p in merged["trusted_proxies"].split(",") if p.strip()]
+    _default_smtp_listen(merged)
     _check_required_secrets(merged["channels"], channel_names, str(path) if path else None, tree)
     try:
         return msgspec.convert(merged, Config, strict=False)
