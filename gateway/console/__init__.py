@@ -12,7 +12,7 @@ saying so.
 
 Modules: ``i18n`` (the zh-CN and English strings), ``live`` (the event bus
 and the SSE stream), ``views`` (pages and actions), ``presence`` (away after
-the grace time without a heartbeat), ``canned`` (canned replies: rendering,
+the grace time without a heartbeat), ``chats`` (the webchat's live chats), ``canned`` (canned replies: rendering,
 the YAML seed, the ``/api/v1/canned-replies`` API).
 """
 
@@ -27,7 +27,8 @@ CONSOLE: web.AppKey[Any] = web.AppKey("console")
 
 def setup(app: web.Application, pipeline: Any) -> None:
     """Routes, the live bus (nudged by the pipeline's ``after_commit``), the presence sweeper, the canned seed."""
-    from gateway.console import canned, views
+    from gateway.console import canned, chats, views
 
     views.setup(app, pipeline)
+    chats.setup(app)
     canned.setup(app)

@@ -42,6 +42,7 @@ LANG_COOKIE = "og_lang"
 TZ_COOKIE = "og_tz"
 PRE_CSRF = "og_csrf"
 STATIC = {"htmx.min.js": ("htmx-2.0.4.min.js", "text/javascript"), "console.js": ("console.js", "text/javascript"),
+          "chats.js": ("chats.js", "text/javascript"),
           "console.css": ("console.css", "text/css"), "htmx-LICENSE.txt": ("htmx-LICENSE.txt", "text/plain")}
 STATUSES = ("new", "open", "pending", "on_hold", "solved", "closed")
 PRIORITIES = ("urgent", "high", "normal", "low")
