@@ -1,6 +1,6 @@
 """The webchat widget in a real browser against a real daemon: a visitor
 on a host page chats with an agent (an API client on the agent live socket,
-/api/v1/live/webchat, until the console's live view lands), reloads,
+/api/v1/live/webchat; the console's Live chats page: test_console_chats.py), reloads,
 survives a daemon restart mid-chat, and a signed logged-in visitor lands on
 their existing contact."""
 
