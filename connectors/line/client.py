@@ -30,10 +30,10 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
+from connectors.base import ConnectorContext, Fatal, SendError, SendResult
 from connectors.graph import HttpClient, MediaTooLarge
 from connectors.line.parse import CHANNEL, SIGNATURE_HEADER, body_key, decode
-from connectors.http import BodyTooLarge, problem, read_body
+from connectors.http import Refused, journal, problem, read_webhook
 from connectors.webhooks import line_signature_ok
 from routing.model import Inbound, Outbound
 
@@ -134,27 +134,16 @@ class LineConnector:
             return problem(404, "no such line webhook")
         bound = log.bind(account=account.channel_id)
         try:
-            body = await read_body(request, self._config.max_body_bytes)
-        except BodyTooLarge as exc:
-            bound.warning("line.webhook.refused", reason="body too large", status=413)
-            return problem(413, f"body larger than {exc.limit} bytes")
-        if not line_signature_ok(body, request.headers.get(SIGNATURE_HEADER), account.channel_secret):
-            bound.warning("line.webhook.refused", reason="bad signature", status=401)
-            return problem(401, f"{SIGNATURE_HEADER} missing or wrong")
-        try:
-            obj = decode(body)
-        except PayloadRejected as exc:
-            bound.warning("line.webhook.refused", reason=str(exc), status=400)
-            return problem(400, str(exc))
-        if not obj["events"]:  # the console's "Verify" button
-            bound.info("line.webhook.verified")
-            return web.Response(status=200)
-        key = body_key(obj, body)
-        try:
-            result = await self._ctx.ingest(account.channel_id, key, body)
-        except Exception:
-            bound.exception("line.webhook.journal_failed", key=key)
-            return problem(503, "journal unavailable, retry later")
+            body, obj = await read_webhook(
+                request, self._config.max_body_bytes, decode, signature_header=SIGNATURE_HEADER,
+                signature_ok=lambda body, sig: line_signature_ok(body, sig, account.channel_secret))
+            if not obj["events"]:  # the console's "Verify" button
+                bound.info("line.webhook.verified")
+                return web.Response(status=200)
+            key = body_key(obj, body)
+            result = await journal(self._ctx, account.channel_id, key, body, bound, "line.webhook.journal_failed")
+        except Refused as exc:
+            return exc.answer(bound, "line.webhook.refused")
         bound.info("line.webhook", key=key, journal_id=result.journal_id, created=result.created,
                    events=len(obj["events"]))
         return web.Response(status=200)

@@ -37,7 +37,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
+from connectors.base import ConnectorContext, Fatal, SendError, SendResult
 from connectors.graph import (
     DEFAULT_API_VERSION,
     DEFAULT_GRAPH_BASE,
@@ -48,7 +48,7 @@ from connectors.graph import (
     verification,
 )
 from connectors.messenger.parse import OBJECTS, OWN_METADATA, SIGNATURE_HEADER, body_key, decode, events
-from connectors.http import BodyTooLarge, problem, read_body
+from connectors.http import Refused, journal, read_webhook
 from connectors.webhooks import hub_signature_ok
 from routing.model import Attachment, Inbound, Outbound
 
@@ -163,32 +163,20 @@ class MessengerConnector:
 
     async def _webhook(self, request: web.Request) -> web.Response:
         bound = log.bind(channel=self.channel)
+        secret = self._config.app_secret
         try:
-            body = await read_body(request, self._config.max_body_bytes)
-        except BodyTooLarge as exc:
-            bound.warning("messenger.webhook.refused", reason="body too large", status=413)
-            return problem(413, f"body larger than {exc.limit} bytes")
-        if not hub_signature_ok(body, request.headers.get(SIGNATURE_HEADER), self._config.app_secret):
-            bound.warning("messenger.webhook.refused", reason="bad signature", status=401)
-            return problem(401, f"{SIGNATURE_HEADER} missing or wrong")
-        try:
-            obj = decode(body)
-        except PayloadRejected as exc:
-            bound.warning("messenger.webhook.refused", reason=str(exc), status=400)
-            return problem(400, str(exc))
-        if obj["object"] != self._object:
-            reason = (f"object {obj['object']!r} posted to the {self.channel} webhook: subscribe it at "
-                      f"/channels/{OBJECTS[obj['object']]}")
-            bound.warning("messenger.webhook.refused", reason=reason, status=400)
-            return problem(400, reason)
-        evs = events(obj)
-        account = evs[0][0] if evs and evs[0][0] else self.channel
-        key = body_key(obj, body)
-        try:
-            result = await self._ctx.ingest(account, key, body)
-        except Exception:
-            bound.exception("messenger.webhook.journal_failed", key=key)
-            return problem(503, "journal unavailable, retry later")
+            body, obj = await read_webhook(request, self._config.max_body_bytes, decode, signature_header=SIGNATURE_HEADER,
+                                           signature_ok=lambda body, sig: hub_signature_ok(body, sig, secret))
+            if obj["object"] != self._object:
+                reason = (f"object {obj['object']!r} posted to the {self.channel} webhook: subscribe it at "
+                          f"/channels/{OBJECTS[obj['object']]}")
+                raise Refused(400, reason, reason=reason)
+            evs = events(obj)
+            account = evs[0][0] if evs and evs[0][0] else self.channel
+            key = body_key(obj, body)
+            result = await journal(self._ctx, account, key, body, bound, "messenger.webhook.journal_failed")
+        except Refused as exc:
+            return exc.answer(bound, "messenger.webhook.refused")
         bound.info("messenger.webhook", key=key, account=account, journal_id=result.journal_id, created=result.created)
         return web.Response(status=200, text="EVENT_RECEIVED")
 

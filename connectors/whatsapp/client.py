@@ -32,9 +32,9 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
+from connectors.base import ConnectorContext, Fatal, SendError, SendResult
 from connectors.graph import DEFAULT_API_VERSION, DEFAULT_GRAPH_BASE, HttpClient, MediaTooLarge, send_error, verification
-from connectors.http import BodyTooLarge, problem, read_body
+from connectors.http import Refused, journal, read_webhook
 from connectors.webhooks import hub_signature_ok
 from connectors.whatsapp.parse import CHANNEL, SIGNATURE_HEADER, body_key, changes, decode
 from routing.model import Attachment, Inbound, Outbound
@@ -154,28 +154,18 @@ class WhatsAppConnector:
         return verification(request, self._config.verify_token)
 
     async def _webhook(self, request: web.Request) -> web.Response:
+        secret = self._config.app_secret
         try:
-            body = await read_body(request, self._config.max_body_bytes)
-        except BodyTooLarge as exc:
-            log.warning("whatsapp.webhook.refused", reason="body too large", status=413)
-            return problem(413, f"body larger than {exc.limit} bytes")
-        if not hub_signature_ok(body, request.headers.get(SIGNATURE_HEADER), self._config.app_secret):
-            log.warning("whatsapp.webhook.refused", reason="bad signature", status=401)
-            return problem(401, f"{SIGNATURE_HEADER} missing or wrong")
-        try:
-            obj = decode(body)
-        except PayloadRejected as exc:
-            log.warning("whatsapp.webhook.refused", reason=str(exc), status=400)
-            return problem(400, str(exc))
-        values = changes(obj)
-        account = next((str(v["metadata"]["phone_number_id"]) for v in values
-                        if isinstance(v.get("metadata"), dict) and v["metadata"].get("phone_number_id")), CHANNEL)
-        key = body_key(obj, body)
-        try:
-            result = await self._ctx.ingest(account, key, body)
-        except Exception:  # the journal could not take it: Meta retries on non-200
-            log.exception("whatsapp.webhook.journal_failed", key=key)
-            return problem(503, "journal unavailable, retry later")
+            body, obj = await read_webhook(request, self._config.max_body_bytes, decode, signature_header=SIGNATURE_HEADER,
+                                           signature_ok=lambda body, sig: hub_signature_ok(body, sig, secret))
+            values = changes(obj)
+            account = next((str(v["metadata"]["phone_number_id"]) for v in values
+                            if isinstance(v.get("metadata"), dict) and v["metadata"].get("phone_number_id")), CHANNEL)
+            key = body_key(obj, body)
+            # the journal could not take it: 503, Meta retries on non-200
+            result = await journal(self._ctx, account, key, body, log, "whatsapp.webhook.journal_failed")
+        except Refused as exc:
+            return exc.answer(log, "whatsapp.webhook.refused")
         log.info("whatsapp.webhook", key=key, account=account, journal_id=result.journal_id, created=result.created)
         return web.Response(status=200, text="ok")
 
