@@ -34,6 +34,7 @@ from connectors.base import ConnectorContext, Fatal, SendError, SendResult
 from connectors.graph import HttpClient, MediaTooLarge
 from connectors.line.parse import CHANNEL, SIGNATURE_HEADER, body_key, decode
 from connectors.http import Refused, journal, problem, read_webhook
+from connectors.text import split_text
 from connectors.webhooks import line_signature_ok
 from routing.model import Inbound, Outbound
 
@@ -98,18 +99,6 @@ def send_error(status: int, body: Any, headers: Mapping[str, str], platform: str
     return SendError(reason, code=str(status))
 
 
-def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
-    parts, rest = [], text
-    while len(rest) > limit:
-        cut = rest.rfind("\n", limit // 2, limit)
-        cut = cut if cut > 0 else limit
-        parts.append(rest[:cut])
-        rest = rest[cut:].lstrip("\n")
-    if rest.strip():
-        parts.append(rest)
-    return parts
-
-
 class LineConnector:
     channel = CHANNEL
 
@@ -161,7 +150,7 @@ class LineConnector:
         if outbound.attachments:
             raise SendError("LINE sends images and files only from public HTTPS URLs; send a link in the text instead")
         to = outbound.to.value.rpartition(":")[2]
-        bubbles = [{"type": "text", "text": part} for part in split_text(outbound.text)]
+        bubbles = [{"type": "text", "text": part} for part in split_text(outbound.text, TEXT_LIMIT)]
         if not bubbles:
             raise SendError("nothing to send: empty text")
         first: str | None = None

@@ -49,6 +49,7 @@ from connectors.graph import (
 )
 from connectors.messenger.parse import OBJECTS, OWN_METADATA, SIGNATURE_HEADER, body_key, decode, events
 from connectors.http import Refused, journal, read_webhook
+from connectors.text import split_text
 from connectors.webhooks import hub_signature_ok
 from routing.model import Attachment, Inbound, Outbound
 
@@ -123,18 +124,6 @@ def load_config(channel: str, raw: Mapping[str, Any]) -> MessengerConfig:
         accounts = {name: AccountConfig(str(p.page_id), p.access_token) for name, p in s.pages.items()}
     return MessengerConfig(f"{s.graph_base.rstrip('/')}/{s.api_version}", s.app_secret, s.verify_token, accounts,
                            s.max_body_bytes, s.max_media_bytes)
-
-
-def split_text(text: str, limit: int) -> list[str]:
-    parts, rest = [], text
-    while len(rest) > limit:
-        cut = rest.rfind("\n", limit // 2, limit)
-        cut = cut if cut > 0 else limit
-        parts.append(rest[:cut])
-        rest = rest[cut:].lstrip("\n")
-    if rest.strip():
-        parts.append(rest)
-    return parts
 
 
 class MessengerConnector:

@@ -56,6 +56,7 @@ from connectors.base import (
     SendResult,
 )
 from connectors.telegram.parse import CHANNEL, decode_update, update_key, validate_update
+from connectors.text import split_text
 from routing.model import Attachment, Inbound, Outbound
 
 log = structlog.get_logger(__name__)
@@ -193,20 +194,6 @@ def secret_matches(given: str | None, expected: str | None) -> bool:
 def callback_query_id(update: Mapping[str, Any]) -> str | None:
     query = update.get("callback_query")
     return query.get("id") if isinstance(query, dict) and isinstance(query.get("id"), str) else None
-
-
-def split_text(text: str, limit: int = MAX_TEXT_CHARS) -> list[str]:
-    """``text`` in sendMessage-sized parts, cut at a line break where one is near."""
-    parts: list[str] = []
-    rest = text
-    while len(rest) > limit:
-        cut = rest.rfind("\n", limit // 2, limit)
-        cut = cut if cut > 0 else limit
-        parts.append(rest[:cut])
-        rest = rest[cut:].lstrip("\n")
-    if rest.strip():
-        parts.append(rest)
-    return parts
 
 
 def retry_seconds(exc: RetryAfter) -> float:
@@ -374,7 +361,7 @@ class TelegramConnector:
         if handle is None:
             raise SendError(f"no telegram bot with account {outbound.account!r} is configured")
         chat_id = outbound.to.value
-        parts = split_text(outbound.text)
+        parts = split_text(outbound.text, MAX_TEXT_CHARS)
         if not parts and not outbound.attachments:
             raise SendError("nothing to send: empty text and no attachments")
         sent: list[telegram.Message] = []

@@ -35,6 +35,7 @@ from aiohttp import web
 from connectors.base import ConnectorContext, Fatal, SendError, SendResult
 from connectors.graph import DEFAULT_API_VERSION, DEFAULT_GRAPH_BASE, HttpClient, MediaTooLarge, send_error, verification
 from connectors.http import Refused, journal, read_webhook
+from connectors.text import split_text
 from connectors.webhooks import hub_signature_ok
 from connectors.whatsapp.parse import CHANNEL, SIGNATURE_HEADER, body_key, changes, decode
 from routing.model import Attachment, Inbound, Outbound
@@ -97,18 +98,6 @@ def window_refusal(last_inbound_at: datetime | None, now: datetime) -> str | Non
         return (f"the customer last wrote {hours:.0f} hours ago: outside the 24-hour customer service window only "
                 "an approved template can be sent")
     return None
-
-
-def split_text(text: str, limit: int = MAX_TEXT_CHARS) -> list[str]:
-    parts, rest = [], text
-    while len(rest) > limit:
-        cut = rest.rfind("\n", limit // 2, limit)
-        cut = cut if cut > 0 else limit
-        parts.append(rest[:cut])
-        rest = rest[cut:].lstrip("\n")
-    if rest.strip():
-        parts.append(rest)
-    return parts
 
 
 def template_payload(to: str, template: Any) -> dict[str, Any]:
@@ -187,7 +176,8 @@ class WhatsAppConnector:
             payloads.append(template_payload(to, template))
         else:
             payloads += [{"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": "text",
-                          "text": {"body": part, "preview_url": False}} for part in split_text(outbound.text)]
+                          "text": {"body": part, "preview_url": False}}
+                         for part in split_text(outbound.text, MAX_TEXT_CHARS)]
             for a in outbound.attachments:
                 payloads.append(await self._media_message(number, to, a))
         if not payloads:
