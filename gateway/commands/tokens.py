@@ -13,13 +13,12 @@ daemon needed to mint the first tokens).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from datetime import timedelta
 
 
 def main(argv: list[str], prog: str = "omnigate tokens") -> int:
-    from gateway.commands.common import add_config_flags, load_config
+    from gateway.commands.common import add_config_flags, load_config, with_data_dir
 
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="action", required=True)
@@ -53,22 +52,8 @@ def main(argv: list[str], prog: str = "omnigate tokens") -> int:
         if expires_s <= 0:
             print(f"{prog}: --expires must be positive", file=sys.stderr)
             return 2
-    from gateway import datalock
-
-    try:
-        lock = datalock.acquire(config.data_dir)
-    except datalock.Locked as exc:
-        if exc.info is None or not exc.info.listen:
-            print(f"{prog}: {exc}", file=sys.stderr)
-            return 1
-        return asyncio.run(_through(exc.info.listen, config, args, prog))
-    except OSError as exc:
-        print(f"{prog}: {config.data_dir}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    try:
-        return asyncio.run(_run(config, args, prog, expires_s))
-    finally:
-        lock.release()
+    return with_data_dir(config, prog, lambda: _run(config, args, prog, expires_s),
+                         lambda listen: _through(listen, config, args, prog))
 
 
 async def _through(listen: str, config, args, prog: str) -> int:
@@ -76,14 +61,10 @@ async def _through(listen: str, config, args, prog: str) -> int:
     import aiohttp
     import msgspec
 
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    if not config.api_token:
-        print(f"{prog}: a daemon holds {config.data_dir} (listening on {listen}); managing tokens through its API "
-              "needs its token: set OMNIGATE_API_TOKEN (or OMNIGATE_API_TOKEN_FILE)", file=sys.stderr)
+    from gateway.commands.common import daemon_base
+
+    base = daemon_base(config, listen, prog, "managing tokens")
+    if base is None:
         return 1
     headers = {"Authorization": f"Bearer {config.api_token}", "X-Omnigate-Actor": "cli"}
     async with aiohttp.ClientSession(base, headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as session:
