@@ -44,7 +44,6 @@ from connectors.graph import (
     MESSENGER_WINDOW_SUBCODE,
     HttpClient,
     MediaTooLarge,
-    send_error,
     verification,
 )
 from connectors.messenger.parse import OBJECTS, OWN_METADATA, SIGNATURE_HEADER, body_key, decode, events
@@ -234,14 +233,8 @@ class MessengerConnector:
         form.add_field("recipient", json.dumps(recipient))
         form.add_field("message", json.dumps({"attachment": {"type": kind, "payload": {"is_reusable": False}}}))
         form.add_field("filedata", a.data, filename=a.name or "file", content_type=a.content_type)
-        try:
-            async with self._http.session().post(url, data=form,
-                                                 headers={"Authorization": f"Bearer {account.access_token}"}) as resp:
-                answer = await resp.json(content_type=None)
-                if resp.status >= 400:
-                    raise send_error(resp.status, answer, resp.headers, self.channel.capitalize())
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SendError(f"{self.channel} unreachable: {exc}", retryable=True) from exc
+        answer = await self._http.upload(url, form, token=account.access_token, platform=self.channel.capitalize(),
+                                         unreachable=self.channel)
         return answer.get("message_id") if isinstance(answer, dict) else None
 
     # ------------------------------------------------------------ media

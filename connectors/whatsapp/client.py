@@ -33,7 +33,7 @@ import structlog
 from aiohttp import web
 
 from connectors.base import ConnectorContext, Fatal, SendError, SendResult
-from connectors.graph import DEFAULT_API_VERSION, DEFAULT_GRAPH_BASE, HttpClient, MediaTooLarge, send_error, verification
+from connectors.graph import DEFAULT_API_VERSION, DEFAULT_GRAPH_BASE, HttpClient, MediaTooLarge, verification
 from connectors.http import Refused, journal, read_webhook
 from connectors.text import split_text
 from connectors.webhooks import hub_signature_ok
@@ -203,14 +203,7 @@ class WhatsAppConnector:
         form.add_field("type", a.content_type)
         form.add_field("file", a.data, filename=a.name or "file", content_type=a.content_type)
         url = f"{self._config.api}/{number.phone_number_id}/media"
-        try:
-            async with self._http.session().post(url, data=form,
-                                                 headers={"Authorization": f"Bearer {number.access_token}"}) as resp:
-                answer = await resp.json(content_type=None)
-                if resp.status >= 400:
-                    raise send_error(resp.status, answer, resp.headers, "WhatsApp")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SendError(f"WhatsApp unreachable: {exc}", retryable=True) from exc
+        answer = await self._http.upload(url, form, token=number.access_token, platform="WhatsApp")
         media: dict[str, Any] = {"id": answer.get("id")}
         if kind == "document" and a.name:
             media["filename"] = a.name
