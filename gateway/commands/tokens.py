@@ -68,6 +68,16 @@ async def _through(listen: str, config, args, prog: str) -> int:
         return 1
     headers = {"Authorization": f"Bearer {config.api_token}", "X-Omnigate-Actor": "cli"}
     async with aiohttp.ClientSession(base, headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def call(method: str, path: str, expect: int, **kw) -> dict | None:
+            """The daemon's answer, or None after printing its problem detail."""
+            async with session.request(method, path, **kw) as r:
+                answer = await r.json(content_type=None)
+                if r.status != expect:
+                    print(f"{prog}: {answer.get('detail') or answer.get('title')}", file=sys.stderr)
+                    return None
+                return answer
+
         try:
             if args.action == "create":
                 body = {"agent_id": args.agent, "role": args.role}
@@ -75,11 +85,8 @@ async def _through(listen: str, config, args, prog: str) -> int:
                     body["expires_in"] = args.expires
                 if args.note:
                     body["note"] = args.note
-                async with session.post("/api/v1/tokens", json=body) as r:
-                    answer = await r.json(content_type=None)
-                    if r.status != 201:
-                        print(f"{prog}: {answer.get('detail') or answer.get('title')}", file=sys.stderr)
-                        return 1
+                if (answer := await call("POST", "/api/v1/tokens", 201, json=body)) is None:
+                    return 1
                 print(answer["token"])
                 print(f"id {answer['id']}, agent {answer['agent_id']}, role {answer['role']}"
                       + (f", expires {answer['expires_at']}" if answer.get("expires_at") else "")
@@ -88,20 +95,14 @@ async def _through(listen: str, config, args, prog: str) -> int:
                 params = {"include_revoked": "true" if args.all else "false"}
                 if args.agent:
                     params["agent_id"] = args.agent
-                async with session.get("/api/v1/tokens", params=params) as r:
-                    answer = await r.json(content_type=None)
-                    if r.status != 200:
-                        print(f"{prog}: {answer.get('detail') or answer.get('title')}", file=sys.stderr)
-                        return 1
+                if (answer := await call("GET", "/api/v1/tokens", 200, params=params)) is None:
+                    return 1
                 from gateway.store.sqlite_tokens import TokenInfo
 
                 _print_list(msgspec.convert(answer["items"], list[TokenInfo]), args.json)
             else:
-                async with session.delete(f"/api/v1/tokens/{args.id}") as r:
-                    answer = await r.json(content_type=None)
-                    if r.status != 200:
-                        print(f"{prog}: {answer.get('detail') or answer.get('title')}", file=sys.stderr)
-                        return 1
+                if (answer := await call("DELETE", f"/api/v1/tokens/{args.id}", 200)) is None:
+                    return 1
                 print(f"revoked {answer['id']} ({answer['prefix']}…, agent {answer['agent_id']})")
         except aiohttp.ClientError as exc:
             print(f"{prog}: the daemon at {base} does not answer: {exc}", file=sys.stderr)

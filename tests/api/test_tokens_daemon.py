@@ -46,6 +46,9 @@ def test_tokens_go_through_the_running_daemon_and_revoke_at_once(tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert gone.returncode == 0, gone.stderr
         assert _get(f"{base}/api/v1/tickets", token) == 401  # at once: the daemon's cache was cleared
+        unknown = subprocess.run([*cmd, "revoke", "--data-dir", str(data), "tok_nosuch"], env=_env(), cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=60)
+        assert unknown.returncode == 1 and unknown.stderr.startswith("omnigate tokens: "), unknown.stderr
         no_token = subprocess.run([*cmd, "list", "--data-dir", str(data)], cwd=tmp_path,
                                   env={k: v for k, v in _env().items() if k != "OMNIGATE_API_TOKEN"},
                                   capture_output=True, text=True, timeout=60)
