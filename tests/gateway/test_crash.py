@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from tests.clock import BUSINESS_HOURS, INSTANTS
-from tests.daemon import free_port, pages, serve, stop, wait_ready
+from tests.daemon import OMNIGATE, free_port, pages, serve, stop, wait_ready  # noqa: F401 (test_webhooks_crash imports OMNIGATE here)
 from tests.gateway.conftest import AUTH, TOKEN
 from tests.standins.telegram_api import TelegramApiStandIn
 
