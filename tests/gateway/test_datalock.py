@@ -15,6 +15,9 @@ from gateway import datalock
 from tests.daemon import OMNIGATE, free_port, serve, wait_up
 from tests.gateway.conftest import TOKEN
 
+# the names tests/gateway/test_backup.py imports from here (the helpers live in tests/daemon.py)
+_free_port, _wait_up = free_port, wait_up
+
 
 
 def test_the_lock_is_exclusive_names_its_holder_and_goes_with_its_holder(tmp_path):
