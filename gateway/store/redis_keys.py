@@ -133,6 +133,20 @@ class Keys:
         """Sorted set: outbox id scored by next_at (ms)."""
         return f"{self.p}obq:{topic}"
 
+    # assignment ------------------------------------------------------
+    def agent_load(self, agent_id: str) -> str:
+        """Hash: capacity class → tickets held now."""
+        return f"{self.p}{{a:{agent_id}}}:load"
+
+    def ticket_held(self, tid: str) -> str:
+        """The agent holding the ticket: ``<agent id> <class>``."""
+        return f"{self.p}{{t:{tid}}}:held"
+
+    # leases ----------------------------------------------------------
+    def lease(self, name: str) -> str:
+        """One owner at a time (a mailbox, a poller, the scheduler, a sender's turn)."""
+        return f"{self.p}lease:{_q(name)}"
+
     # misc ------------------------------------------------------------
     @property
     def counts(self) -> str:

@@ -185,6 +185,50 @@ end
 return {'ok', tostring(num or -1)}
 """
 
+LEASE_LUA = """
+-- KEYS[1]: the lease; ARGV: holder, ttl_ms, acquire|renew|release
+local cur = redis.call('GET', KEYS[1])
+if ARGV[3] == 'acquire' then
+  if not cur then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+  end
+end
+if cur ~= ARGV[1] then return 0 end
+if ARGV[3] == 'release' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+TAKE_LUA = """
+-- KEYS[1]: the ticket's holder; KEYS[2..]: the candidates' load hashes, in preference order
+-- ARGV[1]: capacity class; ARGV[2*i], ARGV[2*i+1]: candidate i's agent id and capacity
+local held = redis.call('GET', KEYS[1])
+if held then return {'held', held} end
+for i = 2, #KEYS do
+  local agent, cap = ARGV[2 * (i - 1)], tonumber(ARGV[2 * (i - 1) + 1])
+  local load = tonumber(redis.call('HGET', KEYS[i], ARGV[1]) or '0')
+  if load < cap then
+    redis.call('HINCRBY', KEYS[i], ARGV[1], 1)
+    redis.call('SET', KEYS[1], agent .. ' ' .. ARGV[1])
+    return {'took', agent}
+  end
+end
+return {'full', ''}
+"""
+
+RELEASE_LUA = """
+-- KEYS[1]: the ticket's holder, KEYS[2]: that agent's load; ARGV[1]: the holder value read
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+local cls = string.match(ARGV[1], ' (.*)$')
+if tonumber(redis.call('HGET', KEYS[2], cls) or '0') > 0 then redis.call('HINCRBY', KEYS[2], cls, -1) end
+return 1
+"""
+
 NUMBER = {"$": "N"}
 LAST = {"$": "L"}
 
@@ -295,6 +339,9 @@ class RedisStore:
         self.r = client or aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10)
         self._append = self.r.register_script(APPEND_LUA)
         self._apply = self.r.register_script(APPLY_LUA)
+        self._lease = self.r.register_script(LEASE_LUA)
+        self._take = self.r.register_script(TAKE_LUA)
+        self._release = self.r.register_script(RELEASE_LUA)
         self._group_ready = False
         self._closed = False
 
@@ -1097,6 +1144,58 @@ class RedisStore:
 
     async def state_set(self, key: str, value: str) -> None:
         await self._call(self.r.set(self.k.state(key), value))
+
+    # ------------------------------------------------------------ leases
+
+    async def lease_acquire(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Own ``name`` for ``ttl_s`` unless someone else does (held again by
+        its holder: extended). The owner renews before it runs out; a dead
+        owner's lease expires and another instance takes over."""
+        return bool(await self._call(self._lease(keys=[self.k.lease(name)], args=[holder, int(ttl_s * 1000), "acquire"])))
+
+    async def lease_renew(self, name: str, holder: str, ttl_s: float) -> bool:
+        """False when the lease was lost (expired and taken): stop the work it guards."""
+        return bool(await self._call(self._lease(keys=[self.k.lease(name)], args=[holder, int(ttl_s * 1000), "renew"])))
+
+    async def lease_release(self, name: str, holder: str) -> bool:
+        return bool(await self._call(self._lease(keys=[self.k.lease(name)], args=[holder, 1, "release"])))
+
+    async def lease_holder(self, name: str) -> str | None:
+        return _s(await self._call(self.r.get(self.k.lease(name))))
+
+    # ------------------------------------------------------------ assignment: capacity
+
+    async def assign_take(self, ticket_id: str, cls: str, candidates: list[tuple[str, int]]) -> str | None:
+        """Give ``ticket_id`` to the first candidate (agent id, capacity of
+        ``cls``) with room, in one script: the load check and increment and
+        the ticket's holder are one step, so instances assigning at once
+        never fill an agent above capacity (a candidate filled meanwhile is
+        skipped). Returns the agent (the current holder if the ticket is
+        already held), or None when every candidate is full."""
+        if not candidates:
+            return None
+        keys = [self.k.ticket_held(ticket_id)] + [self.k.agent_load(a) for a, _ in candidates]
+        args: list[Any] = [cls]
+        for agent, cap in candidates:
+            args += [agent, cap]
+        kind, value = await self._call(self._take(keys=keys, args=args))
+        if kind == b"held":
+            return _s(value).split(" ", 1)[0]
+        return _s(value) if kind == b"took" else None
+
+    async def assign_release(self, ticket_id: str) -> str | None:
+        """Free the ticket's capacity (idempotent); the agent that held it."""
+        held = _s(await self._call(self.r.get(self.k.ticket_held(ticket_id))))
+        if not held:
+            return None
+        agent = held.split(" ", 1)[0]
+        done = await self._call(self._release(keys=[self.k.ticket_held(ticket_id), self.k.agent_load(agent)],
+                                              args=[held]))
+        return agent if done else None
+
+    async def agent_load(self, agent_id: str) -> dict[str, int]:
+        rows = await self._call(self.r.hgetall(self.k.agent_load(agent_id)))
+        return {_s(c): int(n) for c, n in rows.items() if int(n)}
 
 
 async def asyncio_gather(*aws: Any) -> list:

@@ -157,3 +157,42 @@ async def test_acknowledged_appends_survive_redis_being_killed(tmp_path):
         await s.close()
     finally:
         server.stop()
+
+
+async def test_concurrent_assignment_through_two_instances_never_exceeds_capacity(stores):
+    a, b = stores(consumer="a"), stores(consumer="b")
+    agents = [("ag1", 3), ("ag2", 2), ("ag3", 1)]
+
+    async def take(i):
+        store = a if i % 2 else b
+        # each instance ranks the agents its own way (a stale view): the script re-checks
+        order = agents if i % 3 else list(reversed(agents))
+        return await store.assign_take(f"t{i}", "chat", order)
+
+    got = await asyncio.gather(*(take(i) for i in range(40)))
+    assert sorted(g for g in got if g) == ["ag1"] * 3 + ["ag2"] * 2 + ["ag3"]
+    assert [await a.agent_load(x) for x, _ in agents] == [{"chat": 3}, {"chat": 2}, {"chat": 1}]
+    held = next(f"t{i}" for i, g in enumerate(got) if g == "ag2")
+    assert await a.assign_take(held, "chat", agents) == "ag2"  # already held: no second place taken
+    assert await a.agent_load("ag2") == {"chat": 2}
+    assert await b.assign_release(held) == "ag2" and await a.assign_release(held) is None  # idempotent
+    assert await a.agent_load("ag2") == {"chat": 1}
+    assert await a.assign_take("late", "chat", agents) == "ag2"
+
+
+async def test_leases_have_one_owner_and_fail_over(stores):
+    a, b = stores(), stores()
+    assert await a.lease_acquire("imap:support", "inst-a", 30)
+    assert not await b.lease_acquire("imap:support", "inst-b", 30)
+    assert await a.lease_acquire("imap:support", "inst-a", 30)  # the holder again: extended
+    assert await a.lease_renew("imap:support", "inst-a", 30)
+    assert not await b.lease_renew("imap:support", "inst-b", 30)
+    assert not await b.lease_release("imap:support", "inst-b")  # not its lease
+    assert await a.lease_holder("imap:support") == "inst-a"
+    # the holder dies: its lease runs out (shortened here instead of waiting) and b takes over
+    await a.r.pexpire(a.k.lease("imap:support"), 1)
+    await asyncio.sleep(0.05)
+    assert await b.lease_acquire("imap:support", "inst-b", 30)
+    assert not await a.lease_renew("imap:support", "inst-a", 30)  # a learns it lost it
+    assert await b.lease_release("imap:support", "inst-b")
+    assert await a.lease_holder("imap:support") is None
