@@ -44,19 +44,29 @@ import hashlib
 import os
 import socket
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import msgspec
 import structlog
 
 from connectors.base import IngestResult, Nonce, NonceReused
-from gateway.store.base import JOURNAL_STATUSES, Conflict, JournalEntry, NotFound, Page, StoreError
+from gateway.store.base import (
+    JOURNAL_STATUSES,
+    Conflict,
+    Delivery,
+    JournalEntry,
+    NotFound,
+    OutboxItem,
+    Page,
+    StoreError,
+)
 from gateway.store.redis_keys import Keys
 from routing.calls import call_text, merge_call
 from routing.dedupe import reused_id
 from routing.model import Attachment, Contact, Identity, ReplyTarget, SlaState, Ticket, TimelineEntry, new_id, utcnow
 from routing.pipeline import Lookup
+from routing.sla import response_verdict
 from routing.state import Commit, CommitResult, ContactState, Hit, Snapshot, TicketState
 
 try:  # redis-py is a dependency of omnigate; imported lazily by callers that pick this backend
@@ -229,6 +239,24 @@ if tonumber(redis.call('HGET', KEYS[2], cls) or '0') > 0 then redis.call('HINCRB
 return 1
 """
 
+CLAIM_LUA = """
+-- KEYS[1]: the topic's due set; KEYS[2..]: candidate outbox rows (read just before)
+-- ARGV: now_ms, until_ms, lease; ARGV[3+i]: candidate i's id
+local out = {}
+for i = 2, #KEYS do
+  local id = ARGV[2 + i]
+  local due = redis.call('ZSCORE', KEYS[1], id)
+  if due and tonumber(due) <= tonumber(ARGV[1]) then
+    redis.call('HSET', KEYS[i], 'status', 'sending', 'lease', ARGV[3], 'next_at', ARGV[2])
+    local attempts = redis.call('HINCRBY', KEYS[i], 'attempts', 1)
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    out[#out + 1] = id
+    out[#out + 1] = attempts
+  end
+end
+return out
+"""
+
 NUMBER = {"$": "N"}
 LAST = {"$": "L"}
 
@@ -291,7 +319,7 @@ class _Taken(Exception):
 #: the daemon while the daemon needs any of them.
 NOT_YET = (
     # replies and outbox (gateway/store/sqlite_replies.py)
-    "reply_create", "auto_reply", "reply_facts", "outbox_claim", "outbox_settle", "outbox_next_due",
+    "reply_create", "auto_reply", "reply_facts",
     # assignment, presence, SLA (sqlite_assign.py, sqlite_sla.py)
     "directory_load", "put_agent", "list_agents", "get_agent", "set_presence", "assign_next", "ticket_sync",
     "set_status", "overflow_due", "changed_tickets", "sla_fire_due", "assign_stats",
@@ -342,6 +370,7 @@ class RedisStore:
         self._lease = self.r.register_script(LEASE_LUA)
         self._take = self.r.register_script(TAKE_LUA)
         self._release = self.r.register_script(RELEASE_LUA)
+        self._claim = self.r.register_script(CLAIM_LUA)
         self._group_ready = False
         self._closed = False
 
@@ -1144,6 +1173,84 @@ class RedisStore:
 
     async def state_set(self, key: str, value: str) -> None:
         await self._call(self.r.set(self.k.state(key), value))
+
+    # ------------------------------------------------------------ outbox
+
+    async def outbox_claim(self, topic: str, limit: int, lease_s: float) -> list[OutboxItem]:
+        """Due rows of ``topic`` (and rows whose holder's lease ran out: a
+        leased row's due time is its lease's end), leased to the caller in one
+        script — two instances never get the same row while a lease holds."""
+        k = self.k
+        now = self.clock()
+        until = now + timedelta(seconds=lease_s)
+        ids = [_s(i) for i in await self._call(self.r.zrangebyscore(k.outbox_due(topic), "-inf", ms(now),
+                                                                    start=0, num=limit))]
+        if not ids:
+            return []
+        lease = new_id()
+        got = await self._call(self._claim(keys=[k.outbox_due(topic)] + [k.outbox_item(i) for i in ids],
+                                           args=[ms(now), ms(until), lease, *ids]))
+        claimed = {_s(got[i]): int(got[i + 1]) for i in range(0, len(got), 2)}
+        out = []
+        for oid in ids:
+            if oid not in claimed:
+                continue
+            ticket_id, timeline_id, payload = await self._call(
+                self.r.hmget(k.outbox_item(oid), "ticket_id", "timeline_id", "payload"))
+            out.append(OutboxItem(id=oid, topic=topic, ticket_id=_s(ticket_id), timeline_id=_s(timeline_id),
+                                  payload=_dec.decode(payload), attempts=claimed[oid], lease=lease,
+                                  lease_until=until))
+        return out
+
+    async def outbox_settle(self, item: OutboxItem, delivery: Delivery) -> bool:
+        """The attempt's outcome on the row, its timeline entry's
+        ``data.delivery``, the ticket's first response and a sent mail's
+        thread ref, in one guarded program (the lease must still be ours);
+        False when the lease was lost meanwhile."""
+        k = self.k
+        d = delivery
+        status = {"sent": "sent", "retrying": "pending", "failed": "failed"}[d.status]
+        tx = Tx()
+        okey = k.outbox_item(item.id)
+        tx.hash_is(okey, "lease", item.lease)
+        tx.hash_is(okey, "status", "sending")
+        tx.hset(okey, {"status": status, "next_at": ms(d.next_at or d.at), "error": d.reason,
+                       "external_id": d.external_id, "sent_at": ms(d.at) if d.status == "sent" else None})
+        tx.op("HDEL", okey, "lease")
+        if status == "pending":
+            tx.op("ZADD", k.outbox_due(item.topic), ms(d.next_at or d.at), item.id)
+        else:
+            tx.op("ZREM", k.outbox_due(item.topic), item.id)
+        data = None
+        if item.timeline_id:
+            ekey = k.timeline_entry(item.timeline_id)
+            raw = await self._call(self.r.get(ekey))
+            if raw is not None:
+                tx.value_is(ekey, _s(raw))
+                rec = _dec.decode(raw)
+                data = rec["e"].setdefault("data", {})
+                data["delivery"] = msgspec.to_builtins(msgspec.structs.replace(d, thread_ref=None))
+                tx.op("SET", ekey, _j(rec))
+        if d.status == "sent" and item.ticket_id and data is not None and \
+                response_verdict(TimelineEntry("", "", "message_out", d.at, data=data)).counts:
+            tkey = k.ticket(item.ticket_id)
+            tx.op("HSETNX", tkey, "first_response_at", ms(d.at))
+            tx.op("HSET", tkey, "updated_at", ms(d.at))
+            tx.op("HINCRBY", tkey, "version", 1)
+        if d.thread_ref and item.ticket_id:
+            tx.op("SET", k.thread_ref(d.thread_ref.strip().strip("<>")), item.ticket_id, "NX")
+        try:
+            await self._run(tx)
+        except Conflict:
+            lease = _s(await self._call(self.r.hget(okey, "lease")))
+            if lease != item.lease:
+                return False
+            return await self.outbox_settle(item, delivery)  # the entry changed (a report): again
+        return True
+
+    async def outbox_next_due(self, topic: str) -> datetime | None:
+        first = await self._call(self.r.zrange(self.k.outbox_due(topic), 0, 0, withscores=True))
+        return dt(int(first[0][1])) if first else None
 
     # ------------------------------------------------------------ leases
 

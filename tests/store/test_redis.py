@@ -196,3 +196,37 @@ async def test_leases_have_one_owner_and_fail_over(stores):
     assert not await a.lease_renew("imap:support", "inst-a", 30)  # a learns it lost it
     assert await b.lease_release("imap:support", "inst-b")
     assert await a.lease_holder("imap:support") is None
+
+
+async def test_outbox_rows_are_leased_to_one_instance_and_settled_once(stores):
+    from gateway.store.base import Delivery
+
+    clock = {"now": NOW}
+    a = stores(consumer="a")
+    b = stores(consumer="b")
+    a.clock = b.clock = lambda: clock["now"]
+    j = (await a.journal_append("api", "api", "m1", b"{}")).journal_id
+    m = msg("m1")
+    settings = Settings()
+    look = lookup(m, settings)
+    c = decide(m, j, await a.snapshot(look, NOW), settings, look)
+    from routing.state import OutboxEvent
+
+    c.outbox.append(OutboxEvent("webhook.test", {"n": 1}, c.ticket_id))
+    c.outbox.append(OutboxEvent("webhook.test", {"n": 2}, c.ticket_id))
+    await a.commit(c)
+    got_a, got_b = await asyncio.gather(a.outbox_claim("webhook.test", 10, 30), b.outbox_claim("webhook.test", 10, 30))
+    assert sorted(i.payload["n"] for i in got_a + got_b) == [1, 2]  # each row to one instance
+    item = (got_a + got_b)[0]
+    assert await a.outbox_next_due("webhook.test") == NOW + timedelta(seconds=30)
+    # the holder dies; once the lease runs out the other takes the row over, and the late holder's settle is refused
+    clock["now"] = NOW + timedelta(seconds=31)
+    retaken = await b.outbox_claim("webhook.test", 10, 30)
+    assert {i.id for i in retaken} == {i.id for i in got_a + got_b} and all(i.attempts == 2 for i in retaken)
+    late = Delivery(status="sent", at=clock["now"], attempts=1)
+    assert not await a.outbox_settle(item, late)
+    mine = next(i for i in retaken if i.id == item.id)
+    assert await b.outbox_settle(mine, Delivery(status="sent", at=clock["now"], attempts=2))
+    assert not await b.outbox_settle(mine, Delivery(status="sent", at=clock["now"], attempts=2))  # once
+    clock["now"] = NOW + timedelta(hours=1)
+    assert [i.id for i in await a.outbox_claim("webhook.test", 10, 30)] == [i.id for i in retaken if i.id != item.id]
