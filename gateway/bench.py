@@ -50,6 +50,7 @@ PLUGINS: dict[str, tuple[str, tuple[str, ...]]] = {
     "calllog": ("gateway.bench_calllog:figures", ("calllog_rows",)),
     "social": ("gateway.bench_social:figures", ("social_webhook",)),
     "api_list": ("gateway.api_bench:figures", ("api_ticket_list_100k",)),
+    "redis": ("gateway.bench_redis:figures", ("redis_ingest", "redis_pipeline")),
 }
 
 CONCURRENCY = 64
