@@ -32,7 +32,9 @@ SECRET_KEYS = frozenset({"api_token"})
 #: Keys ending in ``_file`` that are options themselves (a path), not ``<key>_file`` references.
 PATH_KEYS = frozenset({"log_file", "ca_file"})
 #: Keys that are known but whose feature has not landed: refused, not ignored.
-NOT_AVAILABLE = {"redis_url": "the Redis backend is not available yet; remove redis_url"}
+NOT_AVAILABLE = {"redis_url": "the daemon cannot run on the Redis backend yet (assignment and SLA, replies, the "
+                              "REST API and tokens are not implemented on it: gateway/store/redis_store.py NOT_YET); "
+                              "remove redis_url"}
 
 
 class ConfigError(Exception):

@@ -134,9 +134,9 @@ def test_typos_answer_with_file_line_and_the_closest_key(tmp_path, yaml_text, li
 def test_redis_url_is_refused_until_the_backend_exists(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("listen: 127.0.0.1:1\nredis_url: redis://localhost\n")
-    with pytest.raises(ConfigError, match=r"c.yaml:2: the Redis backend is not available yet; remove redis_url"):
+    with pytest.raises(ConfigError, match=r"c.yaml:2: the daemon cannot run on the Redis backend yet .*remove redis_url"):
         load(str(f), environ={}, channel_names=CHANNELS)
-    with pytest.raises(ConfigError, match="Redis backend is not available yet"):
+    with pytest.raises(ConfigError, match="daemon cannot run on the Redis backend yet"):
         load(None, environ={"OMNIGATE_REDIS_URL": "redis://localhost"}, channel_names=CHANNELS)
 
 
