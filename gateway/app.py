@@ -87,7 +87,8 @@ async def readyz(request: web.Request) -> web.Response:
     ok = True
     try:
         counts = await asyncio.wait_for(request.app[keys.STORE].journal_counts(), timeout=2)
-        detail["store"] = {"ok": True, "backend": "sqlite", "journal": counts}
+        detail["store"] = {"ok": True, "backend": getattr(request.app[keys.STORE], "backend", "sqlite"),
+                           "journal": counts}
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         ok = False
         detail["store"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -185,6 +186,12 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     app = web.Application(client_max_size=config.max_body_bytes)
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    if store is None and config.redis_url:  # several instances, one state (gateway/store/redis_store.py)
+        from gateway.store.redis_store import RedisStore, instance_name
+
+        store = RedisStore(config.redis_url, prefix=config.store.redis_prefix, clock=clock,
+                           first_ticket_number=config.threading.first_ticket_number,
+                           consumer=instance_name(config.listen), claim_idle_s=config.store.redis_claim_idle_s)
     store = store or SQLiteStore.in_dir(
         data_dir, synchronous=config.store.synchronous, group_commit_max=config.store.group_commit_max,
         readers=config.store.readers, first_ticket_number=config.threading.first_ticket_number, clock=clock,
