@@ -362,7 +362,7 @@ class RedisStore:
 
     def __init__(self, url: str, *, prefix: str = "og:", clock: Callable[[], datetime] = utcnow,
                  first_ticket_number: int = 1000, consumer: str | None = None, claim_idle_s: float = 60.0,
-                 client: Any = None):
+                 client: Any = None, socket_timeout_s: float = 5.0):
         if aioredis is None:  # pragma: no cover
             raise StoreError("the redis package is not installed")
         self.url = url
@@ -372,7 +372,8 @@ class RedisStore:
         #: this instance's name in the consumer group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.claim_idle_ms = int(claim_idle_s * 1000)
-        self.r = client or aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10)
+        self.r = client or aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10,
+                                                     socket_timeout=socket_timeout_s, socket_connect_timeout=2.0)
         self._append = self.r.register_script(APPEND_LUA)
         self._apply = self.r.register_script(APPLY_LUA)
         self._lease = self.r.register_script(LEASE_LUA)

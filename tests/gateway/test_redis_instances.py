@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import pytest
 from gateway.store.redis_store import RedisStore
 from tests.conftest import need
 from tests.gateway.conftest import AUTH
-from tests.gateway.test_crash import free_port, start, stop, wait_ready
+from tests.gateway.test_crash import OMNIGATE, START, TOKEN, free_port, stop
 from tests.integration.redis import RedisServer, redis_binary
 
 pytestmark = pytest.mark.integration
@@ -47,10 +48,31 @@ def redis(tmp_path):
     server.stop()
 
 
-def serve(tmp_path: Path, name: str, port: int, redis: RedisServer):
-    return start(tmp_path / name, port, env={"OMNIGATE_REDIS_URL": redis.url,
-                                             "OMNIGATE_STORE__REDIS_CLAIM_IDLE_S": "2",
-                                             "OMNIGATE_RULES_DIR": str(tmp_path / "no-rules")})
+def serve(tmp_path: Path, name: str, port: int, redis: RedisServer) -> subprocess.Popen:
+    """One instance; its log goes to a file (a pipe nobody reads would fill
+    up with the Redis-down tracebacks and block the daemon)."""
+    env = {**os.environ, "OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_LOG_LEVEL": "warning",
+           "OMNIGATE_TEST_CLOCK": START.isoformat(), "OMNIGATE_REDIS_URL": redis.url,
+           "OMNIGATE_STORE__REDIS_CLAIM_IDLE_S": "2", "OMNIGATE_RULES_DIR": str(tmp_path / "no-rules")}
+    env.pop("OMNIGATE_TEST_CRASH_AT", None)
+    with open(tmp_path / f"{name}.log", "ab") as log:
+        return subprocess.Popen([OMNIGATE, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir",
+                                 str(tmp_path / name)], env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+
+async def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession() as s:
+        while asyncio.get_running_loop().time() < deadline:
+            assert proc.poll() is None, f"omnigate serve exited with {proc.returncode} (see its log)"
+            try:
+                async with s.get(f"{base}/healthz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise TimeoutError("omnigate serve did not come up")
 
 
 def body(ext: str, n: int) -> dict:
@@ -197,3 +219,4 @@ async def test_redis_restarted_mid_stream_answers_503_then_loses_nothing(tmp_pat
             await store.close()
             for p in procs.values():
                 stop(p)
+
