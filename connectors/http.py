@@ -61,3 +61,53 @@ def problem(status: int, detail: str, title: str | None = None) -> web.Response:
     body = {"type": "about:blank", "title": title or _TITLES.get(status, "Error"), "status": status,
             "detail": detail}
     return web.json_response(body, status=status, content_type="application/problem+json")
+
+
+def client_ip(request: web.BaseRequest, trusted_proxies: "list[str] | tuple[str, ...]" = ()) -> str:
+    """The client's IP: the peer's address, unless the peer is one of
+    ``trusted_proxies`` (addresses or networks): then the right-most address of
+    ``X-Forwarded-For`` (or ``Forwarded: for=``) that is not a trusted proxy
+    itself. A header from anyone else is ignored (it is the client's to forge)."""
+    import ipaddress
+
+    peer = request.remote or ""
+    if not trusted_proxies:
+        return peer
+    nets = []
+    for p in trusted_proxies:
+        try:
+            nets.append(ipaddress.ip_network(p, strict=False))
+        except ValueError:
+            continue
+
+    def trusted(addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in n for n in nets)
+
+    if not trusted(peer):
+        return peer
+    hops: list[str] = []
+    for value in request.headers.getall("X-Forwarded-For", []):
+        hops += [h.strip() for h in value.split(",") if h.strip()]
+    if not hops:
+        for value in request.headers.getall("Forwarded", []):
+            for part in value.split(","):
+                for kv in part.split(";"):
+                    k, _, v = kv.strip().partition("=")
+                    if k.lower() == "for" and v:
+                        v = v.strip('"')
+                        if v.startswith("["):
+                            v = v[1:].split("]")[0]
+                        elif v.count(":") == 1:
+                            v = v.split(":")[0]
+                        hops.append(v)
+    for hop in reversed(hops):
+        if not trusted(hop):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # garbage from a trusted proxy's client: use the proxy's own view
+    return hops[0] if hops else peer

@@ -31,7 +31,7 @@ from routing.threads import compile_ref_patterns
 
 log = structlog.get_logger(__name__)
 
-_ACCOUNT_SECTIONS = ("accounts", "bots", "mailboxes", "numbers", "pages")
+_ACCOUNT_SECTIONS = ("accounts", "bots", "mailboxes", "numbers", "pages", "sites")
 
 
 class StartupError(Exception):
@@ -234,6 +234,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
         if cls is None:
             continue
         ctx = ChannelContext(channel, config.channels[channel], str(data_dir), ingest, store, supervisor, clock=clock)
+        ctx.trusted_proxies = tuple(config.trusted_proxies)  # the client IP behind a proxy (webchat's limits)
         try:
             conn = cls(ctx)
         except Exception as exc:
@@ -248,6 +249,10 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     app.router.add_routes(guarded_routes(replies.routes))
     app.router.add_routes(guarded_routes(api_tickets.routes))
     app.router.add_routes(guarded_routes(participants.routes))
+    from gateway import live
+
+    live.setup(app, pipeline)  # webchat's live hub: presence, ticket events, the agent socket
+    app.router.add_routes(guarded_routes(live.routes))
     app[outbox.DISPATCHER] = outbox.Dispatcher(store, connectors, attachments, metrics=m, clock=clock)
 
     app.cleanup_ctx.append(_store_ctx)

@@ -9,9 +9,10 @@ this module only says *when* they run:
   its agents upserted
   into the store so every instance and the API see them, and every queue
   drained (capacity may have grown);
-- after each pipeline commit (:meth:`Assignment.after_commit`), the ticket's
-  assignment and SLA are brought in line with it (new ticket, team/skills
-  changed, reopened);
+- with each pipeline commit, the ticket's assignment and SLA are brought in
+  line with it (new ticket, team/skills changed, reopened): in the commit's
+  own transaction where the store offers it (``sync_in_commit``, SQLite),
+  else right after it (:meth:`Assignment.after_commit`);
 - every ``tick_s`` the scheduler takes the overflow steps and fires the SLA
   events that are due (their due times live in the store: a restart forgets
   nothing), and sweeps the tickets changed since its last look — which
@@ -103,12 +104,12 @@ class Assignment:
     async def _sweep(self, now: datetime) -> int:
         """Sync the tickets changed since the last sweep (its cursor is kept in the store)."""
         changed, cursor = await self.store.changed_tickets(self._cursor, self.sweep_batch)
-        if not changed:
-            return 0
-        await self.store.ticket_sync(changed, now)
-        self._cursor = cursor
-        if cursor is not None:
-            await self.store.state_set(_SWEEP_KEY, cursor)
+        if changed:
+            await self.store.ticket_sync(changed, now)
+        if cursor != self._cursor:  # the store may leave out tickets synced in their commit
+            self._cursor = cursor
+            if cursor is not None:
+                await self.store.state_set(_SWEEP_KEY, cursor)
         return len(changed)
 
     async def run(self) -> None:
@@ -159,7 +160,11 @@ def setup(app: web.Application, pipeline: Pipeline) -> None:
     runtime = Assignment(app[keys.STORE], app[keys.DIRECTORY], app[keys.METRICS], clock=pipeline.clock)
     app[ASSIGNMENT] = runtime
     if runtime.enabled:
-        pipeline.after_commit.append(runtime.after_commit)
+        in_commit = getattr(app[keys.STORE], "sync_in_commit", None)
+        if in_commit is not None:  # the store syncs in the commit's own transaction
+            in_commit(lambda: runtime.clock())
+        else:
+            pipeline.after_commit.append(runtime.after_commit)
     app[keys.READINESS]["assignment"] = runtime.readiness
     app[keys.METRICS].register_collector(app[keys.METRICS].assignment_families)
     app.router.add_routes(guarded_routes(routes))

@@ -111,6 +111,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     #: The routing tree's folder (``*.yaml``, tests in ``tests/``); hot-reloaded.
     rules_dir: str | None = "./rules"
     directory: str | None = None
+    #: Addresses or networks (``10.0.0.0/8``) whose ``X-Forwarded-For``/``Forwarded``
+    #: headers are believed for the client's IP; anyone else's are ignored.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     dedupe: DedupeConfig = msgspec.field(default_factory=DedupeConfig)
@@ -136,6 +139,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         for name, value in self.threading.reopen_window.items():
             parse_duration(value, f"threading.reopen_window.{name}")
         parse_duration(self.dedupe.near_window, "dedupe.near_window")
+        import ipaddress
+
+        for p in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(p, strict=False)
+            except ValueError:
+                raise ConfigError(f"trusted_proxies: {p!r} is not an address or network") from None
         for pattern in self.threading.ref_patterns:
             try:
                 if re.compile(pattern).groups != 1:
@@ -464,6 +474,8 @@ def load(
             if not isinstance(section, dict):
                 raise ConfigError(f"{name}: a channel section must be a mapping")
             merged["channels"][name] = _merge(merged["channels"].get(name, {}), section)
+    if isinstance(merged.get("trusted_proxies"), str):  # OMNIGATE_TRUSTED_PROXIES=10.0.0.1,10.0.0.0/8
+        merged["trusted_proxies"] = [p.strip() for p in merged["trusted_proxies"].split(",") if p.strip()]
     _check_required_secrets(merged["channels"], channel_names, str(path) if path else None, tree)
     try:
         return msgspec.convert(merged, Config, strict=False)

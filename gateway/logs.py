@@ -12,6 +12,7 @@ import logging
 import sys
 from contextvars import ContextVar
 
+import msgspec
 import structlog
 
 #: (request id, path) of the HTTP request being handled. One ContextVar set
@@ -28,17 +29,29 @@ def add_request(logger: object, method: str, event: dict) -> dict:
         event.setdefault("path", current[1])
     return event
 
+_encoder = msgspec.json.Encoder(enc_hook=repr)
+
+
+def _json(event: dict, **_: object) -> str:
+    """One JSON line, UTF-8 kept as is (``ensure_ascii=False``); values JSON
+    cannot carry are given as their ``repr``, as structlog's default does.
+    msgspec renders the per-message ``pipeline.done`` line several times
+    faster than ``json.dumps``."""
+    return _encoder.encode(event).decode()
+
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure(level: str = "info", fmt: str = "auto") -> None:
+def configure(level: str = "info", fmt: str = "auto", stream: object | None = None) -> None:
+    """Set up structlog; lines go to ``stream`` (default stderr)."""
     lvl = _LEVELS.get(level.lower(), logging.INFO)
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer = (
         structlog.dev.ConsoleRenderer(colors=False)
         if fmt == "console"
-        else structlog.processors.JSONRenderer(ensure_ascii=False)
+        else structlog.processors.JSONRenderer(serializer=_json)
     )
     structlog.configure(
         processors=[
@@ -51,7 +64,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     # aiohttp / asyncio speak stdlib logging; send warnings and up to stderr.

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from gateway import api_types as T
+from gateway import live as _live
 from gateway.store.base import AgentView
 from gateway.store.sqlite_tickets import TicketRecord
 from routing.model import TimelineEntry
@@ -126,6 +127,19 @@ OPS: list[Op] = [
        ok=201, response=T.TokenCreated, body=T.TokenCreateBody),
     Op("DELETE", "/api/v1/tokens/{id}", "revokeToken", "Revoke a token (at once)", "admin", "tokens",
        response=T.TokenInfo, errors=_ID),
+    # webchat's live chats (gateway/live.py)
+    Op("GET", "/api/v1/live/webchat", "liveWebchat", "Live chats as a websocket (events both ways)", "agent",
+       "webchat", ok=101, errors=(404,),
+       description="A websocket: a `snapshot` of the live chats, then the hub's events (`chat`, `message`, "
+                   "`ticket`, `typing`, `read`, `ended`); the agent sends `typing` and `read` frames. The token "
+                   "goes in `Authorization` or in a first frame `{\"type\": \"auth\", \"token\"}`. Agents "
+                   "see the chats of sites whose team is theirs. 404 without a webchat site."),
+    Op("GET", "/api/v1/live/webchat/chats", "liveWebchatChats", "The live chats the caller may see", "agent",
+       "webchat", response=_live.LiveChats, errors=(404,)),
+    Op("POST", "/api/v1/live/webchat/typing", "liveWebchatTyping", "Show or stop \"agent is typing\"", "agent",
+       "webchat", response=_live.LiveOk, body=_live.LiveTyping, errors=(404,)),
+    Op("POST", "/api/v1/live/webchat/read", "liveWebchatRead", "Mark the visitor's messages read up to seq",
+       "agent", "webchat", response=_live.LiveOk, body=_live.LiveRead, errors=(404,)),
     # rules, the document
     Op("POST", "/api/v1/rules/test", "testRules", "Dry-run the routing rules on a described message", "lead",
        "rules", response=T.RulesTestResult, body=T.RulesTestBody, errors=(409,)),

@@ -345,6 +345,7 @@ class BusinessCalendar:
         self._plans: dict[date, DayPlan] = {}
         self._spans: dict[date, tuple[_Span, ...]] = {}
         self._fallback: set[int] = set()
+        self._added: dict[tuple[datetime, float], datetime] = {}  # add_business_minutes, memoized
 
     # -- construction
 
@@ -493,6 +494,15 @@ class BusinessCalendar:
         if minutes < 0:
             raise CalendarError("minutes must not be negative")
         start = self._utc(start)
+        key = (start, minutes)
+        found = self._added.get(key)
+        if found is None:  # a ticket's SLA asks the same questions on every message
+            if len(self._added) >= 8192:
+                self._added.clear()
+            found = self._added[key] = self._add_business_minutes(start, minutes)
+        return found
+
+    def _add_business_minutes(self, start: datetime, minutes: float) -> datetime:
         remaining = timedelta(minutes=minutes)
         if self.always_open:
             return (start + remaining).astimezone(self.tz)

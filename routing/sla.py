@@ -277,16 +277,18 @@ def evaluate(clock: SlaClock, now: datetime, policy: SlaPolicy, calendar: Busine
     return out
 
 
-def due_events(clock: SlaClock, now: datetime, policy: SlaPolicy, calendar: BusinessCalendar) -> list[SlaEvent]:
+def due_events(clock: SlaClock, now: datetime, policy: SlaPolicy, calendar: BusinessCalendar,
+               statuses: list[TargetStatus] | None = None) -> list[SlaEvent]:
     """The warning and breach events still to fire, earliest first.
 
     Events of met targets are dropped, and so are those already in
     ``clock.fired``. An event whose ``at`` is not after ``now`` is returned
     too: the scheduler fires it at once (e.g. the policy changed to a
     shorter one). A paused target with time left has no event until resumed.
+    ``statuses``: :func:`evaluate`'s answer when the caller has it already.
     """
     events = []
-    for st in evaluate(clock, now, policy, calendar):
+    for st in statuses if statuses is not None else evaluate(clock, now, policy, calendar):
         if st.met_at is not None:
             continue
         for kind, at in (("warning", st.warning), ("breach", st.due)):
@@ -297,9 +299,12 @@ def due_events(clock: SlaClock, now: datetime, policy: SlaPolicy, calendar: Busi
     return sorted(events, key=lambda e: (e.at, e.kind != "warning", TARGETS.index(e.target)))
 
 
-def sla_state(clock: SlaClock, now: datetime, policy: SlaPolicy, calendar: BusinessCalendar) -> SlaState:
-    """The model's ``SlaState`` of the ticket: due times of unmet targets, pause, breaches."""
-    statuses = evaluate(clock, now, policy, calendar)
+def sla_state(clock: SlaClock, now: datetime, policy: SlaPolicy, calendar: BusinessCalendar,
+              statuses: list[TargetStatus] | None = None) -> SlaState:
+    """The model's ``SlaState`` of the ticket: due times of unmet targets, pause, breaches
+    (``statuses``: :func:`evaluate`'s answer when the caller has it already)."""
+    if statuses is None:
+        statuses = evaluate(clock, now, policy, calendar)
     due = {st.target: st.due for st in statuses if st.met_at is None}
     pauses = _pauses(clock, now, policy)
     paused = pauses[-1].start if pauses and pauses[-1].end is None else None

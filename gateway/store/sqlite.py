@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +62,6 @@ _dec = msgspec.json.Decoder()
 _reply_dec = msgspec.json.Decoder(ReplyTarget)
 _sla_dec = msgspec.json.Decoder(SlaState)
 _att_dec = msgspec.json.Decoder(list[Attachment])
-_STOP = object()
 
 
 def ms(dt: datetime | None) -> int | None:
@@ -78,51 +76,73 @@ def _j(value: Any) -> str:
     return _enc.encode(value).decode()
 
 
-class _Writer(threading.Thread):
-    """The one thread that writes, committing queued work in groups."""
+class _Writer:
+    """The one write connection, committing queued work in groups.
+
+    The group's statements run right on the event loop's thread (they are
+    small indexed writes, and Python work on a second thread only contends
+    for the GIL with the loop); only ``BEGIN IMMEDIATE`` when another process
+    holds the lock, and the ``COMMIT`` — the fsync — go to the commit thread.
+    While one group commits, the next one gathers: the group is everything
+    queued when the previous commit returns (up to ``max_batch``)."""
 
     def __init__(self, path: str, synchronous: str, max_batch: int):
-        super().__init__(name="omnigate-sqlite-writer", daemon=True)
-        self.q: queue.SimpleQueue = queue.SimpleQueue()
-        self.max_batch = max_batch
         self.conn = _connect(path, synchronous)
+        self.conn.execute("PRAGMA busy_timeout = 0")  # never wait for a lock on the loop
+        self.max_batch = max_batch
+        self.pending: list[tuple] = []
+        self.busy = False
         self.batches = 0
         self.writes = 0
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnigate-sqlite-commit")
 
-    def run(self) -> None:
-        q, conn = self.q, self.conn
-        while True:
-            item = q.get()
-            if item is _STOP:
-                break
-            batch = [item]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._run_batch(conn, batch)
-            if stop:
-                break
-        conn.close()
+    def submit(self, fn: Callable[..., Any], args: tuple, savepoint: bool) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.pending.append((fn, args, loop, fut, savepoint))
+        if not self.busy:
+            self.busy = True
+            # call_soon: the tasks already runnable queue their writes first
+            loop.call_soon(self._start, loop)
+        return fut
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list) -> None:
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
+        loop.create_task(self._group(loop, batch))
+
+    async def _group(self, loop: asyncio.AbstractEventLoop, batch: list) -> None:
+        try:
+            results = await self._run_batch(loop, batch)
+            self.batches += 1
+            self.writes += len(batch)
+            _set_results([(fut, value, exc) for _, fut, value, exc in results])
+        finally:
+            if self.pending:
+                loop.call_soon(self._start, loop)
+            else:
+                self.busy = False
+
+    def _begin_waiting(self) -> None:
+        self.conn.execute("PRAGMA busy_timeout = 30000")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        finally:
+            self.conn.execute("PRAGMA busy_timeout = 0")
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list) -> list:
+        conn = self.conn
         results: list[tuple[asyncio.AbstractEventLoop, asyncio.Future, Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # another process writes: wait for it off the loop
+                await loop.run_in_executor(self._thread, self._begin_waiting)
         except sqlite3.Error as exc:
             err = StoreError(f"cannot start a write transaction: {exc}")
-            results = [(loop, fut, None, err) for fn, args, loop, fut, _ in batch]
-            _resolve_all(results)
-            return
+            return [(loop, fut, None, err) for fn, args, loop, fut, _ in batch]
         i = 0
         while i < len(batch):
-            fn, args, loop, fut, savepoint = batch[i]
+            fn, args, _, fut, savepoint = batch[i]
             many = getattr(fn, "many", None)
             if many is not None:  # a run of the same batchable write: one executemany
                 j = i
@@ -154,7 +174,7 @@ class _Writer(threading.Thread):
                 conn.execute("RELEASE w")
                 results.append((loop, fut, value, None))
         try:
-            conn.execute("COMMIT")
+            await loop.run_in_executor(self._thread, conn.execute, "COMMIT")
         except sqlite3.Error as exc:
             try:
                 conn.execute("ROLLBACK")
@@ -162,9 +182,13 @@ class _Writer(threading.Thread):
                 pass
             err = StoreError(f"commit failed: {exc}")
             results = [(loop, fut, None, err) for loop, fut, _, _ in results]
-        self.batches += 1
-        self.writes += len(batch)
-        _resolve_all(results)
+        return results
+
+    async def close(self) -> None:
+        while self.busy:
+            await asyncio.sleep(0.001)
+        self._thread.shutdown(wait=True)
+        self.conn.close()
 
 
 def _resolve_all(results: list) -> None:
@@ -243,7 +267,6 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps):
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.schema_version = migrate(self.path)
         self._writer = _Writer(self.path, synchronous, group_commit_max)
-        self._writer.start()
         self._local = threading.local()
         self._readers = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="omnigate-sqlite-read")
         self._reader_conns: list[sqlite3.Connection] = []
@@ -262,10 +285,7 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps):
         of one statement, which SQLite already makes atomic."""
         if self._closed:
             raise StoreError("store is closed")
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._writer.q.put((fn, args, loop, fut, savepoint))
-        return await fut
+        return await self._writer.submit(fn, args, savepoint)
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -299,8 +319,7 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps):
         if self._closed:
             return
         self._closed = True
-        self._writer.q.put(_STOP)
-        await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+        await self._writer.close()
         self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
             try:
@@ -374,7 +393,18 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps):
         return await self._read(_snapshot, look, now, inline=True)
 
     async def commit(self, commit: Commit) -> CommitResult:
-        return await self._write(_apply_commit, commit, self._first_number, ms(self.clock()))
+        """Apply a pipeline decision atomically; after :meth:`sync_in_commit`,
+        the ticket's assignment and SLA are brought in line in the same
+        transaction (no second write per message)."""
+        if self._commit_clock is None:
+            return await self._write(_apply_commit, commit, self._first_number, ms(self.clock()))
+        return await self._write(self._apply_commit_synced, commit, ms(self.clock()))
+
+    def _apply_commit_synced(self, conn: sqlite3.Connection, commit: Commit, now: int) -> CommitResult:
+        result = _apply_commit(conn, commit, self._first_number, now)
+        if result.outcome == "processed" and commit.message_key is not None and result.ticket_id is not None:
+            self._sync_in_tx(conn, result.ticket_id)
+        return result
 
     # ------------------------------------------------------------ reads
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import msgspec
+import structlog
 
 from gateway.store.base import AgentView, InvalidTransition, NotFound, StoreError
 from routing.assign import (
@@ -148,6 +149,8 @@ _dec = msgspec.json.Decoder()
 _SHOWN_OTHERS = 8  # agents named in a decision's timeline sentence
 _DRAIN_LIMIT = 1000  # queued tickets looked at per drain (one transaction stays short)
 
+log = structlog.get_logger(__name__)
+
 
 def to_ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
@@ -262,7 +265,8 @@ class _Live:
 class AgentCache:
     """Every agent as the chooser sees it, kept in memory so a decision reads no agent row.
 
-    Owned by the store and used only on its writer thread. SQL stays the
+    Owned by the store and used only by its writer (whose statements run on
+    the event loop's thread). SQL stays the
     truth (load is the held rows of ``assignments``): the cache is built from
     it and is valid while its version equals the one in the ``state`` table.
     A transaction that changes an agent replaces that version first
@@ -754,12 +758,14 @@ def _agents(conn: sqlite3.Connection, agent_id: str | None) -> list[AgentView]:
     ) for r in rows]
 
 
-def _changed_tickets(conn: sqlite3.Connection, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
+def _changed_tickets(conn: sqlite3.Connection, cursor: str | None,
+                     limit: int) -> tuple[list[tuple[str, int, int]], str | None]:
+    """((id, updated_at, version) of the tickets changed after ``cursor``, the cursor after them)."""
     at, _, last_id = (cursor or "0:").partition(":")
     rows = conn.execute(
-        "SELECT id, updated_at FROM tickets WHERE updated_at > ? OR (updated_at = ? AND id > ?) "
+        "SELECT id, updated_at, version FROM tickets WHERE updated_at > ? OR (updated_at = ? AND id > ?) "
         "ORDER BY updated_at, id LIMIT ?", (int(at), int(at), last_id, limit)).fetchall()
-    return [r[0] for r in rows], f"{rows[-1][1]}:{rows[-1][0]}" if rows else cursor
+    return rows, f"{rows[-1][1]}:{rows[-1][0]}" if rows else cursor
 
 
 # ---------------------------------------------------------------- the mixin
@@ -806,6 +812,11 @@ class AssignOps:
 
     _directory: Directory | None = None
     _agent_cache: AgentCache | None = None
+    #: set by :meth:`sync_in_commit`: the clock pipeline commits sync at
+    _commit_clock: Callable[[], datetime] | None = None
+    #: ticket → (updated_at, version) as a pipeline commit left it, synced
+    #: (the sweep skips those: a rolled-back commit leaves other values)
+    _synced: dict[str, tuple[int, int]] = {}
     #: the transaction class, with the SLA half: set by ``sqlite_sla.SlaOps``
     _tx_type: type[AssignTx]
 
@@ -821,6 +832,36 @@ class AssignOps:
         cache = self._agent_cache
         return await self._write(  # type: ignore[attr-defined]
             lambda conn: fn(tx_type(conn, directory, cache, now), *args))
+
+    def sync_in_commit(self, clock: Callable[[], datetime]) -> None:
+        """From now on, each pipeline commit that lands a message on a ticket
+        also brings the ticket's assignment and SLA in line (what
+        :meth:`ticket_sync` does), in the commit's own transaction, at
+        ``clock()``: one write per message instead of two. A failing sync
+        is rolled back alone and logged (the message stays committed; the
+        scheduler's sweep retries), as the after-commit hook's was."""
+        self._commit_clock = clock
+        self._synced = {}
+
+    def _sync_in_tx(self, conn: sqlite3.Connection, ticket_id: str) -> None:
+        directory, clock = self._directory, self._commit_clock
+        if directory is None or clock is None:
+            return  # no directory loaded yet: the sweep syncs the ticket later
+        if self._agent_cache is None:
+            self._agent_cache = AgentCache()
+        conn.execute("SAVEPOINT sync")
+        try:
+            _sync(self._tx_type(conn, directory, self._agent_cache, clock()), [ticket_id])
+        except Exception:  # noqa: BLE001 - the message is committed; the sweep retries the rest
+            conn.execute("ROLLBACK TO sync")
+            log.exception("pipeline.after_commit_failed", hook="ticket_sync", ticket_id=ticket_id)
+        else:
+            r = conn.execute("SELECT updated_at, version FROM tickets WHERE id = ?", (ticket_id,)).fetchone()
+            if r is not None:
+                if len(self._synced) >= 100_000:  # the sweep pops them; bounded whatever happens
+                    self._synced.clear()
+                self._synced[ticket_id] = (r[0], r[1])
+        conn.execute("RELEASE sync")
 
     async def directory_load(self, directory: Directory, now: datetime) -> list[Decision]:
         """Use ``directory``: upsert its agents, then drain every queue (capacity may have grown)."""
@@ -869,6 +910,12 @@ class AssignOps:
         return await self._tx(now, AssignTx.overflow, limit)
 
     async def changed_tickets(self, cursor: str | None, limit: int = 500) -> tuple[list[str], str | None]:
-        """Tickets updated after ``cursor`` (None: all), oldest change first, and the cursor after them."""
-        return await self._read(_changed_tickets, cursor, limit)  # type: ignore[attr-defined]
+        """Tickets updated after ``cursor`` (None: all), oldest change first, and the cursor after them.
+
+        A ticket whose last change was a pipeline commit that synced it in
+        its own transaction (:meth:`sync_in_commit`) is left out: nothing is
+        owed on it (the list may then be empty while the cursor moves on)."""
+        rows, after = await self._read(_changed_tickets, cursor, limit)  # type: ignore[attr-defined]
+        synced = self._synced
+        return [tid for tid, at, version in rows if synced.pop(tid, None) != (at, version)], after
 

@@ -42,6 +42,7 @@ from routing.sla import (
     StatusChange,
     due_events,
     escalation_actions,
+    evaluate,
     response_verdict,
     select_policy,
     sla_state,
@@ -74,15 +75,22 @@ class Tx(AssignTx):
                                                                "calendar": policy.calendar})
             clock.policy = policy.id
         calendar = self.d.calendars[policy.calendar]
-        state = sla_state(clock, self.now, policy, calendar)
+        statuses = evaluate(clock, self.now, policy, calendar)  # once, for the state and the timers
+        state = sla_state(clock, self.now, policy, calendar, statuses)
         self.conn.execute("UPDATE tickets SET sla = ? WHERE id = ?", (to_json(state), t.id))
-        self._save_clock(clock)
-        self.conn.execute("DELETE FROM sla_timers WHERE ticket_id = ?", (t.id,))
-        for ev in due_events(clock, self.now, policy, calendar):
-            self.conn.execute(
+        encoded = to_json(clock)
+        if r is None or encoded != r[0]:
+            self._save_clock(clock, encoded)
+        timers = [(t.id, ev.key, ev.kind, ev.target, policy.id, to_ms(ev.since), to_ms(ev.at))
+                  for ev in due_events(clock, self.now, policy, calendar, statuses)]
+        # a follow-up message mostly leaves the timers as they are: rewrite them only when they changed
+        if r is None or sorted(timers) != sorted(self.conn.execute(
+                "SELECT ticket_id, key, kind, target, policy, since, due_at FROM sla_timers WHERE ticket_id = ?",
+                (t.id,))):
+            self.conn.execute("DELETE FROM sla_timers WHERE ticket_id = ?", (t.id,))
+            self.conn.executemany(
                 "INSERT INTO sla_timers (ticket_id, key, kind, target, policy, since, due_at) VALUES (?,?,?,?,?,?,?)",
-                (t.id, ev.key, ev.kind, ev.target, policy.id, to_ms(ev.since), to_ms(ev.at)),
-            )
+                timers)
 
     def _sla_clear(self, t: TicketRow, clock: SlaClock) -> None:
         if clock.policy:
@@ -92,9 +100,9 @@ class Tx(AssignTx):
         self.conn.execute("UPDATE tickets SET sla = NULL WHERE id = ?", (t.id,))
         self.conn.execute("DELETE FROM sla_timers WHERE ticket_id = ?", (t.id,))
 
-    def _save_clock(self, clock: SlaClock) -> None:
+    def _save_clock(self, clock: SlaClock, encoded: str | None = None) -> None:
         self.conn.execute("INSERT OR REPLACE INTO sla_clocks (ticket_id, policy, clock) VALUES (?,?,?)",
-                          (clock.ticket_id, clock.policy or None, to_json(clock)))
+                          (clock.ticket_id, clock.policy or None, encoded if encoded is not None else to_json(clock)))
 
     def _responses(self, t: TicketRow) -> tuple[datetime | None, datetime | None]:
         """(first response, first customer message not answered since the last response).

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from connectors.base import PayloadRejected
-from connectors.email import bench
+from gateway.bench import email_parse as bench
 from connectors.email.parse import parse
 from connectors.registry import builtin_manifests
 

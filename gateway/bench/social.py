@@ -14,7 +14,7 @@ id — are POSTed over keep-alive connections to
 
 Both servers run in their own processes, measured in alternating rounds
 (best round each), so a burst of noise on the machine hits both. Usage of
-the server side: ``python -m gateway.bench_social MODE PORT DATA_DIR``.
+the server side: ``python -m gateway.bench.social MODE PORT DATA_DIR``.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ async def _measure() -> dict:
             d = tempfile.TemporaryDirectory(prefix=f"omnigate-bench-social-{mode}-")
             dirs.append(d)
             ports[mode] = _free_port()
-            procs.append(subprocess.Popen([sys.executable, "-m", "gateway.bench_social", mode, str(ports[mode]), d.name],
+            procs.append(subprocess.Popen([sys.executable, "-m", "gateway.bench.social", mode, str(ports[mode]), d.name],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         for mode, proc in zip(modes, procs):
             await _wait_port(ports[mode], proc)

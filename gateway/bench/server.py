@@ -10,7 +10,12 @@
   a WeChat Official Account (safe mode, AES) and a Telegram bot configured
   (:data:`BENCH_CHANNELS`), whose callbacks are measured the same way.
 
-Usage: ``python -m gateway.benchserver MODE PORT DATA_DIR``.
+- ``production``: the real gateway in the production configuration
+  (:mod:`gateway.bench.production`: shipped rules, directory, info-level
+  JSON logs to ``DATA_DIR/omnigate.log``, metrics), pipeline on — what the
+  ``sustained`` figure loads.
+
+Usage: ``python -m gateway.bench.server MODE PORT DATA_DIR``.
 """
 
 from __future__ import annotations
@@ -100,10 +105,19 @@ def _omnigate_app(data_dir: Path) -> web.Application:
     return create_app(config)
 
 
+def _production_app(data_dir: Path) -> web.Application:
+    from gateway import logs
+    from gateway.bench import production
+
+    logs.configure("info", "json", stream=open(data_dir / "omnigate.log", "a", encoding="utf-8"))
+    return production.create_app(production.config(data_dir), production.pinned_clock())
+
+
 def main() -> None:
     mode, port, data_dir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     data_dir.mkdir(parents=True, exist_ok=True)
-    app = {"bare": _bare_app, "sqlite": lambda: _sqlite_app(data_dir), "omnigate": lambda: _omnigate_app(data_dir)}[mode]()
+    app = {"bare": _bare_app, "sqlite": lambda: _sqlite_app(data_dir), "omnigate": lambda: _omnigate_app(data_dir),
+           "production": lambda: _production_app(data_dir)}[mode]()
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 

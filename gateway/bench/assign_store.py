@@ -1,7 +1,7 @@
 """``omnigate bench --only assign_store``: assignment decisions per second
 through the real store (SQLite, WAL, ``synchronous=FULL``, group commit).
 
-The workload is the chooser bench's (``routing.assign_bench``): 500 agents in
+The workload is the chooser bench's (``gateway.bench.assign``): 500 agents in
 10 teams (80 % online; ``chat`` 5, ``email`` 20, ``call`` 1) and 10,000
 tickets with a team, a channel class, a priority and half the time a required
 skill. The tickets are committed through the store first (not timed); then
@@ -14,7 +14,7 @@ ticket is decided or :data:`BUDGET_S` has passed. A ticket no agent can take
 
 The baseline is the write floor measured in the same run: the same number of
 tasks each awaiting one group-committed, fsync'd SQLite insert per decision
-(``gateway.bench``'s pipeline floor). ``detail`` also gives the pure
+(the pipeline figures' floor). ``detail`` also gives the pure
 chooser's rate on the same workload without any store, and the highest load
 any agent reached against its capacity (``over_capacity`` must be 0).
 """
@@ -25,9 +25,9 @@ import asyncio
 import tempfile
 import time
 
-from gateway.bench import _raw_insert_rate
+from gateway.bench import assign as assign_bench
+from gateway.bench.load import raw_insert_rate
 from gateway.store.sqlite import SQLiteStore
-from routing import assign_bench
 from routing.assign import DEFAULT_CHANNEL_CLASSES, AgentState, Demand, drain_queue
 from routing.calendar import BusinessCalendar
 from routing.directory import BUILTIN_24X7, AgentConfig, Directory, TeamConfig
@@ -109,7 +109,7 @@ async def figures() -> dict[str, dict]:
             await store.close()
     decided = assigned + queued
     rate = decided / seconds
-    floor = await _raw_insert_rate(decided, [b"decision"] * decided, CONCURRENCY)
+    floor = await raw_insert_rate(decided, [b"decision"] * decided, CONCURRENCY)
     return {"assign_next_store": {
         "value": round(rate, 1), "unit": "decisions/s", "baseline": round(floor, 1),
         "baseline_label": f"{CONCURRENCY} tasks awaiting one group-committed fsync'd SQLite insert per decision",

@@ -148,7 +148,7 @@ def figures() -> dict[str, dict]:
     }
 
 
-if __name__ == "__main__":  # handy while tuning: python -m connectors.email.bench
+if __name__ == "__main__":  # handy while tuning: python -m gateway.bench.email_parse
     import json
 
     print(json.dumps(figures(), indent=2, ensure_ascii=False))

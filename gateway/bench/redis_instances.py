@@ -20,7 +20,7 @@ instance, scaling is bounded by the cores, not by the design.
 
 redis-server runs from a temporary directory with ``appendonly yes`` and
 ``appendfsync always`` (an acknowledged append is on disk), on a loopback
-port. Usage of the worker side: ``python -m gateway.bench_redis MODE KIND
+port. Usage of the worker side: ``python -m gateway.bench.redis_instances MODE KIND
 TARGET PREFIX N``.
 """
 
@@ -113,8 +113,8 @@ def _run_instances(mode: str, kind: str, target: str, count: int, tag: str, redi
     per = N // count
     r0 = _proc_cpu_s(redis_pid) if redis_pid else 0.0
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "gateway.bench_redis", mode, kind, target, f"{tag}i{i}-", str(per)],
-                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    procs = [subprocess.Popen([sys.executable, "-m", "gateway.bench.redis_instances", mode, kind, target, f"{tag}i{i}-", str(per)],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
              for i in range(count)]
     outs = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in procs]
     wall = time.perf_counter() - t0

@@ -9,7 +9,7 @@ kept-alive connections to
   ``250``);
 - the raw baseline: aiosmtpd with a handler that answers ``250`` at once.
 
-It lives in ``gateway/`` because it wires a connector to the store, which a
+It lives in the bench package because it wires a connector to the store, which a
 connector itself never imports.
 
 The clients are a minimal SMTP dialogue on asyncio streams (lighter than a

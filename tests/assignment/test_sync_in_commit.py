@@ -1,0 +1,34 @@
+"""Assignment and SLA in the pipeline commit's own transaction (``sync_in_commit``)."""
+
+from __future__ import annotations
+
+from tests.assignment.conftest import assignee, entries, make_ticket
+
+
+async def test_a_commit_assigns_and_times_the_ticket_in_its_own_transaction(store, clock):
+    store.sync_in_commit(clock)
+    before = store.group_commit_stats
+    t = await make_ticket(store, team="billing", skills={"billing": 3})
+    batches, writes = (a - b for a, b in zip(store.group_commit_stats, before))
+    assert (batches, writes) == (1, 1)  # one write: the message, its assignment and its SLA
+    assert await assignee(store, t) == "a-li"
+    [entry] = await entries(store, t, "assignment")
+    assert entry.text.startswith("assigned to a-li")
+    ticket = await store.get_ticket(t)
+    assert ticket.sla is not None and ticket.sla.policy == "standard" and ticket.sla.first_response_due is not None
+
+
+async def test_without_it_the_commit_leaves_assignment_to_the_hook(store):
+    t = await make_ticket(store, team="billing", skills={"billing": 3})
+    assert await assignee(store, t) is None
+
+
+async def test_the_sweep_skips_tickets_synced_in_their_commit_but_not_later_changes(store, clock):
+    store.sync_in_commit(clock)
+    synced = await make_ticket(store, team="billing")
+    changed, cursor = await store.changed_tickets(None)
+    assert synced not in changed and cursor is not None  # nothing owed, the cursor still moves
+    other = await make_ticket(store, team="support")
+    await store.set_status(other, "pending", clock())  # a change after the commit: owed to the sweep
+    changed, _ = await store.changed_tickets(cursor)
+    assert changed == [other]
