@@ -191,7 +191,8 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
 
         store = RedisStore(config.redis_url, prefix=config.store.redis_prefix, clock=clock,
                            first_ticket_number=config.threading.first_ticket_number,
-                           consumer=instance_name(config.listen), claim_idle_s=config.store.redis_claim_idle_s)
+                           consumer=instance_name(config.listen), claim_idle_s=config.store.redis_claim_idle_s,
+                           wait_replicas=config.store.redis_wait_replicas)
     store = store or SQLiteStore.in_dir(
         data_dir, synchronous=config.store.synchronous, group_commit_max=config.store.group_commit_max,
         readers=config.store.readers, first_ticket_number=config.threading.first_ticket_number, clock=clock,

@@ -50,6 +50,9 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: With ``redis_url``: a journal entry another instance claimed and left
     #: idle this long (it died) is taken over (XAUTOCLAIM).
     redis_claim_idle_s: float = 60.0
+    #: With ``redis_url``: a journal append is acknowledged only once this many
+    #: replicas have it (Redis ``WAIT``; 0: the primary's AOF alone).
+    redis_wait_replicas: int = 0
 
 
 class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -362,7 +362,8 @@ class RedisStore:
 
     def __init__(self, url: str, *, prefix: str = "og:", clock: Callable[[], datetime] = utcnow,
                  first_ticket_number: int = 1000, consumer: str | None = None, claim_idle_s: float = 60.0,
-                 client: Any = None, socket_timeout_s: float = 5.0):
+                 client: Any = None, socket_timeout_s: float = 5.0, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 1000):
         if aioredis is None:  # pragma: no cover
             raise StoreError("the redis package is not installed")
         self.url = url
@@ -372,6 +373,10 @@ class RedisStore:
         #: this instance's name in the consumer group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.claim_idle_ms = int(claim_idle_s * 1000)
+        #: an append is acknowledged only once this many replicas have it (WAIT)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        socket_timeout_s = max(socket_timeout_s, wait_timeout_ms / 1000 + 2)  # WAIT blocks that long
         self.r = client or aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10,
                                                      socket_timeout=socket_timeout_s, socket_connect_timeout=2.0)
         self._append = self.r.register_script(APPEND_LUA)
@@ -431,13 +436,22 @@ class RedisStore:
             keys.append(k.nonce(nonce.scope, nonce.value))
             ttl = max(1, (ms(nonce.expires) or 0) - (ms(nonce.now) or 0))
             args += [hashlib.sha256(raw).hexdigest(), ttl]
-        created, jid_b = await self._call(self._append(keys=keys, args=args))
+        if self.wait_replicas:
+            # the script and WAIT on one connection (WAIT covers that connection's writes)
+            async with self.r.pipeline(transaction=False) as pipe:
+                await self._append(keys=keys, args=args, client=pipe)
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+                (created, jid_b), replicas = await self._call(pipe.execute())
+            if int(replicas) < self.wait_replicas and created != -1:
+                # stored on the primary, not yet on enough replicas: not acknowledged (the
+                # sender retries; the idempotency key answers with this same entry)
+                raise StoreError(f"redis: the append reached {int(replicas)} of {self.wait_replicas} replicas "
+                                 f"in {self.wait_timeout_ms} ms")
+        else:
+            created, jid_b = await self._call(self._append(keys=keys, args=args))
         if created == -1:
             raise NonceReused(f"nonce {nonce.value!r} was already used with another body: a replayed signature")
-        result_id = _s(jid_b)
-        if created == 0 and result_id != jid and nonce is None:
-            pass
-        return IngestResult(journal_id=result_id, created=created == 1)
+        return IngestResult(journal_id=_s(jid_b), created=created == 1)
 
     async def _entries(self, ids: list[str], with_raw: bool) -> list[JournalEntry]:
         if not ids:

@@ -53,10 +53,12 @@ class RedisServer:
     no final fsync), ``stop()`` (SIGTERM, waited), ``start()`` again on the same
     directory and port (the AOF is replayed)."""
 
-    def __init__(self, root: Path, port: int | None = None, *, fsync: str = "always"):
+    def __init__(self, root: Path, port: int | None = None, *, fsync: str = "always",
+                 replica_of: "RedisServer | None" = None):
         self.root = Path(root)
         self.port = port or free_port()
         self.fsync = fsync
+        self.replica_of = replica_of
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -68,7 +70,10 @@ class RedisServer:
         assert binary, "redis-server is not installed"
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root),
                 "--appendonly", "yes", "--appendfsync", self.fsync, "--save", "",
-                "--daemonize", "no", "--logfile", str(self.root / "redis.log"), "--protected-mode", "yes"]
+                "--daemonize", "no", "--logfile", str(self.root / "redis.log"), "--protected-mode", "yes",
+                "--repl-diskless-sync-delay", "0"]  # a replica's first sync at once (tests)
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + _START_DEADLINE_S

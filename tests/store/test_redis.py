@@ -230,3 +230,48 @@ async def test_outbox_rows_are_leased_to_one_instance_and_settled_once(stores):
     assert not await b.outbox_settle(mine, Delivery(status="sent", at=clock["now"], attempts=2))  # once
     clock["now"] = NOW + timedelta(hours=1)
     assert [i.id for i in await a.outbox_claim("webhook.test", 10, 30)] == [i.id for i in retaken if i.id != item.id]
+
+
+async def synced(replica: RedisServer) -> None:
+    """Wait until the replica's link to its primary is up (its first sync done)."""
+    probe = RedisStore(replica.url)
+    try:
+        for _ in range(400):
+            if (await probe.r.info("replication")).get("master_link_status") == "up":
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError("the replica did not sync")
+    finally:
+        await probe.close()
+
+
+async def test_appends_can_wait_for_a_replica(tmp_path):
+    """With wait_replicas, an append is answered only once a replica has it;
+    without a replica it is refused (StoreError → 503), and the platform's
+    retry gets the same entry once the replica is back."""
+    need("redis-server", redis_binary() is not None, "it is not installed")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "r").mkdir()
+    primary = RedisServer(tmp_path / "p").start()
+    replica = RedisServer(tmp_path / "r", replica_of=primary).start()
+    s = RedisStore(primary.url, prefix="w:", wait_replicas=1, wait_timeout_ms=3000)
+    try:
+        await synced(replica)
+        acked = [(await s.journal_append("api", "api", f"w{i}", b"x")).journal_id for i in range(20)]
+        replica_store = RedisStore(replica.url, prefix="w:")
+        on_replica = {e.id for e in await replica_store.journal_list(limit=100)}
+        await replica_store.close()
+        assert set(acked) <= on_replica  # acknowledged means on the replica too
+        replica.kill()
+        s.wait_timeout_ms = 200
+        with pytest.raises(StoreError, match="reached 0 of 1 replicas"):
+            await s.journal_append("api", "api", "lonely", b"x")
+        replica.start()
+        s.wait_timeout_ms = 3000
+        await synced(replica)
+        again = await s.journal_append("api", "api", "lonely", b"x")  # the platform's retry
+        assert not again.created and len(await s.journal_list(limit=100)) == 21
+    finally:
+        await s.close()
+        replica.stop()
+        primary.stop()
