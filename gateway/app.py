@@ -186,17 +186,10 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     app = web.Application(client_max_size=config.max_body_bytes)
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    if store is None and config.redis_url:  # several instances, one state (gateway/store/redis_store.py)
-        from gateway.store.redis_store import RedisStore, instance_name
+    if store is None:  # Redis with redis_url (several instances, one state), else SQLite in data_dir
+        from gateway.store.factory import open_store
 
-        store = RedisStore(config.redis_url, prefix=config.store.redis_prefix, clock=clock,
-                           first_ticket_number=config.threading.first_ticket_number,
-                           consumer=instance_name(config.listen), claim_idle_s=config.store.redis_claim_idle_s,
-                           wait_replicas=config.store.redis_wait_replicas)
-    store = store or SQLiteStore.in_dir(
-        data_dir, synchronous=config.store.synchronous, group_commit_max=config.store.group_commit_max,
-        readers=config.store.readers, first_ticket_number=config.threading.first_ticket_number, clock=clock,
-    )
+        store = open_store(config, clock=clock)
     m = Metrics()
     m.register_collector(m.journal_families)
     m.register_collector(m.ingest_families)

@@ -48,6 +48,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _real_clock_env() -> dict[str, str]:
+    """The environment without libfaketime: the suite's faked-clock re-run
+    (scripts/test) fakes the gateway's clock, not the server's (redis-server
+    under libfaketime stops answering)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKETIME")}
+    preload = [p for p in env.pop("LD_PRELOAD", "").split() if "faketime" not in p]
+    if preload:
+        env["LD_PRELOAD"] = " ".join(preload)
+    return env
+
+
 class RedisServer:
     """One redis-server child: ``start()``, ``kill()`` (SIGKILL: no goodbye,
     no final fsync), ``stop()`` (SIGTERM, waited), ``start()`` again on the same
@@ -75,7 +86,7 @@ class RedisServer:
         if self.replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, env=_real_clock_env())
         deadline = time.monotonic() + _START_DEADLINE_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
