@@ -2,8 +2,8 @@
 Redis backend with one and with two instances, and its CPU per message
 against the SQLite backend, measured in the same run.
 
-Level: the *store*, not HTTP — the daemon does not run on Redis yet (see
-``gateway/store/redis_store.py``, ``NOT_YET``). Each instance is a process
+Level: the *store*, not HTTP (the HTTP figures of the daemon on Redis
+are still to come). Each instance is a process
 of its own driving a ``RedisStore`` with 64 concurrent tasks:
 
 - ``redis_ingest``: durable journal appends (the idempotency SET NX, the
@@ -171,7 +171,7 @@ def _figure(kind: str, m: dict) -> dict:
             "cpu_us_per_msg_sqlite_backend": round(base["cpu_us_per_msg"], 1),
             "cpu_ratio_redis_over_sqlite": round(redis_cpu / base["cpu_us_per_msg"], 3) if base["cpu_us_per_msg"] else None,
             "messages": N, "concurrency_per_instance": CONCURRENCY, "cores": os.cpu_count(),
-            "level": "store (no HTTP): the daemon does not run on Redis yet",
+            "level": "store (no HTTP): append / claim, snapshot, decide, commit",
             "durability": "appendonly yes, appendfsync always; SQLite synchronous=FULL",
         },
     }

@@ -516,7 +516,8 @@ class RedisStore:
 
     async def claim_pending(self, after_seq: int, limit: int) -> list[JournalEntry]:
         """Pending entries for this consumer, in arrival order, with raw bytes:
-        its own unfinished ones (after ``after_seq``), new ones from the shared
+        its own unfinished ones (when ``after_seq`` is 0: a start or a
+        rescan — a restarted instance takes them back), new ones from the shared
         consumer group, and ones another consumer left idle for
         ``claim_idle_s`` (a dead instance's). Entries already settled are
         acknowledged and skipped."""
@@ -524,7 +525,10 @@ class RedisStore:
         k, r = self.k, self.r
         sids: dict[str, str] = {}
         try:
-            own = await self._call(r.xreadgroup(k.group, self.consumer, {k.stream: "0"}, count=limit))
+            # its own unfinished entries only on a (re)scan from the start: later calls
+            # would re-read the entries the caller holds in flight
+            own = await self._call(r.xreadgroup(k.group, self.consumer, {k.stream: "0"}, count=limit)) \
+                if after_seq == 0 else []
             new = await self._call(r.xreadgroup(k.group, self.consumer, {k.stream: ">"}, count=limit))
             stolen: list = []
             if self.claim_idle_ms >= 0:
