@@ -247,13 +247,22 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
 
     live.setup(app, pipeline)  # webchat's live hub: presence, ticket events, the agent socket
     app.router.add_routes(guarded_routes(live.routes))
-    app[outbox.DISPATCHER] = outbox.Dispatcher(store, connectors, attachments, metrics=m, clock=clock)
+
+    from collections import ChainMap
+
+    from gateway.webhooks import service as webhooks
+    from gateway.webhooks.api_reply import ApiReplySender
+
+    hooks = webhooks.setup(app, store, config, clock)  # deliveries, /api/v1/webhooks, /readyz detail
+    senders = ChainMap(connectors, {"api": ApiReplySender(hooks, config.channels.get("api", {}))})
+    app[outbox.DISPATCHER] = outbox.Dispatcher(store, senders, attachments, metrics=m, clock=clock)
 
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(assignment.cleanup_ctx)  # the directory is in the store before the worker runs
     app.cleanup_ctx.append(_worker_ctx)
     app.cleanup_ctx.append(_connectors_ctx)
     app.cleanup_ctx.append(outbox.dispatcher_ctx)  # after the connectors: it stops before they close
+    app.cleanup_ctx.append(webhooks.service_ctx)
     app.cleanup_ctx.append(_gauges_ctx)
     from gateway import holidaycheck
 

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calendar": ("gateway.commands.calendar", "business-hours calendars: due times, closed days"),
     "tokens": ("gateway.commands.tokens", "per-agent API tokens: create, list, revoke"),
     "openapi": ("gateway.commands.openapi", "print the OpenAPI document of /api/v1"),
+    "webhooks": ("gateway.commands.webhooks", "webhook endpoints: list, dead letters, replay"),
     "options": ("gateway.commands.options", "each connector's options as Markdown tables (from the manifests)"),
     "bench": ("gateway.bench", "measure throughput and latency against raw baselines"),
 }

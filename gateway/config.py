@@ -101,6 +101,46 @@ class RestConfig(msgspec.Struct, forbid_unknown_fields=True):
     token_cache_s: float = 10.0
 
 
+class WebhookEndpointConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """``webhooks.endpoints.<name>`` (CONTRACTS.md "Webhooks (outbound)")."""
+
+    url: str
+    #: ``whsec_…``; two lines during a rotation (both sign). From ``secret_file`` or the environment only.
+    secret: str | None = None
+    #: Event types or prefixes (``ticket.``); empty: all.
+    events: list[str] = msgspec.field(default_factory=list)
+    allow_private: bool = False
+    enabled: bool = True
+    description: str | None = None
+
+
+class WebhooksConfig(msgspec.Struct, forbid_unknown_fields=True):
+    endpoints: dict[str, WebhookEndpointConfig] = msgspec.field(default_factory=dict)
+    #: Deliveries in flight at once, across endpoints (0: this node sends none; events wait in the queue).
+    workers: int = 16
+    #: Back-off: the first retry comes within this (jittered), then doubles up to ``max_delay``.
+    first_retry: str = "5s"
+    max_delay: str = "1h"
+    #: How long an event is retried before it goes to the dead letters.
+    retry_horizon: str = "24h"
+    timeout: str = "15s"
+    #: Consecutive failures that open an endpoint's circuit breaker (then one probe at a time).
+    breaker_threshold: int = 20
+    #: Attempts kept in each endpoint's delivery log (and no older than ``retention.delivery_log``).
+    delivery_log_max: int = 1000
+
+
+class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Pruning (hourly). A duration, or ``null``/``0`` for never."""
+
+    #: Delivered outbox rows (sent replies, events every endpoint has taken).
+    outbox: str | None = "7d"
+    #: Rows of ``webhook_log``.
+    delivery_log: str | None = "7d"
+    #: Raw payloads of *processed* journal entries (the row and its idempotency key stay; failed entries are kept).
+    journal_raw: str | None = "90d"
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     listen: str = DEFAULT_LISTEN
     data_dir: str = DEFAULT_DATA_DIR
@@ -122,6 +162,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     dedupe: DedupeConfig = msgspec.field(default_factory=DedupeConfig)
     threading: ThreadingConfig = msgspec.field(default_factory=ThreadingConfig)
     rest: RestConfig = msgspec.field(default_factory=RestConfig)
+    webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     #: Channel sections (top-level keys named after a channel), as plain dicts.
     channels: dict[str, dict] = msgspec.field(default_factory=dict)
 
@@ -137,6 +179,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
             if self.directory:
                 raise ConfigError("redis_url: assignment and SLAs (directory) do not run on the Redis backend yet "
                                   "(gateway/store/redis_store.py NOT_YET); remove directory or redis_url")
+            if self.webhooks.endpoints:
+                raise ConfigError("redis_url: outbound webhooks do not run on the Redis backend yet "
+                                  "(gateway/store/redis_store.py NOT_YET); remove webhooks.endpoints or redis_url")
         if self.store.synchronous not in ("full", "normal", "extra"):
             raise ConfigError(f"store.synchronous must be full, normal or extra, got {self.store.synchronous!r}")
         for name, value in self.threading.reopen_window.items():
@@ -149,6 +194,27 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
                 ipaddress.ip_network(p, strict=False)
             except ValueError:
                 raise ConfigError(f"trusted_proxies: {p!r} is not an address or network") from None
+        for key in ("first_retry", "max_delay", "retry_horizon", "timeout"):
+            parse_duration(getattr(self.webhooks, key), f"webhooks.{key}")
+        for key in ("outbox", "delivery_log", "journal_raw"):
+            if getattr(self.retention, key):
+                parse_duration(getattr(self.retention, key), f"retention.{key}")
+        for name, ep in self.webhooks.endpoints.items():
+            if not ep.url.startswith(("http://", "https://")):
+                raise ConfigError(f"webhooks.endpoints.{name}.url must be an http(s) URL, got {ep.url!r}")
+            env = _env_name(("webhooks", "endpoints", name, "secret"))
+            if not ep.secret:
+                raise ConfigError(f"webhooks.endpoints.{name} lacks its secret (whsec_…): put the path of a file "
+                                  f"holding it in webhooks.endpoints.{name}.secret_file, or set {env}")
+            from standardwebhooks.webhooks import Webhook
+
+            for line in ep.secret.splitlines():
+                try:
+                    if line.strip():
+                        Webhook(line.strip())
+                except Exception:  # noqa: BLE001 - binascii errors and the library's own
+                    raise ConfigError(f"webhooks.endpoints.{name}: the secret is not whsec_ + base64 "
+                                      "(one per line; two during a rotation)") from None
         for pattern in self.threading.ref_patterns:
             try:
                 if re.compile(pattern).groups != 1:
@@ -402,13 +468,19 @@ def _check_yaml(file: str, text: str, channel_names: frozenset[str]) -> _Node:
     # typos: top level, the nested sections, and each channel section's keys
     top = _struct_keys(Config) - {"channels"} | set(channel_names)
     nested = {"store": StoreConfig, "pipeline": PipelineConfig, "dedupe": DedupeConfig, "threading": ThreadingConfig,
-              "rest": RestConfig}
+              "rest": RestConfig, "retention": RetentionConfig}
     for key, node in tree.children.items():
         base = key[: -len("_file")] if key.endswith("_file") else key
         if key not in top and base not in top:
             raise _unknown_key(file, node, top, "the configuration")
         if key in nested:
             _check_keys(file, node, {k: {} for k in _struct_keys(nested[key])}, key)
+        elif key == "webhooks":  # the endpoints' secrets come from secret_file or the environment
+            for ep in (node.children.get("endpoints") or _Node((), 0)).children.values():
+                if "secret" in ep.children:
+                    raise _refuse_secret(file, ep.children["secret"])
+            _check_keys(file, node, {**{k: {} for k in _struct_keys(WebhooksConfig)}, "endpoints": {
+                "*": {k: {} for k in _struct_keys(WebhookEndpointConfig)}}}, key)
         elif key in known and known[key].options:
             _check_keys(file, node, _option_tree(known[key].options), f"the {key} section (see its manifest)")
     return tree

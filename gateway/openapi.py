@@ -146,6 +146,40 @@ OPS: list[Op] = [
     Op("GET", "/api/v1/openapi.json", "openapi", "This document", "agent", "meta", response=None),
 ]
 
+
+def _webhook_ops() -> list[Op]:
+    """``/api/v1/webhooks`` (gateway/webhooks/routes.py)."""
+    from gateway.webhooks import types as W
+
+    ep = "/api/v1/webhooks/{name}"
+    return [
+        Op("GET", "/api/v1/webhooks", "listWebhooks", "Webhook endpoints, their queues and state", "admin",
+           "webhooks", response=W.WebhookEndpointList),
+        Op("POST", "/api/v1/webhooks", "createWebhook", "A new webhook endpoint (its secret shown once when "
+           "generated)", "admin", "webhooks", ok=201, response=W.WebhookEndpoint, body=W.WebhookCreateBody,
+           errors=(409, 422), description="It receives the events created from now on, never the backlog. "
+           "Loopback, link-local and private addresses are refused (422) unless `allow_private`."),
+        Op("GET", ep, "getWebhook", "One webhook endpoint", "admin", "webhooks", response=W.WebhookEndpoint,
+           errors=_ID),
+        Op("PATCH", ep, "patchWebhook", "Change an endpoint made through the API", "admin", "webhooks",
+           response=W.WebhookEndpoint, body=W.WebhookPatchBody, errors=(404, 409, 422)),
+        Op("DELETE", ep, "deleteWebhook", "Delete an endpoint made through the API (its queue too)", "admin",
+           "webhooks", ok=204, errors=(404, 409)),
+        Op("POST", ep + "/enable", "enableWebhook", "Resume an endpoint (after a 410, say)", "admin", "webhooks",
+           response=W.WebhookEndpoint, errors=_ID),
+        Op("POST", ep + "/disable", "disableWebhook", "Hold an endpoint's deliveries", "admin", "webhooks",
+           response=W.WebhookEndpoint, errors=_ID),
+        Op("GET", ep + "/deliveries", "webhookDeliveries", "The endpoint's delivery log, newest first", "admin",
+           "webhooks", response=W.WebhookDeliveryPage, query=W.WebhookListQuery, errors=_ID),
+        Op("GET", ep + "/dead", "webhookDeadLetters", "Events given up after the retry horizon", "admin",
+           "webhooks", response=W.WebhookDeadPage, query=W.WebhookListQuery, errors=_ID),
+        Op("POST", ep + "/replay", "replayWebhook", "Dead letters (all, since, or one id) back into the queue",
+           "admin", "webhooks", ok=202, response=W.WebhookReplayResult, body=W.WebhookReplayBody, errors=_ID),
+    ]
+
+
+OPS += _webhook_ops()
+
 _COMMON_ERRORS = {400: "Bad request: the parameter or field at fault is named in `field`",
                   401: "No bearer token, or an unknown, revoked or expired one",
                   403: "The token's role or teams do not allow this",
@@ -254,6 +288,7 @@ def document(version: str | None = None) -> dict:
         "security": [{"bearer": []}],
         "tags": [{"name": t} for t in dict.fromkeys(op.tag for op in OPS)],
         "paths": paths,
+        "webhooks": _webhook_events(),
         "components": {
             "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
@@ -264,6 +299,13 @@ def document(version: str | None = None) -> dict:
     }
     _doc_cache["doc"] = doc
     return doc
+
+
+def _webhook_events() -> dict:
+    """The outbound events (gateway/webhooks/catalogue.py) as OpenAPI 3.1 webhooks."""
+    from gateway.webhooks.catalogue import openapi_webhooks
+
+    return openapi_webhooks()
 
 
 def op_for(method: str, path: str) -> Op | None:

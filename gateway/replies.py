@@ -124,7 +124,7 @@ async def _check_sendable(app: web.Application, ticket, body: ReplyBody, templat
     target = ticket.reply_to
     if target is None:
         return  # reply_create answers this one (NoReplyTarget)
-    connector = app[keys.CONNECTORS].get(target.channel)
+    connector = app[DISPATCHER].connectors.get(target.channel)  # the connectors, and the api channel's webhook sender
     if connector is None or not hasattr(connector, "send"):
         raise Problem(409, "Cannot reply", f"the {target.channel} channel cannot send replies (no running "
                       "connector sends on it); add an internal note instead", field="channel")

@@ -427,7 +427,13 @@ def stage_compose(w: Work) -> None:
             priority=f.get("priority"), team=f.get("team"), skills=f.get("skills"),
             add_tags=tuple(f.get("tags", ())), assignee=f.get("assignee"),
         )
+        changes = _ticket_changes(t.ticket, f)
+        if changes:  # a follow-up's rule raised the priority or added tags
+            w.outbox.append(OutboxEvent("ticket.updated", {"ticket_id": ticket_id, "changes": changes,
+                                                           "reason": "rules"}, ticket_id))
         if t.action == "reopen":
+            w.outbox.append(OutboxEvent("ticket.status_changed", {"ticket_id": ticket_id, "from": t.ticket.status,
+                                                                  "to": "open", "actor": "customer"}, ticket_id))
             w.timeline.append(TimelineEntry(
                 id=w.new_id(), contact_id=w.contact_id or "", ticket_id=ticket_id, kind="status", at=w.now,
                 channel=i.channel, text=f"reopened: {t.ticket.status} → open by a new customer message",
@@ -453,6 +459,18 @@ def stage_compose(w: Work) -> None:
     c.thread_refs = threads.own_refs(i)
     w.outbox.append(OutboxEvent("message.created", {"timeline_id": entry.id, "ticket_id": ticket_id,
                                                      "contact_id": w.contact_id, "channel": i.channel}, ticket_id))
+
+
+def _ticket_changes(ticket: Any, f: dict) -> dict:
+    """What the rules change on an existing ticket (for ``ticket.updated``)."""
+    changes: dict = {}
+    for key in ("priority", "team", "assignee"):
+        if f.get(key) is not None and f[key] != getattr(ticket, key, None):
+            changes[key] = {"from": getattr(ticket, key, None), "to": f[key]}
+    added = sorted(set(f.get("tags", ())) - set(getattr(ticket, "tags", ()) or ()))
+    if added:
+        changes["tags"] = {"added": added}
+    return changes
 
 
 #: The pipeline, in order. Each stage is a pure function of the Work.

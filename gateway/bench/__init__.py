@@ -16,7 +16,7 @@ The package holds everything the bench needs and nothing else imports it:
   (``assign_next_store``), ``assign`` (the pure chooser), ``rules``,
   ``email_parse``, ``email_smtp``, ``wechat``, ``telegram``, ``social``
   (``social_webhook``), ``api_list`` (``api_ticket_list_100k``), ``calllog``
-  (``calllog_rows``).
+  (``calllog_rows``), ``webhooks`` (``webhook_delivery``).
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ REGISTRY: dict[str, Group] = {
     "api_list": Group("gateway.bench.api_list:figures", ("api_ticket_list_100k",)),
     "calllog": Group("gateway.bench.calllog:figures", ("calllog_rows",)),
     "webchat": Group("gateway.bench.webchat:figures", ("webchat_push",)),
+    "webhooks": Group("gateway.bench.webhooks:figures", ("webhook_delivery",), ratio=True),
     "redis": Group("gateway.bench.redis_instances:figures", ("redis_ingest", "redis_pipeline")),
 }
 

@@ -327,6 +327,10 @@ NOT_YET = (
     "ticket_record", "tickets_list", "ticket_patch", "contact_by_identity", "contacts_by_name",
     "contact_set_attributes", "contact_audit", "timeline_rows", "note_create", "mentions_of",
     "token_create", "token_revoke", "token_lookup", "token_list", "token_touch",
+    # outbound webhooks (sqlite_webhooks.py)
+    # (without endpoints the delivery service's polling ops answer "nothing": see RedisStore)
+    "webhook_upsert", "webhook_delete", "webhook_set_enabled", "webhook_settle", "webhook_deliveries",
+    "webhook_dead", "webhook_replay", "webhook_event_insert",
 )
 
 
@@ -1292,6 +1296,41 @@ class RedisStore:
     async def assign_stats(self) -> dict:
         """Not kept on Redis yet: the metrics leave the assignment families out."""
         return {"unavailable": "assignment figures are not kept on the Redis backend yet"}
+
+    # ------------------------------------------------------------ outbound webhooks: none yet on Redis
+
+    # The delivery service (gateway/webhooks/service.py) runs in every daemon
+    # and polls these; gateway.config refuses webhooks.endpoints with
+    # redis_url, and creating an endpoint through the API answers 501
+    # (webhook_upsert is in NOT_YET), so on Redis there is nothing to deliver.
+
+    async def webhook_endpoints(self) -> list[dict]:
+        return []
+
+    async def webhook_endpoint(self, name: str) -> dict | None:
+        return None
+
+    async def webhook_release_leases(self, now: datetime) -> int:
+        return 0
+
+    async def webhook_outbox_end(self) -> int:
+        return 0
+
+    async def webhook_fanout(self, now: datetime, limit: int = 2000) -> int:
+        return 0
+
+    async def webhook_claim(self, limit: int, lease_s: float, now: datetime, *args: Any, **kw: Any) -> list:
+        return []
+
+    async def webhook_next_due(self, now: datetime) -> datetime | None:
+        return None
+
+    async def webhook_queue_stats(self) -> dict[str, dict]:
+        return {}
+
+    async def webhook_prune(self, now: datetime, *, outbox_s: float | None = None, log_s: float | None = None,
+                            log_max: int = 0, journal_raw_s: float | None = None) -> dict[str, int]:
+        return {}
 
     # ------------------------------------------------------------ leases
 

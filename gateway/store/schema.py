@@ -8,7 +8,15 @@ rows are never deleted, so rowids only grow, and AUTOINCREMENT would cost an
 extra b-tree write per insert on the ingest path).
 """
 
-from gateway.store import sqlite_assign, sqlite_delivery, sqlite_nonces, sqlite_replies, sqlite_tickets, sqlite_tokens
+from gateway.store import (
+    sqlite_assign,
+    sqlite_delivery,
+    sqlite_nonces,
+    sqlite_replies,
+    sqlite_tickets,
+    sqlite_tokens,
+    sqlite_webhooks,
+)
 
 MIGRATIONS: list[str] = [
     # 1: the core slice
@@ -187,4 +195,6 @@ MIGRATIONS: list[str] = [
     CREATE INDEX auto_reply_log_address ON auto_reply_log (address, at);
     CREATE INDEX auto_reply_log_at ON auto_reply_log (at);
     """,
+    # 8: webhook endpoints, delivery queue, dead letters, delivery log; journal raw pruning
+    sqlite_webhooks.MIGRATION,
 ]

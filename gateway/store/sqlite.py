@@ -39,6 +39,7 @@ from gateway.store.sqlite_replies import RepliesOps
 from gateway.store.sqlite_sla import SlaOps
 from gateway.store.sqlite_tickets import TicketsOps
 from gateway.store.sqlite_tokens import TokensOps
+from gateway.store.sqlite_webhooks import WebhookOps, event_payloads, insert_events
 from routing.model import (
     Attachment,
     Contact,
@@ -250,7 +251,7 @@ def migrate(path: str) -> int:
         conn.close()
 
 
-class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps):
+class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps, WebhookOps):
     """The default store: one file ``<data_dir>/omnigate.db``.
 
     Operations of later features live in mixins beside this module
@@ -526,7 +527,8 @@ def _journal_requeue(conn: sqlite3.Connection, ids: list[str]) -> int:
     n = 0
     for jid in ids:
         n += conn.execute(
-            "UPDATE journal SET status = 'pending', error = NULL WHERE id = ? AND status != 'pending'", (jid,)
+            "UPDATE journal SET status = 'pending', error = NULL WHERE id = ? AND status != 'pending' "
+            "AND raw_pruned_at IS NULL", (jid,)  # a pruned payload cannot be decided again
         ).rowcount
     return n
 
@@ -788,7 +790,8 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int, now: i
                              "VALUES (?,?,?,?,?)",
                              [(c.ticket_id, i.kind, i.value, src, now) for i, src in c.participants])
     conn.executemany("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
-                     [(new_id(), ev.topic, ev.ticket_id, _j(ev.payload), now, now) for ev in c.outbox])
+                     [(new_id(), ev.topic, ev.ticket_id, _j(p), now, now)
+                      for ev, p in zip(c.outbox, event_payloads(conn, c.outbox, now))])
     if c.final:
         conn.execute("UPDATE journal SET status = 'processed', processed_at = ?, ticket_id = ?, contact_id = ?, "
                      "error = NULL WHERE id = ?", (now, c.ticket_id, cid, c.journal_id))
@@ -939,8 +942,7 @@ def _merge(conn: sqlite3.Connection, winner: str, loser: str, actor: str, reason
     _insert_timeline(conn, TimelineEntry(
         id=new_id(), contact_id=winner, kind="identity", at=dt(now),
         text=f"contact {loser} merged into this contact by {actor}" + (f": {reason}" if reason else ""), data=data))
-    conn.execute("INSERT INTO outbox (id, topic, payload, created_at, next_at) VALUES (?,?,?,?,?)",
-                 (new_id(), "contact.merged", _j(data), now, now))
+    insert_events(conn, [("contact.merged", None, data)], now)
 
 
 def _unmerge(conn: sqlite3.Connection, contact_id: str, actor: str, reason: str | None, now: int) -> None:
@@ -975,8 +977,7 @@ def _unmerge(conn: sqlite3.Connection, contact_id: str, actor: str, reason: str 
             id=new_id(), contact_id=cid, kind="identity", at=dt(now),
             text=f"contact {contact_id} unmerged from {winner} by {actor}" + (f": {reason}" if reason else ""),
             data=data))
-    conn.execute("INSERT INTO outbox (id, topic, payload, created_at, next_at) VALUES (?,?,?,?,?)",
-                 (new_id(), "contact.unmerged", _j(data), now, now))
+    insert_events(conn, [("contact.unmerged", None, data)], now)
 
 
 # ---------------------------------------------------------------- state

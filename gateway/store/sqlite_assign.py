@@ -35,6 +35,7 @@ import msgspec
 import structlog
 
 from gateway.store.base import AgentView, InvalidTransition, NotFound, StoreError
+from gateway.store.sqlite_webhooks import event_payloads
 from routing.assign import (
     AgentState,
     AssignmentState,
@@ -419,7 +420,8 @@ class AssignTx:
     def outbox(self, topic: str, ticket_id: str | None, payload: dict) -> None:
         self.conn.execute(
             "INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
-            (new_id(self.now_ms), topic, ticket_id, to_json(payload), self.now_ms, self.now_ms),
+            (new_id(self.now_ms), topic, ticket_id, to_json(event_payloads(self.conn, [(topic, ticket_id, payload)])[0]),
+             self.now_ms, self.now_ms),
         )
 
     def touch_ticket(self, ticket_id: str, **columns: Any) -> None:

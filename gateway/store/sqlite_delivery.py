@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from gateway.store.base import REPLY_TOPIC
-from routing.model import new_id
+from gateway.store.sqlite_webhooks import insert_events
 from routing.state import Commit
 
 #: Schema migration (delivery reports find their reply by the platform's id;
@@ -132,7 +132,7 @@ def _advance(conn: sqlite3.Connection, d: Any, timeline_id: str, ticket_id: str 
             delivery["code"] = d.error_code
     data["delivery"] = delivery
     conn.execute("UPDATE timeline SET data = ? WHERE id = ?", (_enc.encode(data).decode(), timeline_id))
-    payload = {"timeline_id": timeline_id, "ticket_id": ticket_id, "contact_id": contact_id, "channel": d.channel,
+    payload = {"timeline_id": timeline_id, "ticket_id": ticket_id, "contact_id": contact_id, "source": "report",
+               "channel": d.channel,
                "external_id": delivery.get("external_id"), "status": d.status, "delivery": delivery}
-    conn.execute("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
-                 (new_id(), "message.status", ticket_id, _enc.encode(payload).decode(), now_ms, now_ms))
+    insert_events(conn, [("message.status", ticket_id, payload)], now_ms)

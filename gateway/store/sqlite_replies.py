@@ -30,6 +30,7 @@ from gateway.store.base import (
     OutboxItem,
     ReplyDraft,
 )
+from gateway.store.sqlite_webhooks import insert_events
 from routing.model import Identity, TimelineEntry, new_id
 from routing.sla import response_verdict
 
@@ -155,6 +156,8 @@ def _reply_create(conn: sqlite3.Connection, ticket_id: str, draft: ReplyDraft, e
         # is only counted once the channel took the reply: _outbox_settle)
         sets += ["status = CASE status WHEN 'new' THEN 'open' ELSE status END"]
     conn.execute(f"UPDATE tickets SET {', '.join(sets)} WHERE id = ?", (*args, ticket.id))
+    insert_events(conn, [("message.created", ticket.id, {"timeline_id": entry.id, "ticket_id": ticket.id,
+                                                          "contact_id": ticket.contact_id, "channel": entry.channel})], at)
     return entry
 
 
@@ -193,6 +196,11 @@ def _outbox_settle(conn: sqlite3.Connection, item: OutboxItem, d: Delivery) -> b
         at = core.ms(d.at)
         conn.execute("UPDATE tickets SET first_response_at = coalesce(first_response_at, ?), updated_at = ?, "
                      "version = version + 1 WHERE id = ?", (at, at, item.ticket_id))
+    if item.timeline_id and d.status != "retrying":
+        # the send's outcome (sent or failed) for the webhooks, before any platform report it unlocks
+        insert_events(conn, [("message.status", item.ticket_id, {
+            "timeline_id": item.timeline_id, "ticket_id": item.ticket_id, "status": d.status, "source": "send",
+            "reason": d.reason, "external_id": d.external_id})], core.ms(d.at))
     if d.status == "sent" and d.external_id and item.timeline_id:
         # a platform's report on this message that came before this settle (sqlite_delivery.py)
         from gateway.store.sqlite_delivery import apply_early_reports

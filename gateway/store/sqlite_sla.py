@@ -198,6 +198,8 @@ class Tx(AssignTx):
                                       (raised, PRIORITY_RANK[raised], t.id))
                     self.timeline(t.id, "sla", f"priority {t.priority} → {raised}: {why}",
                                   {"action": "raise_priority", "from": t.priority, "to": raised})
+                    self.outbox("ticket.updated", t.id, {"ticket_id": t.id, "changes": {
+                        "priority": {"from": t.priority, "to": raised}}, "reason": why})
             case ReassignToLead(team=team):
                 self._to_lead(t, team or t.team, why)
             case NotifyWebhook(name=name):

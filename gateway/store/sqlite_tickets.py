@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway.store.base import NotFound, StoreError
+from gateway.store.sqlite_webhooks import insert_events
 from routing.model import OPEN_STATUSES, Contact, Ticket, TimelineEntry, new_id
 
 if TYPE_CHECKING:
@@ -328,8 +329,7 @@ def _set_attributes(conn: sqlite3.Connection, contact_id: str, changes: dict[str
     data = {"contact": contact_id, "keys": sorted(done)}
     conn.execute("INSERT INTO audit (at, actor, action, subject, data) VALUES (?,?,?,?,?)",
                  (now, actor, "contact.attributes", contact_id, _enc.encode(data).decode()))
-    conn.execute("INSERT INTO outbox (id, topic, payload, created_at, next_at) VALUES (?,?,?,?,?)",
-                 (new_id(now), "contact.updated", _enc.encode({**data, "actor": actor}).decode(), now, now))
+    insert_events(conn, [("contact.updated", None, {**data, "actor": actor})], now)
 
 
 def _audit_of(conn: sqlite3.Connection, contact_id: str, limit: int) -> list[AuditRecord]:
@@ -401,9 +401,7 @@ def _note_with_mentions(conn: sqlite3.Connection, ticket_id: str, draft: ReplyDr
                      (entry.id, agent, ticket_id, by, at))
         payload = {"agent_id": agent, "by": by, "ticket_id": ticket_id, "ticket_number": number,
                    "timeline_id": entry.id}
-        conn.execute("INSERT INTO outbox (id, topic, ticket_id, timeline_id, payload, created_at, next_at) "
-                     "VALUES (?,?,?,?,?,?,?)",
-                     (new_id(at), "note.mentioned", ticket_id, entry.id, _enc.encode(payload).decode(), at, at))
+        insert_events(conn, [("note.mentioned", ticket_id, payload)], at)
     return entry, mentioned
 
 

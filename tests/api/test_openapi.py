@@ -113,7 +113,8 @@ EXAMPLES = 20
 @pytest.mark.integration
 def test_schemathesis_finds_no_server_error_and_no_undocumented_response(tmp_path):
     # the shipped rules (their teams need no directory); the API's own role tests use a directory
-    config = make_config(tmp_path, rules_dir=RULES, rest={"rate_limit_per_minute": 0})
+    # webhooks.workers 0: endpoints the fuzzer creates get no deliveries (no traffic but loopback)
+    config = make_config(tmp_path, rules_dir=RULES, rest={"rate_limit_per_minute": 0}, webhooks={"workers": 0})
     with _Server(create_app(config)) as server:
         base = f"http://127.0.0.1:{server.port}"
         _seed(server, base)

@@ -135,10 +135,12 @@ def signed_corpus() -> tuple[bytes, str]:
 
 
 def outbox_events(gw: Gateway, topic: str) -> list[dict]:
+    """The topic's events; for ``message.status`` the platform's reports (``source: report``),
+    not the dispatcher's own send outcome (``source: send``)."""
     db = Path(gw.app[keys.CONFIG].data_dir) / "omnigate.db"
     with sqlite3.connect(db) as conn:
-        return [json.loads(r[0]) for r in conn.execute("SELECT payload FROM outbox WHERE topic = ? ORDER BY seq",
-                                                       (topic,))]
+        return [e for e in (json.loads(r[0]) for r in conn.execute(
+            "SELECT payload FROM outbox WHERE topic = ? ORDER BY seq", (topic,))) if e.get("source") != "send"]
 
 
 async def whatsapp_ticket(gw: Gateway) -> dict:
