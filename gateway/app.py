@@ -254,6 +254,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     from gateway.webhooks.api_reply import ApiReplySender
 
     hooks = webhooks.setup(app, store, config, clock)  # deliveries, /api/v1/webhooks, /readyz detail
+    from gateway.desks import service as desks
+
+    desks.setup(app, store, config, hooks, clock)  # help-desk sync: desk:<name> targets, /channels/desks/<name>
     senders = ChainMap(connectors, {"api": ApiReplySender(hooks, config.channels.get("api", {}))})
     app[outbox.DISPATCHER] = outbox.Dispatcher(store, senders, attachments, metrics=m, clock=clock)
 
@@ -262,6 +265,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     app.cleanup_ctx.append(_worker_ctx)
     app.cleanup_ctx.append(_connectors_ctx)
     app.cleanup_ctx.append(outbox.dispatcher_ctx)  # after the connectors: it stops before they close
+    app.cleanup_ctx.append(desks.sync_ctx)  # registers the desks' endpoints before the webhook service claims
     app.cleanup_ctx.append(webhooks.service_ctx)
     app.cleanup_ctx.append(_gauges_ctx)
     from gateway import holidaycheck

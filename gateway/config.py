@@ -130,6 +130,32 @@ class WebhooksConfig(msgspec.Struct, forbid_unknown_fields=True):
     delivery_log_max: int = 1000
 
 
+class DeskConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """``desks.<name>`` (CONTRACTS.md "Help-desk sync"; gateway/desks/)."""
+
+    kind: str  # zammad | zendesk | freshdesk | generic
+    url: str
+    #: API token (Zammad access token, Zendesk API token, Freshdesk API key); from ``token_file`` or the env.
+    token: str | None = None
+    #: Zendesk: the agent e-mail the API token belongs to (``email/token:TOKEN``).
+    email: str | None = None
+    #: The way back: Zammad's webhook HMAC secret, Zendesk's webhook signing secret, Freshdesk's header token.
+    webhook_secret: str | None = None
+    #: ``push`` (the desk's webhook nudges ``/channels/desks/<name>``) or ``poll`` (every ``poll_interval``).
+    mode: str = "push"
+    poll_interval: str = "60s"
+    #: ``omnigate`` (omnigate's rules, assignment and SLA decide; the desk is told) or ``desk``.
+    ownership: str = "omnigate"
+    allow_private: bool = False
+    timeout: str = "15s"
+    #: Zammad: the group new tickets go to; Freshdesk: ``group_id``; Zendesk: ``group_id``.
+    group: str | None = None
+    #: Requesters with neither e-mail nor phone get ``<kind>-<id>@<placeholder_domain>``.
+    placeholder_domain: str = "omnigate.invalid"
+    #: generic: a JSON document per event type with ``{ticket.number}``-style placeholders.
+    templates: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True):
     """Pruning (hourly). A duration, or ``null``/``0`` for never."""
 
@@ -164,6 +190,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     rest: RestConfig = msgspec.field(default_factory=RestConfig)
     webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    desks: dict[str, DeskConfig] = msgspec.field(default_factory=dict)
     #: Channel sections (top-level keys named after a channel), as plain dicts.
     channels: dict[str, dict] = msgspec.field(default_factory=dict)
 
@@ -215,6 +242,25 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
                 except Exception:  # noqa: BLE001 - binascii errors and the library's own
                     raise ConfigError(f"webhooks.endpoints.{name}: the secret is not whsec_ + base64 "
                                       "(one per line; two during a rotation)") from None
+        for name, desk in self.desks.items():
+            where = f"desks.{name}"
+            if desk.kind not in ("zammad", "zendesk", "freshdesk", "generic"):
+                raise ConfigError(f"{where}.kind must be zammad, zendesk, freshdesk or generic, got {desk.kind!r}")
+            if not desk.url.startswith(("http://", "https://")):
+                raise ConfigError(f"{where}.url must be an http(s) URL, got {desk.url!r}")
+            if desk.mode not in ("push", "poll"):
+                raise ConfigError(f"{where}.mode must be push or poll, got {desk.mode!r}")
+            if desk.ownership not in ("omnigate", "desk"):
+                raise ConfigError(f"{where}.ownership must be omnigate or desk, got {desk.ownership!r}")
+            parse_duration(desk.poll_interval, f"{where}.poll_interval")
+            parse_duration(desk.timeout, f"{where}.timeout")
+            if desk.kind != "generic" and not desk.token:
+                raise ConfigError(f"{where} lacks its API token: set {where}.token_file (or "
+                                  f"{_env_name(('desks', name, 'token'))})")
+            if desk.kind == "zendesk" and not desk.email:
+                raise ConfigError(f"{where}.email is required for Zendesk (the token's agent)")
+            if desk.kind != "generic" and desk.mode == "push" and not desk.webhook_secret:
+                raise ConfigError(f"{where}: mode push needs webhook_secret_file (the way back is verified)")
         for pattern in self.threading.ref_patterns:
             try:
                 if re.compile(pattern).groups != 1:
@@ -486,6 +532,16 @@ def _check_yaml(file: str, text: str, channel_names: frozenset[str]) -> _Node:
     return tree
 
 
+def _default_smtp_listen(merged: dict) -> None:
+    """An SMTP listener without ``listen`` binds the host HTTP binds, port
+    2525: ``0.0.0.0`` in the container (``OMNIGATE_LISTEN=0.0.0.0:8686``),
+    loopback by default."""
+    smtp = merged["channels"].get("email", {}).get("smtp") if isinstance(merged["channels"].get("email"), dict) else None
+    if isinstance(smtp, dict) and "listen" not in smtp:
+        host = str(merged.get("listen") or DEFAULT_LISTEN).rpartition(":")[0]
+        smtp["listen"] = f"{host}:2525"
+
+
 def config_path(config_file: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
     """The YAML file ``serve`` reads: ``--config``, else ``OMNIGATE_CONFIG``,
     else ``./omnigate.yaml`` when it exists; None for none."""
@@ -551,6 +607,7 @@ def load(
             merged["channels"][name] = _merge(merged["channels"].get(name, {}), section)
     if isinstance(merged.get("trusted_proxies"), str):  # OMNIGATE_TRUSTED_PROXIES=10.0.0.1,10.0.0.0/8
         merged["trusted_proxies"] = [p.strip() for p in merged["trusted_proxies"].split(",") if p.strip()]
+    _default_smtp_listen(merged)
     _check_required_secrets(merged["channels"], channel_names, str(path) if path else None, tree)
     try:
         return msgspec.convert(merged, Config, strict=False)

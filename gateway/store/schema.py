@@ -11,6 +11,7 @@ extra b-tree write per insert on the ingest path).
 from gateway.store import (
     sqlite_assign,
     sqlite_delivery,
+    sqlite_desks,
     sqlite_nonces,
     sqlite_replies,
     sqlite_tickets,
@@ -197,4 +198,6 @@ MIGRATIONS: list[str] = [
     """,
     # 8: webhook endpoints, delivery queue, dead letters, delivery log; journal raw pruning
     sqlite_webhooks.MIGRATION,
+    # 9: help-desk sync: omnigate ↔ desk ticket links, desk comments seen
+    sqlite_desks.MIGRATION,
 ]

@@ -40,6 +40,7 @@ from gateway.store.sqlite_sla import SlaOps
 from gateway.store.sqlite_tickets import TicketsOps
 from gateway.store.sqlite_tokens import TokensOps
 from gateway.store.sqlite_webhooks import WebhookOps, event_payloads, insert_events
+from gateway.store.sqlite_desks import DeskOps
 from routing.model import (
     Attachment,
     Contact,
@@ -251,7 +252,7 @@ def migrate(path: str) -> int:
         conn.close()
 
 
-class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps, WebhookOps):
+class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps, WebhookOps, DeskOps):
     """The default store: one file ``<data_dir>/omnigate.db``.
 
     Operations of later features live in mixins beside this module

@@ -36,6 +36,7 @@ import structlog
 
 from gateway.store.base import AgentView, InvalidTransition, NotFound, StoreError
 from gateway.store.sqlite_webhooks import event_payloads
+from gateway.store.sqlite_desks import desk_owned
 from routing.assign import (
     AgentState,
     AssignmentState,
@@ -525,6 +526,16 @@ class AssignTx:
         if t.status not in OPEN_STATUSES:
             self.release(t.id)
             self.conn.execute("DELETE FROM assign_queue WHERE ticket_id = ?", (t.id,))
+            return None
+        if desk_owned(self.conn, t.id):  # a desk with ownership: desk routes it (gateway/desks/)
+            freed = self.release(t.id)
+            self.conn.execute("DELETE FROM assign_queue WHERE ticket_id = ?", (t.id,))
+            if t.assignee:
+                self.touch_ticket(t.id, assignee=None)
+                self.timeline(t.id, "assignment", "handed to the help desk (ownership: desk)",
+                              {"released": t.assignee})
+            if freed is not None:
+                self.drain(self.teams_of(freed))
             return None
         held = self.held(t.id)
         if held is not None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.store.sqlite_desks import desk_owned
 from gateway.store.sqlite_assign import (
     AssignTx,
     TicketRow,
@@ -57,6 +58,10 @@ class Tx(AssignTx):
 
     def sla_sync(self, t: TicketRow) -> None:
         """Recompute the ticket's SLA (policy, state, due events) from its current facts."""
+        if desk_owned(self.conn, t.id):  # ownership: desk — the desk times it
+            self.conn.execute("DELETE FROM sla_timers WHERE ticket_id = ?", (t.id,))
+            self.conn.execute("UPDATE tickets SET sla = NULL WHERE id = ? AND sla IS NOT NULL", (t.id,))
+            return
         r = self.conn.execute("SELECT clock FROM sla_clocks WHERE ticket_id = ?", (t.id,)).fetchone()
         if r is None and t.status not in OPEN_STATUSES:
             return  # done before the directory came (first sweep of an older store): nothing is owed

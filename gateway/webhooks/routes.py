@@ -120,7 +120,7 @@ async def update_endpoint(request: web.Request) -> web.Response:
     ep = await _existing(request)
     body: W.WebhookPatchBody = await read_body(request, W.WebhookPatchBody)
     fields = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
-    if ep["source"] == "config" and set(fields) - {"enabled"}:
+    if ep["source"] in ("config", "desk") and set(fields) - {"enabled"}:  # desk: a help desk's (gateway/desks/)
         raise Problem(409, "Conflict", f"endpoint {ep['name']!r} is defined in the configuration: change it there")
     _check_fields(fields)
     _check_target(fields.get("url", ep["url"]), fields.get("allow_private", ep["allow_private"]))
@@ -141,7 +141,7 @@ async def update_endpoint(request: web.Request) -> web.Response:
 async def delete_endpoint(request: web.Request) -> web.Response:
     await require(request, "admin")
     ep = await _existing(request)
-    if ep["source"] == "config":
+    if ep["source"] in ("config", "desk"):
         raise Problem(409, "Conflict", f"endpoint {ep['name']!r} is defined in the configuration: remove it there")
     await request.app[keys.STORE].webhook_delete(ep["name"])
     await _svc(request).refresh()

@@ -130,6 +130,10 @@ class WebhookService:
         self._busy: dict[asyncio.Task, str] = {}  # in-flight deliveries' endpoints
         self._dirty = True  # claim at the next round
         self._due: datetime | None = None  # the earliest due time, when the last claim found nothing
+        #: endpoint name → ``async (endpoint, Claimed) -> Attempt``: endpoints delivered by something
+        #: other than a signed POST (the help-desk sync, gateway/desks/), with the same queue,
+        #: per-ticket order, back-off, Retry-After, breaker and dead letters
+        self.targets: dict[str, Callable[[dict, Claimed], Any]] = {}
 
     # ------------------------------------------------------------ life cycle
 
@@ -315,8 +319,16 @@ class WebhookService:
         bound = log.bind(endpoint=item.endpoint, event_id=item.event_id, type=item.topic, attempt=item.attempts)
         if endpoint is None:
             return None
-        body = event_body(item.topic, item.event_at, item.payload)
-        result = await self.post(endpoint, item.event_id, body)
+        target = self.targets.get(item.endpoint)
+        if target is not None:
+            try:
+                result = await target(endpoint, item)
+            except Exception as exc:  # noqa: BLE001 - a target's bug is a failed attempt, retried
+                bound.exception("webhook.target_failed")
+                result = Attempt("failed", error=f"{type(exc).__name__}: {exc}"[:500])
+        else:
+            body = event_body(item.topic, item.event_at, item.payload)
+            result = await self.post(endpoint, item.event_id, body)
         now = self.clock()
         kw: dict[str, Any] = {"now": now, "code": result.code, "latency_ms": result.latency_ms, "error": result.error}
         try:

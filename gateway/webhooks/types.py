@@ -22,7 +22,7 @@ class WebhookEndpoint(msgspec.Struct, omit_defaults=True):
     events: list[str]
     allow_private: bool
     enabled: bool
-    #: ``config`` (edited in the configuration) or ``api``
+    #: ``config`` (edited in the configuration), ``api``, or ``desk`` (a help desk's sync, ``desk:<name>``)
     source: str
     failures: int
     queued: int

@@ -20,7 +20,8 @@ def test_flag_over_env_over_yaml(tmp_path):
     env = {"OMNIGATE_LISTEN": "127.0.0.1:2222", "OMNIGATE_DATA_DIR": "/env", "OMNIGATE_EMAIL__SMTP__MAX_BYTES": "2525"}
     c = load(str(f), environ=env, flags={"listen": "127.0.0.1:3333", "data_dir": None}, channel_names=CH)
     assert (c.listen, c.data_dir, c.timezone) == ("127.0.0.1:3333", "/env", "Europe/Berlin")
-    assert c.channels["email"] == {"smtp": {"max_bytes": "2525"}}
+    # the SMTP listener without a listen binds the host HTTP binds (the container: all interfaces)
+    assert c.channels["email"] == {"smtp": {"max_bytes": "2525", "listen": "127.0.0.1:2525"}}
 
 
 def test_secrets_from_files_and_never_from_yaml(tmp_path):
