@@ -331,6 +331,8 @@ NOT_YET = (
     # (without endpoints the delivery service's polling ops answer "nothing": see RedisStore)
     "webhook_upsert", "webhook_delete", "webhook_set_enabled", "webhook_settle", "webhook_deliveries",
     "webhook_dead", "webhook_replay", "webhook_event_insert",
+    # help-desk sync (sqlite_desks.py)
+    "desk_link", "desk_ticket_of", "desk_link_set", "desk_links", "desk_seen", "desk_seen_add",
 )
 
 

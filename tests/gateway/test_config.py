@@ -148,6 +148,10 @@ def test_redis_url_is_taken_and_refused_with_what_does_not_run_on_redis_yet(tmp_
                  "      url: https://crm.example/hook\n      secret_file: /dev/null\n")
     with pytest.raises(ConfigError, match="redis_url: outbound webhooks do not run on the Redis backend yet"):
         load(str(f), environ={}, channel_names=CHANNELS)
+    f.write_text("redis_url: redis://localhost:6379/0\ndesks:\n  d:\n    kind: generic\n"
+                 "    url: https://desk.example/api\n")
+    with pytest.raises(ConfigError, match=r"redis_url: help-desk sync \(desks\) does not run on the Redis"):
+        load(str(f), environ={}, channel_names=CHANNELS)
 
 
 def _struct_paths(kind, prefix=()):
