@@ -45,6 +45,7 @@ REGISTRY: dict[str, Group] = {
     "calllog": Group("gateway.bench.calllog:figures", ("calllog_rows",)),
     "webchat": Group("gateway.bench.webchat:figures", ("webchat_push",)),
     "webhooks": Group("gateway.bench.webhooks:figures", ("webhook_delivery",), ratio=True),
+    "redis": Group("gateway.bench.redis_instances:figures", ("redis_ingest", "redis_pipeline")),
 }
 
 

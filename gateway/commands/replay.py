@@ -138,14 +138,14 @@ async def _replay(config, args, since) -> int:
     from gateway import logs
     from gateway.app import context_factory, pipeline_settings
     from gateway.attachments import AttachmentStore
-    from gateway.store.sqlite import SQLiteStore
+    from gateway.store.factory import has_store, open_store
     from gateway.worker import Pipeline
 
     logs.configure("warning", config.log_format)
-    if not (Path(config.data_dir) / "omnigate.db").exists():
+    if not has_store(config):
         print(f"omnigate replay: no store in {config.data_dir}", file=sys.stderr)
         return 1
-    store = SQLiteStore.in_dir(config.data_dir, synchronous=config.store.synchronous)
+    store = open_store(config, consumer="omnigate-replay")
     pipeline = Pipeline(store, pipeline_settings(config), attachments=AttachmentStore(Path(config.data_dir) / "attachments"),
                         context_for=context_factory(config))
     counts: dict[str, int] = {}

@@ -132,6 +132,9 @@ async def _run(config, args, prog: str, expires_s: float | None) -> int:
     from routing.model import utcnow
 
     logs.configure("warning", config.log_format)
+    if config.redis_url:  # never tokens in a local SQLite file the deployment does not read
+        print(f"{prog}: error: tokens are not kept on the Redis backend yet (redis_url is set)", file=sys.stderr)
+        return 2
     store = SQLiteStore.in_dir(config.data_dir, synchronous=config.store.synchronous)
     try:
         now = utcnow()
