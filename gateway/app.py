@@ -87,7 +87,8 @@ async def readyz(request: web.Request) -> web.Response:
     ok = True
     try:
         counts = await asyncio.wait_for(request.app[keys.STORE].journal_counts(), timeout=2)
-        detail["store"] = {"ok": True, "backend": "sqlite", "journal": counts}
+        detail["store"] = {"ok": True, "backend": getattr(request.app[keys.STORE], "backend", "sqlite"),
+                           "journal": counts}
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         ok = False
         detail["store"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -185,10 +186,10 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     app = web.Application(client_max_size=config.max_body_bytes)
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = store or SQLiteStore.in_dir(
-        data_dir, synchronous=config.store.synchronous, group_commit_max=config.store.group_commit_max,
-        readers=config.store.readers, first_ticket_number=config.threading.first_ticket_number, clock=clock,
-    )
+    if store is None:  # Redis with redis_url (several instances, one state), else SQLite in data_dir
+        from gateway.store.factory import open_store
+
+        store = open_store(config, clock=clock)
     m = Metrics()
     m.register_collector(m.journal_families)
     m.register_collector(m.ingest_families)

@@ -32,7 +32,7 @@ SECRET_KEYS = frozenset({"api_token"})
 #: Keys ending in ``_file`` that are options themselves (a path), not ``<key>_file`` references.
 PATH_KEYS = frozenset({"log_file", "ca_file"})
 #: Keys that are known but whose feature has not landed: refused, not ignored.
-NOT_AVAILABLE = {"redis_url": "the Redis backend is not available yet; remove redis_url"}
+NOT_AVAILABLE: dict[str, str] = {}
 
 
 class ConfigError(Exception):
@@ -45,6 +45,14 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: SQLite ``synchronous``: ``full`` fsyncs the WAL at every commit (durable ack).
     synchronous: str = "full"
     readers: int = 2
+    #: With ``redis_url``: the prefix of every key (several deployments may share one Redis).
+    redis_prefix: str = "og:"
+    #: With ``redis_url``: a journal entry another instance claimed and left
+    #: idle this long (it died) is taken over (XAUTOCLAIM).
+    redis_claim_idle_s: float = 60.0
+    #: With ``redis_url``: a journal append is acknowledged only once this many
+    #: replicas have it (Redis ``WAIT``; 0: the primary's AOF alone).
+    redis_wait_replicas: int = 0
 
 
 class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -208,6 +216,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
             raise ConfigError(f"listen must be HOST:PORT, got {self.listen!r}")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"log_format must be auto, json or console, got {self.log_format!r}")
+        if self.redis_url is not None:
+            if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError(f"redis_url must be redis://, rediss:// or unix://, got {self.redis_url[:40]!r}")
+            if self.directory:
+                raise ConfigError("redis_url: assignment and SLAs (directory) do not run on the Redis backend yet "
+                                  "(gateway/store/redis_store.py NOT_YET); remove directory or redis_url")
+            if self.webhooks.endpoints:
+                raise ConfigError("redis_url: outbound webhooks do not run on the Redis backend yet "
+                                  "(gateway/store/redis_store.py NOT_YET); remove webhooks.endpoints or redis_url")
+            if self.desks:
+                raise ConfigError("redis_url: help-desk sync (desks) does not run on the Redis backend yet "
+                                  "(gateway/store/redis_store.py NOT_YET); remove desks or redis_url")
         if self.store.synchronous not in ("full", "normal", "extra"):
             raise ConfigError(f"store.synchronous must be full, normal or extra, got {self.store.synchronous!r}")
         for name, value in self.threading.reopen_window.items():

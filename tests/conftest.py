@@ -21,8 +21,8 @@ from gateway.clock import ticking_from  # noqa: E402
 from tests.clock import INSTANTS  # noqa: E402
 from tests.corpus import IN_CI, require_corpus  # noqa: E402
 
-# fixtures that start real servers on loopback ports (dovecot, …)
-pytest_plugins = ["tests.integration.dovecot"]
+# fixtures that start real servers on loopback ports (dovecot, redis-server…)
+pytest_plugins = ["tests.integration.dovecot", "tests.integration.redis"]
 
 
 def pytest_configure(config):

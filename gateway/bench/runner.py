@@ -46,6 +46,7 @@ REGISTRY: dict[str, Group] = {
     "webchat": Group("gateway.bench.webchat:figures", ("webchat_push",)),
     "webhooks": Group("gateway.bench.webhooks:figures", ("webhook_delivery",), ratio=True),
     "console": Group("gateway.bench.console:figures", ("console_page",)),
+    "redis": Group("gateway.bench.redis_instances:figures", ("redis_ingest", "redis_pipeline")),
 }
 
 

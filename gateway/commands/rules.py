@@ -324,11 +324,11 @@ def journal_inputs(config, since: datetime, limit: int) -> tuple[list, list[str]
 
 async def _journal_inputs(config, since: datetime, limit: int) -> tuple[list, list[str]]:
     from gateway.app import context_factory
-    from gateway.store.sqlite import SQLiteStore
+    from gateway.store.factory import has_store, open_store
 
-    if not (Path(config.data_dir) / "omnigate.db").exists():
+    if not has_store(config):
         return [], []
-    store = SQLiteStore.in_dir(config.data_dir, synchronous=config.store.synchronous)
+    store = open_store(config, consumer="omnigate-rules")
     context_for = context_factory(config)
     inputs: list = []
     skipped: list[str] = []

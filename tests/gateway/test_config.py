@@ -132,13 +132,26 @@ def test_typos_answer_with_file_line_and_the_closest_key(tmp_path, yaml_text, li
     assert str(exc.value).startswith(f"{f}:{line}: unknown key") and f"did you mean {suggestion}" in str(exc.value)
 
 
-def test_redis_url_is_refused_until_the_backend_exists(tmp_path):
+def test_redis_url_is_taken_and_refused_with_what_does_not_run_on_redis_yet(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("listen: 127.0.0.1:1\nredis_url: redis://localhost\n")
-    with pytest.raises(ConfigError, match=r"c.yaml:2: the Redis backend is not available yet; remove redis_url"):
+    f.write_text("listen: 127.0.0.1:1\nredis_url: redis://localhost:6379/0\nstore:\n  redis_claim_idle_s: 5\n")
+    config = load(str(f), environ={}, channel_names=CHANNELS)
+    assert (config.redis_url, config.store.redis_claim_idle_s, config.store.redis_prefix) == \
+        ("redis://localhost:6379/0", 5, "og:")
+    assert load(None, environ={"OMNIGATE_REDIS_URL": "redis://r:1/0"}, channel_names=CHANNELS).redis_url == "redis://r:1/0"
+    with pytest.raises(ConfigError, match="redis_url must be redis://"):
+        load(None, environ={"OMNIGATE_REDIS_URL": "http://localhost"}, channel_names=CHANNELS)
+    with pytest.raises(ConfigError, match=r"redis_url: assignment and SLAs \(directory\) do not run on the Redis"):
+        load(None, environ={"OMNIGATE_REDIS_URL": "redis://r:1/0", "OMNIGATE_DIRECTORY": "d.yaml"},
+             channel_names=CHANNELS)
+    f.write_text("redis_url: redis://localhost:6379/0\nwebhooks:\n  endpoints:\n    crm:\n"
+                 "      url: https://crm.example/hook\n      secret_file: /dev/null\n")
+    with pytest.raises(ConfigError, match="redis_url: outbound webhooks do not run on the Redis backend yet"):
         load(str(f), environ={}, channel_names=CHANNELS)
-    with pytest.raises(ConfigError, match="Redis backend is not available yet"):
-        load(None, environ={"OMNIGATE_REDIS_URL": "redis://localhost"}, channel_names=CHANNELS)
+    f.write_text("redis_url: redis://localhost:6379/0\ndesks:\n  d:\n    kind: generic\n"
+                 "    url: https://desk.example/api\n")
+    with pytest.raises(ConfigError, match=r"redis_url: help-desk sync \(desks\) does not run on the Redis"):
+        load(str(f), environ={}, channel_names=CHANNELS)
 
 
 def _struct_paths(kind, prefix=()):

@@ -1,0 +1,162 @@
+"""Every Redis key name of the Redis backend, in one place, under one prefix.
+
+Keys of one contact carry the hash tag ``{c:<id>}`` and keys of one ticket
+``{t:<id>}``, so a step that touches only one of them touches one hash slot
+(Redis Cluster would keep it on one shard). Names that embed outside strings
+(an idempotency key, an identity, a thread ref) embed them JSON-encoded, so no
+separator inside them can make two names collide.
+
+``Keys(prefix)`` is the only way the backend names a key: change the layout
+here, nowhere else.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+_enc = msgspec.json.Encoder()
+
+
+def _q(*parts: str) -> str:
+    """Outside strings quoted unambiguously (JSON of the tuple)."""
+    return _enc.encode(list(parts)).decode()
+
+
+class Keys:
+    def __init__(self, prefix: str = "og:"):
+        self.p = prefix
+
+    # journal ---------------------------------------------------------
+    @property
+    def stream(self) -> str:
+        """The journal stream: one entry ``{j: <journal id>}`` per claimable append (and per requeue)."""
+        return f"{self.p}journal"
+
+    @property
+    def group(self) -> str:
+        """The one consumer group every instance's workers read through."""
+        return "workers"
+
+    @property
+    def journal_seq(self) -> str:
+        return f"{self.p}seq:journal"
+
+    def journal_entry(self, jid: str) -> str:
+        return f"{self.p}j:{jid}"
+
+    def journal_key(self, channel: str, account: str, key: str) -> str:
+        """Idempotency: (channel, account, key) → journal id, SET NX."""
+        return f"{self.p}jk:{_q(channel, account, key)}"
+
+    @property
+    def journal_all(self) -> str:
+        """Sorted set: journal id scored by seq (listing in arrival order)."""
+        return f"{self.p}jall"
+
+    def journal_status(self, status: str) -> str:
+        """Sorted set per status: journal id scored by seq."""
+        return f"{self.p}jst:{status}"
+
+    def nonce(self, scope: str, value: str) -> str:
+        """A request nonce: {digest, journal id}, expiring with the request's window."""
+        return f"{self.p}nonce:{_q(scope, value)}"
+
+    # contacts and identities ----------------------------------------
+    def contact(self, cid: str) -> str:
+        return f"{self.p}{{c:{cid}}}:contact"
+
+    def contact_identities(self, cid: str) -> str:
+        """Set of JSON ``[kind, value]`` the contact holds now."""
+        return f"{self.p}{{c:{cid}}}:idents"
+
+    def contact_tickets(self, cid: str) -> str:
+        """Sorted set: ticket id scored by last_message_at (ms)."""
+        return f"{self.p}{{c:{cid}}}:tickets"
+
+    def contact_timeline(self, cid: str) -> str:
+        """Sorted set: ``<seq:016d>:<entry id>`` scored by ``at`` (ms)."""
+        return f"{self.p}{{c:{cid}}}:tl"
+
+    def contact_text(self, cid: str, text_hash: str) -> str:
+        """Sorted set of a contact's inbound messages with one normalized text (near-duplicates), scored by at."""
+        return f"{self.p}{{c:{cid}}}:th:{text_hash}"
+
+    def contact_merged(self, cid: str) -> str:
+        """Set of contacts merged into this one."""
+        return f"{self.p}{{c:{cid}}}:merged"
+
+    def identity(self, kind: str, value: str) -> str:
+        """Hash {contact, origin, reason, created_at}: who holds the identity."""
+        return f"{self.p}id:{_q(kind, value)}"
+
+    # tickets ---------------------------------------------------------
+    def ticket(self, tid: str) -> str:
+        return f"{self.p}{{t:{tid}}}:ticket"
+
+    def ticket_timeline(self, tid: str) -> str:
+        return f"{self.p}{{t:{tid}}}:tl"
+
+    def ticket_participants(self, tid: str) -> str:
+        """Hash JSON ``[kind, value]`` → JSON {source, added_at}."""
+        return f"{self.p}{{t:{tid}}}:parts"
+
+    @property
+    def ticket_numbers(self) -> str:
+        """Hash: display number → ticket id."""
+        return f"{self.p}tnums"
+
+    @property
+    def ticket_counter(self) -> str:
+        return f"{self.p}seq:ticket"
+
+    def thread_ref(self, ref: str) -> str:
+        return f"{self.p}ref:{_q(ref)}"
+
+    # timeline --------------------------------------------------------
+    @property
+    def timeline_seq(self) -> str:
+        return f"{self.p}seq:timeline"
+
+    def timeline_entry(self, eid: str) -> str:
+        """JSON {e: TimelineEntry, o: origin contact, s: seq}."""
+        return f"{self.p}te:{eid}"
+
+    def message_key(self, channel: str, account: str, external_id: str) -> str:
+        """A committed message: JSON Hit fields; the dedupe key (SET NX in the commit)."""
+        return f"{self.p}mk:{_q(channel, account, external_id)}"
+
+    # outbox ----------------------------------------------------------
+    def outbox_item(self, oid: str) -> str:
+        return f"{self.p}ob:{oid}"
+
+    def outbox_due(self, topic: str) -> str:
+        """Sorted set: outbox id scored by next_at (ms)."""
+        return f"{self.p}obq:{topic}"
+
+    # assignment ------------------------------------------------------
+    def agent_load(self, agent_id: str) -> str:
+        """Hash: capacity class → tickets held now."""
+        return f"{self.p}{{a:{agent_id}}}:load"
+
+    def ticket_held(self, tid: str) -> str:
+        """The agent holding the ticket: ``<agent id> <class>``."""
+        return f"{self.p}{{t:{tid}}}:held"
+
+    # leases ----------------------------------------------------------
+    def lease(self, name: str) -> str:
+        """One owner at a time (a mailbox, a poller, the scheduler, a sender's turn)."""
+        return f"{self.p}lease:{_q(name)}"
+
+    # misc ------------------------------------------------------------
+    @property
+    def counts(self) -> str:
+        """Hash of row counts (contacts, tickets, timeline, outbox)."""
+        return f"{self.p}counts"
+
+    @property
+    def audit(self) -> str:
+        """Stream of audit records."""
+        return f"{self.p}audit"
+
+    def state(self, key: str) -> str:
+        return f"{self.p}state:{_q(key)}"
