@@ -123,6 +123,21 @@ class HttpClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SendError(f"{platform} unreachable: {type(exc).__name__}: {exc}", retryable=True) from exc
 
+    async def upload(self, url: str, form: aiohttp.FormData, *, token: str | None, platform: str,
+                     unreachable: str | None = None) -> Any:
+        """A multipart POST (a file with its message); the decoded answer, or
+        the platform's SendError (``unreachable``: the name in the
+        unreachable message, ``platform`` by default)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            async with self.session().post(url, data=form, headers=headers) as resp:
+                answer = await resp.json(content_type=None)
+                if resp.status >= 400:
+                    raise send_error(resp.status, answer, resp.headers, platform)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SendError(f"{unreachable or platform} unreachable: {exc}", retryable=True) from exc
+        return answer
+
     async def download(self, url: str, *, token: str | None, limit: int) -> tuple[bytes, str | None, int]:
         """(bytes, content type, HTTP status) of a file, at most ``limit`` bytes."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -5,13 +5,22 @@ client's bytes arrive: aiohttp's ``request.content.read(n)`` returns what is
 buffered so far, so one call loses the rest of a body sent in several TCP
 segments (or larger than the first buffer). Chunked bodies are de-chunked by
 aiohttp's stream, so looping until EOF covers them too.
+
+:func:`read_webhook` and :func:`journal` are the steps every pushed webhook
+takes before its 200 (read whole → signature → decode → journal), each
+refusal a :class:`Refused` that the handler turns into its problem answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Callable, TypeVar
 
 from aiohttp import web
+
+from connectors.base import ConnectorContext, IngestResult, PayloadRejected
+
+T = TypeVar("T")
 
 #: How long a client may take to send a whole webhook body (slowloris guard).
 BODY_TIMEOUT_S = 30.0
@@ -49,6 +58,54 @@ async def read_body(request: web.BaseRequest, max_bytes: int, *, timeout: float 
     except TimeoutError:
         raise BodyTimeout(text=f"the body was not received within {timeout:g} s") from None
     return bytes(body)
+
+
+class Refused(Exception):
+    """A webhook request refused with nothing stored: ``status`` and ``detail``
+    make the problem answer, ``reason`` the log line (None: logged already,
+    where it happened), ``metric`` the ``omnigate_rejected`` reason for
+    connectors that count refusals."""
+
+    def __init__(self, status: int, detail: str, *, reason: str | None = None, metric: str | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.reason, self.metric = status, detail, reason, metric
+
+    def answer(self, log: Any, event: str) -> web.Response:
+        """Log the refusal (``event``, warning) and give its problem answer."""
+        if self.reason is not None:
+            log.warning(event, reason=self.reason, status=self.status)
+        return problem(self.status, self.detail)
+
+
+async def read_webhook(request: web.BaseRequest, max_bytes: int, decode: Callable[[bytes], T], *,
+                       signature_header: str | None = None,
+                       signature_ok: Callable[[bytes, str | None], bool] | None = None) -> tuple[bytes, T]:
+    """(body, decoded body) of a webhook POST: read whole (:class:`Refused`
+    413 past ``max_bytes``), its signature checked when ``signature_ok`` is
+    given (``signature_ok(body, value of signature_header)``; 401), decoded
+    (``decode`` raising :class:`PayloadRejected`: 400). A body that takes too
+    long still raises :class:`BodyTimeout` (408)."""
+    try:
+        body = await read_body(request, max_bytes)
+    except BodyTooLarge as exc:
+        raise Refused(413, f"body larger than {exc.limit} bytes", reason="body too large", metric="too_large") from None
+    if signature_ok is not None and not signature_ok(body, request.headers.get(signature_header or "")):
+        raise Refused(401, f"{signature_header} missing or wrong", reason="bad signature", metric="unauthorized")
+    try:
+        return body, decode(body)
+    except PayloadRejected as exc:
+        raise Refused(400, str(exc), reason=str(exc), metric="invalid") from None
+
+
+async def journal(ctx: ConnectorContext, account: str, key: str, body: bytes, log: Any, event: str) -> IngestResult:
+    """``ctx.ingest`` of a webhook body; when the journal cannot take it, the
+    failure logged (``event``, with its traceback) and :class:`Refused` 503:
+    the platform retries on a non-200."""
+    try:
+        return await ctx.ingest(account, key, body)
+    except Exception:
+        log.exception(event, key=key)
+        raise Refused(503, "journal unavailable, retry later") from None
 
 
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 408: "Request timeout",

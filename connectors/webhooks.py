@@ -1,7 +1,9 @@
 """Helpers shared by the webhook connectors of signed-JSON platforms
 (WhatsApp Cloud API, Messenger/Instagram, LINE): HMAC signature checks in
-constant time and case-insensitive header lookup in a ``--context`` dict.
-Pure (bodies are read by :func:`connectors.http.read_body`).
+constant time, case-insensitive header lookup in a ``--context`` dict and
+the parsers' ``verify`` over it, JSON decoding, the journal key of a body
+from its items' ids, and the small readers of untrusted JSON values.
+Pure (bodies are read by :func:`connectors.http.read_webhook`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Any, Mapping
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+import msgspec
+
+from connectors.base import PayloadRejected
+
+_decoder = msgspec.json.Decoder()
 
 
 def header(headers: Mapping[str, Any] | None, name: str) -> str | None:
@@ -44,3 +53,63 @@ def line_signature_ok(body: bytes, signature: str | None, channel_secret: str | 
 def secret_equal(given: str | None, expected: str | None) -> bool:
     """A shared secret (the webhook verify token) compared in constant time."""
     return bool(given and expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def verify_context(raw: bytes, context: Mapping[str, Any], *, signature_header: str, secret_field: str,
+                   signature_ok: Callable[[bytes, str | None, str | None], bool]) -> None:
+    """A parser's ``verify``: when the context carries a live request's
+    ``headers`` and the secret (``context[secret_field]``), the signature in
+    ``signature_header`` must verify over the exact bytes;
+    :class:`PayloadRejected` naming the header when it is missing or wrong."""
+    headers, secret = context.get("headers"), context.get(secret_field)
+    if not headers or not secret:
+        return
+    signature = header(headers, signature_header)
+    if signature is None:
+        raise PayloadRejected(f"{signature_header} header missing")
+    if not signature_ok(raw, signature, str(secret)):
+        raise PayloadRejected(f"{signature_header} does not match the body (wrong {secret_field} or altered body)")
+
+
+def decode_json(raw: bytes) -> Any:
+    """The body's JSON value; :class:`PayloadRejected` when it is not JSON."""
+    try:
+        return _decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise PayloadRejected(f"not JSON: {exc}") from None
+
+
+def body_key(ids: list[str], raw: bytes) -> str:
+    """The journal's idempotency key of a body: its one item's id, or a hash
+    of all its items' ids (platforms redeliver the same items), or of the
+    bytes when it has none."""
+    if len(ids) == 1 and len(ids[0]) <= 200:
+        return ids[0]
+    return "sha256:" + hashlib.sha256("\n".join(ids).encode() if ids else raw).hexdigest()
+
+
+def dicts(value: Any) -> list[dict[str, Any]]:
+    """The objects of a JSON list (anything else: none)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """A JSON object, or an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def id_str(value: Any) -> str | None:
+    """A non-empty string, or an integer as its string (ids arrive as both); else None."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def epoch_ms(value: Any) -> datetime | None:
+    """A Unix time in milliseconds as an aware UTC datetime; None when it is not one."""
+    try:
+        return datetime.fromtimestamp(int(value) / 1000, timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None

@@ -30,10 +30,11 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
+from connectors.base import ConnectorContext, Fatal, SendError, SendResult
 from connectors.graph import HttpClient, MediaTooLarge
 from connectors.line.parse import CHANNEL, SIGNATURE_HEADER, body_key, decode
-from connectors.http import BodyTooLarge, problem, read_body
+from connectors.http import Refused, journal, problem, read_webhook
+from connectors.text import split_text
 from connectors.webhooks import line_signature_ok
 from routing.model import Inbound, Outbound
 
@@ -98,18 +99,6 @@ def send_error(status: int, body: Any, headers: Mapping[str, str], platform: str
     return SendError(reason, code=str(status))
 
 
-def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
-    parts, rest = [], text
-    while len(rest) > limit:
-        cut = rest.rfind("\n", limit // 2, limit)
-        cut = cut if cut > 0 else limit
-        parts.append(rest[:cut])
-        rest = rest[cut:].lstrip("\n")
-    if rest.strip():
-        parts.append(rest)
-    return parts
-
-
 class LineConnector:
     channel = CHANNEL
 
@@ -134,27 +123,16 @@ class LineConnector:
             return problem(404, "no such line webhook")
         bound = log.bind(account=account.channel_id)
         try:
-            body = await read_body(request, self._config.max_body_bytes)
-        except BodyTooLarge as exc:
-            bound.warning("line.webhook.refused", reason="body too large", status=413)
-            return problem(413, f"body larger than {exc.limit} bytes")
-        if not line_signature_ok(body, request.headers.get(SIGNATURE_HEADER), account.channel_secret):
-            bound.warning("line.webhook.refused", reason="bad signature", status=401)
-            return problem(401, f"{SIGNATURE_HEADER} missing or wrong")
-        try:
-            obj = decode(body)
-        except PayloadRejected as exc:
-            bound.warning("line.webhook.refused", reason=str(exc), status=400)
-            return problem(400, str(exc))
-        if not obj["events"]:  # the console's "Verify" button
-            bound.info("line.webhook.verified")
-            return web.Response(status=200)
-        key = body_key(obj, body)
-        try:
-            result = await self._ctx.ingest(account.channel_id, key, body)
-        except Exception:
-            bound.exception("line.webhook.journal_failed", key=key)
-            return problem(503, "journal unavailable, retry later")
+            body, obj = await read_webhook(
+                request, self._config.max_body_bytes, decode, signature_header=SIGNATURE_HEADER,
+                signature_ok=lambda body, sig: line_signature_ok(body, sig, account.channel_secret))
+            if not obj["events"]:  # the console's "Verify" button
+                bound.info("line.webhook.verified")
+                return web.Response(status=200)
+            key = body_key(obj, body)
+            result = await journal(self._ctx, account.channel_id, key, body, bound, "line.webhook.journal_failed")
+        except Refused as exc:
+            return exc.answer(bound, "line.webhook.refused")
         bound.info("line.webhook", key=key, journal_id=result.journal_id, created=result.created,
                    events=len(obj["events"]))
         return web.Response(status=200)
@@ -172,7 +150,7 @@ class LineConnector:
         if outbound.attachments:
             raise SendError("LINE sends images and files only from public HTTPS URLs; send a link in the text instead")
         to = outbound.to.value.rpartition(":")[2]
-        bubbles = [{"type": "text", "text": part} for part in split_text(outbound.text)]
+        bubbles = [{"type": "text", "text": part} for part in split_text(outbound.text, TEXT_LIMIT)]
         if not bubbles:
             raise SendError("nothing to send: empty text")
         first: str | None = None

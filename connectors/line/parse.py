@@ -32,60 +32,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
 from typing import Any, Mapping
 
-import msgspec
-
 from connectors.base import PayloadRejected
-from connectors.webhooks import header, line_signature_ok
+from connectors.webhooks import as_dict as _d
+from connectors.webhooks import body_key as _body_key
+from connectors.webhooks import decode_json, line_signature_ok, verify_context
+from connectors.webhooks import epoch_ms as _time
+from connectors.webhooks import id_str as _str
 from routing.model import Attachment, Inbound, Sender
 
 CHANNEL = "line"
 SIGNATURE_HEADER = "X-Line-Signature"
 MEDIA_TYPES = {"image": "image/jpeg", "video": "video/mp4", "audio": "audio/m4a", "file": "application/octet-stream"}
 
-_decoder = msgspec.json.Decoder()
-
 
 def decode(raw: bytes) -> dict[str, Any]:
-    try:
-        obj = _decoder.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise PayloadRejected(f"not JSON: {exc}") from None
+    obj = decode_json(raw)
     if not isinstance(obj, dict) or not isinstance(obj.get("events"), list):
         raise PayloadRejected("not a LINE webhook: expected an object with an events list")
     return obj
 
 
 def verify(raw: bytes, context: Mapping[str, Any]) -> None:
-    headers, secret = context.get("headers"), context.get("channel_secret")
-    if not headers or not secret:
-        return
-    signature = header(headers, SIGNATURE_HEADER)
-    if signature is None:
-        raise PayloadRejected(f"{SIGNATURE_HEADER} header missing")
-    if not line_signature_ok(raw, signature, str(secret)):
-        raise PayloadRejected(f"{SIGNATURE_HEADER} does not match the body (wrong channel_secret or altered body)")
-
-
-def _d(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _str(value: Any) -> str | None:
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
-
-
-def _time(ms_: Any) -> datetime | None:
-    try:
-        return datetime.fromtimestamp(int(ms_) / 1000, timezone.utc)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None
+    verify_context(raw, context, signature_header=SIGNATURE_HEADER, secret_field="channel_secret",
+                   signature_ok=line_signature_ok)
 
 
 def event_key(ev: Mapping[str, Any]) -> str:
@@ -102,10 +73,8 @@ def event_key(ev: Mapping[str, Any]) -> str:
 def body_key(obj: Mapping[str, Any], raw: bytes) -> str:
     """The journal key: one event's id, or a hash of all the events' ids
     (``webhookEventId`` stays the same when LINE redelivers)."""
-    keys = [_str(ev.get("webhookEventId")) or event_key(ev) for ev in obj["events"] if isinstance(ev, dict)]
-    if len(keys) == 1 and len(keys[0]) <= 200:
-        return keys[0]
-    return "sha256:" + hashlib.sha256("\n".join(keys).encode() if keys else raw).hexdigest()
+    return _body_key([_str(ev.get("webhookEventId")) or event_key(ev) for ev in obj["events"] if isinstance(ev, dict)],
+                     raw)
 
 
 def account_of(obj: Mapping[str, Any], context: Mapping[str, Any]) -> str:

@@ -37,18 +37,18 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
+from connectors.base import ConnectorContext, Fatal, SendError, SendResult
 from connectors.graph import (
     DEFAULT_API_VERSION,
     DEFAULT_GRAPH_BASE,
     MESSENGER_WINDOW_SUBCODE,
     HttpClient,
     MediaTooLarge,
-    send_error,
     verification,
 )
 from connectors.messenger.parse import OBJECTS, OWN_METADATA, SIGNATURE_HEADER, body_key, decode, events
-from connectors.http import BodyTooLarge, problem, read_body
+from connectors.http import Refused, journal, read_webhook
+from connectors.text import split_text
 from connectors.webhooks import hub_signature_ok
 from routing.model import Attachment, Inbound, Outbound
 
@@ -125,18 +125,6 @@ def load_config(channel: str, raw: Mapping[str, Any]) -> MessengerConfig:
                            s.max_body_bytes, s.max_media_bytes)
 
 
-def split_text(text: str, limit: int) -> list[str]:
-    parts, rest = [], text
-    while len(rest) > limit:
-        cut = rest.rfind("\n", limit // 2, limit)
-        cut = cut if cut > 0 else limit
-        parts.append(rest[:cut])
-        rest = rest[cut:].lstrip("\n")
-    if rest.strip():
-        parts.append(rest)
-    return parts
-
-
 class MessengerConnector:
     """The ``messenger`` or the ``instagram`` channel (``ctx.channel`` says which)."""
 
@@ -163,32 +151,20 @@ class MessengerConnector:
 
     async def _webhook(self, request: web.Request) -> web.Response:
         bound = log.bind(channel=self.channel)
+        secret = self._config.app_secret
         try:
-            body = await read_body(request, self._config.max_body_bytes)
-        except BodyTooLarge as exc:
-            bound.warning("messenger.webhook.refused", reason="body too large", status=413)
-            return problem(413, f"body larger than {exc.limit} bytes")
-        if not hub_signature_ok(body, request.headers.get(SIGNATURE_HEADER), self._config.app_secret):
-            bound.warning("messenger.webhook.refused", reason="bad signature", status=401)
-            return problem(401, f"{SIGNATURE_HEADER} missing or wrong")
-        try:
-            obj = decode(body)
-        except PayloadRejected as exc:
-            bound.warning("messenger.webhook.refused", reason=str(exc), status=400)
-            return problem(400, str(exc))
-        if obj["object"] != self._object:
-            reason = (f"object {obj['object']!r} posted to the {self.channel} webhook: subscribe it at "
-                      f"/channels/{OBJECTS[obj['object']]}")
-            bound.warning("messenger.webhook.refused", reason=reason, status=400)
-            return problem(400, reason)
-        evs = events(obj)
-        account = evs[0][0] if evs and evs[0][0] else self.channel
-        key = body_key(obj, body)
-        try:
-            result = await self._ctx.ingest(account, key, body)
-        except Exception:
-            bound.exception("messenger.webhook.journal_failed", key=key)
-            return problem(503, "journal unavailable, retry later")
+            body, obj = await read_webhook(request, self._config.max_body_bytes, decode, signature_header=SIGNATURE_HEADER,
+                                           signature_ok=lambda body, sig: hub_signature_ok(body, sig, secret))
+            if obj["object"] != self._object:
+                reason = (f"object {obj['object']!r} posted to the {self.channel} webhook: subscribe it at "
+                          f"/channels/{OBJECTS[obj['object']]}")
+                raise Refused(400, reason, reason=reason)
+            evs = events(obj)
+            account = evs[0][0] if evs and evs[0][0] else self.channel
+            key = body_key(obj, body)
+            result = await journal(self._ctx, account, key, body, bound, "messenger.webhook.journal_failed")
+        except Refused as exc:
+            return exc.answer(bound, "messenger.webhook.refused")
         bound.info("messenger.webhook", key=key, account=account, journal_id=result.journal_id, created=result.created)
         return web.Response(status=200, text="EVENT_RECEIVED")
 
@@ -257,14 +233,8 @@ class MessengerConnector:
         form.add_field("recipient", json.dumps(recipient))
         form.add_field("message", json.dumps({"attachment": {"type": kind, "payload": {"is_reusable": False}}}))
         form.add_field("filedata", a.data, filename=a.name or "file", content_type=a.content_type)
-        try:
-            async with self._http.session().post(url, data=form,
-                                                 headers={"Authorization": f"Bearer {account.access_token}"}) as resp:
-                answer = await resp.json(content_type=None)
-                if resp.status >= 400:
-                    raise send_error(resp.status, answer, resp.headers, self.channel.capitalize())
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SendError(f"{self.channel} unreachable: {exc}", retryable=True) from exc
+        answer = await self._http.upload(url, form, token=account.access_token, platform=self.channel.capitalize(),
+                                         unreachable=self.channel)
         return answer.get("message_id") if isinstance(answer, dict) else None
 
     # ------------------------------------------------------------ media

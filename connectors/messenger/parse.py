@@ -37,13 +37,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
 from typing import Any, Mapping
 
-import msgspec
-
 from connectors.base import PayloadRejected
-from connectors.webhooks import header, hub_signature_ok
+from connectors.webhooks import as_dict as _d
+from connectors.webhooks import body_key as _body_key
+from connectors.webhooks import decode_json, hub_signature_ok, verify_context
+from connectors.webhooks import dicts as _dicts
+from connectors.webhooks import epoch_ms as _time
+from connectors.webhooks import id_str as _str
 from routing.model import Attachment, Inbound, Sender, ThreadHints
 
 OBJECTS = {"page": "messenger", "instagram": "instagram"}
@@ -52,14 +54,9 @@ OWN_METADATA = "omnigate:"  # what send() puts in message.metadata, echoed back
 ATTACHMENT_TYPES = {"image": "image/jpeg", "video": "video/mp4", "audio": "audio/mpeg", "file": "application/octet-stream",
                     "ig_reel": "video/mp4", "reel": "video/mp4", "story_mention": "image/jpeg", "animated_image_share": "image/gif"}
 
-_decoder = msgspec.json.Decoder()
-
 
 def decode(raw: bytes) -> dict[str, Any]:
-    try:
-        obj = _decoder.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise PayloadRejected(f"not JSON: {exc}") from None
+    obj = decode_json(raw)
     if not isinstance(obj, dict):
         raise PayloadRejected(f"not a Messenger/Instagram webhook: JSON {type(obj).__name__}, expected an object")
     if not isinstance(obj.get("object"), str) or obj["object"] not in OBJECTS:
@@ -71,37 +68,8 @@ def decode(raw: bytes) -> dict[str, Any]:
 
 
 def verify(raw: bytes, context: Mapping[str, Any]) -> None:
-    headers, secret = context.get("headers"), context.get("app_secret")
-    if not headers or not secret:
-        return
-    signature = header(headers, SIGNATURE_HEADER)
-    if signature is None:
-        raise PayloadRejected(f"{SIGNATURE_HEADER} header missing")
-    if not hub_signature_ok(raw, signature, str(secret)):
-        raise PayloadRejected(f"{SIGNATURE_HEADER} does not match the body (wrong app_secret or altered body)")
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
-def _d(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _str(value: Any) -> str | None:
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
-
-
-def _time(ms_: Any) -> datetime | None:
-    try:
-        return datetime.fromtimestamp(int(ms_) / 1000, timezone.utc)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None
+    verify_context(raw, context, signature_header=SIGNATURE_HEADER, secret_field="app_secret",
+                   signature_ok=hub_signature_ok)
 
 
 def events(obj: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -132,10 +100,7 @@ def event_key(eid: str, ev: Mapping[str, Any]) -> str:
 
 
 def body_key(obj: Mapping[str, Any], raw: bytes) -> str:
-    keys = [event_key(eid, ev) for eid, ev in events(obj)]
-    if len(keys) == 1 and len(keys[0]) <= 200:
-        return keys[0]
-    return "sha256:" + hashlib.sha256("\n".join(keys).encode() if keys else raw).hexdigest()
+    return _body_key([event_key(eid, ev) for eid, ev in events(obj)], raw)
 
 
 def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachment]:

@@ -43,7 +43,7 @@ from aiohttp import web
 from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
 
-from connectors.http import BodyTooLarge, problem, read_body
+from connectors.http import Refused, journal, problem, read_webhook
 from connectors.base import (
     AuthFailed,
     ConnectorContext,
@@ -56,6 +56,7 @@ from connectors.base import (
     SendResult,
 )
 from connectors.telegram.parse import CHANNEL, decode_update, update_key, validate_update
+from connectors.text import split_text
 from routing.model import Attachment, Inbound, Outbound
 
 log = structlog.get_logger(__name__)
@@ -195,20 +196,6 @@ def callback_query_id(update: Mapping[str, Any]) -> str | None:
     return query.get("id") if isinstance(query, dict) and isinstance(query.get("id"), str) else None
 
 
-def split_text(text: str, limit: int = MAX_TEXT_CHARS) -> list[str]:
-    """``text`` in sendMessage-sized parts, cut at a line break where one is near."""
-    parts: list[str] = []
-    rest = text
-    while len(rest) > limit:
-        cut = rest.rfind("\n", limit // 2, limit)
-        cut = cut if cut > 0 else limit
-        parts.append(rest[:cut])
-        rest = rest[cut:].lstrip("\n")
-    if rest.strip():
-        parts.append(rest)
-    return parts
-
-
 def retry_seconds(exc: RetryAfter) -> float:
     # PTB 22 gives an int or, with PTB_TIMEDELTA set, a timedelta.
     value = exc.retry_after
@@ -241,14 +228,6 @@ def _poll_error(handle: _BotHandle, exc: TelegramError) -> ConnectorError:
     # Conflict (a webhook is set, or another instance polls this bot) lands
     # here too: its message says which, and retrying later is right for both.
     return NotReady(f"telegram bot {handle.name}: getUpdates failed: {exc.message}")
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The whole body, or None when it is larger than ``limit`` (read no further)."""
-    try:
-        return await read_body(request, limit)
-    except BodyTooLarge:
-        return None
 
 
 # ---------------------------------------------------------------- the connector
@@ -286,27 +265,18 @@ class TelegramConnector:
         if handle is None or handle.config.mode != "webhook":
             return problem(404, "no such telegram webhook")
         bound = log.bind(bot=handle.name, transport="webhook")
-        if not secret_matches(request.headers.get(SECRET_HEADER), handle.config.secret_token):
-            bound.warning("telegram.webhook.refused", reason="secret token missing or wrong", status=401)
-            self._count_refusal("unauthorized")
-            return problem(401, "secret token missing or wrong")
-        body = await _read_body(request, self._config.max_body_bytes)
-        if body is None:
-            bound.warning("telegram.webhook.refused", reason="body too large", status=413)
-            self._count_refusal("too_large")
-            return problem(413, f"body larger than {self._config.max_body_bytes} bytes")
         try:
-            update = decode_update(body)
-        except PayloadRejected as exc:
-            bound.warning("telegram.webhook.refused", reason=str(exc), status=400)
-            self._count_refusal("invalid")
-            return problem(400, str(exc))
-        key = update_key(update)
-        try:
-            result = await self._ctx.ingest(handle.account, key, body)
-        except Exception:  # the journal could not take it: Telegram retries on 5xx
-            bound.exception("telegram.webhook.journal_failed", key=key)
-            return problem(503, "journal unavailable, retry later")
+            if not secret_matches(request.headers.get(SECRET_HEADER), handle.config.secret_token):
+                raise Refused(401, "secret token missing or wrong", reason="secret token missing or wrong",
+                              metric="unauthorized")
+            body, update = await read_webhook(request, self._config.max_body_bytes, decode_update)
+            key = update_key(update)
+            # the journal could not take it: 503, Telegram retries on 5xx
+            result = await journal(self._ctx, handle.account, key, body, bound, "telegram.webhook.journal_failed")
+        except Refused as exc:
+            if exc.metric is not None:
+                self._count_refusal(exc.metric)
+            return exc.answer(bound, "telegram.webhook.refused")
         _log_ingested(bound, key, result)
         query_id = callback_query_id(update)
         if query_id is None:
@@ -391,7 +361,7 @@ class TelegramConnector:
         if handle is None:
             raise SendError(f"no telegram bot with account {outbound.account!r} is configured")
         chat_id = outbound.to.value
-        parts = split_text(outbound.text)
+        parts = split_text(outbound.text, MAX_TEXT_CHARS)
         if not parts and not outbound.attachments:
             raise SendError("nothing to send: empty text and no attachments")
         sent: list[telegram.Message] = []

@@ -32,9 +32,10 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
-from connectors.graph import DEFAULT_API_VERSION, DEFAULT_GRAPH_BASE, HttpClient, MediaTooLarge, send_error, verification
-from connectors.http import BodyTooLarge, problem, read_body
+from connectors.base import ConnectorContext, Fatal, SendError, SendResult
+from connectors.graph import DEFAULT_API_VERSION, DEFAULT_GRAPH_BASE, HttpClient, MediaTooLarge, verification
+from connectors.http import Refused, journal, read_webhook
+from connectors.text import split_text
 from connectors.webhooks import hub_signature_ok
 from connectors.whatsapp.parse import CHANNEL, SIGNATURE_HEADER, body_key, changes, decode
 from routing.model import Attachment, Inbound, Outbound
@@ -99,18 +100,6 @@ def window_refusal(last_inbound_at: datetime | None, now: datetime) -> str | Non
     return None
 
 
-def split_text(text: str, limit: int = MAX_TEXT_CHARS) -> list[str]:
-    parts, rest = [], text
-    while len(rest) > limit:
-        cut = rest.rfind("\n", limit // 2, limit)
-        cut = cut if cut > 0 else limit
-        parts.append(rest[:cut])
-        rest = rest[cut:].lstrip("\n")
-    if rest.strip():
-        parts.append(rest)
-    return parts
-
-
 def template_payload(to: str, template: Any) -> dict[str, Any]:
     payload: dict[str, Any] = {"name": template.name, "language": {"code": template.language}}
     if template.parameters:
@@ -154,28 +143,18 @@ class WhatsAppConnector:
         return verification(request, self._config.verify_token)
 
     async def _webhook(self, request: web.Request) -> web.Response:
+        secret = self._config.app_secret
         try:
-            body = await read_body(request, self._config.max_body_bytes)
-        except BodyTooLarge as exc:
-            log.warning("whatsapp.webhook.refused", reason="body too large", status=413)
-            return problem(413, f"body larger than {exc.limit} bytes")
-        if not hub_signature_ok(body, request.headers.get(SIGNATURE_HEADER), self._config.app_secret):
-            log.warning("whatsapp.webhook.refused", reason="bad signature", status=401)
-            return problem(401, f"{SIGNATURE_HEADER} missing or wrong")
-        try:
-            obj = decode(body)
-        except PayloadRejected as exc:
-            log.warning("whatsapp.webhook.refused", reason=str(exc), status=400)
-            return problem(400, str(exc))
-        values = changes(obj)
-        account = next((str(v["metadata"]["phone_number_id"]) for v in values
-                        if isinstance(v.get("metadata"), dict) and v["metadata"].get("phone_number_id")), CHANNEL)
-        key = body_key(obj, body)
-        try:
-            result = await self._ctx.ingest(account, key, body)
-        except Exception:  # the journal could not take it: Meta retries on non-200
-            log.exception("whatsapp.webhook.journal_failed", key=key)
-            return problem(503, "journal unavailable, retry later")
+            body, obj = await read_webhook(request, self._config.max_body_bytes, decode, signature_header=SIGNATURE_HEADER,
+                                           signature_ok=lambda body, sig: hub_signature_ok(body, sig, secret))
+            values = changes(obj)
+            account = next((str(v["metadata"]["phone_number_id"]) for v in values
+                            if isinstance(v.get("metadata"), dict) and v["metadata"].get("phone_number_id")), CHANNEL)
+            key = body_key(obj, body)
+            # the journal could not take it: 503, Meta retries on non-200
+            result = await journal(self._ctx, account, key, body, log, "whatsapp.webhook.journal_failed")
+        except Refused as exc:
+            return exc.answer(log, "whatsapp.webhook.refused")
         log.info("whatsapp.webhook", key=key, account=account, journal_id=result.journal_id, created=result.created)
         return web.Response(status=200, text="ok")
 
@@ -197,7 +176,8 @@ class WhatsAppConnector:
             payloads.append(template_payload(to, template))
         else:
             payloads += [{"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": "text",
-                          "text": {"body": part, "preview_url": False}} for part in split_text(outbound.text)]
+                          "text": {"body": part, "preview_url": False}}
+                         for part in split_text(outbound.text, MAX_TEXT_CHARS)]
             for a in outbound.attachments:
                 payloads.append(await self._media_message(number, to, a))
         if not payloads:
@@ -223,14 +203,7 @@ class WhatsAppConnector:
         form.add_field("type", a.content_type)
         form.add_field("file", a.data, filename=a.name or "file", content_type=a.content_type)
         url = f"{self._config.api}/{number.phone_number_id}/media"
-        try:
-            async with self._http.session().post(url, data=form,
-                                                 headers={"Authorization": f"Bearer {number.access_token}"}) as resp:
-                answer = await resp.json(content_type=None)
-                if resp.status >= 400:
-                    raise send_error(resp.status, answer, resp.headers, "WhatsApp")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SendError(f"WhatsApp unreachable: {exc}", retryable=True) from exc
+        answer = await self._http.upload(url, form, token=number.access_token, platform="WhatsApp")
         media: dict[str, Any] = {"id": answer.get("id")}
         if kind == "document" and a.name:
             media["filename"] = a.name

@@ -38,14 +38,14 @@ not keep headers in the journal, so a replay does not verify again.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-import msgspec
-
 from connectors.base import PayloadRejected
-from connectors.webhooks import header, hub_signature_ok
+from connectors.webhooks import body_key as _body_key
+from connectors.webhooks import decode_json, hub_signature_ok, verify_context
+from connectors.webhooks import dicts as _dicts
+from connectors.webhooks import id_str as _str
 from routing.model import Attachment, Inbound, Sender, ThreadHints
 
 CHANNEL = "whatsapp"
@@ -56,15 +56,10 @@ DEFAULT_MEDIA_TYPE = {"image": "image/jpeg", "video": "video/mp4", "audio": "aud
                       "document": "application/octet-stream", "sticker": "image/webp"}
 STATUSES = ("sent", "delivered", "read", "failed", "deleted", "warning")
 
-_decoder = msgspec.json.Decoder()
-
 
 def decode(raw: bytes) -> dict[str, Any]:
     """The webhook's JSON object; :class:`PayloadRejected` when it is not one."""
-    try:
-        obj = _decoder.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise PayloadRejected(f"not JSON: {exc}") from None
+    obj = decode_json(raw)
     if not isinstance(obj, dict):
         raise PayloadRejected(f"not a WhatsApp webhook: JSON {type(obj).__name__}, expected an object")
     if obj.get("object") != OBJECT:
@@ -77,27 +72,8 @@ def decode(raw: bytes) -> dict[str, Any]:
 def verify(raw: bytes, context: Mapping[str, Any]) -> None:
     """Check ``X-Hub-Signature-256`` when the context carries a live request's
     headers and the app secret; :class:`PayloadRejected` when it does not verify."""
-    headers = context.get("headers")
-    secret = context.get("app_secret")
-    if not headers or not secret:
-        return
-    signature = header(headers, SIGNATURE_HEADER)
-    if signature is None:
-        raise PayloadRejected(f"{SIGNATURE_HEADER} header missing")
-    if not hub_signature_ok(raw, signature, str(secret)):
-        raise PayloadRejected(f"{SIGNATURE_HEADER} does not match the body (wrong app_secret or altered body)")
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
-def _str(value: Any) -> str | None:
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
+    verify_context(raw, context, signature_header=SIGNATURE_HEADER, secret_field="app_secret",
+                   signature_ok=hub_signature_ok)
 
 
 def _time(ts: Any) -> datetime | None:
@@ -133,11 +109,7 @@ def body_key(obj: Mapping[str, Any], raw: bytes) -> str:
     """The journal's idempotency key of a body: its one item's id, or a hash
     of all its items' ids (Meta redelivers the same body after a failed
     answer), or of the bytes when it has none."""
-    ids = item_ids(obj)
-    if len(ids) == 1 and len(ids[0]) <= 200:
-        return ids[0]
-    basis = "\n".join(ids).encode() if ids else raw
-    return "sha256:" + hashlib.sha256(basis).hexdigest()
+    return _body_key(item_ids(obj), raw)
 
 
 def _sender(wa_id: str, names: Mapping[str, str]) -> Sender:

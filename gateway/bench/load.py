@@ -117,10 +117,13 @@ async def load(port: int, make: RequestFn, duration: float, concurrency: int, st
 class Servers:
     """Bench servers, each in its own process, started together and
     measured in alternating rounds so that a burst of noise on the machine
-    hits every one of them, not just the one running at that moment."""
+    hits every one of them, not just the one running at that moment.
+    ``module`` is run as ``python -m MODULE MODE PORT DATA_DIR`` for each mode
+    (:mod:`gateway.bench.server` unless a figure has servers of its own)."""
 
-    def __init__(self, modes: list[str]):
+    def __init__(self, modes: list[str], module: str = "gateway.bench.server"):
         self.modes = modes
+        self.module = module
         self.ports: dict[str, int] = {}
         self.procs: list[subprocess.Popen] = []
         self.dirs: list[tempfile.TemporaryDirectory] = []
@@ -132,7 +135,7 @@ class Servers:
             port = self.ports[mode] = free_port()
             # stderr to a file: an unread pipe fills up and stalls the server
             err = open(Path(d.name) / "stderr.log", "wb")
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "gateway.bench.server", mode, str(port), d.name],
+            self.procs.append(subprocess.Popen([sys.executable, "-m", self.module, mode, str(port), d.name],
                                                stdout=subprocess.DEVNULL, stderr=err))
             err.close()
         for mode, proc in zip(self.modes, self.procs):

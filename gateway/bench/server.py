@@ -91,14 +91,16 @@ BENCH_CHANNELS = {
 }
 
 
-def _omnigate_app(data_dir: Path) -> web.Application:
+def omnigate_app(data_dir: Path, channels: dict | None = None) -> web.Application:
+    """The real gateway with the pipeline off, no rules, warning-level JSON
+    logs and ``channels`` configured (:data:`BENCH_CHANNELS` by default)."""
     from gateway.app import create_app
     from gateway.config import load
 
     config = load(None, environ={"OMNIGATE_API_TOKEN": "bench-token", "OMNIGATE_DATA_DIR": str(data_dir),
                                  "OMNIGATE_PIPELINE__WORKERS": "0", "OMNIGATE_LOG_LEVEL": "warning",
                                  "OMNIGATE_RULES_DIR": str(data_dir / "no-rules")},
-                  flags={"channels": BENCH_CHANNELS})
+                  flags={"channels": BENCH_CHANNELS if channels is None else channels})
     from gateway import logs
 
     logs.configure("warning", "json")
@@ -116,7 +118,7 @@ def _production_app(data_dir: Path) -> web.Application:
 def main() -> None:
     mode, port, data_dir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     data_dir.mkdir(parents=True, exist_ok=True)
-    app = {"bare": _bare_app, "sqlite": lambda: _sqlite_app(data_dir), "omnigate": lambda: _omnigate_app(data_dir),
+    app = {"bare": _bare_app, "sqlite": lambda: _sqlite_app(data_dir), "omnigate": lambda: omnigate_app(data_dir),
            "production": lambda: _production_app(data_dir)}[mode]()
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 

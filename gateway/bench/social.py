@@ -12,31 +12,25 @@ id — are POSTed over keep-alive connections to
 - the baseline: a bare aiohttp handler on the same paths that reads the
   body and answers 200 at once (the framework's ceiling on this machine).
 
-Both servers run in their own processes, measured in alternating rounds
-(best round each), so a burst of noise on the machine hits both. Usage of
+Both servers run in their own processes (:class:`gateway.bench.load.Servers`),
+measured in alternating rounds (best round each), so a burst of noise on
+the machine hits both. Usage of
 the server side: ``python -m gateway.bench.social MODE PORT DATA_DIR``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import json
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
 from aiohttp import web
 
-CONCURRENCY = 64
-ROUNDS = 2
-DURATION_S = 2.5
+from gateway.bench.load import CONCURRENCY, DURATION_S, ROUNDS
+
 APP_SECRET = "bench-app-secret"
 LINE_SECRET = "bench-line-secret"
 PHONE_ID = "106540352242922"
@@ -103,113 +97,13 @@ def _bare_app() -> web.Application:
     return app
 
 
-def _omnigate_app(data_dir: Path) -> web.Application:
-    from gateway import logs
-    from gateway.app import create_app
-    from gateway.config import load
-
-    config = load(None, environ={"OMNIGATE_API_TOKEN": "bench-token", "OMNIGATE_DATA_DIR": str(data_dir),
-                                 "OMNIGATE_PIPELINE__WORKERS": "0", "OMNIGATE_LOG_LEVEL": "warning",
-                                 "OMNIGATE_RULES_DIR": str(data_dir / "no-rules")},
-                  flags={"channels": CHANNELS})
-    logs.configure("warning", "json")
-    return create_app(config)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bench server exited: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise TimeoutError("bench server did not start")
-
-
-async def _load(port: int, make: Callable[[int], bytes], duration: float, concurrency: int, start: int) -> dict:
-    """Distinct requests over keep-alive connections for ``duration`` s; 2xx answers count."""
-    done: list[float] = []
-    errors = [0]
-    counter = [start]
-    stop_at = time.monotonic() + duration
-
-    async def conn() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while time.monotonic() < stop_at:
-                counter[0] += 1
-                t0 = time.perf_counter()
-                writer.write(make(counter[0]))
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line[15:]) for line in head.split(b"\r\n")
-                               if line[:15].lower() == b"content-length:"), 0)
-                if length:
-                    await reader.readexactly(length)
-                if head[9:10] == b"2":
-                    done.append(time.perf_counter() - t0)
-                else:
-                    errors[0] += 1
-        finally:
-            writer.close()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(conn() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - t0
-    done.sort()
-    p99 = done[min(len(done) - 1, int(0.99 * (len(done) - 1)))] if done else 0.0
-    return {"rate": len(done) / elapsed, "errors": errors[0], "next": counter[0], "p99_ms": p99 * 1000,
-            "requests": len(done)}
-
-
 async def _measure() -> dict:
-    modes = ["bare", "omnigate"]
-    procs, ports, dirs = [], {}, []
-    try:
-        for mode in modes:
-            d = tempfile.TemporaryDirectory(prefix=f"omnigate-bench-social-{mode}-")
-            dirs.append(d)
-            ports[mode] = _free_port()
-            procs.append(subprocess.Popen([sys.executable, "-m", "gateway.bench.social", mode, str(ports[mode]), d.name],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        for mode, proc in zip(modes, procs):
-            await _wait_port(ports[mode], proc)
-        # the requests are made before the clock starts: the client's HMACs are not measured
-        ready = [request(n) for n in range(60_000)]
+    from gateway.bench.load import Servers, pregenerated
 
-        def make(n: int) -> bytes:
-            return ready[n] if n < len(ready) else request(n)
-
-        numbers = {mode: 0 for mode in modes}
-        best: dict[str, dict] = {}
-        for mode in modes:  # warm up
-            numbers[mode] = (await _load(ports[mode], make, 0.3, 8, numbers[mode]))["next"]
-        for _ in range(ROUNDS):
-            for mode in modes:
-                r = await _load(ports[mode], make, DURATION_S, CONCURRENCY, numbers[mode])
-                numbers[mode] = r["next"]
-                if mode not in best or r["rate"] > best[mode]["rate"]:
-                    best[mode] = r
-        return best
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for d in dirs:
-            d.cleanup()
+    # the requests are made before the clock starts: the client's HMACs are not measured
+    make = pregenerated(request, 60_000)
+    async with Servers(["bare", "omnigate"], module="gateway.bench.social") as servers:
+        return await servers.best_of({mode: (mode, make) for mode in servers.modes}, ROUNDS, DURATION_S)
 
 
 async def figures() -> dict[str, dict]:
@@ -232,7 +126,12 @@ def _figure(best: dict[str, dict]) -> dict[str, dict]:
 def main() -> None:
     mode, port, data_dir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     data_dir.mkdir(parents=True, exist_ok=True)
-    app = _bare_app() if mode == "bare" else _omnigate_app(data_dir)
+    if mode == "bare":
+        app = _bare_app()
+    else:
+        from gateway.bench.server import omnigate_app
+
+        app = omnigate_app(data_dir, CHANNELS)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 

@@ -23,11 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,12 +35,6 @@ PERIOD_S = 4.0
 DURATION_S = 8.0
 TOKEN = "bench-token"
 ORIGIN = "https://bench.example"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- servers
@@ -108,22 +98,6 @@ def serve(mode: str, port: int, data_dir: str) -> None:
 
 
 # ---------------------------------------------------------------- client
-
-
-async def _wait_up(base: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"bench server exited with {proc.returncode}")
-            try:
-                async with s.get(f"{base}/healthz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError("bench server did not start")
 
 
 async def _measure(base: str) -> dict:
@@ -198,21 +172,13 @@ async def _measure(base: str) -> dict:
 
 
 async def _run(mode: str) -> dict:
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as d:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.bench.webchat", mode, str(port), d],
-                                env={**os.environ, "OMNIGATE_LOG_LEVEL": "warning"},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            await _wait_up(f"http://127.0.0.1:{port}", proc)
-            return await _measure(f"http://127.0.0.1:{port}")
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """The client against one server (``mode``) in its own process
+    (:class:`gateway.bench.load.Servers`); the relay and the gateway are
+    measured one after the other."""
+    from gateway.bench.load import Servers
+
+    async with Servers([mode], module="gateway.bench.webchat") as servers:
+        return await _measure(f"http://127.0.0.1:{servers.ports[mode]}")
 
 
 async def figures() -> dict[str, dict]:

@@ -21,7 +21,7 @@ import sys
 
 def main(argv: list[str], prog: str = "omnigate replay") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    from gateway.commands.common import add_config_flags, load_config
+    from gateway.commands.common import add_config_flags, load_config, with_data_dir
 
     add_config_flags(ap)
     ap.add_argument("--failed", action="store_true", help="only entries that failed")
@@ -39,22 +39,8 @@ def main(argv: list[str], prog: str = "omnigate replay") -> int:
     except ValueError as exc:
         print(f"{prog}: --since: {exc}", file=sys.stderr)
         return 2
-    from gateway import datalock
-
-    try:
-        lock = datalock.acquire(config.data_dir)
-    except datalock.Locked as exc:
-        if exc.info is None or not exc.info.listen:
-            print(f"{prog}: {exc}", file=sys.stderr)
-            return 1
-        return asyncio.run(_replay_through(exc.info.listen, config, args, since, prog))
-    except OSError as exc:
-        print(f"{prog}: {config.data_dir}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    try:
-        return asyncio.run(_replay(config, args, since))
-    finally:
-        lock.release()
+    return with_data_dir(config, prog, lambda: _replay(config, args, since),
+                         lambda listen: _replay_through(listen, config, args, since, prog))
 
 
 async def _replay_through(listen: str, config, args, since, prog: str, wait_s: float = 120.0) -> int:
@@ -63,14 +49,10 @@ async def _replay_through(listen: str, config, args, since, prog: str, wait_s: f
     has taken every one and report as for a local run."""
     import aiohttp
 
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    if not config.api_token:
-        print(f"{prog}: a daemon holds {config.data_dir} (listening on {listen}); replaying through its API "
-              "needs its token: set OMNIGATE_API_TOKEN (or OMNIGATE_API_TOKEN_FILE)", file=sys.stderr)
+    from gateway.commands.common import daemon_base
+
+    base = daemon_base(config, listen, prog, "replaying")
+    if base is None:
         return 1
     headers = {"Authorization": f"Bearer {config.api_token}"}
     print(f"replaying through the running daemon at {base}", file=sys.stderr)

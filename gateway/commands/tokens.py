@@ -13,13 +13,12 @@ daemon needed to mint the first tokens).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from datetime import timedelta
 
 
 def main(argv: list[str], prog: str = "omnigate tokens") -> int:
-    from gateway.commands.common import add_config_flags, load_config
+    from gateway.commands.common import add_config_flags, load_config, with_data_dir
 
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="action", required=True)
@@ -53,22 +52,8 @@ def main(argv: list[str], prog: str = "omnigate tokens") -> int:
         if expires_s <= 0:
             print(f"{prog}: --expires must be positive", file=sys.stderr)
             return 2
-    from gateway import datalock
-
-    try:
-        lock = datalock.acquire(config.data_dir)
-    except datalock.Locked as exc:
-        if exc.info is None or not exc.info.listen:
-            print(f"{prog}: {exc}", file=sys.stderr)
-            return 1
-        return asyncio.run(_through(exc.info.listen, config, args, prog))
-    except OSError as exc:
-        print(f"{prog}: {config.data_dir}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    try:
-        return asyncio.run(_run(config, args, prog, expires_s))
-    finally:
-        lock.release()
+    return with_data_dir(config, prog, lambda: _run(config, args, prog, expires_s),
+                         lambda listen: _through(listen, config, args, prog))
 
 
 async def _through(listen: str, config, args, prog: str) -> int:
@@ -76,17 +61,23 @@ async def _through(listen: str, config, args, prog: str) -> int:
     import aiohttp
     import msgspec
 
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    if not config.api_token:
-        print(f"{prog}: a daemon holds {config.data_dir} (listening on {listen}); managing tokens through its API "
-              "needs its token: set OMNIGATE_API_TOKEN (or OMNIGATE_API_TOKEN_FILE)", file=sys.stderr)
+    from gateway.commands.common import daemon_base
+
+    base = daemon_base(config, listen, prog, "managing tokens")
+    if base is None:
         return 1
     headers = {"Authorization": f"Bearer {config.api_token}", "X-Omnigate-Actor": "cli"}
     async with aiohttp.ClientSession(base, headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def call(method: str, path: str, expect: int, **kw) -> dict | None:
+            """The daemon's answer, or None after printing its problem detail."""
+            async with session.request(method, path, **kw) as r:
+                answer = await r.json(content_type=None)
+                if r.status != expect:
+                    print(f"{prog}: {answer.get('detail') or answer.get('title')}", file=sys.stderr)
+                    return None
+                return answer
+
         try:
             if args.action == "create":
                 body = {"agent_id": args.agent, "role": args.role}
@@ -94,11 +85,8 @@ async def _through(listen: str, config, args, prog: str) -> int:
                     body["expires_in"] = args.expires
                 if args.note:
                     body["note"] = args.note
-                async with session.post("/api/v1/tokens", json=body) as r:
-                    answer = await r.json(content_type=None)
-                    if r.status != 201:
-                        print(f"{prog}: {answer.get('detail') or answer.get('title')}", file=sys.stderr)
-                        return 1
+                if (answer := await call("POST", "/api/v1/tokens", 201, json=body)) is None:
+                    return 1
                 print(answer["token"])
                 print(f"id {answer['id']}, agent {answer['agent_id']}, role {answer['role']}"
                       + (f", expires {answer['expires_at']}" if answer.get("expires_at") else "")
@@ -107,20 +95,14 @@ async def _through(listen: str, config, args, prog: str) -> int:
                 params = {"include_revoked": "true" if args.all else "false"}
                 if args.agent:
                     params["agent_id"] = args.agent
-                async with session.get("/api/v1/tokens", params=params) as r:
-                    answer = await r.json(content_type=None)
-                    if r.status != 200:
-                        print(f"{prog}: {answer.get('detail') or answer.get('title')}", file=sys.stderr)
-                        return 1
+                if (answer := await call("GET", "/api/v1/tokens", 200, params=params)) is None:
+                    return 1
                 from gateway.store.sqlite_tokens import TokenInfo
 
                 _print_list(msgspec.convert(answer["items"], list[TokenInfo]), args.json)
             else:
-                async with session.delete(f"/api/v1/tokens/{args.id}") as r:
-                    answer = await r.json(content_type=None)
-                    if r.status != 200:
-                        print(f"{prog}: {answer.get('detail') or answer.get('title')}", file=sys.stderr)
-                        return 1
+                if (answer := await call("DELETE", f"/api/v1/tokens/{args.id}", 200)) is None:
+                    return 1
                 print(f"revoked {answer['id']} ({answer['prefix']}…, agent {answer['agent_id']})")
         except aiohttp.ClientError as exc:
             print(f"{prog}: the daemon at {base} does not answer: {exc}", file=sys.stderr)

@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-from tests.gateway.test_datalock import OMNIGATE, _env, _free_port, _wait_up
+from tests.daemon import OMNIGATE, free_port, serve, wait_up
+from tests.gateway.test_datalock import _env
 
 
 def _get(url: str, token: str) -> int:
@@ -25,13 +26,12 @@ def _get(url: str, token: str) -> int:
 @pytest.mark.integration
 def test_tokens_go_through_the_running_daemon_and_revoke_at_once(tmp_path):
     data = tmp_path / "data"
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    daemon = subprocess.Popen([OMNIGATE, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)],
-                              env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    daemon = serve(data, port, _env(), cwd=tmp_path)
     cmd = [OMNIGATE, "tokens"]
     try:
-        _wait_up(base, daemon)
+        wait_up(base, daemon)
         made = subprocess.run([*cmd, "create", "--data-dir", str(data), "--agent", "ops", "--role", "admin"],
                               env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert made.returncode == 0, made.stderr
@@ -46,6 +46,9 @@ def test_tokens_go_through_the_running_daemon_and_revoke_at_once(tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert gone.returncode == 0, gone.stderr
         assert _get(f"{base}/api/v1/tickets", token) == 401  # at once: the daemon's cache was cleared
+        unknown = subprocess.run([*cmd, "revoke", "--data-dir", str(data), "tok_nosuch"], env=_env(), cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=60)
+        assert unknown.returncode == 1 and unknown.stderr.startswith("omnigate tokens: "), unknown.stderr
         no_token = subprocess.run([*cmd, "list", "--data-dir", str(data)], cwd=tmp_path,
                                   env={k: v for k, v in _env().items() if k != "OMNIGATE_API_TOKEN"},
                                   capture_output=True, text=True, timeout=60)
@@ -62,13 +65,12 @@ def test_replay_through_the_daemon_waits_out_the_rate_limit(tmp_path):
     from tests.gateway.test_datalock import _http
 
     data = tmp_path / "data"
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = _env(OMNIGATE_REST__RATE_LIMIT_PER_MINUTE="600", OMNIGATE_REST__RATE_LIMIT_BURST="3")
-    daemon = subprocess.Popen([OMNIGATE, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)],
-                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    daemon = serve(data, port, env, cwd=tmp_path)
     try:
-        _wait_up(base, daemon)
+        wait_up(base, daemon)
         for i in range(4):
             body = {"external_id": f"r{i}", "sender": {"kind": "email", "value": f"r{i}@x.cn"}, "text": f"t {i}"}
             assert _http("POST", f"{base}/channels/api/messages", body)[0] == 202  # the channel is not limited

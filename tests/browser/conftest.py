@@ -15,7 +15,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.gateway.test_crash import free_port, start, stop, wait_ready
+from tests.daemon import free_port, stop, wait_ready
+from tests.gateway.test_crash import start
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -5,6 +5,9 @@ onto the same ticket by its Message-ID."""
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
 import aiosmtplib
 import pytest
 
@@ -17,6 +20,28 @@ from tests.e2e.conftest import Gateway, wait_for
 MAILBOX = "bob@example.com"  # the To: of the corpus mail
 
 pytestmark = pytest.mark.integration
+
+
+@asynccontextmanager
+async def email_gateway(start_gateway, smtp_port: int) -> AsyncIterator[tuple[Gateway, Any]]:
+    """A gateway taking mail for :data:`MAILBOX` on ``smtp_port`` and sending
+    through a relay sink: (gateway, sink), once its SMTP server listens."""
+    async with sink() as relay:
+        gw: Gateway = await start_gateway(email={
+            "smtp": {"listen": f"127.0.0.1:{smtp_port}", "mailboxes": {"support": MAILBOX}},
+            "relay": {"host": "127.0.0.1", "port": relay.port, "security": "none",
+                      "from": f"Support <{MAILBOX}>"},
+        })
+        await listening(smtp_port)
+        yield gw, relay
+
+
+async def take(gw: Gateway, port: int, count: int, raw: bytes, sender: str) -> None:
+    """Deliver one mail, then wait until the journal holds ``count`` entries
+    and the pipeline has processed them."""
+    await deliver(port, raw, sender)
+    await wait_for(gw.journal, lambda items: len(items) == count)
+    await gw.drain()
 
 
 async def deliver(port: int, raw: bytes, sender: str) -> None:
@@ -33,16 +58,8 @@ async def deliver(port: int, raw: bytes, sender: str) -> None:
 async def test_mail_in_reply_out_and_the_answer_threads_back(start_gateway, unused_tcp_port_factory) -> None:
     raw = (require_corpus() / "email" / "talon_gmail.eml").read_bytes()
     smtp_port = unused_tcp_port_factory()
-    async with sink() as relay:
-        gw: Gateway = await start_gateway(email={
-            "smtp": {"listen": f"127.0.0.1:{smtp_port}", "mailboxes": {"support": MAILBOX}},
-            "relay": {"host": "127.0.0.1", "port": relay.port, "security": "none",
-                      "from": f"Support <{MAILBOX}>"},
-        })
-        await listening(smtp_port)
-        await deliver(smtp_port, raw, "xxx@gmail.com")
-        await wait_for(gw.journal, lambda items: len(items) == 1)
-        await gw.drain()
+    async with email_gateway(start_gateway, smtp_port) as (gw, relay):
+        await take(gw, smtp_port, 1, raw, "xxx@gmail.com")
         _, ticket, contact = await gw.only_ticket()
         assert {"kind": "email", "value": "xxx@gmail.com"} in contact["identities"]
 
@@ -59,18 +76,15 @@ async def test_mail_in_reply_out_and_the_answer_threads_back(start_gateway, unus
         answer = (f"From: Megan One <xxx@gmail.com>\r\nTo: {MAILBOX}\r\nSubject: Re: Test\r\n"
                   f"Message-ID: <answer-1@mail.gmail.com>\r\nIn-Reply-To: {msg['Message-ID'].strip()}\r\n"
                   "Date: Mon, 2 Nov 2026 10:00:00 +0000\r\n\r\nGreat, thank you!\r\n").encode()
-        await deliver(smtp_port, answer, "xxx@gmail.com")
-        await wait_for(gw.journal, lambda items: len(items) == 2)
-        await gw.drain()
+        await take(gw, smtp_port, 2, answer, "xxx@gmail.com")
         items = await gw.journal()
         assert [e.get("ticket_id") for e in items] == [ticket["id"], ticket["id"]]
         texts = [e["text"] for e in await gw.timeline(ticket["id"], "message_in", "message_out")]
         assert texts[-1].startswith("Great, thank you!")
 
         # the reply bounces: the DSN (RFC 3464) names it, and joins its ticket, unanswered
-        await deliver(smtp_port, dsn(bounced=msg["Message-ID"].strip(), to=MAILBOX), "mailer-daemon@mx.example.org")
-        await wait_for(gw.journal, lambda items: len(items) == 3)
-        await gw.drain()
+        await take(gw, smtp_port, 3, dsn(bounced=msg["Message-ID"].strip(), to=MAILBOX),
+                   "mailer-daemon@mx.example.org")
         bounce = (await gw.journal())[-1]
         assert bounce["status"] == "processed" and bounce["ticket_id"] == ticket["id"]
         [entry] = [e for e in await gw.timeline(ticket["id"], "message_in") if e["data"].get("auto") == "bounce"]
@@ -104,25 +118,15 @@ async def test_a_stranger_quoting_a_customers_message_id_cannot_take_over_the_ti
         start_gateway, unused_tcp_port_factory) -> None:
     """Issue 10, item 2: header threading trusts only the ticket's contact and its participants."""
     smtp_port = unused_tcp_port_factory()
-    async with sink() as relay:
-        gw: Gateway = await start_gateway(email={
-            "smtp": {"listen": f"127.0.0.1:{smtp_port}", "mailboxes": {"support": MAILBOX}},
-            "relay": {"host": "127.0.0.1", "port": relay.port, "security": "none",
-                      "from": f"Support <{MAILBOX}>"},
-        })
-        await listening(smtp_port)
-        await deliver(smtp_port, mail("Li Lei <li@example.cn>", "Invoice 4411", "li-1@example.cn",
-                                      "My invoice address is wrong.", Cc="boss@example.cn"), "li@example.cn")
-        await wait_for(gw.journal, lambda items: len(items) == 1)
-        await gw.drain()
+    async with email_gateway(start_gateway, smtp_port) as (gw, relay):
+        await take(gw, smtp_port, 1, mail("Li Lei <li@example.cn>", "Invoice 4411", "li-1@example.cn",
+                                          "My invoice address is wrong.", Cc="boss@example.cn"), "li@example.cn")
         _, ticket, _ = await gw.only_ticket()
 
         # a stranger replies to the customer's Message-ID: own ticket, which mentions the customer's
-        await deliver(smtp_port, mail("Mallory <mallory@evil.example>", "Re: Invoice 4411", "m-1@evil.example",
-                                      "Please send the invoice to me instead.", In_Reply_To="<li-1@example.cn>"),
-                      "mallory@evil.example")
-        await wait_for(gw.journal, lambda items: len(items) == 2)
-        await gw.drain()
+        await take(gw, smtp_port, 2, mail("Mallory <mallory@evil.example>", "Re: Invoice 4411", "m-1@evil.example",
+                                          "Please send the invoice to me instead.", In_Reply_To="<li-1@example.cn>"),
+                   "mallory@evil.example")
         stranger = (await gw.journal())[-1]
         assert stranger["status"] == "processed" and stranger["ticket_id"] != ticket["id"]
         [mention] = [e for e in await gw.timeline(stranger["ticket_id"], "event")]
@@ -133,10 +137,8 @@ async def test_a_stranger_quoting_a_customers_message_id_cannot_take_over_the_ti
         assert [e["text"] for e in await gw.timeline(ticket["id"], "message_in")] == ["My invoice address is wrong."]
 
         # the Cc of the customer's mail is a participant: it joins, but the replies stay with the customer
-        await deliver(smtp_port, mail("Boss <boss@example.cn>", "Re: Invoice 4411", "boss-1@example.cn",
-                                      "Approved.", In_Reply_To="<li-1@example.cn>"), "boss@example.cn")
-        await wait_for(gw.journal, lambda items: len(items) == 3)
-        await gw.drain()
+        await take(gw, smtp_port, 3, mail("Boss <boss@example.cn>", "Re: Invoice 4411", "boss-1@example.cn",
+                                          "Approved.", In_Reply_To="<li-1@example.cn>"), "boss@example.cn")
         assert (await gw.journal())[-1]["ticket_id"] == ticket["id"]
 
         reply = await gw.reply(ticket["id"], "Your invoice has been corrected.")
@@ -151,22 +153,14 @@ async def test_a_reused_message_id_with_other_content_is_kept_and_a_null_sender_
         start_gateway, unused_tcp_port_factory) -> None:
     """Issue 10, item 4: no silent drop of a reused Message-ID; RFC 3834 on the SMTP envelope."""
     smtp_port = unused_tcp_port_factory()
-    async with sink() as relay:
-        gw: Gateway = await start_gateway(email={
-            "smtp": {"listen": f"127.0.0.1:{smtp_port}", "mailboxes": {"support": MAILBOX}},
-            "relay": {"host": "127.0.0.1", "port": relay.port, "security": "none",
-                      "from": f"Support <{MAILBOX}>"},
-        })
-        await listening(smtp_port)
+    async with email_gateway(start_gateway, smtp_port) as (gw, relay):
         await deliver(smtp_port, mail("li@example.cn", "Password", "dup@example.cn",
                                       "I forgot my password, please help me reset password"), "li@example.cn")
         await deliver(smtp_port, mail("li@example.cn", "Password", "dup@example.cn",
                                       "Different words under the same id"), "li@example.cn")
         # a forged From with a null envelope sender (MAIL FROM:<>): never answered automatically
-        await deliver(smtp_port, mail("victim@example.org", "Password", "forged@example.org",
-                                      "I forgot my password, please help me reset password"), "")
-        await wait_for(gw.journal, lambda items: len(items) == 3)
-        await gw.drain()
+        await take(gw, smtp_port, 3, mail("victim@example.org", "Password", "forged@example.org",
+                                          "I forgot my password, please help me reset password"), "")
         first, second, forged = await gw.journal()
         assert second["status"] == "processed" and second["ticket_id"] == first["ticket_id"]
         entries = await gw.timeline(first["ticket_id"], "message_in")

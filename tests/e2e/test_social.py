@@ -460,6 +460,21 @@ async def test_whatsapp_reply_with_a_file_uploads_it_first(gw: Gateway, graph) -
     assert graph.media[document["document"]["id"]] == ("application/pdf", pdf)
 
 
+async def test_messenger_reply_with_a_file_uploads_it_with_the_message(gw: Gateway, graph) -> None:
+    await fb(gw, "messenger", fb_body("page", PAGE_ID, fb_message("6247348", PAGE_ID, "m_F", "The receipt please")),
+             FB_SECRET)
+    await gw.drain()
+    _, ticket, _ = await gw.only_ticket()
+    pdf = b"%PDF-1.4 receipt"
+    reply = await gw.reply(ticket["id"], "Here it is:", attachments=[
+        {"name": "receipt.pdf", "content_type": "application/pdf", "data_base64": base64.b64encode(pdf).decode()}])
+    await reply_status(gw, ticket["id"], reply["id"], lambda d: d["status"] == "sent")
+    assert graph.uploads == [("receipt.pdf", pdf)]  # multipart filedata on /me/messages
+    text, file = graph.sent[-2:]
+    assert (text[0], text[1], text[2]["text"]) == ("messenger", "6247348", "Here it is:")
+    assert file[1] == "6247348" and file[2]["attachment"]["type"] == "file"
+
+
 async def test_whatsapp_status_that_beats_the_send_answer_is_applied_at_settle(gw: Gateway, graph) -> None:
     ticket = await whatsapp_ticket(gw)
 

@@ -14,11 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,21 +23,15 @@ import aiohttp
 import pytest
 
 from tests.clock import BUSINESS_HOURS, INSTANTS
+from tests.daemon import OMNIGATE, free_port, pages, serve, stop, wait_ready  # noqa: F401 (test_webhooks_crash imports OMNIGATE here)
 from tests.gateway.conftest import AUTH, TOKEN
 from tests.standins.telegram_api import TelegramApiStandIn
 
 pytestmark = pytest.mark.integration
 
-OMNIGATE = str(Path(sys.executable).with_name("omnigate"))
 DEADLINE_S = 120  # the whole test; a hung daemon fails it instead of hanging the suite
 #: the daemons' clock: business hours (no opening-hours auto-replies in the way)
 START = INSTANTS[BUSINESS_HOURS]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(data_dir: Path, port: int, *, crash_at: str | None = None, clock=START,
@@ -50,23 +41,7 @@ def start(data_dir: Path, port: int, *, crash_at: str | None = None, clock=START
     e.pop("OMNIGATE_TEST_CRASH_AT", None)
     if crash_at:
         e["OMNIGATE_TEST_CRASH_AT"] = crash_at
-    return subprocess.Popen([OMNIGATE, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)],
-                            env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-async def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            try:
-                async with s.get(f"{base}/healthz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise TimeoutError("omnigate serve did not come up")
+    return serve(data_dir, port, e)
 
 
 async def killed(proc: subprocess.Popen) -> None:
@@ -83,16 +58,6 @@ def in_db(data_dir: Path, sql: str) -> int:
         return conn.execute(sql).fetchone()[0]
     finally:
         conn.close()
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.parametrize("crash_at", ["journal_append:300", "commit:100"])
@@ -147,15 +112,7 @@ async def _ingest_and_crash(tmp_path: Path, crash_at: str) -> None:
                 contacts[ext] = entry["contact_id"]
             # exactly one timeline entry per acknowledged message, one ticket per contact
             for contact_id in set(contacts.values()):
-                items, cursor = [], None
-                while True:
-                    q = f"?limit=500&cursor={cursor}" if cursor else "?limit=500"
-                    async with s.get(f"{base}/api/v1/contacts/{contact_id}/timeline{q}", headers=AUTH) as r:
-                        page = await r.json()
-                    items += page["items"]
-                    if not page["next_cursor"]:
-                        break
-                    cursor = page["next_cursor"]
+                items = await pages(s, f"{base}/api/v1/contacts/{contact_id}/timeline", AUTH, 500)
                 messages = [e["external_id"] for e in items if e["kind"] in ("message_in", "duplicate")]
                 assert len(messages) == len(set(messages)), "a message was committed twice"
                 mine = {ext for ext, c in contacts.items() if c == contact_id}

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.gateway.conftest import AUTH, TOKEN
-from tests.gateway.test_crash import OMNIGATE, free_port, wait_ready
+from tests.daemon import free_port, pages, serve, stop, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -36,20 +36,11 @@ def start(data_dir, port: int, cdr_path, crash_at: str | None = None) -> subproc
            "OMNIGATE_PHONE__ACCOUNTS__PBX1__SOURCE": "asterisk",
            "OMNIGATE_PHONE__ACCOUNTS__PBX1__CDR_PATH": str(cdr_path),
            "OMNIGATE_PHONE__POLL_INTERVAL": "0.05"}
-    return subprocess.Popen([OMNIGATE, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return serve(data_dir, port, env)
 
 
 async def journal(s: aiohttp.ClientSession, base: str) -> list[dict]:
-    items, cursor = [], None
-    while True:
-        q = f"?limit=1000&cursor={cursor}" if cursor else "?limit=1000"
-        async with s.get(f"{base}/api/v1/journal{q}", headers=AUTH) as r:
-            page = await r.json()
-        items += page["items"]
-        if not page["next_cursor"]:
-            return items
-        cursor = page["next_cursor"]
+    return await pages(s, f"{base}/api/v1/journal", AUTH, 1000)
 
 
 @pytest.mark.parametrize("crash_at", [
@@ -90,20 +81,8 @@ async def test_kill_9_while_tailing_then_append_loses_and_duplicates_no_call(tmp
             assert {e["status"] for e in entries} == {"processed"}
             calls: list[str] = []
             for contact_id in {e["contact_id"] for e in entries}:
-                cursor = None
-                while True:
-                    q = f"?limit=500&cursor={cursor}" if cursor else "?limit=500"
-                    async with s.get(f"{base}/api/v1/contacts/{contact_id}/timeline{q}", headers=AUTH) as r:
-                        page = await r.json()
-                    calls += [e["external_id"] for e in page["items"] if e["kind"] == "call"]
-                    if not page["next_cursor"]:
-                        break
-                    cursor = page["next_cursor"]
+                timeline = await pages(s, f"{base}/api/v1/contacts/{contact_id}/timeline", AUTH, 500)
+                calls += [e["external_id"] for e in timeline if e["kind"] == "call"]
             assert sorted(calls) == sorted(f"1700000000.{n}" for n in range(1100))
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(proc)

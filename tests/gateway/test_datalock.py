@@ -6,19 +6,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from gateway import datalock
+from tests.daemon import OMNIGATE, free_port, serve, wait_up
 from tests.gateway.conftest import TOKEN
 
-OMNIGATE = str(Path(sys.executable).with_name("omnigate"))
+# the names tests/gateway/test_backup.py imports from here (the helpers live in tests/daemon.py)
+_free_port, _wait_up = free_port, wait_up
+
 
 
 def test_the_lock_is_exclusive_names_its_holder_and_goes_with_its_holder(tmp_path):
@@ -32,12 +31,6 @@ def test_the_lock_is_exclusive_names_its_holder_and_goes_with_its_holder(tmp_pat
     assert datalock.holder(tmp_path) is None
     with datalock.acquire(tmp_path):  # free again (a stale file is no lock)
         pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict:
@@ -55,33 +48,19 @@ def _http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
         return exc.code, {}
 
 
-def _wait_up(base: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        try:
-            if _http("GET", f"{base}/healthz")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError("omnigate serve did not come up")
-
-
 @pytest.mark.integration
 def test_a_second_daemon_refuses_and_replay_goes_through_the_running_one(tmp_path):
     data = tmp_path / "data"
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    daemon = subprocess.Popen([OMNIGATE, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)],
-                              env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    daemon = serve(data, port, _env(), cwd=tmp_path)
     try:
-        _wait_up(base, daemon)
+        wait_up(base, daemon)
         for i in range(3):
             body = {"external_id": f"l{i}", "sender": {"kind": "email", "value": f"u{i}@x.cn"}, "text": f"t {i}"}
             assert _http("POST", f"{base}/channels/api/messages", body)[0] == 202
 
-        second = subprocess.run([OMNIGATE, "serve", "--listen", f"127.0.0.1:{_free_port()}", "--data-dir", str(data)],
+        second = subprocess.run([OMNIGATE, "serve", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data)],
                                 env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert second.returncode == 1
         assert f"in use by pid {daemon.pid}, listening on 127.0.0.1:{port}" in second.stderr

@@ -99,6 +99,27 @@ async def test_webhook_refuses_what_is_not_an_update(webhook, data: bytes) -> No
     assert ctx.journal == []
 
 
+async def test_webhook_refusals_are_counted_and_logged_by_reason(webhook) -> None:
+    """Each refusal (401, 413, 400) counts its omnigate_rejected reason and logs
+    telegram.webhook.refused with reason and status; a 503 counts nothing."""
+    from structlog.testing import capture_logs
+
+    client, ctx = await webhook(max_body_bytes=256)
+    with capture_logs() as logs:
+        statuses = [(await post(client, b"{}", secret="wrong")).status,
+                    (await post(client, body("synthetic_callback_query.json"))).status,
+                    (await post(client, b"not json")).status]
+        ctx.fail_ingest = True
+        statuses.append((await post(client, b'{"update_id": 1}')).status)
+    assert statuses == [401, 413, 400, 503]
+    assert ctx.refusals == ["unauthorized", "too_large", "invalid"]
+    refused = [(e["status"], e["reason"]) for e in logs if e["event"] == "telegram.webhook.refused"]
+    assert refused[:2] == [(401, "secret token missing or wrong"), (413, "body too large")]
+    assert [s for s, _ in refused] == [401, 413, 400]
+    assert [e["log_level"] for e in logs if e["event"] == "telegram.webhook.journal_failed"] == ["error"]
+    assert ctx.journal == []
+
+
 async def test_webhook_answers_503_when_the_journal_fails(webhook) -> None:
     client, ctx = await webhook()
     ctx.fail_ingest = True
