@@ -208,8 +208,17 @@ async def live_socket(request: web.Request) -> web.StreamResponse:
             await ws.send_json({"type": "error", "code": "unauthorized", "reason": reason})
             await ws.close(code=4401, message=b"unauthorized")
             return ws
+    await agent_session(ws, p, conn, _visible(p, conn))
+    return ws
+
+
+async def agent_session(ws: web.WebSocketResponse, p: rest_auth.Principal, conn: Any, chats: list[dict]) -> None:
+    """An agent's live socket once they are known: the ``snapshot`` of
+    ``chats``, then the hub's events they may see, while their own frames
+    (typing, read marks) go to the hub. Shared by the API's socket and the
+    console's Live chats page."""
     sub = conn.hub.subscribe()
-    await ws.send_json({"type": "snapshot", "chats": _visible(p, conn)})
+    await ws.send_json({"type": "snapshot", "chats": chats})
 
     async def pump() -> None:
         async for event in sub:
@@ -228,7 +237,6 @@ async def live_socket(request: web.Request) -> web.StreamResponse:
         sub.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    return ws
 
 
 async def _agent_frame(conn: Any, p: rest_auth.Principal, text: str) -> dict:

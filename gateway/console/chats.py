@@ -23,13 +23,11 @@ so far, a live typing preview and a reply box.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from gateway import keys
 from gateway import live as webchat_live
@@ -88,26 +86,7 @@ async def chats_socket(request: web.Request) -> web.StreamResponse:
     p = ctx.p
     ws = web.WebSocketResponse(heartbeat=25, max_msg_size=64 * 1024)
     await ws.prepare(request)
-    sub = conn.hub.subscribe()
-    await ws.send_json({"type": "snapshot", "chats": snapshot(p, conn)})
-
-    async def pump() -> None:
-        async for event in sub:
-            if webchat_live.may_see(p, conn, event.get("conversation", "")):
-                await ws.send_str(json.dumps(event, ensure_ascii=False))
-        if sub.overflowed and not ws.closed:
-            await ws.close(code=4429, message=b"too slow: reconnect for a fresh snapshot")
-
-    task = asyncio.create_task(pump())
-    try:
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                break
-            await ws.send_json(await webchat_live._agent_frame(conn, p, msg.data))
-    finally:
-        sub.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    await webchat_live.agent_session(ws, p, conn, snapshot(p, conn))
     return ws
 
 
