@@ -21,3 +21,16 @@ async def test_keyed_locks_serve_one_key_in_request_order_and_clean_up():
     assert order.index("a1-") < order.index("a2+") < order.index("a2-") < order.index("a3+")
     assert order.index("b1+") < order.index("a1-")  # another sender does not wait
     assert locks._locks == {}
+
+
+def test_conflict_backoff_grows_is_capped_and_spread() -> None:
+    """Workers racing on one contact (several instances on Redis) must not
+    retry in lock-step: the pause doubles from 1 ms, is capped at 200 ms, and
+    20 tries span seconds, not the ~0.2 s that let a busy contact's message
+    fail with "gave up after 20 conflicting commits"."""
+    from gateway.worker import conflict_backoff_s
+
+    mid = [conflict_backoff_s(a, jitter=lambda: 0.5) for a in range(20)]
+    assert mid[0] == 0.001 and mid[1] == 0.002 and mid[5] == 0.032
+    assert max(mid) == 0.2 and sum(mid) > 2.0
+    assert conflict_backoff_s(3, jitter=lambda: 0.0) == 0.004 and conflict_backoff_s(3, jitter=lambda: 1.0) == 0.012
