@@ -42,22 +42,10 @@ def main(argv: list[str], prog: str = "omnigate webhooks") -> int:
         except ValueError as exc:
             print(f"{prog}: --since: {exc}", file=sys.stderr)
             return 2
-    from gateway import datalock
+    from gateway.commands.common import with_data_dir
 
-    try:
-        lock = datalock.acquire(config.data_dir)
-    except datalock.Locked as exc:
-        if exc.info is None or not exc.info.listen:
-            print(f"{prog}: {exc}", file=sys.stderr)
-            return 1
-        return asyncio.run(_through(exc.info.listen, config, args, since, prog))
-    except OSError as exc:
-        print(f"{prog}: {config.data_dir}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    try:
-        return asyncio.run(_local(config, args, since, prog))
-    finally:
-        lock.release()
+    return with_data_dir(config, prog, lambda: _local(config, args, since, prog),
+                         lambda listen: _through(listen, config, args, since, prog))
 
 
 def _print(result: object) -> None:
@@ -92,14 +80,10 @@ async def _local(config, args, since, prog: str) -> int:
 async def _through(listen: str, config, args, since, prog: str) -> int:
     import aiohttp
 
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    if not config.api_token:
-        print(f"{prog}: a daemon holds {config.data_dir}; its API needs the token: set OMNIGATE_API_TOKEN",
-              file=sys.stderr)
+    from gateway.commands.common import daemon_base
+
+    base = daemon_base(config, listen, prog, "a webhooks command")
+    if base is None:
         return 1
     headers = {"Authorization": f"Bearer {config.api_token}"}
     try:
