@@ -74,6 +74,13 @@ class DeskStandin:
             self.stall_creates -= 1
             await asyncio.sleep(2)  # past the client's timeout (0.5 s in the tests)
 
+    def _ticket(self, request: web.Request) -> dict | None:
+        """The ticket of the path's ``{id}`` (None for an unknown or non-numeric id)."""
+        try:
+            return self.tickets.get(int(request.match_info["id"]))
+        except ValueError:
+            return None
+
     def touch(self, ticket_id: int) -> None:
         self.tickets[ticket_id]["updated_at"] = iso(self.clock())
 

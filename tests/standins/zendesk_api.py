@@ -129,12 +129,6 @@ class ZendeskApiStandin(DeskStandin):
         await self.stall()
         return web.json_response(answer, status=201)
 
-    def _ticket(self, request: web.Request) -> dict | None:
-        try:
-            return self.tickets.get(int(request.match_info["id"]))
-        except ValueError:
-            return None
-
     async def _show(self, request: web.Request) -> web.Response:
         t = self._ticket(request)
         return web.json_response({"ticket": self.view(t)}) if t else self.not_found()
