@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.assignment.conftest import T0, assignee, entries, make_ticket
+from tests.assignment.conftest import T0, assignee, entries, journal_id, make_ticket
 
 
 async def test_concurrent_assign_next_never_exceeds_capacity(store):
@@ -105,7 +105,7 @@ async def test_ticket_sync_keeps_the_assignee_and_reassigns_on_team_change(store
     from routing.state import Commit, TicketChange
     from routing.model import new_id
 
-    await store.commit(Commit(journal_id=new_id(), outcome="processed", message_key=("email", "acct", new_id()),
+    await store.commit(Commit(journal_id=await journal_id(store), outcome="processed", message_key=("email", "acct", new_id()),
                               contact_id=ticket.contact_id, contact_expect_version=1, ticket_id=t,
                               ticket_change=TicketChange(id=t, expect_version=2, team="support")))
     [moved] = await store.ticket_sync([t], clock.advance(minutes=1))
