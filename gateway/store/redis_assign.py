@@ -97,6 +97,17 @@ _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 _clock_dec = msgspec.json.Decoder(SlaClock)
 
+#: Read-only: each agent's presence, last assignment and load in one round trip
+#: (KEYS: presence hash, last hash, then each agent's load hash; ARGV: the agent ids).
+LIVE_LUA = """
+local out = {}
+for i = 1, #ARGV do
+  out[i] = {redis.call('HGET', KEYS[1], ARGV[i]) or false, redis.call('HGET', KEYS[2], ARGV[i]) or false,
+            redis.call('HGETALL', KEYS[2 + i])}
+end
+return out
+"""
+
 LOCK = "assign"
 #: the assignment lease's time to live: a step must finish within it (it takes milliseconds)
 LOCK_TTL_S = 10.0
@@ -265,16 +276,13 @@ class _Step:
         if not want:
             return
         k = self.k
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hmget(k.agent_presence, want)
-        pipe.hmget(k.agent_last, want)
-        for i in want:
-            pipe.hgetall(k.agent_load(i))
-        res = await self._x(pipe.execute())
+        res = await self._x(self.s._agents_live(keys=[k.agent_presence, k.agent_last] +
+                                                 [k.agent_load(i) for i in want], args=want))
         for n, i in enumerate(want):
-            self._presence[i] = _s(res[0][n]) or "offline"
-            self._last[i] = _dt(res[1][n])
-            raw = {_s(c): _s(v) for c, v in res[2 + n].items()}
+            presence, last, flat = res[n]
+            self._presence[i] = _s(presence) or "offline"
+            self._last[i] = _dt(last)
+            raw = {_s(flat[j]): _s(flat[j + 1]) for j in range(0, len(flat), 2)}
             self._load_read[i] = raw
             self._load[i] = {c: int(v) for c, v in raw.items() if int(v)}
 
@@ -999,6 +1007,12 @@ class RedisAssignOps:
     _directory: Directory | None = None
     _agents_cache: tuple[str | None, dict[str, _Fixed], dict[str, tuple[str, ...]]] | None = None
     _local_lock: asyncio.Lock | None = None
+    _live_script: Any = None
+
+    def _agents_live(self, keys: list[str], args: list[str]) -> Awaitable[Any]:
+        if self._live_script is None:
+            self._live_script = self.r.register_script(LIVE_LUA)  # type: ignore[attr-defined]
+        return self._live_script(keys=keys, args=args)
 
     def _dir(self) -> Directory:
         if self._directory is None:
