@@ -149,7 +149,7 @@ def _queued_of(ticket_id: str, q: dict) -> _Queued:
 
 
 _TICKET_COLS = ("contact_id", "origin_contact_id", "status", "priority", "team", "skills", "assignee", "reply_to",
-                "channels", "created_at", "first_response_at", "version", "solved_at", "updated_at")
+                "channels", "created_at", "first_response_at", "version", "solved_at", "updated_at", "sla")
 
 
 class _Step:
@@ -157,13 +157,16 @@ class _Step:
     changes in memory (so later reads see them), and collects every write
     into one guarded APPLY program (:meth:`flush`)."""
 
-    def __init__(self, store: Any, directory: Directory, now: datetime, holder: str) -> None:
+    def __init__(self, store: Any, directory: Directory, now: datetime, holder: str | None) -> None:
         from gateway.store.redis_store import Tx
 
         self.s, self.k, self.r, self.d = store, store.k, store.r, directory
         self.now, self.now_ms = now, _ms(now)
         self.tx = Tx()
-        self.tx.value_is(self.k.lease(LOCK), holder)  # the fence
+        #: None: a read-only look without the lease (``ticket_sync``'s fast path)
+        self.holder = holder
+        if holder is not None:
+            self.tx.value_is(self.k.lease(LOCK), holder)  # the fence
         self._tickets: dict[str, TicketRow | None] = {}
         self._trow: dict[str, dict] = {}  # id → {contact, origin, version, updated_at, solved_at, touched}
         self._held: dict[str, _Held | None] = {}
@@ -185,8 +188,8 @@ class _Step:
         self.fixed: dict[str, _Fixed] = {}
         self.members: dict[str, tuple[str, ...]] = {}
 
-    async def start(self) -> "_Step":
-        self.fixed, self.members = await self.s._agent_cache_current()
+    async def start(self, version: str | None) -> "_Step":
+        self.fixed, self.members = await self.s._agent_cache_current(version)
         return self
 
     async def _x(self, coro: Awaitable) -> Any:
@@ -198,7 +201,17 @@ class _Step:
         if ticket_id in self._tickets:
             return self._tickets[ticket_id]
         k = self.k
-        r = dict(zip(_TICKET_COLS, await self._x(self.r.hmget(k.ticket(ticket_id), *_TICKET_COLS))))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(k.ticket(ticket_id), *_TICKET_COLS)
+        pipe.get(k.ticket_held(ticket_id))
+        pipe.hmget(k.ticket_assignment(ticket_id), "agent", "team", "skills")
+        pipe.hget(k.assign_queue_items, ticket_id)
+        fields, held, asg, queued = await self._x(pipe.execute())
+        if ticket_id not in self._held:
+            self._held_of(ticket_id, held, asg)
+        if ticket_id not in self._queue:
+            self._queue[ticket_id] = _dec.decode(queued) if queued else None
+        r = dict(zip(_TICKET_COLS, fields))
         if r["version"] is None:
             self._tickets[ticket_id] = None
             return None
@@ -213,7 +226,7 @@ class _Step:
         self._trow[ticket_id] = {"contact": _s(r["contact_id"]), "origin": _s(r["origin_contact_id"]) or
                                  _s(r["contact_id"]), "version": int(r["version"]),
                                  "updated_at": int(r["updated_at"] or 0), "solved_at": _s(r["solved_at"]),
-                                 "touched": 0}
+                                 "sla": _s(r["sla"]), "touched": 0}
         self.tx.hash_is(k.ticket(ticket_id), "version", _s(r["version"]))
         return row
 
@@ -243,16 +256,19 @@ class _Step:
 
     async def held(self, ticket_id: str) -> _Held | None:
         if ticket_id not in self._held:
-            held = _s(await self._x(self.r.get(self.k.ticket_held(ticket_id))))
+            held = await self._x(self.r.get(self.k.ticket_held(ticket_id)))
             asg = await self._x(self.r.hmget(self.k.ticket_assignment(ticket_id), "agent", "team", "skills"))
-            self._ever[ticket_id] = _s(asg[0])
-            if held:
-                agent, cls = held.split(" ", 1)
-                self._held[ticket_id] = _Held(agent, cls, _s(asg[1]) or None,
-                                              _dec.decode(asg[2]) if asg[2] else {})
-            else:
-                self._held[ticket_id] = None
+            self._held_of(ticket_id, held, asg)
         return self._held[ticket_id]
+
+    def _held_of(self, ticket_id: str, held_raw: Any, asg: list) -> None:
+        held = _s(held_raw)
+        self._ever[ticket_id] = _s(asg[0])
+        if held:
+            agent, cls = held.split(" ", 1)
+            self._held[ticket_id] = _Held(agent, cls, _s(asg[1]) or None, _dec.decode(asg[2]) if asg[2] else {})
+        else:
+            self._held[ticket_id] = None
 
     async def previous_agent(self, ticket_id: str) -> str | None:
         """The agent of the ticket's last assignment, held or released."""
@@ -704,10 +720,16 @@ class _Step:
         self._timers_dirty.add(ticket_id)
 
     def _set_sla(self, ticket_id: str, state: Any) -> None:
-        if state is None:
+        """The ticket's SLA state, written only when it changed."""
+        encoded = None if state is None else _j(state)
+        meta = self._trow[ticket_id]
+        if encoded == meta["sla"]:
+            return
+        meta["sla"] = encoded
+        if encoded is None:
             self.tx.op("HDEL", self.k.ticket(ticket_id), "sla")
         else:
-            self.tx.op("HSET", self.k.ticket(ticket_id), "sla", _j(state))
+            self.tx.op("HSET", self.k.ticket(ticket_id), "sla", encoded)
 
     async def sla_sync(self, t: TicketRow) -> None:
         """Recompute the ticket's SLA (policy, state, due events) from its current facts."""
@@ -906,6 +928,11 @@ class _Step:
     def mark_synced(self, ticket_id: str) -> None:
         self._synced.add(ticket_id)
 
+    def writes_nothing(self) -> bool:
+        """True when the step changed nothing (only the sweep's synced marks are owed)."""
+        return not (self.tx.ops or self._queue_dirty or self._clock_dirty or self._timers_dirty or self._entries
+                    or self._outbox)
+
     # -- the one write
 
     async def flush(self) -> None:
@@ -949,7 +976,8 @@ class _Step:
             meta = self._trow.get(tid)
             if meta is not None:
                 tx.op("HSET", k.ticket(tid), "synced", f"{meta['updated_at']}:{meta['version'] + meta['touched']}")
-        tx.op("DEL", k.lease(LOCK))
+        if self.holder is not None:
+            tx.op("DEL", k.lease(LOCK))
         await self.s._run(tx)
 
 
@@ -1019,10 +1047,10 @@ class RedisAssignOps:
             raise StoreError("no directory loaded (directory_load first)")
         return self._directory
 
-    async def _agent_cache_current(self) -> tuple[dict[str, _Fixed], dict[str, tuple[str, ...]]]:
-        """The agents' fixed fields, rebuilt when ``agents_version`` moved (another instance changed them)."""
+    async def _agent_cache_current(self, version: str | None) -> tuple[dict[str, _Fixed], dict[str, tuple[str, ...]]]:
+        """The agents' fixed fields, rebuilt when ``agents_version`` (read with the
+        lease) moved: another instance or the API changed them."""
         k = self.k  # type: ignore[attr-defined]
-        version = _s(await self._call(self.r.get(k.agents_version)))  # type: ignore[attr-defined]
         cache = self._agents_cache
         if cache is None or cache[0] != version:
             rows = await self._call(self.r.hgetall(k.agents))  # type: ignore[attr-defined]
@@ -1054,9 +1082,9 @@ class RedisAssignOps:
                            *args: Any) -> Any:
         for attempt in range(_RETRIES):
             holder = new_id()
-            await self._lock(holder)
+            version = await self._lock(holder)
             try:
-                step = await _Step(self, directory, now, holder).start()
+                step = await _Step(self, directory, now, holder).start(version)
                 result = await fn(step, *args)
                 await step.flush()
                 return result
@@ -1071,11 +1099,20 @@ class RedisAssignOps:
                 raise
         raise Conflict("assignment: tickets kept changing under the step; try again")
 
-    async def _lock(self, holder: str) -> None:
+    async def _lock(self, holder: str) -> str | None:
+        """Take the ``assign`` lease (waiting for it); the agents' version, read in the same round trip."""
+        k = self.k  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LOCK_WAIT_S
         wait = 0.0005
-        while not await self.lease_acquire(LOCK, holder, LOCK_TTL_S):  # type: ignore[attr-defined]
+        while True:
+            async with self.r.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
+                await self._lease(keys=[k.lease(LOCK)], args=[holder, int(LOCK_TTL_S * 1000), "acquire"],
+                                  client=pipe)  # type: ignore[attr-defined]
+                pipe.get(k.agents_version)
+                got, version = await self._call(pipe.execute())  # type: ignore[attr-defined]
+            if got:
+                return _s(version)
             if loop.time() > deadline:
                 raise StoreError(f"assignment: the lease was busy for {LOCK_WAIT_S:.0f}s")
             await asyncio.sleep(random.uniform(wait / 2, wait))
@@ -1141,8 +1178,25 @@ class RedisAssignOps:
 
     async def ticket_sync(self, ticket_ids: list[str], now: datetime) -> list[Decision]:
         """Bring assignment and SLA in line with each ticket (idempotent): the
-        after-commit hook, the scheduler's sweep, and the replies engine call it."""
-        return await self._step(now, _sync, list(ticket_ids))
+        after-commit hook, the scheduler's sweep, and the replies engine call it.
+
+        Fast path: most syncs (a follow-up on a held ticket whose SLA timers
+        stand) change nothing. The step first runs without the lease; if it
+        would write nothing, only the synced marks are written (guarded by the
+        tickets' versions) and no lease is taken. Otherwise, or when a ticket
+        changed meanwhile, it runs again as a full step under the lease."""
+        ids = list(ticket_ids)
+        directory = self._dir()
+        try:
+            version = _s(await self._call(self.r.get(self.k.agents_version)))  # type: ignore[attr-defined]
+            step = await _Step(self, directory, now, None).start(version)
+            decisions = await _sync(step, ids)
+            if step.writes_nothing():
+                await step.flush()
+                return decisions
+        except (Conflict, StoreError, NotFound, AssertionError):
+            pass
+        return await self._step(now, _sync, ids)
 
     async def set_status(self, ticket_id: str, status: str, now: datetime, actor: str = "api") -> bool:
         return await self._step(now, _set_status, ticket_id, status, actor)
