@@ -1083,6 +1083,7 @@ class RedisAssignOps:
         for attempt in range(_RETRIES):
             holder = new_id()
             version = await self._lock(holder)
+            renew = asyncio.create_task(self._keep(holder))
             try:
                 step = await _Step(self, directory, now, holder).start(version)
                 result = await fn(step, *args)
@@ -1097,7 +1098,21 @@ class RedisAssignOps:
                 except Exception:  # noqa: BLE001 - the lease expires on its own
                     pass
                 raise
+            finally:
+                renew.cancel()
         raise Conflict("assignment: tickets kept changing under the step; try again")
+
+    async def _keep(self, holder: str) -> None:
+        """Renew the lease while a long step runs (a directory load draining a
+        long queue); a lost lease is caught by the step's fence."""
+        try:
+            while True:
+                await asyncio.sleep(LOCK_TTL_S / 3)
+                if not await self.lease_renew(LOCK, holder, LOCK_TTL_S):  # type: ignore[attr-defined]
+                    log.warning("assignment.lease_lost", holder=holder)
+                    return
+        except StoreError:
+            return
 
     async def _lock(self, holder: str) -> str | None:
         """Take the ``assign`` lease (waiting for it); the agents' version, read in the same round trip."""

@@ -42,3 +42,19 @@ async def test_a_sync_that_changes_nothing_takes_no_lease(store, monkeypatch):
     assert await assignee(store, t) == decision.agent
     changed, _ = await store.changed_tickets(None)
     assert t not in changed  # marked synced: the sweep skips it
+
+
+@REDIS
+async def test_a_step_longer_than_the_lease_keeps_it(store, monkeypatch):
+    monkeypatch.setattr(redis_assign, "LOCK_TTL_S", 0.3)  # renewed every 0.1 s
+    t = await make_ticket(store, team="billing")
+
+    async def slow(step, ticket_id):
+        import asyncio
+
+        decision = await redis_assign._assign_next(step, ticket_id)
+        await asyncio.sleep(1.0)  # three lease lifetimes
+        return decision
+
+    decision = await store._step(T0, slow, t)
+    assert decision.agent is not None and await assignee(store, t) == decision.agent

@@ -108,7 +108,7 @@ async def test_two_instances_assign_within_capacity_and_fire_a_breach_once(tmp_p
                 await until(settled)
                 sending = False
                 await watch
-            assert len(samples) > 10 and not [s for s in samples if s], [s for s in samples if s][:3]
+            assert len(samples) >= 3 and not [s for s in samples if s], [s for s in samples if s][:3]
             agents = {a.id: a for a in await store.list_agents()}
             assert {a: v.load for a, v in agents.items()} == {a: {"email": n} for a, n in CAPACITY.items()}
             tickets = {e.ticket_id for e in await store.journal_list(limit=1000)}
