@@ -152,6 +152,10 @@ _TICKET_COLS = ("contact_id", "origin_contact_id", "status", "priority", "team",
                 "channels", "created_at", "first_response_at", "version", "solved_at", "updated_at", "sla")
 
 
+class _NeedsStep(Exception):
+    """A read-only look (no lease) found something to write: the full step must run."""
+
+
 class _Step:
     """One assignment step: reads through to Redis once, keeps the step's own
     changes in memory (so later reads see them), and collects every write
@@ -163,10 +167,13 @@ class _Step:
         self.s, self.k, self.r, self.d = store, store.k, store.r, directory
         self.now, self.now_ms = now, _ms(now)
         self.tx = Tx()
-        #: None: a read-only look without the lease (``ticket_sync``'s fast path)
+        #: None: a read-only look without the lease (``ticket_sync``'s fast path):
+        #: its first write raises _NeedsStep
         self.holder = holder
         if holder is not None:
             self.tx.value_is(self.k.lease(LOCK), holder)  # the fence
+        else:
+            self.tx.op = self._refuse  # type: ignore[method-assign]
         self._tickets: dict[str, TicketRow | None] = {}
         self._trow: dict[str, dict] = {}  # id → {contact, origin, version, updated_at, solved_at, touched}
         self._held: dict[str, _Held | None] = {}
@@ -187,6 +194,13 @@ class _Step:
         self._synced: set[str] = set()
         self.fixed: dict[str, _Fixed] = {}
         self.members: dict[str, tuple[str, ...]] = {}
+
+    def _writing(self) -> None:
+        if self.holder is None:
+            raise _NeedsStep
+
+    def _refuse(self, *args: Any) -> None:
+        raise _NeedsStep
 
     async def start(self, version: str | None) -> "_Step":
         self.fixed, self.members = await self.s._agent_cache_current(version)
@@ -284,6 +298,7 @@ class _Step:
 
     def _dequeue(self, ticket_id: str) -> None:
         self._queue[ticket_id] = None
+        self._writing()
         self._queue_dirty.add(ticket_id)
 
     async def _live(self, ids: list[str]) -> None:
@@ -355,9 +370,11 @@ class _Step:
         meta = self._trow[ticket_id]
         e = TimelineEntry(id=new_id(self.now_ms), contact_id=meta["contact"], kind=kind, at=self.now,
                           ticket_id=ticket_id, text=text, data=msgspec.to_builtins(data))
+        self._writing()
         self._entries.append((e, meta["origin"]))
 
     def outbox(self, topic: str, ticket_id: str | None, payload: dict) -> None:
+        self._writing()
         self._outbox.append((topic, ticket_id, payload))
 
     # -- assignment
@@ -438,6 +455,7 @@ class _Step:
             q = self._queue[t.id]
         if q is not None:
             q["reason"] = reason
+            self._writing()
             self._queue_dirty.add(t.id)
             return
         steps = self.overflow_steps(demand.team)
@@ -448,6 +466,7 @@ class _Step:
             "last_agent": demand.last_agent, "queued_at": _ms(demand.queued_at), "overflow_done": 0,
             "overflow_at": _ms(demand.queued_at + steps[0].wait()) if steps else None, "reason": reason,
         }
+        self._writing()
         self._queue_dirty.add(t.id)
         where = f"team {demand.team}" if demand.team else "the general queue"
         self.timeline(t.id, "assignment", f"queued in {where}: {reason}", decision_data(decision, queued=True))
@@ -555,6 +574,7 @@ class _Step:
         row.update(also_teams=list(widened.also_teams), skills=dict(widened.skills), priority=widened.priority,
                    rank=PRIORITY_RANK.get(widened.priority, len(PRIORITY_RANK)), overflow_done=done,
                    overflow_at=_ms(d.queued_at + steps[done].wait()) if done < len(steps) else None)
+        self._writing()
         self._queue_dirty.add(d.ticket_id)
         t = await self.ticket(d.ticket_id)
         if t is None:
@@ -707,6 +727,7 @@ class _Step:
     def _save_clock(self, clock: SlaClock, encoded: str | None = None) -> None:
         encoded = encoded if encoded is not None else _j(clock)
         self._clock_raw[clock.ticket_id] = encoded
+        self._writing()
         self._clock_dirty[clock.ticket_id] = encoded
 
     async def timers(self, ticket_id: str) -> dict[str, list]:
@@ -717,6 +738,7 @@ class _Step:
 
     def _set_timers(self, ticket_id: str, timers: dict[str, list]) -> None:
         self._timers[ticket_id] = timers
+        self._writing()
         self._timers_dirty.add(ticket_id)
 
     def _set_sla(self, ticket_id: str, state: Any) -> None:
@@ -864,6 +886,7 @@ class _Step:
                         row = self._queue[t.id]
                         assert row is not None
                         row.update(priority=raised, rank=PRIORITY_RANK[raised])
+                        self._writing()
                         self._queue_dirty.add(t.id)
                     self.timeline(t.id, "sla", f"priority {t.priority} → {raised}: {why}",
                                   {"action": "raise_priority", "from": t.priority, "to": raised})
@@ -928,16 +951,13 @@ class _Step:
     def mark_synced(self, ticket_id: str) -> None:
         self._synced.add(ticket_id)
 
-    def writes_nothing(self) -> bool:
-        """True when the step changed nothing (only the sweep's synced marks are owed)."""
-        return not (self.tx.ops or self._queue_dirty or self._clock_dirty or self._timers_dirty or self._entries
-                    or self._outbox)
-
     # -- the one write
 
     async def flush(self) -> None:
         """Every write of the step in one APPLY program (guards first; the lease released last)."""
         k, tx = self.k, self.tx
+        if self.holder is None:
+            del tx.op  # a look that got here wrote nothing: its synced marks are its only writes
         for agent, cls in sorted(self._load_written):
             tx.hash_is(k.agent_load(agent), cls, self._load_read.get(agent, {}).get(cls))
         for tid in sorted(self._queue_dirty):
@@ -1206,10 +1226,9 @@ class RedisAssignOps:
             version = _s(await self._call(self.r.get(self.k.agents_version)))  # type: ignore[attr-defined]
             step = await _Step(self, directory, now, None).start(version)
             decisions = await _sync(step, ids)
-            if step.writes_nothing():
-                await step.flush()
-                return decisions
-        except (Conflict, StoreError, NotFound, AssertionError):
+            await step.flush()  # only the synced marks, guarded by the tickets' versions
+            return decisions
+        except (_NeedsStep, Conflict, StoreError, NotFound, AssertionError):
             pass
         return await self._step(now, _sync, ids)
 
