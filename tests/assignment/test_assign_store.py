@@ -112,3 +112,17 @@ async def test_ticket_sync_keeps_the_assignee_and_reassigns_on_team_change(store
     assert moved.agent == "a-wang"
     agents = {a.id: a for a in await store.list_agents()}
     assert agents[first].load.get("email", 0) == 0 and agents["a-wang"].load == {"email": 1}
+
+
+async def test_the_queue_is_served_by_priority_then_age(store, clock):
+    await store.set_presence("a-wang", "offline", T0)  # support: a-wang alone, email 3
+    order = ["normal", "low", "urgent", "high", "normal"]
+    tickets = []
+    for i, priority in enumerate(order):
+        t = await make_ticket(store, team="support", priority=priority)
+        assert (await store.assign_next(t, clock.advance(minutes=1))).agent is None
+        tickets.append(t)
+    await store.set_presence("a-wang", "online", clock.advance(minutes=1))
+    held = [await assignee(store, t) == "a-wang" for t in tickets]
+    # urgent, high, then the oldest normal; the low one and the younger normal wait
+    assert held == [True, False, True, True, False]
