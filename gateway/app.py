@@ -278,6 +278,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
         app[keys.READINESS]["rules"] = rules.readiness
         m.registry.register(rules.collector())
         app.cleanup_ctx.append(_rules_ctx)
+    from gateway import fanout
+
+    fanout.setup(app)  # with Redis: the live buses reach every instance (after the store's ctx: it stops first)
     add_not_found(app)  # last: unknown routes answer problem+json
     return app
 

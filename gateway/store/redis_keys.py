@@ -160,3 +160,13 @@ class Keys:
 
     def state(self, key: str) -> str:
         return f"{self.p}state:{_q(key)}"
+
+    # live updates, shared attachments (gateway/fanout.py, gateway/attachments.py) ----
+    @property
+    def live_channel(self) -> str:
+        """Pub/sub channel: every instance's live events (webchat hub, console nudges)."""
+        return f"{self.p}live"
+
+    def attachment(self, sha256: str) -> str:
+        """String: an attachment's bytes by content (below ``attachments.redis_max_bytes``)."""
+        return f"{self.p}att:{sha256}"

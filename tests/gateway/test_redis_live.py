@@ -1,0 +1,117 @@
+"""Live updates across instances: two gateways on one real Redis, an agent's
+socket on one sees what the other's visitors do and what its pipeline
+committed; the agent's typing and read marks reach the visitor on the other
+instance (gateway/fanout.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from gateway import keys
+from gateway.app import create_app
+from gateway.fanout import FANOUT
+from tests.connectors.webchat.conftest import Visitor, webchat_config
+from tests.gateway.conftest import AUTH, business_hours
+
+pytestmark = pytest.mark.integration
+
+
+async def _instance(aiohttp_client, tmp_path, name, redis_server, prefix, **extra):
+    root = tmp_path / name
+    root.mkdir()
+    config = webchat_config(root, extra={"redis_url": redis_server.url, "store": {"redis_prefix": prefix}, **extra})
+    app = create_app(config, clock=business_hours())
+    client = await aiohttp_client(app)
+    await asyncio.wait_for(app[FANOUT].subscribed.wait(), 10)
+    return client, app
+
+
+async def _event(ws, kind, timeout=10, **match):
+    while True:
+        e = json.loads((await ws.receive(timeout=timeout)).data)
+        if e["type"] == kind and all(e.get(k) == v for k, v in match.items()):
+            return e
+
+
+@pytest.fixture
+async def two(aiohttp_client, tmp_path, redis_server, redis_prefix):
+    a = await _instance(aiohttp_client, tmp_path, "a", redis_server, redis_prefix)
+    b = await _instance(aiohttp_client, tmp_path, "b", redis_server, redis_prefix)
+    return a, b
+
+
+async def test_an_agent_on_one_instance_sees_the_other_instances_visitor(two):
+    (ca, app_a), (cb, app_b) = two
+    ws = await ca.ws_connect("/api/v1/live/webchat", headers=AUTH)
+    assert json.loads((await ws.receive(timeout=5)).data) == {"type": "snapshot", "chats": []}
+    v = await Visitor.connect(cb)  # the visitor's socket is on B
+    conv = v.welcome["conversation"]
+    chat = await _event(ws, "chat", conversation=conv)
+    assert chat["online"] is True and chat["site"] == "shop"
+    await v.say("c1", "where is my parcel?")
+    msg = await _event(ws, "message", conversation=conv)
+    assert msg["text"] == "where is my parcel?" and msg["from"] == "visitor"
+    # whichever instance's worker committed it, A's agent gets the ticket
+    ticket = await _event(ws, "ticket", conversation=conv, timeout=20)
+    assert ticket["ticket_id"]
+    # A's snapshot (a new socket, the JSON list) shows B's visitor
+    chats = await (await ca.get("/api/v1/live/webchat/chats", headers=AUTH)).json()
+    assert [c["conversation"] for c in chats["chats"]] == [conv]
+    # the agent on A types and reads: the visitor on B sees both, every agent sees the typing
+    await ws.send_str(json.dumps({"type": "typing", "conversation": conv, "on": True}))
+    assert (await _event(ws, "ok"))["of"] == "typing"
+    assert (await v.expect("typing"))["on"] is True
+    typing = await _event(ws, "typing", conversation=conv, **{"from": "agent"})
+    assert typing["on"] is True
+    await ws.send_str(json.dumps({"type": "read", "conversation": conv, "seq": msg["seq"]}))
+    assert (await v.expect("read"))["seq"] == msg["seq"]
+    # B's transcript knows the ticket even when A's worker committed it
+    await app_a[keys.WORKER].drain()
+    await app_b[keys.WORKER].drain()
+    for _ in range(100):
+        info = app_b[keys.CONNECTORS]["webchat"].transcript.conversation(conv)
+        if info and info.get("ticket_id") == ticket["ticket_id"]:
+            break
+        await asyncio.sleep(0.05)
+    assert info["ticket_id"] == ticket["ticket_id"]
+    await v.close()
+    await ws.close()
+
+
+async def test_a_chat_unknown_everywhere_is_refused_and_a_stopped_instance_takes_its_chats_along(
+        aiohttp_client, tmp_path, redis_server, redis_prefix):
+    ca, app_a = await _instance(aiohttp_client, tmp_path, "a", redis_server, redis_prefix)
+    cb, app_b = await _instance(aiohttp_client, tmp_path, "b", redis_server, redis_prefix)
+    ws = await ca.ws_connect("/api/v1/live/webchat", headers=AUTH)
+    await ws.receive(timeout=5)
+    await ws.send_str(json.dumps({"type": "typing", "conversation": "webchat:shop:nobody", "on": True}))
+    assert (await _event(ws, "error"))["code"] == "unknown_conversation"
+    v = await Visitor.connect(cb)
+    conv = v.welcome["conversation"]
+    await _event(ws, "chat", conversation=conv)
+    await v.close()
+    await cb.close()  # B stops: its "bye" drops its chats from A's view
+    await _event(ws, "ended", conversation=conv)
+    assert app_a[keys.CONNECTORS]["webchat"].hub.chats() == []
+    await ws.close()
+
+
+async def test_a_commit_on_one_instance_wakes_the_console_tail_of_the_other(
+        aiohttp_client, tmp_path, redis_server, redis_prefix):
+    from gateway.console import CONSOLE
+
+    # A runs no worker: only B commits
+    ca, app_a = await _instance(aiohttp_client, tmp_path, "a", redis_server, redis_prefix, pipeline={"workers": 0})
+    cb, app_b = await _instance(aiohttp_client, tmp_path, "b", redis_server, redis_prefix)
+
+    bus_a = app_a[CONSOLE].bus
+    await asyncio.sleep(0.1)
+    bus_a._wake.clear()
+    r = await cb.post("/channels/api/messages", headers=AUTH,
+                      json={"external_id": "x1", "sender": {"kind": "email", "value": "a@live.test"}, "text": "hi"})
+    assert r.status in (200, 202), await r.text()
+    await app_b[keys.WORKER].drain()
+    await asyncio.wait_for(bus_a._wake.wait(), 10)
