@@ -53,6 +53,11 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: With ``redis_url``: a journal append is acknowledged only once this many
     #: replicas have it (Redis ``WAIT``; 0: the primary's AOF alone).
     redis_wait_replicas: int = 0
+    #: With ``redis_url``: attachments up to this size live in Redis, bigger ones in ``attachments_dir``.
+    redis_attachment_max_bytes: int = 1024 * 1024
+    #: With ``redis_url``: a folder every instance mounts (NFS, a ReadWriteMany volume) for the
+    #: attachments above ``redis_attachment_max_bytes``; unset: every attachment goes to Redis.
+    attachments_dir: str | None = None
 
 
 class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -115,3 +115,40 @@ async def test_a_commit_on_one_instance_wakes_the_console_tail_of_the_other(
     assert r.status in (200, 202), await r.text()
     await app_b[keys.WORKER].drain()
     await asyncio.wait_for(bus_a._wake.wait(), 10)
+
+
+async def test_an_attachment_ingested_on_one_instance_is_readable_on_the_other(
+        aiohttp_client, tmp_path, redis_server, redis_prefix):
+    """Small attachments in Redis, big ones on the shared folder; B reads what A's pipeline stored."""
+    import base64
+
+    from gateway.outbox import DISPATCHER
+
+    shared = tmp_path / "shared"
+    opts = {"store": {"redis_prefix": redis_prefix, "attachments_dir": str(shared), "redis_attachment_max_bytes": 64}}
+    ca, app_a = await _instance(aiohttp_client, tmp_path, "a", redis_server, redis_prefix, **opts)
+    cb, app_b = await _instance(aiohttp_client, tmp_path, "b", redis_server, redis_prefix, pipeline={"workers": 0},
+                                **opts)
+    small, big = b"tiny note", b"%PDF-1.4\n" + bytes(range(256)) * 4
+    files = [{"name": n, "content_type": "application/octet-stream", "data_base64": base64.b64encode(d).decode()}
+             for n, d in (("small.txt", small), ("big.pdf", big))]
+    r = await cb.post("/channels/api/messages", headers=AUTH, json={
+        "external_id": "att1", "sender": {"kind": "email", "value": "files@live.test"}, "text": "two files",
+        "attachments": files})
+    assert r.status == 202, await r.text()
+    await app_a[keys.WORKER].drain()  # only A's worker runs: A's pipeline stores the attachments
+    store = app_b[keys.STORE]
+    for _ in range(200):
+        journal = await store.journal_list(status="processed")
+        if journal:
+            break
+        await asyncio.sleep(0.05)
+    [entry] = journal
+    [e] = (await store.timeline(contact_id=entry.contact_id)).items
+    refs = {a.name: a.storage_ref for a in e.attachments}
+    b_files = app_b[DISPATCHER].attachments
+    assert await b_files.aget(refs["small.txt"]) == small
+    assert await b_files.aget(refs["big.pdf"]) == big
+    assert (shared / refs["big.pdf"][:2] / refs["big.pdf"][2:]).read_bytes() == big  # above the size: the folder
+    assert not (shared / refs["small.txt"][:2]).exists()  # below it: Redis only
+    assert not any((tmp_path / "a" / "data").rglob("attachments/*/*"))  # nothing on A's own disk
