@@ -170,3 +170,8 @@ class Keys:
     def attachment(self, sha256: str) -> str:
         """String: an attachment's bytes by content (below ``attachments.redis_max_bytes``)."""
         return f"{self.p}att:{sha256}"
+
+    @property
+    def migrated(self) -> str:
+        """Hash: ``omnigate migrate``'s marker (source folder, times, last audit seq moved)."""
+        return f"{self.p}migrated"
