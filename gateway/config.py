@@ -222,8 +222,16 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"log_format must be auto, json or console, got {self.log_format!r}")
         if self.redis_url is not None:
-            if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigError(f"redis_url must be redis://, rediss:// or unix://, got {self.redis_url[:40]!r}")
+            if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+                raise ConfigError("redis_url must be redis://, rediss://, unix:// or redis+sentinel://, "
+                                  f"got {self.redis_url[:40]!r}")
+            if self.redis_url.startswith("redis+sentinel://"):
+                from gateway.store.redis_conn import parse_sentinel_url
+
+                try:
+                    parse_sentinel_url(self.redis_url)
+                except ValueError as exc:
+                    raise ConfigError(f"redis_url: {exc} (redis+sentinel://host:port,host:port/service)") from None
             if self.directory:
                 raise ConfigError("redis_url: assignment and SLAs (directory) do not run on the Redis backend yet "
                                   "(gateway/store/redis_store.py NOT_YET); remove directory or redis_url")
