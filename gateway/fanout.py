@@ -49,6 +49,9 @@ _dec = msgspec.json.Decoder()
 
 #: outgoing events waiting for the publisher; beyond it events are dropped (counted in ``dropped``)
 QUEUE_MAX = 10_000
+#: kinds that carry no data: one waiting to be published stands for any number sent meanwhile
+#: (a busy instance's commits wake the others' console tails once per publish, not once per commit)
+COALESCED = frozenset({"nudge"})
 
 
 class RedisFanout:
@@ -66,6 +69,7 @@ class RedisFanout:
         self.handlers: dict[str, Callable[[dict, str], Any]] = {}
         self._q: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_MAX)
         self.dropped = 0
+        self._queued: set[str] = set()
         #: set once the subscription is live (tests wait for it)
         self.subscribed = asyncio.Event()
 
@@ -73,9 +77,14 @@ class RedisFanout:
         self.handlers[kind] = handler
 
     def send(self, kind: str, data: dict) -> None:
+        if kind in COALESCED:
+            if kind in self._queued:
+                return  # one not yet published says the same: wake up and read the store
+            self._queued.add(kind)
         try:
             self._q.put_nowait(_enc.encode({"i": self.instance, "k": kind, "d": data}))
         except asyncio.QueueFull:
+            self._queued.discard(kind)
             self.dropped += 1
 
     async def run(self) -> None:
@@ -86,6 +95,7 @@ class RedisFanout:
             batch = [await self._q.get()]
             while not self._q.empty() and len(batch) < 256:
                 batch.append(self._q.get_nowait())
+            self._queued.clear()  # from now on a nudge is news again
             for attempt in range(3):
                 try:
                     async with self.r.pipeline(transaction=False) as pipe:

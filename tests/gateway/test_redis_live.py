@@ -152,3 +152,31 @@ async def test_an_attachment_ingested_on_one_instance_is_readable_on_the_other(
     assert (shared / refs["big.pdf"][:2] / refs["big.pdf"][2:]).read_bytes() == big  # above the size: the folder
     assert not (shared / refs["small.txt"][:2]).exists()  # below it: Redis only
     assert not any((tmp_path / "a" / "data").rglob("attachments/*/*"))  # nothing on A's own disk
+
+
+async def test_nudges_waiting_to_be_published_are_one(redis_server, redis_prefix):
+    """A busy instance's commits wake the other instances' console tails once per publish, not once per commit."""
+    import redis.asyncio as aioredis
+
+    from gateway.fanout import RedisFanout
+
+    r = aioredis.Redis.from_url(redis_server.url)
+    a, b = RedisFanout(r, f"{redis_prefix}live"), RedisFanout(r, f"{redis_prefix}live")
+    got: list[str] = []
+    done = asyncio.Event()
+    b.on("nudge", lambda d, s: got.append("nudge"))
+    b.on("hub", lambda d, s: done.set())
+    task_b = asyncio.create_task(b.run())
+    await asyncio.wait_for(b.subscribed.wait(), 10)
+    for _ in range(100):
+        a.send("nudge", {})
+    a.send("hub", {"type": "marker"})
+    task_a = asyncio.create_task(a.run())
+    try:
+        await asyncio.wait_for(done.wait(), 10)  # published in order: every nudge came before it
+        assert got == ["nudge"]
+    finally:
+        for t in (task_a, task_b):
+            t.cancel()
+        await asyncio.gather(task_a, task_b, return_exceptions=True)
+        await r.aclose()
