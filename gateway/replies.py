@@ -17,7 +17,6 @@ outbox event.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from datetime import datetime
 
