@@ -20,6 +20,8 @@ socket on instance A sees what instance B processed:
   console tail reads the store now instead of at its next poll.
 - ``hello`` / ``bye``: an instance that (re)subscribed asks the others to
   publish their live chats again; one that stops has its chats dropped.
+- ``alive``: every :data:`REFRESH_S` seconds, the conversations whose visitor
+  is connected here.
 
 Why pub/sub and not a stream: these events are hints over durable state.
 The console's tail re-reads the timeline from the store (the SSE
@@ -28,8 +30,9 @@ chat's messages live in its transcript, and a socket that misses events
 reconnects for a fresh snapshot. Pub/sub costs one ``PUBLISH`` per event
 and nothing kept in Redis; a stream would add trimming and a read cursor per
 instance for a guarantee nobody needs here. An instance killed with SIGKILL
-sends no ``bye``: its chats stay in the others' snapshots until their
-``ended`` would have come (a restart's ``hello`` does not clear them).
+sends no ``bye``: every instance names its live chats (``alive``) every
+:data:`REFRESH_S` seconds, and a chat not named for :data:`STALE_AFTER`
+rounds is dropped (an ``ended`` event) by the others.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ QUEUE_MAX = 10_000
 #: kinds that carry no data: one waiting to be published stands for any number sent meanwhile
 #: (a busy instance's commits wake the others' console tails once per publish, not once per commit)
 COALESCED = frozenset({"nudge"})
+#: each instance re-announces its live chats this often; another instance's chat not
+#: re-announced for STALE_AFTER rounds is dropped (its instance died without a ``bye``)
+REFRESH_S = 30.0
+STALE_AFTER = 3
 
 
 class RedisFanout:
@@ -70,6 +77,11 @@ class RedisFanout:
         self._q: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_MAX)
         self.dropped = 0
         self._queued: set[str] = set()
+        #: jobs run every ``refresh_s`` seconds (see :func:`connect_hub`)
+        self.periodic: list[Callable[[], None]] = []
+        self.refresh_s = REFRESH_S
+        #: the running :meth:`run` (set by the daemon)
+        self.task: asyncio.Task | None = None
         #: set once the subscription is live (tests wait for it)
         self.subscribed = asyncio.Event()
 
@@ -88,7 +100,17 @@ class RedisFanout:
             self.dropped += 1
 
     async def run(self) -> None:
-        await asyncio.gather(self._publisher(), self._subscriber())
+        await asyncio.gather(self._publisher(), self._subscriber(), self._ticker())
+
+    async def _ticker(self) -> None:
+        """Every ``refresh_s``: the periodic jobs (chats re-announced, silent instances' chats dropped)."""
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            for job in list(self.periodic):
+                try:
+                    job()
+                except Exception:  # noqa: BLE001
+                    log.warning("fanout.periodic_failed", exc_info=True)
 
     async def _publisher(self) -> None:
         while True:
@@ -179,6 +201,7 @@ def connect_hub(fanout: RedisFanout, conn: Any) -> None:
     """The webchat connector's hub events go out; the others' come in (see the module doc)."""
     hub = conn.hub
     remote: dict[str, str] = {}  # conversation → the instance whose visitor it is
+    rounds: dict[str, int] = {}  # conversation → refresh rounds since its instance last announced it
 
     def local(conv: str) -> bool:
         """Is the visitor's conversation this instance's (a socket here, or its transcript)?"""
@@ -193,8 +216,10 @@ def connect_hub(fanout: RedisFanout, conn: Any) -> None:
             kind = event.get("type")
             if kind == "chat" and not local(conv):
                 remote[conv] = sender
+                rounds[conv] = 0
             elif kind == "ended":
                 remote.pop(conv, None)
+                rounds.pop(conv, None)
             elif kind == "ticket" and local(conv) and event.get("ticket_id"):
                 conn.ticket_committed(conv, event["ticket_id"])  # another instance's worker committed it
         hub.receive(event)
@@ -223,7 +248,23 @@ def connect_hub(fanout: RedisFanout, conn: Any) -> None:
     def bye(_: dict, sender: str) -> None:
         for conv in [c for c, who in remote.items() if who == sender]:
             remote.pop(conv, None)
+            rounds.pop(conv, None)
             hub.receive({"type": "ended", "conversation": conv})
+
+    def alive(data: dict, sender: str) -> None:
+        for conv in data.get("conversations") or ():
+            if remote.get(conv) == sender:
+                rounds[conv] = 0
+
+    def refresh() -> None:
+        """Say which chats are ours; drop others' chats their instance stopped naming (SIGKILL: no bye)."""
+        fanout.send("alive", {"conversations": [c for c in hub.live if c not in remote]})
+        for conv in list(remote):
+            rounds[conv] = rounds.get(conv, 0) + 1
+            if rounds[conv] > STALE_AFTER:
+                remote.pop(conv, None)
+                rounds.pop(conv, None)
+                hub.receive({"type": "ended", "conversation": conv})
 
     hub.relay = relay
     hub.forward = forward
@@ -231,6 +272,8 @@ def connect_hub(fanout: RedisFanout, conn: Any) -> None:
     fanout.on("signal", signal)
     fanout.on("hello", hello)
     fanout.on("bye", bye)
+    fanout.on("alive", alive)
+    fanout.periodic.append(refresh)
 
 
 def setup(app: Any) -> None:
@@ -259,7 +302,7 @@ def setup(app: Any) -> None:
 
 async def _fanout_ctx(app: Any) -> AsyncIterator[None]:
     fanout = app[FANOUT]
-    task = asyncio.create_task(fanout.run(), name="omnigate-fanout")
+    task = fanout.task = asyncio.create_task(fanout.run(), name="omnigate-fanout")
     yield
     fanout.send("bye", {})
     await fanout.flush()

@@ -180,3 +180,36 @@ async def test_nudges_waiting_to_be_published_are_one(redis_server, redis_prefix
             t.cancel()
         await asyncio.gather(task_a, task_b, return_exceptions=True)
         await r.aclose()
+
+
+async def test_the_chats_of_an_instance_that_died_without_a_word_are_dropped(two):
+    """SIGKILL sends no "bye": chats are kept while their instance names them every round, dropped after
+    three rounds of silence."""
+    (ca, app_a), (cb, app_b) = two
+    fa, fb = app_a[FANOUT], app_b[FANOUT]
+    hub_a = app_a[keys.CONNECTORS]["webchat"].hub
+    ws = await ca.ws_connect("/api/v1/live/webchat", headers=AUTH)
+    await ws.receive(timeout=5)
+    v = await Visitor.connect(cb)
+    conv = v.welcome["conversation"]
+    await _event(ws, "chat", conversation=conv)
+    heard = asyncio.Event()
+    alive = fa.handlers["alive"]
+    fa.on("alive", lambda d, s: (alive(d, s), heard.set()))
+    for _ in range(5):  # B alive: named every round
+        heard.clear()
+        for job in fb.periodic:
+            job()
+        await asyncio.wait_for(heard.wait(), 10)
+        for job in fa.periodic:
+            job()
+    assert [c["conversation"] for c in hub_a.chats()] == [conv]
+    fb.task.cancel()  # B dies: no bye, no more rounds
+    await asyncio.gather(fb.task, return_exceptions=True)
+    for _ in range(4):
+        for job in fa.periodic:
+            job()
+    await _event(ws, "ended", conversation=conv)
+    assert hub_a.chats() == []
+    await v.close()
+    await ws.close()
