@@ -241,6 +241,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
             if self.desks:
                 raise ConfigError("redis_url: help-desk sync (desks) does not run on the Redis backend yet "
                                   "(gateway/store/redis_store.py NOT_YET); remove desks or redis_url")
+        if self.store.attachments_dir is not None and self.redis_url is None:
+            raise ConfigError("store.attachments_dir is the shared folder of a redis_url deployment; on SQLite "
+                              "attachments live in data_dir/attachments (remove store.attachments_dir)")
+        if self.store.redis_attachment_max_bytes < 0:
+            raise ConfigError("store.redis_attachment_max_bytes must be 0 or more")
         if self.store.synchronous not in ("full", "normal", "extra"):
             raise ConfigError(f"store.synchronous must be full, normal or extra, got {self.store.synchronous!r}")
         for name, value in self.threading.reopen_window.items():
