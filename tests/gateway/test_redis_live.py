@@ -213,3 +213,47 @@ async def test_the_chats_of_an_instance_that_died_without_a_word_are_dropped(two
     assert hub_a.chats() == []
     await v.close()
     await ws.close()
+
+
+async def test_the_fanout_subscribes_again_after_redis_restarts(tmp_path):
+    """Redis restarted: each instance subscribes again by itself and asks the others for their chats."""
+    import redis.asyncio as aioredis
+
+    from gateway.fanout import RedisFanout
+    from tests.integration.redis import RedisServer
+
+    server = RedisServer(tmp_path).start()
+    r = aioredis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=1)
+    a, b = RedisFanout(r, "og:live"), RedisFanout(r, "og:live")
+    seen: list[dict] = []
+    hellos: list[str] = []
+    b.on("hub", lambda d, s: seen.append(d))
+    a.on("hello", lambda d, s: hellos.append(s))
+    tasks = [asyncio.create_task(f.run()) for f in (a, b)]
+    try:
+        await asyncio.wait_for(asyncio.gather(a.subscribed.wait(), b.subscribed.wait()), 10)
+        server.kill()
+        for _ in range(100):
+            if not b.subscribed.is_set():
+                break
+            await asyncio.sleep(0.05)
+        assert not b.subscribed.is_set()
+        server.start()  # same port, same AOF
+        await asyncio.wait_for(b.subscribed.wait(), 20)
+        for _ in range(200):  # B's hello after subscribing again reaches A
+            if b.instance in hellos:
+                break
+            await asyncio.sleep(0.05)
+        assert b.instance in hellos
+        a.send("hub", {"type": "chat", "conversation": "webchat:shop:v1"})
+        for _ in range(200):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        assert seen == [{"type": "chat", "conversation": "webchat:shop:v1"}]
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await r.aclose()
+        server.stop()
