@@ -411,6 +411,13 @@ async def migrate(data_dir: Path, url: str, *, prefix: str = "og:", skip: set[st
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
     store = RedisStore(url, prefix=prefix)
     try:
+        from gateway.store.schema import MIGRATIONS
+
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version != len(MIGRATIONS):
+            raise MigrateError(f"the SQLite store is at schema version {version}, this omnigate reads "
+                               f"{len(MIGRATIONS)}: start and stop this version's daemon on it once (it upgrades "
+                               "the store), then migrate")
         db.execute("BEGIN")  # one read transaction: every step reads the same snapshot
         refused, skipped = untaken(db, set(skip))
         if refused:
@@ -473,6 +480,9 @@ def main(argv: list[str], prog: str = "omnigate migrate") -> int:
         print(f"{prog}: --to takes a redis:// URL, got {args.target[:40]!r}", file=sys.stderr)
         return 2
     data_dir = Path(args.source[len("sqlite:"):])
+    if not (data_dir / "omnigate.db").is_file():
+        print(f"{prog}: no SQLite store in {data_dir} (omnigate.db is missing)", file=sys.stderr)
+        return 1
     from gateway import datalock
 
     try:

@@ -224,3 +224,19 @@ async def test_migrate_refuses_a_held_folder_a_table_it_cannot_take_and_a_foreig
     (other / "omnigate.db").write_bytes((data_dir / "omnigate.db").read_bytes())
     r = migrate(other, redis_server.url, "--prefix", redis_prefix, "--skip", "canned_replies")
     assert r.returncode == 1 and "holds a migration of" in r.stderr
+
+
+def test_migrate_refuses_a_store_of_another_schema_version(tmp_path, redis_server, redis_prefix):
+    import sqlite3
+
+    data_dir = tmp_path / "old"
+    data_dir.mkdir()
+    db = sqlite3.connect(data_dir / "omnigate.db")
+    db.execute("CREATE TABLE journal (seq INTEGER PRIMARY KEY)")
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    r = migrate(data_dir, redis_server.url, "--prefix", redis_prefix)
+    assert r.returncode == 1 and "schema version 3" in r.stderr
+    r = migrate(tmp_path / "none", redis_server.url, "--prefix", redis_prefix)
+    assert r.returncode == 1 and "no SQLite store" in r.stderr and not (tmp_path / "none").exists()
