@@ -463,9 +463,13 @@ def main(argv: list[str], prog: str = "omnigate migrate") -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--from", dest="source", required=True, metavar="sqlite:DIR",
                     help="the data folder of the single-node installation")
-    ap.add_argument("--to", dest="target", required=True, metavar="redis://…",
-                    help="the Redis of the deployment (redis://, rediss://, unix://, redis+sentinel://)")
-    ap.add_argument("--prefix", default="og:", help="the key prefix (store.redis_prefix; default og:)")
+    ap.add_argument("--to", dest="target", default=None, metavar="redis://…",
+                    help="the Redis of the deployment (redis://, rediss://, unix://, redis+sentinel://); "
+                         "default: --config's redis_url")
+    ap.add_argument("--config", default=None, metavar="FILE",
+                    help="the Redis deployment's configuration: its redis_url, store.redis_prefix, "
+                         "store.attachments_dir and store.redis_attachment_max_bytes are the defaults")
+    ap.add_argument("--prefix", default=None, help="the key prefix (store.redis_prefix; default og:)")
     ap.add_argument("--skip", action="append", default=[], metavar="TABLE",
                     help="leave this table's rows behind on purpose (repeatable)")
     ap.add_argument("--attachments-dir", default=None,
@@ -473,11 +477,26 @@ def main(argv: list[str], prog: str = "omnigate migrate") -> int:
     ap.add_argument("--redis-attachment-max-bytes", type=int, default=None,
                     help="store.redis_attachment_max_bytes of the deployment")
     args = ap.parse_args(argv)
+    if args.config:
+        from gateway.config import ConfigError, load
+
+        try:
+            config = load(args.config)
+        except ConfigError as exc:
+            print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+            return 2
+        args.target = args.target or config.redis_url
+        args.prefix = args.prefix or config.store.redis_prefix
+        args.attachments_dir = args.attachments_dir or config.store.attachments_dir
+        if args.redis_attachment_max_bytes is None:
+            args.redis_attachment_max_bytes = config.store.redis_attachment_max_bytes
+    args.prefix = args.prefix or "og:"
     if not args.source.startswith("sqlite:"):
         print(f"{prog}: --from takes sqlite:DIR, got {args.source!r}", file=sys.stderr)
         return 2
-    if not args.target.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
-        print(f"{prog}: --to takes a redis:// URL, got {args.target[:40]!r}", file=sys.stderr)
+    if not args.target or not args.target.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+        print(f"{prog}: --to takes a redis:// URL (or --config a configuration with redis_url), "
+              f"got {(args.target or '')[:40]!r}", file=sys.stderr)
         return 2
     data_dir = Path(args.source[len("sqlite:"):])
     if not (data_dir / "omnigate.db").is_file():

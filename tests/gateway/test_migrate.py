@@ -218,12 +218,15 @@ async def test_migrate_refuses_a_held_folder_a_table_it_cannot_take_and_a_foreig
     # left behind on purpose
     r = migrate(data_dir, redis_server.url, "--prefix", redis_prefix, "--skip", "canned_replies")
     assert r.returncode == 0 and "skipped: canned_replies (1 rows)" in r.stdout
-    # another folder into the same prefix: refused
+    # another folder into the same prefix (named by the deployment's configuration): refused
     other = data_dir.parent / "other"
     other.mkdir()
     (other / "omnigate.db").write_bytes((data_dir / "omnigate.db").read_bytes())
-    r = migrate(other, redis_server.url, "--prefix", redis_prefix, "--skip", "canned_replies")
-    assert r.returncode == 1 and "holds a migration of" in r.stderr
+    deployment = data_dir.parent / "deployment.yaml"
+    deployment.write_text(f"redis_url: {redis_server.url}\nstore:\n  redis_prefix: '{redis_prefix}'\n")
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "migrate", "--from", f"sqlite:{other}", "--config",
+                        str(deployment), "--skip", "canned_replies"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "holds a migration of" in r.stderr and redis_prefix in r.stderr
 
 
 def test_migrate_refuses_a_store_of_another_schema_version(tmp_path, redis_server, redis_prefix):
