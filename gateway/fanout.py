@@ -214,7 +214,9 @@ def connect_hub(fanout: RedisFanout, conn: Any) -> None:
         conv = event.get("conversation")
         if isinstance(conv, str):
             kind = event.get("type")
-            if kind == "chat" and not local(conv):
+            if kind == "chat":
+                if local(conv):
+                    return  # ours: our own chat events are the truth (a "ticket" event updates them)
                 remote[conv] = sender
                 rounds[conv] = 0
             elif kind == "ended":

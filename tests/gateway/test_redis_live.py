@@ -77,6 +77,12 @@ async def test_an_agent_on_one_instance_sees_the_other_instances_visitor(two):
             break
         await asyncio.sleep(0.05)
     assert info["ticket_id"] == ticket["ticket_id"]
+    for _ in range(100):  # B's own view of its visitor's chat: online, with the ticket
+        [mine] = (await (await cb.get("/api/v1/live/webchat/chats", headers=AUTH)).json())["chats"]
+        if mine.get("ticket_id"):
+            break
+        await asyncio.sleep(0.05)
+    assert (mine["conversation"], mine["online"], mine["ticket_id"]) == (conv, True, ticket["ticket_id"])
     await v.close()
     await ws.close()
 
