@@ -10,11 +10,15 @@ key layout (gateway/store/redis_keys.py, the helpers of RedisStore).
 
 **One step per entity**, in :data:`STEPS` (``journal``, ``nonces``,
 ``contacts``, ``identities``, ``tickets``, ``timeline``, ``message_keys``,
-``thread_refs``, ``participants``, ``outbox``, ``state``, ``audit``,
-``attachments``). Each step names the SQLite tables it takes. Before writing
+``thread_refs``, ``participants``, the assignment steps of
+:mod:`gateway.commands.migrate_assign` (``agents``, ``assignments``,
+``queue``, ``sla_clocks``, ``sla_timers``, ``sla_events``, ``stats``,
+``changed``),
+``outbox``, ``state``, ``audit``, ``attachments``). Each step names the
+SQLite tables it takes. Before writing
 anything every other table of the SQLite file is counted: rows in a table
-no step takes (agents, SLA timers, tokens, webhooks, desks, console
-sessions… until their Redis support lands and adds its step here) stop the
+no step takes (tokens, webhooks, desks, console sessions… until their
+Redis support lands and adds its step here) stop the
 migration, naming the table — unless ``--skip TABLE`` leaves it behind on
 purpose (printed). Tables in :data:`DERIVED` need no step.
 
@@ -48,11 +52,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from gateway.commands import migrate_assign
 from gateway.store.base import JOURNAL_STATUSES
 
 #: SQLite tables that need no step: derived from others, or SQLite's own.
 DERIVED: dict[str, str] = {
     "counters": "the ticket counter moves with the tickets step",
+    "agent_teams": "the Redis backend derives each team's members from agents.teams",
     "sqlite_sequence": "SQLite's own",
     "sqlite_stat1": "SQLite's own",
 }
@@ -368,6 +374,15 @@ STEPS: list[Step] = [
     Step("message_keys", ("message_keys",), _message_keys),
     Step("thread_refs", ("thread_refs",), _thread_refs),
     Step("participants", ("ticket_participants",), _participants),
+    # agents, presence, assignment, SLA (gateway/commands/migrate_assign.py): after tickets
+    Step("agents", ("agents",), migrate_assign.agents),
+    Step("assignments", ("assignments",), migrate_assign.assignments),
+    Step("queue", ("assign_queue",), migrate_assign.queue),
+    Step("sla_clocks", ("sla_clocks",), migrate_assign.sla_clocks),
+    Step("sla_timers", ("sla_timers",), migrate_assign.sla_timers),
+    Step("sla_events", ("sla_events",), migrate_assign.sla_events),
+    Step("stats", (), migrate_assign.stats),
+    Step("changed", (), migrate_assign.changed),
     Step("outbox", ("outbox",), _outbox),
     Step("state", ("state",), _state),
     Step("audit", ("audit",), _audit),

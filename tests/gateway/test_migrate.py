@@ -2,7 +2,9 @@
 installation populated through the real pipeline moves to a real Redis, a
 gateway served from Redis reads all of it and numbering continues; a second
 run changes nothing; it refuses while the daemon holds the folder, and
-names a table whose rows the Redis backend cannot take yet."""
+names a table whose rows the Redis backend cannot take yet. With a directory:
+agents, loads, the queue, SLA clocks/timers and stats move, and a Redis gateway
+behaves as the SQLite store it came from would have (due SLA timers fire once)."""
 
 from __future__ import annotations
 
@@ -141,9 +143,20 @@ async def test_migrate_moves_everything_and_numbering_continues(single_node, aio
 async def test_an_interrupted_migration_is_run_again_to_the_same_state(single_node, redis_server, redis_prefix):
     """Every step writes the SQLite row's state: running the steps twice (the first run
     stopped before it finished) leaves exactly what one run leaves."""
+    await _twice_is_once(single_node[0], redis_server, redis_prefix)
+
+
+async def test_an_interrupted_migration_with_agents_queue_and_sla_is_run_again_to_the_same_state(
+        assigned_node, redis_server, redis_prefix):
+    """The same with agents, loads, a queue, SLA clocks, timers and events."""
+    once = await _twice_is_once(assigned_node[0], redis_server, redis_prefix)
+    assert once[f"{redis_prefix}aq"] and once[f"{redis_prefix}sla:due"] and once[f"{redis_prefix}agents"]
+
+
+async def _twice_is_once(data_dir: Path, redis_server, redis_prefix) -> dict:
     from gateway.commands.migrate import migrate as run
 
-    data_dir, facts = single_node
+    facts_tickets = await _ticket_numbers(data_dir)
     await run(data_dir, redis_server.url, prefix=redis_prefix, out=lambda _: None)
     once = await _dump(redis_server.url, redis_prefix)
     from gateway.store.redis_store import RedisStore
@@ -154,7 +167,18 @@ async def test_an_interrupted_migration_is_run_again_to_the_same_state(single_no
     await run(data_dir, redis_server.url, prefix=redis_prefix, out=lambda _: None)
     twice = await _dump(redis_server.url, redis_prefix)
     assert twice == once
-    assert once[f"{redis_prefix}seq:ticket"] == str(max(facts["tickets"]))
+    assert once[f"{redis_prefix}seq:ticket"] == str(max(facts_tickets))
+    return once
+
+
+async def _ticket_numbers(data_dir: Path) -> list[int]:
+    import sqlite3
+
+    db = sqlite3.connect(data_dir / "omnigate.db")
+    try:
+        return [r[0] for r in db.execute("SELECT number FROM tickets")]
+    finally:
+        db.close()
 
 
 async def _dump(url: str, prefix: str) -> dict:
@@ -243,3 +267,137 @@ def test_migrate_refuses_a_store_of_another_schema_version(tmp_path, redis_serve
     assert r.returncode == 1 and "schema version 3" in r.stderr
     r = migrate(tmp_path / "none", redis_server.url, "--prefix", redis_prefix)
     assert r.returncode == 1 and "no SQLite store" in r.stderr and not (tmp_path / "none").exists()
+
+
+# ------------------------------------------------------------- assignment and SLA
+
+DIRECTORY = """
+teams:
+  support: {}
+agents:
+  - {id: a-1, name: A1, teams: [support], presence: online, capacity: {email: 1}}
+  - {id: a-2, name: A2, teams: [support], presence: online, capacity: {email: 1}}
+  - {id: a-3, name: A3, teams: [support], presence: offline, capacity: {email: 1}}
+sla_policies:
+  - id: fast
+    calendar: 24x7
+    targets: {first_response: 1h, resolution: 8h}
+    warn_at: 0.5
+"""
+
+
+def _agents(views) -> dict:
+    return {a.id: (a.presence, a.load, a.tickets, a.last_assigned_at) for a in views}
+
+
+def _queue_order(db_path: Path) -> list[str]:
+    import sqlite3
+
+    db = sqlite3.connect(db_path)
+    try:
+        return [r[0] for r in db.execute("SELECT ticket_id FROM assign_queue ORDER BY rank, queued_at, ticket_id")]
+    finally:
+        db.close()
+
+
+async def _sla_fired(store, ticket_ids) -> dict:
+    """Ticket → the SLA events its timeline records (kind, target), in order."""
+    out = {}
+    for tid in ticket_ids:
+        page = await store.timeline(ticket_id=tid, limit=500)
+        out[tid] = [(e.data["event"], e.data["target"]) for e in page.items if e.kind == "sla" and "event" in e.data]
+    return out
+
+
+@pytest.fixture
+async def assigned_node(aiohttp_client, tmp_path):
+    """A single node with a directory: tickets assigned up to capacity, the rest queued,
+    one solved (its agent took the oldest queued), SLA warnings fired, breaches due later."""
+    from tests.clock import INSTANTS, FakeClock
+
+    (tmp_path / "directory.yaml").write_text(DIRECTORY)
+    clock = FakeClock(INSTANTS["business-hours"])
+    root = tmp_path / "single"
+    app = create_app(_config(root, OMNIGATE_DIRECTORY=str(tmp_path / "directory.yaml")), clock=clock)
+    client = await aiohttp_client(app)
+    store = app[keys.STORE]
+    for i in range(5):
+        await _post(client, _msg(f"m{i}", f"c{i}@shop.test", f"question {i}"))
+        await app[keys.WORKER].drain()
+        clock.advance(minutes=1)
+    tickets = [(await store.get_ticket_by_number(1000 + i)).id for i in range(5)]
+    assert [(await store.get_ticket(t)).assignee for t in tickets] == ["a-1", "a-2", None, None, None]
+    assert _queue_order(root / "data" / "omnigate.db") == tickets[2:]
+    await store.set_status(tickets[0], "solved", clock(), actor="a-1")  # a-1 takes the oldest queued
+    assert (await store.get_ticket(tickets[2])).assignee == "a-1"
+    clock.advance(minutes=31)
+    await store.sla_fire_due(clock())  # the first-response warnings (half of 1h)
+    stats = await store.assign_stats()
+    assert stats["sla_warnings"] == {"fast": {"first_response": 4}} and stats["resolution"]["count"] == 1
+    await client.close()
+    return root / "data", tickets, clock
+
+
+async def test_agents_loads_queue_and_due_sla_timers_move_and_fire_once(assigned_node, aiohttp_client, tmp_path,
+                                                                       redis_server, redis_prefix):
+    """After the migration a gateway served from Redis has the same agents, loads, queue
+    order, SLA state and stats as the SQLite store it came from; an agent coming online
+    takes the same ticket on both; the breaches due fire once, the same ones on both."""
+    import shutil
+
+    from gateway.store.sqlite import SQLiteStore
+    from routing.directory import parse_directory
+
+    data_dir, tickets, clock = assigned_node
+    directory = parse_directory(DIRECTORY, "directory.yaml")
+    reference = tmp_path / "reference"  # the single node had it gone on: the expected behaviour
+    shutil.copytree(data_dir, reference)
+    r = migrate(data_dir, redis_server.url, "--prefix", redis_prefix)
+    assert r.returncode == 0, r.stderr
+    assert "agents: 3" in r.stdout and "queue: 2" in r.stdout and "sla_timers:" in r.stdout, r.stdout
+
+    sqlite = SQLiteStore.in_dir(reference, clock=clock)
+    await sqlite.directory_load(directory, clock())
+    app = create_app(_config(tmp_path / "served", OMNIGATE_REDIS_URL=redis_server.url,
+                             OMNIGATE_STORE__REDIS_PREFIX=redis_prefix,
+                             OMNIGATE_DIRECTORY=str(tmp_path / "directory.yaml")), clock=clock)
+    client = await aiohttp_client(app)
+    redis = app[keys.STORE]
+    try:
+        assert redis.backend == "redis"
+        views = _agents(await sqlite.list_agents())
+        assert views["a-1"][1:3] == ({"email": 1}, [tickets[2]]) and views["a-2"][1:3] == ({"email": 1}, [tickets[1]])
+        assert _agents(await redis.list_agents()) == views
+        assert [_s for _s in await redis.r.zrange(redis.k.assign_queue, 0, -1)] == \
+            [t.encode() for t in _queue_order(reference / "omnigate.db")] == [t.encode() for t in tickets[3:]]
+        assert await redis.assign_stats() == await sqlite.assign_stats()
+        for t in tickets:
+            a, b = await redis.get_ticket(t), await sqlite.get_ticket(t)
+            assert (a.assignee, a.status, a.sla) == (b.assignee, b.status, b.sla)
+
+        # an agent comes online: the oldest queued ticket is hers on both
+        for s in (sqlite, redis):
+            await s.set_presence("a-3", "online", clock())
+        assert _agents(await redis.list_agents()) == _agents(await sqlite.list_agents())
+        assert (await redis.get_ticket(tickets[3])).assignee == "a-3"
+        assert await redis.r.zrange(redis.k.assign_queue, 0, -1) == [tickets[4].encode()]
+
+        # the first-response breaches fall due: they fire once (whichever of our calls or the
+        # served gateway's scheduler takes them), the same ones as on SQLite
+        clock.advance(hours=1)
+        await sqlite.sla_fire_due(clock())
+        await redis.sla_fire_due(clock())
+        await redis.sla_fire_due(clock())
+        expected = await _sla_fired(sqlite, tickets)
+        assert sum(ev == ("breach", "first_response") for evs in expected.values() for ev in evs) == 4
+        for _ in range(100):  # the scheduler of the served gateway may be firing at this very moment
+            stats = await redis.assign_stats()
+            if stats["sla_breaches"] == {"fast": {"first_response": 4}}:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert await _sla_fired(redis, tickets) == expected
+        assert await redis.assign_stats() == await sqlite.assign_stats()
+    finally:
+        await sqlite.close()
+        await client.close()
