@@ -209,7 +209,9 @@ async def changed(c: Any) -> int:
     """Tickets changed after the scheduler's sweep cursor (state ``assignment.sweep_cursor``,
     moved by the state step) join ``tchanged``, the Redis backend's sweep list: what
     the single node had still to sync is synced by the first sweep on Redis."""
-    row = c.db.execute("SELECT value FROM state WHERE key = 'assignment.sweep_cursor'").fetchone()
+    from gateway.assignment import _SWEEP_KEY
+
+    row = c.db.execute("SELECT value FROM state WHERE key = ?", (_SWEEP_KEY,)).fetchone()
     at, _, last_id = (row[0] if row else "0:").partition(":")
     n = 0
     for batch in c.rows("SELECT id, updated_at FROM tickets WHERE updated_at > ? OR (updated_at = ? AND id > ?)",
