@@ -1,0 +1,262 @@
+"""Load: the pipeline's fair share of the event loop, and the optional backlog limit.
+
+Ingest and the pipeline share one interpreter. An ingest costs a fraction
+of a processed message, so past the pipeline's capacity every extra request
+per second takes loop time from the pipeline: left alone, the processing
+rate would fall as the offered load rises. Three parts keep it steady:
+
+- :class:`Backlog` — the journal entries waiting for the pipeline, known
+  without counting the journal on every request: sampled from
+  ``store.journal_counts()`` every :data:`SAMPLE_S` (which also sees other
+  instances' appends on Redis) and moved by this process's appends and
+  settled entries in between.
+- :class:`LoopLag` — how late a periodic timer fires on this event loop
+  (an exponentially weighted average): a loop that is late is saturated.
+- :class:`AdmissionGate` — when the pipeline is **starved** (backlog at or
+  above ``high_water`` *and* the loop lagging at least ``lag_s``), an intake
+  needs a credit before its journal append; the pipeline grants ``ratio``
+  credits per entry it settles. An intake without a credit waits for one —
+  at most ``max_delay_s``, then it goes through anyway: the gate **delays,
+  never refuses** (WeChat gives up after three tries within 15 s, so a
+  refusal there loses the message). Intake is thereby held to ``ratio``
+  times the processing rate while the pipeline is behind, which reserves the
+  pipeline its share of the loop whatever the ingest rate; below capacity
+  (no backlog, or a loop with time to spare) nobody waits.
+
+The **backlog limit** (``pipeline.backlog_limit``, off by default) is the
+one place intake is refused for load, and only on intake paths whose senders
+retry for long: SMTP (451 4.3.2, the sending MTA retries for days) and the
+API channel (503 + ``Retry-After``). Webhook channels (WeChat, WeCom,
+Telegram, WhatsApp, Messenger, Instagram, LINE, phone) and webchat never
+ask :meth:`Backlog.full`.
+
+The backlog itself lives in the journal on disk; the worker holds at most
+``batch`` × 3 + ``workers`` entries in memory whatever its length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Any, Callable
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+#: Seconds between two readings of the journal's pending count.
+SAMPLE_S = 2.0
+#: Seconds between two ticks of the loop-lag probe.
+LAG_TICK_S = 0.05
+#: Weight of the newest tick in the lag average.
+LAG_ALPHA = 0.2
+
+
+class Backlog:
+    """Journal entries pending, estimated cheaply (see the module docstring).
+
+    ``limit`` > 0 enables :meth:`full` (the optional backlog limit)."""
+
+    def __init__(self, store: Any, *, limit: int = 0, retry_after_s: int = 30, sample_s: float = SAMPLE_S):
+        self.store = store
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.sample_s = sample_s
+        self._sampled = 0
+        self._delta = 0
+        self._task: asyncio.Task | None = None
+
+    @property
+    def pending(self) -> int:
+        return max(0, self._sampled + self._delta)
+
+    def appended(self, n: int = 1) -> None:
+        self._delta += n
+
+    def settled(self, n: int = 1) -> None:
+        self._delta -= n
+
+    def full(self) -> bool:
+        """The optional limit is reached: intake whose sender retries for
+        long (SMTP, the API channel) may be refused for now."""
+        return self.limit > 0 and self.pending >= self.limit
+
+    async def sample(self) -> int:
+        counts = await self.store.journal_counts()
+        self._sampled, self._delta = int(counts.get("pending", 0)), 0
+        return self._sampled
+
+    async def start(self) -> None:
+        try:
+            await self.sample()
+        except Exception:  # the store's own start-up reports it; the sampler retries
+            log.warning("backlog.sample_failed", exc_info=True)
+        self._task = asyncio.create_task(self._run(), name="omnigate-backlog")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.sample_s)
+            try:
+                await self.sample()
+            except Exception:
+                log.warning("backlog.sample_failed", exc_info=True)
+
+
+class LoopLag:
+    """How late this event loop runs a timer (seconds, averaged)."""
+
+    def __init__(self, tick_s: float = LAG_TICK_S, alpha: float = LAG_ALPHA,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.tick_s = tick_s
+        self.alpha = alpha
+        self.monotonic = monotonic
+        self.value = 0.0
+        self._task: asyncio.Task | None = None
+
+    def observe(self, late_s: float) -> None:
+        self.value += self.alpha * (max(0.0, late_s) - self.value)
+
+    def __call__(self) -> float:
+        return self.value
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="omnigate-loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            t0 = self.monotonic()
+            await asyncio.sleep(self.tick_s)
+            self.observe(self.monotonic() - t0 - self.tick_s)
+
+
+class AdmissionGate:
+    """Credits for intake while the pipeline is starved (module docstring).
+
+    ``backlog`` and ``lag`` are callables so that tests drive the decisions
+    directly; :meth:`try_admit` is the decision, :meth:`admit` the waiting."""
+
+    def __init__(self, *, backlog: Callable[[], int], lag: Callable[[], float], ratio: float = 4.0,
+                 high_water: int = 512, lag_s: float = 0.02, max_delay_s: float = 0.5, burst: float = 64.0):
+        self.backlog = backlog
+        self.lag = lag
+        self.ratio = ratio
+        self.high_water = high_water
+        self.lag_s = lag_s
+        self.max_delay_s = max_delay_s
+        self.burst = burst
+        self.credits = burst
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        #: intakes admitted at once, after a credit wait, after the longest wait (not refused)
+        self.stats = {"free": 0, "credited": 0, "waited": 0, "timed_out": 0}
+
+    @property
+    def enabled(self) -> bool:
+        return self.ratio > 0
+
+    def starved(self) -> bool:
+        return self.enabled and self.backlog() >= self.high_water and self.lag() >= self.lag_s
+
+    def try_admit(self) -> bool:
+        """Admit now (True) or wait for a credit (False)."""
+        if not self.starved():
+            self.stats["free"] += 1
+            return True
+        if self.credits >= 1 and not self._waiters:
+            self.credits -= 1
+            self.stats["credited"] += 1
+            return True
+        return False
+
+    def settled(self, n: int = 1) -> None:
+        """The pipeline settled ``n`` entries: ``ratio`` credits each, handed
+        to waiting intakes first (in arrival order)."""
+        if not self.enabled:
+            return
+        credits = self.credits + self.ratio * n
+        while self._waiters and credits >= 1:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                credits -= 1
+                fut.set_result(True)
+        self.credits = min(self.burst, credits)  # what nobody waits for is kept up to the burst
+        if self._waiters and not self.starved():  # no longer starved: let everyone in
+            self.release_all()
+
+    def release_all(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(True)
+
+    async def admit(self) -> None:
+        """Return when this intake may append: at once, on a credit, or
+        after ``max_delay_s`` at the latest (never refused)."""
+        if self.try_admit():
+            return
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._waiters.append(fut)
+        timer = loop.call_later(self.max_delay_s, _expire, fut)
+        try:
+            credited = await fut
+        finally:
+            timer.cancel()
+        if credited:
+            self.stats["waited"] += 1
+        else:
+            self.stats["timed_out"] += 1
+            try:
+                self._waiters.remove(fut)
+            except ValueError:
+                pass
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+# ---------------------------------------------------------------- wiring (gateway/app.py)
+
+
+class Load:
+    """This process's backlog estimate, loop-lag probe and gate, as the app holds them."""
+
+    def __init__(self, store: Any, config: Any, worker: Any):
+        p = config.pipeline
+        self.backlog = Backlog(store, limit=p.backlog_limit, retry_after_s=p.backlog_retry_after_s)
+        self.lag = LoopLag()
+        # an ingest-only node (workers 0) has no pipeline of its own to make room for
+        ratio = p.admission_ratio if p.workers > 0 else 0.0
+        self.gate = AdmissionGate(backlog=lambda: self.backlog.pending, lag=self.lag, ratio=ratio,
+                                  high_water=max(64, 2 * worker.batch), max_delay_s=p.admission_max_delay_s)
+        worker.on_settled.append(self.backlog.settled)
+        worker.on_settled.append(self.gate.settled)
+
+    @property
+    def needed(self) -> bool:
+        return self.gate.enabled or self.backlog.limit > 0
+
+    async def start(self) -> None:
+        if self.needed:
+            await self.backlog.start()
+        if self.gate.enabled:
+            await self.lag.start()
+
+    async def stop(self) -> None:
+        self.gate.release_all()
+        await self.lag.stop()
+        await self.backlog.stop()
