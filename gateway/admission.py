@@ -10,10 +10,13 @@ rate would fall as the offered load rises. Three parts keep it steady:
   ``store.journal_counts()`` every :data:`SAMPLE_S` (which also sees other
   instances' appends on Redis) and moved by this process's appends and
   settled entries in between.
-- :class:`LoopLag` — how late a periodic timer fires on this event loop
-  (an exponentially weighted average): a loop that is late is saturated.
+- :class:`LoopBusy` — the share of time this event loop runs callbacks
+  rather than waiting for I/O (an exponentially weighted average): a loop
+  busy all the time is saturated, and whatever ingest takes the pipeline
+  loses.
 - :class:`AdmissionGate` — when the pipeline is **starved** (backlog at or
-  above ``high_water`` *and* the loop lagging at least ``lag_s``), an intake
+  above ``high_water`` *and* the loop busy at least ``busy_at`` of the
+  time), an intake
   needs a credit before its journal append; the pipeline grants ``ratio``
   credits per entry it settles. An intake without a credit waits for one —
   at most ``max_delay_s``, then it goes through anyway: the gate **delays,
@@ -21,7 +24,8 @@ rate would fall as the offered load rises. Three parts keep it steady:
   refusal there loses the message). Intake is thereby held to ``ratio``
   times the processing rate while the pipeline is behind, which reserves the
   pipeline its share of the loop whatever the ingest rate; below capacity
-  (no backlog, or a loop with time to spare) nobody waits.
+  (no backlog, or a loop with time to spare: the backlog has another cause,
+  a slow disk say) nobody waits.
 
 The **backlog limit** (``pipeline.backlog_limit``, off by default) is the
 one place intake is refused for load, and only on intake paths whose senders
@@ -47,10 +51,10 @@ log = structlog.get_logger(__name__)
 
 #: Seconds between two readings of the journal's pending count.
 SAMPLE_S = 2.0
-#: Seconds between two ticks of the loop-lag probe.
-LAG_TICK_S = 0.05
-#: Weight of the newest tick in the lag average.
-LAG_ALPHA = 0.2
+#: Seconds between two readings of the loop's busy share.
+BUSY_TICK_S = 0.1
+#: Weight of the newest reading in the busy average.
+BUSY_ALPHA = 0.3
 
 
 class Backlog:
@@ -109,52 +113,94 @@ class Backlog:
                 log.warning("backlog.sample_failed", exc_info=True)
 
 
-class LoopLag:
-    """How late this event loop runs a timer (seconds, averaged)."""
+class LoopBusy:
+    """The share of wall time this event loop spends running callbacks
+    rather than waiting in its selector (averaged over ticks of
+    :data:`BUSY_TICK_S`): near 1, every ready task — ingest and pipeline —
+    competes for the one interpreter.
 
-    def __init__(self, tick_s: float = LAG_TICK_S, alpha: float = LAG_ALPHA,
-                 monotonic: Callable[[], float] = time.monotonic):
+    Measured by timing the selector's ``select`` (the loop's only idle
+    point). A loop without a ``_selector`` (not the default asyncio loop)
+    falls back to timer lateness: a tick that fires late by its own length
+    counts as fully busy."""
+
+    def __init__(self, tick_s: float = BUSY_TICK_S, alpha: float = BUSY_ALPHA,
+                 clock: Callable[[], float] = time.perf_counter):
         self.tick_s = tick_s
         self.alpha = alpha
-        self.monotonic = monotonic
+        self.clock = clock
         self.value = 0.0
+        self.idle = 0.0  # seconds spent in select so far
+        self._timed = False
         self._task: asyncio.Task | None = None
+        self._restore: Callable[[], None] | None = None
 
-    def observe(self, late_s: float) -> None:
-        self.value += self.alpha * (max(0.0, late_s) - self.value)
+    def observe(self, busy: float) -> None:
+        self.value += self.alpha * (min(1.0, max(0.0, busy)) - self.value)
 
     def __call__(self) -> float:
         return self.value
 
+    def _install(self, loop: asyncio.AbstractEventLoop) -> None:
+        selector = getattr(loop, "_selector", None)
+        if selector is None or not hasattr(selector, "select"):
+            return
+        original = selector.select
+        clock = self.clock
+
+        def select(timeout: float | None = None) -> Any:
+            t0 = clock()
+            try:
+                return original(timeout)
+            finally:
+                self.idle += clock() - t0
+
+        selector.select = select
+        self._timed = True
+
+        def restore() -> None:
+            if selector.__dict__.get("select") is select:
+                del selector.select
+
+        self._restore = restore
+
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="omnigate-loop-lag")
+        self._install(asyncio.get_running_loop())
+        self._task = asyncio.create_task(self._run(), name="omnigate-loop-busy")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
 
     async def _run(self) -> None:
         while True:
-            t0 = self.monotonic()
+            t0, idle0 = self.clock(), self.idle
             await asyncio.sleep(self.tick_s)
-            self.observe(self.monotonic() - t0 - self.tick_s)
+            wall = self.clock() - t0
+            if self._timed:
+                self.observe(1.0 - (self.idle - idle0) / wall if wall > 0 else 0.0)
+            else:
+                self.observe((wall - self.tick_s) / self.tick_s)
 
 
 class AdmissionGate:
     """Credits for intake while the pipeline is starved (module docstring).
 
-    ``backlog`` and ``lag`` are callables so that tests drive the decisions
+    ``backlog`` and ``busy`` are callables so that tests drive the decisions
     directly; :meth:`try_admit` is the decision, :meth:`admit` the waiting."""
 
-    def __init__(self, *, backlog: Callable[[], int], lag: Callable[[], float], ratio: float = 4.0,
-                 high_water: int = 512, lag_s: float = 0.02, max_delay_s: float = 0.5, burst: float = 64.0):
+    def __init__(self, *, backlog: Callable[[], int], busy: Callable[[], float], ratio: float = 4.0,
+                 high_water: int = 512, busy_at: float = 0.7, max_delay_s: float = 0.5, burst: float = 64.0):
         self.backlog = backlog
-        self.lag = lag
+        self.busy = busy
         self.ratio = ratio
         self.high_water = high_water
-        self.lag_s = lag_s
+        self.busy_at = busy_at
         self.max_delay_s = max_delay_s
         self.burst = burst
         self.credits = burst
@@ -167,7 +213,7 @@ class AdmissionGate:
         return self.ratio > 0
 
     def starved(self) -> bool:
-        return self.enabled and self.backlog() >= self.high_water and self.lag() >= self.lag_s
+        return self.enabled and self.backlog() >= self.high_water and self.busy() >= self.busy_at
 
     def try_admit(self) -> bool:
         """Admit now (True) or wait for a credit (False)."""
@@ -233,15 +279,15 @@ def _expire(fut: asyncio.Future) -> None:
 
 
 class Load:
-    """This process's backlog estimate, loop-lag probe and gate, as the app holds them."""
+    """This process's backlog estimate, loop-busy probe and gate, as the app holds them."""
 
     def __init__(self, store: Any, config: Any, worker: Any):
         p = config.pipeline
         self.backlog = Backlog(store, limit=p.backlog_limit, retry_after_s=p.backlog_retry_after_s)
-        self.lag = LoopLag()
+        self.busy = LoopBusy()
         # an ingest-only node (workers 0) has no pipeline of its own to make room for
         ratio = p.admission_ratio if p.workers > 0 else 0.0
-        self.gate = AdmissionGate(backlog=lambda: self.backlog.pending, lag=self.lag, ratio=ratio,
+        self.gate = AdmissionGate(backlog=lambda: self.backlog.pending, busy=self.busy, ratio=ratio,
                                   high_water=max(64, 2 * worker.batch), max_delay_s=p.admission_max_delay_s)
         worker.on_settled.append(self.backlog.settled)
         worker.on_settled.append(self.gate.settled)
@@ -254,9 +300,9 @@ class Load:
         if self.needed:
             await self.backlog.start()
         if self.gate.enabled:
-            await self.lag.start()
+            await self.busy.start()
 
     async def stop(self) -> None:
         self.gate.release_all()
-        await self.lag.stop()
+        await self.busy.stop()
         await self.backlog.stop()

@@ -131,7 +131,7 @@ async def _admission_stats(app: web.Application, path: Path):  # type: ignore[no
             await asyncio.sleep(1.0)
             path.write_text(json.dumps({"ratio": load.gate.ratio, "max_delay_s": load.gate.max_delay_s,
                                         **load.gate.stats, "backlog": load.backlog.pending,
-                                        "loop_lag_ms": round(load.lag() * 1000, 1)}))
+                                        "loop_busy": round(load.busy(), 2)}))
 
     task = asyncio.create_task(loop())
     yield

@@ -1,8 +1,8 @@
 """Load (gateway/admission.py): the fair-share gate's decisions on an
-injected backlog and loop lag, the backlog estimate and its optional limit
+injected backlog and loop-busy share, the backlog estimate and its optional limit
 (the API channel's 503 + Retry-After), and the worker's bounded memory
 whatever the journal's backlog. No timing assertions: the decisions are
-driven through the injected backlog and lag; waits end on events."""
+driven through the injected backlog and busy share; waits end on events."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from gateway import keys
-from gateway.admission import AdmissionGate, Backlog, LoopLag
+from gateway.admission import AdmissionGate, Backlog, LoopBusy
 from gateway.app import create_app
 from gateway.config import ConfigError
 from gateway.store.sqlite import SQLiteStore
@@ -24,29 +24,29 @@ PATIENCE_S = 30.0  # a safety net against a hung test, not a timing assertion
 class Probe:
     """The gate's inputs, set by the test."""
 
-    def __init__(self, backlog: int = 0, lag: float = 0.0):
-        self.backlog, self.lag = backlog, lag
+    def __init__(self, backlog: int = 0, busy: float = 0.0):
+        self.backlog, self.busy = backlog, busy
 
 
 def gate(probe: Probe, **kw) -> AdmissionGate:
-    kw = {"ratio": 2.0, "high_water": 100, "lag_s": 0.02, "max_delay_s": PATIENCE_S, "burst": 3.0, **kw}
-    return AdmissionGate(backlog=lambda: probe.backlog, lag=lambda: probe.lag, **kw)
+    kw = {"ratio": 2.0, "high_water": 100, "busy_at": 0.9, "max_delay_s": PATIENCE_S, "burst": 3.0, **kw}
+    return AdmissionGate(backlog=lambda: probe.backlog, busy=lambda: probe.busy, **kw)
 
 
-def test_nobody_waits_unless_backlog_and_loop_lag_both_say_starved():
+def test_nobody_waits_unless_backlog_and_a_busy_loop_both_say_starved():
     probe = Probe()
     g = gate(probe)
-    for backlog, lag in [(0, 0.0), (10_000, 0.0), (10_000, 0.019), (99, 5.0)]:
-        probe.backlog, probe.lag = backlog, lag
+    for backlog, busy in [(0, 0.0), (10_000, 0.0), (10_000, 0.89), (99, 1.0)]:
+        probe.backlog, probe.busy = backlog, busy
         assert not g.starved()
         assert all(g.try_admit() for _ in range(50))
     assert g.stats["free"] == 200 and g.credits == 3.0
-    probe.backlog, probe.lag = 100, 0.02
+    probe.backlog, probe.busy = 100, 0.9
     assert g.starved()
 
 
 def test_starved_intake_is_held_to_ratio_times_what_the_pipeline_settles():
-    probe = Probe(backlog=5000, lag=0.2)
+    probe = Probe(backlog=5000, busy=1.0)
     g = gate(probe)
     assert [g.try_admit() for _ in range(4)] == [True, True, True, False]  # the burst, then none
     g.settled(1)  # ratio 2: two more intakes per settled entry
@@ -57,13 +57,13 @@ def test_starved_intake_is_held_to_ratio_times_what_the_pipeline_settles():
 
 
 def test_ratio_zero_turns_the_gate_off():
-    g = gate(Probe(backlog=10**6, lag=10.0), ratio=0)
+    g = gate(Probe(backlog=10**6, busy=1.0), ratio=0)
     assert not g.enabled and not g.starved()
     assert all(g.try_admit() for _ in range(100))
 
 
 async def test_a_waiting_intake_goes_through_when_the_pipeline_settles_in_arrival_order():
-    probe = Probe(backlog=5000, lag=0.2)
+    probe = Probe(backlog=5000, busy=1.0)
     g = gate(probe, burst=1.0, ratio=1.0)
     assert g.try_admit()  # the one credit
     order: list[int] = []
@@ -86,7 +86,7 @@ async def test_a_waiting_intake_goes_through_when_the_pipeline_settles_in_arriva
 
 
 async def test_waiting_intake_is_admitted_at_once_when_starvation_ends():
-    probe = Probe(backlog=5000, lag=0.2)
+    probe = Probe(backlog=5000, busy=1.0)
     g = gate(probe, burst=0.0)
     task = asyncio.create_task(g.admit())
     for _ in range(3):
@@ -100,17 +100,30 @@ async def test_waiting_intake_is_admitted_at_once_when_starvation_ends():
 async def test_the_gate_delays_but_never_refuses():
     """No credit ever comes (the pipeline stalled): the intake still goes
     through after the longest wait — a WeChat callback must get its answer."""
-    g = gate(Probe(backlog=5000, lag=0.2), burst=0.0, max_delay_s=0.01)
+    g = gate(Probe(backlog=5000, busy=1.0), burst=0.0, max_delay_s=0.01)
     await asyncio.wait_for(g.admit(), PATIENCE_S)  # returns, raises nothing
     assert g.stats["timed_out"] == 1 and not g._waiters
 
 
-def test_loop_lag_is_an_average_of_how_late_the_timer_fired():
-    lag = LoopLag(alpha=0.5)
-    lag.observe(0.1)
-    assert lag() == pytest.approx(0.05)
-    lag.observe(-0.01)  # early counts as on time
-    assert lag() == pytest.approx(0.025)
+def test_loop_busy_is_an_average_of_the_share_of_time_outside_select():
+    b = LoopBusy(alpha=0.5)
+    b.observe(1.0)
+    assert b() == pytest.approx(0.5)
+    b.observe(-0.3)  # clamped to [0, 1]
+    assert b() == pytest.approx(0.25)
+
+
+async def test_loop_busy_times_the_selector_and_gives_it_back():
+    """Installed on the running loop, the probe counts the time spent
+    waiting in select; stopped, the loop's selector is as it was."""
+    loop = asyncio.get_running_loop()
+    b = LoopBusy(tick_s=0.01)
+    await b.start()
+    assert "select" in loop._selector.__dict__
+    await asyncio.sleep(0.05)  # an idle loop: time goes to select
+    await b.stop()
+    assert b.idle > 0
+    assert "select" not in loop._selector.__dict__
 
 
 class CountingStore:
