@@ -32,6 +32,8 @@ pipeline's share); ``holds`` says whether every one processed at least
 :data:`HOLDS_AT` of the figure (``holds_per_cpu``: per CPU second) (gateway/admission.py keeps the pipeline its
 share whatever the ingest rate), ``admission`` what the daemon's gate did,
 ``control_after`` a step at the figure's rate again after the overload.
+``detail.fair_share_flood`` (:mod:`gateway.bench.flood`): the pipeline under
+an in-process ingest flood with the gate and without it.
 """
 
 from __future__ import annotations
@@ -248,6 +250,9 @@ async def figures() -> dict[str, dict]:
         if best:
             past, first = await _past_capacity(servers, db, best["offered"], first, best["processed_per_cpu_s"])
         db.close()
+    from gateway.bench import flood
+
+    fair_share = await flood.run()  # the gate on and off under a flood (gateway/bench/flood.py)
     value = best["offered"] if best else 0.0
     return {"sustained": {
         "value": value, "unit": "msg/s",
@@ -260,7 +265,7 @@ async def figures() -> dict[str, dict]:
                    "ingest_p99_ms_at_value": best["ingest_p99_ms"] if best else None,
                    "lag_p99_ms_at_value": best["lag_p99_ms"] if best else None,
                    "mix": production.MIX, "step_s": STEP_S, "connections": CONNECTIONS, "steps": steps,
-                   "past_capacity": past},
+                   "past_capacity": past, "fair_share_flood": fair_share},
     }}
 
 
