@@ -146,6 +146,7 @@ class LoopBusy:
         if selector is None or not hasattr(selector, "select"):
             return
         original = selector.select
+        previous = selector.__dict__.get("select")  # another probe's (two apps on one loop), or None
         clock = self.clock
 
         def select(timeout: float | None = None) -> Any:
@@ -159,8 +160,12 @@ class LoopBusy:
         self._timed = True
 
         def restore() -> None:
-            if selector.__dict__.get("select") is select:
+            if selector.__dict__.get("select") is not select:
+                return  # a later probe wraps ours: it puts ours back when it stops
+            if previous is None:
                 del selector.select
+            else:
+                selector.select = previous
 
         self._restore = restore
 

@@ -249,3 +249,17 @@ async def test_a_large_backlog_stays_in_the_journal_not_in_memory(tmp_path):
         assert (await store.journal_counts())["pending"] == 0
     finally:
         await store.close()
+
+
+async def test_two_probes_on_one_loop_unwind_in_either_order():
+    """Two apps in one process (the two-daemon tests) each time the selector."""
+    loop = asyncio.get_running_loop()
+    first, second = LoopBusy(tick_s=0.01), LoopBusy(tick_s=0.01)
+    await first.start()
+    await second.start()
+    await second.stop()  # the first keeps timing
+    idle = first.idle
+    await asyncio.sleep(0.02)
+    assert first.idle > idle
+    await first.stop()
+    assert "select" not in loop._selector.__dict__
