@@ -212,6 +212,7 @@ class AdmissionGate:
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         #: intakes admitted at once, after a credit wait, after the longest wait (not refused)
         self.stats = {"free": 0, "credited": 0, "waited": 0, "timed_out": 0}
+        self._was_starved = False
 
     @property
     def enabled(self) -> bool:
@@ -222,7 +223,12 @@ class AdmissionGate:
 
     def try_admit(self) -> bool:
         """Admit now (True) or wait for a credit (False)."""
-        if not self.starved():
+        starved = self.starved()
+        if starved is not self._was_starved:  # logged on each change, not per intake
+            self._was_starved = starved
+            log.info("admission.starved" if starved else "admission.recovered", backlog=self.backlog(),
+                     loop_busy=round(self.busy(), 2), ratio=self.ratio, **self.stats)
+        if not starved:
             self.stats["free"] += 1
             return True
         if self.credits >= 1 and not self._waiters:

@@ -263,3 +263,20 @@ async def test_two_probes_on_one_loop_unwind_in_either_order():
     assert first.idle > idle
     await first.stop()
     assert "select" not in loop._selector.__dict__
+
+
+def test_the_gate_logs_when_starvation_starts_and_ends_not_per_intake():
+    from structlog.testing import capture_logs
+
+    probe = Probe()
+    g = gate(probe)
+    with capture_logs() as logs:
+        g.try_admit()
+        probe.backlog, probe.busy = 5000, 1.0
+        for _ in range(5):
+            g.try_admit()
+        probe.backlog = 0
+        g.try_admit()
+        g.try_admit()
+    assert [e["event"] for e in logs] == ["admission.starved", "admission.recovered"]
+    assert logs[0]["backlog"] == 5000 and logs[0]["loop_busy"] == 1.0
