@@ -16,9 +16,8 @@ rate would fall as the offered load rises. Three parts keep it steady:
   loses.
 - :class:`AdmissionGate` — when the pipeline is **starved** (backlog at or
   above ``high_water`` *and* the loop busy at least ``busy_at`` of the
-  time), an intake
-  needs a credit before its journal append; the pipeline grants ``ratio``
-  credits per entry it settles. An intake without a credit waits for one —
+  time), an intake needs a credit before its journal append; the pipeline
+  grants ``ratio`` credits per entry it settles. An intake without a credit waits for one —
   at most ``max_delay_s``, then it goes through anyway: the gate **delays,
   never refuses** (WeChat gives up after three tries within 15 s, so a
   refusal there loses the message). Intake is thereby held to ``ratio``
@@ -269,16 +268,22 @@ class AdmissionGate:
         timer = loop.call_later(self.max_delay_s, _expire, fut)
         try:
             credited = await fut
+        except BaseException:  # the request went away (client closed, shutdown)
+            self._forget(fut)
+            raise
         finally:
             timer.cancel()
         if credited:
             self.stats["waited"] += 1
         else:
             self.stats["timed_out"] += 1
-            try:
-                self._waiters.remove(fut)
-            except ValueError:
-                pass
+            self._forget(fut)
+
+    def _forget(self, fut: asyncio.Future) -> None:
+        try:
+            self._waiters.remove(fut)
+        except ValueError:
+            pass
 
 
 def _expire(fut: asyncio.Future) -> None:

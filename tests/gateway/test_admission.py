@@ -280,3 +280,17 @@ def test_the_gate_logs_when_starvation_starts_and_ends_not_per_intake():
         g.try_admit()
     assert [e["event"] for e in logs] == ["admission.starved", "admission.recovered"]
     assert logs[0]["backlog"] == 5000 and logs[0]["loop_busy"] == 1.0
+
+
+async def test_an_intake_that_goes_away_while_waiting_leaves_no_waiter_behind():
+    g = gate(Probe(backlog=5000, busy=1.0), burst=1.0)
+    assert g.try_admit()  # the one credit
+    task = asyncio.create_task(g.admit())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(g._waiters) == 1
+    task.cancel()  # the client closed the connection
+    await asyncio.gather(task, return_exceptions=True)
+    assert not g._waiters
+    g.settled(1)  # its credit is kept for the next intake
+    assert g.try_admit()
