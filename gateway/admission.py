@@ -198,7 +198,7 @@ class AdmissionGate:
     ``backlog`` and ``busy`` are callables so that tests drive the decisions
     directly; :meth:`try_admit` is the decision, :meth:`admit` the waiting."""
 
-    def __init__(self, *, backlog: Callable[[], int], busy: Callable[[], float], ratio: float = 4.0,
+    def __init__(self, *, backlog: Callable[[], int], busy: Callable[[], float], ratio: float = 2.0,
                  high_water: int = 512, busy_at: float = 0.7, max_delay_s: float = 0.5, burst: float = 64.0):
         self.backlog = backlog
         self.busy = busy

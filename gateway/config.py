@@ -62,7 +62,7 @@ class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_conflict_retries: int = 20
     #: While the pipeline is starved (backlog and a lagging loop), intakes
     #: admitted per entry it settles (gateway/admission.py); 0: no gate.
-    admission_ratio: float = 4.0
+    admission_ratio: float = 2.0
     #: The longest an intake waits at the gate before it goes through anyway (never refused).
     admission_max_delay_s: float = 0.5
     #: Pending journal entries at which SMTP answers 451 4.3.2 and the API

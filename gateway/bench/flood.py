@@ -4,8 +4,8 @@ The production app (:mod:`gateway.bench.production`) in a process of its
 own, its pipeline running, while :data:`TASKS` tasks append the mix through
 ``Ingest.ingest`` as fast as they can for :data:`SECONDS` (no HTTP: the
 flood is far beyond what the open-loop client of ``sustained`` offers).
-Run once with the gate (``pipeline.admission_ratio`` 4) and once without
-(0), alternately, :data:`ROUNDS` times; each arm reports entries processed
+Run once with the gate (``pipeline.admission_ratio`` at its default) and
+once without (0), alternately, :data:`ROUNDS` times; each arm reports entries processed
 per second and per CPU second the process got (the machine is shared: the
 per-CPU figure is the one that compares), intake per second, and the
 gate's counters.
@@ -69,9 +69,12 @@ async def _arm(ratio: str, seconds: float, tasks: int) -> dict:
 
 async def run() -> dict:
     """Both arms, alternating; the figures of each arm's rounds and their mean per-CPU rate."""
+    from gateway.config import PipelineConfig
+
+    default = str(PipelineConfig().admission_ratio)
     arms: dict[str, list[dict]] = {"gate": [], "no_gate": []}
     for _ in range(ROUNDS):
-        for name, ratio in (("gate", "4"), ("no_gate", "0")):
+        for name, ratio in (("gate", default), ("no_gate", "0")):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.bench.flood", ratio, str(SECONDS), str(TASKS),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -85,7 +88,8 @@ async def run() -> dict:
 
     gate, no_gate = mean("gate", "processed_per_cpu_s"), mean("no_gate", "processed_per_cpu_s")
     return {"what": f"{TASKS} tasks appending the mix through Ingest.ingest as fast as they can for {SECONDS} s "
-                    "while the production pipeline runs; gate (admission_ratio 4) and no gate, alternately",
+                    f"while the production pipeline runs; gate (admission_ratio {default}, the default) and no "
+                    "gate (0), alternately",
             "processed_per_cpu_s_gate": gate, "processed_per_cpu_s_no_gate": no_gate,
             "gain": round(gate / no_gate, 3) if no_gate else None,
             "processed_per_s_gate": mean("gate", "processed_per_s"),

@@ -190,7 +190,7 @@ async def test_the_gate_is_wired_between_ingest_and_the_worker(aiohttp_client, t
     app = create_app(make_config(tmp_path), clock=business_hours())
     client = await aiohttp_client(app)
     load = app[keys.LOAD]
-    assert app[keys.INGEST].gate is load.gate and load.gate.ratio == 4.0
+    assert app[keys.INGEST].gate is load.gate and load.gate.ratio == 2.0
     resp = await client.post("/channels/api/messages", json=message(1), headers=AUTH)
     assert resp.status == 202
     await app[keys.WORKER].drain()
