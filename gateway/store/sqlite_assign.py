@@ -349,6 +349,16 @@ class AssignTx:
     def __init__(self, conn: sqlite3.Connection, directory: Directory, cache: AgentCache, now: datetime) -> None:
         self.conn, self.d, self.cache, self.now, self.now_ms = conn, directory, cache, now, to_ms(now)
         self._changed = False
+        #: tickets rows changed through :meth:`touch_ticket` so far (a sync re-reads its ticket only then)
+        self.touched = 0
+        self._desk_owned: dict[str, bool] = {}
+
+    def desk_owned(self, ticket_id: str) -> bool:
+        """``sqlite_desks.desk_owned``, read once per transaction (no transaction here writes desk links)."""
+        owned = self._desk_owned.get(ticket_id)
+        if owned is None:
+            owned = self._desk_owned[ticket_id] = desk_owned(self.conn, ticket_id)
+        return owned
 
     def agents(self) -> AgentCache:
         """The agent cache, current for this transaction."""
@@ -428,6 +438,7 @@ class AssignTx:
     def touch_ticket(self, ticket_id: str, **columns: Any) -> None:
         """Update ticket columns; bumps the version so a pipeline commit decided before retries."""
         sets = ", ".join(f"{col} = ?" for col in columns)
+        self.touched += 1
         self.conn.execute(
             f"UPDATE tickets SET {sets}, version = version + 1, updated_at = ? WHERE id = ?",
             (*columns.values(), self.now_ms, ticket_id),
@@ -527,7 +538,7 @@ class AssignTx:
             self.release(t.id)
             self.conn.execute("DELETE FROM assign_queue WHERE ticket_id = ?", (t.id,))
             return None
-        if desk_owned(self.conn, t.id):  # a desk with ownership: desk routes it (gateway/desks/)
+        if self.desk_owned(t.id):  # a desk with ownership: desk routes it (gateway/desks/)
             freed = self.release(t.id)
             self.conn.execute("DELETE FROM assign_queue WHERE ticket_id = ?", (t.id,))
             if t.assignee:
@@ -790,11 +801,13 @@ def _sync(tx: AssignTx, ticket_ids: list[str]) -> list[Decision]:
         t = tx.ticket(ticket_id)
         if t is None:
             continue
+        touched = tx.touched
         decision = tx.ensure(t)
         if decision is not None:
             decisions.append(decision)
-        t = tx.ticket(ticket_id)
-        assert t is not None
+        if tx.touched != touched:  # the ticket's row changed (its assignee): the SLA reads it as it is now
+            t = tx.ticket(ticket_id)
+            assert t is not None
         tx.sla_sync(t)
     return decisions
 

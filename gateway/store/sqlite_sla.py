@@ -21,7 +21,6 @@ from typing import Any
 
 import msgspec
 
-from gateway.store.sqlite_desks import desk_owned
 from gateway.store.sqlite_assign import (
     AssignTx,
     TicketRow,
@@ -58,7 +57,7 @@ class Tx(AssignTx):
 
     def sla_sync(self, t: TicketRow) -> None:
         """Recompute the ticket's SLA (policy, state, due events) from its current facts."""
-        if desk_owned(self.conn, t.id):  # ownership: desk — the desk times it
+        if self.desk_owned(t.id):  # ownership: desk — the desk times it
             self.conn.execute("DELETE FROM sla_timers WHERE ticket_id = ?", (t.id,))
             self.conn.execute("UPDATE tickets SET sla = NULL WHERE id = ? AND sla IS NOT NULL", (t.id,))
             return
