@@ -56,8 +56,10 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):
-    #: Concurrent pipeline tasks; their commits share group commits.
-    workers: int = 16
+    #: Concurrent pipeline tasks; their commits share group commits (the
+    #: more in flight, the larger a group and the less CPU per message:
+    #: see ARCHITECTURE.md "Performance").
+    workers: int = 64
     #: A message whose commit keeps conflicting is failed after this many tries.
     max_conflict_retries: int = 20
 
