@@ -181,12 +181,14 @@ class TicketRow(NamedTuple):
     created_at: datetime
     first_response_at: datetime | None
     tier: str | None
+    #: ``tickets.sla`` as stored (JSON), so a sync that computes the same state writes nothing
+    sla: str | None = None
 
 
 _TICKET_SQL = (
     "SELECT t.id, t.contact_id, t.status, t.priority, t.team, t.skills, t.assignee, "
     "coalesce(json_extract(t.reply_to, '$.channel'), json_extract(t.channels, '$[0]'), ''), "
-    "t.created_at, t.first_response_at, c.tier FROM tickets t LEFT JOIN contacts c ON c.id = t.contact_id "
+    "t.created_at, t.first_response_at, c.tier, t.sla FROM tickets t LEFT JOIN contacts c ON c.id = t.contact_id "
     "WHERE t.id = ?"
 )
 
@@ -379,7 +381,7 @@ class AssignTx:
         if r is None:
             return None
         return TicketRow(r[0], r[1], r[2], r[3], r[4], _dec.decode(r[5]), r[6], r[7], from_ms(r[8]), from_ms(r[9]),
-                         r[10])
+                         r[10], r[11])
 
     def held(self, ticket_id: str) -> _Held | None:
         r = self.conn.execute(

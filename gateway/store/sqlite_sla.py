@@ -80,8 +80,9 @@ class Tx(AssignTx):
             clock.policy = policy.id
         calendar = self.d.calendars[policy.calendar]
         statuses = evaluate(clock, self.now, policy, calendar)  # once, for the state and the timers
-        state = sla_state(clock, self.now, policy, calendar, statuses)
-        self.conn.execute("UPDATE tickets SET sla = ? WHERE id = ?", (to_json(state), t.id))
+        state = to_json(sla_state(clock, self.now, policy, calendar, statuses))
+        if state != t.sla:  # a follow-up mostly leaves the due times as they were
+            self.conn.execute("UPDATE tickets SET sla = ? WHERE id = ?", (state, t.id))
         encoded = to_json(clock)
         if r is None or encoded != r[0]:
             self._save_clock(clock, encoded)

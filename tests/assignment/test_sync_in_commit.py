@@ -34,7 +34,7 @@ async def test_the_sweep_skips_tickets_synced_in_their_commit_but_not_later_chan
     assert changed == [other]
 
 
-async def test_a_sync_that_changes_nothing_reads_the_ticket_and_its_desk_link_once(store, clock):
+async def test_a_sync_that_changes_nothing_reads_the_ticket_and_its_desk_link_once_and_writes_no_sla(store, clock):
     store.sync_in_commit(clock)
     t = await make_ticket(store, team="billing", skills={"billing": 3})  # assigned and timed in its commit
     seen: list[str] = []
@@ -46,4 +46,14 @@ async def test_a_sync_that_changes_nothing_reads_the_ticket_and_its_desk_link_on
         conn.set_trace_callback(None)
     assert sum("FROM tickets t LEFT JOIN contacts" in sql for sql in seen) == 1
     assert sum("FROM desk_links" in sql for sql in seen) == 1
+    assert not [sql for sql in seen if sql.startswith("UPDATE tickets SET sla")]  # the same due times
+    clock.advance(minutes=5)
+    seen.clear()
+    conn.set_trace_callback(seen.append)
+    try:
+        await store.set_status(t, "pending", clock())  # a change that moves the SLA: written
+    finally:
+        conn.set_trace_callback(None)
+    assert [sql for sql in seen if sql.startswith("UPDATE tickets SET sla")]
+    assert (await store.get_ticket(t)).sla.paused_at is not None
     assert await assignee(store, t) == "a-li"
