@@ -60,6 +60,7 @@ from gateway.store.base import (
     OutboxItem,
     Page,
     StoreError,
+    StoreUnavailable,
 )
 from gateway.store.redis_keys import Keys
 from routing.calls import call_text, merge_call
@@ -406,7 +407,7 @@ class RedisStore:
         try:
             return await coro
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreError(f"redis unavailable: {exc}") from exc
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
     async def _run(self, tx: Tx) -> int | None:
         """Run a guarded program; the ticket number drawn (or None). Raises
