@@ -257,13 +257,21 @@ class _Fixed(NamedTuple):
 
 
 class _Live:
-    """What decisions and the API change: presence, last assignment, held load per class."""
+    """What decisions and the API change: presence, last assignment, held load per class.
 
-    __slots__ = ("presence", "last_assigned_at", "load")
+    ``state`` is the chooser's frozen ``AgentState`` built from these values
+    (with its own copy of the load), reused by every decision until one of
+    them changes: whoever changes them calls :meth:`changed`."""
+
+    __slots__ = ("presence", "last_assigned_at", "load", "state")
 
     def __init__(self, presence: str, last_assigned_at: datetime | None) -> None:
         self.presence, self.last_assigned_at = presence, last_assigned_at
         self.load: dict[str, int] = {}
+        self.state: AgentState | None = None
+
+    def changed(self) -> None:
+        self.state = None
 
 
 class AgentCache:
@@ -330,11 +338,16 @@ class AgentCache:
         else:
             ids, members = self.fixed, self.members
         agents = {}
+        live_of, fixed_of = self.live, self.fixed
         for i in ids:
-            f, live = self.fixed[i], self.live[i]
-            # a copy of the load: a state outlives the changes made after it (drain keeps one)
-            agents[i] = AgentState(i, f.teams, f.skills, f.capacity, live.presence, f.roles, dict(live.load),
-                                   live.last_assigned_at)
+            live = live_of[i]
+            state = live.state
+            if state is None:
+                f = fixed_of[i]
+                # a copy of the load: a state outlives the changes made after it (drain keeps one)
+                state = live.state = AgentState(i, f.teams, f.skills, f.capacity, live.presence, f.roles,
+                                                dict(live.load), live.last_assigned_at)
+            agents[i] = state
         return AssignmentState(agents, members)
 
 
@@ -485,6 +498,7 @@ class AssignTx:
         if live is not None:  # a rule may pin a ticket to an id the directory does not know
             live.load[cls] = live.load.get(cls, 0) + 1
             live.last_assigned_at = from_ms(self.now_ms)
+            live.changed()
 
     def release(self, ticket_id: str) -> str | None:
         """Free the ticket's capacity; returns the agent it was held by."""
@@ -499,6 +513,7 @@ class AssignTx:
             live.load[r[1]] -= 1
             if not live.load[r[1]]:
                 del live.load[r[1]]  # as counted from the table: a class with nothing held is absent
+            live.changed()
         return r[0]
 
     def assign(self, t: TicketRow, demand: Demand, why: str | None = None) -> Decision:
@@ -694,6 +709,7 @@ class AssignTx:
             self.conn.execute("UPDATE agents SET presence = ?, presence_at = ?, updated_at = ? WHERE id = ?",
                               (presence, self.now_ms, self.now_ms, agent_id))
             cache.live[agent_id].presence = presence
+            cache.live[agent_id].changed()
             self.conn.execute("INSERT INTO audit (at, actor, action, subject, data) VALUES (?,?,?,?,?)",
                               (self.now_ms, actor, "agent.presence", agent_id, to_json({"from": r[0], "to": presence})))
         returned = self._return_chats(agent_id) if return_chats and presence != "online" else []

@@ -57,3 +57,4 @@ async def test_a_sync_that_changes_nothing_reads_the_ticket_and_its_desk_link_on
     assert [sql for sql in seen if sql.startswith("UPDATE tickets SET sla")]
     assert (await store.get_ticket(t)).sla.paused_at is not None
     assert await assignee(store, t) == "a-li"
+
