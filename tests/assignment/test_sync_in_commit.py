@@ -37,7 +37,9 @@ async def test_the_sweep_skips_tickets_synced_in_their_commit_but_not_later_chan
     assert changed == [other]
 
 
-async def test_a_sync_that_changes_nothing_reads_the_ticket_and_its_desk_link_once_and_writes_no_sla(store, clock):
+async def test_a_sync_that_changes_nothing_reads_the_ticket_and_its_desk_link_once_and_writes_no_sla(
+        sqlite_store, clock):
+    store = sqlite_store
     store.sync_in_commit(clock)
     t = await make_ticket(store, team="billing", skills={"billing": 3})  # assigned and timed in its commit
     seen: list[str] = []
