@@ -219,15 +219,17 @@ def _queued(r: tuple) -> _Queued:
 
 def describe(decision: Decision) -> str:
     """The timeline sentence: the decision's reason, then why not each other agent."""
-    others = [
+    others = [c for c in decision.considered if c.agent != decision.agent]
+    # the entry's data lists every agent; the sentence stays readable (and only
+    # the agents it shows are written out: a team has dozens)
+    shown = [
         f"{c.agent} {', '.join(r.text for r in c.reasons)}" if c.reasons else f"{c.agent} eligible at {c.load:.2f}"
-        for c in decision.considered
-        if c.agent != decision.agent
+        for c in others[:_SHOWN_OTHERS]
     ]
+    if len(others) > _SHOWN_OTHERS:
+        shown.append(f"{len(others) - _SHOWN_OTHERS} more")
     head = f"assigned to {decision.agent}: {decision.reason.text}" if decision.agent else decision.reason.text
-    if len(others) > _SHOWN_OTHERS:  # the entry's data lists every agent; the sentence stays readable
-        others = [*others[:_SHOWN_OTHERS], f"{len(others) - _SHOWN_OTHERS} more"]
-    return head + (f" (not chosen: {'; '.join(others)})" if others else "")
+    return head + (f" (not chosen: {'; '.join(shown)})" if shown else "")
 
 
 def decision_data(decision: Decision, **extra: Any) -> dict:
