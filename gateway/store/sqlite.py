@@ -98,8 +98,8 @@ class _Writer:
         self.conn.execute("PRAGMA busy_timeout = 0")  # never wait for a lock on the loop
         # checkpoint every ~40 MB of WAL instead of every 4 MB: a page written
         # again and again (index leaves, the journal's tail) is copied into the
-        # database once per checkpoint, and the COMMIT that checkpoints is on
-        # the commit thread but holds the GIL while it copies (−3 % CPU per message)
+        # database once per checkpoint instead of once per 4 MB, with fewer
+        # database fsyncs (−3 % CPU per production pipeline message)
         self.conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         self.max_batch = max_batch
         self.pending: list[tuple] = []
