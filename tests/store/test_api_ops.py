@@ -10,7 +10,6 @@ from datetime import timedelta
 import pytest
 
 from gateway.store.base import REPLY_TOPIC, InvalidTransition, NoReplyTarget, NotFound, ReplyDraft, StoreError
-from gateway.store.sqlite_replies import AutoReplyLimits
 from gateway.store.sqlite_tickets import TicketQuery, VersionMismatch
 from routing.model import Identity, ReplyTarget, SlaState, TimelineEntry
 from routing.state import Commit, NewContact, NewTicket
@@ -281,20 +280,6 @@ async def test_a_reply_is_one_step_with_its_outbox_row_and_the_ticket(store):
     facts = await store.reply_facts("T001", "email")
     assert facts == {"last_inbound_at": T0 + timedelta(minutes=1), "sent_since_inbound": 0}
     assert await store.outbox_claim(REPLY_TOPIC, 10, 60) == []
-
-
-async def test_auto_replies_keep_the_window_per_address_and_the_global_budget(store):
-    for i in range(1, 4):
-        await make(store, i)
-    limits = AutoReplyLimits(window_s=86400, global_per_hour=2)
-    a, b, c = (Identity("email", f"{x}@example.cn") for x in "abc")
-    assert await store.auto_reply("T001", "x", to=a, limits=limits, now=T0) is not None
-    assert await store.auto_reply("T001", "x", to=a, limits=limits, now=T0 + timedelta(hours=23)) is None
-    assert await store.auto_reply("T002", "x", to=b, limits=limits, now=T0 + timedelta(minutes=1)) is not None
-    assert await store.auto_reply("T003", "x", to=c, limits=limits, now=T0 + timedelta(minutes=2)) is None
-    assert await store.auto_reply("T003", "x", to=c, limits=limits, now=T0 + timedelta(hours=2)) is not None
-    entry = await store.auto_reply("T001", "x", to=a, limits=limits, now=T0 + timedelta(hours=25))
-    assert entry is not None and entry.data["auto"] is True and entry.data["author"] == "system"
 
 
 async def test_a_note_mentions_known_agents(store):
