@@ -39,7 +39,7 @@ import msgspec
 from gateway.store.base import REPLY_TOPIC, Conflict, InvalidTransition, NoReplyTarget, NotFound, ReplyDraft, StoreError
 from gateway.store.sqlite_tickets import AuditRecord, Mention, TicketQuery, TicketRecord, TimelineRow, VersionMismatch
 from gateway.store.sqlite_tokens import ROLES, TokenInfo, hash_token, new_token
-from routing.model import OPEN_STATUSES, Contact, Identity, TimelineEntry, new_id
+from routing.model import OPEN_STATUSES, Contact, Identity, SlaState, TimelineEntry, new_id
 
 if TYPE_CHECKING:
     from gateway.store.redis_store import RedisStore, Tx
@@ -60,7 +60,7 @@ _RETRIES = 8
 REINDEX_LUA = r"""
 local function tix_reindex(tkey, tid, base)
   local f = redis.call('HMGET', tkey, 'number', 'status', 'priority', 'team', 'assignee', 'created_at',
-                       'updated_at', 'ix')
+                       'updated_at', 'ix', 'tags', 'channels')
   local old, want = {}, {}
   local oldu = false
   if f[8] then
@@ -80,6 +80,17 @@ local function tix_reindex(tkey, tid, base)
   want[#want + 1] = 's:' .. f[2]
   if f[4] and f[4] ~= '' then want[#want + 1] = 't:' .. f[4] end
   if f[5] and f[5] ~= '' then want[#want + 1] = 'a:' .. f[5] else want[#want + 1] = 'na' end
+  for _, field in ipairs({{9, 'g:'}, {10, 'c:'}}) do
+    local raw = f[field[1]]
+    if raw and raw ~= '' then
+      local ok, list = pcall(cjson.decode, raw)
+      if ok and type(list) == 'table' then
+        for _, v in ipairs(list) do
+          if type(v) == 'string' and not string.find(v, '\n', 1, true) then want[#want + 1] = field[2] .. v end
+        end
+      end
+    end
+  end
   local keep = {}
   for _, d in ipairs(want) do keep[d] = true end
   for _, d in ipairs(old) do
@@ -155,7 +166,41 @@ def _show(v: Any) -> str:
     return str(v)
 
 
-def _sla_due(t: TicketRecord) -> int | None:
+#: what a list's filters read of each ticket scanned (the page itself is then read whole)
+_VIEW_FIELDS = ("status", "priority", "team", "assignee", "tags", "channels", "contact_id", "created_at",
+                "updated_at", "sla", "first_response_at", "number")
+
+
+class _View(msgspec.Struct):
+    """The fields a ticket list filters on, decoded from the hash."""
+
+    status: str | None
+    priority: str
+    team: str | None
+    assignee: str | None
+    tags: list
+    channels: list
+    contact_id: str | None
+    created: int
+    updated: int
+    sla: SlaState | None
+    responded: bool
+    number: int
+
+
+_sla_dec = msgspec.json.Decoder(SlaState)
+
+
+def _view(r: list) -> _View | None:
+    if r[0] is None:
+        return None
+    return _View(status=_s(r[0]), priority=_s(r[1]) or "normal", team=_s(r[2]), assignee=_s(r[3]),
+                 tags=_dec.decode(r[4]) if r[4] else [], channels=_dec.decode(r[5]) if r[5] else [],
+                 contact_id=_s(r[6]), created=int(r[7]), updated=int(r[8] or r[7]),
+                 sla=_sla_dec.decode(r[9]) if r[9] else None, responded=bool(r[10]), number=int(r[11]))
+
+
+def _sla_due(t: _View) -> int | None:
     """The ticket's next breach (ms): its SLA state's earliest due target not
     met, breached or paused (SQLite reads its breach timers)."""
     s = t.sla
@@ -166,7 +211,7 @@ def _sla_due(t: TicketRecord) -> int | None:
                       ("resolution", s.resolution_due)):
         if due is None or name in s.breached:
             continue
-        if name == "first_response" and t.first_response_at is not None:
+        if name == "first_response" and t.responded:
             continue
         if name == "resolution" and t.status not in OPEN_STATUSES:
             continue
@@ -174,7 +219,7 @@ def _sla_due(t: TicketRecord) -> int | None:
     return min(dues) if dues else None
 
 
-def _matches(t: TicketRecord, q: TicketQuery, contact: str | None) -> bool:
+def _matches(t: _View, q: TicketQuery, contact: str | None) -> bool:
     if q.status and t.status not in q.status:
         return False
     if q.priority and t.priority not in q.priority:
@@ -191,14 +236,13 @@ def _matches(t: TicketRecord, q: TicketQuery, contact: str | None) -> bool:
         return False
     if contact is not None and t.contact_id != contact:
         return False
-    created, updated = _ms(t.created_at), _ms(t.updated_at or t.created_at)
-    if q.created_after is not None and created < q.created_after:
+    if q.created_after is not None and t.created < q.created_after:
         return False
-    if q.created_before is not None and created >= q.created_before:
+    if q.created_before is not None and t.created >= q.created_before:
         return False
-    if q.updated_after is not None and updated < q.updated_after:
+    if q.updated_after is not None and t.updated < q.updated_after:
         return False
-    if q.updated_before is not None and updated >= q.updated_before:
+    if q.updated_before is not None and t.updated >= q.updated_before:
         return False
     if q.sla_due_before is not None:
         due = _sla_due(t)
@@ -212,16 +256,17 @@ def _matches(t: TicketRecord, q: TicketQuery, contact: str | None) -> bool:
     return True
 
 
-def _sort_key(t: TicketRecord, order: str) -> tuple:
+def _sort_key(tid: str, t: _View, order: str) -> tuple:
+    """The walk's key of a ticket: (score, id) in priority order, (-updated, -number) in update order."""
     if order == "u":
-        return (-_ms(t.updated_at or t.created_at), -t.number)
-    return (RANK.get(t.priority, 3), _ms(t.created_at), t.id)
+        return (-t.updated, -t.number)
+    return (RANK.get(t.priority, 3) * RANK_SHIFT + t.created, tid)
 
 
-def _cursor_key(after: list, order: str) -> tuple:
+def _start_key(after: list, order: str) -> tuple:
     if order == "u":
         return (-int(after[0]), -int(after[1]))
-    return (int(after[0]), int(after[1]), str(after[2]))
+    return (int(after[0]) * RANK_SHIFT + int(after[1]), str(after[2]))
 
 
 def _cursor_of(t: TicketRecord, order: str) -> list:
@@ -285,83 +330,101 @@ class ApiOps:
             pipe.zcard(self.k.ticket_index("p", d))
         return dict(zip(dims, (int(n) for n in await self._call(pipe.execute()))))
 
+    async def _views(self: "RedisStore", ids: list[str]) -> list[_View | None]:
+        pipe = self.r.pipeline(transaction=False)
+        for tid in ids:
+            pipe.hmget(self.k.ticket(tid), *_VIEW_FIELDS)
+        return [_view(r) for r in await self._call(pipe.execute())] if ids else []
+
     async def tickets_list(self: "RedisStore", query: TicketQuery, *, after: list | None = None,
                            limit: int = 50) -> tuple[list[TicketRecord], list | None]:
         """One page and the sort key of its last row (None: no more). Cursors:
-        ``[rank, created_at, id]`` (priority) or ``[updated_at, number]`` (updated)."""
+        ``[rank, created_at, id]`` (priority) or ``[updated_at, number]`` (updated).
+
+        The walk goes over the smallest union of index sets the filters name
+        (status, team, assignee, unassigned, tag, channel, an agent's view);
+        each ticket walked is checked on a projection of its hash
+        (``_VIEW_FIELDS``), and only the page is read whole."""
         q = query
         order = "u" if q.sort == "updated" else "p"
-        start = _cursor_key(after, order) if after is not None else None
+        start = _start_key(after, order) if after is not None else None
         contact = await self._resolve_merged(q.contact_id) if q.contact_id else None
+        picked: list[str] = []
         if contact is not None:  # a contact's tickets: few, from its own set
             ids = [_s(i) for i in await self._call(self.r.zrange(self.k.contact_tickets(contact), 0, -1))]
-            rows = sorted((t for t in await self._records(ids) if t is not None and _matches(t, q, contact)),
-                          key=lambda t: _sort_key(t, order))
-            if start is not None:
-                rows = [t for t in rows if _sort_key(t, order) > start]
-            return rows[:limit], (_cursor_of(rows[limit - 1], order) if len(rows) > limit else None)
-        choices: list[list[str]] = []
-        if q.status:
-            choices.append([f"s:{s}" for s in q.status])
-        if q.team:
-            choices.append([f"t:{t}" for t in q.team])
-        if q.assignee:
-            choices.append([f"a:{a}" for a in q.assignee])
-        if q.unassigned:
-            choices.append(["na"])
-        if q.visible_teams is not None:
-            choices.append([f"t:{t}" for t in q.visible_teams] + [f"a:{q.visible_agent or ''}"])
-        dims = ["all"]
-        if choices:
-            counts = await self.ticket_counts(sorted({d for c in choices for d in c}))
-            dims = min(choices, key=lambda c: sum(counts[d] for d in c))
-        picked: list[TicketRecord] = []
-        async for t in self._walk([self.k.ticket_index(order, d) for d in dims], order, after):
-            if start is not None and _sort_key(t, order) <= start:
-                continue
-            if _matches(t, q, None):
-                picked.append(t)
+            keyed = sorted((_sort_key(tid, v, order), tid) for tid, v in zip(ids, await self._views(ids))
+                           if v is not None and _matches(v, q, contact))
+            picked = [tid for sk, tid in keyed if start is None or sk > start][:limit + 1]
+        else:
+            choices: list[list[str]] = []
+            if q.status:
+                choices.append([f"s:{s}" for s in q.status])
+            if q.team:
+                choices.append([f"t:{t}" for t in q.team])
+            if q.assignee:
+                choices.append([f"a:{a}" for a in q.assignee])
+            if q.unassigned:
+                choices.append(["na"])
+            if q.tag:
+                choices.append([f"g:{q.tag}"])
+            if q.channel:
+                choices.append([f"c:{q.channel}"])
+            if q.visible_teams is not None:
+                choices.append([f"t:{t}" for t in q.visible_teams] + [f"a:{q.visible_agent or ''}"])
+            dims = ["all"]
+            if choices:
+                counts = await self.ticket_counts(sorted({d for c in choices for d in c}))
+                dims = min(choices, key=lambda c: sum(counts[d] for d in c))
+            async for batch in self._walk([self.k.ticket_index(order, d) for d in dims], order, start):
+                while batch and len(picked) <= limit:  # read views only as far as the page needs
+                    part, batch = batch[:max(50, 2 * (limit + 1 - len(picked)))], batch[max(50, 2 * (limit + 1 - len(picked))):]
+                    for tid, v in zip(part, await self._views(part)):
+                        if v is not None and (start is None or _sort_key(tid, v, order) > start) \
+                                and _matches(v, q, None):
+                            picked.append(tid)
                 if len(picked) > limit:
                     break
-        return picked[:limit], (_cursor_of(picked[limit - 1], order) if len(picked) > limit else None)
+        records = [t for t in await self._records(picked[:limit + 1]) if t is not None]
+        return records[:limit], (_cursor_of(records[limit - 1], order) if len(records) > limit else None)
 
-    async def _walk(self: "RedisStore", keys: list[str], order: str, after: list | None):
-        """The tickets of the union of ``keys`` in the list's order from the
-        cursor's score on, read in chunks: items are yielded once no source
-        can still produce one before them (a k-way merge)."""
-        chunk = 64
-        if after is None:
+    async def _walk(self: "RedisStore", keys: list[str], order: str, start: tuple | None):
+        """Batches of ticket ids of the union of ``keys`` in the list's order
+        from the cursor's score on, read in growing chunks (one pipelined
+        round trip per round): a batch holds what no source can still precede
+        (a k-way merge)."""
+        chunk = 50
+        if start is None:
             bound = "-inf" if order == "p" else "+inf"
-        elif order == "p":
-            bound = str(int(after[0]) * RANK_SHIFT + int(after[1]))
         else:
-            bound = str(int(after[0]))
+            bound = str(start[0] if order == "p" else -start[0])
         offsets = {k: 0 for k in keys}
         last: dict[str, tuple | None] = {k: None for k in keys}
-        live = set(keys)
+        live = list(keys)
         pool: dict[str, tuple] = {}
         seen: set[str] = set()
         while live or pool:
-            for key in list(live):
-                if order == "p":
-                    rows = await self._call(self.r.zrangebyscore(key, bound, "+inf", start=offsets[key], num=chunk,
-                                                                 withscores=True))
-                else:
-                    rows = await self._call(self.r.zrevrangebyscore(key, bound, "-inf", start=offsets[key],
-                                                                    num=chunk, withscores=True))
-                offsets[key] += len(rows)
-                for member, score in rows:
-                    m = _s(member)
+            if live:
+                pipe = self.r.pipeline(transaction=False)
+                for key in live:
                     if order == "p":
-                        tid, sk = m, (int(score), m)
+                        pipe.zrangebyscore(key, bound, "+inf", start=offsets[key], num=chunk, withscores=True)
                     else:
-                        num, tid = m.split(":", 1)
-                        sk = (-int(score), -int(num))
-                    last[key] = sk
-                    if tid not in seen:
-                        pool[tid] = sk
-                if len(rows) < chunk:
-                    live.discard(key)
+                        pipe.zrevrangebyscore(key, bound, "-inf", start=offsets[key], num=chunk, withscores=True)
+                for key, rows in zip(list(live), await self._call(pipe.execute())):
+                    offsets[key] += len(rows)
+                    for member, score in rows:
+                        m = _s(member)
+                        if order == "p":
+                            tid, sk = m, (int(score), m)
+                        else:
+                            num, tid = m.split(":", 1)
+                            sk = (-int(score), -int(num))
+                        last[key] = sk
+                        if tid not in seen:
+                            pool[tid] = sk
+                    if len(rows) < chunk:
+                        live.remove(key)
+                chunk = min(chunk * 2, 800)
             frontier = min((last[k] for k in live if last[k] is not None), default=None)
             ready = sorted((sk, tid) for tid, sk in pool.items() if frontier is None or sk <= frontier)
             if not ready:
@@ -371,9 +434,7 @@ class ApiOps:
             for _, tid in ready:
                 pool.pop(tid)
                 seen.add(tid)
-            for t in await self._records([tid for _, tid in ready]):
-                if t is not None:
-                    yield t
+            yield [tid for _, tid in ready]
 
     async def ticket_patch(self: "RedisStore", ticket_id: str, changes: dict[str, Any], *, now: datetime,
                            actor: str, reason: str | None = None, expected_version: int | None = None
