@@ -283,12 +283,30 @@ async def test_a_reply_is_one_step_with_its_outbox_row_and_the_ticket(store):
 
 
 async def test_a_note_mentions_known_agents(store):
-    if store.backend == "redis":
-        pytest.skip("agents are not on the Redis backend in this branch (t-rassign): get_agent answers 501")
+    """Unknown ids are no mentions (on Redis without agents yet — t-rassign — none is known: the note stays)."""
     await make(store, 1)
     entry, mentioned = await store.note_create("T001", ReplyDraft(text="@a-1 look", internal=True, author="b"),
                                                T0, ["a-1"])
     assert mentioned == [] and "mentions" not in entry.data  # no such agent
+
+
+async def test_a_note_mentions_known_agents_once_each_newest_first(store):
+    from routing.model import Agent
+
+    await make(store, 1)
+    try:
+        for a in ("a-1", "a-2"):
+            await store.put_agent(Agent(id=a, name=a), T0)
+    except NotImplementedError:
+        pytest.skip("agents are not on the Redis backend in this branch (t-rassign)")
+    e1, m1 = await store.note_create("T001", ReplyDraft(text="@a-1 @ghost", internal=True, author="b"), T0,
+                                     ["a-1", "ghost"])
+    e2, m2 = await store.note_create("T001", ReplyDraft(text="@a-1 @a-2", internal=True, author="b"),
+                                     T0 + timedelta(minutes=1), ["a-1", "a-2"])
+    assert m1 == ["a-1"] and e1.data["mentions"] == ["a-1"] and m2 == ["a-1", "a-2"]
+    got = await store.mentions_of("a-1")
+    assert [(m.timeline_id, m.ticket_id, m.by) for m in got] == [(e2.id, "T001", "b"), (e1.id, "T001", "b")]
+    assert [m.timeline_id for m in await store.mentions_of("a-1", before=T0 + timedelta(seconds=30))] == [e1.id]
 
 
 async def test_a_note_without_mentions_and_no_mentions_yet(store):
@@ -324,3 +342,43 @@ async def test_tokens_create_lookup_list_touch_revoke(store):
         await store.token_revoke("og_nothing", actor="admin", now=T0)
     with pytest.raises(StoreError):
         await store.token_create("a-1", "root", created_by="admin", now=T0)
+
+
+# ---------------------------------------------------------------- the indexes follow every writer
+
+
+async def test_lists_follow_a_pipeline_commit_and_a_settled_reply(store):
+    """The list indexes move with changes made outside the API: a follow-up
+    message (the commit's ticket change: status, team, tags, channel) and a
+    reply's settle (its first response moves ``updated_at``)."""
+    from gateway.store.base import Delivery
+    from routing.state import TicketChange
+
+    await make(store, 1, team="billing")
+    await make(store, 2, team="billing")
+    await store.ticket_patch("T001", {"status": "solved"}, now=T0 + timedelta(hours=1), actor="a")
+    store.clock = lambda: T0 + timedelta(minutes=90)
+    await store.reply_create("T002", ReplyDraft(text="on it", author="a"))  # T002 updated at 1:30
+    store.clock = lambda: T0 + timedelta(hours=2)
+    t1 = await store.ticket_record("T001")
+    j = (await store.journal_append("api", "api", "again", b"{}")).journal_id
+    await store.commit(Commit(
+        journal_id=j, outcome="processed", message_key=("email", "acct", "again"), contact_id="C1",
+        contact_expect_version=await _cversion(store, "C1"), ticket_id="T001",
+        ticket_change=TicketChange(id="T001", expect_version=t1.version, status="open",
+                                   last_message_at=T0 + timedelta(hours=2), team="support", add_tags=("reopened",),
+                                   add_channel="telegram"),
+        timeline=[TimelineEntry(id="E-again", contact_id="C1", kind="message_in", at=T0 + timedelta(hours=2),
+                                ticket_id="T001", channel="email", text="still broken", data={})]))
+    assert await page_all(store, TicketQuery(status=["open"]), 5) == ["T001", "T002"]  # T002: answered
+    assert await page_all(store, TicketQuery(status=["solved"]), 5) == []
+    assert await page_all(store, TicketQuery(team=["support"]), 5) == ["T001"]
+    assert await page_all(store, TicketQuery(team=["billing"]), 5) == ["T002"]
+    assert await page_all(store, TicketQuery(tag="reopened"), 5) == ["T001"]
+    assert await page_all(store, TicketQuery(channel="telegram"), 5) == ["T001"]
+    assert (await store.tickets_list(TicketQuery(sort="updated"), limit=1))[0][0].id == "T001"  # at 2:00
+    # the reply on T002 is settled (its first response) at 5:00: T002 is the last updated then
+    (item,) = await store.outbox_claim(REPLY_TOPIC, 10, 60)
+    assert await store.outbox_settle(item, Delivery(status="sent", at=T0 + timedelta(hours=5), attempts=1))
+    assert (await store.tickets_list(TicketQuery(sort="updated"), limit=1))[0][0].id == "T002"
+    assert (await store.ticket_record("T002")).updated_at == T0 + timedelta(hours=5)
