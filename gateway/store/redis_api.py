@@ -920,6 +920,58 @@ class ApiOps:
         assert info is not None
         return info
 
+    async def token_import(self: "RedisStore", info: TokenInfo, digest: str) -> None:
+        """A token as another store holds it (its SHA-256, never the token):
+        ``omnigate migrate`` moves tokens with this. Importing it twice changes nothing."""
+        rs = _rs()
+        k = self.k
+        tx = rs.Tx()
+        tx.op("SET", k.token_hash(digest), info.id)
+        tx.hset(k.token(info.id), {"prefix": info.prefix, "agent_id": info.agent_id, "role": info.role,
+                                   "created_by": info.created_by, "created_at": _ms(info.created_at),
+                                   "note": info.note, "expires_at": _ms(info.expires_at) if info.expires_at else None,
+                                   "revoked_at": _ms(info.revoked_at) if info.revoked_at else None,
+                                   "last_used_at": _ms(info.last_used_at) if info.last_used_at else None})
+        tx.op("SADD", k.token_prefix(info.prefix), info.id)
+        tx.op("ZADD", k.tokens, _ms(info.created_at), info.id)
+        await self._run(tx)
+
+    async def api_reindex(self: "RedisStore", batch: int = 500) -> dict[str, int]:
+        """Rebuild the list indexes of every ticket and the contact id set from
+        the hashes (``SCAN``): for data written by something that did not keep
+        them (an import, an older version). Idempotent; safe while serving."""
+        rs = _rs()
+        k = self.k
+        out = {"tickets": 0, "contacts": 0}
+        ticket_match = k.ticket("*")
+        pending: list[str] = []
+
+        async def flush() -> None:
+            pipe = self.r.pipeline(transaction=False)
+            for key in pending:
+                tid = key[key.index("{t:") + 3:key.rindex("}:ticket")]
+                tx = rs.Tx()
+                tx.reindex(key, tid, k.ticket_index_base)
+                await self._apply(keys=tx.keys, args=[tx.program()], client=pipe)
+            await self._call(pipe.execute())
+            out["tickets"] += len(pending)
+            pending.clear()
+
+        async for key in self.r.scan_iter(match=ticket_match, count=1000):
+            pending.append(_s(key))
+            if len(pending) >= batch:
+                await flush()
+        if pending:
+            await flush()
+        ids: list[str] = []
+        async for key in self.r.scan_iter(match=k.contact("*"), count=1000):
+            key = _s(key)
+            ids.append(key[key.index("{c:") + 3:key.rindex("}:contact")])
+        for i in range(0, len(ids), batch):
+            await self._call(self.r.zadd(k.contacts_by_id, {cid: 0 for cid in ids[i:i + batch]}))
+        out["contacts"] = len(ids)
+        return out
+
     async def token_epoch(self: "RedisStore") -> int:
         """Moves on every revocation (any instance): ``gateway.auth`` drops its token cache when it does."""
         return int(await self._call(self.r.get(self.k.token_epoch)) or 0)
