@@ -102,7 +102,9 @@ local function tix_reindex(tkey, tid, base)
     end
   end
   local rank = 3
-  if f[3] == 'urgent' then rank = 0 elseif f[3] == 'high' then rank = 1 elseif f[3] == 'normal' or not f[3] then rank = 2 end
+  if f[3] == 'urgent' then rank = 0
+  elseif f[3] == 'high' then rank = 1
+  elseif f[3] == 'normal' or not f[3] then rank = 2 end
   local pscore = string.format('%.0f', rank * 4398046511104 + tonumber(f[6]))
   local umember = string.format('%016d', tonumber(f[1])) .. ':' .. tid
   local uscore = f[7] or f[6]
@@ -379,7 +381,8 @@ class ApiOps:
                 dims = min(choices, key=lambda c: sum(counts[d] for d in c))
             async for batch in self._walk([self.k.ticket_index(order, d) for d in dims], order, start):
                 while batch and len(picked) <= limit:  # read views only as far as the page needs
-                    part, batch = batch[:max(50, 2 * (limit + 1 - len(picked)))], batch[max(50, 2 * (limit + 1 - len(picked))):]
+                    cut = max(50, 2 * (limit + 1 - len(picked)))
+                    part, batch = batch[:cut], batch[cut:]
                     for tid, v in zip(part, await self._views(part)):
                         if v is not None and (start is None or _sort_key(tid, v, order) > start) \
                                 and _matches(v, q, None):

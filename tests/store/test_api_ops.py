@@ -78,7 +78,8 @@ async def test_list_by_priority_then_age_pages_with_a_cursor_and_each_filter(sto
             ("high", "support", ["vip"], "email"), ("low", None, [], "email"), ("urgent", "support", [], "email"),
             ("normal", "billing", [], "telegram"), ("high", "billing", ["vip", "x"], "email")]
     for i, (prio, team, tags, channel) in enumerate(plan, 1):
-        await make(store, i, priority=prio, team=team, tags=tags, channel=channel, assignee="a-1" if i % 3 == 0 else None)
+        await make(store, i, priority=prio, team=team, tags=tags, channel=channel,
+                   assignee="a-1" if i % 3 == 0 else None)
     everything = ["T002", "T005", "T003", "T007", "T001", "T006", "T004"]
     for limit in (1, 2, 3, 50):
         assert await page_all(store, TicketQuery(), limit) == everything
