@@ -62,6 +62,7 @@ from gateway.store.base import (
     StoreError,
 )
 from gateway.store.redis_api import REINDEX_LUA, ApiOps
+from gateway.store.redis_assign import RedisAssignOps
 from gateway.store.redis_keys import Keys
 from routing.calls import call_text, merge_call
 from routing.dedupe import reused_id
@@ -336,9 +337,6 @@ class _Taken(Exception):
 #: NotImplementedError naming itself). gateway.config refuses redis_url for
 #: the daemon while the daemon needs any of them.
 NOT_YET = (
-    # assignment, presence, SLA (sqlite_assign.py, sqlite_sla.py)
-    "put_agent", "list_agents", "get_agent", "set_presence", "assign_next", "ticket_sync",
-    "set_status", "overflow_due", "changed_tickets", "sla_fire_due",
     # outbound webhooks (sqlite_webhooks.py)
     # (without endpoints the delivery service's polling ops answer "nothing": see RedisStore)
     "webhook_upsert", "webhook_delete", "webhook_set_enabled", "webhook_settle", "webhook_deliveries",
@@ -389,8 +387,7 @@ def ticket_from_row(ticket_id: str, r: list) -> Ticket | None:
     )
 
 
-
-class RedisStore(ApiOps):
+class RedisStore(ApiOps, RedisAssignOps):
     """The store on one Redis (primary + replicas + Sentinel in production)."""
 
     backend = "redis"
@@ -412,8 +409,10 @@ class RedisStore(ApiOps):
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         socket_timeout_s = max(socket_timeout_s, wait_timeout_ms / 1000 + 2)  # WAIT blocks that long
-        self.r = client or aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10,
-                                                     socket_timeout=socket_timeout_s, socket_connect_timeout=2.0)
+        from gateway.store.redis_conn import connect  # redis://, rediss://, unix://, redis+sentinel://
+
+        self.r = client or connect(url, decode_responses=False, health_check_interval=10,
+                                   socket_timeout=socket_timeout_s, socket_connect_timeout=2.0)
         self._append = self.r.register_script(APPEND_LUA)
         self._apply = self.r.register_script(APPLY_LUA)
         self._lease = self.r.register_script(LEASE_LUA)
@@ -939,6 +938,8 @@ class RedisStore(ApiOps):
                       _j({"source": src, "added_at": now}))
         for ev in c.outbox:
             self._add_outbox(tx, ev.topic, ev.ticket_id, ev.payload, now)
+        if c.new_ticket is not None or c.ticket_change is not None:  # the assignment sweep's index
+            tx.op("ZADD", k.tickets_changed, now, c.new_ticket.id if c.new_ticket is not None else c.ticket_change.id)
         tx.op("SET", k.message_key(*c.message_key),
               _j({"j": c.journal_id, "t": c.message_entry_id, "k": c.ticket_id, "c": cid}))
         if c.final:
@@ -1292,6 +1293,7 @@ class RedisStore(ApiOps):
             tx.op("HSET", tkey, "updated_at", ms(d.at))
             tx.op("HINCRBY", tkey, "version", 1)
             tx.reindex(tkey, item.ticket_id, k.ticket_index_base)
+            tx.op("ZADD", k.tickets_changed, ms(d.at), item.ticket_id)  # the sweep re-times its SLA
         if d.thread_ref and item.ticket_id:
             tx.op("SET", k.thread_ref(d.thread_ref.strip().strip("<>")), item.ticket_id, "NX")
         try:
@@ -1306,20 +1308,6 @@ class RedisStore(ApiOps):
     async def outbox_next_due(self, topic: str) -> datetime | None:
         first = await self._call(self.r.zrange(self.k.outbox_due(topic), 0, 0, withscores=True))
         return dt(int(first[0][1])) if first else None
-
-    # ------------------------------------------------------------ assignment (what runs without a directory)
-
-    async def directory_load(self, directory: Any, now: datetime) -> list:
-        """Without agents there is nothing to load (the daemon without a
-        directory calls this at start); agents are not on Redis yet."""
-        if getattr(directory, "agents", None):
-            raise NotImplementedError("store operation directory_load (agents) is not implemented on the Redis "
-                                      "backend yet")
-        return []
-
-    async def assign_stats(self) -> dict:
-        """Not kept on Redis yet: the metrics leave the assignment families out."""
-        return {"unavailable": "assignment figures are not kept on the Redis backend yet"}
 
     # ------------------------------------------------------------ outbound webhooks: none yet on Redis
 
