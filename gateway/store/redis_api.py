@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from gateway.store.base import REPLY_TOPIC, Conflict, InvalidTransition, NoReplyTarget, NotFound, ReplyDraft, StoreError
+from gateway.store.base import REPLY_TOPIC, Conflict, NoReplyTarget, NotFound, ReplyDraft, StoreError
 from gateway.store.sqlite_tickets import AuditRecord, Mention, TicketQuery, TicketRecord, TimelineRow, VersionMismatch
 from gateway.store.sqlite_tokens import ROLES, TokenInfo, hash_token, new_token
 from routing.model import OPEN_STATUSES, Contact, Identity, SlaState, TimelineEntry, new_id
@@ -279,6 +279,63 @@ def _cursor_of(t: TicketRecord, order: str) -> list:
     return [RANK.get(t.priority, 3), _ms(t.created_at), t.id]
 
 
+async def _patch_step(step: Any, ticket_id: str, changes: dict[str, Any], expected: int | None, actor: str,
+                      reason: str | None) -> dict[str, dict]:
+    """The body of :meth:`ApiOps.ticket_patch` inside one assignment step (the
+    port of ``sqlite_tickets._patch`` onto ``redis_assign._Step``)."""
+    t = await step.ticket(ticket_id)
+    if t is None:
+        raise NotFound(f"ticket {ticket_id} not found")
+    version = step._trow[ticket_id]["version"]
+    if expected is not None and version != expected:
+        raise VersionMismatch(version)
+    raw_tags = await step._x(step.r.hget(step.k.ticket(ticket_id), "tags"))  # same version: the step's guard
+    before = {"status": t.status, "priority": t.priority, "team": t.team, "assignee": t.assignee,
+              "tags": _dec.decode(raw_tags) if raw_tags else []}
+    done = {f: {"from": before[f], "to": v} for f, v in changes.items() if before[f] != v}
+    if not done:
+        return done
+    moved, holder = done.get("team", {}).get("to"), before["assignee"]
+    if "team" in done and "assignee" not in changes and holder is not None and (
+            moved is None or holder not in step.members.get(moved, ())):
+        done["assignee"] = {"from": holder, "to": None}  # not a member of the new team: it chooses again
+    if "assignee" in done and done["assignee"]["to"] is not None and done["assignee"]["to"] not in step.fixed:
+        raise NotFound(f"no agent {done['assignee']['to']}")
+    columns: dict[str, Any] = {}
+    for name in ("priority", "team"):
+        if name in done:
+            columns[name] = done[name]["to"]
+    if "tags" in done:
+        columns["tags"] = _j(done["tags"]["to"])
+    if columns:
+        step.touch_ticket(ticket_id, **columns)
+    why = f"by {actor}" + (f": {reason}" if reason else "")
+    text = "; ".join(f"{f}: {_show(v['from'])} → {_show(v['to'])}" for f, v in done.items()) + f" ({why})"
+    step.timeline(ticket_id, "update", text, {"actor": actor, "reason": reason, "changes": done})
+    if "assignee" in done:
+        agent = done["assignee"]["to"]
+        step.touch_ticket(ticket_id, assignee=agent)
+        t = await step.ticket(ticket_id)
+        if agent is not None and t.status in OPEN_STATUSES:  # a solved ticket names its agent, holds no capacity
+            await step.pin(t, agent, f"assigned by {actor}" + (f": {reason}" if reason else ""))
+        else:
+            await step.release(ticket_id)
+        step.outbox("ticket.assigned", ticket_id, {"ticket_id": ticket_id, "agent_id": agent,
+                                                   "previous": done["assignee"]["from"], "reason": "manual",
+                                                   "actor": actor})
+    if "status" in done:
+        await step.set_status(ticket_id, done["status"]["to"], actor)  # timeline, event, capacity, SLA
+    else:
+        t = await step.ticket(ticket_id)
+        if "assignee" not in done or done["assignee"]["to"] is None:
+            await step.ensure(t)  # a new team (or no assignee any more): choose again
+        await step.sla_sync(await step.ticket(ticket_id))
+    meta = step._trow[ticket_id]
+    step.outbox("ticket.updated", ticket_id, {"ticket_id": ticket_id, "changes": done, "actor": actor,
+                                              "reason": reason, "version": meta["version"] + meta["touched"]})
+    return done
+
+
 class ApiOps:
     """Mixed into RedisStore: the REST API's reads and changes (see the module docstring)."""
 
@@ -294,13 +351,16 @@ class ApiOps:
 
     def _ticket_write(self: "RedisStore", tx: "Tx", ticket_id: str, fields: dict[str, Any], now: int,
                       drop: tuple[str, ...] = ()) -> None:
-        """The one place the API changes a ticket's hash: the fields, ``updated_at``,
-        the version, and the list indexes (reindexed by the script after its writes)."""
+        """The one place the API changes a ticket's hash outside an assignment step
+        (replies, notes): the fields, ``updated_at``, the version, the assignment
+        sweep's changed set, and the list indexes (reindexed by the script after
+        its writes). ``ticket_patch`` writes through the step's ``touch_ticket``."""
         key = self.k.ticket(ticket_id)
         tx.hset(key, {**fields, "updated_at": now})
         if drop:
             tx.op("HDEL", key, *drop)
         tx.op("HINCRBY", key, "version", 1)
+        tx.op("ZADD", self.k.tickets_changed, now, ticket_id)  # the assignment sweep looks at it (redis_assign.py)
         tx.reindex(key, ticket_id, self.k.ticket_index_base)
 
     async def _records(self: "RedisStore", ids: list[str]) -> list[TicketRecord | None]:
@@ -444,99 +504,14 @@ class ApiOps:
     async def ticket_patch(self: "RedisStore", ticket_id: str, changes: dict[str, Any], *, now: datetime,
                            actor: str, reason: str | None = None, expected_version: int | None = None
                            ) -> dict[str, dict]:
-        """Change status, priority, team, assignee, tags in one guarded program
-        (the version read is its guard; a concurrent change retries, a stale
-        ``If-Match`` raises VersionMismatch): the fields, solved/closed times,
-        the ``update`` and ``status`` timeline entries, capacity freed when the
-        ticket is solved or its assignee changes, and the events."""
-        for _ in range(_RETRIES):
-            try:
-                return await self._patch(ticket_id, changes, now, actor, reason, expected_version)
-            except Conflict:
-                continue
-        raise Conflict(f"ticket {ticket_id} kept changing; try again")
-
-    async def _patch(self: "RedisStore", ticket_id: str, changes: dict[str, Any], now_dt: datetime, actor: str,
-                     reason: str | None, expected: int | None) -> dict[str, dict]:
-        from gateway.store.sqlite_assign import RELEASING, TRANSITIONS
-
-        rs = _rs()
-        k = self.k
-        t = (await self._records([ticket_id]))[0]
-        if t is None:
-            raise NotFound(f"ticket {ticket_id} not found")
-        if expected is not None and t.version != expected:
-            raise VersionMismatch(t.version)
-        before = {"status": t.status, "priority": t.priority, "team": t.team, "assignee": t.assignee, "tags": t.tags}
-        done = {f: {"from": before[f], "to": v} for f, v in changes.items() if before[f] != v}
-        if not done:
-            return done
-        moved, holder = done.get("team", {}).get("to"), before["assignee"]
-        if "team" in done and "assignee" not in changes and holder is not None:
-            agent = await self.get_agent(holder)
-            if moved is None or agent is None or moved not in agent.teams:
-                done["assignee"] = {"from": holder, "to": None}  # not a member of the new team
-        if "assignee" in done and done["assignee"]["to"] is not None \
-                and await self.get_agent(done["assignee"]["to"]) is None:
-            raise NotFound(f"no agent {done['assignee']['to']}")
-        status = done.get("status", {}).get("to")
-        if status is not None and status not in TRANSITIONS[t.status]:
-            allowed = ", ".join(sorted(TRANSITIONS[t.status])) or "nothing (closed is final)"
-            raise InvalidTransition(f"ticket {ticket_id} is {t.status}: it can become {allowed}, not {status}")
-        now = _ms(now_dt)
-        tx = rs.Tx()
-        tkey = k.ticket(ticket_id)
-        tx.hash_is(tkey, "version", str(t.version))
-        fields: dict[str, Any] = {}
-        drop: list[str] = []
-        for name in ("priority", "team", "assignee"):
-            if name in done:
-                if done[name]["to"] is None:
-                    drop.append(name)
-                else:
-                    fields[name] = done[name]["to"]
-        if "tags" in done:
-            fields["tags"] = _j(done["tags"]["to"])
-        if status is not None:
-            fields["status"] = status
-            if status == "solved":
-                fields["solved_at"] = now
-            elif status == "closed":
-                fields["closed_at"] = now
-            else:
-                drop.append("solved_at")
-        self._ticket_write(tx, ticket_id, fields, now, tuple(drop))
-        why = f"by {actor}" + (f": {reason}" if reason else "")
-        text = "; ".join(f"{f}: {_show(v['from'])} → {_show(v['to'])}" for f, v in done.items()) + f" ({why})"
-        entries = [("update", text, {"actor": actor, "reason": reason, "changes": done})]
-        events: list[tuple[str, str | None, dict]] = []
-        if "assignee" in done:
-            events.append(("ticket.assigned", ticket_id, {"ticket_id": ticket_id, "agent_id": done["assignee"]["to"],
-                                                          "previous": done["assignee"]["from"], "reason": "manual",
-                                                          "actor": actor}))
-        if status is not None:
-            entries.append(("status", f"status: {t.status} → {status} by {actor}",
-                            {"from": t.status, "to": status, "actor": actor}))
-            events.append(("ticket.status_changed", ticket_id, {"ticket_id": ticket_id, "from": t.status,
-                                                                "to": status, "actor": actor}))
-        if "assignee" in done or status in RELEASING:
-            held = _s(await self._call(self.r.get(k.ticket_held(ticket_id))))
-            if held and (status in RELEASING or held.split(" ", 1)[0] != done.get("assignee", {}).get("to")):
-                agent, cls = held.split(" ", 1)
-                tx.value_is(k.ticket_held(ticket_id), held)
-                tx.op("DEL", k.ticket_held(ticket_id))
-                tx.op("HINCRBY", k.agent_load(agent), cls, -1)
-        origin = _s(await self._call(self.r.hget(tkey, "origin_contact_id"))) or t.contact_id
-        seq = int(await self._call(self.r.incrby(k.timeline_seq, len(entries))))
-        for i, (kind, etext, data) in enumerate(entries):
-            e = TimelineEntry(id=new_id(), contact_id=t.contact_id, kind=kind, at=now_dt, ticket_id=ticket_id,
-                              text=etext, data=data)
-            self._add_entry(tx, e, seq - len(entries) + 1 + i, origin)
-        events.append(("ticket.updated", ticket_id, {"ticket_id": ticket_id, "changes": done, "actor": actor,
-                                                     "reason": reason, "version": t.version + 1}))
-        self._api_events(tx, events, now)
-        await self._run(tx)
-        return done
+        """Change status, priority, team, assignee, tags as one assignment step
+        (``redis_assign._Step``, as SQLite's runs in one ``AssignTx``): the
+        version check (``If-Match``: VersionMismatch), the changes, one
+        ``update`` timeline entry with who and why, capacity held or freed,
+        queues and SLA timers following the ticket, and the events
+        ``ticket.updated``, ``ticket.assigned``, ``ticket.status_changed`` —
+        one fenced APPLY program, which also moves the ticket in the list indexes."""
+        return await self._step(now, _patch_step, ticket_id, changes, expected_version, actor, reason)
 
     # ------------------------------------------------------------ contacts
 
