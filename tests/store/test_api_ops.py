@@ -385,26 +385,32 @@ async def test_lists_follow_a_pipeline_commit_and_a_settled_reply(store):
     assert (await store.ticket_record("T002")).updated_at == T0 + timedelta(hours=5)
 
 
-async def test_redis_indexes_and_tokens_rebuilt_from_imported_data(store):
+@pytest.mark.integration
+async def test_redis_indexes_and_tokens_rebuilt_from_imported_data(redis_server, redis_prefix):
     """Data written without the indexes (an import, an older version) is
-    listed again after ``api_reindex``; a token imported by its digest works."""
-    if store.backend != "redis":
-        pytest.skip("the Redis backend's rebuild of its own indexes")
-    from gateway.store.sqlite_tokens import TokenInfo, hash_token
+    listed again after ``api_reindex``; a token imported by its digest works
+    (the Redis backend's rebuild of its own indexes: Redis only)."""
+    from gateway.store.redis_store import RedisStore
 
-    for i in range(1, 4):
-        await make(store, i, team="billing", name=f"Zhang {i}")
-    doomed = [key async for key in store.r.scan_iter(match=store.k.ticket_index_base + "*")]
-    await store.r.delete(*doomed, store.k.contacts_by_id)
-    for i in range(1, 4):
-        await store.r.hdel(store.k.ticket(f"T{i:03d}"), "ix")
-    assert await page_all(store, TicketQuery(team=["billing"]), 5) == []
-    assert await store.api_reindex(batch=2) == {"tickets": 3, "contacts": 3}
-    assert await page_all(store, TicketQuery(team=["billing"]), 2) == ["T001", "T002", "T003"]
-    assert [c.id for c in await store.contacts_by_name("zhang")] == ["C1", "C2", "C3"]
-    await store.api_reindex()  # twice changes nothing
-    assert await store.ticket_counts(["all", "t:billing"]) == {"all": 3, "t:billing": 3}
-    info = TokenInfo(id="tok1", prefix="og_abcdefg", agent_id="a-1", role="lead", created_by="cli", created_at=T0)
-    await store.token_import(info, hash_token("og_abcdefg-the-rest"))
-    assert (await store.token_lookup("og_abcdefg-the-rest")).role == "lead"
-    assert (await store.token_revoke("og_abcdefg", actor="x", now=T0)).revoked_at == T0
+    store = RedisStore(redis_server.url, prefix=redis_prefix)
+    try:
+        from gateway.store.sqlite_tokens import TokenInfo, hash_token
+
+        for i in range(1, 4):
+            await make(store, i, team="billing", name=f"Zhang {i}")
+        doomed = [key async for key in store.r.scan_iter(match=store.k.ticket_index_base + "*")]
+        await store.r.delete(*doomed, store.k.contacts_by_id)
+        for i in range(1, 4):
+            await store.r.hdel(store.k.ticket(f"T{i:03d}"), "ix")
+        assert await page_all(store, TicketQuery(team=["billing"]), 5) == []
+        assert await store.api_reindex(batch=2) == {"tickets": 3, "contacts": 3}
+        assert await page_all(store, TicketQuery(team=["billing"]), 2) == ["T001", "T002", "T003"]
+        assert [c.id for c in await store.contacts_by_name("zhang")] == ["C1", "C2", "C3"]
+        await store.api_reindex()  # twice changes nothing
+        assert await store.ticket_counts(["all", "t:billing"]) == {"all": 3, "t:billing": 3}
+        info = TokenInfo(id="tok1", prefix="og_abcdefg", agent_id="a-1", role="lead", created_by="cli", created_at=T0)
+        await store.token_import(info, hash_token("og_abcdefg-the-rest"))
+        assert (await store.token_lookup("og_abcdefg-the-rest")).role == "lead"
+        assert (await store.token_revoke("og_abcdefg", actor="x", now=T0)).revoked_at == T0
+    finally:
+        await store.close()
