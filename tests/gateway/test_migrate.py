@@ -356,7 +356,8 @@ async def test_agents_loads_queue_and_due_sla_timers_move_and_fire_once(assigned
                                                                        redis_server, redis_prefix):
     """After the migration a gateway served from Redis has the same agents, loads, queue
     order, SLA state and stats as the SQLite store it came from; an agent coming online
-    takes the same ticket on both; the breaches due fire once, the same ones on both."""
+    takes the same ticket on both; the breaches due fire once, the same ones on both; a
+    ticket the single node changed but had not synced yet is synced by the sweep on Redis."""
     import shutil
 
     from gateway.store.sqlite import SQLiteStore
@@ -364,6 +365,14 @@ async def test_agents_loads_queue_and_due_sla_timers_move_and_fire_once(assigned
 
     data_dir, tickets, clock = assigned_node
     directory = parse_directory(DIRECTORY, "directory.yaml")
+    # the single node died between a commit and its assignment hook: a ticket moved to a team, not synced
+    import sqlite3
+
+    db = sqlite3.connect(data_dir / "omnigate.db")
+    db.execute("UPDATE tickets SET team = 'support', version = version + 1, updated_at = ? WHERE id = ?",
+               (int(clock().timestamp() * 1000), tickets[4]))
+    db.commit()
+    db.close()
     reference = tmp_path / "reference"  # the single node had it gone on: the expected behaviour
     shutil.copytree(data_dir, reference)
     r = migrate(data_dir, redis_server.url, "--prefix", redis_prefix)
@@ -379,6 +388,15 @@ async def test_agents_loads_queue_and_due_sla_timers_move_and_fire_once(assigned
     redis = app[keys.STORE]
     try:
         assert redis.backend == "redis"
+        # the sweep on Redis syncs it (as the single node's next sweep would have): queued for its team
+        cursor = await sqlite.state_get("assignment.sweep_cursor")
+        await sqlite.ticket_sync((await sqlite.changed_tickets(cursor))[0], clock())
+        for _ in range(200):
+            if (await redis.assign_stats())["queued"] == {"": 1, "support": 1}:
+                break
+            await asyncio.sleep(0.05)
+        assert (await redis.assign_stats())["queued"] == (await sqlite.assign_stats())["queued"] == \
+            {"": 1, "support": 1}
         views = _agents(await sqlite.list_agents())
         assert views["a-1"][1:3] == ({"email": 1}, [tickets[2]]) and views["a-2"][1:3] == ({"email": 1}, [tickets[1]])
         assert _agents(await redis.list_agents()) == views
