@@ -6,7 +6,9 @@ and a :class:`Demand` (what one queued ticket needs). The store runs
 :func:`choose_agent` then :func:`apply_decision` inside the one transaction
 of ``assign_next``; the same few comparisons are meant to be mirrored by a
 Lua script for the Redis backend, so the state is plain data and the rules
-are integer/fraction arithmetic.
+are integer/fraction arithmetic. (:func:`choose_agent` keeps each kind of
+search's last result in a module-level cache and checks again only the
+agents whose state object changed: same output, see ``_Search``.)
 
 Capacity is per *channel class* (the omnichannel model of Twilio TaskRouter
 and Zendesk): ``chat`` (webchat, WeChat, WeCom, Telegram, WhatsApp, …),
