@@ -222,12 +222,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
             if self.directory:
                 raise ConfigError("redis_url: assignment and SLAs (directory) do not run on the Redis backend yet "
                                   "(gateway/store/redis_store.py NOT_YET); remove directory or redis_url")
-            if self.webhooks.endpoints:
-                raise ConfigError("redis_url: outbound webhooks do not run on the Redis backend yet "
-                                  "(gateway/store/redis_store.py NOT_YET); remove webhooks.endpoints or redis_url")
-            if self.desks:
-                raise ConfigError("redis_url: help-desk sync (desks) does not run on the Redis backend yet "
-                                  "(gateway/store/redis_store.py NOT_YET); remove desks or redis_url")
         if self.store.synchronous not in ("full", "normal", "extra"):
             raise ConfigError(f"store.synchronous must be full, normal or extra, got {self.store.synchronous!r}")
         for name, value in self.threading.reopen_window.items():

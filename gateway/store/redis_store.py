@@ -53,6 +53,7 @@ import structlog
 from connectors.base import IngestResult, Nonce, NonceReused
 from gateway.store.base import (
     JOURNAL_STATUSES,
+    REPLY_TOPIC,
     Conflict,
     Delivery,
     JournalEntry,
@@ -62,6 +63,7 @@ from gateway.store.base import (
     StoreError,
 )
 from gateway.store.redis_keys import Keys
+from gateway.store.redis_webhooks import RedisConsoleOps, RedisDeskOps, RedisWebhookOps
 from routing.calls import call_text, merge_call
 from routing.dedupe import reused_id
 from routing.model import Attachment, Contact, Identity, ReplyTarget, SlaState, Ticket, TimelineEntry, new_id, utcnow
@@ -149,7 +151,9 @@ APPLY_LUA = """
 --        ["v", k, expected|null] string value equals (null: absent)
 --        ["x", k] key absent
 -- write: [command, k, arg…]; an arg {"$":"N"} is the ticket number drawn,
---        {"$":"L"} the previous write's reply (an XADD's new id)
+--        {"$":"L"} the previous write's reply (an XADD's new id),
+--        {"$":"H"|"S"|"G","k":i} KEYS[i]'s hash / set (JSON) or value as it is at that
+--        point of the program (an event's snapshot as committed: redis_webhooks.py)
 local p = cjson.decode(ARGV[1])
 for i, g in ipairs(p.g) do
   local kind, k = g[1], KEYS[g[2]]
@@ -186,7 +190,12 @@ for _, op in ipairs(p.o) do
   for j = 3, #op do
     local a = op[j]
     if type(a) == 'table' then
-      if a['$'] == 'N' then a = num else a = last end
+      local t = a['$']
+      if t == 'N' then a = num
+      elseif t == 'H' then a = cjson.encode(redis.call('HGETALL', KEYS[a['k']]))
+      elseif t == 'S' then a = cjson.encode(redis.call('SMEMBERS', KEYS[a['k']]))
+      elseif t == 'G' then a = redis.call('GET', KEYS[a['k']]) or ''
+      else a = last end
     end
     args[#args + 1] = a
   end
@@ -327,12 +336,8 @@ NOT_YET = (
     "ticket_record", "tickets_list", "ticket_patch", "contact_by_identity", "contacts_by_name",
     "contact_set_attributes", "contact_audit", "timeline_rows", "note_create", "mentions_of",
     "token_create", "token_revoke", "token_lookup", "token_list", "token_touch",
-    # outbound webhooks (sqlite_webhooks.py)
-    # (without endpoints the delivery service's polling ops answer "nothing": see RedisStore)
-    "webhook_upsert", "webhook_delete", "webhook_set_enabled", "webhook_settle", "webhook_deliveries",
-    "webhook_dead", "webhook_replay", "webhook_event_insert",
-    # help-desk sync (sqlite_desks.py)
-    "desk_link", "desk_ticket_of", "desk_link_set", "desk_links", "desk_seen", "desk_seen_add",
+    # the console's SLA badges (sqlite_console.py; read the SLA timers, not on Redis yet)
+    "sla_warned",
 )
 
 
@@ -361,7 +366,7 @@ _JOURNAL_FIELDS = ("seq", "channel", "account", "key", "received_at", "status", 
                    "ticket_id", "contact_id", "processed_at", "size", "sid")
 
 
-class RedisStore:
+class RedisStore(RedisWebhookOps, RedisDeskOps, RedisConsoleOps):
     """The store on one Redis (primary + replicas + Sentinel in production)."""
 
     backend = "redis"
@@ -391,6 +396,7 @@ class RedisStore:
         self._take = self.r.register_script(TAKE_LUA)
         self._release = self.r.register_script(RELEASE_LUA)
         self._claim = self.r.register_script(CLAIM_LUA)
+        self._wh_scripts()
         self._group_ready = False
         self._closed = False
 
@@ -608,6 +614,8 @@ class RedisStore:
                 continue
             if status == "pending":
                 continue
+            if await self._call(self.r.hexists(self.k.journal_entry(jid), "raw_pruned_at")):
+                continue  # its payload was pruned (retention): it cannot be decided again
             tx = Tx()
             tx.hash_is(self.k.journal_entry(jid), "status", status)
             self._settle(tx, jid, seq, None, "pending", {}, drop=("error",))
@@ -921,6 +929,7 @@ class RedisStore:
         member = f"{seq:016d}:{e.id}"
         at = ms(e.at)
         tx.op("SET", k.timeline_entry(e.id), _j({"e": e, "o": origin, "s": seq}))
+        tx.op("ZADD", k.timeline_all, seq, e.id)
         tx.op("ZADD", k.contact_timeline(e.contact_id), at, member)
         if e.ticket_id:
             tx.op("ZADD", k.ticket_timeline(e.ticket_id), at, member)
@@ -931,6 +940,9 @@ class RedisStore:
         tx.op("HINCRBY", k.counts, "timeline", 1)
 
     def _add_outbox(self, tx: Tx, topic: str, ticket_id: str | None, payload: dict, now: int) -> None:
+        if topic != REPLY_TOPIC:  # an event: the webhooks' stream, with its snapshots (redis_webhooks.py)
+            self._event_add(tx, topic, ticket_id, payload, now)
+            return
         oid = new_id()
         tx.hset(self.k.outbox_item(oid), {"topic": topic, "ticket_id": ticket_id, "payload": _j(payload),
                                           "created_at": now, "next_at": now, "attempts": 0})
@@ -1298,41 +1310,6 @@ class RedisStore:
     async def assign_stats(self) -> dict:
         """Not kept on Redis yet: the metrics leave the assignment families out."""
         return {"unavailable": "assignment figures are not kept on the Redis backend yet"}
-
-    # ------------------------------------------------------------ outbound webhooks: none yet on Redis
-
-    # The delivery service (gateway/webhooks/service.py) runs in every daemon
-    # and polls these; gateway.config refuses webhooks.endpoints with
-    # redis_url, and creating an endpoint through the API answers 501
-    # (webhook_upsert is in NOT_YET), so on Redis there is nothing to deliver.
-
-    async def webhook_endpoints(self) -> list[dict]:
-        return []
-
-    async def webhook_endpoint(self, name: str) -> dict | None:
-        return None
-
-    async def webhook_release_leases(self, now: datetime) -> int:
-        return 0
-
-    async def webhook_outbox_end(self) -> int:
-        return 0
-
-    async def webhook_fanout(self, now: datetime, limit: int = 2000) -> int:
-        return 0
-
-    async def webhook_claim(self, limit: int, lease_s: float, now: datetime, *args: Any, **kw: Any) -> list:
-        return []
-
-    async def webhook_next_due(self, now: datetime) -> datetime | None:
-        return None
-
-    async def webhook_queue_stats(self) -> dict[str, dict]:
-        return {}
-
-    async def webhook_prune(self, now: datetime, *, outbox_s: float | None = None, log_s: float | None = None,
-                            log_max: int = 0, journal_raw_s: float | None = None) -> dict[str, int]:
-        return {}
 
     # ------------------------------------------------------------ leases
 
