@@ -852,14 +852,16 @@ class RedisConsoleOps:
 
     async def session_create(self: "RedisStore", agent_id: str, role: str, token_id: str | None,
                              bootstrap: str | None, now: datetime, expires_at: datetime) -> tuple[str, str]:
-        """A new session: ``(cookie value, csrf token)``; the key expires with the session."""
+        """A new session: ``(cookie value, csrf token)``; the key expires after the session."""
         value, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
         key = self.k.console_session(digest(value))
         fields = {"agent_id": agent_id, "role": role, "token_id": token_id, "bootstrap": bootstrap, "csrf": csrf,
                   "created_at": _ms(now), "expires_at": _ms(expires_at)}
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(key, mapping={f: v for f, v in fields.items() if v is not None})
-        pipe.pexpireat(key, _ms(expires_at))
+        # the key outlives the session by its length as the caller's clock sees it (that clock may be
+        # injected); session_get checks expires_at against the caller's now
+        pipe.pexpire(key, max(1000, _ms(expires_at) - _ms(now) + 60_000))
         await self._call(pipe.execute())
         return value, csrf
 
