@@ -347,14 +347,25 @@ async def test_retention_prunes_delivered_rows_and_logs_keeps_keys_and_failed_en
         await r.stop()
 
 
-def test_cli_lists_dead_letters_and_replays_them(tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+def test_cli_lists_dead_letters_and_replays_them(tmp_path, capsys, backend, request, monkeypatch):
     import asyncio
     import json
 
     from gateway.commands.webhooks import main
 
+    def open_it():
+        if backend == "sqlite":
+            return SQLiteStore.in_dir(tmp_path)
+        from gateway.store.redis_store import RedisStore
+
+        url, prefix = request.getfixturevalue("redis_server").url, request.getfixturevalue("redis_prefix")
+        monkeypatch.setenv("OMNIGATE_REDIS_URL", url)  # the command works on Redis, not the data folder
+        monkeypatch.setenv("OMNIGATE_STORE__REDIS_PREFIX", prefix)
+        return RedisStore(url, prefix=prefix)
+
     async def setup() -> str:
-        s = SQLiteStore.in_dir(tmp_path)
+        s = open_it()
         await s.webhook_upsert("x", {"url": "http://127.0.0.1:9/", "secret": SECRET, "allow_private": True},
                                source="api", now=T0)
         await s.webhook_event_insert("ticket.created", "T1", {"ticket_id": "T1"}, T0)
