@@ -1282,6 +1282,11 @@ class RedisStore(RedisWebhookOps, RedisDeskOps, RedisConsoleOps):
             tx.op("HSETNX", tkey, "first_response_at", ms(d.at))
             tx.op("HSET", tkey, "updated_at", ms(d.at))
             tx.op("HINCRBY", tkey, "version", 1)
+        if item.timeline_id and d.status != "retrying":
+            # the send's outcome (sent or failed) for the webhooks, in the same script (redis_webhooks.py)
+            self._add_outbox(tx, "message.status", item.ticket_id, {
+                "timeline_id": item.timeline_id, "ticket_id": item.ticket_id, "status": d.status, "source": "send",
+                "reason": d.reason, "external_id": d.external_id}, ms(d.at))
         if d.thread_ref and item.ticket_id:
             tx.op("SET", k.thread_ref(d.thread_ref.strip().strip("<>")), item.ticket_id, "NX")
         try:
