@@ -105,6 +105,7 @@ class RedisClaimed(Claimed, kw_only=True):
     """A claimed queue row; ``row`` names it on Redis."""
 
     row: str
+    ticket_id: str | None = None
 
 
 # ---------------------------------------------------------------- Lua
@@ -547,19 +548,28 @@ class RedisWebhookOps:
         for _, rid, name in cands:
             keys += [k.webhook_due(name), k.webhook_row(rid)]
         got = await self._call(self._whc(keys=keys, args=[now_ms, until, lease, *(rid for _, rid, _ in cands)]))
-        out = [await self._claimed(_s(got[i]), int(got[i + 1]), lease) for i in range(0, len(got), 2)]
-        out = [c for c in out if c is not None]
+        out = await self._claimed([(_s(got[i]), int(got[i + 1])) for i in range(0, len(got), 2)], lease)
         out.sort(key=lambda c: c.seq)
         return out
 
-    async def _claimed(self: "RedisStore", rid: str, attempts: int, lease: str) -> RedisClaimed | None:
-        r = await self._call(self.r.hmget(self.k.webhook_row(rid), *_ROW_FIELDS))
-        if r[0] is None:
-            return None
-        f = dict(zip(_ROW_FIELDS, (_s(v) for v in r)))
-        return RedisClaimed(seq=int(f["seq"]), endpoint=f["endpoint"], event_id=f["event_id"], topic=f["topic"],
-                            attempts=attempts, created_at=int(f["created_at"]), event_at=int(f["event_at"]),
-                            payload=_dec.decode(f["payload"]), lease=lease, order_key=f["order_key"], row=rid)
+    async def _claimed(self: "RedisStore", rows: list[tuple[str, int]], lease: str) -> list[RedisClaimed]:
+        """The claimed rows (id, attempts) read in one round trip."""
+        if not rows:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for rid, _ in rows:
+            pipe.hmget(self.k.webhook_row(rid), *_ROW_FIELDS)
+        out = []
+        for (rid, attempts), r in zip(rows, await self._call(pipe.execute())):
+            if r[0] is None:
+                continue
+            f = dict(zip(_ROW_FIELDS, (_s(v) for v in r)))
+            out.append(RedisClaimed(
+                seq=int(f["seq"]), endpoint=f["endpoint"], event_id=f["event_id"], topic=f["topic"],
+                attempts=attempts, created_at=int(f["created_at"]), event_at=int(f["event_at"]),
+                payload=_dec.decode(f["payload"]), lease=lease, order_key=f["order_key"], row=rid,
+                ticket_id=f["ticket_id"] or None))
+        return out
 
     async def webhook_settle(self: "RedisStore", item: Claimed, outcome: str, *, now: datetime,
                              code: int | None = None, latency_ms: int | None = None, error: str | None = None,
@@ -580,7 +590,7 @@ class RedisWebhookOps:
             line = await self._call(self.r.zrange(k.webhook_line(name, order_key), 0, 1))
             if len(line) == 2 and _s(line[0]) == rid:
                 nxt = _s(line[1])
-        ticket_id = _s(await self._call(self.r.hget(k.webhook_row(rid), "ticket_id"))) or None
+        ticket_id = getattr(item, "ticket_id", None)
         log_line = {"event_id": item.event_id, "type": item.topic, "attempt": item.attempts, "at": now_ms,
                     "outcome": outcome, "status_code": code, "latency_ms": latency_ms, "error": error}
         dead = {"event_id": item.event_id, "type": item.topic, "ticket_id": ticket_id, "attempts": item.attempts,
@@ -596,8 +606,8 @@ class RedisWebhookOps:
         if int(got[0]) == 0:
             return False
         if int(got[0]) == 2:
-            c = await self._claimed(nxt, int(got[1]), item.lease)
-            return c if c is not None else True
+            c = await self._claimed([(nxt, int(got[1]))], item.lease)
+            return c[0] if c else True
         return True
 
     async def webhook_next_due(self: "RedisStore", now: datetime) -> datetime | None:
