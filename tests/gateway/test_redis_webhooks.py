@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
+import subprocess
+import time
 from collections import defaultdict
 from datetime import timedelta
 
+import aiohttp
 import pytest
 
 from gateway import keys
 from gateway.app import create_app
 from gateway.store.redis_store import RedisStore
-from tests.gateway.conftest import AUTH
+from tests.daemon import OMNIGATE, free_port, stop, wait_ready
+from tests.gateway.conftest import AUTH, TOKEN
+from tests.gateway.test_crash import START
 from tests.gateway.test_webhooks import T0, accepted_order, emit, service
 from tests.gateway.test_webhooks_app import config, until
 from tests.gateway.webhook_receiver import SECRET, FakeClock, Receiver
@@ -122,4 +129,91 @@ async def test_two_gateways_on_one_redis_send_each_committed_event_once(aiohttp_
             got[ev["data"]["ticket"]["id"]].append(ev["_id"])
         assert got == by_ticket  # each ticket's events in commit order
     finally:
+        await r.stop()
+
+
+class SlowReceiver(Receiver):
+    """Answers after ``delay`` seconds (deliveries stay in flight meanwhile); counts requests in its hands."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.delay = 0.0
+        self.inflight = 0
+
+    async def handle(self, request):
+        self.inflight += 1
+        try:
+            await asyncio.sleep(self.delay)
+            return await super().handle(request)
+        finally:
+            self.inflight -= 1
+
+
+def serve_hooks(tmp_path, name: str, port: int, redis_url: str, prefix: str, hook: str, clock) -> subprocess.Popen:
+    env = {**os.environ, "OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_LOG_LEVEL": "warning",
+           "OMNIGATE_TEST_CLOCK": clock.isoformat(), "OMNIGATE_REDIS_URL": redis_url,
+           "OMNIGATE_STORE__REDIS_PREFIX": prefix, "OMNIGATE_STORE__REDIS_CLAIM_IDLE_S": "2",
+           "OMNIGATE_RULES_DIR": str(tmp_path / "no-rules"),
+           "OMNIGATE_WEBHOOKS__ENDPOINTS__CRM__URL": hook, "OMNIGATE_WEBHOOKS__ENDPOINTS__CRM__SECRET": SECRET,
+           "OMNIGATE_WEBHOOKS__ENDPOINTS__CRM__ALLOW_PRIVATE": "true", "OMNIGATE_WEBHOOKS__TIMEOUT": "1s"}
+    env.pop("OMNIGATE_TEST_CRASH_AT", None)
+    with open(tmp_path / f"{name}.log", "ab") as log:
+        return subprocess.Popen([OMNIGATE, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir",
+                                 str(tmp_path / name)], env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+
+async def test_a_gateway_killed_with_deliveries_in_flight_leaves_them_to_another_after_the_lease(
+        tmp_path, redis_server, redis_prefix):
+    """``omnigate serve`` A sends to a slow receiver and is SIGKILLed with deliveries in flight; B,
+    started afterwards on the same Redis, delivers the rest and — once A's leases (2 × timeout + 5 s)
+    ran out — the ones A held: every event accepted once, each ticket's in commit order."""
+    r = await SlowReceiver().start()
+    r.delay = 0.5
+    procs: dict[str, subprocess.Popen] = {}
+    store = RedisStore(redis_server.url, prefix=redis_prefix)
+    try:
+        async with asyncio.timeout(120):
+            launched = time.monotonic()
+            port_a = free_port()
+            procs["a"] = serve_hooks(tmp_path, "a", port_a, redis_server.url, redis_prefix, r.url, START)
+            await wait_ready(f"http://127.0.0.1:{port_a}", procs["a"])
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port_a}") as s:
+                for i in range(30):  # ten customers, three messages each
+                    body = {"external_id": f"m{i}", "sender": {"kind": "phone", "value": f"1390013900{i % 10}"},
+                            "text": f"message {i}"}
+                    async with s.post("/channels/api/messages", json=body, headers=AUTH) as resp:
+                        assert resp.status == 202
+            while r.inflight < 4:  # a's deliveries in the receiver's hands
+                await asyncio.sleep(0.02)
+            procs["a"].send_signal(signal.SIGKILL)
+            assert procs["a"].wait() == -signal.SIGKILL
+            held = r.inflight
+            r.delay = 0.0
+            # b's clock goes on from where a's was (both tick from START)
+            port_b = free_port()
+            procs["b"] = serve_hooks(tmp_path, "b", port_b, redis_server.url, redis_prefix, r.url,
+                                     START + timedelta(seconds=time.monotonic() - launched))
+            await wait_ready(f"http://127.0.0.1:{port_b}", procs["b"])
+            while (await store.journal_counts())["pending"]:
+                await asyncio.sleep(0.2)
+            stream = await store.r.xrange(store.k.events)
+            assert len(stream) == 10 * 4  # per customer: ticket.created, message.created × 3
+            while len(r.seen) < len(stream) or await store.webhook_queue_stats():
+                await asyncio.sleep(0.1)
+        by_ticket: dict[str, list[str]] = defaultdict(list)
+        for _sid, f in stream:
+            by_ticket[f[b"ticket_id"].decode()].append(f[b"id"].decode())
+        got: dict[str, list[str]] = defaultdict(list)
+        for ev in r.accepted:
+            got[ev["data"]["ticket"]["id"]].append(ev["_id"])
+        assert got == by_ticket  # every event accepted once, each ticket's in commit order
+        assert held >= 1 and r.duplicates <= held  # only what a had in flight was sent twice (same webhook-id)
+        # what a held went out again from b on a second attempt: b took the rows over when a's leases ran out
+        log = await store.webhook_deliveries("crm", limit=1000)
+        assert len({d["event_id"] for d in log if d["attempt"] >= 2 and d["outcome"] == "delivered"}) >= held
+        assert r.bad_signatures == 0
+    finally:
+        for p in procs.values():
+            stop(p)
+        await store.close()
         await r.stop()
