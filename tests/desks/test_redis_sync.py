@@ -1,10 +1,12 @@
-"""The help-desk sync's way back with two instances on one real Redis: the
-Zammad stand-in on loopback, both instances following the desk at once — an
-agent's comment reaches the customer once (one instance at a time holds the
-desk's lease), and a later round relays nothing again.
+"""The help-desk sync on one real Redis, against the Zammad stand-in on
+loopback: a gateway on Redis makes one desk ticket for a WeChat message and a
+comment for the follow-up (the desk's deliveries are webhook deliveries:
+leased, once per event); and the way back with two instances following the
+desk at once — an agent's comment reaches the customer once (one instance at
+a time holds the desk's lease), and a later round relays nothing again.
 
 Replies on the Redis backend are another part of issue 19 (``reply_create``
-in NOT_YET here): the store records what the sync hands it instead."""
+in NOT_YET here): for the way back the store records what the sync hands it."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from gateway.config import load
 from gateway.desks.service import DeskSync
 from gateway.store.redis_store import RedisStore
 from tests.clock import BUSINESS_HOURS, INSTANTS, FakeClock
-from tests.desks.conftest import DESK_TOKEN
+from tests.desks.conftest import DESK_TOKEN, wait_for
+from tests.desks.test_sync import customer_comments
 from tests.standins.desk_common import iso
 from tests.standins.zammad_api import ZammadApiStandin
 
@@ -67,3 +70,17 @@ async def test_two_instances_relay_a_desk_comment_once(aiohttp_server, redis_ser
             await y.close()
         for s in stores:
             await s.close()
+
+
+async def test_on_redis_a_wechat_message_makes_one_desk_ticket_and_the_follow_up_a_comment(
+        make_rig, redis_server, redis_prefix):
+    rig = await make_rig("zammad", env_extra={"OMNIGATE_REDIS_URL": redis_server.url,
+                                              "OMNIGATE_STORE__REDIS_PREFIX": redis_prefix})
+    assert rig.store.backend == "redis"
+    await rig.wechat_message("我的订单还没到", 9001)
+    desk_t = await rig.desk_ticket()
+    links = await wait_for(lambda: rig.store.desk_links("hd"))
+    assert [d for _, d in links] == [str(desk_t["id"])]
+    await rig.wechat_message("能帮我查一下吗", 9002)
+    await wait_for(lambda: customer_comments(rig, desk_t["id"]), lambda c: c == ["我的订单还没到", "能帮我查一下吗"])
+    assert rig.desk.created_count() == 1
