@@ -217,3 +217,41 @@ async def test_a_gateway_killed_with_deliveries_in_flight_leaves_them_to_another
             stop(p)
         await store.close()
         await r.stop()
+
+
+async def test_an_idle_instance_takes_over_rows_another_queued_and_died_holding(redis_server, redis_prefix):
+    """Instance b idles (nothing due that it knows of); a fans the new events out, leases every head
+    and dies. b never queued those rows itself, yet claims them once a's leases run out (an idle
+    instance on a shared store checks again every ``SHARED_RECHECK_S`` on its clock)."""
+    clock = FakeClock(T0)
+    r = await Receiver().start()
+    a = RedisStore(redis_server.url, prefix=redis_prefix, consumer="a", clock=clock)
+    b = RedisStore(redis_server.url, prefix=redis_prefix, consumer="b", clock=clock)
+    endpoints = {"x": {"url": r.url, "secret": SECRET, "allow_private": True}}
+    svc_a, svc_b = service(a, clock, endpoints), service(b, clock, endpoints)
+    await svc_a.start()
+    await svc_b.start()
+    task = asyncio.create_task(svc_b.run())
+    try:
+        await asyncio.sleep(0.2)  # b has looked: nothing queued, nothing due
+        svc_b.poll_s = 30.0  # b's next look comes later (its wake-up below stands for its poll)
+        await asyncio.sleep(0.2)
+        order = await emit(a, clock, tickets=3, per_ticket=2)
+        assert await svc_a._fanout() == 6
+        held = await a.webhook_claim(10, svc_a.lease_s, clock(), 1000)
+        assert len(held) == 3  # every ticket's head, then a dies
+        svc_b.poll_s = 0.05
+        svc_b._wake.set()  # b's poll: it finds the new events fanned out already (by a), nothing for it
+        await asyncio.sleep(0.3)
+        assert r.requests == 0  # a's leases hold
+        clock.now += timedelta(seconds=svc_a.lease_s + 1)
+        await until(lambda: len(r.seen) == 6)
+        assert accepted_order(r) == order and r.duplicates == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await svc_b.close()
+        await svc_a.close()
+        await a.close()
+        await b.close()
+        await r.stop()
