@@ -219,9 +219,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         if self.redis_url is not None:
             if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
                 raise ConfigError(f"redis_url must be redis://, rediss:// or unix://, got {self.redis_url[:40]!r}")
-            if self.directory:
-                raise ConfigError("redis_url: assignment and SLAs (directory) do not run on the Redis backend yet "
-                                  "(gateway/store/redis_store.py NOT_YET); remove directory or redis_url")
         if self.store.synchronous not in ("full", "normal", "extra"):
             raise ConfigError(f"store.synchronous must be full, normal or extra, got {self.store.synchronous!r}")
         for name, value in self.threading.reopen_window.items():

@@ -62,6 +62,7 @@ from gateway.store.base import (
     Page,
     StoreError,
 )
+from gateway.store.redis_assign import RedisAssignOps
 from gateway.store.redis_keys import Keys
 from gateway.store.redis_webhooks import RedisConsoleOps, RedisDeskOps, RedisWebhookOps
 from routing.calls import call_text, merge_call
@@ -329,15 +330,10 @@ class _Taken(Exception):
 NOT_YET = (
     # replies and outbox (gateway/store/sqlite_replies.py)
     "reply_create", "auto_reply", "reply_facts",
-    # assignment, presence, SLA (sqlite_assign.py, sqlite_sla.py)
-    "put_agent", "list_agents", "get_agent", "set_presence", "assign_next", "ticket_sync",
-    "set_status", "overflow_due", "changed_tickets", "sla_fire_due",
     # the REST API (sqlite_tickets.py, sqlite_tokens.py)
     "ticket_record", "tickets_list", "ticket_patch", "contact_by_identity", "contacts_by_name",
     "contact_set_attributes", "contact_audit", "timeline_rows", "note_create", "mentions_of",
     "token_create", "token_revoke", "token_lookup", "token_list", "token_touch",
-    # the console's SLA badges (sqlite_console.py; read the SLA timers, not on Redis yet)
-    "sla_warned",
 )
 
 
@@ -366,7 +362,7 @@ _JOURNAL_FIELDS = ("seq", "channel", "account", "key", "received_at", "status", 
                    "ticket_id", "contact_id", "processed_at", "size", "sid")
 
 
-class RedisStore(RedisWebhookOps, RedisDeskOps, RedisConsoleOps):
+class RedisStore(RedisAssignOps, RedisWebhookOps, RedisDeskOps, RedisConsoleOps):
     """The store on one Redis (primary + replicas + Sentinel in production)."""
 
     backend = "redis"
@@ -915,6 +911,8 @@ class RedisStore(RedisWebhookOps, RedisDeskOps, RedisConsoleOps):
                       _j({"source": src, "added_at": now}))
         for ev in c.outbox:
             self._add_outbox(tx, ev.topic, ev.ticket_id, ev.payload, now)
+        if c.new_ticket is not None or c.ticket_change is not None:  # the assignment sweep's index
+            tx.op("ZADD", k.tickets_changed, now, c.new_ticket.id if c.new_ticket is not None else c.ticket_change.id)
         tx.op("SET", k.message_key(*c.message_key),
               _j({"j": c.journal_id, "t": c.message_entry_id, "k": c.ticket_id, "c": cid}))
         if c.final:
@@ -1282,6 +1280,7 @@ class RedisStore(RedisWebhookOps, RedisDeskOps, RedisConsoleOps):
             tx.op("HSETNX", tkey, "first_response_at", ms(d.at))
             tx.op("HSET", tkey, "updated_at", ms(d.at))
             tx.op("HINCRBY", tkey, "version", 1)
+            tx.op("ZADD", k.tickets_changed, ms(d.at), item.ticket_id)  # the sweep re-times its SLA
         if item.timeline_id and d.status != "retrying":
             # the send's outcome (sent or failed) for the webhooks, in the same script (redis_webhooks.py)
             self._add_outbox(tx, "message.status", item.ticket_id, {
@@ -1302,19 +1301,6 @@ class RedisStore(RedisWebhookOps, RedisDeskOps, RedisConsoleOps):
         first = await self._call(self.r.zrange(self.k.outbox_due(topic), 0, 0, withscores=True))
         return dt(int(first[0][1])) if first else None
 
-    # ------------------------------------------------------------ assignment (what runs without a directory)
-
-    async def directory_load(self, directory: Any, now: datetime) -> list:
-        """Without agents there is nothing to load (the daemon without a
-        directory calls this at start); agents are not on Redis yet."""
-        if getattr(directory, "agents", None):
-            raise NotImplementedError("store operation directory_load (agents) is not implemented on the Redis "
-                                      "backend yet")
-        return []
-
-    async def assign_stats(self) -> dict:
-        """Not kept on Redis yet: the metrics leave the assignment families out."""
-        return {"unavailable": "assignment figures are not kept on the Redis backend yet"}
 
     # ------------------------------------------------------------ leases
 

@@ -826,8 +826,8 @@ class RedisDeskOps:
         remote = await self._call(self.r.hmget(self.k.desk_links(desk), ids))
         return [(t, _s(d)) for t, d in zip(ids, remote) if d is not None]
 
-    async def desk_owned(self: "RedisStore", ticket_id: str) -> bool:
-        """Is the ticket routed by a desk (``ownership: desk``)?"""
+    async def desk_owned_ticket(self: "RedisStore", ticket_id: str) -> bool:
+        """Is the ticket routed by a desk (``ownership: desk``)? Asked by the assignment step (redis_assign.py)."""
         return bool(await self._call(self.r.exists(self.k.desk_owned(ticket_id))))
 
     async def desk_seen(self: "RedisStore", desk: str, comment_ids: list[str]) -> set[str]:
@@ -966,6 +966,27 @@ class RedisConsoleOps:
             await self._run(tx)
         except Conflict:
             raise NotFound(f"no canned reply {canned_id}") from None
+
+    async def sla_warned(self: "RedisStore", ticket_ids: list[str]) -> dict[str, set[str]]:
+        """Per ticket, the SLA targets whose current warning has fired: a warning fired for the
+        target (the ticket's SLA clock's ``fired`` keys, ``warning:<target>:<since>``) and no
+        warning timer still pending for it (redis_assign.py's keys). Two reads per ticket, pipelined."""
+        if not ticket_ids:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for tid in ticket_ids:
+            pipe.get(self.k.sla_clock(tid))
+            pipe.hvals(self.k.sla_timers(tid))
+        rows = await self._call(pipe.execute())
+        out: dict[str, set[str]] = {}
+        for i, tid in enumerate(ticket_ids):
+            clock_raw, timers = rows[2 * i], rows[2 * i + 1]
+            fired = (_dec.decode(clock_raw).get("fired") or []) if clock_raw else []
+            warned = {key.split(":", 2)[1] for key in fired if key.startswith("warning:")}
+            pending = {t[1] for t in (_dec.decode(v) for v in timers) if t[0] == "warning"}
+            if warned - pending:
+                out[tid] = warned - pending
+        return out
 
     async def timeline_tail(self: "RedisStore", after_seq: int, limit: int = 500) -> list[TimelineRow]:
         """Timeline entries with ``seq > after_seq`` in ``seq`` order, with their ticket's facts

@@ -8,6 +8,8 @@ from tests.assignment.conftest import T0, assignee, make_ticket
 
 
 async def timers(store, ticket_id: str) -> int:
+    if store.backend == "redis":
+        return await store.r.hlen(store.k.sla_timers(ticket_id))
     return await store._read(lambda conn: conn.execute(
         "SELECT count(*) FROM sla_timers WHERE ticket_id = ?", (ticket_id,)).fetchone()[0])
 

@@ -141,9 +141,9 @@ def test_redis_url_is_taken_and_refused_with_what_does_not_run_on_redis_yet(tmp_
     assert load(None, environ={"OMNIGATE_REDIS_URL": "redis://r:1/0"}, channel_names=CHANNELS).redis_url == "redis://r:1/0"
     with pytest.raises(ConfigError, match="redis_url must be redis://"):
         load(None, environ={"OMNIGATE_REDIS_URL": "http://localhost"}, channel_names=CHANNELS)
-    with pytest.raises(ConfigError, match=r"redis_url: assignment and SLAs \(directory\) do not run on the Redis"):
-        load(None, environ={"OMNIGATE_REDIS_URL": "redis://r:1/0", "OMNIGATE_DIRECTORY": "d.yaml"},
-             channel_names=CHANNELS)
+    # assignment and SLAs run on Redis (gateway/store/redis_assign.py): a directory is taken
+    assert load(None, environ={"OMNIGATE_REDIS_URL": "redis://r:1/0", "OMNIGATE_DIRECTORY": "d.yaml"},
+                channel_names=CHANNELS).directory == "d.yaml"
     f.write_text("redis_url: redis://localhost:6379/0\nwebhooks:\n  endpoints:\n    crm:\n"
                  "      url: https://crm.example/hook\n")
     secret = {"OMNIGATE_WEBHOOKS__ENDPOINTS__CRM__SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
