@@ -53,6 +53,11 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: With ``redis_url``: a journal append is acknowledged only once this many
     #: replicas have it (Redis ``WAIT``; 0: the primary's AOF alone).
     redis_wait_replicas: int = 0
+    #: With ``redis_url``: attachments up to this size live in Redis, bigger ones in ``attachments_dir``.
+    redis_attachment_max_bytes: int = 1024 * 1024
+    #: With ``redis_url``: a folder every instance mounts (NFS, a ReadWriteMany volume) for the
+    #: attachments above ``redis_attachment_max_bytes``; unset: every attachment goes to Redis.
+    attachments_dir: str | None = None
 
 
 class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -217,8 +222,21 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"log_format must be auto, json or console, got {self.log_format!r}")
         if self.redis_url is not None:
-            if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigError(f"redis_url must be redis://, rediss:// or unix://, got {self.redis_url[:40]!r}")
+            if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+                raise ConfigError("redis_url must be redis://, rediss://, unix:// or redis+sentinel://, "
+                                  f"got {self.redis_url[:40]!r}")
+            if self.redis_url.startswith("redis+sentinel://"):
+                from gateway.store.redis_conn import parse_sentinel_url
+
+                try:
+                    parse_sentinel_url(self.redis_url)
+                except ValueError as exc:
+                    raise ConfigError(f"redis_url: {exc} (redis+sentinel://host:port,host:port/service)") from None
+        if self.store.attachments_dir is not None and self.redis_url is None:
+            raise ConfigError("store.attachments_dir is the shared folder of a redis_url deployment; on SQLite "
+                              "attachments live in data_dir/attachments (remove store.attachments_dir)")
+        if self.store.redis_attachment_max_bytes < 0:
+            raise ConfigError("store.redis_attachment_max_bytes must be 0 or more")
         if self.store.synchronous not in ("full", "normal", "extra"):
             raise ConfigError(f"store.synchronous must be full, normal or extra, got {self.store.synchronous!r}")
         for name, value in self.threading.reopen_window.items():

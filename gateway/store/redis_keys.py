@@ -328,3 +328,18 @@ class Keys:
     def timeline_all(self) -> str:
         """Sorted set: every timeline entry id by its seq (the console's live tail)."""
         return f"{self.p}tlall"
+
+    # live updates, shared attachments (gateway/fanout.py, gateway/attachments.py) ----
+    @property
+    def live_channel(self) -> str:
+        """Pub/sub channel: every instance's live events (webchat hub, console nudges)."""
+        return f"{self.p}live"
+
+    def attachment(self, sha256: str) -> str:
+        """String: an attachment's bytes by content (below ``attachments.redis_max_bytes``)."""
+        return f"{self.p}att:{sha256}"
+
+    @property
+    def migrated(self) -> str:
+        """Hash: ``omnigate migrate``'s marker (source folder, times, last audit seq moved)."""
+        return f"{self.p}migrated"

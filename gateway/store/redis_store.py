@@ -384,8 +384,10 @@ class RedisStore(RedisAssignOps, RedisWebhookOps, RedisDeskOps, RedisConsoleOps)
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         socket_timeout_s = max(socket_timeout_s, wait_timeout_ms / 1000 + 2)  # WAIT blocks that long
-        self.r = client or aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10,
-                                                     socket_timeout=socket_timeout_s, socket_connect_timeout=2.0)
+        from gateway.store.redis_conn import connect  # redis://, rediss://, unix://, redis+sentinel://
+
+        self.r = client or connect(url, decode_responses=False, health_check_interval=10,
+                                   socket_timeout=socket_timeout_s, socket_connect_timeout=2.0)
         self._append = self.r.register_script(APPEND_LUA)
         self._apply = self.r.register_script(APPLY_LUA)
         self._lease = self.r.register_script(LEASE_LUA)

@@ -238,3 +238,12 @@ def test_a_missing_secret_names_the_account_and_where_to_put_it(tmp_path):
     with pytest.raises(ConfigError, match=r"c.yaml:3: email.imap.sales \(account 'sales'\) lacks its password.*"
                                           r"email.imap.sales.password_file.*OMNIGATE_EMAIL__IMAP__SALES__PASSWORD"):
         load(str(f), environ={}, channel_names=CHANNELS)
+
+
+def test_the_shared_attachments_folder_belongs_to_redis_deployments():
+    env = {"OMNIGATE_STORE__ATTACHMENTS_DIR": "/mnt/shared/attachments"}
+    with pytest.raises(ConfigError, match="store.attachments_dir is the shared folder of a redis_url deployment"):
+        load(None, environ=env, channel_names=CHANNELS)
+    config = load(None, environ={**env, "OMNIGATE_REDIS_URL": "redis://r:1/0",
+                                 "OMNIGATE_STORE__REDIS_ATTACHMENT_MAX_BYTES": "4096"}, channel_names=CHANNELS)
+    assert (config.store.attachments_dir, config.store.redis_attachment_max_bytes) == ("/mnt/shared/attachments", 4096)
