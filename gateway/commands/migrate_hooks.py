@@ -167,7 +167,8 @@ async def console(c: Any) -> int:
             fields = {"agent_id": agent, "role": role, "token_id": token_id, "bootstrap": bootstrap, "csrf": csrf,
                       "created_at": created_at, "expires_at": expires_at}
             pipe.hset(k.console_session(h), mapping={f: v for f, v in fields.items() if v is not None})
-            pipe.pexpireat(k.console_session(h), expires_at + 60_000)
+            # relative to this clock (Redis's own may differ): the key outlives the session by a minute
+            pipe.pexpire(k.console_session(h), expires_at - now + 60_000)
         await pipe.execute()
         n += len(batch)
     return n

@@ -54,9 +54,10 @@ async def test_webhooks_desks_and_console_move_to_redis(single_node, redis_serve
         assert await rs.webhook_deliveries("crm") == expected["log"]
         assert await rs.webhook_queue_stats() == expected["stats"]
         # the stopped daemon's lease is gone: T1's head is due now, then its next row, in order
-        got = await rs.webhook_claim(10, 30, now + timedelta(seconds=1), 100)
+        later = now + timedelta(minutes=2)  # after the migration ran (it made the row due at its own now)
+        got = await rs.webhook_claim(10, 30, later, 100)
         assert [(i.order_key, i.payload["n"]) for i in got] == [("T1", 0)]
-        nxt = await rs.webhook_settle(got[0], "delivered", now=now + timedelta(seconds=1), chain_lease_s=30)
+        nxt = await rs.webhook_settle(got[0], "delivered", now=later, chain_lease_s=30)
         assert nxt.payload["n"] == 1 and nxt.payload["ticket_id"] == "T1"
         # the dead letter replays (its event kept its payload), and an event is found by id in the stream
         assert await rs.webhook_replay("crm", event_id=dead.event_id, now=now) == 1

@@ -232,7 +232,8 @@ async def test_an_idle_instance_takes_over_rows_another_queued_and_died_holding(
     await svc_a.start()
     await svc_b.start()
     task = asyncio.create_task(svc_b.run())
-    try:
+
+    async def scenario() -> None:
         await asyncio.sleep(0.2)  # b has looked: nothing queued, nothing due
         svc_b.poll_s = 30.0  # b's next look comes later (its wake-up below stands for its poll)
         await asyncio.sleep(0.2)
@@ -247,6 +248,9 @@ async def test_an_idle_instance_takes_over_rows_another_queued_and_died_holding(
         clock.now += timedelta(seconds=svc_a.lease_s + 1)
         await until(lambda: len(r.seen) == 6)
         assert accepted_order(r) == order and r.duplicates == 0
+
+    try:
+        await asyncio.wait_for(scenario(), 60)  # a hang fails the test
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
