@@ -160,3 +160,15 @@ class Keys:
 
     def state(self, key: str) -> str:
         return f"{self.p}state:{_q(key)}"
+
+    # one sender in arrival order (gateway/store/redis_order.py) ------
+    @property
+    def order_registered(self) -> str:
+        """Sorted set: pending journal ids whose sender is known (registered by
+        the claimer that parsed them), scored by seq; a settle removes them."""
+        return f"{self.p}ord:reg"
+
+    def order_sender(self, sender: str) -> str:
+        """Sorted set: one sender's registered pending journal ids, scored by seq;
+        its head is the only one of that sender that may be decided."""
+        return f"{self.p}ord:s:{_q(sender)}"

@@ -62,6 +62,7 @@ from gateway.store.base import (
     StoreError,
 )
 from gateway.store.redis_keys import Keys
+from gateway.store.redis_order import RedisOrderMixin
 from routing.calls import call_text, merge_call
 from routing.dedupe import reused_id
 from routing.model import Attachment, Contact, Identity, ReplyTarget, SlaState, Ticket, TimelineEntry, new_id, utcnow
@@ -361,7 +362,7 @@ _JOURNAL_FIELDS = ("seq", "channel", "account", "key", "received_at", "status", 
                    "ticket_id", "contact_id", "processed_at", "size", "sid")
 
 
-class RedisStore:
+class RedisStore(RedisOrderMixin):
     """The store on one Redis (primary + replicas + Sentinel in production)."""
 
     backend = "redis"
@@ -583,6 +584,8 @@ class RedisStore:
         tx.op("ZADD", k.journal_status(status), seq, jid)
         if sid and status != "pending":
             tx.op("XACK", k.stream, k.group, sid)
+        if status != "pending":
+            self._order_settled(tx, jid)  # its sender's next entry may go (redis_order.py)
 
     async def journal_fail(self, journal_id: str, error: str) -> None:
         seq, sid, _ = await self._journal_head(journal_id)
