@@ -143,6 +143,10 @@ class ConnectorContext(Protocol):
     #   judge request timestamps against it, never against the wall clock.
     # - ``rejected(reason: str) -> None``: count a request refused before
     #   anything was stored (the ``omnigate_rejected`` metric, by reason).
+    # - ``ownership``: ``await ctx.ownership.run_owned(name, factory)`` runs
+    #   work that must have one owner across instances (a mailbox poller, a
+    #   polling bot, a tailed file) only while this instance holds the lease
+    #   ``name`` (gateway/ownership.py); use :func:`owned`.
 
     async def state_get(self, key: str) -> str | None: ...
 
@@ -192,3 +196,13 @@ class MediaFetcher(Protocol):
 
 
 SendFn = Callable[[Outbound], Awaitable[SendResult]]
+
+
+def owned(ctx: Any, name: str, factory: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``factory`` run only while this instance owns ``name`` (one owner at a
+    time across instances sharing a Redis store; see gateway/ownership.py).
+    A context without ``ownership`` (one process, tests, tools) always owns."""
+    ownership = getattr(ctx, "ownership", None)
+    if ownership is None:
+        return factory
+    return lambda: ownership.run_owned(name, factory)

@@ -222,6 +222,13 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     ingest = Ingest(store, m, worker.wake)
     app[keys.INGEST] = ingest
     app[keys.SUPERVISOR] = supervisor = Supervisor()
+    from gateway.ownership import OWNERSHIP, ownership_for
+
+    # one owner at a time across instances (Redis: a lease per name) for pollers and the scheduler
+    ownership = app[OWNERSHIP] = ownership_for(store, getattr(store, "consumer", "local"),
+                                               ttl_s=config.store.redis_lease_s)
+    app[keys.READINESS]["leases"] = lambda: (True, {"holder": getattr(ownership, "holder", "local"),
+                                                    "leases": ownership.states()})
 
     for channel in sorted(config.channels):
         try:
@@ -232,6 +239,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
             continue
         ctx = ChannelContext(channel, config.channels[channel], str(data_dir), ingest, store, supervisor, clock=clock)
         ctx.trusted_proxies = tuple(config.trusted_proxies)  # the client IP behind a proxy (webchat's limits)
+        ctx.ownership = ownership
         try:
             conn = cls(ctx)
         except Exception as exc:

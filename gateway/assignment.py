@@ -174,7 +174,13 @@ async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
     """Load the directory into the store, then run the scheduler (before the worker starts)."""
     runtime = app[ASSIGNMENT]
     await runtime.start()
-    task = asyncio.create_task(runtime.run(), name="omnigate-assignment") if runtime.enabled else None
+    from gateway.ownership import OWNERSHIP
+
+    ownership = app.get(OWNERSHIP)  # one scheduler across instances (a lease on Redis)
+    task = None
+    if runtime.enabled:
+        run = runtime.run() if ownership is None else ownership.run_owned("scheduler:assignment", runtime.run)
+        task = asyncio.create_task(run, name="omnigate-assignment")
     yield
     if task is not None:
         task.cancel()

@@ -53,6 +53,10 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: With ``redis_url``: a journal append is acknowledged only once this many
     #: replicas have it (Redis ``WAIT``; 0: the primary's AOF alone).
     redis_wait_replicas: int = 0
+    #: With ``redis_url``: the lease of work with one owner across instances (an
+    #: IMAP mailbox, a polling bot, a tailed file, the scheduler); a dead
+    #: owner's work is taken over after at most this long.
+    redis_lease_s: float = 15.0
 
 
 class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -55,6 +55,8 @@ class ChannelContext:
         #: The gateway's clock (aware UTC): connectors judge request timestamps by it.
         self.clock: Callable[[], datetime] = clock or utcnow
         self.supervisor = supervisor
+        #: one owner across instances for a poller (connectors.base.owned; None: always the owner)
+        self.ownership: Any = None
         self.config = config
         self.data_dir = data_dir
         self._ingest = ingest
