@@ -229,6 +229,14 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
                                                ttl_s=config.store.redis_lease_s)
     app[keys.READINESS]["leases"] = lambda: (True, {"holder": getattr(ownership, "holder", "local"),
                                                     "leases": ownership.states()})
+    from gateway import shared
+
+    # limits and access tokens shared by instances on Redis; in-process on SQLite (gateway/shared.py)
+    def limiter(name: str, rate_per_s: float, burst: int) -> Any:
+        return shared.limiter_for(store, name, rate_per_s, burst, wall_clock=lambda: clock().timestamp())
+
+    token_store = shared.token_store_for(store)
+    app[shared.RULES_SYNC] = shared.rules_sync_for(store)
 
     for channel in sorted(config.channels):
         try:
@@ -240,6 +248,8 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
         ctx = ChannelContext(channel, config.channels[channel], str(data_dir), ingest, store, supervisor, clock=clock)
         ctx.trusted_proxies = tuple(config.trusted_proxies)  # the client IP behind a proxy (webchat's limits)
         ctx.ownership = ownership
+        ctx.limiter = limiter
+        ctx.token_store = token_store
         try:
             conn = cls(ctx)
         except Exception as exc:
@@ -292,10 +302,21 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
 
 async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
     """Hot reload: poll the rules folder, and reload on SIGHUP."""
+    from gateway.shared import RULES_SYNC
+
     rules = app[keys.RULES]
-    task = asyncio.create_task(rules.run(), name="omnigate-rules-reload")
+    sync = app[RULES_SYNC]  # a reload asked of one instance reaches every instance (Redis)
+    tasks = [asyncio.create_task(rules.run(), name="omnigate-rules-reload")]
+    if sync.shared:
+        tasks.append(asyncio.create_task(sync.watch(rules.request_reload), name="omnigate-rules-sync"))
+
+    def on_sighup() -> None:
+        rules.request_reload()
+        if sync.shared:
+            tasks.append(asyncio.create_task(sync.announce()))
+
     try:
-        rules.install_sighup()
+        rules.install_sighup(handler=on_sighup)
     except (NotImplementedError, RuntimeError):  # not the main thread (tests), or no signals here
         pass
     yield
@@ -303,8 +324,9 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
         rules.remove_sighup()
     except (NotImplementedError, RuntimeError, ValueError):
         pass
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

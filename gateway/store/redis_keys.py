@@ -172,3 +172,17 @@ class Keys:
         """Sorted set: one sender's registered pending journal ids, scored by seq;
         its head is the only one of that sender that may be decided."""
         return f"{self.p}ord:s:{_q(sender)}"
+
+    # shared across instances (gateway/store/redis_shared.py) ---------
+    def rate_bucket(self, name: str, key: str) -> str:
+        """Hash {tokens, at}: one token bucket of limit ``name`` (API token, webchat conversation…)."""
+        return f"{self.p}rate:{_q(name, key)}"
+
+    def shared_token(self, key: str) -> str:
+        """Hash {value, expires_at}: a platform access token (WeChat/WeCom), shared by instances."""
+        return f"{self.p}atok:{_q(key)}"
+
+    @property
+    def rules_generation(self) -> str:
+        """Counter: bumped by an instance asked to reload its rules; every instance reloads when it moves."""
+        return f"{self.p}rules:gen"

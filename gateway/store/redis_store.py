@@ -63,6 +63,7 @@ from gateway.store.base import (
 )
 from gateway.store.redis_keys import Keys
 from gateway.store.redis_order import RedisOrderMixin
+from gateway.store.redis_shared import RedisSharedMixin
 from routing.calls import call_text, merge_call
 from routing.dedupe import reused_id
 from routing.model import Attachment, Contact, Identity, ReplyTarget, SlaState, Ticket, TimelineEntry, new_id, utcnow
@@ -362,7 +363,7 @@ _JOURNAL_FIELDS = ("seq", "channel", "account", "key", "received_at", "status", 
                    "ticket_id", "contact_id", "processed_at", "size", "sid")
 
 
-class RedisStore(RedisOrderMixin):
+class RedisStore(RedisOrderMixin, RedisSharedMixin):
     """The store on one Redis (primary + replicas + Sentinel in production)."""
 
     backend = "redis"
