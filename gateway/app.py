@@ -275,6 +275,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     from gateway.webhooks.api_reply import ApiReplySender
 
     hooks = webhooks.setup(app, store, config, clock)  # deliveries, /api/v1/webhooks, /readyz detail
+    hooks.claim_period = ownership.claim_period  # retention pruning: one instance per period
     from gateway.desks import service as desks
 
     desks.setup(app, store, config, hooks, clock)  # help-desk sync: desk:<name> targets, /channels/desks/<name>

@@ -46,6 +46,10 @@ class Ownership(Protocol):
     def states(self) -> dict[str, Role]:
         """name → owner | standby, for /readyz."""
 
+    async def claim_period(self, name: str, period_s: float) -> bool:
+        """For a periodic job (retention pruning) every instance schedules:
+        True for the one instance that should run it this period."""
+
 
 class AlwaysOwner:
     """One process (SQLite): always the owner."""
@@ -64,6 +68,9 @@ class AlwaysOwner:
 
     def states(self) -> dict[str, Role]:
         return dict(self._states)
+
+    async def claim_period(self, name: str, period_s: float) -> bool:
+        return True
 
 
 class LeaseOwnership:
@@ -85,9 +92,15 @@ class LeaseOwnership:
     def states(self) -> dict[str, Role]:
         return dict(self._states)
 
-    async def _acquire(self, name: str) -> bool:
+    async def claim_period(self, name: str, period_s: float) -> bool:
+        """A lease of ``period_s`` never released: the first instance to ask
+        in a period runs the job, the others skip it until the lease expires
+        (a store error: skip — the next period runs it)."""
+        return await self._acquire(f"period:{name}", ttl_s=period_s)
+
+    async def _acquire(self, name: str, ttl_s: float | None = None) -> bool:
         try:
-            return await self.store.lease_acquire(name, self.holder, self.ttl_s)
+            return await self.store.lease_acquire(name, self.holder, ttl_s or self.ttl_s)
         except Exception as exc:  # noqa: BLE001 - the store is down: stand by, try again
             log.warning("lease.acquire_failed", lease=name, error=f"{type(exc).__name__}: {exc}")
             return False

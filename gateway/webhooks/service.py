@@ -32,7 +32,7 @@ import email.utils
 import random
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import msgspec
@@ -112,6 +112,8 @@ class WebhookService:
         self.lease_s = self.timeout_s * 2 + 5  # longer than any attempt: a live holder keeps its row
         self.poll_s = poll_s
         self.prune_every_s = prune_every_s
+        #: several instances (gateway/ownership.py): one of them prunes per period
+        self.claim_period: Callable[[str, float], Awaitable[bool]] | None = None
         self._resolver = resolver
         self.attempts_metric = None
         if registry is not None:
@@ -251,6 +253,8 @@ class WebhookService:
         if self._last_prune is not None and (now - self._last_prune).total_seconds() < self.prune_every_s:
             return
         self._last_prune = now
+        if self.claim_period is not None and not await self.claim_period("webhooks:prune", self.prune_every_s):
+            return  # another instance prunes this period
         await self.prune()
 
     async def prune(self) -> dict[str, int]:

@@ -141,3 +141,16 @@ async def test_a_stopping_or_failing_owner_hands_over_at_once(two):
         await c.run_owned("phone:tail:pbx", work.factory("inst-c"))
     assert await two[0].store.lease_holder("phone:tail:pbx") is None
     assert work.most_at_once == 1
+
+
+@pytest.mark.integration
+async def test_a_periodic_job_runs_on_one_instance_per_period(two):
+    """Retention pruning is scheduled by every instance: one of them runs it
+    each period (a lease of the period, never released)."""
+    a, b = LeaseOwnership(two[0], "inst-a"), LeaseOwnership(two[1], "inst-b")
+    assert await a.claim_period("webhooks:prune", 0.3)
+    assert not await b.claim_period("webhooks:prune", 0.3)
+    assert await AlwaysOwner().claim_period("webhooks:prune", 0.3)  # one process: always
+    await asyncio.sleep(0.4)  # the period ends
+    assert await b.claim_period("webhooks:prune", 0.3)
+    assert not await a.claim_period("webhooks:prune", 0.3)
