@@ -11,17 +11,22 @@ store reports a conflict. A payload that cannot be parsed becomes a
 At start-up every pending entry is claimed again: that is crash recovery.
 Processing is idempotent (exact-dedupe on the message key), so an entry
 interrupted after its commit but before being marked is simply confirmed.
+
+One sender's entries are decided in arrival order (gateway/order.py): in one
+process by a FIFO lock per sender; with several instances on Redis the
+claimer parses and registers what it claims (``Pipeline.admit``) and a
+worker decides an entry on its turn only — an entry whose turn does not come
+soon is ``deferred`` and goes to the back of the queue, freeing the slot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 import msgspec
 import structlog
