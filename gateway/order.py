@@ -19,9 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Callable, Protocol
+
+import structlog
 
 from routing.model import Inbound
+
+log = structlog.get_logger(__name__)
 
 
 def sender_key(inbound: Inbound) -> str:
@@ -102,10 +106,18 @@ class RedisOrder:
 
     registers = True
 
-    def __init__(self, store: Any, *, max_wait_s: float = 0.25, poll_cap_s: float = 0.05):
+    def __init__(self, store: Any, *, max_wait_s: float = 0.25, poll_cap_s: float = 0.05,
+                 stuck_after_s: float | None = None, clock: Callable[[], float] = time.monotonic):
         self.store = store
         self.max_wait_s = max_wait_s
         self.poll_cap_s = poll_cap_s
+        #: an entry held this long by a lower *unregistered* entry goes ahead anyway (logged): a
+        #: pending entry nobody can claim must not stop every sender for good. Default: well past
+        #: the take-over of a dead instance's entries (three times ``claim_idle_s``, at least 60 s).
+        self.stuck_after_s = stuck_after_s if stuck_after_s is not None else \
+            max(60.0, 3 * getattr(store, "claim_idle_ms", 60_000) / 1000)
+        self.clock = clock
+        self._held: dict[str, float] = {}  # journal id → when a lower unregistered entry first held it
         self.waits = 0  # turns that were not given at once (tests, metrics)
 
     async def register(self, items: list[tuple[str, int, str | None]]) -> None:
@@ -121,9 +133,17 @@ class RedisOrder:
         deadline = time.monotonic() + self.max_wait_s
         registered = False
         while True:
-            verdict = await self.store.order_turn(journal_id, sender)
+            held = self._held.get(journal_id)
+            stuck = held is not None and self.clock() - held >= self.stuck_after_s
+            verdict = await self.store.order_turn(journal_id, sender, skip_lower=stuck)
             if verdict in ("go", "settled"):
+                if stuck:
+                    log.warning("order.gate_forced", journal_id=journal_id, held_s=round(self.clock() - held, 1),
+                                hint="a lower pending journal entry was never claimed and registered")
+                self._held.pop(journal_id, None)
                 return
+            if verdict == "lower":
+                self._held.setdefault(journal_id, self.clock())
             if verdict == "unregistered" and not registered:  # not claimed through the worker (a replay)
                 await self.store.order_register([(journal_id, seq, sender)])
                 registered = True
@@ -135,6 +155,7 @@ class RedisOrder:
             pause = min(pause * 2, self.poll_cap_s)
 
     def done(self, journal_id: str) -> None:
+        self._held.pop(journal_id, None)
         self.store.order_forget(journal_id)
 
 

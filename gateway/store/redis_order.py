@@ -47,8 +47,9 @@ return n
 
 TURN_LUA = """
 -- KEYS[1]: ord:reg, KEYS[2]: the pending index, KEYS[3]: the entry's sender set
--- ARGV[1]: the journal id
--- -> 'go' | 'wait' | 'unregistered' | 'settled'
+-- ARGV[1]: the journal id; ARGV[2]: '1' to skip the lower-entries check (a stuck gate)
+-- -> 'go' | 'wait' (not the sender's head) | 'lower' (a lower entry is unregistered)
+--    | 'unregistered' | 'settled'
 local jid = ARGV[1]
 local seq = redis.call('ZSCORE', KEYS[1], jid)
 if not seq then
@@ -63,8 +64,8 @@ while true do
   redis.call('ZREM', KEYS[3], head)  -- settled without being removed here: dropped now
 end
 local below = '(' .. seq
-if redis.call('ZCOUNT', KEYS[2], '-inf', below) > redis.call('ZCOUNT', KEYS[1], '-inf', below) then
-  return 'wait'  -- a lower pending entry is not registered yet: it may be this sender's
+if ARGV[2] ~= '1' and redis.call('ZCOUNT', KEYS[2], '-inf', below) > redis.call('ZCOUNT', KEYS[1], '-inf', below) then
+  return 'lower'  -- a lower pending entry is not registered yet: it may be this sender's
 end
 return 'go'
 """
@@ -114,14 +115,17 @@ class RedisOrderMixin:
             args += [jid, seq, ki]
         return int(await self._call(register(keys=keys, args=args)))  # type: ignore[attr-defined]
 
-    async def order_turn(self, journal_id: str, sender: str) -> str:
+    async def order_turn(self, journal_id: str, sender: str, *, skip_lower: bool = False) -> str:
         """``go`` (this entry heads its sender's set and no lower pending entry
-        is unregistered), ``wait``, ``unregistered`` (register it first) or
-        ``settled`` (no longer pending: nothing to wait for)."""
+        is unregistered), ``wait`` (an earlier entry of the sender is
+        undecided), ``lower`` (a lower pending entry is not registered yet),
+        ``unregistered`` (register it first) or ``settled`` (no longer
+        pending: nothing to wait for). ``skip_lower``: do not check lower
+        entries (a gate stuck on an entry nobody claims)."""
         _, turn = self._order_scripts()
         k = self.k
         got = await self._call(turn(keys=[k.order_registered, k.journal_status("pending"),  # type: ignore[attr-defined]
-                                          k.order_sender(sender)], args=[journal_id]))
+                                          k.order_sender(sender)], args=[journal_id, "1" if skip_lower else "0"]))
         return got.decode() if isinstance(got, bytes) else str(got)
 
     def order_forget(self, journal_id: str) -> None:

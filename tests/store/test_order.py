@@ -147,3 +147,29 @@ async def test_a_dead_instances_claimed_entries_do_not_block_its_senders_forever
     counts = await live.journal_counts()
     assert counts["processed"] == 18 and counts["pending"] == 0
     assert worker.pipeline.order.waits > 0, "the live instance waited for the dead one's entries"
+
+
+@pytest.mark.integration
+async def test_a_pending_entry_nobody_can_claim_holds_the_gate_only_for_a_while(instances):
+    """An entry pending in the index but gone from the stream (no instance
+    can ever claim and register it) must not stop every sender for good:
+    after ``stuck_after_s`` the entries above it go ahead (logged)."""
+    store, _ = instances("only", worker=False)
+    lost = await store.journal_append("api", "api", "lost", raw("lost", SENDERS[0]))
+    sid = await store.r.hget(store.k.journal_entry(lost.journal_id), "sid")
+    await store.r.xdel(store.k.stream, sid)
+    sent = await append_interleaved(store, 4, "after")
+    order = RedisOrder(store, stuck_after_s=0.3)
+    worker = Worker(Pipeline(store, Settings(), clock=lambda: NOW, order=order), concurrency=4, rescan_s=0.1)
+    await worker.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while (await store.journal_counts())["processed"] < 4:
+            assert loop.time() < deadline, "the gate stayed shut"
+            await asyncio.sleep(0.02)
+    finally:
+        await worker.stop()
+    assert order.waits > 0  # they were held first
+    assert await decided(store, {s: v for s, v in sent.items()}) == sent
+    assert (await store.journal_counts())["pending"] == 1  # the lost one, still replayable
