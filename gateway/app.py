@@ -325,9 +325,9 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
         rules.remove_sighup()
     except (NotImplementedError, RuntimeError, ValueError):
         pass
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    from gateway.tasks import cancel_and_wait
+
+    await cancel_and_wait(*tasks)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -384,9 +384,10 @@ async def _gauges_ctx(app: web.Application) -> AsyncIterator[None]:
                 log.warning("metrics.journal_counts_failed")
             await asyncio.sleep(5)
 
+    from gateway.tasks import cancel_and_wait
+
     task = asyncio.create_task(loop())
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
 
 

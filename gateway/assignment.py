@@ -182,9 +182,9 @@ async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
         run = runtime.run() if ownership is None else ownership.run_owned("scheduler:assignment", runtime.run)
         task = asyncio.create_task(run, name="omnigate-assignment")
     yield
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    from gateway.tasks import cancel_and_wait
+
+    await cancel_and_wait(task)
 
 
 # ---------------------------------------------------------------- HTTP

@@ -297,9 +297,9 @@ class Worker:
 
     async def stop(self) -> None:
         self._stopping = True
-        for t in [*self._tasks, *self._puts]:
-            t.cancel()
-        await asyncio.gather(*self._tasks, *self._puts, return_exceptions=True)
+        from gateway.tasks import cancel_and_wait
+
+        await cancel_and_wait(*self._tasks, *self._puts)  # again if one swallowed its cancellation
         self._tasks = []
         self.pipeline._parsed.clear()
 

@@ -423,7 +423,7 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
     else:
         log.warning("webhook.delivery_off", hint="webhooks.workers is 0: events queue up and are not sent")
     yield
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    from gateway.tasks import cancel_and_wait
+
+    await cancel_and_wait(task)  # again if its poll loop swallowed the cancellation
     await svc.close()

@@ -34,3 +34,27 @@ def test_conflict_backoff_grows_is_capped_and_spread() -> None:
     assert mid[0] == 0.001 and mid[1] == 0.002 and mid[5] == 0.032
     assert max(mid) == 0.2 and sum(mid) > 2.0
     assert conflict_backoff_s(3, jitter=lambda: 0.0) == 0.004 and conflict_backoff_s(3, jitter=lambda: 1.0) == 0.012
+
+
+async def test_stopping_a_loop_that_swallows_its_cancellation_does_not_hang() -> None:
+    """A loop that catches one cancel (3.11's wait_for can; a client library
+    can turn it into an error) is cancelled again: cleanup finishes."""
+    from gateway.tasks import cancel_and_wait
+
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed == 1:
+                    continue  # the first cancel is lost
+                raise
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(task, None, retry_s=0.05), 10)
+    assert task.cancelled() and swallowed == 2
