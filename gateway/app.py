@@ -17,7 +17,6 @@ from aiohttp import web
 
 from connectors.registry import RegistryError, connector_class, validate_all
 from gateway import api, api_tickets, assignment, auth, keys, outbox, participants, replies
-from gateway.attachments import AttachmentStore
 from gateway.clock import Clock, system_clock
 from gateway.config import Config, parse_duration
 from gateway.http_util import add_not_found, guarded_routes, json_response
@@ -207,7 +206,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     app[keys.RULES] = rules = load_rules(config, directory, clock)
     settings = pipeline_settings(config)
     settings.rules = rules
-    attachments = AttachmentStore(data_dir / "attachments")
+    from gateway.store.redis_attachments import attachments_for
+
+    attachments = attachments_for(config, store, data_dir / "attachments")  # with Redis: shared by every instance
     pipeline = Pipeline(store, settings, attachments=attachments,
                         metrics=m, context_for=context_factory(config), media_fetchers=connectors,
                         max_conflict_retries=config.pipeline.max_conflict_retries,
@@ -297,6 +298,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
         app[keys.READINESS]["rules"] = rules.readiness
         m.registry.register(rules.collector())
         app.cleanup_ctx.append(_rules_ctx)
+    from gateway import fanout
+
+    fanout.setup(app)  # with Redis: the live buses reach every instance (after the store's ctx: it stops first)
     add_not_found(app)  # last: unknown routes answer problem+json
     return app
 

@@ -174,13 +174,9 @@ async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
     """Load the directory into the store, then run the scheduler (before the worker starts)."""
     runtime = app[ASSIGNMENT]
     await runtime.start()
-    from gateway.ownership import OWNERSHIP
-
-    ownership = app.get(OWNERSHIP)  # one scheduler across instances (a lease on Redis)
-    task = None
-    if runtime.enabled:
-        run = runtime.run() if ownership is None else ownership.run_owned("scheduler:assignment", runtime.run)
-        task = asyncio.create_task(run, name="omnigate-assignment")
+    # every instance runs the scheduler: on Redis each step is exactly-once by itself (the
+    # store's "assign" lease fences it), so a dead instance's schedule never waits for a take-over
+    task = asyncio.create_task(runtime.run(), name="omnigate-assignment") if runtime.enabled else None
     yield
     from gateway.tasks import cancel_and_wait
 

@@ -8,10 +8,17 @@ valid name. A write that fails (a full disk: ENOSPC) removes its temporary
 file and raises :class:`AttachmentWriteError`, a
 :class:`~gateway.store.base.StoreError`, which HTTP handlers answer with 503
 (nothing was stored; retry later).
+
+The daemon reaches attachments through :meth:`AttachmentStore.aput` /
+:meth:`AttachmentStore.aget` (the file work on a thread). With ``redis_url``
+it uses :class:`gateway.store.redis_attachments.SharedAttachments` instead:
+same refs, the bytes in Redis below a size and on a shared volume above it,
+so every instance reads what any instance stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -57,3 +64,11 @@ class AttachmentStore:
             return self.path_of(sha256).read_bytes()
         except (OSError, ValueError):
             return None
+
+    async def aput(self, data: bytes) -> str:
+        """:meth:`put` off the event loop."""
+        return await asyncio.to_thread(self.put, data)
+
+    async def aget(self, sha256: str) -> bytes | None:
+        """:meth:`get` off the event loop."""
+        return await asyncio.to_thread(self.get, sha256)

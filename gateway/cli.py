@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("gateway.commands.replay", "re-run journal entries through the pipeline"),
     "rules": ("gateway.commands.rules", "check, test and diff routing rules"),
     "calendar": ("gateway.commands.calendar", "business-hours calendars: due times, closed days"),
+    "migrate": ("gateway.commands.migrate", "move a single-node (SQLite) installation to Redis"),
     "backup": ("gateway.commands.backup", "a consistent online copy of the SQLite store and attachments"),
     "tokens": ("gateway.commands.tokens", "per-agent API tokens: create, list, revoke"),
     "openapi": ("gateway.commands.openapi", "print the OpenAPI document of /api/v1"),

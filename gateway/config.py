@@ -53,8 +53,13 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: With ``redis_url``: a journal append is acknowledged only once this many
     #: replicas have it (Redis ``WAIT``; 0: the primary's AOF alone).
     redis_wait_replicas: int = 0
+    #: With ``redis_url``: attachments up to this size live in Redis, bigger ones in ``attachments_dir``.
+    redis_attachment_max_bytes: int = 1024 * 1024
+    #: With ``redis_url``: a folder every instance mounts (NFS, a ReadWriteMany volume) for the
+    #: attachments above ``redis_attachment_max_bytes``; unset: every attachment goes to Redis.
+    attachments_dir: str | None = None
     #: With ``redis_url``: the lease of work with one owner across instances (an
-    #: IMAP mailbox, a polling bot, a tailed file, the scheduler); a dead
+    #: IMAP mailbox, a polling bot, a tailed file); a dead
     #: owner's work is taken over after at most this long.
     redis_lease_s: float = 15.0
 
@@ -221,17 +226,27 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"log_format must be auto, json or console, got {self.log_format!r}")
         if self.redis_url is not None:
-            if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigError(f"redis_url must be redis://, rediss:// or unix://, got {self.redis_url[:40]!r}")
-            if self.directory:
-                raise ConfigError("redis_url: assignment and SLAs (directory) do not run on the Redis backend yet "
-                                  "(gateway/store/redis_store.py NOT_YET); remove directory or redis_url")
+            if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+                raise ConfigError("redis_url must be redis://, rediss://, unix:// or redis+sentinel://, "
+                                  f"got {self.redis_url[:40]!r}")
+            if self.redis_url.startswith("redis+sentinel://"):
+                from gateway.store.redis_conn import parse_sentinel_url
+
+                try:
+                    parse_sentinel_url(self.redis_url)
+                except ValueError as exc:
+                    raise ConfigError(f"redis_url: {exc} (redis+sentinel://host:port,host:port/service)") from None
             if self.webhooks.endpoints:
                 raise ConfigError("redis_url: outbound webhooks do not run on the Redis backend yet "
                                   "(gateway/store/redis_store.py NOT_YET); remove webhooks.endpoints or redis_url")
             if self.desks:
                 raise ConfigError("redis_url: help-desk sync (desks) does not run on the Redis backend yet "
                                   "(gateway/store/redis_store.py NOT_YET); remove desks or redis_url")
+        if self.store.attachments_dir is not None and self.redis_url is None:
+            raise ConfigError("store.attachments_dir is the shared folder of a redis_url deployment; on SQLite "
+                              "attachments live in data_dir/attachments (remove store.attachments_dir)")
+        if self.store.redis_attachment_max_bytes < 0:
+            raise ConfigError("store.redis_attachment_max_bytes must be 0 or more")
         if self.store.synchronous not in ("full", "normal", "extra"):
             raise ConfigError(f"store.synchronous must be full, normal or extra, got {self.store.synchronous!r}")
         for name, value in self.threading.reopen_window.items():

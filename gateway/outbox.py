@@ -130,7 +130,7 @@ class Dispatcher:
         if unsendable:  # it would fail the same way every time: fail once, with the reason
             return self._failed(item, SendError(unsendable, retryable=False))
         try:
-            self._load_attachments(outbound)
+            await self._load_attachments(outbound)
             result: SendResult = await connector.send(outbound)
             if crashpoints.ARMED:
                 crashpoints.reached("outbox_send")
@@ -142,9 +142,9 @@ class Dispatcher:
         return Delivery(status="sent", at=self.clock(), attempts=item.attempts, external_id=result.external_id,
                         thread_ref=result.thread_ref)
 
-    def _load_attachments(self, outbound: Outbound) -> None:
+    async def _load_attachments(self, outbound: Outbound) -> None:
         for a in outbound.attachments:
-            data = self.attachments.get(a.storage_ref) if a.storage_ref else None
+            data = await self.attachments.aget(a.storage_ref) if a.storage_ref else None
             if data is None:
                 raise SendError(f"attachment {a.name or a.sha256[:12]!r} is missing from the attachment store")
             a.data = data

@@ -2,8 +2,8 @@
 
 Some work must run on one instance only: polling an IMAP mailbox, a
 Telegram bot's ``getUpdates`` (two pollers get 409 Conflict), tailing a call
-log file, the assignment scheduler (SLA and overflow sweeps). Behind one
-small interface:
+log file; a periodic job every instance schedules (retention pruning) runs
+on one per period. Behind one small interface:
 
 - :class:`AlwaysOwner` (SQLite: one process) runs the work at once;
 - :class:`LeaseOwnership` (several instances on Redis) runs it only while

@@ -17,7 +17,6 @@ outbox event.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from datetime import datetime
 
@@ -147,6 +146,6 @@ async def _store_uploads(store: AttachmentStore, uploads: list[Upload]) -> list[
     except InvalidMessage as exc:
         raise Problem(400, "Invalid request body", str(exc), field=exc.field) from None
     for a in decoded:
-        a.storage_ref = await asyncio.to_thread(store.put, a.data)
+        a.storage_ref = await store.aput(a.data)
         a.data = None
     return decoded

@@ -185,7 +185,7 @@ class Pipeline:
         if self.attachments is not None:
             for a in inbound.attachments:
                 if a.data is not None:
-                    a.storage_ref = await asyncio.to_thread(self.attachments.put, a.data)
+                    a.storage_ref = await self.attachments.aput(a.data)
                     a.data = None
 
     async def _commit(self, entry: JournalEntry, inbound: Inbound, final: bool) -> CommitResult:

@@ -8,9 +8,12 @@ do not go through here: they go through the replies API and the outbox
 (durable first), and the connector's ``send`` pushes them to the visitor
 and publishes them here, so every agent watching sees them too.
 
-One process: a subscriber sees what this process's visitors do (the
-embedded store serves one instance; with Redis this becomes a pub/sub
-channel behind the same interface).
+One process: a subscriber sees what this process's visitors do. With Redis
+(several instances) the gateway sets :attr:`LiveHub.relay` and
+:attr:`LiveHub.forward` and feeds the other instances' events to
+:meth:`LiveHub.receive` (gateway/fanout.py): agents on every instance see
+every visitor, and their typing and read marks reach the instance holding
+the visitor's socket.
 
 Events (dicts, JSON-ready), each with ``type`` and ``conversation``
 (``"webchat:<site>:<visitor>"`` or ``"external:<site>:<user id>"``):
@@ -94,6 +97,11 @@ class LiveHub:
         self.on_agent_read: Callable[[str, str, int], Awaitable[bool]] | None = None
         #: set by the gateway: is an agent of this team (None: any) online?
         self.agents_online: Callable[[str | None], Awaitable[bool]] | None = None
+        #: set by the gateway with Redis: this instance's events go to the other instances
+        self.relay: Callable[[Event], None] | None = None
+        #: set by the gateway with Redis: ``(kind, conversation, agent, on|seq) -> bool`` hands an
+        #: agent's signal to the instance holding the visitor (False: no instance knows the chat)
+        self.forward: Callable[[str, str, str, Any], bool] | None = None
 
     # -- agent side -------------------------------------------------------
 
@@ -106,20 +114,24 @@ class LiveHub:
         """Every conversation with an open socket or recent activity, as ``chat`` events."""
         return [dict(c) for c in self.live.values()]
 
-    async def agent_typing(self, conversation: str, agent: str, on: bool) -> bool:
+    async def agent_typing(self, conversation: str, agent: str, on: bool, *, forward: bool = True) -> bool:
         """Show (or stop showing) "agent is typing" to the visitor; False: no such conversation."""
         if self.on_agent_typing is None:
             return False
         ok = await self.on_agent_typing(conversation, agent, on)
+        if not ok and forward and self.forward is not None:
+            return self.forward("typing", conversation, agent, on)  # the visitor's instance publishes it
         if ok:
             self.publish({"type": "typing", "conversation": conversation, "from": "agent", "agent": agent, "on": on})
         return ok
 
-    async def agent_read(self, conversation: str, agent: str, seq: int) -> bool:
+    async def agent_read(self, conversation: str, agent: str, seq: int, *, forward: bool = True) -> bool:
         """The agent has read the visitor's messages up to ``seq``: the visitor sees "read"."""
         if self.on_agent_read is None:
             return False
         ok = await self.on_agent_read(conversation, agent, seq)
+        if not ok and forward and self.forward is not None:
+            return self.forward("read", conversation, agent, seq)
         if ok:
             self.publish({"type": "read", "conversation": conversation, "from": "agent", "agent": agent, "seq": seq})
         return ok
@@ -127,6 +139,19 @@ class LiveHub:
     # -- visitor side (the connector) --------------------------------------
 
     def publish(self, event: Event) -> None:
+        for sub in list(self._subs):
+            sub.put(event)
+        if self.relay is not None:
+            self.relay(event)
+
+    def receive(self, event: Event) -> None:
+        """Another instance's event: kept in :attr:`live` (``chat``, ``ended``) and given to this
+        instance's subscribers, not relayed again."""
+        conv = event.get("conversation")
+        if event.get("type") == "chat" and isinstance(conv, str):
+            self.live[conv] = dict(event)
+        elif event.get("type") == "ended" and isinstance(conv, str):
+            self.live.pop(conv, None)
         for sub in list(self._subs):
             sub.put(event)
 

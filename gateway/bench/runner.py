@@ -47,6 +47,7 @@ REGISTRY: dict[str, Group] = {
     "webhooks": Group("gateway.bench.webhooks:figures", ("webhook_delivery",), ratio=True),
     "console": Group("gateway.bench.console:figures", ("console_page",)),
     "redis": Group("gateway.bench.redis_instances:figures", ("redis_ingest", "redis_pipeline")),
+    "redis_assign": Group("gateway.bench.redis_assign:figures", ("redis_assign_next",)),
 }
 
 

@@ -137,8 +137,8 @@ async def _replay(config, args, since) -> int:
 
     from gateway import logs
     from gateway.app import context_factory, pipeline_settings
-    from gateway.attachments import AttachmentStore
     from gateway.store.factory import has_store, open_store
+    from gateway.store.redis_attachments import attachments_for
     from gateway.worker import Pipeline
 
     logs.configure("warning", config.log_format)
@@ -146,7 +146,7 @@ async def _replay(config, args, since) -> int:
         print(f"omnigate replay: no store in {config.data_dir}", file=sys.stderr)
         return 1
     store = open_store(config, consumer="omnigate-replay")
-    pipeline = Pipeline(store, pipeline_settings(config), attachments=AttachmentStore(Path(config.data_dir) / "attachments"),
+    pipeline = Pipeline(store, pipeline_settings(config), attachments=attachments_for(config, store, Path(config.data_dir) / "attachments"),
                         context_for=context_factory(config))
     counts: dict[str, int] = {}
     missing = 0

@@ -66,16 +66,24 @@ class Bus:
         self._wake = asyncio.Event()
         #: the open event streams' handler tasks: ended on shutdown (a browser reconnects)
         self.streams: set = set()
+        #: set with Redis (gateway/fanout.py): a nudge here wakes the other instances' tails too
+        self.relay: Callable[[], None] | None = None
 
     def close_streams(self) -> None:
         for task in list(self.streams):
             task.cancel()
 
-    def nudge(self, *_: Any) -> None:
+    def wake(self) -> None:
+        """Read the store now (this instance only)."""
         self._wake.set()
 
-    async def after_commit(self, *_: Any) -> None:  # the pipeline's hook signature
+    def nudge(self, *_: Any) -> None:
         self._wake.set()
+        if self.relay is not None:
+            self.relay()
+
+    async def after_commit(self, *_: Any) -> None:  # the pipeline's hook signature
+        self.nudge()
 
     def publish(self, event: dict) -> None:
         for q in list(self._subs):

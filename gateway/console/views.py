@@ -557,7 +557,7 @@ async def ticket_attachment(request: web.Request) -> web.Response:
     if row.entry.ticket_id and not can_read_ticket(ctx.p, _Facts(row.ticket_team, row.ticket_assignee)):
         raise _page_error(request, 403, "error.forbidden")
     a = row.entry.attachments[int(index)]
-    data = await asyncio.to_thread(request.app[DISPATCHER].attachments.get, a.storage_ref) if a.storage_ref else None
+    data = await request.app[DISPATCHER].attachments.aget(a.storage_ref) if a.storage_ref else None
     if data is None:
         raise _page_error(request, 404, "error.notfound")
     image = a.content_type in SAFE_IMAGES

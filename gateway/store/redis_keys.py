@@ -161,6 +161,100 @@ class Keys:
     def state(self, key: str) -> str:
         return f"{self.p}state:{_q(key)}"
 
+    # assignment, presence, SLA (gateway/store/redis_assign.py) ------
+    # Every assignment step runs under the lease ``lease("assign")`` and writes
+    # in one APPLY program fenced by it (see ARCHITECTURE.md).
+    @property
+    def agents(self) -> str:
+        """Hash: agent id → JSON of its fixed fields (name, login, roles, teams, skills, capacity, source)."""
+        return f"{self.p}agents"
+
+    @property
+    def agents_version(self) -> str:
+        """A fresh id on every change of the fixed fields: instances rebuild their agent cache when it moves."""
+        return f"{self.p}agents:ver"
+
+    @property
+    def agent_presence(self) -> str:
+        """Hash: agent id → presence (shared by every instance)."""
+        return f"{self.p}agents:presence"
+
+    @property
+    def agent_presence_at(self) -> str:
+        """Hash: agent id → when its presence last changed (ms)."""
+        return f"{self.p}agents:presence_at"
+
+    @property
+    def agent_last(self) -> str:
+        """Hash: agent id → last assignment (ms), the chooser's idle time."""
+        return f"{self.p}agents:last"
+
+    def agent_tickets(self, agent_id: str) -> str:
+        """Sorted set: the tickets the agent holds now, scored by assigned_at (ms)."""
+        return f"{self.p}{{a:{agent_id}}}:tickets"
+
+    def ticket_assignment(self, tid: str) -> str:
+        """Hash: the ticket's last assignment {agent, class, team, skills, assigned_at, released_at}."""
+        return f"{self.p}{{t:{tid}}}:asg"
+
+    @property
+    def assign_queue(self) -> str:
+        """Sorted set: queued ticket ids scored rank × 10^13 + queued_at (ms): priority, then age."""
+        return f"{self.p}aq"
+
+    @property
+    def assign_queue_items(self) -> str:
+        """Hash: queued ticket id → JSON of its demand (team, skills, overflow done…)."""
+        return f"{self.p}aq:items"
+
+    @property
+    def assign_overflow(self) -> str:
+        """Sorted set: queued ticket id → its next overflow step's due time (ms)."""
+        return f"{self.p}aq:overflow"
+
+    def sla_clock(self, tid: str) -> str:
+        """JSON of the ticket's SlaClock (policy, statuses, responses, events fired)."""
+        return f"{self.p}{{t:{tid}}}:slaclock"
+
+    def sla_timers(self, tid: str) -> str:
+        """Hash: timer key → JSON [kind, target, policy, since ms, due ms]."""
+        return f"{self.p}{{t:{tid}}}:slatimers"
+
+    @property
+    def sla_due(self) -> str:
+        """Sorted set: ticket id → its earliest SLA timer (ms)."""
+        return f"{self.p}sla:due"
+
+    @property
+    def sla_events(self) -> str:
+        """Hash: JSON [kind, policy, target] → events fired."""
+        return f"{self.p}sla:events"
+
+    @property
+    def assign_stats(self) -> str:
+        """Hash: fr_count/fr_sum/fr_max, res_count/res_sum/res_max (ms) of first response and resolution."""
+        return f"{self.p}asg:stats"
+
+    @property
+    def tickets_changed(self) -> str:
+        """Sorted set: ticket id → updated_at (ms) — the scheduler's sweep."""
+        return f"{self.p}tchanged"
+
+    # live updates, shared attachments (gateway/fanout.py, gateway/attachments.py) ----
+    @property
+    def live_channel(self) -> str:
+        """Pub/sub channel: every instance's live events (webchat hub, console nudges)."""
+        return f"{self.p}live"
+
+    def attachment(self, sha256: str) -> str:
+        """String: an attachment's bytes by content (below ``attachments.redis_max_bytes``)."""
+        return f"{self.p}att:{sha256}"
+
+    @property
+    def migrated(self) -> str:
+        """Hash: ``omnigate migrate``'s marker (source folder, times, last audit seq moved)."""
+        return f"{self.p}migrated"
+
     # one sender in arrival order (gateway/store/redis_order.py) ------
     @property
     def order_registered(self) -> str:

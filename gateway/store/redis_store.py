@@ -61,6 +61,7 @@ from gateway.store.base import (
     Page,
     StoreError,
 )
+from gateway.store.redis_assign import RedisAssignOps
 from gateway.store.redis_keys import Keys
 from gateway.store.redis_order import RedisOrderMixin
 from gateway.store.redis_shared import RedisSharedMixin
@@ -322,9 +323,6 @@ class _Taken(Exception):
 NOT_YET = (
     # replies and outbox (gateway/store/sqlite_replies.py)
     "reply_create", "auto_reply", "reply_facts",
-    # assignment, presence, SLA (sqlite_assign.py, sqlite_sla.py)
-    "put_agent", "list_agents", "get_agent", "set_presence", "assign_next", "ticket_sync",
-    "set_status", "overflow_due", "changed_tickets", "sla_fire_due",
     # the REST API (sqlite_tickets.py, sqlite_tokens.py)
     "ticket_record", "tickets_list", "ticket_patch", "contact_by_identity", "contacts_by_name",
     "contact_set_attributes", "contact_audit", "timeline_rows", "note_create", "mentions_of",
@@ -363,7 +361,7 @@ _JOURNAL_FIELDS = ("seq", "channel", "account", "key", "received_at", "status", 
                    "ticket_id", "contact_id", "processed_at", "size", "sid")
 
 
-class RedisStore(RedisOrderMixin, RedisSharedMixin):
+class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
     """The store on one Redis (primary + replicas + Sentinel in production)."""
 
     backend = "redis"
@@ -385,8 +383,10 @@ class RedisStore(RedisOrderMixin, RedisSharedMixin):
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         socket_timeout_s = max(socket_timeout_s, wait_timeout_ms / 1000 + 2)  # WAIT blocks that long
-        self.r = client or aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=10,
-                                                     socket_timeout=socket_timeout_s, socket_connect_timeout=2.0)
+        from gateway.store.redis_conn import connect  # redis://, rediss://, unix://, redis+sentinel://
+
+        self.r = client or connect(url, decode_responses=False, health_check_interval=10,
+                                   socket_timeout=socket_timeout_s, socket_connect_timeout=2.0)
         self._append = self.r.register_script(APPEND_LUA)
         self._apply = self.r.register_script(APPLY_LUA)
         self._lease = self.r.register_script(LEASE_LUA)
@@ -911,6 +911,8 @@ class RedisStore(RedisOrderMixin, RedisSharedMixin):
                       _j({"source": src, "added_at": now}))
         for ev in c.outbox:
             self._add_outbox(tx, ev.topic, ev.ticket_id, ev.payload, now)
+        if c.new_ticket is not None or c.ticket_change is not None:  # the assignment sweep's index
+            tx.op("ZADD", k.tickets_changed, now, c.new_ticket.id if c.new_ticket is not None else c.ticket_change.id)
         tx.op("SET", k.message_key(*c.message_key),
               _j({"j": c.journal_id, "t": c.message_entry_id, "k": c.ticket_id, "c": cid}))
         if c.final:
@@ -1274,6 +1276,7 @@ class RedisStore(RedisOrderMixin, RedisSharedMixin):
             tx.op("HSETNX", tkey, "first_response_at", ms(d.at))
             tx.op("HSET", tkey, "updated_at", ms(d.at))
             tx.op("HINCRBY", tkey, "version", 1)
+            tx.op("ZADD", k.tickets_changed, ms(d.at), item.ticket_id)  # the sweep re-times its SLA
         if d.thread_ref and item.ticket_id:
             tx.op("SET", k.thread_ref(d.thread_ref.strip().strip("<>")), item.ticket_id, "NX")
         try:
@@ -1288,20 +1291,6 @@ class RedisStore(RedisOrderMixin, RedisSharedMixin):
     async def outbox_next_due(self, topic: str) -> datetime | None:
         first = await self._call(self.r.zrange(self.k.outbox_due(topic), 0, 0, withscores=True))
         return dt(int(first[0][1])) if first else None
-
-    # ------------------------------------------------------------ assignment (what runs without a directory)
-
-    async def directory_load(self, directory: Any, now: datetime) -> list:
-        """Without agents there is nothing to load (the daemon without a
-        directory calls this at start); agents are not on Redis yet."""
-        if getattr(directory, "agents", None):
-            raise NotImplementedError("store operation directory_load (agents) is not implemented on the Redis "
-                                      "backend yet")
-        return []
-
-    async def assign_stats(self) -> dict:
-        """Not kept on Redis yet: the metrics leave the assignment families out."""
-        return {"unavailable": "assignment figures are not kept on the Redis backend yet"}
 
     # ------------------------------------------------------------ outbound webhooks: none yet on Redis
 

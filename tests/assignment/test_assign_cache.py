@@ -8,7 +8,6 @@ import asyncio
 import msgspec
 import pytest
 
-from gateway.store.sqlite import SQLiteStore
 from tests.assignment.conftest import T0, directory, make_ticket
 
 
@@ -40,7 +39,8 @@ async def test_concurrent_assign_next_with_presence_flips_never_exceeds_capacity
         "a-li": 2, "a-han": 2, "a-wang": 3, "c-1": 10, "c-2": 10, "c-3": 10}
 
 
-async def test_a_rolled_back_change_is_not_kept_by_the_cache(store, clock):
+async def test_a_rolled_back_change_is_not_kept_by_the_cache(sqlite_store, clock):
+    store = sqlite_store
     # a-wang (support) holds 3/3 email; a transaction frees one in the cache, then fails
     held = [await make_ticket(store, team="support") for _ in range(3)]
     for t in held:
@@ -59,15 +59,15 @@ async def test_a_rolled_back_change_is_not_kept_by_the_cache(store, clock):
     assert "at capacity email 3/3" in str(decision.considered)
 
 
-async def test_a_restarted_store_rebuilds_the_cache_from_the_tables(tmp_path, clock):
-    store = SQLiteStore.in_dir(tmp_path)
+async def test_a_restarted_store_rebuilds_the_cache_from_the_tables(stores, clock):
+    store = stores()
     await store.directory_load(directory(), T0)
     for _ in range(2):
         await store.assign_next(await make_ticket(store, team="billing"), T0)
     await store.set_presence("a-li", "away", T0)
     await store.close()
 
-    store = SQLiteStore.in_dir(tmp_path)
+    store = stores()  # another process on the same state
     try:
         await store.directory_load(directory(), T0)  # presence is kept: a-li stays away
         decision = await store.assign_next(await make_ticket(store, team="billing"), clock.advance(minutes=1))
@@ -79,8 +79,8 @@ async def test_a_restarted_store_rebuilds_the_cache_from_the_tables(tmp_path, cl
         await store.close()
 
 
-async def test_a_directory_change_by_another_store_is_seen(tmp_path, clock):
-    first, second = SQLiteStore.in_dir(tmp_path), SQLiteStore.in_dir(tmp_path)
+async def test_a_directory_change_by_another_store_is_seen(stores, clock):
+    first, second = stores(), stores()
     try:
         await first.directory_load(directory(), T0)
         await first.assign_next(await make_ticket(first, team="support"), T0)  # builds first's cache

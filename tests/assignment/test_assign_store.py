@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.assignment.conftest import T0, assignee, entries, make_ticket
+from tests.assignment.conftest import T0, assignee, entries, journal_id, make_ticket
 
 
 async def test_concurrent_assign_next_never_exceeds_capacity(store):
@@ -105,10 +105,24 @@ async def test_ticket_sync_keeps_the_assignee_and_reassigns_on_team_change(store
     from routing.state import Commit, TicketChange
     from routing.model import new_id
 
-    await store.commit(Commit(journal_id=new_id(), outcome="processed", message_key=("email", "acct", new_id()),
+    await store.commit(Commit(journal_id=await journal_id(store), outcome="processed", message_key=("email", "acct", new_id()),
                               contact_id=ticket.contact_id, contact_expect_version=1, ticket_id=t,
                               ticket_change=TicketChange(id=t, expect_version=2, team="support")))
     [moved] = await store.ticket_sync([t], clock.advance(minutes=1))
     assert moved.agent == "a-wang"
     agents = {a.id: a for a in await store.list_agents()}
     assert agents[first].load.get("email", 0) == 0 and agents["a-wang"].load == {"email": 1}
+
+
+async def test_the_queue_is_served_by_priority_then_age(store, clock):
+    await store.set_presence("a-wang", "offline", T0)  # support: a-wang alone, email 3
+    order = ["normal", "low", "urgent", "high", "normal"]
+    tickets = []
+    for i, priority in enumerate(order):
+        t = await make_ticket(store, team="support", priority=priority)
+        assert (await store.assign_next(t, clock.advance(minutes=1))).agent is None
+        tickets.append(t)
+    await store.set_presence("a-wang", "online", clock.advance(minutes=1))
+    held = [await assignee(store, t) == "a-wang" for t in tickets]
+    # urgent, high, then the oldest normal; the low one and the younger normal wait
+    assert held == [True, False, True, True, False]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from gateway.store.base import REPLY_TOPIC, Delivery, ReplyDraft
-from gateway.store.sqlite import SQLiteStore
 from routing.model import utcnow
 from tests.assignment.conftest import T0, assignee, directory, entries, local, make_ticket
 
@@ -67,15 +66,15 @@ async def test_pending_pauses_the_clock_and_open_resumes_it(store, clock):
     assert resumed.first_response_due == local(2026, 3, 2, 12, 0) and resumed.paused_at is None
 
 
-async def test_warning_and_breach_survive_a_restart_and_fire_once(tmp_path):
-    store = SQLiteStore.in_dir(tmp_path)
+async def test_warning_and_breach_survive_a_restart_and_fire_once(stores):
+    store = stores()
     await store.directory_load(directory(), T0)
     t = await make_ticket(store, team="billing", priority="urgent")
     await store.ticket_sync([t], T0)
     assert await assignee(store, t) == "a-han"  # tie on load: never assigned, then by id
     await store.close()
 
-    store = SQLiteStore.in_dir(tmp_path)  # a new process, 20 minutes later
+    store = stores()  # a new process, 20 minutes later
     await store.directory_load(directory(), T0 + timedelta(minutes=20))
     try:
         fired = await store.sla_fire_due(T0 + timedelta(minutes=20))
@@ -94,7 +93,8 @@ async def test_warning_and_breach_survive_a_restart_and_fire_once(tmp_path):
         await store.close()
 
 
-async def test_a_public_agent_reply_meets_the_first_response(store):
+async def test_a_public_agent_reply_meets_the_first_response(sqlite_store):
+    store = sqlite_store  # replies are not on the Redis backend yet (reply_create)
     now = utcnow()  # the replies engine stamps replies with the real time; the store keeps milliseconds
     created = now.replace(microsecond=now.microsecond // 1000 * 1000) - timedelta(minutes=5)
     t, sla = await _due(store, created, priority="urgent")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from tests.assignment.conftest import assignee, entries, make_ticket
 
 
-async def test_a_commit_assigns_and_times_the_ticket_in_its_own_transaction(store, clock):
+async def test_a_commit_assigns_and_times_the_ticket_in_its_own_transaction(sqlite_store, clock):
+    store = sqlite_store
     store.sync_in_commit(clock)
     before = store.group_commit_stats
     t = await make_ticket(store, team="billing", skills={"billing": 3})
@@ -18,12 +19,14 @@ async def test_a_commit_assigns_and_times_the_ticket_in_its_own_transaction(stor
     assert ticket.sla is not None and ticket.sla.policy == "standard" and ticket.sla.first_response_due is not None
 
 
-async def test_without_it_the_commit_leaves_assignment_to_the_hook(store):
+async def test_without_it_the_commit_leaves_assignment_to_the_hook(sqlite_store):
+    store = sqlite_store
     t = await make_ticket(store, team="billing", skills={"billing": 3})
     assert await assignee(store, t) is None
 
 
-async def test_the_sweep_skips_tickets_synced_in_their_commit_but_not_later_changes(store, clock):
+async def test_the_sweep_skips_tickets_synced_in_their_commit_but_not_later_changes(sqlite_store, clock):
+    store = sqlite_store
     store.sync_in_commit(clock)
     synced = await make_ticket(store, team="billing")
     changed, cursor = await store.changed_tickets(None)

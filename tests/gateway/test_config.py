@@ -141,9 +141,9 @@ def test_redis_url_is_taken_and_refused_with_what_does_not_run_on_redis_yet(tmp_
     assert load(None, environ={"OMNIGATE_REDIS_URL": "redis://r:1/0"}, channel_names=CHANNELS).redis_url == "redis://r:1/0"
     with pytest.raises(ConfigError, match="redis_url must be redis://"):
         load(None, environ={"OMNIGATE_REDIS_URL": "http://localhost"}, channel_names=CHANNELS)
-    with pytest.raises(ConfigError, match=r"redis_url: assignment and SLAs \(directory\) do not run on the Redis"):
-        load(None, environ={"OMNIGATE_REDIS_URL": "redis://r:1/0", "OMNIGATE_DIRECTORY": "d.yaml"},
-             channel_names=CHANNELS)
+    # assignment and SLAs run on Redis (gateway/store/redis_assign.py): a directory is taken
+    assert load(None, environ={"OMNIGATE_REDIS_URL": "redis://r:1/0", "OMNIGATE_DIRECTORY": "d.yaml"},
+                channel_names=CHANNELS).directory == "d.yaml"
     f.write_text("redis_url: redis://localhost:6379/0\nwebhooks:\n  endpoints:\n    crm:\n"
                  "      url: https://crm.example/hook\n      secret_file: /dev/null\n")
     with pytest.raises(ConfigError, match="redis_url: outbound webhooks do not run on the Redis backend yet"):
@@ -239,3 +239,12 @@ def test_a_missing_secret_names_the_account_and_where_to_put_it(tmp_path):
     with pytest.raises(ConfigError, match=r"c.yaml:3: email.imap.sales \(account 'sales'\) lacks its password.*"
                                           r"email.imap.sales.password_file.*OMNIGATE_EMAIL__IMAP__SALES__PASSWORD"):
         load(str(f), environ={}, channel_names=CHANNELS)
+
+
+def test_the_shared_attachments_folder_belongs_to_redis_deployments():
+    env = {"OMNIGATE_STORE__ATTACHMENTS_DIR": "/mnt/shared/attachments"}
+    with pytest.raises(ConfigError, match="store.attachments_dir is the shared folder of a redis_url deployment"):
+        load(None, environ=env, channel_names=CHANNELS)
+    config = load(None, environ={**env, "OMNIGATE_REDIS_URL": "redis://r:1/0",
+                                 "OMNIGATE_STORE__REDIS_ATTACHMENT_MAX_BYTES": "4096"}, channel_names=CHANNELS)
+    assert (config.store.attachments_dir, config.store.redis_attachment_max_bytes) == ("/mnt/shared/attachments", 4096)

@@ -9,9 +9,9 @@
   503 while it is down, reconnect by themselves, and lose nothing they
   acknowledged.
 
-The daemons run without a directory (assignment and SLAs are not on the
-Redis backend yet); results are read straight from Redis with a
-``RedisStore``.
+The daemons run without a directory (assignment and SLAs across instances:
+``test_redis_assign_instances.py``); results are read straight from Redis
+with a ``RedisStore``.
 """
 
 from __future__ import annotations
