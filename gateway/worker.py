@@ -279,6 +279,9 @@ class Worker:
         self._puts: set[asyncio.Task] = set()  # deferred entries waiting for room in the queue
         self._stopping = False
         self.done = 0
+        #: called with 1 for each entry the pipeline settled (processed,
+        #: duplicate or failed): gateway/admission.py's backlog and gate
+        self.on_settled: list[Callable[[int], None]] = []
 
     def wake(self) -> None:
         """Called after an append: there is new work."""
@@ -359,6 +362,8 @@ class Worker:
                 deferred = result.status == "deferred"
                 if not deferred:
                     self.done += 1
+                    for settled in self.on_settled:
+                        settled(1)
             except Exception:  # process() fails entries itself; this is the store being down
                 log.exception("worker.process_error", journal_id=entry.id)
                 await asyncio.sleep(0.5)
