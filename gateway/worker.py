@@ -277,6 +277,8 @@ class Worker:
         self._queue: asyncio.Queue[JournalEntry] = asyncio.Queue(maxsize=batch * 2)
         self._tasks: list[asyncio.Task] = []
         self._puts: set[asyncio.Task] = set()  # deferred entries waiting for room in the queue
+        #: the real Pipeline keeps the arrival order (admit, defer); a stand-in (tests) has process(entry) only
+        self._ordered = isinstance(pipeline, Pipeline)
         self._stopping = False
         self.done = 0
         #: called with 1 for each entry the pipeline settled (processed,
@@ -304,7 +306,8 @@ class Worker:
 
         await cancel_and_wait(*self._tasks, *self._puts)  # again if one swallowed its cancellation
         self._tasks = []
-        self.pipeline._parsed.clear()
+        if self._ordered:
+            self.pipeline._parsed.clear()
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until nothing is pending or in flight (tests, replay)."""
@@ -329,7 +332,8 @@ class Worker:
                 continue
             fresh = [e for e in entries if e.id not in self._inflight]
             try:
-                await self.pipeline.admit(fresh)  # across instances: parse and register their senders
+                if self._ordered:
+                    await self.pipeline.admit(fresh)  # across instances: parse and register their senders
             except Exception:
                 log.exception("worker.admit_failed")
                 for e in fresh:
@@ -358,8 +362,11 @@ class Worker:
             entry = await self._queue.get()
             deferred = False
             try:
-                result = await self.pipeline.process(entry, defer=True)
-                deferred = result.status == "deferred"
+                if self._ordered:
+                    result = await self.pipeline.process(entry, defer=True)
+                    deferred = result.status == "deferred"
+                else:
+                    await self.pipeline.process(entry)
                 if not deferred:
                     self.done += 1
                     for settled in self.on_settled:
@@ -372,8 +379,9 @@ class Worker:
                     self._requeue(entry)
                 else:
                     self._inflight.discard(entry.id)
-                    self.pipeline.forget(entry)
-                    self.pipeline.order.done(entry.id)
+                    if self._ordered:
+                        self.pipeline.forget(entry)
+                        self.pipeline.order.done(entry.id)
 
     def _requeue(self, entry: JournalEntry) -> None:
         try:
