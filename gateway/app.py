@@ -372,8 +372,9 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
         ch for ch in tasks if ch in manifests() and manifests()[ch].transport == "webhook")
     runner = asyncio.create_task(supervisor.run(tasks), name="omnigate-connectors")
     yield
-    runner.cancel()
-    await asyncio.gather(runner, return_exceptions=True)
+    from gateway.tasks import cancel_and_wait
+
+    await cancel_and_wait(runner)  # again if a connector's loop swallowed the cancellation
     for channel, conn in app[keys.CONNECTORS].items():
         try:
             await conn.close()

@@ -102,6 +102,7 @@ class LeaseOwnership:
         try:
             return await self.store.lease_acquire(name, self.holder, ttl_s or self.ttl_s)
         except Exception as exc:  # noqa: BLE001 - the store is down: stand by, try again
+            _cancelled_meanwhile()
             log.warning("lease.acquire_failed", lease=name, error=f"{type(exc).__name__}: {exc}")
             return False
 
@@ -135,6 +136,7 @@ class LeaseOwnership:
                         return False  # taken by another instance (it had expired)
                     last_ok = self._clock()
                 except Exception as exc:  # noqa: BLE001 - cannot tell: stop before the lease can run out
+                    _cancelled_meanwhile()
                     if self._clock() - last_ok >= self.ttl_s * 2 / 3:
                         log.warning("lease.renew_failed", lease=name, error=f"{type(exc).__name__}: {exc}")
                         return False
@@ -159,6 +161,14 @@ class LeaseOwnership:
     async def _release(self, name: str) -> None:
         with contextlib.suppress(Exception):
             await self.store.lease_release(name, self.holder)
+
+
+def _cancelled_meanwhile() -> None:
+    """A client library may turn a cancellation that hit its call into an
+    error: if this task was asked to stop, stop (not retry for ever)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def ownership_for(store: Any, holder: str, *, ttl_s: float = 15.0) -> Ownership:

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.ownership import AlwaysOwner, LeaseOwnership, ownership_for
 from gateway.store.base import StoreError
+from gateway.tasks import cancel_and_wait
 
 
 class Work:
@@ -52,8 +53,7 @@ async def test_a_single_instance_owns_at_once(store):
     task = asyncio.create_task(own.run_owned("imap:support", work.factory("a")))
     await until(lambda: work.running == {"a"})
     assert own.states() == {"imap:support": "owner"}
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
     assert work.running == set() and own.states() == {}
 
 
@@ -110,9 +110,7 @@ async def test_two_instances_one_owner_and_a_takeover_when_the_holder_stops_rene
         await asyncio.sleep(TTL)
         assert work.running == {other.holder}
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
 
 
 @pytest.mark.integration
@@ -129,13 +127,11 @@ async def test_a_stopping_or_failing_owner_hands_over_at_once(two):
     tb = asyncio.create_task(b.run_owned("phone:tail:pbx", work.factory("inst-b")))
     await asyncio.sleep(0.2)
     assert work.running == {"inst-a"}
-    ta.cancel()  # instance a shuts down
-    await asyncio.gather(ta, return_exceptions=True)
+    await cancel_and_wait(ta)  # instance a shuts down
     await until(lambda: work.running == {"inst-b"}, timeout=5)
     # b's work fails: the error propagates, the lease is free for a new instance
     work.fail.add("inst-c")
-    tb.cancel()
-    await asyncio.gather(tb, return_exceptions=True)
+    await cancel_and_wait(tb)
     c = LeaseOwnership(two[0], "inst-c", ttl_s=ttl)
     with pytest.raises(OSError, match="mailbox went away"):
         await c.run_owned("phone:tail:pbx", work.factory("inst-c"))
@@ -154,3 +150,38 @@ async def test_a_periodic_job_runs_on_one_instance_per_period(two):
     await asyncio.sleep(0.4)  # the period ends
     assert await b.claim_period("webhooks:prune", 0.3)
     assert not await a.claim_period("webhooks:prune", 0.3)
+
+
+async def test_a_cancel_a_client_library_turns_into_an_error_still_stops_the_owner():
+    """redis-py may answer a cancellation that hit its call with an error:
+    the owner must stop, not take it for a failed renewal and go on."""
+
+    class Swallowing:
+        swallowed = 0
+
+        async def lease_acquire(self, name, holder, ttl_s):
+            return True
+
+        async def lease_renew(self, name, holder, ttl_s):
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if self.swallowed:
+                    raise  # only the first (so a failing test ends rather than hangs)
+                self.swallowed += 1
+                raise StoreError("redis unavailable: connection closed") from None
+
+        async def lease_release(self, name, holder):
+            return True
+
+    own = LeaseOwnership(Swallowing(), "inst-a", ttl_s=0.06)
+    work = Work()
+    task = asyncio.create_task(own.run_owned("imap:support", work.factory("a")))
+    await until(lambda: work.running == {"a"})
+    await asyncio.sleep(0.05)  # in the renewal call now
+    task.cancel()
+    try:
+        done, _ = await asyncio.wait({task}, timeout=10)
+        assert done and task.cancelled() and work.running == set()
+    finally:
+        await cancel_and_wait(task)

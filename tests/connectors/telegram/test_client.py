@@ -413,6 +413,7 @@ async def test_two_instances_on_redis_poll_one_bot_one_at_a_time(api: Api, make_
     one poller (no 409), and when it stops the other takes over."""
     from gateway.ownership import LeaseOwnership
     from gateway.store.redis_store import RedisStore
+    from gateway.tasks import cancel_and_wait
 
     stores = [RedisStore(redis_server.url, prefix=redis_prefix, consumer=n) for n in "ab"]
     ctxs = [MemoryContext(config_for(api)) for _ in stores]
@@ -440,15 +441,12 @@ async def test_two_instances_on_redis_poll_one_bot_one_at_a_time(api: Api, make_
         assert ctxs[owner].ownership.states() == {f"telegram:poll:{POLLING_BOT}": "owner"}
         assert ctxs[1 - owner].ownership.states() == {f"telegram:poll:{POLLING_BOT}": "standby"}
         stopped.add(owner)
-        runners[owner].cancel()  # the owning instance stops: it hands the lease over
-        await asyncio.gather(runners[owner], return_exceptions=True)
+        await cancel_and_wait(runners[owner])  # the owning instance stops: it hands the lease over
         api.polling_bot.push_update(*update_from(names[2]))
         await asyncio.wait_for(until(3), 30)
         assert len(ctxs[1 - owner].journal) == 1
         assert api.polling_bot.conflicts == 0
     finally:
-        for r in runners:
-            r.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
+        await cancel_and_wait(*runners)
         for s in stores:
             await s.close()
