@@ -57,26 +57,45 @@ class KeyedLocks:
     """One FIFO lock per key, dropped when nobody holds or waits for it.
 
     asyncio.Lock hands itself to waiters in the order they asked, so tasks
-    that ask in arrival order are served in arrival order."""
+    that ask in arrival order are served in arrival order. ``async with
+    locks(key):`` — a plain async context manager (a generator-based one cost
+    ~2 % of a production pipeline message)."""
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
-    @contextlib.asynccontextmanager
-    async def __call__(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (None, 0))
+    def __call__(self, key: str) -> "_KeyedLock":
+        return _KeyedLock(self._locks, key)
+
+
+class _KeyedLock:
+    __slots__ = ("_locks", "_key", "_lock")
+
+    def __init__(self, locks: dict[str, tuple[asyncio.Lock, int]], key: str) -> None:
+        self._locks, self._key = locks, key
+
+    async def __aenter__(self) -> None:
+        lock, users = self._locks.get(self._key, (None, 0))
         if lock is None:
             lock = asyncio.Lock()
-        self._locks[key] = (lock, users + 1)
+        self._locks[self._key] = (lock, users + 1)
+        self._lock = lock
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            await lock.acquire()
+        except BaseException:  # cancelled while waiting: no longer a user
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        lock, users = self._locks[self._key]
+        if users == 1:
+            del self._locks[self._key]
+        else:
+            self._locks[self._key] = (lock, users - 1)
 
 
 class LocalOrder:

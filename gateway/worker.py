@@ -36,7 +36,7 @@ from connectors.registry import RegistryError, parser_for
 from gateway.attachments import AttachmentStore
 from gateway.metrics import Metrics
 from gateway.order import KeyedLocks, NotYourTurn, SenderOrder, order_for, sender_key  # noqa: F401 (KeyedLocks: re-exported)
-from gateway.store.base import Conflict, JournalEntry, Store
+from gateway.store.base import Conflict, JournalEntry, Store, StoreUnavailable
 from routing.model import Inbound, utcnow
 from routing.pipeline import Settings, decide, lookup
 from routing.state import CommitResult
@@ -161,6 +161,8 @@ class Pipeline:
                     for n, inbound in enumerate(inbounds):
                         await self._prepare(inbound)
                         results.append(await self._commit(entry, inbound, final=n == len(inbounds) - 1))
+                except StoreUnavailable:  # not the entry's fault: it stays pending, the worker tries it again later
+                    raise
                 except Exception as exc:
                     log_.exception("pipeline.failed")
                     return await self._fail(entry, f"pipeline error: {type(exc).__name__}: {exc}")

@@ -240,6 +240,94 @@ class Keys:
         """Sorted set: ticket id → updated_at (ms) — the scheduler's sweep."""
         return f"{self.p}tchanged"
 
+    # outbound webhooks, help-desk sync, console (gateway/store/redis_webhooks.py) ----------
+    @property
+    def events(self) -> str:
+        """Stream of committed events (every outbox topic but ``reply.send``), written by the
+        script that commits the change: fields id, topic, ticket_id, payload, at and the
+        snapshots taken in that script (``t`` ticket hash, ``m`` timeline entry, ``c``/``ci``
+        contact hash and identities). The stream id is the event's place (the cursors)."""
+        return f"{self.p}wh:events"
+
+    def event_id(self, eid: str) -> str:
+        """Event id → its stream id (replay by id while the event is kept)."""
+        return f"{self.p}wh:evid:{eid}"
+
+    @property
+    def webhook_endpoints(self) -> str:
+        """Set of endpoint names."""
+        return f"{self.p}wh:eps"
+
+    def webhook_endpoint(self, name: str) -> str:
+        """Hash: url, secret, events, allow_private, enabled, source, description, cursor
+        (stream id fanned out up to), disabled_reason, failures, paused_until, created_at, updated_at."""
+        return f"{self.p}wh:ep:{_q(name)}"
+
+    @property
+    def webhook_seq(self) -> str:
+        """Counter: queue rows' order (and dead letters', log lines')."""
+        return f"{self.p}seq:wh"
+
+    def webhook_row(self, rid: str) -> str:
+        """Hash: one event waiting for one endpoint (with its payload as committed)."""
+        return f"{self.p}wh:q:{rid}"
+
+    def webhook_rows(self, name: str) -> str:
+        """Sorted set: the endpoint's queue rows by seq."""
+        return f"{self.p}wh:rows:{_q(name)}"
+
+    def webhook_line(self, name: str, order_key: str) -> str:
+        """Sorted set: one (endpoint, ticket) line of rows by seq; only its head may be claimed."""
+        return f"{self.p}wh:line:{_q(name, order_key)}"
+
+    def webhook_due(self, name: str) -> str:
+        """Sorted set: the heads of the endpoint's lines by next_at (a leased head: its lease's end)."""
+        return f"{self.p}wh:due:{_q(name)}"
+
+    def webhook_dead(self, name: str) -> str:
+        """Sorted set: the endpoint's dead letters (JSON) by seq."""
+        return f"{self.p}wh:dead:{_q(name)}"
+
+    def webhook_log(self, name: str) -> str:
+        """Sorted set: the endpoint's delivery attempts (JSON) by seq."""
+        return f"{self.p}wh:log:{_q(name)}"
+
+    def desk_links(self, desk: str) -> str:
+        """Hash: omnigate ticket id → desk ticket id."""
+        return f"{self.p}desk:links:{_q(desk)}"
+
+    def desk_remote(self, desk: str) -> str:
+        """Hash: desk ticket id → omnigate ticket id."""
+        return f"{self.p}desk:remote:{_q(desk)}"
+
+    def desk_order(self, desk: str) -> str:
+        """Sorted set: linked omnigate ticket ids by link time."""
+        return f"{self.p}desk:order:{_q(desk)}"
+
+    def desk_seen(self, desk: str) -> str:
+        """Hash: desk comment id → JSON {ticket_id, origin, at}."""
+        return f"{self.p}desk:seen:{_q(desk)}"
+
+    def desk_owned(self, tid: str) -> str:
+        """Set by a desk with ``ownership: desk``: the desk's name (assignment and SLA leave the ticket)."""
+        return f"{self.p}{{t:{tid}}}:deskowned"
+
+    def console_session(self, digest: str) -> str:
+        """Hash of a console session (expires with it)."""
+        return f"{self.p}csess:{digest}"
+
+    def canned(self, cid: str) -> str:
+        return f"{self.p}canned:{cid}"
+
+    @property
+    def canned_names(self) -> str:
+        """Hash: canned reply name → id (names are unique)."""
+        return f"{self.p}canned:names"
+
+    @property
+    def timeline_all(self) -> str:
+        """Sorted set: every timeline entry id by its seq (the console's live tail)."""
+        return f"{self.p}tlall"
     # live updates, shared attachments (gateway/fanout.py, gateway/attachments.py) ----
     @property
     def live_channel(self) -> str:
@@ -254,6 +342,69 @@ class Keys:
     def migrated(self) -> str:
         """Hash: ``omnigate migrate``'s marker (source folder, times, last audit seq moved)."""
         return f"{self.p}migrated"
+    # the REST API: ticket lists, tokens, mentions, contact audit, auto-replies (redis_api.py) ------
+    @property
+    def ticket_index_base(self) -> str:
+        """Ticket list indexes (sorted sets), all named ``<base><order>:<dim>``:
+        order ``p`` (score rank·2^42 + created_at ms, member ticket id) or
+        ``u`` (score updated_at ms, member ``<number:016d>:<ticket id>``);
+        dim ``all``, ``s:<status>``, ``t:<team>``, ``a:<assignee>``, ``na``
+        (unassigned). The value is the name's last part, so no separator in
+        it can make two names collide. The APPLY script builds the same names
+        (``redis_api.REINDEX_LUA``): change both together."""
+        return f"{self.p}tix:"
+
+    def ticket_index(self, order: str, dim: str) -> str:
+        return f"{self.ticket_index_base}{order}:{dim}"
+
+    def token(self, token_id: str) -> str:
+        """Hash: one API token's info (never the token)."""
+        return f"{self.p}tok:{token_id}"
+
+    def token_hash(self, digest: str) -> str:
+        """The token's SHA-256 → its id."""
+        return f"{self.p}tokh:{digest}"
+
+    def token_prefix(self, prefix: str) -> str:
+        """Set of token ids listed under a prefix (revoke by prefix)."""
+        return f"{self.p}tokp:{_q(prefix)}"
+
+    @property
+    def tokens(self) -> str:
+        """Sorted set: token id scored by created_at (the list's order)."""
+        return f"{self.p}toks"
+
+    @property
+    def token_epoch(self) -> str:
+        """Incremented by every revocation: each instance's token cache is dropped when it moves."""
+        return f"{self.p}seq:tokrev"
+
+    def mentions(self, agent_id: str) -> str:
+        """Sorted set: JSON {timeline_id, ticket_id, by} scored by at, per mentioned agent."""
+        return f"{self.p}{{a:{agent_id}}}:mentions"
+
+    def contact_audit(self, cid: str) -> str:
+        """List of JSON audit records naming the contact (subject, merge winner, unmerge source)."""
+        return f"{self.p}{{c:{cid}}}:audit"
+
+    @property
+    def audit_seq(self) -> str:
+        return f"{self.p}seq:audit"
+
+    @property
+    def auto_reply_last(self) -> str:
+        """Hash: identity key → the last auto-reply's time (ms): the per-address window."""
+        return f"{self.p}ar:last"
+
+    @property
+    def auto_reply_log(self) -> str:
+        """Sorted set: auto-replies of the last hour, scored by time (the global budget)."""
+        return f"{self.p}ar:log"
+
+    @property
+    def contacts_by_id(self) -> str:
+        """Sorted set of every contact id (score 0: by id), written with the contact: name search walks it."""
+        return f"{self.p}contacts"
 
     # one sender in arrival order (gateway/store/redis_order.py) ------
     @property

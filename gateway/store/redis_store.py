@@ -53,6 +53,7 @@ import structlog
 from connectors.base import IngestResult, Nonce, NonceReused
 from gateway.store.base import (
     JOURNAL_STATUSES,
+    REPLY_TOPIC,
     Conflict,
     Delivery,
     JournalEntry,
@@ -60,11 +61,13 @@ from gateway.store.base import (
     OutboxItem,
     Page,
     StoreError,
+    StoreUnavailable,
 )
+from gateway.store.redis_api import REINDEX_LUA, ApiOps
 from gateway.store.redis_assign import RedisAssignOps
 from gateway.store.redis_keys import Keys
-from gateway.store.redis_order import RedisOrderMixin
-from gateway.store.redis_shared import RedisSharedMixin
+
+class RedisStore(ApiOps, RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
 from routing.calls import call_text, merge_call
 from routing.dedupe import reused_id
 from routing.model import Attachment, Contact, Identity, ReplyTarget, SlaState, Ticket, TimelineEntry, new_id, utcnow
@@ -145,14 +148,18 @@ end
 return {created, jid}
 """
 
-APPLY_LUA = """
--- ARGV[1]: {"g": guards, "n": [counter key index, first] | null, "o": writes}
+APPLY_LUA = REINDEX_LUA + """
+-- ARGV[1]: {"g": guards, "n": [counter key index, first] | null, "o": writes,
+--           "x": [[ticket key index, ticket id]…] reindexed after the writes, "xb": index names' base}
 -- guard: ["t", k] message key taken -> {"taken", value} (checked first, in order)
 --        ["h", k, field, expected|null] hash field equals (null: absent)
 --        ["v", k, expected|null] string value equals (null: absent)
 --        ["x", k] key absent
+--        ["n", k, field, max] / ["z", k, min, limit]: see redis_api.REINDEX_LUA (api_guard)
 -- write: [command, k, arg…]; an arg {"$":"N"} is the ticket number drawn,
---        {"$":"L"} the previous write's reply (an XADD's new id)
+--        {"$":"L"} the previous write's reply (an XADD's new id),
+--        {"$":"H"|"S"|"G","k":i} KEYS[i]'s hash / set (JSON) or value as it is at that
+--        point of the program (an event's snapshot as committed: redis_webhooks.py)
 local p = cjson.decode(ARGV[1])
 for i, g in ipairs(p.g) do
   local kind, k = g[1], KEYS[g[2]]
@@ -171,6 +178,7 @@ for i, g in ipairs(p.g) do
     elseif v ~= g[3] then return {'conflict', tostring(i)} end
   elseif kind == 'x' then
     if redis.call('EXISTS', k) == 1 then return {'conflict', tostring(i)} end
+  elseif api_guard(g, k) then return {'conflict', tostring(i)}
   end
 end
 local num = false
@@ -189,12 +197,18 @@ for _, op in ipairs(p.o) do
   for j = 3, #op do
     local a = op[j]
     if type(a) == 'table' then
-      if a['$'] == 'N' then a = num else a = last end
+      local t = a['$']
+      if t == 'N' then a = num
+      elseif t == 'H' then a = cjson.encode(redis.call('HGETALL', KEYS[a['k']]))
+      elseif t == 'S' then a = cjson.encode(redis.call('SMEMBERS', KEYS[a['k']]))
+      elseif t == 'G' then a = redis.call('GET', KEYS[a['k']]) or ''
+      else a = last end
     end
     args[#args + 1] = a
   end
   last = redis.call(op[1], KEYS[op[2]], unpack(args))
 end
+for _, x in ipairs(p.x or {}) do tix_reindex(KEYS[x[1]], x[2], p.xb) end
 return {'ok', tostring(num or -1)}
 """
 
@@ -274,6 +288,8 @@ class Tx:
         self.guards: list[list] = []
         self.ops: list[list] = []
         self.number: list | None = None
+        self.reindexed: list[list] = []
+        self.index_base = ""
 
     def k(self, key: str) -> int:
         i = self._index.get(key)
@@ -308,8 +324,19 @@ class Tx:
         if flat:
             self.op("HSET", key, *flat)
 
+    def reindex(self, ticket_key: str, ticket_id: str, base: str) -> None:
+        """After the writes, move the ticket between the list indexes its hash
+        now names (``redis_api.REINDEX_LUA``): every program that changes a
+        ticket's status, priority, team, assignee or times calls this."""
+        if not any(x[1] == ticket_id for x in self.reindexed):
+            self.reindexed.append([self.k(ticket_key), ticket_id])
+        self.index_base = base
+
     def program(self) -> str:
-        return _j({"g": self.taken + self.guards, "n": self.number, "o": self.ops})
+        prog: dict[str, Any] = {"g": self.taken + self.guards, "n": self.number, "o": self.ops}
+        if self.reindexed:
+            prog["x"], prog["xb"] = self.reindexed, self.index_base
+        return _j(prog)
 
 
 class _Taken(Exception):
@@ -321,18 +348,6 @@ class _Taken(Exception):
 #: NotImplementedError naming itself). gateway.config refuses redis_url for
 #: the daemon while the daemon needs any of them.
 NOT_YET = (
-    # replies and outbox (gateway/store/sqlite_replies.py)
-    "reply_create", "auto_reply", "reply_facts",
-    # the REST API (sqlite_tickets.py, sqlite_tokens.py)
-    "ticket_record", "tickets_list", "ticket_patch", "contact_by_identity", "contacts_by_name",
-    "contact_set_attributes", "contact_audit", "timeline_rows", "note_create", "mentions_of",
-    "token_create", "token_revoke", "token_lookup", "token_list", "token_touch",
-    # outbound webhooks (sqlite_webhooks.py)
-    # (without endpoints the delivery service's polling ops answer "nothing": see RedisStore)
-    "webhook_upsert", "webhook_delete", "webhook_set_enabled", "webhook_settle", "webhook_deliveries",
-    "webhook_dead", "webhook_replay", "webhook_event_insert",
-    # help-desk sync (sqlite_desks.py)
-    "desk_link", "desk_ticket_of", "desk_link_set", "desk_links", "desk_seen", "desk_seen_add",
 )
 
 
@@ -360,8 +375,24 @@ _CONTACT_FIELDS = ("name", "tier", "tags", "attributes", "flags", "merged_into",
 _JOURNAL_FIELDS = ("seq", "channel", "account", "key", "received_at", "status", "attempts", "error", "meta",
                    "ticket_id", "contact_id", "processed_at", "size", "sid")
 
+def ticket_from_row(ticket_id: str, r: list) -> Ticket | None:
+    """A ticket from its hash's ``_TICKET_FIELDS`` (None: no such ticket)."""
+    if r[0] is None:
+        return None
+    f = dict(zip(_TICKET_FIELDS, r))
+    return Ticket(
+        id=ticket_id, number=int(f["number"]), contact_id=_s(f["contact_id"]), subject=_s(f["subject"]),
+        status=_s(f["status"]), priority=_s(f["priority"]) or "normal", team=_s(f["team"]),
+        skills=_dec.decode(f["skills"]) if f["skills"] else {}, assignee=_s(f["assignee"]),
+        tags=_dec.decode(f["tags"]) if f["tags"] else [], channels=_dec.decode(f["channels"]) if f["channels"] else [],
+        reply_to=_reply_dec.decode(f["reply_to"]) if f["reply_to"] else None, follow_up_of=_s(f["follow_up_of"]),
+        sla=_sla_dec.decode(f["sla"]) if f["sla"] else None, created_at=dt(f["created_at"]),
+        updated_at=dt(f["updated_at"]), last_message_at=dt(f["last_message_at"]),
+        first_response_at=dt(f["first_response_at"]), solved_at=dt(f["solved_at"]), closed_at=dt(f["closed_at"]),
+    )
 
-class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
+
+class RedisStore(ApiOps, RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
     """The store on one Redis (primary + replicas + Sentinel in production)."""
 
     backend = "redis"
@@ -393,6 +424,7 @@ class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
         self._take = self.r.register_script(TAKE_LUA)
         self._release = self.r.register_script(RELEASE_LUA)
         self._claim = self.r.register_script(CLAIM_LUA)
+        self._wh_scripts()
         self._group_ready = False
         self._closed = False
 
@@ -408,7 +440,7 @@ class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
         try:
             return await coro
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreError(f"redis unavailable: {exc}") from exc
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
     async def _run(self, tx: Tx) -> int | None:
         """Run a guarded program; the ticket number drawn (or None). Raises
@@ -612,6 +644,8 @@ class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
                 continue
             if status == "pending":
                 continue
+            if await self._call(self.r.hexists(self.k.journal_entry(jid), "raw_pruned_at")):
+                continue  # its payload was pruned (retention): it cannot be decided again
             tx = Tx()
             tx.hash_is(self.k.journal_entry(jid), "status", status)
             self._settle(tx, jid, seq, None, "pending", {}, drop=("error",))
@@ -803,6 +837,7 @@ class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
             tx.hset(ckey, {"name": c.new_contact.name, "created_at": ms(c.new_contact.created_at), "updated_at": now,
                            "version": 1, "tags": "[]", "attributes": "{}", "flags": _j(flags)})
             tx.op("HINCRBY", k.counts, "contacts", 1)
+            tx.op("ZADD", k.contacts_by_id, 0, cid)
         else:
             version, name, flags_raw, merged = await self._call(r.hmget(ckey, "version", "name", "flags", "merged_into"))
             if version is None or merged or int(version) != c.contact_expect_version:
@@ -844,6 +879,7 @@ class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
             tx.op("HSET", k.ticket_numbers, NUMBER, t.id)
             tx.op("ZADD", k.contact_tickets(cid), ms(t.created_at), t.id)
             tx.op("HINCRBY", k.counts, "tickets", 1)
+            tx.reindex(tkey, t.id, k.ticket_index_base)
         elif c.ticket_change is not None:
             ch = c.ticket_change
             tkey = k.ticket(ch.id)
@@ -875,6 +911,7 @@ class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
                 fields["reply_to"] = _j(ch.reply_to)
             tx.hset(tkey, fields)
             tx.op("HINCRBY", tkey, "version", 1)
+            tx.reindex(tkey, ch.id, k.ticket_index_base)
             if ch.responded_at is not None:
                 tx.op("HSETNX", tkey, "first_response_at", ms(ch.responded_at))
 
@@ -927,6 +964,7 @@ class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
         member = f"{seq:016d}:{e.id}"
         at = ms(e.at)
         tx.op("SET", k.timeline_entry(e.id), _j({"e": e, "o": origin, "s": seq}))
+        tx.op("ZADD", k.timeline_all, seq, e.id)
         tx.op("ZADD", k.contact_timeline(e.contact_id), at, member)
         if e.ticket_id:
             tx.op("ZADD", k.ticket_timeline(e.ticket_id), at, member)
@@ -937,6 +975,9 @@ class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
         tx.op("HINCRBY", k.counts, "timeline", 1)
 
     def _add_outbox(self, tx: Tx, topic: str, ticket_id: str | None, payload: dict, now: int) -> None:
+        if topic != REPLY_TOPIC:  # an event: the webhooks' stream, with its snapshots (redis_webhooks.py)
+            self._event_add(tx, topic, ticket_id, payload, now)
+            return
         oid = new_id()
         tx.hset(self.k.outbox_item(oid), {"topic": topic, "ticket_id": ticket_id, "payload": _j(payload),
                                           "created_at": now, "next_at": now, "attempts": 0})
@@ -946,20 +987,7 @@ class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
     # ------------------------------------------------------------ reads
 
     async def get_ticket(self, ticket_id: str) -> Ticket | None:
-        r = await self._call(self.r.hmget(self.k.ticket(ticket_id), *_TICKET_FIELDS))
-        if r[0] is None:
-            return None
-        f = dict(zip(_TICKET_FIELDS, r))
-        return Ticket(
-            id=ticket_id, number=int(f["number"]), contact_id=_s(f["contact_id"]), subject=_s(f["subject"]),
-            status=_s(f["status"]), priority=_s(f["priority"]) or "normal", team=_s(f["team"]),
-            skills=_dec.decode(f["skills"]) if f["skills"] else {}, assignee=_s(f["assignee"]),
-            tags=_dec.decode(f["tags"]) if f["tags"] else [], channels=_dec.decode(f["channels"]) if f["channels"] else [],
-            reply_to=_reply_dec.decode(f["reply_to"]) if f["reply_to"] else None, follow_up_of=_s(f["follow_up_of"]),
-            sla=_sla_dec.decode(f["sla"]) if f["sla"] else None, created_at=dt(f["created_at"]),
-            updated_at=dt(f["updated_at"]), last_message_at=dt(f["last_message_at"]),
-            first_response_at=dt(f["first_response_at"]), solved_at=dt(f["solved_at"]), closed_at=dt(f["closed_at"]),
-        )
+        return ticket_from_row(ticket_id, await self._call(self.r.hmget(self.k.ticket(ticket_id), *_TICKET_FIELDS)))
 
     async def get_ticket_by_number(self, number: int) -> Ticket | None:
         tid = await self._call(self.r.hget(self.k.ticket_numbers, str(number)))
@@ -1052,6 +1080,8 @@ class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
     async def _audit(self, tx: Tx, now: int, actor: str, action: str, subject: str, data: dict) -> None:
         tx.op("XADD", self.k.audit, "*", "at", now, "actor", actor, "action", action, "subject", subject,
               "data", _j(data))
+        if action.startswith("contact."):
+            await self._audit_contacts(tx, now, actor, action, subject, data)
 
     async def _moved_entries(self, members: list[tuple[bytes, float]]) -> list[tuple[str, float, dict]]:
         if not members:
@@ -1276,7 +1306,13 @@ class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
             tx.op("HSETNX", tkey, "first_response_at", ms(d.at))
             tx.op("HSET", tkey, "updated_at", ms(d.at))
             tx.op("HINCRBY", tkey, "version", 1)
+            tx.reindex(tkey, item.ticket_id, k.ticket_index_base)
             tx.op("ZADD", k.tickets_changed, ms(d.at), item.ticket_id)  # the sweep re-times its SLA
+        if item.timeline_id and d.status != "retrying":
+            # the send's outcome (sent or failed) for the webhooks, in the same script (redis_webhooks.py)
+            self._add_outbox(tx, "message.status", item.ticket_id, {
+                "timeline_id": item.timeline_id, "ticket_id": item.ticket_id, "status": d.status, "source": "send",
+                "reason": d.reason, "external_id": d.external_id}, ms(d.at))
         if d.thread_ref and item.ticket_id:
             tx.op("SET", k.thread_ref(d.thread_ref.strip().strip("<>")), item.ticket_id, "NX")
         try:
@@ -1292,40 +1328,6 @@ class RedisStore(RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
         first = await self._call(self.r.zrange(self.k.outbox_due(topic), 0, 0, withscores=True))
         return dt(int(first[0][1])) if first else None
 
-    # ------------------------------------------------------------ outbound webhooks: none yet on Redis
-
-    # The delivery service (gateway/webhooks/service.py) runs in every daemon
-    # and polls these; gateway.config refuses webhooks.endpoints with
-    # redis_url, and creating an endpoint through the API answers 501
-    # (webhook_upsert is in NOT_YET), so on Redis there is nothing to deliver.
-
-    async def webhook_endpoints(self) -> list[dict]:
-        return []
-
-    async def webhook_endpoint(self, name: str) -> dict | None:
-        return None
-
-    async def webhook_release_leases(self, now: datetime) -> int:
-        return 0
-
-    async def webhook_outbox_end(self) -> int:
-        return 0
-
-    async def webhook_fanout(self, now: datetime, limit: int = 2000) -> int:
-        return 0
-
-    async def webhook_claim(self, limit: int, lease_s: float, now: datetime, *args: Any, **kw: Any) -> list:
-        return []
-
-    async def webhook_next_due(self, now: datetime) -> datetime | None:
-        return None
-
-    async def webhook_queue_stats(self) -> dict[str, dict]:
-        return {}
-
-    async def webhook_prune(self, now: datetime, *, outbox_s: float | None = None, log_s: float | None = None,
-                            log_max: int = 0, journal_raw_s: float | None = None) -> dict[str, int]:
-        return {}
 
     # ------------------------------------------------------------ leases
 

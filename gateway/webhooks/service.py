@@ -50,6 +50,7 @@ log = structlog.get_logger(__name__)
 _enc = msgspec.json.Encoder()
 USER_AGENT = "omnigate-webhooks/1"
 _FAR = datetime.max.replace(tzinfo=timezone.utc)
+SHARED_RECHECK_S = 1.0  # several instances on one store: an idle instance claims again this often
 
 
 def secret_lines(secret: str | None) -> list[str]:
@@ -112,8 +113,15 @@ class WebhookService:
         self.lease_s = self.timeout_s * 2 + 5  # longer than any attempt: a live holder keeps its row
         self.poll_s = poll_s
         self.prune_every_s = prune_every_s
+<<<<<<< HEAD
         #: several instances (gateway/ownership.py): one of them prunes per period
         self.claim_period: Callable[[str, float], Awaitable[bool]] | None = None
+=======
+        #: A store shared by several instances (Redis): another instance may fan out rows this one
+        #: never hears of, or die holding leases that run out; so an idle instance claims again at
+        #: least this often instead of sleeping until the next due time it knows of.
+        self.recheck_s: float | None = SHARED_RECHECK_S if getattr(store, "backend", "sqlite") != "sqlite" else None
+>>>>>>> main
         self._resolver = resolver
         self.attempts_metric = None
         if registry is not None:
@@ -213,6 +221,8 @@ class WebhookService:
                     claimed = len(items)
                     if not claimed:
                         self._due = await self.store.webhook_next_due(self.clock()) or _FAR
+                        if self.recheck_s is not None:  # a shared store: others queue and die too
+                            self._due = min(self._due, self.clock() + timedelta(seconds=self.recheck_s))
                     for item in items:
                         task = asyncio.create_task(self._deliver(item))
                         self._inflight.add(task)

@@ -80,6 +80,12 @@ async def single_node(aiohttp_client, tmp_path):
     }
     ref = [a.storage_ref for e in (await store.timeline(contact_id=ann, limit=100)).items for a in e.attachments][0]
     facts["attachment"] = ref
+    # the REST API's own rows: a token (by its digest), a contact's attributes and audit
+    facts["token"], facts["token_info"] = await store.token_create("a-li", "lead", created_by="test",
+                                                                   now=business_hours()())
+    await store.contact_set_attributes(ann, {"plan": "gold"}, actor="admin", now=business_hours()())
+    facts["audit"] = [(a.action, a.subject) for a in await store.contact_audit(ann)]
+    facts["counts"] = await store.counts()  # the attribute change's event is in the outbox
     await client.close()
     return root / "data", facts
 
@@ -115,6 +121,14 @@ async def test_migrate_moves_everything_and_numbering_continues(single_node, aio
     first = facts["tickets"][1000]
     assert [p["value"] for p in await store.ticket_participants(first.id)] == ["boss@shop.test"]
     assert await app[DISPATCHER].attachments.aget(facts["attachment"]) == PNG
+    # the REST API on the migrated data: lists (indexes built), the token, the contact's audit
+    from gateway.store.sqlite_tickets import TicketQuery
+
+    listed, _ = await store.tickets_list(TicketQuery(), limit=50)
+    assert sorted(t.number for t in listed) == sorted(facts["tickets"])
+    assert (await store.token_lookup(facts["token"])).id == facts["token_info"].id
+    assert [(a.action, a.subject) for a in await store.contact_audit(facts["ann"])] == facts["audit"]
+    assert await store.r.zcard(store.k.contacts_by_id) == facts["counts"]["contacts"]  # name search walks it
     # served from Redis: a known message is recognised (idempotency keys), a follow-up threads onto
     # its ticket, a new customer gets the next number
     assert (await _post(client, _msg("m2", "bob@shop.test", "refund please")))["journal_id"] in facts["journal"]
@@ -208,16 +222,16 @@ async def test_migrate_refuses_a_held_folder_a_table_it_cannot_take_and_a_foreig
     import sqlite3
 
     db = sqlite3.connect(data_dir / "omnigate.db")
-    db.execute("INSERT INTO canned_replies (id, name, text, language, created_by, created_at, updated_at) "
-               "VALUES ('c1', 'hi', 'Hello!', 'en', 'admin', 0, 0)")
+    db.execute("INSERT INTO agents (id, name, roles, teams, skills, capacity, presence, updated_at) "
+               "VALUES ('a1', 'Ann', '[]', '[]', '{}', '{}', 'online', 0)")
     db.commit()
     db.close()
     r = migrate(data_dir, redis_server.url, "--prefix", redis_prefix)
-    assert r.returncode == 1 and "canned_replies (1 rows)" in r.stderr
+    assert r.returncode == 1 and "agents (1 rows)" in r.stderr
     assert (await _redis_counts(redis_server.url, redis_prefix))["journal"] == 0
     # left behind on purpose
-    r = migrate(data_dir, redis_server.url, "--prefix", redis_prefix, "--skip", "canned_replies")
-    assert r.returncode == 0 and "skipped: canned_replies (1 rows)" in r.stdout
+    r = migrate(data_dir, redis_server.url, "--prefix", redis_prefix, "--skip", "agents")
+    assert r.returncode == 0 and "skipped: agents (1 rows)" in r.stdout
     # another folder into the same prefix (named by the deployment's configuration): refused
     other = data_dir.parent / "other"
     other.mkdir()
@@ -225,7 +239,7 @@ async def test_migrate_refuses_a_held_folder_a_table_it_cannot_take_and_a_foreig
     deployment = data_dir.parent / "deployment.yaml"
     deployment.write_text(f"redis_url: {redis_server.url}\nstore:\n  redis_prefix: '{redis_prefix}'\n")
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "migrate", "--from", f"sqlite:{other}", "--config",
-                        str(deployment), "--skip", "canned_replies"], capture_output=True, text=True, timeout=120)
+                        str(deployment), "--skip", "agents"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "holds a migration of" in r.stderr and redis_prefix in r.stderr
 
 
