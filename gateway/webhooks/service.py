@@ -113,15 +113,12 @@ class WebhookService:
         self.lease_s = self.timeout_s * 2 + 5  # longer than any attempt: a live holder keeps its row
         self.poll_s = poll_s
         self.prune_every_s = prune_every_s
-<<<<<<< HEAD
-        #: several instances (gateway/ownership.py): one of them prunes per period
-        self.claim_period: Callable[[str, float], Awaitable[bool]] | None = None
-=======
         #: A store shared by several instances (Redis): another instance may fan out rows this one
         #: never hears of, or die holding leases that run out; so an idle instance claims again at
         #: least this often instead of sleeping until the next due time it knows of.
         self.recheck_s: float | None = SHARED_RECHECK_S if getattr(store, "backend", "sqlite") != "sqlite" else None
->>>>>>> main
+        #: several instances (gateway/ownership.py): one of them prunes per period
+        self.claim_period: Callable[[str, float], Awaitable[bool]] | None = None
         self._resolver = resolver
         self.attempts_metric = None
         if registry is not None:
