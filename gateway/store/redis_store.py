@@ -66,8 +66,9 @@ from gateway.store.base import (
 from gateway.store.redis_api import REINDEX_LUA, ApiOps
 from gateway.store.redis_assign import RedisAssignOps
 from gateway.store.redis_keys import Keys
-
-class RedisStore(ApiOps, RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
+from gateway.store.redis_order import RedisOrderMixin
+from gateway.store.redis_shared import RedisSharedMixin
+from gateway.store.redis_webhooks import RedisConsoleOps, RedisDeskOps, RedisWebhookOps
 from routing.calls import call_text, merge_call
 from routing.dedupe import reused_id
 from routing.model import Attachment, Contact, Identity, ReplyTarget, SlaState, Ticket, TimelineEntry, new_id, utcnow
@@ -392,7 +393,8 @@ def ticket_from_row(ticket_id: str, r: list) -> Ticket | None:
     )
 
 
-class RedisStore(ApiOps, RedisAssignOps, RedisOrderMixin, RedisSharedMixin):
+class RedisStore(ApiOps, RedisAssignOps, RedisWebhookOps, RedisDeskOps, RedisConsoleOps, RedisOrderMixin,
+                 RedisSharedMixin):
     """The store on one Redis (primary + replicas + Sentinel in production)."""
 
     backend = "redis"
