@@ -59,6 +59,10 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: With ``redis_url``: a folder every instance mounts (NFS, a ReadWriteMany volume) for the
     #: attachments above ``redis_attachment_max_bytes``; unset: every attachment goes to Redis.
     attachments_dir: str | None = None
+    #: With ``redis_url``: the lease of work with one owner across instances (an
+    #: IMAP mailbox, a polling bot, a tailed file); a dead
+    #: owner's work is taken over after at most this long.
+    redis_lease_s: float = 15.0
 
 
 class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -52,6 +52,7 @@ from gateway.desks.zendesk import ZendeskClient
 from gateway.http_util import json_response, problem
 from gateway.store.base import InvalidTransition, ReplyDraft, StoreError
 from gateway.webhooks.service import Attempt
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -374,6 +375,5 @@ async def sync_ctx(app: web.Application) -> AsyncIterator[None]:
     await sync.start()
     task = asyncio.create_task(sync.run(), name="omnigate-desks")
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
     await sync.close()

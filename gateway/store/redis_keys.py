@@ -328,7 +328,6 @@ class Keys:
     def timeline_all(self) -> str:
         """Sorted set: every timeline entry id by its seq (the console's live tail)."""
         return f"{self.p}tlall"
-
     # live updates, shared attachments (gateway/fanout.py, gateway/attachments.py) ----
     @property
     def live_channel(self) -> str:
@@ -406,3 +405,29 @@ class Keys:
     def contacts_by_id(self) -> str:
         """Sorted set of every contact id (score 0: by id), written with the contact: name search walks it."""
         return f"{self.p}contacts"
+
+    # one sender in arrival order (gateway/store/redis_order.py) ------
+    @property
+    def order_registered(self) -> str:
+        """Sorted set: pending journal ids whose sender is known (registered by
+        the claimer that parsed them), scored by seq; a settle removes them."""
+        return f"{self.p}ord:reg"
+
+    def order_sender(self, sender: str) -> str:
+        """Sorted set: one sender's registered pending journal ids, scored by seq;
+        its head is the only one of that sender that may be decided."""
+        return f"{self.p}ord:s:{_q(sender)}"
+
+    # shared across instances (gateway/store/redis_shared.py) ---------
+    def rate_bucket(self, name: str, key: str) -> str:
+        """Hash {tokens, at}: one token bucket of limit ``name`` (API token, webchat conversation…)."""
+        return f"{self.p}rate:{_q(name, key)}"
+
+    def shared_token(self, key: str) -> str:
+        """Hash {value, expires_at}: a platform access token (WeChat/WeCom), shared by instances."""
+        return f"{self.p}atok:{_q(key)}"
+
+    @property
+    def rules_generation(self) -> str:
+        """Counter: bumped by an instance asked to reload its rules; every instance reloads when it moves."""
+        return f"{self.p}rules:gen"

@@ -66,6 +66,8 @@ from gateway.store.base import (
 from gateway.store.redis_api import REINDEX_LUA, ApiOps
 from gateway.store.redis_assign import RedisAssignOps
 from gateway.store.redis_keys import Keys
+from gateway.store.redis_order import RedisOrderMixin
+from gateway.store.redis_shared import RedisSharedMixin
 from gateway.store.redis_webhooks import RedisConsoleOps, RedisDeskOps, RedisWebhookOps
 from routing.calls import call_text, merge_call
 from routing.dedupe import reused_id
@@ -391,7 +393,8 @@ def ticket_from_row(ticket_id: str, r: list) -> Ticket | None:
     )
 
 
-class RedisStore(ApiOps, RedisAssignOps, RedisWebhookOps, RedisDeskOps, RedisConsoleOps):
+class RedisStore(ApiOps, RedisAssignOps, RedisWebhookOps, RedisDeskOps, RedisConsoleOps, RedisOrderMixin,
+                 RedisSharedMixin):
     """The store on one Redis (primary + replicas + Sentinel in production)."""
 
     backend = "redis"
@@ -616,6 +619,8 @@ class RedisStore(ApiOps, RedisAssignOps, RedisWebhookOps, RedisDeskOps, RedisCon
         tx.op("ZADD", k.journal_status(status), seq, jid)
         if sid and status != "pending":
             tx.op("XACK", k.stream, k.group, sid)
+        if status != "pending":
+            self._order_settled(tx, jid)  # its sender's next entry may go (redis_order.py)
 
     async def journal_fail(self, journal_id: str, error: str) -> None:
         seq, sid, _ = await self._journal_head(journal_id)

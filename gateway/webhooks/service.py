@@ -32,7 +32,7 @@ import email.utils
 import random
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import msgspec
@@ -117,6 +117,8 @@ class WebhookService:
         #: never hears of, or die holding leases that run out; so an idle instance claims again at
         #: least this often instead of sleeping until the next due time it knows of.
         self.recheck_s: float | None = SHARED_RECHECK_S if getattr(store, "backend", "sqlite") != "sqlite" else None
+        #: several instances (gateway/ownership.py): one of them prunes per period
+        self.claim_period: Callable[[str, float], Awaitable[bool]] | None = None
         self._resolver = resolver
         self.attempts_metric = None
         if registry is not None:
@@ -258,6 +260,8 @@ class WebhookService:
         if self._last_prune is not None and (now - self._last_prune).total_seconds() < self.prune_every_s:
             return
         self._last_prune = now
+        if self.claim_period is not None and not await self.claim_period("webhooks:prune", self.prune_every_s):
+            return  # another instance prunes this period
         await self.prune()
 
     async def prune(self) -> dict[str, int]:
@@ -426,7 +430,7 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
     else:
         log.warning("webhook.delivery_off", hint="webhooks.workers is 0: events queue up and are not sent")
     yield
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    from gateway.tasks import cancel_and_wait
+
+    await cancel_and_wait(task)  # again if its poll loop swallowed the cancellation
     await svc.close()
