@@ -13,13 +13,13 @@ key layout (gateway/store/redis_keys.py, the helpers of RedisStore).
 ``thread_refs``, ``participants``, the assignment steps of
 :mod:`gateway.commands.migrate_assign` (``agents``, ``assignments``,
 ``queue``, ``sla_clocks``, ``sla_timers``, ``sla_events``, ``stats``,
-``changed``), ``outbox``, ``state``, ``audit``, ``tokens``, ``mentions``,
+``changed``), ``outbox``, ``delivery_early``, ``state``, ``audit``, ``tokens``, ``mentions``,
 ``auto_replies``, ``indexes``, ``attachments``; ``events``, ``webhooks``,
 ``desks``, ``console`` in gateway/commands/migrate_hooks.py). Each step
 names the SQLite tables it takes. Before writing
 anything every other table of the SQLite file is counted: rows in a table
-no step takes (``delivery_early``… until its Redis support lands and adds
-its step here) stop the
+no step takes (a table a newer version added before its Redis support
+landed) stop the
 migration, naming the table — unless ``--skip TABLE`` leaves it behind on
 purpose (printed). Tables in :data:`DERIVED` need no step.
 
@@ -304,7 +304,8 @@ async def _outbox(c: Ctx) -> int:
     n = 0
     # replies only: the other topics are events, moved to the events stream (migrate_hooks.events)
     for batch in c.rows("SELECT id, topic, ticket_id, payload, created_at, status, attempts, next_at, error, "
-                        "timeline_id, external_id, sent_at FROM outbox WHERE topic = 'reply.send'"):
+                        "timeline_id, external_id, sent_at, (SELECT contact_id FROM timeline WHERE id = timeline_id) "
+                        "FROM outbox WHERE topic = 'reply.send'"):
         pipe = c.r.pipeline(transaction=False)
         for r in batch:
             oid, topic, status = r[0], r[1], r[5]
@@ -319,6 +320,27 @@ async def _outbox(c: Ctx) -> int:
                 pipe.zadd(c.k.outbox_due(topic), {oid: r[7]})
             else:
                 pipe.zrem(c.k.outbox_due(topic), oid)
+            if status == "sent" and r[10] and r[9]:  # delivery reports find the reply by the platform's id
+                pipe.hset(c.k.delivery_sent(r[10]), mapping={f: v for f, v in (
+                    ("timeline_id", r[9]), ("ticket_id", r[2]), ("contact_id", r[12])) if v is not None})
+        await pipe.execute()
+        n += len(batch)
+    return n
+
+
+async def _delivery_early(c: Ctx) -> int:
+    """Reports on replies not settled yet (redis_delivery.py): kept for what remains of their day."""
+    from gateway.store.sqlite_delivery import EARLY_KEEP_MS
+
+    n = 0
+    now = int(time.time() * 1000)
+    for batch in c.rows("SELECT external_id, status, report, created_at FROM delivery_early"):
+        pipe = c.r.pipeline(transaction=False)
+        for external_id, status, report, created_at in batch:
+            left = created_at + EARLY_KEEP_MS - now
+            if left > 0:
+                pipe.hset(c.k.delivery_early(external_id), status, report)
+                pipe.pexpire(c.k.delivery_early(external_id), left)
         await pipe.execute()
         n += len(batch)
     return n
@@ -446,6 +468,7 @@ STEPS: list[Step] = [
     Step("stats", (), migrate_assign.stats),
     Step("changed", (), migrate_assign.changed),
     Step("outbox", ("outbox",), _outbox),
+    Step("delivery_early", ("delivery_early",), _delivery_early),
     Step("state", ("state",), _state),
     Step("audit", ("audit",), _audit),
     Step("tokens", ("api_tokens",), _tokens),

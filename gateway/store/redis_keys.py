@@ -431,3 +431,12 @@ class Keys:
     def rules_generation(self) -> str:
         """Counter: bumped by an instance asked to reload its rules; every instance reloads when it moves."""
         return f"{self.p}rules:gen"
+
+    # platform delivery reports (gateway/store/redis_delivery.py) -----
+    def delivery_sent(self, external_id: str) -> str:
+        """Hash {timeline_id, ticket_id, contact_id}: the reply sent with this platform message id."""
+        return f"{self.p}dlv:{_q(external_id)}"
+
+    def delivery_early(self, external_id: str) -> str:
+        """Hash: status → a report on a message not known yet (expires after a day)."""
+        return f"{self.p}dlv-early:{_q(external_id)}"

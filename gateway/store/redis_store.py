@@ -65,6 +65,7 @@ from gateway.store.base import (
 )
 from gateway.store.redis_api import REINDEX_LUA, ApiOps
 from gateway.store.redis_assign import RedisAssignOps
+from gateway.store.redis_delivery import RedisDeliveryOps
 from gateway.store.redis_keys import Keys
 from gateway.store.redis_order import RedisOrderMixin
 from gateway.store.redis_shared import RedisSharedMixin
@@ -393,7 +394,7 @@ def ticket_from_row(ticket_id: str, r: list) -> Ticket | None:
     )
 
 
-class RedisStore(ApiOps, RedisAssignOps, RedisWebhookOps, RedisDeskOps, RedisConsoleOps, RedisOrderMixin,
+class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, RedisDeskOps, RedisConsoleOps, RedisOrderMixin,
                  RedisSharedMixin):
     """The store on one Redis (primary + replicas + Sentinel in production)."""
 
@@ -793,9 +794,6 @@ class RedisStore(ApiOps, RedisAssignOps, RedisWebhookOps, RedisDeskOps, RedisCon
         message key's SET NX, and every write of the Commit (contact,
         identities → contact, ticket, timeline, message key, thread refs,
         participants, outbox, journal status and stream ack)."""
-        if c.delivery is not None:
-            raise NotImplementedError("store operation commit of a delivery report is not implemented on the "
-                                      "Redis backend yet")
         k = self.k
         now = ms(self.clock())
         seq, sid, _ = await self._journal_head(c.journal_id)
@@ -810,6 +808,8 @@ class RedisStore(ApiOps, RedisAssignOps, RedisWebhookOps, RedisDeskOps, RedisCon
                 await self._run(tx)
             return CommitResult(c.outcome, c.contact_id, c.ticket_id, await self._number_of(c.ticket_id))
         try:
+            if c.delivery is not None:  # a platform's delivery report of one of our replies (redis_delivery.py)
+                return await self._commit_delivery(c)
             return await self._commit(c, now, seq, sid)
         except _Taken as taken:
             hit = await self._hit_of(taken.value)
@@ -1301,6 +1301,8 @@ class RedisStore(ApiOps, RedisAssignOps, RedisWebhookOps, RedisDeskOps, RedisCon
                 rec = _dec.decode(raw)
                 data = rec["e"].setdefault("data", {})
                 data["delivery"] = msgspec.to_builtins(msgspec.structs.replace(d, thread_ref=None))
+                if d.status == "sent" and d.external_id:  # reports find it; those that came first apply
+                    await self._delivery_sent(tx, d.external_id, item.timeline_id, item.ticket_id, rec, ms(d.at))
                 tx.op("SET", ekey, _j(rec))
         if d.status == "sent" and item.ticket_id and data is not None and \
                 response_verdict(TimelineEntry("", "", "message_out", d.at, data=data)).counts:
