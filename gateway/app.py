@@ -233,6 +233,8 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
             continue
         ctx = ChannelContext(channel, config.channels[channel], str(data_dir), ingest, store, supervisor, clock=clock)
         ctx.trusted_proxies = tuple(config.trusted_proxies)  # the client IP behind a proxy (webchat's limits)
+        ctx.attachments = attachments  # with Redis: webchat files shared by every instance
+        ctx.redis_store = store if getattr(store, "backend", None) == "redis" else None  # webchat's shared state
         try:
             conn = cls(ctx)
         except Exception as exc:

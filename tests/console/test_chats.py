@@ -38,7 +38,7 @@ async def _next(ws, kind, **match):
 async def _ticket_of(app, conv) -> str:
     webchat = app[keys.CONNECTORS]["webchat"]
     for _ in range(400):
-        ticket_id = (webchat.transcript.conversation(conv) or {}).get("ticket_id")
+        ticket_id = ((await webchat.transcript.conversation(conv)) or {}).get("ticket_id")
         if ticket_id:
             return ticket_id
         await asyncio.sleep(0.025)

@@ -37,11 +37,11 @@ async def _mail_end_reopen(aiohttp_client, tmp_path, relay):
     ack = await v.say("c1", "is the blue one in stock?")
     await v.close()
     await drain(app)
-    ticket_id = conn.transcript.conversation(conv)["ticket_id"]
+    ticket_id = (await conn.transcript.conversation(conv))["ticket_id"]
     assert (await client.post(f"/api/v1/tickets/{ticket_id}/replies", json={"text": "Yes, 3 left", "author": "ann"},
                               headers=AUTH)).status == 202
     for _ in range(200):
-        if len(conn.transcript.history(conv)) == 2:
+        if len((await conn.transcript.history(conv))) == 2:
             break
         await asyncio.sleep(0.02)
     assert (await conn.sweep())["mailed"] == 0  # not yet: email_after has not passed

@@ -125,11 +125,11 @@ async def test_reconnect_and_second_tab_resume_the_conversation(chat):
     await drain(app)
     # an agent reply while the visitor is away is delivered when they come back
     conv = v.welcome["conversation"]
-    ticket_id = app[keys.CONNECTORS]["webchat"].transcript.conversation(conv)["ticket_id"]
+    ticket_id = (await app[keys.CONNECTORS]["webchat"].transcript.conversation(conv))["ticket_id"]
     r = await client.post(f"/api/v1/tickets/{ticket_id}/replies", json={"text": "while you were away"}, headers=AUTH)
     assert r.status == 202
     for _ in range(100):
-        if len(app[keys.CONNECTORS]["webchat"].transcript.history(conv)) == 3:
+        if len((await app[keys.CONNECTORS]["webchat"].transcript.history(conv))) == 3:
             break
         await asyncio.sleep(0.05)
     back = await Visitor.connect(client, **who, after=2)
@@ -149,7 +149,7 @@ async def test_polling_fallback_speaks_the_same_frames(chat):
     assert welcome["type"] == "welcome" and ack["type"] == "ack"
     who = {"type": "hello", "visitor": welcome["visitor"], "token": welcome["token"], "after": ack["seq"]}
     await drain(app)
-    ticket_id = app[keys.CONNECTORS]["webchat"].transcript.conversation(welcome["conversation"])["ticket_id"]
+    ticket_id = (await app[keys.CONNECTORS]["webchat"].transcript.conversation(welcome["conversation"]))["ticket_id"]
     waiting = asyncio.create_task(client.post("/channels/webchat/poll?site=shop", headers=hdr,
                                               json={"frames": [who], "wait": 20}))
     await asyncio.sleep(0.2)
@@ -365,7 +365,7 @@ async def test_files_both_ways_are_served_to_their_conversation_only(chat):
     assert r.status == 403
     # an agent's PDF reaches the visitor as a download
     await drain(app)
-    ticket_id = app[keys.CONNECTORS]["webchat"].transcript.conversation(v.welcome["conversation"])["ticket_id"]
+    ticket_id = (await app[keys.CONNECTORS]["webchat"].transcript.conversation(v.welcome["conversation"]))["ticket_id"]
     pdf = b"%PDF-1.4\n% synthetic\n"
     r = await client.post(f"/api/v1/tickets/{ticket_id}/replies", headers=AUTH, json={
         "text": "the invoice", "attachments": [{"name": "invoice.pdf", "content_type": "application/pdf",
@@ -432,7 +432,7 @@ async def test_a_message_the_journal_cannot_take_is_not_acknowledged(chat):
     while msg.type.name == "TEXT":
         msg = await v.ws.receive(timeout=5)
     assert v.ws.close_code == 1011
-    assert conn.transcript.history(v.welcome["conversation"]) == []  # nothing shown as sent
+    assert (await conn.transcript.history(v.welcome["conversation"])) == []  # nothing shown as sent
     conn.ctx.ingest = real  # the widget comes back and resends the same cid
     again = await Visitor.connect(client, visitor=v.welcome["visitor"], token=v.welcome["token"])
     ack = await again.say("d1", "lost?")
