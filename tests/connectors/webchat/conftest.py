@@ -31,10 +31,21 @@ def webchat_config(tmp_path, secret_dir=None, extra=None, **options):
     return load(str(path), environ=env)
 
 
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+def backend(request) -> dict:
+    """The config that picks the store, and with it where the webchat keeps its state:
+    ``webchat.db`` and ``webchat-files/`` (SQLite), or Redis and the shared attachments
+    (``redis_url``: connectors/webchat/redis_transcript.py). Both pass the same tests."""
+    if request.param == "sqlite":
+        return {}
+    server = request.getfixturevalue("redis_server")
+    return {"redis_url": server.url, "store": {"redis_prefix": request.getfixturevalue("redis_prefix")}}
+
+
 @pytest.fixture
-async def chat(aiohttp_client, tmp_path):
-    """(client, app) of a gateway with the ``shop`` site."""
-    app = create_app(webchat_config(tmp_path), clock=business_hours())
+async def chat(aiohttp_client, tmp_path, backend):
+    """(client, app) of a gateway with the ``shop`` site, on each store backend."""
+    app = create_app(webchat_config(tmp_path, extra=backend), clock=business_hours())
     return await aiohttp_client(app), app
 
 
@@ -71,3 +82,23 @@ class Visitor:
 
     async def close(self):
         await self.ws.close()
+
+
+REPLIES = ("ticket_record", "note_create", "reply_create")
+TICKET_READS = ("ticket_record", "timeline_rows")
+
+
+def needs_store_ops(app, *ops: str) -> None:
+    """Skip the Redis run of a test while a store operation it reaches through the
+    REST API (replies, ticket reads, tokens) is not on the Redis backend yet
+    (``NOT_YET``: other branches land them). Nothing to edit when they land: the
+    Redis run then runs by itself."""
+    from gateway import keys
+
+    if getattr(app[keys.STORE], "backend", None) != "redis":
+        return
+    from gateway.store.redis_store import NOT_YET
+
+    missing = [op for op in ops if op in NOT_YET]
+    if missing:
+        pytest.skip(f"store operations not on Redis yet: {', '.join(missing)}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from connectors.webchat.parse import sign
 from gateway import keys
-from tests.connectors.webchat.conftest import ORIGIN, SECRET, Visitor
+from tests.connectors.webchat.conftest import REPLIES, TICKET_READS, needs_store_ops, ORIGIN, SECRET, Visitor
 from tests.gateway.conftest import AUTH, drain
 
 WIDGET = Path(__file__).resolve().parents[3] / "connectors" / "webchat" / "widget.js"
@@ -53,6 +53,7 @@ async def test_widget_js_is_served_with_the_sites_settings(chat):
 
 async def test_message_is_journaled_before_ack_and_a_resend_is_not_a_duplicate(chat):
     client, app = chat
+    needs_store_ops(app, *TICKET_READS)
     v = await Visitor.connect(client)
     assert v.welcome["visitor"] and v.welcome["history"] == []
     ack = await v.say("c1", "Where is my parcel?")
@@ -70,6 +71,7 @@ async def test_message_is_journaled_before_ack_and_a_resend_is_not_a_duplicate(c
 
 async def test_agent_sees_the_chat_live_replies_and_the_visitor_gets_it(chat):
     client, app = chat
+    needs_store_ops(app, *REPLIES)
     agent, snap = await agent_socket(client)
     v = await Visitor.connect(client)
     conv = v.welcome["conversation"]
@@ -113,6 +115,7 @@ async def test_agent_sees_the_chat_live_replies_and_the_visitor_gets_it(chat):
 
 async def test_reconnect_and_second_tab_resume_the_conversation(chat):
     client, app = chat
+    needs_store_ops(app, *REPLIES)
     v = await Visitor.connect(client)
     who = {"visitor": v.welcome["visitor"], "token": v.welcome["token"]}
     await v.say("c1", "first")
@@ -141,6 +144,7 @@ async def test_reconnect_and_second_tab_resume_the_conversation(chat):
 
 async def test_polling_fallback_speaks_the_same_frames(chat):
     client, app = chat
+    needs_store_ops(app, *REPLIES)
     hdr = {"Origin": ORIGIN}
     r = await client.post("/channels/webchat/poll?site=shop", headers=hdr,
                           json={"frames": [{"type": "hello"}, {"type": "message", "cid": "p1", "text": "via polling"}]})
@@ -196,6 +200,7 @@ async def test_origin_site_and_connection_limits(chat):
 
 async def test_rate_size_and_file_limits(chat):
     client, app = chat
+    needs_store_ops(app, *TICKET_READS)
     conn = app[keys.CONNECTORS]["webchat"]
     conn.settings.max_text_chars = 10
     v = await Visitor.connect(client)
@@ -229,6 +234,7 @@ async def test_rate_size_and_file_limits(chat):
 
 async def test_signed_user_lands_on_their_existing_contact_and_unsigned_claims_do_not_link(chat):
     client, app = chat
+    needs_store_ops(app, *REPLIES)
     # the company's CRM already created this user's contact through the API channel
     body = {"external_id": "crm-1", "sender": {"kind": "external", "value": "shop:u42", "name": "Li Lei"},
             "text": "imported"}
@@ -295,6 +301,7 @@ async def test_agents_see_and_signal_only_chats_of_their_teams_sites(chat):
     """The REST API's tokens and roles: an agent of the site's team (support) sees
     the chat and types into it; an agent of another team sees nothing of it."""
     client, app = chat
+    needs_store_ops(app, "token_create")
     mine = await _agent_token(client, "ann", ["support"])
     other = await _agent_token(client, "bob", ["billing"])
     ann = await client.ws_connect("/api/v1/live/webchat")
@@ -349,6 +356,7 @@ async def test_agent_socket_needs_the_token(chat):
 
 async def test_files_both_ways_are_served_to_their_conversation_only(chat):
     client, app = chat
+    needs_store_ops(app, *REPLIES)
     v = await Visitor.connect(client)
     who = {"site": "shop", "visitor": v.welcome["visitor"], "token": v.welcome["token"]}
     png = b"\x89PNG\r\n\x1a\n" + b"\1" * 60
