@@ -206,3 +206,55 @@ def _frame(seq: int, raw: Any) -> Frame:
     d = json.loads(raw)
     return Frame(seq, d["ref"], d["sender"], d["text"], int(d["at_ms"]), d.get("author"), d.get("files") or None,
                  d.get("journal_id"))
+
+
+async def import_local(data_dir: Any, r: Any, k: Any, attachments: Any) -> int:
+    """``omnigate migrate``: a single node's webchat state (``webchat.db``,
+    ``webchat.key``, ``webchat-files/``) into Redis, written as it is (numbers,
+    read marks, mailed flags kept), so visitors' tokens and histories survive the
+    move. Idempotent (the same values written again). Returns the conversations moved."""
+    import asyncio
+    import sqlite3
+    from pathlib import Path
+
+    data_dir = Path(data_dir)
+    key = data_dir / "webchat.key"
+    if key.is_file():
+        await r.set(k.webchat_key, key.read_bytes())
+    files = data_dir / "webchat-files"
+    if files.is_dir():
+        for path in sorted(files.glob("??/*")):
+            if "." not in path.name:  # not a temporary file of a crashed write
+                await attachments.aput(await asyncio.to_thread(path.read_bytes))
+    path = data_dir / "webchat.db"
+    if not path.is_file():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        convs = db.execute("SELECT conv, site, visitor, name, email, last_seq, last_activity_ms, visitor_read_seq, "
+                           "agent_read_seq, ended_seq, ticket_id FROM conversations").fetchall()
+        for row in convs:
+            conv = row[0]
+            c = dict(zip(_FIELDS, row[1:]))
+            c = {f: v for f, v in c.items() if v is not None}
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.hset(k.webchat_conv(conv, "c"), mapping=c)
+                if c["last_seq"] > c["ended_seq"]:
+                    pipe.zadd(k.webchat_active, {conv: c["last_activity_ms"]})
+                for seq, ref, sender, author, text, fl, at_ms, journal_id, emailed in db.execute(
+                        "SELECT seq, ref, sender, author, text, files, at_ms, journal_id, emailed FROM frames "
+                        "WHERE conv=?", (conv,)):
+                    listed = json.loads(fl or "[]")
+                    pipe.hset(k.webchat_conv(conv, "f"), seq, json.dumps(
+                        {"ref": ref, "sender": sender, "text": text, "at_ms": at_ms, "author": author,
+                         "files": listed, "journal_id": journal_id}, ensure_ascii=False))
+                    pipe.hset(k.webchat_conv(conv, "r"), ref, seq)
+                    shas = [f["sha256"] for f in listed if f.get("sha256")]
+                    if shas:
+                        pipe.sadd(k.webchat_conv(conv, "files"), *shas)
+                    if sender == "agent" and not emailed and seq > c["visitor_read_seq"]:
+                        pipe.zadd(k.webchat_unmailed, {f"{conv}\n{seq}": at_ms})
+                await pipe.execute()
+        return len(convs)
+    finally:
+        db.close()

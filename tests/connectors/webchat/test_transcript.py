@@ -110,3 +110,52 @@ async def test_idle_conversations_end_once_and_unseen_replies_are_mailed_once(tr
 async def test_the_visitor_key_is_made_once(transcript):
     key = await transcript.visitor_key()
     assert len(key) == 32 and await transcript.visitor_key() == key
+
+
+@pytest.mark.integration
+async def test_omnigate_migrate_moves_a_single_nodes_webchat_state_to_redis(tmp_path, redis_server, redis_prefix):
+    """The ``webchat`` step of ``omnigate migrate``: histories, read marks, mailed flags,
+    the visitor-token key and the files, so visitors' tokens and conversations survive."""
+    from connectors.webchat.client import FileStore
+    from connectors.webchat.redis_transcript import RedisTranscript, import_local
+    from gateway.commands.migrate import STEPS
+    from gateway.store.redis_attachments import SharedAttachments
+    from gateway.store.redis_store import RedisStore
+
+    assert "webchat" in [s.name for s in STEPS]
+    local = LocalTranscript(tmp_path)
+    other = "webchat:shop:v2"
+    await local.touch(CONV, "shop", "v1", 1000, name="Wang", email="wang@example.com")
+    await local.add(CONV, "c1", "visitor", "hi", 1000, files=[{"name": "s.png", "content_type": "image/png",
+                                                                "size": 4, "sha256": "c" * 64}])
+    for i in range(3):
+        await local.add(CONV, f"r{i}", "agent", f"reply {i}", 1100 + i, author="ann")
+    await local.mark(CONV, "visitor_read_seq", 2)
+    await local.emailed(CONV, [3])
+    await local.set_ticket(CONV, "T1")
+    await local.touch(other, "shop", "v2", 900)
+    await local.add(other, "c1", "visitor", "bye", 900)
+    await local.ended(other, 1)
+    sha = await FileStore(tmp_path / "webchat-files").aput(b"%PDF-1.4\n")
+    key = await local.visitor_key()
+
+    store = RedisStore(redis_server.url, prefix=redis_prefix)
+    try:
+        files = SharedAttachments(store, None)
+        assert await import_local(tmp_path, store.r, store.k, files) == 2
+        assert await import_local(tmp_path, store.r, store.k, files) == 2  # again: the same state
+        moved = RedisTranscript(store.r, store.k)
+        assert await moved.visitor_key() == key
+        assert await files.aget(sha) == b"%PDF-1.4\n"
+        for conv in (CONV, other):
+            assert await moved.conversation(conv) == await local.conversation(conv)
+            assert [f.public(conv) for f in await moved.history(conv)] == \
+                [f.public(conv) for f in await local.history(conv)]
+        assert await moved.has_file(CONV, "c" * 64)
+        assert await moved.idle(5000) == await local.idle(5000) == [(CONV, "shop", "v1", 4)]
+        assert [(c, f.seq) for c, _, f in await moved.unseen_agent_frames(5000)] == [(CONV, 4)]
+        frame, created = await moved.add(CONV, "c5", "visitor", "after the move", 6000)
+        assert (frame.seq, created) == (5, True)  # numbering continues
+    finally:
+        await store.close()
+    await local.close()
