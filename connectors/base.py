@@ -143,6 +143,8 @@ class ConnectorContext(Protocol):
     #   judge request timestamps against it, never against the wall clock.
     # - ``rejected(reason: str) -> None``: count a request refused before
     #   anything was stored (the ``omnigate_rejected`` metric, by reason).
+    # - ``backlog_full() -> bool``: the optional backlog limit is reached;
+    #   only intake whose senders retry for long (SMTP) may refuse on it.
 
     async def state_get(self, key: str) -> str | None: ...
 

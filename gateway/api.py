@@ -54,7 +54,13 @@ async def api_message(request: web.Request) -> web.Response:
         app[keys.METRICS].rejected.labels("api", "invalid").inc()
         raise Problem(exc.status, "Invalid message", str(exc), field=exc.field) from None
     account = msg.account or "api"
-    result = await app[keys.INGEST].ingest("api", account, msg.external_id, raw, None)
+    ingest = app[keys.INGEST]
+    if ingest.backlog_full():  # the optional limit: API callers retry (gateway/admission.py)
+        app[keys.METRICS].rejected.labels("api", "backlog_full").inc()
+        retry = str(ingest.backlog.retry_after_s)
+        raise Problem(503, "Backlog full", f"the pipeline's backlog reached pipeline.backlog_limit "
+                      f"({ingest.backlog.limit} entries): retry after {retry} s", headers={"Retry-After": retry})
+    result = await ingest.ingest("api", account, msg.external_id, raw, None)
     return json_response({"journal_id": result.journal_id}, status=202)
 
 

@@ -220,7 +220,10 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     console.setup(app, pipeline)  # the agent console at /console (gateway/console/)
     worker = Worker(pipeline, concurrency=config.pipeline.workers)
     app[keys.WORKER] = worker
-    ingest = Ingest(store, m, worker.wake)
+    from gateway.admission import Load
+
+    app[keys.LOAD] = load = Load(store, config, worker)  # backlog estimate and limit, the fair-share gate
+    ingest = Ingest(store, m, worker.wake, backlog=load.backlog, gate=load.gate if load.gate.enabled else None)
     app[keys.INGEST] = ingest
     app[keys.SUPERVISOR] = supervisor = Supervisor()
 
@@ -312,9 +315,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     worker = app[keys.WORKER]
+    await app[keys.LOAD].start()
     if app[keys.CONFIG].pipeline.workers > 0:  # 0: an ingest-only node
         await worker.start()
     yield
+    await app[keys.LOAD].stop()
     await worker.stop()
 
 

@@ -65,6 +65,29 @@ class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):
     workers: int = 16
     #: A message whose commit keeps conflicting is failed after this many tries.
     max_conflict_retries: int = 20
+    #: While the pipeline is starved (a backlog and a busy event loop), intakes
+    #: admitted per entry it settles (gateway/admission.py); 0: no gate.
+    admission_ratio: float = 2.0
+    #: The longest an intake waits at the gate before it goes through anyway (never refused).
+    admission_max_delay_s: float = 0.5
+    #: Pending journal entries at which SMTP answers 451 4.3.2 and the API
+    #: channel 503 + ``Retry-After`` (0: no limit; other channels never refuse).
+    backlog_limit: int = 0
+    #: ``Retry-After`` (seconds) of the API channel's 503 at the backlog limit.
+    backlog_retry_after_s: int = 30
+
+    def __post_init__(self) -> None:
+        if self.admission_ratio < 0:
+            raise ConfigError(f"pipeline.admission_ratio must be 0 (off) or more, got {self.admission_ratio}")
+        if not 0 < self.admission_max_delay_s <= 2:
+            # WeChat waits 5 s for an answer, three tries: a delay must stay far below that
+            raise ConfigError("pipeline.admission_max_delay_s must be above 0 and at most 2 (seconds), "
+                              f"got {self.admission_max_delay_s}")
+        if self.backlog_limit < 0:
+            raise ConfigError(f"pipeline.backlog_limit must be 0 (off) or more, got {self.backlog_limit}")
+        if not 1 <= self.backlog_retry_after_s <= 3600:
+            raise ConfigError("pipeline.backlog_retry_after_s must be 1 to 3600 (seconds), "
+                              f"got {self.backlog_retry_after_s}")
 
 
 class DedupeConfig(msgspec.Struct, forbid_unknown_fields=True):

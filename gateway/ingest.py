@@ -21,15 +21,27 @@ log = structlog.get_logger(__name__)
 
 
 class Ingest:
-    def __init__(self, store: Any, metrics: Metrics, wake: Any = None):
+    def __init__(self, store: Any, metrics: Metrics, wake: Any = None, *, backlog: Any = None, gate: Any = None):
         self.store = store
         self.metrics = metrics
         self.wake = wake or (lambda: None)
+        #: gateway/admission.py: the pending estimate (and the optional limit), the fair-share gate
+        self.backlog = backlog
+        self.gate = gate
+
+    def backlog_full(self) -> bool:
+        """The optional backlog limit is reached: only intake whose sender
+        retries for long (SMTP, the API channel) asks, and refuses for now."""
+        return self.backlog is not None and self.backlog.full()
 
     async def ingest(self, channel: str, account: str, key: str, raw: bytes,
                      meta: Mapping[str, Any] | None = None, *, nonce: Nonce | None = None) -> IngestResult:
         """Append durably; ``nonce`` is checked and remembered in the same
-        transaction (raises ``connectors.base.NonceReused``)."""
+        transaction (raises ``connectors.base.NonceReused``). While the
+        pipeline is starved the gate may delay the append (bounded), never
+        refuse it."""
+        if self.gate is not None:
+            await self.gate.admit()
         if nonce is None:
             result = await self.store.journal_append(channel, account, key, raw, dict(meta) if meta else None)
         else:
@@ -40,6 +52,8 @@ class Ingest:
         counts = self.metrics.received if result.created else self.metrics.redelivered
         counts[channel] = counts.get(channel, 0) + 1
         if result.created:
+            if self.backlog is not None:
+                self.backlog.appended()
             self.wake()
         else:
             log.info("ingest.redelivery", channel=channel, account=account, journal_id=result.journal_id)
@@ -64,6 +78,12 @@ class ChannelContext:
     async def ingest(self, account: str, key: str, raw: bytes, meta: Mapping[str, Any] | None = None, *,
                      nonce: Nonce | None = None) -> IngestResult:
         return await self._ingest.ingest(self.channel, account, key, raw, meta, nonce=nonce)
+
+    def backlog_full(self) -> bool:
+        """The optional backlog limit (``pipeline.backlog_limit``) is reached:
+        a connector whose senders retry for long (SMTP) may refuse for now;
+        webhook channels never ask (their platforms give up within seconds)."""
+        return self._ingest.backlog_full()
 
     def rejected(self, reason: str) -> None:
         """Count a request this channel refused before storing anything."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from gateway.admission import Load
     from gateway.config import Config
     from gateway.ingest import Ingest
     from gateway.metrics import Metrics
@@ -21,6 +22,8 @@ STORE: web.AppKey["SQLiteStore"] = web.AppKey("store")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 WORKER: web.AppKey["Worker"] = web.AppKey("worker")
 INGEST: web.AppKey["Ingest"] = web.AppKey("ingest")
+#: gateway/admission.py: backlog estimate, optional backlog limit, fair-share gate
+LOAD: web.AppKey["Load"] = web.AppKey("load")
 #: the hot-reloaded routing tree (gateway.rules_runtime.RulesRuntime), or None
 RULES: web.AppKey[Any] = web.AppKey("rules")
 #: agents, teams, SLA policies and calendars (routing.directory.Directory), or None

@@ -262,6 +262,9 @@ class Worker:
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self.done = 0
+        #: called with 1 for each entry the pipeline settled (processed,
+        #: duplicate or failed): gateway/admission.py's backlog and gate
+        self.on_settled: list[Callable[[int], None]] = []
 
     def wake(self) -> None:
         """Called after an append: there is new work."""
@@ -329,6 +332,8 @@ class Worker:
             try:
                 await self.pipeline.process(entry)
                 self.done += 1
+                for settled in self.on_settled:
+                    settled(1)
             except Exception:  # process() fails entries itself; this is the store being down
                 log.exception("worker.process_error", journal_id=entry.id)
                 await asyncio.sleep(0.5)

@@ -41,6 +41,8 @@ REPLY_UNKNOWN_MAILBOX = "550 5.1.1 No such mailbox here"
 REPLY_NO_RELAY = "550 5.7.1 Relaying denied: not a domain served here"
 REPLY_BAD_ADDRESS = "553 5.1.3 Bad recipient address syntax"
 REPLY_JOURNAL_DOWN = "451 4.3.0 Cannot store the message now, try again later"
+#: The optional backlog limit (``pipeline.backlog_limit``): the sending MTA retries later.
+REPLY_BACKLOG_FULL = "451 4.3.2 Backlog limit reached, try again later"
 REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 REPLY_TOO_MANY_REFUSED = "421 4.7.0 Too many refused recipients, closing connection"
 
@@ -111,6 +113,13 @@ class InboundHandler:
             "peer": _peer(session),
         }
         accounts = self._recipients.accounts(envelope.rcpt_tos)
+        full = getattr(self._ctx, "backlog_full", None)
+        if full is not None and full():
+            log.warning("smtp_backlog_full", key=key, accounts=accounts, peer=meta["peer"])
+            rejected = getattr(self._ctx, "rejected", None)
+            if rejected is not None:
+                rejected("backlog_full")
+            return REPLY_BACKLOG_FULL
         try:
             for account in accounts:
                 await self._ctx.ingest(account, key, raw, meta)

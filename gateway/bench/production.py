@@ -19,6 +19,7 @@ outages (urgent), password resets (self-service auto-reply), a VIP sender
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -116,7 +117,9 @@ def config(data_dir: Path, *, workers: int = 16) -> Any:
     return load(None, environ={"OMNIGATE_API_TOKEN": "bench-token", "OMNIGATE_DATA_DIR": str(data_dir),
                                "OMNIGATE_PIPELINE__WORKERS": str(workers), "OMNIGATE_LOG_LEVEL": "info",
                                "OMNIGATE_LOG_FORMAT": "json", "OMNIGATE_RULES_DIR": str(RULES_DIR),
-                               "OMNIGATE_DIRECTORY": str(directory)})
+                               "OMNIGATE_DIRECTORY": str(directory),
+                               # A/B of the fair-share gate: OMNIGATE_PIPELINE__ADMISSION_RATIO=0 omnigate bench …
+                               **{k: v for k, v in os.environ.items() if k.startswith("OMNIGATE_PIPELINE__ADMISSION_")}})
 
 
 def create_app(config: Any, clock: Callable[[], datetime], store: Any = None) -> Any:

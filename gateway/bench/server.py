@@ -112,7 +112,30 @@ def _production_app(data_dir: Path) -> web.Application:
     from gateway.bench import production
 
     logs.configure("info", "json", stream=open(data_dir / "omnigate.log", "a", encoding="utf-8"))
-    return production.create_app(production.config(data_dir), production.pinned_clock())
+    app = production.create_app(production.config(data_dir), production.pinned_clock())
+    app.cleanup_ctx.append(lambda app: _admission_stats(app, data_dir / "admission.json"))
+    return app
+
+
+async def _admission_stats(app: web.Application, path: Path):  # type: ignore[no-untyped-def]
+    """Write the fair-share gate's counters (gateway/admission.py) every
+    second, for the ``sustained`` figure's report."""
+    import json
+
+    from gateway import keys
+
+    load = app[keys.LOAD]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            path.write_text(json.dumps({"ratio": load.gate.ratio, "max_delay_s": load.gate.max_delay_s,
+                                        **load.gate.stats, "backlog": load.backlog.pending,
+                                        "loop_busy": round(load.busy(), 2)}))
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
 
 
 def main() -> None:

@@ -20,8 +20,20 @@ the daemon's SQLite file) gives
 A step passes when the lag p99 is under 1 s, the backlog left when the load
 stops is under half a second of the offered traffic (so it did not grow
 through the step), and every request got a 2xx. The figure is the highest passing rate, with the ingest
-p99 at that rate; ``detail.steps`` lists every step — above capacity it shows
-the processing rate, which must not fall as the offered load rises.
+p99 at that rate; ``detail.steps`` lists every step.
+
+Past capacity (``detail.past_capacity``): steps of :data:`PAST_STEP_S` at
+:data:`PAST_FACTORS` × the figure, each giving the processing rate while the
+backlog grows (entries processed per second of load), its ratio to the
+figure, the ingest p99, the lag, the server's resident memory and the
+entries processed per CPU second the server got (the machine is shared: a
+rate that falls while that holds was the machine, not ingest taking the
+pipeline's share); ``holds`` says whether every one processed at least
+:data:`HOLDS_AT` of the figure (``holds_per_cpu``: per CPU second) (gateway/admission.py keeps the pipeline its
+share whatever the ingest rate), ``admission`` what the daemon's gate did,
+``control_after`` a step at the figure's rate again after the overload.
+``detail.fair_share_flood`` (:mod:`gateway.bench.flood`): the pipeline under
+an in-process ingest flood with the gate and without it.
 """
 
 from __future__ import annotations
@@ -43,6 +55,9 @@ MAX_STEPS = 14
 CONNECTIONS = 128
 LAG_P99_S = 1.0
 BUDGET_S = 150.0
+PAST_FACTORS = (1.5, 2.0, 3.0)
+PAST_STEP_S = 6.0
+HOLDS_AT = 0.9
 
 
 # ---------------------------------------------------------------- the client process
@@ -117,14 +132,15 @@ def _lags(db: sqlite3.Connection, after_seq: int, until_seq: int) -> list[float]
     return [(p - r) / 1000 if p is not None else float("inf") for r, p in rows]
 
 
-async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: int) -> dict:
+async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: int, seconds: float = STEP_S,
+                drain_s: float = 15.0) -> dict:
     port = servers.ports["production"]
     seq0, cpu0 = _max_seq(db), servers.cpu_seconds("production")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.bench.sustained", "client", str(port), str(rate), str(STEP_S), str(first),
+        sys.executable, "-m", "gateway.bench.sustained", "client", str(port), str(rate), str(seconds), str(first),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     done0 = _processed_count(db)
-    await asyncio.sleep(STEP_S / 2 + 0.3)  # the client needs a moment to build its requests
+    await asyncio.sleep(seconds / 2 + 0.3)  # the client needs a moment to build its requests
     mid, t_mid = _pending(db), time.perf_counter()
     out, err = await proc.communicate()
     end, t_end = _pending(db), time.perf_counter()
@@ -133,8 +149,10 @@ async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: in
     c = json.loads(out)
     seq1 = _max_seq(db)
     done1 = _processed_count(db)
+    cpu = servers.cpu_seconds("production") - cpu0
+    rss = _rss_mb(servers.pid("production"))
     # let the step's entries finish, so the lag of each is known (bounded wait)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + drain_s
     while _pending(db) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     lags = _lags(db, seq0, seq1)
@@ -146,8 +164,55 @@ async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: in
             "ingest_p50_ms": round(c["p50_ms"], 1), "ingest_p99_ms": round(c["p99_ms"], 1),
             "lag_p50_ms": _ms(percentile(lags, 50)), "lag_p99_ms": _ms(lag_p99),
             "backlog_mid": mid, "backlog_end": end, "backlog_growth_per_s": round(growth, 1),
-            "server_cpu_us_per_msg": round((servers.cpu_seconds("production") - cpu0) / max(1, c["ok"]) * 1e6, 1),
-            "errors": c["errors"], "pass": ok, "_sent": c["sent"]}
+            "server_cpu_us_per_msg": round(cpu / max(1, c["ok"]) * 1e6, 1),
+            # the machine is shared: entries processed per CPU second the server got, beside the rate
+            "server_cpu_share": round(cpu / c["seconds"], 2),
+            "processed_per_cpu_s": round((done1 - done0) / max(cpu, 1e-3), 1),
+            "server_rss_mb": rss, "errors": c["errors"], "pass": ok, "_sent": c["sent"]}
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _admission(data_dir: Path) -> dict | None:
+    """The gate's counters, as the production server writes them (gateway.bench.server)."""
+    try:
+        return json.loads((data_dir / "admission.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+async def _past_capacity(servers: Servers, db: sqlite3.Connection, capacity: float, first: int,
+                         per_cpu_at_capacity: float) -> tuple[dict, int]:
+    steps = []
+    for factor in PAST_FACTORS:
+        s = await _step(servers, db, capacity * factor, first, PAST_STEP_S, drain_s=40.0)
+        first += s.pop("_sent")
+        steps.append({"factor": factor, **s, "processed_ratio": round(s["processed"] / capacity, 3)})
+    # the same rate as the figure again, on the store as the overload left it (more tickets, more
+    # queued work): a control that tells a fall caused by load from one caused by the store's growth
+    control = await _step(servers, db, capacity, first, PAST_STEP_S, drain_s=40.0)
+    first += control.pop("_sent")
+    worst = min((s["processed_ratio"] for s in steps), default=None)
+    worst_cpu = min((s["processed_per_cpu_s"] for s in steps), default=None)
+    return {"capacity": capacity, "step_s": PAST_STEP_S, "holds_at": HOLDS_AT,
+            "holds": worst is not None and worst >= HOLDS_AT, "min_processed_ratio": worst,
+            # the same test on entries per CPU second the server got (on a shared machine the
+            # rate follows the CPU the others leave; this follows how the server spends it)
+            "processed_per_cpu_s_at_value": per_cpu_at_capacity,
+            "holds_per_cpu": worst_cpu is not None and worst_cpu >= HOLDS_AT * per_cpu_at_capacity,
+            "control_after": {**control, "processed_ratio": round(control["processed"] / capacity, 3)},
+            "ingest_p99_ms_max": max((s["ingest_p99_ms"] for s in steps), default=None),
+            "server_rss_mb_max": max((s["server_rss_mb"] or 0 for s in steps), default=None),
+            "admission": _admission(servers.data_dir("production")), "steps": steps}, first
 
 
 def _ms(seconds: float) -> float | None:
@@ -181,7 +246,13 @@ async def figures() -> dict[str, dict]:
                 if fails >= 2:  # once past capacity, one more step shows the processing rate holds
                     break
             rate *= STEP
+        past = None
+        if best:
+            past, first = await _past_capacity(servers, db, best["offered"], first, best["processed_per_cpu_s"])
         db.close()
+    from gateway.bench import flood
+
+    fair_share = await flood.run()  # the gate on and off under a flood (gateway/bench/flood.py)
     value = best["offered"] if best else 0.0
     return {"sustained": {
         "value": value, "unit": "msg/s",
@@ -193,7 +264,8 @@ async def figures() -> dict[str, dict]:
                            "backlog that does not grow",
                    "ingest_p99_ms_at_value": best["ingest_p99_ms"] if best else None,
                    "lag_p99_ms_at_value": best["lag_p99_ms"] if best else None,
-                   "mix": production.MIX, "step_s": STEP_S, "connections": CONNECTIONS, "steps": steps},
+                   "mix": production.MIX, "step_s": STEP_S, "connections": CONNECTIONS, "steps": steps,
+                   "past_capacity": past, "fair_share_flood": fair_share},
     }}
 
 

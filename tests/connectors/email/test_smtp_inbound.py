@@ -1,6 +1,7 @@
 """Inbound SMTP against the real aiosmtpd server the connector runs on
 loopback, spoken to by a real SMTP client (aiosmtplib): recipients, size
-limit, 250 only once journaled, 451 when the journal fails, STARTTLS;
+limit, 250 only once journaled, 451 when the journal fails or the backlog
+limit is reached, STARTTLS;
 and the idempotency key taken from the header block."""
 
 from __future__ import annotations
@@ -160,6 +161,26 @@ async def test_journal_failure_answers_451_and_the_retry_lands(smtp_ctx):
         await aiosmtplib.send(raw, **send)  # the sending server's retry
         await aiosmtplib.send(raw, **send)  # and a duplicate delivery: same key, one entry
     assert len(ctx.journal) == 1 and len(ctx.calls) == 2
+
+
+async def test_backlog_limit_answers_451_4_3_2_and_the_retry_lands(smtp_ctx):
+    """At the optional backlog limit (pipeline.backlog_limit) the sending MTA
+    is told to retry (it does, for days): nothing journaled, counted as a
+    refusal; once the backlog is under the limit the retry is taken."""
+    ctx, port = smtp_ctx
+    full = [True]
+    ctx.backlog_full = lambda: full[0]  # the gateway's ChannelContext.backlog_full
+    send = dict(hostname="127.0.0.1", port=port, start_tls=False,
+                sender="zhang@customer.example.net", recipients=["support@example.com"])
+    async with running(ctx):
+        await listening(port)
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await aiosmtplib.send(mail(), **send)
+        assert (refused.value.code, refused.value.message[:5]) == (451, "4.3.2")
+        assert ctx.calls == [] and ctx.refusals == ["backlog_full"]
+        full[0] = False
+        await aiosmtplib.send(mail(), **send)  # the sending server's retry
+    assert len(ctx.journal) == 1
 
 
 async def test_starttls_with_the_configured_certificate(self_signed: Cert):

@@ -1,0 +1,324 @@
+"""Load: the pipeline's fair share of the event loop, and the optional backlog limit.
+
+Ingest and the pipeline share one interpreter. An ingest costs a fraction
+of a processed message, so past the pipeline's capacity every extra request
+per second takes loop time from the pipeline: left alone, the processing
+rate would fall as the offered load rises. Three parts keep it steady:
+
+- :class:`Backlog` — the journal entries waiting for the pipeline, known
+  without counting the journal on every request: sampled from
+  ``store.journal_counts()`` every :data:`SAMPLE_S` (which also sees other
+  instances' appends on Redis) and moved by this process's appends and
+  settled entries in between.
+- :class:`LoopBusy` — the share of time this event loop runs callbacks
+  rather than waiting for I/O (an exponentially weighted average): a loop
+  busy all the time is saturated, and whatever ingest takes the pipeline
+  loses.
+- :class:`AdmissionGate` — when the pipeline is **starved** (backlog at or
+  above ``high_water`` *and* the loop busy at least ``busy_at`` of the
+  time), an intake needs a credit before its journal append; the pipeline
+  grants ``ratio`` credits per entry it settles. An intake without a credit waits for one —
+  at most ``max_delay_s``, then it goes through anyway: the gate **delays,
+  never refuses** (WeChat gives up after three tries within 15 s, so a
+  refusal there loses the message). Intake is thereby held to ``ratio``
+  times the processing rate while the pipeline is behind, which reserves the
+  pipeline its share of the loop whatever the ingest rate; below capacity
+  (no backlog, or a loop with time to spare: the backlog has another cause,
+  a slow disk say) nobody waits.
+
+The **backlog limit** (``pipeline.backlog_limit``, off by default) is the
+one place intake is refused for load, and only on intake paths whose senders
+retry for long: SMTP (451 4.3.2, the sending MTA retries for days) and the
+API channel (503 + ``Retry-After``). Webhook channels (WeChat, WeCom,
+Telegram, WhatsApp, Messenger, Instagram, LINE, phone) and webchat never
+ask :meth:`Backlog.full`.
+
+The backlog itself lives in the journal on disk; the worker holds at most
+``batch`` × 3 + ``workers`` entries in memory whatever its length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Any, Callable
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+#: Seconds between two readings of the journal's pending count.
+SAMPLE_S = 2.0
+#: Seconds between two readings of the loop's busy share.
+BUSY_TICK_S = 0.1
+#: Weight of the newest reading in the busy average.
+BUSY_ALPHA = 0.3
+
+
+class Backlog:
+    """Journal entries pending, estimated cheaply (see the module docstring).
+
+    ``limit`` > 0 enables :meth:`full` (the optional backlog limit)."""
+
+    def __init__(self, store: Any, *, limit: int = 0, retry_after_s: int = 30, sample_s: float = SAMPLE_S):
+        self.store = store
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.sample_s = sample_s
+        self._sampled = 0
+        self._delta = 0
+        self._task: asyncio.Task | None = None
+
+    @property
+    def pending(self) -> int:
+        return max(0, self._sampled + self._delta)
+
+    def appended(self, n: int = 1) -> None:
+        self._delta += n
+
+    def settled(self, n: int = 1) -> None:
+        self._delta -= n
+
+    def full(self) -> bool:
+        """The optional limit is reached: intake whose sender retries for
+        long (SMTP, the API channel) may be refused for now."""
+        return self.limit > 0 and self.pending >= self.limit
+
+    async def sample(self) -> int:
+        counts = await self.store.journal_counts()
+        self._sampled, self._delta = int(counts.get("pending", 0)), 0
+        return self._sampled
+
+    async def start(self) -> None:
+        try:
+            await self.sample()
+        except Exception:  # the store's own start-up reports it; the sampler retries
+            log.warning("backlog.sample_failed", exc_info=True)
+        self._task = asyncio.create_task(self._run(), name="omnigate-backlog")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.sample_s)
+            try:
+                await self.sample()
+            except Exception:
+                log.warning("backlog.sample_failed", exc_info=True)
+
+
+class LoopBusy:
+    """The share of wall time this event loop spends running callbacks
+    rather than waiting in its selector (averaged over ticks of
+    :data:`BUSY_TICK_S`): near 1, every ready task — ingest and pipeline —
+    competes for the one interpreter.
+
+    Measured by timing the selector's ``select`` (the loop's only idle
+    point). A loop without a ``_selector`` (not the default asyncio loop)
+    falls back to timer lateness: a tick that fires late by its own length
+    counts as fully busy."""
+
+    def __init__(self, tick_s: float = BUSY_TICK_S, alpha: float = BUSY_ALPHA,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.tick_s = tick_s
+        self.alpha = alpha
+        self.clock = clock
+        self.value = 0.0
+        self.idle = 0.0  # seconds spent in select so far
+        self._timed = False
+        self._task: asyncio.Task | None = None
+        self._restore: Callable[[], None] | None = None
+
+    def observe(self, busy: float) -> None:
+        self.value += self.alpha * (min(1.0, max(0.0, busy)) - self.value)
+
+    def __call__(self) -> float:
+        return self.value
+
+    def _install(self, loop: asyncio.AbstractEventLoop) -> None:
+        selector = getattr(loop, "_selector", None)
+        if selector is None or not hasattr(selector, "select"):
+            return
+        original = selector.select
+        previous = selector.__dict__.get("select")  # another probe's (two apps on one loop), or None
+        clock = self.clock
+
+        def select(timeout: float | None = None) -> Any:
+            t0 = clock()
+            try:
+                return original(timeout)
+            finally:
+                self.idle += clock() - t0
+
+        selector.select = select
+        self._timed = True
+
+        def restore() -> None:
+            if selector.__dict__.get("select") is not select:
+                return  # a later probe wraps ours: it puts ours back when it stops
+            if previous is None:
+                del selector.select
+            else:
+                selector.select = previous
+
+        self._restore = restore
+
+    async def start(self) -> None:
+        self._install(asyncio.get_running_loop())
+        self._task = asyncio.create_task(self._run(), name="omnigate-loop-busy")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
+
+    async def _run(self) -> None:
+        while True:
+            t0, idle0 = self.clock(), self.idle
+            await asyncio.sleep(self.tick_s)
+            wall = self.clock() - t0
+            if self._timed:
+                self.observe(1.0 - (self.idle - idle0) / wall if wall > 0 else 0.0)
+            else:
+                self.observe((wall - self.tick_s) / self.tick_s)
+
+
+class AdmissionGate:
+    """Credits for intake while the pipeline is starved (module docstring).
+
+    ``backlog`` and ``busy`` are callables so that tests drive the decisions
+    directly; :meth:`try_admit` is the decision, :meth:`admit` the waiting."""
+
+    def __init__(self, *, backlog: Callable[[], int], busy: Callable[[], float], ratio: float = 2.0,
+                 high_water: int = 512, busy_at: float = 0.7, max_delay_s: float = 0.5, burst: float = 64.0):
+        self.backlog = backlog
+        self.busy = busy
+        self.ratio = ratio
+        self.high_water = high_water
+        self.busy_at = busy_at
+        self.max_delay_s = max_delay_s
+        self.burst = burst
+        self.credits = burst
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        #: intakes admitted at once, after a credit wait, after the longest wait (not refused)
+        self.stats = {"free": 0, "credited": 0, "waited": 0, "timed_out": 0}
+        self._was_starved = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.ratio > 0
+
+    def starved(self) -> bool:
+        return self.enabled and self.backlog() >= self.high_water and self.busy() >= self.busy_at
+
+    def try_admit(self) -> bool:
+        """Admit now (True) or wait for a credit (False)."""
+        starved = self.starved()
+        if starved is not self._was_starved:  # logged on each change, not per intake
+            self._was_starved = starved
+            log.info("admission.starved" if starved else "admission.recovered", backlog=self.backlog(),
+                     loop_busy=round(self.busy(), 2), ratio=self.ratio, **self.stats)
+        if not starved:
+            self.stats["free"] += 1
+            return True
+        if self.credits >= 1 and not self._waiters:
+            self.credits -= 1
+            self.stats["credited"] += 1
+            return True
+        return False
+
+    def settled(self, n: int = 1) -> None:
+        """The pipeline settled ``n`` entries: ``ratio`` credits each, handed
+        to waiting intakes first (in arrival order)."""
+        if not self.enabled:
+            return
+        credits = self.credits + self.ratio * n
+        while self._waiters and credits >= 1:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                credits -= 1
+                fut.set_result(True)
+        self.credits = min(self.burst, credits)  # what nobody waits for is kept up to the burst
+        if self._waiters and not self.starved():  # no longer starved: let everyone in
+            self.release_all()
+
+    def release_all(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(True)
+
+    async def admit(self) -> None:
+        """Return when this intake may append: at once, on a credit, or
+        after ``max_delay_s`` at the latest (never refused)."""
+        if self.try_admit():
+            return
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._waiters.append(fut)
+        timer = loop.call_later(self.max_delay_s, _expire, fut)
+        try:
+            credited = await fut
+        except BaseException:  # the request went away (client closed, shutdown)
+            self._forget(fut)
+            raise
+        finally:
+            timer.cancel()
+        if credited:
+            self.stats["waited"] += 1
+        else:
+            self.stats["timed_out"] += 1
+            self._forget(fut)
+
+    def _forget(self, fut: asyncio.Future) -> None:
+        try:
+            self._waiters.remove(fut)
+        except ValueError:
+            pass
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+# ---------------------------------------------------------------- wiring (gateway/app.py)
+
+
+class Load:
+    """This process's backlog estimate, loop-busy probe and gate, as the app holds them."""
+
+    def __init__(self, store: Any, config: Any, worker: Any):
+        p = config.pipeline
+        self.backlog = Backlog(store, limit=p.backlog_limit, retry_after_s=p.backlog_retry_after_s)
+        self.busy = LoopBusy()
+        # an ingest-only node (workers 0) has no pipeline of its own to make room for
+        ratio = p.admission_ratio if p.workers > 0 else 0.0
+        self.gate = AdmissionGate(backlog=lambda: self.backlog.pending, busy=self.busy, ratio=ratio,
+                                  high_water=max(64, 2 * worker.batch), max_delay_s=p.admission_max_delay_s)
+        worker.on_settled.append(self.backlog.settled)
+        worker.on_settled.append(self.gate.settled)
+
+    @property
+    def needed(self) -> bool:
+        return self.gate.enabled or self.backlog.limit > 0
+
+    async def start(self) -> None:
+        if self.needed:
+            await self.backlog.start()
+        if self.gate.enabled:
+            await self.busy.start()
+
+    async def stop(self) -> None:
+        self.gate.release_all()
+        await self.busy.stop()
+        await self.backlog.stop()
