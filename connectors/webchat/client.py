@@ -45,7 +45,7 @@ from connectors.base import Fatal, SendError, SendResult
 from connectors.http import client_ip, problem, read_body
 from connectors.webchat.hub import LiveHub
 from connectors.webchat.parse import ID_RE, MAX_FILES, Profile, User, sniff, verify_user
-from connectors.webchat.transcript import LocalTranscript, TranscriptStore
+from connectors.webchat.transcript import LocalTranscript, TranscriptStore, Unavailable
 from routing.model import Outbound, utcnow
 
 log = structlog.get_logger(__name__)
@@ -354,6 +354,13 @@ class WebchatConnector:
         (the welcome's), and the file must be in that conversation. A signed
         user's conversation needs ``user`` and ``signature`` too (the same
         ``window.omnigateUser``); images inline, anything else as a download."""
+        try:
+            return await self._file(request)
+        except Exception as exc:  # noqa: BLE001 - the state or the attachment store unreachable (Redis down)
+            log.warning("webchat.state_unavailable", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            return problem(503, "the file cannot be read right now; try again")
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
         q = request.query
         sha = request.match_info["sha256"]
         site = self.settings.sites.get(q.get("site", ""))
@@ -498,6 +505,9 @@ class WebchatConnector:
             return [{"type": "error", "code": "bad_frame", "reason": "not JSON"}]
         try:
             return await self._handle(s, f)
+        except Unavailable as exc:
+            log.warning("webchat.state_unavailable", error=str(exc)[:200])
+            raise Closed(1011, 503, "the chat is unavailable for a moment; the widget will reconnect") from None
         except (Closed, OSError):
             raise
         except Exception as exc:  # noqa: BLE001 - hostile frames must not kill the socket with a 500

@@ -32,11 +32,12 @@ instance at a time under the store's lease ``webchat-sweep``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
 
-from connectors.webchat.transcript import Frame
+from connectors.webchat.transcript import Frame, Unavailable
 
 ADD_LUA = """
 -- KEYS: conv hash, frames, refs, files, active, unmailed
@@ -91,6 +92,22 @@ if ended >= tonumber(redis.call('HGET', KEYS[1], 'last_seq') or '0') then redis.
 return 1
 """
 
+def _guarded(fn: Any) -> Any:
+    """Redis down or unreachable: :class:`Unavailable` (the visitor's transport is closed with
+    "try again", the widget reconnects and resends; a download answers 503)."""
+    @functools.wraps(fn)
+    async def call(*a: Any, **kw: Any) -> Any:
+        try:
+            return await fn(*a, **kw)
+        except Unavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - redis.exceptions.* and OS errors alike
+            if type(exc).__module__.startswith("redis") or isinstance(exc, OSError):
+                raise Unavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from None
+            raise
+    return call
+
+
 _INTS = ("last_seq", "last_activity_ms", "visitor_read_seq", "agent_read_seq", "ended_seq")
 _FIELDS = ("site", "visitor", "name", "email", *_INTS, "ticket_id")
 
@@ -112,14 +129,17 @@ class RedisTranscript:
     def _c(self, conv: str, part: str = "c") -> str:
         return self.k.webchat_conv(conv, part)
 
+    @_guarded
     async def visitor_key(self) -> bytes:
         await self.r.set(self.k.webchat_key, os.urandom(32), nx=True)
         return bytes(await self.r.get(self.k.webchat_key))
 
+    @_guarded
     async def touch(self, conv: str, site: str, visitor: str, now_ms: int, *, name: str | None = None,
                     email: str | None = None) -> None:
         await self._touch(keys=[self._c(conv)], args=[site, visitor, now_ms, name or "", email or ""])
 
+    @_guarded
     async def add(self, conv: str, ref: str, sender: str, text: str, at_ms: int, *, author: str | None = None,
                   files: list | None = None, journal_id: str | None = None) -> tuple[Frame, bool]:
         body = json.dumps({"ref": ref, "sender": sender, "text": text, "at_ms": at_ms, "author": author,
@@ -131,6 +151,7 @@ class RedisTranscript:
             args=[conv, ref, sender, at_ms, body, len(shas), *shas])
         return _frame(int(seq), raw), bool(created)
 
+    @_guarded
     async def history(self, conv: str, after: int = 0, limit: int = 200) -> list[Frame]:
         last = int(await self.r.hget(self._c(conv), "last_seq") or 0)
         seqs = list(range(max(after + 1, last - limit + 1), last + 1))
@@ -139,9 +160,11 @@ class RedisTranscript:
         raws = await self.r.hmget(self._c(conv, "f"), seqs)
         return [_frame(s, raw) for s, raw in zip(seqs, raws) if raw is not None]
 
+    @_guarded
     async def has_file(self, conv: str, sha: str) -> bool:
         return bool(await self.r.sismember(self._c(conv, "files"), sha))
 
+    @_guarded
     async def conversation(self, conv: str) -> dict[str, Any] | None:
         raw = await self.r.hgetall(self._c(conv))
         if not raw:
@@ -152,13 +175,16 @@ class RedisTranscript:
             out[f] = int(out[f] or 0)
         return out
 
+    @_guarded
     async def mark(self, conv: str, column: str, seq: int) -> bool:
         assert column in ("visitor_read_seq", "agent_read_seq")
         return bool(await self._mark(keys=[self._c(conv)], args=[column, seq]))
 
+    @_guarded
     async def set_ticket(self, conv: str, ticket_id: str) -> None:
         await self._set(keys=[self._c(conv)], args=["ticket_id", ticket_id])
 
+    @_guarded
     async def idle(self, before_ms: int) -> list[tuple[str, str, str, int]]:
         out = []
         for conv in await self.r.zrangebyscore(self.k.webchat_active, "-inf", f"({before_ms}"):
@@ -171,9 +197,11 @@ class RedisTranscript:
             out.append((conv, site.decode(), (visitor or b"").decode(), int(last_seq)))
         return out
 
+    @_guarded
     async def ended(self, conv: str, seq: int) -> None:
         await self._ended(keys=[self._c(conv), self.k.webchat_active], args=[conv, seq])
 
+    @_guarded
     async def unseen_agent_frames(self, before_ms: int) -> list[tuple[str, str, Frame]]:
         """Agent frames older than ``before_ms``, not mailed, not read, of conversations that left an
         email. Frames the visitor has read are dropped from the index (they will never be mailed)."""
@@ -194,6 +222,7 @@ class RedisTranscript:
             out += [(conv, email.decode(), _frame(s, raw)) for s, raw in zip(todo, raws) if raw is not None]
         return out
 
+    @_guarded
     async def emailed(self, conv: str, seqs: list[int]) -> None:
         if seqs:
             await self.r.zrem(self.k.webchat_unmailed, *(f"{conv}\n{s}" for s in seqs))

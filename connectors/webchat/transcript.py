@@ -201,6 +201,10 @@ def _frame(row: tuple) -> Frame:
     return Frame(seq, ref, sender, text, at_ms, author, json.loads(files) if files else None, journal_id)
 
 
+class Unavailable(Exception):
+    """The shared state cannot be reached now (Redis down): try again later."""
+
+
 class TranscriptStore(Protocol):
     """What the connector needs of its durable state, whichever backend keeps it:
     :class:`LocalTranscript` (``webchat.db`` beside one instance) or

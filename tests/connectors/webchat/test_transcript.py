@@ -5,10 +5,13 @@ a real redis-server; marker ``integration``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from connectors.webchat.transcript import LocalTranscript
+from gateway import keys
+from tests.connectors.webchat.conftest import ORIGIN
 
 CONV = "webchat:shop:v1"
 
@@ -159,3 +162,36 @@ async def test_omnigate_migrate_moves_a_single_nodes_webchat_state_to_redis(tmp_
     finally:
         await store.close()
     await local.close()
+
+
+@pytest.mark.integration
+async def test_redis_down_is_unavailable_and_the_visitor_is_told_to_come_back(chat):
+    """No Redis: the transcript says Unavailable (not a stray redis error); the connector
+    then closes the widget's transport with 1011 and a reason (it reconnects and resends)."""
+    from connectors.webchat.redis_transcript import RedisTranscript
+    from connectors.webchat.transcript import Unavailable
+    from gateway.store.redis_store import RedisStore
+    from tests.integration.redis import free_port
+
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", prefix="og:down:")
+    try:
+        t = RedisTranscript(store.r, store.k)
+        with pytest.raises(Unavailable):
+            await t.conversation(CONV)
+        with pytest.raises(Unavailable):
+            await t.add(CONV, "c1", "visitor", "hi", 1)
+    finally:
+        await store.close()
+    client, app = chat
+    conn = app[keys.CONNECTORS]["webchat"]
+
+    async def down(*a, **kw):
+        raise Unavailable("redis unavailable: ConnectionError")
+
+    conn.transcript.touch = down  # the state unreachable as the visitor says hello
+    ws = await client.ws_connect("/channels/webchat/ws?site=shop", headers={"Origin": ORIGIN})
+    await ws.send_str(json.dumps({"type": "hello", "lang": "en"}))
+    error = json.loads((await ws.receive(timeout=10)).data)
+    assert (error["type"], error["code"]) == ("error", "closed") and "unavailable" in error["reason"]
+    closing = await ws.receive(timeout=10)
+    assert closing.type.name in ("CLOSE", "CLOSED") and ws.close_code == 1011
