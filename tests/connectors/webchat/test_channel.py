@@ -53,7 +53,6 @@ async def test_widget_js_is_served_with_the_sites_settings(chat):
 
 async def test_message_is_journaled_before_ack_and_a_resend_is_not_a_duplicate(chat):
     client, app = chat
-    needs_store_ops(app, *TICKET_READS)
     v = await Visitor.connect(client)
     assert v.welcome["visitor"] and v.welcome["history"] == []
     ack = await v.say("c1", "Where is my parcel?")
@@ -64,6 +63,7 @@ async def test_message_is_journaled_before_ack_and_a_resend_is_not_a_duplicate(c
     await drain(app)
     counts = await app[keys.STORE].journal_counts()
     assert sum(counts.values()) == 1
+    needs_store_ops(app, *TICKET_READS)
     got = await (await client.get(f"/api/v1/journal/{ack['journal_id']}", headers=AUTH)).json()
     tl = await (await client.get(f"/api/v1/tickets/{got['ticket_id']}/timeline", headers=AUTH)).json()
     assert [e["text"] for e in tl["items"] if e["kind"] == "message_in"] == ["Where is my parcel?"]
@@ -115,7 +115,6 @@ async def test_agent_sees_the_chat_live_replies_and_the_visitor_gets_it(chat):
 
 async def test_reconnect_and_second_tab_resume_the_conversation(chat):
     client, app = chat
-    needs_store_ops(app, *REPLIES)
     v = await Visitor.connect(client)
     who = {"visitor": v.welcome["visitor"], "token": v.welcome["token"]}
     await v.say("c1", "first")
@@ -129,6 +128,7 @@ async def test_reconnect_and_second_tab_resume_the_conversation(chat):
     # an agent reply while the visitor is away is delivered when they come back
     conv = v.welcome["conversation"]
     ticket_id = (await app[keys.CONNECTORS]["webchat"].transcript.conversation(conv))["ticket_id"]
+    needs_store_ops(app, *REPLIES)
     r = await client.post(f"/api/v1/tickets/{ticket_id}/replies", json={"text": "while you were away"}, headers=AUTH)
     assert r.status == 202
     for _ in range(100):
@@ -356,7 +356,6 @@ async def test_agent_socket_needs_the_token(chat):
 
 async def test_files_both_ways_are_served_to_their_conversation_only(chat):
     client, app = chat
-    needs_store_ops(app, *REPLIES)
     v = await Visitor.connect(client)
     who = {"site": "shop", "visitor": v.welcome["visitor"], "token": v.welcome["token"]}
     png = b"\x89PNG\r\n\x1a\n" + b"\1" * 60
@@ -371,6 +370,7 @@ async def test_files_both_ways_are_served_to_their_conversation_only(chat):
     assert r.status == 404  # not in that visitor's conversation
     r = await client.get(f"/channels/webchat/files/{shown['sha256']}", params={**who, "token": "x" * 32})
     assert r.status == 403
+    needs_store_ops(app, *REPLIES)
     # an agent's PDF reaches the visitor as a download
     await drain(app)
     ticket_id = (await app[keys.CONNECTORS]["webchat"].transcript.conversation(v.welcome["conversation"]))["ticket_id"]
