@@ -10,7 +10,9 @@ Credentials:
 - a per-agent token ``og_…`` (``omnigate tokens create`` or ``POST
   /api/v1/tokens``): its SHA-256 is looked up in the store through a small
   in-process cache (``rest.token_cache_s``); a revocation through the API
-  clears the cache at once;
+  clears the cache at once — on the Redis backend on every instance: each
+  request reads the store's revocation epoch (one ``GET``) and drops the
+  cache when another instance revoked a token;
 - the shared ``OMNIGATE_API_TOKEN``: the bootstrap admin; the acting agent
   is ``X-Omnigate-Actor`` (default ``api``), as before per-agent tokens.
 
@@ -150,6 +152,9 @@ class Auth:
         self.limiter = RateLimiter(config.rate_limit_per_minute, config.rate_limit_burst, clock=monotonic)
         self._cache: dict[str, _Cached] = {}
         self._touched: dict[str, datetime] = {}
+        #: the store's revocation epoch (a store shared by several instances has one)
+        self._epoch_of: Callable[[], Any] | None = getattr(store, "token_epoch", None)
+        self._epoch: int | None = None
 
     def invalidate(self, token_id: str | None = None) -> None:
         """Forget cached tokens (one, or all): the next request reads the store."""
@@ -171,13 +176,21 @@ class Auth:
         if not given.startswith(TOKEN_PREFIX) or len(given) > 200:
             raise _bad_token()
         digest = hash_token(given)
+        if self._epoch_of is not None:
+            epoch = await self._epoch_of()
+            if epoch != self._epoch:  # a token was revoked (maybe through another instance)
+                self._cache.clear()
+                self._epoch = epoch
         mono = self.monotonic()
         cached = self._cache.get(digest)
         if cached is None or cached.until <= mono:
             info = await self.store.token_lookup(given)
             if info is None:
                 raise _bad_token()
-            agent = await self.store.get_agent(info.agent_id)
+            try:
+                agent = await self.store.get_agent(info.agent_id)
+            except NotImplementedError:  # a backend without agents yet (Redis before assignment): no teams
+                agent = None
             teams = frozenset(agent.teams) if agent is not None else frozenset()
             if len(self._cache) > 10_000:
                 self._cache.clear()

@@ -15,6 +15,7 @@ connector validates it strictly.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from pathlib import Path
@@ -61,8 +62,10 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):
-    #: Concurrent pipeline tasks; their commits share group commits.
-    workers: int = 16
+    #: Concurrent pipeline tasks; their commits share group commits (the
+    #: more in flight, the larger a group and the less CPU per message:
+    #: see ARCHITECTURE.md "Performance").
+    workers: int = 64
     #: A message whose commit keeps conflicting is failed after this many tries.
     max_conflict_retries: int = 20
     #: While the pipeline is starved (a backlog and a busy event loop), intakes
@@ -346,6 +349,13 @@ def parse_duration(text: str | int | float, where: str = "duration") -> float:
     """``"90s"``, ``"5m"``, ``"1h30m"``, ``"7d"`` or a number of seconds → seconds."""
     if isinstance(text, (int, float)):
         return float(text)
+    if isinstance(text, str):
+        return _parse_duration(text, where)
+    return _parse_duration.__wrapped__(text, where)  # not hashable: refused below, as before
+
+
+@functools.lru_cache(maxsize=256)  # the pipeline asks for the reopen window on every message
+def _parse_duration(text: str, where: str) -> float:
     s = text.strip().lower()
     pos, total = 0, 0.0
     for m in _DURATION.finditer(s):

@@ -16,12 +16,11 @@ interrupted after its commit but before being marked is simply confirmed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 import msgspec
 import structlog
@@ -30,7 +29,7 @@ from connectors.base import PayloadRejected
 from connectors.registry import RegistryError, parser_for
 from gateway.attachments import AttachmentStore
 from gateway.metrics import Metrics
-from gateway.store.base import Conflict, JournalEntry, Store
+from gateway.store.base import Conflict, JournalEntry, Store, StoreUnavailable
 from routing.model import Inbound, utcnow
 from routing.pipeline import Settings, decide, lookup
 from routing.state import CommitResult
@@ -71,26 +70,45 @@ class KeyedLocks:
     """One FIFO lock per key, dropped when nobody holds or waits for it.
 
     asyncio.Lock hands itself to waiters in the order they asked, so tasks
-    that ask in arrival order are served in arrival order."""
+    that ask in arrival order are served in arrival order. ``async with
+    locks(key):`` — a plain async context manager (a generator-based one cost
+    ~2 % of a production pipeline message)."""
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
-    @contextlib.asynccontextmanager
-    async def __call__(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (None, 0))
+    def __call__(self, key: str) -> "_KeyedLock":
+        return _KeyedLock(self._locks, key)
+
+
+class _KeyedLock:
+    __slots__ = ("_locks", "_key", "_lock")
+
+    def __init__(self, locks: dict[str, tuple[asyncio.Lock, int]], key: str) -> None:
+        self._locks, self._key = locks, key
+
+    async def __aenter__(self) -> None:
+        lock, users = self._locks.get(self._key, (None, 0))
         if lock is None:
             lock = asyncio.Lock()
-        self._locks[key] = (lock, users + 1)
+        self._locks[self._key] = (lock, users + 1)
+        self._lock = lock
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            await lock.acquire()
+        except BaseException:  # cancelled while waiting: no longer a user
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        lock, users = self._locks[self._key]
+        if users == 1:
+            del self._locks[self._key]
+        else:
+            self._locks[self._key] = (lock, users - 1)
 
 
 class Pipeline:
@@ -148,6 +166,8 @@ class Pipeline:
                 for n, inbound in enumerate(inbounds):
                     await self._prepare(inbound)
                     results.append(await self._commit(entry, inbound, final=n == len(inbounds) - 1))
+            except StoreUnavailable:  # not the entry's fault: it stays pending, the worker tries it again later
+                raise
             except Exception as exc:
                 log_.exception("pipeline.failed")
                 return await self._fail(entry, f"pipeline error: {type(exc).__name__}: {exc}")

@@ -31,6 +31,8 @@ _ulid_lock = threading.Lock()
 _random = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))  # a forked child must not repeat ids
 _ulid_last = [0, 0]  # [ms, random80] of the last id, for monotonic ids within one ms
+#: [(ms, its 10 characters)]: ids made in the same millisecond share them (one tuple: read and replaced whole)
+_ulid_prefix: list[tuple[int, str]] = [(-1, "")]
 
 
 def new_id(now_ms: int | None = None) -> str:
@@ -49,9 +51,14 @@ def new_id(now_ms: int | None = None) -> str:
             # the seeded Mersenne Twister is ~10x cheaper than os.urandom here
             rnd = _random.getrandbits(80)
         _ulid_last[0], _ulid_last[1] = ms, rnd
-    n = (ms << 80) | rnd  # 128 bits, written as 130 (26 × 5) with two leading zero bits
+    # 128 bits, written as 130 (26 × 5) with two leading zero bits: the time's
+    # 48 bits (+2) are the first 10 characters, the random 80 bits the other 16
     pairs = _PAIRS
-    return "".join([pairs[(n >> shift) & 1023] for shift in range(120, -1, -10)])
+    cached_ms, prefix = _ulid_prefix[0]
+    if cached_ms != ms:
+        prefix = "".join([pairs[(ms >> shift) & 1023] for shift in (40, 30, 20, 10, 0)])
+        _ulid_prefix[0] = (ms, prefix)
+    return prefix + "".join([pairs[(rnd >> shift) & 1023] for shift in (70, 60, 50, 40, 30, 20, 10, 0)])
 
 
 def ulid_time(ulid: str) -> datetime:

@@ -28,6 +28,7 @@ time is unknown and no event is scheduled; the core re-evaluates on resume.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal, NamedTuple, Protocol
@@ -74,7 +75,12 @@ class SlaTargets(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         self.minutes()
 
     def minutes(self) -> dict[TargetName, int]:
-        return {t: parse_duration_minutes(v) for t in TARGETS if (v := getattr(self, t)) is not None}
+        return dict(_target_minutes(self))
+
+
+@functools.lru_cache(maxsize=1024)  # asked on every SLA evaluation, of a handful of policies
+def _target_minutes(targets: SlaTargets) -> dict[TargetName, int]:
+    return {t: parse_duration_minutes(v) for t in TARGETS if (v := getattr(targets, t)) is not None}
 
 
 class RaisePriority(msgspec.Struct, tag="raise_priority", tag_field="action", forbid_unknown_fields=True, frozen=True):
@@ -294,7 +300,7 @@ def due_events(clock: SlaClock, now: datetime, policy: SlaPolicy, calendar: Busi
         for kind, at in (("warning", st.warning), ("breach", st.due)):
             if at is not None:
                 event = SlaEvent(kind, st.target, at, st.since)
-                if event.key not in clock.fired:
+                if not clock.fired or event.key not in clock.fired:
                     events.append(event)
     return sorted(events, key=lambda e: (e.at, e.kind != "warning", TARGETS.index(e.target)))
 

@@ -27,9 +27,11 @@ from typing import Any
 
 from gateway.bench import production
 from gateway.bench.load import percentile, raw_insert_rate
+from gateway.config import PipelineConfig
 
 MESSAGES = 6000
-CONCURRENCY = 16
+#: the shipped ``pipeline.workers``
+CONCURRENCY = PipelineConfig().workers
 
 
 async def _prefill(store: Any, bodies: list[bytes]) -> None:

@@ -107,10 +107,14 @@ def pinned_clock() -> Callable[[], datetime]:
     return lambda: PINNED + timedelta(seconds=time.monotonic() - t0)
 
 
-def config(data_dir: Path, *, workers: int = 16) -> Any:
+def config(data_dir: Path, *, workers: int | None = None) -> Any:
     """The production configuration, with its directory file written into ``data_dir``."""
     from gateway.config import load
 
+    from gateway.config import PipelineConfig
+
+    if workers is None:  # the shipped default: what users run
+        workers = PipelineConfig().workers
     data_dir.mkdir(parents=True, exist_ok=True)
     directory = data_dir / "directory.yaml"
     directory.write_text(DIRECTORY_YAML, encoding="utf-8")

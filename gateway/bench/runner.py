@@ -48,6 +48,7 @@ REGISTRY: dict[str, Group] = {
     "console": Group("gateway.bench.console:figures", ("console_page",)),
     "redis": Group("gateway.bench.redis_instances:figures", ("redis_ingest", "redis_pipeline")),
     "redis_assign": Group("gateway.bench.redis_assign:figures", ("redis_assign_next",)),
+    "redis_api_list": Group("gateway.bench.redis_api_list:figures", ("redis_api_ticket_list_100k",)),
 }
 
 

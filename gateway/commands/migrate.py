@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import msgspec
+
 from gateway.store.base import JOURNAL_STATUSES
 
 #: SQLite tables that need no step: derived from others, or SQLite's own.
@@ -333,10 +335,68 @@ async def _audit(c: Ctx) -> int:
         for seq, at, actor, action, subject, data in batch:
             pipe.xadd(c.k.audit, {"at": at, "actor": actor, "action": action, "subject": subject,
                                   "data": data or "{}"})
+            if action.startswith("contact."):  # contact_audit reads a list per contact (redis_api.py)
+                d = msgspec.json.decode(data) if data else {}
+                rec = msgspec.json.encode({"seq": seq, "at": at, "actor": actor, "action": action,
+                                           "subject": subject, "data": d}).decode()
+                for cid in dict.fromkeys(x for x in (subject, d.get("winner"), d.get("from")) if x):
+                    pipe.rpush(c.k.contact_audit(cid), rec)
         pipe.hset(c.k.migrated, "audit_seq", batch[-1][0])  # in the same pipeline: a re-run resumes after it
         await pipe.execute()
         n += len(batch)
+    if n:
+        await c.r.set(c.k.audit_seq, max(int(await c.r.get(c.k.audit_seq) or 0), done + n))
     return n
+
+
+async def _tokens(c: Ctx) -> int:
+    """API tokens by their digest (the tokens themselves were never stored)."""
+    from gateway.store.sqlite_tokens import TokenInfo
+
+    def at(v: Any) -> Any:
+        from datetime import datetime, timezone
+
+        return None if v is None else datetime.fromtimestamp(v / 1000, tz=timezone.utc)
+
+    n = 0
+    for batch in c.rows("SELECT id, prefix, agent_id, role, created_by, created_at, note, expires_at, revoked_at, "
+                        "last_used_at, hash FROM api_tokens ORDER BY created_at, id"):
+        for r in batch:
+            info = TokenInfo(id=r[0], prefix=r[1], agent_id=r[2], role=r[3], created_by=r[4], created_at=at(r[5]),
+                             note=r[6], expires_at=at(r[7]), revoked_at=at(r[8]), last_used_at=at(r[9]))
+            await c.store.token_import(info, r[10])
+            n += 1
+    return n
+
+
+async def _mentions(c: Ctx) -> int:
+    n = 0
+    for batch in c.rows("SELECT timeline_id, agent_id, ticket_id, by, at FROM mentions"):
+        pipe = c.r.pipeline(transaction=False)
+        for timeline_id, agent, ticket_id, by, at in batch:
+            pipe.zadd(c.k.mentions(agent), {msgspec.json.encode({"timeline_id": timeline_id, "ticket_id": ticket_id,
+                                                                  "by": by}).decode(): at})
+        await pipe.execute()
+        n += len(batch)
+    return n
+
+
+async def _auto_replies(c: Ctx) -> int:
+    """The auto-reply ledger: each address's last reply (its window) and the replies of the budget's hour."""
+    n = 0
+    for batch in c.rows("SELECT address, max(at) FROM auto_reply_log GROUP BY address"):
+        await c.r.hset(c.k.auto_reply_last, mapping={a: at for a, at in batch})
+        n += len(batch)
+    top = c.db.execute("SELECT max(at) FROM auto_reply_log").fetchone()[0]
+    if top is not None:
+        for batch in c.rows("SELECT rowid, at FROM auto_reply_log WHERE at > ?", (top - 3_600_000,)):
+            await c.r.zadd(c.k.auto_reply_log, {f"m{rowid}": at for rowid, at in batch})
+    return n
+
+
+async def _indexes(c: Ctx) -> int:
+    """The ticket list indexes and the contact id set, built from what the steps wrote (redis_api.py)."""
+    return (await c.store.api_reindex())["tickets"]
 
 
 async def _attachments(c: Ctx) -> int:
@@ -378,6 +438,10 @@ STEPS: list[Step] = [
     Step("outbox", ("outbox",), _outbox),
     Step("state", ("state",), _state),
     Step("audit", ("audit",), _audit),
+    Step("tokens", ("api_tokens",), _tokens),
+    Step("mentions", ("mentions",), _mentions),
+    Step("auto_replies", ("auto_reply_log",), _auto_replies),
+    Step("indexes", (), _indexes),
     Step("attachments", (), _attachments),
     Step("webchat", (), _webchat),
 ]

@@ -8,6 +8,10 @@ the address is in the lock file, the token is ``OMNIGATE_API_TOKEN``/the
 configuration's), so a revocation takes effect at once. Otherwise they take
 the lock for their run and work on the SQLite file itself (offline: no
 daemon needed to mint the first tokens).
+
+With ``redis_url`` they work on the deployment's Redis directly (no local
+folder is involved): a revocation reaches every instance at once, since each
+one drops its token cache when the store's revocation epoch moves.
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ def main(argv: list[str], prog: str = "omnigate tokens") -> int:
         if expires_s <= 0:
             print(f"{prog}: --expires must be positive", file=sys.stderr)
             return 2
+    if config.redis_url:  # the shared state: no data folder, no daemon in between
+        import asyncio
+
+        return asyncio.run(_run(config, args, prog, expires_s))
     return with_data_dir(config, prog, lambda: _run(config, args, prog, expires_s),
                          lambda listen: _through(listen, config, args, prog))
 
@@ -128,18 +136,19 @@ def _print_list(items, as_json: bool) -> None:
 async def _run(config, args, prog: str, expires_s: float | None) -> int:
     from gateway import logs
     from gateway.store.base import NotFound, StoreError
-    from gateway.store.sqlite import SQLiteStore
+    from gateway.store.factory import open_store
     from routing.model import utcnow
 
     logs.configure("warning", config.log_format)
-    if config.redis_url:  # never tokens in a local SQLite file the deployment does not read
-        print(f"{prog}: error: tokens are not kept on the Redis backend yet (redis_url is set)", file=sys.stderr)
-        return 2
-    store = SQLiteStore.in_dir(config.data_dir, synchronous=config.store.synchronous)
+    store = open_store(config)  # Redis with redis_url (never a local file the deployment does not read)
     try:
         now = utcnow()
         if args.action == "create":
-            if args.role != "admin" and await store.get_agent(args.agent) is None:
+            try:
+                missing = args.role != "admin" and await store.get_agent(args.agent) is None
+            except NotImplementedError:  # agents not on this backend yet: nothing to check against
+                missing = False
+            if missing:
                 print(f"{prog}: warning: no agent {args.agent!r} in the store yet (the daemon loads the directory "
                       "at start-up); the token has no teams until it exists", file=sys.stderr)
             expires = now + timedelta(seconds=expires_s) if expires_s else None
@@ -162,5 +171,8 @@ async def _run(config, args, prog: str, expires_s: float | None) -> int:
                 return 1
             print(f"revoked {info.id} ({info.prefix}…, agent {info.agent_id})")
         return 0
+    except StoreError as exc:  # e.g. Redis does not answer
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
     finally:
         await store.close()

@@ -31,6 +31,12 @@ class StoreError(Exception):
     """The store cannot do what was asked (unavailable, disk full…)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (e.g. Redis restarting): nothing was
+    done; the same call may succeed in a moment. The pipeline leaves the entry
+    pending for a later try instead of failing it."""
+
+
 class Conflict(StoreError):
     """The state a Commit was decided on changed; decide again on a fresh snapshot."""
 

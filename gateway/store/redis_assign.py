@@ -255,7 +255,7 @@ class _Step:
                 self.tx.op("HDEL", key, col)
             else:
                 self.tx.op("HSET", key, col, value)
-            if row is not None and col in ("assignee", "priority", "status"):
+            if row is not None and col in ("assignee", "priority", "status", "team"):
                 row = row._replace(**{col: value})
             if col == "solved_at":
                 meta["solved_at"] = None if value is None else str(value)
@@ -263,6 +263,7 @@ class _Step:
         self.tx.op("HSET", key, "updated_at", self.now_ms)
         self.tx.op("HINCRBY", key, "version", 1)
         self.tx.op("ZADD", k.tickets_changed, self.now_ms, ticket_id)
+        self.tx.reindex(key, ticket_id, k.ticket_index_base)  # the list indexes follow (redis_api.py)
         meta["touched"] += 1
         meta["updated_at"] = self.now_ms
 

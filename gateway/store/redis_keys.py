@@ -253,6 +253,69 @@ class Keys:
     def migrated(self) -> str:
         """Hash: ``omnigate migrate``'s marker (source folder, times, last audit seq moved)."""
         return f"{self.p}migrated"
+    # the REST API: ticket lists, tokens, mentions, contact audit, auto-replies (redis_api.py) ------
+    @property
+    def ticket_index_base(self) -> str:
+        """Ticket list indexes (sorted sets), all named ``<base><order>:<dim>``:
+        order ``p`` (score rank·2^42 + created_at ms, member ticket id) or
+        ``u`` (score updated_at ms, member ``<number:016d>:<ticket id>``);
+        dim ``all``, ``s:<status>``, ``t:<team>``, ``a:<assignee>``, ``na``
+        (unassigned). The value is the name's last part, so no separator in
+        it can make two names collide. The APPLY script builds the same names
+        (``redis_api.REINDEX_LUA``): change both together."""
+        return f"{self.p}tix:"
+
+    def ticket_index(self, order: str, dim: str) -> str:
+        return f"{self.ticket_index_base}{order}:{dim}"
+
+    def token(self, token_id: str) -> str:
+        """Hash: one API token's info (never the token)."""
+        return f"{self.p}tok:{token_id}"
+
+    def token_hash(self, digest: str) -> str:
+        """The token's SHA-256 → its id."""
+        return f"{self.p}tokh:{digest}"
+
+    def token_prefix(self, prefix: str) -> str:
+        """Set of token ids listed under a prefix (revoke by prefix)."""
+        return f"{self.p}tokp:{_q(prefix)}"
+
+    @property
+    def tokens(self) -> str:
+        """Sorted set: token id scored by created_at (the list's order)."""
+        return f"{self.p}toks"
+
+    @property
+    def token_epoch(self) -> str:
+        """Incremented by every revocation: each instance's token cache is dropped when it moves."""
+        return f"{self.p}seq:tokrev"
+
+    def mentions(self, agent_id: str) -> str:
+        """Sorted set: JSON {timeline_id, ticket_id, by} scored by at, per mentioned agent."""
+        return f"{self.p}{{a:{agent_id}}}:mentions"
+
+    def contact_audit(self, cid: str) -> str:
+        """List of JSON audit records naming the contact (subject, merge winner, unmerge source)."""
+        return f"{self.p}{{c:{cid}}}:audit"
+
+    @property
+    def audit_seq(self) -> str:
+        return f"{self.p}seq:audit"
+
+    @property
+    def auto_reply_last(self) -> str:
+        """Hash: identity key → the last auto-reply's time (ms): the per-address window."""
+        return f"{self.p}ar:last"
+
+    @property
+    def auto_reply_log(self) -> str:
+        """Sorted set: auto-replies of the last hour, scored by time (the global budget)."""
+        return f"{self.p}ar:log"
+
+    @property
+    def contacts_by_id(self) -> str:
+        """Sorted set of every contact id (score 0: by id), written with the contact: name search walks it."""
+        return f"{self.p}contacts"
 
     # webchat transcripts (connectors/webchat/redis_transcript.py) ----
     def webchat_conv(self, conv: str, part: str) -> str:

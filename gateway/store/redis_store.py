@@ -60,7 +60,9 @@ from gateway.store.base import (
     OutboxItem,
     Page,
     StoreError,
+    StoreUnavailable,
 )
+from gateway.store.redis_api import REINDEX_LUA, ApiOps
 from gateway.store.redis_assign import RedisAssignOps
 from gateway.store.redis_keys import Keys
 from routing.calls import call_text, merge_call
@@ -143,12 +145,14 @@ end
 return {created, jid}
 """
 
-APPLY_LUA = """
--- ARGV[1]: {"g": guards, "n": [counter key index, first] | null, "o": writes}
+APPLY_LUA = REINDEX_LUA + """
+-- ARGV[1]: {"g": guards, "n": [counter key index, first] | null, "o": writes,
+--           "x": [[ticket key index, ticket id]…] reindexed after the writes, "xb": index names' base}
 -- guard: ["t", k] message key taken -> {"taken", value} (checked first, in order)
 --        ["h", k, field, expected|null] hash field equals (null: absent)
 --        ["v", k, expected|null] string value equals (null: absent)
 --        ["x", k] key absent
+--        ["n", k, field, max] / ["z", k, min, limit]: see redis_api.REINDEX_LUA (api_guard)
 -- write: [command, k, arg…]; an arg {"$":"N"} is the ticket number drawn,
 --        {"$":"L"} the previous write's reply (an XADD's new id)
 local p = cjson.decode(ARGV[1])
@@ -169,6 +173,7 @@ for i, g in ipairs(p.g) do
     elseif v ~= g[3] then return {'conflict', tostring(i)} end
   elseif kind == 'x' then
     if redis.call('EXISTS', k) == 1 then return {'conflict', tostring(i)} end
+  elseif api_guard(g, k) then return {'conflict', tostring(i)}
   end
 end
 local num = false
@@ -193,6 +198,7 @@ for _, op in ipairs(p.o) do
   end
   last = redis.call(op[1], KEYS[op[2]], unpack(args))
 end
+for _, x in ipairs(p.x or {}) do tix_reindex(KEYS[x[1]], x[2], p.xb) end
 return {'ok', tostring(num or -1)}
 """
 
@@ -272,6 +278,8 @@ class Tx:
         self.guards: list[list] = []
         self.ops: list[list] = []
         self.number: list | None = None
+        self.reindexed: list[list] = []
+        self.index_base = ""
 
     def k(self, key: str) -> int:
         i = self._index.get(key)
@@ -306,8 +314,19 @@ class Tx:
         if flat:
             self.op("HSET", key, *flat)
 
+    def reindex(self, ticket_key: str, ticket_id: str, base: str) -> None:
+        """After the writes, move the ticket between the list indexes its hash
+        now names (``redis_api.REINDEX_LUA``): every program that changes a
+        ticket's status, priority, team, assignee or times calls this."""
+        if not any(x[1] == ticket_id for x in self.reindexed):
+            self.reindexed.append([self.k(ticket_key), ticket_id])
+        self.index_base = base
+
     def program(self) -> str:
-        return _j({"g": self.taken + self.guards, "n": self.number, "o": self.ops})
+        prog: dict[str, Any] = {"g": self.taken + self.guards, "n": self.number, "o": self.ops}
+        if self.reindexed:
+            prog["x"], prog["xb"] = self.reindexed, self.index_base
+        return _j(prog)
 
 
 class _Taken(Exception):
@@ -319,12 +338,6 @@ class _Taken(Exception):
 #: NotImplementedError naming itself). gateway.config refuses redis_url for
 #: the daemon while the daemon needs any of them.
 NOT_YET = (
-    # replies and outbox (gateway/store/sqlite_replies.py)
-    "reply_create", "auto_reply", "reply_facts",
-    # the REST API (sqlite_tickets.py, sqlite_tokens.py)
-    "ticket_record", "tickets_list", "ticket_patch", "contact_by_identity", "contacts_by_name",
-    "contact_set_attributes", "contact_audit", "timeline_rows", "note_create", "mentions_of",
-    "token_create", "token_revoke", "token_lookup", "token_list", "token_touch",
     # outbound webhooks (sqlite_webhooks.py)
     # (without endpoints the delivery service's polling ops answer "nothing": see RedisStore)
     "webhook_upsert", "webhook_delete", "webhook_set_enabled", "webhook_settle", "webhook_deliveries",
@@ -358,8 +371,24 @@ _CONTACT_FIELDS = ("name", "tier", "tags", "attributes", "flags", "merged_into",
 _JOURNAL_FIELDS = ("seq", "channel", "account", "key", "received_at", "status", "attempts", "error", "meta",
                    "ticket_id", "contact_id", "processed_at", "size", "sid")
 
+def ticket_from_row(ticket_id: str, r: list) -> Ticket | None:
+    """A ticket from its hash's ``_TICKET_FIELDS`` (None: no such ticket)."""
+    if r[0] is None:
+        return None
+    f = dict(zip(_TICKET_FIELDS, r))
+    return Ticket(
+        id=ticket_id, number=int(f["number"]), contact_id=_s(f["contact_id"]), subject=_s(f["subject"]),
+        status=_s(f["status"]), priority=_s(f["priority"]) or "normal", team=_s(f["team"]),
+        skills=_dec.decode(f["skills"]) if f["skills"] else {}, assignee=_s(f["assignee"]),
+        tags=_dec.decode(f["tags"]) if f["tags"] else [], channels=_dec.decode(f["channels"]) if f["channels"] else [],
+        reply_to=_reply_dec.decode(f["reply_to"]) if f["reply_to"] else None, follow_up_of=_s(f["follow_up_of"]),
+        sla=_sla_dec.decode(f["sla"]) if f["sla"] else None, created_at=dt(f["created_at"]),
+        updated_at=dt(f["updated_at"]), last_message_at=dt(f["last_message_at"]),
+        first_response_at=dt(f["first_response_at"]), solved_at=dt(f["solved_at"]), closed_at=dt(f["closed_at"]),
+    )
 
-class RedisStore(RedisAssignOps):
+
+class RedisStore(ApiOps, RedisAssignOps):
     """The store on one Redis (primary + replicas + Sentinel in production)."""
 
     backend = "redis"
@@ -406,7 +435,7 @@ class RedisStore(RedisAssignOps):
         try:
             return await coro
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreError(f"redis unavailable: {exc}") from exc
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
     async def _run(self, tx: Tx) -> int | None:
         """Run a guarded program; the ticket number drawn (or None). Raises
@@ -799,6 +828,7 @@ class RedisStore(RedisAssignOps):
             tx.hset(ckey, {"name": c.new_contact.name, "created_at": ms(c.new_contact.created_at), "updated_at": now,
                            "version": 1, "tags": "[]", "attributes": "{}", "flags": _j(flags)})
             tx.op("HINCRBY", k.counts, "contacts", 1)
+            tx.op("ZADD", k.contacts_by_id, 0, cid)
         else:
             version, name, flags_raw, merged = await self._call(r.hmget(ckey, "version", "name", "flags", "merged_into"))
             if version is None or merged or int(version) != c.contact_expect_version:
@@ -840,6 +870,7 @@ class RedisStore(RedisAssignOps):
             tx.op("HSET", k.ticket_numbers, NUMBER, t.id)
             tx.op("ZADD", k.contact_tickets(cid), ms(t.created_at), t.id)
             tx.op("HINCRBY", k.counts, "tickets", 1)
+            tx.reindex(tkey, t.id, k.ticket_index_base)
         elif c.ticket_change is not None:
             ch = c.ticket_change
             tkey = k.ticket(ch.id)
@@ -871,6 +902,7 @@ class RedisStore(RedisAssignOps):
                 fields["reply_to"] = _j(ch.reply_to)
             tx.hset(tkey, fields)
             tx.op("HINCRBY", tkey, "version", 1)
+            tx.reindex(tkey, ch.id, k.ticket_index_base)
             if ch.responded_at is not None:
                 tx.op("HSETNX", tkey, "first_response_at", ms(ch.responded_at))
 
@@ -942,20 +974,7 @@ class RedisStore(RedisAssignOps):
     # ------------------------------------------------------------ reads
 
     async def get_ticket(self, ticket_id: str) -> Ticket | None:
-        r = await self._call(self.r.hmget(self.k.ticket(ticket_id), *_TICKET_FIELDS))
-        if r[0] is None:
-            return None
-        f = dict(zip(_TICKET_FIELDS, r))
-        return Ticket(
-            id=ticket_id, number=int(f["number"]), contact_id=_s(f["contact_id"]), subject=_s(f["subject"]),
-            status=_s(f["status"]), priority=_s(f["priority"]) or "normal", team=_s(f["team"]),
-            skills=_dec.decode(f["skills"]) if f["skills"] else {}, assignee=_s(f["assignee"]),
-            tags=_dec.decode(f["tags"]) if f["tags"] else [], channels=_dec.decode(f["channels"]) if f["channels"] else [],
-            reply_to=_reply_dec.decode(f["reply_to"]) if f["reply_to"] else None, follow_up_of=_s(f["follow_up_of"]),
-            sla=_sla_dec.decode(f["sla"]) if f["sla"] else None, created_at=dt(f["created_at"]),
-            updated_at=dt(f["updated_at"]), last_message_at=dt(f["last_message_at"]),
-            first_response_at=dt(f["first_response_at"]), solved_at=dt(f["solved_at"]), closed_at=dt(f["closed_at"]),
-        )
+        return ticket_from_row(ticket_id, await self._call(self.r.hmget(self.k.ticket(ticket_id), *_TICKET_FIELDS)))
 
     async def get_ticket_by_number(self, number: int) -> Ticket | None:
         tid = await self._call(self.r.hget(self.k.ticket_numbers, str(number)))
@@ -1048,6 +1067,8 @@ class RedisStore(RedisAssignOps):
     async def _audit(self, tx: Tx, now: int, actor: str, action: str, subject: str, data: dict) -> None:
         tx.op("XADD", self.k.audit, "*", "at", now, "actor", actor, "action", action, "subject", subject,
               "data", _j(data))
+        if action.startswith("contact."):
+            await self._audit_contacts(tx, now, actor, action, subject, data)
 
     async def _moved_entries(self, members: list[tuple[bytes, float]]) -> list[tuple[str, float, dict]]:
         if not members:
@@ -1272,6 +1293,7 @@ class RedisStore(RedisAssignOps):
             tx.op("HSETNX", tkey, "first_response_at", ms(d.at))
             tx.op("HSET", tkey, "updated_at", ms(d.at))
             tx.op("HINCRBY", tkey, "version", 1)
+            tx.reindex(tkey, item.ticket_id, k.ticket_index_base)
             tx.op("ZADD", k.tickets_changed, ms(d.at), item.ticket_id)  # the sweep re-times its SLA
         if d.thread_ref and item.ticket_id:
             tx.op("SET", k.thread_ref(d.thread_ref.strip().strip("<>")), item.ticket_id, "NX")

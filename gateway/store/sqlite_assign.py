@@ -181,12 +181,14 @@ class TicketRow(NamedTuple):
     created_at: datetime
     first_response_at: datetime | None
     tier: str | None
+    #: ``tickets.sla`` as stored (JSON), so a sync that computes the same state writes nothing
+    sla: str | None = None
 
 
 _TICKET_SQL = (
     "SELECT t.id, t.contact_id, t.status, t.priority, t.team, t.skills, t.assignee, "
     "coalesce(json_extract(t.reply_to, '$.channel'), json_extract(t.channels, '$[0]'), ''), "
-    "t.created_at, t.first_response_at, c.tier FROM tickets t LEFT JOIN contacts c ON c.id = t.contact_id "
+    "t.created_at, t.first_response_at, c.tier, t.sla FROM tickets t LEFT JOIN contacts c ON c.id = t.contact_id "
     "WHERE t.id = ?"
 )
 
@@ -217,15 +219,17 @@ def _queued(r: tuple) -> _Queued:
 
 def describe(decision: Decision) -> str:
     """The timeline sentence: the decision's reason, then why not each other agent."""
-    others = [
+    others = [c for c in decision.considered if c.agent != decision.agent]
+    # the entry's data lists every agent; the sentence stays readable (and only
+    # the agents it shows are written out: a team has dozens)
+    shown = [
         f"{c.agent} {', '.join(r.text for r in c.reasons)}" if c.reasons else f"{c.agent} eligible at {c.load:.2f}"
-        for c in decision.considered
-        if c.agent != decision.agent
+        for c in others[:_SHOWN_OTHERS]
     ]
+    if len(others) > _SHOWN_OTHERS:
+        shown.append(f"{len(others) - _SHOWN_OTHERS} more")
     head = f"assigned to {decision.agent}: {decision.reason.text}" if decision.agent else decision.reason.text
-    if len(others) > _SHOWN_OTHERS:  # the entry's data lists every agent; the sentence stays readable
-        others = [*others[:_SHOWN_OTHERS], f"{len(others) - _SHOWN_OTHERS} more"]
-    return head + (f" (not chosen: {'; '.join(others)})" if others else "")
+    return head + (f" (not chosen: {'; '.join(shown)})" if shown else "")
 
 
 def decision_data(decision: Decision, **extra: Any) -> dict:
@@ -255,13 +259,21 @@ class _Fixed(NamedTuple):
 
 
 class _Live:
-    """What decisions and the API change: presence, last assignment, held load per class."""
+    """What decisions and the API change: presence, last assignment, held load per class.
 
-    __slots__ = ("presence", "last_assigned_at", "load")
+    ``state`` is the chooser's frozen ``AgentState`` built from these values
+    (with its own copy of the load), reused by every decision until one of
+    them changes: whoever changes them calls :meth:`changed`."""
+
+    __slots__ = ("presence", "last_assigned_at", "load", "state")
 
     def __init__(self, presence: str, last_assigned_at: datetime | None) -> None:
         self.presence, self.last_assigned_at = presence, last_assigned_at
         self.load: dict[str, int] = {}
+        self.state: AgentState | None = None
+
+    def changed(self) -> None:
+        self.state = None
 
 
 class AgentCache:
@@ -328,11 +340,16 @@ class AgentCache:
         else:
             ids, members = self.fixed, self.members
         agents = {}
+        live_of, fixed_of = self.live, self.fixed
         for i in ids:
-            f, live = self.fixed[i], self.live[i]
-            # a copy of the load: a state outlives the changes made after it (drain keeps one)
-            agents[i] = AgentState(i, f.teams, f.skills, f.capacity, live.presence, f.roles, dict(live.load),
-                                   live.last_assigned_at)
+            live = live_of[i]
+            state = live.state
+            if state is None:
+                f = fixed_of[i]
+                # a copy of the load: a state outlives the changes made after it (drain keeps one)
+                state = live.state = AgentState(i, f.teams, f.skills, f.capacity, live.presence, f.roles,
+                                                dict(live.load), live.last_assigned_at)
+            agents[i] = state
         return AssignmentState(agents, members)
 
 
@@ -349,6 +366,16 @@ class AssignTx:
     def __init__(self, conn: sqlite3.Connection, directory: Directory, cache: AgentCache, now: datetime) -> None:
         self.conn, self.d, self.cache, self.now, self.now_ms = conn, directory, cache, now, to_ms(now)
         self._changed = False
+        #: tickets rows changed through :meth:`touch_ticket` so far (a sync re-reads its ticket only then)
+        self.touched = 0
+        self._desk_owned: dict[str, bool] = {}
+
+    def desk_owned(self, ticket_id: str) -> bool:
+        """``sqlite_desks.desk_owned``, read once per transaction (no transaction here writes desk links)."""
+        owned = self._desk_owned.get(ticket_id)
+        if owned is None:
+            owned = self._desk_owned[ticket_id] = desk_owned(self.conn, ticket_id)
+        return owned
 
     def agents(self) -> AgentCache:
         """The agent cache, current for this transaction."""
@@ -369,7 +396,7 @@ class AssignTx:
         if r is None:
             return None
         return TicketRow(r[0], r[1], r[2], r[3], r[4], _dec.decode(r[5]), r[6], r[7], from_ms(r[8]), from_ms(r[9]),
-                         r[10])
+                         r[10], r[11])
 
     def held(self, ticket_id: str) -> _Held | None:
         r = self.conn.execute(
@@ -428,6 +455,7 @@ class AssignTx:
     def touch_ticket(self, ticket_id: str, **columns: Any) -> None:
         """Update ticket columns; bumps the version so a pipeline commit decided before retries."""
         sets = ", ".join(f"{col} = ?" for col in columns)
+        self.touched += 1
         self.conn.execute(
             f"UPDATE tickets SET {sets}, version = version + 1, updated_at = ? WHERE id = ?",
             (*columns.values(), self.now_ms, ticket_id),
@@ -472,6 +500,7 @@ class AssignTx:
         if live is not None:  # a rule may pin a ticket to an id the directory does not know
             live.load[cls] = live.load.get(cls, 0) + 1
             live.last_assigned_at = from_ms(self.now_ms)
+            live.changed()
 
     def release(self, ticket_id: str) -> str | None:
         """Free the ticket's capacity; returns the agent it was held by."""
@@ -486,6 +515,7 @@ class AssignTx:
             live.load[r[1]] -= 1
             if not live.load[r[1]]:
                 del live.load[r[1]]  # as counted from the table: a class with nothing held is absent
+            live.changed()
         return r[0]
 
     def assign(self, t: TicketRow, demand: Demand, why: str | None = None) -> Decision:
@@ -527,7 +557,7 @@ class AssignTx:
             self.release(t.id)
             self.conn.execute("DELETE FROM assign_queue WHERE ticket_id = ?", (t.id,))
             return None
-        if desk_owned(self.conn, t.id):  # a desk with ownership: desk routes it (gateway/desks/)
+        if self.desk_owned(t.id):  # a desk with ownership: desk routes it (gateway/desks/)
             freed = self.release(t.id)
             self.conn.execute("DELETE FROM assign_queue WHERE ticket_id = ?", (t.id,))
             if t.assignee:
@@ -681,6 +711,7 @@ class AssignTx:
             self.conn.execute("UPDATE agents SET presence = ?, presence_at = ?, updated_at = ? WHERE id = ?",
                               (presence, self.now_ms, self.now_ms, agent_id))
             cache.live[agent_id].presence = presence
+            cache.live[agent_id].changed()
             self.conn.execute("INSERT INTO audit (at, actor, action, subject, data) VALUES (?,?,?,?,?)",
                               (self.now_ms, actor, "agent.presence", agent_id, to_json({"from": r[0], "to": presence})))
         returned = self._return_chats(agent_id) if return_chats and presence != "online" else []
@@ -790,11 +821,13 @@ def _sync(tx: AssignTx, ticket_ids: list[str]) -> list[Decision]:
         t = tx.ticket(ticket_id)
         if t is None:
             continue
+        touched = tx.touched
         decision = tx.ensure(t)
         if decision is not None:
             decisions.append(decision)
-        t = tx.ticket(ticket_id)
-        assert t is not None
+        if tx.touched != touched:  # the ticket's row changed (its assignee): the SLA reads it as it is now
+            t = tx.ticket(ticket_id)
+            assert t is not None
         tx.sla_sync(t)
     return decisions
 

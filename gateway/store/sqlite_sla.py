@@ -21,7 +21,6 @@ from typing import Any
 
 import msgspec
 
-from gateway.store.sqlite_desks import desk_owned
 from gateway.store.sqlite_assign import (
     AssignTx,
     TicketRow,
@@ -58,7 +57,7 @@ class Tx(AssignTx):
 
     def sla_sync(self, t: TicketRow) -> None:
         """Recompute the ticket's SLA (policy, state, due events) from its current facts."""
-        if desk_owned(self.conn, t.id):  # ownership: desk — the desk times it
+        if self.desk_owned(t.id):  # ownership: desk — the desk times it
             self.conn.execute("DELETE FROM sla_timers WHERE ticket_id = ?", (t.id,))
             self.conn.execute("UPDATE tickets SET sla = NULL WHERE id = ? AND sla IS NOT NULL", (t.id,))
             return
@@ -81,8 +80,9 @@ class Tx(AssignTx):
             clock.policy = policy.id
         calendar = self.d.calendars[policy.calendar]
         statuses = evaluate(clock, self.now, policy, calendar)  # once, for the state and the timers
-        state = sla_state(clock, self.now, policy, calendar, statuses)
-        self.conn.execute("UPDATE tickets SET sla = ? WHERE id = ?", (to_json(state), t.id))
+        state = to_json(sla_state(clock, self.now, policy, calendar, statuses))
+        if state != t.sla:  # a follow-up mostly leaves the due times as they were
+            self.conn.execute("UPDATE tickets SET sla = ? WHERE id = ?", (state, t.id))
         encoded = to_json(clock)
         if r is None or encoded != r[0]:
             self._save_clock(clock, encoded)

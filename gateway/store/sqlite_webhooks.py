@@ -26,7 +26,7 @@ Delivery is per endpoint:
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import msgspec
@@ -121,7 +121,8 @@ def _ms(d: datetime) -> int:
 
 
 def _iso(v: int | None) -> str | None:
-    return _core().dt(v).isoformat() if v is not None else None
+    # ``sqlite.dt(v).isoformat()``, without the per-call import (11 per message's events)
+    return datetime.fromtimestamp(v / 1000, tz=timezone.utc).isoformat() if v is not None else None
 
 
 # ---------------------------------------------------------------- events as committed

@@ -95,3 +95,19 @@ async def test_a_directory_change_by_another_store_is_seen(stores, clock):
     finally:
         await first.close()
         await second.close()
+
+
+async def test_the_choosers_view_of_an_agent_is_rebuilt_only_when_the_agent_changes(sqlite_store, clock):
+    """Each decision reuses the agents' frozen states (building ~50 of them took
+    17 µs per decision); one that changes gets a new one, and a state kept
+    from before (a drain's) does not change under its holder."""
+    store = sqlite_store
+    before = store._agent_cache.state(None)
+    assert all(store._agent_cache.state(None).agents[i] is a for i, a in before.agents.items())
+    t = await make_ticket(store, team="billing", skills={"billing": 3})
+    assert (await store.assign_next(t, clock())).agent == "a-li"
+    after = store._agent_cache.state(None)
+    assert after.agents["a-li"] is not before.agents["a-li"] and after.agents["a-li"].load == {"email": 1}
+    assert before.agents["a-li"].load == {} and after.agents["a-wang"] is before.agents["a-wang"]
+    await store.set_presence("a-wang", "away", clock())
+    assert store._agent_cache.state(None).agents["a-wang"].presence == "away"

@@ -126,3 +126,17 @@ async def test_the_queue_is_served_by_priority_then_age(store, clock):
     held = [await assignee(store, t) == "a-wang" for t in tickets]
     # urgent, high, then the oldest normal; the low one and the younger normal wait
     assert held == [True, False, True, True, False]
+
+
+def test_the_decision_sentence_names_eight_other_agents_and_counts_the_rest() -> None:
+    from gateway.store.sqlite_assign import describe
+    from routing.assign import Considered, Decision, Reason
+
+    considered = [Considered(f"a{i}", [Reason("capacity", f"at capacity chat {i}/{i}")] if i % 2 else [], i / 10)
+                  for i in range(12)]
+    text = describe(Decision("t1", "a0", "chat", Reason("least_loaded", "least loaded: chat 0/5"), considered))
+    assert text == ("assigned to a0: least loaded: chat 0/5 (not chosen: a1 at capacity chat 1/1; "
+                    "a2 eligible at 0.20; a3 at capacity chat 3/3; a4 eligible at 0.40; a5 at capacity chat 5/5; "
+                    "a6 eligible at 0.60; a7 at capacity chat 7/7; a8 eligible at 0.80; 3 more)")
+    alone = describe(Decision("t1", None, "chat", Reason("none_eligible", "no eligible agent in team x"), []))
+    assert alone == "no eligible agent in team x"

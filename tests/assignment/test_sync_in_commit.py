@@ -35,3 +35,31 @@ async def test_the_sweep_skips_tickets_synced_in_their_commit_but_not_later_chan
     await store.set_status(other, "pending", clock())  # a change after the commit: owed to the sweep
     changed, _ = await store.changed_tickets(cursor)
     assert changed == [other]
+
+
+async def test_a_sync_that_changes_nothing_reads_the_ticket_and_its_desk_link_once_and_writes_no_sla(
+        sqlite_store, clock):
+    store = sqlite_store
+    store.sync_in_commit(clock)
+    t = await make_ticket(store, team="billing", skills={"billing": 3})  # assigned and timed in its commit
+    seen: list[str] = []
+    conn = store._writer.conn
+    conn.set_trace_callback(seen.append)
+    try:
+        await store.ticket_sync([t], clock())  # what a follow-up's sync does: nothing changes
+    finally:
+        conn.set_trace_callback(None)
+    assert sum("FROM tickets t LEFT JOIN contacts" in sql for sql in seen) == 1
+    assert sum("FROM desk_links" in sql for sql in seen) == 1
+    assert not [sql for sql in seen if sql.startswith("UPDATE tickets SET sla")]  # the same due times
+    clock.advance(minutes=5)
+    seen.clear()
+    conn.set_trace_callback(seen.append)
+    try:
+        await store.set_status(t, "pending", clock())  # a change that moves the SLA: written
+    finally:
+        conn.set_trace_callback(None)
+    assert [sql for sql in seen if sql.startswith("UPDATE tickets SET sla")]
+    assert (await store.get_ticket(t)).sla.paused_at is not None
+    assert await assignee(store, t) == "a-li"
+

@@ -49,7 +49,39 @@ def test_replay_reads_and_writes_redis(tmp_path, redis_server):
     assert "3 processed" in r.stdout and asyncio.run(counts())[0] == rows  # twice changes nothing
 
 
-def test_tokens_are_refused_on_redis_until_they_live_there(tmp_path, redis_server):
-    r = cli(tmp_path, redis_server.url, "tokens", "create", "--agent", "ops", "--role", "admin")
-    assert r.returncode == 2 and "tokens are not kept on the Redis backend yet" in r.stderr
-    assert not (tmp_path / "data" / "omnigate.db").exists()
+def test_tokens_live_in_redis_and_a_revocation_reaches_a_running_instance(tmp_path, redis_server):
+    """``omnigate tokens`` with redis_url mints, lists and revokes in Redis (no
+    local file), and an instance that cached the token refuses it at once."""
+    from gateway.auth import Auth
+    from gateway.config import RestConfig
+
+    r = cli(tmp_path, redis_server.url, "tokens", "create", "--agent", "ops", "--role", "admin", "--note", "ci")
+    assert r.returncode == 0, r.stderr[-2000:]
+    token = r.stdout.strip()
+    assert token.startswith("og_") and not (tmp_path / "data" / "omnigate.db").exists()
+    r = cli(tmp_path, redis_server.url, "tokens", "list", "--json")
+    (listed,) = json.loads(r.stdout)
+    assert listed["agent_id"] == "ops" and listed["note"] == "ci" and "token" not in listed
+
+    class Req:
+        headers = {"Authorization": f"Bearer {token}"}
+
+    async def ask(auth) -> int:
+        try:
+            await auth.authenticate(Req())
+            return 200
+        except Exception as exc:  # the Problem raised
+            return getattr(exc, "status", 500)
+
+    async def scenario():
+        s = RedisStore(redis_server.url, prefix="cli:")
+        auth = Auth(s, RestConfig(token_cache_s=3600), None)
+        try:
+            assert await ask(auth) == 200  # cached for an hour from here
+            r = await asyncio.to_thread(cli, tmp_path, redis_server.url, "tokens", "revoke", listed["prefix"])
+            assert r.returncode == 0 and f"revoked {listed['id']}" in r.stdout, r.stderr[-2000:]
+            assert await ask(auth) == 401  # the cache was dropped: the epoch moved
+        finally:
+            await s.close()
+
+    asyncio.run(scenario())

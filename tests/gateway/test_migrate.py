@@ -80,6 +80,12 @@ async def single_node(aiohttp_client, tmp_path):
     }
     ref = [a.storage_ref for e in (await store.timeline(contact_id=ann, limit=100)).items for a in e.attachments][0]
     facts["attachment"] = ref
+    # the REST API's own rows: a token (by its digest), a contact's attributes and audit
+    facts["token"], facts["token_info"] = await store.token_create("a-li", "lead", created_by="test",
+                                                                   now=business_hours()())
+    await store.contact_set_attributes(ann, {"plan": "gold"}, actor="admin", now=business_hours()())
+    facts["audit"] = [(a.action, a.subject) for a in await store.contact_audit(ann)]
+    facts["counts"] = await store.counts()  # the attribute change's event is in the outbox
     await client.close()
     return root / "data", facts
 
@@ -115,6 +121,14 @@ async def test_migrate_moves_everything_and_numbering_continues(single_node, aio
     first = facts["tickets"][1000]
     assert [p["value"] for p in await store.ticket_participants(first.id)] == ["boss@shop.test"]
     assert await app[DISPATCHER].attachments.aget(facts["attachment"]) == PNG
+    # the REST API on the migrated data: lists (indexes built), the token, the contact's audit
+    from gateway.store.sqlite_tickets import TicketQuery
+
+    listed, _ = await store.tickets_list(TicketQuery(), limit=50)
+    assert sorted(t.number for t in listed) == sorted(facts["tickets"])
+    assert (await store.token_lookup(facts["token"])).id == facts["token_info"].id
+    assert [(a.action, a.subject) for a in await store.contact_audit(facts["ann"])] == facts["audit"]
+    assert await store.r.zcard(store.k.contacts_by_id) == facts["counts"]["contacts"]  # name search walks it
     # served from Redis: a known message is recognised (idempotency keys), a follow-up threads onto
     # its ticket, a new customer gets the next number
     assert (await _post(client, _msg("m2", "bob@shop.test", "refund please")))["journal_id"] in facts["journal"]

@@ -216,7 +216,10 @@ async def test_the_auto_reply_goes_to_the_envelope_sender_once_per_window_even_a
     assert await _auto_replies(client2, third.journal_id) == []
 
 
-async def test_auto_reply_pacing_per_address_and_global_budget_in_the_store(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+async def test_auto_reply_pacing_per_address_and_global_budget_in_the_store(tmp_path, backend, request):
+    """The ledger is the store's: on Redis two instances (two stores) share
+    the window and the budget (the calls alternate between them)."""
     from datetime import datetime, timedelta, timezone
 
     from gateway.store.sqlite import SQLiteStore
@@ -225,7 +228,14 @@ async def test_auto_reply_pacing_per_address_and_global_budget_in_the_store(tmp_
     from routing.pipeline import Settings, decide, lookup
     from routing.state import Snapshot
 
-    store = SQLiteStore.in_dir(tmp_path)
+    if backend == "sqlite":
+        stores = [SQLiteStore.in_dir(tmp_path)]
+    else:
+        from gateway.store.redis_store import RedisStore
+
+        url, prefix = request.getfixturevalue("redis_server").url, request.getfixturevalue("redis_prefix")
+        stores = [RedisStore(url, prefix=prefix), RedisStore(url, prefix=prefix)]
+    store = stores[0]
     try:
         t0 = datetime(2026, 3, 2, 10, tzinfo=timezone.utc)
         tickets = []
@@ -233,15 +243,22 @@ async def test_auto_reply_pacing_per_address_and_global_budget_in_the_store(tmp_
             i = Inbound(channel="email", account="support", external_id=f"m{n}", kind="message",
                         sender=Sender("email", f"c{n}@example.cn"), text="hi", thread=ThreadHints())
             look = lookup(i, Settings())
-            tickets.append((await store.commit(decide(i, f"J{n}", Snapshot(now=t0), Settings(), look))).ticket_id)
+            j = (await store.journal_append("email", "support", f"m{n}", b"{}")).journal_id
+            tickets.append((await store.commit(decide(i, j, Snapshot(now=t0), Settings(), look))).ticket_id)
         limits = AutoReplyLimits(window_s=86400, global_per_hour=2)
         a, b, c = (Identity("email", f"c{n}@example.cn") for n in range(3))
-        assert await store.auto_reply(tickets[0], "x", to=a, limits=limits, now=t0) is not None
-        assert await store.auto_reply(tickets[0], "x", to=a, limits=limits, now=t0 + timedelta(hours=23)) is None
-        assert await store.auto_reply(tickets[1], "x", to=b, limits=limits, now=t0 + timedelta(minutes=1)) is not None
+        turn = iter(stores * 6)
+        assert await next(turn).auto_reply(tickets[0], "x", to=a, limits=limits, now=t0) is not None
+        assert await next(turn).auto_reply(tickets[0], "x", to=a, limits=limits, now=t0 + timedelta(hours=23)) is None
+        assert await next(turn).auto_reply(tickets[1], "x", to=b, limits=limits,
+                                           now=t0 + timedelta(minutes=1)) is not None
         # the hourly budget (2) is spent: c waits for the hour to pass
-        assert await store.auto_reply(tickets[2], "x", to=c, limits=limits, now=t0 + timedelta(minutes=2)) is None
-        assert await store.auto_reply(tickets[2], "x", to=c, limits=limits, now=t0 + timedelta(hours=2)) is not None
-        assert await store.auto_reply(tickets[0], "x", to=a, limits=limits, now=t0 + timedelta(hours=25)) is not None
+        assert await next(turn).auto_reply(tickets[2], "x", to=c, limits=limits,
+                                           now=t0 + timedelta(minutes=2)) is None
+        assert await next(turn).auto_reply(tickets[2], "x", to=c, limits=limits,
+                                           now=t0 + timedelta(hours=2)) is not None
+        assert await next(turn).auto_reply(tickets[0], "x", to=a, limits=limits,
+                                           now=t0 + timedelta(hours=25)) is not None
     finally:
-        await store.close()
+        for s in stores:
+            await s.close()

@@ -23,6 +23,32 @@ async def test_keyed_locks_serve_one_key_in_request_order_and_clean_up():
     assert locks._locks == {}
 
 
+async def test_a_waiter_cancelled_before_its_turn_leaves_no_lock_behind():
+    locks = KeyedLocks()
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with locks("a"):
+            held.set()
+            await release.wait()
+
+    async def waiter() -> None:
+        async with locks("a"):
+            raise AssertionError("cancelled before its turn")
+
+    h = asyncio.create_task(holder())
+    await held.wait()
+    w = asyncio.create_task(waiter())
+    await asyncio.sleep(0)
+    assert locks._locks["a"][1] == 2
+    w.cancel()
+    await asyncio.gather(w, return_exceptions=True)
+    assert locks._locks["a"][1] == 1
+    release.set()
+    await h
+    assert locks._locks == {}
+
+
 def test_conflict_backoff_grows_is_capped_and_spread() -> None:
     """Workers racing on one contact (several instances on Redis) must not
     retry in lock-step: the pause doubles from 1 ms, is capped at 200 ms, and
@@ -34,3 +60,43 @@ def test_conflict_backoff_grows_is_capped_and_spread() -> None:
     assert mid[0] == 0.001 and mid[1] == 0.002 and mid[5] == 0.032
     assert max(mid) == 0.2 and sum(mid) > 2.0
     assert conflict_backoff_s(3, jitter=lambda: 0.0) == 0.004 and conflict_backoff_s(3, jitter=lambda: 1.0) == 0.012
+
+
+async def test_an_entry_met_by_an_unreachable_store_stays_pending_and_is_processed_later(tmp_path) -> None:
+    """A store that cannot be reached for a moment (Redis restarting) is not
+    the entry's fault: it is not failed (the journal write would succeed once
+    the store is back, and the message would wait for a manual replay), it
+    stays pending for the worker's next try."""
+    import json
+
+    from gateway.store.base import StoreUnavailable
+    from gateway.store.sqlite import SQLiteStore
+    from gateway.worker import Pipeline
+    from routing.pipeline import Settings
+
+    store = SQLiteStore.in_dir(tmp_path)
+    try:
+        body = {"external_id": "u1", "sender": {"kind": "email", "value": "li.lei@example.cn"}, "text": "在吗"}
+        await store.journal_append("api", "api", "u1", json.dumps(body).encode())
+        [entry] = await store.claim_pending(0, 10)
+        real_snapshot, calls = store.snapshot, []
+
+        async def snapshot_once_unreachable(*args):
+            calls.append(args)
+            if len(calls) == 1:
+                raise StoreUnavailable("redis unavailable: Error 111 connecting")
+            return await real_snapshot(*args)
+
+        store.snapshot = snapshot_once_unreachable
+        pipeline = Pipeline(store, Settings())
+        try:
+            await pipeline.process(entry)
+        except StoreUnavailable:
+            pass
+        else:
+            raise AssertionError("the worker must see the store was unreachable")
+        assert (await store.journal_counts())["pending"] == 1
+        assert (await pipeline.process(entry)).status == "processed"
+        assert (await store.journal_counts())["processed"] == 1
+    finally:
+        await store.close()

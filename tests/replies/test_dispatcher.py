@@ -38,8 +38,20 @@ async def bot_api(aiohttp_server):
     await connector.close()
 
 
-def open_store(tmp_path) -> SQLiteStore:
-    return SQLiteStore.in_dir(tmp_path / "data")
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+def backend(request):
+    """Which store the test runs on: a maker ``(tmp_path, clock=None) -> store`` (on Redis, every store
+    made is another instance on the same Redis and key prefix)."""
+    if request.param == "sqlite":
+        return lambda tmp_path, **kw: SQLiteStore.in_dir(tmp_path / "data", **kw)
+    from gateway.store.redis_store import RedisStore
+
+    url, prefix = request.getfixturevalue("redis_server").url, request.getfixturevalue("redis_prefix")
+    return lambda tmp_path, **kw: RedisStore(url, prefix=prefix, **kw)
+
+
+def open_store(tmp_path, backend=None):
+    return backend(tmp_path) if backend else SQLiteStore.in_dir(tmp_path / "data")
 
 
 def dispatcher(store: SQLiteStore, connectors: dict, tmp_path, **kw) -> Dispatcher:
@@ -50,43 +62,54 @@ async def telegram_ticket(store: SQLiteStore) -> str:
     """A ticket opened by a Telegram message, with a webhook event beside it in the outbox."""
     now = utcnow()
     target = ReplyTarget(channel="telegram", account="1111111", to=Identity("telegram", CHAT))
+    j = (await store.journal_append("telegram", "1111111", "u5", b"{}")).journal_id
     await store.commit(Commit(
-        journal_id="j1", outcome="processed", message_key=("telegram", "1111111", f"{CHAT}:5"), contact_id="C1",
+        journal_id=j, outcome="processed", message_key=("telegram", "1111111", f"{CHAT}:5"), contact_id="C1",
         new_contact=NewContact("C1", "Test", now), ticket_id="T1",
         new_ticket=NewTicket(id="T1", subject="Hello", channel="telegram", created_at=now, reply_to=target),
         outbox=[OutboxEvent("ticket.created", {"ticket_id": "T1"}, "T1")]))
     return "T1"
 
 
-def outbox(store: SQLiteStore) -> dict[str, tuple]:
-    with sqlite3.connect(store.path) as conn:
-        return {r[0]: r[1:] for r in conn.execute("SELECT topic, status, attempts, lease FROM outbox")}
+async def outbox(store) -> dict[str, tuple]:
+    """topic → (status, attempts, lease) of the outbox rows, read from either backend."""
+    if store.backend == "sqlite":
+        with sqlite3.connect(store.path) as conn:
+            return {r[0]: r[1:] for r in conn.execute("SELECT topic, status, attempts, lease FROM outbox")}
+    out = {}
+    async for key in store.r.scan_iter(match=store.k.outbox_item("*")):
+        topic, status, attempts, lease = await store.r.hmget(key, "topic", "status", "attempts", "lease")
+        out[topic.decode()] = ((status or b"pending").decode(), int(attempts), lease.decode() if lease else None)
+    return out
 
 
-async def test_two_dispatchers_send_a_reply_once_and_leave_other_topics(tmp_path, bot_api) -> None:
+async def test_two_dispatchers_send_a_reply_once_and_leave_other_topics(tmp_path, bot_api, backend) -> None:
     bot, connectors = bot_api
-    store = open_store(tmp_path)
+    store = open_store(tmp_path, backend)
+    other = open_store(tmp_path, backend) if store.backend == "redis" else store  # on Redis: two instances
     try:
         ticket = await telegram_ticket(store)
         await store.reply_create(ticket, ReplyDraft(text="Hi there"))
-        a, b = dispatcher(store, connectors, tmp_path), dispatcher(store, connectors, tmp_path)
+        a, b = dispatcher(store, connectors, tmp_path), dispatcher(other, connectors, tmp_path)
         claimed = await asyncio.gather(a.dispatch_due(), b.dispatch_due())
         assert sorted(claimed) == [0, 1]
         assert [p["text"] for _, p in bot.sent] == ["Hi there"]
-        rows = outbox(store)
+        rows = await outbox(store)
         assert rows[REPLY_TOPIC] == ("sent", 1, None)
         assert rows["ticket.created"] == ("pending", 0, None)  # the webhook issue's to deliver
     finally:
         await store.close()
+        if other is not store:
+            await other.close()
 
 
-async def test_a_pending_reply_is_sent_after_a_restart(tmp_path, bot_api) -> None:
+async def test_a_pending_reply_is_sent_after_a_restart(tmp_path, bot_api, backend) -> None:
     bot, connectors = bot_api
-    store = open_store(tmp_path)
+    store = open_store(tmp_path, backend)
     ticket = await telegram_ticket(store)
     entry = await store.reply_create(ticket, ReplyDraft(text="Sent after the restart", author="agent-1"))
     await store.close()  # the process stops before any dispatcher ran
-    store = open_store(tmp_path)
+    store = open_store(tmp_path, backend)
     try:
         assert await dispatcher(store, connectors, tmp_path).dispatch_due() == 1
         assert [p["text"] for _, p in bot.sent] == ["Sent after the restart"]
@@ -96,26 +119,27 @@ async def test_a_pending_reply_is_sent_after_a_restart(tmp_path, bot_api) -> Non
         await store.close()
 
 
-async def test_an_expired_lease_passes_the_row_on_and_the_old_holder_cannot_settle(tmp_path, bot_api) -> None:
+async def test_an_expired_lease_passes_the_row_on_and_the_old_holder_cannot_settle(tmp_path, bot_api,
+                                                                                   backend) -> None:
     _, connectors = bot_api
-    store = open_store(tmp_path)
+    store = open_store(tmp_path, backend)
     try:
         ticket = await telegram_ticket(store)
         await store.reply_create(ticket, ReplyDraft(text="Hi"))
         (stale,) = await store.outbox_claim(REPLY_TOPIC, 10, lease_s=0)  # a holder that died at once
         assert await store.outbox_claim(REPLY_TOPIC, 10, lease_s=60) != []
         assert await store.outbox_settle(stale, Delivery(status="sent", at=utcnow(), attempts=1)) is False
-        assert outbox(store)[REPLY_TOPIC][:2] == ("sending", 2)
+        assert (await outbox(store))[REPLY_TOPIC][:2] == ("sending", 2)
     finally:
         await store.close()
 
 
-async def test_retryable_errors_back_off_then_give_up(tmp_path, bot_api) -> None:
+async def test_retryable_errors_back_off_then_give_up(tmp_path, bot_api, backend) -> None:
     """A 502 is retried only once its back-off (5 s, then 10 s, +≤10% jitter)
     has passed on the dispatcher's clock, and the last attempt gives up."""
     bot, connectors = bot_api
     clock = FakeClock(INSTANTS[BUSINESS_HOURS])
-    store = SQLiteStore.in_dir(tmp_path / "data", clock=clock)
+    store = backend(tmp_path, clock=clock)
     try:
         ticket = await telegram_ticket(store)
         entry = await store.reply_create(ticket, ReplyDraft(text="Hi"))
@@ -140,7 +164,7 @@ async def test_retryable_errors_back_off_then_give_up(tmp_path, bot_api) -> None
         last = await delivery()
         assert last["status"] == "failed"
         assert last["reason"].startswith("gave up after 3 attempts: Telegram unreachable")
-        assert bot.sent == [] and outbox(store)[REPLY_TOPIC][:2] == ("failed", 3)
+        assert bot.sent == [] and (await outbox(store))[REPLY_TOPIC][:2] == ("failed", 3)
     finally:
         await store.close()
 
