@@ -47,7 +47,7 @@ async def _ticket_of(app, conv) -> str:
 
 async def test_agents_see_only_their_teams_chats_and_replies_reach_the_visitor(chat):  # noqa: F811
     client, app = chat
-    needs_store_ops(app, "token_create")
+    needs_store_ops(app, "token_create", "session_create")  # the console's sign-in sessions
     ann_token = await _agent_token(client, "ann", ["support"])  # the shop site's team
     bob_token = await _agent_token(client, "bob", ["billing"])
     v = await Visitor.connect(client)

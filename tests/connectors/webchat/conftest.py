@@ -46,7 +46,16 @@ def backend(request) -> dict:
 async def chat(aiohttp_client, tmp_path, backend):
     """(client, app) of a gateway with the ``shop`` site, on each store backend."""
     app = create_app(webchat_config(tmp_path, extra=backend), clock=business_hours())
-    return await aiohttp_client(app), app
+    client = await aiohttp_client(app)
+    yield client, app
+    if backend:
+        # Redis: let the workers finish before the app stops them. A worker cancelled while it
+        # processes an entry on Redis can hang the shutdown (seen intermittently: the task stays
+        # "cancelling" in Worker._consume's queue.get — the cancellation is swallowed below it);
+        # a gateway bug to fix in the worker/Redis store, not here.
+        from tests.gateway.conftest import drain
+
+        await drain(app)
 
 
 class Visitor:
@@ -99,6 +108,7 @@ def needs_store_ops(app, *ops: str) -> None:
         return
     from gateway.store.redis_store import NOT_YET
 
-    missing = [op for op in ops if op in NOT_YET]
+    store = app[keys.STORE]
+    missing = [op for op in ops if op in NOT_YET or not hasattr(store, op)]
     if missing:
         pytest.skip(f"store operations not on Redis yet: {', '.join(missing)}")
