@@ -145,6 +145,10 @@ class ConnectorContext(Protocol):
     #   anything was stored (the ``omnigate_rejected`` metric, by reason).
     # - ``backlog_full() -> bool``: the optional backlog limit is reached;
     #   only intake whose senders retry for long (SMTP) may refuse on it.
+    # - ``ownership``: ``await ctx.ownership.run_owned(name, factory)`` runs
+    #   work that must have one owner across instances (a mailbox poller, a
+    #   polling bot, a tailed file) only while this instance holds the lease
+    #   ``name`` (gateway/ownership.py); use :func:`owned`.
 
     async def state_get(self, key: str) -> str | None: ...
 
@@ -194,3 +198,13 @@ class MediaFetcher(Protocol):
 
 
 SendFn = Callable[[Outbound], Awaitable[SendResult]]
+
+
+def owned(ctx: Any, name: str, factory: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``factory`` run only while this instance owns ``name`` (one owner at a
+    time across instances sharing a Redis store; see gateway/ownership.py).
+    A context without ``ownership`` (one process, tests, tools) always owns."""
+    ownership = getattr(ctx, "ownership", None)
+    if ownership is None:
+        return factory
+    return lambda: ownership.run_owned(name, factory)

@@ -226,6 +226,21 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     ingest = Ingest(store, m, worker.wake, backlog=load.backlog, gate=load.gate if load.gate.enabled else None)
     app[keys.INGEST] = ingest
     app[keys.SUPERVISOR] = supervisor = Supervisor()
+    from gateway.ownership import OWNERSHIP, ownership_for
+
+    # one owner at a time across instances (Redis: a lease per name) for pollers and the scheduler
+    ownership = app[OWNERSHIP] = ownership_for(store, getattr(store, "consumer", "local"),
+                                               ttl_s=config.store.redis_lease_s)
+    app[keys.READINESS]["leases"] = lambda: (True, {"holder": getattr(ownership, "holder", "local"),
+                                                    "leases": ownership.states()})
+    from gateway import shared
+
+    # limits and access tokens shared by instances on Redis; in-process on SQLite (gateway/shared.py)
+    def limiter(name: str, rate_per_s: float, burst: int) -> Any:
+        return shared.limiter_for(store, name, rate_per_s, burst, wall_clock=lambda: clock().timestamp())
+
+    token_store = shared.token_store_for(store)
+    app[shared.RULES_SYNC] = shared.rules_sync_for(store)
 
     for channel in sorted(config.channels):
         try:
@@ -236,6 +251,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
             continue
         ctx = ChannelContext(channel, config.channels[channel], str(data_dir), ingest, store, supervisor, clock=clock)
         ctx.trusted_proxies = tuple(config.trusted_proxies)  # the client IP behind a proxy (webchat's limits)
+        ctx.ownership = ownership
+        ctx.limiter = limiter
+        ctx.token_store = token_store
         ctx.attachments = attachments  # with Redis: webchat files shared by every instance
         ctx.redis_store = store if getattr(store, "backend", None) == "redis" else None  # webchat's shared state
         try:
@@ -263,6 +281,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
     from gateway.webhooks.api_reply import ApiReplySender
 
     hooks = webhooks.setup(app, store, config, clock)  # deliveries, /api/v1/webhooks, /readyz detail
+    hooks.claim_period = ownership.claim_period  # retention pruning: one instance per period
     from gateway.desks import service as desks
 
     desks.setup(app, store, config, hooks, clock)  # help-desk sync: desk:<name> targets, /channels/desks/<name>
@@ -293,10 +312,21 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
 
 async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
     """Hot reload: poll the rules folder, and reload on SIGHUP."""
+    from gateway.shared import RULES_SYNC
+
     rules = app[keys.RULES]
-    task = asyncio.create_task(rules.run(), name="omnigate-rules-reload")
+    sync = app[RULES_SYNC]  # a reload asked of one instance reaches every instance (Redis)
+    tasks = [asyncio.create_task(rules.run(), name="omnigate-rules-reload")]
+    if sync.shared:
+        tasks.append(asyncio.create_task(sync.watch(rules.request_reload), name="omnigate-rules-sync"))
+
+    def on_sighup() -> None:
+        rules.request_reload()
+        if sync.shared:
+            tasks.append(asyncio.create_task(sync.announce()))
+
     try:
-        rules.install_sighup()
+        rules.install_sighup(handler=on_sighup)
     except (NotImplementedError, RuntimeError):  # not the main thread (tests), or no signals here
         pass
     yield
@@ -304,8 +334,9 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
         rules.remove_sighup()
     except (NotImplementedError, RuntimeError, ValueError):
         pass
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    from gateway.tasks import cancel_and_wait
+
+    await cancel_and_wait(*tasks)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -343,8 +374,9 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
         ch for ch in tasks if ch in manifests() and manifests()[ch].transport == "webhook")
     runner = asyncio.create_task(supervisor.run(tasks), name="omnigate-connectors")
     yield
-    runner.cancel()
-    await asyncio.gather(runner, return_exceptions=True)
+    from gateway.tasks import cancel_and_wait
+
+    await cancel_and_wait(runner)  # again if a connector's loop swallowed the cancellation
     for channel, conn in app[keys.CONNECTORS].items():
         try:
             await conn.close()
@@ -364,9 +396,10 @@ async def _gauges_ctx(app: web.Application) -> AsyncIterator[None]:
                 log.warning("metrics.journal_counts_failed")
             await asyncio.sleep(5)
 
+    from gateway.tasks import cancel_and_wait
+
     task = asyncio.create_task(loop())
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
 
 

@@ -174,11 +174,13 @@ async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
     """Load the directory into the store, then run the scheduler (before the worker starts)."""
     runtime = app[ASSIGNMENT]
     await runtime.start()
+    # every instance runs the scheduler: on Redis each step is exactly-once by itself (the
+    # store's "assign" lease fences it), so a dead instance's schedule never waits for a take-over
     task = asyncio.create_task(runtime.run(), name="omnigate-assignment") if runtime.enabled else None
     yield
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    from gateway.tasks import cancel_and_wait
+
+    await cancel_and_wait(task)
 
 
 # ---------------------------------------------------------------- HTTP

@@ -150,6 +150,12 @@ class Auth:
         self.clock = clock
         self.monotonic = monotonic
         self.limiter = RateLimiter(config.rate_limit_per_minute, config.rate_limit_burst, clock=monotonic)
+        from gateway.shared import RedisLimiter, limiter_for
+
+        # several instances on Redis: one budget per token for all of them (gateway/shared.py)
+        shared = limiter_for(store, "api", config.rate_limit_per_minute / 60.0, config.rate_limit_burst,
+                             wall_clock=lambda: self.clock().timestamp())
+        self.shared_limiter: RedisLimiter | None = shared if isinstance(shared, RedisLimiter) else None
         self._cache: dict[str, _Cached] = {}
         self._touched: dict[str, datetime] = {}
         #: the store's revocation epoch (a store shared by several instances has one)
@@ -171,7 +177,7 @@ class Auth:
                           headers={"WWW-Authenticate": 'Bearer realm="omnigate"'})
         if self.bootstrap and hmac.compare_digest(given.encode("utf-8", "surrogatepass"), self.bootstrap.encode()):
             p = Principal(agent_id=request.headers.get("X-Omnigate-Actor") or "api", role="admin")
-            self._limit("bootstrap")
+            await self._limit("bootstrap")
             return p
         if not given.startswith(TOKEN_PREFIX) or len(given) > 200:
             raise _bad_token()
@@ -201,15 +207,15 @@ class Auth:
             raise Problem(401, "Unauthorized", f"token {info.prefix}… was revoked")
         if info.expires_at is not None and info.expires_at <= now:
             raise Problem(401, "Unauthorized", f"token {info.prefix}… expired at {info.expires_at.isoformat()}")
-        self._limit(info.id)
+        await self._limit(info.id)
         last = self._touched.get(info.id)
         if last is None or now - last >= TOUCH_EVERY:
             self._touched[info.id] = now
             await self.store.token_touch(info.id, now)
         return Principal(agent_id=info.agent_id, role=info.role, teams=cached.teams, token_id=info.id)
 
-    def _limit(self, key: str) -> None:
-        wait = self.limiter.take(key)
+    async def _limit(self, key: str) -> None:
+        wait = await self.shared_limiter.take(key) if self.shared_limiter is not None else self.limiter.take(key)
         if wait > 0:
             raise Problem(429, "Too many requests",
                           f"this token's rate limit ({self.config.rate_limit_per_minute}/min) is spent; "

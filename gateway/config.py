@@ -59,6 +59,10 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: With ``redis_url``: a folder every instance mounts (NFS, a ReadWriteMany volume) for the
     #: attachments above ``redis_attachment_max_bytes``; unset: every attachment goes to Redis.
     attachments_dir: str | None = None
+    #: With ``redis_url``: the lease of work with one owner across instances (an
+    #: IMAP mailbox, a polling bot, a tailed file); a dead
+    #: owner's work is taken over after at most this long.
+    redis_lease_s: float = 15.0
 
 
 class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -258,12 +262,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
                     parse_sentinel_url(self.redis_url)
                 except ValueError as exc:
                     raise ConfigError(f"redis_url: {exc} (redis+sentinel://host:port,host:port/service)") from None
-            if self.webhooks.endpoints:
-                raise ConfigError("redis_url: outbound webhooks do not run on the Redis backend yet "
-                                  "(gateway/store/redis_store.py NOT_YET); remove webhooks.endpoints or redis_url")
-            if self.desks:
-                raise ConfigError("redis_url: help-desk sync (desks) does not run on the Redis backend yet "
-                                  "(gateway/store/redis_store.py NOT_YET); remove desks or redis_url")
         if self.store.attachments_dir is not None and self.redis_url is None:
             raise ConfigError("store.attachments_dir is the shared folder of a redis_url deployment; on SQLite "
                               "attachments live in data_dir/attachments (remove store.attachments_dir)")

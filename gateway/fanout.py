@@ -45,6 +45,8 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from gateway.tasks import cancel_and_wait
+
 log = structlog.get_logger(__name__)
 
 _enc = msgspec.json.Encoder()
@@ -313,8 +315,7 @@ async def _fanout_ctx(app: Any) -> AsyncIterator[None]:
     yield
     fanout.send("bye", {})
     await fanout.flush()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
 
 
 FANOUT: web.AppKey[RedisFanout] = web.AppKey("fanout", RedisFanout)

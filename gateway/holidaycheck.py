@@ -29,6 +29,7 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from routing.calendar import CN_FIRST_YEAR, CN_LAST_YEAR, holiday_data_gaps
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -125,5 +126,4 @@ async def _ctx(app: web.Application) -> AsyncIterator[None]:
 
     task = asyncio.create_task(daily(), name="omnigate-holiday-check")
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)

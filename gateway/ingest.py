@@ -69,6 +69,13 @@ class ChannelContext:
         #: The gateway's clock (aware UTC): connectors judge request timestamps by it.
         self.clock: Callable[[], datetime] = clock or utcnow
         self.supervisor = supervisor
+        #: one owner across instances for a poller (connectors.base.owned; None: always the owner)
+        self.ownership: Any = None
+        #: ``limiter(name, rate_per_s, burst)`` → ``await .take(key)``: limits shared by instances
+        #: on Redis (gateway/shared.py); None: the connector keeps its own
+        self.limiter: Any = None
+        #: WeChat/WeCom access tokens shared by instances on Redis (None: this process's)
+        self.token_store: Any = None
         self.config = config
         self.data_dir = data_dir
         self._ingest = ingest

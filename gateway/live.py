@@ -50,6 +50,7 @@ from gateway import auth as rest_auth
 from gateway import keys
 from gateway.http_util import Problem, json_response
 from routing.model import Identity, Outbound, new_id
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -235,8 +236,7 @@ async def agent_session(ws: web.WebSocketResponse, p: rest_auth.Principal, conn:
             await ws.send_json(await _agent_frame(conn, p, msg.data))
     finally:
         sub.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
 
 
 async def _agent_frame(conn: Any, p: rest_auth.Principal, text: str) -> dict:

@@ -175,8 +175,9 @@ DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("outbox_dispatcher")
 
 async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the dispatcher while the app runs (it stops before the connectors close)."""
+    from gateway.tasks import cancel_and_wait
+
     task = asyncio.create_task(app[DISPATCHER].run(), name="omnigate-outbox")
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
 

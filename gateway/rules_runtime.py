@@ -126,8 +126,10 @@ class RulesRuntime:
         """The SIGHUP handler: reload at the next turn of :meth:`run`."""
         self._wake.set()
 
-    def install_sighup(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        (loop or asyncio.get_running_loop()).add_signal_handler(signal.SIGHUP, self.request_reload)
+    def install_sighup(self, loop: asyncio.AbstractEventLoop | None = None,
+                       handler: Callable[[], None] | None = None) -> None:
+        """SIGHUP reloads (``handler``: the app's, which also tells the other instances)."""
+        (loop or asyncio.get_running_loop()).add_signal_handler(signal.SIGHUP, handler or self.request_reload)
 
     def remove_sighup(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         (loop or asyncio.get_running_loop()).remove_signal_handler(signal.SIGHUP)

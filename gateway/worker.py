@@ -11,6 +11,12 @@ store reports a conflict. A payload that cannot be parsed becomes a
 At start-up every pending entry is claimed again: that is crash recovery.
 Processing is idempotent (exact-dedupe on the message key), so an entry
 interrupted after its commit but before being marked is simply confirmed.
+
+One sender's entries are decided in arrival order (gateway/order.py): in one
+process by a FIFO lock per sender; with several instances on Redis the
+claimer parses and registers what it claims (``Pipeline.admit``) and a
+worker decides an entry on its turn only — an entry whose turn does not come
+soon is ``deferred`` and goes to the back of the queue, freeing the slot.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from connectors.base import PayloadRejected
 from connectors.registry import RegistryError, parser_for
 from gateway.attachments import AttachmentStore
 from gateway.metrics import Metrics
+from gateway.order import KeyedLocks, NotYourTurn, SenderOrder, order_for, sender_key  # noqa: F401 (KeyedLocks: re-exported)
 from gateway.store.base import Conflict, JournalEntry, Store, StoreUnavailable
 from routing.model import Inbound, utcnow
 from routing.pipeline import Settings, decide, lookup
@@ -52,7 +59,7 @@ def default_context(channel: str, account: str, meta: Mapping[str, Any]) -> dict
 @dataclass
 class EntryResult:
     journal_id: str
-    status: str  # processed | duplicate | failed
+    status: str  # processed | duplicate | failed | deferred (not its sender's turn yet: queue it again)
     results: list[CommitResult] = field(default_factory=list)
     error: str | None = None
 
@@ -66,51 +73,6 @@ def conflict_backoff_s(attempt: int, jitter: Callable[[], float] = random.random
     return min(0.2, 0.001 * 2 ** attempt) * (0.5 + jitter())
 
 
-class KeyedLocks:
-    """One FIFO lock per key, dropped when nobody holds or waits for it.
-
-    asyncio.Lock hands itself to waiters in the order they asked, so tasks
-    that ask in arrival order are served in arrival order. ``async with
-    locks(key):`` — a plain async context manager (a generator-based one cost
-    ~2 % of a production pipeline message)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    def __call__(self, key: str) -> "_KeyedLock":
-        return _KeyedLock(self._locks, key)
-
-
-class _KeyedLock:
-    __slots__ = ("_locks", "_key", "_lock")
-
-    def __init__(self, locks: dict[str, tuple[asyncio.Lock, int]], key: str) -> None:
-        self._locks, self._key = locks, key
-
-    async def __aenter__(self) -> None:
-        lock, users = self._locks.get(self._key, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[self._key] = (lock, users + 1)
-        self._lock = lock
-        try:
-            await lock.acquire()
-        except BaseException:  # cancelled while waiting: no longer a user
-            self._leave()
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
-        self._leave()
-
-    def _leave(self) -> None:
-        lock, users = self._locks[self._key]
-        if users == 1:
-            del self._locks[self._key]
-        else:
-            self._locks[self._key] = (lock, users - 1)
-
-
 class Pipeline:
     """Processes one journal entry at a time (call it concurrently)."""
 
@@ -118,7 +80,7 @@ class Pipeline:
                  metrics: Metrics | None = None, context_for: ContextFn = default_context,
                  media_fetchers: Mapping[str, Any] | None = None, max_conflict_retries: int = 20,
                  clock: Callable[[], datetime] = utcnow, after_commit: list[AfterCommit] | None = None,
-                 auto_replier: AutoReplier | None = None):
+                 auto_replier: AutoReplier | None = None, order: SenderOrder | None = None):
         self.store = store
         self.settings = settings
         self.attachments = attachments
@@ -130,7 +92,10 @@ class Pipeline:
         self.clock = clock
         self.after_commit: list[AfterCommit] = list(after_commit or [])
         self.auto_replier = auto_replier
-        self._in_order = KeyedLocks()
+        #: one sender's entries decided in arrival order (in-process, or Redis's across instances)
+        self.order = order if order is not None else order_for(store)
+        #: entries the claimer parsed to register their sender (RedisOrder), by journal id
+        self._parsed: dict[str, list[Inbound] | BaseException] = {}
 
     def parse(self, entry: JournalEntry) -> list[Inbound]:
         assert entry.raw is not None
@@ -143,10 +108,38 @@ class Pipeline:
             i.raw_ref = entry.id
         return inbounds
 
-    async def process(self, entry: JournalEntry) -> EntryResult:
+    async def admit(self, entries: list[JournalEntry]) -> None:
+        """Called by the claimer with what it just claimed: when the order is
+        kept across instances, parse each entry (its sender is only known
+        then; the worker reuses the result) and register them in one batch."""
+        if not self.order.registers or not entries:
+            return
+        items: list[tuple[str, int, str | None]] = []
+        for entry in entries:
+            try:
+                parsed: list[Inbound] | BaseException = self.parse(entry)
+            except Exception as exc:  # process() fails it; it has no sender to wait for
+                parsed = exc
+            self._parsed[entry.id] = parsed
+            sender = sender_key(parsed[0]) if isinstance(parsed, list) and parsed else None
+            items.append((entry.id, entry.seq, sender))
+        await self.order.register(items)
+
+    def forget(self, entry: JournalEntry) -> None:
+        """The claimer's parse of an entry no worker will process now."""
+        self._parsed.pop(entry.id, None)
+
+    async def process(self, entry: JournalEntry, *, defer: bool = False) -> EntryResult:
+        """Decide and commit one entry. With ``defer`` (the worker), an entry
+        whose sender's earlier entry is still undecided elsewhere is not
+        waited for long: the result's status is ``deferred`` and the caller
+        queues it again."""
         log_ = log.bind(journal_id=entry.id, channel=entry.channel)
         try:
-            inbounds = self.parse(entry)
+            parsed = self._parsed.pop(entry.id, None)
+            if isinstance(parsed, BaseException):
+                raise parsed
+            inbounds = parsed if parsed is not None else self.parse(entry)
         except PayloadRejected as exc:
             return await self._fail(entry, f"rejected by the {entry.channel} parser: {exc}")
         except RegistryError as exc:
@@ -160,17 +153,22 @@ class Pipeline:
             return EntryResult(entry.id, "processed")
         results = []
         # one sender's messages are decided in arrival order, even with many
-        # workers: the lock is taken before the first await, in claim order
-        async with self._in_order(f"{inbounds[0].channel}:{inbounds[0].sender.kind}:{inbounds[0].sender.value}"):
-            try:
-                for n, inbound in enumerate(inbounds):
-                    await self._prepare(inbound)
-                    results.append(await self._commit(entry, inbound, final=n == len(inbounds) - 1))
-            except StoreUnavailable:  # not the entry's fault: it stays pending, the worker tries it again later
-                raise
-            except Exception as exc:
-                log_.exception("pipeline.failed")
-                return await self._fail(entry, f"pipeline error: {type(exc).__name__}: {exc}")
+        # workers and instances (gateway/order.py): in-process, the lock is
+        # taken before the first await, in claim order
+        try:
+            async with self.order.turn(entry.id, entry.seq, sender_key(inbounds[0]), patient=not defer):
+                try:
+                    for n, inbound in enumerate(inbounds):
+                        await self._prepare(inbound)
+                        results.append(await self._commit(entry, inbound, final=n == len(inbounds) - 1))
+                except StoreUnavailable:  # not the entry's fault: it stays pending, the worker tries it again later
+                    raise
+                except Exception as exc:
+                    log_.exception("pipeline.failed")
+                    return await self._fail(entry, f"pipeline error: {type(exc).__name__}: {exc}")
+        except NotYourTurn:
+            self._parsed[entry.id] = inbounds  # parsed once: kept for the next try
+            return EntryResult(entry.id, "deferred")
         status = "duplicate" if all(r.outcome == "duplicate" for r in results) else "processed"
         if self.metrics is not None:
             latency = max(0.0, (self.clock() - entry.received_at).total_seconds())
@@ -280,6 +278,9 @@ class Worker:
         self._inflight: set[str] = set()
         self._queue: asyncio.Queue[JournalEntry] = asyncio.Queue(maxsize=batch * 2)
         self._tasks: list[asyncio.Task] = []
+        self._puts: set[asyncio.Task] = set()  # deferred entries waiting for room in the queue
+        #: the real Pipeline keeps the arrival order (admit, defer); a stand-in (tests) has process(entry) only
+        self._ordered = isinstance(pipeline, Pipeline)
         self._stopping = False
         self.done = 0
         #: called with 1 for each entry the pipeline settled (processed,
@@ -303,10 +304,12 @@ class Worker:
 
     async def stop(self) -> None:
         self._stopping = True
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        from gateway.tasks import cancel_and_wait
+
+        await cancel_and_wait(*self._tasks, *self._puts)  # again if one swallowed its cancellation
         self._tasks = []
+        if self._ordered:
+            self.pipeline._parsed.clear()
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until nothing is pending or in flight (tests, replay)."""
@@ -330,6 +333,16 @@ class Worker:
                 await asyncio.sleep(1.0)
                 continue
             fresh = [e for e in entries if e.id not in self._inflight]
+            try:
+                if self._ordered:
+                    await self.pipeline.admit(fresh)  # across instances: parse and register their senders
+            except Exception:
+                log.exception("worker.admit_failed")
+                for e in fresh:
+                    self.pipeline.forget(e)
+                after = 0  # claim them again (its own unfinished entries) once the store answers
+                await asyncio.sleep(1.0)
+                continue
             for e in fresh:
                 self._inflight.add(e.id)
                 await self._queue.put(e)
@@ -349,14 +362,34 @@ class Worker:
     async def _consume(self) -> None:
         while True:
             entry = await self._queue.get()
+            deferred = False
             try:
-                await self.pipeline.process(entry)
-                self.done += 1
-                for settled in self.on_settled:
-                    settled(1)
+                if self._ordered:
+                    result = await self.pipeline.process(entry, defer=True)
+                    deferred = result.status == "deferred"
+                else:
+                    await self.pipeline.process(entry)
+                if not deferred:
+                    self.done += 1
+                    for settled in self.on_settled:
+                        settled(1)
             except Exception:  # process() fails entries itself; this is the store being down
                 log.exception("worker.process_error", journal_id=entry.id)
                 await asyncio.sleep(0.5)
             finally:
-                self._inflight.discard(entry.id)
+                if deferred:  # its sender's earlier entry is undecided: to the back of the queue
+                    self._requeue(entry)
+                else:
+                    self._inflight.discard(entry.id)
+                    if self._ordered:
+                        self.pipeline.forget(entry)
+                        self.pipeline.order.done(entry.id)
+
+    def _requeue(self, entry: JournalEntry) -> None:
+        try:
+            self._queue.put_nowait(entry)
+        except asyncio.QueueFull:  # the claimer filled it: wait for room without holding this slot
+            task = asyncio.create_task(self._queue.put(entry))
+            self._puts.add(task)
+            task.add_done_callback(self._puts.discard)
 

@@ -6,7 +6,9 @@ and a :class:`Demand` (what one queued ticket needs). The store runs
 :func:`choose_agent` then :func:`apply_decision` inside the one transaction
 of ``assign_next``; the same few comparisons are meant to be mirrored by a
 Lua script for the Redis backend, so the state is plain data and the rules
-are integer/fraction arithmetic.
+are integer/fraction arithmetic. (:func:`choose_agent` keeps each kind of
+search's last result in a module-level cache and checks again only the
+agents whose state object changed: same output, see ``_Search``.)
 
 Capacity is per *channel class* (the omnichannel model of Twilio TaskRouter
 and Zendesk): ``chat`` (webchat, WeChat, WeCom, Telegram, WhatsApp, …),
@@ -44,6 +46,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
+from itertools import compress
+from operator import is_not
 from typing import NamedTuple
 
 import msgspec
@@ -190,6 +194,16 @@ def _capacity_reason(cls: str, used: int, cap: int) -> Reason:
 
 def ineligibility(agent: AgentState, demand: Demand) -> list[Reason]:
     """Every reason ``agent`` cannot take ``demand`` (empty when it can)."""
+    reasons = list(_standing(agent, demand))
+    cls = demand.capacity_class
+    cap, used = agent.capacity.get(cls, 0), agent.load.get(cls, 0)
+    if used >= cap:
+        reasons.append(_capacity_reason(cls, used, cap))
+    return reasons
+
+
+def _standing(agent: AgentState, demand: Demand) -> tuple[Reason, ...]:
+    """The reasons that do not depend on the agent's load: presence, role, skills (in that order)."""
     reasons: list[Reason] = []
     if agent.presence != "online":
         reasons.append(_reason(agent.presence, agent.presence))
@@ -199,11 +213,7 @@ def ineligibility(agent: AgentState, demand: Demand) -> list[Reason]:
         has = agent.skills.get(skill, 0)
         if has < need:
             reasons.append(_skill_reason(skill, need, has))
-    cls = demand.capacity_class
-    cap, used = agent.capacity.get(cls, 0), agent.load.get(cls, 0)
-    if used >= cap:
-        reasons.append(_capacity_reason(cls, used, cap))
-    return reasons
+    return tuple(reasons)
 
 
 def _rank(agent: AgentState, cls: str) -> tuple[float, float, float, str]:
@@ -218,32 +228,128 @@ def _why_chosen(agent: AgentState, cls: str, tied: bool) -> Reason:
     return Reason("least_loaded", text)
 
 
+# Searching without looking at every agent again.
+#
+# A decision explains every member of the searched teams, but between two
+# decisions of the same kind only the agents something changed are
+# different: every other ``AgentState`` is the very same frozen object (the
+# store's agent cache and :func:`apply_decision` replace the state of a
+# changed agent, never mutate it). So each (teams, demand kind) keeps its last
+# search (:class:`_Search`): the members as they were, their ``Considered``
+# entries, their ranks. The next search of that kind compares the members by
+# identity (a C-speed pass), checks again only the positions whose state
+# object changed, and takes the least rank (another C-speed pass). The kind
+# is what a verdict depends on besides the agent: class, role, required
+# skills (in order: the reasons follow it). A changed agent whose skills,
+# roles and presence are the same objects as before (a decision
+# or a release changed only its load) keeps its load-independent reasons and
+# has only the capacity check and the rank computed again. Exactly the old
+# decisions: tests/routing/test_assign_equivalence.py replays random
+# directories and events against the straightforward chooser kept in
+# tests/routing/assign_oracle.py.
+
+
+class _Search(NamedTuple):
+    """The last search of one (teams, demand kind)."""
+
+    members: list[AgentState]  # the candidates, as they were
+    considered: list[Considered]  # their entries, same order
+    ranks: list[tuple]  # their ranks, ``_INELIGIBLE`` for those who cannot take it
+    pairs: list[tuple]  # (load fraction, occupancy) of each rank, for the tie check
+    standing: list[tuple[Reason, ...]]  # their load-independent reasons (:func:`_standing`)
+
+
+#: sorts after every rank (a load fraction is below 1: a full agent is not eligible) and pairs with none
+_INELIGIBLE: tuple = (2.0,)
+_SEARCHES_MAX = 4096
+_searches: dict[tuple, _Search] = {}
+
+
 def choose_agent(state: AssignmentState, demand: Demand, *, sticky: bool = True) -> Decision:
-    """The agent for ``demand``, or none, with the reason for each agent considered."""
+    """The agent for ``demand``, or none, with the reason for each agent considered.
+
+    Among the eligible the lowest rank wins (:func:`_rank`); the decision says
+    "tie broken by longest idle" when another eligible agent has the same
+    load fraction and occupancy. The result is the same as checking every
+    agent anew; only members whose state object changed since the last
+    search of the same teams and kind are checked again (see ``_Search``).
+    """
     teams = demand.teams()
     cls = demand.capacity_class
-    considered: list[Considered] = []
-    eligible: list[tuple[tuple[float, float, float, str], AgentState]] = []
-    for agent in state.candidates(teams):
-        reasons = ineligibility(agent, demand)
-        if reasons:
-            considered.append(Considered(agent.id, reasons))
-        else:
-            rank = _rank(agent, cls)
-            considered.append(Considered(agent.id, [], rank[0]))
-            eligible.append((rank, agent))
-    if not eligible:
+    kind = (cls, demand.role, tuple(demand.skills.items()))
+    members = state.candidates(teams)
+    search = _searches.get((teams, kind))
+    n = len(members)
+    if search is None or len(search.members) != n:
+        search = _patched(None, members, range(n), demand, cls)
+        if len(_searches) >= _SEARCHES_MAX:
+            _searches.clear()
+        _searches[(teams, kind)] = search
+    else:
+        # C-speed: the positions whose state object is not the one seen last time
+        changed = list(compress(range(n), map(is_not, members, search.members)))
+        if changed:
+            # a new search, published whole: one another thread may be reading is never changed under it
+            search = _searches[(teams, kind)] = _patched(search, members, changed, demand, cls)
+    ranks = search.ranks
+    considered = list(search.considered)  # the decision's own list
+    best_rank = min(ranks, default=_INELIGIBLE)
+    if best_rank is _INELIGIBLE:
         where = f"team {'/'.join(sorted(teams))}" if teams else "any team"
         return Decision(
             demand.ticket_id, None, cls, Reason("none_eligible", f"no eligible agent in {where}"), considered
         )
     last = state.agents.get(demand.last_agent) if sticky and demand.last_agent else None
-    if last is not None and any(a is last for _, a in eligible):
-        return Decision(demand.ticket_id, last.id, cls, Reason("sticky", "served this contact last"), considered)
-    eligible.sort(key=lambda e: e[0])
-    (best_rank, best), runner_up = eligible[0], eligible[1][0] if len(eligible) > 1 else None
-    tied = runner_up is not None and runner_up[:2] == best_rank[:2]
+    if last is not None:
+        at = _position(members, last)
+        if at is not None and ranks[at] is not _INELIGIBLE:
+            return Decision(demand.ticket_id, last.id, cls, Reason("sticky", "served this contact last"), considered)
+    best = members[ranks.index(best_rank)]
+    # ranks are distinct (the id is last): a tie on (load, occupancy) is another agent with both equal
+    tied = search.pairs.count(best_rank[:2]) > 1
     return Decision(demand.ticket_id, best.id, cls, _why_chosen(best, cls, tied), considered)
+
+
+def _patched(search: _Search | None, members: list[AgentState], changed: Iterable[int], demand: Demand,
+             cls: str) -> _Search:
+    """``search`` (None: a fresh one) with the verdicts at ``changed`` computed for ``members``."""
+    if search is None:
+        n = len(members)
+        old: list = [None] * n
+        considered: list = [None] * n
+        ranks: list = [None] * n
+        pairs: list = [None] * n
+        standing: list = [None] * n
+    else:
+        old = search.members
+        considered, ranks, pairs = list(search.considered), list(search.ranks), list(search.pairs)
+        standing = list(search.standing)
+    for i in changed:
+        agent, before = members[i], old[i]
+        if (before is not None and before.id == agent.id and before.presence == agent.presence
+                and before.skills is agent.skills and before.roles is agent.roles):
+            reasons = standing[i]
+        else:
+            reasons = standing[i] = _standing(agent, demand)
+        cap, used = agent.capacity.get(cls, 0), agent.load.get(cls, 0)
+        if used >= cap:
+            considered[i] = Considered(agent.id, [*reasons, _capacity_reason(cls, used, cap)])
+            ranks[i] = pairs[i] = _INELIGIBLE
+        elif reasons:
+            considered[i] = Considered(agent.id, list(reasons))
+            ranks[i] = pairs[i] = _INELIGIBLE
+        else:
+            rank = ranks[i] = _rank(agent, cls)
+            pairs[i] = rank[:2]
+            considered[i] = Considered(agent.id, [], rank[0])
+    return _Search(members, considered, ranks, pairs, standing)
+
+
+def _position(members: list[AgentState], agent: AgentState) -> int | None:
+    for i, m in enumerate(members):
+        if m is agent:
+            return i
+    return None
 
 
 def apply_decision(state: AssignmentState, decision: Decision, now: datetime) -> AssignmentState:

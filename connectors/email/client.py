@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, Protocol
 
-from connectors.base import ConnectorContext, Fatal, SendError, SendResult
+from connectors.base import ConnectorContext, Fatal, SendError, SendResult, owned
 from connectors.email.imap import ImapWatcher
 from connectors.email.outbound import AutoReplyLimiter, RelaySender
 from connectors.email.settings import EmailSettings, load_settings
@@ -69,7 +69,9 @@ class EmailConnector:
             out[f"{self.channel}:smtp"] = partial(serve_smtp, self._ctx, self.settings.smtp)
         for account, imap in self.settings.imap.items():
             # one watcher object per account: it keeps what it last stored across reconnects
-            out[f"{self.channel}:imap:{account}"] = ImapWatcher(account, imap, self._ctx).run
+            # one poller per mailbox across instances (a lease when they share a Redis store)
+            name = f"{self.channel}:imap:{account}"
+            out[name] = owned(self._ctx, name, ImapWatcher(account, imap, self._ctx).run)
         return out
 
     async def run(self) -> None:

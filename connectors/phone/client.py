@@ -57,7 +57,7 @@ import msgspec
 import structlog
 from aiohttp import BodyPartReader, web
 
-from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult
+from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult, owned
 from connectors.http import BODY_TIMEOUT_S, BodyTooLarge, read_body
 from connectors.phone.parse import (
     CEL_EVENTS,
@@ -346,7 +346,8 @@ class PhoneConnector:
     # the tailer -------------------------------------------------------------
 
     async def run(self) -> None:
-        tails = {f"phone:tail:{name}": (lambda n=name, a=acct: self.tail(n, a))
+        # one tailer per file across instances (a lease when they share a Redis store)
+        tails = {f"phone:tail:{name}": owned(self.ctx, f"phone:tail:{name}", lambda n=name, a=acct: self.tail(n, a))
                  for name, acct in self.cfg.accounts.items() if acct.cdr_path}
         if tails:
             await self.ctx.supervisor.run(tails)

@@ -54,6 +54,7 @@ from connectors.base import (
     PayloadRejected,
     SendError,
     SendResult,
+    owned,
 )
 from connectors.telegram.parse import CHANNEL, decode_update, update_key, validate_update
 from connectors.text import split_text
@@ -297,7 +298,9 @@ class TelegramConnector:
         pollers = [h for h in self._bots.values() if h.config.mode == "polling"]
         if not pollers:
             return
-        tasks = [asyncio.create_task(self._poll(h), name=f"telegram-poll-{h.name}") for h in pollers]
+        # one poller per bot across instances (two get 409 Conflict): a lease when they share a Redis store
+        tasks = [asyncio.create_task(owned(self._ctx, f"telegram:poll:{h.name}", lambda h=h: self._poll(h))(),
+                                     name=f"telegram-poll-{h.name}") for h in pollers]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:

@@ -209,6 +209,25 @@ class Bucket:
         return True
 
 
+class Buckets:
+    """Token buckets by key in this process (one instance). The gateway's
+    context may give a shared limiter instead (``ctx.limiter(name, rate,
+    burst)``: one budget across instances on Redis); both answer
+    ``await take(key)`` with 0 (allowed) or the seconds to wait."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.buckets: dict[str, Bucket] = {}
+
+    async def take(self, key: str) -> float:
+        return 0.0 if self.buckets.setdefault(key, Bucket(self.rate, self.burst)).take() else 1 / self.rate
+
+    def forget_full(self) -> None:
+        """Drop the buckets that are (about) full again: nobody is being limited there."""
+        for key in [k for k, b in self.buckets.items() if b.tokens >= b.burst - 1]:
+            del self.buckets[key]
+
+
 class WebchatConnector:
     channel = "webchat"
 
@@ -239,9 +258,14 @@ class WebchatConnector:
         self.mailer: Any = None
         self.sessions: dict[str, set[Session]] = {}
         self.per_ip: dict[str, int] = {}
-        self.buckets: dict[str, Bucket] = {}
-        #: client IP → its polling requests' bucket (a poll is a hello: no free loop of them)
-        self.poll_buckets: dict[str, Bucket] = {}
+        limiter = getattr(ctx, "limiter", None)  # shared by instances on Redis (gateway/shared.py)
+        #: a conversation's messages (per second, burst), whichever instance its sockets are on
+        self.message_limit: Any = limiter("webchat:messages", self.settings.messages_per_second,
+                                          self.settings.burst) if limiter else \
+            Buckets(self.settings.messages_per_second, self.settings.burst)
+        #: client IP → its polling requests (a poll is a hello: no free loop of them)
+        self.poll_limit: Any = limiter("webchat:polls", POLLS_PER_SECOND, POLLS_BURST) if limiter else \
+            Buckets(POLLS_PER_SECOND, POLLS_BURST)
         self._typing_at: dict[str, float] = {}
         #: conversation → when a polling widget last asked (no socket says when it leaves)
         self.polled: dict[str, float] = {}
@@ -287,11 +311,10 @@ class WebchatConnector:
                 self.hub.publish({"type": "ended", "conversation": conv})
             ended += 1
             log.info("webchat.conversation_ended", site=site, conversation=conv)
-        for conv in [c for c in self.buckets if c not in self.sessions]:  # forget who left
-            del self.buckets[conv]
+        for conv in [c for c in self._typing_at if c not in self.sessions]:  # forget who left
             self._typing_at.pop(conv, None)
-        for ip in [i for i, b in self.poll_buckets.items() if i not in self.per_ip and b.tokens >= b.burst - 1]:
-            del self.poll_buckets[ip]
+        self.message_limit.forget_full()
+        self.poll_limit.forget_full()
         gone = time.monotonic() - POLL_GONE_S
         for conv, at in list(self.polled.items()):
             if at < gone:
@@ -437,8 +460,7 @@ class WebchatConnector:
             site, ip = self._admit(request)
         except _Refused as r:
             return r.response
-        bucket = self.poll_buckets.setdefault(ip, Bucket(POLLS_PER_SECOND, POLLS_BURST))
-        if not bucket.take():
+        if await self.poll_limit.take(ip) > 0:
             if hasattr(self.ctx, "rejected"):
                 self.ctx.rejected("poll_rate")
             return problem(429, f"too many polls from this address (at most {POLLS_PER_SECOND:g} per second)")
@@ -593,7 +615,6 @@ class WebchatConnector:
             self._forget_conv(s)
         s.conv = conv
         self.sessions.setdefault(conv, set()).add(s)
-        self.buckets.setdefault(conv, Bucket(self.settings.messages_per_second, self.settings.burst))
         await self.transcript.touch(conv, site.name, visitor, _ms(self.clock()), name=name, email=email)
         info = await self.transcript.conversation(conv) or {}
         after = f.get("after") if isinstance(f.get("after"), int) else 0
@@ -621,7 +642,7 @@ class WebchatConnector:
         if not (isinstance(cid, str) and ID_RE.match(cid)):
             return {"type": "error", "code": "bad_cid", "reason": "cid must match [A-Za-z0-9_-]{1,64}"}
         assert s.conv is not None
-        if not self.buckets[s.conv].take():
+        if await self.message_limit.take(s.conv) > 0:
             if hasattr(self.ctx, "rejected"):
                 self.ctx.rejected("rate_limited")
             raise Closed(1008, 429, f"too many messages (at most {self.settings.messages_per_second:g} per second)")

@@ -31,7 +31,7 @@ from connectors.wechat.config import OaAccount, load_wechat
 from connectors.wechat.envelope import DecryptionFailed, SignatureMismatch, check_plain, open_callback
 from connectors.wechat.parse import external_id
 from connectors.wechat.safexml import UnsafeXml
-from connectors.wechat.tokens import TokenCache
+from connectors.wechat.tokens import PROCESS_TOKENS, TokenCache
 from connectors.wechat.webhook import SUCCESS, CallbackGuard, callback_meta, fallback_key, read_body, refuse
 from routing.model import Inbound, Outbound
 
@@ -84,7 +84,8 @@ class WeChatConnector:
         self.config = load_wechat(ctx.config)
         self._by_appid: dict[str, OaAccount] = {a.appid: a for a in self.config.accounts.values()}
         self._session = ApiSession(self.config.api_base)
-        self._tokens = tokens or TokenCache()
+        # the gateway's shared token store when instances share Redis (ctx.token_store), else this process's
+        self._tokens = tokens or TokenCache(getattr(ctx, "token_store", None) or PROCESS_TOKENS)
         self._apis: dict[str, TokenedApi] = {}
         self._guard = CallbackGuard(ctx, self.channel, self.config.replay_window_s)
 

@@ -5,13 +5,16 @@ previous one when a new one is fetched, so every caller in a process must use
 the same token and only one of them may fetch a new one at a time. Tokens
 live in a :class:`TokenStore`; :data:`PROCESS_TOKENS` is the process-wide
 in-memory store. The interface is small on purpose (load, save, discard-if-
-still-that-value) so a Redis store can later share tokens across gateway
-instances.
+still-that-value); a store may also offer ``exclusive(key)`` (an async
+context manager held while fetching), which the gateway's Redis token store
+(gateway/shared.py) uses so that one instance of several fetches and every
+instance uses the token it stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
@@ -83,7 +86,8 @@ class TokenCache:
         if (value := await self._fresh(key)) is not None:
             return value
         lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        exclusive = getattr(self._store, "exclusive", None)  # across processes (a shared store)
+        async with lock, (exclusive(key) if exclusive is not None else contextlib.nullcontext()):
             if (value := await self._fresh(key)) is not None:  # another caller fetched meanwhile
                 return value
             value, expires_in = await fetch()

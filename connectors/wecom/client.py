@@ -34,7 +34,7 @@ from connectors.wechat.client import deliver, window_closed
 from connectors.wechat.envelope import DecryptionFailed, Secrets, SignatureMismatch, open_callback, verify_echo
 from connectors.wechat.parse import external_id
 from connectors.wechat.safexml import UnsafeXml, text_field
-from connectors.wechat.tokens import TokenCache
+from connectors.wechat.tokens import PROCESS_TOKENS, TokenCache
 from connectors.wechat.webhook import SUCCESS, CallbackGuard, callback_meta, fallback_key, read_body, refuse
 from connectors.wecom.config import WeComAccount, load_wecom
 from connectors.wecom.parse import KF_NOTIFY_EVENT, open_kfid_of
@@ -68,7 +68,8 @@ class WeComConnector:
         self.ctx = ctx
         self.config = load_wecom(ctx.config)
         self._session = ApiSession(self.config.api_base)
-        self._tokens = tokens or TokenCache()
+        # the gateway's shared token store when instances share Redis (ctx.token_store), else this process's
+        self._tokens = tokens or TokenCache(getattr(ctx, "token_store", None) or PROCESS_TOKENS)
         self._apis: dict[str, TokenedApi] = {}
         self._pull_locks: dict[str, asyncio.Lock] = {}
         self._pulls: set[asyncio.Task[int]] = set()

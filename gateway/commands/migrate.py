@@ -11,10 +11,11 @@ key layout (gateway/store/redis_keys.py, the helpers of RedisStore).
 **One step per entity**, in :data:`STEPS` (``journal``, ``nonces``,
 ``contacts``, ``identities``, ``tickets``, ``timeline``, ``message_keys``,
 ``thread_refs``, ``participants``, ``outbox``, ``state``, ``audit``,
-``attachments``). Each step names the SQLite tables it takes. Before writing
+``attachments``; ``events``, ``webhooks``, ``desks``, ``console`` in
+gateway/commands/migrate_hooks.py). Each step names the SQLite tables it takes. Before writing
 anything every other table of the SQLite file is counted: rows in a table
-no step takes (agents, SLA timers, tokens, webhooks, desks, console
-sessions… until their Redis support lands and adds its step here) stop the
+no step takes (agents, SLA timers, tokens… until their Redis support lands
+and adds its step here) stop the
 migration, naming the table — unless ``--skip TABLE`` leaves it behind on
 purpose (printed). Tables in :data:`DERIVED` need no step.
 
@@ -50,6 +51,7 @@ from typing import Any, Awaitable, Callable
 
 import msgspec
 
+from gateway.commands import migrate_hooks
 from gateway.store.base import JOURNAL_STATUSES
 
 #: SQLite tables that need no step: derived from others, or SQLite's own.
@@ -295,8 +297,9 @@ async def _participants(c: Ctx) -> int:
 
 async def _outbox(c: Ctx) -> int:
     n = 0
+    # replies only: the other topics are events, moved to the events stream (migrate_hooks.events)
     for batch in c.rows("SELECT id, topic, ticket_id, payload, created_at, status, attempts, next_at, error, "
-                        "timeline_id, external_id, sent_at FROM outbox"):
+                        "timeline_id, external_id, sent_at FROM outbox WHERE topic = 'reply.send'"):
         pipe = c.r.pipeline(transaction=False)
         for r in batch:
             oid, topic, status = r[0], r[1], r[5]
@@ -443,6 +446,11 @@ STEPS: list[Step] = [
     Step("auto_replies", ("auto_reply_log",), _auto_replies),
     Step("indexes", (), _indexes),
     Step("attachments", (), _attachments),
+    # outbound webhooks, help-desk sync, console (gateway/commands/migrate_hooks.py)
+    Step("events", (), migrate_hooks.events),
+    Step("webhooks", ("webhook_endpoints", "webhook_queue", "webhook_dead", "webhook_log"), migrate_hooks.webhooks),
+    Step("desks", ("desk_links", "desk_seen"), migrate_hooks.desks),
+    Step("console", ("canned_replies", "console_sessions"), migrate_hooks.console),
     Step("webchat", (), _webchat),
 ]
 

@@ -1,9 +1,11 @@
 """``omnigate webhooks``: list endpoints, show dead letters, replay them.
 
 ``omnigate webhooks list``, ``omnigate webhooks dead NAME`` and
-``omnigate webhooks replay NAME [--since TIME] [--id EVENT_ID]``. When a
+``omnigate webhooks replay NAME [--since TIME] [--id EVENT_ID]``. With
+``redis_url`` it works on Redis directly (every instance shares it; the
+store's operations are safe beside running daemons). Otherwise, when a
 daemon holds the data folder the command goes through its API
-(``/api/v1/webhooks``, the token from ``OMNIGATE_API_TOKEN``); otherwise it
+(``/api/v1/webhooks``, the token from ``OMNIGATE_API_TOKEN``); else it
 takes the data-folder lock and works on the store (the daemon delivers what
 was requeued when it next runs).
 """
@@ -42,6 +44,8 @@ def main(argv: list[str], prog: str = "omnigate webhooks") -> int:
         except ValueError as exc:
             print(f"{prog}: --since: {exc}", file=sys.stderr)
             return 2
+    if config.redis_url:
+        return asyncio.run(_local(config, args, since, prog))
     from gateway.commands.common import with_data_dir
 
     return with_data_dir(config, prog, lambda: _local(config, args, since, prog),
@@ -53,11 +57,11 @@ def _print(result: object) -> None:
 
 
 async def _local(config, args, since, prog: str) -> int:
-    from gateway.store.base import NotFound
-    from gateway.store.sqlite import SQLiteStore
     from gateway.clock import system_clock
+    from gateway.store.base import NotFound
+    from gateway.store.factory import open_store
 
-    store = SQLiteStore.in_dir(config.data_dir)
+    store = open_store(config, consumer="omnigate-webhooks")
     try:
         if args.cmd == "list":
             stats = await store.webhook_queue_stats()

@@ -29,6 +29,7 @@ import structlog
 from aiohttp import web
 
 from gateway.auth import Principal, can_read_ticket
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -178,8 +179,7 @@ async def _send(resp: web.StreamResponse, p: Principal, event: dict, sent: int) 
 async def bus_ctx(app: web.Application, key: Any) -> AsyncIterator[None]:
     task = asyncio.create_task(app[key].run(), name="omnigate-console-live")
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
 
 
 Nudge = Callable[..., None]

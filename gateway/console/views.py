@@ -34,6 +34,7 @@ from gateway.store.base import InvalidTransition, NoReplyTarget, NotFound, Reply
 from gateway.store.sqlite_console import digest
 from gateway.store.sqlite_tickets import TicketQuery, VersionMismatch
 from gateway.store.sqlite_tokens import TOKEN_PREFIX
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 HERE = Path(__file__).parent
@@ -137,8 +138,7 @@ async def _presence_ctx(app: web.Application):
 
     task = asyncio.create_task(loop(), name="omnigate-console-presence")
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
 
 
 # ---------------------------------------------------------------- sessions, CSRF, rendering

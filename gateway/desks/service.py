@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from datetime import datetime, timedelta
 from typing import Any, AsyncIterator
 
@@ -51,6 +52,7 @@ from gateway.desks.zendesk import ZendeskClient
 from gateway.http_util import json_response, problem
 from gateway.store.base import InvalidTransition, ReplyDraft, StoreError
 from gateway.webhooks.service import Attempt
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +61,7 @@ CLIENTS: dict[str, type[DeskClient]] = {"zammad": ZammadClient, "zendesk": Zende
 #: The events a (non-generic) desk consumes.
 EVENTS = ["message.created", "message.status", "ticket.status_changed", "ticket.assigned"]
 PUSH_SWEEP = 10  # push mode: a safety sweep every this many poll intervals
+SYNC_LEASE_S = 300.0  # several instances: how long a dead instance's hold on a desk's way back lasts
 
 
 def endpoint_name(desk: str) -> str:
@@ -86,6 +89,8 @@ class DeskSync:
         self.clients: dict[str, DeskClient] = {
             name: CLIENTS[cfg.kind](name, cfg, clock=clock) for name, cfg in desks.items() if cfg.kind in CLIENTS}
         self.locks = {name: asyncio.Lock() for name in desks}
+        #: this instance's name for the way back's lease (several instances on Redis)
+        self.holder = f"desk-sync-{uuid.uuid4().hex}"
         self._next_poll: dict[str, datetime] = {}
         self._generic_session: Any = None
 
@@ -267,16 +272,29 @@ class DeskSync:
     # ------------------------------------------------------------ the way back
 
     async def sync(self, name: str) -> int:
-        """Follow the desk's changes since the stored cursor; how many agent comments were relayed."""
+        """Follow the desk's changes since the stored cursor; how many agent comments were relayed.
+
+        Several instances on one store (Redis, which has leases): one of them at a time follows a
+        desk, under the lease ``desk:<name>:sync`` (an instance that finds it held skips this round),
+        so a desk comment is relayed to the customer once; a holder that dies leaves the lease to
+        run out after ``SYNC_LEASE_S``."""
         client = self.clients[name]
         key = cursor_key(name)
         async with self.locks[name]:
-            cursor = await self.store.state_get(key)
-            changed, nxt = await client.changed(cursor)
-            relayed = 0
-            for ch in changed:
-                relayed += await self._pull(name, client, ch.id, ch.status)
-            await self.store.state_set(key, nxt)
+            leased = hasattr(self.store, "lease_acquire")
+            if leased and not await self.store.lease_acquire(f"desk:{name}:sync", self.holder, SYNC_LEASE_S):
+                log.debug("desk.sync_elsewhere", desk=name)
+                return 0
+            try:
+                cursor = await self.store.state_get(key)
+                changed, nxt = await client.changed(cursor)
+                relayed = 0
+                for ch in changed:
+                    relayed += await self._pull(name, client, ch.id, ch.status)
+                await self.store.state_set(key, nxt)
+            finally:
+                if leased:
+                    await self.store.lease_release(f"desk:{name}:sync", self.holder)
         return relayed
 
     async def _pull(self, name: str, client: DeskClient, desk_id: str, desk_status: str) -> int:
@@ -357,6 +375,5 @@ async def sync_ctx(app: web.Application) -> AsyncIterator[None]:
     await sync.start()
     task = asyncio.create_task(sync.run(), name="omnigate-desks")
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
     await sync.close()

@@ -239,6 +239,95 @@ class Keys:
     def tickets_changed(self) -> str:
         """Sorted set: ticket id → updated_at (ms) — the scheduler's sweep."""
         return f"{self.p}tchanged"
+
+    # outbound webhooks, help-desk sync, console (gateway/store/redis_webhooks.py) ----------
+    @property
+    def events(self) -> str:
+        """Stream of committed events (every outbox topic but ``reply.send``), written by the
+        script that commits the change: fields id, topic, ticket_id, payload, at and the
+        snapshots taken in that script (``t`` ticket hash, ``m`` timeline entry, ``c``/``ci``
+        contact hash and identities). The stream id is the event's place (the cursors)."""
+        return f"{self.p}wh:events"
+
+    def event_id(self, eid: str) -> str:
+        """Event id → its stream id (replay by id while the event is kept)."""
+        return f"{self.p}wh:evid:{eid}"
+
+    @property
+    def webhook_endpoints(self) -> str:
+        """Set of endpoint names."""
+        return f"{self.p}wh:eps"
+
+    def webhook_endpoint(self, name: str) -> str:
+        """Hash: url, secret, events, allow_private, enabled, source, description, cursor
+        (stream id fanned out up to), disabled_reason, failures, paused_until, created_at, updated_at."""
+        return f"{self.p}wh:ep:{_q(name)}"
+
+    @property
+    def webhook_seq(self) -> str:
+        """Counter: queue rows' order (and dead letters', log lines')."""
+        return f"{self.p}seq:wh"
+
+    def webhook_row(self, rid: str) -> str:
+        """Hash: one event waiting for one endpoint (with its payload as committed)."""
+        return f"{self.p}wh:q:{rid}"
+
+    def webhook_rows(self, name: str) -> str:
+        """Sorted set: the endpoint's queue rows by seq."""
+        return f"{self.p}wh:rows:{_q(name)}"
+
+    def webhook_line(self, name: str, order_key: str) -> str:
+        """Sorted set: one (endpoint, ticket) line of rows by seq; only its head may be claimed."""
+        return f"{self.p}wh:line:{_q(name, order_key)}"
+
+    def webhook_due(self, name: str) -> str:
+        """Sorted set: the heads of the endpoint's lines by next_at (a leased head: its lease's end)."""
+        return f"{self.p}wh:due:{_q(name)}"
+
+    def webhook_dead(self, name: str) -> str:
+        """Sorted set: the endpoint's dead letters (JSON) by seq."""
+        return f"{self.p}wh:dead:{_q(name)}"
+
+    def webhook_log(self, name: str) -> str:
+        """Sorted set: the endpoint's delivery attempts (JSON) by seq."""
+        return f"{self.p}wh:log:{_q(name)}"
+
+    def desk_links(self, desk: str) -> str:
+        """Hash: omnigate ticket id → desk ticket id."""
+        return f"{self.p}desk:links:{_q(desk)}"
+
+    def desk_remote(self, desk: str) -> str:
+        """Hash: desk ticket id → omnigate ticket id."""
+        return f"{self.p}desk:remote:{_q(desk)}"
+
+    def desk_order(self, desk: str) -> str:
+        """Sorted set: linked omnigate ticket ids by link time."""
+        return f"{self.p}desk:order:{_q(desk)}"
+
+    def desk_seen(self, desk: str) -> str:
+        """Hash: desk comment id → JSON {ticket_id, origin, at}."""
+        return f"{self.p}desk:seen:{_q(desk)}"
+
+    def desk_owned(self, tid: str) -> str:
+        """Set by a desk with ``ownership: desk``: the desk's name (assignment and SLA leave the ticket)."""
+        return f"{self.p}{{t:{tid}}}:deskowned"
+
+    def console_session(self, digest: str) -> str:
+        """Hash of a console session (expires with it)."""
+        return f"{self.p}csess:{digest}"
+
+    def canned(self, cid: str) -> str:
+        return f"{self.p}canned:{cid}"
+
+    @property
+    def canned_names(self) -> str:
+        """Hash: canned reply name → id (names are unique)."""
+        return f"{self.p}canned:names"
+
+    @property
+    def timeline_all(self) -> str:
+        """Sorted set: every timeline entry id by its seq (the console's live tail)."""
+        return f"{self.p}tlall"
     # live updates, shared attachments (gateway/fanout.py, gateway/attachments.py) ----
     @property
     def live_channel(self) -> str:
@@ -317,6 +406,31 @@ class Keys:
         """Sorted set of every contact id (score 0: by id), written with the contact: name search walks it."""
         return f"{self.p}contacts"
 
+    # one sender in arrival order (gateway/store/redis_order.py) ------
+    @property
+    def order_registered(self) -> str:
+        """Sorted set: pending journal ids whose sender is known (registered by
+        the claimer that parsed them), scored by seq; a settle removes them."""
+        return f"{self.p}ord:reg"
+
+    def order_sender(self, sender: str) -> str:
+        """Sorted set: one sender's registered pending journal ids, scored by seq;
+        its head is the only one of that sender that may be decided."""
+        return f"{self.p}ord:s:{_q(sender)}"
+
+    # shared across instances (gateway/store/redis_shared.py) ---------
+    def rate_bucket(self, name: str, key: str) -> str:
+        """Hash {tokens, at}: one token bucket of limit ``name`` (API token, webchat conversation…)."""
+        return f"{self.p}rate:{_q(name, key)}"
+
+    def shared_token(self, key: str) -> str:
+        """Hash {value, expires_at}: a platform access token (WeChat/WeCom), shared by instances."""
+        return f"{self.p}atok:{_q(key)}"
+
+    @property
+    def rules_generation(self) -> str:
+        """Counter: bumped by an instance asked to reload its rules; every instance reloads when it moves."""
+        return f"{self.p}rules:gen"
     # webchat transcripts (connectors/webchat/redis_transcript.py) ----
     def webchat_conv(self, conv: str, part: str) -> str:
         """One conversation's keys, hash-tagged together: ``c`` (hash: site, visitor, name, email,

@@ -53,6 +53,7 @@ import structlog
 from connectors.base import IngestResult, Nonce, NonceReused
 from gateway.store.base import (
     JOURNAL_STATUSES,
+    REPLY_TOPIC,
     Conflict,
     Delivery,
     JournalEntry,
@@ -65,6 +66,9 @@ from gateway.store.base import (
 from gateway.store.redis_api import REINDEX_LUA, ApiOps
 from gateway.store.redis_assign import RedisAssignOps
 from gateway.store.redis_keys import Keys
+from gateway.store.redis_order import RedisOrderMixin
+from gateway.store.redis_shared import RedisSharedMixin
+from gateway.store.redis_webhooks import RedisConsoleOps, RedisDeskOps, RedisWebhookOps
 from routing.calls import call_text, merge_call
 from routing.dedupe import reused_id
 from routing.model import Attachment, Contact, Identity, ReplyTarget, SlaState, Ticket, TimelineEntry, new_id, utcnow
@@ -154,7 +158,9 @@ APPLY_LUA = REINDEX_LUA + """
 --        ["x", k] key absent
 --        ["n", k, field, max] / ["z", k, min, limit]: see redis_api.REINDEX_LUA (api_guard)
 -- write: [command, k, arg…]; an arg {"$":"N"} is the ticket number drawn,
---        {"$":"L"} the previous write's reply (an XADD's new id)
+--        {"$":"L"} the previous write's reply (an XADD's new id),
+--        {"$":"H"|"S"|"G","k":i} KEYS[i]'s hash / set (JSON) or value as it is at that
+--        point of the program (an event's snapshot as committed: redis_webhooks.py)
 local p = cjson.decode(ARGV[1])
 for i, g in ipairs(p.g) do
   local kind, k = g[1], KEYS[g[2]]
@@ -192,7 +198,12 @@ for _, op in ipairs(p.o) do
   for j = 3, #op do
     local a = op[j]
     if type(a) == 'table' then
-      if a['$'] == 'N' then a = num else a = last end
+      local t = a['$']
+      if t == 'N' then a = num
+      elseif t == 'H' then a = cjson.encode(redis.call('HGETALL', KEYS[a['k']]))
+      elseif t == 'S' then a = cjson.encode(redis.call('SMEMBERS', KEYS[a['k']]))
+      elseif t == 'G' then a = redis.call('GET', KEYS[a['k']]) or ''
+      else a = last end
     end
     args[#args + 1] = a
   end
@@ -338,12 +349,6 @@ class _Taken(Exception):
 #: NotImplementedError naming itself). gateway.config refuses redis_url for
 #: the daemon while the daemon needs any of them.
 NOT_YET = (
-    # outbound webhooks (sqlite_webhooks.py)
-    # (without endpoints the delivery service's polling ops answer "nothing": see RedisStore)
-    "webhook_upsert", "webhook_delete", "webhook_set_enabled", "webhook_settle", "webhook_deliveries",
-    "webhook_dead", "webhook_replay", "webhook_event_insert",
-    # help-desk sync (sqlite_desks.py)
-    "desk_link", "desk_ticket_of", "desk_link_set", "desk_links", "desk_seen", "desk_seen_add",
 )
 
 
@@ -388,7 +393,8 @@ def ticket_from_row(ticket_id: str, r: list) -> Ticket | None:
     )
 
 
-class RedisStore(ApiOps, RedisAssignOps):
+class RedisStore(ApiOps, RedisAssignOps, RedisWebhookOps, RedisDeskOps, RedisConsoleOps, RedisOrderMixin,
+                 RedisSharedMixin):
     """The store on one Redis (primary + replicas + Sentinel in production)."""
 
     backend = "redis"
@@ -420,6 +426,7 @@ class RedisStore(ApiOps, RedisAssignOps):
         self._take = self.r.register_script(TAKE_LUA)
         self._release = self.r.register_script(RELEASE_LUA)
         self._claim = self.r.register_script(CLAIM_LUA)
+        self._wh_scripts()
         self._group_ready = False
         self._closed = False
 
@@ -612,6 +619,8 @@ class RedisStore(ApiOps, RedisAssignOps):
         tx.op("ZADD", k.journal_status(status), seq, jid)
         if sid and status != "pending":
             tx.op("XACK", k.stream, k.group, sid)
+        if status != "pending":
+            self._order_settled(tx, jid)  # its sender's next entry may go (redis_order.py)
 
     async def journal_fail(self, journal_id: str, error: str) -> None:
         seq, sid, _ = await self._journal_head(journal_id)
@@ -637,6 +646,8 @@ class RedisStore(ApiOps, RedisAssignOps):
                 continue
             if status == "pending":
                 continue
+            if await self._call(self.r.hexists(self.k.journal_entry(jid), "raw_pruned_at")):
+                continue  # its payload was pruned (retention): it cannot be decided again
             tx = Tx()
             tx.hash_is(self.k.journal_entry(jid), "status", status)
             self._settle(tx, jid, seq, None, "pending", {}, drop=("error",))
@@ -955,6 +966,7 @@ class RedisStore(ApiOps, RedisAssignOps):
         member = f"{seq:016d}:{e.id}"
         at = ms(e.at)
         tx.op("SET", k.timeline_entry(e.id), _j({"e": e, "o": origin, "s": seq}))
+        tx.op("ZADD", k.timeline_all, seq, e.id)
         tx.op("ZADD", k.contact_timeline(e.contact_id), at, member)
         if e.ticket_id:
             tx.op("ZADD", k.ticket_timeline(e.ticket_id), at, member)
@@ -965,6 +977,9 @@ class RedisStore(ApiOps, RedisAssignOps):
         tx.op("HINCRBY", k.counts, "timeline", 1)
 
     def _add_outbox(self, tx: Tx, topic: str, ticket_id: str | None, payload: dict, now: int) -> None:
+        if topic != REPLY_TOPIC:  # an event: the webhooks' stream, with its snapshots (redis_webhooks.py)
+            self._event_add(tx, topic, ticket_id, payload, now)
+            return
         oid = new_id()
         tx.hset(self.k.outbox_item(oid), {"topic": topic, "ticket_id": ticket_id, "payload": _j(payload),
                                           "created_at": now, "next_at": now, "attempts": 0})
@@ -1295,6 +1310,11 @@ class RedisStore(ApiOps, RedisAssignOps):
             tx.op("HINCRBY", tkey, "version", 1)
             tx.reindex(tkey, item.ticket_id, k.ticket_index_base)
             tx.op("ZADD", k.tickets_changed, ms(d.at), item.ticket_id)  # the sweep re-times its SLA
+        if item.timeline_id and d.status != "retrying":
+            # the send's outcome (sent or failed) for the webhooks, in the same script (redis_webhooks.py)
+            self._add_outbox(tx, "message.status", item.ticket_id, {
+                "timeline_id": item.timeline_id, "ticket_id": item.ticket_id, "status": d.status, "source": "send",
+                "reason": d.reason, "external_id": d.external_id}, ms(d.at))
         if d.thread_ref and item.ticket_id:
             tx.op("SET", k.thread_ref(d.thread_ref.strip().strip("<>")), item.ticket_id, "NX")
         try:
@@ -1310,40 +1330,6 @@ class RedisStore(ApiOps, RedisAssignOps):
         first = await self._call(self.r.zrange(self.k.outbox_due(topic), 0, 0, withscores=True))
         return dt(int(first[0][1])) if first else None
 
-    # ------------------------------------------------------------ outbound webhooks: none yet on Redis
-
-    # The delivery service (gateway/webhooks/service.py) runs in every daemon
-    # and polls these; gateway.config refuses webhooks.endpoints with
-    # redis_url, and creating an endpoint through the API answers 501
-    # (webhook_upsert is in NOT_YET), so on Redis there is nothing to deliver.
-
-    async def webhook_endpoints(self) -> list[dict]:
-        return []
-
-    async def webhook_endpoint(self, name: str) -> dict | None:
-        return None
-
-    async def webhook_release_leases(self, now: datetime) -> int:
-        return 0
-
-    async def webhook_outbox_end(self) -> int:
-        return 0
-
-    async def webhook_fanout(self, now: datetime, limit: int = 2000) -> int:
-        return 0
-
-    async def webhook_claim(self, limit: int, lease_s: float, now: datetime, *args: Any, **kw: Any) -> list:
-        return []
-
-    async def webhook_next_due(self, now: datetime) -> datetime | None:
-        return None
-
-    async def webhook_queue_stats(self) -> dict[str, dict]:
-        return {}
-
-    async def webhook_prune(self, now: datetime, *, outbox_s: float | None = None, log_s: float | None = None,
-                            log_max: int = 0, journal_raw_s: float | None = None) -> dict[str, int]:
-        return {}
 
     # ------------------------------------------------------------ leases
 

@@ -32,7 +32,7 @@ import email.utils
 import random
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import msgspec
@@ -50,6 +50,7 @@ log = structlog.get_logger(__name__)
 _enc = msgspec.json.Encoder()
 USER_AGENT = "omnigate-webhooks/1"
 _FAR = datetime.max.replace(tzinfo=timezone.utc)
+SHARED_RECHECK_S = 1.0  # several instances on one store: an idle instance claims again this often
 
 
 def secret_lines(secret: str | None) -> list[str]:
@@ -112,6 +113,12 @@ class WebhookService:
         self.lease_s = self.timeout_s * 2 + 5  # longer than any attempt: a live holder keeps its row
         self.poll_s = poll_s
         self.prune_every_s = prune_every_s
+        #: A store shared by several instances (Redis): another instance may fan out rows this one
+        #: never hears of, or die holding leases that run out; so an idle instance claims again at
+        #: least this often instead of sleeping until the next due time it knows of.
+        self.recheck_s: float | None = SHARED_RECHECK_S if getattr(store, "backend", "sqlite") != "sqlite" else None
+        #: several instances (gateway/ownership.py): one of them prunes per period
+        self.claim_period: Callable[[str, float], Awaitable[bool]] | None = None
         self._resolver = resolver
         self.attempts_metric = None
         if registry is not None:
@@ -211,6 +218,8 @@ class WebhookService:
                     claimed = len(items)
                     if not claimed:
                         self._due = await self.store.webhook_next_due(self.clock()) or _FAR
+                        if self.recheck_s is not None:  # a shared store: others queue and die too
+                            self._due = min(self._due, self.clock() + timedelta(seconds=self.recheck_s))
                     for item in items:
                         task = asyncio.create_task(self._deliver(item))
                         self._inflight.add(task)
@@ -251,6 +260,8 @@ class WebhookService:
         if self._last_prune is not None and (now - self._last_prune).total_seconds() < self.prune_every_s:
             return
         self._last_prune = now
+        if self.claim_period is not None and not await self.claim_period("webhooks:prune", self.prune_every_s):
+            return  # another instance prunes this period
         await self.prune()
 
     async def prune(self) -> dict[str, int]:
@@ -419,7 +430,7 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
     else:
         log.warning("webhook.delivery_off", hint="webhooks.workers is 0: events queue up and are not sent")
     yield
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    from gateway.tasks import cancel_and_wait
+
+    await cancel_and_wait(task)  # again if its poll loop swallowed the cancellation
     await svc.close()

@@ -72,6 +72,7 @@ async def test_warning_and_breach_survive_a_restart_and_fire_once(stores):
     t = await make_ticket(store, team="billing", priority="urgent")
     await store.ticket_sync([t], T0)
     assert await assignee(store, t) == "a-han"  # tie on load: never assigned, then by id
+    assert await store.sla_warned([t]) == {}  # the console's amber badge: no warning yet
     await store.close()
 
     store = stores()  # a new process, 20 minutes later
@@ -80,6 +81,7 @@ async def test_warning_and_breach_survive_a_restart_and_fire_once(stores):
         fired = await store.sla_fire_due(T0 + timedelta(minutes=20))
         assert [(e.kind, e.target) for e in fired] == [("warning", "first_response"), ("breach", "first_response")]
         assert await store.sla_fire_due(T0 + timedelta(minutes=21)) == []
+        assert await store.sla_warned([t, "no-such-ticket"]) == {t: {"first_response"}}
         sla = [e for e in await entries(store, t, "sla") if "event" in e.data]
         assert [e.data["event"] for e in sla] == ["warning", "breach"]
         assert sla[1].text.startswith("SLA breached: first response due 2026-03-02T09:15:00+08:00 (policy urgent")

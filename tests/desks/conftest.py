@@ -120,7 +120,7 @@ def desk_clock() -> FakeClock:
 
 @pytest.fixture
 def make_rig(aiohttp_client, aiohttp_server, tmp_path, desk_clock) -> Callable[..., Awaitable[Rig]]:
-    async def make(kind: str, *, directory: str | None = None, **desk: Any) -> Rig:
+    async def make(kind: str, *, directory: str | None = None, env_extra: dict | None = None, **desk: Any) -> Rig:
         wechat = WeChatApiStandin()
         wechat.oa_apps[APPID] = APP_SECRET
         server = await aiohttp_server(wechat.app(), host="127.0.0.1")
@@ -132,7 +132,8 @@ def make_rig(aiohttp_client, aiohttp_server, tmp_path, desk_clock) -> Callable[.
                    "allow_private": True, "timeout": "0.5s", **desk}
         if kind == "zendesk":
             section["email"] = DESK_EMAIL
-        env = {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data"), "OMNIGATE_RULES_DIR": RULES}
+        env = {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data"), "OMNIGATE_RULES_DIR": RULES,
+               **(env_extra or {})}
         if directory is not None:
             (tmp_path / "directory.yaml").write_text(directory, encoding="utf-8")
             env["OMNIGATE_DIRECTORY"] = str(tmp_path / "directory.yaml")

@@ -222,16 +222,16 @@ async def test_migrate_refuses_a_held_folder_a_table_it_cannot_take_and_a_foreig
     import sqlite3
 
     db = sqlite3.connect(data_dir / "omnigate.db")
-    db.execute("INSERT INTO canned_replies (id, name, text, language, created_by, created_at, updated_at) "
-               "VALUES ('c1', 'hi', 'Hello!', 'en', 'admin', 0, 0)")
+    db.execute("INSERT INTO agents (id, name, roles, teams, skills, capacity, presence, updated_at) "
+               "VALUES ('a1', 'Ann', '[]', '[]', '{}', '{}', 'online', 0)")
     db.commit()
     db.close()
     r = migrate(data_dir, redis_server.url, "--prefix", redis_prefix)
-    assert r.returncode == 1 and "canned_replies (1 rows)" in r.stderr
+    assert r.returncode == 1 and "agents (1 rows)" in r.stderr
     assert (await _redis_counts(redis_server.url, redis_prefix))["journal"] == 0
     # left behind on purpose
-    r = migrate(data_dir, redis_server.url, "--prefix", redis_prefix, "--skip", "canned_replies")
-    assert r.returncode == 0 and "skipped: canned_replies (1 rows)" in r.stdout
+    r = migrate(data_dir, redis_server.url, "--prefix", redis_prefix, "--skip", "agents")
+    assert r.returncode == 0 and "skipped: agents (1 rows)" in r.stdout
     # another folder into the same prefix (named by the deployment's configuration): refused
     other = data_dir.parent / "other"
     other.mkdir()
@@ -239,7 +239,7 @@ async def test_migrate_refuses_a_held_folder_a_table_it_cannot_take_and_a_foreig
     deployment = data_dir.parent / "deployment.yaml"
     deployment.write_text(f"redis_url: {redis_server.url}\nstore:\n  redis_prefix: '{redis_prefix}'\n")
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "migrate", "--from", f"sqlite:{other}", "--config",
-                        str(deployment), "--skip", "canned_replies"], capture_output=True, text=True, timeout=120)
+                        str(deployment), "--skip", "agents"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "holds a migration of" in r.stderr and redis_prefix in r.stderr
 
 

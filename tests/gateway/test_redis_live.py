@@ -114,13 +114,16 @@ async def test_a_commit_on_one_instance_wakes_the_console_tail_of_the_other(
     cb, app_b = await _instance(aiohttp_client, tmp_path, "b", redis_server, redis_prefix)
 
     bus_a = app_a[CONSOLE].bus
-    await asyncio.sleep(0.1)
-    bus_a._wake.clear()
+    bus_a.poll_s = 3600.0  # from its next wait on, only a nudge wakes A's tail
+    await asyncio.sleep(0.7)  # past the wait it is in now
+    q = bus_a.subscribe()
     r = await cb.post("/channels/api/messages", headers=AUTH,
                       json={"external_id": "x1", "sender": {"kind": "email", "value": "a@live.test"}, "text": "hi"})
     assert r.status in (200, 202), await r.text()
     await app_b[keys.WORKER].drain()
-    await asyncio.wait_for(bus_a._wake.wait(), 10)
+    # A's tail read B's commit from Redis (timeline_tail) as soon as B's nudge arrived
+    event = await asyncio.wait_for(q.get(), 10)
+    assert event["type"] == "timeline" and event["channel"] == "api" and event["ticket_number"] is not None
 
 
 async def test_an_attachment_ingested_on_one_instance_is_readable_on_the_other(

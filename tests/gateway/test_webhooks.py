@@ -1,5 +1,6 @@
-"""Outbound webhooks (issue 13): real SQLite, real aiohttp receivers on
-loopback, an injected clock (no sleeping through back-offs)."""
+"""Outbound webhooks (issue 13): real SQLite and a real Redis (the same
+tests on both backends), real aiohttp receivers on loopback, an injected
+clock (no sleeping through back-offs)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,14 @@ from tests.gateway.webhook_receiver import OLD_SECRET, SECRET, FakeClock, Receiv
 T0 = datetime(2026, 3, 2, 2, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture
-async def store(tmp_path):
-    s = SQLiteStore(tmp_path / "omnigate.db")
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+async def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "omnigate.db")
+    else:
+        from gateway.store.redis_store import RedisStore
+
+        s = RedisStore(request.getfixturevalue("redis_server").url, prefix=request.getfixturevalue("redis_prefix"))
     yield s
     await s.close()
 
@@ -316,9 +322,16 @@ async def test_retention_prunes_delivered_rows_and_logs_keeps_keys_and_failed_en
         await drive(svc, clock)
         ok = await store.journal_append("api", "api", "k1", b'{"raw": 1}')
         bad = await store.journal_append("api", "api", "k2", b'{"raw": 2}')
-        await store._write(lambda c: c.execute("UPDATE journal SET status='processed', processed_at=? WHERE id=?",
-                                               (int(T0.timestamp() * 1000), ok.journal_id)))
-        await store._write(lambda c: c.execute("UPDATE journal SET status='failed' WHERE id=?", (bad.journal_id,)))
+        if store.backend == "redis":
+            store.clock = lambda: T0
+            await store.journal_mark_processed(ok.journal_id)
+            await store.journal_fail(bad.journal_id, "unparseable")
+        else:
+            await store._write(lambda c: c.execute(
+                "UPDATE journal SET status='processed', processed_at=? WHERE id=?",
+                (int(T0.timestamp() * 1000), ok.journal_id)))
+            await store._write(lambda c: c.execute("UPDATE journal SET status='failed' WHERE id=?",
+                                                   (bad.journal_id,)))
         clock.now = T0 + timedelta(days=100)
         pruned = await svc.prune()
         assert pruned["outbox"] == 6 and pruned["journal_raw"] == 1
@@ -334,14 +347,25 @@ async def test_retention_prunes_delivered_rows_and_logs_keeps_keys_and_failed_en
         await r.stop()
 
 
-def test_cli_lists_dead_letters_and_replays_them(tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+def test_cli_lists_dead_letters_and_replays_them(tmp_path, capsys, backend, request, monkeypatch):
     import asyncio
     import json
 
     from gateway.commands.webhooks import main
 
+    def open_it():
+        if backend == "sqlite":
+            return SQLiteStore.in_dir(tmp_path)
+        from gateway.store.redis_store import RedisStore
+
+        url, prefix = request.getfixturevalue("redis_server").url, request.getfixturevalue("redis_prefix")
+        monkeypatch.setenv("OMNIGATE_REDIS_URL", url)  # the command works on Redis, not the data folder
+        monkeypatch.setenv("OMNIGATE_STORE__REDIS_PREFIX", prefix)
+        return RedisStore(url, prefix=prefix)
+
     async def setup() -> str:
-        s = SQLiteStore.in_dir(tmp_path)
+        s = open_it()
         await s.webhook_upsert("x", {"url": "http://127.0.0.1:9/", "secret": SECRET, "allow_private": True},
                                source="api", now=T0)
         await s.webhook_event_insert("ticket.created", "T1", {"ticket_id": "T1"}, T0)

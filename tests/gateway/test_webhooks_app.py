@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from gateway import keys
 from gateway.app import create_app
 from gateway.config import load
@@ -13,12 +15,21 @@ from tests.gateway.conftest import AUTH, TOKEN
 from tests.gateway.webhook_receiver import SECRET, Receiver
 
 
-def config(tmp_path, url: str, **flags):
+def config(tmp_path, url: str, backend: dict | None = None, **flags):
     env = {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data"),
            "OMNIGATE_RULES_DIR": str(tmp_path / "no-rules"),
            "OMNIGATE_WEBHOOKS__ENDPOINTS__CRM__URL": url, "OMNIGATE_WEBHOOKS__ENDPOINTS__CRM__SECRET": SECRET,
-           "OMNIGATE_WEBHOOKS__ENDPOINTS__CRM__ALLOW_PRIVATE": "true"}
+           "OMNIGATE_WEBHOOKS__ENDPOINTS__CRM__ALLOW_PRIVATE": "true", **(backend or {})}
     return load(None, environ=env, flags=flags)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+def backend(request) -> dict:
+    """The store's environment: SQLite in the data folder, or a real Redis (a prefix of its own)."""
+    if request.param == "sqlite":
+        return {}
+    return {"OMNIGATE_REDIS_URL": request.getfixturevalue("redis_server").url,
+            "OMNIGATE_STORE__REDIS_PREFIX": request.getfixturevalue("redis_prefix")}
 
 
 async def until(cond, timeout: float = 15.0) -> None:
@@ -33,10 +44,10 @@ def msg(ext: str, text: str = "我要退款，订单 123") -> dict:
     return {"external_id": ext, "sender": {"kind": "phone", "value": "13800138000"}, "text": text}
 
 
-async def test_events_carry_the_ticket_and_message_as_committed(aiohttp_client, tmp_path):
+async def test_events_carry_the_ticket_and_message_as_committed(aiohttp_client, tmp_path, backend):
     r = await Receiver().start()
     try:
-        app = create_app(config(tmp_path, r.url))
+        app = create_app(config(tmp_path, r.url, backend))
         client = await aiohttp_client(app)
         assert (await client.post("/channels/api/messages", json=msg("m1"), headers=AUTH)).status == 202
         await until(lambda: {"ticket.created", "message.created"} <= {e["type"] for e in r.accepted})
@@ -58,11 +69,11 @@ async def test_events_carry_the_ticket_and_message_as_committed(aiohttp_client, 
         await r.stop()
 
 
-async def test_webhooks_api_manages_endpoints_and_a_new_one_skips_the_backlog(aiohttp_client, tmp_path):
+async def test_webhooks_api_manages_endpoints_and_a_new_one_skips_the_backlog(aiohttp_client, tmp_path, backend):
     r = await Receiver().start()
     r2 = await Receiver().start()
     try:
-        app = create_app(config(tmp_path, r.url))
+        app = create_app(config(tmp_path, r.url, backend))
         client = await aiohttp_client(app)
         await client.post("/channels/api/messages", json=msg("m1"), headers=AUTH)
         await until(lambda: len(r.accepted) >= 2)
@@ -140,13 +151,14 @@ def test_the_catalogue_matches_the_contract_and_feeds_openapi():
     assert set(openapi_webhooks()) == set(EVENTS)
 
 
-async def test_rules_escalation_emits_ticket_updated_and_notifies_only_the_named_endpoint(aiohttp_client, tmp_path):
+async def test_rules_escalation_emits_ticket_updated_and_notifies_only_the_named_endpoint(aiohttp_client, tmp_path,
+                                                                                          backend):
     from tests.gateway.conftest import RULES, business_hours
 
     crm = await Receiver().start()
     incident = await Receiver().start()
     try:
-        cfg = config(tmp_path, crm.url, rules_dir=RULES)
+        cfg = config(tmp_path, crm.url, backend, rules_dir=RULES)
         from gateway.config import WebhookEndpointConfig
 
         cfg.webhooks.endpoints["incident"] = WebhookEndpointConfig(url=incident.url, secret=SECRET,
@@ -177,10 +189,10 @@ async def test_rules_escalation_emits_ticket_updated_and_notifies_only_the_named
         await incident.stop()
 
 
-async def test_contact_merge_events_carry_the_contact(aiohttp_client, tmp_path):
+async def test_contact_merge_events_carry_the_contact(aiohttp_client, tmp_path, backend):
     r = await Receiver().start()
     try:
-        app = create_app(config(tmp_path, r.url))
+        app = create_app(config(tmp_path, r.url, backend))
         client = await aiohttp_client(app)
         ids = []
         for ext, value in (("a", "13900139001"), ("b", "13900139002")):

@@ -100,3 +100,27 @@ async def test_an_entry_met_by_an_unreachable_store_stays_pending_and_is_process
         assert (await store.journal_counts())["processed"] == 1
     finally:
         await store.close()
+
+
+async def test_stopping_a_loop_that_swallows_its_cancellation_does_not_hang() -> None:
+    """A loop that catches one cancel (3.11's wait_for can; a client library
+    can turn it into an error) is cancelled again: cleanup finishes."""
+    from gateway.tasks import cancel_and_wait
+
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed == 1:
+                    continue  # the first cancel is lost
+                raise
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(task, None, retry_s=0.05), 10)
+    assert task.cancelled() and swallowed == 2

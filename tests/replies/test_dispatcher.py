@@ -80,6 +80,8 @@ async def outbox(store) -> dict[str, tuple]:
     async for key in store.r.scan_iter(match=store.k.outbox_item("*")):
         topic, status, attempts, lease = await store.r.hmget(key, "topic", "status", "attempts", "lease")
         out[topic.decode()] = ((status or b"pending").decode(), int(attempts), lease.decode() if lease else None)
+    for _sid, f in await store.r.xrange(store.k.events):  # events wait in the webhooks' stream (redis_webhooks.py)
+        out[f[b"topic"].decode()] = ("pending", 0, None)
     return out
 
 

@@ -10,7 +10,10 @@ served from ``/file/bot<token>/<file_path>``.
 
 Implemented: getMe, getUpdates (offset confirms earlier updates, timeout
 long-polls), sendMessage, sendPhoto, sendDocument, getFile,
-answerCallbackQuery. Tests script what the real server does on a bad day:
+answerCallbackQuery. Like the real server, a getUpdates that arrives
+while another is long-polling ends the earlier one with 409 "Conflict:
+terminated by other getUpdates request" (two pollers of one bot; counted in
+:attr:`BotState.conflicts`). Tests script what the real server does on a bad day:
 :meth:`BotState.fail_next` (e.g. 429 with ``retry_after``) and
 :attr:`BotState.blocked_chats` (403 "bot was blocked by the user").
 """
@@ -60,6 +63,8 @@ class BotState:
     _next_update_id: itertools.count = field(default_factory=lambda: itertools.count(700000001))
     _next_message_id: itertools.count = field(default_factory=lambda: itertools.count(1))
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    conflicts: int = 0  # getUpdates calls ended by another one (two pollers)
+    _polling: asyncio.Future | None = None  # the long poll waiting now
 
     @property
     def id(self) -> int:
@@ -150,12 +155,22 @@ class TelegramApiStandIn:
         if offset is not None and offset > 0:  # "confirmed as soon as getUpdates is called with a higher offset"
             bot.updates = [u for u in bot.updates if u["update_id"] >= offset]
         limit = int(params.get("limit", 100))
+        if bot._polling is not None and not bot._polling.done():  # another poller is waiting: end its call
+            bot._polling.set_result(True)
         if not bot.updates and int(params.get("timeout", 0)) > 0:
             bot._arrived.clear()
+            terminated = bot._polling = asyncio.get_running_loop().create_future()
+            arrived = asyncio.ensure_future(bot._arrived.wait())
             try:
-                await asyncio.wait_for(bot._arrived.wait(), float(params["timeout"]))
-            except TimeoutError:
-                pass
+                await asyncio.wait({arrived, terminated}, timeout=float(params["timeout"]),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrived.cancel()
+            if terminated.done():
+                bot.conflicts += 1
+                raise ApiError(409, "Conflict: terminated by other getUpdates request; "
+                                    "make sure that only one bot instance is running")
+            terminated.cancel()
         return bot.updates[:limit]
 
     def _message(self, bot: BotState, chat_id: str, **content: Any) -> dict[str, Any]:

@@ -33,18 +33,16 @@ async def test_a_nonce_survives_a_restart(tmp_path) -> None:
         await store.close()
 
 
-async def test_concurrent_appends_with_one_nonce_store_one_body(tmp_path) -> None:
-    store = SQLiteStore.in_dir(tmp_path)
-    try:
-        results = await asyncio.gather(
-            *(store.journal_append("wechat", "wx1", f"k{i}", f"<xml>{i}</xml>".encode(), nonce=nonce())
-              for i in range(5)),
-            store.journal_append("wechat", "wx1", "plain", b"<xml>p</xml>"),  # the hot path beside them
-            return_exceptions=True)
-        assert sum(isinstance(r, NonceReused) for r in results) == 4
-        assert len(await store.journal_list()) == 2
-    finally:
-        await store.close()
+async def test_concurrent_appends_with_one_nonce_store_one_body(store) -> None:
+    """Both backends (on Redis the nonce is checked and kept in the APPEND
+    script, so instances share it: tests/store/test_redis.py)."""
+    results = await asyncio.gather(
+        *(store.journal_append("wechat", "wx1", f"k{i}", f"<xml>{i}</xml>".encode(), nonce=nonce())
+          for i in range(5)),
+        store.journal_append("wechat", "wx1", "plain", b"<xml>p</xml>"),  # the hot path beside them
+        return_exceptions=True)
+    assert sum(isinstance(r, NonceReused) for r in results) == 4
+    assert len(await store.journal_list()) == 2
 
 
 async def test_expired_nonces_are_purged(tmp_path) -> None:

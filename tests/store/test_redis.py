@@ -199,8 +199,9 @@ async def test_leases_have_one_owner_and_fail_over(stores):
 
 
 async def test_outbox_rows_are_leased_to_one_instance_and_settled_once(stores):
-    from gateway.store.base import Delivery
+    from gateway.store.base import REPLY_TOPIC, Delivery
 
+    # (the outbox claims replies; other topics are events: the webhooks' stream, redis_webhooks.py)
     clock = {"now": NOW}
     a = stores(consumer="a")
     b = stores(consumer="b")
@@ -212,16 +213,16 @@ async def test_outbox_rows_are_leased_to_one_instance_and_settled_once(stores):
     c = decide(m, j, await a.snapshot(look, NOW), settings, look)
     from routing.state import OutboxEvent
 
-    c.outbox.append(OutboxEvent("webhook.test", {"n": 1}, c.ticket_id))
-    c.outbox.append(OutboxEvent("webhook.test", {"n": 2}, c.ticket_id))
+    c.outbox.append(OutboxEvent(REPLY_TOPIC, {"n": 1}, c.ticket_id))
+    c.outbox.append(OutboxEvent(REPLY_TOPIC, {"n": 2}, c.ticket_id))
     await a.commit(c)
-    got_a, got_b = await asyncio.gather(a.outbox_claim("webhook.test", 10, 30), b.outbox_claim("webhook.test", 10, 30))
+    got_a, got_b = await asyncio.gather(a.outbox_claim(REPLY_TOPIC, 10, 30), b.outbox_claim(REPLY_TOPIC, 10, 30))
     assert sorted(i.payload["n"] for i in got_a + got_b) == [1, 2]  # each row to one instance
     item = (got_a + got_b)[0]
-    assert await a.outbox_next_due("webhook.test") == NOW + timedelta(seconds=30)
+    assert await a.outbox_next_due(REPLY_TOPIC) == NOW + timedelta(seconds=30)
     # the holder dies; once the lease runs out the other takes the row over, and the late holder's settle is refused
     clock["now"] = NOW + timedelta(seconds=31)
-    retaken = await b.outbox_claim("webhook.test", 10, 30)
+    retaken = await b.outbox_claim(REPLY_TOPIC, 10, 30)
     assert {i.id for i in retaken} == {i.id for i in got_a + got_b} and all(i.attempts == 2 for i in retaken)
     late = Delivery(status="sent", at=clock["now"], attempts=1)
     assert not await a.outbox_settle(item, late)
@@ -229,7 +230,7 @@ async def test_outbox_rows_are_leased_to_one_instance_and_settled_once(stores):
     assert await b.outbox_settle(mine, Delivery(status="sent", at=clock["now"], attempts=2))
     assert not await b.outbox_settle(mine, Delivery(status="sent", at=clock["now"], attempts=2))  # once
     clock["now"] = NOW + timedelta(hours=1)
-    assert [i.id for i in await a.outbox_claim("webhook.test", 10, 30)] == [i.id for i in retaken if i.id != item.id]
+    assert [i.id for i in await a.outbox_claim(REPLY_TOPIC, 10, 30)] == [i.id for i in retaken if i.id != item.id]
 
 
 async def synced(replica: RedisServer) -> None:

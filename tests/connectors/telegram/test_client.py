@@ -4,6 +4,7 @@ configuration errors."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Deprecated since version v22.2:t
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "telegram"
 WEBHOOK_ACCOUNT = WEBHOOK_TOKEN.partition(":")[0]
 POLLING_ACCOUNT = POLLING_TOKEN.partition(":")[0]
+POLLING_BOT = "sales"  # the polling bot's name in config_for
 
 
 def body(name: str) -> bytes:
@@ -384,3 +386,67 @@ def test_bad_config_is_fatal_and_says_what(bots: dict, message: str) -> None:
 async def test_config_numbers_may_come_as_strings_from_the_environment(make_connector) -> None:
     config = {"max_body_bytes": "2048", "bots": {"a": {"token": "1:x", "mode": "polling", "poll_timeout": "5"}}}
     assert make_connector(MemoryContext(config)).routes()
+
+
+# ---------------------------------------------------------------- several instances: one poller per bot
+
+
+async def test_two_pollers_of_one_bot_get_409_conflict(api: Api, make_connector) -> None:
+    """What the lease prevents: Telegram ends a long poll when another
+    getUpdates for the bot arrives (the stand-in does the same)."""
+    ctxs = [MemoryContext(config_for(api)) for _ in range(2)]
+    runners = [asyncio.create_task(make_connector(c).run()) for c in ctxs]
+    try:
+        while api.polling_bot.conflicts == 0:
+            assert not all(r.done() for r in runners), "both pollers stopped before a conflict"
+            await asyncio.sleep(0.02)
+    finally:
+        for r in runners:
+            r.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+
+
+@pytest.mark.integration
+async def test_two_instances_on_redis_poll_one_bot_one_at_a_time(api: Api, make_connector, redis_server,
+                                                                  redis_prefix) -> None:
+    """Each instance's connector polls only while it holds the bot's lease:
+    one poller (no 409), and when it stops the other takes over."""
+    from gateway.ownership import LeaseOwnership
+    from gateway.store.redis_store import RedisStore
+    from gateway.tasks import cancel_and_wait
+
+    stores = [RedisStore(redis_server.url, prefix=redis_prefix, consumer=n) for n in "ab"]
+    ctxs = [MemoryContext(config_for(api)) for _ in stores]
+    for n, (ctx, store) in enumerate(zip(ctxs, stores)):
+        ctx.ownership = LeaseOwnership(store, f"inst-{n}", ttl_s=1.0)
+    ctxs[1].state = ctxs[0].state  # one store: one offset per bot
+    runners = [asyncio.create_task(make_connector(c).run()) for c in ctxs]
+    journaled = lambda: sum(len(c.journal) for c in ctxs)  # noqa: E731
+
+    stopped: set[int] = set()
+
+    async def until(n: int) -> None:
+        while journaled() < n:
+            done = [r for i, r in enumerate(runners) if r.done() and i not in stopped]
+            assert not done, [r.exception() for r in done]
+            await asyncio.sleep(0.02)
+
+    try:
+        names = ["synthetic_group_audio_reply.json", "synthetic_edited_message.json", "synthetic_callback_query.json"]
+        for n, name in enumerate(names[:2], 1):
+            api.polling_bot.push_update(*update_from(name))
+            await asyncio.wait_for(until(n), 30)
+        owner = next(i for i, c in enumerate(ctxs) if c.journal)
+        assert not ctxs[1 - owner].journal
+        assert ctxs[owner].ownership.states() == {f"telegram:poll:{POLLING_BOT}": "owner"}
+        assert ctxs[1 - owner].ownership.states() == {f"telegram:poll:{POLLING_BOT}": "standby"}
+        stopped.add(owner)
+        await cancel_and_wait(runners[owner])  # the owning instance stops: it hands the lease over
+        api.polling_bot.push_update(*update_from(names[2]))
+        await asyncio.wait_for(until(3), 30)
+        assert len(ctxs[1 - owner].journal) == 1
+        assert api.polling_bot.conflicts == 0
+    finally:
+        await cancel_and_wait(*runners)
+        for s in stores:
+            await s.close()
