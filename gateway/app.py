@@ -254,6 +254,8 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
         ctx.ownership = ownership
         ctx.limiter = limiter
         ctx.token_store = token_store
+        ctx.attachments = attachments  # with Redis: webchat files shared by every instance
+        ctx.redis_store = store if getattr(store, "backend", None) == "redis" else None  # webchat's shared state
         try:
             conn = cls(ctx)
         except Exception as exc:

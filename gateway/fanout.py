@@ -206,13 +206,15 @@ def connect_hub(fanout: RedisFanout, conn: Any) -> None:
     rounds: dict[str, int] = {}  # conversation → refresh rounds since its instance last announced it
 
     def local(conv: str) -> bool:
-        """Is the visitor's conversation this instance's (a socket here, or its transcript)?"""
-        return bool(conn.sessions.get(conv)) or conn.transcript.conversation(conv) is not None
+        """Is the visitor's conversation this instance's (a socket of the visitor here)? The
+        transcript is shared (connectors/webchat/redis_transcript.py): every instance knows every
+        conversation, the one holding the socket speaks for its live state."""
+        return bool(conn.sessions.get(conv))
 
     def relay(event: dict) -> None:
         fanout.send("hub", event)
 
-    def receive(event: dict, sender: str) -> None:
+    async def receive(event: dict, sender: str) -> None:
         conv = event.get("conversation")
         if isinstance(conv, str):
             kind = event.get("type")
@@ -225,8 +227,11 @@ def connect_hub(fanout: RedisFanout, conn: Any) -> None:
                 remote.pop(conv, None)
                 rounds.pop(conv, None)
             elif kind == "ticket" and local(conv) and event.get("ticket_id"):
-                conn.ticket_committed(conv, event["ticket_id"])  # another instance's worker committed it
+                # another instance's worker committed it (and wrote the shared transcript)
+                await conn.ticket_committed(conv, event["ticket_id"], store=False)
         hub.receive(event)
+        if isinstance(conv, str) and local(conv):
+            await conn.deliver_remote(event)  # a reply sent there, the agent typing there… reach our visitor
 
     async def signal(data: dict, sender: str) -> None:
         conv, agent = data.get("conversation"), data.get("agent")

@@ -81,14 +81,14 @@ def setup(app: web.Application, pipeline: Any) -> None:
         if inbound.channel != "webchat" or not result.ticket_id:
             return
         conv = f"{inbound.sender.kind}:{inbound.sender.value}"
-        conn.ticket_committed(conv, result.ticket_id)
+        await conn.ticket_committed(conv, result.ticket_id)
         conn.hub.publish({"type": "ticket", "conversation": conv, "ticket_id": result.ticket_id,
                           "contact_id": result.contact_id, "journal_id": inbound.raw_ref})
 
     async def mailer(conv: str, email: str, frames: list) -> bool:
         """Mail agent replies the visitor has not seen (webchat.email_after)."""
         email_conn = app[keys.CONNECTORS].get("email")
-        info = conn.transcript.conversation(conv) or {}
+        info = await conn.transcript.conversation(conv) or {}
         if email_conn is None or not info.get("ticket_id"):
             return False
         text = "\n\n".join(f"{f.author or 'Agent'}: {f.text}" for f in frames)

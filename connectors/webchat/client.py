@@ -45,7 +45,7 @@ from connectors.base import Fatal, SendError, SendResult
 from connectors.http import client_ip, problem, read_body
 from connectors.webchat.hub import LiveHub
 from connectors.webchat.parse import ID_RE, MAX_FILES, Profile, User, sniff, verify_user
-from connectors.webchat.transcript import Transcript
+from connectors.webchat.transcript import LocalTranscript, TranscriptStore, Unavailable
 from routing.model import Outbound, utcnow
 
 log = structlog.get_logger(__name__)
@@ -237,9 +237,20 @@ class WebchatConnector:
         self.clock = getattr(ctx, "clock", None) or utcnow
         data = Path(ctx.data_dir)
         data.mkdir(parents=True, exist_ok=True)
-        self.transcript = Transcript(data / "webchat.db")
-        self.files = FileStore(data / "webchat-files")
-        self._key = _visitor_key(data / "webchat.key")
+        shared = getattr(ctx, "redis_store", None)
+        #: the durable state: ``webchat.db`` here, or with ``redis_url`` Redis and the shared
+        #: attachment store, so any instance resumes any conversation (redis_transcript.py)
+        self.transcript: TranscriptStore
+        if shared is not None:
+            from connectors.webchat.redis_transcript import RedisTranscript
+
+            self.transcript = RedisTranscript(shared.r, shared.k)
+            self.files: Any = ctx.attachments
+        else:
+            self.transcript = LocalTranscript(data)
+            self.files = FileStore(data / "webchat-files")
+        self._key: bytes | None = None  # the visitor tokens' key, read once (_keyed)
+        self._holder = secrets.token_hex(8)  # this instance's name for the sweep's lease
         self.hub = LiveHub()
         self.hub.on_agent_typing = self._agent_typing
         self.hub.on_agent_read = self._agent_read
@@ -284,14 +295,20 @@ class WebchatConnector:
         """One round of the background work (tests call it on a fake clock)."""
         now_ms = _ms(self.clock())
         ended = 0
-        for conv, site, visitor, last_seq in self.transcript.idle(now_ms - int(self.settings.inactivity_s * 1000)):
+        if self.transcript.shared and not await self._sweep_lease():
+            return {"ended": 0, "mailed": 0}  # another instance sweeps
+        for conv, site, visitor, last_seq in await self.transcript.idle(
+                now_ms - int(self.settings.inactivity_s * 1000)):
             env = {"v": 1, "type": "end", "site": site, "visitor": visitor, "cid": str(last_seq),
                    "received_at": self.clock().isoformat(), **self._identity_of(conv)}
             await self.ctx.ingest(site, f"{conv}:end:{last_seq}", json.dumps(env).encode(), {})
-            self.transcript.ended(conv, last_seq)
+            await self.transcript.ended(conv, last_seq)
             for s in list(self.sessions.get(conv, ())):
                 await s.push({"type": "ended", "conversation": conv})
-            self.hub.drop_chat(conv)
+            if conv in self.hub.live or not self.transcript.shared:
+                self.hub.drop_chat(conv)
+            else:  # the visitor's socket may be on another instance: tell it
+                self.hub.publish({"type": "ended", "conversation": conv})
             ended += 1
             log.info("webchat.conversation_ended", site=site, conversation=conv)
         for conv in [c for c in self._typing_at if c not in self.sessions]:  # forget who left
@@ -307,7 +324,7 @@ class WebchatConnector:
         mailed = 0
         if self.mailer is not None and self.settings.email_account:
             pending: dict[str, tuple[str, list]] = {}
-            for conv, email, frame in self.transcript.unseen_agent_frames(
+            for conv, email, frame in await self.transcript.unseen_agent_frames(
                     now_ms - int(self.settings.email_after_s * 1000)):
                 pending.setdefault(conv, (email, []))[1].append(frame)
             for conv, (email, frames) in pending.items():
@@ -317,9 +334,19 @@ class WebchatConnector:
                     log.exception("webchat.mail_failed", conversation=conv)
                     continue
                 if ok:
-                    self.transcript.emailed(conv, [f.seq for f in frames])
+                    await self.transcript.emailed(conv, [f.seq for f in frames])
                     mailed += 1
         return {"ended": ended, "mailed": mailed}
+
+    async def _sweep_lease(self) -> bool:
+        """With shared state one instance sweeps at a time (no conversation ended twice, no reply
+        mailed twice): the store's lease, held for a few rounds and taken over when its holder dies."""
+        store = self.ctx.redis_store
+        period = max(1.0, min(30.0, self.settings.inactivity_s / 4))
+        try:
+            return await store.lease_acquire("webchat-sweep", self._holder, period * 3)
+        except Exception:  # noqa: BLE001 - Redis down: nobody sweeps this round
+            return False
 
     def _identity_of(self, conv: str) -> dict:
         """An ``end`` envelope names its conversation (so a signed user's, whose
@@ -332,7 +359,7 @@ class WebchatConnector:
             for s in list(sessions):
                 if isinstance(s, WsSession):
                     await s.ws.close(code=1012, message=b"server restarting")
-        self.transcript.close()
+        await self.transcript.close()
 
     # ------------------------------------------------------------ widget.js
 
@@ -350,9 +377,17 @@ class WebchatConnector:
         (the welcome's), and the file must be in that conversation. A signed
         user's conversation needs ``user`` and ``signature`` too (the same
         ``window.omnigateUser``); images inline, anything else as a download."""
+        try:
+            return await self._file(request)
+        except Exception as exc:  # noqa: BLE001 - the state or the attachment store unreachable (Redis down)
+            log.warning("webchat.state_unavailable", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            return problem(503, "the file cannot be read right now; try again")
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
         q = request.query
         sha = request.match_info["sha256"]
         site = self.settings.sites.get(q.get("site", ""))
+        await self._keyed()
         visitor, token = q.get("visitor", ""), q.get("token", "")
         if site is None or not ID_RE.match(visitor) or not hmac.compare_digest(
                 token.encode(), self.visitor_token(site.name, visitor).encode()):
@@ -364,9 +399,9 @@ class WebchatConnector:
             if verify_user(u, site.secret, self.clock())[0] == "none":
                 return problem(403, "the signed user does not verify")
             conv = f"external:{site.name}:{u.id}"
-        if not re.fullmatch(r"[0-9a-f]{64}", sha) or not self.transcript.has_file(conv, sha):
+        if not re.fullmatch(r"[0-9a-f]{64}", sha) or not await self.transcript.has_file(conv, sha):
             return problem(404, "no such file in this conversation")
-        data = await asyncio.to_thread(self.files.get, sha)
+        data = await self.files.aget(sha)
         if data is None:
             return problem(404, "the file is gone")
         ctype = sniff(data) or "application/octet-stream"
@@ -492,6 +527,9 @@ class WebchatConnector:
             return [{"type": "error", "code": "bad_frame", "reason": "not JSON"}]
         try:
             return await self._handle(s, f)
+        except Unavailable as exc:
+            log.warning("webchat.state_unavailable", error=str(exc)[:200])
+            raise Closed(1011, 503, "the chat is unavailable for a moment; the widget will reconnect") from None
         except (Closed, OSError):
             raise
         except Exception as exc:  # noqa: BLE001 - hostile frames must not kill the socket with a 500
@@ -521,7 +559,7 @@ class WebchatConnector:
             self.hub.update_chat(s.conv, page=s.page)
         elif kind == "profile":
             s.profile = _profile(f)
-            self.transcript.touch(s.conv, s.site.name, s.visitor or "", _ms(self.clock()),
+            await self.transcript.touch(s.conv, s.site.name, s.visitor or "", _ms(self.clock()),
                                   name=s.profile.get("name"), email=s.profile.get("email"))
             self.hub.update_chat(s.conv, name=s.profile.get("name"))
             return [{"type": "profile_ok"}]
@@ -531,11 +569,18 @@ class WebchatConnector:
             return [{"type": "error", "code": "unknown_type", "reason": f"unknown frame type {kind[:40]!r}"}]
         return []
 
+    async def _keyed(self) -> None:
+        if self._key is None:
+            self._key = await self.transcript.visitor_key()
+
     def visitor_token(self, site: str, visitor: str) -> str:
+        """The visitor's token (after :meth:`_keyed`): the same on every instance sharing the state."""
+        assert self._key is not None
         return hmac.new(self._key, f"{site}:{visitor}".encode(), hashlib.sha256).hexdigest()[:32]
 
     async def _hello(self, s: Session, f: dict) -> dict:
         site = s.site
+        await self._keyed()
         visitor, token = f.get("visitor"), f.get("token")
         if not (isinstance(visitor, str) and ID_RE.match(visitor) and isinstance(token, str)
                 and hmac.compare_digest(token.encode(), self.visitor_token(site.name, visitor).encode())):
@@ -570,10 +615,10 @@ class WebchatConnector:
             self._forget_conv(s)
         s.conv = conv
         self.sessions.setdefault(conv, set()).add(s)
-        self.transcript.touch(conv, site.name, visitor, _ms(self.clock()), name=name, email=email)
-        info = self.transcript.conversation(conv) or {}
+        await self.transcript.touch(conv, site.name, visitor, _ms(self.clock()), name=name, email=email)
+        info = await self.transcript.conversation(conv) or {}
         after = f.get("after") if isinstance(f.get("after"), int) else 0
-        history = [fr.public(conv) for fr in self.transcript.history(conv, after)]
+        history = [fr.public(conv) for fr in await self.transcript.history(conv, after)]
         online = True
         if self.hub.agents_online is not None:
             try:
@@ -647,9 +692,9 @@ class WebchatConnector:
         except Exception as exc:  # no ack: the widget keeps the message and resends it after reconnecting
             log.warning("webchat.journal_failed", site=s.site.name, error=f"{type(exc).__name__}: {exc}")
             raise Closed(1011, 503, "the message could not be stored; the widget will send it again") from None
-        for sha, data in blobs:  # after the journal: the widget shows them from here
-            await asyncio.to_thread(self.files.put, sha, data)
-        frame, created = self.transcript.add(s.conv, cid, "visitor", text, _ms(now), files=shown or None,
+        for _sha, data in blobs:  # after the journal: the widget shows them from here
+            await self.files.aput(data)
+        frame, created = await self.transcript.add(s.conv, cid, "visitor", text, _ms(now), files=shown or None,
                                              journal_id=result.journal_id)
         if created:
             public = frame.public(s.conv)
@@ -675,30 +720,32 @@ class WebchatConnector:
 
     async def _visitor_read(self, s: Session, f: dict) -> None:
         seq = f.get("seq")
-        if isinstance(seq, int) and s.conv and self.transcript.mark(s.conv, "visitor_read_seq", seq):
+        if isinstance(seq, int) and s.conv and await self.transcript.mark(s.conv, "visitor_read_seq", seq):
             self.hub.publish({"type": "read", "conversation": s.conv, "from": "visitor", "seq": seq})
 
     # ------------------------------------------------------------ agent side
 
     async def _agent_typing(self, conv: str, agent: str, on: bool) -> bool:
-        if self.transcript.conversation(conv) is None:
+        if not self.sessions.get(conv) and await self.transcript.conversation(conv) is None:
             return False
         for s in list(self.sessions.get(conv, ())):
             await s.push({"type": "typing", "from": "agent", "on": on})
         return True
 
     async def _agent_read(self, conv: str, agent: str, seq: int) -> bool:
-        if self.transcript.conversation(conv) is None:
+        if await self.transcript.conversation(conv) is None:
             return False
-        if self.transcript.mark(conv, "agent_read_seq", seq):
+        if await self.transcript.mark(conv, "agent_read_seq", seq):
             for s in list(self.sessions.get(conv, ())):
                 await s.push({"type": "read", "from": "agent", "seq": seq})
         return True
 
-    def ticket_committed(self, conv: str, ticket_id: str | None) -> None:
-        """The pipeline committed this conversation's message (the gateway calls this)."""
+    async def ticket_committed(self, conv: str, ticket_id: str | None, *, store: bool = True) -> None:
+        """The pipeline committed this conversation's message (the gateway calls this; with
+        ``store=False`` another instance's commit already wrote the shared transcript)."""
         if ticket_id:
-            self.transcript.set_ticket(conv, ticket_id)
+            if store:
+                await self.transcript.set_ticket(conv, ticket_id)
             if conv in self.hub.live and self.hub.live[conv].get("ticket_id") != ticket_id:
                 self.hub.update_chat(conv, ticket_id=ticket_id)
 
@@ -712,10 +759,10 @@ class WebchatConnector:
         conv = f"{to.kind}:{to.value}"
         files = []
         for a in outbound.attachments:
-            if a.data is not None:  # the dispatcher loaded it from the gateway's attachment store
-                await asyncio.to_thread(self.files.put, a.sha256, a.data)
+            if a.data is not None and not self.transcript.shared:  # loaded from the gateway's attachment
+                await self.files.aput(a.data)  # store; shared, the file is there already
             files.append({"name": a.name, "content_type": a.content_type, "size": a.size, "sha256": a.sha256})
-        frame, created = self.transcript.add(conv, outbound.id, "agent", outbound.text, _ms(self.clock()),
+        frame, created = await self.transcript.add(conv, outbound.id, "agent", outbound.text, _ms(self.clock()),
                                              author=outbound.author, files=files or None)
         if created:
             public = frame.public(conv)
@@ -723,6 +770,28 @@ class WebchatConnector:
                 await s.push(public)
             self.hub.publish(public)
         return SendResult(external_id=f"{conv}#{frame.seq}")
+
+    async def deliver_remote(self, event: dict) -> None:
+        """Another instance's hub event (gateway/fanout.py): what the visitor's sockets here must
+        see — a message (the agent's reply sent there, or the visitor's own from another tab
+        connected there), the agent typing or reading, the conversation ended."""
+        conv = event.get("conversation")
+        sessions = list(self.sessions.get(conv, ())) if isinstance(conv, str) else []
+        if not sessions:
+            return
+        kind, who = event.get("type"), event.get("from")
+        if kind == "message":
+            frame = {k: v for k, v in event.items() if k not in ("site", "visitor")}
+        elif kind == "typing" and who == "agent":
+            frame = {"type": "typing", "from": "agent", "on": bool(event.get("on"))}
+        elif kind == "read" and who == "agent":
+            frame = {"type": "read", "from": "agent", "seq": event.get("seq")}
+        elif kind == "ended":
+            frame = {"type": "ended", "conversation": conv}
+        else:
+            return
+        for s in sessions:
+            await s.push(frame)
 
 
 class FileStore:
@@ -747,6 +816,15 @@ class FileStore:
         except OSError:
             return None
 
+    async def aput(self, data: bytes) -> str:
+        """The same ``aput``/``aget`` as the gateway's attachment stores (the shared one with Redis)."""
+        sha = hashlib.sha256(data).hexdigest()
+        await asyncio.to_thread(self.put, sha, data)
+        return sha
+
+    async def aget(self, sha: str) -> bytes | None:
+        return await asyncio.to_thread(self.get, sha)
+
 
 class _Refused(Exception):
     def __init__(self, response: web.Response):
@@ -758,18 +836,6 @@ def _refusal(status: int, detail: str, ctx: Any, reason: str) -> _Refused:
     if rejected is not None:
         rejected(reason)
     return _Refused(problem(status, detail))
-
-
-def _visitor_key(path: Path) -> bytes:
-    """The server's key for visitor tokens (made once, kept in the data folder)."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        key = os.urandom(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key)
-        return key
 
 
 def _ms(dt: datetime) -> int:

@@ -19,11 +19,12 @@ widget never showed is re-sent only if the outbox had not settled it).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 #: ``PRAGMA user_version`` of ``webchat.db`` (its own file, not the store's migrations)
 SCHEMA_VERSION = 1
@@ -198,3 +199,101 @@ class Transcript:
 def _frame(row: tuple) -> Frame:
     seq, ref, sender, text, at_ms, author, files, journal_id = row
     return Frame(seq, ref, sender, text, at_ms, author, json.loads(files) if files else None, journal_id)
+
+
+class Unavailable(Exception):
+    """The shared state cannot be reached now (Redis down): try again later."""
+
+
+class TranscriptStore(Protocol):
+    """What the connector needs of its durable state, whichever backend keeps it:
+    :class:`LocalTranscript` (``webchat.db`` beside one instance) or
+    :class:`connectors.webchat.redis_transcript.RedisTranscript` (with
+    ``redis_url``: every instance sees every conversation). Same meanings as
+    :class:`Transcript`'s methods; ``visitor_key`` is the key visitor tokens
+    are signed with (one per installation, so a token from instance A opens
+    the conversation on B)."""
+
+    shared: bool
+
+    async def visitor_key(self) -> bytes: ...
+    async def touch(self, conv: str, site: str, visitor: str, now_ms: int, *, name: str | None = None,
+                    email: str | None = None) -> None: ...
+    async def add(self, conv: str, ref: str, sender: str, text: str, at_ms: int, *, author: str | None = None,
+                  files: list | None = None, journal_id: str | None = None) -> tuple[Frame, bool]: ...
+    async def history(self, conv: str, after: int = 0, limit: int = 200) -> list[Frame]: ...
+    async def has_file(self, conv: str, sha: str) -> bool: ...
+    async def conversation(self, conv: str) -> dict[str, Any] | None: ...
+    async def mark(self, conv: str, column: str, seq: int) -> bool: ...
+    async def set_ticket(self, conv: str, ticket_id: str) -> None: ...
+    async def idle(self, before_ms: int) -> list[tuple[str, str, str, int]]: ...
+    async def ended(self, conv: str, seq: int) -> None: ...
+    async def unseen_agent_frames(self, before_ms: int) -> list[tuple[str, str, Frame]]: ...
+    async def emailed(self, conv: str, seqs: list[int]) -> None: ...
+    async def close(self) -> None: ...
+
+
+class LocalTranscript:
+    """The single-node :class:`TranscriptStore`: :class:`Transcript` (``webchat.db``)
+    and the key file ``webchat.key`` in the instance's data folder. Each call is
+    one short SQLite statement, run on the loop's thread as before."""
+
+    shared = False
+
+    def __init__(self, data_dir: Path):
+        self.db = Transcript(data_dir / "webchat.db")
+        self._key_path = data_dir / "webchat.key"
+
+    async def visitor_key(self) -> bytes:
+        return _key_file(self._key_path)
+
+    async def touch(self, *a: Any, **kw: Any) -> None:
+        self.db.touch(*a, **kw)
+
+    async def add(self, *a: Any, **kw: Any) -> tuple[Frame, bool]:
+        return self.db.add(*a, **kw)
+
+    async def history(self, conv: str, after: int = 0, limit: int = 200) -> list[Frame]:
+        return self.db.history(conv, after, limit)
+
+    async def has_file(self, conv: str, sha: str) -> bool:
+        return self.db.has_file(conv, sha)
+
+    async def conversation(self, conv: str) -> dict[str, Any] | None:
+        return self.db.conversation(conv)
+
+    async def mark(self, conv: str, column: str, seq: int) -> bool:
+        return self.db.mark(conv, column, seq)
+
+    async def set_ticket(self, conv: str, ticket_id: str) -> None:
+        self.db.set_ticket(conv, ticket_id)
+
+    async def idle(self, before_ms: int) -> list[tuple[str, str, str, int]]:
+        return self.db.idle(before_ms)
+
+    async def ended(self, conv: str, seq: int) -> None:
+        self.db.ended(conv, seq)
+
+    async def unseen_agent_frames(self, before_ms: int) -> list[tuple[str, str, Frame]]:
+        return self.db.unseen_agent_frames(before_ms)
+
+    async def emailed(self, conv: str, seqs: list[int]) -> None:
+        self.db.emailed(conv, seqs)
+
+    async def close(self) -> None:
+        self.db.close()
+
+
+def _key_file(path: Path) -> bytes:
+    """The server's key for visitor tokens (made once, kept in the data folder)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        key = os.urandom(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        return key

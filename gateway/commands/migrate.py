@@ -37,9 +37,9 @@ end. The marker also records the source folder; a prefix
 that holds a deployment's data without that marker (or a marker of another
 folder) is refused.
 
-What stays behind: files of the data folder other than the store and its
-attachments (a connector's own files such as ``webchat.db``); each instance
-keeps its own data folder for those.
+What stays behind: files of the data folder other than the store, its
+attachments and the webchat's state (``webchat.db``, ``webchat.key``,
+``webchat-files/``: the ``webchat`` step, connectors/webchat/redis_transcript.py).
 """
 
 from __future__ import annotations
@@ -446,6 +446,13 @@ async def _attachments(c: Ctx) -> int:
     return n
 
 
+async def _webchat(c: Ctx) -> int:
+    """The webchat connector's own state (webchat.db, its key and files): its module moves it."""
+    from connectors.webchat.redis_transcript import import_local
+
+    return await import_local(c.data_dir, c.r, c.k, c.attachments)
+
+
 #: The migration, one step per entity, in order. Adding Redis support for a
 #: table means adding its step here (and its table leaves the refusal list).
 STEPS: list[Step] = [
@@ -481,6 +488,7 @@ STEPS: list[Step] = [
     Step("webhooks", ("webhook_endpoints", "webhook_queue", "webhook_dead", "webhook_log"), migrate_hooks.webhooks),
     Step("desks", ("desk_links", "desk_seen"), migrate_hooks.desks),
     Step("console", ("canned_replies", "console_sessions"), migrate_hooks.console),
+    Step("webchat", (), _webchat),
 ]
 
 

@@ -57,16 +57,16 @@ async def chats_page(request: web.Request) -> web.Response:
                         presence=await views._presence(request, ctx.p))
 
 
-def snapshot(p: Any, conn: Any) -> list[dict]:
+async def snapshot(p: Any, conn: Any) -> list[dict]:
     """The chats ``p`` may see, each with its last :data:`HISTORY` messages."""
     out = []
     for chat in conn.hub.chats():
         conv = chat["conversation"]
         if not webchat_live.may_see(p, conn, conv):
             continue
-        chat["messages"] = [f.public(conv) for f in conn.transcript.history(conv, limit=HISTORY)]
+        chat["messages"] = [f.public(conv) for f in await conn.transcript.history(conv, limit=HISTORY)]
         if not chat.get("ticket_id"):
-            chat["ticket_id"] = (conn.transcript.conversation(conv) or {}).get("ticket_id")
+            chat["ticket_id"] = (await conn.transcript.conversation(conv) or {}).get("ticket_id")
         out.append(chat)
     return out
 
@@ -86,7 +86,7 @@ async def chats_socket(request: web.Request) -> web.StreamResponse:
     p = ctx.p
     ws = web.WebSocketResponse(heartbeat=25, max_msg_size=64 * 1024)
     await ws.prepare(request)
-    await webchat_live.agent_session(ws, p, conn, snapshot(p, conn))
+    await webchat_live.agent_session(ws, p, conn, await snapshot(p, conn))
     return ws
 
 
@@ -108,7 +108,7 @@ async def chats_reply(request: web.Request) -> web.Response:
     if not text.strip():
         return _answer(400, "empty reply")
     live = conn.hub.live.get(conv) or {}
-    ticket_id = live.get("ticket_id") or (conn.transcript.conversation(conv) or {}).get("ticket_id")
+    ticket_id = live.get("ticket_id") or (await conn.transcript.conversation(conv) or {}).get("ticket_id")
     if not ticket_id:
         return _answer(409, "this chat has no ticket yet")
     store = app[keys.STORE]

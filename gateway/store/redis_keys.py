@@ -440,3 +440,24 @@ class Keys:
     def delivery_early(self, external_id: str) -> str:
         """Hash: status → a report on a message not known yet (expires after a day)."""
         return f"{self.p}dlv-early:{_q(external_id)}"
+    # webchat transcripts (connectors/webchat/redis_transcript.py) ----
+    def webchat_conv(self, conv: str, part: str) -> str:
+        """One conversation's keys, hash-tagged together: ``c`` (hash: site, visitor, name, email,
+        last_seq, last_activity_ms, read marks, ended_seq, ticket_id), ``f`` (hash: seq → frame
+        JSON), ``r`` (hash: ref → seq), ``files`` (set: sha256 of its files)."""
+        return f"{self.p}{{wc:{conv}}}:{part}"
+
+    @property
+    def webchat_active(self) -> str:
+        """Sorted set: conversation → last activity (ms), while it has frames since it last ended."""
+        return f"{self.p}wc:active"
+
+    @property
+    def webchat_unmailed(self) -> str:
+        """Sorted set: ``<conv>\\n<seq>`` of an agent frame not yet mailed → its time (ms)."""
+        return f"{self.p}wc:unmailed"
+
+    @property
+    def webchat_key(self) -> str:
+        """String: the key every instance signs visitor tokens with (SET NX once)."""
+        return f"{self.p}wc:key"

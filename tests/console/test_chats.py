@@ -15,7 +15,7 @@ import aiohttp
 from gateway import keys
 from tests.gateway.conftest import AUTH
 
-from tests.connectors.webchat.conftest import Visitor, chat  # noqa: F401 - the fixture
+from tests.connectors.webchat.conftest import Visitor, backend, chat, needs_store_ops  # noqa: F401 - the fixtures
 from tests.connectors.webchat.test_channel import _agent_token
 from tests.console.conftest import sign_in
 
@@ -38,7 +38,7 @@ async def _next(ws, kind, **match):
 async def _ticket_of(app, conv) -> str:
     webchat = app[keys.CONNECTORS]["webchat"]
     for _ in range(400):
-        ticket_id = (webchat.transcript.conversation(conv) or {}).get("ticket_id")
+        ticket_id = ((await webchat.transcript.conversation(conv)) or {}).get("ticket_id")
         if ticket_id:
             return ticket_id
         await asyncio.sleep(0.025)
@@ -47,6 +47,7 @@ async def _ticket_of(app, conv) -> str:
 
 async def test_agents_see_only_their_teams_chats_and_replies_reach_the_visitor(chat):  # noqa: F811
     client, app = chat
+    needs_store_ops(app, "token_create", "session_create")  # the console's sign-in sessions
     ann_token = await _agent_token(client, "ann", ["support"])  # the shop site's team
     bob_token = await _agent_token(client, "bob", ["billing"])
     v = await Visitor.connect(client)

@@ -72,7 +72,7 @@ async def test_an_agent_on_one_instance_sees_the_other_instances_visitor(two):
     await app_a[keys.WORKER].drain()
     await app_b[keys.WORKER].drain()
     for _ in range(100):
-        info = app_b[keys.CONNECTORS]["webchat"].transcript.conversation(conv)
+        info = (await app_b[keys.CONNECTORS]["webchat"].transcript.conversation(conv))
         if info and info.get("ticket_id") == ticket["ticket_id"]:
             break
         await asyncio.sleep(0.05)

@@ -13,23 +13,24 @@ from connectors.http import client_ip
 from gateway import keys
 from gateway.app import create_app
 from tests.clock import BUSINESS_HOURS, INSTANTS, FakeClock
-from tests.connectors.webchat.conftest import Visitor, webchat_config
+from tests.connectors.webchat.conftest import REPLIES, Visitor, needs_store_ops, webchat_config
 from tests.connectors.email.test_send import sink
 from tests.gateway.conftest import AUTH, drain
 
 
 @pytest.mark.integration
-async def test_unseen_replies_are_mailed_then_the_conversation_ends_and_reopens(aiohttp_client, tmp_path):
+async def test_unseen_replies_are_mailed_then_the_conversation_ends_and_reopens(aiohttp_client, tmp_path, backend):
     async with sink() as relay:  # a real SMTP relay on loopback, reached through the email connector
-        await _mail_end_reopen(aiohttp_client, tmp_path, relay)
+        await _mail_end_reopen(aiohttp_client, tmp_path, relay, backend)
 
 
-async def _mail_end_reopen(aiohttp_client, tmp_path, relay):
+async def _mail_end_reopen(aiohttp_client, tmp_path, relay, backend):
     clock = FakeClock(INSTANTS[BUSINESS_HOURS])
     email = {"email": {"relay": {"host": "127.0.0.1", "port": relay.port, "security": "none",
                                  "from": "Shop Support <support@shop.example.com>"}}}
-    app = create_app(webchat_config(tmp_path, extra=email, email_account="support", email_after="10m",
+    app = create_app(webchat_config(tmp_path, extra={**email, **backend}, email_account="support", email_after="10m",
                                     inactivity="30m"), clock=clock)
+    needs_store_ops(app, *REPLIES)
     client = await aiohttp_client(app)
     conn = app[keys.CONNECTORS]["webchat"]
     v = await Visitor.connect(client, profile={"name": "Wang", "email": "Wang@Example.com"})
@@ -37,11 +38,11 @@ async def _mail_end_reopen(aiohttp_client, tmp_path, relay):
     ack = await v.say("c1", "is the blue one in stock?")
     await v.close()
     await drain(app)
-    ticket_id = conn.transcript.conversation(conv)["ticket_id"]
+    ticket_id = (await conn.transcript.conversation(conv))["ticket_id"]
     assert (await client.post(f"/api/v1/tickets/{ticket_id}/replies", json={"text": "Yes, 3 left", "author": "ann"},
                               headers=AUTH)).status == 202
     for _ in range(200):
-        if len(conn.transcript.history(conv)) == 2:
+        if len((await conn.transcript.history(conv))) == 2:
             break
         await asyncio.sleep(0.02)
     assert (await conn.sweep())["mailed"] == 0  # not yet: email_after has not passed
