@@ -193,10 +193,7 @@ class Auth:
             info = await self.store.token_lookup(given)
             if info is None:
                 raise _bad_token()
-            try:
-                agent = await self.store.get_agent(info.agent_id)
-            except NotImplementedError:  # a backend without agents yet (Redis before assignment): no teams
-                agent = None
+            agent = await self.store.get_agent(info.agent_id)
             teams = frozenset(agent.teams) if agent is not None else frozenset()
             if len(self._cache) > 10_000:
                 self._cache.clear()

@@ -99,9 +99,6 @@ def guard(handler: Any) -> Any:
             log.error("http.store_unavailable", error=str(exc))
             return problem(503, "Store unavailable", "the journal cannot take this now; retry later",
                            headers={"Retry-After": "5"})
-        except NotImplementedError as exc:  # a store operation the configured backend lacks (Redis, for now)
-            log.warning("http.not_implemented", error=str(exc))
-            return problem(501, "Not implemented", str(exc))
         except Exception:
             log.exception("http.unhandled")
             return problem(500, "Internal error", "see the gateway log for this request id")

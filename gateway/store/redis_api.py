@@ -35,7 +35,6 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import structlog
 
 from gateway.store.base import REPLY_TOPIC, Conflict, NoReplyTarget, NotFound, ReplyDraft, StoreError
 from gateway.store.sqlite_tickets import AuditRecord, Mention, TicketQuery, TicketRecord, TimelineRow, VersionMismatch
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
     from gateway.store.redis_store import RedisStore, Tx
     from gateway.store.sqlite_replies import AutoReplyLimits
 
-log = structlog.get_logger(__name__)
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 _entry_dec = msgspec.json.Decoder(TimelineEntry)
@@ -682,11 +680,7 @@ class ApiOps:
         """A reply or note and, in the same program, its ``@agent`` mentions of
         known agents: a member of each agent's mentions set and a
         ``note.mentioned`` event each."""
-        try:
-            known = [a for a in dict.fromkeys(mentions) if await self.get_agent(a) is not None] if mentions else []
-        except NotImplementedError:  # no agents on this backend yet: the note is kept, without mentions
-            log.warning("redis.mentions_unavailable", ticket_id=ticket_id, mentions=len(mentions))
-            known = []
+        known = [a for a in dict.fromkeys(mentions) if await self.get_agent(a) is not None] if mentions else []
         entry, mentioned = await self._reply(ticket_id, draft, now, None, None, known)
         assert entry is not None
         return entry, mentioned

@@ -33,9 +33,9 @@ fail, processed) ``XACK``s it in the same script. Processing stays
 idempotent: a commit whose message key is taken by the same journal entry
 changes nothing.
 
-Operations not implemented on this backend yet raise ``NotImplementedError``
-naming the operation (see ``NOT_YET``); ``gateway.config`` refuses
-``redis_url`` for the daemon until they are.
+Every operation of the store protocol is implemented here; the areas live
+in mixins (``redis_api``, ``redis_assign``, ``redis_delivery``,
+``redis_webhooks``, ``redis_order``, ``redis_shared``).
 """
 
 from __future__ import annotations
@@ -346,28 +346,12 @@ class _Taken(Exception):
         self.value = value
 
 
-#: Store operations the Redis backend does not implement yet (each raises
-#: NotImplementedError naming itself). gateway.config refuses redis_url for
-#: the daemon while the daemon needs any of them.
-NOT_YET = (
-)
-
-
 def instance_name(listen: str) -> str:
     """This instance's consumer name in the journal's group: the host and the
     listen address, stable across restarts, so a restarted instance takes
     its own unfinished entries back at once (others take them over only
     after ``claim_idle_s``)."""
     return f"{socket.gethostname()}:{listen}"
-
-
-def _not_yet(name: str) -> Callable[..., Any]:
-    async def op(self: "RedisStore", *args: Any, **kw: Any) -> Any:
-        raise NotImplementedError(f"store operation {name} is not implemented on the Redis backend yet")
-
-    op.__name__ = name
-    op.__doc__ = f"Not implemented on Redis yet (the SQLite mixins define {name})."
-    return op
 
 
 _TICKET_FIELDS = ("number", "contact_id", "origin_contact_id", "subject", "status", "priority", "team", "skills",
@@ -1392,5 +1376,3 @@ async def asyncio_gather(*aws: Any) -> list:
     return list(await asyncio.gather(*aws))
 
 
-for _name in NOT_YET:
-    setattr(RedisStore, _name, _not_yet(_name))

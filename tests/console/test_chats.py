@@ -15,7 +15,7 @@ import aiohttp
 from gateway import keys
 from tests.gateway.conftest import AUTH
 
-from tests.connectors.webchat.conftest import Visitor, backend, chat, needs_store_ops  # noqa: F401 - the fixtures
+from tests.connectors.webchat.conftest import Visitor, backend, chat  # noqa: F401 - the fixtures
 from tests.connectors.webchat.test_channel import _agent_token
 from tests.console.conftest import sign_in
 
@@ -47,7 +47,6 @@ async def _ticket_of(app, conv) -> str:
 
 async def test_agents_see_only_their_teams_chats_and_replies_reach_the_visitor(chat):  # noqa: F811
     client, app = chat
-    needs_store_ops(app, "token_create", "session_create")  # the console's sign-in sessions
     ann_token = await _agent_token(client, "ann", ["support"])  # the shop site's team
     bob_token = await _agent_token(client, "bob", ["billing"])
     v = await Visitor.connect(client)

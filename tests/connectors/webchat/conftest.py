@@ -92,23 +92,3 @@ class Visitor:
     async def close(self):
         await self.ws.close()
 
-
-REPLIES = ("ticket_record", "note_create", "reply_create")
-TICKET_READS = ("ticket_record", "timeline_rows")
-
-
-def needs_store_ops(app, *ops: str) -> None:
-    """Skip the Redis run of a test while a store operation it reaches through the
-    REST API (replies, ticket reads, tokens) is not on the Redis backend yet
-    (``NOT_YET``: other branches land them). Nothing to edit when they land: the
-    Redis run then runs by itself."""
-    from gateway import keys
-
-    if getattr(app[keys.STORE], "backend", None) != "redis":
-        return
-    from gateway.store.redis_store import NOT_YET
-
-    store = app[keys.STORE]
-    missing = [op for op in ops if op in NOT_YET or not hasattr(store, op)]
-    if missing:
-        pytest.skip(f"store operations not on Redis yet: {', '.join(missing)}")

@@ -13,7 +13,7 @@ from connectors.http import client_ip
 from gateway import keys
 from gateway.app import create_app
 from tests.clock import BUSINESS_HOURS, INSTANTS, FakeClock
-from tests.connectors.webchat.conftest import REPLIES, Visitor, needs_store_ops, webchat_config
+from tests.connectors.webchat.conftest import Visitor, webchat_config
 from tests.connectors.email.test_send import sink
 from tests.gateway.conftest import AUTH, drain
 
@@ -30,7 +30,6 @@ async def _mail_end_reopen(aiohttp_client, tmp_path, relay, backend):
                                  "from": "Shop Support <support@shop.example.com>"}}}
     app = create_app(webchat_config(tmp_path, extra={**email, **backend}, email_account="support", email_after="10m",
                                     inactivity="30m"), clock=clock)
-    needs_store_ops(app, *REPLIES)
     client = await aiohttp_client(app)
     conn = app[keys.CONNECTORS]["webchat"]
     v = await Visitor.connect(client, profile={"name": "Wang", "email": "Wang@Example.com"})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from connectors.webchat.parse import sign
 from gateway import keys
-from tests.connectors.webchat.conftest import REPLIES, TICKET_READS, needs_store_ops, ORIGIN, SECRET, Visitor
+from tests.connectors.webchat.conftest import ORIGIN, SECRET, Visitor
 from tests.gateway.conftest import AUTH, drain
 
 WIDGET = Path(__file__).resolve().parents[3] / "connectors" / "webchat" / "widget.js"
@@ -63,7 +63,6 @@ async def test_message_is_journaled_before_ack_and_a_resend_is_not_a_duplicate(c
     await drain(app)
     counts = await app[keys.STORE].journal_counts()
     assert sum(counts.values()) == 1
-    needs_store_ops(app, *TICKET_READS)
     got = await (await client.get(f"/api/v1/journal/{ack['journal_id']}", headers=AUTH)).json()
     tl = await (await client.get(f"/api/v1/tickets/{got['ticket_id']}/timeline", headers=AUTH)).json()
     assert [e["text"] for e in tl["items"] if e["kind"] == "message_in"] == ["Where is my parcel?"]
@@ -71,7 +70,6 @@ async def test_message_is_journaled_before_ack_and_a_resend_is_not_a_duplicate(c
 
 async def test_agent_sees_the_chat_live_replies_and_the_visitor_gets_it(chat):
     client, app = chat
-    needs_store_ops(app, *REPLIES)
     agent, snap = await agent_socket(client)
     v = await Visitor.connect(client)
     conv = v.welcome["conversation"]
@@ -128,7 +126,6 @@ async def test_reconnect_and_second_tab_resume_the_conversation(chat):
     # an agent reply while the visitor is away is delivered when they come back
     conv = v.welcome["conversation"]
     ticket_id = (await app[keys.CONNECTORS]["webchat"].transcript.conversation(conv))["ticket_id"]
-    needs_store_ops(app, *REPLIES)
     r = await client.post(f"/api/v1/tickets/{ticket_id}/replies", json={"text": "while you were away"}, headers=AUTH)
     assert r.status == 202
     for _ in range(100):
@@ -144,7 +141,6 @@ async def test_reconnect_and_second_tab_resume_the_conversation(chat):
 
 async def test_polling_fallback_speaks_the_same_frames(chat):
     client, app = chat
-    needs_store_ops(app, *REPLIES)
     hdr = {"Origin": ORIGIN}
     r = await client.post("/channels/webchat/poll?site=shop", headers=hdr,
                           json={"frames": [{"type": "hello"}, {"type": "message", "cid": "p1", "text": "via polling"}]})
@@ -200,7 +196,6 @@ async def test_origin_site_and_connection_limits(chat):
 
 async def test_rate_size_and_file_limits(chat):
     client, app = chat
-    needs_store_ops(app, *TICKET_READS)
     conn = app[keys.CONNECTORS]["webchat"]
     conn.settings.max_text_chars = 10
     v = await Visitor.connect(client)
@@ -234,7 +229,6 @@ async def test_rate_size_and_file_limits(chat):
 
 async def test_signed_user_lands_on_their_existing_contact_and_unsigned_claims_do_not_link(chat):
     client, app = chat
-    needs_store_ops(app, *REPLIES)
     # the company's CRM already created this user's contact through the API channel
     body = {"external_id": "crm-1", "sender": {"kind": "external", "value": "shop:u42", "name": "Li Lei"},
             "text": "imported"}
@@ -301,7 +295,6 @@ async def test_agents_see_and_signal_only_chats_of_their_teams_sites(chat):
     """The REST API's tokens and roles: an agent of the site's team (support) sees
     the chat and types into it; an agent of another team sees nothing of it."""
     client, app = chat
-    needs_store_ops(app, "token_create")
     mine = await _agent_token(client, "ann", ["support"])
     other = await _agent_token(client, "bob", ["billing"])
     ann = await client.ws_connect("/api/v1/live/webchat")
@@ -370,7 +363,6 @@ async def test_files_both_ways_are_served_to_their_conversation_only(chat):
     assert r.status == 404  # not in that visitor's conversation
     r = await client.get(f"/channels/webchat/files/{shown['sha256']}", params={**who, "token": "x" * 32})
     assert r.status == 403
-    needs_store_ops(app, *REPLIES)
     # an agent's PDF reaches the visitor as a download
     await drain(app)
     ticket_id = (await app[keys.CONNECTORS]["webchat"].transcript.conversation(v.welcome["conversation"]))["ticket_id"]
