@@ -13,6 +13,7 @@ import pytest
 from gateway import keys
 from gateway.app import create_app
 from gateway.fanout import FANOUT
+from gateway.tasks import cancel_and_wait
 from tests.connectors.webchat.conftest import Visitor, webchat_config
 from tests.gateway.conftest import AUTH, business_hours
 
@@ -185,9 +186,7 @@ async def test_nudges_waiting_to_be_published_are_one(redis_server, redis_prefix
         await asyncio.wait_for(done.wait(), 10)  # published in order: every nudge came before it
         assert got == ["nudge"]
     finally:
-        for t in (task_a, task_b):
-            t.cancel()
-        await asyncio.gather(task_a, task_b, return_exceptions=True)
+        await cancel_and_wait(task_a, task_b)
         await r.aclose()
 
 
@@ -213,8 +212,7 @@ async def test_the_chats_of_an_instance_that_died_without_a_word_are_dropped(two
         for job in fa.periodic:
             job()
     assert [c["conversation"] for c in hub_a.chats()] == [conv]
-    fb.task.cancel()  # B dies: no bye, no more rounds
-    await asyncio.gather(fb.task, return_exceptions=True)
+    await cancel_and_wait(fb.task)  # B dies: no bye, no more rounds
     for _ in range(4):
         for job in fa.periodic:
             job()
@@ -261,8 +259,6 @@ async def test_the_fanout_subscribes_again_after_redis_restarts(tmp_path):
             await asyncio.sleep(0.05)
         assert seen == [{"type": "chat", "conversation": "webchat:shop:v1"}]
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         await r.aclose()
         server.stop()

@@ -22,6 +22,7 @@ import pytest
 from gateway import keys
 from gateway.app import create_app
 from gateway.store.redis_store import RedisStore
+from gateway.tasks import cancel_and_wait
 from tests.daemon import OMNIGATE, free_port, stop, wait_ready
 from tests.gateway.conftest import AUTH, TOKEN
 from tests.gateway.test_crash import START
@@ -252,8 +253,7 @@ async def test_an_idle_instance_takes_over_rows_another_queued_and_died_holding(
     try:
         await asyncio.wait_for(scenario(), 60)  # a hang fails the test
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)  # again if the service swallowed the cancellation
         await svc_b.close()
         await svc_a.close()
         await a.close()

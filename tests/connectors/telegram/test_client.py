@@ -394,6 +394,8 @@ async def test_config_numbers_may_come_as_strings_from_the_environment(make_conn
 async def test_two_pollers_of_one_bot_get_409_conflict(api: Api, make_connector) -> None:
     """What the lease prevents: Telegram ends a long poll when another
     getUpdates for the bot arrives (the stand-in does the same)."""
+    from gateway.tasks import cancel_and_wait
+
     ctxs = [MemoryContext(config_for(api)) for _ in range(2)]
     runners = [asyncio.create_task(make_connector(c).run()) for c in ctxs]
     try:
@@ -401,9 +403,7 @@ async def test_two_pollers_of_one_bot_get_409_conflict(api: Api, make_connector)
             assert not all(r.done() for r in runners), "both pollers stopped before a conflict"
             await asyncio.sleep(0.02)
     finally:
-        for r in runners:
-            r.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
+        await cancel_and_wait(*runners)
 
 
 @pytest.mark.integration
