@@ -43,9 +43,9 @@ async def _prefill(store: Any, bodies: list[bytes]) -> None:
 def _timed(pipe: Any, latencies: list[float]) -> None:
     original = pipe.process
 
-    async def timed(entry: Any) -> Any:
+    async def timed(entry: Any, **kw: Any) -> Any:
         t0 = time.perf_counter()
-        result = await original(entry)
+        result = await original(entry, **kw)
         latencies.append(time.perf_counter() - t0)
         return result
 
