@@ -76,6 +76,8 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
             length = int(line[15:])
     body = await reader.readexactly(length) if length else b""
     return head, body
+
+
 async def load(port: int, make: RequestFn, duration: float, concurrency: int, start: int = 0) -> dict:
     """Send distinct requests (``make(n)``) over keep-alive connections for
     ``duration`` seconds; 2xx answers count."""
@@ -92,13 +94,7 @@ async def load(port: int, make: RequestFn, duration: float, concurrency: int, st
                 req = make(counter[0])
                 t0 = time.perf_counter()
                 writer.write(req)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                if length:
-                    await reader.readexactly(length)
+                head, _ = await read_response(reader)
                 if head[9:10] == b"2":
                     latencies.append(time.perf_counter() - t0)
                 else:

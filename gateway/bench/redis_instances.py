@@ -44,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.bench.load import api_request, free_port, percentile, wait_port
+from gateway.bench.load import api_request, free_port, percentile, read_response, wait_port
 
 N = 3000
 CONCURRENCY = 32  # keep-alive connections per instance
@@ -75,13 +75,7 @@ async def _client(ports: list[int], n: int, first: int) -> dict:
                 counter[0] += 1
                 t0 = time.perf_counter()
                 writer.write(api_request(i))
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                if length:
-                    await reader.readexactly(length)
+                head, _ = await read_response(reader)
                 if head[9:10] == b"2":
                     latencies.append(time.perf_counter() - t0)
                 else:

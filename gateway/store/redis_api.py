@@ -31,11 +31,12 @@ scanned), scanned ≈ page ÷ the selectivity of the other filters.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from gateway.store.redis_codec import dt as _dt, j as _j, ms as _ms, s as _s
 from gateway.store.base import REPLY_TOPIC, Conflict, NoReplyTarget, NotFound, ReplyDraft, StoreError
 from gateway.store.sqlite_tickets import AuditRecord, Mention, TicketQuery, TicketRecord, TimelineRow, VersionMismatch
 from gateway.store.sqlite_tokens import ROLES, TokenInfo, hash_token, new_token
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from gateway.store.redis_store import RedisStore, Tx
     from gateway.store.sqlite_replies import AutoReplyLimits
 
-_enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 _entry_dec = msgspec.json.Decoder(TimelineEntry)
 
@@ -138,26 +138,6 @@ def _rs() -> Any:
     from gateway.store import redis_store
 
     return redis_store
-
-
-def _ms(d: datetime) -> int:
-    return int(d.timestamp() * 1000)
-
-
-def _dt(v: Any) -> datetime | None:
-    if v is None or v == b"" or v == "":
-        return None
-    return datetime.fromtimestamp(int(v) / 1000, tz=timezone.utc)
-
-
-def _s(v: Any) -> str | None:
-    if v is None:
-        return None
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _j(v: Any) -> str:
-    return _enc.encode(v).decode()
 
 
 def _show(v: Any) -> str:

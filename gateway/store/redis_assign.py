@@ -48,6 +48,7 @@ from typing import Any, Awaitable, Callable
 import msgspec
 import structlog
 
+from gateway.store.redis_codec import dt as _dt, j as _j, ms as _ms, s as _s
 from gateway.store.base import AgentView, Conflict, InvalidTransition, NotFound, StoreError
 from gateway.store.sqlite_assign import (
     RELEASING,
@@ -93,7 +94,6 @@ from routing.sla import (
 
 log = structlog.get_logger(__name__)
 
-_enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 _clock_dec = msgspec.json.Decoder(SlaClock)
 
@@ -115,26 +115,6 @@ LOCK_TTL_S = 10.0
 LOCK_WAIT_S = 30.0
 _RETRIES = 50
 _RANK_SCALE = 10**13  # queue score: rank × scale + queued_at ms (exact in a double up to rank 900)
-
-
-def _j(value: Any) -> str:
-    return _enc.encode(value).decode()
-
-
-def _s(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _ms(d: datetime) -> int:
-    return int(d.timestamp() * 1000)
-
-
-def _dt(value: Any) -> datetime | None:
-    from gateway.store.redis_store import dt
-
-    return dt(value)
 
 
 def _queue_score(rank: int, queued_at_ms: int) -> int:

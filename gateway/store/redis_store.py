@@ -44,13 +44,14 @@ import hashlib
 import os
 import socket
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
 import msgspec
 import structlog
 
 from connectors.base import IngestResult, Nonce, NonceReused
+from gateway.store.redis_codec import j as _j, s as _s, dt, ms
 from gateway.store.base import (
     JOURNAL_STATUSES,
     REPLY_TOPIC,
@@ -86,31 +87,10 @@ except ImportError:  # pragma: no cover
 
 log = structlog.get_logger(__name__)
 
-_enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 _entry_dec = msgspec.json.Decoder(TimelineEntry)
 _reply_dec = msgspec.json.Decoder(ReplyTarget)
 _sla_dec = msgspec.json.Decoder(SlaState)
-
-
-def _j(value: Any) -> str:
-    return _enc.encode(value).decode()
-
-
-def ms(d: datetime | None) -> int | None:
-    return None if d is None else int(d.timestamp() * 1000)
-
-
-def dt(value: Any) -> datetime | None:
-    if value is None or value == b"" or value == "":
-        return None
-    return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
-
-
-def _s(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # ---------------------------------------------------------------- Lua

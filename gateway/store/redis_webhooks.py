@@ -45,11 +45,12 @@ instance may probe once).
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from gateway.store.redis_codec import dt as _dt, j as _j, ms as _ms, s as _s
 from gateway.store.base import NotFound, StoreError
 from gateway.store.sqlite_console import CannedReply, ConsoleSession, digest
 from gateway.store.sqlite_tickets import TimelineRow
@@ -59,29 +60,8 @@ from routing.model import TimelineEntry, new_id
 if TYPE_CHECKING:
     from gateway.store.redis_store import RedisStore, Tx
 
-_enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 _entry_dec = msgspec.json.Decoder(TimelineEntry)
-
-
-def _j(v: Any) -> str:
-    return _enc.encode(v).decode()
-
-
-def _s(v: Any) -> str | None:
-    if v is None:
-        return None
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _ms(d: datetime) -> int:
-    return int(d.timestamp() * 1000)
-
-
-def _dt(v: Any) -> datetime | None:
-    if v is None or v in (b"", ""):
-        return None
-    return datetime.fromtimestamp(int(v) / 1000, tz=timezone.utc)
 
 
 def _iso_ms(v: Any) -> str | None:

@@ -1,0 +1,35 @@
+"""How the Redis backend writes values: JSON text, milliseconds since the
+epoch, and strings from redis-py's bytes (one copy for every mixin)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+_enc = msgspec.json.Encoder()
+
+
+def j(value: Any) -> str:
+    """``value`` as JSON text."""
+    return _enc.encode(value).decode()
+
+
+def ms(d: datetime | None) -> int | None:
+    """Milliseconds since the epoch (None stays None)."""
+    return None if d is None else int(d.timestamp() * 1000)
+
+
+def dt(value: Any) -> datetime | None:
+    """An aware UTC datetime from stored milliseconds (None or empty: None)."""
+    if value is None or value == b"" or value == "":
+        return None
+    return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
+
+
+def s(value: Any) -> str | None:
+    """A stored value as text (None stays None)."""
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
