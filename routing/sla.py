@@ -283,6 +283,33 @@ def evaluate(clock: SlaClock, now: datetime, policy: SlaPolicy, calendar: Busine
     return out
 
 
+def steady_span(clock: SlaClock, statuses: Sequence[TargetStatus],
+                now: datetime) -> tuple[datetime | None, datetime | None]:
+    """``[since, until)`` around ``now`` over which :func:`evaluate` gives the same answer.
+
+    ``statuses`` is ``evaluate(clock, now, …)``; for every ``t`` in the span,
+    ``evaluate(clock, t, …)`` (with the same policy and calendar) equals it,
+    and so do :func:`sla_state` and :func:`due_events` at ``t``. ``evaluate``
+    reads ``now`` only through thresholds ``x`` it compares with ``now >= x``:
+    the status changes (a pause counts once it has begun) and the due times
+    of unmet targets (breached once due). The span runs from the latest
+    threshold not after ``now`` to the first one after it (``None``: no
+    bound), so a caller may keep the answer for as long as the clock's facts
+    stay the same and the time stays inside.
+    """
+    since: datetime | None = None
+    until: datetime | None = None
+    thresholds = [change.at for change in clock.statuses]
+    thresholds += [st.due for st in statuses if st.met_at is None and st.due is not None]
+    for at in thresholds:
+        if at <= now:
+            if since is None or at > since:
+                since = at
+        elif until is None or at < until:
+            until = at
+    return since, until
+
+
 def due_events(clock: SlaClock, now: datetime, policy: SlaPolicy, calendar: BusinessCalendar,
                statuses: list[TargetStatus] | None = None) -> list[SlaEvent]:
     """The warning and breach events still to fire, earliest first.

@@ -16,8 +16,8 @@ fired event is deleted in the transaction that fires it, so it fires once.
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -31,6 +31,7 @@ from gateway.store.sqlite_assign import (
     to_ms,
 )
 from routing.assign import choose_agent, raised_priority
+from routing.calendar import BusinessCalendar
 from routing.model import OPEN_STATUSES, PRIORITY_RANK, TimelineEntry
 from routing.sla import (
     NotifyWebhook,
@@ -46,10 +47,78 @@ from routing.sla import (
     response_verdict,
     select_policy,
     sla_state,
+    steady_span,
 )
 
 _dec = msgspec.json.Decoder()
 _clock_dec = msgspec.json.Decoder(SlaClock)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+_LEAST, _MOST = -(2**63), 2**63 - 1  # below and above every ``at`` and ``seq``
+
+
+def _after(reply: tuple[datetime, int, int]) -> tuple[int, int]:
+    """``(a, s)`` such that a customer message's entry comes after ``reply`` in
+    the order ``_responses`` takes them exactly when ``(at, seq) > (a, s)``.
+
+    ``reply`` is (the time it counts at, its own entry's ``at`` in ms, its
+    ``seq``). A customer message comes after it when its time is later, or
+    the same and its entry comes later in the timeline's order (``at``,
+    ``seq``); a delivery time may carry microseconds, entries have ms.
+    """
+    at, entry_at, entry_seq = reply
+    ms, us = divmod((at - _EPOCH) // _US, 1000)
+    if us or ms < entry_at:  # no customer message has the same time, or it comes before the reply's entry
+        return ms, _MOST
+    if ms > entry_at:  # the same time as the delivery: after the reply's entry
+        return ms, _LEAST
+    return ms, entry_seq
+
+
+class _Timing(NamedTuple):
+    """A ticket's SLA as evaluated for one clock (its JSON), policy and calendar.
+
+    ``state`` is the ticket's ``sla`` column and ``timers`` its ``sla_timers``
+    rows, sorted; both hold while ``now`` is in ``[since, until)``
+    (``routing.sla.steady_span``; ``None``: no bound).
+    """
+
+    clock: str
+    policy: SlaPolicy
+    calendar: BusinessCalendar
+    since: datetime | None
+    until: datetime | None
+    state: str
+    timers: list[tuple]
+
+
+#: ticket id → its last evaluation. A follow-up message mostly leaves the
+#: clock as it was: the due times, the state and the timer rows are then
+#: the ones computed before, without the calendar arithmetic. An entry is a
+#: pure function of what it is checked against (the clock's JSON, the policy
+#: and calendar objects of the directory in use, the span of ``now``), so a
+#: rolled-back transaction or another store cannot make one wrong.
+_timings: dict[str, _Timing] = {}
+_TIMINGS_MAX = 8192
+
+
+def _timing(ticket_id: str, clock: SlaClock, encoded: str, now: datetime, policy: SlaPolicy,
+            calendar: BusinessCalendar) -> _Timing:
+    """The ticket's SLA state and timer rows at ``now`` (``encoded``: the clock's JSON)."""
+    kept = _timings.get(ticket_id)
+    if (kept is not None and kept.clock == encoded and kept.policy is policy and kept.calendar is calendar
+            and (kept.since is None or kept.since <= now) and (kept.until is None or now < kept.until)):
+        return kept
+    statuses = evaluate(clock, now, policy, calendar)  # once, for the state and the timers
+    timers = sorted((ticket_id, ev.key, ev.kind, ev.target, policy.id, to_ms(ev.since), to_ms(ev.at))
+                    for ev in due_events(clock, now, policy, calendar, statuses))
+    since, until = steady_span(clock, statuses, now)
+    timing = _Timing(encoded, policy, calendar, since, until,
+                     to_json(sla_state(clock, now, policy, calendar, statuses)), timers)
+    if len(_timings) >= _TIMINGS_MAX:
+        _timings.clear()
+    _timings[ticket_id] = timing
+    return timing
 
 
 class Tx(AssignTx):
@@ -78,24 +147,20 @@ class Tx(AssignTx):
             self.timeline(t.id, "sla", f"SLA {match.reason}", {"policy": policy.id, "reason": match.reason,
                                                                "calendar": policy.calendar})
             clock.policy = policy.id
-        calendar = self.d.calendars[policy.calendar]
-        statuses = evaluate(clock, self.now, policy, calendar)  # once, for the state and the timers
-        state = to_json(sla_state(clock, self.now, policy, calendar, statuses))
-        if state != t.sla:  # a follow-up mostly leaves the due times as they were
-            self.conn.execute("UPDATE tickets SET sla = ? WHERE id = ?", (state, t.id))
         encoded = to_json(clock)
+        timing = _timing(t.id, clock, encoded, self.now, policy, self.d.calendars[policy.calendar])
+        if timing.state != t.sla:  # a follow-up mostly leaves the due times as they were
+            self.conn.execute("UPDATE tickets SET sla = ? WHERE id = ?", (timing.state, t.id))
         if r is None or encoded != r[0]:
             self._save_clock(clock, encoded)
-        timers = [(t.id, ev.key, ev.kind, ev.target, policy.id, to_ms(ev.since), to_ms(ev.at))
-                  for ev in due_events(clock, self.now, policy, calendar, statuses)]
         # a follow-up message mostly leaves the timers as they are: rewrite them only when they changed
-        if r is None or sorted(timers) != sorted(self.conn.execute(
+        if r is None or timing.timers != sorted(self.conn.execute(
                 "SELECT ticket_id, key, kind, target, policy, since, due_at FROM sla_timers WHERE ticket_id = ?",
                 (t.id,))):
             self.conn.execute("DELETE FROM sla_timers WHERE ticket_id = ?", (t.id,))
             self.conn.executemany(
                 "INSERT INTO sla_timers (ticket_id, key, kind, target, policy, since, due_at) VALUES (?,?,?,?,?,?,?)",
-                timers)
+                timing.timers)
 
     def _sla_clear(self, t: TicketRow, clock: SlaClock) -> None:
         if clock.policy:
@@ -116,32 +181,46 @@ class Tx(AssignTx):
         that was delivered (or accepted by the channel), at the time it was:
         a queued, retrying or failed reply answers nobody.
         ``tickets.first_response_at`` counts too, whoever set it.
+
+        Entries count in order of their time (a response's delivery time),
+        ties in the timeline's own order (``at``, ``seq``). Only the ticket's
+        outgoing messages are read and judged in Python: the customer message
+        that starts the next-response clock is the first one after the last
+        response, one lookup in the ``timeline_ticket`` index (:func:`_after`;
+        times are aware, a delivery's comes from the outbox's clock). So the
+        Python work per sync does not grow with the customer's messages. No
+        summary is kept between syncs: a reply's delivery is updated in place
+        by several writers (send, platform reports), which no cursor sees.
         """
-        first, last_reply, awaiting = t.first_response_at, None, None
-        events = []
-        for kind, at_ms, data in self.conn.execute(
-            "SELECT kind, at, data FROM timeline WHERE ticket_id = ? AND kind IN ('message_in', 'message_out') "
-            "ORDER BY at, seq", (t.id,)):
-            at = from_ms(at_ms)
-            if kind == "message_in":
-                events.append((at, False))
-                continue
+        replies = []  # (time it counts at, its entry's at in ms, seq), in the timeline's order
+        for at_ms, seq, data in self.conn.execute(
+                "SELECT at, seq, data FROM timeline WHERE ticket_id = ? AND kind = 'message_out' ORDER BY at, seq",
+                (t.id,)):
             fields = _dec.decode(data) if data else {}
-            if not response_verdict(TimelineEntry("", "", kind, at, data=fields)).counts:
+            at = from_ms(at_ms)
+            if not response_verdict(TimelineEntry("", "", "message_out", at, data=fields)).counts:
                 continue
             delivery = fields.get("delivery")
             if isinstance(delivery, dict):
                 if delivery.get("status") != "sent":
                     continue
                 at = datetime.fromisoformat(delivery["at"]) if delivery.get("at") else at
-            events.append((at, True))
-        for at, reply in sorted(events, key=lambda e: e[0]):
-            if not reply:
-                awaiting = awaiting or at
-            else:
-                first = first or at
-                last_reply, awaiting = at, None
-        if first is None or (last_reply is None and awaiting is not None and awaiting <= first):
+            replies.append((at, at_ms, seq))
+        earliest = last = None  # among equal times, the first and the last in the timeline's order
+        for reply in replies:
+            if earliest is None or reply[0] < earliest[0]:
+                earliest = reply
+            if last is None or reply[0] >= last[0]:
+                last = reply
+        first = t.first_response_at or (earliest[0] if earliest is not None else None)
+        if first is None:
+            return None, None  # before the first response, only the first-response clock runs
+        after = _after(last) if last is not None else (_LEAST, _LEAST)
+        r = self.conn.execute(
+            "SELECT at FROM timeline WHERE ticket_id = ? AND kind = 'message_in' AND (at, seq) > (?, ?) "
+            "ORDER BY at, seq LIMIT 1", (t.id, *after)).fetchone()
+        awaiting = from_ms(r[0]) if r else None
+        if last is None and awaiting is not None and awaiting <= first:
             awaiting = None  # before the first response, only the first-response clock runs
         return first, awaiting
 

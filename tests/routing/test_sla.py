@@ -6,7 +6,7 @@ China's holidays (chinesecalendar); Monday 2025-11-17 is an ordinary workday.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -31,6 +31,7 @@ from routing.sla import (
     response_verdict,
     select_policy,
     sla_state,
+    steady_span,
 )
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -201,6 +202,22 @@ def test_resolution_stops_when_solved_and_excludes_solved_time_on_reopen():
     reopened = clock(("2025-11-17 11:00", "solved"), ("2025-11-17 15:00", "open"))
     assert events(reopened, "2025-11-17 15:00", p)[-1] == ("breach", "resolution", t("2025-11-17 17:00"))
 
+
+
+@pytest.mark.parametrize("now", ["2025-11-17 09:30", "2025-11-17 10:40", "2025-11-17 11:00", "2025-11-17 12:00",
+                                 "2025-11-17 12:20", "2025-11-18 10:00"])
+def test_the_answer_holds_over_its_steady_span(now):
+    # a pause that began, one still to come (the clock is behind), a met target, unmet ones
+    c = clock(("2025-11-17 10:00", "pending"), ("2025-11-17 11:00", "open"), ("2025-11-17 15:00", "pending"),
+              first_response_at=t("2025-11-17 11:30"), awaiting_since=t("2025-11-17 11:45"))
+    p = policy(targets={"first_response": "1h", "next_response": "30m", "resolution": "4h"})
+    statuses = evaluate(c, t(now), p, OFFICE)
+    since, until = steady_span(c, statuses, t(now))
+    assert since is not None and since <= t(now) and (until is None or t(now) < until)
+    tick = timedelta(microseconds=1)
+    for at in (since, t(now), until - tick if until else t(now) + timedelta(days=30)):
+        assert evaluate(c, at, p, OFFICE) == statuses
+        assert sla_state(c, at, p, OFFICE) == sla_state(c, t(now), p, OFFICE)
 
 ESCALATING = policy(
     escalations=[
