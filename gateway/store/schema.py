@@ -15,6 +15,7 @@ from gateway.store import (
     sqlite_desks,
     sqlite_nonces,
     sqlite_replies,
+    sqlite_sla,
     sqlite_tickets,
     sqlite_tokens,
     sqlite_webhooks,
@@ -203,4 +204,6 @@ MIGRATIONS: list[str] = [
     sqlite_desks.MIGRATION,
     # 10: the agent console: sign-in sessions, canned replies
     sqlite_console.MIGRATION,
+    # 11: each ticket's replies indexed apart (the SLA sync's response tracking)
+    sqlite_sla.MIGRATION,
 ]

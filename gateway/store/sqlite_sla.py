@@ -5,7 +5,8 @@ The SLA half of the assignment transaction: :class:`Tx` adds to
 what runs the pure deciders of ``routing.sla``, and :class:`SlaOps` makes it
 the transaction class of every assignment operation, since status changes
 and ticket syncs re-time the SLA in the same transaction. The tables are
-those of migration 3 (``sqlite_assign.MIGRATION``).
+those of migration 3 (``sqlite_assign.MIGRATION``); migration 11
+(:data:`MIGRATION`) indexes each ticket's replies.
 
 A ticket's clock (policy, statuses, responses, events fired) is one row of
 ``sla_clocks``; its next warnings and breaches are rows of ``sla_timers``
@@ -49,6 +50,13 @@ from routing.sla import (
     sla_state,
     steady_span,
 )
+
+#: Schema migration 11: a ticket's replies without its other entries (rules,
+#: customer messages, assignment…), for the response tracking of every sync
+#: (``Tx._responses``). Partial: only outgoing messages pay for it.
+MIGRATION = """
+    CREATE INDEX timeline_ticket_replies ON timeline (ticket_id, at, seq) WHERE kind = 'message_out';
+"""
 
 _dec = msgspec.json.Decoder()
 _clock_dec = msgspec.json.Decoder(SlaClock)
@@ -184,11 +192,12 @@ class Tx(AssignTx):
 
         Entries count in order of their time (a response's delivery time),
         ties in the timeline's own order (``at``, ``seq``). Only the ticket's
-        outgoing messages are read and judged in Python: the customer message
-        that starts the next-response clock is the first one after the last
-        response, one lookup in the ``timeline_ticket`` index (:func:`_after`;
+        outgoing messages are read (the partial index of :data:`MIGRATION`)
+        and judged: the customer message that starts the next-response clock
+        is the first one after the last response, one lookup in the
+        ``timeline_ticket`` index (:func:`_after`;
         times are aware, a delivery's comes from the outbox's clock). So the
-        Python work per sync does not grow with the customer's messages. No
+        work per sync does not grow with the conversation's other entries. No
         summary is kept between syncs: a reply's delivery is updated in place
         by several writers (send, platform reports), which no cursor sees.
         """
