@@ -183,12 +183,15 @@ class TicketRow(NamedTuple):
     tier: str | None
     #: ``tickets.sla`` as stored (JSON), so a sync that computes the same state writes nothing
     sla: str | None = None
+    #: ``(updated_at, version)`` as read (what the sweep compares: ``AssignOps.changed_tickets``)
+    stamp: tuple[int, int] | None = None
 
 
 _TICKET_SQL = (
     "SELECT t.id, t.contact_id, t.status, t.priority, t.team, t.skills, t.assignee, "
     "coalesce(json_extract(t.reply_to, '$.channel'), json_extract(t.channels, '$[0]'), ''), "
-    "t.created_at, t.first_response_at, c.tier, t.sla FROM tickets t LEFT JOIN contacts c ON c.id = t.contact_id "
+    "t.created_at, t.first_response_at, c.tier, t.sla, t.updated_at, t.version "
+    "FROM tickets t LEFT JOIN contacts c ON c.id = t.contact_id "
     "WHERE t.id = ?"
 )
 
@@ -396,7 +399,7 @@ class AssignTx:
         if r is None:
             return None
         return TicketRow(r[0], r[1], r[2], r[3], r[4], _dec.decode(r[5]), r[6], r[7], from_ms(r[8]), from_ms(r[9]),
-                         r[10], r[11])
+                         r[10], r[11], (r[12], r[13]))
 
     def held(self, ticket_id: str) -> _Held | None:
         r = self.conn.execute(
@@ -815,20 +818,30 @@ def _changed_tickets(conn: sqlite3.Connection, cursor: str | None,
 # ---------------------------------------------------------------- the mixin
 
 
+def _sync_one(tx: AssignTx, ticket_id: str) -> tuple[Decision | None, TicketRow | None]:
+    """Bring one ticket's assignment and SLA in line: (``ensure``'s decision,
+    the ticket's row as the sync leaves it; None: no such ticket)."""
+    t = tx.ticket(ticket_id)
+    if t is None:
+        return None, None
+    touched = tx.touched
+    decision = tx.ensure(t)
+    if tx.touched != touched:  # the ticket's row changed (its assignee): the SLA reads it as it is now
+        t = tx.ticket(ticket_id)
+        assert t is not None
+    touched = tx.touched
+    tx.sla_sync(t)  # writes no ticket column but ``sla`` (no version, no updated_at) …
+    if tx.touched != touched:  # … unless an escalation one day does
+        t = tx.ticket(ticket_id)
+    return decision, t
+
+
 def _sync(tx: AssignTx, ticket_ids: list[str]) -> list[Decision]:
     decisions = []
     for ticket_id in ticket_ids:
-        t = tx.ticket(ticket_id)
-        if t is None:
-            continue
-        touched = tx.touched
-        decision = tx.ensure(t)
+        decision, _ = _sync_one(tx, ticket_id)
         if decision is not None:
             decisions.append(decision)
-        if tx.touched != touched:  # the ticket's row changed (its assignee): the SLA reads it as it is now
-            t = tx.ticket(ticket_id)
-            assert t is not None
-        tx.sla_sync(t)
     return decisions
 
 
@@ -897,16 +910,15 @@ class AssignOps:
             self._agent_cache = AgentCache()
         conn.execute("SAVEPOINT sync")
         try:
-            _sync(self._tx_type(conn, directory, self._agent_cache, clock()), [ticket_id])
+            _, t = _sync_one(self._tx_type(conn, directory, self._agent_cache, clock()), ticket_id)
         except Exception:  # noqa: BLE001 - the message is committed; the sweep retries the rest
             conn.execute("ROLLBACK TO sync")
             log.exception("pipeline.after_commit_failed", hook="ticket_sync", ticket_id=ticket_id)
         else:
-            r = conn.execute("SELECT updated_at, version FROM tickets WHERE id = ?", (ticket_id,)).fetchone()
-            if r is not None:
+            if t is not None and t.stamp is not None:
                 if len(self._synced) >= 100_000:  # the sweep pops them; bounded whatever happens
                     self._synced.clear()
-                self._synced[ticket_id] = (r[0], r[1])
+                self._synced[ticket_id] = t.stamp
         conn.execute("RELEASE sync")
 
     async def directory_load(self, directory: Directory, now: datetime) -> list[Decision]:
