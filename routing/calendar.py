@@ -34,7 +34,7 @@ returned in the calendar's zone, so ISO 8601 output carries the local offset.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta, timezone
 from itertools import pairwise
 from typing import Literal, NamedTuple
@@ -57,6 +57,7 @@ CN_LAST_YEAR: int = max(cn_holidays.holidays).year
 
 _ZH_NAMES: dict[str, str] = {h.value: h.chinese for h in cn_holidays.Holiday}
 _UTC = timezone.utc
+_DAY = timedelta(days=1)
 
 
 def cn_day_kind(d: date) -> Literal["holiday", "makeup"] | None:
@@ -466,18 +467,6 @@ class BusinessCalendar:
             d, minute = d + timedelta(days=1), 0
         return datetime.combine(d, time(minute // 60, minute % 60), self.tz).astimezone(_UTC)
 
-    def _spans_from(self, start: datetime) -> Iterator[_Span]:
-        """Open spans ending after ``start``, in order; raises when none for too long."""
-        d = start.astimezone(self.tz).date()
-        closed_run = 0
-        while True:
-            spans = [s for s in self._day_spans(d) if s[1] > start]
-            yield from spans
-            closed_run = 0 if spans else closed_run + 1
-            if closed_run > MAX_CLOSED_RUN:
-                raise CalendarError(f"calendar {self.name!r} has no open hours for {MAX_CLOSED_RUN} days after {d}")
-            d += timedelta(days=1)
-
     def is_open(self, dt: datetime) -> bool:
         if self.always_open:
             return True
@@ -503,15 +492,28 @@ class BusinessCalendar:
         return found
 
     def _add_business_minutes(self, start: datetime, minutes: float) -> datetime:
+        """Spends ``minutes`` over the open spans ending after ``start``, day by
+        day; raises when no day is open for too long. (One loop, no generator:
+        a new ticket's SLA asks this four times, each a different instant.)"""
         remaining = timedelta(minutes=minutes)
         if self.always_open:
             return (start + remaining).astimezone(self.tz)
-        for s, e in self._spans_from(start):
-            s = max(s, start)
-            if remaining <= e - s:
-                return (s + remaining).astimezone(self.tz)
-            remaining -= e - s
-        raise AssertionError("unreachable: _spans_from never ends")  # pragma: no cover
+        d = start.astimezone(self.tz).date()
+        spans = [s for s in self._day_spans(d) if s[1] > start]  # the first day: what is left of it
+        closed_run = 0
+        while True:
+            for s, e in spans:
+                if s < start:
+                    s = start
+                length = e - s
+                if remaining <= length:
+                    return (s + remaining).astimezone(self.tz)
+                remaining -= length
+            closed_run = 0 if spans else closed_run + 1
+            if closed_run > MAX_CLOSED_RUN:
+                raise CalendarError(f"calendar {self.name!r} has no open hours for {MAX_CLOSED_RUN} days after {d}")
+            d += _DAY
+            spans = self._day_spans(d)
 
     def business_minutes_between(self, a: datetime, b: datetime) -> float:
         """Open minutes in ``[a, b)``; negative when ``b`` is before ``a``."""

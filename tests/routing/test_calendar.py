@@ -8,12 +8,20 @@ Festival, 15-23 February, with make-up Saturdays 2026-02-14 and 2026-02-28.
 
 from __future__ import annotations
 
+import random
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from routing.calendar import BusinessCalendar, CalendarConfig, CalendarError, parse_duration_minutes, parse_intervals
+from routing.calendar import (
+    MAX_CLOSED_RUN,
+    BusinessCalendar,
+    CalendarConfig,
+    CalendarError,
+    parse_duration_minutes,
+    parse_intervals,
+)
 
 SH = ZoneInfo("Asia/Shanghai")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -214,3 +222,54 @@ def test_durations(text, minutes):
 def test_bad_durations(text):
     with pytest.raises(CalendarError):
         parse_duration_minutes(text)
+
+
+def _walk_spans(c: BusinessCalendar, start: datetime, minutes: float) -> datetime:
+    """The oracle: ``_add_business_minutes`` as it was, over a generator of the open spans."""
+
+    def spans_from(start: datetime):
+        d = start.astimezone(c.tz).date()
+        closed_run = 0
+        while True:
+            spans = [s for s in c._day_spans(d) if s[1] > start]
+            yield from spans
+            closed_run = 0 if spans else closed_run + 1
+            if closed_run > MAX_CLOSED_RUN:
+                raise CalendarError(f"calendar {c.name!r} has no open hours for {MAX_CLOSED_RUN} days after {d}")
+            d += timedelta(days=1)
+
+    remaining = timedelta(minutes=minutes)
+    if c.always_open:
+        return (start + remaining).astimezone(c.tz)
+    for s, e in spans_from(start):
+        s = max(s, start)
+        if remaining <= e - s:
+            return (s + remaining).astimezone(c.tz)
+        remaining -= e - s
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("name", [*CALENDARS, "berlin", "never", "weekly"])
+def test_add_business_minutes_walks_the_spans_as_before(name):
+    c = {"berlin": cal(timezone="Europe/Berlin", hours={"weekdays": ["08:00-12:00", "13:00-17:00"]}),
+         "never": cal(hours={}), "weekly": cal(hours={"sat": "10:00-11:00"}, holidays="none")}.get(name) \
+        or CALENDARS[name]
+    rng = random.Random(name)
+    # at a closing time exactly; 120 weeks of Saturday hours (closed runs that end, ~840 days)
+    cases = [(local("2025-11-14 18:00"), 0), (local("2026-03-02 12:00"), 0), (local("2025-11-14 11:00"), 7200)]
+    for _ in range(400):
+        # around the 2025 National Day and 2026 Spring Festival (make-up days), and Berlin's DST changes
+        start = local("2025-09-25 00:00") + timedelta(minutes=rng.randrange(0, 60 * 24 * 200),
+                                                       microseconds=rng.choice((0, 0, 1, 250_000)))
+        cases.append((start, rng.choice((0, 1, 12.5, 90, 96.0, 120, 450, 1080.0, 1440, 4800))))
+    for start, minutes in cases:
+        start = start.astimezone(ZoneInfo("UTC"))
+        try:
+            expected: object = _walk_spans(c, start, minutes)
+        except CalendarError as e:
+            expected = str(e)
+        try:
+            got: object = c._add_business_minutes(start, minutes)
+        except CalendarError as e:
+            got = str(e)
+        assert got == expected and str(got) == str(expected)  # the same instant, in the same zone
