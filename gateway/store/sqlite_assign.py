@@ -830,8 +830,8 @@ def _sync_one(tx: AssignTx, ticket_id: str) -> tuple[Decision | None, TicketRow 
         t = tx.ticket(ticket_id)
         assert t is not None
     touched = tx.touched
-    tx.sla_sync(t)  # writes no ticket column but ``sla`` (no version, no updated_at) …
-    if tx.touched != touched:  # … unless an escalation one day does
+    tx.sla_sync(t)  # writes no ticket column but ``sla`` (no version, no updated_at): ``t.stamp`` holds …
+    if tx.touched != touched:  # … unless that changes one day
         t = tx.ticket(ticket_id)
     return decision, t
 

@@ -195,11 +195,11 @@ class Tx(AssignTx):
         outgoing messages are read (the partial index of :data:`MIGRATION`)
         and judged: the customer message that starts the next-response clock
         is the first one after the last response, one lookup in the
-        ``timeline_ticket`` index (:func:`_after`;
-        times are aware, a delivery's comes from the outbox's clock). So the
-        work per sync does not grow with the conversation's other entries. No
-        summary is kept between syncs: a reply's delivery is updated in place
-        by several writers (send, platform reports), which no cursor sees.
+        ``timeline_ticket`` index (:func:`_after`; times are aware, a
+        delivery's comes from the outbox's clock). So the work per sync does
+        not grow with the conversation's other entries. No summary is kept
+        between syncs: a reply's delivery is updated in place by several
+        writers (the send, platform reports), which no cursor would see.
         """
         replies = []  # (time it counts at, its entry's at in ms, seq), in the timeline's order
         for at_ms, seq, data in self.conn.execute(
