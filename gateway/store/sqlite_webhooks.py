@@ -118,6 +118,8 @@ def _core() -> Any:
 
 
 def _ms(d: datetime) -> int:
+    # ``sqlite.ms`` (sqlite.py imports this module): :func:`written_message_snapshot`
+    # relies on the two giving the same epoch ms for an entry's time
     return int(d.timestamp() * 1000)
 
 
