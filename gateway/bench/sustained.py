@@ -194,6 +194,7 @@ async def _client(port: int, rate: float, seconds: float, first: int, mode: str 
         senders.give(conn)
 
     tasks = []
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     k = 0
     while k < total:
@@ -205,12 +206,13 @@ async def _client(port: int, rate: float, seconds: float, first: int, mode: str 
         await asyncio.sleep(0.002)
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     senders.shut()
     return {"sent": total, "ok": len(latencies), "errors": errors[0], "seconds": elapsed,
             "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
             "max_ms": max(latencies, default=0.0) * 1000, "connections_peak": senders.peak,
             "p99_ms_by_third": [percentile(t, 99) * 1000 for t in thirds],
-            "queued_for_a_connection": senders.queued}
+            "queued_for_a_connection": senders.queued, "cpu_share": cpu / elapsed}
 
 
 def client_main(argv: list[str]) -> None:
@@ -285,6 +287,8 @@ async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: in
             "server_intake_p99_ms": intake_percentile(intake0, intake1, 99) if intake1 else None,
             "client_connections_peak": c["connections_peak"],
             "client_queued_for_a_connection": c["queued_for_a_connection"],
+            # the client runs on the same cores: what it takes, the server cannot get
+            "client_cpu_share": round(c["cpu_share"], 2),
             "lag_p50_ms": _ms(percentile(lags, 50)), "lag_p99_ms": _ms(lag_p99),
             "backlog_mid": mid, "backlog_end": end, "backlog_growth_per_s": round(growth, 1),
             "server_cpu_us_per_msg": round(cpu / max(1, c["ok"]) * 1e6, 1),
@@ -341,7 +345,8 @@ async def _past_capacity(servers: Servers, db: sqlite3.Connection, best: dict, f
         held = s["processed"] >= HOLDS_AT * capacity
         held_cpu = s["processed_per_cpu_s"] >= HOLDS_AT * per_cpu_at_capacity
         return {"step": name, "offered": s["offered"], "ingested": s["ingested"], "processed": s["processed"],
-                "processed_per_cpu_s": s["processed_per_cpu_s"], "ingest_p99_ms": s["ingest_p99_ms"],
+                "processed_per_cpu_s": s["processed_per_cpu_s"], "server_cpu_share": s["server_cpu_share"],
+                "client_cpu_share": s["client_cpu_share"], "ingest_p99_ms": s["ingest_p99_ms"],
                 "server_intake_p99_ms": s["server_intake_p99_ms"], "lag_p99_ms": s["lag_p99_ms"],
                 "processing_held": held, "processing_held_per_cpu": held_cpu,
                 "ingest_bounded": s["ingest_bounded"]}
