@@ -172,7 +172,7 @@ class Pipeline:
         status = "duplicate" if all(r.outcome == "duplicate" for r in results) else "processed"
         if self.metrics is not None:
             latency = max(0.0, (self.clock() - entry.received_at).total_seconds())
-            self.metrics.pipeline_latency.labels(entry.channel).observe(latency)
+            self.metrics.by_channel(self.metrics.pipeline_latency, entry.channel).observe(latency)
         log_.info("pipeline.done", status=status, messages=len(results),
                   ticket_id=results[-1].ticket_id, contact_id=results[-1].contact_id)
         return EntryResult(entry.id, status, results)
@@ -249,18 +249,19 @@ class Pipeline:
     def _count(self, channel: str, result: CommitResult, counted: str | None) -> None:
         if self.metrics is None:
             return
+        m = self.metrics
         if result.outcome == "duplicate":
-            self.metrics.deduped.labels(channel).inc()
+            m.by_channel(m.deduped, channel).inc()
         elif counted == "near_duplicate":
-            self.metrics.near_duplicates.labels(channel).inc()
+            m.by_channel(m.near_duplicates, channel).inc()
         else:
-            self.metrics.processed.labels(channel).inc()
+            m.by_channel(m.processed, channel).inc()
 
     async def _fail(self, entry: JournalEntry, reason: str) -> EntryResult:
         log.warning("pipeline.entry_failed", journal_id=entry.id, channel=entry.channel, error=reason[:300])
         await self.store.journal_fail(entry.id, reason)
         if self.metrics is not None:
-            self.metrics.failed.labels(entry.channel).inc()
+            self.metrics.by_channel(self.metrics.failed, entry.channel).inc()
         return EntryResult(entry.id, "failed", error=reason)
 
 
