@@ -98,7 +98,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: object | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        # write + flush per line, as PrintLogger's print(flush=True) does, in one call fewer
+        # write + flush per line, as PrintLogger's print(..., flush=True) does, without print's own work
         logger_factory=structlog.WriteLoggerFactory(stream or sys.stderr),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )

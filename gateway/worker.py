@@ -78,7 +78,7 @@ def relax_gc(gen0: int = GC_GEN0_THRESHOLD) -> None:
     snapshots, decisions), walked again and again and promoted into the older
     generations, whose passes then walk it once more. Collecting 14× less
     often walks it 14× less: the production pipeline bench's GC time went
-    from ~160 to ~30 ms per 6,000 messages (~20 µs per message). Garbage
+    from ~160 to ~55 ms per 6,000 messages (~17 µs per message). Garbage
     that is not cyclic is freed at once by reference counting either way;
     cycles wait a little longer (up to ~10,000 allocations)."""
     current = gc.get_threshold()
