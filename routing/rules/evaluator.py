@@ -17,7 +17,6 @@ branch (there the more urgent priority wins).
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -265,6 +264,7 @@ def render(template: TemplateSpec, ri: RuleInput) -> AutoReply:
         "contact_name": plain_name(ri.contact_name or ri.inbound.sender.name) or variant.fallback_name,
         "ticket_number": "" if ri.ticket_number is None else str(ri.ticket_number),
     }
-    fmt = string.Formatter()
-    subject = fmt.vformat(variant.subject, (), values) if variant.subject is not None else None
-    return AutoReply(template.name, lang, subject, fmt.vformat(variant.text, (), values))
+    # str.format_map reads the placeholders as string.Formatter does (the checker
+    # allowed only known names), in C
+    subject = variant.subject.format_map(values) if variant.subject is not None else None
+    return AutoReply(template.name, lang, subject, variant.text.format_map(values))
