@@ -263,6 +263,11 @@ class _Search(NamedTuple):
 _INELIGIBLE: tuple = (2.0,)
 _SEARCHES_MAX = 4096
 _searches: dict[tuple, _Search] = {}
+#: (agent id, class) → (the agent's state, its rank, (load, occupancy), its ``Considered`` when
+#: eligible): a changed agent is checked again by every kind of search of its teams (~30 on the
+#: bench's workload) before it changes again, and its rank depends on the state and class alone
+_RANKED_MAX = 8192
+_ranked: dict[tuple[str, str], tuple[AgentState, tuple, tuple, Considered]] = {}
 
 
 def choose_agent(state: AssignmentState, demand: Demand, *, sticky: bool = True) -> Decision:
@@ -339,9 +344,13 @@ def _patched(search: _Search | None, members: list[AgentState], changed: Iterabl
             considered[i] = Considered(agent.id, list(reasons))
             ranks[i] = pairs[i] = _INELIGIBLE
         else:
-            rank = ranks[i] = _rank(agent, cls)
-            pairs[i] = rank[:2]
-            considered[i] = Considered(agent.id, [], rank[0])
+            ranked = _ranked.get((agent.id, cls))
+            if ranked is None or ranked[0] is not agent:
+                if len(_ranked) >= _RANKED_MAX:
+                    _ranked.clear()
+                rank = _rank(agent, cls)
+                ranked = _ranked[agent.id, cls] = (agent, rank, rank[:2], Considered(agent.id, [], rank[0]))
+            _, ranks[i], pairs[i], considered[i] = ranked
     return _Search(members, considered, ranks, pairs, standing)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime, timezone
+from operator import attrgetter
 from typing import Any, Callable, NamedTuple
 
 import msgspec
@@ -263,17 +264,35 @@ class _Live:
 
     ``state`` is the chooser's frozen ``AgentState`` built from these values
     (with its own copy of the load), reused by every decision until one of
-    them changes: whoever changes them calls :meth:`changed`."""
+    them changes: whoever changes them calls :meth:`changed`, which puts the
+    agent on the cache's ``stale`` list (its state is built again at the next
+    :meth:`AgentCache.state`, so a view reads every member's state without
+    checking for a missing one)."""
 
-    __slots__ = ("presence", "last_assigned_at", "load", "state")
+    __slots__ = ("id", "fixed", "presence", "last_assigned_at", "load", "state", "_stale")
 
-    def __init__(self, presence: str, last_assigned_at: datetime | None) -> None:
+    def __init__(self, agent_id: str, fixed: _Fixed, presence: str, last_assigned_at: datetime | None,
+                 stale: list[_Live]) -> None:
+        self.id, self.fixed, self._stale = agent_id, fixed, stale
         self.presence, self.last_assigned_at = presence, last_assigned_at
         self.load: dict[str, int] = {}
         self.state: AgentState | None = None
+        stale.append(self)
 
     def changed(self) -> None:
-        self.state = None
+        if self.state is not None:  # already listed otherwise
+            self.state = None
+            self._stale.append(self)
+
+    def build(self) -> AgentState:
+        f = self.fixed
+        # a copy of the load: a state outlives the changes made after it (drain keeps one)
+        return AgentState(self.id, f.teams, f.skills, f.capacity, self.presence, f.roles, dict(self.load),
+                          self.last_assigned_at)
+
+
+_state_of = attrgetter("state")
+_VIEWS_MAX = 1024  # team sets whose members' order is kept (overflow may combine teams)
 
 
 class AgentCache:
@@ -298,6 +317,10 @@ class AgentCache:
         self.fixed: dict[str, _Fixed] = {}
         self.live: dict[str, _Live] = {}
         self.members: dict[str, tuple[str, ...]] = {}
+        #: agents whose ``state`` must be built again (see :class:`_Live`)
+        self.stale: list[_Live] = []
+        #: teams (None: all) → (member ids in the chooser's order, their ``_Live``, the members by team)
+        self._views: dict[frozenset[str] | None, tuple[tuple[str, ...], tuple[_Live, ...], dict]] = {}
 
     def current(self, conn: sqlite3.Connection) -> AgentCache:
         """This cache, rebuilt first if it is not the one of the version in SQL."""
@@ -320,7 +343,8 @@ class AgentCache:
             "SELECT id, teams, skills, capacity, roles, presence, last_assigned_at FROM agents ORDER BY id").fetchall()
         self.fixed = {r[0]: _Fixed(frozenset(_dec.decode(r[1])), _dec.decode(r[2]), _dec.decode(r[3]),
                                    frozenset(_dec.decode(r[4]))) for r in rows}
-        self.live = {r[0]: _Live(r[5], from_ms(r[6])) for r in rows}
+        self.stale, self._views = [], {}
+        self.live = {r[0]: _Live(r[0], self.fixed[r[0]], r[5], from_ms(r[6]), self.stale) for r in rows}
         for agent_id, cls, n in conn.execute(
                 "SELECT agent_id, class, count(*) FROM assignments WHERE released_at IS NULL GROUP BY agent_id, class"):
             if agent_id in self.live:  # a rule may pin a ticket to an id the directory does not know
@@ -333,24 +357,34 @@ class AgentCache:
         self.version = version
 
     def state(self, teams: frozenset[str] | None) -> AssignmentState:
-        """The chooser's view of the members of ``teams`` (every agent when None or empty), in id order."""
+        """The chooser's view of the members of ``teams`` (every agent when None or empty), in id order.
+
+        Per decision this is two C-speed passes over the members: the agents
+        changed since the last view get their state built first (only they
+        are on ``stale``), and each set of teams keeps its members' order
+        and ``_Live`` objects until the cache is rebuilt."""
+        stale = self.stale
+        if stale:
+            for live in stale:
+                live.state = live.build()
+            stale.clear()
+        key = teams or None
+        view = self._views.get(key)
+        if view is None:
+            view = self._view(key)
+        ids, lives, members = view
+        return AssignmentState(dict(zip(ids, map(_state_of, lives))), members)
+
+    def _view(self, teams: frozenset[str] | None) -> tuple[tuple[str, ...], tuple[_Live, ...], dict]:
         if teams:
-            ids: Any = dict.fromkeys(i for team in sorted(teams) for i in self.members.get(team, ()))
+            ids = tuple(dict.fromkeys(i for team in sorted(teams) for i in self.members.get(team, ())))
             members = {team: self.members.get(team, ()) for team in teams}
         else:
-            ids, members = self.fixed, self.members
-        agents = {}
-        live_of, fixed_of = self.live, self.fixed
-        for i in ids:
-            live = live_of[i]
-            state = live.state
-            if state is None:
-                f = fixed_of[i]
-                # a copy of the load: a state outlives the changes made after it (drain keeps one)
-                state = live.state = AgentState(i, f.teams, f.skills, f.capacity, live.presence, f.roles,
-                                                dict(live.load), live.last_assigned_at)
-            agents[i] = state
-        return AssignmentState(agents, members)
+            ids, members = tuple(self.fixed), self.members
+        if len(self._views) >= _VIEWS_MAX:
+            self._views.clear()
+        view = self._views[teams] = (ids, tuple(self.live[i] for i in ids), members)
+        return view
 
 
 # ---------------------------------------------------------------- one transaction
