@@ -210,6 +210,14 @@ class _Queued(NamedTuple):
 _QUEUE_COLS = "ticket_id, team, base_skills, also_teams, skills, priority, class, last_agent, queued_at, overflow_done"
 
 
+_PLACEMENT_SQL = (
+    "SELECT a.agent_id, a.class, a.team, a.skills, "
+    + ", ".join(f"q.{col}" for col in _QUEUE_COLS.split(", "))
+    + " FROM (SELECT ? AS id) x LEFT JOIN assignments a ON a.ticket_id = x.id AND a.released_at IS NULL "
+    "LEFT JOIN assign_queue q ON q.ticket_id = x.id"
+)
+
+
 def _queued(r: tuple) -> _Queued:
     demand = Demand(
         ticket_id=r[0], capacity_class=r[6], queued_at=from_ms(r[8]), team=r[1], also_teams=tuple(_dec.decode(r[3])),
@@ -400,6 +408,8 @@ class AssignTx:
     def __init__(self, conn: sqlite3.Connection, directory: Directory, cache: AgentCache, now: datetime) -> None:
         self.conn, self.d, self.cache, self.now, self.now_ms = conn, directory, cache, now, to_ms(now)
         self._changed = False
+        #: the cache version this transaction checked against SQL (see :meth:`agents`)
+        self._verified: object = _UNBUILT
         #: tickets rows changed through :meth:`touch_ticket` so far (a sync re-reads its ticket only then)
         self.touched = 0
         self._desk_owned: dict[str, bool] = {}
@@ -412,14 +422,24 @@ class AssignTx:
         return owned
 
     def agents(self) -> AgentCache:
-        """The agent cache, current for this transaction."""
-        return self.cache.current(self.conn)
+        """The agent cache, current for this transaction.
+
+        The version in SQL is read once per transaction: until it ends only
+        this transaction writes (the writer holds SQLite's write lock), and
+        it moves the cache's version with the row's (:meth:`changing`) or
+        sets it to one no row holds (a rebuild, read again here)."""
+        cache = self.cache
+        if cache.version is _UNBUILT or cache.version is not self._verified:
+            cache.current(self.conn)
+            self._verified = cache.version
+        return cache
 
     def changing(self) -> AgentCache:
         """The agent cache, about to change with the rows: a new version first (see :class:`AgentCache`)."""
         cache = self.agents()
         if not self._changed:
             cache.new_version(self.conn, self.now_ms)
+            self._verified = cache.version
             self._changed = True
         return cache
 
@@ -442,6 +462,12 @@ class AssignTx:
     def queued(self, ticket_id: str) -> _Queued | None:
         r = self.conn.execute(f"SELECT {_QUEUE_COLS} FROM assign_queue WHERE ticket_id = ?", (ticket_id,)).fetchone()
         return _queued(r) if r else None
+
+    def placement(self, ticket_id: str) -> tuple[_Held | None, _Queued | None]:
+        """:meth:`held` and :meth:`queued` in one statement."""
+        r = self.conn.execute(_PLACEMENT_SQL, (ticket_id,)).fetchone()
+        return (_Held(r[0], r[1], r[2], _dec.decode(r[3])) if r[0] is not None else None,
+                _queued(r[4:]) if r[4] is not None else None)
 
     def state(self, teams: frozenset[str] | None = None) -> AssignmentState:
         """The chooser's view of the members of ``teams`` (every agent when None or empty)."""
@@ -497,13 +523,16 @@ class AssignTx:
 
     # -- assignment
 
-    def take(self, t: TicketRow, decision: Decision, state: AssignmentState, why: str | None = None
-             ) -> AssignmentState:
-        """Give the ticket to the decided agent (load, assignee, timeline, event); the state after."""
+    def take(self, t: TicketRow, decision: Decision, state: AssignmentState, why: str | None = None, *,
+             fresh: bool = False) -> AssignmentState:
+        """Give the ticket to the decided agent (load, assignee, timeline, event); the state after.
+
+        ``fresh``: the caller knows the ticket holds no capacity and is not
+        queued (nothing to release or unqueue first)."""
         agent = decision.agent
         assert agent is not None
         after = apply_decision(state, decision, self.now)  # raises rather than over-fill: a stale state is a bug
-        self._hold(t, agent, decision.capacity_class)
+        self._hold(t, agent, decision.capacity_class, fresh)
         self.touch_ticket(t.id, assignee=agent)
         text = describe(decision) + (f" — {why}" if why else "")
         self.timeline(t.id, "assignment", text, decision_data(decision, previous=t.assignee, why=why))
@@ -519,9 +548,11 @@ class AssignTx:
         self.timeline(t.id, "assignment", f"assigned to {agent}: {why}",
                       {"agent": agent, "reason": {"code": "pinned", "text": why}, "capacity_class": cls})
 
-    def _hold(self, t: TicketRow, agent: str, cls: str) -> None:
-        """The held row (and the cache's load and idle time) for ``agent``; the ticket leaves the queue."""
-        self.release(t.id)  # the row is replaced below: its holder's load must drop in the cache too
+    def _hold(self, t: TicketRow, agent: str, cls: str, fresh: bool = False) -> None:
+        """The held row (and the cache's load and idle time) for ``agent``; the ticket leaves the queue
+        (``fresh``: it holds nothing and is not queued, see :meth:`take`)."""
+        if not fresh:
+            self.release(t.id)  # the row is replaced below: its holder's load must drop in the cache too
         cache = self.changing()
         self.conn.execute(
             "INSERT OR REPLACE INTO assignments (ticket_id, agent_id, class, team, skills, assigned_at) "
@@ -529,7 +560,8 @@ class AssignTx:
             (t.id, agent, cls, t.team, to_json(t.skills), self.now_ms),
         )
         self.conn.execute("UPDATE agents SET last_assigned_at = ? WHERE id = ?", (self.now_ms, agent))
-        self.conn.execute("DELETE FROM assign_queue WHERE ticket_id = ?", (t.id,))
+        if not fresh:
+            self.conn.execute("DELETE FROM assign_queue WHERE ticket_id = ?", (t.id,))
         live = cache.live.get(agent)
         if live is not None:  # a rule may pin a ticket to an id the directory does not know
             live.load[cls] = live.load.get(cls, 0) + 1
@@ -552,20 +584,22 @@ class AssignTx:
             live.changed()
         return r[0]
 
-    def assign(self, t: TicketRow, demand: Demand, why: str | None = None) -> Decision:
-        """Choose for ``demand``: take the ticket, or queue it saying why."""
+    def assign(self, t: TicketRow, demand: Demand, why: str | None = None, *, fresh: bool = False) -> Decision:
+        """Choose for ``demand``: take the ticket, or queue it saying why (``fresh``: see :meth:`take`)."""
         state = self.state(demand.teams())
         decision = choose_agent(state, demand)
         if decision.agent is not None:
-            self.take(t, decision, state, why)
+            self.take(t, decision, state, why, fresh=fresh)
         else:
-            self.enqueue(t, demand, decision)
+            self.enqueue(t, demand, decision, fresh=fresh)
         return decision
 
-    def enqueue(self, t: TicketRow, demand: Demand, decision: Decision) -> None:
-        """Queue the ticket (once: a later failed attempt only refreshes the reason)."""
+    def enqueue(self, t: TicketRow, demand: Demand, decision: Decision, *, fresh: bool = False) -> None:
+        """Queue the ticket (once: a later failed attempt only refreshes the reason; ``fresh``: the
+        caller knows it is not queued)."""
         reason = describe(decision)
-        if self.conn.execute("UPDATE assign_queue SET reason = ? WHERE ticket_id = ?", (reason, t.id)).rowcount:
+        if not fresh and self.conn.execute(
+                "UPDATE assign_queue SET reason = ? WHERE ticket_id = ?", (reason, t.id)).rowcount:
             return
         steps = self.overflow_steps(demand.team)
         self.conn.execute(
@@ -872,15 +906,15 @@ def _assign_next(tx: AssignTx, ticket_id: str) -> Decision:
         raise NotFound(f"ticket {ticket_id} not found")
     if t.status not in OPEN_STATUSES:
         raise StoreError(f"ticket {ticket_id} is {t.status}: only open tickets are assigned")
-    held = tx.held(t.id)
+    held, queued = tx.placement(t.id)
     if held is not None:
         tx.release(t.id)
-    queued = tx.queued(t.id)
     last = held.agent if held else queued.demand.last_agent if queued else tx.contact_last_agent(t)
     demand = tx.demand(t, last)
     if queued is not None:  # keep its age and what overflow widened
         demand = msgspec.structs.replace(queued.demand, priority=t.priority)
-    return tx.assign(t, demand)
+    # released above and not queued: nothing to release or unqueue again
+    return tx.assign(t, demand, fresh=queued is None)
 
 
 class AssignOps:
