@@ -112,7 +112,8 @@ def agent_state(
 
 class AssignmentState(msgspec.Struct, frozen=True):
     """Every agent by id, and the ids of each team's members (what the store
-    keeps as an index: a team's queue only ever looks at its members)."""
+    keeps as an index: a team's queue only ever looks at its members; each
+    member once, as :meth:`of` builds it)."""
 
     agents: dict[str, AgentState]
     members: dict[str, tuple[str, ...]]
@@ -130,6 +131,9 @@ class AssignmentState(msgspec.Struct, frozen=True):
         """The members of ``teams`` (every agent when empty), each once, in team order."""
         if not teams:
             return list(self.agents.values())
+        if len(teams) == 1:  # most demands: one team's members, each listed once (C-speed)
+            (team,) = teams
+            return list(map(self.agents.__getitem__, self.members.get(team, ())))
         ids = dict.fromkeys(i for team in sorted(teams) for i in self.members.get(team, ()))
         return [self.agents[i] for i in ids]
 
