@@ -210,10 +210,17 @@ class _Queued(NamedTuple):
 _QUEUE_COLS = "ticket_id, team, base_skills, also_teams, skills, priority, class, last_agent, queued_at, overflow_done"
 
 
+#: who served the contact (?2) last on another ticket than ?1, for sticky assignment
+_CONTACT_LAST_SQL = (
+    "SELECT a.agent_id FROM assignments a JOIN tickets t ON t.id = a.ticket_id "
+    "WHERE t.contact_id = ?2 AND a.ticket_id != ?1 ORDER BY a.assigned_at DESC LIMIT 1"
+)
+#: the ticket's (?1) held row, its queue row and, only when it has neither, the contact's (?2) last agent
 _PLACEMENT_SQL = (
-    "SELECT a.agent_id, a.class, a.team, a.skills, "
+    "SELECT h.agent_id, h.class, h.team, h.skills, "
     + ", ".join(f"q.{col}" for col in _QUEUE_COLS.split(", "))
-    + " FROM (SELECT ? AS id) x LEFT JOIN assignments a ON a.ticket_id = x.id AND a.released_at IS NULL "
+    + f", CASE WHEN h.agent_id IS NULL AND q.ticket_id IS NULL THEN ({_CONTACT_LAST_SQL}) END "
+    "FROM (SELECT ?1 AS id) x LEFT JOIN assignments h ON h.ticket_id = x.id AND h.released_at IS NULL "
     "LEFT JOIN assign_queue q ON q.ticket_id = x.id"
 )
 
@@ -463,11 +470,11 @@ class AssignTx:
         r = self.conn.execute(f"SELECT {_QUEUE_COLS} FROM assign_queue WHERE ticket_id = ?", (ticket_id,)).fetchone()
         return _queued(r) if r else None
 
-    def placement(self, ticket_id: str) -> tuple[_Held | None, _Queued | None]:
-        """:meth:`held` and :meth:`queued` in one statement."""
-        r = self.conn.execute(_PLACEMENT_SQL, (ticket_id,)).fetchone()
+    def placement(self, t: TicketRow) -> tuple[_Held | None, _Queued | None, str | None]:
+        """:meth:`held`, :meth:`queued` and, when both are None, :meth:`contact_last_agent`, in one statement."""
+        r = self.conn.execute(_PLACEMENT_SQL, (t.id, t.contact_id)).fetchone()
         return (_Held(r[0], r[1], r[2], _dec.decode(r[3])) if r[0] is not None else None,
-                _queued(r[4:]) if r[4] is not None else None)
+                _queued(r[4:-1]) if r[4] is not None else None, r[-1])
 
     def state(self, teams: frozenset[str] | None = None) -> AssignmentState:
         """The chooser's view of the members of ``teams`` (every agent when None or empty)."""
@@ -475,11 +482,7 @@ class AssignTx:
 
     def contact_last_agent(self, t: TicketRow) -> str | None:
         """Who served this contact last (another ticket), for sticky assignment."""
-        r = self.conn.execute(
-            "SELECT a.agent_id FROM assignments a JOIN tickets t ON t.id = a.ticket_id "
-            "WHERE t.contact_id = ? AND a.ticket_id != ? ORDER BY a.assigned_at DESC LIMIT 1",
-            (t.contact_id, t.id),
-        ).fetchone()
+        r = self.conn.execute(_CONTACT_LAST_SQL, (t.id, t.contact_id)).fetchone()
         return r[0] if r else None
 
     def demand(self, t: TicketRow, last_agent: str | None = None, role: str | None = None) -> Demand:
@@ -906,10 +909,10 @@ def _assign_next(tx: AssignTx, ticket_id: str) -> Decision:
         raise NotFound(f"ticket {ticket_id} not found")
     if t.status not in OPEN_STATUSES:
         raise StoreError(f"ticket {ticket_id} is {t.status}: only open tickets are assigned")
-    held, queued = tx.placement(t.id)
+    held, queued, contact_last = tx.placement(t)
     if held is not None:
         tx.release(t.id)
-    last = held.agent if held else queued.demand.last_agent if queued else tx.contact_last_agent(t)
+    last = held.agent if held else queued.demand.last_agent if queued else contact_last
     demand = tx.demand(t, last)
     if queued is not None:  # keep its age and what overflow widened
         demand = msgspec.structs.replace(queued.demand, priority=t.priority)
