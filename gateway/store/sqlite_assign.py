@@ -12,11 +12,11 @@ pipeline workers assign at once.
 
 Load is not a counter: it is the number of *held* rows in ``assignments``
 (``released_at IS NULL``) per agent and capacity class, so taking and freeing
-capacity are idempotent row updates that cannot drift. Each decision reads
-it, with presence and the last assignment time, in one indexed query over
-the team's members; the agents' fixed fields (teams, skills, capacity, roles)
-come from :class:`AgentCache`, which is rebuilt only when the directory
-changes them.
+capacity are idempotent row updates that cannot drift. A decision reads no
+agent row: :class:`AgentCache` keeps every agent's load, presence, last
+assignment time and fixed fields (teams, skills, capacity, roles) in memory,
+changed with the rows in the same transaction and rebuilt from the tables
+whenever the version in SQL is not its own.
 
 Everything time-based (overflow steps, SLA warnings and breaches) is a due
 time in a table (``assign_queue.overflow_at``, ``sla_timers.due_at``): a
