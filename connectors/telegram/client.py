@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
@@ -44,6 +45,12 @@ from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, Ne
 from telegram.request import HTTPXRequest
 
 from connectors.http import Refused, journal, problem, read_webhook
+
+# PTB 22.2+ reports time periods (a 429's ``retry_after``) as ints with a
+# deprecation warning on every read, or as timedeltas once opted in; this
+# module reads both (:func:`retry_seconds`) and opts in, so a rate limit
+# does not warn (an operator's own PTB_TIMEDELTA setting is left alone).
+os.environ.setdefault("PTB_TIMEDELTA", "true")
 from connectors.base import (
     AuthFailed,
     ConnectorContext,

@@ -23,9 +23,10 @@ from tests.standins.telegram_api import ApiError, rate_limited
 
 from .conftest import POLLING_TOKEN, SECRET, WEBHOOK_TOKEN, Api, MemoryContext, config_for, run_until
 
-# PTB 22.2+ warns whenever it builds a RetryAfter (int → timedelta migration);
-# the connector reads both shapes.
-pytestmark = pytest.mark.filterwarnings("ignore:Deprecated since version v22.2:telegram.warnings.PTBDeprecationWarning")
+# PTB 22.2+ warns whenever it builds a RetryAfter (int → timedelta migration)
+# unless opted in to timedeltas: the connector opts in and reads both shapes,
+# so a 429 must not warn.
+pytestmark = pytest.mark.filterwarnings("error::telegram.warnings.PTBDeprecationWarning")
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "telegram"
 WEBHOOK_ACCOUNT = WEBHOOK_TOKEN.partition(":")[0]
