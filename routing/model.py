@@ -31,8 +31,12 @@ _ulid_lock = threading.Lock()
 _random = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))  # a forked child must not repeat ids
 _ulid_last = [0, 0]  # [ms, random80] of the last id, for monotonic ids within one ms
-#: [(ms, its 10 characters)]: ids made in the same millisecond share them (one tuple: read and replaced whole)
-_ulid_prefix: list[tuple[int, str]] = [(-1, "")]
+_RANDOM_MASK = (1 << 80) - 1
+#: [(ms, random80 >> 10, the id's first 24 characters)]: the time and the random
+#: part's high 70 bits as rendered for the last id (one tuple: read and replaced
+#: whole). Ids made in one millisecond differ by one in the random part, so
+#: ~1,023 of 1,024 share them and only the last two characters are looked up.
+_ulid_head: list[tuple[int, int, str]] = [(-1, -1, "")]
 
 
 def new_id(now_ms: int | None = None) -> str:
@@ -43,22 +47,25 @@ def new_id(now_ms: int | None = None) -> str:
     """
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     with _ulid_lock:
-        if ms <= _ulid_last[0]:
-            ms = _ulid_last[0]
-            rnd = (_ulid_last[1] + 1) & ((1 << 80) - 1)
+        last = _ulid_last
+        if ms <= last[0]:
+            ms = last[0]
+            rnd = (last[1] + 1) & _RANDOM_MASK
         else:
             # ids are unique, not secret (every API call needs the token):
             # the seeded Mersenne Twister is ~10x cheaper than os.urandom here
             rnd = _random.getrandbits(80)
-        _ulid_last[0], _ulid_last[1] = ms, rnd
+        last[0], last[1] = ms, rnd
     # 128 bits, written as 130 (26 × 5) with two leading zero bits: the time's
     # 48 bits (+2) are the first 10 characters, the random 80 bits the other 16
-    pairs = _PAIRS
-    cached_ms, prefix = _ulid_prefix[0]
-    if cached_ms != ms:
-        prefix = "".join([pairs[(ms >> shift) & 1023] for shift in (40, 30, 20, 10, 0)])
-        _ulid_prefix[0] = (ms, prefix)
-    return prefix + "".join([pairs[(rnd >> shift) & 1023] for shift in (70, 60, 50, 40, 30, 20, 10, 0)])
+    high = rnd >> 10
+    cached_ms, cached_high, head = _ulid_head[0]
+    if cached_high != high or cached_ms != ms:
+        pairs = _PAIRS
+        head = "".join([pairs[(ms >> shift) & 1023] for shift in (40, 30, 20, 10, 0)]
+                       + [pairs[(high >> shift) & 1023] for shift in (60, 50, 40, 30, 20, 10, 0)])
+        _ulid_head[0] = (ms, high, head)
+    return head + _PAIRS[rnd & 1023]
 
 
 def ulid_time(ulid: str) -> datetime:

@@ -800,9 +800,11 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int, now: i
             conn.executemany("INSERT OR IGNORE INTO ticket_participants (ticket_id, kind, value, source, added_at) "
                              "VALUES (?,?,?,?,?)",
                              [(c.ticket_id, i.kind, i.value, src, now) for i, src in c.participants])
-    conn.executemany("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
-                     [(new_id(), ev.topic, ev.ticket_id, _j(p), now, now)
-                      for ev, p in zip(c.outbox, event_payloads(conn, c.outbox, now))])
+    if c.outbox:  # the message snapshots of the entries just inserted are made from them, not read back
+        written = [e for e in c.timeline if c.edit is None or e.id != c.edit.timeline_id]
+        conn.executemany("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
+                         [(new_id(), ev.topic, ev.ticket_id, _j(p), now, now)
+                          for ev, p in zip(c.outbox, event_payloads(conn, c.outbox, now, written))])
     if c.final:
         conn.execute("UPDATE journal SET status = 'processed', processed_at = ?, ticket_id = ?, contact_id = ?, "
                      "error = NULL WHERE id = ?", (now, c.ticket_id, cid, c.journal_id))

@@ -33,3 +33,22 @@ def test_ids_made_in_one_millisecond_increase_and_carry_their_time(monkeypatch) 
     ids = [new_id(ms) for _ in range(50)]
     assert ids == sorted(ids) and len(set(ids)) == 50
     assert ulid_time(ids[0]) == datetime(2031, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+
+
+def test_ids_re_rendered_in_part_equal_the_spec_across_carries_and_wraps(monkeypatch) -> None:
+    """``new_id`` re-renders only the last two characters while the random part's
+    high 70 bits stay: every id, through carries into those bits and the 80-bit
+    wrap, is still the spec's rendering of the (time, random) it recorded."""
+    rng = random.Random(11)
+    ms = 1_764_000_000_000
+    for start in (0, 1023 - 3, 5 * 1024 - 1, (1 << 80) - 4, rng.getrandbits(80), (rng.getrandbits(70) << 10) | 1020):
+        monkeypatch.setattr(model, "_ulid_last", [ms, start])
+        made = []
+        for _ in range(2100):  # two carries at least
+            made.append(new_id(ms - rng.choice([0, 0, 5])))  # the same or a past millisecond: increments
+            assert made[-1] == ulid(*model._ulid_last)
+        if start < (1 << 80) - 2100:
+            assert made == sorted(made) and len(set(made)) == len(made)
+        ms += rng.randrange(1, 1000)
+        fresh = new_id(ms)  # a new millisecond: a new random part, rendered whole
+        assert fresh == ulid(*model._ulid_last) and model._ulid_last[0] == ms
