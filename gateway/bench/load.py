@@ -62,8 +62,9 @@ def api_request(n: int) -> bytes:
     return http_post("/channels/api/messages", body)
 
 
-def http_post(path: str, body: bytes, token: str = "bench-token") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+def http_post(path: str, body: bytes, token: str = "bench-token", headers: dict[str, str] | None = None) -> bytes:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n{extra}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
 

@@ -13,7 +13,9 @@
 - ``production``: the real gateway in the production configuration
   (:mod:`gateway.bench.production`: shipped rules, directory, info-level
   JSON logs to ``DATA_DIR/omnigate.log``, metrics), pipeline on — what the
-  ``sustained`` figure loads.
+  ``sustained`` figure loads; it writes the gate's counters and its own
+  intake latency buckets (:class:`IntakeTimes`) to ``DATA_DIR/admission.json``
+  every second.
 
 Usage: ``python -m gateway.bench.server MODE PORT DATA_DIR``.
 """
@@ -21,10 +23,12 @@ Usage: ``python -m gateway.bench.server MODE PORT DATA_DIR``.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import queue
 import sqlite3
 import sys
 import threading
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -113,13 +117,56 @@ def _production_app(data_dir: Path) -> web.Application:
 
     logs.configure("info", "json", stream=open(data_dir / "omnigate.log", "a", encoding="utf-8"))
     app = production.create_app(production.config(data_dir), production.pinned_clock())
-    app.cleanup_ctx.append(lambda app: _admission_stats(app, data_dir / "admission.json"))
+    intake = IntakeTimes()
+    app.middlewares.append(intake.middleware)
+    app.cleanup_ctx.append(lambda app: _admission_stats(app, data_dir / "admission.json", intake))
     return app
 
 
-async def _admission_stats(app: web.Application, path: Path):  # type: ignore[no-untyped-def]
-    """Write the fair-share gate's counters (gateway/admission.py) every
-    second, for the ``sustained`` figure's report."""
+class IntakeTimes:
+    """The server's own intake latency: seconds from the handler's start
+    (the request's head parsed) to its answer, for every ``/channels/``
+    request, counted in log-spaced buckets (each bound 1.2 × the last, from
+    0.5 ms), cumulative, so that a reader takes the difference between two
+    readings for the requests in between (:func:`intake_percentile`). Time
+    a request waits before its handler starts (the kernel's queue, a busy
+    loop) is not in it: the load client's latency, from each request's
+    scheduled time, has the whole."""
+
+    BOUNDS_MS = [0.5 * 1.2 ** k for k in range(64)]
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BOUNDS_MS) + 1)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        if not request.path.startswith("/channels/"):
+            return await handler(request)
+        t0 = time.perf_counter()
+        try:
+            return await handler(request)
+        finally:
+            self.counts[bisect.bisect_left(self.BOUNDS_MS, (time.perf_counter() - t0) * 1000)] += 1
+
+
+def intake_percentile(before: list[int] | None, after: list[int], p: float) -> float | None:
+    """The ``p``-th percentile (ms, a bucket's upper bound: within 20 %) of the
+    intakes counted between two readings of :class:`IntakeTimes`."""
+    counts = [a - b for a, b in zip(after, before or [0] * len(after))]
+    n = sum(counts)
+    if not n:
+        return None
+    seen = 0
+    for bound, count in zip(IntakeTimes.BOUNDS_MS + [float("inf")], counts):
+        seen += count
+        if seen >= p / 100 * n:
+            return round(bound, 1) if bound != float("inf") else None
+    return None
+
+
+async def _admission_stats(app: web.Application, path: Path, intake: IntakeTimes):  # type: ignore[no-untyped-def]
+    """Write the fair-share gate's counters (gateway/admission.py) and the
+    intake latency buckets every second, for the ``sustained`` figure's report."""
     import json
 
     from gateway import keys
@@ -131,7 +178,7 @@ async def _admission_stats(app: web.Application, path: Path):  # type: ignore[no
             await asyncio.sleep(1.0)
             path.write_text(json.dumps({"ratio": load.gate.ratio, "max_delay_s": load.gate.max_delay_s,
                                         **load.gate.stats, "backlog": load.backlog.pending,
-                                        "loop_busy": round(load.busy(), 2)}))
+                                        "loop_busy": round(load.busy(), 2), "intake_buckets": intake.counts}))
 
     task = asyncio.create_task(loop())
     yield

@@ -1,0 +1,108 @@
+"""The ``sustained`` bench's load client (gateway/bench/sustained.py) is not
+what holds a request back: it opens another connection when every one is
+busy, up to its cap, and only then queues; and the server's intake latency
+buckets (gateway/bench/server.py) give a step's percentile. Against a
+loopback server that answers when the test says so: no timing assertions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.bench import sustained
+from gateway.bench.load import read_response
+from gateway.bench.server import IntakeTimes, intake_percentile
+
+PATIENCE_S = 30.0  # a safety net against a hung test, not a timing assertion
+
+
+class HeldServer:
+    """Answers each request with 202 once the test releases it; counts connections."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.release = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await self.release.wait()
+                writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+@pytest.fixture
+async def held():
+    srv = HeldServer()
+    server = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
+    srv.port = server.sockets[0].getsockname()[1]
+    yield srv
+    server.close()
+
+
+async def request(conn) -> bytes:
+    conn[1].write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    head, _ = await read_response(conn[0])
+    return head
+
+
+async def test_a_due_request_gets_a_new_connection_when_all_are_busy(held):
+    senders = sustained._Senders(held.port)
+    busy = [await senders.take() for _ in range(3)]  # three requests in flight: three connections
+    assert senders.opened == senders.peak == 3 and senders.queued == 0
+    held.release.set()
+    for conn in busy:
+        assert (await asyncio.wait_for(request(conn), PATIENCE_S))[9:12] == b"202"
+        senders.give(conn)
+    again = await senders.take()  # an idle one is reused
+    assert again in busy and senders.opened == 3
+    senders.give(again)
+    senders.shut()
+
+
+async def test_past_the_cap_a_request_waits_for_a_connection_handed_back(held, monkeypatch):
+    monkeypatch.setattr(sustained, "MAX_CONNECTIONS", 2)
+    senders = sustained._Senders(held.port)
+    first, second = await senders.take(), await senders.take()
+    third = asyncio.create_task(senders.take())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not third.done() and senders.queued == 1 and senders.opened == 2
+    senders.give(first)
+    assert await asyncio.wait_for(third, PATIENCE_S) is first
+    senders.drop(second)  # a broken connection frees its place
+    assert senders.opened == 1
+    senders.give(first)
+    senders.shut()
+
+
+async def test_close_mode_uses_each_connection_once(held):
+    senders = sustained._Senders(held.port, close=True)
+    conn = await senders.take()
+    held.release.set()
+    await asyncio.wait_for(request(conn), PATIENCE_S)
+    senders.give(conn)
+    assert senders.opened == 0 and not senders.idle
+
+
+def test_a_steps_intake_percentile_comes_from_the_difference_of_two_readings():
+    times = IntakeTimes()
+    bounds = IntakeTimes.BOUNDS_MS
+    times.counts[0] = 1000  # before the step: fast intakes
+    before = list(times.counts)
+    times.counts[10] += 98
+    times.counts[30] += 2  # the step: 98 around bounds[10], 2 slow ones
+    assert intake_percentile(before, times.counts, 50) == round(bounds[10], 1)
+    assert intake_percentile(before, times.counts, 99) == round(bounds[30], 1)
+    assert intake_percentile(times.counts, times.counts, 99) is None  # nothing in between
+
+
+def test_ingest_is_bounded_while_its_p99_is_under_the_bound_and_not_climbing():
+    assert sustained._bounded(400, [100, 300, 350])
+    assert not sustained._bounded(900, [100, 300, 900])  # still climbing at the end
+    assert not sustained._bounded(6000, [6000, 6000, 6000])  # past WeChat's 5 s
