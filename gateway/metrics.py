@@ -7,7 +7,7 @@ backlog) are read at scrape time through a collector callback.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
@@ -42,6 +42,17 @@ class Metrics:
                                   registry=r)
         self._backlog: dict[str, int] = {}
         self._assignment: dict = {}
+        self._children: dict[tuple[Any, str], Any] = {}
+
+    def by_channel(self, metric: Any, channel: str) -> Any:
+        """``metric.labels(channel)``, looked up once: ``labels()`` takes a
+        lock and checks its labels on every call (twice per pipeline
+        message), a dict lookup does not. The child is still created on
+        first use, so a series appears once it has something to count."""
+        child = self._children.get((metric, channel))
+        if child is None:
+            child = self._children[(metric, channel)] = metric.labels(channel)
+        return child
 
     def set_journal_counts(self, counts: dict[str, int]) -> None:
         """Latest journal counts by status (refreshed by the worker)."""

@@ -22,6 +22,7 @@ soon is ``deferred`` and goes to the back of the queue, freeing the slot.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from dataclasses import dataclass, field
@@ -62,6 +63,27 @@ class EntryResult:
     status: str  # processed | duplicate | failed | deferred (not its sender's turn yet: queue it again)
     results: list[CommitResult] = field(default_factory=list)
     error: str | None = None
+
+
+#: the cyclic GC's first-generation threshold while a worker runs (CPython's default is 700)
+GC_GEN0_THRESHOLD = 10_000
+
+
+def relax_gc(gen0: int = GC_GEN0_THRESHOLD) -> None:
+    """Run the cyclic garbage collector's young generation every ``gen0``
+    net container allocations instead of every 700 (never lower than it is).
+
+    A young-generation pass walks every young object still alive: with 64
+    messages in flight that is mostly their live working set (inbounds,
+    snapshots, decisions), walked again and again and promoted into the older
+    generations, whose passes then walk it once more. Collecting 14× less
+    often walks it 14× less: the production pipeline bench's GC time went
+    from ~160 to ~55 ms per 6,000 messages (~17 µs per message). Garbage
+    that is not cyclic is freed at once by reference counting either way;
+    cycles wait a little longer (up to ~10,000 allocations)."""
+    current = gc.get_threshold()
+    if current[0] < gen0 and current[0] != 0:  # 0: the collector is off, leave it so
+        gc.set_threshold(gen0, *current[1:])
 
 
 def conflict_backoff_s(attempt: int, jitter: Callable[[], float] = random.random) -> float:
@@ -172,7 +194,7 @@ class Pipeline:
         status = "duplicate" if all(r.outcome == "duplicate" for r in results) else "processed"
         if self.metrics is not None:
             latency = max(0.0, (self.clock() - entry.received_at).total_seconds())
-            self.metrics.pipeline_latency.labels(entry.channel).observe(latency)
+            self.metrics.by_channel(self.metrics.pipeline_latency, entry.channel).observe(latency)
         log_.info("pipeline.done", status=status, messages=len(results),
                   ticket_id=results[-1].ticket_id, contact_id=results[-1].contact_id)
         return EntryResult(entry.id, status, results)
@@ -249,18 +271,19 @@ class Pipeline:
     def _count(self, channel: str, result: CommitResult, counted: str | None) -> None:
         if self.metrics is None:
             return
+        m = self.metrics
         if result.outcome == "duplicate":
-            self.metrics.deduped.labels(channel).inc()
+            m.by_channel(m.deduped, channel).inc()
         elif counted == "near_duplicate":
-            self.metrics.near_duplicates.labels(channel).inc()
+            m.by_channel(m.near_duplicates, channel).inc()
         else:
-            self.metrics.processed.labels(channel).inc()
+            m.by_channel(m.processed, channel).inc()
 
     async def _fail(self, entry: JournalEntry, reason: str) -> EntryResult:
         log.warning("pipeline.entry_failed", journal_id=entry.id, channel=entry.channel, error=reason[:300])
         await self.store.journal_fail(entry.id, reason)
         if self.metrics is not None:
-            self.metrics.failed.labels(entry.channel).inc()
+            self.metrics.by_channel(self.metrics.failed, entry.channel).inc()
         return EntryResult(entry.id, "failed", error=reason)
 
 
@@ -298,6 +321,7 @@ class Worker:
         self._wake.set()
 
     async def start(self) -> None:
+        relax_gc()
         self._tasks = [asyncio.create_task(self._claimer(), name="omnigate-claimer")]
         self._tasks += [asyncio.create_task(self._consume(), name=f"omnigate-pipeline-{n}")
                         for n in range(self.concurrency)]

@@ -124,3 +124,23 @@ async def test_stopping_a_loop_that_swallows_its_cancellation_does_not_hang() ->
     await asyncio.sleep(0)
     await asyncio.wait_for(cancel_and_wait(task, None, retry_s=0.05), 10)
     assert task.cancelled() and swallowed == 2
+
+
+def test_a_running_worker_collects_young_cycles_less_often_and_never_more_often():
+    import gc
+
+    from gateway.worker import GC_GEN0_THRESHOLD, relax_gc
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        relax_gc()
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, 10, 10)
+        gc.set_threshold(50_000, 5, 5)  # an operator's own setting that is already more relaxed stays
+        relax_gc()
+        assert gc.get_threshold() == (50_000, 5, 5)
+        gc.set_threshold(0)  # the collector off stays off
+        relax_gc()
+        assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*saved)
