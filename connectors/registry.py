@@ -146,8 +146,26 @@ def _load(ref: str, source: str) -> Any:
         raise RegistryError(f"{source}: {mod_name} has no attribute {attr!r}") from None
 
 
+#: channel → its parser, for the manifests it was found in (:func:`parser_for`).
+_parsers: dict[str, tuple[dict[str, Manifest], ParseFn]] = {}
+
+
 def parser_for(channel: str) -> ParseFn:
-    """The pure parser of a channel (imports only that channel's parse module)."""
+    """The pure parser of a channel (imports only that channel's parse module).
+
+    Called once per journal entry, so the answer is kept per channel for as
+    long as :func:`manifests` returns the same registry (clearing its cache,
+    as the tests do, finds the parsers again)."""
+    found = manifests()
+    kept = _parsers.get(channel)
+    if kept is not None and kept[0] is found:
+        return kept[1]
+    fn = _find_parser(channel)
+    _parsers[channel] = (found, fn)
+    return fn
+
+
+def _find_parser(channel: str) -> ParseFn:
     m = parse_channels().get(channel)
     if m is None:
         raise RegistryError(f"unknown channel {channel!r}; known: {', '.join(sorted(parse_channels()))}")

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
+
+from routing.text import width_fold
 
 _NOISE = re.compile(r"[\s\W_]+", re.UNICODE)
+#: What :data:`_NOISE` removes from ASCII text: everything but letters and digits.
+_ASCII_NOISE = bytes(c for c in range(128) if not chr(c).isalnum())
 
 
 def normalized_text(text: str) -> str:
     """Width- and case-insensitive text with whitespace and punctuation removed."""
-    return _NOISE.sub("", unicodedata.normalize("NFKC", text).casefold())
+    return _NOISE.sub("", width_fold(text).casefold())
 
 
 def text_hash(text: str | None) -> str | None:
@@ -31,10 +34,15 @@ def text_hash(text: str | None) -> str | None:
     (empty, or too short to mean the same thing twice: "ok", "好的")."""
     if not text:
         return None
-    norm = normalized_text(text)
-    if len(norm) < 4:
+    if text.isascii():  # the same key by byte operations: ASCII is NFKC already, and casefolds to lower case
+        key = text.lower().encode("ascii").translate(None, _ASCII_NOISE)
+        chars = len(key)
+    else:
+        norm = normalized_text(text)
+        key, chars = norm.encode("utf-8"), len(norm)
+    if chars < 4:
         return None
-    return hashlib.blake2b(norm.encode("utf-8"), digest_size=12).hexdigest()
+    return hashlib.blake2b(key, digest_size=12).hexdigest()
 
 
 def reused_id(hit_journal_key: str | None, content_sha: str | None) -> bool:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
+
+import msgspec
 
 from routing.model import LINKING_KINDS, Identity, Inbound, TimelineEntry, new_id
 from routing.state import IdentityLink, NewContact, Snapshot
@@ -121,14 +122,13 @@ def identities_of(inbound: Inbound, region: str = "CN") -> tuple[Identity, list[
     return sender, extra, defects
 
 
-@dataclass
-class IdentityDecision:
+class IdentityDecision(msgspec.Struct):
     contact_id: str
     new_contact: NewContact | None
     links: list[IdentityLink]
     expect_version: int | None
     reason: dict
-    timeline: list[TimelineEntry] = field(default_factory=list)
+    timeline: list[TimelineEntry] = msgspec.field(default_factory=list)
     rename: str | None = None
 
 

@@ -23,9 +23,10 @@ follow-up linked to it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Iterable
+
+import msgspec
 
 from routing.model import OPEN_STATUSES, Inbound
 from routing.state import Snapshot, TicketState
@@ -74,8 +75,7 @@ def own_refs(inbound: Inbound) -> list[str]:
     return refs
 
 
-@dataclass(frozen=True)
-class ThreadDecision:
+class ThreadDecision(msgspec.Struct, frozen=True):
     action: str  # append | reopen | new
     ticket: TicketState | None  # the existing ticket for append/reopen
     follow_up_of: str | None

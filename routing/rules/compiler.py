@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import ahocorasick
 
@@ -81,6 +82,9 @@ class CompiledTree:
     intervals: Mapping[str, IntervalSpec]
     lists: Mapping[str, tuple[str, ...]]
     files: tuple[str, ...]
+    #: route path (node indexes) → its actions applied, filled as messages are
+    #: routed (routing/rules/evaluator.py ``_settle``): a cache of a pure function
+    settled: dict[tuple[int, ...], Any] = field(default_factory=dict, repr=False)
 
     @property
     def rule_count(self) -> int:

@@ -17,9 +17,9 @@ branch (there the more urgent priority wins).
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from routing.model import PRIORITY_RANK
 from routing.rules.compiler import FIELD_BITS, CompiledTree, Node, is_word_char
@@ -141,40 +141,76 @@ class _Decision:
             self.priority, self.priority_by = priority, node.index
 
 
+class _Settled(NamedTuple):
+    """The actions of one route path, applied (what :class:`_Decision` ends with)."""
+
+    path: tuple[str, ...]
+    priority: str
+    team: str | None
+    skills: dict[str, int]
+    tags: tuple[str, ...]
+    assignee: str | None
+    assign_team: str | None
+    template: str | None
+    webhooks: tuple[str, ...]
+    spam: bool
+    ignore: bool
+
+
+#: Route paths whose applied actions a tree keeps (a tree with ``continue``
+#: rules can have many paths: past this, the rest are applied each time).
+MAX_SETTLED_PATHS = 4096
+
+
+def _settle(tree: CompiledTree, matched: list[tuple[Node, tuple[str, ...]]]) -> _Settled:
+    """The matched rules' actions applied in path order. They depend on the
+    path alone (the nodes and their ancestors), so each tree keeps them per
+    path: a message on a path seen before skips the applying."""
+    key = tuple(n.index for n, _ in matched)
+    settled = tree.settled.get(key)
+    if settled is None:
+        d = _Decision()
+        for node, _ in matched:
+            d.apply(node)
+        settled = _Settled(tuple(n.id for n, _ in matched), d.priority, d.team, d.skills, tuple(d.tags), d.assignee,
+                           d.assign_team, d.template, tuple(d.webhooks), d.spam, d.ignore)
+        if len(tree.settled) < MAX_SETTLED_PATHS:
+            tree.settled[key] = settled
+    return settled
+
+
 def _decide(tree: CompiledTree, ri: RuleInput, matched: list[tuple[Node, tuple[str, ...]]]) -> RuleOutcome:
-    d = _Decision()
-    for node, _ in matched:
-        d.apply(node)
+    d = _settle(tree, matched)
     auto_reply, suppressed = None, None
     if d.template is not None:
-        suppressed = _suppression(ri, d)
+        suppressed = _suppression(ri, d.spam, d.ignore)
         if suppressed is None:
             auto_reply = render(tree.templates[d.template], ri)
     return RuleOutcome(
-        path=tuple(n.id for n, _ in matched),
+        path=d.path,
         matched=tuple(MatchedRule(n.id, n.title, n.owner, reasons, n.depth) for n, reasons in matched),
         priority=d.priority,
         team=d.team,
-        skills=d.skills,
-        tags=tuple(d.tags),
+        skills=dict(d.skills),  # each outcome its own: the caller may change it
+        tags=d.tags,
         assignee=d.assignee,
         assign_team=d.assign_team,
         auto_reply=auto_reply,
         auto_reply_suppressed=suppressed,
-        webhooks=tuple(d.webhooks),
+        webhooks=d.webhooks,
         spam=d.spam,
         ignore=d.ignore,
     )
 
 
-def _suppression(ri: RuleInput, d: _Decision) -> str | None:
+def _suppression(ri: RuleInput, spam: bool, ignore: bool) -> str | None:
     """Why an auto-reply must not go out: never answer a machine (auto-replies,
     bounces, bulk mail — loops and backscatter), spam or ignored messages."""
     if ri.inbound.auto:
         return _SUPPRESSED_AUTO.format(ri.inbound.auto)
-    if d.spam:
+    if spam:
         return "the message is spam"
-    if d.ignore:
+    if ignore:
         return "the message is ignored"
     return None
 
@@ -228,6 +264,7 @@ def render(template: TemplateSpec, ri: RuleInput) -> AutoReply:
         "contact_name": plain_name(ri.contact_name or ri.inbound.sender.name) or variant.fallback_name,
         "ticket_number": "" if ri.ticket_number is None else str(ri.ticket_number),
     }
-    fmt = string.Formatter()
-    subject = fmt.vformat(variant.subject, (), values) if variant.subject is not None else None
-    return AutoReply(template.name, lang, subject, fmt.vformat(variant.text, (), values))
+    # str.format_map reads the placeholders as string.Formatter does (the checker
+    # allowed only known names), in C
+    subject = variant.subject.format_map(values) if variant.subject is not None else None
+    return AutoReply(template.name, lang, subject, variant.text.format_map(values))

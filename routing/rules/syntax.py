@@ -18,27 +18,16 @@ themselves (``(?i)``); they *search*, so anchor with ``^…$`` when needed.
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 
 from routing.model import IDENTITY_KINDS, TICKET_STATUSES
 from routing.rules.nodes import suggest
+from routing.text import fold, width_fold  # noqa: F401 (the rules' comparison forms, used across routing.rules)
 
 OPERATORS = ("=", "!=", "=~", "!~", "in", "not in")
 #: Comparisons of a number field (``call.duration``, seconds).
 NUMBER_OPERATORS = ("=", "!=", "<", "<=", ">", ">=")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-def width_fold(s: str) -> str:
-    """NFKC: full-width → ASCII, compatibility forms unified. The quick check
-    first, because most text is already normalized and it is 20× cheaper."""
-    return s if unicodedata.is_normalized("NFKC", s) else unicodedata.normalize("NFKC", s)
-
-
-def fold(s: str) -> str:
-    """The comparison form of text: NFKC, then casefold."""
-    return width_fold(s).casefold()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,49 @@
+"""Text folding's shortcuts give what the plain definitions give (oracle
+tests on generated text, pure): the near-duplicate key of ASCII text by
+byte operations, and the kept NFKC folds of routing.text."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import unicodedata
+
+from routing import text
+from routing.dedupe import text_hash
+
+_NOISE = re.compile(r"[\s\W_]+", re.UNICODE)
+#: ASCII, full-width forms, CJK punctuation, ligatures, combining marks, ß/İ (casefold ≠ lower)
+ALPHABET = [chr(c) for c in range(128)] + list("好的订单，。！？：ＡＢｃ１２\u3000\u00e9\u0301ßİﬁ①")
+
+
+def plain_text_hash(s: str | None) -> str | None:
+    """The near-duplicate key as first defined: NFKC, casefold, no noise, blake2b."""
+    if not s:
+        return None
+    norm = _NOISE.sub("", unicodedata.normalize("NFKC", s).casefold())
+    if len(norm) < 4:
+        return None
+    return hashlib.blake2b(norm.encode("utf-8"), digest_size=12).hexdigest()
+
+
+def _texts(seed: int, n: int):
+    rng = random.Random(seed)
+    for i in range(n):
+        pool = ALPHABET[:128] if i % 2 else ALPHABET
+        yield "".join(rng.choice(pool) for _ in range(rng.randint(0, 14)))
+
+
+def test_text_hash_is_the_plain_key():
+    for s in _texts(1, 30_000):
+        assert text_hash(s) == plain_text_hash(s), repr(s)
+    assert text_hash(None) is None
+
+
+def test_width_fold_is_nfkc_and_its_memo_stays_bounded():
+    for s in _texts(2, 3 * text.MEMO_ENTRIES):
+        assert text.width_fold(s) == unicodedata.normalize("NFKC", s), repr(s)
+        assert text.width_fold(s) == unicodedata.normalize("NFKC", s), repr(s)  # a second read: from the memo
+        assert len(text._memo) <= text.MEMO_ENTRIES
+    long = "，" * (text.MEMO_MAX_CHARS + 1)
+    assert text.width_fold(long) == "," * len(long) and long not in text._memo
