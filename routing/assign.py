@@ -112,7 +112,8 @@ def agent_state(
 
 class AssignmentState(msgspec.Struct, frozen=True):
     """Every agent by id, and the ids of each team's members (what the store
-    keeps as an index: a team's queue only ever looks at its members)."""
+    keeps as an index: a team's queue only ever looks at its members; each
+    member once, as :meth:`of` builds it)."""
 
     agents: dict[str, AgentState]
     members: dict[str, tuple[str, ...]]
@@ -130,6 +131,9 @@ class AssignmentState(msgspec.Struct, frozen=True):
         """The members of ``teams`` (every agent when empty), each once, in team order."""
         if not teams:
             return list(self.agents.values())
+        if len(teams) == 1:  # most demands: one team's members, each listed once (C-speed)
+            (team,) = teams
+            return list(map(self.agents.__getitem__, self.members.get(team, ())))
         ids = dict.fromkeys(i for team in sorted(teams) for i in self.members.get(team, ()))
         return [self.agents[i] for i in ids]
 
@@ -263,6 +267,12 @@ class _Search(NamedTuple):
 _INELIGIBLE: tuple = (2.0,)
 _SEARCHES_MAX = 4096
 _searches: dict[tuple, _Search] = {}
+#: (agent id, class) → :func:`_verdict` for that agent state: a changed agent is checked again by
+#: every kind of search of its teams (~30 on the bench's workload) before it changes again, and
+#: when it has no load-independent reason (online, every skill and role required) its verdict
+#: depends on its state and the class alone
+_VERDICTS_MAX = 8192
+_verdicts: dict[tuple[str, str], tuple[AgentState, tuple, tuple, Considered]] = {}
 
 
 def choose_agent(state: AssignmentState, demand: Demand, *, sticky: bool = True) -> Decision:
@@ -331,18 +341,29 @@ def _patched(search: _Search | None, members: list[AgentState], changed: Iterabl
             reasons = standing[i]
         else:
             reasons = standing[i] = _standing(agent, demand)
-        cap, used = agent.capacity.get(cls, 0), agent.load.get(cls, 0)
-        if used >= cap:
-            considered[i] = Considered(agent.id, [*reasons, _capacity_reason(cls, used, cap)])
-            ranks[i] = pairs[i] = _INELIGIBLE
-        elif reasons:
-            considered[i] = Considered(agent.id, list(reasons))
+        if reasons:
+            cap, used = agent.capacity.get(cls, 0), agent.load.get(cls, 0)
+            considered[i] = Considered(agent.id, [*reasons, _capacity_reason(cls, used, cap)] if used >= cap
+                                       else list(reasons))
             ranks[i] = pairs[i] = _INELIGIBLE
         else:
-            rank = ranks[i] = _rank(agent, cls)
-            pairs[i] = rank[:2]
-            considered[i] = Considered(agent.id, [], rank[0])
+            verdict = _verdicts.get((agent.id, cls))
+            if verdict is None or verdict[0] is not agent:
+                if len(_verdicts) >= _VERDICTS_MAX:
+                    _verdicts.clear()
+                verdict = _verdicts[agent.id, cls] = _verdict(agent, cls)
+            _, ranks[i], pairs[i], considered[i] = verdict
     return _Search(members, considered, ranks, pairs, standing)
+
+
+def _verdict(agent: AgentState, cls: str) -> tuple[AgentState, tuple, tuple, Considered]:
+    """(agent, rank, (load, occupancy), ``Considered``) of an agent with no load-independent reason
+    against a demand of class ``cls``: at capacity, or eligible at its rank."""
+    cap, used = agent.capacity.get(cls, 0), agent.load.get(cls, 0)
+    if used >= cap:
+        return agent, _INELIGIBLE, _INELIGIBLE, Considered(agent.id, [_capacity_reason(cls, used, cap)])
+    rank = _rank(agent, cls)
+    return agent, rank, rank[:2], Considered(agent.id, [], rank[0])
 
 
 def _position(members: list[AgentState], agent: AgentState) -> int | None:

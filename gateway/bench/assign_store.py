@@ -15,8 +15,11 @@ ticket is decided or :data:`BUDGET_S` has passed. A ticket no agent can take
 The baseline is the write floor measured in the same run: the same number of
 tasks each awaiting one group-committed, fsync'd SQLite insert per decision
 (the pipeline figures' floor). ``detail`` also gives the pure
-chooser's rate on the same workload without any store, and the highest load
-any agent reached against its capacity (``over_capacity`` must be 0).
+chooser's rate on the same workload without any store, the CPU per decision
+(``cpu_us_per_decision``: the process, the ``COMMIT`` thread included;
+``loop_cpu_us_per_decision``: the event loop's thread, where the statements
+and the chooser run), and the highest load any agent reached against its
+capacity (``over_capacity`` must be 0).
 """
 
 from __future__ import annotations
@@ -63,10 +66,12 @@ def _ticket_commit(d: Demand) -> Commit:
     )
 
 
-async def _decide_all(store: SQLiteStore, ticket_ids: list[str]) -> tuple[int, int, float]:
-    """(assigned, queued, seconds): ``CONCURRENCY`` tasks calling ``assign_next`` until done or out of time."""
+async def _decide_all(store: SQLiteStore, ticket_ids: list[str]) -> tuple[int, int, float, float, float]:
+    """(assigned, queued, seconds, process CPU seconds, event loop thread CPU seconds):
+    ``CONCURRENCY`` tasks calling ``assign_next`` until done or out of time."""
     pending = iter(ticket_ids)
     counts = [0, 0]
+    cpu0, loop0 = time.process_time(), time.thread_time()
     t0 = time.perf_counter()
     deadline = t0 + BUDGET_S
 
@@ -78,7 +83,8 @@ async def _decide_all(store: SQLiteStore, ticket_ids: list[str]) -> tuple[int, i
                 return
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return counts[0], counts[1], time.perf_counter() - t0
+    return (counts[0], counts[1], time.perf_counter() - t0, time.process_time() - cpu0,
+            time.thread_time() - loop0)
 
 
 def _peak_load(agents: list) -> tuple[float, int]:
@@ -103,7 +109,7 @@ async def figures() -> dict[str, dict]:
             await store.directory_load(_directory(list(state.agents.values())), assign_bench.NOW)
             for i in range(0, len(demands), _COMMIT_CHUNK):
                 await asyncio.gather(*(store.commit(_ticket_commit(x)) for x in demands[i:i + _COMMIT_CHUNK]))
-            assigned, queued, seconds = await _decide_all(store, [x.ticket_id for x in demands])
+            assigned, queued, seconds, cpu, loop_cpu = await _decide_all(store, [x.ticket_id for x in demands])
             peak, over = _peak_load(await store.list_agents())
         finally:
             await store.close()
@@ -116,6 +122,8 @@ async def figures() -> dict[str, dict]:
         "ratio": round(rate / floor, 3),
         "detail": {"agents": len(state.agents), "tickets": len(demands), "decided": decided, "assigned": assigned,
                    "queued": queued, "seconds": round(seconds, 2), "concurrency": CONCURRENCY,
+                   "cpu_us_per_decision": round(cpu / decided * 1e6, 1),
+                   "loop_cpu_us_per_decision": round(loop_cpu / decided * 1e6, 1),
                    "max_load_vs_capacity": round(peak, 3), "over_capacity": over,
                    "pure_chooser_decisions_s": round(chooser_rate, 1)},
     }}

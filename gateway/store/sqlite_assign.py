@@ -12,11 +12,11 @@ pipeline workers assign at once.
 
 Load is not a counter: it is the number of *held* rows in ``assignments``
 (``released_at IS NULL``) per agent and capacity class, so taking and freeing
-capacity are idempotent row updates that cannot drift. Each decision reads
-it, with presence and the last assignment time, in one indexed query over
-the team's members; the agents' fixed fields (teams, skills, capacity, roles)
-come from :class:`AgentCache`, which is rebuilt only when the directory
-changes them.
+capacity are idempotent row updates that cannot drift. A decision reads no
+agent row: :class:`AgentCache` keeps every agent's load, presence, last
+assignment time and fixed fields (teams, skills, capacity, roles) in memory,
+changed with the rows in the same transaction and rebuilt from the tables
+whenever the version in SQL is not its own.
 
 Everything time-based (overflow steps, SLA warnings and breaches) is a due
 time in a table (``assign_queue.overflow_at``, ``sla_timers.due_at``): a
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime, timezone
+from operator import attrgetter
 from typing import Any, Callable, NamedTuple
 
 import msgspec
@@ -212,6 +213,21 @@ class _Queued(NamedTuple):
 _QUEUE_COLS = "ticket_id, team, base_skills, also_teams, skills, priority, class, last_agent, queued_at, overflow_done"
 
 
+#: who served the contact (?2) last on another ticket than ?1, for sticky assignment
+_CONTACT_LAST_SQL = (
+    "SELECT a.agent_id FROM assignments a JOIN tickets t ON t.id = a.ticket_id "
+    "WHERE t.contact_id = ?2 AND a.ticket_id != ?1 ORDER BY a.assigned_at DESC LIMIT 1"
+)
+#: the ticket's (?1) held row, its queue row and, only when it has neither, the contact's (?2) last agent
+_PLACEMENT_SQL = (
+    "SELECT h.agent_id, h.class, h.team, h.skills, "
+    + ", ".join(f"q.{col}" for col in _QUEUE_COLS.split(", "))
+    + f", CASE WHEN h.agent_id IS NULL AND q.ticket_id IS NULL THEN ({_CONTACT_LAST_SQL}) END "
+    "FROM (SELECT ?1 AS id) x LEFT JOIN assignments h ON h.ticket_id = x.id AND h.released_at IS NULL "
+    "LEFT JOIN assign_queue q ON q.ticket_id = x.id"
+)
+
+
 def _queued(r: tuple) -> _Queued:
     demand = Demand(
         ticket_id=r[0], capacity_class=r[6], queued_at=from_ms(r[8]), team=r[1], also_teams=tuple(_dec.decode(r[3])),
@@ -266,17 +282,35 @@ class _Live:
 
     ``state`` is the chooser's frozen ``AgentState`` built from these values
     (with its own copy of the load), reused by every decision until one of
-    them changes: whoever changes them calls :meth:`changed`."""
+    them changes: whoever changes them calls :meth:`changed`, which puts the
+    agent on the cache's ``stale`` list (its state is built again at the next
+    :meth:`AgentCache.state`, so a view reads every member's state without
+    checking for a missing one)."""
 
-    __slots__ = ("presence", "last_assigned_at", "load", "state")
+    __slots__ = ("id", "fixed", "presence", "last_assigned_at", "load", "state", "_stale")
 
-    def __init__(self, presence: str, last_assigned_at: datetime | None) -> None:
+    def __init__(self, agent_id: str, fixed: _Fixed, presence: str, last_assigned_at: datetime | None,
+                 stale: list[_Live]) -> None:
+        self.id, self.fixed, self._stale = agent_id, fixed, stale
         self.presence, self.last_assigned_at = presence, last_assigned_at
         self.load: dict[str, int] = {}
         self.state: AgentState | None = None
+        stale.append(self)
 
     def changed(self) -> None:
-        self.state = None
+        if self.state is not None:  # already listed otherwise
+            self.state = None
+            self._stale.append(self)
+
+    def build(self) -> AgentState:
+        f = self.fixed
+        # a copy of the load: a state outlives the changes made after it (drain keeps one)
+        return AgentState(self.id, f.teams, f.skills, f.capacity, self.presence, f.roles, dict(self.load),
+                          self.last_assigned_at)
+
+
+_state_of = attrgetter("state")
+_VIEWS_MAX = 1024  # team sets whose members' order is kept (overflow may combine teams)
 
 
 class AgentCache:
@@ -301,6 +335,10 @@ class AgentCache:
         self.fixed: dict[str, _Fixed] = {}
         self.live: dict[str, _Live] = {}
         self.members: dict[str, tuple[str, ...]] = {}
+        #: agents whose ``state`` must be built again (see :class:`_Live`)
+        self.stale: list[_Live] = []
+        #: teams (None: all) → (member ids in the chooser's order, their ``_Live``, the members by team)
+        self._views: dict[frozenset[str] | None, tuple[tuple[str, ...], tuple[_Live, ...], dict]] = {}
 
     def current(self, conn: sqlite3.Connection) -> AgentCache:
         """This cache, rebuilt first if it is not the one of the version in SQL."""
@@ -323,7 +361,8 @@ class AgentCache:
             "SELECT id, teams, skills, capacity, roles, presence, last_assigned_at FROM agents ORDER BY id").fetchall()
         self.fixed = {r[0]: _Fixed(frozenset(_dec.decode(r[1])), _dec.decode(r[2]), _dec.decode(r[3]),
                                    frozenset(_dec.decode(r[4]))) for r in rows}
-        self.live = {r[0]: _Live(r[5], from_ms(r[6])) for r in rows}
+        self.stale, self._views = [], {}
+        self.live = {r[0]: _Live(r[0], self.fixed[r[0]], r[5], from_ms(r[6]), self.stale) for r in rows}
         for agent_id, cls, n in conn.execute(
                 "SELECT agent_id, class, count(*) FROM assignments WHERE released_at IS NULL GROUP BY agent_id, class"):
             if agent_id in self.live:  # a rule may pin a ticket to an id the directory does not know
@@ -336,24 +375,34 @@ class AgentCache:
         self.version = version
 
     def state(self, teams: frozenset[str] | None) -> AssignmentState:
-        """The chooser's view of the members of ``teams`` (every agent when None or empty), in id order."""
+        """The chooser's view of the members of ``teams`` (every agent when None or empty), in id order.
+
+        Per decision this is two C-speed passes over the members: the agents
+        changed since the last view get their state built first (only they
+        are on ``stale``), and each set of teams keeps its members' order
+        and ``_Live`` objects until the cache is rebuilt."""
+        stale = self.stale
+        if stale:
+            for live in stale:
+                live.state = live.build()
+            stale.clear()
+        key = teams or None
+        view = self._views.get(key)
+        if view is None:
+            view = self._view(key)
+        ids, lives, members = view
+        return AssignmentState(dict(zip(ids, map(_state_of, lives))), members)
+
+    def _view(self, teams: frozenset[str] | None) -> tuple[tuple[str, ...], tuple[_Live, ...], dict]:
         if teams:
-            ids: Any = dict.fromkeys(i for team in sorted(teams) for i in self.members.get(team, ()))
+            ids = tuple(dict.fromkeys(i for team in sorted(teams) for i in self.members.get(team, ())))
             members = {team: self.members.get(team, ()) for team in teams}
         else:
-            ids, members = self.fixed, self.members
-        agents = {}
-        live_of, fixed_of = self.live, self.fixed
-        for i in ids:
-            live = live_of[i]
-            state = live.state
-            if state is None:
-                f = fixed_of[i]
-                # a copy of the load: a state outlives the changes made after it (drain keeps one)
-                state = live.state = AgentState(i, f.teams, f.skills, f.capacity, live.presence, f.roles,
-                                                dict(live.load), live.last_assigned_at)
-            agents[i] = state
-        return AssignmentState(agents, members)
+            ids, members = tuple(self.fixed), self.members
+        if len(self._views) >= _VIEWS_MAX:
+            self._views.clear()
+        view = self._views[teams] = (ids, tuple(self.live[i] for i in ids), members)
+        return view
 
 
 # ---------------------------------------------------------------- one transaction
@@ -369,6 +418,8 @@ class AssignTx:
     def __init__(self, conn: sqlite3.Connection, directory: Directory, cache: AgentCache, now: datetime) -> None:
         self.conn, self.d, self.cache, self.now, self.now_ms = conn, directory, cache, now, to_ms(now)
         self._changed = False
+        #: the cache version this transaction checked against SQL (see :meth:`agents`)
+        self._verified: object = _UNBUILT
         #: tickets rows changed through :meth:`touch_ticket` so far (a sync re-reads its ticket only then)
         self.touched = 0
         self._desk_owned: dict[str, bool] = {}
@@ -381,14 +432,24 @@ class AssignTx:
         return owned
 
     def agents(self) -> AgentCache:
-        """The agent cache, current for this transaction."""
-        return self.cache.current(self.conn)
+        """The agent cache, current for this transaction.
+
+        The version in SQL is read once per transaction: until it ends only
+        this transaction writes (the writer holds SQLite's write lock), and
+        it moves the cache's version with the row's (:meth:`changing`) or
+        sets it to one no row holds (a rebuild, read again here)."""
+        cache = self.cache
+        if cache.version is _UNBUILT or cache.version is not self._verified:
+            cache.current(self.conn)
+            self._verified = cache.version
+        return cache
 
     def changing(self) -> AgentCache:
         """The agent cache, about to change with the rows: a new version first (see :class:`AgentCache`)."""
         cache = self.agents()
         if not self._changed:
             cache.new_version(self.conn, self.now_ms)
+            self._verified = cache.version
             self._changed = True
         return cache
 
@@ -412,17 +473,19 @@ class AssignTx:
         r = self.conn.execute(f"SELECT {_QUEUE_COLS} FROM assign_queue WHERE ticket_id = ?", (ticket_id,)).fetchone()
         return _queued(r) if r else None
 
+    def placement(self, t: TicketRow) -> tuple[_Held | None, _Queued | None, str | None]:
+        """:meth:`held`, :meth:`queued` and, when both are None, :meth:`contact_last_agent`, in one statement."""
+        r = self.conn.execute(_PLACEMENT_SQL, (t.id, t.contact_id)).fetchone()
+        return (_Held(r[0], r[1], r[2], _dec.decode(r[3])) if r[0] is not None else None,
+                _queued(r[4:-1]) if r[4] is not None else None, r[-1])
+
     def state(self, teams: frozenset[str] | None = None) -> AssignmentState:
         """The chooser's view of the members of ``teams`` (every agent when None or empty)."""
         return self.agents().state(teams)
 
     def contact_last_agent(self, t: TicketRow) -> str | None:
         """Who served this contact last (another ticket), for sticky assignment."""
-        r = self.conn.execute(
-            "SELECT a.agent_id FROM assignments a JOIN tickets t ON t.id = a.ticket_id "
-            "WHERE t.contact_id = ? AND a.ticket_id != ? ORDER BY a.assigned_at DESC LIMIT 1",
-            (t.contact_id, t.id),
-        ).fetchone()
+        r = self.conn.execute(_CONTACT_LAST_SQL, (t.id, t.contact_id)).fetchone()
         return r[0] if r else None
 
     def demand(self, t: TicketRow, last_agent: str | None = None, role: str | None = None) -> Demand:
@@ -466,13 +529,16 @@ class AssignTx:
 
     # -- assignment
 
-    def take(self, t: TicketRow, decision: Decision, state: AssignmentState, why: str | None = None
-             ) -> AssignmentState:
-        """Give the ticket to the decided agent (load, assignee, timeline, event); the state after."""
+    def take(self, t: TicketRow, decision: Decision, state: AssignmentState, why: str | None = None, *,
+             fresh: bool = False) -> AssignmentState:
+        """Give the ticket to the decided agent (load, assignee, timeline, event); the state after.
+
+        ``fresh``: the caller knows the ticket holds no capacity and is not
+        queued (nothing to release or unqueue first)."""
         agent = decision.agent
         assert agent is not None
         after = apply_decision(state, decision, self.now)  # raises rather than over-fill: a stale state is a bug
-        self._hold(t, agent, decision.capacity_class)
+        self._hold(t, agent, decision.capacity_class, fresh)
         self.touch_ticket(t.id, assignee=agent)
         text = describe(decision) + (f" — {why}" if why else "")
         self.timeline(t.id, "assignment", text, decision_data(decision, previous=t.assignee, why=why))
@@ -488,9 +554,11 @@ class AssignTx:
         self.timeline(t.id, "assignment", f"assigned to {agent}: {why}",
                       {"agent": agent, "reason": {"code": "pinned", "text": why}, "capacity_class": cls})
 
-    def _hold(self, t: TicketRow, agent: str, cls: str) -> None:
-        """The held row (and the cache's load and idle time) for ``agent``; the ticket leaves the queue."""
-        self.release(t.id)  # the row is replaced below: its holder's load must drop in the cache too
+    def _hold(self, t: TicketRow, agent: str, cls: str, fresh: bool = False) -> None:
+        """The held row (and the cache's load and idle time) for ``agent``; the ticket leaves the queue
+        (``fresh``: it holds nothing and is not queued, see :meth:`take`)."""
+        if not fresh:
+            self.release(t.id)  # the row is replaced below: its holder's load must drop in the cache too
         cache = self.changing()
         self.conn.execute(
             "INSERT OR REPLACE INTO assignments (ticket_id, agent_id, class, team, skills, assigned_at) "
@@ -498,7 +566,8 @@ class AssignTx:
             (t.id, agent, cls, t.team, to_json(t.skills), self.now_ms),
         )
         self.conn.execute("UPDATE agents SET last_assigned_at = ? WHERE id = ?", (self.now_ms, agent))
-        self.conn.execute("DELETE FROM assign_queue WHERE ticket_id = ?", (t.id,))
+        if not fresh:
+            self.conn.execute("DELETE FROM assign_queue WHERE ticket_id = ?", (t.id,))
         live = cache.live.get(agent)
         if live is not None:  # a rule may pin a ticket to an id the directory does not know
             live.load[cls] = live.load.get(cls, 0) + 1
@@ -521,20 +590,22 @@ class AssignTx:
             live.changed()
         return r[0]
 
-    def assign(self, t: TicketRow, demand: Demand, why: str | None = None) -> Decision:
-        """Choose for ``demand``: take the ticket, or queue it saying why."""
+    def assign(self, t: TicketRow, demand: Demand, why: str | None = None, *, fresh: bool = False) -> Decision:
+        """Choose for ``demand``: take the ticket, or queue it saying why (``fresh``: see :meth:`take`)."""
         state = self.state(demand.teams())
         decision = choose_agent(state, demand)
         if decision.agent is not None:
-            self.take(t, decision, state, why)
+            self.take(t, decision, state, why, fresh=fresh)
         else:
-            self.enqueue(t, demand, decision)
+            self.enqueue(t, demand, decision, fresh=fresh)
         return decision
 
-    def enqueue(self, t: TicketRow, demand: Demand, decision: Decision) -> None:
-        """Queue the ticket (once: a later failed attempt only refreshes the reason)."""
+    def enqueue(self, t: TicketRow, demand: Demand, decision: Decision, *, fresh: bool = False) -> None:
+        """Queue the ticket (once: a later failed attempt only refreshes the reason; ``fresh``: the
+        caller knows it is not queued)."""
         reason = describe(decision)
-        if self.conn.execute("UPDATE assign_queue SET reason = ? WHERE ticket_id = ?", (reason, t.id)).rowcount:
+        if not fresh and self.conn.execute(
+                "UPDATE assign_queue SET reason = ? WHERE ticket_id = ?", (reason, t.id)).rowcount:
             return
         steps = self.overflow_steps(demand.team)
         self.conn.execute(
@@ -851,15 +922,15 @@ def _assign_next(tx: AssignTx, ticket_id: str) -> Decision:
         raise NotFound(f"ticket {ticket_id} not found")
     if t.status not in OPEN_STATUSES:
         raise StoreError(f"ticket {ticket_id} is {t.status}: only open tickets are assigned")
-    held = tx.held(t.id)
+    held, queued, contact_last = tx.placement(t)
     if held is not None:
         tx.release(t.id)
-    queued = tx.queued(t.id)
-    last = held.agent if held else queued.demand.last_agent if queued else tx.contact_last_agent(t)
+    last = held.agent if held else queued.demand.last_agent if queued else contact_last
     demand = tx.demand(t, last)
     if queued is not None:  # keep its age and what overflow widened
         demand = msgspec.structs.replace(queued.demand, priority=t.priority)
-    return tx.assign(t, demand)
+    # released above and not queued: nothing to release or unqueue again
+    return tx.assign(t, demand, fresh=queued is None)
 
 
 class AssignOps:

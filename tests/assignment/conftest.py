@@ -126,14 +126,15 @@ async def sqlite_store(tmp_path, clock):
 
 async def make_ticket(store, *, channel: str = "email", team: str | None = None, priority: str = "normal",
                       skills: dict[str, int] | None = None, created_at: datetime = T0,
-                      contact_id: str | None = None) -> str:
-    """A new ticket (and contact), committed the way the pipeline commits one."""
+                      contact_id: str | None = None, contact_version: int | None = None) -> str:
+    """A new ticket (and contact, unless ``contact_id`` at ``contact_version`` is given), committed the
+    way the pipeline commits one."""
     cid, tid = contact_id or new_id(), new_id()
     sender = Identity("email", f"{cid.lower()}@example.com")
     await store.commit(Commit(
         journal_id=await journal_id(store), outcome="processed", message_key=(channel, "acct", new_id()), contact_id=cid,
         new_contact=NewContact(cid, "Customer", created_at) if contact_id is None else None,
-        contact_expect_version=None, ticket_id=tid,
+        contact_expect_version=contact_version, ticket_id=tid,
         new_ticket=NewTicket(id=tid, subject="help", channel=channel, created_at=created_at,
                              reply_to=ReplyTarget(channel, "acct", sender), priority=priority, team=team,
                              skills=skills or {}),

@@ -80,6 +80,39 @@ async def test_going_offline_can_return_chats_to_the_queue(store, clock):
     assert "from the queue" not in back.text and back.data["reason"]["code"] == "least_loaded"
 
 
+async def test_a_returning_contact_gets_the_agent_who_served_them_last(store, clock):
+    first = await make_ticket(store, team="chat")
+    assert (await store.assign_next(first, T0)).agent == "c-1"
+    for _ in range(3):  # c-2, c-3, then c-1 again: c-1 is the most loaded now
+        await store.assign_next(await make_ticket(store, team="chat"), clock.advance(minutes=1))
+    contact = (await store.get_ticket(first)).contact_id
+    second = await make_ticket(store, team="chat", contact_id=contact, contact_version=1)
+    decision = await store.assign_next(second, clock.advance(minutes=1))
+    assert decision.agent == "c-1" and decision.reason.code == "sticky"
+
+
+async def test_assign_next_again_on_a_held_ticket_keeps_one_place(store, clock):
+    t = await make_ticket(store, team="support")
+    assert (await store.assign_next(t, T0)).agent == "a-wang"
+    again = await store.assign_next(t, clock.advance(minutes=1))
+    assert again.agent == "a-wang" and again.reason.code == "sticky"
+    [wang] = [a for a in await store.list_agents() if a.id == "a-wang"]
+    assert wang.load == {"email": 1} and wang.tickets == [t]
+
+
+async def test_assign_next_again_on_a_queued_ticket_keeps_its_place_and_age(store, clock):
+    await store.set_presence("a-wang", "offline", T0)
+    t = await make_ticket(store, team="support")
+    assert (await store.assign_next(t, T0)).agent is None
+    assert (await store.assign_next(t, clock.advance(minutes=2))).agent is None
+    [queued] = await entries(store, t, "assignment")  # queued once; the second attempt refreshed the reason
+    assert queued.text.startswith("queued in team support")
+    await store.set_presence("a-wang", "online", clock.advance(minutes=3))
+    assert await assignee(store, t) == "a-wang"
+    [_, taken] = await entries(store, t, "assignment")
+    assert "from the queue after 5m" in taken.text  # waited since it was first queued
+
+
 async def test_invalid_status_transition_is_refused(store, clock):
     from gateway.store.base import InvalidTransition
 
