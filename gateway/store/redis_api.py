@@ -37,8 +37,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway.store.redis_codec import dt as _dt, j as _j, ms as _ms, s as _s
-from gateway.store.base import REPLY_TOPIC, Conflict, NoReplyTarget, NotFound, ReplyDraft, StoreError
-from gateway.store.sqlite_tickets import AuditRecord, Mention, TicketQuery, TicketRecord, TimelineRow, VersionMismatch
+from gateway.store.base import REPLY_TOPIC, Conflict, NotFound, ReplyDraft, StoreError
+from gateway.store.sqlite_replies import reply_target_and_data
+from gateway.store.sqlite_tickets import (AuditRecord, Mention, TicketQuery, TicketRecord, TimelineRow, VersionMismatch,
+                                          change_sentence)
 from gateway.store.sqlite_tokens import ROLES, TokenInfo, hash_token, new_token
 from routing.model import OPEN_STATUSES, Contact, Identity, SlaState, TimelineEntry, new_id
 
@@ -138,14 +140,6 @@ def _rs() -> Any:
     from gateway.store import redis_store
 
     return redis_store
-
-
-def _show(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, list):
-        return "[" + ", ".join(map(str, v)) + "]"
-    return str(v)
 
 
 #: what a list's filters read of each ticket scanned (the page itself is then read whole)
@@ -287,9 +281,8 @@ async def _patch_step(step: Any, ticket_id: str, changes: dict[str, Any], expect
         columns["tags"] = _j(done["tags"]["to"])
     if columns:
         step.touch_ticket(ticket_id, **columns)
-    why = f"by {actor}" + (f": {reason}" if reason else "")
-    text = "; ".join(f"{f}: {_show(v['from'])} → {_show(v['to'])}" for f, v in done.items()) + f" ({why})"
-    step.timeline(ticket_id, "update", text, {"actor": actor, "reason": reason, "changes": done})
+    step.timeline(ticket_id, "update", change_sentence(done, actor, reason),
+                  {"actor": actor, "reason": reason, "changes": done})
     if "assignee" in done:
         agent = done["assignee"]["to"]
         step.touch_ticket(ticket_id, assignee=agent)
@@ -712,19 +705,7 @@ class ApiOps:
             tx.op("HSET", k.auto_reply_last, address, now)
             tx.op("ZADD", k.auto_reply_log, now, new_id())
             tx.op("ZREMRANGEBYSCORE", k.auto_reply_log, "-inf", f"({hour_from}")
-        target = t.reply_to
-        if target is not None and to is not None:
-            target = msgspec.structs.replace(target, to=to)
-        if draft.public and target is None:
-            raise NoReplyTarget(f"ticket #{t.number} has no reply target (it did not come in through a "
-                                "channel that can be answered); add an internal note instead")
-        data: dict[str, Any] = {"author": draft.author or "system", "auto": draft.auto, "public": draft.public}
-        if draft.html:
-            data["html"] = draft.html
-        if draft.template is not None:
-            data["template"] = msgspec.to_builtins(draft.template)
-        if draft.public:
-            data["delivery"] = {"status": "queued"}
+        target, data = reply_target_and_data(t.number, t.reply_to, draft, to)
         if mentioned:
             data["mentions"] = mentioned
         entry = TimelineEntry(

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from gateway.store.base import Conflict
-from gateway.store.sqlite_delivery import EARLY_KEEP_MS, RANK
+from gateway.store.sqlite_delivery import EARLY_KEEP_MS, RANK, advanced
 from routing.state import Commit, CommitResult, DeliveryStatus
 
 _enc = msgspec.json.Encoder()
@@ -133,18 +133,7 @@ class RedisDeliveryOps:
         """Move the timeline record ``rec``'s ``data.delivery`` (in place) and write the event."""
         data = rec["e"].get("data") or {}
         rec["e"]["data"] = data
-        delivery = dict(data.get("delivery") or {})
-        current = delivery.get("status", "queued")
-        if d.external_id:
-            delivery.setdefault("external_id", d.external_id)
-        delivery[f"{d.status}_at"] = d.at.isoformat()
-        if RANK.get(d.status, 0) >= RANK.get(current, 0) and current != "failed":
-            delivery["status"] = d.status
-        if d.status == "failed":
-            delivery["reason"] = d.error or "the platform reported the message as failed"
-            if d.error_code:
-                delivery["code"] = d.error_code
-        data["delivery"] = delivery
+        delivery = data["delivery"] = advanced(data.get("delivery"), d)
         self._add_outbox(tx, "message.status", ticket_id, {
             "timeline_id": timeline_id, "ticket_id": ticket_id, "contact_id": contact_id, "source": "report",
             "channel": d.channel, "external_id": delivery.get("external_id"), "status": d.status,

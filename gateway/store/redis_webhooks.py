@@ -282,6 +282,18 @@ def event_data(f: dict) -> dict:
     return data
 
 
+def _event_delivery(k: Any, name: str, f: dict[str, str], args: list[Any]) -> list[str]:
+    """A delivery row to endpoint ``name`` of the outbox event ``f`` (its
+    stream fields) for the queueing script: its two keys are returned, its
+    two arguments appended to ``args`` (the row, and no dead letter)."""
+    rid = new_id()
+    order_key = f.get("ticket_id") or f"event:{f['id']}"
+    args += [_j({"id": rid, "endpoint": name, "event_id": f["id"], "topic": f["topic"],
+                 "order_key": order_key, "payload": _j(event_data(f)), "event_at": f["at"],
+                 "ticket_id": f.get("ticket_id") or ""}), ""]
+    return [k.webhook_line(name, order_key), k.webhook_row(rid)]
+
+
 class RedisWebhookOps:
     """Mixed into RedisStore: events, endpoints, fan-out, claims, settling, dead letters, retention."""
 
@@ -485,12 +497,7 @@ class RedisWebhookOps:
                         continue
                 elif not _matches(f["topic"], patterns):
                     continue
-                rid = new_id()
-                order_key = f.get("ticket_id") or f"event:{f['id']}"
-                keys += [k.webhook_line(name, order_key), k.webhook_row(rid)]
-                args += [_j({"id": rid, "endpoint": name, "event_id": f["id"], "topic": f["topic"],
-                             "order_key": order_key, "payload": _j(event_data(f)), "event_at": f["at"],
-                             "ticket_id": f.get("ticket_id") or ""}), ""]
+                keys += _event_delivery(k, name, f, args)
             n = await self._call(self._whq(keys=keys, args=args))
             if n > 0:
                 queued += n
@@ -666,12 +673,7 @@ class RedisWebhookOps:
             if not entries:
                 raise NotFound(f"event {event_id} is neither a dead letter of {name!r} nor kept in the outbox")
             f = {_s(a): _s(b) for a, b in entries[0][1].items()}
-            rid = new_id()
-            order_key = f.get("ticket_id") or f"event:{f['id']}"
-            keys += [k.webhook_line(name, order_key), k.webhook_row(rid)]
-            args += [_j({"id": rid, "endpoint": name, "event_id": f["id"], "topic": f["topic"],
-                         "order_key": order_key, "payload": _j(event_data(f)), "event_at": f["at"],
-                         "ticket_id": f.get("ticket_id") or ""}), ""]
+            keys += _event_delivery(k, name, f, args)
         return max(0, int(await self._call(self._whq(keys=keys, args=args))))
 
     # ------------------------------------------------------------ retention

@@ -115,22 +115,28 @@ def _apply_watermark(conn: sqlite3.Connection, d: Any, now_ms: int) -> tuple[str
     return last_ticket, contact_id
 
 
-def _advance(conn: sqlite3.Connection, d: Any, timeline_id: str, ticket_id: str | None, contact_id: str | None,
-             data_json: str | None, now_ms: int) -> None:
-    data: dict[str, Any] = _dec.decode(data_json) if data_json else {}
-    delivery = dict(data.get("delivery") or {})
+def advanced(delivery: dict[str, Any] | None, d: Any) -> dict[str, Any]:
+    """A reply's ``data.delivery`` after the platform's report ``d`` (both
+    backends): the report's time kept per status, the status moved forward
+    only (never past ``failed``), a failure's reason and code."""
+    delivery = dict(delivery or {})
     current = delivery.get("status", "queued")
-    stamp = d.at.isoformat()
     if d.external_id:
         delivery.setdefault("external_id", d.external_id)
-    delivery[f"{d.status}_at"] = stamp
+    delivery[f"{d.status}_at"] = d.at.isoformat()
     if RANK.get(d.status, 0) >= RANK.get(current, 0) and current != "failed":
         delivery["status"] = d.status
     if d.status == "failed":
         delivery["reason"] = d.error or "the platform reported the message as failed"
         if d.error_code:
             delivery["code"] = d.error_code
-    data["delivery"] = delivery
+    return delivery
+
+
+def _advance(conn: sqlite3.Connection, d: Any, timeline_id: str, ticket_id: str | None, contact_id: str | None,
+             data_json: str | None, now_ms: int) -> None:
+    data: dict[str, Any] = _dec.decode(data_json) if data_json else {}
+    delivery = data["delivery"] = advanced(data.get("delivery"), d)
     conn.execute("UPDATE timeline SET data = ? WHERE id = ?", (_enc.encode(data).decode(), timeline_id))
     payload = {"timeline_id": timeline_id, "ticket_id": ticket_id, "contact_id": contact_id, "source": "report",
                "channel": d.channel,

@@ -118,17 +118,16 @@ def _auto_reply_create(conn: sqlite3.Connection, ticket_id: str, draft: ReplyDra
     return _reply_create(conn, ticket_id, draft, entry_id, now, to=to)
 
 
-def _reply_create(conn: sqlite3.Connection, ticket_id: str, draft: ReplyDraft, entry_id: str,
-                  now: datetime, to: Identity | None = None) -> TimelineEntry:
-    core = _core()
-    ticket = core._ticket_select(conn, "id = ?", ticket_id)
-    if ticket is None:
-        raise NotFound(f"ticket {ticket_id} not found")
-    target = ticket.reply_to
+def reply_target_and_data(number: int, reply_to: Any, draft: ReplyDraft,
+                          to: Identity | None) -> tuple[Any, dict[str, Any]]:
+    """Where ticket ``#number``'s reply goes (its ``reply_to``, to ``to``
+    instead of the ticket's customer if given) and the timeline entry's
+    ``data`` (both backends); a public reply with nowhere to go is refused."""
+    target = reply_to
     if target is not None and to is not None:
         target = msgspec.structs.replace(target, to=to)
     if draft.public and target is None:
-        raise NoReplyTarget(f"ticket #{ticket.number} has no reply target (it did not come in through a "
+        raise NoReplyTarget(f"ticket #{number} has no reply target (it did not come in through a "
                             "channel that can be answered); add an internal note instead")
     data: dict[str, Any] = {"author": draft.author or "system", "auto": draft.auto, "public": draft.public}
     if draft.html:
@@ -137,6 +136,16 @@ def _reply_create(conn: sqlite3.Connection, ticket_id: str, draft: ReplyDraft, e
         data["template"] = msgspec.to_builtins(draft.template)
     if draft.public:
         data["delivery"] = {"status": "queued"}
+    return target, data
+
+
+def _reply_create(conn: sqlite3.Connection, ticket_id: str, draft: ReplyDraft, entry_id: str,
+                  now: datetime, to: Identity | None = None) -> TimelineEntry:
+    core = _core()
+    ticket = core._ticket_select(conn, "id = ?", ticket_id)
+    if ticket is None:
+        raise NotFound(f"ticket {ticket_id} not found")
+    target, data = reply_target_and_data(ticket.number, ticket.reply_to, draft, to)
     entry = TimelineEntry(
         id=entry_id, contact_id=ticket.contact_id, kind="message_out" if draft.public else "note", at=now,
         ticket_id=ticket.id, channel=target.channel if target else None, subject=draft.subject, text=draft.text,

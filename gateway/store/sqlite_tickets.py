@@ -255,9 +255,8 @@ def _patch(tx: Any, ticket_id: str, changes: dict[str, Any], expected: int | Non
         columns["tags"] = _enc.encode(done["tags"]["to"]).decode()
     if columns:
         tx.touch_ticket(ticket_id, **columns)
-    why = f"by {actor}" + (f": {reason}" if reason else "")
-    text = "; ".join(f"{k}: {_show(v['from'])} → {_show(v['to'])}" for k, v in done.items()) + f" ({why})"
-    tx.timeline(ticket_id, "update", text, {"actor": actor, "reason": reason, "changes": done})
+    tx.timeline(ticket_id, "update", change_sentence(done, actor, reason),
+                {"actor": actor, "reason": reason, "changes": done})
     if "assignee" in done:
         agent = done["assignee"]["to"]
         tx.touch_ticket(ticket_id, assignee=agent)
@@ -280,6 +279,12 @@ def _patch(tx: Any, ticket_id: str, changes: dict[str, Any], expected: int | Non
     tx.outbox("ticket.updated", ticket_id, {"ticket_id": ticket_id, "changes": done, "actor": actor,
                                             "reason": reason, "version": version})
     return done
+
+
+def change_sentence(done: dict[str, dict], actor: str, reason: str | None) -> str:
+    """The timeline's sentence for a ticket's changed fields (both backends)."""
+    why = f"by {actor}" + (f": {reason}" if reason else "")
+    return "; ".join(f"{k}: {_show(v['from'])} → {_show(v['to'])}" for k, v in done.items()) + f" ({why})"
 
 
 def _show(v: Any) -> str:
