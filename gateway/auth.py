@@ -99,37 +99,6 @@ def visible_ticket(p: Principal, ticket: Any) -> None:
         raise forbid(f"ticket #{ticket.number} belongs to team {ticket.team or '-'}: {p.agent_id} may not open it")
 
 
-# ---------------------------------------------------------------- rate limit
-
-
-class RateLimiter:
-    """A token bucket per key: ``per_minute`` steady, ``burst`` at once.
-    ``clock`` is monotonic seconds (tests pass their own)."""
-
-    def __init__(self, per_minute: int, burst: int, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 10_000) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = max(1, burst)
-        self.clock = clock
-        self.max_keys = max_keys
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str) -> float:
-        """0 when allowed (one token taken); else the seconds until the next token."""
-        if self.rate <= 0:
-            return 0.0
-        now = self.clock()
-        tokens, at = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
-        if tokens >= 1:
-            if len(self._buckets) >= self.max_keys and key not in self._buckets:
-                self._buckets.clear()  # bounded memory; a full bucket for everyone is the generous side
-            self._buckets[key] = (tokens - 1, now)
-            return 0.0
-        self._buckets[key] = (tokens, now)
-        return (1 - tokens) / self.rate
-
-
 # ---------------------------------------------------------------- authentication
 
 
@@ -149,8 +118,10 @@ class Auth:
         self.bootstrap = bootstrap_token
         self.clock = clock
         self.monotonic = monotonic
-        self.limiter = RateLimiter(config.rate_limit_per_minute, config.rate_limit_burst, clock=monotonic)
-        from gateway.shared import RedisLimiter, limiter_for
+        from gateway.shared import LocalLimiter, RedisLimiter, limiter_for
+
+        #: one token bucket per token (``monotonic``: tests pass their own)
+        self.limiter = LocalLimiter(config.rate_limit_per_minute / 60.0, config.rate_limit_burst, clock=monotonic)
 
         # several instances on Redis: one budget per token for all of them (gateway/shared.py)
         shared = limiter_for(store, "api", config.rate_limit_per_minute / 60.0, config.rate_limit_burst,
@@ -212,7 +183,7 @@ class Auth:
         return Principal(agent_id=info.agent_id, role=info.role, teams=cached.teams, token_id=info.id)
 
     async def _limit(self, key: str) -> None:
-        wait = await self.shared_limiter.take(key) if self.shared_limiter is not None else self.limiter.take(key)
+        wait = await self.shared_limiter.take(key) if self.shared_limiter is not None else self.limiter.take_now(key)
         if wait > 0:
             raise Problem(429, "Too many requests",
                           f"this token's rate limit ({self.config.rate_limit_per_minute}/min) is spent; "
