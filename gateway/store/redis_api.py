@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.store.redis_codec import dt as _dt, j as _j, ms as _ms, s as _s
-from gateway.store.base import REPLY_TOPIC, Conflict, NotFound, ReplyDraft, StoreError
+from gateway.store.redis_codec import dt as _dt, j as _j, ms as _ms, retry_conflicts, s as _s
+from gateway.store.base import REPLY_TOPIC, NotFound, ReplyDraft, StoreError
 from gateway.store.sqlite_replies import reply_target_and_data
 from gateway.store.sqlite_tickets import (AuditRecord, Mention, TicketQuery, TicketRecord, TimelineRow, VersionMismatch,
                                           change_sentence)
@@ -523,14 +523,8 @@ class ApiOps:
 
     async def contact_set_attributes(self: "RedisStore", contact_id: str, changes: dict[str, str | None], *,
                                      actor: str, now: datetime) -> Contact:
-        for _ in range(_RETRIES):
-            try:
-                await self._set_attributes(contact_id, changes, actor, _ms(now))
-                break
-            except Conflict:
-                continue
-        else:
-            raise Conflict(f"contact {contact_id} kept changing; try again")
+        await retry_conflicts(lambda: self._set_attributes(contact_id, changes, actor, _ms(now)), _RETRIES,
+                              f"contact {contact_id}")
         contact = await self.get_contact(contact_id)
         assert contact is not None
         return contact
@@ -672,12 +666,8 @@ class ApiOps:
     async def _reply(self: "RedisStore", ticket_id: str, draft: ReplyDraft, now: datetime, to: Identity | None,
                      limits: "AutoReplyLimits | None", mentioned: list[str]
                      ) -> tuple[TimelineEntry | None, list[str]]:
-        for _ in range(_RETRIES):
-            try:
-                return await self._reply_once(ticket_id, draft, now, to, limits, mentioned)
-            except Conflict:
-                continue
-        raise Conflict(f"ticket {ticket_id} kept changing; try again")
+        return await retry_conflicts(lambda: self._reply_once(ticket_id, draft, now, to, limits, mentioned),
+                                     _RETRIES, f"ticket {ticket_id}")
 
     async def _reply_once(self: "RedisStore", ticket_id: str, draft: ReplyDraft, now_dt: datetime,
                           to: Identity | None, limits: "AutoReplyLimits | None", mentioned: list[str]

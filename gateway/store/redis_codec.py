@@ -1,12 +1,18 @@
 """How the Redis backend writes values: JSON text, milliseconds since the
-epoch, and strings from redis-py's bytes (one copy for every mixin)."""
+epoch, and strings from redis-py's bytes; and how a guarded program that
+met a concurrent change is tried again (one copy for every mixin)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
+
+from gateway.store.base import Conflict
+
+T = TypeVar("T")
 
 _enc = msgspec.json.Encoder()
 
@@ -33,3 +39,14 @@ def s(value: Any) -> str | None:
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def retry_conflicts(attempt: Callable[[], Awaitable[T]], tries: int, what: str) -> T:
+    """``attempt()`` again while its guards find ``what`` changed by another
+    writer (:class:`Conflict`), at most ``tries`` times; then Conflict."""
+    for _ in range(tries):
+        try:
+            return await attempt()
+        except Conflict:
+            continue
+    raise Conflict(f"{what} kept changing; try again")

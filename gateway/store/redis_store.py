@@ -51,7 +51,7 @@ import msgspec
 import structlog
 
 from connectors.base import IngestResult, Nonce, NonceReused
-from gateway.store.redis_codec import j as _j, s as _s, dt, ms
+from gateway.store.redis_codec import j as _j, s as _s, dt, ms, retry_conflicts
 from gateway.store.base import (
     JOURNAL_STATUSES,
     REPLY_TOPIC,
@@ -73,7 +73,7 @@ from gateway.store.redis_shared import RedisSharedMixin
 from gateway.store.redis_webhooks import RedisConsoleOps, RedisDeskOps, RedisWebhookOps
 from routing.calls import call_text, merge_call
 from routing.dedupe import reused_id
-from routing.model import Attachment, Contact, Identity, ReplyTarget, SlaState, Ticket, TimelineEntry, new_id, utcnow
+from routing.model import Contact, Identity, ReplyTarget, SlaState, Ticket, TimelineEntry, new_id, utcnow
 from routing.pipeline import Lookup
 from routing.sla import response_verdict
 from routing.state import Commit, CommitResult, ContactState, Hit, Snapshot, TicketState
@@ -1061,14 +1061,8 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
         the loser's identities, tickets and timeline move to the winner."""
         if winner_id == loser_id:
             raise StoreError("cannot merge a contact into itself")
-        for _ in range(5):
-            try:
-                await self._merge(winner_id, loser_id, actor, reason)
-                break
-            except Conflict:
-                continue
-        else:
-            raise Conflict(f"contacts {winner_id} and {loser_id} kept changing; try again")
+        await retry_conflicts(lambda: self._merge(winner_id, loser_id, actor, reason), 5,
+                              f"contacts {winner_id} and {loser_id}")
         contact = await self.get_contact(winner_id)
         assert contact is not None
         return contact
@@ -1126,14 +1120,7 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
         self._add_entry(tx, e, seq, e.contact_id)
 
     async def unmerge_contact(self, contact_id: str, actor: str, reason: str | None = None) -> Contact:
-        for _ in range(5):
-            try:
-                await self._unmerge(contact_id, actor, reason)
-                break
-            except Conflict:
-                continue
-        else:
-            raise Conflict(f"contact {contact_id} kept changing; try again")
+        await retry_conflicts(lambda: self._unmerge(contact_id, actor, reason), 5, f"contact {contact_id}")
         contact = await self.get_contact(contact_id)
         assert contact is not None
         return contact
