@@ -30,7 +30,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime, timezone
 from operator import attrgetter
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import msgspec
 import structlog
@@ -188,13 +188,26 @@ class TicketRow(NamedTuple):
     stamp: tuple[int, int] | None = None
 
 
+def _ticket_row_cols(t: str, tier: str) -> str:
+    """The expressions of a :class:`TicketRow` over the tickets table named ``t``, the contact's tier ``tier``."""
+    return (f"{t}.id, {t}.contact_id, {t}.status, {t}.priority, {t}.team, {t}.skills, {t}.assignee, "
+            f"coalesce(json_extract({t}.reply_to, '$.channel'), json_extract({t}.channels, '$[0]'), ''), "
+            f"{t}.created_at, {t}.first_response_at, {tier}, {t}.sla, {t}.updated_at, {t}.version")
+
+
 _TICKET_SQL = (
-    "SELECT t.id, t.contact_id, t.status, t.priority, t.team, t.skills, t.assignee, "
-    "coalesce(json_extract(t.reply_to, '$.channel'), json_extract(t.channels, '$[0]'), ''), "
-    "t.created_at, t.first_response_at, c.tier, t.sla, t.updated_at, t.version "
+    f"SELECT {_ticket_row_cols('t', 'c.tier')} "
     "FROM tickets t LEFT JOIN contacts c ON c.id = t.contact_id "
     "WHERE t.id = ?"
 )
+#: a :class:`TicketRow`'s expressions in a statement on ``tickets`` by its name (what :data:`_TICKET_SQL` reads)
+TICKET_ROW_COLS = _ticket_row_cols("tickets", "(SELECT tier FROM contacts WHERE contacts.id = tickets.contact_id)")
+
+
+def ticket_row(r: Sequence[Any]) -> TicketRow:
+    """The :class:`TicketRow` of a read of :data:`_TICKET_SQL` or of :data:`TICKET_ROW_COLS`."""
+    return TicketRow(r[0], r[1], r[2], r[3], r[4], _dec.decode(r[5]), r[6], r[7], from_ms(r[8]), from_ms(r[9]),
+                     r[10], r[11], (r[12], r[13]))
 
 
 class _Held(NamedTuple):
@@ -457,10 +470,7 @@ class AssignTx:
 
     def ticket(self, ticket_id: str) -> TicketRow | None:
         r = self.conn.execute(_TICKET_SQL, (ticket_id,)).fetchone()
-        if r is None:
-            return None
-        return TicketRow(r[0], r[1], r[2], r[3], r[4], _dec.decode(r[5]), r[6], r[7], from_ms(r[8]), from_ms(r[9]),
-                         r[10], r[11], (r[12], r[13]))
+        return None if r is None else ticket_row(r)
 
     def held(self, ticket_id: str) -> _Held | None:
         r = self.conn.execute(
@@ -889,10 +899,12 @@ def _changed_tickets(conn: sqlite3.Connection, cursor: str | None,
 # ---------------------------------------------------------------- the mixin
 
 
-def _sync_one(tx: AssignTx, ticket_id: str) -> tuple[Decision | None, TicketRow | None]:
+def _sync_one(tx: AssignTx, ticket_id: str, row: TicketRow | None = None) -> tuple[Decision | None, TicketRow | None]:
     """Bring one ticket's assignment and SLA in line: (``ensure``'s decision,
-    the ticket's row as the sync leaves it; None: no such ticket)."""
-    t = tx.ticket(ticket_id)
+    the ticket's row as the sync leaves it; None: no such ticket). ``row``:
+    the ticket's row as it is now, when the caller has it (the commit read
+    it for its events), instead of reading it."""
+    t = row if row is not None else tx.ticket(ticket_id)
     if t is None:
         return None, None
     touched = tx.touched
@@ -973,7 +985,8 @@ class AssignOps:
         self._commit_clock = clock
         self._synced = {}
 
-    def _sync_in_tx(self, conn: sqlite3.Connection, ticket_id: str) -> None:
+    def _sync_in_tx(self, conn: sqlite3.Connection, ticket_id: str, row: TicketRow | None = None) -> None:
+        """The pipeline commit's sync of ``ticket_id`` (``row``: the ticket's row as the commit left it, if known)."""
         directory, clock = self._directory, self._commit_clock
         if directory is None or clock is None:
             return  # no directory loaded yet: the sweep syncs the ticket later
@@ -981,7 +994,7 @@ class AssignOps:
             self._agent_cache = AgentCache()
         conn.execute("SAVEPOINT sync")
         try:
-            _, t = _sync_one(self._tx_type(conn, directory, self._agent_cache, clock()), ticket_id)
+            _, t = _sync_one(self._tx_type(conn, directory, self._agent_cache, clock()), ticket_id, row)
         except Exception:  # noqa: BLE001 - the message is committed; the sweep retries the rest
             conn.execute("ROLLBACK TO sync")
             log.exception("pipeline.after_commit_failed", hook="ticket_sync", ticket_id=ticket_id)

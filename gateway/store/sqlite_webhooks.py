@@ -169,13 +169,19 @@ class Claimed(msgspec.Struct, kw_only=True):
     order_key: str | None = None
 
 
+#: the ``tickets`` columns a ticket snapshot is made of (:func:`ticket_snapshot_of`), in its order
+TICKET_SNAPSHOT_COLS = ("id, number, contact_id, subject, status, priority, team, assignee, tags, channels, version, "
+                        "created_at, updated_at, last_message_at, first_response_at, solved_at, closed_at, follow_up_of")
+
+
 def ticket_snapshot(conn: sqlite3.Connection, ticket_id: str) -> dict | None:
-    r = conn.execute(
-        "SELECT id, number, contact_id, subject, status, priority, team, assignee, tags, channels, version, "
-        "created_at, updated_at, last_message_at, first_response_at, solved_at, closed_at, follow_up_of "
-        "FROM tickets WHERE id = ?", (ticket_id,)).fetchone()
-    if r is None:
-        return None
+    r = conn.execute(f"SELECT {TICKET_SNAPSHOT_COLS} FROM tickets WHERE id = ?", (ticket_id,)).fetchone()
+    return None if r is None else ticket_snapshot_of(r)
+
+
+def ticket_snapshot_of(r: Sequence[Any]) -> dict:
+    """The snapshot of a ticket from its :data:`TICKET_SNAPSHOT_COLS` (a read, or
+    the ``RETURNING`` of the write that left the row so: the same values)."""
     return {"id": r[0], "number": r[1], "contact_id": r[2], "subject": r[3], "status": r[4], "priority": r[5],
             "team": r[6], "assignee": r[7], "tags": _dec.decode(r[8]), "channels": _dec.decode(r[9]),
             "version": r[10], "created_at": _iso(r[11]), "updated_at": _iso(r[12]),
@@ -246,7 +252,7 @@ def contact_snapshot(conn: sqlite3.Connection, contact_id: str) -> dict | None:
 
 
 def event_payloads(conn: sqlite3.Connection, events: Iterable[Any], now: int | None = None,
-                   written: Sequence[TimelineEntry] = ()) -> list[dict]:
+                   written: Sequence[TimelineEntry] = (), tickets: dict[str, dict] | None = None) -> list[dict]:
     """The ``data`` of each event as committed: its own fields plus
     ``ticket`` (a snapshot of the ticket), ``message`` for ``message.*``
     events (the timeline entry) and ``contact`` for ``contact.*`` events.
@@ -254,9 +260,11 @@ def event_payloads(conn: sqlite3.Connection, events: Iterable[Any], now: int | N
     ``ticket_id``) or ``(topic, ticket_id, payload)`` tuples; call it inside
     the transaction, after the change. ``written``: timeline entries this
     transaction inserted and left alone since (their message snapshots are
-    made from them, :func:`written_message_snapshot`, not read back). Reply
-    rows are returned untouched."""
-    tickets: dict[str, dict | None] = {}
+    made from them, :func:`written_message_snapshot`, not read back).
+    ``tickets``: snapshots of tickets as this transaction left them, made
+    from the row its last write of each returned (:func:`ticket_snapshot_of`),
+    not read back. Reply rows are returned untouched."""
+    snapshots: dict[str, dict | None] = dict(tickets) if tickets else {}
     fresh = {e.id: e for e in written} if written else None
     out = []
     for ev in events:
@@ -270,10 +278,10 @@ def event_payloads(conn: sqlite3.Connection, events: Iterable[Any], now: int | N
         data = dict(payload)
         tid = ticket_id or data.get("ticket_id")
         if tid:
-            if tid not in tickets:
-                tickets[tid] = ticket_snapshot(conn, tid)
-            if tickets[tid] is not None:
-                data["ticket"] = tickets[tid]
+            if tid not in snapshots:
+                snapshots[tid] = ticket_snapshot(conn, tid)
+            if snapshots[tid] is not None:
+                data["ticket"] = snapshots[tid]
         if topic.startswith("message.") and data.get("timeline_id") and "message" not in data:
             entry = fresh.get(data["timeline_id"]) if fresh else None
             msg = written_message_snapshot(entry) if entry is not None else None
