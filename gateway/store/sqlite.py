@@ -42,6 +42,7 @@ from gateway.store.sqlite_sla import SlaOps
 from gateway.store.sqlite_tickets import TicketsOps
 from gateway.store.sqlite_tokens import TokensOps
 from gateway.store.sqlite_webhooks import (
+    OUTBOX_INSERT,
     TICKET_SNAPSHOT_COLS,
     WebhookOps,
     event_payloads,
@@ -879,9 +880,9 @@ def _apply_commit_row(conn: sqlite3.Connection, c: Commit, first_number: int, no
         if row and wrote is not None:
             committed = conn.execute(_COMMITTED_TICKET_SQL, (wrote,)).fetchone()
             tickets = {wrote: ticket_snapshot_of(committed)}
-        conn.executemany("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
-                         [(new_id(), ev.topic, ev.ticket_id, _j(p), now, now)
-                          for ev, p in zip(c.outbox, event_payloads(conn, c.outbox, now, entries, tickets))])
+        payloads = event_payloads(conn, c.outbox, now, entries, tickets)
+        conn.executemany(OUTBOX_INSERT, [(new_id(), ev.topic, ev.ticket_id, _enc.encode(p), now, now)
+                                         for ev, p in zip(c.outbox, payloads)])
     if c.final:
         conn.execute("UPDATE journal SET status = 'processed', processed_at = ?, ticket_id = ?, contact_id = ?, "
                      "error = NULL WHERE id = ?", (now, c.ticket_id, cid, c.journal_id))

@@ -170,8 +170,9 @@ class Claimed(msgspec.Struct, kw_only=True):
 
 
 #: the ``tickets`` columns a ticket snapshot is made of (:func:`ticket_snapshot_of`), in its order
-TICKET_SNAPSHOT_COLS = ("id, number, contact_id, subject, status, priority, team, assignee, tags, channels, version, "
-                        "created_at, updated_at, last_message_at, first_response_at, solved_at, closed_at, follow_up_of")
+TICKET_SNAPSHOT_COLS = ("id, number, contact_id, subject, status, priority, team, assignee, tags, channels, "
+                        "version, created_at, updated_at, last_message_at, first_response_at, solved_at, closed_at, "
+                        "follow_up_of")
 
 
 def ticket_snapshot(conn: sqlite3.Connection, ticket_id: str) -> dict | None:
@@ -302,11 +303,19 @@ def event_payloads(conn: sqlite3.Connection, events: Iterable[Any], now: int | N
     return out
 
 
+#: an event row; its payload is bound as the JSON's UTF-8 bytes (``_enc.encode``) and stored as
+#: TEXT of those very bytes (``CAST``: a BLOB is read as text in the database's encoding, UTF-8):
+#: what binding the decoded ``str`` stores, without decoding the JSON to a ``str`` that the
+#: driver encodes back to UTF-8 (an event carries the customer's text, often not ASCII)
+OUTBOX_INSERT = ("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) "
+                 "VALUES (?,?,?,CAST(? AS TEXT),?,?)")
+
+
 def insert_events(conn: sqlite3.Connection, events: Sequence[tuple[str, str | None, dict]], now: int) -> None:
     """Write events ``(topic, ticket_id, payload)`` with their committed snapshots."""
     payloads = event_payloads(conn, events, now)
-    conn.executemany("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
-                     [(new_id(), ev[0], ev[1], _enc.encode(p).decode(), now, now) for ev, p in zip(events, payloads)])
+    conn.executemany(OUTBOX_INSERT, [(new_id(), ev[0], ev[1], _enc.encode(p), now, now)
+                                     for ev, p in zip(events, payloads)])
 
 
 # ---------------------------------------------------------------- the store's operations

@@ -5,10 +5,14 @@
   give, through the real app's worker on the production bench's traffic
   (shipped rules, a directory, SLA policies: new tickets, follow-ups, tags,
   priorities, assignment, auto-replies).
+- Event payloads bound as UTF-8 bytes and cast to TEXT are stored as the
+  very value a bound ``str`` is.
 """
 
 from __future__ import annotations
 
+import random
+import sqlite3
 from pathlib import Path
 
 import msgspec
@@ -18,7 +22,7 @@ from gateway import keys
 from gateway.bench import production
 from gateway.store import sqlite, sqlite_assign
 from gateway.store.sqlite import SQLiteStore
-from gateway.store.sqlite_webhooks import ticket_snapshot
+from gateway.store.sqlite_webhooks import OUTBOX_INSERT, ticket_snapshot
 from tests.clock import FakeClock
 
 
@@ -74,3 +78,27 @@ async def test_the_ticket_a_commit_reads_once_is_what_the_plain_reads_give(tmp_p
     assert any(got["tags"] for got, _ in snapshots) and {got["priority"] for got, _ in snapshots} > {"normal"}
     assert any(got.sla for got, _ in rows) and any(got.assignee for got, _ in rows)
 
+
+def test_an_event_payload_bound_as_bytes_is_stored_as_the_str_would_be() -> None:
+    """``OUTBOX_INSERT`` (the JSON's bytes, ``CAST(? AS TEXT)``) stores the
+    value binding the decoded ``str`` stores: type TEXT, the same bytes, the
+    same JSON functions' answers — for texts in any script, escapes, NUL,
+    line separators, emoji and empty values."""
+    rng = random.Random(11)
+    texts = ["", "您好，我的订单还没有到", "Where is my parcel?", 'quote " back \\ slash', "nul \x00 and \x01",
+             "line\u2028sep\u2029", "emoji 🚚📦", "العربية", "ключ", "\ud7ff\ue000\uffff", "a" * 5000]
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, id TEXT, topic TEXT, ticket_id TEXT, payload TEXT, "
+                 "created_at INTEGER, next_at INTEGER)")
+    enc = msgspec.json.Encoder()
+    for n in range(2000):
+        payload = {"text": rng.choice(texts), "n": rng.randrange(-10**12, 10**12), "nested": {"list": [
+            rng.choice(texts) for _ in range(rng.randrange(3))], "none": None, "flag": rng.random() < 0.5}}
+        conn.execute(OUTBOX_INSERT, (f"b{n}", "message.created", None, enc.encode(payload), 1, 1))
+        conn.execute("INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
+                     (f"s{n}", "message.created", None, enc.encode(payload).decode(), 1, 1))
+    rows = conn.execute("SELECT payload, typeof(payload), hex(payload), json_extract(payload, '$.text'), "
+                        "length(payload) FROM outbox ORDER BY seq").fetchall()
+    for by_bytes, by_str in zip(rows[0::2], rows[1::2]):
+        assert by_bytes == by_str
+        assert by_bytes[1] == "text"
