@@ -177,7 +177,8 @@ async def _admission_stats(app: web.Application, path: Path, intake: IntakeTimes
         while True:
             await asyncio.sleep(1.0)
             path.write_text(json.dumps({"ratio": load.gate.ratio, "max_delay_s": load.gate.max_delay_s,
-                                        **load.gate.stats, "backlog": load.backlog.pending,
+                                        **load.gate.stats, "shed": load.gate.shed_count,
+                                        "backlog": load.backlog.pending,
                                         "loop_busy": round(load.busy(), 2), "intake_buckets": intake.counts}))
 
     task = asyncio.create_task(loop())

@@ -169,6 +169,7 @@ async def _client(port: int, rate: float, seconds: float, first: int, mode: str 
     latencies: list[float] = []
     thirds: list[list[float]] = [[], [], []]  # by the request's place in the schedule
     errors = [0]
+    refusals = _Refusals()
     senders = _Senders(port, close=close)
     if not close:
         await senders.open(WARM_CONNECTIONS)
@@ -186,12 +187,17 @@ async def _client(port: int, rate: float, seconds: float, first: int, mode: str 
             errors[0] += 1
             senders.drop(conn)
             return
+        senders.give(conn)
         if head[9:10] == b"2":
             latencies.append(time.perf_counter() - scheduled)
             thirds[3 * k // total].append(latencies[-1])
+        elif head[9:12] == b"503":
+            again = refusals.refused(head, t0 + seconds)
+            if again is not None:  # the sender comes back after Retry-After, as told
+                await asyncio.sleep(max(0.0, again - time.perf_counter()))
+                await send(k, again)
         else:
             errors[0] += 1
-        senders.give(conn)
 
     tasks = []
     cpu0 = time.process_time()
@@ -212,7 +218,47 @@ async def _client(port: int, rate: float, seconds: float, first: int, mode: str 
             "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
             "max_ms": max(latencies, default=0.0) * 1000, "connections_peak": senders.peak,
             "p99_ms_by_third": [percentile(t, 99) * 1000 for t in thirds],
-            "queued_for_a_connection": senders.queued, "cpu_share": cpu / elapsed}
+            "queued_for_a_connection": senders.queued, "cpu_share": cpu / elapsed, **refusals.counts()}
+
+
+class _Refusals:
+    """The load client's 503s (the API channel refusing for load: the
+    backlog limit, or shedding while the pipeline is starved), honoured as
+    an API sender would: the request is sent again ``Retry-After`` seconds
+    later — within the step's schedule; one due after it is counted as
+    ``deferred`` (a real sender would send it then, after this step)."""
+
+    def __init__(self) -> None:
+        self.refused = 0
+        self.retried = 0
+        self.deferred = 0
+        self.retry_after_s: set[float] = set()
+
+    def retry_after(self, head: bytes) -> float:
+        """The ``Retry-After`` (seconds) of a 503's head (1 when it has none)."""
+        for line in head.split(b"\r\n"):
+            if line[:12].lower() == b"retry-after:":
+                try:
+                    return float(line[12:])
+                except ValueError:
+                    break
+        return 1.0
+
+    def refused(self, head: bytes, schedule_end: float) -> float | None:
+        """Count a 503; the time to send it again, or None (deferred past the step)."""
+        self.refused += 1
+        retry = self.retry_after(head)
+        self.retry_after_s.add(retry)
+        again = time.perf_counter() + retry
+        if again > schedule_end:
+            self.deferred += 1
+            return None
+        self.retried += 1
+        return again
+
+    def counts(self) -> dict:
+        return {"refused": self.refused, "retried": self.retried, "deferred": self.deferred,
+                "retry_after_s": sorted(self.retry_after_s)}
 
 
 def client_main(argv: list[str]) -> None:
@@ -275,12 +321,17 @@ async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: in
     lags = _lags(db, seq0, seq1)
     growth = (end - mid) / max(0.1, t_end - t_mid)
     lag_p99 = percentile(lags, 99)
-    ok = lag_p99 < LAG_P99_S and end <= max(50, 0.5 * rate) and c["errors"] == 0 and c["ok"] == c["sent"]
+    ok = (lag_p99 < LAG_P99_S and end <= max(50, 0.5 * rate) and c["errors"] == 0 and c["refused"] == 0
+          and c["ok"] == c["sent"])
     by_third = [round(v, 1) for v in c["p99_ms_by_third"]]
     await asyncio.sleep(max(0.0, t_end + STATS_EVERY_S - time.perf_counter()))  # the server's next stats
     intake1 = (_admission(servers.data_dir("production")) or {}).get("intake_buckets")
     return {"offered": round(rate, 1), "ingested": round(c["ok"] / c["seconds"], 1),
             "processed": round((done1 - done0) / c["seconds"], 1),
+            # 503s (the API channel refusing for load), honoured as the client's _Refusals says
+            "refused": round(c["refused"] / c["seconds"], 1), "refused_total": c["refused"],
+            "refused_retried": c["retried"], "refused_deferred": c["deferred"],
+            "retry_after_s": c["retry_after_s"],
             "ingest_p50_ms": round(c["p50_ms"], 1), "ingest_p99_ms": round(c["p99_ms"], 1),
             "ingest_max_ms": round(c["max_ms"], 1), "ingest_p99_ms_by_third": by_third,
             "ingest_bounded": _bounded(c["p99_ms"], by_third),
@@ -344,7 +395,8 @@ async def _past_capacity(servers: Servers, db: sqlite3.Connection, best: dict, f
         """One line of the summary: did processing hold, did ingest latency stay bounded."""
         held = s["processed"] >= HOLDS_AT * capacity
         held_cpu = s["processed_per_cpu_s"] >= HOLDS_AT * per_cpu_at_capacity
-        return {"step": name, "offered": s["offered"], "ingested": s["ingested"], "processed": s["processed"],
+        return {"step": name, "offered": s["offered"], "ingested": s["ingested"], "refused": s["refused"],
+                "refused_deferred": s["refused_deferred"], "processed": s["processed"],
                 "processed_per_cpu_s": s["processed_per_cpu_s"], "server_cpu_share": s["server_cpu_share"],
                 "client_cpu_share": s["client_cpu_share"], "ingest_p99_ms": s["ingest_p99_ms"],
                 "server_intake_p99_ms": s["server_intake_p99_ms"], "lag_p99_ms": s["lag_p99_ms"],
