@@ -192,7 +192,7 @@ async def _client(port: int, rate: float, seconds: float, first: int, mode: str 
             latencies.append(time.perf_counter() - scheduled)
             thirds[3 * k // total].append(latencies[-1])
         elif head[9:12] == b"503":
-            again = refusals.refused(head, t0 + seconds)
+            again = refusals.note(head, t0 + seconds)
             if again is not None:  # the sender comes back after Retry-After, as told
                 await asyncio.sleep(max(0.0, again - time.perf_counter()))
                 await send(k, again)
@@ -244,7 +244,7 @@ class _Refusals:
                     break
         return 1.0
 
-    def refused(self, head: bytes, schedule_end: float) -> float | None:
+    def note(self, head: bytes, schedule_end: float) -> float | None:
         """Count a 503; the time to send it again, or None (deferred past the step)."""
         self.refused += 1
         retry = self.retry_after(head)
