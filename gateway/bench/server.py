@@ -14,8 +14,9 @@
   (:mod:`gateway.bench.production`: shipped rules, directory, info-level
   JSON logs to ``DATA_DIR/omnigate.log``, metrics), pipeline on — what the
   ``sustained`` figure loads; it writes the gate's counters and its own
-  intake latency buckets (:class:`IntakeTimes`) to ``DATA_DIR/admission.json``
-  every second.
+  intake latency buckets (:class:`IntakeTimes`) and its clock to
+  ``DATA_DIR/admission.json`` every second; the bench's WeChat account
+  (:data:`BENCH_CHANNELS`) is configured too.
 
 Usage: ``python -m gateway.bench.server MODE PORT DATA_DIR``.
 """
@@ -116,7 +117,9 @@ def _production_app(data_dir: Path) -> web.Application:
     from gateway.bench import production
 
     logs.configure("info", "json", stream=open(data_dir / "omnigate.log", "a", encoding="utf-8"))
-    app = production.create_app(production.config(data_dir), production.pinned_clock())
+    # the bench's WeChat account too: the ``sustained`` figure floods it past capacity (never refused)
+    app = production.create_app(production.config(data_dir, channels={"wechat": BENCH_CHANNELS["wechat"]}),
+                                production.pinned_clock())
     intake = IntakeTimes()
     app.middlewares.append(intake.middleware)
     app.cleanup_ctx.append(lambda app: _admission_stats(app, data_dir / "admission.json", intake))
@@ -179,7 +182,9 @@ async def _admission_stats(app: web.Application, path: Path, intake: IntakeTimes
             path.write_text(json.dumps({"ratio": load.gate.ratio, "max_delay_s": load.gate.max_delay_s,
                                         **load.gate.stats, "shed": load.gate.shed_count,
                                         "backlog": load.backlog.pending,
-                                        "loop_busy": round(load.busy(), 2), "intake_buckets": intake.counts}))
+                                        "loop_busy": round(load.busy(), 2), "intake_buckets": intake.counts,
+                                        # the pinned clock: WeChat callbacks are stamped near it
+                                        "clock": app[keys.CLOCK]().timestamp()}))
 
     task = asyncio.create_task(loop())
     yield
