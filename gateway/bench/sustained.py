@@ -3,7 +3,7 @@
 A real daemon in the production configuration (:mod:`gateway.bench.server`
 ``production``: shipped rules, directory, info-level JSON logs, metrics,
 pipeline on) in its own process; an open-loop load client in another
-(``python -m gateway.bench.sustained client PORT RATE SECONDS FIRST [pool|close]``):
+(``python -m gateway.bench.sustained client PORT RATE SECONDS FIRST [pool|close [api|wechat TIMESTAMP]]``):
 requests leave on a fixed schedule whatever the answers, each on an idle
 keep-alive connection or on a new one when all are busy (:class:`_Senders`,
 up to :data:`MAX_CONNECTIONS`), so that the client is not what holds a
@@ -44,7 +44,17 @@ pipeline its share whatever the ingest rate), ``ingest_bounded`` whether
 every one's ingest p99 stayed bounded (:func:`_bounded`), ``summary`` one
 line per step (capacity, each factor, control) with both verdicts,
 ``admission`` what the daemon's gate did, ``control_after`` a step at the
-figure's rate again after the overload. ``detail.fair_share_flood``
+figure's rate again after the overload. While the pipeline is starved the
+API channel sheds (503 + ``Retry-After``, ``pipeline.admission_shed``): each
+step reports the refusals apart (``refused`` per second, ``refused_total``);
+the client sends a refused request again after its ``Retry-After`` when
+that falls within the step, as an API sender would, and counts it
+``refused_deferred`` otherwise (the default 30 s is longer than a step).
+Then :data:`WECHAT_FACTORS` × the figure on WeChat callbacks (the bench's
+Official Account, safe mode, :func:`gateway.bench.ingest.wechat_requests`:
+997 senders, one order question), which are never refused for load — only
+delayed by the gate (``wechat_steps``, ``wechat_holds``, ``wechat_ingest_bounded``,
+and ``wechat …`` lines in the summary). ``detail.fair_share_flood``
 (:mod:`gateway.bench.flood`): the pipeline under an in-process ingest flood
 with the gate and without it.
 """
