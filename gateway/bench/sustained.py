@@ -516,6 +516,30 @@ async def figures() -> dict[str, dict]:
     }}
 
 
+async def fixed_steps(seconds: float, rates: list[str]) -> list[dict]:
+    """A/B runs at fixed offered rates (``python -m gateway.bench.sustained
+    steps SECONDS RATE…``, ``wRATE`` for WeChat callbacks): one production
+    server, a warm-up at 100 req/s, then a step per rate, each printed as a
+    JSON line as it ends, and the gate's counters last."""
+    rows = []
+    async with Servers(["production"]) as servers:
+        db = _db(servers.data_dir("production"))
+        first = 0
+        warm = await _step(servers, db, 100, first)
+        first += warm.pop("_sent")
+        for rate in rates:
+            channel = "wechat" if rate.startswith("w") else "api"
+            s = await _step(servers, db, float(rate.lstrip("w")), first, seconds, drain_s=25.0, channel=channel)
+            first += s.pop("_sent")
+            rows.append({"channel": channel, **s})
+            print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps({"admission": _gate_counters(servers.data_dir("production"))}), flush=True)
+        db.close()
+    return rows
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["client"]:
         client_main(sys.argv[2:])
+    elif sys.argv[1:2] == ["steps"]:
+        asyncio.run(fixed_steps(float(sys.argv[2]), sys.argv[3:]))
