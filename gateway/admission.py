@@ -240,7 +240,7 @@ class AdmissionGate:
         if starved is not self._was_starved:  # logged on each change, not per intake
             self._was_starved = starved
             log.info("admission.starved" if starved else "admission.recovered", backlog=self.backlog(),
-                     loop_busy=round(self.busy(), 2), ratio=self.ratio, **self.stats)
+                     loop_busy=round(self.busy(), 2), ratio=self.ratio, shed=self.shed_count, **self.stats)
         if not starved:
             self.stats["free"] += 1
             return True
