@@ -145,3 +145,31 @@ async def test_the_client_counts_503s_apart_from_errors():
         server.close()
     assert c["sent"] == 10 and c["ok"] == 0 and c["errors"] == 0
     assert (c["refused"], c["retried"], c["deferred"], c["retry_after_s"]) == (10, 0, 10, [3600.0])
+
+
+async def test_the_servers_intake_times_come_from_aiohttps_access_log_hook_for_channels_only(aiohttp_client):
+    import logging
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/channels/api/messages", answer)
+    app.router.add_get("/healthz", answer)
+    times = IntakeTimes()
+    server = TestServer(app)
+    await server.start_server(access_log_class=times.access_logger(), access_log=logging.getLogger("test.bench"))
+    client = await aiohttp_client(server)
+    assert (await client.get("/healthz")).status == 202
+    assert (await client.post("/channels/api/messages", data=b"{}")).status == 202
+
+    async def recorded() -> None:  # aiohttp calls the hook once the answer is written
+        while not sum(times.counts):
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(recorded(), PATIENCE_S)
+    assert (await client.get("/healthz")).status == 202  # the connection's next request: the POST was logged
+    assert sum(times.counts) == 1
