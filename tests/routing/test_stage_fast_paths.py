@@ -50,3 +50,29 @@ def test_ticket_changes_and_ticket_numbers_equal_their_plain_definitions():
                     if int(m.group(1)) not in plain:
                         plain.append(int(m.group(1)))
         assert ticket_numbers(i, patterns) == plain, (subject, text_)
+
+
+def test_normalized_identities_kept_are_what_normalizing_gives():
+    """routing.identity keeps its last results: a kept value (read twice) is
+    what normalizing gives, a refusal is refused every time, and the memo
+    stays bounded."""
+    import pytest
+
+    from routing import identity
+
+    rng = random.Random(9)
+    parts = ["A", "b", "@", "example.cn", " ", "<", ">", "+86", "138", "0013", "8000", "00", "-", "\x01", "x" * 330]
+    kinds = ["email", "phone", "whatsapp", "wechat_openid"]
+    for _ in range(3 * identity.MEMO_ENTRIES):
+        kind, value = rng.choice(kinds), "".join(rng.choice(parts) for _ in range(rng.randint(0, 5)))
+        region = rng.choice(["CN", "US"])
+        try:
+            expected = identity._normalize(kind, value, region)
+        except ValueError:
+            for _ in range(2):
+                with pytest.raises(ValueError):
+                    identity.normalize(kind, value, region)
+            continue
+        assert identity.normalize(kind, value, region) == expected == identity.normalize(kind, value, region)
+        assert len(identity._memo) <= identity.MEMO_ENTRIES
+    assert all(len(value) <= identity.MAX_IDENTITY_CHARS for _, value, _ in identity._memo)
