@@ -164,6 +164,31 @@ def test_whatsapp_synthetic_all_types() -> None:
     assert all(i.account == "106540352242922" for i in inbounds)
 
 
+def test_whatsapp_changes_of_other_fields_are_kept_as_events_and_echoes_as_outbound() -> None:
+    # Built from Meta's "WhatsApp Business Account" webhook field reference
+    # (account_update, message_template_status_update, smb_message_echoes,
+    # user_preferences): none of them was printed before (no Inbound at all).
+    inbounds = whatsapp.parse((FIXTURES / "whatsapp_synthetic_account_fields.json").read_bytes(), {})
+    got = [(i.kind, i.raw_type, i.sender.kind, i.sender.value) for i in inbounds]
+    assert got == [
+        ("event", "message_template_status_update", "external", "whatsapp-account:102290129340398"),
+        ("event", "account_update", "external", "whatsapp-account:102290129340398"),
+        ("message", "text", "whatsapp", "+16505551234"),
+        ("event", "user_preferences", "whatsapp", "+16505551234"),
+        ("event", "some_future_field", "external", "whatsapp-account:102290129340398"),
+    ]
+    template, account, echo, prefs, future = inbounds
+    assert (template.meta["event"], template.meta["message_template_name"]) == ("REJECTED", "abandoned_cart")
+    assert account.meta["event"] == "ACCOUNT_VIOLATION"
+    assert echo.text == "Your order has shipped" and echo.meta["direction"] == "outbound"
+    assert echo.sender.name == "Sheena Nelson" or echo.sender.name is None
+    assert prefs.meta["user_preferences.value"] == "stop" and prefs.sender.name == "Sheena Nelson"
+    assert len({i.external_id for i in inbounds}) == len(inbounds)
+    # the same body parses to the same ids (a redelivery dedupes)
+    again = whatsapp.parse((FIXTURES / "whatsapp_synthetic_account_fields.json").read_bytes(), {})
+    assert [i.external_id for i in again] == [i.external_id for i in inbounds]
+
+
 def test_messenger_synthetic_events() -> None:
     inbounds = messenger.parse((FIXTURES / "messenger_synthetic_events.json").read_bytes(), {})
     kinds = [(i.kind, i.raw_type) for i in inbounds]
