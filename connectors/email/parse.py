@@ -14,9 +14,10 @@ broken header folding (an unindented continuation line in the middle of the
 header block, which makes the stdlib end the headers early), missing or
 lying charsets, broken encoded words, duplicate or unusable From headers,
 bad dates, MIME structure defects (the stdlib's defect class names), and
-Outlook ``.msg`` blobs handed over instead of MIME. Only bytes that are not
-mail at all — empty, or no header line at the start — raise
-:class:`PayloadRejected`.
+Outlook ``.msg`` blobs handed over instead of MIME, a banner line or two
+above the headers (``LeadingNonHeaderLine``). Only bytes that are not mail
+at all — empty, or no header line at the start (after at most such a
+banner) — raise :class:`PayloadRejected`.
 """
 
 from __future__ import annotations
@@ -69,14 +70,32 @@ def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
     data = raw.lstrip(b"\r\n")
     if not data.strip():
         raise PayloadRejected("empty payload: no mail headers")
-    if not _FIRST_LINE.match(data):
-        raise PayloadRejected("not an email message: the first line is neither a header nor an mbox 'From ' line")
     defects = [] if len(data) == len(raw) else ["LeadingBlankLines"]
+    if not _FIRST_LINE.match(data):
+        data = _skip_banner(data)
+        if data is None:
+            raise PayloadRejected("not an email message: the first line is neither a header nor an mbox 'From ' line")
+        defects.append("LeadingNonHeaderLine")
     msg = _read(data, defects)
     return [_inbound(msg, raw, context, defects)]
 
 
 # ---------------------------------------------------------------- reading
+
+#: Most lines a banner may have before the headers ("---- Original email message ----").
+_MAX_BANNER_LINES = 2
+
+
+def _skip_banner(data: bytes) -> bytes | None:
+    """The mail after a short banner a relay or archive wrote above its
+    headers, when the banner is followed by at least two header lines in a
+    row; None when the bytes do not look like a mail at all."""
+    lines = data.split(b"\n", _MAX_BANNER_LINES + 2)
+    for skip in range(1, min(_MAX_BANNER_LINES, len(lines) - 2) + 1):
+        if all(_HEADER_NAME.match(line) for line in lines[skip : skip + 2]):
+            return b"\n".join(lines[skip:])
+    return None
+
 
 
 def _repair_folding(data: bytes) -> bytes | None:

@@ -185,6 +185,19 @@ def test_unreadable_tnef_is_kept_as_is():
     assert [a.name for a in msg.attachments] == ["winmail.dat"] and "TnefUnreadable" in msg.defects
 
 
+def test_a_banner_line_above_the_headers_is_skipped():
+    # A relay/archive banner above the headers (Kerio's "---- Original email
+    # message ----", seen in Zammad's mail068): RFC 5322 section 2.2 headers
+    # follow it, so the mail is read, not refused.
+    msg = fixture("banner_before_headers_synthetic.eml")
+    assert (msg.sender.value, msg.subject) == ("client@example.cz", "Contact from Server")
+    assert msg.thread.message_id == "20180802145828.58E7387959@mail.example.cz"
+    assert "garáž" in msg.text and "LeadingNonHeaderLine" in msg.defects
+    # prose is still refused: a banner must be followed by two header lines
+    with pytest.raises(PayloadRejected, match="not an email message"):
+        parse(b"Thanks John,\nsee you: tomorrow\n\n-- \nJohn\n", {})
+
+
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [(b"", "empty"), (b"\r\n\r\n  ", "empty"), (b"\x89PNG\r\n\x1a\n\x00\x00binary", "not an email message")],
