@@ -39,6 +39,7 @@ from typing import Any, Mapping
 import msgspec
 
 from connectors.base import PayloadRejected
+from connectors.webhooks import decode_json
 from routing.model import Attachment, Inbound, Sender, ThreadHints
 
 CHANNEL = "telegram"
@@ -185,9 +186,6 @@ class _ChatMemberUpdated(msgspec.Struct, rename={"from_": "from"}):
     new_chat_member: _ChatMember
 
 
-_json_decoder = msgspec.json.Decoder()
-
-
 # ---------------------------------------------------------------- envelope: validation, kind, key
 
 
@@ -204,9 +202,7 @@ def validate_update(obj: Any) -> dict[str, Any]:
 def decode_update(raw: bytes) -> dict[str, Any]:
     """The JSON object of an update; :class:`PayloadRejected` when it is not one."""
     try:
-        obj = _json_decoder.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 inside a string
-        raise PayloadRejected(f"not JSON: {exc}") from None
+        obj = decode_json(raw)  # half an emoji escaped alone is read, as U+FFFD
     except RecursionError:  # [[[[…]]]] 10,000 deep: msgspec's depth guard
         raise PayloadRejected("not a Telegram update: JSON nested too deeply") from None
     return validate_update(obj)
