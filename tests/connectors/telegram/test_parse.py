@@ -112,6 +112,27 @@ def test_edited_message_points_at_the_original() -> None:
     assert edit.sent_at == datetime(2015, 9, 7, 17, 6, 40, tzinfo=timezone.utc)  # the edit's time
 
 
+def test_business_messages_are_messages_in_their_own_chat() -> None:
+    msg = fixture("synthetic_business_message.json")
+    assert (msg.kind, msg.raw_type, msg.text) == ("message", "business_message", "hi business")
+    assert msg.sender.value == "424242" and msg.meta["business_connection_id"] == "bc1"
+    # the business chat's message ids are not the bot chat's: its keys never collide with them
+    assert msg.external_id == msg.thread.message_id == "business:424242:77"
+    edit = fixture("synthetic_edited_business_message.json")
+    assert (edit.kind, edit.edits, edit.text) == ("message", "business:424242:77", "hi business!")
+    assert edit.external_id == "business:424242:77:edit:1700000100"
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("synthetic_venue.json", "Cafe — 1 Main St"),
+    ("synthetic_poll.json", "Which plan?\n- A"),
+    ("synthetic_dice.json", "🎲 4"),
+])
+def test_content_without_text_gets_a_readable_one(name: str, text: str) -> None:
+    msg = fixture(name)
+    assert (msg.kind, msg.text) == ("message", text)
+
+
 def test_callback_query_is_an_event_with_its_data() -> None:
     event = fixture("synthetic_callback_query.json")
     assert (event.kind, event.raw_type, event.external_id) == ("event", "callback_query", "callback:4382bfdwdsb323b2d9")
