@@ -189,6 +189,25 @@ def test_whatsapp_changes_of_other_fields_are_kept_as_events_and_echoes_as_outbo
     assert [i.external_id for i in again] == [i.external_id for i in inbounds]
 
 
+def test_instagram_comments_and_mentions_are_events_not_dropped() -> None:
+    inbounds = messenger.parse((FIXTURES / "instagram_synthetic_comment_and_mention.json").read_bytes(), {})
+    comment, mention = inbounds
+    assert (comment.channel, comment.kind, comment.raw_type) == ("instagram", "event", "comments")
+    assert comment.text == "Where is my order 4711?" and comment.sender.value == "17841400000000001:232323232"
+    assert comment.sender.name == "test_user" and comment.external_id == "17841400000000001:comments:17865799348089039"
+    assert comment.sent_at.year == 2023  # changes give Unix seconds
+    assert (mention.raw_type, mention.sender.kind, mention.meta["media_id"]) == ("mentions", "external", "17918195224117851")
+
+
+def test_messenger_attachments_that_are_no_file_give_a_readable_text() -> None:
+    fallback, location, template = messenger.parse(
+        (FIXTURES / "messenger_synthetic_shared_attachments.json").read_bytes(), {})
+    assert fallback.text == "Order tracking https://example.com/track/4711"
+    assert location.text == "📍 31.2304, 121.4737" and location.meta["latitude"] == "31.2304"
+    assert template.text == "Blue shirt, size M"
+    assert all(i.kind == "message" and not i.attachments for i in (fallback, location, template))
+
+
 def test_messenger_synthetic_events() -> None:
     inbounds = messenger.parse((FIXTURES / "messenger_synthetic_events.json").read_bytes(), {})
     kinds = [(i.kind, i.raw_type) for i in inbounds]
