@@ -18,7 +18,8 @@ Formats:
   accountcode, uniqueid, linkedid, peer, userdeftype, …, extra): the event
   rows of one ``linkedid`` make one call.
 - ``freeswitch`` — a ``mod_json_cdr`` record (raw JSON, or the module's
-  ``cdr=`` form encoding), or ``mod_cdr_csv`` rows in the operator's column
+  ``cdr=`` form encoding), a ``mod_xml_cdr`` record (``<cdr>`` XML, the
+  same channel variables and caller profile), or ``mod_cdr_csv`` rows in the operator's column
   template (context ``template``/``csv_template``; the module's ``example``
   template when none is given). ``external_id`` = the channel uuid.
 - ``twilio`` — a voice status callback body (form-encoded); with
@@ -116,9 +117,10 @@ def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
 
 
 def _json_cdr(raw: bytes) -> bool:
-    """A mod_json_cdr POST body (JSON, ``cdr=`` form, base64) rather than CSV rows."""
+    """A mod_json_cdr (or mod_xml_cdr) POST body (JSON or XML, ``cdr=`` form,
+    base64) rather than CSV rows."""
     head = raw.lstrip()[:64]
-    if head[:1] in (b"{", b"") or head.startswith(b"cdr="):
+    if head[:1] in (b"{", b"", b"<") or head.startswith(b"cdr="):
         return True
     if re.fullmatch(rb"[A-Za-z0-9+/=\s]+", raw[:4096]):
         try:
@@ -129,7 +131,7 @@ def _json_cdr(raw: bytes) -> bool:
 
 
 def _sniff(raw: bytes) -> str:
-    if raw.lstrip()[:1] == b"{" or raw.lstrip().startswith(b"cdr="):
+    if raw.lstrip()[:1] in (b"{", b"<") or raw.lstrip().startswith(b"cdr="):
         return "freeswitch"
     if b"CallSid=" in raw[:4096]:
         return "twilio"
@@ -520,6 +522,8 @@ def parse_freeswitch_json(raw: bytes, p: _Ctx) -> Inbound:
     body = raw.strip()
     if body.startswith(b"cdr="):
         body = unquote_plus(body[4:].decode("utf-8", "replace")).encode().strip()
+    if body[:1] == b"<":
+        return _freeswitch_xml(body, p)
     if body[:1] not in (b"{", b"["):
         try:
             body = base64.b64decode(body, validate=True).strip()
@@ -539,15 +543,43 @@ def parse_freeswitch_json(raw: bytes, p: _Ctx) -> Inbound:
     flow0 = flow[0] if isinstance(flow, list) and flow and isinstance(flow[0], dict) else (
         flow if isinstance(flow, dict) else {})
     profile = flow0.get("caller_profile") if isinstance(flow0.get("caller_profile"), dict) else {}
+    return _freeswitch_record(v, profile, p, "freeswitch.json", "mod_json_cdr")
+
+
+def _freeswitch_record(variables: Mapping[str, str], profile: Mapping[str, Any], p: _Ctx, raw_type: str,
+                       module: str) -> Inbound:
+    """One call of a CDR's channel variables, completed by its first caller profile."""
     merged = {k: str(x) for k, x in profile.items() if isinstance(x, (str, int))}
-    merged.update(v)
+    merged.update(variables)
     for k in ("caller_id_number", "caller_id_name", "destination_number"):
         if not merged.get(k) and profile.get(k):
             merged[k] = str(profile[k])
     try:
-        return _freeswitch_call(merged, p, 1, "freeswitch.json")
+        return _freeswitch_call(merged, p, 1, raw_type)
     except RowError as exc:
-        raise PayloadRejected(f"mod_json_cdr record: {exc}") from None
+        raise PayloadRejected(f"{module} record: {exc}") from None
+
+
+def _freeswitch_xml(body: bytes, p: _Ctx) -> Inbound:
+    """A ``mod_xml_cdr`` record (``<cdr><variables>…</variables><callflow>
+    <caller_profile>…``), the XML twin of mod_json_cdr, values URL-encoded
+    the same way. A DOCTYPE (and so any entity declaration) is refused."""
+    import xml.etree.ElementTree as ET
+    from urllib.parse import unquote
+
+    if b"<!DOCTYPE" in body[:4096].upper() or b"<!ENTITY" in body.upper():
+        raise PayloadRejected("not a mod_xml_cdr record: XML with a DOCTYPE is refused")
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise PayloadRejected(f"not a mod_xml_cdr record: invalid XML ({exc})") from None
+    variables = root.find("variables") if root.tag == "cdr" else None
+    if variables is None:
+        raise PayloadRejected(f"not a mod_xml_cdr record: root <{root.tag}> has no <variables>")
+    v = {el.tag: unquote(el.text or "").strip() for el in variables}
+    profile_el = root.find("callflow/caller_profile")
+    profile = {el.tag: (el.text or "").strip() for el in profile_el} if profile_el is not None else {}
+    return _freeswitch_record(v, profile, p, "freeswitch.xml", "mod_xml_cdr")
 
 
 def _fs_time(r: Mapping[str, str], name: str, p: _Ctx) -> datetime | None:

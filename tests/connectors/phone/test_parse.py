@@ -233,6 +233,23 @@ def test_mod_json_cdr_encodings_all_read_the_same():
         ("3da8bf84-c133-4959-9e24-e72875cb33a1", "1001", 71, "answered")}
 
 
+def test_mod_xml_cdr_record_is_one_call_posted_raw_or_as_a_form():
+    from urllib.parse import quote_plus
+
+    raw = (FIXTURES / "synthetic_freeswitch_xml_cdr.xml").read_bytes()
+    for body, context in ((raw, {"channel": "freeswitch"}), (b"cdr=" + quote_plus(raw.decode()).encode(), {"channel": "freeswitch"}),
+                          (raw, {"channel": "phone"})):  # the daemon's channel sniffs it
+        (call,) = parse(body, context)
+        assert (call.kind, call.raw_type, call.external_id) == ("call", "freeswitch.xml", "8c2f7a6e-3c4d-11ef-9f27-0242ac120002")
+        assert (call.sender.value, call.sender.name) == ("+8613800138000", "Zhang San")  # URL-encoded value decoded
+        assert (call.call.disposition, call.call.duration_s) == ("answered", 65)
+        assert call.call.started_at == datetime(2024, 7, 3, 9, 46, 40, tzinfo=timezone.utc)
+    with pytest.raises(PayloadRejected, match="DOCTYPE"):
+        parse(b'<?xml version="1.0"?><!DOCTYPE cdr [<!ENTITY a "b">]><cdr><variables/></cdr>', {"channel": "freeswitch"})
+    with pytest.raises(PayloadRejected, match="no <variables>"):
+        parse(b"<cdr><channel_data/></cdr>", {"channel": "freeswitch"})
+
+
 @pytest.mark.parametrize("name, source", [
     ("synthetic_twilio_status_completed.form", "twilio"), ("synthetic_asterisk_cdr_bad_row.csv", "asterisk"),
     ("synthetic_freeswitch_custom_template.csv", "freeswitch"),
