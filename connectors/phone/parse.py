@@ -11,7 +11,9 @@ Formats:
 - ``asterisk`` — ``cdr_csv`` ``Master.csv`` in the standard column order
   (accountcode, src, dst, dcontext, clid, channel, dstchannel, lastapp,
   lastdata, start, answer, end, duration, billsec, disposition, amaflags
-  [, uniqueid, userfield [, peeraccount, linkedid, sequence]]): one call per
+  [, uniqueid, userfield [, peeraccount, linkedid, sequence]]), or in the
+  order of ``cdr_custom``'s sample mapping (clid first, told apart by where
+  the disposition is): one call per
   row, ``external_id`` = the uniqueid (the linkedid where the row has it);
   CEL CSV (``cel_custom``: eventtype, eventtime, cid_name, cid_num, ani,
   rdnis, dnid, exten, context, channame, appname, appdata, amaflags,
@@ -66,6 +68,11 @@ DISPOSITIONS = ("answered", "missed", "busy", "failed", "voicemail")
 CDR_COLUMNS = ("accountcode", "src", "dst", "dcontext", "clid", "channel", "dstchannel", "lastapp", "lastdata",
                "start", "answer", "end", "duration", "billsec", "disposition", "amaflags", "uniqueid", "userfield",
                "peeraccount", "linkedid", "sequence")
+#: ``cdr_custom``'s sample ``Master.csv`` mapping (``cdr_custom.conf.sample``): the same
+#: fields, clid first and accountcode after amaflags, sequence last.
+CDR_CUSTOM_COLUMNS = ("clid", "src", "dst", "dcontext", "channel", "dstchannel", "lastapp", "lastdata", "start",
+                      "answer", "end", "duration", "billsec", "disposition", "amaflags", "accountcode", "uniqueid",
+                      "userfield", "sequence")
 CEL_COLUMNS = ("eventtype", "eventtime", "cid_name", "cid_num", "cid_ani", "cid_rdnis", "cid_dnid", "exten", "context",
                "channame", "appname", "appdata", "amaflags", "accountcode", "uniqueid", "linkedid", "peer",
                "userdeftype")
@@ -385,8 +392,14 @@ def parse_asterisk_csv(raw: bytes, p: _Ctx) -> list[Inbound]:
 def asterisk_cdr_row(fields: list[str], p: _Ctx, line: int = 1) -> Inbound:
     if not 16 <= len(fields) <= len(CDR_COLUMNS):
         raise RowError(f"{len(fields)} fields; a cdr_csv row has 16 to {len(CDR_COLUMNS)}")
-    r = dict(zip(CDR_COLUMNS, (f.strip() for f in fields)))
     defects: list[str] = []
+    columns = CDR_COLUMNS
+    if (len(fields) >= 16 and fields[13].strip().upper() in _ASTERISK_DISPOSITION
+            and fields[14].strip().upper() not in _ASTERISK_DISPOSITION):
+        columns = CDR_CUSTOM_COLUMNS  # disposition in the 14th column: cdr_custom's sample layout
+    r = dict(zip(columns, (f.strip() for f in fields)))
+    for name in CDR_COLUMNS[:16]:
+        r.setdefault(name, "")
     start = _time(r["start"], p, "start")
     if start is None:
         raise RowError("start is empty")
@@ -414,6 +427,8 @@ def asterisk_cdr_row(fields: list[str], p: _Ctx, line: int = 1) -> Inbound:
     meta = {"trunk": r["channel"].split("-")[0] if r["channel"] else "", "uniqueid": r.get("uniqueid", ""),
             "context": r["dcontext"], "accountcode": r["accountcode"], "billsec": str(billsec or 0),
             "source_disposition": r["disposition"], "line": str(line)}
+    if columns is CDR_CUSTOM_COLUMNS:
+        meta["layout"] = "cdr_custom"
     return _call_inbound(p, call_id=call_id, number_from=src, number_to=r["dst"], name=name, call=call,
                          defects=defects, meta=meta, raw_type="asterisk.cdr")
 
@@ -451,7 +466,9 @@ def _cel_call(linkedid: str, events: list[tuple[int, dict[str, str]]], p: _Ctx) 
     answered_at = next((t for e, t in zip(evs, times) if e["eventtype"] == "ANSWER" and e["uniqueid"] == linkedid),
                        None)
     bridged = "BRIDGE_START" in types or "BRIDGE_ENTER" in types
-    ended = "LINKEDID_END" in types
+    # LINKEDID_END closes the call; a cel.conf that does not log it still
+    # logs the CHAN_END of the channel the call started on
+    ended = "LINKEDID_END" in types or any(e["eventtype"] == "CHAN_END" and e["uniqueid"] == linkedid for e in evs)
     causes = [e["extra"].split(",")[0] for e in evs if e["eventtype"] == "HANGUP" and e["extra"]]
     if any(e["appname"].lower() == "voicemail" for e in evs):
         disposition = "voicemail"
@@ -466,10 +483,10 @@ def _cel_call(linkedid: str, events: list[tuple[int, dict[str, str]]], p: _Ctx) 
     start = times[evs.index(first)] if first in evs else min(t for t in times if t)
     end = max(t for t in times if t) if ended or "CHAN_END" in types else None
     call = CallInfo(started_at=start, answered_at=answered_at, ended_at=end,
-                    duration_s=int((end - start).total_seconds()) if end and start else None,
+                    duration_s=round((end - start).total_seconds()) if end and start else None,
                     disposition=disposition)
     number_to = first["cid_dnid"] or first["exten"] or next((e["exten"] for e in origin if e["exten"]), "")
-    defects = [] if ended else ["no LINKEDID_END event yet: the call may still be in progress"]
+    defects = [] if ended else ["no LINKEDID_END or CHAN_END event yet: the call may still be in progress"]
     meta = {"trunk": first["channame"].split("-")[0], "linkedid": linkedid, "events": str(len(evs)),
             "context": first["context"], "line": str(events[0][0])}
     return _call_inbound(p, call_id=linkedid, number_from=first["cid_num"], number_to=number_to,

@@ -233,6 +233,24 @@ def test_mod_json_cdr_encodings_all_read_the_same():
         ("3da8bf84-c133-4959-9e24-e72875cb33a1", "1001", 71, "answered")}
 
 
+def test_cdr_custom_sample_layout_is_read():
+    """cdr_custom.conf.sample's Master.csv mapping (clid, src, dst, dcontext, channel, dstchannel, lastapp,
+    lastdata, start, answer, end, duration, billsec, disposition, amaflags, accountcode, uniqueid,
+    userfield, sequence): refused before ("end '65' is not a time")."""
+    (call,) = fixture("synthetic_asterisk_cdr_custom.csv")
+    assert (call.external_id, call.sender.value, call.sender.name) == ("1720000000.1", "+8613800138000", "Alice")
+    assert (call.call.disposition, call.call.duration_s, call.meta["layout"]) == ("answered", 65, "cdr_custom")
+    assert call.meta["_warnings"] == ""
+
+
+def test_cel_without_linkedid_end_ends_at_the_first_channels_chan_end():
+    """cel.conf may list its events without LINKEDID_END (docs.asterisk.org, CEL "events"): the
+    CHAN_END of the channel the call started on ends it; unanswered, it was missed."""
+    (call,) = fixture("synthetic_asterisk_cel_without_linkedid_end.csv")
+    assert (call.external_id, call.call.disposition, call.defects) == ("1720000000.5", "missed", [])
+    assert call.call.ended_at is not None and call.call.duration_s == 30
+
+
 def test_mod_xml_cdr_record_is_one_call_posted_raw_or_as_a_form():
     from urllib.parse import quote_plus
 
