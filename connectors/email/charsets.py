@@ -222,9 +222,15 @@ def recover_double_encoding(text: str, hints: tuple[str, ...], declared: bool = 
 # ---------------------------------------------------------------- raw 8-bit headers
 
 #: Tried after the message's own declarations for raw 8-bit header bytes.
-_HEADER_TRIAL = ("gb18030", "big5hkscs", "cp932", "cp949")
+_HEADER_TRIAL = ("gb18030", "big5hkscs", "cp932", "cp949", "cp1252")
+_ASCII_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
+_ASCII_LETTER = _ASCII_LOWER | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _JAPANESE = ("cp932", "shift_jis", "euc_jp", "iso2022_jp")
 _KOREAN = ("cp949", "euc_kr")
+
+
+def _latin_letter(ch: str) -> bool:
+    return 0xC0 <= ord(ch) <= 0xFF and ch not in "\xd7\xf7"
 
 
 @lru_cache(maxsize=8192)
@@ -261,6 +267,8 @@ def plausibility(text: str, codec: str) -> int:
             continue
         if 0x4E00 <= o <= 0x9FFF:
             score += _hanzi_weight(ch)
+            if 0 < n < len(text) - 1 and text[n - 1] in _ASCII_LOWER and text[n + 1] in _ASCII_LOWER:
+                score -= 3  # one ideograph inside a Latin word ("Forma玢o"): Latin-1 bytes read as CJK
         elif 0x3000 <= o <= 0x303F or 0xFF01 <= o <= 0xFF5E or 0x2010 <= o <= 0x201F:
             score += 1
         elif 0x3040 <= o <= 0x30FF:
@@ -268,9 +276,18 @@ def plausibility(text: str, codec: str) -> int:
         elif 0xAC00 <= o <= 0xD7AF:
             score += 1 if name in _KOREAN else -1
         elif single and (0xC0 <= o <= 0xFF) and o not in (0xD7, 0xF7):
-            before = text[n - 1] if n else " "
-            after = text[n + 1] if n + 1 < len(text) else " "
-            score += 1 if before < "\x80" and after < "\x80" else -1
+            # an accented letter inside a word, alone or as a pair ("Niño",
+            # "Formação", "Grüße"), is Latin; longer runs are CJK bytes read as Latin-1
+            start = n
+            while start and _latin_letter(text[start - 1]):
+                start -= 1
+            end = n
+            while end + 1 < len(text) and _latin_letter(text[end + 1]):
+                end += 1
+            before = text[start - 1] if start else " "
+            after = text[end + 1] if end + 1 < len(text) else " "
+            inside_word = before in _ASCII_LETTER or after in _ASCII_LETTER
+            score += 1 if end - start < 2 and before < "\x80" and after < "\x80" and inside_word else -1
         else:
             score -= 2
     return score
@@ -281,10 +298,14 @@ def detect_header(data: bytes, declared: tuple[str, ...] = ()) -> tuple[str, str
 
     Valid UTF-8 wins outright. Otherwise every codec the message declares
     anywhere (``declared``, in order) and then GB18030, Big5-HKSCS,
-    Shift_JIS and EUC-KR are tried strictly, and the most plausible text
-    wins (the earliest on a tie): a Latin-1 declaration elsewhere in the
-    message — a report wrapper, another part — no longer turns a GB2312 or
-    Big5 subject into mojibake just because any byte decodes as Latin-1."""
+    Shift_JIS, EUC-KR and Windows-1252 are tried strictly, and the most
+    plausible text wins (the earliest on a tie): a Latin-1 declaration
+    elsewhere in the message — a report wrapper, another part — no longer
+    turns a GB2312 or Big5 subject into mojibake just because any byte
+    decodes as Latin-1, and an undeclared Latin-1 subject ("Formação",
+    "Grüße") is no longer read as CJK: one ideograph inside a Latin word
+    counts against a CJK reading, an accented letter or pair inside a word
+    for a Latin one."""
     if data.isascii():
         return detect(data)
     text = _try(data, "utf-8")

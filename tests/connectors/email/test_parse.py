@@ -185,6 +185,15 @@ def test_unreadable_tnef_is_kept_as_is():
     assert [a.name for a in msg.attachments] == ["winmail.dat"] and "TnefUnreadable" in msg.defects
 
 
+def test_raw_latin1_subject_is_not_read_as_cjk():
+    # Raw 8-bit Latin-1 in a header with no charset anywhere (RFC 5322 section 2.2 allows only
+    # ASCII; old European mailers write ISO-8859-1/Windows-1252 bytes, as mikel/mail's
+    # invalid_subject_characters.eml): "Formação" used to come out as GB18030 "Forma玢o".
+    msg = fixture("synthetic_raw8bit_latin1_subject.eml")
+    assert msg.subject == "Formação: Campanha de Verão – Niño español, Grüße aus München"
+    assert "RawNonAsciiHeader:cp1252" in msg.defects
+
+
 def test_a_banner_line_above_the_headers_is_skipped():
     # A relay/archive banner above the headers (Kerio's "---- Original email
     # message ----", seen in Zammad's mail068): RFC 5322 section 2.2 headers
