@@ -84,7 +84,14 @@ def codecs_for(declared: str | None) -> tuple[str, ...]:
     try:
         info = codecs.lookup(name)
     except (LookupError, UnicodeError, ValueError):  # 8-bit garbage or NUL in the name
-        return ()
+        # Microsoft's and Apple's spellings Python lacks: windows-874, cp-850, x-mac-roman
+        m = re.fullmatch(r"(?:windows|cp|ibm|x-cp)[-_]?(\d{3,5})|x-mac-([a-z]+)", name)
+        if not m:
+            return ()
+        try:
+            info = codecs.lookup(f"cp{m.group(1)}" if m.group(1) else f"mac_{m.group(2)}")
+        except (LookupError, UnicodeError, ValueError):
+            return ()
     if not getattr(info, "_is_text_encoding", True):  # base64, zlib, rot13 …
         return ()
     return (info.name,)

@@ -194,6 +194,15 @@ def test_raw_latin1_subject_is_not_read_as_cjk():
     assert "RawNonAsciiHeader:cp1252" in msg.defects
 
 
+def test_microsoft_charset_spellings_python_lacks_are_decoded():
+    # Outlook labels Thai mail "windows-874" (IANA charset registry; WHATWG Encoding standard), a
+    # name Python's codecs only know as cp874; likewise cp-850, x-mac-roman.
+    msg = fixture("synthetic_windows874_thai.eml")
+    assert (msg.sender.name, msg.subject) == ("สมชาย", "สอบถามสถานะคำสั่งซื้อ")
+    assert "ต้องการทราบสถานะคำสั่งซื้อ 4711" in msg.text
+    assert not [d for d in msg.defects if "Charset" in d]
+
+
 def test_a_banner_line_above_the_headers_is_skipped():
     # A relay/archive banner above the headers (Kerio's "---- Original email
     # message ----", seen in Zammad's mail068): RFC 5322 section 2.2 headers
