@@ -15,7 +15,8 @@ What each becomes (https://developers.facebook.com/docs/whatsapp/cloud-api/webho
 - ``location``, ``contacts`` → a message with a readable text and the facts
   in ``meta``; ``interactive`` (button/list replies, flows) and ``button``
   (a template's quick reply) → a message whose text is what the customer
-  chose, the choice's id in ``meta["reply_id"]``;
+  chose, the choice's id in ``meta["reply_id"]``; ``order`` (a cart from
+  the catalog) → a message listing its items;
 - ``reaction`` → an event on the reacted-to message;
 - ``edit`` → a message that ``edits`` the original; ``revoke`` (the customer
   deleted a message) → an event that edits the original to an empty text
@@ -198,6 +199,14 @@ def _content(kind: str, m: Mapping[str, Any], meta: dict[str, str], defects: lis
         if _str(body.get("payload")):
             meta["reply_id"] = body["payload"]
         return _str(body.get("text")) or "", []
+    if kind == "order":  # a cart sent from the business's catalog
+        if _str(body.get("catalog_id")):
+            meta["catalog_id"] = body["catalog_id"]
+        lines = [_str(body.get("text")) or ""]
+        for item in _dicts(body.get("product_items")):
+            price = f" @ {item.get('item_price')} {_str(item.get('currency')) or ''}".rstrip() if item.get("item_price") is not None else ""
+            lines.append(f"{item.get('quantity', 1)} × {_str(item.get('product_retailer_id')) or '?'}{price}")
+        return "\n".join(line for line in lines if line), []
     return "", []
 
 
@@ -248,7 +257,7 @@ def _message(m: dict[str, Any], account: str, names: Mapping[str, str]) -> Inbou
         if _str(body.get("wa_id")) or _str(body.get("new_wa_id")):
             meta["new_wa_id"] = _str(body.get("wa_id")) or _str(body.get("new_wa_id")) or ""
         return inbound
-    known = kind in ("text", "location", "contacts", "interactive", "button", *MEDIA_TYPES)
+    known = kind in ("text", "location", "contacts", "interactive", "button", "order", *MEDIA_TYPES)
     if not known:  # "unsupported", "order", new types: kept as an event, never dropped
         inbound.kind = "event"
         return inbound

@@ -208,6 +208,13 @@ def test_messenger_attachments_that_are_no_file_give_a_readable_text() -> None:
     assert all(i.kind == "message" and not i.attachments for i in (fallback, location, template))
 
 
+def test_whatsapp_order_is_a_message_listing_the_cart() -> None:
+    (order,) = whatsapp.parse((FIXTURES / "whatsapp_synthetic_order.json").read_bytes(), {})
+    assert (order.kind, order.raw_type, order.sender.value) == ("message", "order", "+16315551234")
+    assert order.text == "Please deliver after 6pm\n2 × SHIRT-BLUE-M @ 19.5 USD\n1 × SOCKS @ 4 USD"
+    assert order.meta["catalog_id"] == "354160437058781"
+
+
 def test_messenger_synthetic_events() -> None:
     inbounds = messenger.parse((FIXTURES / "messenger_synthetic_events.json").read_bytes(), {})
     kinds = [(i.kind, i.raw_type) for i in inbounds]
