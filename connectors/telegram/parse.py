@@ -236,6 +236,8 @@ def update_kind(update: Mapping[str, Any]) -> str | None:
 
 
 def _int(value: Any) -> int | None:
+    if isinstance(value, str) and value.removeprefix("-").isdigit() and len(value) <= 20:
+        return int(value)  # a relay that wrote the number as a string
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
@@ -253,7 +255,7 @@ def update_key(update: Mapping[str, Any]) -> str:
         chat = body.get("chat")
         chat_id = _int(chat.get("id")) if isinstance(chat, dict) else None
         if kind in MESSAGE_KINDS and chat_id is not None and _int(body.get("message_id")) is not None:
-            key = f"{'business:' if kind in BUSINESS_KINDS else ''}{chat_id}:{body['message_id']}"
+            key = f"{'business:' if kind in BUSINESS_KINDS else ''}{chat_id}:{_int(body['message_id'])}"
             edit_date = _int(body.get("edit_date"))
             if kind not in EDIT_KINDS:
                 return key
@@ -271,8 +273,12 @@ def update_key(update: Mapping[str, Any]) -> str:
 
 
 def _time(ts: int | None) -> datetime | None:
-    # Telegram dates are Unix seconds; 0 marks an inaccessible message.
-    return datetime.fromtimestamp(ts, timezone.utc) if ts else None
+    # Telegram dates are Unix seconds; 0 marks an inaccessible message, and
+    # one beyond what a datetime holds is no time at all (not a crash).
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc) if ts else None
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _join(*parts: str | None) -> str:
@@ -337,7 +343,8 @@ def _chat_meta(chat: _Chat, update_id: int) -> dict[str, str]:
 
 def _convert(body: Any, kind: str, type_: type[msgspec.Struct]) -> Any:
     try:
-        return msgspec.convert(body, type_)
+        # strict=False: an id or date a relay wrote as a string ("1441645532") still reads
+        return msgspec.convert(body, type_, strict=False)
     except msgspec.ValidationError as exc:
         raise PayloadRejected(f"not a Telegram {kind}: {exc}") from None
 

@@ -133,6 +133,19 @@ def test_content_without_text_gets_a_readable_one(name: str, text: str) -> None:
     assert (msg.kind, msg.text) == ("message", text)
 
 
+def test_ids_written_as_strings_and_dates_out_of_range_still_parse() -> None:
+    # A relay that re-serialises the Bot API Update (https://core.telegram.org/bots/api#update)
+    # with numbers as strings; a date no datetime holds was an OverflowError crash.
+    update = json.loads((FIXTURES / "synthetic_edited_message.json").read_text())
+    body = update["edited_message"]
+    body["message_id"], body["chat"]["id"], body["from"]["id"] = "5", "111111", "111111"
+    msg = parse_one(json.dumps(update).encode())
+    assert (msg.external_id.split(":edit:")[0], msg.sender.value) == ("111111:5", "111111")
+    body["edit_date"] = body["date"] = 10**20
+    msg = parse_one(json.dumps(update).encode())
+    assert msg.sent_at is None and msg.text
+
+
 def test_callback_query_is_an_event_with_its_data() -> None:
     event = fixture("synthetic_callback_query.json")
     assert (event.kind, event.raw_type, event.external_id) == ("event", "callback_query", "callback:4382bfdwdsb323b2d9")
