@@ -144,7 +144,7 @@ def _attachment_text(msg: Mapping[str, Any]) -> str:
             title = _str(a.get("title")) or _str(payload.get("title"))
             lines.append(" ".join(p for p in (title, _str(a.get("url")) or _str(payload.get("url"))) if p))
         elif kind == "template":
-            lines += [e["title"] for e in _dicts(payload.get("elements")) if _str(e.get("title"))]
+            lines += [_str(e.get("title")) or "" for e in _dicts(payload.get("elements"))]
     return "\n".join(line for line in lines if line)
 
 

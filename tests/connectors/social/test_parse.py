@@ -199,6 +199,13 @@ def test_instagram_comments_and_mentions_are_events_not_dropped() -> None:
     assert (mention.raw_type, mention.sender.kind, mention.meta["media_id"]) == ("mentions", "external", "17918195224117851")
 
 
+def test_a_template_element_title_of_another_type_is_no_crash() -> None:
+    body = json.loads((FIXTURES / "messenger_synthetic_shared_attachments.json").read_text())
+    body["entry"][0]["messaging"][2]["message"]["attachments"][0]["payload"]["elements"][0]["title"] = 12345
+    *_, template = messenger.parse(json.dumps(body).encode(), {})
+    assert template.text == "12345"
+
+
 def test_messenger_attachments_that_are_no_file_give_a_readable_text() -> None:
     fallback, location, template = messenger.parse(
         (FIXTURES / "messenger_synthetic_shared_attachments.json").read_bytes(), {})
@@ -288,7 +295,10 @@ def _retyped(obj, rng, depth=0):
 
 @pytest.mark.parametrize("name,parse", [
     ("whatsapp_synthetic_all_types.json", whatsapp.parse), ("messenger_synthetic_events.json", messenger.parse),
-    ("instagram_synthetic_message_read.json", messenger.parse)])
+    ("instagram_synthetic_message_read.json", messenger.parse),
+    ("whatsapp_synthetic_account_fields.json", whatsapp.parse), ("whatsapp_synthetic_order.json", whatsapp.parse),
+    ("messenger_synthetic_shared_attachments.json", messenger.parse),
+    ("instagram_synthetic_comment_and_mention.json", messenger.parse)])
 def test_valid_json_of_unexpected_shapes_never_crashes(name: str, parse) -> None:
     import random
 
