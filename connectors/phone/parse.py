@@ -604,7 +604,10 @@ def _fs_time(r: Mapping[str, str], name: str, p: _Ctx) -> datetime | None:
     for key, scale in ((f"{name}_uepoch", 1e6), (f"{name}_epoch", 1.0)):
         value = (r.get(key) or "").strip()
         if value and value.isdigit() and int(value) > 0:
-            return datetime.fromtimestamp(int(value) / scale, tz=timezone.utc)
+            try:
+                return datetime.fromtimestamp(int(value) / scale, tz=timezone.utc)
+            except (OverflowError, OSError, ValueError):
+                raise RowError(f"{key} {value[:24]!r} is out of range") from None
     return _time(r.get(f"{name}_stamp"), p, f"{name}_stamp")
 
 

@@ -176,7 +176,11 @@ def _sent_at(msg: dict, defects: list[str]) -> datetime | None:
     if ts is None:
         defects.append("send_time missing or not a Unix time")
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):  # beyond what a datetime holds: no time, not a crash
+        defects.append(f"send_time {ts} is out of range")
+        return None
 
 
 def kf_inbound(msg: dict, context: Mapping[str, Any]) -> Inbound:

@@ -289,3 +289,11 @@ def test_without_a_warn_callback_skipped_rows_become_defects():
     raw = (FIXTURES / "synthetic_asterisk_cdr_bad_row.csv").read_bytes()
     calls = parse(raw, {"channel": "asterisk", "line": "not a number"})
     assert calls[0].defects[-1] == "skipped line 2: start 'yesterday' is not a time"
+
+
+def test_an_epoch_beyond_what_a_datetime_holds_is_refused_not_a_crash():
+    # mod_json_cdr's *_uepoch/*_epoch variables are Unix micro/seconds; a corrupted one raised OSError.
+    doc = {"variables": {"uuid": "u-1", "caller_id_number": "13800138000", "destination_number": "100",
+                         "start_uepoch": "9" * 23, "hangup_cause": "NORMAL_CLEARING", "duration": "5", "billsec": "5"}}
+    with pytest.raises(PayloadRejected, match="start_uepoch .* is out of range"):
+        parse(json.dumps(doc).encode(), {"channel": "freeswitch"})
