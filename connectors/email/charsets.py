@@ -47,12 +47,17 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("utf-7", "utf7", "unicode-1-1-utf-7", "x-unicode-1-1-utf-7", "x-unicode-2-0-utf-7",
                      "csunicode11utf7"), ("utf-7",)),
     **dict.fromkeys(("utf-8", "utf8", "x-utf-8", "unicode-1-1-utf-8", "unicode-2-0-utf-8"), ("utf-8",)),
+    # Microsoft's names of UTF-16 (.NET Encoding.WebName / Outlook): "unicode" is little-endian
+    **dict.fromkeys(("unicodebig", "unicodefffe", "unicode-big", "unicode-1-1-big"), ("utf-16-be",)),
+    **dict.fromkeys(("unicode", "unicodelittle", "unicode-little", "unicodefeff"), ("utf-16-le",)),
     # Single-byte "catch-alls": windows-1252 is what iso-8859-1 senders write.
     **dict.fromkeys(("iso-8859-1", "iso8859-1", "latin1", "latin-1", "l1", "iso_8859-1", "cp819",
                      "windows-1252", "cp1252", "x-cp1252"), ("cp1252", "latin-1")),
     **dict.fromkeys(("us-ascii", "ascii", "ansi_x3.4-1968", "iso646-us", "us", "ibm367", "cp367", "7bit",
                      "8bit"), ("ascii",)),
 }
+_GLUED_CHARSET = re.compile(
+    r"windows-125\d|iso-8859-\d{1,2}|utf-8|gb2312|gbk|gb18030|big5|shift_jis|euc-(?:jp|kr|cn)|koi8-[ru]|iso-2022-jp")
 #: Declarations that mean "nobody knows": straight to detection.
 _UNKNOWN = frozenset({"", "none", "unknown", "unknown-8bit", "x-unknown", "default", "x-user-defined", "charset"})
 #: Declarations so permissive that any byte string decodes: valid UTF-8 wins over them.
@@ -87,7 +92,10 @@ def codecs_for(declared: str | None) -> tuple[str, ...]:
         # Microsoft's and Apple's spellings Python lacks: windows-874, cp-850, x-mac-roman
         m = re.fullmatch(r"(?:windows|cp|ibm|x-cp)[-_]?(\d{3,5})|x-mac-([a-z]+)", name)
         if not m:
-            return ()
+            # a known name with junk glued on, from a broken HTML meta copied into the header
+            # ("windows-1252http-equivContent-Type")
+            glued = _GLUED_CHARSET.match(name)
+            return codecs_for(glued.group(0)) if glued and glued.group(0) != name else ()
         try:
             info = codecs.lookup(f"cp{m.group(1)}" if m.group(1) else f"mac_{m.group(2)}")
         except (LookupError, UnicodeError, ValueError):
@@ -175,9 +183,10 @@ def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = ()) -> tu
     """
     candidates = codecs_for(declared)
     if data.isascii():
-        # 7-bit charsets (ISO-2022-JP, UTF-7) need their codec; plain ASCII does not.
+        # 7-bit charsets (ISO-2022-JP, UTF-7) need their codec, and so does UTF-16 of
+        # ASCII text (every other byte NUL); plain ASCII does not.
         for codec in candidates:
-            if codec.startswith(_SEVEN_BIT):
+            if codec.startswith(_SEVEN_BIT) or (codec.startswith(("utf-16", "utf-32")) and b"\x00" in data):
                 text = _try(data, codec)
                 if text is not None:
                     return text, codec, True

@@ -203,6 +203,16 @@ def test_microsoft_charset_spellings_python_lacks_are_decoded():
     assert not [d for d in msg.defects if "Charset" in d]
 
 
+def test_utf16_charset_names_and_junk_glued_to_a_charset_are_decoded():
+    # "unicodeFFFE" is .NET/Outlook's name of UTF-16BE ("unicode" = UTF-16LE; Encoding.WebName),
+    # whose ASCII text is 7-bit bytes that still need their codec (Kopano zcp-11699); a broken HTML
+    # meta copied into the header glues junk to the name (Kopano zcp-13449-meca).
+    msg = fixture("synthetic_outlook_charset_names.eml")
+    assert msg.subject == "Commande ☺ 4711mécanique"
+    assert "Votre commande est expédiée." in msg.text
+    assert not [d for d in msg.defects if "Charset" in d]
+
+
 def test_a_banner_line_above_the_headers_is_skipped():
     # A relay/archive banner above the headers (Kerio's "---- Original email
     # message ----", seen in Zammad's mail068): RFC 5322 section 2.2 headers
