@@ -213,6 +213,19 @@ def test_utf16_charset_names_and_junk_glued_to_a_charset_are_decoded():
     assert not [d for d in msg.defects if "Charset" in d]
 
 
+def test_a_bare_address_among_words_in_from_is_the_sender():
+    # RFC 5322 section 3.4 wants `Big Bug <bb@bug.example.com>`; mailers write `Big Bug bb@…`
+    # (mikel/mail mix_caps_content_type.eml, Zammad mail087). The address is the From's, not the
+    # Return-Path's (a list's bounce address) nor the mbox envelope's.
+    msg = fixture("synthetic_bare_address_from.eml")
+    assert (msg.sender.value, msg.sender.name) == ("bb@bug.example.com", "Big Bug")
+    assert "BareAddressInFrom" in msg.defects
+    # inside angle brackets an address with spaces stays unusable, as before
+    raw = (FIXTURES / "synthetic_bare_address_from.eml").read_bytes().replace(
+        b"From: Big Bug bb@bug.example.com", b'From: "secret" <power quadrant system@example.com>')
+    assert one(raw).sender.value != "system@example.com"
+
+
 def test_a_banner_line_above_the_headers_is_skipped():
     # A relay/archive banner above the headers (Kerio's "---- Original email
     # message ----", seen in Zammad's mail068): RFC 5322 section 2.2 headers
