@@ -48,6 +48,7 @@ from routing.assign import (
     apply_overflow,
     channel_class,
     choose_agent,
+    choose_agent_json,
     overflow_due,
 )
 from routing.directory import Directory
@@ -251,12 +252,14 @@ def describe(decision: Decision) -> str:
     return head + (f" (not chosen: {'; '.join(shown)})" if shown else "")
 
 
-def decision_data(decision: Decision, **extra: Any) -> dict:
+def decision_data(decision: Decision, considered_json: bytes | None = None, **extra: Any) -> dict:
+    """The timeline entry's ``data`` of a decision (``considered_json``: the JSON of its
+    ``considered`` list as :func:`routing.assign.choose_agent_json` gives it, written as is)."""
     return {
         "agent": decision.agent,
         "reason": decision.reason,  # structs: the encoder writes them as it would their builtins
         "capacity_class": decision.capacity_class,
-        "considered": decision.considered,
+        "considered": decision.considered if considered_json is None else msgspec.Raw(considered_json),
         **extra,
     }
 
@@ -530,18 +533,20 @@ class AssignTx:
     # -- assignment
 
     def take(self, t: TicketRow, decision: Decision, state: AssignmentState, why: str | None = None, *,
-             fresh: bool = False) -> AssignmentState:
+             fresh: bool = False, considered_json: bytes | None = None) -> AssignmentState:
         """Give the ticket to the decided agent (load, assignee, timeline, event); the state after.
 
         ``fresh``: the caller knows the ticket holds no capacity and is not
-        queued (nothing to release or unqueue first)."""
+        queued (nothing to release or unqueue first); ``considered_json``: see
+        :func:`decision_data`."""
         agent = decision.agent
         assert agent is not None
         after = apply_decision(state, decision, self.now)  # raises rather than over-fill: a stale state is a bug
         self._hold(t, agent, decision.capacity_class, fresh)
         self.touch_ticket(t.id, assignee=agent)
         text = describe(decision) + (f" — {why}" if why else "")
-        self.timeline(t.id, "assignment", text, decision_data(decision, previous=t.assignee, why=why))
+        self.timeline(t.id, "assignment", text,
+                      decision_data(decision, considered_json, previous=t.assignee, why=why))
         self.outbox("ticket.assigned", t.id, {
             "ticket_id": t.id, "agent_id": agent, "previous": t.assignee, "reason": decision.reason.code,
         })
@@ -593,16 +598,17 @@ class AssignTx:
     def assign(self, t: TicketRow, demand: Demand, why: str | None = None, *, fresh: bool = False) -> Decision:
         """Choose for ``demand``: take the ticket, or queue it saying why (``fresh``: see :meth:`take`)."""
         state = self.state(demand.teams())
-        decision = choose_agent(state, demand)
+        decision, considered_json = choose_agent_json(state, demand)
         if decision.agent is not None:
-            self.take(t, decision, state, why, fresh=fresh)
+            self.take(t, decision, state, why, fresh=fresh, considered_json=considered_json)
         else:
-            self.enqueue(t, demand, decision, fresh=fresh)
+            self.enqueue(t, demand, decision, fresh=fresh, considered_json=considered_json)
         return decision
 
-    def enqueue(self, t: TicketRow, demand: Demand, decision: Decision, *, fresh: bool = False) -> None:
+    def enqueue(self, t: TicketRow, demand: Demand, decision: Decision, *, fresh: bool = False,
+                considered_json: bytes | None = None) -> None:
         """Queue the ticket (once: a later failed attempt only refreshes the reason; ``fresh``: the
-        caller knows it is not queued)."""
+        caller knows it is not queued; ``considered_json``: see :func:`decision_data`)."""
         reason = describe(decision)
         if not fresh and self.conn.execute(
                 "UPDATE assign_queue SET reason = ? WHERE ticket_id = ?", (reason, t.id)).rowcount:
@@ -617,7 +623,8 @@ class AssignTx:
              to_ms(demand.queued_at), to_ms(demand.queued_at + steps[0].wait()) if steps else None, reason),
         )
         where = f"team {demand.team}" if demand.team else "the general queue"
-        self.timeline(t.id, "assignment", f"queued in {where}: {reason}", decision_data(decision, queued=True))
+        self.timeline(t.id, "assignment", f"queued in {where}: {reason}",
+                      decision_data(decision, considered_json, queued=True))
 
     def ensure(self, t: TicketRow) -> Decision | None:
         """Bring the ticket's assignment in line with the ticket (idempotent).
