@@ -41,6 +41,7 @@ from gateway.store.sqlite_desks import desk_owned
 from routing.assign import (
     AgentState,
     AssignmentState,
+    Considered,
     Decision,
     Demand,
     OverflowStep,
@@ -237,15 +238,30 @@ def _queued(r: tuple) -> _Queued:
     return _Queued(demand, _dec.decode(r[2]), r[9])
 
 
+#: id → (a ``Considered`` entry, its words in a decision's sentence): the chooser hands the
+#: same entry objects to decision after decision (an agent's verdict stays until it changes),
+#: so each is written out once; the entry is held, so its id is not reused while listed
+_SHOWN_MAX = 8192
+_shown: dict[int, tuple[Considered, str]] = {}
+
+
+def _shown_text(c: Considered) -> str:
+    hit = _shown.get(id(c))
+    if hit is not None and hit[0] is c:
+        return hit[1]
+    text = f"{c.agent} {', '.join(r.text for r in c.reasons)}" if c.reasons else f"{c.agent} eligible at {c.load:.2f}"
+    if len(_shown) >= _SHOWN_MAX:
+        _shown.clear()
+    _shown[id(c)] = (c, text)
+    return text
+
+
 def describe(decision: Decision) -> str:
     """The timeline sentence: the decision's reason, then why not each other agent."""
     others = [c for c in decision.considered if c.agent != decision.agent]
     # the entry's data lists every agent; the sentence stays readable (and only
     # the agents it shows are written out: a team has dozens)
-    shown = [
-        f"{c.agent} {', '.join(r.text for r in c.reasons)}" if c.reasons else f"{c.agent} eligible at {c.load:.2f}"
-        for c in others[:_SHOWN_OTHERS]
-    ]
+    shown = [_shown_text(c) for c in others[:_SHOWN_OTHERS]]
     if len(others) > _SHOWN_OTHERS:
         shown.append(f"{len(others) - _SHOWN_OTHERS} more")
     head = f"assigned to {decision.agent}: {decision.reason.text}" if decision.agent else decision.reason.text
@@ -507,11 +523,15 @@ class AssignTx:
     # -- writes shared by every operation
 
     def timeline(self, ticket_id: str, kind: str, text: str, data: dict) -> None:
-        """A timeline entry on the ticket, owned like the ticket (contact and origin)."""
+        """A timeline entry on the ticket, owned like the ticket (contact and origin).
+
+        ``data`` goes in as its JSON's UTF-8 bytes, stored as TEXT by ``CAST``: the same
+        text :func:`to_json` gives, without decoding the bytes into a ``str`` that sqlite3
+        encodes to UTF-8 again (a decision's data is ~5 KB)."""
         self.conn.execute(
             "INSERT INTO timeline (id, contact_id, origin_contact_id, ticket_id, kind, at, text, data) "
-            "SELECT ?, contact_id, origin_contact_id, id, ?, ?, ?, ? FROM tickets WHERE id = ?",
-            (new_id(self.now_ms), kind, self.now_ms, text, to_json(data), ticket_id),
+            "SELECT ?, contact_id, origin_contact_id, id, ?, ?, ?, CAST(? AS TEXT) FROM tickets WHERE id = ?",
+            (new_id(self.now_ms), kind, self.now_ms, text, _enc.encode(data), ticket_id),
         )
 
     def outbox(self, topic: str, ticket_id: str | None, payload: dict) -> None:
