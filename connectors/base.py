@@ -145,6 +145,9 @@ class ConnectorContext(Protocol):
     #   anything was stored (the ``omnigate_rejected`` metric, by reason).
     # - ``backlog_full() -> bool``: the optional backlog limit is reached;
     #   only intake whose senders retry for long (SMTP) may refuse on it.
+    # - ``shed() -> bool``: the pipeline is starved and this intake would
+    #   wait for its turn (``pipeline.admission_shed``); the same intake
+    #   only may refuse on it.
     # - ``ownership``: ``await ctx.ownership.run_owned(name, factory)`` runs
     #   work that must have one owner across instances (a mailbox poller, a
     #   polling bot, a tailed file) only while this instance holds the lease
