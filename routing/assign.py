@@ -3,9 +3,10 @@
 Pure functions of an :class:`AssignmentState` (every agent's teams, skills,
 capacity per channel class, presence, current load and last assignment time)
 and a :class:`Demand` (what one queued ticket needs). The store runs
-:func:`choose_agent` then :func:`apply_decision` inside the one transaction
-of ``assign_next``; the same few comparisons are meant to be mirrored by a
-Lua script for the Redis backend, so the state is plain data and the rules
+:func:`choose_agent` (or :func:`choose_agent_json`, which also gives the
+``considered`` list's JSON) then :func:`apply_decision` inside the one
+transaction of ``assign_next``; the same few comparisons are meant to be
+mirrored by a Lua script for the Redis backend, so the state is plain data and the rules
 are integer/fraction arithmetic. (:func:`choose_agent` keeps each kind of
 search's last result in a module-level cache and checks again only the
 agents whose state object changed: same output, see ``_Search``.)
@@ -261,7 +262,7 @@ class _Search(NamedTuple):
     ranks: list[tuple]  # their ranks, ``_INELIGIBLE`` for those who cannot take it
     pairs: list[tuple]  # (load fraction, occupancy) of each rank, for the tie check
     standing: list[tuple[Reason, ...]]  # their load-independent reasons (:func:`_standing`)
-    encoded: list[bytes]  # each entry's JSON, so a decision's list is written by joining them (:func:`choose_agent_json`)
+    encoded: list[bytes]  # each entry's JSON: a decision's list is these joined (:func:`choose_agent_json`)
 
 
 #: sorts after every rank (a load fraction is below 1: a full agent is not eligible) and pairs with none

@@ -189,7 +189,8 @@ async def test_decision_data_is_written_as_the_plain_encoding(sqlite_store):
             (ticket_id,))]
 
     for round_ in range(3):  # the later rounds reuse the kept searches with changed members
-        tickets = [await make_ticket(sqlite_store, team="billing", skills={"billing": 2 + round_ % 2}) for _ in range(3)]
+        skills = {"billing": 2 + round_ % 2}
+        tickets = [await make_ticket(sqlite_store, team="billing", skills=skills) for _ in range(3)]
         for t in tickets:
             decision = await sqlite_store.assign_next(t, T0)
             want = (decision_data(decision, previous=None, why=None) if decision.agent
