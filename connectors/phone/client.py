@@ -56,9 +56,10 @@ from typing import Annotated, Any, Callable, Literal, Mapping
 import msgspec
 import structlog
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult, owned
-from connectors.http import BODY_TIMEOUT_S, BodyTooLarge, read_body
+from connectors.http import BODY_TIMEOUT_S, BodyTimeout, BodyTooLarge, read_body
 from connectors.phone.parse import (
     CEL_EVENTS,
     MAX_RECORD_LINES,
@@ -139,21 +140,30 @@ def load_config(raw: Mapping[str, Any]) -> PhoneConfig:
 
 
 async def read_file_part(request: web.Request, max_bytes: int) -> tuple[bytes, str | None]:
-    """The first file of a multipart/form-data upload, whole, up to ``max_bytes`` (413 past it)."""
+    """The first file of a multipart/form-data upload, whole, up to ``max_bytes`` (413 past it).
+
+    A malformed multipart body (no boundary, broken part headers) is 400 and
+    one that does not arrive whole within ``BODY_TIMEOUT_S`` is 408, as for
+    any other body — never a 500."""
     if request.content_length is not None and request.content_length > max_bytes + 64 * 1024:
         raise BodyTooLarge(max_bytes, request.content_length)
-    reader = await request.multipart()
-    async with asyncio.timeout(BODY_TIMEOUT_S):
-        async for part in reader:
-            if not isinstance(part, BodyPartReader) or part.filename is None and part.name != "file":
-                continue
-            chunks, size = [], 0
-            while chunk := await part.read_chunk(65536):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise BodyTooLarge(max_bytes, request.content_length)
-                chunks.append(chunk)
-            return b"".join(chunks), part.filename
+    try:
+        reader = await request.multipart()
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            async for part in reader:
+                if not isinstance(part, BodyPartReader) or part.filename is None and part.name != "file":
+                    continue
+                chunks, size = [], 0
+                while chunk := await part.read_chunk(65536):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise BodyTooLarge(max_bytes, request.content_length)
+                    chunks.append(chunk)
+                return b"".join(chunks), part.filename
+    except TimeoutError:
+        raise BodyTimeout(text=f"the body was not received within {BODY_TIMEOUT_S:g} s") from None
+    except (HttpProcessingError, ValueError, AssertionError) as exc:  # aiohttp's multipart parser on bad input
+        raise web.HTTPBadRequest(text=f"not a valid multipart/form-data body: {exc}".splitlines()[0]) from None
     raise web.HTTPBadRequest(text="a multipart upload needs a file part")
 
 
