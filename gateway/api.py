@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from connectors.http import read_body as read_whole
-from connectors.api.parse import InvalidMessage, decode as decode_api_message, decode_uploads
+from connectors.api.parse import InvalidMessage, decode as decode_api_message, decode_uploads, duplicate_key
 from gateway import keys
 from gateway.api_query import parse_query, query_time
 from gateway.api_types import JournalPage, JournalQuery, JournalView, ReplayResult, RulesTestBody, RulesTestResult
@@ -48,6 +48,8 @@ async def api_message(request: web.Request) -> web.Response:
     check_bearer(request, _token(request))
     raw = await read_whole(request, app[keys.CONFIG].max_body_bytes)
     try:
+        if dup := duplicate_key(raw):
+            raise InvalidMessage(f"{dup.rpartition('.')[2]} is given more than once", dup)
         msg = decode_api_message(raw)
         decode_uploads(msg.attachments)  # what parse would fail on later is refused now
     except InvalidMessage as exc:
@@ -162,7 +164,9 @@ async def read_body(request: web.Request, typ: type, allow_empty: bool = False):
 
 def decode_json(raw: bytes, typ: type | None = None):
     """JSON (strictly as ``typ`` when given); 400 naming the field at fault,
-    for invalid UTF-8 and absurd nesting too."""
+    for invalid UTF-8, absurd nesting and a key given twice too."""
+    if dup := duplicate_key(raw):
+        raise Problem(400, "Invalid request body", f"{dup.rpartition('.')[2]} is given more than once", field=dup)
     try:
         return msgspec.json.decode(raw) if typ is None else msgspec.json.decode(raw, type=typ)
     except msgspec.ValidationError as exc:
