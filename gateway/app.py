@@ -251,6 +251,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
             continue
         ctx = ChannelContext(channel, config.channels[channel], str(data_dir), ingest, store, supervisor, clock=clock)
         ctx.trusted_proxies = tuple(config.trusted_proxies)  # the client IP behind a proxy (webchat's limits)
+        ctx.public_url = config.public_url  # the gateway's outside address (signed URLs)
         ctx.ownership = ownership
         ctx.limiter = limiter
         ctx.token_store = token_store

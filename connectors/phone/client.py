@@ -122,7 +122,8 @@ def load_config(raw: Mapping[str, Any]) -> PhoneConfig:
         if a.source == "twilio" and not a.auth_token:
             raise Fatal(f"phone config: accounts.{name}: a twilio account needs auth_token (X-Twilio-Signature)")
         if a.source == "twilio" and not (a.public_url or cfg.public_url):
-            raise Fatal(f"phone config: accounts.{name}: a twilio account needs public_url (the signed URL)")
+            raise Fatal(f"phone config: accounts.{name}: a twilio account needs public_url (the signed URL; "
+                        "or phone.public_url, or the gateway's public_url)")
         if a.source == "freeswitch" and not (a.username and a.password) and not a.upload_token:
             raise Fatal(f"phone config: accounts.{name}: a freeswitch account needs username and password "
                         "(mod_json_cdr's cred) or upload_token")
@@ -198,7 +199,10 @@ class PhoneConnector:
 
     def __init__(self, ctx: ConnectorContext):
         self.ctx = ctx
-        self.cfg = load_config(ctx.config)
+        section = dict(ctx.config)
+        if not section.get("public_url") and getattr(ctx, "public_url", None):  # the gateway-wide public_url
+            section["public_url"] = ctx.public_url
+        self.cfg = load_config(section)
         self._stopping = asyncio.Event()
         #: The gateway's clock (aware UTC): the replay window of Twilio's signed Timestamp.
         self.clock: Callable[[], datetime] = getattr(ctx, "clock", None) or (lambda: datetime.now(timezone.utc))

@@ -315,3 +315,23 @@ async def test_multipart_upload_that_stalls_mid_body_is_408(gw: Gateway, monkeyp
     assert resp.content_type == "application/problem+json"
     stalled.set()
     assert await gw.journal() == []
+
+
+async def test_twilio_signs_over_the_gateways_public_url_when_the_section_sets_none(
+        aiohttp_client, tmp_path, gateway_clock) -> None:
+    """CONTRACTS.md: ``public_url`` (``OMNIGATE_PUBLIC_URL``) is the address signature checks use."""
+    from gateway.app import create_app
+    from gateway.config import load
+    from tests.gateway.conftest import TOKEN
+
+    section = {"accounts": {"main": {"source": "twilio", "auth_token": TW_TOKEN}}}
+    env = {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data"),
+           "OMNIGATE_RULES_DIR": str(tmp_path / "none"), "OMNIGATE_PUBLIC_URL": PUBLIC}
+    app = create_app(load(None, environ=env, flags={"phone": section}), clock=gateway_clock)
+    gw = Gateway(await aiohttp_client(app), app)
+    assert (await twilio_post(gw, {**TWILIO, "CallStatus": "no-answer"})).status == 204  # signed over PUBLIC + path
+    other = RequestValidator(TW_TOKEN).compute_signature("https://elsewhere.example.com/channels/phone/main/status",
+                                                         {**TWILIO, "CallStatus": "busy"})
+    assert (await twilio_post(gw, {**TWILIO, "CallStatus": "busy"}, signature=other)).status == 401
+    await gw.drain()
+    assert len(await gw.journal()) == 1
