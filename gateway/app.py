@@ -304,6 +304,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
         app[keys.READINESS]["rules"] = rules.readiness
         m.registry.register(rules.collector())
         app.cleanup_ctx.append(_rules_ctx)
+    else:  # /readyz names the rules either way (CONTRACTS.md); routing is optional, so still ready
+        app[keys.READINESS]["rules"] = lambda: (True, {"loaded": False, "dir": config.rules_dir,
+                                                      "hint": "no rules folder: tickets are not routed"})
     from gateway import fanout
 
     fanout.setup(app)  # with Redis: the live buses reach every instance (after the store's ctx: it stops first)
