@@ -111,7 +111,7 @@ def field_of(exc: msgspec.ValidationError) -> str | None:
     if " - at `" in text:
         return text.rsplit(" - at `", 1)[1].rstrip("`")
     m = re.search(r"(?:missing required field|unknown field) `([^`]+)`", text)
-    return f"$.{m.group(1)}" if m else None
+    return f"$.{m.group(1)}" if m else "$"  # msgspec names no path for the top level
 
 
 async def ticket_or_404(request: web.Request):
@@ -171,10 +171,11 @@ def decode_json(raw: bytes, typ: type | None = None):
         return msgspec.json.decode(raw) if typ is None else msgspec.json.decode(raw, type=typ)
     except msgspec.ValidationError as exc:
         raise Problem(400, "Invalid request body", str(exc), field=field_of(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise Problem(400, "Invalid request body", f"malformed JSON: {exc}") from None
+    except msgspec.DecodeError as exc:  # the body as a whole is at fault: its JSON path is "$"
+        raise Problem(400, "Invalid request body", f"malformed JSON: {exc}", field="$") from None
     except UnicodeDecodeError as exc:
-        raise Problem(400, "Invalid request body", f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+        raise Problem(400, "Invalid request body", f"the body is not UTF-8: {exc.reason} at byte {exc.start}",
+                      field="$") from None
     except RecursionError:
-        raise Problem(400, "Invalid request body", "JSON nested too deeply") from None
+        raise Problem(400, "Invalid request body", "JSON nested too deeply", field="$") from None
 

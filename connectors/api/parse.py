@@ -70,7 +70,7 @@ def _field_of(text: str) -> str | None:
     if " - at `" in text:
         return text.rsplit(" - at `", 1)[1].rstrip("`")
     m = re.search(r"(?:missing required field|unknown field) `([^`]+)`", text)
-    return f"$.{m.group(1)}" if m else None
+    return f"$.{m.group(1)}" if m else "$"  # msgspec names no path for the top level
 
 
 def decode(raw: bytes) -> ApiMessage:
@@ -79,12 +79,12 @@ def decode(raw: bytes) -> ApiMessage:
         msg = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise InvalidMessage(str(exc), _field_of(str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidMessage(f"malformed JSON: {exc}") from None
+    except msgspec.DecodeError as exc:  # the body as a whole is at fault: its JSON path is "$"
+        raise InvalidMessage(f"malformed JSON: {exc}", "$") from None
     except UnicodeDecodeError as exc:
-        raise InvalidMessage(f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+        raise InvalidMessage(f"the body is not UTF-8: {exc.reason} at byte {exc.start}", "$") from None
     except RecursionError:
-        raise InvalidMessage("JSON nested too deeply") from None
+        raise InvalidMessage("JSON nested too deeply", "$") from None
     if not msg.external_id.strip():
         raise InvalidMessage("external_id must not be empty", "$.external_id")
     if len(msg.external_id) > MAX_EXTERNAL_ID_CHARS:

@@ -88,3 +88,14 @@ async def test_a_rest_body_with_a_key_given_twice_is_400_naming_it_and_changes_n
                               + b', "a": "2"}}', headers={**AUTH, "Content-Type": "application/json"})
     assert resp.status == 400, await resp.text()
     assert (await resp.json())["field"] == "$.attributes.a"
+
+
+@pytest.mark.parametrize("path", ["/channels/api/messages", "/api/v1/webhooks", "/api/v1/tokens"])
+@pytest.mark.parametrize("body", [b'{"', b"<xml/>", b"", b'"\xff"', b"[" * 10_000 + b"]" * 10_000, b"[1]"])
+async def test_a_body_that_is_not_json_is_400_naming_the_whole_body(gw, path, body) -> None:
+    client, app = gw
+    resp = await client.post(path, data=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status == 400, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    assert (await resp.json())["field"] == "$"
+    assert await _journal(client) == []
