@@ -147,6 +147,9 @@ class ConnectorContext(Protocol):
     #   only intake whose senders retry for long (SMTP) may refuse on it.
     # - ``public_url``: the gateway's outside address (``public_url``, None
     #   when unset): the base of URLs a platform signs, for a section without its own.
+    # - ``shed() -> bool``: the pipeline is starved and this intake would
+    #   wait for its turn (``pipeline.admission_shed``); the same intake
+    #   only may refuse on it.
     # - ``ownership``: ``await ctx.ownership.run_owned(name, factory)`` runs
     #   work that must have one owner across instances (a mailbox poller, a
     #   polling bot, a tailed file) only while this instance holds the lease

@@ -26,12 +26,22 @@ rate would fall as the offered load rises. Three parts keep it steady:
   (no backlog, or a loop with time to spare: the backlog has another cause,
   a slow disk say) nobody waits.
 
-The **backlog limit** (``pipeline.backlog_limit``, off by default) is the
-one place intake is refused for load, and only on intake paths whose senders
-retry for long: SMTP (451 4.3.2, the sending MTA retries for days) and the
-API channel (503 + ``Retry-After``). Webhook channels (WeChat, WeCom,
-Telegram, WhatsApp, Messenger, Instagram, LINE, phone) and webchat never
-ask :meth:`Backlog.full`.
+Intake is refused for load in two cases only, and only on intake paths
+whose senders retry for long: SMTP (451 4.3.2, the sending MTA retries for
+days) and the API channel (503 + ``Retry-After``, its clients retry on 5xx).
+Webhook channels (WeChat, WeCom, Telegram, WhatsApp, Messenger, Instagram,
+LINE, phone) and webchat never ask.
+
+- **Shedding** (``pipeline.admission_shed``, on by default): while the
+  pipeline is starved, an intake that would have to wait for a credit is
+  refused at once (:meth:`AdmissionGate.shed`), before its body is read.
+  Waiting does not hold back independent senders (each waiting request
+  keeps a connection open and the sender opens another), so on these paths
+  the delay only added cost; a refusal costs little and the sender comes
+  back after ``Retry-After``. Intake on them is thereby held to ``ratio``
+  times the processing rate however fast requests come.
+- **The backlog limit** (``pipeline.backlog_limit``, off by default): a
+  fixed number of pending entries (:meth:`Backlog.full`).
 
 The backlog itself lives in the journal on disk; the worker holds at most
 ``batch`` × 3 + ``workers`` entries in memory whatever its length.
@@ -199,7 +209,8 @@ class AdmissionGate:
     directly; :meth:`try_admit` is the decision, :meth:`admit` the waiting."""
 
     def __init__(self, *, backlog: Callable[[], int], busy: Callable[[], float], ratio: float = 2.0,
-                 high_water: int = 512, busy_at: float = 0.7, max_delay_s: float = 0.5, burst: float = 64.0):
+                 high_water: int = 512, busy_at: float = 0.7, max_delay_s: float = 0.5, burst: float = 64.0,
+                 shed: bool = False):
         self.backlog = backlog
         self.busy = busy
         self.ratio = ratio
@@ -211,6 +222,9 @@ class AdmissionGate:
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         #: intakes admitted at once, after a credit wait, after the longest wait (not refused)
         self.stats = {"free": 0, "credited": 0, "waited": 0, "timed_out": 0}
+        #: :meth:`shed` may refuse (``pipeline.admission_shed``); ``shed_count``: how often it did
+        self.shed_enabled = shed
+        self.shed_count = 0
         self._was_starved = False
 
     @property
@@ -226,7 +240,7 @@ class AdmissionGate:
         if starved is not self._was_starved:  # logged on each change, not per intake
             self._was_starved = starved
             log.info("admission.starved" if starved else "admission.recovered", backlog=self.backlog(),
-                     loop_busy=round(self.busy(), 2), ratio=self.ratio, **self.stats)
+                     loop_busy=round(self.busy(), 2), ratio=self.ratio, shed=self.shed_count, **self.stats)
         if not starved:
             self.stats["free"] += 1
             return True
@@ -235,6 +249,19 @@ class AdmissionGate:
             self.stats["credited"] += 1
             return True
         return False
+
+    def shed(self) -> bool:
+        """Refuse this intake for now (True): shedding is on, the pipeline is
+        starved, and no credit is free for it (none left, or earlier intakes
+        wait for them). Takes nothing: an intake that is not refused takes
+        its credit in :meth:`admit` as any other. Asked only by intake whose
+        senders retry for long (the API channel, SMTP)."""
+        if not self.shed_enabled or not self.starved():
+            return False
+        if self.credits >= 1 and not self._waiters:
+            return False
+        self.shed_count += 1
+        return True
 
     def settled(self, n: int = 1) -> None:
         """The pipeline settled ``n`` entries: ``ratio`` credits each, handed
@@ -304,7 +331,8 @@ class Load:
         # an ingest-only node (workers 0) has no pipeline of its own to make room for
         ratio = p.admission_ratio if p.workers > 0 else 0.0
         self.gate = AdmissionGate(backlog=lambda: self.backlog.pending, busy=self.busy, ratio=ratio,
-                                  high_water=max(64, 2 * worker.batch), max_delay_s=p.admission_max_delay_s)
+                                  high_water=max(64, 2 * worker.batch), max_delay_s=p.admission_max_delay_s,
+                                  shed=p.admission_shed)
         worker.on_settled.append(self.backlog.settled)
         worker.on_settled.append(self.gate.settled)
 

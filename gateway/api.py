@@ -46,6 +46,9 @@ def journal_view(e: JournalEntry) -> JournalView:
 async def api_message(request: web.Request) -> web.Response:
     app = request.app
     check_bearer(request, _token(request))
+    ingest = app[keys.INGEST]
+    if ingest.shed():  # the pipeline is starved: refused before the body is read (gateway/admission.py)
+        _refuse_for_load(request, "overloaded", "the pipeline is behind and this process is saturated")
     raw = await read_whole(request, app[keys.CONFIG].max_body_bytes)
     try:
         if dup := duplicate_key(raw):
@@ -56,14 +59,21 @@ async def api_message(request: web.Request) -> web.Response:
         app[keys.METRICS].rejected.labels("api", "invalid").inc()
         raise Problem(exc.status, "Invalid message", str(exc), field=exc.field) from None
     account = msg.account or "api"
-    ingest = app[keys.INGEST]
     if ingest.backlog_full():  # the optional limit: API callers retry (gateway/admission.py)
-        app[keys.METRICS].rejected.labels("api", "backlog_full").inc()
-        retry = str(ingest.backlog.retry_after_s)
-        raise Problem(503, "Backlog full", f"the pipeline's backlog reached pipeline.backlog_limit "
-                      f"({ingest.backlog.limit} entries): retry after {retry} s", headers={"Retry-After": retry})
+        _refuse_for_load(request, "backlog_full",
+                         f"the pipeline's backlog reached pipeline.backlog_limit ({ingest.backlog.limit} entries)")
     result = await ingest.ingest("api", account, msg.external_id, raw, None)
     return json_response({"journal_id": result.journal_id}, status=202)
+
+
+def _refuse_for_load(request: web.Request, reason: str, why: str) -> None:
+    """Raise the API channel's refusal for load: 503 problem+json with
+    ``Retry-After`` (its callers retry; no other channel is refused for load)."""
+    app = request.app
+    app[keys.METRICS].rejected.labels("api", reason).inc()
+    retry = str(app[keys.INGEST].retry_after_s)
+    title = "Backlog full" if reason == "backlog_full" else "Overloaded"
+    raise Problem(503, title, f"{why}: retry after {retry} s", headers={"Retry-After": retry})
 
 
 # ---------------------------------------------------------------- journal

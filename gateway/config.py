@@ -77,10 +77,14 @@ class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):
     admission_ratio: float = 2.0
     #: The longest an intake waits at the gate before it goes through anyway (never refused).
     admission_max_delay_s: float = 0.5
+    #: While the pipeline is starved, the API channel (503 + ``Retry-After``) and
+    #: SMTP (451 4.3.2) refuse an intake that would wait at the gate, instead of
+    #: delaying it; other channels are only ever delayed (gateway/admission.py).
+    admission_shed: bool = True
     #: Pending journal entries at which SMTP answers 451 4.3.2 and the API
     #: channel 503 + ``Retry-After`` (0: no limit; other channels never refuse).
     backlog_limit: int = 0
-    #: ``Retry-After`` (seconds) of the API channel's 503 at the backlog limit.
+    #: ``Retry-After`` (seconds) of the API channel's 503 at the backlog limit or when shed.
     backlog_retry_after_s: int = 30
 
     def __post_init__(self) -> None:

@@ -34,6 +34,18 @@ class Ingest:
         retries for long (SMTP, the API channel) asks, and refuses for now."""
         return self.backlog is not None and self.backlog.full()
 
+    def shed(self) -> bool:
+        """The pipeline is starved and this intake would wait at the gate
+        (``pipeline.admission_shed``): only intake whose sender retries for
+        long (SMTP, the API channel) asks — as early as it can, before the
+        body is read — and refuses for now."""
+        return self.gate is not None and self.gate.shed()
+
+    @property
+    def retry_after_s(self) -> int:
+        """The ``Retry-After`` of a refusal for load (``pipeline.backlog_retry_after_s``)."""
+        return self.backlog.retry_after_s if self.backlog is not None else 30
+
     async def ingest(self, channel: str, account: str, key: str, raw: bytes,
                      meta: Mapping[str, Any] | None = None, *, nonce: Nonce | None = None) -> IngestResult:
         """Append durably; ``nonce`` is checked and remembered in the same
@@ -91,6 +103,12 @@ class ChannelContext:
         a connector whose senders retry for long (SMTP) may refuse for now;
         webhook channels never ask (their platforms give up within seconds)."""
         return self._ingest.backlog_full()
+
+    def shed(self) -> bool:
+        """The pipeline is starved and this intake would wait
+        (``pipeline.admission_shed``): a connector whose senders retry for
+        long (SMTP) may refuse for now; webhook channels never ask."""
+        return self._ingest.shed()
 
     def rejected(self, reason: str) -> None:
         """Count a request this channel refused before storing anything."""

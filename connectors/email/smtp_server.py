@@ -43,6 +43,8 @@ REPLY_BAD_ADDRESS = "553 5.1.3 Bad recipient address syntax"
 REPLY_JOURNAL_DOWN = "451 4.3.0 Cannot store the message now, try again later"
 #: The optional backlog limit (``pipeline.backlog_limit``): the sending MTA retries later.
 REPLY_BACKLOG_FULL = "451 4.3.2 Backlog limit reached, try again later"
+#: Shed while the pipeline is starved (``pipeline.admission_shed``): the sending MTA retries later.
+REPLY_OVERLOADED = "451 4.3.2 System busy, try again later"
 REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 REPLY_TOO_MANY_REFUSED = "421 4.7.0 Too many refused recipients, closing connection"
 
@@ -104,6 +106,16 @@ class InboundHandler:
         envelope.rcpt_tos.append(address)
         return reply
 
+    def _refusal_for_load(self) -> str | None:
+        """``"backlog_full"`` (``pipeline.backlog_limit``), ``"overloaded"``
+        (the pipeline starved, ``pipeline.admission_shed``) or None: the two
+        refusals for load a sender that retries for days may get (451)."""
+        for reason, ask in (("backlog_full", "backlog_full"), ("overloaded", "shed")):
+            check = getattr(self._ctx, ask, None)
+            if check is not None and check():
+                return reason
+        return None
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         key = message_key(raw)
@@ -113,13 +125,13 @@ class InboundHandler:
             "peer": _peer(session),
         }
         accounts = self._recipients.accounts(envelope.rcpt_tos)
-        full = getattr(self._ctx, "backlog_full", None)
-        if full is not None and full():
-            log.warning("smtp_backlog_full", key=key, accounts=accounts, peer=meta["peer"])
+        refusal = self._refusal_for_load()
+        if refusal is not None:
+            log.warning(f"smtp_{refusal}", key=key, accounts=accounts, peer=meta["peer"])
             rejected = getattr(self._ctx, "rejected", None)
             if rejected is not None:
-                rejected("backlog_full")
-            return REPLY_BACKLOG_FULL
+                rejected(refusal)
+            return REPLY_BACKLOG_FULL if refusal == "backlog_full" else REPLY_OVERLOADED
         try:
             for account in accounts:
                 await self._ctx.ingest(account, key, raw, meta)

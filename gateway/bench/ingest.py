@@ -12,11 +12,16 @@ from gateway.bench.load import CONCURRENCY, DURATION_S, ROUNDS, RequestFn, Serve
 
 
 def _wechat_requests() -> RequestFn:
-    """Signed, AES-encrypted Official Account text messages, each with its own
-    MsgId and nonce, timestamped now (the gateway refuses replays and
-    timestamps outside its window)."""
-    import hashlib
     import time
+
+    return pregenerated(wechat_requests(int(time.time())))
+
+
+def wechat_requests(timestamp: int) -> RequestFn:
+    """Signed, AES-encrypted Official Account text messages, each with its own
+    MsgId and nonce, stamped ``timestamp`` (the gateway refuses replays and
+    timestamps outside its window around its own clock)."""
+    import hashlib
 
     from wechatpy.crypto import WeChatCrypto
 
@@ -24,7 +29,7 @@ def _wechat_requests() -> RequestFn:
 
     acct = BENCH_CHANNELS["wechat"]["accounts"]["bench"]
     crypto = WeChatCrypto(acct["token"], acct["encoding_aes_key"], acct["appid"])
-    ts = str(int(time.time()))
+    ts = str(timestamp)
 
     def make(n: int) -> bytes:
         nonce = str(100_000_000 + n)
@@ -39,7 +44,7 @@ def _wechat_requests() -> RequestFn:
         return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
-    return pregenerated(make)
+    return make
 
 
 def _telegram_requests() -> RequestFn:

@@ -107,8 +107,10 @@ def pinned_clock() -> Callable[[], datetime]:
     return lambda: PINNED + timedelta(seconds=time.monotonic() - t0)
 
 
-def config(data_dir: Path, *, workers: int | None = None) -> Any:
-    """The production configuration, with its directory file written into ``data_dir``."""
+def config(data_dir: Path, *, workers: int | None = None, channels: dict | None = None) -> Any:
+    """The production configuration, with its directory file written into
+    ``data_dir`` (and ``channels`` configured: the bench's WeChat account for
+    the ``sustained`` figure's WeChat steps)."""
     from gateway.config import load
 
     from gateway.config import PipelineConfig
@@ -123,7 +125,8 @@ def config(data_dir: Path, *, workers: int | None = None) -> Any:
                                "OMNIGATE_LOG_FORMAT": "json", "OMNIGATE_RULES_DIR": str(RULES_DIR),
                                "OMNIGATE_DIRECTORY": str(directory),
                                # A/B of the fair-share gate: OMNIGATE_PIPELINE__ADMISSION_RATIO=0 omnigate bench …
-                               **{k: v for k, v in os.environ.items() if k.startswith("OMNIGATE_PIPELINE__ADMISSION_")}})
+                               **{k: v for k, v in os.environ.items() if k.startswith("OMNIGATE_PIPELINE__ADMISSION_")}},
+                flags={"channels": channels} if channels else None)
 
 
 def create_app(config: Any, clock: Callable[[], datetime], store: Any = None) -> Any:

@@ -3,7 +3,7 @@
 A real daemon in the production configuration (:mod:`gateway.bench.server`
 ``production``: shipped rules, directory, info-level JSON logs, metrics,
 pipeline on) in its own process; an open-loop load client in another
-(``python -m gateway.bench.sustained client PORT RATE SECONDS FIRST [pool|close]``):
+(``python -m gateway.bench.sustained client PORT RATE SECONDS FIRST [pool|close [api|wechat TIMESTAMP]]``):
 requests leave on a fixed schedule whatever the answers, each on an idle
 keep-alive connection or on a new one when all are busy (:class:`_Senders`,
 up to :data:`MAX_CONNECTIONS`), so that the client is not what holds a
@@ -44,7 +44,17 @@ pipeline its share whatever the ingest rate), ``ingest_bounded`` whether
 every one's ingest p99 stayed bounded (:func:`_bounded`), ``summary`` one
 line per step (capacity, each factor, control) with both verdicts,
 ``admission`` what the daemon's gate did, ``control_after`` a step at the
-figure's rate again after the overload. ``detail.fair_share_flood``
+figure's rate again after the overload. While the pipeline is starved the
+API channel sheds (503 + ``Retry-After``, ``pipeline.admission_shed``): each
+step reports the refusals apart (``refused`` per second, ``refused_total``);
+the client sends a refused request again after its ``Retry-After`` when
+that falls within the step, as an API sender would, and counts it
+``refused_deferred`` otherwise (the default 30 s is longer than a step).
+Then :data:`WECHAT_FACTORS` × the figure on WeChat callbacks (the bench's
+Official Account, safe mode, :func:`gateway.bench.ingest.wechat_requests`:
+997 senders, one order question), which are never refused for load — only
+delayed by the gate (``wechat_steps``, ``wechat_holds``, ``wechat_ingest_bounded``,
+and ``wechat …`` lines in the summary). ``detail.fair_share_flood``
 (:mod:`gateway.bench.flood`): the pipeline under an in-process ingest flood
 with the gate and without it.
 """
@@ -72,6 +82,8 @@ WARM_CONNECTIONS = 64
 LAG_P99_S = 1.0
 BUDGET_S = 150.0
 PAST_FACTORS = (1.5, 2.0, 3.0)
+#: Past capacity on WeChat callbacks (never refused for load), after the API channel's steps
+WECHAT_FACTORS = (2.0, 3.0)
 PAST_STEP_S = 6.0
 HOLDS_AT = 0.9
 #: Ingest p99 a step may reach and still count as bounded: WeChat waits 5 s for a callback's answer
@@ -158,17 +170,29 @@ class _Senders:
         self.idle.clear()
 
 
-async def _client(port: int, rate: float, seconds: float, first: int, mode: str = "pool") -> dict:
+async def _client(port: int, rate: float, seconds: float, first: int, mode: str = "pool", channel: str = "api",
+                  timestamp: int = 0) -> dict:
     """Send ``rate`` × ``seconds`` requests on the open-loop schedule; each
-    request's latency runs from its scheduled time (no coordinated omission)."""
+    request's latency runs from its scheduled time (no coordinated omission).
+    ``channel``: ``api`` (:data:`production.MIX`) or ``wechat`` (the bench's
+    Official Account, safe mode; callbacks stamped ``timestamp``)."""
     total = int(rate * seconds)
     close = mode == "close"
     extra = {"Connection": "close"} if close else None
-    requests = [http_post("/channels/api/messages", production.message(first + k, prefix="s"), headers=extra)
-                for k in range(total)]
+    if channel == "wechat":
+        from gateway.bench.ingest import wechat_requests
+
+        make = wechat_requests(timestamp)
+        requests = [make(first + k) for k in range(total)]
+        if close:
+            requests = [r.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1) for r in requests]
+    else:
+        requests = [http_post("/channels/api/messages", production.message(first + k, prefix="s"), headers=extra)
+                    for k in range(total)]
     latencies: list[float] = []
     thirds: list[list[float]] = [[], [], []]  # by the request's place in the schedule
     errors = [0]
+    refusals = _Refusals()
     senders = _Senders(port, close=close)
     if not close:
         await senders.open(WARM_CONNECTIONS)
@@ -186,12 +210,17 @@ async def _client(port: int, rate: float, seconds: float, first: int, mode: str 
             errors[0] += 1
             senders.drop(conn)
             return
+        senders.give(conn)
         if head[9:10] == b"2":
             latencies.append(time.perf_counter() - scheduled)
             thirds[3 * k // total].append(latencies[-1])
+        elif head[9:12] == b"503":
+            again = refusals.note(head, t0 + seconds)
+            if again is not None:  # the sender comes back after Retry-After, as told
+                await asyncio.sleep(max(0.0, again - time.perf_counter()))
+                await send(k, again)
         else:
             errors[0] += 1
-        senders.give(conn)
 
     tasks = []
     cpu0 = time.process_time()
@@ -212,13 +241,54 @@ async def _client(port: int, rate: float, seconds: float, first: int, mode: str 
             "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
             "max_ms": max(latencies, default=0.0) * 1000, "connections_peak": senders.peak,
             "p99_ms_by_third": [percentile(t, 99) * 1000 for t in thirds],
-            "queued_for_a_connection": senders.queued, "cpu_share": cpu / elapsed}
+            "queued_for_a_connection": senders.queued, "cpu_share": cpu / elapsed, **refusals.counts()}
+
+
+class _Refusals:
+    """The load client's 503s (the API channel refusing for load: the
+    backlog limit, or shedding while the pipeline is starved), honoured as
+    an API sender would: the request is sent again ``Retry-After`` seconds
+    later — within the step's schedule; one due after it is counted as
+    ``deferred`` (a real sender would send it then, after this step)."""
+
+    def __init__(self) -> None:
+        self.refused = 0
+        self.retried = 0
+        self.deferred = 0
+        self.retry_after_s: set[float] = set()
+
+    def retry_after(self, head: bytes) -> float:
+        """The ``Retry-After`` (seconds) of a 503's head (1 when it has none)."""
+        for line in head.split(b"\r\n"):
+            if line[:12].lower() == b"retry-after:":
+                try:
+                    return float(line[12:])
+                except ValueError:
+                    break
+        return 1.0
+
+    def note(self, head: bytes, schedule_end: float) -> float | None:
+        """Count a 503; the time to send it again, or None (deferred past the step)."""
+        self.refused += 1
+        retry = self.retry_after(head)
+        self.retry_after_s.add(retry)
+        again = time.perf_counter() + retry
+        if again > schedule_end:
+            self.deferred += 1
+            return None
+        self.retried += 1
+        return again
+
+    def counts(self) -> dict:
+        return {"refused": self.refused, "retried": self.retried, "deferred": self.deferred,
+                "retry_after_s": sorted(self.retry_after_s)}
 
 
 def client_main(argv: list[str]) -> None:
     port, rate, seconds, first = int(argv[0]), float(argv[1]), float(argv[2]), int(argv[3])
     mode = argv[4] if len(argv) > 4 else "pool"
-    print(json.dumps(asyncio.run(_client(port, rate, seconds, first, mode))))
+    channel, timestamp = (argv[5], int(argv[6])) if len(argv) > 6 else ("api", 0)
+    print(json.dumps(asyncio.run(_client(port, rate, seconds, first, mode, channel, timestamp))))
 
 
 # ---------------------------------------------------------------- the driver
@@ -244,17 +314,20 @@ def _lags(db: sqlite3.Connection, after_seq: int, until_seq: int) -> list[float]
     return [(p - r) / 1000 if p is not None else float("inf") for r, p in rows]
 
 
-def _client_argv(port: int, rate: float, seconds: float, first: int) -> list[str]:
+def _client_argv(port: int, rate: float, seconds: float, first: int, channel: str = "api",
+                 timestamp: int = 0) -> list[str]:
     return [sys.executable, "-m", "gateway.bench.sustained", "client", str(port), str(rate), str(seconds), str(first),
-            CLIENT_MODE]
+            CLIENT_MODE, channel, str(timestamp)]
 
 
 async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: int, seconds: float = STEP_S,
-                drain_s: float = 15.0) -> dict:
+                drain_s: float = 15.0, channel: str = "api") -> dict:
     port = servers.ports["production"]
     seq0, cpu0 = _max_seq(db), servers.cpu_seconds("production")
-    intake0 = (_admission(servers.data_dir("production")) or {}).get("intake_buckets")
-    proc = await asyncio.create_subprocess_exec(*_client_argv(port, rate, seconds, first),
+    stats0 = _admission(servers.data_dir("production")) or {}
+    intake0 = stats0.get("intake_buckets")
+    timestamp = int(stats0.get("clock", 0))  # the server's (pinned) clock, for WeChat's replay window
+    proc = await asyncio.create_subprocess_exec(*_client_argv(port, rate, seconds, first, channel, timestamp),
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     done0 = _processed_count(db)
     await asyncio.sleep(seconds / 2 + 0.3)  # the client needs a moment to build its requests
@@ -275,12 +348,17 @@ async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: in
     lags = _lags(db, seq0, seq1)
     growth = (end - mid) / max(0.1, t_end - t_mid)
     lag_p99 = percentile(lags, 99)
-    ok = lag_p99 < LAG_P99_S and end <= max(50, 0.5 * rate) and c["errors"] == 0 and c["ok"] == c["sent"]
+    ok = (lag_p99 < LAG_P99_S and end <= max(50, 0.5 * rate) and c["errors"] == 0 and c["refused"] == 0
+          and c["ok"] == c["sent"])
     by_third = [round(v, 1) for v in c["p99_ms_by_third"]]
     await asyncio.sleep(max(0.0, t_end + STATS_EVERY_S - time.perf_counter()))  # the server's next stats
     intake1 = (_admission(servers.data_dir("production")) or {}).get("intake_buckets")
     return {"offered": round(rate, 1), "ingested": round(c["ok"] / c["seconds"], 1),
             "processed": round((done1 - done0) / c["seconds"], 1),
+            # 503s (the API channel refusing for load), honoured as the client's _Refusals says
+            "refused": round(c["refused"] / c["seconds"], 1), "refused_total": c["refused"],
+            "refused_retried": c["retried"], "refused_deferred": c["deferred"],
+            "retry_after_s": c["retry_after_s"],
             "ingest_p50_ms": round(c["p50_ms"], 1), "ingest_p99_ms": round(c["p99_ms"], 1),
             "ingest_max_ms": round(c["max_ms"], 1), "ingest_p99_ms_by_third": by_third,
             "ingest_bounded": _bounded(c["p99_ms"], by_third),
@@ -337,6 +415,12 @@ async def _past_capacity(servers: Servers, db: sqlite3.Connection, best: dict, f
     control = await _step(servers, db, capacity, first, PAST_STEP_S, drain_s=40.0)
     first += control.pop("_sent")
     control["processed_ratio"] = round(control["processed"] / capacity, 3)
+    # a channel that may not refuse (WeChat gives up after three tries within 15 s): only delayed
+    wechat = []
+    for factor in WECHAT_FACTORS:
+        s = await _step(servers, db, capacity * factor, first, PAST_STEP_S, drain_s=40.0, channel="wechat")
+        first += s.pop("_sent")
+        wechat.append({"factor": factor, **s, "processed_ratio": round(s["processed"] / capacity, 3)})
     worst = min((s["processed_ratio"] for s in steps), default=None)
     worst_cpu = min((s["processed_per_cpu_s"] for s in steps), default=None)
 
@@ -344,14 +428,16 @@ async def _past_capacity(servers: Servers, db: sqlite3.Connection, best: dict, f
         """One line of the summary: did processing hold, did ingest latency stay bounded."""
         held = s["processed"] >= HOLDS_AT * capacity
         held_cpu = s["processed_per_cpu_s"] >= HOLDS_AT * per_cpu_at_capacity
-        return {"step": name, "offered": s["offered"], "ingested": s["ingested"], "processed": s["processed"],
+        return {"step": name, "offered": s["offered"], "ingested": s["ingested"], "refused": s["refused"],
+                "refused_deferred": s["refused_deferred"], "processed": s["processed"],
                 "processed_per_cpu_s": s["processed_per_cpu_s"], "server_cpu_share": s["server_cpu_share"],
                 "client_cpu_share": s["client_cpu_share"], "ingest_p99_ms": s["ingest_p99_ms"],
                 "server_intake_p99_ms": s["server_intake_p99_ms"], "lag_p99_ms": s["lag_p99_ms"],
                 "processing_held": held, "processing_held_per_cpu": held_cpu,
                 "ingest_bounded": s["ingest_bounded"]}
 
-    summary = [row("capacity", best), *(row(f"{s['factor']}x", s) for s in steps), row("control", control)]
+    summary = [row("capacity", best), *(row(f"{s['factor']}x", s) for s in steps), row("control", control),
+               *(row(f"wechat {s['factor']}x", s) for s in wechat)]
     return {"capacity": capacity, "step_s": PAST_STEP_S, "holds_at": HOLDS_AT,
             "holds": worst is not None and worst >= HOLDS_AT, "min_processed_ratio": worst,
             # the same test on entries per CPU second the server got (on a shared machine the
@@ -362,7 +448,10 @@ async def _past_capacity(servers: Servers, db: sqlite3.Connection, best: dict, f
             "summary": summary, "control_after": control,
             "ingest_p99_ms_max": max((s["ingest_p99_ms"] for s in steps), default=None),
             "server_rss_mb_max": max((s["server_rss_mb"] or 0 for s in steps), default=None),
-            "admission": _gate_counters(servers.data_dir("production")), "steps": steps}, first
+            "admission": _gate_counters(servers.data_dir("production")), "steps": steps,
+            # the same verdict for WeChat callbacks (never refused: see the module docstring)
+            "wechat_holds": all(s["processed_ratio"] >= HOLDS_AT for s in wechat),
+            "wechat_ingest_bounded": all(s["ingest_bounded"] for s in wechat), "wechat_steps": wechat}, first
 
 
 def _gate_counters(data_dir: Path) -> dict | None:
@@ -427,6 +516,30 @@ async def figures() -> dict[str, dict]:
     }}
 
 
+async def fixed_steps(seconds: float, rates: list[str]) -> list[dict]:
+    """A/B runs at fixed offered rates (``python -m gateway.bench.sustained
+    steps SECONDS RATE…``, ``wRATE`` for WeChat callbacks): one production
+    server, a warm-up at 100 req/s, then a step per rate, each printed as a
+    JSON line as it ends, and the gate's counters last."""
+    rows = []
+    async with Servers(["production"]) as servers:
+        db = _db(servers.data_dir("production"))
+        first = 0
+        warm = await _step(servers, db, 100, first)
+        first += warm.pop("_sent")
+        for rate in rates:
+            channel = "wechat" if rate.startswith("w") else "api"
+            s = await _step(servers, db, float(rate.lstrip("w")), first, seconds, drain_s=25.0, channel=channel)
+            first += s.pop("_sent")
+            rows.append({"channel": channel, **s})
+            print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps({"admission": _gate_counters(servers.data_dir("production"))}), flush=True)
+        db.close()
+    return rows
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["client"]:
         client_main(sys.argv[2:])
+    elif sys.argv[1:2] == ["steps"]:
+        asyncio.run(fixed_steps(float(sys.argv[2]), sys.argv[3:]))

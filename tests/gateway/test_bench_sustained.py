@@ -106,3 +106,70 @@ def test_ingest_is_bounded_while_its_p99_is_under_the_bound_and_not_climbing():
     assert sustained._bounded(400, [100, 300, 350])
     assert not sustained._bounded(900, [100, 300, 900])  # still climbing at the end
     assert not sustained._bounded(6000, [6000, 6000, 6000])  # past WeChat's 5 s
+
+
+def test_a_refusal_is_sent_again_after_retry_after_within_the_step_or_counted_deferred():
+    import time
+
+    refusals = sustained._Refusals()
+    head = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n"
+    assert refusals.retry_after(head) == 7.0
+    assert refusals.retry_after(b"HTTP/1.1 503 Service Unavailable\r\n\r\n") == 1.0  # none given: a second
+    again = refusals.note(head, time.perf_counter() + 3600)
+    assert again is not None and again >= time.perf_counter() + 6  # sent again, seven seconds on
+    assert refusals.note(head, time.perf_counter()) is None  # due after the step: deferred
+    assert refusals.counts() == {"refused": 2, "retried": 1, "deferred": 1, "retry_after_s": [7.0]}
+
+
+async def test_the_client_counts_503s_apart_from_errors():
+    """A server that refuses everything for an hour: every request is a
+    refusal deferred past the step, none an error or an ingest."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line[15:]) for line in head.split(b"\r\n")
+                               if line[:15].lower() == b"content-length:"), 0)
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 3600\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        c = await asyncio.wait_for(sustained._client(port, 40, 0.25, 0), PATIENCE_S)
+    finally:
+        server.close()
+    assert c["sent"] == 10 and c["ok"] == 0 and c["errors"] == 0
+    assert (c["refused"], c["retried"], c["deferred"], c["retry_after_s"]) == (10, 0, 10, [3600.0])
+
+
+async def test_the_servers_intake_times_come_from_aiohttps_access_log_hook_for_channels_only(aiohttp_client):
+    import logging
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/channels/api/messages", answer)
+    app.router.add_get("/healthz", answer)
+    times = IntakeTimes()
+    server = TestServer(app)
+    await server.start_server(access_log_class=times.access_logger(), access_log=logging.getLogger("test.bench"))
+    client = await aiohttp_client(server)
+    assert (await client.get("/healthz")).status == 202
+    assert (await client.post("/channels/api/messages", data=b"{}")).status == 202
+
+    async def recorded() -> None:  # aiohttp calls the hook once the answer is written
+        while not sum(times.counts):
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(recorded(), PATIENCE_S)
+    assert (await client.get("/healthz")).status == 202  # the connection's next request: the POST was logged
+    assert sum(times.counts) == 1

@@ -183,6 +183,25 @@ async def test_backlog_limit_answers_451_4_3_2_and_the_retry_lands(smtp_ctx):
     assert len(ctx.journal) == 1
 
 
+async def test_shed_while_the_pipeline_is_starved_answers_451_4_3_2(smtp_ctx):
+    """Shedding (pipeline.admission_shed): while the pipeline is starved the
+    sending MTA is told to retry, as at the backlog limit, counted apart."""
+    ctx, port = smtp_ctx
+    starved = [True]
+    ctx.shed = lambda: starved[0]  # the gateway's ChannelContext.shed
+    send = dict(hostname="127.0.0.1", port=port, start_tls=False,
+                sender="zhang@customer.example.net", recipients=["support@example.com"])
+    async with running(ctx):
+        await listening(port)
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await aiosmtplib.send(mail(), **send)
+        assert (refused.value.code, refused.value.message[:5]) == (451, "4.3.2")
+        assert ctx.calls == [] and ctx.refusals == ["overloaded"]
+        starved[0] = False
+        await aiosmtplib.send(mail(), **send)  # the sending server's retry
+    assert len(ctx.journal) == 1
+
+
 async def test_starttls_with_the_configured_certificate(self_signed: Cert):
     port = free_port()
     ctx = MemoryContext(config(port, tls_cert=str(self_signed.cert), tls_key=str(self_signed.key)))

@@ -1,0 +1,67 @@
+"""Shedding (``pipeline.admission_shed``, gateway/admission.py): while the
+pipeline is starved, an intake on a path whose sender retries for long is
+refused when it would have to wait for a credit — decided on an injected
+backlog and loop-busy share, never on timing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.admission import AdmissionGate
+from tests.gateway.test_admission import PATIENCE_S, Probe
+
+
+def gate(probe: Probe, **kw) -> AdmissionGate:
+    kw = {"ratio": 2.0, "high_water": 100, "busy_at": 0.9, "max_delay_s": PATIENCE_S, "burst": 3.0,
+          "shed": True, **kw}
+    return AdmissionGate(backlog=lambda: probe.backlog, busy=lambda: probe.busy, **kw)
+
+
+def test_nothing_is_shed_unless_the_pipeline_is_starved():
+    probe = Probe()
+    g = gate(probe, burst=0.0)
+    for backlog, busy in [(0, 0.0), (10_000, 0.0), (10_000, 0.89), (99, 1.0)]:
+        probe.backlog, probe.busy = backlog, busy
+        assert not any(g.shed() for _ in range(50))
+    assert g.shed_count == 0
+
+
+def test_starved_intake_is_shed_only_when_it_would_wait_and_takes_no_credit():
+    g = gate(Probe(backlog=5000, busy=1.0))
+    assert not g.shed() and g.credits == 3.0  # a credit is free: not shed, and asking took nothing
+    assert [g.try_admit() for _ in range(4)] == [True, True, True, False]  # the burst, then none
+    assert g.shed() and g.shed() and g.shed_count == 2
+    g.settled(1)  # ratio 2: two more intakes per settled entry
+    assert not g.shed()
+    assert g.stats == {"free": 0, "credited": 3, "waited": 0, "timed_out": 0}
+
+
+async def test_a_credit_others_wait_for_is_not_a_free_one():
+    """Credits go to waiting intakes first (a WeChat callback delayed, not
+    refused): while one waits, a sheddable intake is shed."""
+    probe = Probe(backlog=5000, busy=1.0)
+    g = gate(probe, burst=1.0)
+    assert g.try_admit()  # the one credit
+    waiting = asyncio.create_task(g.admit())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert g._waiters and g.shed()
+    g.settled(1)  # two credits: one to the waiter, one kept (the burst is one)
+    await asyncio.wait_for(waiting, PATIENCE_S)
+    assert not g.shed()
+
+
+@pytest.mark.parametrize("kw", [{"shed": False}, {"ratio": 0.0}])
+def test_shedding_off_or_no_gate_never_sheds(kw):
+    g = gate(Probe(backlog=10**6, busy=1.0), burst=0.0, **kw)
+    assert not any(g.shed() for _ in range(100)) and g.shed_count == 0
+
+
+def test_shedding_is_on_by_default_and_configurable(tmp_path):
+    from gateway.config import PipelineConfig, load
+
+    assert PipelineConfig().admission_shed is True
+    config = load(None, environ={"OMNIGATE_DATA_DIR": str(tmp_path), "OMNIGATE_PIPELINE__ADMISSION_SHED": "false"})
+    assert config.pipeline.admission_shed is False
