@@ -181,7 +181,8 @@ class Pipeline:
             async with self.order.turn(entry.id, entry.seq, sender_key(inbounds[0]), patient=not defer):
                 try:
                     for n, inbound in enumerate(inbounds):
-                        await self._prepare(inbound)
+                        if inbound.attachments:  # (nothing to fetch or store otherwise)
+                            await self._prepare(inbound)
                         results.append(await self._commit(entry, inbound, final=n == len(inbounds) - 1))
                 except StoreUnavailable:  # not the entry's fault: it stays pending, the worker tries it again later
                     raise

@@ -37,6 +37,9 @@ _RANDOM_MASK = (1 << 80) - 1
 #: whole). Ids made in one millisecond differ by one in the random part, so
 #: ~1,023 of 1,024 share them and only the last two characters are looked up.
 _ulid_head: list[tuple[int, int, str]] = [(-1, -1, "")]
+#: [(ms >> 10, the id's first 8 characters)]: the time's high 38 bits, rendered;
+#: they change about once a second (one tuple: read and replaced whole)
+_ulid_prefix: list[tuple[int, str]] = [(-1, "")]
 
 
 def new_id(now_ms: int | None = None) -> str:
@@ -60,10 +63,15 @@ def new_id(now_ms: int | None = None) -> str:
     # 48 bits (+2) are the first 10 characters, the random 80 bits the other 16
     high = rnd >> 10
     cached_ms, cached_high, head = _ulid_head[0]
-    if cached_high != high or cached_ms != ms:
-        pairs = _PAIRS
-        head = "".join([pairs[(ms >> shift) & 1023] for shift in (40, 30, 20, 10, 0)]
-                       + [pairs[(high >> shift) & 1023] for shift in (60, 50, 40, 30, 20, 10, 0)])
+    if cached_high != high or cached_ms != ms:  # a new millisecond, or a carry: 8 lookups, written out
+        p = _PAIRS
+        second, prefix = _ulid_prefix[0]
+        if second != ms >> 10:
+            second = ms >> 10
+            prefix = p[(ms >> 40) & 1023] + p[(ms >> 30) & 1023] + p[(ms >> 20) & 1023] + p[second & 1023]
+            _ulid_prefix[0] = (second, prefix)
+        head = "".join((prefix, p[ms & 1023], p[(high >> 60) & 1023], p[(high >> 50) & 1023], p[(high >> 40) & 1023],
+                        p[(high >> 30) & 1023], p[(high >> 20) & 1023], p[(high >> 10) & 1023], p[high & 1023]))
         _ulid_head[0] = (ms, high, head)
     return head + _PAIRS[rnd & 1023]
 

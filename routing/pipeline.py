@@ -466,12 +466,15 @@ def stage_compose(w: Work) -> None:
 def _ticket_changes(ticket: Any, f: dict) -> dict:
     """What the rules change on an existing ticket (for ``ticket.updated``)."""
     changes: dict = {}
+    if not f:  # most follow-ups: the rules changed nothing
+        return changes
     for key in ("priority", "team", "assignee"):
         if f.get(key) is not None and f[key] != getattr(ticket, key, None):
             changes[key] = {"from": getattr(ticket, key, None), "to": f[key]}
-    added = sorted(set(f.get("tags", ())) - set(getattr(ticket, "tags", ()) or ()))
-    if added:
-        changes["tags"] = {"added": added}
+    if f.get("tags"):  # (no tags: none added)
+        added = sorted(set(f["tags"]) - set(getattr(ticket, "tags", ()) or ()))
+        if added:
+            changes["tags"] = {"added": added}
     return changes
 
 

@@ -7,10 +7,16 @@ full-width), and normalizing it is the costliest step of either, so
 :func:`width_fold` keeps its last results: the rules read the fold that
 ``lookup()`` made for the text hash a moment before. A memo of a pure
 function, bounded in entries and in the length of what it keeps.
+
+What is not in the memo is folded by :func:`nfkc`: the full-width forms
+swapped for their ASCII letters first (Chinese text's only non-NFKC
+characters, most of the time), then the quick check; only text that still
+fails it goes through ``unicodedata.normalize``.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 #: How many folded texts are kept (more than the messages decided at once).
@@ -20,6 +26,29 @@ MEMO_MAX_CHARS = 16 * 1024
 
 _memo: dict[str, str] = {}
 
+#: The full-width forms of ASCII (U+FF01–U+FF5E: ``，？：（Ａ１``) and the
+#: ideographic space, each → its NFKC form (one ASCII character).
+_WIDE = {chr(c): unicodedata.normalize("NFKC", chr(c)) for c in [*range(0xFF01, 0xFF5F), 0x3000]}
+_WIDE_RE = re.compile("[\uff01-\uff5e\u3000]")
+
+
+def _narrow(match: re.Match[str]) -> str:
+    return _WIDE[match[0]]
+
+
+def nfkc(s: str) -> str:
+    """``unicodedata.normalize("NFKC", s)``, about 3× cheaper on Chinese text.
+
+    Why it is the same: each swapped character's compatibility decomposition
+    is exactly the one ASCII character it is swapped for, so the swapped text
+    ``t`` has the same NFKD as ``s``, hence the same NFKC; and when ``t``
+    passes the NFKC quick check, ``t`` is its own NFKC. Otherwise (a
+    combining mark after a full-width letter, Hangul jamo, ligatures…) the
+    plain normalization runs. ``tests/routing/test_text_fast_paths.py``
+    compares the two on every BMP character and on generated text."""
+    t = _WIDE_RE.sub(_narrow, s)
+    return t if unicodedata.is_normalized("NFKC", t) else unicodedata.normalize("NFKC", s)
+
 
 def width_fold(s: str) -> str:
     """NFKC: full-width → ASCII, compatibility forms unified. The quick check
@@ -28,7 +57,7 @@ def width_fold(s: str) -> str:
         return s
     folded = _memo.get(s)
     if folded is None:
-        folded = unicodedata.normalize("NFKC", s)
+        folded = nfkc(s)
         if len(s) <= MEMO_MAX_CHARS:
             if len(_memo) >= MEMO_ENTRIES:
                 _memo.clear()

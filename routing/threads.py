@@ -45,6 +45,8 @@ def ticket_numbers(inbound: Inbound, patterns: list[re.Pattern[str]]) -> list[in
         if not text:
             continue
         for pat in patterns:
+            if pat.search(text) is None:  # the usual case, answered without building an iterator
+                continue
             for m in pat.finditer(text):
                 n = int(m.group(1))
                 if n not in out:

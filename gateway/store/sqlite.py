@@ -645,22 +645,24 @@ def _hit(conn: sqlite3.Connection, key: tuple[str, str, str]) -> Hit | None:
     return Hit(*r) if r else None
 
 
+#: An identity's owner and that contact's row (none when the row is gone: the owner alone)
+_OWNER_SQL = ("SELECT i.contact_id, c.id, c.version, c.name, c.tier, c.tags, c.flags FROM identities i "
+              "LEFT JOIN contacts c ON c.id = i.contact_id WHERE i.kind = ? AND i.value = ?")
+
+
 def _snapshot(conn: sqlite3.Connection, look: Lookup, now: datetime) -> Snapshot:
     snap = Snapshot(now=now, exact=_hit(conn, look.message_key))
     if snap.exact is not None and not look.call and not reused_id(snap.exact.journal_key, look.content_sha):
         return snap  # (a later report of a call, a reused Message-ID: the rest is needed too)
     if look.edits_key is not None:
         snap.edited = _hit(conn, look.edits_key)
-    for ident in look.identities:
-        r = conn.execute("SELECT contact_id FROM identities WHERE kind = ? AND value = ?",
-                         (ident.kind, ident.value)).fetchone()
+    for ident in look.identities:  # each identity's owner, and the owner's contact row, in one statement
+        r = conn.execute(_OWNER_SQL, (ident.kind, ident.value)).fetchone()
         if r:
-            snap.owners[ident.key()] = r[0]
-    for cid in set(snap.owners.values()):
-        r = conn.execute("SELECT id, version, name, tier, tags, flags FROM contacts WHERE id = ?", (cid,)).fetchone()
-        if r:
-            snap.contacts[cid] = ContactState(id=r[0], version=r[1], name=r[2], tier=r[3],
-                                              tags=tuple(_dec.decode(r[4])), flags=tuple(_dec.decode(r[5])))
+            cid = snap.owners[ident.key()] = r[0]
+            if r[1] is not None and cid not in snap.contacts:
+                snap.contacts[cid] = ContactState(id=r[1], version=r[2], name=r[3], tier=r[4],
+                                                  tags=tuple(_dec.decode(r[5])), flags=tuple(_dec.decode(r[6])))
     for cid in snap.contacts:
         for r in conn.execute(f"SELECT {_TICKET_STATE_COLS} FROM tickets WHERE contact_id = ? "
                               "ORDER BY last_message_at DESC LIMIT 20", (cid,)):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from routing.calendar import cn_day_kind
 from routing.rules.spec import IntervalSpec, MatcherSpec
 from routing.rules.syntax import WEEKDAYS, fold, in_hours, parse_hours, parse_seconds, parse_weekdays, width_fold
 from routing.rules.types import RuleInput
@@ -171,8 +172,6 @@ def _in_interval(v: MessageView, interval: IntervalSpec) -> bool:
     local = v.local(interval.timezone)
     weekday = local.weekday()
     if interval.holidays == "CN":
-        from routing.calendar import cn_day_kind
-
         kind = cn_day_kind(local.date())
         if kind == "holiday":
             return False

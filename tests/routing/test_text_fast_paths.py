@@ -47,3 +47,26 @@ def test_width_fold_is_nfkc_and_its_memo_stays_bounded():
         assert len(text._memo) <= text.MEMO_ENTRIES
     long = "，" * (text.MEMO_MAX_CHARS + 1)
     assert text.width_fold(long) == "," * len(long) and long not in text._memo
+
+
+def test_nfkc_swaps_only_characters_whose_decomposition_is_their_swap():
+    """The premise of text.nfkc: each swapped character decomposes (NFKD) to
+    exactly its one replacement, itself already decomposed."""
+    for wide, narrow in text._WIDE.items():
+        assert len(narrow) == 1 and unicodedata.normalize("NFKD", wide) == narrow == unicodedata.normalize("NFKD", narrow)
+
+
+def test_nfkc_is_unicodedata_nfkc():
+    # every BMP character alone, after a full-width letter and before a
+    # full-width comma (composition across the swapped characters)
+    for c in range(0x10000):
+        if 0xD800 <= c < 0xE000:
+            continue
+        for s in (chr(c), f"Ａ{chr(c)}", f"{chr(c)}，好"):
+            assert text.nfkc(s) == unicodedata.normalize("NFKC", s), repr(s)
+    # generated text: full-width forms next to combining marks, Hangul jamo, ligatures
+    pool = ALPHABET + list("\uff21\uff41\uff10\uff5e\u0300\u0308\u0327\u1100\u1161\u11a8가ｶﾞ\u3099㍿ＡＬ")
+    rng = random.Random(3)
+    for _ in range(30_000):
+        s = "".join(rng.choice(pool) for _ in range(rng.randint(0, 12)))
+        assert text.nfkc(s) == unicodedata.normalize("NFKC", s), repr(s)
