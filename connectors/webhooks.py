@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+import re
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
@@ -71,11 +73,37 @@ def verify_context(raw: bytes, context: Mapping[str, Any], *, signature_header: 
         raise PayloadRejected(f"{signature_header} does not match the body (wrong {secret_field} or altered body)")
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]", re.I)
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def decode_json(raw: bytes) -> Any:
-    """The body's JSON value; :class:`PayloadRejected` when it is not JSON."""
+    """The body's JSON value; :class:`PayloadRejected` when it is not JSON.
+
+    A string escape of half an emoji (``"\\ud83d"`` alone: text a JavaScript
+    sender cut in the middle of a UTF-16 pair, which ``JSON.stringify``
+    writes this way) is still JSON: msgspec refuses it, so such a body is
+    read by the stdlib and each lone half becomes U+FFFD."""
     try:
         return _decoder.decode(raw)
+    except RecursionError:  # [[[[…]]]] thousands deep: msgspec's depth guard
+        raise PayloadRejected("not JSON this gateway reads: nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        if _SURROGATE_ESCAPE.search(raw):
+            try:
+                return _without_lone_surrogates(json.loads(raw))
+            except (ValueError, RecursionError):
+                pass
         raise PayloadRejected(f"not JSON: {exc}") from None
 
 

@@ -3,9 +3,10 @@
 Pure functions of an :class:`AssignmentState` (every agent's teams, skills,
 capacity per channel class, presence, current load and last assignment time)
 and a :class:`Demand` (what one queued ticket needs). The store runs
-:func:`choose_agent` then :func:`apply_decision` inside the one transaction
-of ``assign_next``; the same few comparisons are meant to be mirrored by a
-Lua script for the Redis backend, so the state is plain data and the rules
+:func:`choose_agent` (or :func:`choose_agent_json`, which also gives the
+``considered`` list's JSON) then :func:`apply_decision` inside the one
+transaction of ``assign_next``; the same few comparisons are meant to be
+mirrored by a Lua script for the Redis backend, so the state is plain data and the rules
 are integer/fraction arithmetic. (:func:`choose_agent` keeps each kind of
 search's last result in a module-level cache and checks again only the
 agents whose state object changed: same output, see ``_Search``.)
@@ -261,6 +262,7 @@ class _Search(NamedTuple):
     ranks: list[tuple]  # their ranks, ``_INELIGIBLE`` for those who cannot take it
     pairs: list[tuple]  # (load fraction, occupancy) of each rank, for the tie check
     standing: list[tuple[Reason, ...]]  # their load-independent reasons (:func:`_standing`)
+    encoded: list[bytes]  # each entry's JSON: a decision's list is these joined (:func:`choose_agent_json`)
 
 
 #: sorts after every rank (a load fraction is below 1: a full agent is not eligible) and pairs with none
@@ -272,7 +274,8 @@ _searches: dict[tuple, _Search] = {}
 #: when it has no load-independent reason (online, every skill and role required) its verdict
 #: depends on its state and the class alone
 _VERDICTS_MAX = 8192
-_verdicts: dict[tuple[str, str], tuple[AgentState, tuple, tuple, Considered]] = {}
+_verdicts: dict[tuple[str, str], tuple[AgentState, tuple, tuple, Considered, bytes]] = {}
+_encode = msgspec.json.Encoder().encode
 
 
 def choose_agent(state: AssignmentState, demand: Demand, *, sticky: bool = True) -> Decision:
@@ -284,6 +287,20 @@ def choose_agent(state: AssignmentState, demand: Demand, *, sticky: bool = True)
     agent anew; only members whose state object changed since the last
     search of the same teams and kind are checked again (see ``_Search``).
     """
+    return _choose(state, demand, sticky)[0]
+
+
+def choose_agent_json(state: AssignmentState, demand: Demand, *, sticky: bool = True) -> tuple[Decision, bytes]:
+    """:func:`choose_agent`, and the JSON of the decision's ``considered`` list: the bytes
+    ``msgspec.json.encode(decision.considered)`` gives, joined from each entry's JSON
+    encoded once per verdict (the store writes the list with every decision: ~74 entries
+    on the bench's workload, most of them unchanged since the last search of their kind)."""
+    decision, search = _choose(state, demand, sticky)
+    return decision, b"[" + b",".join(search.encoded) + b"]"
+
+
+def _choose(state: AssignmentState, demand: Demand, sticky: bool) -> tuple[Decision, _Search]:
+    """:func:`choose_agent`'s decision, and the search it was taken from."""
     teams = demand.teams()
     cls = demand.capacity_class
     kind = (cls, demand.role, tuple(demand.skills.items()))
@@ -308,16 +325,17 @@ def choose_agent(state: AssignmentState, demand: Demand, *, sticky: bool = True)
         where = f"team {'/'.join(sorted(teams))}" if teams else "any team"
         return Decision(
             demand.ticket_id, None, cls, Reason("none_eligible", f"no eligible agent in {where}"), considered
-        )
+        ), search
     last = state.agents.get(demand.last_agent) if sticky and demand.last_agent else None
     if last is not None:
         at = _position(members, last)
         if at is not None and ranks[at] is not _INELIGIBLE:
-            return Decision(demand.ticket_id, last.id, cls, Reason("sticky", "served this contact last"), considered)
+            return Decision(demand.ticket_id, last.id, cls, Reason("sticky", "served this contact last"),
+                            considered), search
     best = members[ranks.index(best_rank)]
     # ranks are distinct (the id is last): a tie on (load, occupancy) is another agent with both equal
     tied = search.pairs.count(best_rank[:2]) > 1
-    return Decision(demand.ticket_id, best.id, cls, _why_chosen(best, cls, tied), considered)
+    return Decision(demand.ticket_id, best.id, cls, _why_chosen(best, cls, tied), considered), search
 
 
 def _patched(search: _Search | None, members: list[AgentState], changed: Iterable[int], demand: Demand,
@@ -330,21 +348,26 @@ def _patched(search: _Search | None, members: list[AgentState], changed: Iterabl
         ranks: list = [None] * n
         pairs: list = [None] * n
         standing: list = [None] * n
+        encoded: list = [None] * n
     else:
         old = search.members
         considered, ranks, pairs = list(search.considered), list(search.ranks), list(search.pairs)
-        standing = list(search.standing)
+        standing, encoded = list(search.standing), list(search.encoded)
     for i in changed:
         agent, before = members[i], old[i]
-        if (before is not None and before.id == agent.id and before.presence == agent.presence
-                and before.skills is agent.skills and before.roles is agent.roles):
+        kept = (before is not None and before.id == agent.id and before.presence == agent.presence
+                and before.skills is agent.skills and before.roles is agent.roles)
+        if kept:
             reasons = standing[i]
         else:
             reasons = standing[i] = _standing(agent, demand)
         if reasons:
             cap, used = agent.capacity.get(cls, 0), agent.load.get(cls, 0)
-            considered[i] = Considered(agent.id, [*reasons, _capacity_reason(cls, used, cap)] if used >= cap
-                                       else list(reasons))
+            tail = [_capacity_reason(cls, used, cap)] if used >= cap else []
+            # kept reasons: the entry at i was built from them, and stays if its capacity part does too
+            if not kept or considered[i].reasons[len(reasons):] != tail:
+                entry = considered[i] = Considered(agent.id, [*reasons, *tail])
+                encoded[i] = _encode(entry)
             ranks[i] = pairs[i] = _INELIGIBLE
         else:
             verdict = _verdicts.get((agent.id, cls))
@@ -352,18 +375,20 @@ def _patched(search: _Search | None, members: list[AgentState], changed: Iterabl
                 if len(_verdicts) >= _VERDICTS_MAX:
                     _verdicts.clear()
                 verdict = _verdicts[agent.id, cls] = _verdict(agent, cls)
-            _, ranks[i], pairs[i], considered[i] = verdict
-    return _Search(members, considered, ranks, pairs, standing)
+            _, ranks[i], pairs[i], considered[i], encoded[i] = verdict
+    return _Search(members, considered, ranks, pairs, standing, encoded)
 
 
-def _verdict(agent: AgentState, cls: str) -> tuple[AgentState, tuple, tuple, Considered]:
-    """(agent, rank, (load, occupancy), ``Considered``) of an agent with no load-independent reason
-    against a demand of class ``cls``: at capacity, or eligible at its rank."""
+def _verdict(agent: AgentState, cls: str) -> tuple[AgentState, tuple, tuple, Considered, bytes]:
+    """(agent, rank, (load, occupancy), ``Considered``, its JSON) of an agent with no
+    load-independent reason against a demand of class ``cls``: at capacity, or eligible at its rank."""
     cap, used = agent.capacity.get(cls, 0), agent.load.get(cls, 0)
     if used >= cap:
-        return agent, _INELIGIBLE, _INELIGIBLE, Considered(agent.id, [_capacity_reason(cls, used, cap)])
+        entry = Considered(agent.id, [_capacity_reason(cls, used, cap)])
+        return agent, _INELIGIBLE, _INELIGIBLE, entry, _encode(entry)
     rank = _rank(agent, cls)
-    return agent, rank, rank[:2], Considered(agent.id, [], rank[0])
+    entry = Considered(agent.id, [], rank[0])
+    return agent, rank, rank[:2], entry, _encode(entry)
 
 
 def _position(members: list[AgentState], agent: AgentState) -> int | None:

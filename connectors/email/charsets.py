@@ -47,12 +47,17 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("utf-7", "utf7", "unicode-1-1-utf-7", "x-unicode-1-1-utf-7", "x-unicode-2-0-utf-7",
                      "csunicode11utf7"), ("utf-7",)),
     **dict.fromkeys(("utf-8", "utf8", "x-utf-8", "unicode-1-1-utf-8", "unicode-2-0-utf-8"), ("utf-8",)),
+    # Microsoft's names of UTF-16 (.NET Encoding.WebName / Outlook): "unicode" is little-endian
+    **dict.fromkeys(("unicodebig", "unicodefffe", "unicode-big", "unicode-1-1-big"), ("utf-16-be",)),
+    **dict.fromkeys(("unicode", "unicodelittle", "unicode-little", "unicodefeff"), ("utf-16-le",)),
     # Single-byte "catch-alls": windows-1252 is what iso-8859-1 senders write.
     **dict.fromkeys(("iso-8859-1", "iso8859-1", "latin1", "latin-1", "l1", "iso_8859-1", "cp819",
                      "windows-1252", "cp1252", "x-cp1252"), ("cp1252", "latin-1")),
     **dict.fromkeys(("us-ascii", "ascii", "ansi_x3.4-1968", "iso646-us", "us", "ibm367", "cp367", "7bit",
                      "8bit"), ("ascii",)),
 }
+_GLUED_CHARSET = re.compile(
+    r"windows-125\d|iso-8859-\d{1,2}|utf-8|gb2312|gbk|gb18030|big5|shift_jis|euc-(?:jp|kr|cn)|koi8-[ru]|iso-2022-jp")
 #: Declarations that mean "nobody knows": straight to detection.
 _UNKNOWN = frozenset({"", "none", "unknown", "unknown-8bit", "x-unknown", "default", "x-user-defined", "charset"})
 #: Declarations so permissive that any byte string decodes: valid UTF-8 wins over them.
@@ -84,7 +89,17 @@ def codecs_for(declared: str | None) -> tuple[str, ...]:
     try:
         info = codecs.lookup(name)
     except (LookupError, UnicodeError, ValueError):  # 8-bit garbage or NUL in the name
-        return ()
+        # Microsoft's and Apple's spellings Python lacks: windows-874, cp-850, x-mac-roman
+        m = re.fullmatch(r"(?:windows|cp|ibm|x-cp)[-_]?(\d{3,5})|x-mac-([a-z]+)", name)
+        if not m:
+            # a known name with junk glued on, from a broken HTML meta copied into the header
+            # ("windows-1252http-equivContent-Type")
+            glued = _GLUED_CHARSET.match(name)
+            return codecs_for(glued.group(0)) if glued and glued.group(0) != name else ()
+        try:
+            info = codecs.lookup(f"cp{m.group(1)}" if m.group(1) else f"mac_{m.group(2)}")
+        except (LookupError, UnicodeError, ValueError):
+            return ()
     if not getattr(info, "_is_text_encoding", True):  # base64, zlib, rot13 …
         return ()
     return (info.name,)
@@ -168,9 +183,10 @@ def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = ()) -> tu
     """
     candidates = codecs_for(declared)
     if data.isascii():
-        # 7-bit charsets (ISO-2022-JP, UTF-7) need their codec; plain ASCII does not.
+        # 7-bit charsets (ISO-2022-JP, UTF-7) need their codec, and so does UTF-16 of
+        # ASCII text (every other byte NUL); plain ASCII does not.
         for codec in candidates:
-            if codec.startswith(_SEVEN_BIT):
+            if codec.startswith(_SEVEN_BIT) or (codec.startswith(("utf-16", "utf-32")) and b"\x00" in data):
                 text = _try(data, codec)
                 if text is not None:
                     return text, codec, True
@@ -222,9 +238,15 @@ def recover_double_encoding(text: str, hints: tuple[str, ...], declared: bool = 
 # ---------------------------------------------------------------- raw 8-bit headers
 
 #: Tried after the message's own declarations for raw 8-bit header bytes.
-_HEADER_TRIAL = ("gb18030", "big5hkscs", "cp932", "cp949")
+_HEADER_TRIAL = ("gb18030", "big5hkscs", "cp932", "cp949", "cp1252")
+_ASCII_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
+_ASCII_LETTER = _ASCII_LOWER | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _JAPANESE = ("cp932", "shift_jis", "euc_jp", "iso2022_jp")
 _KOREAN = ("cp949", "euc_kr")
+
+
+def _latin_letter(ch: str) -> bool:
+    return 0xC0 <= ord(ch) <= 0xFF and ch not in "\xd7\xf7"
 
 
 @lru_cache(maxsize=8192)
@@ -261,6 +283,8 @@ def plausibility(text: str, codec: str) -> int:
             continue
         if 0x4E00 <= o <= 0x9FFF:
             score += _hanzi_weight(ch)
+            if 0 < n < len(text) - 1 and text[n - 1] in _ASCII_LOWER and text[n + 1] in _ASCII_LOWER:
+                score -= 3  # one ideograph inside a Latin word ("Forma玢o"): Latin-1 bytes read as CJK
         elif 0x3000 <= o <= 0x303F or 0xFF01 <= o <= 0xFF5E or 0x2010 <= o <= 0x201F:
             score += 1
         elif 0x3040 <= o <= 0x30FF:
@@ -268,9 +292,18 @@ def plausibility(text: str, codec: str) -> int:
         elif 0xAC00 <= o <= 0xD7AF:
             score += 1 if name in _KOREAN else -1
         elif single and (0xC0 <= o <= 0xFF) and o not in (0xD7, 0xF7):
-            before = text[n - 1] if n else " "
-            after = text[n + 1] if n + 1 < len(text) else " "
-            score += 1 if before < "\x80" and after < "\x80" else -1
+            # an accented letter inside a word, alone or as a pair ("Niño",
+            # "Formação", "Grüße"), is Latin; longer runs are CJK bytes read as Latin-1
+            start = n
+            while start and _latin_letter(text[start - 1]):
+                start -= 1
+            end = n
+            while end + 1 < len(text) and _latin_letter(text[end + 1]):
+                end += 1
+            before = text[start - 1] if start else " "
+            after = text[end + 1] if end + 1 < len(text) else " "
+            inside_word = before in _ASCII_LETTER or after in _ASCII_LETTER
+            score += 1 if end - start < 2 and before < "\x80" and after < "\x80" and inside_word else -1
         else:
             score -= 2
     return score
@@ -281,10 +314,14 @@ def detect_header(data: bytes, declared: tuple[str, ...] = ()) -> tuple[str, str
 
     Valid UTF-8 wins outright. Otherwise every codec the message declares
     anywhere (``declared``, in order) and then GB18030, Big5-HKSCS,
-    Shift_JIS and EUC-KR are tried strictly, and the most plausible text
-    wins (the earliest on a tie): a Latin-1 declaration elsewhere in the
-    message — a report wrapper, another part — no longer turns a GB2312 or
-    Big5 subject into mojibake just because any byte decodes as Latin-1."""
+    Shift_JIS, EUC-KR and Windows-1252 are tried strictly, and the most
+    plausible text wins (the earliest on a tie): a Latin-1 declaration
+    elsewhere in the message — a report wrapper, another part — no longer
+    turns a GB2312 or Big5 subject into mojibake just because any byte
+    decodes as Latin-1, and an undeclared Latin-1 subject ("Formação",
+    "Grüße") is no longer read as CJK: one ideograph inside a Latin word
+    counts against a CJK reading, an accented letter or pair inside a word
+    for a Latin one."""
     if data.isascii():
         return detect(data)
     text = _try(data, "utf-8")

@@ -12,11 +12,13 @@ measures the result against the bare compat32 parse.
 What is recovered rather than refused (each listed in ``defects``):
 broken header folding (an unindented continuation line in the middle of the
 header block, which makes the stdlib end the headers early), missing or
-lying charsets, broken encoded words, duplicate or unusable From headers,
+lying charsets, broken encoded words, duplicate or unusable From headers
+(a bare address among words, ``Big Bug bb@bug.com``, is taken),
 bad dates, MIME structure defects (the stdlib's defect class names), and
-Outlook ``.msg`` blobs handed over instead of MIME. Only bytes that are not
-mail at all — empty, or no header line at the start — raise
-:class:`PayloadRejected`.
+Outlook ``.msg`` blobs handed over instead of MIME, a banner line or two
+above the headers (``LeadingNonHeaderLine``). Only bytes that are not mail
+at all — empty, or no header line at the start (after at most such a
+banner) — raise :class:`PayloadRejected`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
 _BODY_TYPES = frozenset({"text/plain", "text/html", "text/enriched"})
 _REPORT_ORIGINALS = frozenset({"message/rfc822", "message/rfc822-headers", "text/rfc822-headers"})
 _SENDER_FALLBACKS = ("sender", "reply-to", "return-path")
+#: An addr-spec standing alone among words (whitespace, comma or quote around it).
+_BARE_ADDRESS = re.compile(r"(?:^|(?<=[\s,;\"']))([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)(?=$|[\s,;\"'])")
 _CHARSET_PARAM = re.compile(r'charset\*?\s*=\s*["\']?([A-Za-z0-9_.:+-]+)', re.I)
 _CHARSET_PARAM_BYTES = re.compile(_CHARSET_PARAM.pattern.encode(), re.I)
 
@@ -69,14 +73,32 @@ def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
     data = raw.lstrip(b"\r\n")
     if not data.strip():
         raise PayloadRejected("empty payload: no mail headers")
-    if not _FIRST_LINE.match(data):
-        raise PayloadRejected("not an email message: the first line is neither a header nor an mbox 'From ' line")
     defects = [] if len(data) == len(raw) else ["LeadingBlankLines"]
+    if not _FIRST_LINE.match(data):
+        data = _skip_banner(data)
+        if data is None:
+            raise PayloadRejected("not an email message: the first line is neither a header nor an mbox 'From ' line")
+        defects.append("LeadingNonHeaderLine")
     msg = _read(data, defects)
     return [_inbound(msg, raw, context, defects)]
 
 
 # ---------------------------------------------------------------- reading
+
+#: Most lines a banner may have before the headers ("---- Original email message ----").
+_MAX_BANNER_LINES = 2
+
+
+def _skip_banner(data: bytes) -> bytes | None:
+    """The mail after a short banner a relay or archive wrote above its
+    headers, when the banner is followed by at least two header lines in a
+    row; None when the bytes do not look like a mail at all."""
+    lines = data.split(b"\n", _MAX_BANNER_LINES + 2)
+    for skip in range(1, min(_MAX_BANNER_LINES, len(lines) - 2) + 1):
+        if all(_HEADER_NAME.match(line) for line in lines[skip : skip + 2]):
+            return b"\n".join(lines[skip:])
+    return None
+
 
 
 def _repair_folding(data: bytes) -> bytes | None:
@@ -259,6 +281,14 @@ def _sender(msg: Message, raw: bytes, context: Mapping[str, Any], hmap: dict[str
                 if headers.usable(addr):
                     defects.append("EncodedWordAddress")
                     return Sender("email", addr, name)
+    # `Big Bug bb@bug.com`, `tim@a.com concierge@a.com`: a bare address among words, no brackets
+    for value in froms:
+        text = headers.decode_header(value, hints, [])
+        m = None if "<" in text else _BARE_ADDRESS.search(text)
+        if m and headers.usable(m.group(1).lower()):
+            defects.append("BareAddressInFrom")
+            name = text[: m.start()].strip(" \t\"',") or None
+            return Sender("email", m.group(1).lower(), name or any_name)
     defects.append("NoUsableFrom" if froms else "MissingFrom")
     for hdr in _SENDER_FALLBACKS:
         for name, addr in headers.addresses(hmap.get(hdr, []), hints, defects):

@@ -27,7 +27,12 @@ What each event becomes:
   as text (an event when it has no title), the payload in ``meta``;
 - ``delivery`` (``mids``) and ``read`` → delivery statuses of our messages
   (raw_type ``status``), never customer messages;
-- ``reaction`` and anything else → an event carrying the raw type.
+- ``reaction`` and anything else → an event carrying the raw type;
+- attachments that are no file (a shared link, a location, a template)
+  give the message a readable text when it has none;
+- a change of another field (Page ``feed``, Instagram ``comments`` and
+  ``mentions`` …) → one event of raw_type = the field with the comment's
+  text, never dropped.
 
 Signature: as WhatsApp (``X-Hub-Signature-256`` with the app secret), checked
 when the context has the request's ``headers`` and ``app_secret``.
@@ -124,6 +129,51 @@ def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachmen
     return out
 
 
+def _attachment_text(msg: Mapping[str, Any]) -> str:
+    """A readable text for attachments that are no file: a shared link's
+    title and URL (``fallback``, ``share``), a location's coordinates, a
+    template's element titles."""
+    lines = []
+    for a in _dicts(msg.get("attachments")):
+        kind = _str(a.get("type")) or ""
+        payload = _d(a.get("payload"))
+        coords = _d(payload.get("coordinates"))
+        if kind == "location" or coords:
+            lines.append(f"📍 {coords.get('lat')}, {coords.get('long')}")
+        elif kind in ("fallback", "share"):
+            title = _str(a.get("title")) or _str(payload.get("title"))
+            lines.append(" ".join(p for p in (title, _str(a.get("url")) or _str(payload.get("url"))) if p))
+        elif kind == "template":
+            lines += [_str(e.get("title")) or "" for e in _dicts(payload.get("elements"))]
+    return "\n".join(line for line in lines if line)
+
+
+def _change_event(channel: str, eid: str, field: str, value: Mapping[str, Any], at: Any) -> Inbound:
+    """A change of a field other than ``messages`` (a Page ``feed`` post or
+    comment, Instagram ``comments`` and ``mentions`` …): one event carrying
+    the field, the comment's text, and who wrote it when the change says —
+    in the platform's app-scoped id space, not the PSID/IGSID of messaging,
+    so it names its own ``<account>:<id>`` identity."""
+    author = _d(value.get("from"))
+    who = _str(author.get("id"))
+    meta = {"field": field}
+    for key, item in value.items():
+        if (key not in ("text", "message") and isinstance(item, (str, int, float)) and not isinstance(item, bool)
+                and len(str(item)) <= 256):
+            meta[key] = str(item)
+    if _str(author.get("username")) or _str(author.get("name")):
+        meta["author"] = _str(author.get("username")) or _str(author.get("name")) or ""
+    sender = (Sender(kind=channel, value=f"{eid}:{who}", name=meta.get("author")) if who
+              else Sender(kind="external", value=f"{channel}-account:{eid}"))
+    canonical = json.dumps(value, sort_keys=True, ensure_ascii=False).encode()
+    key = _str(value.get("comment_id")) or _str(value.get("id")) or hashlib.sha256(canonical).hexdigest()[:32]
+    if isinstance(at, int) and not isinstance(at, bool) and at < 10**11:
+        at *= 1000  # changes webhooks give Unix seconds, messaging ones milliseconds
+    return Inbound(channel=channel, account=eid, external_id=f"{eid}:{field}:{key}", kind="event", sender=sender,
+                   text=_str(value.get("text")) or _str(value.get("message")) or "", sent_at=_time(at),
+                   raw_type=field, meta=meta)
+
+
 def _status(channel: str, account: str, user: Sender, mid: str, status: str, ev: Mapping[str, Any],
             key: str) -> Inbound:
     meta = {"status_of": mid, "status": status}
@@ -169,7 +219,7 @@ def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> l
             inbound.kind, inbound.edits, inbound.raw_type = "event", mid, "message_deleted"
             meta["deleted"] = "true"
             return [inbound]
-        inbound.text = _str(msg.get("text")) or ""
+        inbound.text = _str(msg.get("text")) or _attachment_text(msg)
         inbound.attachments = _attachments(msg, meta)
         if _str(_d(msg.get("quick_reply")).get("payload")):
             meta["reply_id"] = msg["quick_reply"]["payload"]
@@ -222,4 +272,9 @@ def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
     own_app = _str(context.get("app_id"))
     for eid, ev in events(obj):
         out += _event(channel, eid, ev, own_app)
+    for entry in _dicts(obj.get("entry")):
+        for change in _dicts(entry.get("changes")):
+            field, value = _str(change.get("field")) or "unknown", change.get("value")
+            if field != "messages" and isinstance(value, dict):
+                out.append(_change_event(channel, _str(entry.get("id")) or "", field, value, entry.get("time")))
     return out

@@ -11,14 +11,17 @@ Formats:
 - ``asterisk`` — ``cdr_csv`` ``Master.csv`` in the standard column order
   (accountcode, src, dst, dcontext, clid, channel, dstchannel, lastapp,
   lastdata, start, answer, end, duration, billsec, disposition, amaflags
-  [, uniqueid, userfield [, peeraccount, linkedid, sequence]]): one call per
+  [, uniqueid, userfield [, peeraccount, linkedid, sequence]]), or in the
+  order of ``cdr_custom``'s sample mapping (clid first, told apart by where
+  the disposition is): one call per
   row, ``external_id`` = the uniqueid (the linkedid where the row has it);
   CEL CSV (``cel_custom``: eventtype, eventtime, cid_name, cid_num, ani,
   rdnis, dnid, exten, context, channame, appname, appdata, amaflags,
   accountcode, uniqueid, linkedid, peer, userdeftype, …, extra): the event
   rows of one ``linkedid`` make one call.
 - ``freeswitch`` — a ``mod_json_cdr`` record (raw JSON, or the module's
-  ``cdr=`` form encoding), or ``mod_cdr_csv`` rows in the operator's column
+  ``cdr=`` form encoding), a ``mod_xml_cdr`` record (``<cdr>`` XML, the
+  same channel variables and caller profile), or ``mod_cdr_csv`` rows in the operator's column
   template (context ``template``/``csv_template``; the module's ``example``
   template when none is given). ``external_id`` = the channel uuid.
 - ``twilio`` — a voice status callback body (form-encoded); with
@@ -65,6 +68,11 @@ DISPOSITIONS = ("answered", "missed", "busy", "failed", "voicemail")
 CDR_COLUMNS = ("accountcode", "src", "dst", "dcontext", "clid", "channel", "dstchannel", "lastapp", "lastdata",
                "start", "answer", "end", "duration", "billsec", "disposition", "amaflags", "uniqueid", "userfield",
                "peeraccount", "linkedid", "sequence")
+#: ``cdr_custom``'s sample ``Master.csv`` mapping (``cdr_custom.conf.sample``): the same
+#: fields, clid first and accountcode after amaflags, sequence last.
+CDR_CUSTOM_COLUMNS = ("clid", "src", "dst", "dcontext", "channel", "dstchannel", "lastapp", "lastdata", "start",
+                      "answer", "end", "duration", "billsec", "disposition", "amaflags", "accountcode", "uniqueid",
+                      "userfield", "sequence")
 CEL_COLUMNS = ("eventtype", "eventtime", "cid_name", "cid_num", "cid_ani", "cid_rdnis", "cid_dnid", "exten", "context",
                "channame", "appname", "appdata", "amaflags", "accountcode", "uniqueid", "linkedid", "peer",
                "userdeftype")
@@ -116,9 +124,10 @@ def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
 
 
 def _json_cdr(raw: bytes) -> bool:
-    """A mod_json_cdr POST body (JSON, ``cdr=`` form, base64) rather than CSV rows."""
+    """A mod_json_cdr (or mod_xml_cdr) POST body (JSON or XML, ``cdr=`` form,
+    base64) rather than CSV rows."""
     head = raw.lstrip()[:64]
-    if head[:1] in (b"{", b"") or head.startswith(b"cdr="):
+    if head[:1] in (b"{", b"", b"<") or head.startswith(b"cdr="):
         return True
     if re.fullmatch(rb"[A-Za-z0-9+/=\s]+", raw[:4096]):
         try:
@@ -129,7 +138,7 @@ def _json_cdr(raw: bytes) -> bool:
 
 
 def _sniff(raw: bytes) -> str:
-    if raw.lstrip()[:1] == b"{" or raw.lstrip().startswith(b"cdr="):
+    if raw.lstrip()[:1] in (b"{", b"<") or raw.lstrip().startswith(b"cdr="):
         return "freeswitch"
     if b"CallSid=" in raw[:4096]:
         return "twilio"
@@ -383,8 +392,14 @@ def parse_asterisk_csv(raw: bytes, p: _Ctx) -> list[Inbound]:
 def asterisk_cdr_row(fields: list[str], p: _Ctx, line: int = 1) -> Inbound:
     if not 16 <= len(fields) <= len(CDR_COLUMNS):
         raise RowError(f"{len(fields)} fields; a cdr_csv row has 16 to {len(CDR_COLUMNS)}")
-    r = dict(zip(CDR_COLUMNS, (f.strip() for f in fields)))
     defects: list[str] = []
+    columns = CDR_COLUMNS
+    if (len(fields) >= 16 and fields[13].strip().upper() in _ASTERISK_DISPOSITION
+            and fields[14].strip().upper() not in _ASTERISK_DISPOSITION):
+        columns = CDR_CUSTOM_COLUMNS  # disposition in the 14th column: cdr_custom's sample layout
+    r = dict(zip(columns, (f.strip() for f in fields)))
+    for name in CDR_COLUMNS[:16]:
+        r.setdefault(name, "")
     start = _time(r["start"], p, "start")
     if start is None:
         raise RowError("start is empty")
@@ -412,6 +427,8 @@ def asterisk_cdr_row(fields: list[str], p: _Ctx, line: int = 1) -> Inbound:
     meta = {"trunk": r["channel"].split("-")[0] if r["channel"] else "", "uniqueid": r.get("uniqueid", ""),
             "context": r["dcontext"], "accountcode": r["accountcode"], "billsec": str(billsec or 0),
             "source_disposition": r["disposition"], "line": str(line)}
+    if columns is CDR_CUSTOM_COLUMNS:
+        meta["layout"] = "cdr_custom"
     return _call_inbound(p, call_id=call_id, number_from=src, number_to=r["dst"], name=name, call=call,
                          defects=defects, meta=meta, raw_type="asterisk.cdr")
 
@@ -449,7 +466,9 @@ def _cel_call(linkedid: str, events: list[tuple[int, dict[str, str]]], p: _Ctx) 
     answered_at = next((t for e, t in zip(evs, times) if e["eventtype"] == "ANSWER" and e["uniqueid"] == linkedid),
                        None)
     bridged = "BRIDGE_START" in types or "BRIDGE_ENTER" in types
-    ended = "LINKEDID_END" in types
+    # LINKEDID_END closes the call; a cel.conf that does not log it still
+    # logs the CHAN_END of the channel the call started on
+    ended = "LINKEDID_END" in types or any(e["eventtype"] == "CHAN_END" and e["uniqueid"] == linkedid for e in evs)
     causes = [e["extra"].split(",")[0] for e in evs if e["eventtype"] == "HANGUP" and e["extra"]]
     if any(e["appname"].lower() == "voicemail" for e in evs):
         disposition = "voicemail"
@@ -464,10 +483,10 @@ def _cel_call(linkedid: str, events: list[tuple[int, dict[str, str]]], p: _Ctx) 
     start = times[evs.index(first)] if first in evs else min(t for t in times if t)
     end = max(t for t in times if t) if ended or "CHAN_END" in types else None
     call = CallInfo(started_at=start, answered_at=answered_at, ended_at=end,
-                    duration_s=int((end - start).total_seconds()) if end and start else None,
+                    duration_s=round((end - start).total_seconds()) if end and start else None,
                     disposition=disposition)
     number_to = first["cid_dnid"] or first["exten"] or next((e["exten"] for e in origin if e["exten"]), "")
-    defects = [] if ended else ["no LINKEDID_END event yet: the call may still be in progress"]
+    defects = [] if ended else ["no LINKEDID_END or CHAN_END event yet: the call may still be in progress"]
     meta = {"trunk": first["channame"].split("-")[0], "linkedid": linkedid, "events": str(len(evs)),
             "context": first["context"], "line": str(events[0][0])}
     return _call_inbound(p, call_id=linkedid, number_from=first["cid_num"], number_to=number_to,
@@ -520,6 +539,8 @@ def parse_freeswitch_json(raw: bytes, p: _Ctx) -> Inbound:
     body = raw.strip()
     if body.startswith(b"cdr="):
         body = unquote_plus(body[4:].decode("utf-8", "replace")).encode().strip()
+    if body[:1] == b"<":
+        return _freeswitch_xml(body, p)
     if body[:1] not in (b"{", b"["):
         try:
             body = base64.b64decode(body, validate=True).strip()
@@ -539,15 +560,43 @@ def parse_freeswitch_json(raw: bytes, p: _Ctx) -> Inbound:
     flow0 = flow[0] if isinstance(flow, list) and flow and isinstance(flow[0], dict) else (
         flow if isinstance(flow, dict) else {})
     profile = flow0.get("caller_profile") if isinstance(flow0.get("caller_profile"), dict) else {}
+    return _freeswitch_record(v, profile, p, "freeswitch.json", "mod_json_cdr")
+
+
+def _freeswitch_record(variables: Mapping[str, str], profile: Mapping[str, Any], p: _Ctx, raw_type: str,
+                       module: str) -> Inbound:
+    """One call of a CDR's channel variables, completed by its first caller profile."""
     merged = {k: str(x) for k, x in profile.items() if isinstance(x, (str, int))}
-    merged.update(v)
+    merged.update(variables)
     for k in ("caller_id_number", "caller_id_name", "destination_number"):
         if not merged.get(k) and profile.get(k):
             merged[k] = str(profile[k])
     try:
-        return _freeswitch_call(merged, p, 1, "freeswitch.json")
+        return _freeswitch_call(merged, p, 1, raw_type)
     except RowError as exc:
-        raise PayloadRejected(f"mod_json_cdr record: {exc}") from None
+        raise PayloadRejected(f"{module} record: {exc}") from None
+
+
+def _freeswitch_xml(body: bytes, p: _Ctx) -> Inbound:
+    """A ``mod_xml_cdr`` record (``<cdr><variables>…</variables><callflow>
+    <caller_profile>…``), the XML twin of mod_json_cdr, values URL-encoded
+    the same way. A DOCTYPE (and so any entity declaration) is refused."""
+    import xml.etree.ElementTree as ET
+    from urllib.parse import unquote
+
+    if b"<!DOCTYPE" in body[:4096].upper() or b"<!ENTITY" in body.upper():
+        raise PayloadRejected("not a mod_xml_cdr record: XML with a DOCTYPE is refused")
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise PayloadRejected(f"not a mod_xml_cdr record: invalid XML ({exc})") from None
+    variables = root.find("variables") if root.tag == "cdr" else None
+    if variables is None:
+        raise PayloadRejected(f"not a mod_xml_cdr record: root <{root.tag}> has no <variables>")
+    v = {el.tag: unquote(el.text or "").strip() for el in variables}
+    profile_el = root.find("callflow/caller_profile")
+    profile = {el.tag: (el.text or "").strip() for el in profile_el} if profile_el is not None else {}
+    return _freeswitch_record(v, profile, p, "freeswitch.xml", "mod_xml_cdr")
 
 
 def _fs_time(r: Mapping[str, str], name: str, p: _Ctx) -> datetime | None:
@@ -555,7 +604,10 @@ def _fs_time(r: Mapping[str, str], name: str, p: _Ctx) -> datetime | None:
     for key, scale in ((f"{name}_uepoch", 1e6), (f"{name}_epoch", 1.0)):
         value = (r.get(key) or "").strip()
         if value and value.isdigit() and int(value) > 0:
-            return datetime.fromtimestamp(int(value) / scale, tz=timezone.utc)
+            try:
+                return datetime.fromtimestamp(int(value) / scale, tz=timezone.utc)
+            except (OverflowError, OSError, ValueError):
+                raise RowError(f"{key} {value[:24]!r} is out of range") from None
     return _time(r.get(f"{name}_stamp"), p, f"{name}_stamp")
 
 

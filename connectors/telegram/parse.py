@@ -18,6 +18,13 @@ What an update becomes (https://core.telegram.org/bots/api#update):
   until the connector's ``fetch_media`` downloads them;
 - ``edited_message`` / ``edited_channel_post`` → kind ``message`` with
   ``edits`` = the original's external id and ``sent_at`` = the edit time;
+- ``business_message`` / ``edited_business_message`` (a customer writing to
+  a connected Telegram Business account) → the same, their ids prefixed
+  ``business:`` (the business chat numbers its messages apart from the
+  bot's) and ``meta["business_connection_id"]`` kept; replies still go
+  through the bot's own chat;
+- a venue, poll or dice without text gets a readable one (venue name and
+  address, the question and its options, the emoji and value);
 - a message that only carries a service notice (member joined, title
   changed, message pinned …) → kind ``event``, raw_type ``message.<field>``;
 - ``callback_query`` → ``event``, the button's data in ``meta["data"]``;
@@ -39,12 +46,17 @@ from typing import Any, Mapping
 import msgspec
 
 from connectors.base import PayloadRejected
+from connectors.webhooks import decode_json
 from routing.model import Attachment, Inbound, Sender, ThreadHints
 
 CHANNEL = "telegram"
 
-MESSAGE_KINDS = frozenset({"message", "channel_post", "edited_message", "edited_channel_post"})
-EDIT_KINDS = frozenset({"edited_message", "edited_channel_post"})
+MESSAGE_KINDS = frozenset({"message", "channel_post", "edited_message", "edited_channel_post",
+                           "business_message", "edited_business_message"})
+EDIT_KINDS = frozenset({"edited_message", "edited_channel_post", "edited_business_message"})
+#: A customer writing to a Telegram Business account the bot is connected to:
+#: its own chat, whose message ids are not the bot chat's.
+BUSINESS_KINDS = frozenset({"business_message", "edited_business_message"})
 MEMBER_KINDS = frozenset({"my_chat_member", "chat_member"})
 
 #: Message fields that make a message a service notice rather than something
@@ -163,6 +175,10 @@ class _Message(msgspec.Struct, rename={"from_": "from"}):
     sticker: _File | None = None
     location: _Location | None = None
     contact: _Contact | None = None
+    venue: dict[str, Any] | None = None
+    poll: dict[str, Any] | None = None
+    dice: dict[str, Any] | None = None
+    business_connection_id: str | None = None
 
 
 class _CallbackQuery(msgspec.Struct, rename={"from_": "from"}):
@@ -185,9 +201,6 @@ class _ChatMemberUpdated(msgspec.Struct, rename={"from_": "from"}):
     new_chat_member: _ChatMember
 
 
-_json_decoder = msgspec.json.Decoder()
-
-
 # ---------------------------------------------------------------- envelope: validation, kind, key
 
 
@@ -204,9 +217,7 @@ def validate_update(obj: Any) -> dict[str, Any]:
 def decode_update(raw: bytes) -> dict[str, Any]:
     """The JSON object of an update; :class:`PayloadRejected` when it is not one."""
     try:
-        obj = _json_decoder.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 inside a string
-        raise PayloadRejected(f"not JSON: {exc}") from None
+        obj = decode_json(raw)  # half an emoji escaped alone is read, as U+FFFD
     except RecursionError:  # [[[[…]]]] 10,000 deep: msgspec's depth guard
         raise PayloadRejected("not a Telegram update: JSON nested too deeply") from None
     return validate_update(obj)
@@ -225,13 +236,15 @@ def update_kind(update: Mapping[str, Any]) -> str | None:
 
 
 def _int(value: Any) -> int | None:
+    if isinstance(value, str) and value.removeprefix("-").isdigit() and len(value) <= 20:
+        return int(value)  # a relay that wrote the number as a string
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def update_key(update: Mapping[str, Any]) -> str:
     """Idempotency key and external id of an update, from its content.
 
-    ``<chat_id>:<message_id>`` for a message (the id Telegram's own
+    ``<chat_id>:<message_id>`` for a message (``business:…`` in a business chat; the id Telegram's own
     ``reply_to_message`` points at), ``…:edit:<edit_date>`` for an edit of it,
     ``callback:<id>`` for a button press, ``<kind>:<chat>:<date>:<status>`` for
     a membership change; ``update:<update_id>`` when the content has no id.
@@ -242,7 +255,7 @@ def update_key(update: Mapping[str, Any]) -> str:
         chat = body.get("chat")
         chat_id = _int(chat.get("id")) if isinstance(chat, dict) else None
         if kind in MESSAGE_KINDS and chat_id is not None and _int(body.get("message_id")) is not None:
-            key = f"{chat_id}:{body['message_id']}"
+            key = f"{'business:' if kind in BUSINESS_KINDS else ''}{chat_id}:{_int(body['message_id'])}"
             edit_date = _int(body.get("edit_date"))
             if kind not in EDIT_KINDS:
                 return key
@@ -260,8 +273,12 @@ def update_key(update: Mapping[str, Any]) -> str:
 
 
 def _time(ts: int | None) -> datetime | None:
-    # Telegram dates are Unix seconds; 0 marks an inaccessible message.
-    return datetime.fromtimestamp(ts, timezone.utc) if ts else None
+    # Telegram dates are Unix seconds; 0 marks an inaccessible message, and
+    # one beyond what a datetime holds is no time at all (not a crash).
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc) if ts else None
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _join(*parts: str | None) -> str:
@@ -326,7 +343,8 @@ def _chat_meta(chat: _Chat, update_id: int) -> dict[str, str]:
 
 def _convert(body: Any, kind: str, type_: type[msgspec.Struct]) -> Any:
     try:
-        return msgspec.convert(body, type_)
+        # strict=False: an id or date a relay wrote as a string ("1441645532") still reads
+        return msgspec.convert(body, type_, strict=False)
     except msgspec.ValidationError as exc:
         raise PayloadRejected(f"not a Telegram {kind}: {exc}") from None
 
@@ -352,13 +370,18 @@ def _message(kind: str, body: Any, update_id: int, key: str, account: str) -> In
             # the user shared their own number (Telegram's "share my phone"):
             # a phone identity Telegram vouches for, linked to other channels
             meta["phone"] = msg.contact.phone_number
-    original = f"{msg.chat.id}:{msg.message_id}"
+    business = "business:" if kind in BUSINESS_KINDS else ""
+    if msg.business_connection_id:
+        meta["business_connection_id"] = msg.business_connection_id
+    original = f"{business}{msg.chat.id}:{msg.message_id}"
     edited = kind in EDIT_KINDS
     attachments = _attachments(msg)
     text = msg.text if msg.text is not None else (msg.caption or "")
     if not text and msg.contact:
         name = " ".join(x for x in (msg.contact.first_name, msg.contact.last_name) if x)
         text = f"{name} {msg.contact.phone_number}".strip()
+    if not text:
+        text = _readable(msg)
     service = "" if text or attachments or msg.location or msg.contact else _service_field(body)
     return Inbound(
         channel=CHANNEL,
@@ -370,13 +393,26 @@ def _message(kind: str, body: Any, update_id: int, key: str, account: str) -> In
         attachments=attachments,
         thread=ThreadHints(
             message_id=original,
-            in_reply_to=f"{msg.chat.id}:{msg.reply_to_message.message_id}" if msg.reply_to_message else None,
+            in_reply_to=f"{business}{msg.chat.id}:{msg.reply_to_message.message_id}" if msg.reply_to_message else None,
         ),
         sent_at=_time(msg.edit_date if edited and msg.edit_date else msg.date),
         raw_type=f"{kind}.{service}" if service else kind,
         edits=original if edited else None,
         meta=meta,
     )
+
+
+def _readable(msg: _Message) -> str:
+    """The text of content that has none of its own: a venue's name and
+    address, a poll's question and options, a dice throw."""
+    if msg.venue:
+        return " — ".join(str(msg.venue[k]) for k in ("title", "address") if isinstance(msg.venue.get(k), str) and msg.venue[k])
+    if msg.poll and isinstance(msg.poll.get("question"), str):
+        options = [o["text"] for o in msg.poll.get("options") or [] if isinstance(o, dict) and isinstance(o.get("text"), str)]
+        return "\n".join([msg.poll["question"], *(f"- {o}" for o in options)])
+    if msg.dice and isinstance(msg.dice.get("emoji"), str):
+        return f"{msg.dice['emoji']} {msg.dice.get('value', '')}".strip()
+    return ""
 
 
 def _service_field(body: Mapping[str, Any]) -> str:

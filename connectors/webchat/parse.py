@@ -147,6 +147,8 @@ def decode(raw: bytes) -> Envelope:
         raise PayloadRejected(f"not a webchat frame: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise PayloadRejected(f"not a webchat frame (JSON): {exc}") from None
+    except RecursionError:  # {"x":{"x":…}} thousands deep: msgspec's depth guard
+        raise PayloadRejected("not a webchat frame: JSON nested too deeply") from None
     if env.v != 1:
         raise PayloadRejected(f"unknown webchat frame version {env.v}")
     if not ID_RE.match(env.site):

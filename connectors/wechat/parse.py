@@ -24,7 +24,8 @@ from routing.model import Attachment, Inbound, Sender
 CHANNEL = "wechat"
 
 #: Message kinds (MsgType) that are a customer's message; anything else is an event.
-MESSAGE_KINDS = frozenset({"text", "image", "voice", "video", "shortvideo", "location", "link", "file"})
+MESSAGE_KINDS = frozenset({"text", "image", "voice", "video", "shortvideo", "location", "link", "file",
+                           "miniprogrampage"})
 
 #: Fields the Inbound carries in its own fields (or meta["unionid"]), not as raw meta.
 _NOT_META = frozenset(
@@ -111,6 +112,8 @@ _BODIES: dict[str, Callable[[Mapping[str, Any]], tuple[str, list[Attachment]]]] 
     ),
     "link": lambda f: (_lines(f, "Title", "Description", "Url"), []),
     "file": lambda f: (_lines(f, "Title", "Description"), _file(f)),
+    # a mini-program card the customer sent into the customer-service chat
+    "miniprogrampage": lambda f: (_lines(f, "Title", "PagePath"), []),
 }
 
 

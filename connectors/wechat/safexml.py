@@ -65,8 +65,11 @@ def parse_xml(raw: bytes | str, *, root: str = "xml", max_bytes: int = MAX_XML_B
 
 
 def text_field(fields: Mapping[str, Any], name: str) -> str | None:
-    """A leaf field as a stripped string (None when absent, empty or nested)."""
+    """A leaf field as a stripped string (None when absent, empty or nested);
+    of an element given twice (xmltodict makes a list of them), the first."""
     value = fields.get(name)
+    if isinstance(value, list):
+        value = next((v for v in value if isinstance(v, str) and v.strip()), None)
     if isinstance(value, str):
         value = value.strip()
         return value or None

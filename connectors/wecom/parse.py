@@ -21,12 +21,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
-import msgspec
 
 from connectors.base import PayloadRejected
 from connectors.wechat.envelope import open_callback
 from connectors.wechat.safexml import MAX_XML_BYTES, text_field
 from connectors.wechat.parse import xml_inbound
+from connectors.webhooks import decode_json
 from routing.model import Attachment, Inbound, Sender, ThreadHints
 
 CHANNEL = "wecom"
@@ -176,7 +176,11 @@ def _sent_at(msg: dict, defects: list[str]) -> datetime | None:
     if ts is None:
         defects.append("send_time missing or not a Unix time")
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):  # beyond what a datetime holds: no time, not a crash
+        defects.append(f"send_time {ts} is out of range")
+        return None
 
 
 def kf_inbound(msg: dict, context: Mapping[str, Any]) -> Inbound:
@@ -222,9 +226,11 @@ def kf_inbound(msg: dict, context: Mapping[str, Any]) -> Inbound:
 
 def _parse_kf_message(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
     try:
-        msg = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+        msg = decode_json(raw)  # half an emoji escaped alone is read, as U+FFFD; too deep is refused
+    except PayloadRejected as exc:
         raise PayloadRejected(f"malformed JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise PayloadRejected(f"not a WeCom kf message: JSON {type(msg).__name__}, expected an object")
     return [kf_inbound(msg, context)]  # a dict: parse only comes here for "{"
 
 

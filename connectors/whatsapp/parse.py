@@ -15,7 +15,8 @@ What each becomes (https://developers.facebook.com/docs/whatsapp/cloud-api/webho
 - ``location``, ``contacts`` → a message with a readable text and the facts
   in ``meta``; ``interactive`` (button/list replies, flows) and ``button``
   (a template's quick reply) → a message whose text is what the customer
-  chose, the choice's id in ``meta["reply_id"]``;
+  chose, the choice's id in ``meta["reply_id"]``; ``order`` (a cart from
+  the catalog) → a message listing its items;
 - ``reaction`` → an event on the reacted-to message;
 - ``edit`` → a message that ``edits`` the original; ``revoke`` (the customer
   deleted a message) → an event that edits the original to an empty text
@@ -25,7 +26,14 @@ What each becomes (https://developers.facebook.com/docs/whatsapp/cloud-api/webho
 - a status (``sent``/``delivered``/``read``/``failed``) → an event of
   raw_type ``status`` with ``meta["status_of"]`` = the wamid of our message:
   the pipeline updates that reply's delivery and emits ``message.status``,
-  it never becomes a customer message.
+  it never becomes a customer message;
+- a change of another field (``account_update``,
+  ``message_template_status_update``, ``calls``, ``user_preferences``, fields
+  Meta adds later) → one event of raw_type = the field, its scalar values in
+  ``meta``, from the customer it names or else the business account
+  (``external`` ``whatsapp-account:<WABA id>``); ``smb_message_echoes`` (sent
+  from the WhatsApp Business app) → the agent's outbound message
+  (``meta["direction"] = "outbound"``), as Messenger's echoes.
 
 The sender is the ``whatsapp`` identity ``+<wa_id>`` (a wa_id is the phone
 number in international form, so it also gives the ``phone`` identity).
@@ -38,6 +46,7 @@ not keep headers in the journal, so a replay does not verify again.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -85,12 +94,17 @@ def _time(ts: Any) -> datetime | None:
 
 def changes(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The ``value`` of every ``messages`` change, in order."""
+    return [value for field, _entry, value in all_changes(obj) if field == "messages"]
+
+
+def all_changes(obj: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``(field, entry, value)`` of every change of the body, in order."""
     out = []
     for entry in _dicts(obj.get("entry")):
         for change in _dicts(entry.get("changes")):
             value = change.get("value")
-            if change.get("field") == "messages" and isinstance(value, dict):
-                out.append(value)
+            if isinstance(value, dict):
+                out.append((_str(change.get("field")) or "unknown", entry, value))
     return out
 
 
@@ -185,6 +199,14 @@ def _content(kind: str, m: Mapping[str, Any], meta: dict[str, str], defects: lis
         if _str(body.get("payload")):
             meta["reply_id"] = body["payload"]
         return _str(body.get("text")) or "", []
+    if kind == "order":  # a cart sent from the business's catalog
+        if _str(body.get("catalog_id")):
+            meta["catalog_id"] = body["catalog_id"]
+        lines = [_str(body.get("text")) or ""]
+        for item in _dicts(body.get("product_items")):
+            price = f" @ {item.get('item_price')} {_str(item.get('currency')) or ''}".rstrip() if item.get("item_price") is not None else ""
+            lines.append(f"{item.get('quantity', 1)} × {_str(item.get('product_retailer_id')) or '?'}{price}")
+        return "\n".join(line for line in lines if line), []
     return "", []
 
 
@@ -235,7 +257,7 @@ def _message(m: dict[str, Any], account: str, names: Mapping[str, str]) -> Inbou
         if _str(body.get("wa_id")) or _str(body.get("new_wa_id")):
             meta["new_wa_id"] = _str(body.get("wa_id")) or _str(body.get("new_wa_id")) or ""
         return inbound
-    known = kind in ("text", "location", "contacts", "interactive", "button", *MEDIA_TYPES)
+    known = kind in ("text", "location", "contacts", "interactive", "button", "order", *MEDIA_TYPES)
     if not known:  # "unsupported", "order", new types: kept as an event, never dropped
         inbound.kind = "event"
         return inbound
@@ -263,13 +285,65 @@ def _status(s: dict[str, Any], account: str, names: Mapping[str, str]) -> Inboun
     )
 
 
+def _echo(m: dict[str, Any], account: str, names: Mapping[str, str]) -> Inbound:
+    """A message the business sent from the WhatsApp Business app (field
+    ``smb_message_echoes``): the agent's message to the customer ``to``,
+    recorded as outbound, never as the customer's."""
+    inbound = _message({**m, "from": _str(m.get("to")) or "unknown"}, account, names)
+    inbound.meta["direction"] = "outbound"
+    inbound.meta["agent"] = f"{CHANNEL}:business-app"
+    return inbound
+
+
+#: Per-user lists of the non-message fields, and the key naming the user in each.
+_USER_LISTS = (("calls", "from"), ("statuses", "recipient_id"), ("user_preferences", "wa_id"))
+
+
+def _change_event(field: str, entry: Mapping[str, Any], value: Mapping[str, Any], key: str, account: str,
+                  names: Mapping[str, str]) -> Inbound:
+    """A change of a field other than ``messages`` (``account_update``,
+    ``message_template_status_update``, ``calls``, ``user_preferences`` …):
+    one event carrying the field as its raw type, never dropped. It belongs
+    to the customer it names, else to the business account itself."""
+    meta: dict[str, str] = {"field": field}
+    if account != CHANNEL:
+        meta["phone_number_id"] = account
+    for key, item in value.items():
+        if isinstance(item, (str, int, float)) and not isinstance(item, bool) and len(str(item)) <= 256:
+            meta[key] = str(item)
+    user, at = None, _time(entry.get("time"))
+    for list_name, user_key in _USER_LISTS:
+        for item in _dicts(value.get(list_name))[:1]:
+            user = _str(item.get(user_key))
+            if list_name == "calls" and str(item.get("direction", "")).upper() == "BUSINESS_INITIATED":
+                user = _str(item.get("to")) or user
+            for key in ("id", "event", "status", "direction", "value", "category"):
+                if isinstance(item.get(key), str):
+                    meta[f"{list_name}.{key}"] = item[key]
+            at = _time(item.get("timestamp")) or at
+        if user:
+            break
+    if user is None:
+        user = next((_str(c.get("wa_id")) for c in _dicts(value.get("contacts")) if _str(c.get("wa_id"))), None)
+    waba = _str(entry.get("id")) or account
+    sender = _sender(user, names) if user else Sender(kind="external", value=f"whatsapp-account:{waba}",
+                                                      name=f"WhatsApp Business account {waba}")
+    return Inbound(
+        channel=CHANNEL, account=account, external_id=f"{field}:{waba}:{key}", kind="event", sender=sender,
+        sent_at=at, raw_type=field, meta=meta,
+    )
+
+
 def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
-    """Every message and status of the body, in order (none for a change of
-    another field, such as a template's review: the journal keeps it)."""
+    """Every message and status of the body, in order; a change of another
+    field (an account or template update, a call, a marketing preference)
+    is one event carrying the field, and a business-app echo the agent's
+    outbound message — nothing is dropped."""
     obj = decode(raw)
     verify(raw, context)
     out: list[Inbound] = []
-    for value in changes(obj):
+    digest = hashlib.sha256(raw).hexdigest()[:16]  # these changes carry no id: the body's hash and position
+    for n, (field, entry, value) in enumerate(all_changes(obj)):
         metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
         account = _str(metadata.get("phone_number_id")) or str(context.get("account") or CHANNEL)
         names = {}
@@ -278,6 +352,11 @@ def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
             wa_id, name = _str(c.get("wa_id")), _str(profile.get("name"))
             if wa_id and name:
                 names[wa_id.lstrip("+")] = name
-        out += [_message(m, account, names) for m in _dicts(value.get("messages"))]
-        out += [_status(s, account, names) for s in _dicts(value.get("statuses"))]
+        if field == "messages":
+            out += [_message(m, account, names) for m in _dicts(value.get("messages"))]
+            out += [_status(s, account, names) for s in _dicts(value.get("statuses"))]
+        elif field == "smb_message_echoes" and _dicts(value.get("message_echoes")):
+            out += [_echo(m, account, names) for m in _dicts(value.get("message_echoes"))]
+        else:
+            out.append(_change_event(field, entry, value, f"{digest}:{n}", account, names))
     return out

@@ -41,6 +41,7 @@ from gateway.store.sqlite_desks import desk_owned
 from routing.assign import (
     AgentState,
     AssignmentState,
+    Considered,
     Decision,
     Demand,
     OverflowStep,
@@ -48,6 +49,7 @@ from routing.assign import (
     apply_overflow,
     channel_class,
     choose_agent,
+    choose_agent_json,
     overflow_due,
 )
 from routing.directory import Directory
@@ -236,27 +238,44 @@ def _queued(r: tuple) -> _Queued:
     return _Queued(demand, _dec.decode(r[2]), r[9])
 
 
+#: id → (a ``Considered`` entry, its words in a decision's sentence): the chooser hands the
+#: same entry objects to decision after decision (an agent's verdict stays until it changes),
+#: so each is written out once; the entry is held, so its id is not reused while listed
+_SHOWN_MAX = 8192
+_shown: dict[int, tuple[Considered, str]] = {}
+
+
+def _shown_text(c: Considered) -> str:
+    hit = _shown.get(id(c))
+    if hit is not None and hit[0] is c:
+        return hit[1]
+    text = f"{c.agent} {', '.join(r.text for r in c.reasons)}" if c.reasons else f"{c.agent} eligible at {c.load:.2f}"
+    if len(_shown) >= _SHOWN_MAX:
+        _shown.clear()
+    _shown[id(c)] = (c, text)
+    return text
+
+
 def describe(decision: Decision) -> str:
     """The timeline sentence: the decision's reason, then why not each other agent."""
     others = [c for c in decision.considered if c.agent != decision.agent]
     # the entry's data lists every agent; the sentence stays readable (and only
     # the agents it shows are written out: a team has dozens)
-    shown = [
-        f"{c.agent} {', '.join(r.text for r in c.reasons)}" if c.reasons else f"{c.agent} eligible at {c.load:.2f}"
-        for c in others[:_SHOWN_OTHERS]
-    ]
+    shown = [_shown_text(c) for c in others[:_SHOWN_OTHERS]]
     if len(others) > _SHOWN_OTHERS:
         shown.append(f"{len(others) - _SHOWN_OTHERS} more")
     head = f"assigned to {decision.agent}: {decision.reason.text}" if decision.agent else decision.reason.text
     return head + (f" (not chosen: {'; '.join(shown)})" if shown else "")
 
 
-def decision_data(decision: Decision, **extra: Any) -> dict:
+def decision_data(decision: Decision, considered_json: bytes | None = None, **extra: Any) -> dict:
+    """The timeline entry's ``data`` of a decision (``considered_json``: the JSON of its
+    ``considered`` list as :func:`routing.assign.choose_agent_json` gives it, written as is)."""
     return {
         "agent": decision.agent,
         "reason": decision.reason,  # structs: the encoder writes them as it would their builtins
         "capacity_class": decision.capacity_class,
-        "considered": decision.considered,
+        "considered": decision.considered if considered_json is None else msgspec.Raw(considered_json),
         **extra,
     }
 
@@ -504,11 +523,15 @@ class AssignTx:
     # -- writes shared by every operation
 
     def timeline(self, ticket_id: str, kind: str, text: str, data: dict) -> None:
-        """A timeline entry on the ticket, owned like the ticket (contact and origin)."""
+        """A timeline entry on the ticket, owned like the ticket (contact and origin).
+
+        ``data`` goes in as its JSON's UTF-8 bytes, stored as TEXT by ``CAST``: the same
+        text :func:`to_json` gives, without decoding the bytes into a ``str`` that sqlite3
+        encodes to UTF-8 again (a decision's data is ~5 KB)."""
         self.conn.execute(
             "INSERT INTO timeline (id, contact_id, origin_contact_id, ticket_id, kind, at, text, data) "
-            "SELECT ?, contact_id, origin_contact_id, id, ?, ?, ?, ? FROM tickets WHERE id = ?",
-            (new_id(self.now_ms), kind, self.now_ms, text, to_json(data), ticket_id),
+            "SELECT ?, contact_id, origin_contact_id, id, ?, ?, ?, CAST(? AS TEXT) FROM tickets WHERE id = ?",
+            (new_id(self.now_ms), kind, self.now_ms, text, _enc.encode(data), ticket_id),
         )
 
     def outbox(self, topic: str, ticket_id: str | None, payload: dict) -> None:
@@ -530,18 +553,20 @@ class AssignTx:
     # -- assignment
 
     def take(self, t: TicketRow, decision: Decision, state: AssignmentState, why: str | None = None, *,
-             fresh: bool = False) -> AssignmentState:
+             fresh: bool = False, considered_json: bytes | None = None) -> AssignmentState:
         """Give the ticket to the decided agent (load, assignee, timeline, event); the state after.
 
         ``fresh``: the caller knows the ticket holds no capacity and is not
-        queued (nothing to release or unqueue first)."""
+        queued (nothing to release or unqueue first); ``considered_json``: see
+        :func:`decision_data`."""
         agent = decision.agent
         assert agent is not None
         after = apply_decision(state, decision, self.now)  # raises rather than over-fill: a stale state is a bug
         self._hold(t, agent, decision.capacity_class, fresh)
         self.touch_ticket(t.id, assignee=agent)
         text = describe(decision) + (f" — {why}" if why else "")
-        self.timeline(t.id, "assignment", text, decision_data(decision, previous=t.assignee, why=why))
+        self.timeline(t.id, "assignment", text,
+                      decision_data(decision, considered_json, previous=t.assignee, why=why))
         self.outbox("ticket.assigned", t.id, {
             "ticket_id": t.id, "agent_id": agent, "previous": t.assignee, "reason": decision.reason.code,
         })
@@ -593,16 +618,17 @@ class AssignTx:
     def assign(self, t: TicketRow, demand: Demand, why: str | None = None, *, fresh: bool = False) -> Decision:
         """Choose for ``demand``: take the ticket, or queue it saying why (``fresh``: see :meth:`take`)."""
         state = self.state(demand.teams())
-        decision = choose_agent(state, demand)
+        decision, considered_json = choose_agent_json(state, demand)
         if decision.agent is not None:
-            self.take(t, decision, state, why, fresh=fresh)
+            self.take(t, decision, state, why, fresh=fresh, considered_json=considered_json)
         else:
-            self.enqueue(t, demand, decision, fresh=fresh)
+            self.enqueue(t, demand, decision, fresh=fresh, considered_json=considered_json)
         return decision
 
-    def enqueue(self, t: TicketRow, demand: Demand, decision: Decision, *, fresh: bool = False) -> None:
+    def enqueue(self, t: TicketRow, demand: Demand, decision: Decision, *, fresh: bool = False,
+                considered_json: bytes | None = None) -> None:
         """Queue the ticket (once: a later failed attempt only refreshes the reason; ``fresh``: the
-        caller knows it is not queued)."""
+        caller knows it is not queued; ``considered_json``: see :func:`decision_data`)."""
         reason = describe(decision)
         if not fresh and self.conn.execute(
                 "UPDATE assign_queue SET reason = ? WHERE ticket_id = ?", (reason, t.id)).rowcount:
@@ -617,7 +643,8 @@ class AssignTx:
              to_ms(demand.queued_at), to_ms(demand.queued_at + steps[0].wait()) if steps else None, reason),
         )
         where = f"team {demand.team}" if demand.team else "the general queue"
-        self.timeline(t.id, "assignment", f"queued in {where}: {reason}", decision_data(decision, queued=True))
+        self.timeline(t.id, "assignment", f"queued in {where}: {reason}",
+                      decision_data(decision, considered_json, queued=True))
 
     def ensure(self, t: TicketRow) -> Decision | None:
         """Bring the ticket's assignment in line with the ticket (idempotent).

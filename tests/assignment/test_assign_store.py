@@ -173,3 +173,26 @@ def test_the_decision_sentence_names_eight_other_agents_and_counts_the_rest() ->
                     "a6 eligible at 0.60; a7 at capacity chat 7/7; a8 eligible at 0.80; 3 more)")
     alone = describe(Decision("t1", None, "chat", Reason("none_eligible", "no eligible agent in team x"), []))
     assert alone == "no eligible agent in team x"
+
+
+async def test_decision_data_is_written_as_the_plain_encoding(sqlite_store):
+    """``assign_next`` writes a decision's ``considered`` list joined from each entry's kept JSON
+    (``routing.assign.choose_agent_json``): the stored ``data`` text is byte for byte what
+    encoding the decision's data without that fast path gives, for a ticket assigned and one
+    queued, and again after the agents' load changed; stored as TEXT (``AssignTx.timeline``
+    binds the JSON's bytes and casts them)."""
+    from gateway.store.sqlite_assign import decision_data, to_json
+
+    def data_texts(conn, ticket_id):
+        return [(r[0], r[1]) for r in conn.execute(
+            "SELECT typeof(data), data FROM timeline WHERE ticket_id = ? AND kind = 'assignment' ORDER BY seq",
+            (ticket_id,))]
+
+    for round_ in range(3):  # the later rounds reuse the kept searches with changed members
+        skills = {"billing": 2 + round_ % 2}
+        tickets = [await make_ticket(sqlite_store, team="billing", skills=skills) for _ in range(3)]
+        for t in tickets:
+            decision = await sqlite_store.assign_next(t, T0)
+            want = (decision_data(decision, previous=None, why=None) if decision.agent
+                    else decision_data(decision, queued=True))
+            assert await sqlite_store._read(data_texts, t) == [("text", to_json(want))]

@@ -92,3 +92,41 @@ def test_foreign_bytes_are_refused_or_normalized(channel, blob):
     result = outcome(channel, blob, {"channel": channel})
     if blob in (b"", b"\x00" * 10, b"\xff\xfe\xfd", b"null", b"[]") or b"<!DOCTYPE" in blob:
         assert result == "refused"  # nothing in these is a message, on any channel
+
+
+#: JSON nested thousands deep: msgspec's depth guard raises RecursionError,
+#: which used to escape the WhatsApp, Messenger, LINE, webchat and WeCom kf
+#: parsers as a crash (a 500 on the live webhook).
+DEEP = [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 40_000 + b"1" + b"}" * 40_000]
+
+
+@pytest.mark.parametrize("channel", ["api", "telegram", "whatsapp", "messenger", "instagram", "line", "webchat", "wecom"])
+@pytest.mark.parametrize("blob", DEEP, ids=["array", "object"])
+def test_json_nested_too_deeply_is_refused_not_a_crash(channel, blob):
+    assert outcome(channel, blob, {"channel": channel}) == "refused"
+
+
+def _lone_surrogate_payloads() -> dict[str, bytes]:
+    """Each platform's documented text message, its text cut in the middle of
+    an emoji's UTF-16 pair the way JavaScript's JSON.stringify writes it."""
+    cut = "Order 4711 \\ud83d"
+    return {
+        "telegram": ('{"update_id": 1, "message": {"message_id": 5, "date": 1700000000, '
+                     '"chat": {"id": 42, "type": "private"}, "from": {"id": 42, "is_bot": false, "first_name": "Ann"}, '
+                     f'"text": "{cut}"}}}}').encode(),
+        "whatsapp": ('{"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", '
+                     '"value": {"metadata": {"phone_number_id": "106540352242922"}, "messages": [{"from": "16315551234", '
+                     f'"id": "wamid.X", "timestamp": "1700000000", "type": "text", "text": {{"body": "{cut}"}}}}]}}}}]}}]}}').encode(),
+        "line": ('{"destination": "U1", "events": [{"type": "message", "timestamp": 1700000000000, "mode": "active", '
+                 '"webhookEventId": "01H", "source": {"type": "user", "userId": "U2"}, "replyToken": "r", '
+                 f'"message": {{"type": "text", "id": "m1", "text": "{cut}"}}}}]}}').encode(),
+        "messenger": ('{"object": "page", "entry": [{"id": "P1", "time": 1700000000000, "messaging": [{"sender": {"id": "S1"}, '
+                      f'"recipient": {{"id": "P1"}}, "timestamp": 1700000000000, "message": {{"mid": "m.1", "text": "{cut}"}}}}]}}]}}').encode(),
+    }
+
+
+@pytest.mark.parametrize("channel", ["telegram", "whatsapp", "line", "messenger"])
+def test_half_an_emoji_escaped_alone_is_read_as_a_replacement_character(channel):
+    (inbound,) = parser_for(channel)(_lone_surrogate_payloads()[channel], {"channel": channel})
+    assert inbound.text == "Order 4711 \ufffd"
+    msgspec.json.encode(inbound)

@@ -7,6 +7,7 @@ directory changes, evictions of the kept searches)."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import msgspec
@@ -90,8 +91,31 @@ def _check(state: AssignmentState, demand: Demand, sticky: bool) -> Decision:
     return got
 
 
+def _check_json(state: AssignmentState, demand: Demand, sticky: bool) -> Decision:
+    """``choose_agent_json``: the oracle's decision, and its ``considered`` list's JSON byte for byte."""
+    got, considered_json = assign.choose_agent_json(state, demand, sticky=sticky)
+    want = choose_agent_oracle(state, demand, sticky=sticky)
+    assert got == want, (demand, got, want)
+    assert considered_json == msgspec.json.encode(want.considered), (demand, considered_json)
+    return got
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_fast_chooser_decides_as_the_oracle(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    _replay(seed, monkeypatch, _check)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_considered_json_is_the_oracles_encoded(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JSON joined from each entry's kept encoding (what the store writes on the timeline) is
+    exactly the encoding of the oracle's list, whatever changed in between (a kept entry whose
+    capacity part changed, searches evicted, …)."""
+    _replay(seed, monkeypatch, _check_json)
+
+
+def _replay(seed: int, monkeypatch: pytest.MonkeyPatch, check: Callable[[AssignmentState, Demand, bool], Decision],
+            ) -> None:
+    """400 random events on a random directory, each demand's decision checked with ``check``."""
     rng = random.Random(seed)
     if seed % 4 == 3:  # a tiny search cache: searches are evicted and started afresh all the time
         monkeypatch.setattr(assign, "_SEARCHES_MAX", 2)
@@ -100,7 +124,7 @@ def test_fast_chooser_decides_as_the_oracle(seed: int, monkeypatch: pytest.Monke
     for n in range(400):
         event = rng.random()
         if event < 0.6:
-            decision = _check(state, _demand(rng, n, n_agents), rng.random() < 0.8)
+            decision = check(state, _demand(rng, n, n_agents), rng.random() < 0.8)
             if decision.agent is not None:
                 state = apply_decision(state, decision, NOW + timedelta(seconds=rng.choice([0, n])))
         elif event < 0.75:
@@ -114,8 +138,8 @@ def test_fast_chooser_decides_as_the_oracle(seed: int, monkeypatch: pytest.Monke
             state = AssignmentState.of(_agent(rng, i) for i in range(n_agents))
         else:  # the same kind of demand again on an unchanged state (the memo's fast path)
             d = _demand(rng, n, n_agents)
-            _check(state, d, True)
-            _check(state, d, True)
+            check(state, d, True)
+            check(state, d, True)
 
 
 def test_equivalence_covers_ties_sticky_and_empty() -> None:
@@ -142,8 +166,9 @@ def test_bench_workload_decides_as_the_oracle() -> None:
     state, demands = bench.workload()
     oracle_state = state
     for demand in assign.queue_order(demands)[:3000]:
-        got = choose_agent(state, demand)
+        got, considered_json = assign.choose_agent_json(state, demand)
         want = choose_agent_oracle(oracle_state, demand)
         assert got == want
+        assert considered_json == msgspec.json.encode(want.considered)
         state = apply_decision(state, got, bench.NOW)
         oracle_state = apply_decision(oracle_state, want, bench.NOW)

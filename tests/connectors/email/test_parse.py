@@ -185,6 +185,60 @@ def test_unreadable_tnef_is_kept_as_is():
     assert [a.name for a in msg.attachments] == ["winmail.dat"] and "TnefUnreadable" in msg.defects
 
 
+def test_raw_latin1_subject_is_not_read_as_cjk():
+    # Raw 8-bit Latin-1 in a header with no charset anywhere (RFC 5322 section 2.2 allows only
+    # ASCII; old European mailers write ISO-8859-1/Windows-1252 bytes, as mikel/mail's
+    # invalid_subject_characters.eml): "Formação" used to come out as GB18030 "Forma玢o".
+    msg = fixture("synthetic_raw8bit_latin1_subject.eml")
+    assert msg.subject == "Formação: Campanha de Verão – Niño español, Grüße aus München"
+    assert "RawNonAsciiHeader:cp1252" in msg.defects
+
+
+def test_microsoft_charset_spellings_python_lacks_are_decoded():
+    # Outlook labels Thai mail "windows-874" (IANA charset registry; WHATWG Encoding standard), a
+    # name Python's codecs only know as cp874; likewise cp-850, x-mac-roman.
+    msg = fixture("synthetic_windows874_thai.eml")
+    assert (msg.sender.name, msg.subject) == ("สมชาย", "สอบถามสถานะคำสั่งซื้อ")
+    assert "ต้องการทราบสถานะคำสั่งซื้อ 4711" in msg.text
+    assert not [d for d in msg.defects if "Charset" in d]
+
+
+def test_utf16_charset_names_and_junk_glued_to_a_charset_are_decoded():
+    # "unicodeFFFE" is .NET/Outlook's name of UTF-16BE ("unicode" = UTF-16LE; Encoding.WebName),
+    # whose ASCII text is 7-bit bytes that still need their codec (Kopano zcp-11699); a broken HTML
+    # meta copied into the header glues junk to the name (Kopano zcp-13449-meca).
+    msg = fixture("synthetic_outlook_charset_names.eml")
+    assert msg.subject == "Commande ☺ 4711mécanique"
+    assert "Votre commande est expédiée." in msg.text
+    assert not [d for d in msg.defects if "Charset" in d]
+
+
+def test_a_bare_address_among_words_in_from_is_the_sender():
+    # RFC 5322 section 3.4 wants `Big Bug <bb@bug.example.com>`; mailers write `Big Bug bb@…`
+    # (mikel/mail mix_caps_content_type.eml, Zammad mail087). The address is the From's, not the
+    # Return-Path's (a list's bounce address) nor the mbox envelope's.
+    msg = fixture("synthetic_bare_address_from.eml")
+    assert (msg.sender.value, msg.sender.name) == ("bb@bug.example.com", "Big Bug")
+    assert "BareAddressInFrom" in msg.defects
+    # inside angle brackets an address with spaces stays unusable, as before
+    raw = (FIXTURES / "synthetic_bare_address_from.eml").read_bytes().replace(
+        b"From: Big Bug bb@bug.example.com", b'From: "secret" <power quadrant system@example.com>')
+    assert one(raw).sender.value != "system@example.com"
+
+
+def test_a_banner_line_above_the_headers_is_skipped():
+    # A relay/archive banner above the headers (Kerio's "---- Original email
+    # message ----", seen in Zammad's mail068): RFC 5322 section 2.2 headers
+    # follow it, so the mail is read, not refused.
+    msg = fixture("banner_before_headers_synthetic.eml")
+    assert (msg.sender.value, msg.subject) == ("client@example.cz", "Contact from Server")
+    assert msg.thread.message_id == "20180802145828.58E7387959@mail.example.cz"
+    assert "garáž" in msg.text and "LeadingNonHeaderLine" in msg.defects
+    # prose is still refused: a banner must be followed by two header lines
+    with pytest.raises(PayloadRejected, match="not an email message"):
+        parse(b"Thanks John,\nsee you: tomorrow\n\n-- \nJohn\n", {})
+
+
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [(b"", "empty"), (b"\r\n\r\n  ", "empty"), (b"\x89PNG\r\n\x1a\n\x00\x00binary", "not an email message")],

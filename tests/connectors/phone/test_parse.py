@@ -233,6 +233,41 @@ def test_mod_json_cdr_encodings_all_read_the_same():
         ("3da8bf84-c133-4959-9e24-e72875cb33a1", "1001", 71, "answered")}
 
 
+def test_cdr_custom_sample_layout_is_read():
+    """cdr_custom.conf.sample's Master.csv mapping (clid, src, dst, dcontext, channel, dstchannel, lastapp,
+    lastdata, start, answer, end, duration, billsec, disposition, amaflags, accountcode, uniqueid,
+    userfield, sequence): refused before ("end '65' is not a time")."""
+    (call,) = fixture("synthetic_asterisk_cdr_custom.csv")
+    assert (call.external_id, call.sender.value, call.sender.name) == ("1720000000.1", "+8613800138000", "Alice")
+    assert (call.call.disposition, call.call.duration_s, call.meta["layout"]) == ("answered", 65, "cdr_custom")
+    assert call.meta["_warnings"] == ""
+
+
+def test_cel_without_linkedid_end_ends_at_the_first_channels_chan_end():
+    """cel.conf may list its events without LINKEDID_END (docs.asterisk.org, CEL "events"): the
+    CHAN_END of the channel the call started on ends it; unanswered, it was missed."""
+    (call,) = fixture("synthetic_asterisk_cel_without_linkedid_end.csv")
+    assert (call.external_id, call.call.disposition, call.defects) == ("1720000000.5", "missed", [])
+    assert call.call.ended_at is not None and call.call.duration_s == 30
+
+
+def test_mod_xml_cdr_record_is_one_call_posted_raw_or_as_a_form():
+    from urllib.parse import quote_plus
+
+    raw = (FIXTURES / "synthetic_freeswitch_xml_cdr.xml").read_bytes()
+    for body, context in ((raw, {"channel": "freeswitch"}), (b"cdr=" + quote_plus(raw.decode()).encode(), {"channel": "freeswitch"}),
+                          (raw, {"channel": "phone"})):  # the daemon's channel sniffs it
+        (call,) = parse(body, context)
+        assert (call.kind, call.raw_type, call.external_id) == ("call", "freeswitch.xml", "8c2f7a6e-3c4d-11ef-9f27-0242ac120002")
+        assert (call.sender.value, call.sender.name) == ("+8613800138000", "Zhang San")  # URL-encoded value decoded
+        assert (call.call.disposition, call.call.duration_s) == ("answered", 65)
+        assert call.call.started_at == datetime(2024, 7, 3, 9, 46, 40, tzinfo=timezone.utc)
+    with pytest.raises(PayloadRejected, match="DOCTYPE"):
+        parse(b'<?xml version="1.0"?><!DOCTYPE cdr [<!ENTITY a "b">]><cdr><variables/></cdr>', {"channel": "freeswitch"})
+    with pytest.raises(PayloadRejected, match="no <variables>"):
+        parse(b"<cdr><channel_data/></cdr>", {"channel": "freeswitch"})
+
+
 @pytest.mark.parametrize("name, source", [
     ("synthetic_twilio_status_completed.form", "twilio"), ("synthetic_asterisk_cdr_bad_row.csv", "asterisk"),
     ("synthetic_freeswitch_custom_template.csv", "freeswitch"),
@@ -254,3 +289,11 @@ def test_without_a_warn_callback_skipped_rows_become_defects():
     raw = (FIXTURES / "synthetic_asterisk_cdr_bad_row.csv").read_bytes()
     calls = parse(raw, {"channel": "asterisk", "line": "not a number"})
     assert calls[0].defects[-1] == "skipped line 2: start 'yesterday' is not a time"
+
+
+def test_an_epoch_beyond_what_a_datetime_holds_is_refused_not_a_crash():
+    # mod_json_cdr's *_uepoch/*_epoch variables are Unix micro/seconds; a corrupted one raised OSError.
+    doc = {"variables": {"uuid": "u-1", "caller_id_number": "13800138000", "destination_number": "100",
+                         "start_uepoch": "9" * 23, "hangup_cause": "NORMAL_CLEARING", "duration": "5", "billsec": "5"}}
+    with pytest.raises(PayloadRejected, match="start_uepoch .* is out of range"):
+        parse(json.dumps(doc).encode(), {"channel": "freeswitch"})

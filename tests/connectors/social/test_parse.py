@@ -164,6 +164,64 @@ def test_whatsapp_synthetic_all_types() -> None:
     assert all(i.account == "106540352242922" for i in inbounds)
 
 
+def test_whatsapp_changes_of_other_fields_are_kept_as_events_and_echoes_as_outbound() -> None:
+    # Built from Meta's "WhatsApp Business Account" webhook field reference
+    # (account_update, message_template_status_update, smb_message_echoes,
+    # user_preferences): none of them was printed before (no Inbound at all).
+    inbounds = whatsapp.parse((FIXTURES / "whatsapp_synthetic_account_fields.json").read_bytes(), {})
+    got = [(i.kind, i.raw_type, i.sender.kind, i.sender.value) for i in inbounds]
+    assert got == [
+        ("event", "message_template_status_update", "external", "whatsapp-account:102290129340398"),
+        ("event", "account_update", "external", "whatsapp-account:102290129340398"),
+        ("message", "text", "whatsapp", "+16505551234"),
+        ("event", "user_preferences", "whatsapp", "+16505551234"),
+        ("event", "some_future_field", "external", "whatsapp-account:102290129340398"),
+    ]
+    template, account, echo, prefs, future = inbounds
+    assert (template.meta["event"], template.meta["message_template_name"]) == ("REJECTED", "abandoned_cart")
+    assert account.meta["event"] == "ACCOUNT_VIOLATION"
+    assert echo.text == "Your order has shipped" and echo.meta["direction"] == "outbound"
+    assert echo.sender.name == "Sheena Nelson" or echo.sender.name is None
+    assert prefs.meta["user_preferences.value"] == "stop" and prefs.sender.name == "Sheena Nelson"
+    assert len({i.external_id for i in inbounds}) == len(inbounds)
+    # the same body parses to the same ids (a redelivery dedupes)
+    again = whatsapp.parse((FIXTURES / "whatsapp_synthetic_account_fields.json").read_bytes(), {})
+    assert [i.external_id for i in again] == [i.external_id for i in inbounds]
+
+
+def test_instagram_comments_and_mentions_are_events_not_dropped() -> None:
+    inbounds = messenger.parse((FIXTURES / "instagram_synthetic_comment_and_mention.json").read_bytes(), {})
+    comment, mention = inbounds
+    assert (comment.channel, comment.kind, comment.raw_type) == ("instagram", "event", "comments")
+    assert comment.text == "Where is my order 4711?" and comment.sender.value == "17841400000000001:232323232"
+    assert comment.sender.name == "test_user" and comment.external_id == "17841400000000001:comments:17865799348089039"
+    assert comment.sent_at.year == 2023  # changes give Unix seconds
+    assert (mention.raw_type, mention.sender.kind, mention.meta["media_id"]) == ("mentions", "external", "17918195224117851")
+
+
+def test_a_template_element_title_of_another_type_is_no_crash() -> None:
+    body = json.loads((FIXTURES / "messenger_synthetic_shared_attachments.json").read_text())
+    body["entry"][0]["messaging"][2]["message"]["attachments"][0]["payload"]["elements"][0]["title"] = 12345
+    *_, template = messenger.parse(json.dumps(body).encode(), {})
+    assert template.text == "12345"
+
+
+def test_messenger_attachments_that_are_no_file_give_a_readable_text() -> None:
+    fallback, location, template = messenger.parse(
+        (FIXTURES / "messenger_synthetic_shared_attachments.json").read_bytes(), {})
+    assert fallback.text == "Order tracking https://example.com/track/4711"
+    assert location.text == "📍 31.2304, 121.4737" and location.meta["latitude"] == "31.2304"
+    assert template.text == "Blue shirt, size M"
+    assert all(i.kind == "message" and not i.attachments for i in (fallback, location, template))
+
+
+def test_whatsapp_order_is_a_message_listing_the_cart() -> None:
+    (order,) = whatsapp.parse((FIXTURES / "whatsapp_synthetic_order.json").read_bytes(), {})
+    assert (order.kind, order.raw_type, order.sender.value) == ("message", "order", "+16315551234")
+    assert order.text == "Please deliver after 6pm\n2 × SHIRT-BLUE-M @ 19.5 USD\n1 × SOCKS @ 4 USD"
+    assert order.meta["catalog_id"] == "354160437058781"
+
+
 def test_messenger_synthetic_events() -> None:
     inbounds = messenger.parse((FIXTURES / "messenger_synthetic_events.json").read_bytes(), {})
     kinds = [(i.kind, i.raw_type) for i in inbounds]
@@ -237,7 +295,10 @@ def _retyped(obj, rng, depth=0):
 
 @pytest.mark.parametrize("name,parse", [
     ("whatsapp_synthetic_all_types.json", whatsapp.parse), ("messenger_synthetic_events.json", messenger.parse),
-    ("instagram_synthetic_message_read.json", messenger.parse)])
+    ("instagram_synthetic_message_read.json", messenger.parse),
+    ("whatsapp_synthetic_account_fields.json", whatsapp.parse), ("whatsapp_synthetic_order.json", whatsapp.parse),
+    ("messenger_synthetic_shared_attachments.json", messenger.parse),
+    ("instagram_synthetic_comment_and_mention.json", messenger.parse)])
 def test_valid_json_of_unexpected_shapes_never_crashes(name: str, parse) -> None:
     import random
 

@@ -112,6 +112,40 @@ def test_edited_message_points_at_the_original() -> None:
     assert edit.sent_at == datetime(2015, 9, 7, 17, 6, 40, tzinfo=timezone.utc)  # the edit's time
 
 
+def test_business_messages_are_messages_in_their_own_chat() -> None:
+    msg = fixture("synthetic_business_message.json")
+    assert (msg.kind, msg.raw_type, msg.text) == ("message", "business_message", "hi business")
+    assert msg.sender.value == "424242" and msg.meta["business_connection_id"] == "bc1"
+    # the business chat's message ids are not the bot chat's: its keys never collide with them
+    assert msg.external_id == msg.thread.message_id == "business:424242:77"
+    edit = fixture("synthetic_edited_business_message.json")
+    assert (edit.kind, edit.edits, edit.text) == ("message", "business:424242:77", "hi business!")
+    assert edit.external_id == "business:424242:77:edit:1700000100"
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("synthetic_venue.json", "Cafe — 1 Main St"),
+    ("synthetic_poll.json", "Which plan?\n- A"),
+    ("synthetic_dice.json", "🎲 4"),
+])
+def test_content_without_text_gets_a_readable_one(name: str, text: str) -> None:
+    msg = fixture(name)
+    assert (msg.kind, msg.text) == ("message", text)
+
+
+def test_ids_written_as_strings_and_dates_out_of_range_still_parse() -> None:
+    # A relay that re-serialises the Bot API Update (https://core.telegram.org/bots/api#update)
+    # with numbers as strings; a date no datetime holds was an OverflowError crash.
+    update = json.loads((FIXTURES / "synthetic_edited_message.json").read_text())
+    body = update["edited_message"]
+    body["message_id"], body["chat"]["id"], body["from"]["id"] = "5", "111111", "111111"
+    msg = parse_one(json.dumps(update).encode())
+    assert (msg.external_id.split(":edit:")[0], msg.sender.value) == ("111111:5", "111111")
+    body["edit_date"] = body["date"] = 10**20
+    msg = parse_one(json.dumps(update).encode())
+    assert msg.sent_at is None and msg.text
+
+
 def test_callback_query_is_an_event_with_its_data() -> None:
     event = fixture("synthetic_callback_query.json")
     assert (event.kind, event.raw_type, event.external_id) == ("event", "callback_query", "callback:4382bfdwdsb323b2d9")

@@ -50,6 +50,18 @@ def test_synthetic_message_kinds(name, raw_type, text, attachment):
     assert (att.content_type, att.url) == attachment
 
 
+def test_miniprogram_card_is_a_customer_message():
+    (inbound,) = parse((FIXTURES / "oa_miniprogrampage_synthetic.xml").read_bytes(), {})
+    assert (inbound.kind, inbound.raw_type) == ("message", "miniprogrampage")
+    assert inbound.text == "订单详情\npages/order/detail?id=4711"
+    assert inbound.meta["AppId"] == "wxsyntheticmini01" and inbound.external_id == "7300000000000000004"
+
+
+def test_an_element_given_twice_reads_the_first():
+    (inbound,) = parse((FIXTURES / "oa_text_duplicate_content_synthetic.xml").read_bytes(), {})
+    assert (inbound.kind, inbound.text) == ("message", "我要退货")
+
+
 def test_unionid_goes_to_meta():
     (inbound,) = parse((FIXTURES / "oa_text_unionid_synthetic.xml").read_bytes(), {"appid": APPID})
     assert inbound.meta["unionid"] == "uSyntheticUnion0002"

@@ -90,3 +90,11 @@ def test_servicer_presence_is_recorded():
 def test_bad_sync_msg_json_is_refused(raw, reason):
     with pytest.raises(PayloadRejected, match=reason):
         parse(raw, CONTEXT)
+
+
+def test_send_time_out_of_range_is_a_defect_not_a_crash():
+    # kf/sync_msg (developer.work.weixin.qq.com/document/path/94670) gives send_time in Unix seconds;
+    # one beyond what a datetime holds raised OverflowError.
+    msg = {**SYNC["msg_list"][0], "send_time": 10**20}
+    (inbound,) = parse(msgspec.json.encode(msg), CONTEXT)
+    assert inbound.sent_at is None and any("out of range" in d for d in inbound.defects)
