@@ -145,6 +145,8 @@ class ConnectorContext(Protocol):
     #   anything was stored (the ``omnigate_rejected`` metric, by reason).
     # - ``backlog_full() -> bool``: the optional backlog limit is reached;
     #   only intake whose senders retry for long (SMTP) may refuse on it.
+    # - ``public_url``: the gateway's outside address (``public_url``, None
+    #   when unset): the base of URLs a platform signs, for a section without its own.
     # - ``shed() -> bool``: the pipeline is starved and this intake would
     #   wait for its turn (``pipeline.admission_shed``); the same intake
     #   only may refuse on it.

@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from connectors.http import read_body as read_whole
-from connectors.api.parse import InvalidMessage, decode as decode_api_message, decode_uploads
+from connectors.api.parse import InvalidMessage, decode as decode_api_message, decode_uploads, duplicate_key
 from gateway import keys
 from gateway.api_query import parse_query, query_time
 from gateway.api_types import JournalPage, JournalQuery, JournalView, ReplayResult, RulesTestBody, RulesTestResult
@@ -51,6 +51,8 @@ async def api_message(request: web.Request) -> web.Response:
         _refuse_for_load(request, "overloaded", "the pipeline is behind and this process is saturated")
     raw = await read_whole(request, app[keys.CONFIG].max_body_bytes)
     try:
+        if dup := duplicate_key(raw):
+            raise InvalidMessage(f"{dup.rpartition('.')[2]} is given more than once", dup)
         msg = decode_api_message(raw)
         decode_uploads(msg.attachments)  # what parse would fail on later is refused now
     except InvalidMessage as exc:
@@ -119,7 +121,7 @@ def field_of(exc: msgspec.ValidationError) -> str | None:
     if " - at `" in text:
         return text.rsplit(" - at `", 1)[1].rstrip("`")
     m = re.search(r"(?:missing required field|unknown field) `([^`]+)`", text)
-    return f"$.{m.group(1)}" if m else None
+    return f"$.{m.group(1)}" if m else "$"  # msgspec names no path for the top level
 
 
 async def ticket_or_404(request: web.Request):
@@ -172,15 +174,18 @@ async def read_body(request: web.Request, typ: type, allow_empty: bool = False):
 
 def decode_json(raw: bytes, typ: type | None = None):
     """JSON (strictly as ``typ`` when given); 400 naming the field at fault,
-    for invalid UTF-8 and absurd nesting too."""
+    for invalid UTF-8, absurd nesting and a key given twice too."""
+    if dup := duplicate_key(raw):
+        raise Problem(400, "Invalid request body", f"{dup.rpartition('.')[2]} is given more than once", field=dup)
     try:
         return msgspec.json.decode(raw) if typ is None else msgspec.json.decode(raw, type=typ)
     except msgspec.ValidationError as exc:
         raise Problem(400, "Invalid request body", str(exc), field=field_of(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise Problem(400, "Invalid request body", f"malformed JSON: {exc}") from None
+    except msgspec.DecodeError as exc:  # the body as a whole is at fault: its JSON path is "$"
+        raise Problem(400, "Invalid request body", f"malformed JSON: {exc}", field="$") from None
     except UnicodeDecodeError as exc:
-        raise Problem(400, "Invalid request body", f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+        raise Problem(400, "Invalid request body", f"the body is not UTF-8: {exc.reason} at byte {exc.start}",
+                      field="$") from None
     except RecursionError:
-        raise Problem(400, "Invalid request body", "JSON nested too deeply") from None
+        raise Problem(400, "Invalid request body", "JSON nested too deeply", field="$") from None
 

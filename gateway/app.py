@@ -251,6 +251,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
             continue
         ctx = ChannelContext(channel, config.channels[channel], str(data_dir), ingest, store, supervisor, clock=clock)
         ctx.trusted_proxies = tuple(config.trusted_proxies)  # the client IP behind a proxy (webchat's limits)
+        ctx.public_url = config.public_url  # the gateway's outside address (signed URLs)
         ctx.ownership = ownership
         ctx.limiter = limiter
         ctx.token_store = token_store
@@ -303,6 +304,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
         app[keys.READINESS]["rules"] = rules.readiness
         m.registry.register(rules.collector())
         app.cleanup_ctx.append(_rules_ctx)
+    else:  # /readyz names the rules either way (CONTRACTS.md); routing is optional, so still ready
+        app[keys.READINESS]["rules"] = lambda: (True, {"loaded": False, "dir": config.rules_dir,
+                                                      "hint": "no rules folder: tickets are not routed"})
     from gateway import fanout
 
     fanout.setup(app)  # with Redis: the live buses reach every instance (after the store's ctx: it stops first)

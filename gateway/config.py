@@ -237,6 +237,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     #: Addresses or networks (``10.0.0.0/8``) whose ``X-Forwarded-For``/``Forwarded``
     #: headers are believed for the client's IP; anyone else's are ignored.
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    #: The address the outside world uses for this gateway (``https://support.example.com``,
+    #: CONTRACTS.md): the base of signed URLs (Twilio's X-Twilio-Signature) for every
+    #: section that does not set its own ``public_url``.
+    public_url: str | None = None
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     dedupe: DedupeConfig = msgspec.field(default_factory=DedupeConfig)
@@ -253,6 +257,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
         host, sep, port = self.listen.rpartition(":")
         if not sep or not port.isdigit() or not host:
             raise ConfigError(f"listen must be HOST:PORT, got {self.listen!r}")
+        if self.public_url is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", self.public_url):
+            raise ConfigError(f"public_url must be an http(s) URL such as https://support.example.com, "
+                              f"got {self.public_url!r}")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"log_format must be auto, json or console, got {self.log_format!r}")
         if self.redis_url is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
 from datetime import datetime
 from typing import Any, Mapping
@@ -20,6 +21,9 @@ from routing.identity import normalize as normalize_identity
 from routing.model import IDENTITY_KINDS, Attachment, Inbound, Sender, ThreadHints
 
 MAX_TEXT_CHARS = 256 * 1024
+#: The idempotency key is an id, not a document (Message-IDs stay well under it).
+MAX_EXTERNAL_ID_CHARS = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _Sender(msgspec.Struct, forbid_unknown_fields=True):
@@ -66,7 +70,7 @@ def _field_of(text: str) -> str | None:
     if " - at `" in text:
         return text.rsplit(" - at `", 1)[1].rstrip("`")
     m = re.search(r"(?:missing required field|unknown field) `([^`]+)`", text)
-    return f"$.{m.group(1)}" if m else None
+    return f"$.{m.group(1)}" if m else "$"  # msgspec names no path for the top level
 
 
 def decode(raw: bytes) -> ApiMessage:
@@ -75,14 +79,18 @@ def decode(raw: bytes) -> ApiMessage:
         msg = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise InvalidMessage(str(exc), _field_of(str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidMessage(f"malformed JSON: {exc}") from None
+    except msgspec.DecodeError as exc:  # the body as a whole is at fault: its JSON path is "$"
+        raise InvalidMessage(f"malformed JSON: {exc}", "$") from None
     except UnicodeDecodeError as exc:
-        raise InvalidMessage(f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+        raise InvalidMessage(f"the body is not UTF-8: {exc.reason} at byte {exc.start}", "$") from None
     except RecursionError:
-        raise InvalidMessage("JSON nested too deeply") from None
+        raise InvalidMessage("JSON nested too deeply", "$") from None
     if not msg.external_id.strip():
         raise InvalidMessage("external_id must not be empty", "$.external_id")
+    if len(msg.external_id) > MAX_EXTERNAL_ID_CHARS:
+        raise InvalidMessage(f"external_id longer than {MAX_EXTERNAL_ID_CHARS} characters", "$.external_id")
+    if _CONTROL.search(msg.external_id):
+        raise InvalidMessage("external_id must not hold control characters", "$.external_id")
     if msg.sender.kind not in IDENTITY_KINDS:
         raise InvalidMessage(
             f"unknown sender kind {msg.sender.kind!r}; one of {', '.join(sorted(IDENTITY_KINDS))}", "$.sender.kind"
@@ -98,6 +106,41 @@ def decode(raw: bytes) -> ApiMessage:
     if msg.sent_at is not None and msg.sent_at.tzinfo is None:
         raise InvalidMessage("sent_at needs a UTC offset (ISO 8601, e.g. 2026-01-02T03:04:05+08:00)", "$.sent_at")
     return msg
+
+
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, in order, duplicates kept."""
+
+    __slots__ = ()
+
+
+def duplicate_key(raw: bytes) -> str | None:
+    """The JSON path (``$.sender.kind``) of the first key an object of ``raw``
+    gives twice, or None. JSON leaves a repeated key's meaning open (msgspec
+    keeps the last, other readers the first), so an intake refuses it rather
+    than journal a body whose readers may disagree. It says nothing about
+    malformed JSON (None): the strict decoder that runs next says why."""
+    try:
+        return _first_duplicate(json.loads(raw, object_pairs_hook=_Pairs), "$")
+    except (ValueError, RecursionError):
+        return None
+
+
+def _first_duplicate(node: Any, path: str) -> str | None:
+    if isinstance(node, _Pairs):
+        seen: set[str] = set()
+        for key, value in node:
+            here = f"{path}.{key}"
+            if key in seen:
+                return here
+            seen.add(key)
+            if isinstance(value, list) and (found := _first_duplicate(value, here)):
+                return found
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            if isinstance(value, list) and (found := _first_duplicate(value, f"{path}[{i}]")):
+                return found
+    return None
 
 
 def decode_uploads(uploads: list[Upload]) -> list[Attachment]:

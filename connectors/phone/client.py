@@ -56,9 +56,10 @@ from typing import Annotated, Any, Callable, Literal, Mapping
 import msgspec
 import structlog
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from connectors.base import ConnectorContext, Fatal, PayloadRejected, SendError, SendResult, owned
-from connectors.http import BODY_TIMEOUT_S, BodyTooLarge, read_body
+from connectors.http import BODY_TIMEOUT_S, BodyTimeout, BodyTooLarge, read_body
 from connectors.phone.parse import (
     CEL_EVENTS,
     MAX_RECORD_LINES,
@@ -121,7 +122,8 @@ def load_config(raw: Mapping[str, Any]) -> PhoneConfig:
         if a.source == "twilio" and not a.auth_token:
             raise Fatal(f"phone config: accounts.{name}: a twilio account needs auth_token (X-Twilio-Signature)")
         if a.source == "twilio" and not (a.public_url or cfg.public_url):
-            raise Fatal(f"phone config: accounts.{name}: a twilio account needs public_url (the signed URL)")
+            raise Fatal(f"phone config: accounts.{name}: a twilio account needs public_url (the signed URL; "
+                        "or phone.public_url, or the gateway's public_url)")
         if a.source == "freeswitch" and not (a.username and a.password) and not a.upload_token:
             raise Fatal(f"phone config: accounts.{name}: a freeswitch account needs username and password "
                         "(mod_json_cdr's cred) or upload_token")
@@ -139,21 +141,30 @@ def load_config(raw: Mapping[str, Any]) -> PhoneConfig:
 
 
 async def read_file_part(request: web.Request, max_bytes: int) -> tuple[bytes, str | None]:
-    """The first file of a multipart/form-data upload, whole, up to ``max_bytes`` (413 past it)."""
+    """The first file of a multipart/form-data upload, whole, up to ``max_bytes`` (413 past it).
+
+    A malformed multipart body (no boundary, broken part headers) is 400 and
+    one that does not arrive whole within ``BODY_TIMEOUT_S`` is 408, as for
+    any other body — never a 500."""
     if request.content_length is not None and request.content_length > max_bytes + 64 * 1024:
         raise BodyTooLarge(max_bytes, request.content_length)
-    reader = await request.multipart()
-    async with asyncio.timeout(BODY_TIMEOUT_S):
-        async for part in reader:
-            if not isinstance(part, BodyPartReader) or part.filename is None and part.name != "file":
-                continue
-            chunks, size = [], 0
-            while chunk := await part.read_chunk(65536):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise BodyTooLarge(max_bytes, request.content_length)
-                chunks.append(chunk)
-            return b"".join(chunks), part.filename
+    try:
+        reader = await request.multipart()
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            async for part in reader:
+                if not isinstance(part, BodyPartReader) or part.filename is None and part.name != "file":
+                    continue
+                chunks, size = [], 0
+                while chunk := await part.read_chunk(65536):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise BodyTooLarge(max_bytes, request.content_length)
+                    chunks.append(chunk)
+                return b"".join(chunks), part.filename
+    except TimeoutError:
+        raise BodyTimeout(text=f"the body was not received within {BODY_TIMEOUT_S:g} s") from None
+    except (HttpProcessingError, ValueError, AssertionError) as exc:  # aiohttp's multipart parser on bad input
+        raise web.HTTPBadRequest(text=f"not a valid multipart/form-data body: {exc}".splitlines()[0]) from None
     raise web.HTTPBadRequest(text="a multipart upload needs a file part")
 
 
@@ -188,7 +199,10 @@ class PhoneConnector:
 
     def __init__(self, ctx: ConnectorContext):
         self.ctx = ctx
-        self.cfg = load_config(ctx.config)
+        section = dict(ctx.config)
+        if not section.get("public_url") and getattr(ctx, "public_url", None):  # the gateway-wide public_url
+            section["public_url"] = ctx.public_url
+        self.cfg = load_config(section)
         self._stopping = asyncio.Event()
         #: The gateway's clock (aware UTC): the replay window of Twilio's signed Timestamp.
         self.clock: Callable[[], datetime] = getattr(ctx, "clock", None) or (lambda: datetime.now(timezone.utc))

@@ -188,9 +188,27 @@ async def principal(request: web.Request) -> Ctx:
     return Ctx(p=p, csrf=session.csrf, name=agent.name if agent is not None else session.agent_id)
 
 
+async def read_form(request: web.Request) -> Any:
+    """The POSTed form, read whole within ``BODY_TIMEOUT_S`` (408 page
+    otherwise); a body aiohttp cannot parse as a form (a multipart body with
+    no boundary or broken part headers) is a 400 page, never a 500."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    from connectors.http import BODY_TIMEOUT_S
+
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            return await request.post()
+    except TimeoutError:
+        raise _page_error(request, 408, "error.badform", f"the body was not received within {BODY_TIMEOUT_S:g} s") \
+            from None
+    except (HttpProcessingError, ValueError, AssertionError) as exc:
+        raise _page_error(request, 400, "error.badform", str(exc).splitlines()[0] if str(exc) else "") from None
+
+
 async def checked_form(request: web.Request, ctx: Ctx | None) -> Any:
     """The POSTed form, once its ``csrf`` field matches the session's (403 page otherwise)."""
-    form = await request.post()
+    form = await read_form(request)
     want = ctx.csrf if ctx is not None else request.cookies.get(PRE_CSRF, "")
     if not want or not hmac.compare_digest(str(form.get("csrf", "")), want):
         raise _page_error(request, 403, "error.csrf")
@@ -312,7 +330,7 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def set_lang(request: web.Request) -> web.Response:
-    form = await request.post()  # a preference, not an action on data: no CSRF needed (SameSite cookie anyway)
+    form = await read_form(request)  # a preference, not an action on data: no CSRF needed (SameSite cookie anyway)
     lang = str(form.get("lang", ""))
     back = str(form.get("back", "/console/queue"))
     if not back.startswith("/console") or "//" in back:

@@ -42,6 +42,8 @@ from typing import Any, AsyncIterator
 import structlog
 from aiohttp import web
 
+from connectors import http as connector_http
+from gateway import keys
 from gateway.clock import Clock, system_clock
 from gateway.config import DeskConfig, parse_duration
 from gateway.desks.base import DeskClient, DeskError, NewTicket
@@ -337,7 +339,9 @@ class DeskSync:
         client = self.clients.get(name)
         if cfg is None or client is None:
             return problem(404, "Not Found", f"no desk {name!r} with a way back is configured")
-        body = await request.read()
+        # whole within connectors.http.BODY_TIMEOUT_S (408: a stalled body holds no handler), up to max_body_bytes
+        body = await connector_http.read_body(request, request.app[keys.CONFIG].max_body_bytes,
+                                              timeout=connector_http.BODY_TIMEOUT_S)
         why = client.verify(request.headers, body, cfg.webhook_secret or "", self.clock()) \
             if cfg.webhook_secret else "no webhook_secret is configured for this desk"
         if why:

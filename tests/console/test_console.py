@@ -47,6 +47,33 @@ async def test_sign_in_needs_a_valid_token_and_the_form_csrf(console) -> None:
     assert (await console.get("/console/queue")).status == 200
 
 
+@pytest.mark.parametrize("path", ["/console/login", "/console/lang", "/console/logout"])
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=x", "multipart/form-data"])
+async def test_a_malformed_form_body_is_a_400_page_not_a_500(console, path, content_type) -> None:
+    if path == "/console/logout":
+        await sign_in(console, TOKEN)
+    resp = await console.post(path, data=b"--x\r\nnot a header line\r\n\r\nx\r\n--x--\r\n",
+                              headers={"Content-Type": content_type}, allow_redirects=False)
+    assert resp.status == 400, await resp.text()
+    assert resp.content_type == "text/html"
+
+
+async def test_a_form_body_that_stalls_is_a_408_page(console, monkeypatch) -> None:
+    import connectors.http
+
+    monkeypatch.setattr(connectors.http, "BODY_TIMEOUT_S", 0.3)
+    stalled = asyncio.Event()
+
+    async def body():
+        yield b"csrf=abc&token="
+        await stalled.wait()  # the rest never comes (slowloris)
+
+    resp = await console.post("/console/login", data=body(), allow_redirects=False,
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status == 408, await resp.text()
+    stalled.set()
+
+
 async def test_a_revoked_token_ends_its_console_session(console) -> None:
     token = await agent_token(console.app, "a-zhao")
     await sign_in(console, token)

@@ -6,10 +6,13 @@ honoured, a forged nudge is refused, a failed delivery is written back."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from gateway import keys
 from gateway.desks.service import SYNC, endpoint_name
-from tests.desks.conftest import WORDS, Rig, wait_for
+from tests.desks.conftest import WORDS, Rig, sign_nudge, wait_for
 from tests.gateway.conftest import AUTH
 
 KINDS = ["zammad", "zendesk", "freshdesk"]
@@ -198,3 +201,25 @@ async def test_ownership_decides_who_assigns_and_times(make_rig, ownership: str)
         await rig.wechat_message("还在吗", 9402)  # a follow-up does not bring omnigate's routing back
         assert (await rig.store.get_ticket(ticket["id"])).assignee is None
         assert internal_notes(rig, desk_id) == []
+
+
+async def test_a_nudge_whose_body_stalls_is_408_and_a_huge_one_413(make_rig, monkeypatch) -> None:
+    """The way back reads its body like every other intake: whole within the
+    body timeout (a stalled one holds no handler), up to max_body_bytes."""
+    import connectors.http
+
+    rig = await make_rig("freshdesk")
+    monkeypatch.setattr(connectors.http, "BODY_TIMEOUT_S", 0.3)
+    stalled = asyncio.Event()
+
+    async def body():
+        yield b'{"ticket": '
+        await stalled.wait()  # never sends the rest (slowloris)
+
+    resp = await rig.client.post("/channels/desks/hd", data=body(),
+                                 headers={"Content-Type": "application/json", **sign_nudge("freshdesk", b"", rig.clock)})
+    assert resp.status == 408, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    stalled.set()
+    big = await rig.nudge(b"x" * (rig.app[keys.CONFIG].max_body_bytes + 1))
+    assert big.status == 413

@@ -280,3 +280,58 @@ async def test_multipart_upload_like_curl_form(gw: Gateway) -> None:
     await gw.drain()
     entry, ticket, contact = await gw.only_ticket()
     assert {"kind": "phone", "value": "+8613500135000"} in contact["identities"]  # the number of the SIP URI
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("multipart/form-data; boundary=x", b"--x\r\nnot a header line\r\n\r\ndata\r\n--x--\r\n"),
+    ("multipart/form-data", b"--x\r\nContent-Disposition: form-data; name=file\r\n\r\ndata\r\n--x--\r\n"),
+])
+async def test_malformed_multipart_upload_is_400_and_stores_nothing(gw: Gateway, content_type, body) -> None:
+    resp = await gw.client.post("/channels/phone/pbx1/upload", data=body,
+                                headers={"Authorization": f"Bearer {UPLOAD}", "Content-Type": content_type})
+    assert resp.status == 400, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    assert "multipart" in (await resp.json())["detail"]
+    assert await gw.journal() == []
+
+
+async def test_multipart_upload_that_stalls_mid_body_is_408(gw: Gateway, monkeypatch) -> None:
+    import asyncio
+
+    import connectors.phone.client as phone_client
+
+    monkeypatch.setattr(phone_client, "BODY_TIMEOUT_S", 0.3)
+    stalled = asyncio.Event()
+
+    async def body():
+        yield b"--x\r\nContent-Disposition: form-data; name=file; filename=a.csv\r\n\r\n"
+        yield cdr("13800138000", "400", "2026-11-30 10:00:00", "ANSWERED", "9.8", billsec=3).encode()
+        await stalled.wait()  # never sends the rest (slowloris)
+
+    resp = await gw.client.post("/channels/phone/pbx1/upload", data=body(),
+                                headers={"Authorization": f"Bearer {UPLOAD}",
+                                         "Content-Type": "multipart/form-data; boundary=x"})
+    assert resp.status == 408, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    stalled.set()
+    assert await gw.journal() == []
+
+
+async def test_twilio_signs_over_the_gateways_public_url_when_the_section_sets_none(
+        aiohttp_client, tmp_path, gateway_clock) -> None:
+    """CONTRACTS.md: ``public_url`` (``OMNIGATE_PUBLIC_URL``) is the address signature checks use."""
+    from gateway.app import create_app
+    from gateway.config import load
+    from tests.gateway.conftest import TOKEN
+
+    section = {"accounts": {"main": {"source": "twilio", "auth_token": TW_TOKEN}}}
+    env = {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data"),
+           "OMNIGATE_RULES_DIR": str(tmp_path / "none"), "OMNIGATE_PUBLIC_URL": PUBLIC}
+    app = create_app(load(None, environ=env, flags={"phone": section}), clock=gateway_clock)
+    gw = Gateway(await aiohttp_client(app), app)
+    assert (await twilio_post(gw, {**TWILIO, "CallStatus": "no-answer"})).status == 204  # signed over PUBLIC + path
+    other = RequestValidator(TW_TOKEN).compute_signature("https://elsewhere.example.com/channels/phone/main/status",
+                                                         {**TWILIO, "CallStatus": "busy"})
+    assert (await twilio_post(gw, {**TWILIO, "CallStatus": "busy"}, signature=other)).status == 401
+    await gw.drain()
+    assert len(await gw.journal()) == 1

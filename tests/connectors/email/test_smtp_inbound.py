@@ -163,13 +163,15 @@ async def test_journal_failure_answers_451_and_the_retry_lands(smtp_ctx):
     assert len(ctx.journal) == 1 and len(ctx.calls) == 2
 
 
-async def test_backlog_limit_answers_451_4_3_2_and_the_retry_lands(smtp_ctx):
-    """At the optional backlog limit (pipeline.backlog_limit) the sending MTA
-    is told to retry (it does, for days): nothing journaled, counted as a
-    refusal; once the backlog is under the limit the retry is taken."""
+@pytest.mark.parametrize("hook, reason", [("backlog_full", "backlog_full"), ("shed", "overloaded")])
+async def test_refused_for_load_answers_451_4_3_2_and_the_retry_lands(smtp_ctx, hook, reason):
+    """At the optional backlog limit (pipeline.backlog_limit) and while the
+    pipeline is starved (shedding, pipeline.admission_shed) the sending MTA is
+    told to retry (it does, for days): nothing journaled, counted as a refusal
+    with its own reason; once the load is gone the retry is taken."""
     ctx, port = smtp_ctx
-    full = [True]
-    ctx.backlog_full = lambda: full[0]  # the gateway's ChannelContext.backlog_full
+    loaded = [True]
+    setattr(ctx, hook, lambda: loaded[0])  # the gateway's ChannelContext.backlog_full / .shed
     send = dict(hostname="127.0.0.1", port=port, start_tls=False,
                 sender="zhang@customer.example.net", recipients=["support@example.com"])
     async with running(ctx):
@@ -177,27 +179,8 @@ async def test_backlog_limit_answers_451_4_3_2_and_the_retry_lands(smtp_ctx):
         with pytest.raises(aiosmtplib.SMTPDataError) as refused:
             await aiosmtplib.send(mail(), **send)
         assert (refused.value.code, refused.value.message[:5]) == (451, "4.3.2")
-        assert ctx.calls == [] and ctx.refusals == ["backlog_full"]
-        full[0] = False
-        await aiosmtplib.send(mail(), **send)  # the sending server's retry
-    assert len(ctx.journal) == 1
-
-
-async def test_shed_while_the_pipeline_is_starved_answers_451_4_3_2(smtp_ctx):
-    """Shedding (pipeline.admission_shed): while the pipeline is starved the
-    sending MTA is told to retry, as at the backlog limit, counted apart."""
-    ctx, port = smtp_ctx
-    starved = [True]
-    ctx.shed = lambda: starved[0]  # the gateway's ChannelContext.shed
-    send = dict(hostname="127.0.0.1", port=port, start_tls=False,
-                sender="zhang@customer.example.net", recipients=["support@example.com"])
-    async with running(ctx):
-        await listening(port)
-        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
-            await aiosmtplib.send(mail(), **send)
-        assert (refused.value.code, refused.value.message[:5]) == (451, "4.3.2")
-        assert ctx.calls == [] and ctx.refusals == ["overloaded"]
-        starved[0] = False
+        assert ctx.calls == [] and ctx.refusals == [reason]
+        loaded[0] = False
         await aiosmtplib.send(mail(), **send)  # the sending server's retry
     assert len(ctx.journal) == 1
 
