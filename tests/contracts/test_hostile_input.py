@@ -99,3 +99,39 @@ async def test_a_body_that_is_not_json_is_400_naming_the_whole_body(gw, path, bo
     assert resp.content_type == "application/problem+json"
     assert (await resp.json())["field"] == "$"
     assert await _journal(client) == []
+
+
+def test_the_key_scan_agrees_with_the_full_parse_on_generated_bodies() -> None:
+    """duplicate_key's scan of string tokens (the fast path) gives what the
+    full object_pairs parse gives, on bodies with nested objects, lists, keys
+    repeated within and across objects, escaped quotes and keys, colons and
+    quotes inside values, and Chinese text."""
+    from connectors.api import parse
+
+    def full(raw: bytes) -> str | None:
+        return parse._first_duplicate(json.loads(raw, object_pairs_hook=parse._Pairs), "$")
+
+    rng = __import__("random").Random(11)
+    names = ["a", "b", "kind", "name", 'q"uote', "co:lon", "订单", ""]
+    values = ['x": "y', "\\", "a\"b", "你好: 世界", "", "}{", "[]"]
+
+    def obj(depth: int) -> str:
+        pairs = []
+        for _ in range(rng.randint(0, 4)):
+            key = json.dumps(rng.choice(names), ensure_ascii=rng.random() < 0.3)
+            if rng.random() < 0.1:  # the same key written with an escape
+                key = '"\\u0061"' if key == '"a"' else key
+            roll = rng.random()
+            if depth < 3 and roll < 0.25:
+                value = obj(depth + 1)
+            elif depth < 3 and roll < 0.4:
+                value = "[" + ", ".join(obj(depth + 1) for _ in range(rng.randint(0, 2))) + "]"
+            else:
+                value = json.dumps(rng.choice(values), ensure_ascii=rng.random() < 0.5)
+            pairs.append(f"{key}{' ' * rng.randint(0, 2)}:{' ' * rng.randint(0, 1)}{value}")
+        return "{" + ", ".join(pairs) + "}"
+
+    bodies = [obj(0).encode() for _ in range(3000)]
+    assert sum(full(b) is not None for b in bodies) > 300  # both answers are well represented
+    for body in bodies:
+        assert parse.duplicate_key(body) == full(body), body
