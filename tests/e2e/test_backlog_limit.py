@@ -27,6 +27,16 @@ def telegram_update(n: int) -> dict:
                                         "chat": chat, "from": {"id": 5000 + n, "is_bot": False, "first_name": "T"}}}
 
 
+async def post_wechat_and_telegram(client, n: int, ts: str) -> None:
+    """Send WeChat text n and Telegram update n; both are taken (never refused for load)."""
+    resp = await client.post(f"/channels/wechat/{APPID}", params=plain_query(timestamp=ts, nonce=f"n{n}"),
+                             data=wechat_text(n, ts))
+    assert (resp.status, await resp.text()) == (200, "success")
+    resp = await client.post("/channels/telegram/main", json=telegram_update(n),
+                             headers={"X-Telegram-Bot-Api-Secret-Token": TG_SECRET})
+    assert resp.status == 200
+
+
 async def test_at_the_limit_api_is_refused_with_retry_after_and_wechat_telegram_never(
         aiohttp_client, tmp_path, gateway_clock, wechat_api, telegram_api):
     env = {"OMNIGATE_API_TOKEN": TOKEN, "OMNIGATE_DATA_DIR": str(tmp_path / "data"), "OMNIGATE_RULES_DIR": RULES,
@@ -46,12 +56,7 @@ async def test_at_the_limit_api_is_refused_with_retry_after_and_wechat_telegram_
 
     ts = str(int(gateway_clock().timestamp()))
     for n in range(3):  # over the limit, WeChat is answered "success" and journaled
-        resp = await client.post(f"/channels/wechat/{APPID}", params=plain_query(timestamp=ts, nonce=f"n{n}"),
-                                 data=wechat_text(n, ts))
-        assert (resp.status, await resp.text()) == (200, "success")
-        resp = await client.post("/channels/telegram/main", json=telegram_update(n),
-                                 headers={"X-Telegram-Bot-Api-Secret-Token": TG_SECRET})
-        assert resp.status == 200
+        await post_wechat_and_telegram(client, n, ts)
 
     msg["external_id"] = "a2"
     resp = await client.post("/channels/api/messages", json=msg, headers=AUTH)

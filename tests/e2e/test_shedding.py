@@ -12,8 +12,8 @@ from __future__ import annotations
 from gateway import keys
 from gateway.app import create_app
 from gateway.config import load
-from tests.connectors.wechat.support import TOKEN as WX_TOKEN, plain_query
-from tests.e2e.test_backlog_limit import APPID, TG_SECRET, telegram_update, wechat_text
+from tests.connectors.wechat.support import TOKEN as WX_TOKEN
+from tests.e2e.test_backlog_limit import APPID, TG_SECRET, post_wechat_and_telegram
 from tests.gateway.conftest import AUTH, RULES, TOKEN
 
 ORIGIN = "https://shop.example.com"
@@ -64,12 +64,7 @@ async def test_starved_wechat_telegram_and_webchat_are_delayed_never_refused(
     client = await aiohttp_client(app)
     ts = str(int(gateway_clock().timestamp()))
     for n in range(2):
-        resp = await client.post(f"/channels/wechat/{APPID}", params=plain_query(timestamp=ts, nonce=f"n{n}"),
-                                 data=wechat_text(n, ts))
-        assert (resp.status, await resp.text()) == (200, "success")
-        resp = await client.post("/channels/telegram/main", json=telegram_update(n),
-                                 headers={"X-Telegram-Bot-Api-Secret-Token": TG_SECRET})
-        assert resp.status == 200
+        await post_wechat_and_telegram(client, n, ts)
     resp = await client.post("/channels/webchat/poll?site=shop", headers={"Origin": ORIGIN},
                              json={"frames": [{"type": "hello"}, {"type": "message", "cid": "c1", "text": "hi"}]})
     assert [f["type"] for f in (await resp.json())["frames"]] == ["welcome", "ack"]
