@@ -395,3 +395,25 @@ def response_verdict(entry: EntryLike) -> ResponseVerdict:
     if not author:
         return ResponseVerdict(False, "sent by the system, not an agent")
     return ResponseVerdict(True, f"public reply by agent {author}")
+
+
+class _Outgoing(NamedTuple):
+    kind: str
+    data: dict[str, Any]
+
+
+def reply_counts_at(at: datetime, data: dict[str, Any]) -> datetime | None:
+    """When an outgoing message (``message_out`` written at ``at``, its
+    ``data``) met a response target: None if it is no public agent reply
+    (:func:`response_verdict`) or its send has not succeeded (a
+    ``data.delivery`` whose status is not ``sent``); else the delivery's
+    time when it has one, ``at`` otherwise."""
+    if not response_verdict(_Outgoing("message_out", data)).counts:
+        return None
+    delivery = data.get("delivery")
+    if isinstance(delivery, dict):
+        if delivery.get("status") != "sent":
+            return None
+        if delivery.get("at"):
+            return datetime.fromisoformat(delivery["at"])
+    return at

@@ -87,7 +87,7 @@ from routing.sla import (
     due_events,
     escalation_actions,
     evaluate,
-    response_verdict,
+    reply_counts_at,
     select_policy,
     sla_state,
 )
@@ -792,15 +792,8 @@ class _Step:
             if kind == "message_in":
                 events.append((at, False))
                 continue
-            fields = e.get("data") or {}
-            if not response_verdict(TimelineEntry("", "", kind, at, data=fields)).counts:
-                continue
-            delivery = fields.get("delivery")
-            if isinstance(delivery, dict):
-                if delivery.get("status") != "sent":
-                    continue
-                at = datetime.fromisoformat(delivery["at"]) if delivery.get("at") else at
-            events.append((at, True))
+            if (counts_at := reply_counts_at(at, e.get("data") or {})) is not None:
+                events.append((counts_at, True))
         for at, reply in sorted(events, key=lambda e: e[0]):
             if not reply:
                 awaiting = awaiting or at

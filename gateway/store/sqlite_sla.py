@@ -33,7 +33,7 @@ from gateway.store.sqlite_assign import (
 )
 from routing.assign import choose_agent, raised_priority
 from routing.calendar import BusinessCalendar
-from routing.model import OPEN_STATUSES, PRIORITY_RANK, TimelineEntry
+from routing.model import OPEN_STATUSES, PRIORITY_RANK
 from routing.sla import (
     NotifyWebhook,
     RaisePriority,
@@ -45,7 +45,7 @@ from routing.sla import (
     due_events,
     escalation_actions,
     evaluate,
-    response_verdict,
+    reply_counts_at,
     select_policy,
     sla_state,
     steady_span,
@@ -185,8 +185,8 @@ class Tx(AssignTx):
     def _responses(self, t: TicketRow) -> tuple[datetime | None, datetime | None]:
         """(first response, first customer message not answered since the last response).
 
-        A response is a public agent reply (``routing.sla.response_verdict``)
-        that was delivered (or accepted by the channel), at the time it was:
+        A response is a public agent reply that was delivered (or accepted
+        by the channel), at the time it was (``routing.sla.reply_counts_at``):
         a queued, retrying or failed reply answers nobody.
         ``tickets.first_response_at`` counts too, whoever set it.
 
@@ -205,16 +205,9 @@ class Tx(AssignTx):
         for at_ms, seq, data in self.conn.execute(
                 "SELECT at, seq, data FROM timeline WHERE ticket_id = ? AND kind = 'message_out' ORDER BY at, seq",
                 (t.id,)):
-            fields = _dec.decode(data) if data else {}
-            at = from_ms(at_ms)
-            if not response_verdict(TimelineEntry("", "", "message_out", at, data=fields)).counts:
-                continue
-            delivery = fields.get("delivery")
-            if isinstance(delivery, dict):
-                if delivery.get("status") != "sent":
-                    continue
-                at = datetime.fromisoformat(delivery["at"]) if delivery.get("at") else at
-            replies.append((at, at_ms, seq))
+            at = reply_counts_at(from_ms(at_ms), _dec.decode(data) if data else {})
+            if at is not None:
+                replies.append((at, at_ms, seq))
         earliest = last = None  # among equal times, the first and the last in the timeline's order
         for reply in replies:
             if earliest is None or reply[0] < earliest[0]:

@@ -16,8 +16,7 @@ import msgspec
 
 from gateway.store.sqlite_assign import TicketRow, from_ms, to_json, to_ms
 from routing.calendar import BusinessCalendar
-from routing.model import TimelineEntry
-from routing.sla import SlaClock, SlaPolicy, due_events, evaluate, response_verdict, sla_state
+from routing.sla import SlaClock, SlaPolicy, due_events, evaluate, reply_counts_at, sla_state
 
 _dec = msgspec.json.Decoder()
 
@@ -32,15 +31,8 @@ def responses_scan(conn: sqlite3.Connection, t: TicketRow) -> tuple[datetime | N
         if kind == "message_in":
             events.append((at, False))
             continue
-        fields = _dec.decode(data) if data else {}
-        if not response_verdict(TimelineEntry("", "", kind, at, data=fields)).counts:
-            continue
-        delivery = fields.get("delivery")
-        if isinstance(delivery, dict):
-            if delivery.get("status") != "sent":
-                continue
-            at = datetime.fromisoformat(delivery["at"]) if delivery.get("at") else at
-        events.append((at, True))
+        if (counts_at := reply_counts_at(at, _dec.decode(data) if data else {})) is not None:
+            events.append((counts_at, True))
     for at, reply in sorted(events, key=lambda e: e[0]):
         if not reply:
             awaiting = awaiting or at

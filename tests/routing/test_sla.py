@@ -28,6 +28,7 @@ from routing.sla import (
     escalation_actions,
     evaluate,
     pause_intervals,
+    reply_counts_at,
     response_verdict,
     select_policy,
     sla_state,
@@ -264,6 +265,21 @@ def entry(kind: str, **data) -> TimelineEntry:
 )
 def test_what_counts_as_a_response(e, counts, reason):
     assert tuple(response_verdict(e)) == (counts, reason)
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"author": "a-lilei"}, "written"),  # no delivery recorded: counts when written
+    ({"author": "a-lilei", "delivery": {"status": "sent", "at": "2026-03-03T10:05:00+08:00"}}, "delivered"),
+    ({"author": "a-lilei", "delivery": {"status": "sent"}}, "written"),
+    ({"author": "a-lilei", "delivery": {"status": "retrying", "at": "2026-03-03T10:05:00+08:00"}}, None),
+    ({"author": "a-lilei", "delivery": {"status": "failed"}}, None),
+    ({"author": "a-lilei", "auto": True, "delivery": {"status": "sent"}}, None),
+    ({"delivery": {"status": "sent"}}, None),  # the system's
+])
+def test_when_a_reply_counts(data, expected):
+    written = datetime(2026, 3, 3, 10, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
+    at = reply_counts_at(written, data)
+    assert at == {"written": written, "delivered": written + timedelta(minutes=5), None: None}[expected]
 
 
 @pytest.mark.parametrize(
