@@ -417,3 +417,23 @@ def reply_counts_at(at: datetime, data: dict[str, Any]) -> datetime | None:
         if delivery.get("at"):
             return datetime.fromisoformat(delivery["at"])
     return at
+
+
+def responses_in(first: datetime | None,
+                 events: Iterable[tuple[datetime, bool]]) -> tuple[datetime | None, datetime | None]:
+    """(first response, first customer message unanswered since the last
+    response) from a ticket's messages as ``(time, is a counting reply)``
+    in the timeline's order, taken by time (ties keep that order); ``first``
+    is a first response known already (``tickets.first_response_at``).
+    Before the first response only the first-response clock runs: no
+    unanswered message then."""
+    last_reply = awaiting = None
+    for at, reply in sorted(events, key=lambda e: e[0]):
+        if not reply:
+            awaiting = awaiting or at
+        else:
+            first = first or at
+            last_reply, awaiting = at, None
+    if first is None or (last_reply is None and awaiting is not None and awaiting <= first):
+        awaiting = None
+    return first, awaiting

@@ -88,6 +88,7 @@ from routing.sla import (
     escalation_actions,
     evaluate,
     reply_counts_at,
+    responses_in,
     select_policy,
     sla_state,
 )
@@ -776,7 +777,6 @@ class _Step:
 
     async def _responses(self, t: TicketRow) -> tuple[datetime | None, datetime | None]:
         """As ``sqlite_sla.Tx._responses``: (first response, first customer message unanswered since)."""
-        first, last_reply, awaiting = t.first_response_at, None, None
         members = await self._x(self.r.zrange(self.k.ticket_timeline(t.id), 0, -1))
         raws = await self._x(self.r.mget([self.k.timeline_entry(_s(m).split(":", 1)[1]) for m in members])) \
             if members else []
@@ -794,15 +794,7 @@ class _Step:
                 continue
             if (counts_at := reply_counts_at(at, e.get("data") or {})) is not None:
                 events.append((counts_at, True))
-        for at, reply in sorted(events, key=lambda e: e[0]):
-            if not reply:
-                awaiting = awaiting or at
-            else:
-                first = first or at
-                last_reply, awaiting = at, None
-        if first is None or (last_reply is None and awaiting is not None and awaiting <= first):
-            awaiting = None
-        return first, awaiting
+        return responses_in(t.first_response_at, events)
 
     async def fire_due(self, limit: int) -> list[SlaEvent]:
         """Fire every SLA event due now (each once: the step that fires it deletes it)."""

@@ -16,13 +16,12 @@ import msgspec
 
 from gateway.store.sqlite_assign import TicketRow, from_ms, to_json, to_ms
 from routing.calendar import BusinessCalendar
-from routing.sla import SlaClock, SlaPolicy, due_events, evaluate, reply_counts_at, sla_state
+from routing.sla import SlaClock, SlaPolicy, due_events, evaluate, reply_counts_at, responses_in, sla_state
 
 _dec = msgspec.json.Decoder()
 
 
 def responses_scan(conn: sqlite3.Connection, t: TicketRow) -> tuple[datetime | None, datetime | None]:
-    first, last_reply, awaiting = t.first_response_at, None, None
     events = []
     for kind, at_ms, data in conn.execute(
         "SELECT kind, at, data FROM timeline WHERE ticket_id = ? AND kind IN ('message_in', 'message_out') "
@@ -33,15 +32,7 @@ def responses_scan(conn: sqlite3.Connection, t: TicketRow) -> tuple[datetime | N
             continue
         if (counts_at := reply_counts_at(at, _dec.decode(data) if data else {})) is not None:
             events.append((counts_at, True))
-    for at, reply in sorted(events, key=lambda e: e[0]):
-        if not reply:
-            awaiting = awaiting or at
-        else:
-            first = first or at
-            last_reply, awaiting = at, None
-    if first is None or (last_reply is None and awaiting is not None and awaiting <= first):
-        awaiting = None  # before the first response, only the first-response clock runs
-    return first, awaiting
+    return responses_in(t.first_response_at, events)
 
 
 def timing_fresh(ticket_id: str, clock: SlaClock, now: datetime, policy: SlaPolicy,

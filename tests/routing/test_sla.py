@@ -30,6 +30,7 @@ from routing.sla import (
     pause_intervals,
     reply_counts_at,
     response_verdict,
+    responses_in,
     select_policy,
     sla_state,
     steady_span,
@@ -296,3 +297,15 @@ def test_when_a_reply_counts(data, expected):
 def test_policy_validation(fields, error):
     with pytest.raises(msgspec.ValidationError, match=error):
         policy(**fields)
+
+
+def test_responses_in_a_ticket():
+    """First response and the first message unanswered since the last one;
+    taken by time, whatever the order given; nothing unanswered before the
+    first response (only the first-response clock runs then)."""
+    t = [datetime(2026, 3, 3, 10, m, tzinfo=ZoneInfo("Asia/Shanghai")) for m in range(6)]
+    assert responses_in(None, [(t[0], False)]) == (None, None)
+    assert responses_in(None, [(t[2], True), (t[0], False), (t[3], False), (t[4], False)]) == (t[2], t[3])
+    assert responses_in(None, [(t[0], False), (t[2], True), (t[5], True)]) == (t[2], None)
+    assert responses_in(t[1], [(t[0], False)]) == (t[1], None)  # asked before the known first response
+    assert responses_in(t[1], [(t[3], False)]) == (t[1], t[3])
