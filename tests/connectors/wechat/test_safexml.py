@@ -133,3 +133,26 @@ def test_a_doctype_is_refused_before_any_entity_is_expanded() -> None:
             b"<xml><c>&b;</c></xml>")
     with pytest.raises(UnsafeXml, match="DOCTYPE"):
         parse_xml(bomb)
+
+
+def test_an_accounts_cipher_is_made_once_and_still_checks_every_callback() -> None:
+    from connectors.wechat import envelope
+    from gateway.bench.ingest import wechat_requests
+    from gateway.bench.server import BENCH_CHANNELS
+
+    acct = BENCH_CHANNELS["wechat"]["accounts"]["bench"]
+    secrets = Secrets(acct["token"], acct["encoding_aes_key"], acct["appid"])
+    make = wechat_requests(1_700_000_000)
+    envelope._account_crypto.cache_clear()
+    for n in (1, 2, 3):
+        head, body = make(n).split(b"\r\n\r\n", 1)
+        query = dict(p.split("=", 1) for p in head.split(b" ")[1].decode().split("?", 1)[1].split("&"))
+        encrypt = text_field(parse_xml(body), "Encrypt") or ""
+        assert parse_xml(decrypt("oa", secrets, encrypt, query["msg_signature"], query["timestamp"],
+                                 query["nonce"]))["MsgId"] == str(10**15 + n)
+        with pytest.raises(envelope.SignatureMismatch):
+            decrypt("oa", secrets, encrypt, "0" * 40, query["timestamp"], query["nonce"])
+        other = Secrets(acct["token"], acct["encoding_aes_key"], "wxsomeoneelse0000")
+        with pytest.raises(envelope.DecryptionFailed, match="not addressed to appid"):
+            decrypt("oa", other, encrypt, query["msg_signature"], query["timestamp"], query["nonce"])
+    assert envelope._account_crypto.cache_info().misses == 2  # the bench account and the other one
