@@ -219,7 +219,10 @@ class AdmissionGate:
         self.max_delay_s = max_delay_s
         self.burst = burst
         self.credits = burst
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        #: intakes waiting for a credit, in arrival order: (deadline on the loop's clock, future)
+        self._waiters: collections.deque[tuple[float, asyncio.Future]] = collections.deque()
+        #: the one timer that ends the longest waits (:meth:`_expire`), set for the oldest waiter's deadline
+        self._timer: asyncio.TimerHandle | None = None
         #: intakes admitted at once, after a credit wait, after the longest wait (not refused)
         self.stats = {"free": 0, "credited": 0, "waited": 0, "timed_out": 0}
         #: :meth:`shed` may refuse (``pipeline.admission_shed``); ``shed_count``: how often it did
@@ -270,7 +273,7 @@ class AdmissionGate:
             return
         credits = self.credits + self.ratio * n
         while self._waiters and credits >= 1:
-            fut = self._waiters.popleft()
+            _, fut = self._waiters.popleft()
             if not fut.done():
                 credits -= 1
                 fut.set_result(True)
@@ -279,43 +282,58 @@ class AdmissionGate:
             self.release_all()
 
     def release_all(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._waiters:
-            fut = self._waiters.popleft()
+            _, fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(True)
 
     async def admit(self) -> None:
         """Return when this intake may append: at once, on a credit, or
-        after ``max_delay_s`` at the latest (never refused)."""
+        after ``max_delay_s`` at the latest (never refused).
+
+        A waiting intake costs a future and a place in the FIFO, no timer of
+        its own: every wait is ``max_delay_s`` long, so deadlines fall in
+        arrival order and one timer, set for the oldest waiter's, ends the
+        waits that ran out (:meth:`_expire`). Past capacity on a channel
+        that is never refused nearly every intake waits its longest, and a
+        timer each (a handle, a heap push, a cancel) was loop time taken
+        from the pipeline."""
         if self.try_admit():
             return
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._waiters.append(fut)
-        timer = loop.call_later(self.max_delay_s, _expire, fut)
+        deadline = loop.time() + self.max_delay_s
+        self._waiters.append((deadline, fut))
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire)
         try:
             credited = await fut
         except BaseException:  # the request went away (client closed, shutdown)
             self._forget(fut)
             raise
-        finally:
-            timer.cancel()
-        if credited:
-            self.stats["waited"] += 1
-        else:
-            self.stats["timed_out"] += 1
-            self._forget(fut)
+        self.stats["waited" if credited else "timed_out"] += 1
+
+    def _expire(self) -> None:
+        """The oldest waits ran out: those intakes go through (uncredited),
+        and the timer is set again for the oldest still waiting."""
+        loop = asyncio.get_running_loop()
+        # the loop may run a timer up to its clock's resolution early: a millisecond's slack
+        now, waiters = loop.time() + 0.001, self._waiters
+        while waiters and waiters[0][0] <= now:
+            _, fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(False)
+        self._timer = loop.call_at(waiters[0][0], self._expire) if waiters else None
 
     def _forget(self, fut: asyncio.Future) -> None:
-        try:
-            self._waiters.remove(fut)
-        except ValueError:
-            pass
-
-
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(False)
+        """Drop a waiter that went away (rare: a closed connection, shutdown)."""
+        for i, (_, waiting) in enumerate(self._waiters):
+            if waiting is fut:
+                del self._waiters[i]
+                return
 
 
 # ---------------------------------------------------------------- wiring (gateway/app.py)

@@ -105,6 +105,36 @@ async def test_the_gate_delays_but_never_refuses():
     assert g.stats["timed_out"] == 1 and not g._waiters
 
 
+async def test_waits_that_run_out_end_in_arrival_order_on_one_timer():
+    """Every wait is max_delay_s long, so one timer set for the oldest
+    waiter's deadline ends them all in arrival order; a waiter that goes
+    away meanwhile is dropped, and a credit still goes to the oldest."""
+    g = gate(Probe(backlog=5000, busy=1.0), burst=0.0, max_delay_s=0.02)
+    order: list[int] = []
+
+    async def intake(n: int) -> None:
+        await g.admit()
+        order.append(n)
+
+    tasks = []
+    for n in range(4):
+        tasks.append(asyncio.create_task(intake(n)))
+        await asyncio.sleep(0)
+        if n == 0:
+            timer = g._timer
+            assert timer is not None
+    assert g._timer is timer and len(g._waiters) == 4  # one timer, whatever the number waiting
+    tasks[2].cancel()  # went away
+    await asyncio.gather(tasks[2], return_exceptions=True)
+    assert [f for _, f in g._waiters if f.done()] == [] and len(g._waiters) == 3
+    g.ratio = 0.5
+    g.settled(2)  # one credit: the oldest
+    await asyncio.wait_for(asyncio.gather(tasks[0], tasks[1], tasks[3]), PATIENCE_S)
+    assert order == [0, 1, 3]
+    assert g.stats["waited"] == 1 and g.stats["timed_out"] == 2
+    assert not g._waiters and g._timer is None
+
+
 def test_loop_busy_is_an_average_of_the_share_of_time_outside_select():
     b = LoopBusy(alpha=0.5)
     b.observe(1.0)
