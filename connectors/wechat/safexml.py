@@ -12,10 +12,10 @@ external-entity doors for good.
 The dict is built by :class:`_DictBuilder`, expat's handlers doing only what
 that shape needs, not by ``xmltodict.parse`` itself: every callback is parsed
 twice (the envelope, then the decrypted message) at intake and again by
-``parse``, and xmltodict's general handler (paths, postprocessor, namespace
-and force-list hooks on every element) took 18 of the 26 µs of the envelope's
-parse (issue 11, ARCHITECTURE.md "Fifth pass (issue 11, WeChat callbacks
-past capacity)"). ``tests/connectors/wechat/test_safexml.py`` checks the two
+``parse``, and with xmltodict's general handler (paths, postprocessor,
+namespace and force-list hooks on every element) the envelope took 18 µs,
+the message 22, against 8.6 and 10 now (ARCHITECTURE.md "Fifth pass (issue 11, overload: WeChat
+callbacks)"). ``tests/connectors/wechat/test_safexml.py`` checks the two
 give equal dicts, corpus and crafted documents alike.
 """
 
