@@ -14,9 +14,10 @@ that shape needs, not by ``xmltodict.parse`` itself: every callback is parsed
 twice (the envelope, then the decrypted message) at intake and again by
 ``parse``, and with xmltodict's general handler (paths, postprocessor,
 namespace and force-list hooks on every element) the envelope took 18 µs,
-the message 22, against 8.6 and 10 now (ARCHITECTURE.md "Fifth pass (issue 11, overload: WeChat
-callbacks)"). ``tests/connectors/wechat/test_safexml.py`` checks the two
-give equal dicts, corpus and crafted documents alike.
+the message 22, against 8.6 and 10 now (ARCHITECTURE.md "Fifth pass
+(issue 11, overload: WeChat callbacks)"). ``tests/connectors/wechat/
+test_safexml.py`` checks the two give equal dicts, corpus and crafted
+documents alike.
 """
 
 from __future__ import annotations
