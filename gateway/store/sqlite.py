@@ -35,7 +35,7 @@ from gateway import crashpoints
 from gateway.store.base import Conflict, JournalEntry, NotFound, Page, StoreError
 from gateway.store.schema import MIGRATIONS
 from gateway.store.sqlite_nonces import journal_append_nonce
-from gateway.store.sqlite_assign import SNAPSHOT_WIDTH, TICKET_EVENT_SQL, AssignOps, TicketRow, ticket_row
+from gateway.store.sqlite_assign import TICKET_ROW_COLS, AssignOps, TicketRow, ticket_row
 from gateway.store.sqlite_delivery import apply_delivery
 from gateway.store.sqlite_replies import RepliesOps
 from gateway.store.sqlite_sla import SlaOps
@@ -43,6 +43,7 @@ from gateway.store.sqlite_tickets import TicketsOps
 from gateway.store.sqlite_tokens import TokensOps
 from gateway.store.sqlite_webhooks import (
     OUTBOX_INSERT,
+    TICKET_SNAPSHOT_COLS,
     WebhookOps,
     event_payloads,
     insert_events,
@@ -740,8 +741,8 @@ def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int, now: i
 
 
 #: the ticket as the commit left it, read once: its event snapshot's columns, then a ``TicketRow``'s
-_COMMITTED_TICKET_SQL = TICKET_EVENT_SQL
-_SNAPSHOT_WIDTH = SNAPSHOT_WIDTH
+_COMMITTED_TICKET_SQL = f"SELECT {TICKET_SNAPSHOT_COLS}, {TICKET_ROW_COLS} FROM tickets WHERE id = ?"
+_SNAPSHOT_WIDTH = TICKET_SNAPSHOT_COLS.count(",") + 1
 
 
 def _apply_commit_row(conn: sqlite3.Connection, c: Commit, first_number: int, now: int, *,

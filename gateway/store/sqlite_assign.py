@@ -36,7 +36,7 @@ import msgspec
 import structlog
 
 from gateway.store.base import AgentView, InvalidTransition, NotFound, StoreError
-from gateway.store.sqlite_webhooks import TICKET_SNAPSHOT_COLS, event_payloads, ticket_snapshot_of
+from gateway.store.sqlite_webhooks import event_payloads
 from gateway.store.sqlite_desks import desk_owned
 from routing.assign import (
     AgentState,
@@ -204,24 +204,6 @@ _TICKET_SQL = (
 )
 #: a :class:`TicketRow`'s expressions in a statement on ``tickets`` by its name (what :data:`_TICKET_SQL` reads)
 TICKET_ROW_COLS = _ticket_row_cols("tickets", "(SELECT tier FROM contacts WHERE contacts.id = tickets.contact_id)")
-
-
-#: a ticket's event snapshot columns (:data:`TICKET_SNAPSHOT_COLS`, the first :data:`SNAPSHOT_WIDTH`),
-#: then its :class:`TicketRow`'s, in one read
-TICKET_EVENT_SQL = f"SELECT {TICKET_SNAPSHOT_COLS}, {TICKET_ROW_COLS} FROM tickets WHERE id = ?"
-SNAPSHOT_WIDTH = len(TICKET_SNAPSHOT_COLS.split(", "))
-_SNAPSHOT_AT = {col: i for i, col in enumerate(TICKET_SNAPSHOT_COLS.split(", "))}
-
-
-def touched_snapshot(cols: Sequence[Any], now_ms: int, **columns: Any) -> dict:
-    """The event snapshot of a ticket whose :data:`TICKET_SNAPSHOT_COLS` were ``cols`` after
-    :meth:`AssignTx.touch_ticket` with ``columns`` at ``now_ms`` (what reading it back gives)."""
-    row = list(cols)
-    for col, value in columns.items():
-        row[_SNAPSHOT_AT[col]] = value
-    row[_SNAPSHOT_AT["version"]] += 1
-    row[_SNAPSHOT_AT["updated_at"]] = now_ms
-    return ticket_snapshot_of(row)
 
 
 def ticket_row(r: Sequence[Any]) -> TicketRow:
@@ -598,14 +580,11 @@ class AssignTx:
             (new_id(self.now_ms), kind, self.now_ms, text, _enc.encode(data), ticket_id),
         )
 
-    def outbox(self, topic: str, ticket_id: str | None, payload: dict, ticket: dict | None = None) -> None:
-        """An event; ``ticket``: the ticket's snapshot as this transaction left it, when the
-        caller has it (:func:`touched_snapshot`), instead of reading the ticket back."""
-        data = event_payloads(self.conn, [(topic, ticket_id, payload)],
-                              tickets={ticket_id: ticket} if ticket is not None and ticket_id else None)[0]
+    def outbox(self, topic: str, ticket_id: str | None, payload: dict) -> None:
         self.conn.execute(
             "INSERT INTO outbox (id, topic, ticket_id, payload, created_at, next_at) VALUES (?,?,?,?,?,?)",
-            (new_id(self.now_ms), topic, ticket_id, to_json(data), self.now_ms, self.now_ms),
+            (new_id(self.now_ms), topic, ticket_id, to_json(event_payloads(self.conn, [(topic, ticket_id, payload)])[0]),
+             self.now_ms, self.now_ms),
         )
 
     def touch_ticket(self, ticket_id: str, **columns: Any) -> None:
@@ -620,15 +599,12 @@ class AssignTx:
     # -- assignment
 
     def take(self, t: TicketRow, decision: Decision, state: AssignmentState, why: str | None = None, *,
-             fresh: bool = False, considered_json: bytes | None = None,
-             event_cols: Sequence[Any] | None = None) -> AssignmentState:
+             fresh: bool = False, considered_json: bytes | None = None) -> AssignmentState:
         """Give the ticket to the decided agent (load, assignee, timeline, event); the state after.
 
         ``fresh``: the caller knows the ticket holds no capacity and is not
         queued (nothing to release or unqueue first); ``considered_json``: see
-        :func:`decision_data`; ``event_cols``: the ticket's
-        :data:`TICKET_SNAPSHOT_COLS` as read in this transaction, unchanged
-        since (the event's snapshot is made from them, not read back)."""
+        :func:`decision_data`."""
         agent = decision.agent
         assert agent is not None
         after = apply_decision(state, decision, self.now)  # raises rather than over-fill: a stale state is a bug
@@ -639,7 +615,7 @@ class AssignTx:
                       decision_data(decision, considered_json, previous=t.assignee, why=why))
         self.outbox("ticket.assigned", t.id, {
             "ticket_id": t.id, "agent_id": agent, "previous": t.assignee, "reason": decision.reason.code,
-        }, None if event_cols is None else touched_snapshot(event_cols, self.now_ms, assignee=agent))
+        })
         return after
 
     def pin(self, t: TicketRow, agent: str, why: str) -> None:
@@ -685,14 +661,12 @@ class AssignTx:
             live.changed()
         return r[0]
 
-    def assign(self, t: TicketRow, demand: Demand, why: str | None = None, *, fresh: bool = False,
-               event_cols: Sequence[Any] | None = None) -> Decision:
-        """Choose for ``demand``: take the ticket, or queue it saying why (``fresh``, ``event_cols``: see
-        :meth:`take`)."""
+    def assign(self, t: TicketRow, demand: Demand, why: str | None = None, *, fresh: bool = False) -> Decision:
+        """Choose for ``demand``: take the ticket, or queue it saying why (``fresh``: see :meth:`take`)."""
         state = self.state(demand.teams())
         decision, considered_json = choose_agent_json(state, demand)
         if decision.agent is not None:
-            self.take(t, decision, state, why, fresh=fresh, considered_json=considered_json, event_cols=event_cols)
+            self.take(t, decision, state, why, fresh=fresh, considered_json=considered_json)
         else:
             self.enqueue(t, demand, decision, fresh=fresh, considered_json=considered_json)
         return decision
@@ -1018,11 +992,9 @@ def _sync(tx: AssignTx, ticket_ids: list[str]) -> list[Decision]:
 
 
 def _assign_next(tx: AssignTx, ticket_id: str) -> Decision:
-    r = tx.conn.execute(TICKET_EVENT_SQL, (ticket_id,)).fetchone()
-    if r is None:
+    t = tx.ticket(ticket_id)
+    if t is None:
         raise NotFound(f"ticket {ticket_id} not found")
-    # the row, and its snapshot columns for the event (nothing but ``take`` changes the ticket until then)
-    t, event_cols = ticket_row(r[SNAPSHOT_WIDTH:]), r[:SNAPSHOT_WIDTH]
     if t.status not in OPEN_STATUSES:
         raise StoreError(f"ticket {ticket_id} is {t.status}: only open tickets are assigned")
     held, queued, contact_last = tx.placement(t)
@@ -1033,7 +1005,7 @@ def _assign_next(tx: AssignTx, ticket_id: str) -> Decision:
     if queued is not None:  # keep its age and what overflow widened
         demand = msgspec.structs.replace(queued.demand, priority=t.priority)
     # released above and not queued: nothing to release or unqueue again
-    return tx.assign(t, demand, fresh=queued is None, event_cols=event_cols)
+    return tx.assign(t, demand, fresh=queued is None)
 
 
 class AssignOps:

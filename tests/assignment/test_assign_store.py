@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 from tests.assignment.conftest import T0, assignee, entries, journal_id, make_ticket
 
@@ -197,33 +196,3 @@ async def test_decision_data_is_written_as_the_plain_encoding(sqlite_store):
             want = (decision_data(decision, previous=None, why=None) if decision.agent
                     else decision_data(decision, queued=True))
             assert await sqlite_store._read(data_texts, t) == [("text", to_json(want))]
-
-
-async def test_the_assigned_events_ticket_snapshot_is_the_ticket_read_back(sqlite_store, clock):
-    """``assign_next`` makes the ``ticket.assigned`` event's ticket snapshot from the columns it
-    read with the ticket and what ``take`` changed (``touched_snapshot``), not by reading the
-    ticket back: each event row is byte for byte what reading the ticket back after the decision
-    gives (``event_payloads``), for tickets assigned fresh and reassigned while held, with tags and
-    another priority, at several times."""
-    from gateway.store.sqlite_assign import to_json
-    from gateway.store.sqlite_webhooks import event_payloads
-
-    def last_event_and_oracle(conn, ticket_id):
-        row = conn.execute("SELECT payload FROM outbox WHERE topic = 'ticket.assigned' AND ticket_id = ? "
-                           "ORDER BY rowid DESC LIMIT 1", (ticket_id,)).fetchone()
-        fields = {k: v for k, v in json.loads(row[0]).items() if k != "ticket"}
-        return row[0], to_json(event_payloads(conn, [("ticket.assigned", ticket_id, fields)])[0])
-
-    checked = 0
-    for round_ in range(3):
-        now = clock.advance(minutes=7)
-        tickets = [await make_ticket(sqlite_store, team=team, priority=priority, created_at=now)
-                   for team, priority in (("billing", "high"), ("chat", "normal"), ("support", "urgent"))]
-        await sqlite_store.ticket_patch(tickets[1], {"tags": ["vip", f"r{round_}"]}, now=now, actor="test")
-        for t in tickets * 2:  # the second time: held, so released and taken again (previous is set)
-            decision = await sqlite_store.assign_next(t, clock.advance(seconds=13))
-            if decision.agent is not None:
-                stored, oracle = await sqlite_store._read(last_event_and_oracle, t)
-                assert stored == oracle
-                checked += 1
-    assert checked >= 12
