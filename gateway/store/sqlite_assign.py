@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime, timezone
-from operator import attrgetter
 from typing import Any, Callable, NamedTuple, Sequence
 
 import msgspec
@@ -316,10 +315,10 @@ class _Live:
     (with its own copy of the load), reused by every decision until one of
     them changes: whoever changes them calls :meth:`changed`, which puts the
     agent on the cache's ``stale`` list (its state is built again at the next
-    :meth:`AgentCache.state`, so a view reads every member's state without
-    checking for a missing one)."""
+    :meth:`AgentCache.state`, and put in each view that lists the agent:
+    ``views``)."""
 
-    __slots__ = ("id", "fixed", "presence", "last_assigned_at", "load", "state", "_stale")
+    __slots__ = ("id", "fixed", "presence", "last_assigned_at", "load", "state", "views", "_stale")
 
     def __init__(self, agent_id: str, fixed: _Fixed, presence: str, last_assigned_at: datetime | None,
                  stale: list[_Live]) -> None:
@@ -327,6 +326,8 @@ class _Live:
         self.presence, self.last_assigned_at = presence, last_assigned_at
         self.load: dict[str, int] = {}
         self.state: AgentState | None = None
+        #: the state dicts of the cache's views that list this agent (see :meth:`AgentCache.state`)
+        self.views: list[dict[str, AgentState]] = []
         stale.append(self)
 
     def changed(self) -> None:
@@ -341,7 +342,6 @@ class _Live:
                           self.last_assigned_at)
 
 
-_state_of = attrgetter("state")
 _VIEWS_MAX = 1024  # team sets whose members' order is kept (overflow may combine teams)
 
 
@@ -385,8 +385,8 @@ class AgentCache:
         self.members: dict[str, tuple[str, ...]] = {}
         #: agents whose ``state`` must be built again (see :class:`_Live`)
         self.stale: list[_Live] = []
-        #: teams (None: all) → (member ids in the chooser's order, their ``_Live``, the members by team)
-        self._views: dict[frozenset[str] | None, tuple[tuple[str, ...], tuple[_Live, ...], dict]] = {}
+        #: teams (None: all) → (the members' states by id in the chooser's order, the members by team)
+        self._views: dict[frozenset[str] | None, tuple[dict[str, AgentState], dict]] = {}
 
     def current(self, conn: sqlite3.Connection) -> AgentCache:
         """This cache, rebuilt first if it is not the one of the version in SQL."""
@@ -437,23 +437,27 @@ class AgentCache:
     def state(self, teams: frozenset[str] | None) -> AssignmentState:
         """The chooser's view of the members of ``teams`` (every agent when None or empty), in id order.
 
-        Per decision this is two C-speed passes over the members: the agents
-        changed since the last view get their state built first (only they
-        are on ``stale``), and each set of teams keeps its members' order
-        and ``_Live`` objects until the cache is rebuilt."""
+        Each set of teams keeps its members' states by id, in order, until
+        the cache is rebuilt: an agent changed since the last view gets its
+        state built again (only those are on ``stale``) and put in each kept
+        view that lists it, so a view is a C-speed copy of that dict (the
+        state handed out is never changed under its holder: a drain keeps
+        one)."""
         stale = self.stale
         if stale:
             for live in stale:
-                live.state = live.build()
+                state = live.state = live.build()
+                for states in live.views:
+                    states[live.id] = state
             stale.clear()
         key = teams or None
         view = self._views.get(key)
         if view is None:
             view = self._view(key)
-        ids, lives, members = view
-        return AssignmentState(dict(zip(ids, map(_state_of, lives))), members)
+        states, members = view
+        return AssignmentState(states.copy(), members)
 
-    def _view(self, teams: frozenset[str] | None) -> tuple[tuple[str, ...], tuple[_Live, ...], dict]:
+    def _view(self, teams: frozenset[str] | None) -> tuple[dict[str, AgentState], dict]:
         if teams:
             ids = tuple(dict.fromkeys(i for team in sorted(teams) for i in self.members.get(team, ())))
             members = {team: self.members.get(team, ()) for team in teams}
@@ -461,7 +465,13 @@ class AgentCache:
             ids, members = tuple(self.fixed), self.members
         if len(self._views) >= _VIEWS_MAX:
             self._views.clear()
-        view = self._views[teams] = (ids, tuple(self.live[i] for i in ids), members)
+            for live in self.live.values():
+                live.views.clear()
+        lives = [self.live[i] for i in ids]
+        states = {live.id: live.state for live in lives}
+        for live in lives:
+            live.views.append(states)
+        view = self._views[teams] = (states, members)
         return view
 
 
