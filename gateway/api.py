@@ -47,7 +47,9 @@ async def api_message(request: web.Request) -> web.Response:
     app = request.app
     check_bearer(request, _token(request))
     ingest = app[keys.INGEST]
-    if ingest.shed():  # the pipeline is starved: refused before the body is read (gateway/admission.py)
+    # the pipeline is starved: refused before the body is read (gateway/admission.py); most such
+    # refusals never get here, gateway/fast_refusal.py answers them as they are parsed
+    if ingest.shed():
         _refuse_for_load(request, "overloaded", OVERLOADED)
     raw = await read_whole(request, app[keys.CONFIG].max_body_bytes)
     try:

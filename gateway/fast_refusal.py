@@ -99,7 +99,7 @@ class ApiRefusal:
     def answer(self, message: Any, payload: Any) -> bytes | None:
         """The refusal's bytes for ``message`` (a parsed request whose body
         ``payload`` holds), or None: aiohttp's ordinary path takes it."""
-        if (message.__class__ is not RawRequestMessage or message.path != PATH or message.method != "POST"
+        if (not isinstance(message, RawRequestMessage) or message.path != PATH or message.method != "POST"
                 or message.version != HttpVersion11 or message.should_close or message.upgrade
                 or not payload.is_eof()):
             return None
@@ -117,8 +117,8 @@ class ApiRefusal:
     def _bytes(self, retry: int) -> bytes:
         if retry != self._retry:
             self._prepare(retry)
-        second = int(time.time())
-        if second != self._second:  # ``Date`` changes once a second
+        second = int(time.time())  # ``Date`` is the real time, as aiohttp writes it (not the gateway's clock)
+        if second != self._second:
             self._second = second
             self._answer = b"%sDate: %s\r\n%s" % (self._head, formatdate(second, usegmt=True).encode(), self._tail)
         return self._answer
