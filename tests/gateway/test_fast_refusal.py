@@ -66,7 +66,7 @@ class Conn:
 
 @pytest.fixture
 async def server(aiohttp_server, tmp_path):
-    """(app, open connection) of a running gateway whose gate is starved
+    """(app, open a connection, test server) of a running gateway whose gate is starved
     with no credit free, until ``app[keys.LOAD].gate.backlog`` says otherwise."""
     app = create_app(make_config(tmp_path, pipeline={"backlog_retry_after_s": 12}), clock=business_hours())
     gate = app[keys.LOAD].gate
@@ -79,7 +79,7 @@ async def server(aiohttp_server, tmp_path):
         opened.append(Conn(*await asyncio.open_connection(srv.host, srv.port)))
         return opened[-1]
 
-    yield app, connect
+    yield app, connect, srv
     for conn in opened:
         conn.writer.close()
 
@@ -97,7 +97,7 @@ def test_this_aiohttp_supports_the_fast_refusal():
 
 
 async def test_a_refusal_answered_as_parsed_is_the_handlers_refusal_byte_for_byte(server):
-    app, connect = server
+    app, connect, _ = server
     conn = await connect()
     await conn.send(post())
     answered_fast = await conn.raw_response()
@@ -121,7 +121,7 @@ async def test_a_refusal_answered_as_parsed_is_the_handlers_refusal_byte_for_byt
 
 
 async def test_refused_then_accepted_on_the_same_keep_alive_connection(server):
-    app, connect = server
+    app, connect, _ = server
     conn = await connect()
     for _ in range(3):
         await conn.send(post())
@@ -137,7 +137,7 @@ async def test_refused_then_accepted_on_the_same_keep_alive_connection(server):
 
 
 async def test_pipelined_requests_are_answered_in_order(server):
-    app, connect = server
+    app, connect, _ = server
     conn = await connect()
     # refusable ones at the head are answered as parsed; from the first other request on,
     # the rest wait their turn in aiohttp's queue and the handler refuses them
@@ -151,7 +151,7 @@ async def test_pipelined_requests_are_answered_in_order(server):
 
 
 async def test_a_body_in_many_segments_is_refused_by_the_handler_and_the_connection_stays_sound(server):
-    app, connect = server
+    app, connect, _ = server
     conn = await connect()
     request = post(BODY * 20)  # a longer body, sent a few bytes at a time
     head_end = request.index(b"\r\n\r\n") + 4
@@ -169,7 +169,7 @@ async def test_a_body_in_many_segments_is_refused_by_the_handler_and_the_connect
 
 
 async def test_only_authenticated_keep_alive_posts_to_the_api_channel_are_answered_as_parsed(server):
-    app, connect = server
+    app, connect, _ = server
     gate = app[keys.LOAD].gate
     conn = await connect()
     await conn.send(post(token="wrong") + post(token=None))  # authentication still comes first
@@ -193,9 +193,23 @@ async def test_only_authenticated_keep_alive_posts_to_the_api_channel_are_answer
 
 
 async def test_nothing_is_answered_as_parsed_while_the_pipeline_keeps_up(server):
-    app, connect = server
+    app, connect, _ = server
     app[keys.LOAD].gate.backlog = lambda: 0
     conn = await connect()
     await conn.send(post() + post(BODY.replace(b"f1", b"f2")))
     assert await conn.statuses(2) == [202, 202]
     assert fast(app) == 0 and app[keys.LOAD].gate.shed_count == 0
+
+
+async def test_refusals_keep_the_connection_from_timing_out_as_idle(server):
+    app, connect, srv = server
+    conn = await connect()
+    await conn.send(get("/healthz"))
+    assert (await conn.response())[0] == 200
+    (protocol,) = srv.runner.server.connections
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    await conn.send(post())
+    assert (await conn.response())[0] == 503 and fast(app) == 1
+    # aiohttp closes a connection idle past keepalive_timeout: a refusal is activity, as any request is
+    assert protocol._next_keepalive_close_time >= before + protocol.keepalive_timeout
