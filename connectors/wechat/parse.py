@@ -46,9 +46,14 @@ def external_id(fields: Mapping[str, Any]) -> str:
     """The idempotency key: MsgId, else FromUserName + CreateTime + Event.
 
     WeChat retries a callback up to three times; its documentation names
-    exactly these as the deduplication key (events carry no MsgId).
+    exactly these as the deduplication key (events carry no MsgId). A
+    message's ``MsgID`` (how SDKs that re-serialize messages, WxJava, spell
+    it) is its MsgId; the job events' ``MsgID`` (TEMPLATESENDJOBFINISH) names
+    the job, not the callback, and stays in meta.
     """
     msg_id = text_field(fields, "MsgId")
+    if msg_id is None and text_field(fields, "MsgType") in MESSAGE_KINDS:
+        msg_id = text_field(fields, "MsgID")
     if msg_id:
         return msg_id
     kind = text_field(fields, "Event") or text_field(fields, "MsgType") or ""
