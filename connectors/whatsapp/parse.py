@@ -29,8 +29,11 @@ What each becomes (https://developers.facebook.com/docs/whatsapp/cloud-api/webho
   it never becomes a customer message;
 - a change of another field (``account_update``,
   ``message_template_status_update``, ``calls``, ``user_preferences``, fields
-  Meta adds later) → one event of raw_type = the field, its scalar values in
-  ``meta``, from the customer it names or else the business account
+  Meta adds later), and a ``messages`` change with neither messages nor
+  statuses (a value-level ``errors`` list: Meta could not deliver the
+  customer's messages to the webhook) → one event of raw_type = the field,
+  its scalar values and first error (``error_code``/``error_title``/
+  ``error_details``) in ``meta``, from the customer it names or else the business account
   (``external`` ``whatsapp-account:<WABA id>``); ``smb_message_echoes`` (sent
   from the WhatsApp Business app) → the agent's outbound message
   (``meta["direction"] = "outbound"``), as Messenger's echoes.
@@ -265,16 +268,21 @@ def _message(m: dict[str, Any], account: str, names: Mapping[str, str]) -> Inbou
     return inbound
 
 
-def _status(s: dict[str, Any], account: str, names: Mapping[str, str]) -> Inbound:
-    wamid = _str(s.get("id")) or ""
-    status = _str(s.get("status")) or "unknown"
-    meta = {"status_of": wamid, "status": status, "phone_number_id": account}
-    for err in _dicts(s.get("errors"))[:1]:
+def _error_meta(item: Mapping[str, Any], meta: dict[str, str]) -> None:
+    """The first of an item's ``errors`` as ``error_code``/``error_title``/``error_details``."""
+    for err in _dicts(item.get("errors"))[:1]:
         meta["error_code"] = str(err.get("code", ""))
         meta["error_title"] = str(err.get("title") or err.get("message") or "")
         details = err.get("error_data", {}).get("details") if isinstance(err.get("error_data"), dict) else None
         if isinstance(details, str):
             meta["error_details"] = details
+
+
+def _status(s: dict[str, Any], account: str, names: Mapping[str, str]) -> Inbound:
+    wamid = _str(s.get("id")) or ""
+    status = _str(s.get("status")) or "unknown"
+    meta = {"status_of": wamid, "status": status, "phone_number_id": account}
+    _error_meta(s, meta)
     conversation = s.get("conversation") if isinstance(s.get("conversation"), dict) else {}
     if _str(conversation.get("expiration_timestamp")):
         meta["conversation_expires"] = str(conversation["expiration_timestamp"])
@@ -308,18 +316,19 @@ def _change_event(field: str, entry: Mapping[str, Any], value: Mapping[str, Any]
     meta: dict[str, str] = {"field": field}
     if account != CHANNEL:
         meta["phone_number_id"] = account
-    for key, item in value.items():
+    for name, item in value.items():
         if isinstance(item, (str, int, float)) and not isinstance(item, bool) and len(str(item)) <= 256:
-            meta[key] = str(item)
+            meta[name] = str(item)
+    _error_meta(value, meta)
     user, at = None, _time(entry.get("time"))
     for list_name, user_key in _USER_LISTS:
         for item in _dicts(value.get(list_name))[:1]:
             user = _str(item.get(user_key))
             if list_name == "calls" and str(item.get("direction", "")).upper() == "BUSINESS_INITIATED":
                 user = _str(item.get("to")) or user
-            for key in ("id", "event", "status", "direction", "value", "category"):
-                if isinstance(item.get(key), str):
-                    meta[f"{list_name}.{key}"] = item[key]
+            for name in ("id", "event", "status", "direction", "value", "category"):
+                if isinstance(item.get(name), str):
+                    meta[f"{list_name}.{name}"] = item[name]
             at = _time(item.get("timestamp")) or at
         if user:
             break
@@ -352,7 +361,7 @@ def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
             wa_id, name = _str(c.get("wa_id")), _str(profile.get("name"))
             if wa_id and name:
                 names[wa_id.lstrip("+")] = name
-        if field == "messages":
+        if field == "messages" and (_dicts(value.get("messages")) or _dicts(value.get("statuses"))):
             out += [_message(m, account, names) for m in _dicts(value.get("messages"))]
             out += [_status(s, account, names) for s in _dicts(value.get("statuses"))]
         elif field == "smb_message_echoes" and _dicts(value.get("message_echoes")):

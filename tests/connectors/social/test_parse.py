@@ -189,6 +189,25 @@ def test_whatsapp_changes_of_other_fields_are_kept_as_events_and_echoes_as_outbo
     assert [i.external_id for i in again] == [i.external_id for i in inbounds]
 
 
+def test_whatsapp_messages_change_with_only_errors_is_an_event() -> None:
+    # it printed no Inbound at all (omnigate parse: "no JSON Inbound printed")
+    (event,) = whatsapp.parse((FIXTURES / "whatsapp_synthetic_value_errors.json").read_bytes(), {})
+    assert (event.kind, event.raw_type, event.sender.value) == ("event", "messages", "whatsapp-account:102290129340398")
+    assert (event.meta["error_code"], event.meta["error_title"]) == ("131000", "Something went wrong")
+    assert event.meta["error_details"].startswith("Message failed to send")
+
+
+def test_whatsapp_field_changes_of_different_bodies_have_different_ids() -> None:
+    # the external id ended in the last key of the value ("…:reason"): a second
+    # template's status update was taken for a redelivery of the first and dropped
+    body = json.loads((FIXTURES / "whatsapp_synthetic_account_fields.json").read_text())
+    first = whatsapp.parse(json.dumps(body).encode(), {})[0]
+    body["entry"][0]["changes"][0]["value"]["message_template_name"] = "order_shipped"
+    second = whatsapp.parse(json.dumps(body).encode(), {})[0]
+    assert first.raw_type == second.raw_type == "message_template_status_update"
+    assert first.external_id != second.external_id
+
+
 def test_instagram_comments_and_mentions_are_events_not_dropped() -> None:
     inbounds = messenger.parse((FIXTURES / "instagram_synthetic_comment_and_mention.json").read_bytes(), {})
     comment, mention = inbounds
