@@ -340,6 +340,26 @@ async def test_messenger_message_echo_delivery_and_reply(gw: Gateway, graph) -> 
     assert (reply["id"], "read") in statuses and (echoed["id"], "read") in statuses
 
 
+async def test_messenger_chat_plugin_guests_are_their_own_contacts_and_answered_by_user_ref(gw: Gateway, graph) -> None:
+    # A Chat Plugin guest has no PSID, only sender.user_ref (Messenger Platform
+    # "messages" webhook reference): two guests were one contact "<page>:unknown".
+    guests = [{"sender": {"user_ref": ref}, "recipient": {"id": PAGE_ID}, "timestamp": T0 * 1000,
+               "message": {"mid": f"m_{ref}", "text": f"hello from {ref}"}} for ref in ("guest-1", "guest-2")]
+    await fb(gw, "messenger", fb_body("page", PAGE_ID, *guests), FB_SECRET)
+    await gw.drain()
+    entries = await gw.journal()
+    assert [e["status"] for e in entries] == ["processed"]  # one body, two messages
+    tickets = (await gw.get("/api/v1/tickets"))["items"]
+    assert len(tickets) == 2
+    contacts = [await gw.get(f"/api/v1/contacts/{t['contact_id']}") for t in tickets]
+    assert sorted(i["value"] for c in contacts for i in c["identities"]) == [
+        f"{PAGE_ID}:user_ref:guest-1", f"{PAGE_ID}:user_ref:guest-2"]
+    (first,) = [t for t, c in zip(tickets, contacts) if c["identities"][0]["value"].endswith("guest-1")]
+    reply = await gw.reply(first["id"], "How can I help?")
+    await reply_status(gw, first["id"], reply["id"], lambda d: d["status"] == "sent")
+    assert graph.sent[-1][:2] == ("messenger", "user_ref:guest-1")
+
+
 async def test_instagram_message_and_reply_on_its_own_channel(gw: Gateway, graph) -> None:
     body = fb_body("instagram", IG_ID, fb_message("99887766", IG_ID, "aWdfZAG1", "Do you ship to Lyon?"))
     await fb(gw, "instagram", body, FB_SECRET, 401)  # signed with another app's secret

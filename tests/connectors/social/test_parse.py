@@ -15,6 +15,7 @@ import pytest
 
 from connectors.base import PayloadRejected
 from connectors.line import parse as line
+from connectors.messenger import client as messenger_client
 from connectors.messenger import parse as messenger
 from connectors.registry import parse_channels, validate_all
 from connectors.whatsapp import parse as whatsapp
@@ -206,6 +207,23 @@ def test_whatsapp_field_changes_of_different_bodies_have_different_ids() -> None
     second = whatsapp.parse(json.dumps(body).encode(), {})[0]
     assert first.raw_type == second.raw_type == "message_template_status_update"
     assert first.external_id != second.external_id
+
+
+def test_messenger_chat_plugin_guests_have_their_own_identities() -> None:
+    # sender.user_ref and no id: both were "<page>:unknown", one contact for every guest
+    one, two = messenger.parse((FIXTURES / "messenger_synthetic_chat_plugin_guests.json").read_bytes(), {})
+    assert one.sender.value == "106540352242922:user_ref:guest-ref-0001"
+    assert two.sender.value == "106540352242922:user_ref:guest-ref-0002"
+    assert not one.defects and one.text == "Hi, do you ship to Austria?"
+    assert messenger_client.recipient_of(one.sender.value) == {"user_ref": "guest-ref-0001"}
+    assert messenger_client.recipient_of("106540352242922:6247348") == {"id": "6247348"}
+
+
+def test_instagram_story_reply_names_the_story() -> None:
+    (reply,) = messenger.parse((FIXTURES / "instagram_synthetic_story_reply.json").read_bytes(), {})
+    assert (reply.channel, reply.kind, reply.text) == ("instagram", "message", "Is this jacket still available?")
+    assert reply.meta["story_id"] == "17900000000000001"
+    assert reply.meta["story_url"].startswith("https://lookaside.fbsbx.com/")
 
 
 def test_instagram_comments_and_mentions_are_events_not_dropped() -> None:
