@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -241,6 +241,35 @@ def test_cdr_custom_sample_layout_is_read():
     assert (call.external_id, call.sender.value, call.sender.name) == ("1720000000.1", "+8613800138000", "Alice")
     assert (call.call.disposition, call.call.duration_s, call.meta["layout"]) == ("answered", 65, "cdr_custom")
     assert call.meta["_warnings"] == ""
+
+
+def test_cdr_table_export_under_a_header_row_is_read_by_column_name():
+    """The CDR database table (cdr_adaptive_odbc/cdr_mysql's asteriskcdrdb.cdr, FreePBX's CDR report
+    export): a header row, calldate for the start, no answer or end column, 26 columns — every row
+    was refused ("26 fields; a cdr_csv row has 16 to 21")."""
+    answered, missed = fixture("synthetic_asterisk_cdr_table_export.csv")
+    assert answered.meta["_warnings"] == ""
+    assert (answered.external_id, answered.sender.value, answered.sender.name) == (
+        "1720000000.1", "+8613800138000", "Alice")
+    assert (answered.call.disposition, answered.call.duration_s, answered.meta["layout"]) == ("answered", 65, "header")
+    shanghai = timezone(timedelta(hours=8))
+    assert answered.call.started_at == datetime(2024, 7, 3, 17, 46, 40, tzinfo=shanghai)
+    assert answered.call.ended_at == datetime(2024, 7, 3, 17, 47, 45, tzinfo=shanghai)  # calldate + duration
+    assert answered.call.answered_at == datetime(2024, 7, 3, 17, 46, 45, tzinfo=shanghai)  # end - billsec
+    assert (answered.meta["did"], answered.meta["recording_file"]) == (
+        "4008001234", "in-4008001234-13800138000-20240703-174640-1720000000.1.wav")
+    # no clid: the caller's name from cnam
+    assert (missed.sender.name, missed.call.disposition, missed.call.answered_at) == ("Bob", "missed", None)
+
+
+def test_caller_names_in_gbk_are_not_latin1_mojibake():
+    """cdr_csv writes a trunk's caller name bytes as given: GBK from a Chinese trunk was read as
+    Latin-1 ('ÕÅÈý'); a Windows-1252 name still reads as such."""
+    first, second = fixture("synthetic_asterisk_cdr_gbk_names.csv")
+    assert (first.sender.name, second.sender.name) == ("张三", "王小明")
+    latin = (FIXTURES / "synthetic_asterisk_cdr_gbk_names.csv").read_bytes().decode("gbk").replace(
+        "张三", "Jürgen Groß").encode("cp1252", "replace")
+    assert parse(latin, {"channel": "asterisk"})[0].sender.name == "Jürgen Groß"
 
 
 def test_cel_without_linkedid_end_ends_at_the_first_channels_chan_end():
