@@ -105,18 +105,31 @@ def _decode_legacy(data: bytes, codec: str | None) -> str | None:
     return None
 
 
+def _unsafe(exc: Exception) -> UnsafeXml:
+    if isinstance(exc, expat.ExpatError):
+        return UnsafeXml(f"not well-formed XML: {expat.ErrorString(exc.code)} at line {exc.lineno}")
+    # encoding="…" naming a multi-byte encoding expat does not take, or an unknown one
+    return UnsafeXml(f"XML declares an encoding the parser does not take: {exc}")
+
+
 def parse_xml(raw: bytes | str, *, root: str = "xml", max_bytes: int = MAX_XML_BYTES) -> dict[str, Any]:
-    """The children of the ``<root>`` element as a dict, or :class:`UnsafeXml`."""
+    """The children of the ``<root>`` element as a dict, or :class:`UnsafeXml`.
+
+    Only a document expat refuses is made readable (:func:`_readable`) and
+    parsed once more: a well-formed callback costs nothing extra."""
     data = raw.encode("utf-8") if isinstance(raw, str) else raw
     if len(data) > max_bytes:
         raise UnsafeXml(f"XML body of {len(data)} bytes exceeds the {max_bytes}-byte limit")
-    data = _readable(data)
     try:
         doc = xmltodict.parse(data, expat=_NoDoctypeExpat)
-    except expat.ExpatError as exc:
-        raise UnsafeXml(f"not well-formed XML: {expat.ErrorString(exc.code)} at line {exc.lineno}") from None
-    except (LookupError, ValueError) as exc:  # encoding="GBK" (multi-byte) or an unknown encoding name
-        raise UnsafeXml(f"XML declares an encoding the parser does not take: {exc}") from None
+    except (expat.ExpatError, LookupError, ValueError) as exc:
+        readable = _readable(data)
+        if readable == data:
+            raise _unsafe(exc) from None
+        try:
+            doc = xmltodict.parse(readable, expat=_NoDoctypeExpat)
+        except (expat.ExpatError, LookupError, ValueError):
+            raise _unsafe(exc) from None  # the original document's fault, not the repair's
     if not isinstance(doc, dict) or set(doc) != {root}:
         found = next(iter(doc), "?") if isinstance(doc, dict) else "?"
         raise UnsafeXml(f"root element is <{found}>, expected <{root}>")
