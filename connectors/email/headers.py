@@ -205,8 +205,12 @@ def usable(addr: str) -> bool:
     return bool(at and local and domain) and not _UNSENDABLE.search(addr)
 
 
-def message_ids(value: str | None) -> list[str]:
-    """The ids of a Message-ID / In-Reply-To / References value, without angle brackets."""
+def message_ids(value: str | None, *, bare: bool = False) -> list[str]:
+    """The ids of a Message-ID / In-Reply-To / References value, without angle brackets.
+
+    Ids without brackets count when they have an ``@``; with ``bare`` (a
+    Message-ID header, which holds one id and no prose) a single token
+    without one too (``Message-Id:102.10200000000105`` of a postcard mailer)."""
     if not value:
         return []
     # ids are ASCII by the RFC: stray 8-bit bytes become U+FFFD (never lone surrogates)
@@ -215,6 +219,10 @@ def message_ids(value: str | None) -> list[str]:
     ids = [i for i in ids if i]
     if not ids:  # bare ids, as some mailers write them
         ids = [t.strip("<>,;") for t in value.split() if "@" in t]
+    if not ids and bare:
+        tokens = value.split()
+        if len(tokens) == 1 and len(tokens[0].strip("<>")) <= 250:
+            ids = [tokens[0].strip("<>")] if tokens[0].strip("<>") else []
     return ids
 
 

@@ -44,6 +44,9 @@ _FIRST_LINE = re.compile(rb"(?:From |[\x21-\x39\x3b-\x7e]+[ \t]*:)")
 _HEADER_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
 _BODY_TYPES = frozenset({"text/plain", "text/html", "text/enriched"})
+#: Other renderings of the same body inside multipart/alternative (Gmail's
+#: AMP, Apple Watch's): neither the body nor an attachment.
+_ALTERNATIVE_RENDERINGS = frozenset({"text/x-amp-html", "text/watch-html"})
 _REPORT_ORIGINALS = frozenset({"message/rfc822", "message/rfc822-headers", "text/rfc822-headers"})
 _SENDER_FALLBACKS = ("sender", "reply-to", "return-path")
 #: An addr-spec standing alone among words (whitespace, comma or quote around it).
@@ -204,15 +207,17 @@ def _collect_attachment(part: Message, ctype: str, name: str | None, body: _Body
     body.attachments.append(attachments.make(data, name, ctype, inline=inline, content_id=content_id))
 
 
-def _walk(part: Message, body: _Body, in_report: bool = False) -> None:
+def _walk(part: Message, body: _Body, in_report: bool = False, in_alternative: bool = False) -> None:
     body.defects.extend(type(d).__name__ for d in part.defects)
     ctype = part.get_content_type()
     if ctype.startswith("multipart/"):
         payload = part.get_payload()
         for sub in payload if isinstance(payload, list) else ():
-            _walk(sub, body, in_report or ctype == "multipart/report")
+            _walk(sub, body, in_report or ctype == "multipart/report", ctype == "multipart/alternative")
         return
     name = attachments.filename(part, body.hints, body.defects)
+    if in_alternative and ctype in _ALTERNATIVE_RENDERINGS and name is None and _disposition(part) != "attachment":
+        return
     if ctype == "message/delivery-status":
         body.dsn.update({k: v for k, v in dsn.delivery_status(part).items() if k not in body.dsn})
     elif in_report and ctype in _REPORT_ORIGINALS:
@@ -369,7 +374,7 @@ def _inbound(msg: Message, raw: bytes, context: Mapping[str, Any], defects: list
     sender = _sender(msg, raw, context, hmap, hints, defects)
     subject_raw = first("subject")
     subject = headers.decode_header(subject_raw, hints, defects) if subject_raw is not None else None
-    message_ids = headers.message_ids(first("message-id"))
+    message_ids = headers.message_ids(first("message-id"), bare=True)
     thread = ThreadHints(
         message_id=message_ids[0] if message_ids else None,
         in_reply_to=(headers.message_ids(first("in-reply-to")) or [None])[0],

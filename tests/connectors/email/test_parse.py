@@ -226,6 +226,37 @@ def test_a_bare_address_among_words_in_from_is_the_sender():
     assert one(raw).sender.value != "system@example.com"
 
 
+def test_a_read_receipt_is_machine_sent_and_never_answered():
+    # RFC 8098 section 5: an MDN must not be answered automatically; it was a plain customer
+    # message (auto None), so an auto-reply rule would answer "Read: …" receipts.
+    msg = fixture("synthetic_read_receipt_mdn.eml")
+    assert (msg.auto, msg.meta["auto_reason"]) == ("auto_reply", "multipart/report; report-type=disposition-notification")
+    assert msg.thread.in_reply_to == "reply-4711@support.example.com"
+    assert "has been displayed" in msg.text
+
+
+def test_amp_and_watch_renderings_are_not_attachments():
+    # Gmail's text/x-amp-html and Apple Watch's text/watch-html are other renderings of the body
+    # inside multipart/alternative; each was counted as a nameless attachment.
+    msg = fixture("synthetic_amp_and_watch_alternatives.eml")
+    assert [a.name for a in msg.attachments] == ["invoice-4711.pdf"]
+    assert msg.text == "Your order 4711 has shipped."
+    assert msg.html is not None and "<b>4711</b>" in msg.html
+    # named or marked as an attachment, such a part is still one
+    raw = (FIXTURES / "synthetic_amp_and_watch_alternatives.eml").read_bytes().replace(
+        b"Content-Type: text/watch-html; charset=utf-8", b"Content-Type: text/watch-html; charset=utf-8; name=watch.html")
+    assert sorted(a.name for a in one(raw).attachments) == ["invoice-4711.pdf", "watch.html"]
+
+
+def test_a_message_id_without_brackets_or_at_sign_is_kept():
+    msg = fixture("synthetic_bare_message_id.eml")
+    assert msg.thread.message_id == msg.external_id == "102.10200000000105"
+    # In-Reply-To and References still take bare tokens only with an @ (they may hold prose)
+    raw = (FIXTURES / "synthetic_bare_message_id.eml").read_bytes().replace(
+        b"Subject:", b"In-Reply-To: your message of Tuesday\nSubject:")
+    assert one(raw).thread.in_reply_to is None
+
+
 def test_a_banner_line_above_the_headers_is_skipped():
     # A relay/archive banner above the headers (Kerio's "---- Original email
     # message ----", seen in Zammad's mail068): RFC 5322 section 2.2 headers
