@@ -82,10 +82,13 @@ def decode_header(value: str | None, hints: tuple[str, ...], defects: list[str])
     if "=?" not in value:
         return _SPACES.sub(" ", decode_raw(value, hints, defects)).strip()
     out: list[str] = []
-    words: list[tuple[str, bytes]] = []  # adjacent encoded words not yet decoded
+    # adjacent encoded words not yet decoded: a charset and its words' bytes
+    # (joined once at the flush: appending bytes to bytes was quadratic in a
+    # header of thousands of words)
+    words: list[tuple[str, list[bytes]]] = []
 
     def flush() -> None:
-        out.extend(_decode_word(cs, data, hints, defects) for cs, data in words)
+        out.extend(_decode_word(cs, b"".join(chunks), hints, defects) for cs, chunks in words)
         words.clear()
 
     pos = 0
@@ -102,9 +105,9 @@ def decode_header(value: str | None, hints: tuple[str, ...], defects: list[str])
             defects.append("InvalidEncodedWord")
             data = m.group(0).encode("ascii", "surrogateescape")
         if words and words[-1][0] == charset:
-            words[-1] = (charset, words[-1][1] + data)
+            words[-1][1].append(data)
         else:
-            words.append((charset, data))
+            words.append((charset, [data]))
         pos = m.end()
     flush()
     out.append(decode_raw(value[pos:], hints, defects))

@@ -14,11 +14,13 @@ broken header folding (an unindented continuation line in the middle of the
 header block, which makes the stdlib end the headers early), missing or
 lying charsets, broken encoded words, duplicate or unusable From headers
 (a bare address among words, ``Big Bug bb@bug.com``, is taken),
-bad dates, MIME structure defects (the stdlib's defect class names), and
+bad dates, MIME structure defects (the stdlib's defect class names; parts
+nested over a hundred deep are left out, ``MimeNestingTooDeep``), and
 Outlook ``.msg`` blobs handed over instead of MIME, a banner line or two
 above the headers (``LeadingNonHeaderLine``). Only bytes that are not mail
 at all — empty, or no header line at the start (after at most such a
-banner) — raise :class:`PayloadRejected`.
+banner) — and a structure nested too deeply for the stdlib parser's
+recursion raise :class:`PayloadRejected`.
 """
 
 from __future__ import annotations
@@ -128,7 +130,10 @@ def _repair_folding(data: bytes) -> bytes | None:
 
 
 def _read(data: bytes, defects: list[str]) -> Message:
-    msg = message_from_bytes(data, policy=compat32)
+    try:
+        msg = message_from_bytes(data, policy=compat32)
+    except RecursionError:  # the stdlib parser recurses once per nested multipart
+        raise PayloadRejected("MIME structure nested too deeply to read") from None
     if any(type(d).__name__ == "MissingHeaderBodySeparatorDefect" for d in msg.defects):
         repaired = _repair_folding(data)
         if repaired is not None:
@@ -171,9 +176,14 @@ def _is_attachment(part: Message, ctype: str, name: str | None) -> bool:
     return _disposition(part) == "attachment" or name is not None or ctype not in _BODY_TYPES
 
 
-def _part_bytes(part: Message, ctype: str) -> bytes:
+def _part_bytes(part: Message, ctype: str, defects: list[str]) -> bytes:
     if ctype.startswith("message/") and isinstance(part.get_payload(), list):
-        return _message_bytes(part.get_payload(0))
+        inner = part.get_payload(0)
+        try:
+            return _message_bytes(inner)
+        except RecursionError:  # hundreds of messages nested in each other: its own headers only
+            defects.append("MimeNestingTooDeep")
+            return "".join(f"{k}: {v}\n" for k, v in inner.items()).encode("utf-8", "surrogateescape")
     payload = part.get_payload(decode=True)
     return payload if isinstance(payload, bytes) else b""
 
@@ -195,7 +205,7 @@ def _message_bytes(msg: Message) -> bytes:
 
 
 def _collect_attachment(part: Message, ctype: str, name: str | None, body: _Body) -> None:
-    data = _part_bytes(part, ctype)
+    data = _part_bytes(part, ctype, body.defects)
     if attachments.is_tnef(ctype, name):
         inner = attachments.expand_tnef(data, body.defects)
         if inner is not None:
@@ -207,13 +217,21 @@ def _collect_attachment(part: Message, ctype: str, name: str | None, body: _Body
     body.attachments.append(attachments.make(data, name, ctype, inline=inline, content_id=content_id))
 
 
-def _walk(part: Message, body: _Body, in_report: bool = False, in_alternative: bool = False) -> None:
+#: Multiparts deeper than this are not walked (real mail nests a handful; the
+#: walk recurses once per level).
+_MAX_DEPTH = 100
+
+
+def _walk(part: Message, body: _Body, in_report: bool = False, in_alternative: bool = False, depth: int = 0) -> None:
     body.defects.extend(type(d).__name__ for d in part.defects)
     ctype = part.get_content_type()
     if ctype.startswith("multipart/"):
+        if depth >= _MAX_DEPTH:
+            body.defects.append("MimeNestingTooDeep")
+            return
         payload = part.get_payload()
         for sub in payload if isinstance(payload, list) else ():
-            _walk(sub, body, in_report or ctype == "multipart/report", ctype == "multipart/alternative")
+            _walk(sub, body, in_report or ctype == "multipart/report", ctype == "multipart/alternative", depth + 1)
         return
     name = attachments.filename(part, body.hints, body.defects)
     if in_alternative and ctype in _ALTERNATIVE_RENDERINGS and name is None and _disposition(part) != "attachment":
