@@ -604,6 +604,8 @@ def parse_freeswitch_json(raw: bytes, p: _Ctx) -> Inbound:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadRejected(f"not a mod_json_cdr record: invalid JSON ({exc})") from None
+    except RecursionError:  # [[[[…]]]] thousands deep: the json module's recursion
+        raise PayloadRejected("not a mod_json_cdr record: JSON nested too deeply") from None
     if isinstance(doc, dict) and isinstance(doc.get("variables"), dict):
         doc["variables"] = {k: unquote(v) if isinstance(v, str) and _PCT.search(v) else v
                             for k, v in doc["variables"].items()}

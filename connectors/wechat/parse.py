@@ -60,15 +60,23 @@ def external_id(fields: Mapping[str, Any]) -> str:
     return f"{text_field(fields, 'FromUserName') or ''}:{text_field(fields, 'CreateTime') or ''}:{kind}"
 
 
-def _flat_meta(fields: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Every small leaf outside the envelope, nested ones as ``Parent.Child``."""
+#: Nesting levels of a callback's elements read into meta (WeChat's nest two
+#: or three: ``ScanCodeInfo.ScanResult``, ``SendPicsInfo.PicList.item``).
+_META_MAX_DEPTH = 8
+
+
+def _flat_meta(fields: Mapping[str, Any], prefix: str = "", depth: int = 0) -> dict[str, str]:
+    """Every small leaf outside the envelope, nested ones as ``Parent.Child``
+    (down to :data:`_META_MAX_DEPTH` levels: elements nested thousands deep
+    were a RecursionError)."""
     out: dict[str, str] = {}
     for name, value in fields.items():
         if not prefix and name in _NOT_META:
             continue
         key = f"{prefix}{name}"
         if isinstance(value, dict):
-            out.update(_flat_meta(value, f"{key}."))
+            if depth < _META_MAX_DEPTH:
+                out.update(_flat_meta(value, f"{key}.", depth + 1))
         elif isinstance(value, str) and value.strip():
             out[key] = value.strip()[:_META_MAX_CHARS]
     return out

@@ -320,6 +320,16 @@ def test_without_a_warn_callback_skipped_rows_become_defects():
     assert calls[0].defects[-1] == "skipped line 2: start 'yesterday' is not a time"
 
 
+def test_mod_json_cdr_nested_thousands_deep_is_refused_not_a_crash():
+    raw = (FIXTURES / "synthetic_freeswitch_json_cdr_minimal.json").read_bytes()
+    (call,) = parse(raw, {"channel": "freeswitch"})
+    assert (call.external_id, call.call.disposition, call.call.duration_s) == (
+        "6a7b8c9d-0000-4000-8000-000000000002", "answered", 65)
+    deep = raw.replace(b'"callflow":[', b'"callflow":[' + b"[" * 5000 + b"]" * 5000 + b",")
+    with pytest.raises(PayloadRejected, match="nested too deeply"):  # was the json module's RecursionError
+        parse(deep, {"channel": "freeswitch"})
+
+
 def test_an_epoch_beyond_what_a_datetime_holds_is_refused_not_a_crash():
     # mod_json_cdr's *_uepoch/*_epoch variables are Unix micro/seconds; a corrupted one raised OSError.
     doc = {"variables": {"uuid": "u-1", "caller_id_number": "13800138000", "destination_number": "100",
