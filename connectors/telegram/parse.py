@@ -300,7 +300,8 @@ def update_key(update: Mapping[str, Any]) -> str:
         elif kind == "callback_query" and isinstance(body.get("id"), str):
             return f"callback:{body['id']}"
         elif kind in MEMBER_KINDS and chat_id is not None:
-            status = (body.get("new_chat_member") or {}).get("status")
+            member = body.get("new_chat_member")
+            status = member.get("status") if isinstance(member, dict) else None
             return f"{kind}:{chat_id}:{_int(body.get('date'))}:{status}"
     return f"update:{update['update_id']}"
 

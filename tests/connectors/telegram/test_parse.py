@@ -186,6 +186,16 @@ def test_my_chat_member_says_whether_the_user_blocked_the_bot(name: str, blocked
     assert event.meta["blocked"] == blocked and event.meta["new_status"] == status
 
 
+@pytest.mark.parametrize("member", [-1, "kicked", ["kicked"], None])
+def test_a_member_update_of_another_shape_is_refused_not_a_crash(member) -> None:
+    # the idempotency key read new_chat_member.status without a type check: AttributeError
+    update = json.loads((FIXTURES / "synthetic_my_chat_member_kicked.json").read_text())
+    update["my_chat_member"]["new_chat_member"] = member
+    assert update_key(update) == f"my_chat_member:111111:{update['my_chat_member']['date']}:None"
+    with pytest.raises(PayloadRejected, match="not a Telegram my_chat_member"):
+        parse_one(json.dumps(update).encode())
+
+
 def test_group_message_with_audio_replying_to_the_bot() -> None:
     msg = fixture("synthetic_group_audio_reply.json")
     assert msg.sender.value == "222222"  # the person, not the group
