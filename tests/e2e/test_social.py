@@ -196,6 +196,24 @@ async def test_whatsapp_body_with_several_messages_gives_each_once(gw: Gateway) 
     assert [m["text"] for m in await gw.timeline(ticket_id)] == ["first", "second"]
 
 
+async def test_whatsapp_username_user_is_one_contact_and_answered_by_bsuid(gw: Gateway, graph) -> None:
+    body = (Path(__file__).resolve().parents[1] / "fixtures" / "social" / "whatsapp_synthetic_username_bsuid.json").read_bytes()
+    await wa(gw, body.replace(b'"phone_number_id": "106540352242922"', f'"phone_number_id": "{WA_PHONE_ID}"'.encode()))
+    await gw.drain()
+    (entry,) = await gw.journal()
+    assert entry["status"] == "processed"
+    contact = await gw.get(f"/api/v1/contacts/{entry['contact_id']}")
+    assert {"kind": "external", "value": "whatsapp-user:US.13491208655302741918"} in contact["identities"]
+    tickets = (await gw.get("/api/v1/tickets"))["items"]
+    assert len(tickets) == 1  # both messages on one ticket of one contact
+    assert [m["text"] for m in await gw.timeline(tickets[0]["id"])] == [
+        "Is my order 4711 on its way?", "It was due yesterday."]
+    reply = await gw.reply(tickets[0]["id"], "It ships today.")
+    await reply_status(gw, tickets[0]["id"], reply["id"], lambda d: d["status"] == "sent")
+    kind, to, payload = graph.sent[-1]
+    assert (kind, to, payload["recipient"]) == ("whatsapp", "bsuid:US.13491208655302741918", "US.13491208655302741918")
+
+
 async def test_whatsapp_reply_then_statuses_update_that_reply(gw: Gateway, graph: GraphApiStandIn) -> None:
     ticket = await whatsapp_ticket(gw)
     other = await gw.reply(ticket["id"], "An earlier answer.")

@@ -105,7 +105,10 @@ class GraphApiStandIn:
         if refused:
             return refused
         body = await request.json()
-        if body.get("messaging_product") != "whatsapp" or not str(body.get("to", "")).isdigit():
+        # a username-only user is addressed by BSUID (recipient), recorded as "bsuid:<BSUID>"
+        if "recipient" in body and "to" not in body:
+            body["to"] = f"bsuid:{body['recipient']}"
+        elif body.get("messaging_product") != "whatsapp" or not str(body.get("to", "")).isdigit():
             return self._error(graph_error(100, "(#100) Invalid parameter", details="messaging_product and to are required"))
         kind = body.get("type")
         if kind not in ("text", "template", "image", "document", "video", "audio"):

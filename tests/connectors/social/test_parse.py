@@ -190,6 +190,19 @@ def test_whatsapp_changes_of_other_fields_are_kept_as_events_and_echoes_as_outbo
     assert [i.external_id for i in again] == [i.external_id for i in inbounds]
 
 
+def test_whatsapp_username_user_without_phone_is_one_contact_by_bsuid() -> None:
+    # no "from" and no wa_id: every such message was from "+unknown" (one contact for all of them,
+    # or none at all once the phone identity was refused)
+    first, second = whatsapp.parse((FIXTURES / "whatsapp_synthetic_username_bsuid.json").read_bytes(), {})
+    assert first.sender == second.sender
+    assert (first.sender.kind, first.sender.value, first.sender.name) == (
+        "external", "whatsapp-user:US.13491208655302741918", "Sheena Nelson")
+    assert first.meta["bsuid"] == "US.13491208655302741918" and first.text == "Is my order 4711 on its way?"
+    from connectors.whatsapp.client import addressee
+    assert addressee(first.sender.value) == {"recipient": "US.13491208655302741918"}
+    assert addressee("+16505551234") == {"to": "16505551234"}
+
+
 def test_whatsapp_messages_change_with_only_errors_is_an_event() -> None:
     # it printed no Inbound at all (omnigate parse: "no JSON Inbound printed")
     (event,) = whatsapp.parse((FIXTURES / "whatsapp_synthetic_value_errors.json").read_bytes(), {})
