@@ -45,6 +45,8 @@ from routing.model import Attachment, Inbound, Sender, ThreadHints
 _FIRST_LINE = re.compile(rb"(?:From |[\x21-\x39\x3b-\x7e]+[ \t]*:)")
 _HEADER_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
+#: "Name:" with 8-bit bytes in the name: not a valid header, not a continuation either.
+_BAD_HEADER_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]*[\x80-\xff][\x21-\x39\x3b-\xff]*[ \t]*:")
 _BODY_TYPES = frozenset({"text/plain", "text/html", "text/enriched"})
 #: Other renderings of the same body inside multipart/alternative (Gmail's
 #: AMP, Apple Watch's): neither the body nor an attachment.
@@ -124,7 +126,9 @@ def _repair_folding(data: bytes) -> bytes | None:
     for i in range(1, last):
         line = lines[i]
         if not is_header[i] and line[:1] not in (b" ", b"\t"):
-            lines[i] = b" " + line
+            # a header whose name has 8-bit bytes ("Subj\xe9ct:") is a broken header of its
+            # own, not the previous one's continuation (it would end up in the From)
+            lines[i] = b"X-Invalid-Header-Name: " + line if _BAD_HEADER_NAME.match(line) else b" " + line
             changed = True
     return b"\n".join(lines) + rest if changed else None
 

@@ -298,6 +298,15 @@ def test_a_header_of_many_encoded_words_decodes_whole():
     assert msg.subject == "你好" * 50_000
 
 
+def test_a_header_name_with_8bit_bytes_is_not_glued_to_the_from():
+    # the stdlib ends the headers at "Subj\xe9ct:"; the folding repair made it a continuation of
+    # the From: the sender became "customer@example.org>subjéct" mojibake or the mail lost its Subject
+    msg = fixture("synthetic_8bit_header_name.eml")
+    assert msg.sender.value == "customer@example.org"
+    assert (msg.subject, msg.thread.message_id) == ("Order 4711", "bad-header-name@example.org")
+    assert msg.text == "Where is my order?"
+
+
 def test_a_banner_line_above_the_headers_is_skipped():
     # A relay/archive banner above the headers (Kerio's "---- Original email
     # message ----", seen in Zammad's mail068): RFC 5322 section 2.2 headers
