@@ -83,12 +83,6 @@ def test_channels_shares_and_chat_records_are_customer_messages(msg):
     assert inbound.sender.value == "wmSyntheticCustomer01" and inbound.defects == []
 
 
-def test_a_kind_not_known_yet_stays_an_event_carrying_it():
-    msg = {**NEWER["msg_list"][0], "msgid": "kfmsg-0199", "msgtype": "some_future_kind", "some_future_kind": {"x": "1"}}
-    (inbound,) = parse(msgspec.json.encode(msg), CONTEXT)
-    assert (inbound.kind, inbound.raw_type, inbound.meta["x"]) == ("event", "some_future_kind", "1")
-
-
 def test_customer_messages_carry_the_kf_session():
     (inbound,) = parse(msgspec.json.encode(SYNC["msg_list"][1]), CONTEXT)
     assert inbound.thread.session_id == "wkSyntheticKf01:wmSyntheticCustomer01"
