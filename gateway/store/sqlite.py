@@ -126,6 +126,17 @@ class _Writer:
         self.in_group = False
         self.batches = 0
         self.writes = 0
+        #: serials of the open group's transaction (bumped at each ``BEGIN``) and
+        #: of the write running in its savepoint (bumped at each ``SAVEPOINT w``,
+        #: never reset): state kept in memory beside the rows (the agent cache,
+        #: ``sqlite_assign.AgentCache``) checks SQL once per group and knows
+        #: which write changed it
+        self.group = 0
+        self.write = 0
+        #: called after a rollback with the serial of the write rolled back
+        #: (None: the whole group's transaction): state kept in memory beside
+        #: the rows drops what that write changed
+        self.on_rollback: list[Callable[[int | None], None]] = []
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnigate-sqlite-commit")
 
     def submit(self, fn: Callable[..., Any], args: tuple, savepoint: bool) -> asyncio.Future:
@@ -190,6 +201,7 @@ class _Writer:
         except sqlite3.Error as exc:
             err = StoreError(f"cannot start a write transaction: {exc}")
             return [(loop, fut, None, err) for fn, args, loop, fut, _ in batch]
+        self.group += 1
         i = 0
         while i < len(batch):
             fn, args, _, fut, savepoint = batch[i]
@@ -214,11 +226,13 @@ class _Writer:
                     results.append((loop, fut, None, exc))
                 continue
             conn.execute("SAVEPOINT w")
+            self.write += 1
             try:
                 value = fn(conn, *args)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 conn.execute("ROLLBACK TO w")
                 conn.execute("RELEASE w")
+                self.rolled_back(self.write)
                 results.append((loop, fut, None, exc))
             else:
                 conn.execute("RELEASE w")
@@ -230,9 +244,15 @@ class _Writer:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            self.rolled_back(None)
             err = StoreError(f"commit failed: {exc}")
             results = [(loop, fut, None, err) for loop, fut, _, _ in results]
         return results
+
+    def rolled_back(self, write: int | None) -> None:
+        """Tell :attr:`on_rollback` that ``write`` (None: the whole group) was rolled back."""
+        for hook in self.on_rollback:
+            hook(write)
 
     async def close(self) -> None:
         while self.busy:
