@@ -38,8 +38,15 @@ LINE, phone) and webchat never ask.
   Waiting does not hold back independent senders (each waiting request
   keeps a connection open and the sender opens another), so on these paths
   the delay only added cost; a refusal costs little and the sender comes
-  back after ``Retry-After``. Intake on them is thereby held to ``ratio``
-  times the processing rate however fast requests come.
+  back after ``Retry-After``. They are refused sooner than others wait:
+  once intake on any channel reaches ``shed_ratio``
+  (``pipeline.admission_shed_ratio``, 1) per entry the pipeline settles,
+  where the channels that may not refuse are still admitted up to
+  ``ratio`` (2). At 1 the backlog stops growing from these senders, and
+  the loop time a processed message costs stays one intake's, not two —
+  admitting twice what is processed only lengthened a backlog their
+  clients would retry into anyway (with 2 intakes of ~150 µs per processed
+  message of ~750, processing could keep at most ~0.85 of its capacity).
 - **The backlog limit** (``pipeline.backlog_limit``, off by default): a
   fixed number of pending entries (:meth:`Backlog.full`).
 
@@ -210,7 +217,7 @@ class AdmissionGate:
 
     def __init__(self, *, backlog: Callable[[], int], busy: Callable[[], float], ratio: float = 2.0,
                  high_water: int = 512, busy_at: float = 0.7, max_delay_s: float = 0.5, burst: float = 64.0,
-                 shed: bool = False):
+                 shed: bool = False, shed_ratio: float | None = None):
         self.backlog = backlog
         self.busy = busy
         self.ratio = ratio
@@ -228,6 +235,10 @@ class AdmissionGate:
         #: :meth:`shed` may refuse (``pipeline.admission_shed``); ``shed_count``: how often it did
         self.shed_enabled = shed
         self.shed_count = 0
+        #: intakes (any channel) per settled entry past which :meth:`shed` refuses (None: ``ratio``);
+        #: ``shed_credits``: its own account, spent by every intake while starved
+        self.shed_ratio = ratio if shed_ratio is None else shed_ratio
+        self.shed_credits = burst
         self._was_starved = False
 
     @property
@@ -247,6 +258,9 @@ class AdmissionGate:
         if not starved:
             self.stats["free"] += 1
             return True
+        # every intake while starved, credited or about to wait, spends the shedding account
+        # (down to one burst below zero, so that it recovers as fast as it went)
+        self.shed_credits = max(-self.burst, self.shed_credits - 1)
         if self.credits >= 1 and not self._waiters:
             self.credits -= 1
             self.stats["credited"] += 1
@@ -255,13 +269,14 @@ class AdmissionGate:
 
     def shed(self) -> bool:
         """Refuse this intake for now (True): shedding is on, the pipeline is
-        starved, and no credit is free for it (none left, or earlier intakes
-        wait for them). Takes nothing: an intake that is not refused takes
-        its credit in :meth:`admit` as any other. Asked only by intake whose
+        starved, and no credit is free for it (none left, earlier intakes
+        wait for them, or intake already reached ``shed_ratio`` per settled
+        entry). Takes nothing: an intake that is not refused takes its
+        credit in :meth:`admit` as any other. Asked only by intake whose
         senders retry for long (the API channel, SMTP)."""
         if not self.shed_enabled or not self.starved():
             return False
-        if self.credits >= 1 and not self._waiters:
+        if self.credits >= 1 and self.shed_credits >= 1 and not self._waiters:
             return False
         self.shed_count += 1
         return True
@@ -271,6 +286,7 @@ class AdmissionGate:
         to waiting intakes first (in arrival order)."""
         if not self.enabled:
             return
+        self.shed_credits = min(self.burst, self.shed_credits + self.shed_ratio * n)
         credits = self.credits + self.ratio * n
         while self._waiters and credits >= 1:
             _, fut = self._waiters.popleft()
@@ -350,7 +366,7 @@ class Load:
         ratio = p.admission_ratio if p.workers > 0 else 0.0
         self.gate = AdmissionGate(backlog=lambda: self.backlog.pending, busy=self.busy, ratio=ratio,
                                   high_water=max(64, 2 * worker.batch), max_delay_s=p.admission_max_delay_s,
-                                  shed=p.admission_shed)
+                                  shed=p.admission_shed, shed_ratio=p.admission_shed_ratio)
         worker.on_settled.append(self.backlog.settled)
         worker.on_settled.append(self.gate.settled)
 

@@ -81,6 +81,10 @@ class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: SMTP (451 4.3.2) refuse an intake that would wait at the gate, instead of
     #: delaying it; other channels are only ever delayed (gateway/admission.py).
     admission_shed: bool = True
+    #: While the pipeline is starved, intakes (on any channel) per entry it
+    #: settles past which the API channel and SMTP are refused (the others
+    #: are admitted up to ``admission_ratio``, then delayed).
+    admission_shed_ratio: float = 1.0
     #: Pending journal entries at which SMTP answers 451 4.3.2 and the API
     #: channel 503 + ``Retry-After`` (0: no limit; other channels never refuse).
     backlog_limit: int = 0
@@ -90,6 +94,8 @@ class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.admission_ratio < 0:
             raise ConfigError(f"pipeline.admission_ratio must be 0 (off) or more, got {self.admission_ratio}")
+        if self.admission_shed_ratio <= 0:
+            raise ConfigError(f"pipeline.admission_shed_ratio must be above 0, got {self.admission_shed_ratio}")
         if not 0 < self.admission_max_delay_s <= 2:
             # WeChat waits 5 s for an answer, three tries: a delay must stay far below that
             raise ConfigError("pipeline.admission_max_delay_s must be above 0 and at most 2 (seconds), "

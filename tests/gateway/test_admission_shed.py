@@ -65,3 +65,52 @@ def test_shedding_is_on_by_default_and_configurable(tmp_path):
     assert PipelineConfig().admission_shed is True
     config = load(None, environ={"OMNIGATE_DATA_DIR": str(tmp_path), "OMNIGATE_PIPELINE__ADMISSION_SHED": "false"})
     assert config.pipeline.admission_shed is False
+
+
+def test_sheddable_intake_is_held_to_the_shed_ratio_while_others_get_the_ratio():
+    """``shed_ratio`` 1 against ``ratio`` 2: once intake of any kind reaches
+    one per settled entry, the API channel and SMTP are refused, while a
+    channel that may not refuse is still admitted on the second credit."""
+    g = gate(Probe(backlog=5000, busy=1.0), burst=2.0, shed_ratio=1.0)
+    assert not g.shed() and g.try_admit() and not g.shed() and g.try_admit()  # the burst: two intakes
+    assert g.shed()  # both accounts spent
+    g.settled(1)  # two credits, one shedding credit
+    assert not g.shed() and g.try_admit()  # a sheddable intake takes its turn
+    assert g.shed()  # one intake per settled entry reached: refused …
+    assert g.try_admit()  # … where a WeChat callback still gets the second credit
+    assert g.stats["credited"] == 4 and g.shed_count == 2
+
+
+def test_intake_that_may_not_refuse_spends_the_shedding_account_too():
+    """WeChat callbacks admitted (or waiting) while starved count against
+    ``shed_ratio``: the API channel does not add its own share on top."""
+    g = gate(Probe(backlog=5000, busy=1.0), burst=4.0, shed_ratio=1.0)
+    for _ in range(4):
+        g.try_admit()  # four webhook intakes spend the burst of both accounts
+    g.settled(2)  # four credits (the burst), two shedding credits
+    g.try_admit(), g.try_admit()  # two more webhook intakes
+    assert g.credits == 2.0 and g.shed()
+
+
+def test_the_shedding_account_recovers_within_a_burst():
+    """However long a flood of intakes that may not refuse lasted, the
+    account is at most one burst below zero: the API channel is admitted
+    again after that many settled entries."""
+    g = gate(Probe(backlog=5000, busy=1.0), burst=3.0, shed_ratio=1.0)
+    for _ in range(1000):
+        g.try_admit()
+    g.settled(3)
+    assert g.shed()
+    g.settled(1)
+    assert not g.shed()
+
+
+def test_shed_ratio_defaults_to_one_and_is_validated(tmp_path):
+    from gateway.config import ConfigError, PipelineConfig, load
+
+    assert PipelineConfig().admission_shed_ratio == 1.0
+    config = load(None, environ={"OMNIGATE_DATA_DIR": str(tmp_path),
+                                 "OMNIGATE_PIPELINE__ADMISSION_SHED_RATIO": "1.5"})
+    assert config.pipeline.admission_shed_ratio == 1.5
+    with pytest.raises(ConfigError, match="admission_shed_ratio"):
+        PipelineConfig(admission_shed_ratio=0)
