@@ -192,7 +192,7 @@ class _Writer:
             return [(loop, fut, None, err) for fn, args, loop, fut, _ in batch]
         i = 0
         while i < len(batch):
-            fn, args, _, fut, savepoint = batch[i]
+            fn, _, _, _, savepoint = batch[i]
             many = getattr(fn, "many", None)
             if many is not None:  # a run of the same batchable write: one executemany
                 j = i
@@ -206,23 +206,15 @@ class _Writer:
                     results.extend((item[2], item[3], None, exc) for item in run)
                 i = j
                 continue
-            i += 1
-            if not savepoint:  # one statement: SQLite undoes a failed statement by itself
-                try:
-                    results.append((loop, fut, fn(conn, *args), None))
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                    results.append((loop, fut, None, exc))
-                continue
-            conn.execute("SAVEPOINT w")
-            try:
-                value = fn(conn, *args)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                conn.execute("ROLLBACK TO w")
-                conn.execute("RELEASE w")
-                results.append((loop, fut, None, exc))
+            j = i + 1
+            if savepoint and getattr(fn, "replayable", False):
+                while j < len(batch) and batch[j][4] and getattr(batch[j][0], "replayable", False):
+                    j += 1
+            if j - i > 1:
+                _run_replayable(conn, batch[i:j], results)
             else:
-                conn.execute("RELEASE w")
-                results.append((loop, fut, value, None))
+                _run_one(conn, batch[i], results)
+            i = j
         try:
             await loop.run_in_executor(self._thread, conn.execute, "COMMIT")
         except sqlite3.Error as exc:
@@ -250,6 +242,66 @@ def _in_read_tx(conn: sqlite3.Connection, fn: Callable[..., Any], args: tuple) -
     finally:
         if conn.in_transaction:
             conn.execute("ROLLBACK")  # it read only: ending it this way or by COMMIT is the same
+
+
+def replayable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a write function the writer may run again (:func:`_run_replayable`).
+
+    A replayable write's effects are its SQL alone, or besides SQL only
+    memos that check what they remember and caches that find out about a
+    rollback by themselves (``AgentCache``'s version): run again on the same
+    rows with the same arguments, it does what it did, and a run whose SQL
+    was rolled back leaves nothing behind. (Its arguments hold the time it
+    writes: ``now`` is taken when the write is queued.)"""
+    fn.replayable = True  # type: ignore[attr-defined]
+    return fn
+
+
+def _run_one(conn: sqlite3.Connection, item: tuple, results: list) -> None:
+    """One queued write in its own savepoint (``savepoint=False``: a single
+    statement, which SQLite undoes by itself when it fails)."""
+    fn, args, loop, fut, savepoint = item
+    if not savepoint:
+        try:
+            results.append((loop, fut, fn(conn, *args), None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            results.append((loop, fut, None, exc))
+        return
+    conn.execute("SAVEPOINT w")
+    try:
+        value = fn(conn, *args)
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+        conn.execute("ROLLBACK TO w")
+        conn.execute("RELEASE w")
+        results.append((loop, fut, None, exc))
+    else:
+        conn.execute("RELEASE w")
+        results.append((loop, fut, value, None))
+
+
+def _run_replayable(conn: sqlite3.Connection, run: list, results: list) -> None:
+    """Consecutive replayable writes (:func:`replayable`) under ONE savepoint.
+
+    A savepoint makes SQLite copy every page a write then changes into the
+    statement journal, once per savepoint: with one savepoint per write, the
+    pages every pipeline commit changes (the rightmost leaves of the
+    timeline's, outbox's and tickets' indexes…) were copied again for each
+    commit of a group. When every write of the run succeeds — the usual
+    case — the run is as if each had had its own savepoint. When one
+    raises, the whole run is rolled back and run again with a savepoint per
+    write (:func:`_run_one`), so a write that fails still fails alone, and
+    the others' results are those of that second run."""
+    conn.execute("SAVEPOINT run")
+    try:
+        values = [fn(conn, *args) for fn, args, _, _, _ in run]
+    except BaseException:  # noqa: BLE001 - each write is run again alone, below
+        conn.execute("ROLLBACK TO run")
+        conn.execute("RELEASE run")
+        for item in run:
+            _run_one(conn, item, results)
+        return
+    conn.execute("RELEASE run")
+    results.extend((loop, fut, value, None) for (_, _, loop, fut, _), value in zip(run, values))
 
 
 def _resolve_all(results: list) -> None:
@@ -465,6 +517,7 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps, WebhookO
             return await self._write(_apply_commit, commit, self._first_number, ms(self.clock()))
         return await self._write(self._apply_commit_synced, commit, ms(self.clock()))
 
+    @replayable  # its sync's effects besides SQL: the agent cache (versioned) and ``_synced`` (see ``_sync_in_tx``)
     def _apply_commit_synced(self, conn: sqlite3.Connection, commit: Commit, now: int) -> CommitResult:
         result, row = _apply_commit_row(conn, commit, self._first_number, now, row=True)
         if result.outcome == "processed" and commit.message_key is not None and result.ticket_id is not None:
@@ -716,6 +769,7 @@ def _next_number(conn: sqlite3.Connection, first: int) -> int:
     return r[0]
 
 
+@replayable
 def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int, now: int) -> CommitResult:
     return _apply_commit_row(conn, c, first_number, now)[0]
 

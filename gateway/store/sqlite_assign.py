@@ -1024,6 +1024,9 @@ class AssignOps:
             _, t = _sync_one(self._tx_type(conn, directory, self._agent_cache, clock()), ticket_id, row)
         except Exception:  # noqa: BLE001 - the message is committed; the sweep retries the rest
             conn.execute("ROLLBACK TO sync")
+            # owed to the sweep, even if an earlier run of this commit, rolled back with its group's
+            # run of writes (``sqlite._run_replayable``), had synced the ticket to the same stamp
+            self._synced.pop(ticket_id, None)
             log.exception("pipeline.after_commit_failed", hook="ticket_sync", ticket_id=ticket_id)
         else:
             if t is not None and t.stamp is not None:
