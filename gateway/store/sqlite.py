@@ -7,7 +7,11 @@ its own SAVEPOINT inside one ``BEGIN IMMEDIATE … COMMIT``, and only then
 resolves the callers' futures: with ``synchronous=FULL`` the WAL is fsync'd at
 that COMMIT, so a caller that got its answer is durable, and a hundred
 concurrent webhooks cost one fsync, not a hundred. One write failing (a
-Conflict, a constraint) rolls back its savepoint only.
+Conflict, a constraint) rolls back its savepoint only. Consecutive writes
+marked :func:`replayable` (pipeline commits, auto-replies) share one
+savepoint, and are run again one savepoint each when one of them fails
+(:func:`_run_replayable`): the same outcome, without SQLite copying every
+page each of them changes into a savepoint journal of its own.
 
 Reads run on a small thread pool, each thread with its own read-only
 connection; WAL lets them read a consistent snapshot while the writer writes.
