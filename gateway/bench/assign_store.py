@@ -20,17 +20,30 @@ chooser's rate on the same workload without any store, the CPU per decision
 ``loop_cpu_us_per_decision``: the event loop's thread, where the statements
 and the chooser run), and the highest load any agent reached against its
 capacity (``over_capacity`` must be 0).
+
+The decisions run with the daemon's garbage-collector setting
+(``gc_threshold`` in ``detail``): every daemon that assigns at volume runs the
+pipeline worker, which raises the young generation's threshold when it starts
+(``gateway.worker.relax_gc``) — the pipeline commit's own assignment
+(``sync_in_commit``) runs only under it, and the API's ``assign_next``,
+status changes and drains run in that same process. (A node with
+``pipeline.workers: 0`` keeps CPython's default but assigns only through
+the API.) The thresholds in force before are restored afterwards;
+``python -m gateway.bench.assign_store --gc=default`` measures with
+CPython's default instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import tempfile
 import time
 
 from gateway.bench import assign as assign_bench
 from gateway.bench.load import raw_insert_rate
 from gateway.store.sqlite import SQLiteStore
+from gateway.worker import relax_gc
 from routing.assign import DEFAULT_CHANNEL_CLASSES, AgentState, Demand, drain_queue
 from routing.calendar import BusinessCalendar
 from routing.directory import BUILTIN_24X7, AgentConfig, Directory, TeamConfig
@@ -98,7 +111,8 @@ def _peak_load(agents: list) -> tuple[float, int]:
     return peak, over
 
 
-async def figures() -> dict[str, dict]:
+async def figures(daemon_gc: bool = True) -> dict[str, dict]:
+    """The figure (``daemon_gc`` False: decisions under CPython's default GC thresholds, not the daemon's)."""
     state, demands = assign_bench.workload()
     t0 = time.perf_counter()
     drain_queue(state, demands, assign_bench.NOW)
@@ -109,7 +123,14 @@ async def figures() -> dict[str, dict]:
             await store.directory_load(_directory(list(state.agents.values())), assign_bench.NOW)
             for i in range(0, len(demands), _COMMIT_CHUNK):
                 await asyncio.gather(*(store.commit(_ticket_commit(x)) for x in demands[i:i + _COMMIT_CHUNK]))
-            assigned, queued, seconds, cpu, loop_cpu = await _decide_all(store, [x.ticket_id for x in demands])
+            thresholds = gc.get_threshold()
+            if daemon_gc:
+                relax_gc()
+            try:
+                gc_threshold = gc.get_threshold()
+                assigned, queued, seconds, cpu, loop_cpu = await _decide_all(store, [x.ticket_id for x in demands])
+            finally:
+                gc.set_threshold(*thresholds)
             peak, over = _peak_load(await store.list_agents())
         finally:
             await store.close()
@@ -124,6 +145,7 @@ async def figures() -> dict[str, dict]:
                    "queued": queued, "seconds": round(seconds, 2), "concurrency": CONCURRENCY,
                    "cpu_us_per_decision": round(cpu / decided * 1e6, 1),
                    "loop_cpu_us_per_decision": round(loop_cpu / decided * 1e6, 1),
+                   "gc_threshold": list(gc_threshold),
                    "max_load_vs_capacity": round(peak, 3), "over_capacity": over,
                    "pure_chooser_decisions_s": round(chooser_rate, 1)},
     }}
@@ -132,4 +154,7 @@ async def figures() -> dict[str, dict]:
 if __name__ == "__main__":  # pragma: no cover
     import json
 
-    print(json.dumps(asyncio.run(figures()), indent=2, ensure_ascii=False))
+    import sys
+
+    print(json.dumps(asyncio.run(figures(daemon_gc="--gc=default" not in sys.argv[1:])), indent=2,
+                     ensure_ascii=False))

@@ -10,7 +10,7 @@ concurrent webhooks cost one fsync, not a hundred. One write failing (a
 Conflict, a constraint) rolls back its savepoint only. Consecutive writes
 marked :func:`replayable` (pipeline commits, auto-replies) share one
 savepoint, and are run again one savepoint each when one of them fails
-(:func:`_run_replayable`): the same outcome, without SQLite copying every
+(:meth:`_Writer._run_replayable`): the same outcome, without SQLite copying every
 page each of them changes into a savepoint journal of its own.
 
 Reads run on a small thread pool, each thread with its own read-only
@@ -130,6 +130,17 @@ class _Writer:
         self.in_group = False
         self.batches = 0
         self.writes = 0
+        #: serials of the open group's transaction (bumped at each ``BEGIN``) and
+        #: of the write running in its savepoint (bumped at each ``SAVEPOINT w``,
+        #: never reset): state kept in memory beside the rows (the agent cache,
+        #: ``sqlite_assign.AgentCache``) checks SQL once per group and knows
+        #: which write changed it
+        self.group = 0
+        self.write = 0
+        #: called after a rollback with the serial of the write rolled back
+        #: (None: the whole group's transaction): state kept in memory beside
+        #: the rows drops what that write changed
+        self.on_rollback: list[Callable[[int | None], None]] = []
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnigate-sqlite-commit")
 
     def submit(self, fn: Callable[..., Any], args: tuple, savepoint: bool) -> asyncio.Future:
@@ -194,6 +205,7 @@ class _Writer:
         except sqlite3.Error as exc:
             err = StoreError(f"cannot start a write transaction: {exc}")
             return [(loop, fut, None, err) for fn, args, loop, fut, _ in batch]
+        self.group += 1
         i = 0
         while i < len(batch):
             fn, _, _, _, savepoint = batch[i]
@@ -215,9 +227,9 @@ class _Writer:
                 while j < len(batch) and batch[j][4] and getattr(batch[j][0], "replayable", False):
                     j += 1
             if j - i > 1:
-                _run_replayable(conn, batch[i:j], results)
+                self._run_replayable(batch[i:j], results)
             else:
-                _run_one(conn, batch[i], results)
+                self._run_one(batch[i], results)
             i = j
         try:
             await loop.run_in_executor(self._thread, conn.execute, "COMMIT")
@@ -226,9 +238,72 @@ class _Writer:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            self.rolled_back(None)
             err = StoreError(f"commit failed: {exc}")
             results = [(loop, fut, None, err) for loop, fut, _, _ in results]
         return results
+
+    def _run_one(self, item: tuple, results: list) -> None:
+        """One queued write in its own savepoint (``savepoint=False``: a single
+        statement, which SQLite undoes by itself when it fails)."""
+        conn = self.conn
+        fn, args, loop, fut, savepoint = item
+        if not savepoint:
+            try:
+                results.append((loop, fut, fn(conn, *args), None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                results.append((loop, fut, None, exc))
+            return
+        conn.execute("SAVEPOINT w")
+        self.write += 1
+        try:
+            value = fn(conn, *args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            conn.execute("ROLLBACK TO w")
+            conn.execute("RELEASE w")
+            self.rolled_back(self.write)
+            results.append((loop, fut, None, exc))
+        else:
+            conn.execute("RELEASE w")
+            results.append((loop, fut, value, None))
+
+    def _run_replayable(self, run: list, results: list) -> None:
+        """Consecutive replayable writes (:func:`replayable`) under ONE savepoint.
+
+        A savepoint makes SQLite copy every page a write then changes into the
+        statement journal, once per savepoint: with one savepoint per write, the
+        pages every pipeline commit changes (the rightmost leaves of the
+        timeline's, outbox's and tickets' indexes…) were copied again for each
+        commit of a group. When every write of the run succeeds — the usual
+        case — the run is as if each had had its own savepoint (each still
+        gets its own serial, :attr:`write`). When one raises, the whole run is
+        rolled back, :attr:`on_rollback` hears of each of its writes, and the
+        run is run again with a savepoint per write (:meth:`_run_one`), so a
+        write that fails still fails alone, and the others' results are those
+        of that second run."""
+        conn = self.conn
+        conn.execute("SAVEPOINT run")
+        first = self.write + 1
+        try:
+            values = []
+            for fn, args, _, _, _ in run:
+                self.write += 1
+                values.append(fn(conn, *args))
+        except BaseException:  # noqa: BLE001 - each write is run again alone, below
+            conn.execute("ROLLBACK TO run")
+            conn.execute("RELEASE run")
+            for write in range(first, self.write + 1):
+                self.rolled_back(write)
+            for item in run:
+                self._run_one(item, results)
+            return
+        conn.execute("RELEASE run")
+        results.extend((loop, fut, value, None) for (_, _, loop, fut, _), value in zip(run, values))
+
+    def rolled_back(self, write: int | None) -> None:
+        """Tell :attr:`on_rollback` that ``write`` (None: the whole group) was rolled back."""
+        for hook in self.on_rollback:
+            hook(write)
 
     async def close(self) -> None:
         while self.busy:
@@ -249,63 +324,16 @@ def _in_read_tx(conn: sqlite3.Connection, fn: Callable[..., Any], args: tuple) -
 
 
 def replayable(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark a write function the writer may run again (:func:`_run_replayable`).
+    """Mark a write function the writer may run again (:meth:`_Writer._run_replayable`).
 
     A replayable write's effects are its SQL alone, or besides SQL only
-    memos that check what they remember and caches that find out about a
-    rollback by themselves (``AgentCache``'s version): run again on the same
+    memos that check what they remember and state that hears of rollbacks
+    (:attr:`_Writer.on_rollback`: the agent cache): run again on the same
     rows with the same arguments, it does what it did, and a run whose SQL
     was rolled back leaves nothing behind. (Its arguments hold the time it
     writes: ``now`` is taken when the write is queued.)"""
     fn.replayable = True  # type: ignore[attr-defined]
     return fn
-
-
-def _run_one(conn: sqlite3.Connection, item: tuple, results: list) -> None:
-    """One queued write in its own savepoint (``savepoint=False``: a single
-    statement, which SQLite undoes by itself when it fails)."""
-    fn, args, loop, fut, savepoint = item
-    if not savepoint:
-        try:
-            results.append((loop, fut, fn(conn, *args), None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            results.append((loop, fut, None, exc))
-        return
-    conn.execute("SAVEPOINT w")
-    try:
-        value = fn(conn, *args)
-    except BaseException as exc:  # noqa: BLE001 - handed to the caller
-        conn.execute("ROLLBACK TO w")
-        conn.execute("RELEASE w")
-        results.append((loop, fut, None, exc))
-    else:
-        conn.execute("RELEASE w")
-        results.append((loop, fut, value, None))
-
-
-def _run_replayable(conn: sqlite3.Connection, run: list, results: list) -> None:
-    """Consecutive replayable writes (:func:`replayable`) under ONE savepoint.
-
-    A savepoint makes SQLite copy every page a write then changes into the
-    statement journal, once per savepoint: with one savepoint per write, the
-    pages every pipeline commit changes (the rightmost leaves of the
-    timeline's, outbox's and tickets' indexes…) were copied again for each
-    commit of a group. When every write of the run succeeds — the usual
-    case — the run is as if each had had its own savepoint. When one
-    raises, the whole run is rolled back and run again with a savepoint per
-    write (:func:`_run_one`), so a write that fails still fails alone, and
-    the others' results are those of that second run."""
-    conn.execute("SAVEPOINT run")
-    try:
-        values = [fn(conn, *args) for fn, args, _, _, _ in run]
-    except BaseException:  # noqa: BLE001 - each write is run again alone, below
-        conn.execute("ROLLBACK TO run")
-        conn.execute("RELEASE run")
-        for item in run:
-            _run_one(conn, item, results)
-        return
-    conn.execute("RELEASE run")
-    results.extend((loop, fut, value, None) for (_, _, loop, fut, _), value in zip(run, values))
 
 
 def _resolve_all(results: list) -> None:
@@ -521,7 +549,7 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps, WebhookO
             return await self._write(_apply_commit, commit, self._first_number, ms(self.clock()))
         return await self._write(self._apply_commit_synced, commit, ms(self.clock()))
 
-    @replayable  # its sync's effects besides SQL: the agent cache (versioned) and ``_synced`` (see ``_sync_in_tx``)
+    @replayable  # its sync's effects besides SQL: the agent cache (told of rollbacks) and ``_synced`` (``_sync_in_tx``)
     def _apply_commit_synced(self, conn: sqlite3.Connection, commit: Commit, now: int) -> CommitResult:
         result, row = _apply_commit_row(conn, commit, self._first_number, now, row=True)
         if result.outcome == "processed" and commit.message_key is not None and result.ticket_id is not None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime, timezone
-from operator import attrgetter
 from typing import Any, Callable, NamedTuple, Sequence
 
 import msgspec
@@ -316,10 +315,10 @@ class _Live:
     (with its own copy of the load), reused by every decision until one of
     them changes: whoever changes them calls :meth:`changed`, which puts the
     agent on the cache's ``stale`` list (its state is built again at the next
-    :meth:`AgentCache.state`, so a view reads every member's state without
-    checking for a missing one)."""
+    :meth:`AgentCache.state`, and put in each view that lists the agent:
+    ``views``)."""
 
-    __slots__ = ("id", "fixed", "presence", "last_assigned_at", "load", "state", "_stale")
+    __slots__ = ("id", "fixed", "presence", "last_assigned_at", "load", "state", "views", "_stale")
 
     def __init__(self, agent_id: str, fixed: _Fixed, presence: str, last_assigned_at: datetime | None,
                  stale: list[_Live]) -> None:
@@ -327,6 +326,8 @@ class _Live:
         self.presence, self.last_assigned_at = presence, last_assigned_at
         self.load: dict[str, int] = {}
         self.state: AgentState | None = None
+        #: the state dicts of the cache's views that list this agent (see :meth:`AgentCache.state`)
+        self.views: list[dict[str, AgentState]] = []
         stale.append(self)
 
     def changed(self) -> None:
@@ -341,7 +342,6 @@ class _Live:
                           self.last_assigned_at)
 
 
-_state_of = attrgetter("state")
 _VIEWS_MAX = 1024  # team sets whose members' order is kept (overflow may combine teams)
 
 
@@ -349,28 +349,44 @@ class AgentCache:
     """Every agent as the chooser sees it, kept in memory so a decision reads no agent row.
 
     Owned by the store and used only by its writer (whose statements run on
-    the event loop's thread). SQL stays the
-    truth (load is the held rows of ``assignments``): the cache is built from
-    it and is valid while its version equals the one in the ``state`` table.
-    A transaction that changes an agent replaces that version first
-    (:meth:`AssignTx.changing`) and then changes the rows and the cache
-    together; if it rolls back (its savepoint, or the whole group commit),
-    the version in SQL goes back to one the cache no longer has, and the next
-    transaction rebuilds the cache from the tables. So do a restart and a
-    write by another process. The version is a fresh ULID, not a counter: a
-    counter bumped in a transaction that rolled back would be bumped to the
-    same number again, and a cache built in between would look current.
+    the event loop's thread). SQL stays the truth (load is the held rows of
+    ``assignments``): the cache is built from it and is valid while its
+    version equals the one in the ``state`` table.
+
+    The version is checked and replaced once per group commit, not per
+    transaction (the writer's ``group`` and ``write`` serials, given to each
+    :class:`AssignTx` as ``at``): while a group's transaction is open only
+    this writer writes, so the version in SQL is read at the group's first
+    use (:meth:`AssignTx.agents`), and the group's first change replaces it
+    (:meth:`AssignTx.changing`) before changing the rows and the cache
+    together. The group commits or rolls back whole, so its one new version
+    stands for every change it made — except a write rolled back alone (its
+    savepoint, or the pipeline commit's ``sync`` savepoint): the writer
+    tells :meth:`rolled_back`, and if that write changed the cache it is
+    dropped (rebuilt from the tables at next use, under a version read
+    again; the next change writes a new one). A whole group rolled back
+    drops it too; so does a restart, and a write by another process leaves
+    another version in SQL, seen at the next group. The version is a fresh
+    ULID, not a counter: a counter bumped in a transaction that rolled back
+    would be bumped to the same number again, and a cache built in between
+    would look current.
     """
 
     def __init__(self) -> None:
         self.version: object = _UNBUILT
+        #: the group in which the version in SQL was last read (:meth:`current`) and
+        #: the one in which this cache wrote it (:meth:`new_version`); None: neither
+        self.checked: object = None
+        self.written: object = None
+        #: the write (the writer's serial) that last changed the cache or its version
+        self.changed_in: object = None
         self.fixed: dict[str, _Fixed] = {}
         self.live: dict[str, _Live] = {}
         self.members: dict[str, tuple[str, ...]] = {}
         #: agents whose ``state`` must be built again (see :class:`_Live`)
         self.stale: list[_Live] = []
-        #: teams (None: all) → (member ids in the chooser's order, their ``_Live``, the members by team)
-        self._views: dict[frozenset[str] | None, tuple[tuple[str, ...], tuple[_Live, ...], dict]] = {}
+        #: teams (None: all) → (the members' states by id in the chooser's order, the members by team)
+        self._views: dict[frozenset[str] | None, tuple[dict[str, AgentState], dict]] = {}
 
     def current(self, conn: sqlite3.Connection) -> AgentCache:
         """This cache, rebuilt first if it is not the one of the version in SQL."""
@@ -380,13 +396,25 @@ class AgentCache:
             self._rebuild(conn, version)
         return self
 
-    def new_version(self, conn: sqlite3.Connection, now_ms: int, *, rebuild: bool = False) -> None:
-        """Replace the version in SQL and here (``rebuild``: and rebuild from the tables at next use)."""
+    def new_version(self, conn: sqlite3.Connection, now_ms: int, at: tuple[object, object], *,
+                    rebuild: bool = False) -> None:
+        """Replace the version in SQL and here in the write ``at`` (group, write); ``rebuild``:
+        and rebuild from the tables at next use."""
         version = new_id()
         conn.execute(
             "INSERT INTO state (key, value, updated_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE "
             "SET value = excluded.value, updated_at = excluded.updated_at", (_VERSION_KEY, version, now_ms))
-        self.version = _UNBUILT if rebuild else version
+        self.written, self.changed_in = at
+        if rebuild:
+            self.version, self.checked = _UNBUILT, None
+        else:
+            self.version = version
+
+    def rolled_back(self, write: object) -> None:
+        """The writer rolled back ``write`` (None: the whole group): drop the cache if that write changed it."""
+        if write is None or write == self.changed_in:
+            self.version = _UNBUILT
+            self.checked = self.written = self.changed_in = None
 
     def _rebuild(self, conn: sqlite3.Connection, version: str | None) -> None:
         rows = conn.execute(
@@ -409,23 +437,27 @@ class AgentCache:
     def state(self, teams: frozenset[str] | None) -> AssignmentState:
         """The chooser's view of the members of ``teams`` (every agent when None or empty), in id order.
 
-        Per decision this is two C-speed passes over the members: the agents
-        changed since the last view get their state built first (only they
-        are on ``stale``), and each set of teams keeps its members' order
-        and ``_Live`` objects until the cache is rebuilt."""
+        Each set of teams keeps its members' states by id, in order, until
+        the cache is rebuilt: an agent changed since the last view gets its
+        state built again (only those are on ``stale``) and put in each kept
+        view that lists it, so a view is a C-speed copy of that dict (the
+        state handed out is never changed under its holder: a drain keeps
+        one)."""
         stale = self.stale
         if stale:
             for live in stale:
-                live.state = live.build()
+                state = live.state = live.build()
+                for states in live.views:
+                    states[live.id] = state
             stale.clear()
         key = teams or None
         view = self._views.get(key)
         if view is None:
             view = self._view(key)
-        ids, lives, members = view
-        return AssignmentState(dict(zip(ids, map(_state_of, lives))), members)
+        states, members = view
+        return AssignmentState(states.copy(), members)
 
-    def _view(self, teams: frozenset[str] | None) -> tuple[tuple[str, ...], tuple[_Live, ...], dict]:
+    def _view(self, teams: frozenset[str] | None) -> tuple[dict[str, AgentState], dict]:
         if teams:
             ids = tuple(dict.fromkeys(i for team in sorted(teams) for i in self.members.get(team, ())))
             members = {team: self.members.get(team, ()) for team in teams}
@@ -433,7 +465,13 @@ class AgentCache:
             ids, members = tuple(self.fixed), self.members
         if len(self._views) >= _VIEWS_MAX:
             self._views.clear()
-        view = self._views[teams] = (ids, tuple(self.live[i] for i in ids), members)
+            for live in self.live.values():
+                live.views.clear()
+        lives = [self.live[i] for i in ids]
+        states = {live.id: live.state for live in lives}
+        for live in lives:
+            live.views.append(states)
+        view = self._views[teams] = (states, members)
         return view
 
 
@@ -447,11 +485,12 @@ class AssignTx:
     ``gateway.store.sqlite_sla.Tx``, the class the store's operations use.
     """
 
-    def __init__(self, conn: sqlite3.Connection, directory: Directory, cache: AgentCache, now: datetime) -> None:
+    def __init__(self, conn: sqlite3.Connection, directory: Directory, cache: AgentCache, now: datetime, *,
+                 at: tuple[int, int] | None = None) -> None:
         self.conn, self.d, self.cache, self.now, self.now_ms = conn, directory, cache, now, to_ms(now)
-        self._changed = False
-        #: the cache version this transaction checked against SQL (see :meth:`agents`)
-        self._verified: object = _UNBUILT
+        #: (group, write): the writer's serials of the group commit and the write this transaction runs in
+        #: (see :class:`AgentCache`); None: a transaction on its own (the version checked and replaced in it)
+        self.at: tuple[object, object] = at if at is not None else (object(), object())
         #: tickets rows changed through :meth:`touch_ticket` so far (a sync re-reads its ticket only then)
         self.touched = 0
         self._desk_owned: dict[str, bool] = {}
@@ -466,24 +505,31 @@ class AssignTx:
     def agents(self) -> AgentCache:
         """The agent cache, current for this transaction.
 
-        The version in SQL is read once per transaction: until it ends only
-        this transaction writes (the writer holds SQLite's write lock), and
-        it moves the cache's version with the row's (:meth:`changing`) or
-        sets it to one no row holds (a rebuild, read again here)."""
+        The version in SQL is read once per group commit: until the group
+        ends only this writer writes, and it moves the cache's version with
+        the row's (:meth:`changing`), sets it to one no row holds (a
+        rebuild, read again here) or drops the cache on a rollback
+        (:meth:`AgentCache.rolled_back`)."""
         cache = self.cache
-        if cache.version is _UNBUILT or cache.version is not self._verified:
+        if cache.checked != self.at[0] or cache.version is _UNBUILT:
             cache.current(self.conn)
-            self._verified = cache.version
+            cache.checked = self.at[0]
         return cache
 
     def changing(self) -> AgentCache:
-        """The agent cache, about to change with the rows: a new version first (see :class:`AgentCache`)."""
+        """The agent cache, about to change with the rows: a new version first if this
+        group has not written one yet (see :class:`AgentCache`)."""
         cache = self.agents()
-        if not self._changed:
-            cache.new_version(self.conn, self.now_ms)
-            self._verified = cache.version
-            self._changed = True
+        if cache.written != self.at[0]:
+            cache.new_version(self.conn, self.now_ms, self.at)
+        else:
+            cache.changed_in = self.at[1]
         return cache
+
+    def new_agents(self) -> None:
+        """The agents' rows changed beyond what the cache follows (the directory, the API):
+        a new version, and the cache rebuilt from the tables at next use."""
+        self.cache.new_version(self.conn, self.now_ms, self.at, rebuild=True)
 
     # -- reads
 
@@ -864,7 +910,7 @@ class AssignTx:
         self.conn.executemany("INSERT INTO agent_teams (team, agent_id) VALUES (?, ?)",
                               [(team, agent_id) for agent_id, teams in self.conn.execute("SELECT id, teams FROM agents")
                                for team in _dec.decode(teams)])
-        self.cache.new_version(self.conn, self.now_ms, rebuild=True)
+        self.new_agents()
 
     def put_agent(self, agent: Agent) -> list[Decision]:
         """Create or change one agent (the API); its teams' queues drain at
@@ -874,7 +920,7 @@ class AssignTx:
         self.conn.execute("DELETE FROM agent_teams WHERE agent_id = ?", (agent.id,))
         self.conn.executemany("INSERT INTO agent_teams (team, agent_id) VALUES (?, ?)",
                               [(team, agent.id) for team in agent.teams])
-        self.cache.new_version(self.conn, self.now_ms, rebuild=True)
+        self.new_agents()
         teams = set(agent.teams) | set(_dec.decode(before[0]) if before else ())
         return self.drain(frozenset(teams))
 
@@ -994,13 +1040,18 @@ class AssignOps:
             raise StoreError("no directory loaded (directory_load first)")
         return self._directory
 
-    async def _tx(self, now: datetime, fn: Any, *args: Any) -> Any:
-        directory, tx_type = self._dir(), self._tx_type
-        if self._agent_cache is None:
-            self._agent_cache = AgentCache()
+    def _cache(self) -> AgentCache:
+        """The store's agent cache, made at first use and told of the writer's rollbacks."""
         cache = self._agent_cache
+        if cache is None:
+            cache = self._agent_cache = AgentCache()
+            self._writer.on_rollback.append(cache.rolled_back)  # type: ignore[attr-defined]
+        return cache
+
+    async def _tx(self, now: datetime, fn: Any, *args: Any) -> Any:
+        directory, tx_type, cache, writer = self._dir(), self._tx_type, self._cache(), self._writer  # type: ignore[attr-defined]
         return await self._write(  # type: ignore[attr-defined]
-            lambda conn: fn(tx_type(conn, directory, cache, now), *args))
+            lambda conn: fn(tx_type(conn, directory, cache, now, at=(writer.group, writer.write)), *args))
 
     def sync_in_commit(self, clock: Callable[[], datetime]) -> None:
         """From now on, each pipeline commit that lands a message on a ticket
@@ -1017,15 +1068,16 @@ class AssignOps:
         directory, clock = self._directory, self._commit_clock
         if directory is None or clock is None:
             return  # no directory loaded yet: the sweep syncs the ticket later
-        if self._agent_cache is None:
-            self._agent_cache = AgentCache()
+        cache, writer = self._cache(), self._writer  # type: ignore[attr-defined]
         conn.execute("SAVEPOINT sync")
         try:
-            _, t = _sync_one(self._tx_type(conn, directory, self._agent_cache, clock()), ticket_id, row)
+            _, t = _sync_one(self._tx_type(conn, directory, cache, clock(), at=(writer.group, writer.write)),
+                             ticket_id, row)
         except Exception:  # noqa: BLE001 - the message is committed; the sweep retries the rest
             conn.execute("ROLLBACK TO sync")
+            cache.rolled_back(writer.write)  # what the sync changed in the cache is undone too
             # owed to the sweep, even if an earlier run of this commit, rolled back with its group's
-            # run of writes (``sqlite._run_replayable``), had synced the ticket to the same stamp
+            # run of writes (``sqlite._Writer._run_replayable``), had synced the ticket to the same stamp
             self._synced.pop(ticket_id, None)
             log.exception("pipeline.after_commit_failed", hook="ticket_sync", ticket_id=ticket_id)
         else:

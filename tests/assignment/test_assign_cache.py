@@ -8,7 +8,7 @@ import asyncio
 import msgspec
 import pytest
 
-from tests.assignment.conftest import T0, directory, make_ticket
+from tests.assignment.conftest import T0, assignee, directory, make_ticket
 
 
 def _over_capacity(agents: list) -> list[str]:
@@ -111,3 +111,67 @@ async def test_the_choosers_view_of_an_agent_is_rebuilt_only_when_the_agent_chan
     assert before.agents["a-li"].load == {} and after.agents["a-wang"] is before.agents["a-wang"]
     await store.set_presence("a-wang", "away", clock())
     assert store._agent_cache.state(None).agents["a-wang"].presence == "away"
+
+
+async def _one_group(store, *calls):
+    """Run the calls' writes in one group commit (they queue before the writer starts); their results."""
+    before = store.group_commit_stats
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert store.group_commit_stats[0] - before[0] == 1
+    return results
+
+
+async def test_a_write_rolled_back_after_another_changed_the_cache_in_its_group_drops_the_cache(sqlite_store):
+    # the group's version is written once, by its first change: a later write's rollback leaves that
+    # version in SQL, so the cache must be dropped for what the rolled-back write changed in it
+    store = sqlite_store
+    held = [await make_ticket(store, team="support") for _ in range(2)]
+    for t in held:
+        assert (await store.assign_next(t, T0)).agent == "a-wang"  # 2 of 3 email places
+    third = await make_ticket(store, team="support")
+
+    def release_then_fail(tx):
+        tx.release(held[0])
+        raise RuntimeError("after the release")
+
+    took, failed = await _one_group(store, store.assign_next(third, T0), store._tx(T0, release_then_fail))
+    assert took.agent == "a-wang" and isinstance(failed, RuntimeError)
+    waiting = await make_ticket(store, team="support")
+    decision = await store.assign_next(waiting, T0)
+    assert decision.agent is None and "at capacity email 3/3" in str(decision.considered)
+
+
+async def test_a_group_writes_the_agents_version_once(sqlite_store):
+    store = sqlite_store
+    tickets = [await make_ticket(store, team="chat") for _ in range(5)]
+    seen: list[str] = []
+    conn = store._writer.conn
+    conn.set_trace_callback(seen.append)
+    try:
+        decisions = await _one_group(store, *(store.assign_next(t, T0) for t in tickets))
+    finally:
+        conn.set_trace_callback(None)
+    assert all(d.agent is not None for d in decisions)
+    assert sum("assign.agents_version" in sql and sql.startswith("INSERT INTO state") for sql in seen) == 1
+    assert sum(sql.startswith("SELECT value FROM state") for sql in seen) == 1
+
+
+async def test_a_rolled_back_sync_in_a_commit_drops_what_it_changed_in_the_cache(sqlite_store, clock, monkeypatch):
+    # in one group: a decision writes the group's agents version, then a commit's sync takes a place
+    # in the cache and fails — its savepoint rolls back, the version stays: the cache must be dropped
+    store = sqlite_store
+    store.sync_in_commit(clock)
+    for _ in range(2):
+        await make_ticket(store, team="support")  # a-wang: 2 of 3 email places, in their commits
+    billing = await make_ticket(store, team="billing")
+
+    def failing_sla_sync(tx, t):
+        raise RuntimeError("after the assignment")
+
+    monkeypatch.setattr(store._tx_type, "sla_sync", failing_sla_sync)
+    other, unassigned = await _one_group(store, store.assign_next(billing, T0), make_ticket(store, team="support"))
+    monkeypatch.undo()
+    assert other.agent is not None
+    assert await assignee(store, unassigned) is None  # the sync was rolled back alone
+    assert {a.id: a.load for a in await store.list_agents()}["a-wang"] == {"email": 2}
+    assert (await store.assign_next(unassigned, T0)).agent == "a-wang"  # the third place is free

@@ -71,10 +71,11 @@ async def test_a_sync_that_changes_nothing_reads_the_ticket_and_its_desk_link_on
 
 
 
-def _new_ticket_commit(contact_id: str | None = None, contact_version: int | None = None) -> Commit:
-    """A new ticket's commit, for a skill nobody has (its sync queues it: the ticket's row is not
-    touched, so its stamp is the commit's); with ``contact_id`` (a contact that does not exist) it
-    conflicts."""
+def _new_ticket_commit(contact_id: str | None = None, contact_version: int | None = None,
+                       skills: dict[str, int] | None = None) -> Commit:
+    """A new billing ticket's commit, by default for a skill nobody has (its sync queues it: the
+    ticket's row is not touched, so its stamp is the commit's); with ``contact_id`` (a contact
+    that does not exist) it conflicts."""
     cid, tid = contact_id or new_id(), new_id()
     return Commit(
         journal_id=new_id(), outcome="processed", message_key=("email", "acct", new_id()), contact_id=cid,
@@ -82,7 +83,7 @@ def _new_ticket_commit(contact_id: str | None = None, contact_version: int | Non
         contact_expect_version=contact_version, ticket_id=tid,
         new_ticket=NewTicket(id=tid, subject="help", channel="email", created_at=T0,
                              reply_to=ReplyTarget("email", "acct", Identity("email", f"{cid.lower()}@example.com")),
-                             team="billing", skills={"billing": 9}))
+                             team="billing", skills=skills or {"billing": 9}))
 
 
 async def test_a_sync_that_fails_when_its_commit_runs_again_is_owed_to_the_sweep(sqlite_store, clock, monkeypatch):
@@ -111,3 +112,22 @@ async def test_a_sync_that_fails_when_its_commit_runs_again_is_owed_to_the_sweep
     assert queued == 0  # the failed sync rolled back alone
     changed, _ = await store.changed_tickets(None)
     assert changed == [good.ticket_id]  # owed to the sweep
+
+
+async def test_a_take_in_a_run_rolled_back_leaves_the_agent_cache_right(sqlite_store, clock):
+    """A commit whose sync takes an agent, a stale commit, another commit for the
+    same agent, all in one run: the run is rolled back and run again, and the
+    last commit sees the agent's load as the held rows give it (one ticket), not
+    with the rolled-back take counted as well."""
+    store = sqlite_store
+    store.sync_in_commit(clock)
+    first, stale, second = (_new_ticket_commit(skills={"billing": 3}),
+                            _new_ticket_commit(contact_id="gone", contact_version=1),
+                            _new_ticket_commit(skills={"billing": 3}))
+    before = store.group_commit_stats[0]
+    out = await asyncio.gather(*(store.commit(c) for c in (first, stale, second)), return_exceptions=True)
+    assert store.group_commit_stats[0] == before + 1
+    assert isinstance(out[1], Conflict)
+    # a-li takes two emails and only she has billing 3: a cache that still counted
+    # the rolled-back take would find her full and queue the second ticket
+    assert [await assignee(store, c.ticket_id) for c in (first, second)] == ["a-li", "a-li"]

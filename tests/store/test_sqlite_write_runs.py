@@ -1,5 +1,5 @@
 """A group commit's consecutive replayable writes share one savepoint
-(``gateway.store.sqlite._run_replayable``): a write that fails still fails
+(``gateway.store.sqlite._Writer._run_replayable``): a write that fails still fails
 alone, and the others land as if each had had its own savepoint."""
 
 from __future__ import annotations
