@@ -47,8 +47,10 @@ async def api_message(request: web.Request) -> web.Response:
     app = request.app
     check_bearer(request, _token(request))
     ingest = app[keys.INGEST]
-    if ingest.shed():  # the pipeline is starved: refused before the body is read (gateway/admission.py)
-        _refuse_for_load(request, "overloaded", "the pipeline is behind and this process is saturated")
+    # the pipeline is starved: refused before the body is read (gateway/admission.py); most such
+    # refusals never get here, gateway/fast_refusal.py answers them as they are parsed
+    if ingest.shed():
+        _refuse_for_load(request, "overloaded", OVERLOADED)
     raw = await read_whole(request, app[keys.CONFIG].max_body_bytes)
     try:
         if dup := duplicate_key(raw):
@@ -66,14 +68,29 @@ async def api_message(request: web.Request) -> web.Response:
     return json_response({"journal_id": result.journal_id}, status=202)
 
 
-def _refuse_for_load(request: web.Request, reason: str, why: str) -> None:
-    """Raise the API channel's refusal for load: 503 problem+json with
+#: Why an intake is shed (``pipeline.admission_shed``).
+OVERLOADED = "the pipeline is behind and this process is saturated"
+
+
+def load_problem(reason: str, why: str, retry_after_s: int) -> Problem:
+    """The API channel's refusal for load: 503 problem+json with
     ``Retry-After`` (its callers retry; no other channel is refused for load)."""
+    retry = str(retry_after_s)
+    title = "Backlog full" if reason == "backlog_full" else "Overloaded"
+    return Problem(503, title, f"{why}: retry after {retry} s", headers={"Retry-After": retry})
+
+
+def overloaded_problem(retry_after_s: int) -> Problem:
+    """The refusal of a shed intake (also answered by gateway/fast_refusal.py
+    before aiohttp builds a request, in the same bytes)."""
+    return load_problem("overloaded", OVERLOADED, retry_after_s)
+
+
+def _refuse_for_load(request: web.Request, reason: str, why: str) -> None:
+    """Count and raise :func:`load_problem`."""
     app = request.app
     app[keys.METRICS].rejected.labels("api", reason).inc()
-    retry = str(app[keys.INGEST].retry_after_s)
-    title = "Backlog full" if reason == "backlog_full" else "Overloaded"
-    raise Problem(503, title, f"{why}: retry after {retry} s", headers={"Retry-After": retry})
+    raise load_problem(reason, why, app[keys.INGEST].retry_after_s)
 
 
 # ---------------------------------------------------------------- journal

@@ -311,6 +311,9 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
 
     fanout.setup(app)  # with Redis: the live buses reach every instance (after the store's ctx: it stops first)
     add_not_found(app)  # last: unknown routes answer problem+json
+    from gateway import fast_refusal
+
+    fast_refusal.install(app)  # shed API intakes answered as parsed, before aiohttp builds a request
     return app
 
 

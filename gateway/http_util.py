@@ -58,12 +58,16 @@ def check_bearer(request: web.Request, token: str | None) -> None:
     if not token:
         raise Problem(401, "Unauthorized", "no API token is configured: set OMNIGATE_API_TOKEN or "
                       "OMNIGATE_API_TOKEN_FILE and restart", )
-    auth = request.headers.get("Authorization", "")
-    scheme, _, given = auth.partition(" ")
-    # header bytes that are not UTF-8 arrive as surrogate escapes: compare them as the bytes they were
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
-                                                             token.encode()):
+    if not bearer_matches(request.headers.get("Authorization"), token):
         raise Problem(401, "Unauthorized", "missing or wrong bearer token")
+
+
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """An ``Authorization`` header value is ``Bearer <token>`` (constant time)."""
+    scheme, _, given = (authorization or "").partition(" ")
+    # header bytes that are not UTF-8 arrive as surrogate escapes: compare them as the bytes they were
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
+                                                              token.encode())
 
 
 def guard(handler: Any) -> Any:

@@ -134,7 +134,9 @@ class IntakeTimes:
     difference between two readings for the requests in between
     (:func:`intake_percentile`). Time a request waits before aiohttp takes
     it (the kernel's queue, a busy loop) is not in it: the load client's
-    latency, from each request's scheduled time, has the whole.
+    latency, from each request's scheduled time, has the whole. A refusal
+    answered as it is parsed (gateway/fast_refusal.py) never reaches
+    aiohttp's request handling and is not counted: it takes no time there.
 
     Recorded by aiohttp's access-log hook (:meth:`access_logger`), not an app
     middleware: aiohttp builds the middleware chain for every request
@@ -187,6 +189,7 @@ async def _admission_stats(app: web.Application, path: Path, intake: IntakeTimes
     import json
 
     from gateway import keys
+    from gateway.fast_refusal import REFUSAL
 
     load = app[keys.LOAD]
 
@@ -195,6 +198,8 @@ async def _admission_stats(app: web.Application, path: Path, intake: IntakeTimes
             await asyncio.sleep(1.0)
             path.write_text(json.dumps({"ratio": load.gate.ratio, "max_delay_s": load.gate.max_delay_s,
                                         **load.gate.stats, "shed": load.gate.shed_count,
+                                        # of those, answered as parsed (gateway/fast_refusal.py)
+                                        "shed_as_parsed": getattr(app.get(REFUSAL), "count", 0),
                                         "backlog": load.backlog.pending,
                                         "loop_busy": round(load.busy(), 2), "intake_buckets": intake.counts,
                                         # the pinned clock: WeChat callbacks are stamped near it

@@ -34,7 +34,9 @@ Past capacity (``detail.past_capacity``): steps of :data:`PAST_STEP_S` at
 :data:`PAST_FACTORS` × the figure, each giving the processing rate while the
 backlog grows (entries processed per second of load), its ratio to the
 figure, the ingest p99 seen by the client and the server's own intake p99
-(handler start → answer, :class:`gateway.bench.server.IntakeTimes`), the
+(handler start → answer, :class:`gateway.bench.server.IntakeTimes`; the
+refusals answered as they are parsed, gateway/fast_refusal.py, are not in
+it, nor is their time in the handler: there is none), the
 lag, the server's resident memory and the entries processed per CPU second
 the server got (the machine is shared: a rate that falls while that holds
 was the machine, not ingest taking the pipeline's share); ``holds`` says
@@ -47,7 +49,9 @@ line per step (capacity, each factor, control) with both verdicts,
 figure's rate again after the overload. While the pipeline is starved the
 API channel sheds (503 + ``Retry-After``, ``pipeline.admission_shed``): each
 step reports the refusals apart (``refused`` per second, ``refused_total``);
-the client sends a refused request again after its ``Retry-After`` when
+the gate's counters (``admission``) say how many of them were answered as
+parsed (``shed_as_parsed``, gateway/fast_refusal.py) rather than by the
+handler; the client sends a refused request again after its ``Retry-After`` when
 that falls within the step, as an API sender would, and counts it
 ``refused_deferred`` otherwise (the default 30 s is longer than a step).
 Then :data:`WECHAT_FACTORS` × the figure on WeChat callbacks (the bench's
