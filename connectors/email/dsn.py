@@ -3,7 +3,9 @@
 :func:`classify` says whether a mail must never be answered automatically
 (``"bounce"``, ``"auto_reply"``, ``"bulk"``) and which header or pattern
 said so (the reason goes to ``meta["auto_reason"]``, so an agent can ask
-"why was this not auto-answered?"). :func:`delivery_status` and
+"why was this not auto-answered?"); a report of another type — a read
+receipt (RFC 8098), an abuse report (RFC 5965) — is an ``"auto_reply"``.
+:func:`delivery_status` and
 :func:`original_message_id` read the facts of a DSN (RFC 3464) from its
 ``message/delivery-status`` part and the returned original headers.
 """
@@ -46,6 +48,10 @@ def classify(
     """``(auto, reason)``: the kind of machine-sent mail this is, or ``(None, None)``."""
     if content_type == "multipart/report" and (report_type or "").lower() == "delivery-status":
         return "bounce", "multipart/report; report-type=delivery-status"
+    if content_type == "multipart/report" and report_type:
+        # a read receipt (RFC 8098 disposition-notification), an abuse report
+        # (RFC 5965 feedback-report), a TLS report …: machine-sent, never answered
+        return "auto_reply", f"multipart/report; report-type={report_type.lower()}"
     if headers.get("x-failed-recipients"):
         return "bounce", "X-Failed-Recipients"
     if sender.partition("@")[0] in _DAEMONS and _FAILURE_SUBJECT.search(subject):

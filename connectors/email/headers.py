@@ -82,10 +82,13 @@ def decode_header(value: str | None, hints: tuple[str, ...], defects: list[str])
     if "=?" not in value:
         return _SPACES.sub(" ", decode_raw(value, hints, defects)).strip()
     out: list[str] = []
-    words: list[tuple[str, bytes]] = []  # adjacent encoded words not yet decoded
+    # adjacent encoded words not yet decoded: a charset and its words' bytes
+    # (joined once at the flush: appending bytes to bytes was quadratic in a
+    # header of thousands of words)
+    words: list[tuple[str, list[bytes]]] = []
 
     def flush() -> None:
-        out.extend(_decode_word(cs, data, hints, defects) for cs, data in words)
+        out.extend(_decode_word(cs, b"".join(chunks), hints, defects) for cs, chunks in words)
         words.clear()
 
     pos = 0
@@ -102,9 +105,9 @@ def decode_header(value: str | None, hints: tuple[str, ...], defects: list[str])
             defects.append("InvalidEncodedWord")
             data = m.group(0).encode("ascii", "surrogateescape")
         if words and words[-1][0] == charset:
-            words[-1] = (charset, words[-1][1] + data)
+            words[-1][1].append(data)
         else:
-            words.append((charset, data))
+            words.append((charset, [data]))
         pos = m.end()
     flush()
     out.append(decode_raw(value[pos:], hints, defects))
@@ -205,8 +208,12 @@ def usable(addr: str) -> bool:
     return bool(at and local and domain) and not _UNSENDABLE.search(addr)
 
 
-def message_ids(value: str | None) -> list[str]:
-    """The ids of a Message-ID / In-Reply-To / References value, without angle brackets."""
+def message_ids(value: str | None, *, bare: bool = False) -> list[str]:
+    """The ids of a Message-ID / In-Reply-To / References value, without angle brackets.
+
+    Ids without brackets count when they have an ``@``; with ``bare`` (a
+    Message-ID header, which holds one id and no prose) a single token
+    without one too (``Message-Id:102.10200000000105`` of a postcard mailer)."""
     if not value:
         return []
     # ids are ASCII by the RFC: stray 8-bit bytes become U+FFFD (never lone surrogates)
@@ -215,6 +222,10 @@ def message_ids(value: str | None) -> list[str]:
     ids = [i for i in ids if i]
     if not ids:  # bare ids, as some mailers write them
         ids = [t.strip("<>,;") for t in value.split() if "@" in t]
+    if not ids and bare:
+        tokens = value.split()
+        if len(tokens) == 1 and len(tokens[0].strip("<>")) <= 250:
+            ids = [tokens[0].strip("<>")] if tokens[0].strip("<>") else []
     return ids
 
 

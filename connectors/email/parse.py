@@ -14,11 +14,13 @@ broken header folding (an unindented continuation line in the middle of the
 header block, which makes the stdlib end the headers early), missing or
 lying charsets, broken encoded words, duplicate or unusable From headers
 (a bare address among words, ``Big Bug bb@bug.com``, is taken),
-bad dates, MIME structure defects (the stdlib's defect class names), and
+bad dates, MIME structure defects (the stdlib's defect class names; parts
+nested over a hundred deep are left out, ``MimeNestingTooDeep``), and
 Outlook ``.msg`` blobs handed over instead of MIME, a banner line or two
 above the headers (``LeadingNonHeaderLine``). Only bytes that are not mail
 at all — empty, or no header line at the start (after at most such a
-banner) — raise :class:`PayloadRejected`.
+banner) — and a structure nested too deeply for the stdlib parser's
+recursion raise :class:`PayloadRejected`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,12 @@ from routing.model import Attachment, Inbound, Sender, ThreadHints
 _FIRST_LINE = re.compile(rb"(?:From |[\x21-\x39\x3b-\x7e]+[ \t]*:)")
 _HEADER_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
+#: "Name:" with 8-bit bytes in the name: not a valid header, not a continuation either.
+_BAD_HEADER_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]*[\x80-\xff][\x21-\x39\x3b-\xff]*[ \t]*:")
 _BODY_TYPES = frozenset({"text/plain", "text/html", "text/enriched"})
+#: Other renderings of the same body inside multipart/alternative (Gmail's
+#: AMP, Apple Watch's): neither the body nor an attachment.
+_ALTERNATIVE_RENDERINGS = frozenset({"text/x-amp-html", "text/watch-html"})
 _REPORT_ORIGINALS = frozenset({"message/rfc822", "message/rfc822-headers", "text/rfc822-headers"})
 _SENDER_FALLBACKS = ("sender", "reply-to", "return-path")
 #: An addr-spec standing alone among words (whitespace, comma or quote around it).
@@ -119,13 +126,18 @@ def _repair_folding(data: bytes) -> bytes | None:
     for i in range(1, last):
         line = lines[i]
         if not is_header[i] and line[:1] not in (b" ", b"\t"):
-            lines[i] = b" " + line
+            # a header whose name has 8-bit bytes ("Subj\xe9ct:") is a broken header of its
+            # own, not the previous one's continuation (it would end up in the From)
+            lines[i] = b"X-Invalid-Header-Name: " + line if _BAD_HEADER_NAME.match(line) else b" " + line
             changed = True
     return b"\n".join(lines) + rest if changed else None
 
 
 def _read(data: bytes, defects: list[str]) -> Message:
-    msg = message_from_bytes(data, policy=compat32)
+    try:
+        msg = message_from_bytes(data, policy=compat32)
+    except RecursionError:  # the stdlib parser recurses once per nested multipart
+        raise PayloadRejected("MIME structure nested too deeply to read") from None
     if any(type(d).__name__ == "MissingHeaderBodySeparatorDefect" for d in msg.defects):
         repaired = _repair_folding(data)
         if repaired is not None:
@@ -168,9 +180,14 @@ def _is_attachment(part: Message, ctype: str, name: str | None) -> bool:
     return _disposition(part) == "attachment" or name is not None or ctype not in _BODY_TYPES
 
 
-def _part_bytes(part: Message, ctype: str) -> bytes:
+def _part_bytes(part: Message, ctype: str, defects: list[str]) -> bytes:
     if ctype.startswith("message/") and isinstance(part.get_payload(), list):
-        return _message_bytes(part.get_payload(0))
+        inner = part.get_payload(0)
+        try:
+            return _message_bytes(inner)
+        except RecursionError:  # hundreds of messages nested in each other: its own headers only
+            defects.append("MimeNestingTooDeep")
+            return "".join(f"{k}: {v}\n" for k, v in inner.items()).encode("utf-8", "surrogateescape")
     payload = part.get_payload(decode=True)
     return payload if isinstance(payload, bytes) else b""
 
@@ -192,7 +209,7 @@ def _message_bytes(msg: Message) -> bytes:
 
 
 def _collect_attachment(part: Message, ctype: str, name: str | None, body: _Body) -> None:
-    data = _part_bytes(part, ctype)
+    data = _part_bytes(part, ctype, body.defects)
     if attachments.is_tnef(ctype, name):
         inner = attachments.expand_tnef(data, body.defects)
         if inner is not None:
@@ -204,15 +221,25 @@ def _collect_attachment(part: Message, ctype: str, name: str | None, body: _Body
     body.attachments.append(attachments.make(data, name, ctype, inline=inline, content_id=content_id))
 
 
-def _walk(part: Message, body: _Body, in_report: bool = False) -> None:
+#: Multiparts deeper than this are not walked (real mail nests a handful; the
+#: walk recurses once per level).
+_MAX_DEPTH = 100
+
+
+def _walk(part: Message, body: _Body, in_report: bool = False, in_alternative: bool = False, depth: int = 0) -> None:
     body.defects.extend(type(d).__name__ for d in part.defects)
     ctype = part.get_content_type()
     if ctype.startswith("multipart/"):
+        if depth >= _MAX_DEPTH:
+            body.defects.append("MimeNestingTooDeep")
+            return
         payload = part.get_payload()
         for sub in payload if isinstance(payload, list) else ():
-            _walk(sub, body, in_report or ctype == "multipart/report")
+            _walk(sub, body, in_report or ctype == "multipart/report", ctype == "multipart/alternative", depth + 1)
         return
     name = attachments.filename(part, body.hints, body.defects)
+    if in_alternative and ctype in _ALTERNATIVE_RENDERINGS and name is None and _disposition(part) != "attachment":
+        return
     if ctype == "message/delivery-status":
         body.dsn.update({k: v for k, v in dsn.delivery_status(part).items() if k not in body.dsn})
     elif in_report and ctype in _REPORT_ORIGINALS:
@@ -369,7 +396,7 @@ def _inbound(msg: Message, raw: bytes, context: Mapping[str, Any], defects: list
     sender = _sender(msg, raw, context, hmap, hints, defects)
     subject_raw = first("subject")
     subject = headers.decode_header(subject_raw, hints, defects) if subject_raw is not None else None
-    message_ids = headers.message_ids(first("message-id"))
+    message_ids = headers.message_ids(first("message-id"), bare=True)
     thread = ThreadHints(
         message_id=message_ids[0] if message_ids else None,
         in_reply_to=(headers.message_ids(first("in-reply-to")) or [None])[0],

@@ -59,6 +59,15 @@ HUMAN_AGENT_WINDOW = timedelta(days=7)
 FILE_TYPES = {"image": "image", "video": "video", "audio": "audio"}
 
 
+def recipient_of(identity: str) -> dict[str, str]:
+    """The Send API recipient of a contact's ``<account>:<psid>`` identity;
+    a Chat Plugin guest's ``<account>:user_ref:<ref>`` is answered by ``user_ref``."""
+    _account, _, who = identity.partition(":")
+    if who.startswith("user_ref:"):
+        return {"user_ref": who.removeprefix("user_ref:")}
+    return {"id": identity.rpartition(":")[2]}
+
+
 class PageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     page_id: str | int
     access_token: str | None = None
@@ -178,7 +187,7 @@ class MessengerConnector:
 
     async def send(self, outbound: Outbound) -> SendResult:
         account = self._account(outbound.account)
-        recipient = {"id": outbound.to.value.rpartition(":")[2]}
+        recipient = recipient_of(outbound.to.value)
         url = f"{self._config.api}/me/messages"
         first: str | None = None
         parts = split_text(outbound.text, TEXT_LIMIT.get(self.channel, 2000))

@@ -8,13 +8,17 @@ another app has the thread, and older Instagram subscriptions send
 platform (``messenger`` or ``instagram``), its ``account`` the entry id.
 
 Identities are page-scoped (CONTRACTS.md): ``messenger`` ``<pageid>:<psid>``,
-``instagram`` ``<igid>:<igsid>`` — a PSID means nothing outside its page.
+``instagram`` ``<igid>:<igsid>`` — a PSID means nothing outside its page. A
+Chat Plugin guest (or a checkbox-plugin opt-in) has no PSID, only a
+``user_ref``: ``<pageid>:user_ref:<ref>``, which ``send`` answers by
+``recipient.user_ref``.
 
 What each event becomes:
 
 - ``message`` → a message (text, attachments referenced by their CDN URL
   until ``fetch_media`` downloads them, ``quick_reply.payload`` in
-  ``meta["reply_id"]``, ``reply_to.mid`` as ``in_reply_to``);
+  ``meta["reply_id"]``, ``reply_to.mid`` as ``in_reply_to``, an Instagram
+  story reply's ``reply_to.story`` as ``meta["story_id"]``/``["story_url"]``);
 - ``message`` with ``is_echo`` → the page's own message: sent by omnigate
   (its ``metadata`` starts with ``omnigate:``, or it comes from the
   account's ``app_id`` in the context) it is only a delivery status
@@ -184,9 +188,18 @@ def _status(channel: str, account: str, user: Sender, mid: str, status: str, ev:
                    sent_at=_time(ev.get("timestamp")), raw_type="status", meta=meta)
 
 
+def _party(party: Any) -> str | None:
+    """A sender/recipient's id: the PSID/IGSID, else ``user_ref:<ref>`` — a
+    Chat Plugin guest or a checkbox-plugin opt-in has only a ``user_ref``
+    (each its own contact, never one shared "unknown")."""
+    body = _d(party)
+    ref = _str(body.get("user_ref"))
+    return _str(body.get("id")) or (f"user_ref:{ref}" if ref else None)
+
+
 def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> list[Inbound]:
-    sender_id = _str(_d(ev.get("sender")).get("id")) or "unknown"
-    recipient_id = _str(_d(ev.get("recipient")).get("id")) or ""
+    sender_id = _party(ev.get("sender")) or "unknown"
+    recipient_id = _party(ev.get("recipient")) or ""
     account = eid or recipient_id
     msg = _d(ev.get("message"))
     echo = bool(msg.get("is_echo"))
@@ -208,7 +221,12 @@ def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> l
                       meta=meta)
     if msg:
         mid = _str(msg.get("mid")) or key
-        inbound.thread = ThreadHints(message_id=mid, in_reply_to=_str(_d(msg.get("reply_to")).get("mid")))
+        reply_to = _d(msg.get("reply_to"))
+        inbound.thread = ThreadHints(message_id=mid, in_reply_to=_str(reply_to.get("mid")))
+        story = _d(reply_to.get("story"))
+        for field in ("id", "url"):  # an Instagram story reply: which story
+            if _str(story.get(field)):
+                meta[f"story_{field}"] = story[field]
         inbound.raw_type = "message"
         own = (_str(msg.get("metadata")) or "").startswith(OWN_METADATA) or (
             own_app is not None and _str(msg.get("app_id")) == own_app)

@@ -63,6 +63,7 @@ from connectors.http import BODY_TIMEOUT_S, BodyTimeout, BodyTooLarge, read_body
 from connectors.phone.parse import (
     CEL_EVENTS,
     MAX_RECORD_LINES,
+    cdr_header,
     parse,
     split_records,
     template_columns,
@@ -293,8 +294,14 @@ class PhoneConnector:
         return web.json_response(body_out)
 
     def _groups(self, body: bytes, acct: AccountConfig) -> list[tuple[int, bytes]]:
-        """(first line, bytes) per journal entry: one per row, CEL rows per linkedid."""
+        """(first line, bytes) per journal entry: one per row, CEL rows per
+        linkedid; under a header row (a CDR table export) each row carries the
+        header with it, numbered from the line before its own, so every
+        journal entry still parses alone."""
         records = split_records(body)
+        if acct.source == "asterisk" and records and _header_row(records[0][1]):
+            head = records[0][1] if records[0][1].endswith(b"\n") else records[0][1] + b"\n"
+            return [(line - 1, head + record) for line, record in records[1:]]
         if acct.source != "asterisk" or not any(_cel_event(r) for _, r in records[:5]):
             return records
         groups: dict[str, tuple[int, list[bytes]]] = {}
@@ -477,6 +484,17 @@ def complete_prefix(data: bytes, max_lines: int = MAX_RECORD_LINES) -> bytes:
 
 def _cel_event(record: bytes) -> bool:
     return record.lstrip()[:40].strip(b'"').split(b'"', 1)[0].decode("ascii", "replace").upper() in CEL_EVENTS
+
+
+def _header_row(record: bytes) -> bool:
+    import csv
+    import io
+
+    try:
+        fields = next(csv.reader(io.StringIO(record.decode("utf-8", "replace"))))
+    except (csv.Error, StopIteration):
+        return False
+    return cdr_header(fields) is not None
 
 
 def _cel_linkedid(record: bytes) -> str | None:

@@ -13,7 +13,9 @@ Formats:
   lastdata, start, answer, end, duration, billsec, disposition, amaflags
   [, uniqueid, userfield [, peeraccount, linkedid, sequence]]), or in the
   order of ``cdr_custom``'s sample mapping (clid first, told apart by where
-  the disposition is): one call per
+  the disposition is), or under a header row naming the columns (an export
+  of the CDR database table, FreePBX's CDR report: ``calldate`` for the
+  start, no answer or end time): one call per
   row, ``external_id`` = the uniqueid (the linkedid where the row has it);
   CEL CSV (``cel_custom``: eventtype, eventtime, cid_name, cid_num, ani,
   rdnis, dnid, exten, context, channame, appname, appdata, amaflags,
@@ -36,6 +38,8 @@ with its line number) and the other rows are still taken; a file where no
 row parses is refused.
 
 Naive times are in ``context["timezone"]`` (default ``Asia/Shanghai``).
+CSV that is not UTF-8 is read in its most plausible encoding (GB18030 for a
+Chinese trunk's caller names, Windows-1252 for a European one).
 A caller number that is withheld or not a phone number (empty,
 ``anonymous``, ``test``) is kept as the source gave it, with a defect: the
 pipeline gives such a call its own anonymous contact. Numbers matching one of
@@ -320,7 +324,11 @@ def _records(raw: bytes, p: _Ctx) -> Iterable[tuple[int, list[str] | None, str |
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # CDRs carry caller names in whatever the PBX was given
+        # CDRs carry caller names in whatever the PBX was given: GBK from a
+        # Chinese trunk, Windows-1252 from a European one — the plausible reading
+        from connectors.email.charsets import detect_header
+
+        text = detect_header(raw)[0]
     if "\x00" in text:
         raise PayloadRejected("a call log is text; this holds NUL bytes")
     lines = text.splitlines(keepends=True)
@@ -372,34 +380,70 @@ def split_records(raw: bytes, first_line: int = 1) -> list[tuple[int, bytes]]:
 # ---------------------------------------------------------------- Asterisk
 
 
+def cdr_header(fields: list[str] | None) -> tuple[str, ...] | None:
+    """The column names of a header row (an export of the CDR database
+    table — FreePBX's CDR report, ``cdr_adaptive_odbc``/``cdr_mysql``'s
+    ``calldate, clid, src, dst, … disposition …`` — or a ``cdr_custom``
+    file with a header), or None for a data row."""
+    if not fields:
+        return None
+    names = tuple(f.strip().lower() for f in fields)
+    if {"src", "dst", "disposition"} <= set(names) and all(re.fullmatch(r"[a-z_][a-z0-9_]*", n) for n in names):
+        return names
+    return None
+
+
 def parse_asterisk_csv(raw: bytes, p: _Ctx) -> list[Inbound]:
     records = list(_records(raw, p))
     cel = any(f and f[0].strip().upper() in CEL_EVENTS for _, f, _ in records[:5])
     if cel:
         return _parse_cel(records, p)
     out: list[Inbound] = []
-    for line, fields, error in records:
+    header: tuple[str, ...] | None = None
+    for n, (line, fields, error) in enumerate(records):
         if fields is None:
             p.warn(line, error or "unreadable")
             continue
+        if n == 0 and (header := cdr_header(fields)) is not None:
+            continue
         try:
-            out.append(asterisk_cdr_row(fields, p, line))
+            out.append(asterisk_cdr_row(fields, p, line, header))
         except RowError as exc:
             p.warn(line, str(exc))
     return out
 
 
-def asterisk_cdr_row(fields: list[str], p: _Ctx, line: int = 1) -> Inbound:
-    if not 16 <= len(fields) <= len(CDR_COLUMNS):
-        raise RowError(f"{len(fields)} fields; a cdr_csv row has 16 to {len(CDR_COLUMNS)}")
-    defects: list[str] = []
-    columns = CDR_COLUMNS
-    if (len(fields) >= 16 and fields[13].strip().upper() in _ASTERISK_DISPOSITION
-            and fields[14].strip().upper() not in _ASTERISK_DISPOSITION):
-        columns = CDR_CUSTOM_COLUMNS  # disposition in the 14th column: cdr_custom's sample layout
-    r = dict(zip(columns, (f.strip() for f in fields)))
+def _named_cdr_fields(fields: list[str], header: tuple[str, ...]) -> dict[str, str]:
+    """A row of a CDR table export by its header's names. The table has
+    ``calldate`` (the start) and no answer or end time: the end is the start
+    plus ``duration``, the answer the end minus ``billsec``; ``cnam`` names
+    the caller when ``clid`` does not."""
+    if len(fields) != len(header):
+        raise RowError(f"{len(fields)} fields; the header names {len(header)}")
+    r = dict(zip(header, (f.strip() for f in fields)))
+    r.setdefault("start", r.get("calldate", ""))
+    if not r.get("clid") and r.get("cnam"):
+        r["clid"] = f'"{r["cnam"]}" <{r.get("cnum") or r.get("src", "")}>'
     for name in CDR_COLUMNS[:16]:
         r.setdefault(name, "")
+    return r
+
+
+def asterisk_cdr_row(fields: list[str], p: _Ctx, line: int = 1, header: tuple[str, ...] | None = None) -> Inbound:
+    defects: list[str] = []
+    columns: tuple[str, ...] = CDR_COLUMNS
+    if header is not None:
+        columns = header
+        r = _named_cdr_fields(fields, header)
+    else:
+        if not 16 <= len(fields) <= len(CDR_COLUMNS):
+            raise RowError(f"{len(fields)} fields; a cdr_csv row has 16 to {len(CDR_COLUMNS)}")
+        if (len(fields) >= 16 and fields[13].strip().upper() in _ASTERISK_DISPOSITION
+                and fields[14].strip().upper() not in _ASTERISK_DISPOSITION):
+            columns = CDR_CUSTOM_COLUMNS  # disposition in the 14th column: cdr_custom's sample layout
+        r = dict(zip(columns, (f.strip() for f in fields)))
+        for name in CDR_COLUMNS[:16]:
+            r.setdefault(name, "")
     start = _time(r["start"], p, "start")
     if start is None:
         raise RowError("start is empty")
@@ -407,6 +451,10 @@ def asterisk_cdr_row(fields: list[str], p: _Ctx, line: int = 1) -> Inbound:
     end = _time(r["end"], p, "end")
     duration = _int(r["duration"], "duration")
     billsec = _int(r["billsec"], "billsec")
+    if header is not None and end is None and duration is not None:
+        end = start + timedelta(seconds=duration)
+        if answer is None and billsec:
+            answer = end - timedelta(seconds=billsec)
     raw_disp = r["disposition"].upper()
     disposition = _ASTERISK_DISPOSITION.get(raw_disp)
     if disposition is None:
@@ -429,6 +477,12 @@ def asterisk_cdr_row(fields: list[str], p: _Ctx, line: int = 1) -> Inbound:
             "source_disposition": r["disposition"], "line": str(line)}
     if columns is CDR_CUSTOM_COLUMNS:
         meta["layout"] = "cdr_custom"
+    elif header is not None:
+        meta["layout"] = "header"
+        if r.get("did"):
+            meta["did"] = r["did"]
+        if r.get("recordingfile"):
+            meta["recording_file"] = r["recordingfile"]
     return _call_inbound(p, call_id=call_id, number_from=src, number_to=r["dst"], name=name, call=call,
                          defects=defects, meta=meta, raw_type="asterisk.cdr")
 
@@ -550,6 +604,8 @@ def parse_freeswitch_json(raw: bytes, p: _Ctx) -> Inbound:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadRejected(f"not a mod_json_cdr record: invalid JSON ({exc})") from None
+    except RecursionError:  # [[[[…]]]] thousands deep: the json module's recursion
+        raise PayloadRejected("not a mod_json_cdr record: JSON nested too deeply") from None
     if isinstance(doc, dict) and isinstance(doc.get("variables"), dict):
         doc["variables"] = {k: unquote(v) if isinstance(v, str) and _PCT.search(v) else v
                             for k, v in doc["variables"].items()}

@@ -23,8 +23,10 @@ What an update becomes (https://core.telegram.org/bots/api#update):
   ``business:`` (the business chat numbers its messages apart from the
   bot's) and ``meta["business_connection_id"]`` kept; replies still go
   through the bot's own chat;
-- a venue, poll or dice without text gets a readable one (venue name and
-  address, the question and its options, the emoji and value);
+- a venue, poll, dice, checklist, giveaway, invoice, game, Web App data or
+  forwarded story without text gets a readable one (venue name and address,
+  the question and its options, the emoji and value, the tasks, the prize …);
+  paid media's photos and videos are attachments like a photo's;
 - a message that only carries a service notice (member joined, title
   changed, message pinned …) → kind ``event``, raw_type ``message.<field>``;
 - ``callback_query`` → ``event``, the button's data in ``meta["data"]``;
@@ -86,6 +88,22 @@ SERVICE_FIELDS = (
     "boost_added",
     "chat_background_set",
     "proximity_alert_triggered",
+    "successful_payment",
+    "refunded_payment",
+    "users_shared",
+    "chat_shared",
+    "connected_website",
+    "passport_data",
+    "giveaway_created",
+    "giveaway_completed",
+    "gift",
+    "unique_gift",
+    "general_forum_topic_hidden",
+    "general_forum_topic_unhidden",
+    "paid_message_price_changed",
+    "direct_message_price_changed",
+    "checklist_tasks_done",
+    "checklist_tasks_added",
 )
 
 #: File-carrying message fields in the order they are read, with the content
@@ -135,6 +153,14 @@ class _File(msgspec.Struct):
     is_video: bool = False
 
 
+class _PaidMedia(msgspec.Struct):
+    """One item of paid media; a ``preview`` item (not yet bought) has no file."""
+
+    type: str = ""
+    photo: list[_File] = []
+    video: _File | None = None
+
+
 class _MessageRef(msgspec.Struct):
     """A replied-to message, or the (possibly inaccessible) message of a callback."""
 
@@ -178,6 +204,16 @@ class _Message(msgspec.Struct, rename={"from_": "from"}):
     venue: dict[str, Any] | None = None
     poll: dict[str, Any] | None = None
     dice: dict[str, Any] | None = None
+    # read only for a readable text or their files: any shape is taken (a
+    # field Telegram reshapes later must not make the whole message refused)
+    story: Any = None
+    giveaway: Any = None
+    giveaway_winners: Any = None
+    checklist: Any = None
+    invoice: Any = None
+    game: Any = None
+    web_app_data: Any = None
+    paid_media: Any = None
     business_connection_id: str | None = None
 
 
@@ -264,7 +300,8 @@ def update_key(update: Mapping[str, Any]) -> str:
         elif kind == "callback_query" and isinstance(body.get("id"), str):
             return f"callback:{body['id']}"
         elif kind in MEMBER_KINDS and chat_id is not None:
-            status = (body.get("new_chat_member") or {}).get("status")
+            member = body.get("new_chat_member")
+            status = member.get("status") if isinstance(member, dict) else None
             return f"{kind}:{chat_id}:{_int(body.get('date'))}:{status}"
     return f"update:{update['update_id']}"
 
@@ -320,12 +357,32 @@ def _sticker_type(sticker: _File) -> str:
     return "video/webm" if sticker.is_video else "image/webp"
 
 
+def _largest(photo: list[_File]) -> Attachment:
+    # Telegram lists the sizes of one photo smallest first; keep the largest.
+    return _attachment(max(photo, key=lambda p: (p.width * p.height, p.file_size or 0)), PHOTO_TYPE)
+
+
+def _paid_media(info: Any) -> list[_PaidMedia]:
+    """The readable items of a PaidMediaInfo; an item of another shape is skipped."""
+    items = info.get("paid_media") if isinstance(info, dict) else None
+    out: list[_PaidMedia] = []
+    for item in items if isinstance(items, list) else ():
+        try:
+            out.append(msgspec.convert(item, _PaidMedia, strict=False))
+        except msgspec.ValidationError:
+            continue
+    return out
+
+
 def _attachments(msg: _Message) -> list[Attachment]:
     out: list[Attachment] = []
     if msg.photo:
-        # Telegram lists the sizes of one photo smallest first; keep the largest.
-        largest = max(msg.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
-        out.append(_attachment(largest, PHOTO_TYPE))
+        out.append(_largest(msg.photo))
+    for item in _paid_media(msg.paid_media):
+        if item.photo:
+            out.append(_largest(item.photo))
+        elif item.video is not None:
+            out.append(_attachment(item.video, "video/mp4"))
     for field, default_type in MEDIA_FIELDS:
         media: _File | None = getattr(msg, field)
         if media is None or (field == "document" and msg.animation is not None):
@@ -402,16 +459,44 @@ def _message(kind: str, body: Any, update_id: int, key: str, account: str) -> In
     )
 
 
+def _strings(obj: Mapping[str, Any], *keys: str, sep: str = " — ") -> str:
+    """The named string fields of an object that are set, joined."""
+    return sep.join(str(obj[k]) for k in keys if isinstance(obj.get(k), str) and obj[k])
+
+
+def _item_lines(head: str, items: Any, key: str) -> str:
+    """A heading and one ``- item`` line per object of a list that has ``key`` as a string."""
+    texts = [o[key] for o in items or [] if isinstance(o, dict) and isinstance(o.get(key), str)] if isinstance(items, list) else []
+    return "\n".join([head, *(f"- {t}" for t in texts)]) if head or texts else ""
+
+
 def _readable(msg: _Message) -> str:
     """The text of content that has none of its own: a venue's name and
-    address, a poll's question and options, a dice throw."""
+    address, a poll's question and options, a dice throw, a checklist's
+    tasks, a giveaway's prize, an invoice's or a game's title, a Web App's
+    data, a forwarded story."""
     if msg.venue:
-        return " — ".join(str(msg.venue[k]) for k in ("title", "address") if isinstance(msg.venue.get(k), str) and msg.venue[k])
+        return _strings(msg.venue, "title", "address")
     if msg.poll and isinstance(msg.poll.get("question"), str):
-        options = [o["text"] for o in msg.poll.get("options") or [] if isinstance(o, dict) and isinstance(o.get("text"), str)]
-        return "\n".join([msg.poll["question"], *(f"- {o}" for o in options)])
+        return _item_lines(msg.poll["question"], msg.poll.get("options"), "text")
     if msg.dice and isinstance(msg.dice.get("emoji"), str):
         return f"{msg.dice['emoji']} {msg.dice.get('value', '')}".strip()
+    if isinstance(msg.checklist, dict):
+        return _item_lines(_strings(msg.checklist, "title"), msg.checklist.get("tasks"), "text")
+    for giveaway in (msg.giveaway, msg.giveaway_winners):
+        if isinstance(giveaway, dict):
+            count = giveaway.get("winner_count")
+            winners = f"({count} winner{'' if count == 1 else 's'})" if isinstance(count, int) else None
+            return _join("Giveaway:", _strings(giveaway, "prize_description"), winners)
+    for titled in (msg.invoice, msg.game):
+        if isinstance(titled, dict):
+            return _strings(titled, "title", "description")
+    if isinstance(msg.web_app_data, dict):
+        return _strings(msg.web_app_data, "button_text", "data", sep=": ")
+    if isinstance(msg.story, dict):
+        chat = msg.story.get("chat") if isinstance(msg.story.get("chat"), dict) else {}
+        origin = _strings(chat, "title") or (f"@{chat['username']}" if isinstance(chat.get("username"), str) else "")
+        return _join("Story", f"from {origin}" if origin else None)
     return ""
 
 

@@ -46,24 +46,37 @@ def external_id(fields: Mapping[str, Any]) -> str:
     """The idempotency key: MsgId, else FromUserName + CreateTime + Event.
 
     WeChat retries a callback up to three times; its documentation names
-    exactly these as the deduplication key (events carry no MsgId).
+    exactly these as the deduplication key (events carry no MsgId). A
+    message's ``MsgID`` (how SDKs that re-serialize messages, WxJava, spell
+    it) is its MsgId; the job events' ``MsgID`` (TEMPLATESENDJOBFINISH) names
+    the job, not the callback, and stays in meta.
     """
     msg_id = text_field(fields, "MsgId")
+    if msg_id is None and text_field(fields, "MsgType") in MESSAGE_KINDS:
+        msg_id = text_field(fields, "MsgID")
     if msg_id:
         return msg_id
     kind = text_field(fields, "Event") or text_field(fields, "MsgType") or ""
     return f"{text_field(fields, 'FromUserName') or ''}:{text_field(fields, 'CreateTime') or ''}:{kind}"
 
 
-def _flat_meta(fields: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Every small leaf outside the envelope, nested ones as ``Parent.Child``."""
+#: Nesting levels of a callback's elements read into meta (WeChat's nest two
+#: or three: ``ScanCodeInfo.ScanResult``, ``SendPicsInfo.PicList.item``).
+_META_MAX_DEPTH = 8
+
+
+def _flat_meta(fields: Mapping[str, Any], prefix: str = "", depth: int = 0) -> dict[str, str]:
+    """Every small leaf outside the envelope, nested ones as ``Parent.Child``
+    (down to :data:`_META_MAX_DEPTH` levels: elements nested thousands deep
+    were a RecursionError)."""
     out: dict[str, str] = {}
     for name, value in fields.items():
         if not prefix and name in _NOT_META:
             continue
         key = f"{prefix}{name}"
         if isinstance(value, dict):
-            out.update(_flat_meta(value, f"{key}."))
+            if depth < _META_MAX_DEPTH:
+                out.update(_flat_meta(value, f"{key}.", depth + 1))
         elif isinstance(value, str) and value.strip():
             out[key] = value.strip()[:_META_MAX_CHARS]
     return out

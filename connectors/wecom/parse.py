@@ -126,7 +126,20 @@ _KF_BODIES: dict[str, Callable[[dict], tuple[str, list[Attachment]]]] = {
     "business_card": lambda p: ("", []),
     "miniprogram": lambda p: (_s(p, "title"), []),
     "msgmenu": lambda p: (_joined(_s(p, "head_content"), _s(p, "tail_content")), []),
+    # what a customer shares from WeChat Channels (视频号) and its shop, and a forwarded chat record
+    "channels_shop_product": lambda p: (_joined(_s(p, "title"), _s(p, "sales_price"), _s(p, "shop_nickname")), []),
+    "channels_shop_order": lambda p: (
+        _joined(_s(p, "product_titles"), _s(p, "price_wording"), _s(p, "state"), _s(p, "order_id")), []),
+    "channels": lambda p: (_joined(_s(p, "title"), _s(p, "nickname")), []),
+    "merged_msg": lambda p: (_merged_text(p), []),
 }
+
+
+def _merged_text(part: dict) -> str:
+    """A forwarded chat record (聊天记录): its title, then ``name: content`` per item."""
+    items = part.get("item") if isinstance(part.get("item"), list) else []
+    lines = [f"{_s(i, 'sender_name')}: {_s(i, 'msg_content')}".strip(": ") for i in items if isinstance(i, dict)]
+    return _joined(_s(part, "title"), *lines)
 
 
 def _int(value: Any) -> int | None:

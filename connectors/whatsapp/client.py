@@ -37,7 +37,7 @@ from connectors.graph import DEFAULT_API_VERSION, DEFAULT_GRAPH_BASE, HttpClient
 from connectors.http import Refused, journal, read_webhook
 from connectors.text import split_text
 from connectors.webhooks import hub_signature_ok
-from connectors.whatsapp.parse import CHANNEL, SIGNATURE_HEADER, body_key, changes, decode
+from connectors.whatsapp.parse import BSUID_PREFIX, CHANNEL, SIGNATURE_HEADER, body_key, changes, decode
 from routing.model import Attachment, Inbound, Outbound
 
 log = structlog.get_logger(__name__)
@@ -100,12 +100,21 @@ def window_refusal(last_inbound_at: datetime | None, now: datetime) -> str | Non
     return None
 
 
-def template_payload(to: str, template: Any) -> dict[str, Any]:
+def addressee(identity_value: str) -> dict[str, str]:
+    """Whom a message goes to: ``to`` (the phone number's digits) for a
+    ``+<wa_id>``, ``recipient`` (the BSUID) for a username-only user's
+    ``whatsapp-user:<BSUID>``."""
+    if identity_value.startswith(BSUID_PREFIX):
+        return {"recipient": identity_value.removeprefix(BSUID_PREFIX)}
+    return {"to": "".join(ch for ch in identity_value if ch.isdigit())}
+
+
+def template_payload(to: dict[str, str], template: Any) -> dict[str, Any]:
     payload: dict[str, Any] = {"name": template.name, "language": {"code": template.language}}
     if template.parameters:
         payload["components"] = [{"type": "body", "parameters": [{"type": "text", "text": p}
                                                                  for p in template.parameters]}]
-    return {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": "template",
+    return {"messaging_product": "whatsapp", "recipient_type": "individual", **to, "type": "template",
             "template": payload}
 
 
@@ -168,14 +177,14 @@ class WhatsAppConnector:
 
     async def send(self, outbound: Outbound) -> SendResult:
         number = self._number(outbound.account)
-        to = "".join(ch for ch in outbound.to.value if ch.isdigit())
+        to = addressee(outbound.to.value)
         url = f"{self._config.api}/{number.phone_number_id}/messages"
         payloads: list[dict[str, Any]] = []
         template = getattr(outbound, "template", None)
         if template is not None:
             payloads.append(template_payload(to, template))
         else:
-            payloads += [{"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": "text",
+            payloads += [{"messaging_product": "whatsapp", "recipient_type": "individual", **to, "type": "text",
                           "text": {"body": part, "preview_url": False}}
                          for part in split_text(outbound.text, MAX_TEXT_CHARS)]
             for a in outbound.attachments:
@@ -193,7 +202,7 @@ class WhatsAppConnector:
                  template=template.name if template is not None else None)
         return SendResult(external_id=first)
 
-    async def _media_message(self, number: NumberConfig, to: str, a: Attachment) -> dict[str, Any]:
+    async def _media_message(self, number: NumberConfig, to: dict[str, str], a: Attachment) -> dict[str, Any]:
         """Upload a file (``POST /{phone-number-id}/media``) and the message that shows it."""
         if a.data is None:
             raise SendError(f"attachment {a.name!r} has no data to upload")
@@ -207,7 +216,7 @@ class WhatsAppConnector:
         media: dict[str, Any] = {"id": answer.get("id")}
         if kind == "document" and a.name:
             media["filename"] = a.name
-        return {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": kind, kind: media}
+        return {"messaging_product": "whatsapp", "recipient_type": "individual", **to, "type": kind, kind: media}
 
     # ------------------------------------------------------------ media
 

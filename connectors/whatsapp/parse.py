@@ -29,14 +29,22 @@ What each becomes (https://developers.facebook.com/docs/whatsapp/cloud-api/webho
   it never becomes a customer message;
 - a change of another field (``account_update``,
   ``message_template_status_update``, ``calls``, ``user_preferences``, fields
-  Meta adds later) → one event of raw_type = the field, its scalar values in
-  ``meta``, from the customer it names or else the business account
+  Meta adds later), and a ``messages`` change with neither messages nor
+  statuses (a value-level ``errors`` list: Meta could not deliver the
+  customer's messages to the webhook) → one event of raw_type = the field,
+  its scalar values and first error (``error_code``/``error_title``/
+  ``error_details``) in ``meta``, from the customer it names or else the business account
   (``external`` ``whatsapp-account:<WABA id>``); ``smb_message_echoes`` (sent
   from the WhatsApp Business app) → the agent's outbound message
   (``meta["direction"] = "outbound"``), as Messenger's echoes.
 
 The sender is the ``whatsapp`` identity ``+<wa_id>`` (a wa_id is the phone
-number in international form, so it also gives the ``phone`` identity).
+number in international form, so it also gives the ``phone`` identity). A
+user who adopted a WhatsApp username may come without a phone number, named
+only by a business-scoped user id (BSUID: ``from_user_id``, the contact's
+``user_id``): then the sender is the ``external`` identity
+``whatsapp-user:<BSUID>`` (one contact per user, answered by ``recipient``);
+the BSUID is in ``meta["bsuid"]`` whenever Meta gives it.
 
 Signature: with an ``app_secret`` and the request ``headers`` in the context
 (``omnigate parse --context``, a live request), ``X-Hub-Signature-256`` must
@@ -126,9 +134,23 @@ def body_key(obj: Mapping[str, Any], raw: bytes) -> str:
     return _body_key(item_ids(obj), raw)
 
 
-def _sender(wa_id: str, names: Mapping[str, str]) -> Sender:
+#: The contact identity of a WhatsApp user Meta names by their business-scoped
+#: user id (BSUID) only: one who adopted a username, whose phone number the
+#: webhook withholds. ``send`` answers it through ``recipient``.
+BSUID_PREFIX = "whatsapp-user:"
+
+
+def _sender(wa_id: str, names: Mapping[str, str], bsuid: str | None = None) -> Sender:
+    if bsuid and (not wa_id or wa_id == "unknown"):
+        return Sender(kind="external", value=f"{BSUID_PREFIX}{bsuid}", name=names.get(bsuid))
     digits = wa_id.lstrip("+")
     return Sender(kind=CHANNEL, value=f"+{digits}", name=names.get(digits))
+
+
+def _bsuid(item: Mapping[str, Any], key: str, user_ids: list[str]) -> str | None:
+    """An item's BSUID (``from_user_id``, ``recipient_user_id``), else the
+    only contact's ``user_id`` of the change."""
+    return _str(item.get(key)) or (user_ids[0] if len(user_ids) == 1 else None)
 
 
 def _attachment(kind: str, media: Mapping[str, Any]) -> Attachment:
@@ -210,11 +232,14 @@ def _content(kind: str, m: Mapping[str, Any], meta: dict[str, str], defects: lis
     return "", []
 
 
-def _message(m: dict[str, Any], account: str, names: Mapping[str, str]) -> Inbound:
+def _message(m: dict[str, Any], account: str, names: Mapping[str, str], user_ids: list[str] = ()) -> Inbound:
     kind = _str(m.get("type")) or "unknown"
+    bsuid = _bsuid(m, "from_user_id", list(user_ids))
     wa_id = _str(m.get("from")) or "unknown"
-    mid = _str(m.get("id")) or f"{wa_id}:{m.get('timestamp')}"
+    mid = _str(m.get("id")) or f"{wa_id if wa_id != 'unknown' else bsuid}:{m.get('timestamp')}"
     meta: dict[str, str] = {"phone_number_id": account}
+    if bsuid:
+        meta["bsuid"] = bsuid
     defects: list[str] = []
     context = m.get("context") if isinstance(m.get("context"), dict) else {}
     if context.get("forwarded") or context.get("frequently_forwarded"):
@@ -224,7 +249,7 @@ def _message(m: dict[str, Any], account: str, names: Mapping[str, str]) -> Inbou
     for err in _dicts(m.get("errors")):
         defects.append(f"WhatsApp error {err.get('code')}: {err.get('title') or err.get('message')}")
     inbound = Inbound(
-        channel=CHANNEL, account=account, external_id=mid, kind="message", sender=_sender(wa_id, names),
+        channel=CHANNEL, account=account, external_id=mid, kind="message", sender=_sender(wa_id, names, bsuid),
         thread=ThreadHints(message_id=mid, in_reply_to=_str(context.get("id"))),
         sent_at=_time(m.get("timestamp")), raw_type=kind, meta=meta, defects=defects,
     )
@@ -265,22 +290,28 @@ def _message(m: dict[str, Any], account: str, names: Mapping[str, str]) -> Inbou
     return inbound
 
 
-def _status(s: dict[str, Any], account: str, names: Mapping[str, str]) -> Inbound:
-    wamid = _str(s.get("id")) or ""
-    status = _str(s.get("status")) or "unknown"
-    meta = {"status_of": wamid, "status": status, "phone_number_id": account}
-    for err in _dicts(s.get("errors"))[:1]:
+def _error_meta(item: Mapping[str, Any], meta: dict[str, str]) -> None:
+    """The first of an item's ``errors`` as ``error_code``/``error_title``/``error_details``."""
+    for err in _dicts(item.get("errors"))[:1]:
         meta["error_code"] = str(err.get("code", ""))
         meta["error_title"] = str(err.get("title") or err.get("message") or "")
         details = err.get("error_data", {}).get("details") if isinstance(err.get("error_data"), dict) else None
         if isinstance(details, str):
             meta["error_details"] = details
+
+
+def _status(s: dict[str, Any], account: str, names: Mapping[str, str], user_ids: list[str] = ()) -> Inbound:
+    wamid = _str(s.get("id")) or ""
+    status = _str(s.get("status")) or "unknown"
+    meta = {"status_of": wamid, "status": status, "phone_number_id": account}
+    _error_meta(s, meta)
     conversation = s.get("conversation") if isinstance(s.get("conversation"), dict) else {}
     if _str(conversation.get("expiration_timestamp")):
         meta["conversation_expires"] = str(conversation["expiration_timestamp"])
     return Inbound(
         channel=CHANNEL, account=account, external_id=f"{wamid}:status:{status}", kind="event",
-        sender=_sender(_str(s.get("recipient_id")) or "unknown", names), sent_at=_time(s.get("timestamp")),
+        sender=_sender(_str(s.get("recipient_id")) or "unknown", names, _bsuid(s, "recipient_user_id", list(user_ids))),
+        sent_at=_time(s.get("timestamp")),
         raw_type="status", meta=meta,
     )
 
@@ -308,18 +339,19 @@ def _change_event(field: str, entry: Mapping[str, Any], value: Mapping[str, Any]
     meta: dict[str, str] = {"field": field}
     if account != CHANNEL:
         meta["phone_number_id"] = account
-    for key, item in value.items():
+    for name, item in value.items():
         if isinstance(item, (str, int, float)) and not isinstance(item, bool) and len(str(item)) <= 256:
-            meta[key] = str(item)
+            meta[name] = str(item)
+    _error_meta(value, meta)
     user, at = None, _time(entry.get("time"))
     for list_name, user_key in _USER_LISTS:
         for item in _dicts(value.get(list_name))[:1]:
             user = _str(item.get(user_key))
             if list_name == "calls" and str(item.get("direction", "")).upper() == "BUSINESS_INITIATED":
                 user = _str(item.get("to")) or user
-            for key in ("id", "event", "status", "direction", "value", "category"):
-                if isinstance(item.get(key), str):
-                    meta[f"{list_name}.{key}"] = item[key]
+            for name in ("id", "event", "status", "direction", "value", "category"):
+                if isinstance(item.get(name), str):
+                    meta[f"{list_name}.{name}"] = item[name]
             at = _time(item.get("timestamp")) or at
         if user:
             break
@@ -346,15 +378,20 @@ def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
     for n, (field, entry, value) in enumerate(all_changes(obj)):
         metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
         account = _str(metadata.get("phone_number_id")) or str(context.get("account") or CHANNEL)
-        names = {}
+        names: dict[str, str] = {}
+        user_ids: list[str] = []
         for c in _dicts(value.get("contacts")):
             profile = c.get("profile") if isinstance(c.get("profile"), dict) else {}
-            wa_id, name = _str(c.get("wa_id")), _str(profile.get("name"))
-            if wa_id and name:
-                names[wa_id.lstrip("+")] = name
-        if field == "messages":
-            out += [_message(m, account, names) for m in _dicts(value.get("messages"))]
-            out += [_status(s, account, names) for s in _dicts(value.get("statuses"))]
+            wa_id, user_id = _str(c.get("wa_id")), _str(c.get("user_id"))
+            name = _str(profile.get("name")) or _str(profile.get("username"))
+            if user_id:
+                user_ids.append(user_id)
+            for key in (wa_id.lstrip("+") if wa_id else None, user_id):
+                if key and name:
+                    names[key] = name
+        if field == "messages" and (_dicts(value.get("messages")) or _dicts(value.get("statuses"))):
+            out += [_message(m, account, names, user_ids) for m in _dicts(value.get("messages"))]
+            out += [_status(s, account, names, user_ids) for s in _dicts(value.get("statuses"))]
         elif field == "smb_message_echoes" and _dicts(value.get("message_echoes")):
             out += [_echo(m, account, names) for m in _dicts(value.get("message_echoes"))]
         else:

@@ -6,6 +6,7 @@ rules of the pipeline, internal calls."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -156,6 +157,20 @@ async def test_freeswitch_json_cdr_with_basic_auth_in_small_segments(gw: Gateway
     # 1001 → 1002 are both extensions under internal_patterns: an internal call, on no ticket
     assert call["data"]["call"]["direction"] == "internal" and call.get("ticket_id") is None
     assert call["data"]["why_no_ticket"] == "internal call"
+
+
+async def test_cdr_table_export_upload_gives_each_row_its_header(gw: Gateway) -> None:
+    # FreePBX's CDR report export (header row, calldate, 26 columns): each row is its own journal
+    # entry, so each carries the header; before, every row failed ("26 fields …")
+    body = (Path(__file__).resolve().parents[1] / "fixtures" / "phone" / "synthetic_asterisk_cdr_table_export.csv").read_bytes()
+    result = await upload(gw, body)
+    assert (result["rows"], result["accepted"], result["errors"]) == (2, 2, [])
+    await gw.drain()
+    journal = await gw.journal()
+    assert sorted(e["status"] for e in journal) == ["processed", "processed"]
+    calls = [c for e in journal for c in await calls_of(gw, e["contact_id"])]
+    assert sorted((c["external_id"], c["data"]["call"]["disposition"]) for c in calls) == [
+        ("1720000000.1", "answered"), ("1720000931.3", "missed")]
 
 
 async def test_freeswitch_csv_upload_with_the_default_template(gw: Gateway) -> None:

@@ -196,6 +196,24 @@ async def test_whatsapp_body_with_several_messages_gives_each_once(gw: Gateway) 
     assert [m["text"] for m in await gw.timeline(ticket_id)] == ["first", "second"]
 
 
+async def test_whatsapp_username_user_is_one_contact_and_answered_by_bsuid(gw: Gateway, graph) -> None:
+    body = (Path(__file__).resolve().parents[1] / "fixtures" / "social" / "whatsapp_synthetic_username_bsuid.json").read_bytes()
+    await wa(gw, body.replace(b'"phone_number_id": "106540352242922"', f'"phone_number_id": "{WA_PHONE_ID}"'.encode()))
+    await gw.drain()
+    (entry,) = await gw.journal()
+    assert entry["status"] == "processed"
+    contact = await gw.get(f"/api/v1/contacts/{entry['contact_id']}")
+    assert {"kind": "external", "value": "whatsapp-user:US.13491208655302741918"} in contact["identities"]
+    tickets = (await gw.get("/api/v1/tickets"))["items"]
+    assert len(tickets) == 1  # both messages on one ticket of one contact
+    assert [m["text"] for m in await gw.timeline(tickets[0]["id"])] == [
+        "Is my order 4711 on its way?", "It was due yesterday."]
+    reply = await gw.reply(tickets[0]["id"], "It ships today.")
+    await reply_status(gw, tickets[0]["id"], reply["id"], lambda d: d["status"] == "sent")
+    kind, to, payload = graph.sent[-1]
+    assert (kind, to, payload["recipient"]) == ("whatsapp", "bsuid:US.13491208655302741918", "US.13491208655302741918")
+
+
 async def test_whatsapp_reply_then_statuses_update_that_reply(gw: Gateway, graph: GraphApiStandIn) -> None:
     ticket = await whatsapp_ticket(gw)
     other = await gw.reply(ticket["id"], "An earlier answer.")
@@ -338,6 +356,26 @@ async def test_messenger_message_echo_delivery_and_reply(gw: Gateway, graph) -> 
     assert echoed["data"]["delivery"]["status"] == "read"
     statuses = [(e["timeline_id"], e["status"]) for e in outbox_events(gw, "message.status")]
     assert (reply["id"], "read") in statuses and (echoed["id"], "read") in statuses
+
+
+async def test_messenger_chat_plugin_guests_are_their_own_contacts_and_answered_by_user_ref(gw: Gateway, graph) -> None:
+    # A Chat Plugin guest has no PSID, only sender.user_ref (Messenger Platform
+    # "messages" webhook reference): two guests were one contact "<page>:unknown".
+    guests = [{"sender": {"user_ref": ref}, "recipient": {"id": PAGE_ID}, "timestamp": T0 * 1000,
+               "message": {"mid": f"m_{ref}", "text": f"hello from {ref}"}} for ref in ("guest-1", "guest-2")]
+    await fb(gw, "messenger", fb_body("page", PAGE_ID, *guests), FB_SECRET)
+    await gw.drain()
+    entries = await gw.journal()
+    assert [e["status"] for e in entries] == ["processed"]  # one body, two messages
+    tickets = (await gw.get("/api/v1/tickets"))["items"]
+    assert len(tickets) == 2
+    contacts = [await gw.get(f"/api/v1/contacts/{t['contact_id']}") for t in tickets]
+    assert sorted(i["value"] for c in contacts for i in c["identities"]) == [
+        f"{PAGE_ID}:user_ref:guest-1", f"{PAGE_ID}:user_ref:guest-2"]
+    (first,) = [t for t, c in zip(tickets, contacts) if c["identities"][0]["value"].endswith("guest-1")]
+    reply = await gw.reply(first["id"], "How can I help?")
+    await reply_status(gw, first["id"], reply["id"], lambda d: d["status"] == "sent")
+    assert graph.sent[-1][:2] == ("messenger", "user_ref:guest-1")
 
 
 async def test_instagram_message_and_reply_on_its_own_channel(gw: Gateway, graph) -> None:

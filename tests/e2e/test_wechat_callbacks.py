@@ -167,10 +167,23 @@ async def test_compatible_mode_trusts_only_the_encrypted_part(start_gateway, wec
     assert message["text"] == "真的"
 
 
-@pytest.mark.parametrize("encoding", ["GBK", "x-unknown"])
-async def test_an_encoding_the_parser_does_not_take_is_400(start_gateway, wechat_api, encoding) -> None:
+@pytest.mark.parametrize("encoding, codec", [("GBK", "gbk"), ("gb2312", "utf-8"), ("x-unknown", "utf-8")])
+async def test_a_declared_encoding_expat_does_not_take_is_read(start_gateway, wechat_api, encoding, codec) -> None:
+    # a relay's GBK declaration (multi-byte: expat refuses it) over GBK bytes, or over UTF-8 bytes
+    # after all, or an unknown name over UTF-8 bytes: read, no longer a 400
     gw = await oa_gateway(start_gateway, wechat_api)
-    body = f'<?xml version="1.0" encoding="{encoding}"?>{text_xml("abc")}'.encode()
+    body = f'<?xml version="1.0" encoding="{encoding}"?>{text_xml("你好")}'.encode(codec)
+    resp = await gw.client.post(PATH, params=plain_query(timestamp=now_ts(gw)), data=body)
+    assert (resp.status, await resp.text()) == (200, "success")
+    await gw.drain()
+    _, ticket, _contact = await gw.only_ticket()
+    (message,) = await gw.timeline(ticket["id"])
+    assert message["text"] == "你好"
+
+
+async def test_an_encoding_that_decodes_nowhere_is_400(start_gateway, wechat_api) -> None:
+    gw = await oa_gateway(start_gateway, wechat_api)
+    body = f'<?xml version="1.0" encoding="x-unknown"?>{text_xml("abc")}'.encode().replace(b"abc", b"a\xffc")
     resp = await gw.client.post(PATH, params=plain_query(timestamp=now_ts(gw)), data=body)
     assert resp.status == 400 and "encoding" in await resp.text()
     assert await gw.journal() == []

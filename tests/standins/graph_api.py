@@ -105,7 +105,10 @@ class GraphApiStandIn:
         if refused:
             return refused
         body = await request.json()
-        if body.get("messaging_product") != "whatsapp" or not str(body.get("to", "")).isdigit():
+        # a username-only user is addressed by BSUID (recipient), recorded as "bsuid:<BSUID>"
+        if "recipient" in body and "to" not in body:
+            body["to"] = f"bsuid:{body['recipient']}"
+        elif body.get("messaging_product") != "whatsapp" or not str(body.get("to", "")).isdigit():
             return self._error(graph_error(100, "(#100) Invalid parameter", details="messaging_product and to are required"))
         kind = body.get("type")
         if kind not in ("text", "template", "image", "document", "video", "audio"):
@@ -179,10 +182,12 @@ class GraphApiStandIn:
                 return self._error(MESSENGER_WINDOW)
             if "text" in message and len(message["text"]) > 2000:
                 return self._error(graph_error(100, "(#100) Length of param message[text] must be less than or equal to 2000"))
-        if not recipient.get("id"):
+        # a Chat Plugin guest is addressed by its user_ref (recorded as "user_ref:<ref>")
+        who = recipient.get("id") or (f"user_ref:{recipient['user_ref']}" if recipient.get("user_ref") else None)
+        if not who:
             return self._error(graph_error(100, "(#100) The parameter recipient is required"))
-        self.sent.append(("messenger", recipient["id"], message))
-        return web.json_response({"recipient_id": recipient["id"], "message_id": f"m_standin{next(self._ids)}"})
+        self.sent.append(("messenger", who, message))
+        return web.json_response({"recipient_id": recipient.get("id", ""), "message_id": f"m_standin{next(self._ids)}"})
 
     async def _cdn(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -243,6 +243,35 @@ def test_cdr_custom_sample_layout_is_read():
     assert call.meta["_warnings"] == ""
 
 
+def test_cdr_table_export_under_a_header_row_is_read_by_column_name():
+    """The CDR database table (cdr_adaptive_odbc/cdr_mysql's asteriskcdrdb.cdr, FreePBX's CDR report
+    export): a header row, calldate for the start, no answer or end column, 26 columns — every row
+    was refused ("26 fields; a cdr_csv row has 16 to 21")."""
+    answered, missed = fixture("synthetic_asterisk_cdr_table_export.csv")
+    assert answered.meta["_warnings"] == ""
+    assert (answered.external_id, answered.sender.value, answered.sender.name) == (
+        "1720000000.1", "+8613800138000", "Alice")
+    assert (answered.call.disposition, answered.call.duration_s, answered.meta["layout"]) == ("answered", 65, "header")
+    shanghai = timezone(timedelta(hours=8))
+    assert answered.call.started_at == datetime(2024, 7, 3, 17, 46, 40, tzinfo=shanghai)
+    assert answered.call.ended_at == datetime(2024, 7, 3, 17, 47, 45, tzinfo=shanghai)  # calldate + duration
+    assert answered.call.answered_at == datetime(2024, 7, 3, 17, 46, 45, tzinfo=shanghai)  # end - billsec
+    assert (answered.meta["did"], answered.meta["recording_file"]) == (
+        "4008001234", "in-4008001234-13800138000-20240703-174640-1720000000.1.wav")
+    # no clid: the caller's name from cnam
+    assert (missed.sender.name, missed.call.disposition, missed.call.answered_at) == ("Bob", "missed", None)
+
+
+def test_caller_names_in_gbk_are_not_latin1_mojibake():
+    """cdr_csv writes a trunk's caller name bytes as given: GBK from a Chinese trunk was read as
+    Latin-1 ('ÕÅÈý'); a Windows-1252 name still reads as such."""
+    first, second = fixture("synthetic_asterisk_cdr_gbk_names.csv")
+    assert (first.sender.name, second.sender.name) == ("张三", "王小明")
+    latin = (FIXTURES / "synthetic_asterisk_cdr_gbk_names.csv").read_bytes().decode("gbk").replace(
+        "张三", "Jürgen Groß").encode("cp1252", "replace")
+    assert parse(latin, {"channel": "asterisk"})[0].sender.name == "Jürgen Groß"
+
+
 def test_cel_without_linkedid_end_ends_at_the_first_channels_chan_end():
     """cel.conf may list its events without LINKEDID_END (docs.asterisk.org, CEL "events"): the
     CHAN_END of the channel the call started on ends it; unanswered, it was missed."""
@@ -289,6 +318,16 @@ def test_without_a_warn_callback_skipped_rows_become_defects():
     raw = (FIXTURES / "synthetic_asterisk_cdr_bad_row.csv").read_bytes()
     calls = parse(raw, {"channel": "asterisk", "line": "not a number"})
     assert calls[0].defects[-1] == "skipped line 2: start 'yesterday' is not a time"
+
+
+def test_mod_json_cdr_nested_thousands_deep_is_refused_not_a_crash():
+    raw = (FIXTURES / "synthetic_freeswitch_json_cdr_minimal.json").read_bytes()
+    (call,) = parse(raw, {"channel": "freeswitch"})
+    assert (call.external_id, call.call.disposition, call.call.duration_s) == (
+        "6a7b8c9d-0000-4000-8000-000000000002", "answered", 65)
+    deep = raw.replace(b'"callflow":[', b'"callflow":[' + b"[" * 5000 + b"]" * 5000 + b",")
+    with pytest.raises(PayloadRejected, match="nested too deeply"):  # was the json module's RecursionError
+        parse(deep, {"channel": "freeswitch"})
 
 
 def test_an_epoch_beyond_what_a_datetime_holds_is_refused_not_a_crash():

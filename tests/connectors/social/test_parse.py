@@ -15,6 +15,7 @@ import pytest
 
 from connectors.base import PayloadRejected
 from connectors.line import parse as line
+from connectors.messenger import client as messenger_client
 from connectors.messenger import parse as messenger
 from connectors.registry import parse_channels, validate_all
 from connectors.whatsapp import parse as whatsapp
@@ -187,6 +188,55 @@ def test_whatsapp_changes_of_other_fields_are_kept_as_events_and_echoes_as_outbo
     # the same body parses to the same ids (a redelivery dedupes)
     again = whatsapp.parse((FIXTURES / "whatsapp_synthetic_account_fields.json").read_bytes(), {})
     assert [i.external_id for i in again] == [i.external_id for i in inbounds]
+
+
+def test_whatsapp_username_user_without_phone_is_one_contact_by_bsuid() -> None:
+    # no "from" and no wa_id: every such message was from "+unknown" (one contact for all of them,
+    # or none at all once the phone identity was refused)
+    first, second = whatsapp.parse((FIXTURES / "whatsapp_synthetic_username_bsuid.json").read_bytes(), {})
+    assert first.sender == second.sender
+    assert (first.sender.kind, first.sender.value, first.sender.name) == (
+        "external", "whatsapp-user:US.13491208655302741918", "Sheena Nelson")
+    assert first.meta["bsuid"] == "US.13491208655302741918" and first.text == "Is my order 4711 on its way?"
+    from connectors.whatsapp.client import addressee
+    assert addressee(first.sender.value) == {"recipient": "US.13491208655302741918"}
+    assert addressee("+16505551234") == {"to": "16505551234"}
+
+
+def test_whatsapp_messages_change_with_only_errors_is_an_event() -> None:
+    # it printed no Inbound at all (omnigate parse: "no JSON Inbound printed")
+    (event,) = whatsapp.parse((FIXTURES / "whatsapp_synthetic_value_errors.json").read_bytes(), {})
+    assert (event.kind, event.raw_type, event.sender.value) == ("event", "messages", "whatsapp-account:102290129340398")
+    assert (event.meta["error_code"], event.meta["error_title"]) == ("131000", "Something went wrong")
+    assert event.meta["error_details"].startswith("Message failed to send")
+
+
+def test_whatsapp_field_changes_of_different_bodies_have_different_ids() -> None:
+    # the external id ended in the last key of the value ("…:reason"): a second
+    # template's status update was taken for a redelivery of the first and dropped
+    body = json.loads((FIXTURES / "whatsapp_synthetic_account_fields.json").read_text())
+    first = whatsapp.parse(json.dumps(body).encode(), {})[0]
+    body["entry"][0]["changes"][0]["value"]["message_template_name"] = "order_shipped"
+    second = whatsapp.parse(json.dumps(body).encode(), {})[0]
+    assert first.raw_type == second.raw_type == "message_template_status_update"
+    assert first.external_id != second.external_id
+
+
+def test_messenger_chat_plugin_guests_have_their_own_identities() -> None:
+    # sender.user_ref and no id: both were "<page>:unknown", one contact for every guest
+    one, two = messenger.parse((FIXTURES / "messenger_synthetic_chat_plugin_guests.json").read_bytes(), {})
+    assert one.sender.value == "106540352242922:user_ref:guest-ref-0001"
+    assert two.sender.value == "106540352242922:user_ref:guest-ref-0002"
+    assert not one.defects and one.text == "Hi, do you ship to Austria?"
+    assert messenger_client.recipient_of(one.sender.value) == {"user_ref": "guest-ref-0001"}
+    assert messenger_client.recipient_of("106540352242922:6247348") == {"id": "6247348"}
+
+
+def test_instagram_story_reply_names_the_story() -> None:
+    (reply,) = messenger.parse((FIXTURES / "instagram_synthetic_story_reply.json").read_bytes(), {})
+    assert (reply.channel, reply.kind, reply.text) == ("instagram", "message", "Is this jacket still available?")
+    assert reply.meta["story_id"] == "17900000000000001"
+    assert reply.meta["story_url"].startswith("https://lookaside.fbsbx.com/")
 
 
 def test_instagram_comments_and_mentions_are_events_not_dropped() -> None:

@@ -127,10 +127,31 @@ def test_business_messages_are_messages_in_their_own_chat() -> None:
     ("synthetic_venue.json", "Cafe — 1 Main St"),
     ("synthetic_poll.json", "Which plan?\n- A"),
     ("synthetic_dice.json", "🎲 4"),
+    ("synthetic_checklist.json", "Return steps\n- Pack the shoes\n- Print the label"),
+    ("synthetic_web_app_data.json", 'Order form: {"order":4711,"size":42}'),
+    ("synthetic_story.json", "Story from Shoe Shop News"),
+    ("synthetic_giveaway.json", "Giveaway: Running shoes (3 winners)"),
 ])
 def test_content_without_text_gets_a_readable_one(name: str, text: str) -> None:
     msg = fixture(name)
     assert (msg.kind, msg.text) == ("message", text)
+
+
+def test_paid_media_files_are_attachments() -> None:
+    msg = fixture("synthetic_paid_media.json")
+    assert msg.kind == "message"
+    (photo,) = msg.attachments  # the preview item has no file
+    assert (photo.url, photo.content_type, photo.size) == ("paidlarge", "image/jpeg", 98000)
+
+
+def test_payment_notice_is_an_event_and_odd_shapes_are_not_refused() -> None:
+    event = fixture("synthetic_successful_payment.json")
+    assert (event.kind, event.raw_type) == ("event", "message.successful_payment")
+    # a field read only for a text or its files, in a shape Telegram may give it later
+    update = json.loads((FIXTURES / "synthetic_paid_media.json").read_text())
+    update["message"]["paid_media"]["paid_media"].append({"type": "photo", "photo": "not-a-list"})
+    update["message"]["story"] = "12"
+    assert [a.url for a in parse_one(json.dumps(update).encode()).attachments] == ["paidlarge"]
 
 
 def test_ids_written_as_strings_and_dates_out_of_range_still_parse() -> None:
@@ -163,6 +184,16 @@ def test_my_chat_member_says_whether_the_user_blocked_the_bot(name: str, blocked
     event = fixture(name)
     assert (event.kind, event.raw_type, event.sender.value) == ("event", "my_chat_member", "111111")
     assert event.meta["blocked"] == blocked and event.meta["new_status"] == status
+
+
+@pytest.mark.parametrize("member", [-1, "kicked", ["kicked"], None])
+def test_a_member_update_of_another_shape_is_refused_not_a_crash(member) -> None:
+    # the idempotency key read new_chat_member.status without a type check: AttributeError
+    update = json.loads((FIXTURES / "synthetic_my_chat_member_kicked.json").read_text())
+    update["my_chat_member"]["new_chat_member"] = member
+    assert update_key(update) == f"my_chat_member:111111:{update['my_chat_member']['date']}:None"
+    with pytest.raises(PayloadRejected, match="not a Telegram my_chat_member"):
+        parse_one(json.dumps(update).encode())
 
 
 def test_group_message_with_audio_replying_to_the_bot() -> None:

@@ -62,6 +62,43 @@ def test_an_element_given_twice_reads_the_first():
     assert (inbound.kind, inbound.text) == ("message", "我要退货")
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "oa_text_gbk_declared_synthetic.xml",  # encoding="GBK": expat takes no multi-byte encoding
+        "oa_text_gb2312_declared_utf8_bytes_synthetic.xml",  # declared gb2312, written UTF-8
+        "oa_text_gbk_undeclared_synthetic.xml",  # GB18030 bytes, no declaration
+        "oa_text_control_chars_synthetic.xml",  # U+0001 and U+0008 in the CDATA
+        "oa_text_msgid_spelled_msgID_synthetic.xml",  # WxJava's spelling of MsgId
+    ],
+)
+def test_relayed_text_in_wrong_but_common_shapes_is_read(name):
+    (inbound,) = parse((FIXTURES / name).read_bytes(), {"appid": APPID})
+    assert (inbound.kind, inbound.text) == ("message", "请问订单什么时候发货？")
+    assert inbound.sender.value == f"{APPID}:oSyntheticUser7"
+    assert inbound.external_id == "24100000000000007"
+
+
+def test_nested_elements_go_to_meta_and_nesting_thousands_deep_is_no_crash():
+    raw = (FIXTURES / "oa_pic_sysphoto_event_synthetic.xml").read_bytes()
+    (event,) = parse(raw, {})
+    assert (event.kind, event.raw_type, event.meta["SendPicsInfo.Count"]) == ("event", "pic_sysphoto", "1")
+    assert event.meta["SendPicsInfo.PicList.item.PicMd5Sum"] == "1b5f7c23b5bf75682a53e7b6d163e185"
+    # an element nested 5,000 deep (15 KB, well inside the size limit) was a RecursionError
+    deep = raw.replace(b"<Count>1</Count>", b"<Count>1</Count>" + b"<a>" * 5000 + b"v" + b"</a>" * 5000)
+    (event,) = parse(deep, {})
+    assert event.raw_type == "pic_sysphoto" and event.meta["SendPicsInfo.Count"] == "1"
+    assert not any(k.count(".") > 9 for k in event.meta)
+
+
+def test_an_event_keeps_its_documented_key_beside_a_job_msgid():
+    raw = (b"<xml><ToUserName>gh_1</ToUserName><FromUserName>o1</FromUserName><CreateTime>5</CreateTime>"
+           b"<MsgType>event</MsgType><Event>TEMPLATESENDJOBFINISH</Event><MsgID>200163836</MsgID></xml>")
+    (inbound,) = parse(raw, {})
+    assert inbound.external_id == "o1:5:TEMPLATESENDJOBFINISH"
+    assert inbound.meta["MsgID"] == "200163836"
+
+
 def test_unionid_goes_to_meta():
     (inbound,) = parse((FIXTURES / "oa_text_unionid_synthetic.xml").read_bytes(), {"appid": APPID})
     assert inbound.meta["unionid"] == "uSyntheticUnion0002"

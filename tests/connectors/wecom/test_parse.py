@@ -72,6 +72,17 @@ def test_sync_msg_message(msg):
     assert inbound.defects == []
 
 
+NEWER = json.loads((FIXTURES / "kf_sync_msg_newer_kinds_synthetic.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("msg", NEWER["msg_list"], ids=lambda m: m["msgtype"])
+def test_channels_shares_and_chat_records_are_customer_messages(msg):
+    (inbound,) = parse(msgspec.json.encode(msg), CONTEXT)
+    assert (inbound.kind, inbound.raw_type) == ("message", msg["msgtype"])
+    assert inbound.text == NEWER["expected"][msg["msgid"]]
+    assert inbound.sender.value == "wmSyntheticCustomer01" and inbound.defects == []
+
+
 def test_customer_messages_carry_the_kf_session():
     (inbound,) = parse(msgspec.json.encode(SYNC["msg_list"][1]), CONTEXT)
     assert inbound.thread.session_id == "wkSyntheticKf01:wmSyntheticCustomer01"
