@@ -7,7 +7,11 @@ its own SAVEPOINT inside one ``BEGIN IMMEDIATE … COMMIT``, and only then
 resolves the callers' futures: with ``synchronous=FULL`` the WAL is fsync'd at
 that COMMIT, so a caller that got its answer is durable, and a hundred
 concurrent webhooks cost one fsync, not a hundred. One write failing (a
-Conflict, a constraint) rolls back its savepoint only.
+Conflict, a constraint) rolls back its savepoint only. Consecutive writes
+marked :func:`replayable` (pipeline commits, auto-replies) share one
+savepoint, and are run again one savepoint each when one of them fails
+(:meth:`_Writer._run_replayable`): the same outcome, without SQLite copying every
+page each of them changes into a savepoint journal of its own.
 
 Reads run on a small thread pool, each thread with its own read-only
 connection; WAL lets them read a consistent snapshot while the writer writes.
@@ -204,7 +208,7 @@ class _Writer:
         self.group += 1
         i = 0
         while i < len(batch):
-            fn, args, _, fut, savepoint = batch[i]
+            fn, _, _, _, savepoint = batch[i]
             many = getattr(fn, "many", None)
             if many is not None:  # a run of the same batchable write: one executemany
                 j = i
@@ -218,25 +222,15 @@ class _Writer:
                     results.extend((item[2], item[3], None, exc) for item in run)
                 i = j
                 continue
-            i += 1
-            if not savepoint:  # one statement: SQLite undoes a failed statement by itself
-                try:
-                    results.append((loop, fut, fn(conn, *args), None))
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                    results.append((loop, fut, None, exc))
-                continue
-            conn.execute("SAVEPOINT w")
-            self.write += 1
-            try:
-                value = fn(conn, *args)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                conn.execute("ROLLBACK TO w")
-                conn.execute("RELEASE w")
-                self.rolled_back(self.write)
-                results.append((loop, fut, None, exc))
+            j = i + 1
+            if savepoint and getattr(fn, "replayable", False):
+                while j < len(batch) and batch[j][4] and getattr(batch[j][0], "replayable", False):
+                    j += 1
+            if j - i > 1:
+                self._run_replayable(batch[i:j], results)
             else:
-                conn.execute("RELEASE w")
-                results.append((loop, fut, value, None))
+                self._run_one(batch[i], results)
+            i = j
         try:
             await loop.run_in_executor(self._thread, conn.execute, "COMMIT")
         except sqlite3.Error as exc:
@@ -248,6 +242,63 @@ class _Writer:
             err = StoreError(f"commit failed: {exc}")
             results = [(loop, fut, None, err) for loop, fut, _, _ in results]
         return results
+
+    def _run_one(self, item: tuple, results: list) -> None:
+        """One queued write in its own savepoint (``savepoint=False``: a single
+        statement, which SQLite undoes by itself when it fails)."""
+        conn = self.conn
+        fn, args, loop, fut, savepoint = item
+        if not savepoint:
+            try:
+                results.append((loop, fut, fn(conn, *args), None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                results.append((loop, fut, None, exc))
+            return
+        conn.execute("SAVEPOINT w")
+        self.write += 1
+        try:
+            value = fn(conn, *args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            conn.execute("ROLLBACK TO w")
+            conn.execute("RELEASE w")
+            self.rolled_back(self.write)
+            results.append((loop, fut, None, exc))
+        else:
+            conn.execute("RELEASE w")
+            results.append((loop, fut, value, None))
+
+    def _run_replayable(self, run: list, results: list) -> None:
+        """Consecutive replayable writes (:func:`replayable`) under ONE savepoint.
+
+        A savepoint makes SQLite copy every page a write then changes into the
+        statement journal, once per savepoint: with one savepoint per write, the
+        pages every pipeline commit changes (the rightmost leaves of the
+        timeline's, outbox's and tickets' indexes…) were copied again for each
+        commit of a group. When every write of the run succeeds — the usual
+        case — the run is as if each had had its own savepoint (each still
+        gets its own serial, :attr:`write`). When one raises, the whole run is
+        rolled back, :attr:`on_rollback` hears of each of its writes, and the
+        run is run again with a savepoint per write (:meth:`_run_one`), so a
+        write that fails still fails alone, and the others' results are those
+        of that second run."""
+        conn = self.conn
+        conn.execute("SAVEPOINT run")
+        first = self.write + 1
+        try:
+            values = []
+            for fn, args, _, _, _ in run:
+                self.write += 1
+                values.append(fn(conn, *args))
+        except BaseException:  # noqa: BLE001 - each write is run again alone, below
+            conn.execute("ROLLBACK TO run")
+            conn.execute("RELEASE run")
+            for write in range(first, self.write + 1):
+                self.rolled_back(write)
+            for item in run:
+                self._run_one(item, results)
+            return
+        conn.execute("RELEASE run")
+        results.extend((loop, fut, value, None) for (_, _, loop, fut, _), value in zip(run, values))
 
     def rolled_back(self, write: int | None) -> None:
         """Tell :attr:`on_rollback` that ``write`` (None: the whole group) was rolled back."""
@@ -270,6 +321,19 @@ def _in_read_tx(conn: sqlite3.Connection, fn: Callable[..., Any], args: tuple) -
     finally:
         if conn.in_transaction:
             conn.execute("ROLLBACK")  # it read only: ending it this way or by COMMIT is the same
+
+
+def replayable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a write function the writer may run again (:meth:`_Writer._run_replayable`).
+
+    A replayable write's effects are its SQL alone, or besides SQL only
+    memos that check what they remember and state that hears of rollbacks
+    (:attr:`_Writer.on_rollback`: the agent cache): run again on the same
+    rows with the same arguments, it does what it did, and a run whose SQL
+    was rolled back leaves nothing behind. (Its arguments hold the time it
+    writes: ``now`` is taken when the write is queued.)"""
+    fn.replayable = True  # type: ignore[attr-defined]
+    return fn
 
 
 def _resolve_all(results: list) -> None:
@@ -485,6 +549,7 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps, WebhookO
             return await self._write(_apply_commit, commit, self._first_number, ms(self.clock()))
         return await self._write(self._apply_commit_synced, commit, ms(self.clock()))
 
+    @replayable  # its sync's effects besides SQL: the agent cache (told of rollbacks) and ``_synced`` (``_sync_in_tx``)
     def _apply_commit_synced(self, conn: sqlite3.Connection, commit: Commit, now: int) -> CommitResult:
         result, row = _apply_commit_row(conn, commit, self._first_number, now, row=True)
         if result.outcome == "processed" and commit.message_key is not None and result.ticket_id is not None:
@@ -736,6 +801,7 @@ def _next_number(conn: sqlite3.Connection, first: int) -> int:
     return r[0]
 
 
+@replayable
 def _apply_commit(conn: sqlite3.Connection, c: Commit, first_number: int, now: int) -> CommitResult:
     return _apply_commit_row(conn, c, first_number, now)[0]
 

@@ -1076,6 +1076,9 @@ class AssignOps:
         except Exception:  # noqa: BLE001 - the message is committed; the sweep retries the rest
             conn.execute("ROLLBACK TO sync")
             cache.rolled_back(writer.write)  # what the sync changed in the cache is undone too
+            # owed to the sweep, even if an earlier run of this commit, rolled back with its group's
+            # run of writes (``sqlite._Writer._run_replayable``), had synced the ticket to the same stamp
+            self._synced.pop(ticket_id, None)
             log.exception("pipeline.after_commit_failed", hook="ticket_sync", ticket_id=ticket_id)
         else:
             if t is not None and t.stamp is not None:

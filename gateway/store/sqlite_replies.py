@@ -118,6 +118,11 @@ def _auto_reply_create(conn: sqlite3.Connection, ticket_id: str, draft: ReplyDra
     return _reply_create(conn, ticket_id, draft, entry_id, now, to=to)
 
 
+#: its effects are SQL alone: the writer may run it again with the other replayable writes
+#: of its group (``gateway.store.sqlite.replayable``, not importable here: that module imports this one)
+_auto_reply_create.replayable = True  # type: ignore[attr-defined]
+
+
 def reply_target_and_data(number: int, reply_to: Any, draft: ReplyDraft,
                           to: Identity | None) -> tuple[Any, dict[str, Any]]:
     """Where ticket ``#number``'s reply goes (its ``reply_to``, to ``to``

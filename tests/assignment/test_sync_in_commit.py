@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tests.assignment.conftest import assignee, entries, make_ticket
+import asyncio
+
+from gateway.store.base import Conflict
+from gateway.store.sqlite_sla import Tx
+from routing.model import Identity, ReplyTarget, new_id
+from routing.state import Commit, NewContact, NewTicket
+from tests.assignment.conftest import T0, assignee, entries, make_ticket
 
 
 async def test_a_commit_assigns_and_times_the_ticket_in_its_own_transaction(sqlite_store, clock):
@@ -63,3 +69,65 @@ async def test_a_sync_that_changes_nothing_reads_the_ticket_and_its_desk_link_on
     assert (await store.get_ticket(t)).sla.paused_at is not None
     assert await assignee(store, t) == "a-li"
 
+
+
+def _new_ticket_commit(contact_id: str | None = None, contact_version: int | None = None,
+                       skills: dict[str, int] | None = None) -> Commit:
+    """A new billing ticket's commit, by default for a skill nobody has (its sync queues it: the
+    ticket's row is not touched, so its stamp is the commit's); with ``contact_id`` (a contact
+    that does not exist) it conflicts."""
+    cid, tid = contact_id or new_id(), new_id()
+    return Commit(
+        journal_id=new_id(), outcome="processed", message_key=("email", "acct", new_id()), contact_id=cid,
+        new_contact=NewContact(cid, "Customer", T0) if contact_id is None else None,
+        contact_expect_version=contact_version, ticket_id=tid,
+        new_ticket=NewTicket(id=tid, subject="help", channel="email", created_at=T0,
+                             reply_to=ReplyTarget("email", "acct", Identity("email", f"{cid.lower()}@example.com")),
+                             team="billing", skills=skills or {"billing": 9}))
+
+
+async def test_a_sync_that_fails_when_its_commit_runs_again_is_owed_to_the_sweep(sqlite_store, clock, monkeypatch):
+    """Pipeline commits queued together share one savepoint; when one conflicts,
+    the others run again one savepoint each. A sync that succeeded in the first
+    run and fails in the second must leave its ticket to the sweep."""
+    store = sqlite_store
+    store.sync_in_commit(clock)
+    real, calls = Tx.sla_sync, []
+
+    def sla_sync(self, t):
+        calls.append(t.id)
+        if len(calls) > 1:
+            raise RuntimeError("the second run's sync fails")
+        return real(self, t)
+
+    monkeypatch.setattr(Tx, "sla_sync", sla_sync)
+    good, stale = _new_ticket_commit(), _new_ticket_commit(contact_id="gone", contact_version=1)
+    before = store.group_commit_stats[0]
+    out = await asyncio.gather(store.commit(good), store.commit(stale), return_exceptions=True)
+    assert store.group_commit_stats[0] == before + 1  # one group: the two shared a savepoint
+    assert out[0].outcome == "processed" and isinstance(out[1], Conflict)
+    assert calls == [good.ticket_id, good.ticket_id]  # synced, then run again and failed
+    queued = store._writer.conn.execute("SELECT count(*) FROM assign_queue WHERE ticket_id = ?",
+                                        (good.ticket_id,)).fetchone()[0]
+    assert queued == 0  # the failed sync rolled back alone
+    changed, _ = await store.changed_tickets(None)
+    assert changed == [good.ticket_id]  # owed to the sweep
+
+
+async def test_a_take_in_a_run_rolled_back_leaves_the_agent_cache_right(sqlite_store, clock):
+    """A commit whose sync takes an agent, a stale commit, another commit for the
+    same agent, all in one run: the run is rolled back and run again, and the
+    last commit sees the agent's load as the held rows give it (one ticket), not
+    with the rolled-back take counted as well."""
+    store = sqlite_store
+    store.sync_in_commit(clock)
+    first, stale, second = (_new_ticket_commit(skills={"billing": 3}),
+                            _new_ticket_commit(contact_id="gone", contact_version=1),
+                            _new_ticket_commit(skills={"billing": 3}))
+    before = store.group_commit_stats[0]
+    out = await asyncio.gather(*(store.commit(c) for c in (first, stale, second)), return_exceptions=True)
+    assert store.group_commit_stats[0] == before + 1
+    assert isinstance(out[1], Conflict)
+    # a-li takes two emails and only she has billing 3: a cache that still counted
+    # the rolled-back take would find her full and queue the second ticket
+    assert [await assignee(store, c.ticket_id) for c in (first, second)] == ["a-li", "a-li"]
