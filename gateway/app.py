@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from connectors.registry import RegistryError, connector_class, validate_all
-from gateway import api, api_tickets, assignment, auth, keys, outbox, participants, replies
+from gateway import api, api_tickets, assignment, auth, fast_refusal, keys, outbox, participants, replies
 from gateway.clock import Clock, system_clock
 from gateway.config import Config, parse_duration
 from gateway.http_util import add_not_found, guarded_routes, json_response
@@ -311,8 +311,6 @@ def create_app(config: Config, *, store: SQLiteStore | None = None, clock: Clock
 
     fanout.setup(app)  # with Redis: the live buses reach every instance (after the store's ctx: it stops first)
     add_not_found(app)  # last: unknown routes answer problem+json
-    from gateway import fast_refusal
-
     fast_refusal.install(app)  # shed API intakes answered as parsed, before aiohttp builds a request
     return app
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import binascii
 import functools
+import hmac
 import struct
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
@@ -28,7 +29,7 @@ from wechatpy.crypto import PrpCrypto as OaPrp, WeChatCrypto as OaCrypto
 from wechatpy.enterprise.crypto import PrpCrypto as WorkPrp, WeChatCrypto as WorkCrypto
 from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from wechatpy.enterprise.exceptions import InvalidCorpIdException
-from wechatpy.utils import WeChatSigner, check_signature
+from wechatpy.utils import WeChatSigner
 
 from connectors.base import PayloadRejected
 from connectors.wechat.safexml import MAX_XML_BYTES, parse_xml, text_field
@@ -77,10 +78,16 @@ def check_plain(token: str, query: Mapping[str, Any]) -> None:
     signature, timestamp, nonce = (str(query.get(k) or "") for k in ("signature", "timestamp", "nonce"))
     if not (signature and timestamp and nonce):
         raise SignatureMismatch("signature, timestamp or nonce missing from the query")
-    try:
-        check_signature(token, signature, timestamp, nonce)
-    except InvalidSignatureException:
-        raise SignatureMismatch("signature does not match the account's token") from None
+    if not _signed(signature, token, timestamp, nonce):
+        raise SignatureMismatch("signature does not match the account's token")
+
+
+def _signed(signature: str, *parts: str) -> bool:
+    """``signature`` is WeChat's SHA-1 over ``parts`` (sorted, joined), compared
+    in constant time (wechatpy's own checks compare with ``!=``)."""
+    signer = WeChatSigner()
+    signer.add_data(*parts)
+    return hmac.compare_digest(signer.signature.encode(), signature.encode("utf-8", "surrogateescape"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +123,7 @@ def decrypt(
     """Verify ``msg_signature`` over the ciphertext, then decrypt it — what
     wechatpy's ``decrypt_message`` does, with the account's cipher made once."""
     opener = _crypto(flavor, secrets)
-    signer = WeChatSigner()
-    signer.add_data(secrets.token, timestamp, nonce, encrypt)
-    if signer.signature != msg_signature:
+    if not _signed(msg_signature, secrets.token, timestamp, nonce, encrypt):
         raise SignatureMismatch("msg_signature does not match the encrypted payload")
     try:
         return opener.prp.decrypt(encrypt, secrets.receive_id)

@@ -142,6 +142,20 @@ def test_envelope_with_a_forged_msg_signature_is_refused():
         parse(body, context)
 
 
+@pytest.mark.parametrize("forged", ["签名" * 20, "\udcff" * 40, ""])
+def test_a_signature_of_any_characters_is_a_mismatch_not_a_crash(forged):
+    """Signatures are compared in constant time on bytes: one that is not
+    ASCII (a query's bytes may decode to anything) is a plain mismatch."""
+    body, msg_signature = envelope("oa", TEXT, APPID)
+    query = plain_query(msg_signature=msg_signature)
+    with pytest.raises(SignatureMismatch):
+        parse(TEXT.encode(), {"token": TOKEN, "query": {**query, "signature": forged or "x"}})
+    context = {"token": TOKEN, "encoding_aes_key": AES_KEY, "appid": APPID,
+               "query": {**query, "msg_signature": forged or "x"}}
+    with pytest.raises(SignatureMismatch, match="msg_signature does not match"):
+        parse(body, context)
+
+
 def test_envelope_for_another_appid_is_undecryptable():
     body, msg_signature = envelope("oa", TEXT, "wxsomeoneelse")
     context = {"token": TOKEN, "encoding_aes_key": AES_KEY, "appid": APPID, "query": {"msg_signature": msg_signature, "timestamp": "1411525903", "nonce": "461056294"}}
