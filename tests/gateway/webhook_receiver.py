@@ -28,6 +28,7 @@ class Receiver:
         self.accepted: list[dict] = []  # events, first acceptance of each webhook-id, in order
         self.seen: set[str] = set()
         self.duplicates = 0
+        self.duplicate_ids: list[str] = []
         self.headers: list[dict] = []
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -48,6 +49,7 @@ class Receiver:
         if accept and 200 <= status < 300 or accept and status >= 500:
             if msg_id in self.seen:
                 self.duplicates += 1
+                self.duplicate_ids.append(msg_id)
             else:
                 self.seen.add(msg_id)
                 self.accepted.append(event)
