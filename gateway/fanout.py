@@ -45,7 +45,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway.tasks import cancel_and_wait
+from gateway.tasks import cancel_and_wait, stop_if_cancelling
 
 log = structlog.get_logger(__name__)
 
@@ -102,7 +102,16 @@ class RedisFanout:
             self.dropped += 1
 
     async def run(self) -> None:
-        await asyncio.gather(self._publisher(), self._subscriber(), self._ticker())
+        """Publish, subscribe and tick until cancelled; cancelled, stop all
+        three and wait for each. (``gather`` alone returned as soon as one
+        ended cancelled, and a publisher whose cancel redis-py had turned into
+        an error went on alone, for ever: a shutdown, or a test's event loop,
+        then waited on it.)"""
+        parts = [asyncio.ensure_future(p) for p in (self._publisher(), self._subscriber(), self._ticker())]
+        try:
+            await asyncio.gather(*parts)
+        finally:
+            await cancel_and_wait(*parts)
 
     async def _ticker(self) -> None:
         """Every ``refresh_s``: the periodic jobs (chats re-announced, silent instances' chats dropped)."""
@@ -130,6 +139,7 @@ class RedisFanout:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - Redis down: the events are hints, retry a little then drop
+                    stop_if_cancelling()  # the error may be a cancel redis-py turned into one
                     if attempt == 2:
                         self.dropped += len(batch)
                         log.warning("fanout.publish_failed", events=len(batch), error=str(exc)[:200])
@@ -154,6 +164,7 @@ class RedisFanout:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis down or restarted: subscribe again
                 self.subscribed.clear()
+                stop_if_cancelling()  # the error may be a cancel redis-py turned into one
                 log.warning("fanout.subscription_lost", error=str(exc)[:200], retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -23,3 +23,13 @@ async def cancel_and_wait(*tasks: asyncio.Future | None, retry_s: float = 0.5) -
         if t is not None and t.done() and not t.cancelled():
             with contextlib.suppress(BaseException):
                 t.exception()  # retrieved: no "exception was never retrieved" at exit
+
+
+def stop_if_cancelling() -> None:
+    """Raise ``CancelledError`` when the running task was asked to stop: a
+    client library (redis-py) may turn a cancel that hit its call into an
+    error, and a loop that catches errors to retry calls this first, so that
+    it stops rather than retry (or wait) for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
