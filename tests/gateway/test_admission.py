@@ -105,11 +105,18 @@ async def test_the_gate_delays_but_never_refuses():
     assert g.stats["timed_out"] == 1 and not g._waiters
 
 
-async def test_waits_that_run_out_end_in_arrival_order_on_one_timer():
+async def test_waits_that_run_out_end_in_arrival_order_on_one_timer(monkeypatch):
     """Every wait is max_delay_s long, so one timer set for the oldest
     waiter's deadline ends them all in arrival order; a waiter that goes
-    away meanwhile is dropped, and a credit still goes to the oldest."""
-    g = gate(Probe(backlog=5000, busy=1.0), burst=0.0, max_delay_s=0.02)
+    away meanwhile is dropped, and a credit still goes to the oldest.
+
+    The waits run out when the test moves the loop's clock past them, not
+    after a real 20 ms: a loaded machine that stalled this process that long
+    while the waiters queued ended them before the credit came."""
+    loop = asyncio.get_running_loop()
+    real_time, moved = loop.time, [0.0]
+    monkeypatch.setattr(loop, "time", lambda: real_time() + moved[0])  # the loop's timers follow it
+    g = gate(Probe(backlog=5000, busy=1.0), burst=0.0, max_delay_s=PATIENCE_S)
     order: list[int] = []
 
     async def intake(n: int) -> None:
@@ -129,6 +136,9 @@ async def test_waits_that_run_out_end_in_arrival_order_on_one_timer():
     assert [f for _, f in g._waiters if f.done()] == [] and len(g._waiters) == 3
     g.ratio = 0.5
     g.settled(2)  # one credit: the oldest
+    await asyncio.sleep(0)
+    assert order == [0] and g._timer is timer  # the others still wait
+    moved[0] = PATIENCE_S + 1  # their waits run out
     await asyncio.wait_for(asyncio.gather(tasks[0], tasks[1], tasks[3]), PATIENCE_S)
     assert order == [0, 1, 3]
     assert g.stats["waited"] == 1 and g.stats["timed_out"] == 2

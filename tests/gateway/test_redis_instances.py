@@ -34,7 +34,7 @@ from tests.integration.redis import RedisServer, redis_binary
 
 pytestmark = pytest.mark.integration
 
-DEADLINE_S = 180
+DEADLINE_S = 420  # the whole test: a hang fails it (pytest-timeout stops the suite at 600)
 PREFIX = "og:"
 
 
@@ -80,13 +80,20 @@ def body(ext: str, n: int) -> dict:
             "text": f"message {ext} about order {n}"}
 
 
-async def drained(store: RedisStore, timeout: float = 90) -> dict:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def drained(store: RedisStore, stall_s: float = 45) -> dict:
+    """The journal's counts once nothing is pending. Fails when the backlog
+    stops shrinking for ``stall_s`` (a stuck pipeline), not after a fixed
+    total: on a loaded machine two daemons may need minutes for a long
+    backlog, and that is no bug (the test's ``DEADLINE_S`` still bounds it)."""
+    loop = asyncio.get_running_loop()
+    best, since = None, loop.time()
     while True:
         counts = await store.journal_counts()
         if counts["pending"] == 0:
             return counts
-        assert asyncio.get_running_loop().time() < deadline, f"journal not drained: {counts}"
+        if best is None or counts["pending"] < best:
+            best, since = counts["pending"], loop.time()
+        assert loop.time() - since < stall_s, f"journal not drained, no progress for {stall_s:g}s: {counts}"
         await asyncio.sleep(0.2)
 
 

@@ -219,10 +219,12 @@ async def test_a_gateway_killed_with_deliveries_in_flight_leaves_them_to_another
         for ev in r.accepted:
             got[ev["data"]["ticket"]["id"]].append(ev["_id"])
         assert got == by_ticket  # every event accepted once, each ticket's in commit order
-        # only what a had sent without recording it went out twice (same webhook-id)
-        assert held and set(r.duplicate_ids) <= held and len(r.duplicate_ids) == r.duplicates
-        # what a held went out again from b on a second attempt: b took the rows over when a's leases ran out
         log = await store.webhook_deliveries("crm", limit=1000)
+        # an attempt that got no answer within the 1 s timeout (a loaded machine) is sent again by design
+        gave_up = {d["event_id"] for d in log if d["outcome"] != "delivered"}
+        # otherwise only what a had sent without recording it went out twice (same webhook-id)
+        assert held and set(r.duplicate_ids) <= held | gave_up and len(r.duplicate_ids) == r.duplicates
+        # what a held went out again from b on a second attempt: b took the rows over when a's leases ran out
         assert {d["event_id"] for d in log if d["attempt"] >= 2 and d["outcome"] == "delivered"} >= held
         assert r.bad_signatures == 0
     finally:
@@ -230,6 +232,21 @@ async def test_a_gateway_killed_with_deliveries_in_flight_leaves_them_to_another
             stop(p)
         await store.close()
         await r.stop()
+
+
+class Looks(asyncio.Event):
+    """A service's wake-up event that notes the timeout of each wait its
+    loop begins (``wait_for(self._wake.wait(), timeout=self.poll_s)``: both
+    read in one step), so a test knows when the service sleeps, and how long."""
+
+    def __init__(self, svc) -> None:
+        super().__init__()
+        self.svc = svc
+        self.timeouts: list[float] = []
+
+    def wait(self):
+        self.timeouts.append(self.svc.poll_s)
+        return super().wait()
 
 
 async def test_an_idle_instance_takes_over_rows_another_queued_and_died_holding(redis_server, redis_prefix):
@@ -244,12 +261,14 @@ async def test_an_idle_instance_takes_over_rows_another_queued_and_died_holding(
     svc_a, svc_b = service(a, clock, endpoints), service(b, clock, endpoints)
     await svc_a.start()
     await svc_b.start()
+    svc_b._wake = looks = Looks(svc_b)
     task = asyncio.create_task(svc_b.run())
 
     async def scenario() -> None:
-        await asyncio.sleep(0.2)  # b has looked: nothing queued, nothing due
+        await until(lambda: looks.timeouts)  # b has looked: nothing queued, nothing due
         svc_b.poll_s = 30.0  # b's next look comes later (its wake-up below stands for its poll)
-        await asyncio.sleep(0.2)
+        # not a fixed sleep: a round of b's still under way would fan out a's events itself
+        await until(lambda: looks.timeouts[-1] == 30.0)
         order = await emit(a, clock, tickets=3, per_ticket=2)
         assert await svc_a._fanout() == 6
         held = await a.webhook_claim(10, svc_a.lease_s, clock(), 1000)
