@@ -35,7 +35,7 @@ refused has its gate credit taken as it is parsed, and its handler honours
 it (:func:`claim`: no second question, no second credit at the append).
 Asked without taking, a request let through at the parse could be refused
 by the handler a loop iteration later, once requests admitted meanwhile had
-spoken for the credits — at 3× the sustainable rate a third of the
+spoken for the credits — at 3× the sustainable rate a third to a half of the
 refusals, each at over twice the CPU. A credit taken for a request that
 then does not append goes back (``Ingest.release``): its handler refused it
 (400, 413, the backlog limit) or went away, or its connection closed before
