@@ -17,12 +17,14 @@ import structlog
 from aiohttp import web
 
 from connectors.http import read_body as read_whole
-from connectors.api.parse import InvalidMessage, decode as decode_api_message, decode_uploads, duplicate_key
-from gateway import keys
+from connectors.api.parse import (ApiMessage, InvalidMessage, decode as decode_api_message, decode_uploads,
+                                  duplicate_key)
+from gateway import fast_refusal, keys
 from gateway.api_query import parse_query, query_time
 from gateway.api_types import JournalPage, JournalQuery, JournalView, ReplayResult, RulesTestBody, RulesTestResult
 from gateway.auth import require
 from gateway.http_util import Problem, check_bearer, json_response
+from gateway.ingest import Ingest
 from gateway.store.base import JournalEntry
 
 log = structlog.get_logger(__name__)
@@ -44,12 +46,26 @@ def journal_view(e: JournalEntry) -> JournalView:
 
 @routes.post("/channels/api/messages")
 async def api_message(request: web.Request) -> web.Response:
+    ingest = request.app[keys.INGEST]
+    # admitted as the request was parsed, its gate credit taken then (gateway/fast_refusal.py)
+    reserved = fast_refusal.claim(request)
+    try:
+        account, msg, raw = await _api_intake(request, ingest, reserved)
+    except BaseException:
+        if reserved:  # refused after all (400, 401, 413, the backlog limit) or gone: the credit goes back
+            ingest.release()
+        raise
+    result = await ingest.ingest("api", account, msg.external_id, raw, None, reserved=reserved)
+    return json_response({"journal_id": result.journal_id}, status=202)
+
+
+async def _api_intake(request: web.Request, ingest: Ingest, reserved: bool) -> tuple[str, ApiMessage, bytes]:
+    """The API channel's checks before the append: (account, message, body)."""
     app = request.app
     check_bearer(request, _token(request))
-    ingest = app[keys.INGEST]
     # the pipeline is starved: refused before the body is read (gateway/admission.py); most such
     # refusals never get here, gateway/fast_refusal.py answers them as they are parsed
-    if ingest.shed():
+    if not reserved and ingest.shed():
         _refuse_for_load(request, "overloaded", OVERLOADED)
     raw = await read_whole(request, app[keys.CONFIG].max_body_bytes)
     try:
@@ -60,12 +76,10 @@ async def api_message(request: web.Request) -> web.Response:
     except InvalidMessage as exc:
         app[keys.METRICS].rejected.labels("api", "invalid").inc()
         raise Problem(exc.status, "Invalid message", str(exc), field=exc.field) from None
-    account = msg.account or "api"
     if ingest.backlog_full():  # the optional limit: API callers retry (gateway/admission.py)
         _refuse_for_load(request, "backlog_full",
                          f"the pipeline's backlog reached pipeline.backlog_limit ({ingest.backlog.limit} entries)")
-    result = await ingest.ingest("api", account, msg.external_id, raw, None)
-    return json_response({"journal_id": result.journal_id}, status=202)
+    return msg.account or "api", msg, raw
 
 
 #: Why an intake is shed (``pipeline.admission_shed``).

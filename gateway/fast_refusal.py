@@ -25,8 +25,21 @@ way (the two answers are the same bytes but for ``Date``; tests pin it):
 - the bearer token right (the same constant-time check as the handler's: a
   wrong or missing token gets the handler's 401, so a 503 never tells an
   unauthenticated caller more than before);
-- and :meth:`gateway.ingest.Ingest.shed` says refuse — asked last, as the
-  handler asks it, so ``shed_count`` counts each refusal once.
+- and the gate says refuse (:meth:`gateway.ingest.Ingest.shed_or_reserve`,
+  asked last, as the handler asks it, so ``shed_count`` counts each refusal
+  once).
+
+The decision there is binding (ARCHITECTURE.md, "Sixth pass (issue 11,
+overload at 3×: the binding decision)"): a request of that kind that is not
+refused has its gate credit taken as it is parsed, and its handler honours
+it (:func:`claim`: no second question, no second credit at the append).
+Asked without taking, a request let through at the parse could be refused
+by the handler a loop iteration later, once requests admitted meanwhile had
+spoken for the credits — at 3× the sustainable rate a third to a half of the
+refusals, each at over twice the CPU. A credit taken for a request that
+then does not append goes back (``Ingest.release``): its handler refused it
+(400, 413, the backlog limit) or went away, or its connection closed before
+the handler claimed it (:meth:`RefusingRequestHandler.connection_lost`).
 
 The refusal is counted in ``omnigate_rejected_total{channel="api",
 reason="overloaded"}`` as before. It makes no access-log line (the daemon
@@ -96,9 +109,11 @@ class ApiRefusal:
         self._second = -1
         self._answer = b""
 
-    def answer(self, message: Any, payload: Any) -> bytes | None:
+    def answer(self, message: Any, payload: Any) -> bytes | bool | None:
         """The refusal's bytes for ``message`` (a parsed request whose body
-        ``payload`` holds), or None: aiohttp's ordinary path takes it."""
+        ``payload`` holds); True: not refused, and the gate's credit for it
+        taken now (``Ingest.shed_or_reserve``: the handler honours it,
+        :func:`claim`); None: aiohttp's ordinary path decides."""
         if (not isinstance(message, RawRequestMessage) or message.path != PATH or message.method != "POST"
                 or message.version != HttpVersion11 or message.should_close or message.upgrade
                 or not payload.is_eof()):
@@ -108,8 +123,9 @@ class ApiRefusal:
         if not token or not bearer_matches(message.headers.get("Authorization"), token):
             return None  # the handler answers 401
         ingest = app[keys.INGEST]
-        if not ingest.shed():
-            return None
+        refused = ingest.shed_or_reserve()
+        if not refused:
+            return None if refused is None else True
         self.rejected.inc()
         self.count += 1
         return self._bytes(ingest.retry_after_s)
@@ -148,11 +164,13 @@ class RefusingRequestHandler(RequestHandler):
     dropped, and the loop is woken only if others remain — which it serves
     in order, after the answers already written."""
 
-    __slots__ = ("_refusal",)
+    __slots__ = ("_refusal", "_reserved")
 
     def __init__(self, manager: web.Server, *, refusal: ApiRefusal, **kwargs: Any):
         super().__init__(manager, **kwargs)
         self._refusal = refusal
+        #: the request whose credit :meth:`ApiRefusal.answer` took, until its handler claims it (:func:`claim`)
+        self._reserved: RawRequestMessage | None = None
 
     def data_received(self, data: bytes) -> None:
         waiter = self._waiter
@@ -178,12 +196,29 @@ class RefusingRequestHandler(RequestHandler):
             answer = refusal.answer(message, payload)
             if answer is None:
                 return
+            if answer is True:  # admitted: its handler, next on this connection, takes the credit
+                self._unreserve()
+                self._reserved = message
+                return
             messages.popleft()
             consumed = getattr(self._parser, "message_consumed", None)  # aiohttp ≥ 3.14 counts queued messages
             if consumed is not None:
                 consumed()
             self.transport.write(answer)
             self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+
+    def _unreserve(self) -> None:
+        """Give back a credit no handler claimed: the connection closed
+        first, or (defensively) the request never reached ``api_message``
+        — a connection is idle again only after its last request was
+        handled, so a reservation still here then is one nobody will claim."""
+        if self._reserved is not None:
+            self._reserved = None
+            self._refusal.app[keys.INGEST].release()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._unreserve()
+        super().connection_lost(exc)
 
 
 class RefusingServer(web.Server):
@@ -196,6 +231,22 @@ class RefusingServer(web.Server):
 
     def __call__(self) -> RequestHandler:
         return RefusingRequestHandler(self, refusal=self.refusal, loop=self._loop, **self._kwargs)
+
+
+def claim(request: web.BaseRequest) -> bool:
+    """The gate's credit was taken for ``request`` as it was parsed
+    (:meth:`ApiRefusal.answer`): True once, for its handler, which then
+    appends without asking the gate again (``Ingest.ingest(…,
+    reserved=True)``) or gives the credit back (``Ingest.release``) if it
+    refuses the request or goes away. False: nothing was decided for it
+    (the handler asks ``Ingest.shed`` as before), or its connection closed
+    first and gave the credit back."""
+    protocol = request.protocol
+    if (isinstance(protocol, RefusingRequestHandler) and protocol._reserved is not None
+            and protocol._reserved is getattr(request, "_message", None)):  # the parsed request it was taken for
+        protocol._reserved = None
+        return True
+    return False
 
 
 #: The app's :class:`ApiRefusal` (absent where :func:`supported` is false).

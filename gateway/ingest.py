@@ -41,18 +41,32 @@ class Ingest:
         body is read — and refuses for now."""
         return self.gate is not None and self.gate.shed()
 
+    def shed_or_reserve(self) -> bool | None:
+        """:meth:`shed` made binding, as a request is parsed
+        (gateway/fast_refusal.py; ``AdmissionGate.reserve``): True refuse;
+        False admitted, its credit taken (append with ``reserved=True``, or
+        :meth:`release`); None nothing decided."""
+        return None if self.gate is None else self.gate.reserve()
+
+    def release(self) -> None:
+        """Give back the credit of a :meth:`shed_or_reserve` that will not append."""
+        if self.gate is not None:
+            self.gate.release()
+
     @property
     def retry_after_s(self) -> int:
         """The ``Retry-After`` of a refusal for load (``pipeline.backlog_retry_after_s``)."""
         return self.backlog.retry_after_s if self.backlog is not None else 30
 
     async def ingest(self, channel: str, account: str, key: str, raw: bytes,
-                     meta: Mapping[str, Any] | None = None, *, nonce: Nonce | None = None) -> IngestResult:
+                     meta: Mapping[str, Any] | None = None, *, nonce: Nonce | None = None,
+                     reserved: bool = False) -> IngestResult:
         """Append durably; ``nonce`` is checked and remembered in the same
         transaction (raises ``connectors.base.NonceReused``). While the
         pipeline is starved the gate may delay the append (bounded), never
-        refuse it."""
-        if self.gate is not None:
+        refuse it; ``reserved``: admitted already (:meth:`shed_or_reserve`
+        took its credit)."""
+        if self.gate is not None and not reserved:
             await self.gate.admit()
         if nonce is None:
             result = await self.store.journal_append(channel, account, key, raw, dict(meta) if meta else None)

@@ -356,7 +356,8 @@ async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: in
           and c["ok"] == c["sent"])
     by_third = [round(v, 1) for v in c["p99_ms_by_third"]]
     await asyncio.sleep(max(0.0, t_end + STATS_EVERY_S - time.perf_counter()))  # the server's next stats
-    intake1 = (_admission(servers.data_dir("production")) or {}).get("intake_buckets")
+    stats1 = _admission(servers.data_dir("production")) or {}
+    intake1 = stats1.get("intake_buckets")
     return {"offered": round(rate, 1), "ingested": round(c["ok"] / c["seconds"], 1),
             "processed": round((done1 - done0) / c["seconds"], 1),
             # 503s (the API channel refusing for load), honoured as the client's _Refusals says
@@ -367,6 +368,8 @@ async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: in
             "ingest_max_ms": round(c["max_ms"], 1), "ingest_p99_ms_by_third": by_third,
             "ingest_bounded": _bounded(c["p99_ms"], by_third),
             "server_intake_p99_ms": intake_percentile(intake0, intake1, 99) if intake1 else None,
+            # what the daemon's gate did in the step (``admission`` counters' growth)
+            "gate": _gate_delta(stats0, stats1),
             "client_connections_peak": c["connections_peak"],
             "client_queued_for_a_connection": c["queued_for_a_connection"],
             # the client runs on the same cores: what it takes, the server cannot get
@@ -378,6 +381,23 @@ async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: in
             "server_cpu_share": round(cpu / c["seconds"], 2),
             "processed_per_cpu_s": round((done1 - done0) / max(cpu, 1e-3), 1),
             "server_rss_mb": rss, "errors": c["errors"], "pass": ok, "_sent": c["sent"]}
+
+
+#: the gate's counters a step reports the growth of (gateway.bench.server writes them)
+GATE_COUNTERS = ("free", "credited", "waited", "timed_out", "shed", "shed_as_parsed", "reserved", "released")
+
+
+def _gate_delta(before: dict, after: dict) -> dict:
+    """How the gate's counters grew between two of the server's stats
+    (written every second, so a step's edges are ±1 s): intakes admitted
+    ``free`` (not starved), on a credit, after a wait; refusals for load
+    (``shed``), of them answered as parsed (``shed_as_parsed``,
+    gateway/fast_refusal.py) and by the handler (``shed_by_handler``);
+    credits taken as requests were parsed (``reserved``) and given back
+    unused (``released``)."""
+    delta = {name: after.get(name, 0) - before.get(name, 0) for name in GATE_COUNTERS}
+    delta["shed_by_handler"] = delta["shed"] - delta["shed_as_parsed"]
+    return delta
 
 
 def _bounded(p99_ms: float, by_third: list[float]) -> bool:

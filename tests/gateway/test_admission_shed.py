@@ -114,3 +114,49 @@ def test_shed_ratio_defaults_to_one_and_is_validated(tmp_path):
     assert config.pipeline.admission_shed_ratio == 1.5
     with pytest.raises(ConfigError, match="admission_shed_ratio"):
         PipelineConfig(admission_shed_ratio=0)
+
+
+# ---------------------------------------------------------------- the decision made binding (reserve)
+
+
+def test_reserve_decides_nothing_unless_starved_and_shedding():
+    probe = Probe(backlog=0, busy=1.0)
+    g = gate(probe)
+    assert g.reserve() is None and g.credits == 3.0 and g.shed_credits == 3.0 and g.reserved == 0
+    probe.backlog = 5000
+    assert gate(probe, shed=False).reserve() is None
+
+
+def test_a_reservation_takes_the_credit_the_append_would_have_taken():
+    """Not refused as parsed means admitted: the credit is taken then, so a
+    request that passed cannot be refused later for want of it, and the
+    append (``reserved=True``) does not take a second one."""
+    g = gate(Probe(backlog=5000, busy=1.0), burst=2.0, shed_ratio=1.0)
+    assert g.reserve() is False and g.reserve() is False  # the burst: two credits, taken
+    assert g.credits == 0.0 and g.shed_credits == 0.0 and g.reserved == 2
+    assert g.reserve() is True and g.shed()  # none left: refused, counted as any shed intake
+    assert g.shed_count == 2
+    assert g.stats == {"free": 0, "credited": 2, "waited": 0, "timed_out": 0}
+
+
+def test_a_released_reservation_gives_both_credits_back():
+    g = gate(Probe(backlog=5000, busy=1.0), burst=1.0, shed_ratio=1.0)
+    assert g.reserve() is False and g.reserve() is True
+    g.release()  # its request was refused by the handler, or went away
+    assert g.credits == 1.0 and g.shed_credits == 1.0 and g.released == 1
+    assert g.stats["credited"] == 0
+    assert g.reserve() is False  # the next one gets it
+
+
+async def test_a_released_reservation_goes_to_an_intake_waiting_for_a_credit():
+    """Credits go to waiting intakes first (a WeChat callback delayed, not
+    refused), a given-back one too."""
+    g = gate(Probe(backlog=5000, busy=1.0), burst=1.0)
+    assert g.reserve() is False
+    waiting = asyncio.create_task(g.admit())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert g._waiters
+    g.release()
+    await asyncio.wait_for(waiting, PATIENCE_S)
+    assert g.credits == 0.0 and g.stats["waited"] == 1 and not g._waiters

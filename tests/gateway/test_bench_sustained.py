@@ -173,3 +173,12 @@ async def test_the_servers_intake_times_come_from_aiohttps_access_log_hook_for_c
     await asyncio.wait_for(recorded(), PATIENCE_S)
     assert (await client.get("/healthz")).status == 202  # the connection's next request: the POST was logged
     assert sum(times.counts) == 1
+
+
+def test_a_step_reports_the_refusals_answered_as_parsed_apart_from_the_handlers():
+    before = {"shed": 10, "shed_as_parsed": 4, "credited": 3, "reserved": 2}
+    after = {"shed": 25, "shed_as_parsed": 18, "credited": 9, "reserved": 7, "released": 1, "free": 5}
+    delta = sustained._gate_delta(before, after)
+    assert delta["shed"] == 15 and delta["shed_as_parsed"] == 14 and delta["shed_by_handler"] == 1
+    assert delta["reserved"] == 5 and delta["released"] == 1 and delta["credited"] == 6 and delta["free"] == 5
+    assert sustained._gate_delta({}, {})["shed_by_handler"] == 0  # a server without the counters yet

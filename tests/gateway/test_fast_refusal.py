@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import pytest
 
@@ -213,3 +214,124 @@ async def test_refusals_keep_the_connection_from_timing_out_as_idle(server):
     assert (await conn.response())[0] == 503 and fast(app) == 1
     # aiohttp closes a connection idle past keepalive_timeout: a refusal is activity, as any request is
     assert protocol._next_keepalive_close_time >= before + protocol.keepalive_timeout
+
+
+# ---------------------------------------------------------------- the decision made binding
+
+
+def starved_with(app, credits: float) -> None:
+    """The gate starved with ``credits`` free (and as many shedding credits)."""
+    gate = app[keys.LOAD].gate
+    gate.burst = gate.credits = gate.shed_credits = credits
+
+
+async def attached(srv) -> tuple[fast_refusal.RefusingRequestHandler, Conn]:
+    """A server connection whose protocol the test drives by hand (its
+    ``data_received`` called directly, as the transport would), and the
+    client end of it."""
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = Conn(*await asyncio.open_connection(*listener.getsockname()[:2]))
+        accepted, _ = listener.accept()
+    _, protocol = await loop.connect_accepted_socket(srv.runner.server, sock=accepted)
+    return protocol, client
+
+
+async def test_a_request_admitted_as_parsed_keeps_its_credit_and_is_not_asked_again(server):
+    """Two requests parsed in one loop iteration with one credit free: the
+    first takes it as it is parsed, so the second is refused there too —
+    not let through and refused by the handler once the first spoke for the
+    credit — and the first's append takes no second credit."""
+    app, _, srv = server
+    starved_with(app, 1.0)
+    gate = app[keys.LOAD].gate
+    (first, first_client), (second, second_client) = await attached(srv), await attached(srv)
+    first.data_received(post())
+    second.data_received(post(BODY.replace(b"f1", b"f2")))
+    assert gate.reserved == 1 and gate.credits == 0.0 and fast(app) == 1
+    assert (await second_client.response())[0] == 503
+    assert (await first_client.response())[0] == 202
+    assert gate.shed_count == 1 and gate.stats["credited"] == 1 and gate.released == 0
+    assert len(await app[keys.STORE].journal_list(limit=10)) == 1
+    for conn in (first_client, second_client):
+        conn.writer.close()
+
+
+@pytest.mark.parametrize("body, status", [(b"not json", 400), (BODY[:-1] + b', "text": "twice"}', 400)])
+async def test_a_request_admitted_as_parsed_and_refused_by_its_handler_gives_the_credit_back(server, body, status):
+    app, connect, _ = server
+    starved_with(app, 1.0)
+    gate = app[keys.LOAD].gate
+    conn = await connect()
+    await conn.send(post(body))
+    assert (await conn.response())[0] == status
+    assert gate.reserved == 1 and gate.released == 1 and gate.credits == 1.0 and gate.shed_credits == 1.0
+    await conn.send(post())  # the credit is there for the next one
+    assert (await conn.response())[0] == 202
+    assert gate.reserved == 2 and gate.credits == 0.0 and gate.stats["credited"] == 1
+
+
+async def test_a_request_admitted_as_parsed_over_the_backlog_limit_gives_the_credit_back(server):
+    app, connect, _ = server
+    starved_with(app, 1.0)
+    gate, backlog = app[keys.LOAD].gate, app[keys.LOAD].backlog
+    backlog.limit, backlog._sampled = 1, 5
+    conn = await connect()
+    await conn.send(post())
+    status, headers, body = await conn.response()
+    assert status == 503 and json.loads(body)["title"] == "Backlog full"
+    assert gate.reserved == 1 and gate.released == 1 and gate.credits == 1.0
+
+
+async def test_a_connection_closed_before_its_request_was_handled_gives_the_credit_back(server):
+    app, _, srv = server
+    starved_with(app, 1.0)
+    gate = app[keys.LOAD].gate
+    protocol, client = await attached(srv)
+    protocol.data_received(post())
+    assert gate.reserved == 1 and gate.credits == 0.0
+    protocol.connection_lost(None)  # before the request loop took the request: it is dropped
+    assert gate.released == 1 and gate.credits == 1.0 and gate.stats["credited"] == 0
+    assert protocol._reserved is None
+    client.writer.close()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert await app[keys.STORE].journal_list(limit=10) == []
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3, 5, 10])
+async def test_whenever_the_connection_closes_one_credit_is_spent_only_for_an_append(server, iterations):
+    """The connection goes away some loop iterations after the request was
+    parsed: before the request loop took it, after, before or after its
+    handler claimed the credit (aiohttp may still run a handler whose
+    connection closed). Whatever the moment, a credit is spent only for an
+    entry appended, and never two."""
+    app, _, srv = server
+    starved_with(app, 1.0)
+    gate = app[keys.LOAD].gate
+    protocol, client = await attached(srv)
+    protocol.data_received(post())
+    for _ in range(iterations):
+        await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    client.writer.close()
+    for _ in range(20):  # a handler still due gets its turns
+        await asyncio.sleep(0.01)
+    appended = len(await app[keys.STORE].journal_list(limit=10))
+    assert gate.credits + appended == 1.0 and gate.stats["credited"] == appended and gate.shed_count == 0
+    assert gate.reserved == 1 and protocol._reserved is None
+
+
+async def test_a_reservation_its_handler_never_claimed_is_given_back_with_the_next(server):
+    """Defensive: a connection is idle again only after its request was
+    handled, so a reservation still held then is nobody's."""
+    app, _, srv = server
+    starved_with(app, 2.0)
+    gate = app[keys.LOAD].gate
+    protocol, client = await attached(srv)
+    protocol._reserved = object()  # as if taken for a request whose handler never ran
+    gate.credits = gate.shed_credits = 1.0
+    protocol.data_received(post())
+    assert gate.released == 1 and gate.reserved == 1 and gate.credits == 1.0
+    assert (await client.response())[0] == 202
+    client.writer.close()
