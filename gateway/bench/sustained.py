@@ -3,7 +3,7 @@
 A real daemon in the production configuration (:mod:`gateway.bench.server`
 ``production``: shipped rules, directory, info-level JSON logs, metrics,
 pipeline on) in its own process; an open-loop load client in another
-(``python -m gateway.bench.sustained client PORT RATE SECONDS FIRST [pool|close [api|wechat TIMESTAMP]]``):
+(``python -m gateway.bench.sustained client PORT RATE SECONDS FIRST [pool|close [api|wechat TIMESTAMP [TRIES]]]``):
 requests leave on a fixed schedule whatever the answers, each on an idle
 keep-alive connection or on a new one when all are busy (:class:`_Senders`,
 up to :data:`MAX_CONNECTIONS`), so that the client is not what holds a
@@ -58,7 +58,13 @@ Then :data:`WECHAT_FACTORS` × the figure on WeChat callbacks (the bench's
 Official Account, safe mode, :func:`gateway.bench.ingest.wechat_requests`:
 997 senders, one order question), which are never refused for load — only
 delayed by the gate (``wechat_steps``, ``wechat_holds``, ``wechat_ingest_bounded``,
-and ``wechat …`` lines in the summary). ``detail.fair_share_flood``
+and ``wechat …`` lines in the summary). The client treats them as WeChat
+does (since the sixth pass of issue 11): a callback unanswered for
+:data:`WECHAT_TIMEOUT_S` is hung up on and sent again, the same request,
+:data:`WECHAT_TRIES` tries in all, then given up (``resent``, ``gave_up``
+per step): past capacity a daemon that answers late gets the extra
+intakes WeChat would send it, and a message WeChat would lose is counted,
+not waited for. ``detail.fair_share_flood``
 (:mod:`gateway.bench.flood`): the pipeline under an in-process ingest flood
 with the gate and without it.
 """
@@ -88,6 +94,10 @@ BUDGET_S = 150.0
 PAST_FACTORS = (1.5, 2.0, 3.0)
 #: Past capacity on WeChat callbacks (never refused for load), after the API channel's steps
 WECHAT_FACTORS = (2.0, 3.0)
+#: What WeChat does with a callback left unanswered: it hangs up after :data:`WECHAT_TIMEOUT_S`
+#: and sends the very same request again, :data:`WECHAT_TRIES` tries in all (then the message is lost)
+WECHAT_TIMEOUT_S = 5.0
+WECHAT_TRIES = 3
 PAST_STEP_S = 6.0
 HOLDS_AT = 0.9
 #: Ingest p99 a step may reach and still count as bounded: WeChat waits 5 s for a callback's answer
@@ -175,11 +185,20 @@ class _Senders:
 
 
 async def _client(port: int, rate: float, seconds: float, first: int, mode: str = "pool", channel: str = "api",
-                  timestamp: int = 0) -> dict:
+                  timestamp: int = 0, tries: int = 1) -> dict:
     """Send ``rate`` × ``seconds`` requests on the open-loop schedule; each
     request's latency runs from its scheduled time (no coordinated omission).
     ``channel``: ``api`` (:data:`production.MIX`) or ``wechat`` (the bench's
-    Official Account, safe mode; callbacks stamped ``timestamp``)."""
+    Official Account, safe mode; callbacks stamped ``timestamp``).
+
+    ``tries`` > 1 (WeChat, :data:`WECHAT_TRIES`): as WeChat does, a callback
+    not answered within :data:`WECHAT_TIMEOUT_S` of its sending is hung up
+    on and sent again, the same bytes (same nonce, same signature), on
+    another connection, up to ``tries`` tries (``resent``); after the last
+    one's timeout WeChat gives the message up (``gave_up``: lost for
+    WeChat, though a try the server took may be in the journal). Its
+    latency runs from its first try's scheduled time. With 1 (the API
+    channel; ``wn`` steps) a request waits for its answer however long."""
     total = int(rate * seconds)
     close = mode == "close"
     extra = {"Connection": "close"} if close else None
@@ -197,11 +216,12 @@ async def _client(port: int, rate: float, seconds: float, first: int, mode: str 
     thirds: list[list[float]] = [[], [], []]  # by the request's place in the schedule
     errors = [0]
     refusals = _Refusals()
+    resent, gave_up = [0], [0]
     senders = _Senders(port, close=close)
     if not close:
         await senders.open(WARM_CONNECTIONS)
 
-    async def send(k: int, scheduled: float) -> None:
+    async def send(k: int, scheduled: float, attempt: int = 1) -> None:
         try:
             conn = await senders.take()
         except OSError:
@@ -209,7 +229,19 @@ async def _client(port: int, rate: float, seconds: float, first: int, mode: str 
             return
         try:
             conn[1].write(requests[k])
-            head, _ = await read_response(conn[0])
+            if tries > 1:
+                async with asyncio.timeout(WECHAT_TIMEOUT_S):
+                    head, _ = await read_response(conn[0])
+            else:
+                head, _ = await read_response(conn[0])
+        except TimeoutError:  # WeChat hangs up, and sends it again while it has tries left
+            senders.drop(conn)
+            if attempt < tries:
+                resent[0] += 1
+                await send(k, scheduled, attempt + 1)
+            else:
+                gave_up[0] += 1
+            return
         except (OSError, asyncio.IncompleteReadError):
             errors[0] += 1
             senders.drop(conn)
@@ -245,7 +277,8 @@ async def _client(port: int, rate: float, seconds: float, first: int, mode: str 
             "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
             "max_ms": max(latencies, default=0.0) * 1000, "connections_peak": senders.peak,
             "p99_ms_by_third": [percentile(t, 99) * 1000 for t in thirds],
-            "queued_for_a_connection": senders.queued, "cpu_share": cpu / elapsed, **refusals.counts()}
+            "queued_for_a_connection": senders.queued, "cpu_share": cpu / elapsed, **refusals.counts(),
+            "resent": resent[0], "gave_up": gave_up[0]}
 
 
 class _Refusals:
@@ -292,7 +325,8 @@ def client_main(argv: list[str]) -> None:
     port, rate, seconds, first = int(argv[0]), float(argv[1]), float(argv[2]), int(argv[3])
     mode = argv[4] if len(argv) > 4 else "pool"
     channel, timestamp = (argv[5], int(argv[6])) if len(argv) > 6 else ("api", 0)
-    print(json.dumps(asyncio.run(_client(port, rate, seconds, first, mode, channel, timestamp))))
+    tries = int(argv[7]) if len(argv) > 7 else 1
+    print(json.dumps(asyncio.run(_client(port, rate, seconds, first, mode, channel, timestamp, tries))))
 
 
 # ---------------------------------------------------------------- the driver
@@ -319,19 +353,23 @@ def _lags(db: sqlite3.Connection, after_seq: int, until_seq: int) -> list[float]
 
 
 def _client_argv(port: int, rate: float, seconds: float, first: int, channel: str = "api",
-                 timestamp: int = 0) -> list[str]:
+                 timestamp: int = 0, tries: int = 1) -> list[str]:
     return [sys.executable, "-m", "gateway.bench.sustained", "client", str(port), str(rate), str(seconds), str(first),
-            CLIENT_MODE, channel, str(timestamp)]
+            CLIENT_MODE, channel, str(timestamp), str(tries)]
 
 
 async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: int, seconds: float = STEP_S,
-                drain_s: float = 15.0, channel: str = "api") -> dict:
+                drain_s: float = 15.0, channel: str = "api", tries: int | None = None) -> dict:
+    """One step at ``rate``; ``tries``: the WeChat client's (None: :data:`WECHAT_TRIES`
+    on WeChat, 1 on the API channel)."""
+    if tries is None:
+        tries = WECHAT_TRIES if channel == "wechat" else 1
     port = servers.ports["production"]
     seq0, cpu0 = _max_seq(db), servers.cpu_seconds("production")
     stats0 = _admission(servers.data_dir("production")) or {}
     intake0 = stats0.get("intake_buckets")
     timestamp = int(stats0.get("clock", 0))  # the server's (pinned) clock, for WeChat's replay window
-    proc = await asyncio.create_subprocess_exec(*_client_argv(port, rate, seconds, first, channel, timestamp),
+    proc = await asyncio.create_subprocess_exec(*_client_argv(port, rate, seconds, first, channel, timestamp, tries),
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     done0 = _processed_count(db)
     await asyncio.sleep(seconds / 2 + 0.3)  # the client needs a moment to build its requests
@@ -353,7 +391,7 @@ async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: in
     growth = (end - mid) / max(0.1, t_end - t_mid)
     lag_p99 = percentile(lags, 99)
     ok = (lag_p99 < LAG_P99_S and end <= max(50, 0.5 * rate) and c["errors"] == 0 and c["refused"] == 0
-          and c["ok"] == c["sent"])
+          and c["ok"] == c["sent"] and c["resent"] == 0)
     by_third = [round(v, 1) for v in c["p99_ms_by_third"]]
     await asyncio.sleep(max(0.0, t_end + STATS_EVERY_S - time.perf_counter()))  # the server's next stats
     stats1 = _admission(servers.data_dir("production")) or {}
@@ -364,6 +402,8 @@ async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: in
             "refused": round(c["refused"] / c["seconds"], 1), "refused_total": c["refused"],
             "refused_retried": c["retried"], "refused_deferred": c["deferred"],
             "retry_after_s": c["retry_after_s"],
+            # WeChat's own retries (``tries`` > 1): callbacks sent again after 5 s unanswered, and given up
+            "tries": tries, "resent": c["resent"], "gave_up": c["gave_up"],
             "ingest_p50_ms": round(c["p50_ms"], 1), "ingest_p99_ms": round(c["p99_ms"], 1),
             "ingest_max_ms": round(c["max_ms"], 1), "ingest_p99_ms_by_third": by_third,
             "ingest_bounded": _bounded(c["p99_ms"], by_third),
@@ -542,9 +582,11 @@ async def figures() -> dict[str, dict]:
 
 async def fixed_steps(seconds: float, rates: list[str]) -> list[dict]:
     """A/B runs at fixed offered rates (``python -m gateway.bench.sustained
-    steps SECONDS RATE…``, ``wRATE`` for WeChat callbacks): one production
-    server, a warm-up at 100 req/s, then a step per rate, each printed as a
-    JSON line as it ends, and the gate's counters last."""
+    steps SECONDS RATE…``; ``wRATE`` for WeChat callbacks sent again as
+    WeChat does when unanswered for 5 s, ``wnRATE`` for WeChat callbacks
+    never sent again, as the client did before the sixth pass): one
+    production server, a warm-up at 100 req/s, then a step per rate, each
+    printed as a JSON line as it ends, and the gate's counters last."""
     rows = []
     async with Servers(["production"]) as servers:
         db = _db(servers.data_dir("production"))
@@ -553,7 +595,9 @@ async def fixed_steps(seconds: float, rates: list[str]) -> list[dict]:
         first += warm.pop("_sent")
         for rate in rates:
             channel = "wechat" if rate.startswith("w") else "api"
-            s = await _step(servers, db, float(rate.lstrip("w")), first, seconds, drain_s=25.0, channel=channel)
+            tries = 1 if rate.startswith("wn") else None
+            s = await _step(servers, db, float(rate.lstrip("wn")), first, seconds, drain_s=25.0, channel=channel,
+                            tries=tries)
             first += s.pop("_sent")
             rows.append({"channel": channel, **s})
             print(json.dumps(rows[-1]), flush=True)

@@ -11,7 +11,10 @@ Conflict, a constraint) rolls back its savepoint only. Consecutive writes
 marked :func:`replayable` (pipeline commits, auto-replies) share one
 savepoint, and are run again one savepoint each when one of them fails
 (:meth:`_Writer._run_replayable`): the same outcome, without SQLite copying every
-page each of them changes into a savepoint journal of its own.
+page each of them changes into a savepoint journal of its own. A run of
+consecutive writes of one function with a ``many`` (journal appends, with or
+without a nonce) is one call of it, which may answer an entry with an
+exception: that write's failure alone.
 
 Reads run on a small thread pool, each thread with its own read-only
 connection; WAL lets them read a consistent snapshot while the writer writes.
@@ -217,7 +220,9 @@ class _Writer:
                 run = batch[i:j]
                 try:
                     values = many(conn, [item[1] for item in run])
-                    results.extend((item[2], item[3], v, None) for item, v in zip(run, values))
+                    # an exception in the answers is that write's own failure (it stored nothing)
+                    results.extend((item[2], item[3], None, v) if isinstance(v, BaseException)
+                                   else (item[2], item[3], v, None) for item, v in zip(run, values))
                 except BaseException as exc:  # noqa: BLE001 - handed to the callers
                     results.extend((item[2], item[3], None, exc) for item in run)
                 i = j

@@ -182,3 +182,49 @@ def test_a_step_reports_the_refusals_answered_as_parsed_apart_from_the_handlers(
     assert delta["shed"] == 15 and delta["shed_as_parsed"] == 14 and delta["shed_by_handler"] == 1
     assert delta["reserved"] == 5 and delta["released"] == 1 and delta["credited"] == 6 and delta["free"] == 5
     assert sustained._gate_delta({}, {})["shed_by_handler"] == 0  # a server without the counters yet
+
+
+class SilentUntil:
+    """Answers a request only at its ``answer_at``-th arrival (the same bytes:
+    WeChat's retry); earlier arrivals are held until the client hangs up."""
+
+    def __init__(self, answer_at: int) -> None:
+        self.answer_at = answer_at
+        self.seen: dict[bytes, int] = {}
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line[15:]) for line in head.split(b"\r\n")
+                               if line[:15].lower() == b"content-length:"), 0)
+                request = head + await reader.readexactly(length)
+                self.seen[request] = self.seen.get(request, 0) + 1
+                if self.seen[request] < self.answer_at:
+                    await reader.read()  # held: the client hangs up
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsuccess")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+
+@pytest.mark.parametrize("answer_at, answered", [(3, True), (4, False)])
+async def test_the_wechat_client_sends_an_unanswered_callback_again_as_wechat_does(monkeypatch, answer_at, answered):
+    """Unanswered past the timeout, a callback is hung up on and sent again,
+    the very same request, up to three tries; after the third it is given
+    up. (The timeout is shortened: what is tested is what happens, not when.)"""
+    monkeypatch.setattr(sustained, "WECHAT_TIMEOUT_S", 0.2)
+    srv = SilentUntil(answer_at)
+    server = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        c = await asyncio.wait_for(sustained._client(port, 40, 0.1, 0, channel="wechat", timestamp=1700000000,
+                                                     tries=sustained.WECHAT_TRIES), PATIENCE_S)
+    finally:
+        server.close()
+    assert c["sent"] == 4 and c["errors"] == 0
+    assert sorted(srv.seen.values()) == [3] * 4  # each callback arrived three times, byte for byte
+    assert c["resent"] == 8
+    assert (c["ok"], c["gave_up"]) == ((4, 0) if answered else (0, 4))
