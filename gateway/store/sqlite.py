@@ -17,7 +17,8 @@ Reads run on a small thread pool, each thread with its own read-only
 connection; WAL lets them read a consistent snapshot while the writer writes.
 The pipeline's small snapshot read runs on the event loop's thread: on the
 writer's connection while no group is open (its page cache survives its own
-commits), else on the loop's own read-only connection.
+commits; the reads of one turn of the loop share one read transaction), else
+on the loop's own read-only connection.
 """
 
 from __future__ import annotations
