@@ -20,7 +20,8 @@ Reads run on a small thread pool, each thread with its own read-only
 connection; WAL lets them read a consistent snapshot while the writer writes.
 The pipeline's small snapshot read runs on the event loop's thread: on the
 writer's connection while no group is open (its page cache survives its own
-commits), else on the loop's own read-only connection.
+commits; the reads of one turn of the loop share one read transaction), else
+on the loop's own read-only connection.
 """
 
 from __future__ import annotations
@@ -144,6 +145,15 @@ class _Writer:
         #: (None: the whole group's transaction): state kept in memory beside
         #: the rows drops what that write changed
         self.on_rollback: list[Callable[[int | None], None]] = []
+        #: the write running now runs in a run's shared savepoint
+        #: (:meth:`_run_replayable`'s first pass): if it raises, the run is
+        #: rolled back and each of its writes run again in a savepoint of its
+        #: own — so a part of it that must fail alone (a commit's sync) needs
+        #: no savepoint of its own now, only in that second pass
+        self.in_shared_run = False
+        #: the loop whose current turn's snapshot reads share the read transaction open on the
+        #: connection (:meth:`read`); None: none is open
+        self._read_loop: asyncio.AbstractEventLoop | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnigate-sqlite-commit")
 
     def submit(self, fn: Callable[..., Any], args: tuple, savepoint: bool) -> asyncio.Future:
@@ -181,16 +191,42 @@ class _Writer:
 
     def read(self, fn: Callable[..., Any], args: tuple) -> Any:
         """Run the read ``fn(conn, *args)`` on the writer's connection, in a
-        read transaction of its own; only while no group is open
-        (``in_group`` false: the caller checks), so it sees committed rows
-        only and never waits for a COMMIT. Why: a reader connection drops
-        its whole page cache whenever another connection committed (WAL),
-        which is after every group, and reads the pages again (~7 % of the
-        loop's time in the production pipeline was those ``pread`` calls);
-        the writer's cache survives its own commits."""
-        return _in_read_tx(self.conn, fn, args)
+        read transaction; only while no group is open (``in_group`` false:
+        the caller checks), so it sees committed rows only and never waits
+        for a COMMIT. Why: a reader connection drops its whole page cache
+        whenever another connection committed (WAL), which is after every
+        group, and reads the pages again (~7 % of the loop's time in the
+        production pipeline was those ``pread`` calls); the writer's cache
+        survives its own commits.
+
+        The reads of one turn of the event loop share one read transaction
+        (``BEGIN`` at the first, ``ROLLBACK`` at the start of the next turn,
+        or before a group begins, whichever comes first): when a group
+        commit wakes its writers, each takes its next message's snapshot in
+        that same turn, and each paid a ``BEGIN``/``ROLLBACK`` of its own
+        (taking and dropping the WAL read lock). Each read still sees one
+        consistent snapshot holding every group this process committed
+        before it (a group ends the transaction before it begins, a turn
+        that follows a commit opens a new one); what another process
+        commits during the turn is seen from the next turn on, as a read a
+        moment earlier would have missed it."""
+        loop = asyncio.get_running_loop()
+        if self._read_loop is not loop:
+            self.end_read()
+            self.conn.execute("BEGIN")
+            self._read_loop = loop
+            loop.call_soon(self.end_read)
+        return fn(self.conn, *args)
+
+    def end_read(self) -> None:
+        """End the snapshot reads' transaction (:meth:`read`), if one is open."""
+        if self._read_loop is not None:
+            self._read_loop = None
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")  # it read only: ending it this way or by COMMIT is the same
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list) -> list:
+        self.end_read()  # before the group's BEGIN IMMEDIATE on the same connection
         self.in_group = True
         try:
             return await self._run_group(loop, batch)
@@ -289,12 +325,14 @@ class _Writer:
         conn = self.conn
         conn.execute("SAVEPOINT run")
         first = self.write + 1
+        self.in_shared_run = True
         try:
             values = []
             for fn, args, _, _, _ in run:
                 self.write += 1
                 values.append(fn(conn, *args))
         except BaseException:  # noqa: BLE001 - each write is run again alone, below
+            self.in_shared_run = False
             conn.execute("ROLLBACK TO run")
             conn.execute("RELEASE run")
             for write in range(first, self.write + 1):
@@ -302,6 +340,7 @@ class _Writer:
             for item in run:
                 self._run_one(item, results)
             return
+        self.in_shared_run = False
         conn.execute("RELEASE run")
         results.extend((loop, fut, value, None) for (_, _, loop, fut, _), value in zip(run, values))
 
@@ -313,6 +352,7 @@ class _Writer:
     async def close(self) -> None:
         while self.busy:
             await asyncio.sleep(0.001)
+        self.end_read()
         self._thread.shutdown(wait=True)
         self.conn.close()
 
@@ -462,6 +502,7 @@ class SQLiteStore(RepliesOps, AssignOps, SlaOps, TicketsOps, TokensOps, WebhookO
                     if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                         raise
                     # busy (the writer waits for no lock; another process recovering the WAL…): read below
+                    self._writer.end_read()
             return self._read_on_this_thread(fn, args)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._read_on_this_thread, fn, args)
@@ -885,16 +926,13 @@ def _apply_commit_row(conn: sqlite3.Connection, c: Commit, first_number: int, no
         except sqlite3.IntegrityError:
             raise Conflict(f"identity {link.identity.key()} was taken since the snapshot") from None
 
-    origin = cid
-    if c.origin_identity is not None and c.new_contact is None:  # a new contact's identities are its own
-        r = conn.execute("SELECT origin_contact_id FROM identities WHERE kind = ? AND value = ?",
-                         (c.origin_identity.kind, c.origin_identity.value)).fetchone()
-        origin = r[0] if r else cid
+    origin = None  # whose the commit's rows are (:func:`_origin`): read only where a row needs it
     number = None
     wrote = None  # the id of the ticket this commit wrote
-    ticket_origin = origin  # whose the ticket's entries are: the ticket's original contact
+    ticket_origin = None  # whose the ticket's entries are: the ticket's original contact
     if c.new_ticket is not None:
         t = c.new_ticket
+        origin = ticket_origin = _origin(conn, c, cid)
         number = _next_number(conn, first_number)
         wrote = t.id
         conn.execute(
@@ -943,6 +981,10 @@ def _apply_commit_row(conn: sqlite3.Connection, c: Commit, first_number: int, no
         conn.execute(f"UPDATE tickets SET {', '.join(sets)} WHERE id = ?", (*args, ch.id))
         wrote = ch.id
 
+    if origin is None and (ticket_origin is None or any(e.ticket_id != c.ticket_id for e in c.timeline)):
+        origin = _origin(conn, c, cid)  # (a follow-up's entries are all its ticket's: no read)
+    if ticket_origin is None:
+        ticket_origin = origin
     conn.executemany(_TIMELINE_INSERT, [_timeline_row(e, ticket_origin if e.ticket_id == c.ticket_id else origin)
                                         for e in c.timeline])
     if c.edit is not None:
@@ -985,6 +1027,20 @@ def _apply_commit_row(conn: sqlite3.Connection, c: Commit, first_number: int, no
         crashpoints.reached("commit")
     return (CommitResult("processed", cid, c.ticket_id, number),
             ticket_row(committed[_SNAPSHOT_WIDTH:]) if committed is not None else None)
+
+
+def _origin(conn: sqlite3.Connection, c: Commit, cid: str) -> str:
+    """Whose the rows a commit creates are: the contact that originally owned
+    the sender's identity (so an unmerge gives them back); a new contact's
+    identities are its own. Read where a row needs it — a new ticket, an
+    entry on no ticket or another — after the commit's identity links (the
+    rest of the commit writes no identity): a follow-up's entries all belong
+    to its ticket's original contact, and it reads nothing."""
+    if c.origin_identity is None or c.new_contact is not None:
+        return cid
+    r = conn.execute("SELECT origin_contact_id FROM identities WHERE kind = ? AND value = ?",
+                     (c.origin_identity.kind, c.origin_identity.value)).fetchone()
+    return r[0] if r else cid
 
 
 def _number_of(conn: sqlite3.Connection, ticket_id: str | None) -> int | None:

@@ -1064,16 +1064,30 @@ class AssignOps:
         self._synced = {}
 
     def _sync_in_tx(self, conn: sqlite3.Connection, ticket_id: str, row: TicketRow | None = None) -> None:
-        """The pipeline commit's sync of ``ticket_id`` (``row``: the ticket's row as the commit left it, if known)."""
+        """The pipeline commit's sync of ``ticket_id`` (``row``: the ticket's row as the commit left it, if known).
+
+        A sync that fails is rolled back alone: the message stays committed.
+        In a run of writes that share one savepoint (the writer's first pass,
+        ``sqlite._Writer.in_shared_run``: a group's pipeline commits, mostly)
+        the sync needs no savepoint of its own for that — its failure fails
+        the run, which the writer rolls back and runs again one savepoint per
+        write, and there the sync is in its own savepoint, rolled back alone.
+        The same outcome, without SQLite copying every page the sync changes
+        (a new ticket's assignment, timeline and timer rows…) into a second
+        savepoint journal, nor two statements per message."""
         directory, clock = self._directory, self._commit_clock
         if directory is None or clock is None:
             return  # no directory loaded yet: the sweep syncs the ticket later
         cache, writer = self._cache(), self._writer  # type: ignore[attr-defined]
-        conn.execute("SAVEPOINT sync")
+        alone = not writer.in_shared_run
+        if alone:
+            conn.execute("SAVEPOINT sync")
         try:
             _, t = _sync_one(self._tx_type(conn, directory, cache, clock(), at=(writer.group, writer.write)),
                              ticket_id, row)
         except Exception:  # noqa: BLE001 - the message is committed; the sweep retries the rest
+            if not alone:
+                raise  # the run is rolled back and run again, this commit in a savepoint of its own
             conn.execute("ROLLBACK TO sync")
             cache.rolled_back(writer.write)  # what the sync changed in the cache is undone too
             # owed to the sweep, even if an earlier run of this commit, rolled back with its group's
@@ -1085,7 +1099,8 @@ class AssignOps:
                 if len(self._synced) >= 100_000:  # the sweep pops them; bounded whatever happens
                     self._synced.clear()
                 self._synced[ticket_id] = t.stamp
-        conn.execute("RELEASE sync")
+        if alone:
+            conn.execute("RELEASE sync")
 
     async def directory_load(self, directory: Directory, now: datetime) -> list[Decision]:
         """Use ``directory``: upsert its agents, then drain every queue (capacity may have grown)."""

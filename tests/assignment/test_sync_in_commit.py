@@ -131,3 +131,61 @@ async def test_a_take_in_a_run_rolled_back_leaves_the_agent_cache_right(sqlite_s
     # a-li takes two emails and only she has billing 3: a cache that still counted
     # the rolled-back take would find her full and queue the second ticket
     assert [await assignee(store, c.ticket_id) for c in (first, second)] == ["a-li", "a-li"]
+
+
+async def test_commits_sharing_a_savepoint_sync_without_one_of_their_own(sqlite_store, clock):
+    """In a run of commits under one savepoint the sync opens none (a failure
+    replays the run, below); a commit alone in its savepoint still does."""
+    store = sqlite_store
+    store.sync_in_commit(clock)
+    seen: list[str] = []
+    conn = store._writer.conn
+    conn.set_trace_callback(seen.append)
+    try:
+        first, second = _new_ticket_commit(skills={"billing": 3}), _new_ticket_commit(skills={"billing": 3})
+        await asyncio.gather(store.commit(first), store.commit(second))
+        shared = list(seen)
+        seen.clear()
+        alone = _new_ticket_commit(skills={"billing": 3})
+        await store.commit(alone)
+    finally:
+        conn.set_trace_callback(None)
+    assert shared.count("SAVEPOINT run") == 1 and "SAVEPOINT sync" not in shared
+    assert seen.count("SAVEPOINT w") == 1 and seen.count("SAVEPOINT sync") == 1
+    assert [await assignee(store, c.ticket_id) for c in (first, second)] == ["a-li", "a-li"]
+    assert conn.execute("SELECT count(*) FROM sla_clocks WHERE ticket_id IN (?, ?, ?)",
+                        (first.ticket_id, second.ticket_id, alone.ticket_id)).fetchone()[0] == 3  # all synced
+
+
+async def test_a_sync_failing_in_a_shared_run_is_rolled_back_alone(sqlite_store, clock, monkeypatch, caplog):
+    """The second of three commits sharing a savepoint has a sync that fails: the
+    run is run again one savepoint per commit, every message is committed, only
+    that sync is undone (its ticket neither assigned nor timed, owed to the
+    sweep), the others are synced — as when each sync had its own savepoint."""
+    store = sqlite_store
+    store.sync_in_commit(clock)
+    commits = [_new_ticket_commit(skills={"billing": 3}) for _ in range(3)]
+    real, calls = Tx.sla_sync, []
+
+    def sla_sync(self, t):
+        calls.append(t.id)
+        if t.id == commits[1].ticket_id:
+            raise RuntimeError("this ticket's sync fails")
+        return real(self, t)
+
+    monkeypatch.setattr(Tx, "sla_sync", sla_sync)
+    before = store.group_commit_stats[0]
+    out = await asyncio.gather(*(store.commit(c) for c in commits))
+    assert store.group_commit_stats[0] == before + 1
+    assert [o.outcome for o in out] == ["processed"] * 3
+    # first pass: the first synced, the second failed; second pass: each again
+    assert calls == [commits[0].ticket_id, commits[1].ticket_id, *(c.ticket_id for c in commits)]
+    conn = store._writer.conn
+    assert [await assignee(store, c.ticket_id) for c in commits] == ["a-li", None, "a-li"]
+    timed = [conn.execute("SELECT count(*) FROM sla_clocks WHERE ticket_id = ?", (c.ticket_id,)).fetchone()[0]
+             for c in commits]
+    assert timed == [1, 0, 1]
+    assert conn.execute("SELECT count(*) FROM tickets WHERE id IN (?, ?, ?)",
+                        tuple(c.ticket_id for c in commits)).fetchone()[0] == 3
+    changed, _ = await store.changed_tickets(None)
+    assert changed == [commits[1].ticket_id]  # owed to the sweep

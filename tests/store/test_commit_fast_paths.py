@@ -7,6 +7,7 @@
   priorities, assignment, auto-replies).
 - Event payloads bound as UTF-8 bytes and cast to TEXT are stored as the
   very value a bound ``str`` is.
+- A follow-up reads no identity origin: its rows are its ticket's.
 """
 
 from __future__ import annotations
@@ -102,3 +103,37 @@ def test_an_event_payload_bound_as_bytes_is_stored_as_the_str_would_be() -> None
     for by_bytes, by_str in zip(rows[0::2], rows[1::2]):
         assert by_bytes == by_str
         assert by_bytes[1] == "text"
+
+
+async def test_a_follow_up_reads_no_identity_origin_and_its_rows_keep_the_tickets(tmp_path: Path) -> None:
+    """Whose a commit's rows are (``sqlite._origin``) is read only where a row
+    needs it: a new ticket (its rows are the sender identity's original
+    contact's) — not a follow-up, whose entries are all its ticket's. After a
+    merge, a follow-up from the loser's identity leaves rows its ticket's
+    original contact owns, and the unmerge gives them back to it."""
+    from tests.store.test_contract import inbound, run
+
+    store = SQLiteStore.in_dir(tmp_path)
+    seen: list[str] = []
+    try:
+        a = await run(store, (await store.journal_append("api", "api", "a", b"{}")).journal_id,
+                      inbound("a", sender="a@x.cn"))
+        b = await run(store, (await store.journal_append("api", "api", "b", b"{}")).journal_id,
+                      inbound("b", sender="b@x.cn", text="other text entirely"))
+        await store.merge_contacts(a.contact_id, b.contact_id, "agent:1")
+        store._writer.conn.set_trace_callback(seen.append)
+        follow = await run(store, (await store.journal_append("api", "api", "b2", b"{}")).journal_id,
+                           inbound("b2", sender="b@x.cn", text="and one more thing"))
+        store._writer.conn.set_trace_callback(None)
+        assert follow.contact_id == a.contact_id and follow.ticket_id in (a.ticket_id, b.ticket_id)
+        assert not [sql for sql in seen if "origin_contact_id FROM identities" in sql]
+        conn = store._writer.conn
+        owner = conn.execute("SELECT origin_contact_id FROM tickets WHERE id = ?", (follow.ticket_id,)).fetchone()[0]
+        follow_journal = conn.execute("SELECT id FROM journal WHERE key = 'b2'").fetchone()[0]
+        rows = conn.execute("SELECT origin_contact_id FROM timeline WHERE journal_id = ?", (follow_journal,)).fetchall()
+        assert rows and {r[0] for r in rows} == {owner}
+        await store.unmerge_contact(b.contact_id, "agent:1")
+        moved = {r[0] for r in conn.execute("SELECT contact_id FROM timeline WHERE journal_id = ?", (follow_journal,))}
+        assert moved == {owner}  # back with the ticket's original contact
+    finally:
+        await store.close()

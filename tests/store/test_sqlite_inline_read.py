@@ -1,11 +1,13 @@
 """The pipeline's inline snapshot read on SQLite: on the writer's connection
 between groups (its page cache survives its own commits), on the loop's
 read-only connection while a group is open — never a group's uncommitted
-rows, never waiting for its COMMIT."""
+rows, never waiting for its COMMIT; the reads of one turn of the loop share
+one read transaction, which a group or the next turn ends."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,4 +69,43 @@ async def test_an_inline_read_during_the_commit_neither_waits_nor_sees_the_group
         assert await store._read(_count, inline=True) == 1
     finally:
         release.set()
+        await store.close()
+
+
+async def test_the_reads_of_one_turn_share_one_read_transaction(tmp_path):
+    store = SQLiteStore.in_dir(tmp_path)
+    seen: list[str] = []
+    try:
+        store._writer.conn.set_trace_callback(seen.append)
+        assert await asyncio.gather(*(store._read(_count, inline=True) for _ in range(5))) == [0] * 5
+        assert seen.count("BEGIN") == 1 and not store._writer.conn.in_transaction  # ended at the next turn
+        await store._read(_count, inline=True)
+        assert seen.count("BEGIN") == 2  # a later turn: a transaction of its own
+    finally:
+        store._writer.conn.set_trace_callback(None)
+        await store.close()
+
+
+async def test_a_group_ends_the_turns_read_transaction_and_the_next_read_sees_it(tmp_path):
+    store = SQLiteStore.in_dir(tmp_path)
+    try:
+        assert _inline_now(store) == 0  # the turn's read transaction is open now …
+        assert store._writer.conn.in_transaction
+        await store._write(_insert, "a")  # … and the group (its BEGIN IMMEDIATE) ends it first
+        assert _inline_now(store) == 1
+    finally:
+        await store.close()
+
+
+async def test_another_connections_commit_is_seen_from_the_next_turn(tmp_path):
+    store = SQLiteStore.in_dir(tmp_path)
+    other = sqlite3.connect(tmp_path / "omnigate.db", isolation_level=None)
+    try:
+        assert _inline_now(store) == 0
+        _insert(other, "b")  # another process commits during the turn
+        assert _inline_now(store) == 0  # the turn's snapshot, as a read a moment earlier
+        await asyncio.sleep(0)
+        assert _inline_now(store) == 1
+    finally:
+        other.close()
         await store.close()
