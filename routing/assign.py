@@ -233,11 +233,17 @@ def _rank(agent: AgentState, cls: str) -> tuple[float, float, float, str]:
 
 
 def _why_chosen(agent: AgentState, cls: str, tied: bool) -> Reason:
-    text = f"least loaded: {cls} {agent.load.get(cls, 0)}/{agent.capacity[cls]}, occupancy {agent.occupancy():.2f}"
-    if tied:
-        since = agent.last_assigned_at.isoformat() if agent.last_assigned_at else "never assigned"
-        text += f"; tie broken by longest idle (last assigned {since})"
-    return Reason("least_loaded", text)
+    least = _least_loaded(cls, agent.load.get(cls, 0), agent.capacity[cls], agent.occupancy())
+    if not tied:
+        return least
+    since = agent.last_assigned_at.isoformat() if agent.last_assigned_at else "never assigned"
+    return Reason("least_loaded", f"{least.text}; tie broken by longest idle (last assigned {since})")
+
+
+@lru_cache(maxsize=4096, typed=True)  # typed: 1 and 1.0 are written differently
+def _least_loaded(cls: str, used: int, cap: int, occupancy: float) -> Reason:
+    """The chosen agent's reason without a tie: the same few loads come up decision after decision."""
+    return Reason("least_loaded", f"least loaded: {cls} {used}/{cap}, occupancy {occupancy:.2f}")
 
 
 # Searching without looking at every agent again.
