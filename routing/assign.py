@@ -224,6 +224,7 @@ def _standing(agent: AgentState, demand: Demand) -> tuple[Reason, ...]:
 
 @lru_cache(maxsize=1024)
 def _nobody(teams: frozenset[str]) -> Reason:
+    """The reason of a decision nobody in ``teams`` can take (made once per set of teams)."""
     where = f"team {'/'.join(sorted(teams))}" if teams else "any team"
     return Reason("none_eligible", f"no eligible agent in {where}")
 
@@ -277,15 +278,20 @@ class _Search:
     __slots__ = ("members", "considered", "ranks", "pairs", "standing", "full", "encoded")
 
     def __init__(self, n: int) -> None:
-        self.members: list[AgentState | None] = [None] * n  # the candidates, as they were
-        self.considered: list[Considered] = [None] * n  # type: ignore[list-item]  # their entries, same order
-        self.ranks: list[tuple] = [None] * n  # type: ignore[list-item]  # their ranks, ``_INELIGIBLE`` for those who cannot take it
-        self.pairs: list[tuple] = [None] * n  # type: ignore[list-item]  # (load fraction, occupancy) of each rank, for the tie check
-        self.standing: list[tuple[Reason, ...]] = [None] * n  # type: ignore[list-item]  # load-independent reasons (:func:`_standing`)
+        #: the candidates, as they were (None: not seen yet)
+        self.members: list[AgentState | None] = [None] * n
+        #: their entries, same order
+        self.considered: list[Considered | None] = [None] * n
+        #: their ranks, ``_INELIGIBLE`` for those who cannot take it
+        self.ranks: list[tuple | None] = [None] * n
+        #: (load fraction, occupancy) of each rank, for the tie check
+        self.pairs: list[tuple | None] = [None] * n
+        #: their load-independent reasons (:func:`_standing`)
+        self.standing: list[tuple[Reason, ...] | None] = [None] * n
         #: the capacity reason (``_capacity_reason``, None: below capacity) closing each entry with standing reasons
         self.full: list[Reason | None] = [None] * n
         #: each entry's JSON: a decision's list is these joined (:func:`choose_agent_json`)
-        self.encoded: list[bytes] = [None] * n  # type: ignore[list-item]
+        self.encoded: list[bytes | None] = [None] * n
 
 
 #: sorts after every rank (a load fraction is below 1: a full agent is not eligible) and pairs with none

@@ -619,7 +619,8 @@ class AssignTx:
         sql = _TOUCH_SQL.get(names)
         if sql is None:  # the callers name a handful of column sets: each statement is written once
             sets = ", ".join(f"{col} = ?" for col in names)
-            sql = _TOUCH_SQL[names] = f"UPDATE tickets SET {sets}, version = version + 1, updated_at = ? WHERE id = ?"
+            sql = _TOUCH_SQL[names] = (
+                f"UPDATE tickets SET {sets}, version = version + 1, updated_at = ? WHERE id = ?")
         self.touched += 1
         self.conn.execute(sql, (*columns.values(), self.now_ms, ticket_id))
 
