@@ -44,6 +44,7 @@ waits for agents who are working, whatever the calendar says.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -221,16 +222,29 @@ def _standing(agent: AgentState, demand: Demand) -> tuple[Reason, ...]:
     return tuple(reasons)
 
 
+@lru_cache(maxsize=1024)
+def _nobody(teams: frozenset[str]) -> Reason:
+    """The reason of a decision nobody in ``teams`` can take (made once per set of teams)."""
+    where = f"team {'/'.join(sorted(teams))}" if teams else "any team"
+    return Reason("none_eligible", f"no eligible agent in {where}")
+
+
 def _rank(agent: AgentState, cls: str) -> tuple[float, float, float, str]:
     return (agent.load.get(cls, 0) / agent.capacity[cls], agent.occupancy(), agent.idle_key(), agent.id)
 
 
 def _why_chosen(agent: AgentState, cls: str, tied: bool) -> Reason:
-    text = f"least loaded: {cls} {agent.load.get(cls, 0)}/{agent.capacity[cls]}, occupancy {agent.occupancy():.2f}"
-    if tied:
-        since = agent.last_assigned_at.isoformat() if agent.last_assigned_at else "never assigned"
-        text += f"; tie broken by longest idle (last assigned {since})"
-    return Reason("least_loaded", text)
+    least = _least_loaded(cls, agent.load.get(cls, 0), agent.capacity[cls], agent.occupancy())
+    if not tied:
+        return least
+    since = agent.last_assigned_at.isoformat() if agent.last_assigned_at else "never assigned"
+    return Reason("least_loaded", f"{least.text}; tie broken by longest idle (last assigned {since})")
+
+
+@lru_cache(maxsize=4096, typed=True)  # typed: 1 and 1.0 are written differently
+def _least_loaded(cls: str, used: int, cap: int, occupancy: float) -> Reason:
+    """The chosen agent's reason without a tie: the same few loads come up decision after decision."""
+    return Reason("least_loaded", f"least loaded: {cls} {used}/{cap}, occupancy {occupancy:.2f}")
 
 
 # Searching without looking at every agent again.
@@ -248,33 +262,51 @@ def _why_chosen(agent: AgentState, cls: str, tied: bool) -> Reason:
 # skills (in order: the reasons follow it). A changed agent whose skills,
 # roles and presence are the same objects as before (a decision
 # or a release changed only its load) keeps its load-independent reasons and
-# has only the capacity check and the rank computed again. Exactly the old
-# decisions: tests/routing/test_assign_equivalence.py replays random
-# directories and events against the straightforward chooser kept in
+# has only the capacity check and the rank computed again. A search is
+# patched in place, under :data:`_lock` (held from the lookup to the
+# decision's copies: a search is never seen half-patched, whatever thread
+# chooses), so a decision copies only its own ``considered`` list, not the
+# search's six lists. Exactly the old decisions:
+# tests/routing/test_assign_equivalence.py replays random directories and
+# events against the straightforward chooser kept in
 # tests/routing/assign_oracle.py.
 
 
-class _Search(NamedTuple):
-    """The last search of one (teams, demand kind)."""
+class _Search:
+    """The last search of one (teams, demand kind), patched in place under :data:`_lock`."""
 
-    members: list[AgentState]  # the candidates, as they were
-    considered: list[Considered]  # their entries, same order
-    ranks: list[tuple]  # their ranks, ``_INELIGIBLE`` for those who cannot take it
-    pairs: list[tuple]  # (load fraction, occupancy) of each rank, for the tie check
-    standing: list[tuple[Reason, ...]]  # their load-independent reasons (:func:`_standing`)
-    encoded: list[bytes]  # each entry's JSON: a decision's list is these joined (:func:`choose_agent_json`)
+    __slots__ = ("members", "considered", "ranks", "pairs", "standing", "full", "encoded")
+
+    def __init__(self, n: int) -> None:
+        #: the candidates, as they were (None: not seen yet)
+        self.members: list[AgentState | None] = [None] * n
+        #: their entries, same order
+        self.considered: list[Considered | None] = [None] * n
+        #: their ranks, ``_INELIGIBLE`` for those who cannot take it
+        self.ranks: list[tuple | None] = [None] * n
+        #: (load fraction, occupancy) of each rank, for the tie check
+        self.pairs: list[tuple | None] = [None] * n
+        #: their load-independent reasons (:func:`_standing`)
+        self.standing: list[tuple[Reason, ...] | None] = [None] * n
+        #: the capacity reason (``_capacity_reason``, None: below capacity) closing each entry with standing reasons
+        self.full: list[Reason | None] = [None] * n
+        #: each entry's JSON: a decision's list is these joined (:func:`choose_agent_json`)
+        self.encoded: list[bytes | None] = [None] * n
 
 
 #: sorts after every rank (a load fraction is below 1: a full agent is not eligible) and pairs with none
 _INELIGIBLE: tuple = (2.0,)
 _SEARCHES_MAX = 4096
+#: (teams, class, role, *required skills) → its last search
 _searches: dict[tuple, _Search] = {}
-#: (agent id, class) → :func:`_verdict` for that agent state: a changed agent is checked again by
+#: held while a search is looked up, patched and read (see above)
+_lock = threading.Lock()
+#: class → agent id → :func:`_verdict` for that agent state: a changed agent is checked again by
 #: every kind of search of its teams (~30 on the bench's workload) before it changes again, and
 #: when it has no load-independent reason (online, every skill and role required) its verdict
 #: depends on its state and the class alone
-_VERDICTS_MAX = 8192
-_verdicts: dict[tuple[str, str], tuple[AgentState, tuple, tuple, Considered, bytes]] = {}
+_VERDICTS_MAX = 8192  # per class
+_verdicts: dict[str, dict[str, tuple[AgentState, tuple, tuple, Considered, bytes]]] = {}
 _encode = msgspec.json.Encoder().encode
 
 
@@ -287,7 +319,7 @@ def choose_agent(state: AssignmentState, demand: Demand, *, sticky: bool = True)
     agent anew; only members whose state object changed since the last
     search of the same teams and kind are checked again (see ``_Search``).
     """
-    return _choose(state, demand, sticky)[0]
+    return _choose(state, demand, sticky, False)[0]
 
 
 def choose_agent_json(state: AssignmentState, demand: Demand, *, sticky: bool = True) -> tuple[Decision, bytes]:
@@ -295,64 +327,61 @@ def choose_agent_json(state: AssignmentState, demand: Demand, *, sticky: bool = 
     ``msgspec.json.encode(decision.considered)`` gives, joined from each entry's JSON
     encoded once per verdict (the store writes the list with every decision: ~74 entries
     on the bench's workload, most of them unchanged since the last search of their kind)."""
-    decision, search = _choose(state, demand, sticky)
-    return decision, b"[" + b",".join(search.encoded) + b"]"
+    decision, considered_json = _choose(state, demand, sticky, True)
+    assert considered_json is not None
+    return decision, considered_json
 
 
-def _choose(state: AssignmentState, demand: Demand, sticky: bool) -> tuple[Decision, _Search]:
-    """:func:`choose_agent`'s decision, and the search it was taken from."""
+def _choose(state: AssignmentState, demand: Demand, sticky: bool, json: bool) -> tuple[Decision, bytes | None]:
+    """:func:`choose_agent`'s decision, and (``json``) its ``considered`` list's JSON."""
     teams = demand.teams()
     cls = demand.capacity_class
-    kind = (cls, demand.role, tuple(demand.skills.items()))
+    key = (teams, cls, demand.role, *demand.skills.items())
     members = state.candidates(teams)
-    search = _searches.get((teams, kind))
     n = len(members)
-    if search is None or len(search.members) != n:
-        search = _patched(None, members, range(n), demand, cls)
-        if len(_searches) >= _SEARCHES_MAX:
-            _searches.clear()
-        _searches[(teams, kind)] = search
-    else:
-        # C-speed: the positions whose state object is not the one seen last time
-        changed = list(compress(range(n), map(is_not, members, search.members)))
-        if changed:
-            # a new search, published whole: one another thread may be reading is never changed under it
-            search = _searches[(teams, kind)] = _patched(search, members, changed, demand, cls)
-    ranks = search.ranks
-    considered = list(search.considered)  # the decision's own list
-    best_rank = min(ranks, default=_INELIGIBLE)
+    with _lock:
+        search = _searches.get(key)
+        if search is None or len(search.members) != n:
+            search = _Search(n)
+            _patch(search, members, range(n), demand, cls)
+            if len(_searches) >= _SEARCHES_MAX:
+                _searches.clear()
+            _searches[key] = search
+        else:
+            # C-speed: the positions whose state object is not the one seen last time
+            changed = list(compress(range(n), map(is_not, members, search.members)))
+            if changed:
+                try:
+                    _patch(search, members, changed, demand, cls)
+                except BaseException:
+                    del _searches[key]  # half-patched: started afresh next time
+                    raise
+        ranks = search.ranks
+        considered = list(search.considered)  # the decision's own list
+        considered_json = b"[" + b",".join(search.encoded) + b"]" if json else None
+        best_rank = min(ranks, default=_INELIGIBLE)
+        if best_rank is not _INELIGIBLE:
+            last = state.agents.get(demand.last_agent) if sticky and demand.last_agent else None
+            at = _position(members, last) if last is not None else None
+            if at is not None and ranks[at] is not _INELIGIBLE:
+                return Decision(demand.ticket_id, last.id, cls, Reason("sticky", "served this contact last"),
+                                considered), considered_json
+            best = members[ranks.index(best_rank)]
+            # ranks are distinct (the id is last): a tie on (load, occupancy) is another agent with both equal
+            tied = search.pairs.count(best_rank[:2]) > 1
     if best_rank is _INELIGIBLE:
-        where = f"team {'/'.join(sorted(teams))}" if teams else "any team"
-        return Decision(
-            demand.ticket_id, None, cls, Reason("none_eligible", f"no eligible agent in {where}"), considered
-        ), search
-    last = state.agents.get(demand.last_agent) if sticky and demand.last_agent else None
-    if last is not None:
-        at = _position(members, last)
-        if at is not None and ranks[at] is not _INELIGIBLE:
-            return Decision(demand.ticket_id, last.id, cls, Reason("sticky", "served this contact last"),
-                            considered), search
-    best = members[ranks.index(best_rank)]
-    # ranks are distinct (the id is last): a tie on (load, occupancy) is another agent with both equal
-    tied = search.pairs.count(best_rank[:2]) > 1
-    return Decision(demand.ticket_id, best.id, cls, _why_chosen(best, cls, tied), considered), search
+        return Decision(demand.ticket_id, None, cls, _nobody(teams), considered), considered_json
+    return Decision(demand.ticket_id, best.id, cls, _why_chosen(best, cls, tied), considered), considered_json
 
 
-def _patched(search: _Search | None, members: list[AgentState], changed: Iterable[int], demand: Demand,
-             cls: str) -> _Search:
-    """``search`` (None: a fresh one) with the verdicts at ``changed`` computed for ``members``."""
-    if search is None:
-        n = len(members)
-        old: list = [None] * n
-        considered: list = [None] * n
-        ranks: list = [None] * n
-        pairs: list = [None] * n
-        standing: list = [None] * n
-        encoded: list = [None] * n
-    else:
-        old = search.members
-        considered, ranks, pairs = list(search.considered), list(search.ranks), list(search.pairs)
-        standing, encoded = list(search.standing), list(search.encoded)
+def _patch(search: _Search, members: list[AgentState], changed: Iterable[int], demand: Demand, cls: str) -> None:
+    """Compute the verdicts at ``changed`` for ``members`` into ``search`` (held under :data:`_lock`);
+    ``members`` become its members only once all are computed."""
+    old, considered, ranks, pairs = search.members, search.considered, search.ranks, search.pairs
+    standing, full, encoded = search.standing, search.full, search.encoded
+    verdicts = _verdicts.get(cls)
+    if verdicts is None:
+        verdicts = _verdicts[cls] = {}
     for i in changed:
         agent, before = members[i], old[i]
         kept = (before is not None and before.id == agent.id and before.presence == agent.presence
@@ -363,20 +392,21 @@ def _patched(search: _Search | None, members: list[AgentState], changed: Iterabl
             reasons = standing[i] = _standing(agent, demand)
         if reasons:
             cap, used = agent.capacity.get(cls, 0), agent.load.get(cls, 0)
-            tail = [_capacity_reason(cls, used, cap)] if used >= cap else []
+            tail = _capacity_reason(cls, used, cap) if used >= cap else None
             # kept reasons: the entry at i was built from them, and stays if its capacity part does too
-            if not kept or considered[i].reasons[len(reasons):] != tail:
-                entry = considered[i] = Considered(agent.id, [*reasons, *tail])
+            if not kept or tail != full[i]:
+                entry = considered[i] = Considered(agent.id, [*reasons, tail] if tail is not None else [*reasons])
                 encoded[i] = _encode(entry)
+                full[i] = tail
             ranks[i] = pairs[i] = _INELIGIBLE
         else:
-            verdict = _verdicts.get((agent.id, cls))
+            verdict = verdicts.get(agent.id)
             if verdict is None or verdict[0] is not agent:
-                if len(_verdicts) >= _VERDICTS_MAX:
-                    _verdicts.clear()
-                verdict = _verdicts[agent.id, cls] = _verdict(agent, cls)
+                if len(verdicts) >= _VERDICTS_MAX:
+                    verdicts.clear()
+                verdict = verdicts[agent.id] = _verdict(agent, cls)
             _, ranks[i], pairs[i], considered[i], encoded[i] = verdict
-    return _Search(members, considered, ranks, pairs, standing, encoded)
+    search.members = members
 
 
 def _verdict(agent: AgentState, cls: str) -> tuple[AgentState, tuple, tuple, Considered, bytes]:
@@ -405,13 +435,27 @@ def apply_decision(state: AssignmentState, decision: Decision, now: datetime) ->
     """
     if decision.agent is None:
         return state
-    agent = state.agents[decision.agent]
+    agent, cls, used = _taken(state, decision)
+    updated = msgspec.structs.replace(agent, load={**agent.load, cls: used}, last_assigned_at=now)
+    return AssignmentState({**state.agents, agent.id: updated}, state.members)
+
+
+def check_decision(state: AssignmentState, decision: Decision) -> None:
+    """What :func:`apply_decision` checks, for a caller that does not need the state after
+    (one decision per transaction): raises ``ValueError`` rather than exceed a capacity."""
+    if decision.agent is not None:
+        _taken(state, decision)
+
+
+def _taken(state: AssignmentState, decision: Decision) -> tuple[AgentState, str, int]:
+    """(the decided agent, the decision's class, the agent's load of it once the ticket is taken);
+    ``ValueError`` if that exceeds the agent's capacity."""
+    agent = state.agents[decision.agent]  # type: ignore[index]
     cls = decision.capacity_class
     used = agent.load.get(cls, 0) + 1
     if used > agent.capacity.get(cls, 0):
         raise ValueError(f"agent {agent.id} would exceed capacity {cls} {used}/{agent.capacity.get(cls, 0)}")
-    updated = msgspec.structs.replace(agent, load={**agent.load, cls: used}, last_assigned_at=now)
-    return AssignmentState({**state.agents, agent.id: updated}, state.members)
+    return agent, cls, used
 
 
 # ---------------------------------------------------------------- queues

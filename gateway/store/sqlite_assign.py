@@ -47,6 +47,7 @@ from routing.assign import (
     apply_decision,
     apply_overflow,
     channel_class,
+    check_decision,
     choose_agent,
     choose_agent_json,
     overflow_due,
@@ -269,13 +270,24 @@ def _shown_text(c: Considered) -> str:
 
 
 def describe(decision: Decision) -> str:
-    """The timeline sentence: the decision's reason, then why not each other agent."""
-    others = [c for c in decision.considered if c.agent != decision.agent]
-    # the entry's data lists every agent; the sentence stays readable (and only
-    # the agents it shows are written out: a team has dozens)
-    shown = [_shown_text(c) for c in others[:_SHOWN_OTHERS]]
-    if len(others) > _SHOWN_OTHERS:
-        shown.append(f"{len(others) - _SHOWN_OTHERS} more")
+    """The timeline sentence: the decision's reason, then why not each other agent.
+
+    The entry's data lists every agent; the sentence stays readable: it names
+    the first :data:`_SHOWN_OTHERS` others and counts the rest. A decision
+    lists each agent once (``routing.assign.choose_agent``: the members of its
+    teams, each once) and the chosen one among them, so the others are the
+    list less the chosen one, and only the first few entries are looked at
+    (a team has dozens)."""
+    agent, considered = decision.agent, decision.considered
+    shown = []
+    for c in considered:
+        if c.agent != agent:
+            if len(shown) == _SHOWN_OTHERS:
+                break
+            shown.append(_shown_text(c))
+    others = len(considered) - (agent is not None)
+    if others > _SHOWN_OTHERS:
+        shown.append(f"{others - _SHOWN_OTHERS} more")
     head = f"assigned to {decision.agent}: {decision.reason.text}" if decision.agent else decision.reason.text
     return head + (f" (not chosen: {'; '.join(shown)})" if shown else "")
 
@@ -478,6 +490,10 @@ class AgentCache:
 # ---------------------------------------------------------------- one transaction
 
 
+#: :meth:`AssignTx.touch_ticket`'s statement for each set of columns (named in code, never by input)
+_TOUCH_SQL: dict[tuple[str, ...], str] = {}
+
+
 class AssignTx:
     """One write transaction: the connection, the directory, the agent cache and the time it runs at.
 
@@ -599,25 +615,33 @@ class AssignTx:
 
     def touch_ticket(self, ticket_id: str, **columns: Any) -> None:
         """Update ticket columns; bumps the version so a pipeline commit decided before retries."""
-        sets = ", ".join(f"{col} = ?" for col in columns)
+        names = tuple(columns)
+        sql = _TOUCH_SQL.get(names)
+        if sql is None:  # the callers name a handful of column sets: each statement is written once
+            sets = ", ".join(f"{col} = ?" for col in names)
+            sql = _TOUCH_SQL[names] = (
+                f"UPDATE tickets SET {sets}, version = version + 1, updated_at = ? WHERE id = ?")
         self.touched += 1
-        self.conn.execute(
-            f"UPDATE tickets SET {sets}, version = version + 1, updated_at = ? WHERE id = ?",
-            (*columns.values(), self.now_ms, ticket_id),
-        )
+        self.conn.execute(sql, (*columns.values(), self.now_ms, ticket_id))
 
     # -- assignment
 
-    def take(self, t: TicketRow, decision: Decision, state: AssignmentState, why: str | None = None, *,
-             fresh: bool = False, considered_json: bytes | None = None) -> AssignmentState:
-        """Give the ticket to the decided agent (load, assignee, timeline, event); the state after.
+    def take(self, t: TicketRow, decision: Decision, state: AssignmentState, why: str | None = None) -> AssignmentState:
+        """Give the ticket to the decided agent (:meth:`give`); the state after (a drain decides on with it)."""
+        after = apply_decision(state, decision, self.now)  # raises rather than over-fill: a stale state is a bug
+        self.give(t, decision, why)
+        return after
+
+    def give(self, t: TicketRow, decision: Decision, why: str | None = None, *, fresh: bool = False,
+             considered_json: bytes | None = None) -> None:
+        """Give the ticket to the decided agent: load, assignee, timeline, event. The caller checked
+        the decision against its state (:meth:`take`, or ``check_decision`` in :meth:`assign`).
 
         ``fresh``: the caller knows the ticket holds no capacity and is not
         queued (nothing to release or unqueue first); ``considered_json``: see
         :func:`decision_data`."""
         agent = decision.agent
         assert agent is not None
-        after = apply_decision(state, decision, self.now)  # raises rather than over-fill: a stale state is a bug
         self._hold(t, agent, decision.capacity_class, fresh)
         self.touch_ticket(t.id, assignee=agent)
         text = describe(decision) + (f" — {why}" if why else "")
@@ -626,7 +650,6 @@ class AssignTx:
         self.outbox("ticket.assigned", t.id, {
             "ticket_id": t.id, "agent_id": agent, "previous": t.assignee, "reason": decision.reason.code,
         })
-        return after
 
     def pin(self, t: TicketRow, agent: str, why: str) -> None:
         """Hold capacity for an assignee a rule named (explicit: capacity does not refuse it)."""
@@ -637,7 +660,7 @@ class AssignTx:
 
     def _hold(self, t: TicketRow, agent: str, cls: str, fresh: bool = False) -> None:
         """The held row (and the cache's load and idle time) for ``agent``; the ticket leaves the queue
-        (``fresh``: it holds nothing and is not queued, see :meth:`take`)."""
+        (``fresh``: it holds nothing and is not queued, see :meth:`give`)."""
         if not fresh:
             self.release(t.id)  # the row is replaced below: its holder's load must drop in the cache too
         cache = self.changing()
@@ -672,11 +695,12 @@ class AssignTx:
         return r[0]
 
     def assign(self, t: TicketRow, demand: Demand, why: str | None = None, *, fresh: bool = False) -> Decision:
-        """Choose for ``demand``: take the ticket, or queue it saying why (``fresh``: see :meth:`take`)."""
+        """Choose for ``demand``: take the ticket, or queue it saying why (``fresh``: see :meth:`give`)."""
         state = self.state(demand.teams())
         decision, considered_json = choose_agent_json(state, demand)
         if decision.agent is not None:
-            self.take(t, decision, state, why, fresh=fresh, considered_json=considered_json)
+            check_decision(state, decision)  # raises rather than over-fill: a stale state is a bug
+            self.give(t, decision, why, fresh=fresh, considered_json=considered_json)
         else:
             self.enqueue(t, demand, decision, fresh=fresh, considered_json=considered_json)
         return decision
