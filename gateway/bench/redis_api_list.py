@@ -152,7 +152,7 @@ async def _measure(url: str) -> dict:
         await store.close()
 
 
-def figures() -> dict[str, dict]:
+async def figures() -> dict[str, dict]:
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     root = Path(tempfile.mkdtemp(prefix="omnigate-bench-rlist-"))
     with socket.socket() as s:
@@ -168,8 +168,8 @@ def figures() -> dict[str, dict]:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     break
             except OSError:
-                time.sleep(0.05)
-        m = asyncio.run(_measure(f"redis://127.0.0.1:{port}/0"))
+                await asyncio.sleep(0.05)
+        m = await _measure(f"redis://127.0.0.1:{port}/0")
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -190,4 +190,4 @@ def figures() -> dict[str, dict]:
 if __name__ == "__main__":  # pragma: no cover
     import json
 
-    print(json.dumps(figures(), indent=2, ensure_ascii=False))
+    print(json.dumps(asyncio.run(figures()), indent=2, ensure_ascii=False))

@@ -6,7 +6,7 @@ teams, tickets with a team, a channel class, a priority and half the time a
 required skill), cut to :data:`TICKETS` tickets. The tickets are committed
 through each store first (not timed); then :data:`CONCURRENCY` tasks each
 take the next ticket and await ``store.assign_next`` until every ticket is
-decided or :data:`BUDGET_S` has passed.
+decided or ``assign_store``'s budget (:data:`gateway.bench.assign_store.BUDGET_S`) has passed.
 
 On Redis each decision is one *assignment step* (``gateway/store/redis_assign.py``):
 the ``assign`` lease, the reads (ticket, held, queue, the team's presence and
@@ -34,7 +34,6 @@ from gateway.bench import assign as assign_bench
 from gateway.bench.assign_store import CONCURRENCY, _decide_all, _directory, _peak_load, _ticket_commit
 
 TICKETS = 2000
-BUDGET_S = 15.0
 _COMMIT_CHUNK = 200
 
 
@@ -68,7 +67,7 @@ async def _run(store, directory, demands, redis_pid: int | None = None) -> dict:
             commits.append(c)
         await asyncio.gather(*(store.commit(c) for c in commits))
     c0, r0 = _cpu_s(), _proc_cpu_s(redis_pid) if redis_pid else 0.0
-    assigned, queued, seconds = await _decide_all(store, [x.ticket_id for x in demands])
+    assigned, queued, seconds, _, _ = await _decide_all(store, [x.ticket_id for x in demands])
     cpu, redis_cpu = _cpu_s() - c0, (_proc_cpu_s(redis_pid) - r0) if redis_pid else 0.0
     peak, over = _peak_load(await store.list_agents())
     decided = assigned + queued
