@@ -229,10 +229,7 @@ async def _client(port: int, rate: float, seconds: float, first: int, mode: str 
             return
         try:
             conn[1].write(requests[k])
-            if tries > 1:
-                async with asyncio.timeout(WECHAT_TIMEOUT_S):
-                    head, _ = await read_response(conn[0])
-            else:
+            async with asyncio.timeout(WECHAT_TIMEOUT_S if tries > 1 else None):  # None: waits however long
                 head, _ = await read_response(conn[0])
         except TimeoutError:  # WeChat hangs up, and sends it again while it has tries left
             senders.drop(conn)
