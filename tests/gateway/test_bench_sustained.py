@@ -7,6 +7,7 @@ loopback server that answers when the test says so: no timing assertions."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -228,3 +229,49 @@ async def test_the_wechat_client_sends_an_unanswered_callback_again_as_wechat_do
     assert sorted(srv.seen.values()) == [3] * 4  # each callback arrived three times, byte for byte
     assert c["resent"] == 8
     assert (c["ok"], c["gave_up"]) == ((4, 0) if answered else (0, 4))
+
+
+def _fake_step(capacity: float, tried: list[float]):
+    async def step(rate: float) -> dict:
+        tried.append(rate)
+        return {"offered": round(rate, 1), "pass": rate <= capacity}
+    return step
+
+
+async def _nothing() -> None:
+    return None
+
+
+@pytest.mark.parametrize("capacity", [250.0, 800.0, 900.0, 960.0, 1300.0])
+async def test_the_search_narrows_the_gap_between_the_highest_pass_and_the_first_failure(capacity):
+    tried: list[float] = []
+    steps, best = await sustained._search(_fake_step(capacity, tried), _nothing, time.monotonic())
+    climb = [s["offered"] for s in steps if not s.get("refine")]
+    assert climb[:3] == [200.0, 260.0, 338.0]  # START_RATE × STEP^k until two steps fail
+    assert best["offered"] <= capacity
+    # never less than the climb alone found, and within one bisected gap of the capacity
+    assert best["offered"] >= max(r for r in climb if r <= capacity)
+    assert capacity / best["offered"] < sustained.STEP ** (1 / 2 ** sustained.REFINE_STEPS) + 1e-6
+    assert sum(1 for s in steps if s.get("refine")) == sustained.REFINE_STEPS
+
+
+async def test_the_search_waits_for_the_backlog_before_each_refining_step():
+    order: list[str] = []
+
+    async def step(rate: float) -> dict:
+        order.append("step")
+        return {"offered": round(rate, 1), "pass": rate <= 700}
+
+    async def settle() -> None:
+        order.append("settle")
+
+    steps, best = await sustained._search(step, settle, time.monotonic())
+    refined = order[len(order) - 2 * sustained.REFINE_STEPS:]
+    assert refined == ["settle", "step"] * sustained.REFINE_STEPS
+    assert all(s["offered"] > 571.2 for s in steps if s.get("refine"))
+
+
+async def test_no_pass_means_no_refinement():
+    tried: list[float] = []
+    steps, best = await sustained._search(_fake_step(100.0, tried), _nothing, time.monotonic())
+    assert best is None and len(tried) == 2
