@@ -30,7 +30,8 @@ stops is under half a second of the offered traffic (so it did not grow
 through the step), and every request got a 2xx. Once two steps have
 failed, :data:`REFINE_STEPS` more bisect (geometrically) between the
 highest pass and the first failure above it, each once the backlog a
-failing step left is gone (``refine`` in the step): the climb's ×1.3
+failing step left is gone, and twice as long (``refine`` in the step,
+its length in ``step_s``): the climb's ×1.3
 alone left the figure up to a whole step below the capacity (since the
 seventh pass of issue 11). The figure is the highest passing rate, with
 the ingest p99 at that rate; ``detail.steps`` lists every step.
@@ -95,6 +96,7 @@ STEP_S = 5.0
 MAX_STEPS = 14
 #: bisections between the highest passing step and the first failure above it (:func:`_search`)
 REFINE_STEPS = 2
+REFINE_STEP_S = 10.0
 #: how long the refinement may run past :data:`BUDGET_S`, and wait for a failing step's backlog
 REFINE_BUDGET_S = 60.0
 SETTLE_S = 30.0
@@ -404,7 +406,7 @@ async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: in
     await asyncio.sleep(max(0.0, t_end + STATS_EVERY_S - time.perf_counter()))  # the server's next stats
     stats1 = _admission(servers.data_dir("production")) or {}
     intake1 = stats1.get("intake_buckets")
-    return {"offered": round(rate, 1), "ingested": round(c["ok"] / c["seconds"], 1),
+    return {"offered": round(rate, 1), "step_s": seconds, "ingested": round(c["ok"] / c["seconds"], 1),
             "processed": round((done1 - done0) / c["seconds"], 1),
             # 503s (the API channel refusing for load), honoured as the client's _Refusals says
             "refused": round(c["refused"] / c["seconds"], 1), "refused_total": c["refused"],
@@ -541,13 +543,15 @@ def _processed_count(db: sqlite3.Connection) -> int:
     return _max_seq(db) - _pending(db)  # rows are never deleted
 
 
-async def _search(step: Callable[[float], Awaitable[dict]], settle: Callable[[], Awaitable[None]],
+async def _search(step: Callable[[float, float], Awaitable[dict]], settle: Callable[[], Awaitable[None]],
                   started: float) -> tuple[list[dict], dict | None]:
     """The offered rates tried and the highest that passed: climb
     geometrically from :data:`START_RATE` (×:data:`STEP`) until two steps
     fail, then narrow the gap between the highest pass and the first
     failure above it by :data:`REFINE_STEPS` geometric bisections (each
-    after ``settle``: the backlog a failing step left is gone first), so
+    after ``settle``: the backlog a failing step left is gone first; each
+    :data:`REFINE_STEP_S` long, so that a rate just past the capacity has
+    the time to show a growing backlog or lag), so
     that the figure is within ~:data:`STEP`^(1/2^REFINE_STEPS) of the
     capacity rather than up to a whole step below it (``refine`` marks
     those steps)."""
@@ -557,7 +561,7 @@ async def _search(step: Callable[[float], Awaitable[dict]], settle: Callable[[],
     for _ in range(MAX_STEPS):
         if time.monotonic() - started > BUDGET_S:
             break
-        s = await step(rate)
+        s = await step(rate, STEP_S)
         steps.append(s)
         if s["pass"]:
             best = s
@@ -574,7 +578,7 @@ async def _search(step: Callable[[float], Awaitable[dict]], settle: Callable[[],
         if time.monotonic() - started > BUDGET_S + REFINE_BUDGET_S:
             break
         await settle()
-        s = await step((low * high) ** 0.5)
+        s = await step((low * high) ** 0.5, REFINE_STEP_S)
         s["refine"] = True
         steps.append(s)
         if s["pass"]:
@@ -599,9 +603,9 @@ async def figures() -> dict[str, dict]:
         warm = await _step(servers, db, 100, first)  # imports, caches, first tickets
         first += warm.pop("_sent")
 
-        async def step(rate: float) -> dict:
+        async def step(rate: float, seconds: float) -> dict:
             nonlocal first
-            s = await _step(servers, db, rate, first)
+            s = await _step(servers, db, rate, first, seconds)
             first += s.pop("_sent")
             return s
 

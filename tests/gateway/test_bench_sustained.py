@@ -232,9 +232,9 @@ async def test_the_wechat_client_sends_an_unanswered_callback_again_as_wechat_do
 
 
 def _fake_step(capacity: float, tried: list[float]):
-    async def step(rate: float) -> dict:
+    async def step(rate: float, seconds: float) -> dict:
         tried.append(rate)
-        return {"offered": round(rate, 1), "pass": rate <= capacity}
+        return {"offered": round(rate, 1), "step_s": seconds, "pass": rate <= capacity}
     return step
 
 
@@ -253,12 +253,13 @@ async def test_the_search_narrows_the_gap_between_the_highest_pass_and_the_first
     assert best["offered"] >= max(r for r in climb if r <= capacity)
     assert capacity / best["offered"] < sustained.STEP ** (1 / 2 ** sustained.REFINE_STEPS) + 1e-6
     assert sum(1 for s in steps if s.get("refine")) == sustained.REFINE_STEPS
+    assert {s["step_s"] for s in steps} == {sustained.STEP_S, sustained.REFINE_STEP_S}
 
 
 async def test_the_search_waits_for_the_backlog_before_each_refining_step():
     order: list[str] = []
 
-    async def step(rate: float) -> dict:
+    async def step(rate: float, seconds: float) -> dict:
         order.append("step")
         return {"offered": round(rate, 1), "pass": rate <= 700}
 
