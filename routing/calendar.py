@@ -491,6 +491,56 @@ class BusinessCalendar:
             found = self._added[key] = self._add_business_minutes(start, minutes)
         return found
 
+    def add_business_minutes_pair(self, start: datetime, first: float, second: float) -> tuple[datetime, datetime]:
+        """``(add_business_minutes(start, first), add_business_minutes(start, second))``
+        from one walk over the open spans: a new ticket's SLA asks for a
+        target's warning and due time from the same start. The same instants
+        as two walks (both remainders are spent span by span in exact
+        ``timedelta`` arithmetic), and the same memo."""
+        if first < 0 or second < 0:
+            raise CalendarError("minutes must not be negative")
+        if second < first:
+            b, a = self.add_business_minutes_pair(start, second, first)
+            return a, b
+        start = self._utc(start)
+        added = self._added
+        a, b = added.get((start, first)), added.get((start, second))
+        if a is None or b is None:
+            a, b = self._add_business_minutes_pair(start, first, second)
+            if len(added) >= 8191:
+                added.clear()
+            added[(start, first)], added[(start, second)] = a, b
+        return a, b
+
+    def _add_business_minutes_pair(self, start: datetime, first: float, second: float) -> tuple[datetime, datetime]:
+        """:meth:`_add_business_minutes` for ``first`` ≤ ``second`` at once: the
+        walk goes on past the first instant to the second."""
+        rest_a, rest_b = timedelta(minutes=first), timedelta(minutes=second)
+        if self.always_open:
+            return (start + rest_a).astimezone(self.tz), (start + rest_b).astimezone(self.tz)
+        d = start.astimezone(self.tz).date()
+        spans = [s for s in self._day_spans(d) if s[1] > start]
+        found: datetime | None = None
+        closed_run = 0
+        while True:
+            for s, e in spans:
+                if s < start:
+                    s = start
+                length = e - s
+                if found is None:
+                    if rest_a <= length:
+                        found = (s + rest_a).astimezone(self.tz)
+                    else:
+                        rest_a -= length
+                if rest_b <= length:
+                    return found, (s + rest_b).astimezone(self.tz)  # type: ignore[return-value]  # first ≤ second
+                rest_b -= length
+            closed_run = 0 if spans else closed_run + 1
+            if closed_run > MAX_CLOSED_RUN:
+                raise CalendarError(f"calendar {self.name!r} has no open hours for {MAX_CLOSED_RUN} days after {d}")
+            d += _DAY
+            spans = self._day_spans(d)
+
     def _add_business_minutes(self, start: datetime, minutes: float) -> datetime:
         """Spends ``minutes`` over the open spans ending after ``start``, day by
         day; raises when no day is open for too long. (One loop, no generator:

@@ -21,9 +21,11 @@ The clock pauses while the ticket is ``solved`` or ``closed`` (nothing is
 owed), and while it is ``pending`` when the policy says ``pause_on_pending``
 (the customer owes the next move). Pauses come from the ticket's status
 history (:func:`pause_intervals`); the due time is found by spending the
-target's business minutes between the pauses (:func:`due_at`). While a pause
-is still open and the target was not already overdue when it began, the due
-time is unknown and no event is scheduled; the core re-evaluates on resume.
+target's business minutes between the pauses (:func:`due_at`; a target's
+warning and due time together, in one walk: :func:`warning_and_due_at`).
+While a pause is still open and the target was not already overdue when it
+began, the due time is unknown and no event is scheduled; the core
+re-evaluates on resume.
 """
 
 from __future__ import annotations
@@ -224,6 +226,54 @@ def due_at(calendar: BusinessCalendar, since: datetime, minutes: float, pauses: 
     return calendar.add_business_minutes(cursor, remaining)
 
 
+def warning_and_due_at(calendar: BusinessCalendar, since: datetime, warn_minutes: float, minutes: float,
+                       pauses: Sequence[Pause]) -> tuple[datetime | None, datetime | None]:
+    """``(due_at(…, warn_minutes, …), due_at(…, minutes, …))`` in one walk.
+
+    The two clocks start together and stop at the same pauses, so both are
+    spent over each stretch between pauses by one calendar walk
+    (:meth:`~routing.calendar.BusinessCalendar.add_business_minutes_pair`)
+    until one runs out; the other goes on alone. The same instants as two
+    :func:`due_at` calls, float for float.
+    """
+    cursor, rest_w, rest_d = since, float(warn_minutes), float(minutes)
+    warning = due = None
+    for pause in sorted(pauses):
+        if pause.end is not None and pause.end <= cursor:
+            continue
+        if pause.start > cursor:
+            if warning is None and due is None:
+                cand_w, cand_d = calendar.add_business_minutes_pair(cursor, rest_w, rest_d)
+            elif due is None:
+                cand_w, cand_d = None, calendar.add_business_minutes(cursor, rest_d)
+            else:
+                cand_w, cand_d = calendar.add_business_minutes(cursor, rest_w), None
+            between = None
+            if cand_w is not None:
+                if cand_w <= pause.start:
+                    warning = cand_w
+                else:
+                    between = calendar.business_minutes_between(cursor, pause.start)
+                    rest_w -= between
+            if cand_d is not None:
+                if cand_d <= pause.start:
+                    due = cand_d
+                else:
+                    if between is None:
+                        between = calendar.business_minutes_between(cursor, pause.start)
+                    rest_d -= between
+            if warning is not None and due is not None:
+                return warning, due
+        if pause.end is None:
+            return warning, due
+        cursor = max(cursor, pause.end)
+    if warning is None and due is None:
+        return calendar.add_business_minutes_pair(cursor, rest_w, rest_d)
+    if due is None:
+        return warning, calendar.add_business_minutes(cursor, rest_d)
+    return calendar.add_business_minutes(cursor, rest_w), due
+
+
 class TargetStatus(NamedTuple):
     """One target of one ticket at one moment."""
 
@@ -276,8 +326,7 @@ def evaluate(clock: SlaClock, now: datetime, policy: SlaPolicy, calendar: Busine
         if run is None:
             continue
         since, met_at = run
-        due = due_at(calendar, since, minutes, pauses)
-        warning = due_at(calendar, since, minutes * policy.warn_at, pauses)
+        warning, due = warning_and_due_at(calendar, since, minutes * policy.warn_at, minutes, pauses)
         breached = due is not None and (met_at or now) >= due
         out.append(TargetStatus(target, since, minutes, warning, due, met_at, breached, open_pause and met_at is None))
     return out

@@ -6,13 +6,14 @@ China's holidays (chinesecalendar); Monday 2025-11-17 is an ordinary workday.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import random
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
 
-from routing.calendar import BusinessCalendar, CalendarConfig
+from routing.calendar import BusinessCalendar, CalendarConfig, CalendarError
 from routing.model import TimelineEntry
 from routing.sla import (
     NotifyWebhook,
@@ -34,6 +35,7 @@ from routing.sla import (
     select_policy,
     sla_state,
     steady_span,
+    warning_and_due_at,
 )
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -108,6 +110,83 @@ def test_due_at_with_pauses(since, minutes, pauses, due):
     ps = [Pause(t(a), t(b) if b else None) for a, b in pauses]
     assert due_at(OFFICE, t(since), minutes, ps) == (t(due) if due else None)
 
+
+
+#: calendars for the one-walk oracle, as configs: each test builds two of
+#: each, so that neither computation reads what the other memoized
+ORACLE_CALENDARS: dict[str, CalendarConfig] = {
+    # mainland China's holidays and make-up workdays (2025 National Day, 2026 Spring Festival)
+    "cn-split": CalendarConfig(hours={"weekdays": ["09:00-12:00", "13:30-18:00"]}),
+    # open across midnight (22:00-02:00 as two intervals), with custom closed and open dates
+    "night": CalendarConfig(hours={"weekdays": ["00:00-02:00", "22:00-24:00"], "sat": "00:00-02:00"},
+                            closed={date(2025, 11, 19): "stocktake"}, open={date(2025, 10, 4): "duty"}),
+    # DST: spring forward 2025-03-30, fall back 2025-10-26 (and 2026-03-29) in the small hours
+    "berlin-dst": CalendarConfig(timezone="Europe/Berlin", hours={"daily": ["01:00-04:00", "09:00-17:00"]},
+                                 holidays="none"),
+    "new-york": CalendarConfig(timezone="America/New_York", hours={"weekdays": "08:30-17:30"}, holidays="none"),
+    "24x7": CalendarConfig(always_open=True),
+}
+
+
+def _oracle_case(rng: random.Random) -> tuple[datetime, float, float, list[Pause]]:
+    """A start around the holidays and DST changes, a target, a warning
+    fraction and 0-3 pauses (the last maybe still open), in random zones."""
+    zone = ZoneInfo(rng.choice(("Asia/Shanghai", "Europe/Berlin", "America/New_York", "UTC")))
+    origin = datetime(2025, 3, 20, tzinfo=ZoneInfo("UTC")) + timedelta(days=rng.choice((0, 185, 320, 364)))
+    since = origin + timedelta(minutes=rng.randrange(0, 60 * 24 * 20), microseconds=rng.choice((0, 0, 1, 500_000)))
+    minutes = rng.choice((1, 15, 30, 60, 120, 240, 480, 1440, 2880, 12.5))
+    warn_at = rng.choice((0.8, 0.75, 0.5, 0.9, 0.1, 1 / 3))
+    pauses, at = [], since + timedelta(minutes=rng.randrange(-120, 600))
+    for i in range(rng.choice((0, 0, 1, 2, 3))):
+        length = timedelta(minutes=rng.randrange(1, 60 * 30), seconds=rng.randrange(60))
+        still_open = i == 2 or rng.random() < 0.15
+        pauses.append(Pause(at.astimezone(zone), None if still_open else (at + length).astimezone(zone)))
+        if still_open:
+            break
+        at += length + timedelta(minutes=rng.randrange(1, 900))
+    rng.shuffle(pauses)  # due_at sorts them
+    return since.astimezone(zone), minutes * warn_at, minutes, pauses
+
+
+@pytest.mark.parametrize("name", ORACLE_CALENDARS)
+def test_warning_and_due_in_one_walk_are_the_two_walks(name):
+    """The oracle: a target's warning and due time from one walk are the
+    instants two ``due_at`` walks give, in the same zone, and the same error
+    when there is one; over generated starts, targets and pauses."""
+    one = BusinessCalendar.from_config(name, ORACLE_CALENDARS[name])
+    two = BusinessCalendar.from_config(name, ORACLE_CALENDARS[name])
+    rng = random.Random(name)
+    split = 0  # cases where the warning falls before a pause and the due time after it
+    for _ in range(1500):
+        since, warn_minutes, minutes, pauses = _oracle_case(rng)
+        try:
+            expected: object = (due_at(two, since, warn_minutes, pauses), due_at(two, since, minutes, pauses))
+        except CalendarError as e:
+            expected = str(e)
+        try:
+            got: object = warning_and_due_at(one, since, warn_minutes, minutes, pauses)
+        except CalendarError as e:
+            got = str(e)
+        assert got == expected and repr(got) == repr(expected), (since, warn_minutes, minutes, pauses)
+        first = min((p.start for p in pauses), default=None)
+        split += isinstance(got, tuple) and got[0] is not None and first is not None and got[0] <= first < (
+            got[1] or first + timedelta(days=1))
+    assert split > 10  # the case where the two clocks part is covered
+    # asked again, the memo gives the same answer
+    since, warn_minutes, minutes, pauses = _oracle_case(random.Random(0))
+    assert warning_and_due_at(one, since, warn_minutes, minutes, pauses) == warning_and_due_at(
+        two, since, warn_minutes, minutes, pauses)
+
+
+def test_warning_and_due_in_one_walk_raise_as_the_walks_do():
+    never = BusinessCalendar("never", SH, ((),) * 7, holidays="none")
+    with pytest.raises(CalendarError, match="no open hours"):
+        warning_and_due_at(never, t("2025-11-17 09:00"), 1, 2, [])
+    with pytest.raises(CalendarError, match="must not be negative"):
+        OFFICE.add_business_minutes_pair(t("2025-11-17 09:00"), -1, 2)
+    # the two minutes in either order
+    assert OFFICE.add_business_minutes_pair(t("2025-11-17 09:00"), 120, 60) == (t("2025-11-17 11:00"),
+                                                                              t("2025-11-17 10:00"))
 
 def clock(*statuses: tuple[str, str], **fields) -> SlaClock:
     return SlaClock(
