@@ -52,6 +52,8 @@ OPEN = ("new", "open", "pending", "on_hold")
 CHANNEL_ICONS = {"wechat": "◎", "wecom": "◈", "email": "✉", "telegram": "✈", "api": "⚙", "webchat": "☷",
                  "whatsapp": "✆", "voice": "☎", "line": "◆", "messenger": "◇", "instagram": "▣", "sms": "✎"}
 PAGE = 50
+#: every console page and fragment says the app's clock's time (ms since the epoch) in this header
+SERVER_NOW_HEADER = "X-Omnigate-Now"
 
 
 class Console:
@@ -242,11 +244,14 @@ def render(request: web.Request, template: str, ctx: Ctx | None, status: int = 2
         return tr(f"channel.{name}") if f"channel.{name}" in i18n.CATALOGUES[lang] else name
 
     values.setdefault("agent_names", {})
+    # the app's clock, for console.js: SLA badges tick on the server's time, not the browser's
+    now_ms = str(int(_now(request).timestamp() * 1000))
     body = console.env.get_template(template).render(
         t=tr, chan=chan, lang=lang, languages=i18n.LANGUAGES, ctx=ctx, dt=_fmt_dt(tz), tz=str(tz),
         icons=CHANNEL_ICONS, statuses=STATUSES, priorities=PRIORITIES, duration=_duration, path=request.path_qs,
-        **values)
+        server_now_ms=now_ms, **values)
     resp = web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+    resp.headers[SERVER_NOW_HEADER] = now_ms  # a fragment's (htmx) way of saying it
     resp.headers["Content-Security-Policy"] = (
         "default-src 'self'; img-src 'self' data: https: http:; style-src 'self'; script-src 'self'; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -347,7 +352,9 @@ async def set_lang(request: web.Request) -> web.Response:
 def sla_view(ticket: Any, now: datetime, warn_minutes: int, warned: set[str] = frozenset()) -> dict:
     """The SLA countdown of a ticket: the nearest due time, and ``state`` ok | warning | breached.
     Amber (warning) once the policy's warning for that target has fired (``warned``: targets),
-    or within ``console.sla_warning_minutes`` of it; red once breached."""
+    or within ``console.sla_warning_minutes`` of it; red once breached. ``warn``: the instant
+    the console's own rule turns it amber (``due`` less the warning minutes), for console.js
+    to flip the badge on the server's clock while the page stays open."""
     sla = ticket.sla
     if sla is None or ticket.status not in OPEN:
         return {"state": "none", "due": None, "seconds": None}
@@ -362,7 +369,7 @@ def sla_view(ticket: Any, now: datetime, warn_minutes: int, warned: set[str] = f
     left = (due - now).total_seconds()
     state = "breached" if left <= 0 or sla.breached else \
         "warning" if left <= warn_minutes * 60 or target in warned else "ok"
-    return {"state": state, "due": due, "seconds": left}
+    return {"state": state, "due": due, "seconds": left, "warn": due - timedelta(minutes=warn_minutes)}
 
 
 _URGENCY = {"breached": 0, "warning": 1, "ok": 2, "none": 3}

@@ -401,6 +401,28 @@ async def test_sla_changes_reach_the_queue_and_the_live_stream(aiohttp_client, t
     stream.close()
 
 
+async def test_pages_and_fragments_carry_the_servers_time_for_the_sla_badges(aiohttp_client, tmp_path) -> None:
+    """console.js ticks the badges on the server's clock: the page says its time
+    (``body[data-now]``, ms), an htmx fragment says it in ``X-Omnigate-Now``,
+    and a badge carries when the console's warning turns it amber (``data-warn``)."""
+    from tests.console.conftest import DIRECTORY
+
+    clock = FakeClock(INSTANTS[BUSINESS_HOURS])
+    env = console_env(tmp_path, DIRECTORY + SLA_POLICY, OMNIGATE_CONSOLE__SLA_WARNING_MINUTES="10")
+    client = await aiohttp_client(create_app(load(None, environ=env, flags={}), clock=clock))
+    await sign_in(client, TOKEN)
+    await api_message(client, "退款还没到账", ext="s1", subject="退款")
+    clock.advance(minutes=7)
+    now_ms = str(int(clock().timestamp() * 1000))
+    page = await client.get("/console/queue?view=all")
+    assert page.headers["X-Omnigate-Now"] == now_ms and f'data-now="{now_ms}"' in await page.text()
+    fragment = await client.get("/console/queue?view=all", headers={"HX-Request": "true"})
+    rows = await fragment.text()
+    assert fragment.headers["X-Omnigate-Now"] == now_ms and "<body" not in rows
+    due = INSTANTS[BUSINESS_HOURS] + timedelta(hours=1)
+    assert f'data-due="{due.isoformat()}" data-warn="{(due - timedelta(minutes=10)).isoformat()}"' in rows
+
+
 async def test_attachments_images_inline_others_as_downloads_and_only_for_who_may_read(console) -> None:
     import base64
 

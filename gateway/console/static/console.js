@@ -20,17 +20,36 @@
     setInterval(beat, 20000);
   }
 
-  /* SLA countdowns tick; amber/red classes follow the due time */
+  /* SLA countdowns tick on the server's clock, not the browser's (an agent's
+     PC may be minutes off): the page says the server's time when it was
+     rendered (body data-now, ms), every htmx fragment too (the X-Omnigate-Now
+     header), and the badges are judged at Date.now() + offset. Amber at the
+     badge's data-warn (the console's warning minutes before the due time),
+     red at its data-due, as the server would render it then. */
+  var offset = 0;
+  function serverNow(ms) {
+    var n = Number(ms);
+    if (ms && isFinite(n)) { offset = n - Date.now(); }
+  }
+  serverNow(body.getAttribute("data-now"));
   function tickSla() {
-    var now = Date.now();
+    var now = Date.now() + offset;
     document.querySelectorAll(".sla[data-due]").forEach(function (el) {
-      var left = Date.parse(el.getAttribute("data-due")) - now;
-      if (left <= 0 && !el.classList.contains("sla-breached")) {
+      if (el.classList.contains("sla-breached")) { return; }
+      if (Date.parse(el.getAttribute("data-due")) <= now) {
         el.classList.remove("sla-ok", "sla-warning"); el.classList.add("sla-breached");
+      } else if (el.classList.contains("sla-ok") && el.hasAttribute("data-warn")
+                 && Date.parse(el.getAttribute("data-warn")) <= now) {
+        el.classList.remove("sla-ok"); el.classList.add("sla-warning");
       }
     });
   }
+  tickSla();
   setInterval(tickSla, 5000);
+  document.addEventListener("htmx:afterRequest", function (ev) {
+    var xhr = ev.detail && ev.detail.xhr;
+    if (xhr) { serverNow(xhr.getResponseHeader("X-Omnigate-Now")); }
+  });
 
   /* canned replies: insert into the composer */
   document.addEventListener("click", function (ev) {
@@ -51,6 +70,7 @@
 
   /* a live fragment may carry an entry already shown: keep the first */
   document.addEventListener("htmx:afterSwap", function () {
+    tickSla();
     var seen = {};
     document.querySelectorAll("#timeline > li.entry").forEach(function (li) {
       if (seen[li.id]) { li.remove(); } else { seen[li.id] = true; }
