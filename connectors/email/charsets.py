@@ -10,6 +10,9 @@ Japanese and Western mail actually needs:
   ``ks_c_5601-1987``/``euc-kr`` as cp949, ``unicode-1-1-utf-7`` as UTF-7.
 - ``iso-8859-1``/``us-ascii`` are the usual lies of misconfigured mailers:
   bytes that are valid UTF-8 win over them.
+- A Japanese declaration the bytes fail (8-bit bytes labelled ISO-2022-JP)
+  tries UTF-8, then the other Japanese encodings (Shift_JIS/cp932, EUC-JP)
+  where their text is plausible (:func:`plausibility`).
 - A missing, unknown (``NONE``, ``unknown-8bit``) or wrong declaration falls
   back to detection: UTF-8, then charset-normalizer for text long enough to
   judge, then a cheap trial order GB18030 → Big5-HKSCS → cp1252 → Latin-1.
@@ -70,6 +73,10 @@ _PLAUSIBLE = (
     "utf_8", "gb18030", "big5hkscs", "cp950", "cp932", "euc_jp", "iso2022_jp", "cp949", "cp1252", "cp1250",
     "cp1251", "koi8_r", "iso8859_2", "iso8859_5", "iso8859_7", "cp1253", "cp1254", "cp1255", "cp1256", "cp874",
 )
+#: A declaration's language's other encodings, tried (after UTF-8) when its own
+#: codecs fail and before detection guesses across languages: Japanese mailers
+#: label Shift_JIS or EUC-JP bytes "ISO-2022-JP", whose text is 7-bit.
+_SIBLINGS = {"iso2022_jp": ("cp932", "euc_jp"), "euc_jp": ("cp932",), "cp932": ("euc_jp",)}
 #: Codecs whose text is pure 7-bit ASCII bytes.
 _SEVEN_BIT = ("iso2022", "utf-7", "utf_7", "hz")
 _CJK = re.compile(r"[\u3000-\u30ff\u3400-\u9fff\uac00-\ud7af\uff00-\uffef]")
@@ -201,6 +208,12 @@ def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = ()) -> tu
         text = _try(data, codec)
         if text is not None:
             return text, codec, True
+    siblings = _SIBLINGS.get(candidates[0], ()) if candidates else ()
+    for codec in ("utf-8", *siblings) if siblings else ():
+        text = _try(data, codec)
+        # plausible only: one Latin-1 byte inside a Latin word also decodes as a kanji pair
+        if text is not None and (codec == "utf-8" or plausibility(text, codec) > 0):
+            return text, codec, False
     text, codec = detect(data, hints)
     if codec == "utf-8" and candidates:
         # Declared CJK, written as UTF-8 of Latin-1 code points: the double-encoded mojibake.

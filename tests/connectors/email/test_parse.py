@@ -213,6 +213,15 @@ def test_utf16_charset_names_and_junk_glued_to_a_charset_are_decoded():
     assert not [d for d in msg.defects if "Charset" in d]
 
 
+def test_an_iso2022jp_word_holding_shift_jis_bytes_is_read_as_japanese():
+    # 8-bit bytes cannot be ISO-2022-JP; they were read as GB18030 ("僒億乕僩", the classic
+    # Shift_JIS-as-GBK mojibake) because the trial order put Chinese first (Zammad mail093)
+    msg = fixture("synthetic_iso2022jp_word_with_sjis_bytes.eml")
+    assert (msg.sender.value, msg.sender.name) == ("support@example.jp", "サポート窓口")
+    assert msg.subject == "ご注文の確認"
+    assert msg.text.startswith("ご注文ありがとうございます。")
+
+
 def test_a_bare_address_among_words_in_from_is_the_sender():
     # RFC 5322 section 3.4 wants `Big Bug <bb@bug.example.com>`; mailers write `Big Bug bb@…`
     # (mikel/mail mix_caps_content_type.eml, Zammad mail087). The address is the From's, not the
