@@ -182,11 +182,17 @@ def detect(data: bytes, hints: tuple[str, ...] = ()) -> tuple[str, str]:
     return data.decode("latin-1"), "latin-1"
 
 
-def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = ()) -> tuple[str, str, bool]:
+def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = (), *,
+           header: bool = False) -> tuple[str, str, bool]:
     """Decode bytes declared as ``declared``: ``(text, codec, honoured)``.
 
     ``honoured`` is False when the declaration was missing, unknown or wrong
     and detection chose the codec (the caller records a defect then).
+    ``header``: the bytes are a header's few words (an encoded word, an RFC
+    2231 file name), too short for charset-normalizer; detection then picks
+    the most plausible reading (:func:`detect_header`) instead of the first
+    codec of a fixed trial order that decodes them, which read a us-ascii
+    file name's one Latin-1 letter (``W%F6lbung``) as a GB18030 pair.
     """
     candidates = codecs_for(declared)
     if data.isascii():
@@ -214,7 +220,7 @@ def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = ()) -> tu
         # plausible only: one Latin-1 byte inside a Latin word also decodes as a kanji pair
         if text is not None and (codec == "utf-8" or plausibility(text, codec) > 0):
             return text, codec, False
-    text, codec = detect(data, hints)
+    text, codec = detect_header(data, hints) if header else detect(data, hints)
     if codec == "utf-8" and candidates:
         # Declared CJK, written as UTF-8 of Latin-1 code points: the double-encoded mojibake.
         fixed = recover_double_encoding(text, candidates, declared=True)
@@ -258,8 +264,19 @@ _JAPANESE = ("cp932", "shift_jis", "euc_jp", "iso2022_jp")
 _KOREAN = ("cp949", "euc_kr")
 
 
+#: Letters windows-1252 puts at 0x80–0x9F (Š, š, Ž, ž, Œ, œ, Ÿ).
+_CP1252_LETTERS = frozenset("\u0160\u0161\u017d\u017e\u0152\u0153\u0178")
+
+
 def _latin_letter(ch: str) -> bool:
-    return 0xC0 <= ord(ch) <= 0xFF and ch not in "\xd7\xf7"
+    return (0xC0 <= ord(ch) <= 0xFF and ch not in "\xd7\xf7") or ch in _CP1252_LETTERS
+
+
+def _inside_latin_word(text: str, n: int) -> bool:
+    """``text[n]`` stands alone between ASCII letters, the second lower-case
+    ("Forma玢o", "W鰈bung"): one Latin-1 byte and the next letter read as a
+    double-byte character."""
+    return 0 < n < len(text) - 1 and text[n - 1] in _ASCII_LETTER and text[n + 1] in _ASCII_LOWER
 
 
 @lru_cache(maxsize=8192)
@@ -285,8 +302,10 @@ def plausibility(text: str, codec: str) -> int:
     Common ideographs, CJK punctuation, kana in a Japanese decoding, Hangul
     in a Korean one, and an accented letter between ASCII letters in a
     single-byte decoding count for it; symbols, box drawing, Greek or
-    Cyrillic inside CJK, private-use and C1 characters, and runs of Latin-1
-    letters (the look of CJK bytes read as Latin-1) count against it."""
+    Cyrillic inside CJK, private-use and C1 characters, runs of Latin-1
+    letters (the look of CJK bytes read as Latin-1), and one ideograph or
+    Hangul syllable alone inside a Latin word (a Latin-1 byte read as a
+    double-byte character) count against it."""
     name = codecs.lookup(codec).name
     single = _is_permissive(codec) or name.startswith(("cp125", "iso8859", "latin"))
     score = 0
@@ -296,15 +315,15 @@ def plausibility(text: str, codec: str) -> int:
             continue
         if 0x4E00 <= o <= 0x9FFF:
             score += _hanzi_weight(ch)
-            if 0 < n < len(text) - 1 and text[n - 1] in _ASCII_LOWER and text[n + 1] in _ASCII_LOWER:
-                score -= 3  # one ideograph inside a Latin word ("Forma玢o"): Latin-1 bytes read as CJK
+            if _inside_latin_word(text, n):
+                score -= 3  # one ideograph inside a Latin word: Latin-1 bytes read as CJK
         elif 0x3000 <= o <= 0x303F or 0xFF01 <= o <= 0xFF5E or 0x2010 <= o <= 0x201F:
             score += 1
         elif 0x3040 <= o <= 0x30FF:
             score += 1 if name in _JAPANESE else -1
         elif 0xAC00 <= o <= 0xD7AF:
-            score += 1 if name in _KOREAN else -1
-        elif single and (0xC0 <= o <= 0xFF) and o not in (0xD7, 0xF7):
+            score += -3 if _inside_latin_word(text, n) else 1 if name in _KOREAN else -1
+        elif single and _latin_letter(ch):
             # an accented letter inside a word, alone or as a pair ("Niño",
             # "Formação", "Grüße"), is Latin; longer runs are CJK bytes read as Latin-1
             start = n

@@ -222,6 +222,14 @@ def test_an_iso2022jp_word_holding_shift_jis_bytes_is_read_as_japanese():
     assert msg.text.startswith("ご注文ありがとうございます。")
 
 
+def test_a_latin1_byte_after_a_capital_in_a_short_name_is_latin():
+    # "W\xf6lbung" declared us-ascii: the header detection's penalty for one ideograph inside
+    # a Latin word wanted lower case on both sides, and RFC 2231 names went through the body's
+    # trial order (GB18030 first) anyway: "W鰈bung" (Zammad mail073)
+    msg = fixture("synthetic_rfc2231_name_latin1_byte_declared_ascii.eml")
+    assert [a.name for a in msg.attachments] == ["Platte mit Wölbung.jpg"]
+
+
 def test_a_bare_address_among_words_in_from_is_the_sender():
     # RFC 5322 section 3.4 wants `Big Bug <bb@bug.example.com>`; mailers write `Big Bug bb@…`
     # (mikel/mail mix_caps_content_type.eml, Zammad mail087). The address is the From's, not the
