@@ -14,8 +14,10 @@ Japanese and Western mail actually needs:
   tries UTF-8, then the other Japanese encodings (Shift_JIS/cp932, EUC-JP)
   where their text is plausible (:func:`plausibility`).
 - A missing, unknown (``NONE``, ``unknown-8bit``) or wrong declaration falls
-  back to detection: UTF-8, then charset-normalizer for text long enough to
-  judge, then a cheap trial order GB18030 → Big5-HKSCS → cp1252 → Latin-1.
+  back to detection: UTF-8, then charset-normalizer for text with enough
+  8-bit bytes to judge, the most plausible reading (:func:`plausibility`)
+  for longer text with only a few, then a cheap trial order GB18030 →
+  Big5-HKSCS → cp1252 → Latin-1.
 
 Everything is pure; decoding never raises, and says which codec it used so
 the caller can record a defect when the declaration was not honoured.
@@ -171,15 +173,29 @@ def detect(data: bytes, hints: tuple[str, ...] = ()) -> tuple[str, str]:
     text = _mostly_utf8(data)
     if text is not None:
         return text, "utf-8+latin-1"
-    if len(data) >= _DETECT_MIN_BYTES:
+    if len(data) >= _DETECT_MIN_BYTES and _non_ascii(data) >= _DETECT_MIN_BYTES:
         found = _normalizer(data)
         if found is not None:
             return found
+    if len(data) >= _DETECT_MIN_BYTES:
+        # long text with a few 8-bit bytes (one undeclared Chinese line in a
+        # mostly-ASCII body): too little for the normalizer, whose answer was
+        # a Central-European code page; the most plausible reading instead
+        best = _most_plausible(data, hints)
+        if best is not None:
+            return best
     for codec in _TRIAL:
         text = _try(data, codec)
         if text is not None:
             return text, codec
     return data.decode("latin-1"), "latin-1"
+
+
+_NON_ASCII_RUN = re.compile(rb"[\x80-\xff]+")
+
+
+def _non_ascii(data: bytes) -> int:
+    return sum(len(m) for m in _NON_ASCII_RUN.findall(data))
 
 
 def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = (), *,
@@ -359,6 +375,12 @@ def detect_header(data: bytes, declared: tuple[str, ...] = ()) -> tuple[str, str
     text = _try(data, "utf-8")
     if text is not None:
         return text, "utf-8"
+    return _most_plausible(data, declared) or detect(data, declared)
+
+
+def _most_plausible(data: bytes, declared: tuple[str, ...]) -> tuple[str, str] | None:
+    """The declared codecs and the header trial's, strictly: the reading with
+    the best :func:`plausibility` above 0 (the earliest on a tie), or None."""
     best: tuple[int, str, str] | None = None
     for codec in dict.fromkeys((*declared, *_HEADER_TRIAL)):
         text = _try(data, codec)
@@ -369,4 +391,4 @@ def detect_header(data: bytes, declared: tuple[str, ...] = ()) -> tuple[str, str
             best = (score, text, codec)
     if best is not None and best[0] > 0:
         return best[1], best[2]
-    return detect(data, declared)
+    return None

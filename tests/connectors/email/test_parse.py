@@ -230,6 +230,13 @@ def test_a_latin1_byte_after_a_capital_in_a_short_name_is_latin():
     assert [a.name for a in msg.attachments] == ["Platte mit Wölbung.jpg"]
 
 
+def test_a_few_undeclared_gbk_bytes_in_a_long_ascii_body_are_chinese():
+    # 12 8-bit bytes in a long body: charset-normalizer judged them a Central-European
+    # code page ("»ú·ż»·"); the plausibility choice reads them as GB18030 (Zammad mail023)
+    msg = fixture("synthetic_undeclared_gbk_line_in_ascii_body.eml")
+    assert msg.text.startswith("机房环境监控\nDear customer,")
+
+
 def test_a_bare_address_among_words_in_from_is_the_sender():
     # RFC 5322 section 3.4 wants `Big Bug <bb@bug.example.com>`; mailers write `Big Bug bb@…`
     # (mikel/mail mix_caps_content_type.eml, Zammad mail087). The address is the From's, not the
