@@ -237,6 +237,13 @@ def test_a_few_undeclared_gbk_bytes_in_a_long_ascii_body_are_chinese():
     assert msg.text.startswith("机房环境监控\nDear customer,")
 
 
+def test_html_text_after_the_meta_of_a_head_never_closed_is_the_body():
+    # the whole <head> was skipped up to </head>, which never came: an empty message
+    # (Kopano html-charset-02.eml, iconvonly02.eml); a browser ends the head at the text
+    msg = fixture("synthetic_html_text_in_unclosed_head.eml")
+    assert msg.text == "Bitte um Rückruf wegen Auftrag 4711."
+
+
 def test_a_bare_address_among_words_in_from_is_the_sender():
     # RFC 5322 section 3.4 wants `Big Bug <bb@bug.example.com>`; mailers write `Big Bug bb@…`
     # (mikel/mail mix_caps_content_type.eml, Zammad mail087). The address is the From's, not the
