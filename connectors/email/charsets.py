@@ -10,6 +10,8 @@ Japanese and Western mail actually needs:
   ``ks_c_5601-1987``/``euc-kr`` as cp949, ``unicode-1-1-utf-7`` as UTF-7.
 - ``iso-8859-1``/``us-ascii`` are the usual lies of misconfigured mailers:
   bytes that are valid UTF-8 win over them.
+- UTF-16/32 bytes with a code unit cut off (an odd count) are decoded
+  without the stray bytes, not handed to detection.
 - A Japanese declaration the bytes fail (8-bit bytes labelled ISO-2022-JP)
   tries UTF-8, then the other Japanese encodings (Shift_JIS/cp932, EUC-JP)
   where their text is plausible (:func:`plausibility`).
@@ -230,6 +232,12 @@ def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = (), *,
         text = _try(data, codec)
         if text is not None:
             return text, codec, True
+    wide = next((c for c in candidates if c.startswith(("utf-16", "utf-32"))), None)
+    if wide is not None and b"\x00" in data:
+        # UTF-16/32 text (its NULs give it away) with a code unit cut off (an encoded
+        # word split or truncated by bytes): what decodes, without the stray bytes;
+        # detection would read it as single bytes, NULs and all
+        return data.decode(wide, "ignore"), wide, False
     siblings = _SIBLINGS.get(candidates[0], ()) if candidates else ()
     for codec in ("utf-8", *siblings) if siblings else ():
         text = _try(data, codec)

@@ -244,6 +244,13 @@ def test_html_text_after_the_meta_of_a_head_never_closed_is_the_body():
     assert msg.text == "Bitte um Rückruf wegen Auftrag 4711."
 
 
+def test_a_utf16_word_cut_mid_code_unit_is_read_without_the_stray_byte():
+    # an odd number of UTF-16 bytes failed the codec and went to detection, which read
+    # them as single bytes: NULs between the letters (Kopano encoded-word-split.eml)
+    msg = fixture("synthetic_utf16_word_cut_mid_code_unit.eml")
+    assert msg.subject == "Ticket übernommen"
+
+
 def test_a_bare_address_among_words_in_from_is_the_sender():
     # RFC 5322 section 3.4 wants `Big Bug <bb@bug.example.com>`; mailers write `Big Bug bb@…`
     # (mikel/mail mix_caps_content_type.eml, Zammad mail087). The address is the From's, not the
