@@ -10,9 +10,16 @@ Japanese and Western mail actually needs:
   ``ks_c_5601-1987``/``euc-kr`` as cp949, ``unicode-1-1-utf-7`` as UTF-7.
 - ``iso-8859-1``/``us-ascii`` are the usual lies of misconfigured mailers:
   bytes that are valid UTF-8 win over them.
+- UTF-16/32 bytes with a code unit cut off (an odd count) are decoded
+  without the stray bytes, not handed to detection.
+- A Japanese declaration the bytes fail (8-bit bytes labelled ISO-2022-JP)
+  tries UTF-8, then the other Japanese encodings (Shift_JIS/cp932, EUC-JP)
+  where their text is plausible (:func:`plausibility`).
 - A missing, unknown (``NONE``, ``unknown-8bit``) or wrong declaration falls
-  back to detection: UTF-8, then charset-normalizer for text long enough to
-  judge, then a cheap trial order GB18030 → Big5-HKSCS → cp1252 → Latin-1.
+  back to detection: UTF-8, then charset-normalizer for text with enough
+  8-bit bytes to judge, the most plausible reading (:func:`plausibility`)
+  for longer text with only a few, then a cheap trial order GB18030 →
+  Big5-HKSCS → cp1252 → Latin-1.
 
 Everything is pure; decoding never raises, and says which codec it used so
 the caller can record a defect when the declaration was not honoured.
@@ -70,6 +77,10 @@ _PLAUSIBLE = (
     "utf_8", "gb18030", "big5hkscs", "cp950", "cp932", "euc_jp", "iso2022_jp", "cp949", "cp1252", "cp1250",
     "cp1251", "koi8_r", "iso8859_2", "iso8859_5", "iso8859_7", "cp1253", "cp1254", "cp1255", "cp1256", "cp874",
 )
+#: A declaration's language's other encodings, tried (after UTF-8) when its own
+#: codecs fail and before detection guesses across languages: Japanese mailers
+#: label Shift_JIS or EUC-JP bytes "ISO-2022-JP", whose text is 7-bit.
+_SIBLINGS = {"iso2022_jp": ("cp932", "euc_jp"), "euc_jp": ("cp932",), "cp932": ("euc_jp",)}
 #: Codecs whose text is pure 7-bit ASCII bytes.
 _SEVEN_BIT = ("iso2022", "utf-7", "utf_7", "hz")
 _CJK = re.compile(r"[\u3000-\u30ff\u3400-\u9fff\uac00-\ud7af\uff00-\uffef]")
@@ -164,10 +175,17 @@ def detect(data: bytes, hints: tuple[str, ...] = ()) -> tuple[str, str]:
     text = _mostly_utf8(data)
     if text is not None:
         return text, "utf-8+latin-1"
-    if len(data) >= _DETECT_MIN_BYTES:
+    if len(data) >= _DETECT_MIN_BYTES and _non_ascii(data) >= _DETECT_MIN_BYTES:
         found = _normalizer(data)
         if found is not None:
             return found
+    if len(data) >= _DETECT_MIN_BYTES:
+        # long text with a few 8-bit bytes (one undeclared Chinese line in a
+        # mostly-ASCII body): too little for the normalizer, whose answer was
+        # a Central-European code page; the most plausible reading instead
+        best = _most_plausible(data, hints)
+        if best is not None:
+            return best
     for codec in _TRIAL:
         text = _try(data, codec)
         if text is not None:
@@ -175,11 +193,24 @@ def detect(data: bytes, hints: tuple[str, ...] = ()) -> tuple[str, str]:
     return data.decode("latin-1"), "latin-1"
 
 
-def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = ()) -> tuple[str, str, bool]:
+_NON_ASCII_RUN = re.compile(rb"[\x80-\xff]+")
+
+
+def _non_ascii(data: bytes) -> int:
+    return sum(len(m) for m in _NON_ASCII_RUN.findall(data))
+
+
+def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = (), *,
+           header: bool = False) -> tuple[str, str, bool]:
     """Decode bytes declared as ``declared``: ``(text, codec, honoured)``.
 
     ``honoured`` is False when the declaration was missing, unknown or wrong
     and detection chose the codec (the caller records a defect then).
+    ``header``: the bytes are a header's few words (an encoded word, an RFC
+    2231 file name), too short for charset-normalizer; detection then picks
+    the most plausible reading (:func:`detect_header`) instead of the first
+    codec of a fixed trial order that decodes them, which read a us-ascii
+    file name's one Latin-1 letter (``W%F6lbung``) as a GB18030 pair.
     """
     candidates = codecs_for(declared)
     if data.isascii():
@@ -201,7 +232,19 @@ def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = ()) -> tu
         text = _try(data, codec)
         if text is not None:
             return text, codec, True
-    text, codec = detect(data, hints)
+    wide = next((c for c in candidates if c.startswith(("utf-16", "utf-32"))), None)
+    if wide is not None and b"\x00" in data:
+        # UTF-16/32 text (its NULs give it away) with a code unit cut off (an encoded
+        # word split or truncated by bytes): what decodes, without the stray bytes;
+        # detection would read it as single bytes, NULs and all
+        return data.decode(wide, "ignore"), wide, False
+    siblings = _SIBLINGS.get(candidates[0], ()) if candidates else ()
+    for codec in ("utf-8", *siblings) if siblings else ():
+        text = _try(data, codec)
+        # plausible only: one Latin-1 byte inside a Latin word also decodes as a kanji pair
+        if text is not None and (codec == "utf-8" or plausibility(text, codec) > 0):
+            return text, codec, False
+    text, codec = detect_header(data, hints) if header else detect(data, hints)
     if codec == "utf-8" and candidates:
         # Declared CJK, written as UTF-8 of Latin-1 code points: the double-encoded mojibake.
         fixed = recover_double_encoding(text, candidates, declared=True)
@@ -245,8 +288,19 @@ _JAPANESE = ("cp932", "shift_jis", "euc_jp", "iso2022_jp")
 _KOREAN = ("cp949", "euc_kr")
 
 
+#: Letters windows-1252 puts at 0x80–0x9F (Š, š, Ž, ž, Œ, œ, Ÿ).
+_CP1252_LETTERS = frozenset("\u0160\u0161\u017d\u017e\u0152\u0153\u0178")
+
+
 def _latin_letter(ch: str) -> bool:
-    return 0xC0 <= ord(ch) <= 0xFF and ch not in "\xd7\xf7"
+    return (0xC0 <= ord(ch) <= 0xFF and ch not in "\xd7\xf7") or ch in _CP1252_LETTERS
+
+
+def _inside_latin_word(text: str, n: int) -> bool:
+    """``text[n]`` stands alone between ASCII letters, the second lower-case
+    ("Forma玢o", "W鰈bung"): one Latin-1 byte and the next letter read as a
+    double-byte character."""
+    return 0 < n < len(text) - 1 and text[n - 1] in _ASCII_LETTER and text[n + 1] in _ASCII_LOWER
 
 
 @lru_cache(maxsize=8192)
@@ -272,8 +326,10 @@ def plausibility(text: str, codec: str) -> int:
     Common ideographs, CJK punctuation, kana in a Japanese decoding, Hangul
     in a Korean one, and an accented letter between ASCII letters in a
     single-byte decoding count for it; symbols, box drawing, Greek or
-    Cyrillic inside CJK, private-use and C1 characters, and runs of Latin-1
-    letters (the look of CJK bytes read as Latin-1) count against it."""
+    Cyrillic inside CJK, private-use and C1 characters, runs of Latin-1
+    letters (the look of CJK bytes read as Latin-1), and one ideograph or
+    Hangul syllable alone inside a Latin word (a Latin-1 byte read as a
+    double-byte character) count against it."""
     name = codecs.lookup(codec).name
     single = _is_permissive(codec) or name.startswith(("cp125", "iso8859", "latin"))
     score = 0
@@ -283,15 +339,15 @@ def plausibility(text: str, codec: str) -> int:
             continue
         if 0x4E00 <= o <= 0x9FFF:
             score += _hanzi_weight(ch)
-            if 0 < n < len(text) - 1 and text[n - 1] in _ASCII_LOWER and text[n + 1] in _ASCII_LOWER:
-                score -= 3  # one ideograph inside a Latin word ("Forma玢o"): Latin-1 bytes read as CJK
+            if _inside_latin_word(text, n):
+                score -= 3  # one ideograph inside a Latin word: Latin-1 bytes read as CJK
         elif 0x3000 <= o <= 0x303F or 0xFF01 <= o <= 0xFF5E or 0x2010 <= o <= 0x201F:
             score += 1
         elif 0x3040 <= o <= 0x30FF:
             score += 1 if name in _JAPANESE else -1
         elif 0xAC00 <= o <= 0xD7AF:
-            score += 1 if name in _KOREAN else -1
-        elif single and (0xC0 <= o <= 0xFF) and o not in (0xD7, 0xF7):
+            score += -3 if _inside_latin_word(text, n) else 1 if name in _KOREAN else -1
+        elif single and _latin_letter(ch):
             # an accented letter inside a word, alone or as a pair ("Niño",
             # "Formação", "Grüße"), is Latin; longer runs are CJK bytes read as Latin-1
             start = n
@@ -327,6 +383,12 @@ def detect_header(data: bytes, declared: tuple[str, ...] = ()) -> tuple[str, str
     text = _try(data, "utf-8")
     if text is not None:
         return text, "utf-8"
+    return _most_plausible(data, declared) or detect(data, declared)
+
+
+def _most_plausible(data: bytes, declared: tuple[str, ...]) -> tuple[str, str] | None:
+    """The declared codecs and the header trial's, strictly: the reading with
+    the best :func:`plausibility` above 0 (the earliest on a tie), or None."""
     best: tuple[int, str, str] | None = None
     for codec in dict.fromkeys((*declared, *_HEADER_TRIAL)):
         text = _try(data, codec)
@@ -337,4 +399,4 @@ def detect_header(data: bytes, declared: tuple[str, ...] = ()) -> tuple[str, str
             best = (score, text, codec)
     if best is not None and best[0] > 0:
         return best[1], best[2]
-    return detect(data, declared)
+    return None

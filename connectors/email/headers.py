@@ -70,7 +70,7 @@ def _decode_word(charset: str, data: bytes, hints: tuple[str, ...], defects: lis
     if not charsets.codecs_for(charset):
         printable = charset.encode("utf-8", "surrogateescape").decode("ascii", "replace")
         defects.append(f"UnknownEncodedWordCharset:{printable}")
-    text, _codec, _honoured = charsets.decode(data, charset, hints)
+    text, _codec, _honoured = charsets.decode(data, charset, hints, header=True)
     return text
 
 
@@ -156,7 +156,7 @@ def _rfc2231(sections: list[tuple[bool, str]], hints: tuple[str, ...]) -> str | 
             data += unquote_to_bytes(raw.encode("utf-8", "surrogateescape"))
         else:
             data += raw.encode("ascii", "surrogateescape")
-    return charsets.decode(bytes(data), charset or None, hints)[0].strip() or None
+    return charsets.decode(bytes(data), charset or None, hints, header=True)[0].strip() or None
 
 
 def addresses(

@@ -1,7 +1,8 @@
 """HTML mail → readable plain text (stdlib ``html.parser``; pure).
 
 Used when a mail has no text/plain part. Scripts, styles and the head are
-dropped; block elements become line breaks, list items get a dash, table
+dropped (the head ends where a browser ends it: at text or a body element,
+even without ``</head>`` or ``<body>``); block elements become line breaks, list items get a dash, table
 cells a tab. Text inside ``<blockquote>`` (how Gmail, Apple Mail and
 Thunderbird mark quoted history in HTML) is prefixed with ``> `` so the
 reply stripper treats it as any quoted text.
@@ -12,7 +13,12 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-_SKIP = frozenset({"script", "style", "head", "title", "noscript", "template", "xml"})
+_SKIP = frozenset({"script", "style", "title", "noscript", "template", "xml"})
+#: What may stand inside <head>; any other element, or text, ends the head as
+#: in a browser (HTML5 "in head" insertion mode): mail that never opens a
+#: <body> writes its text straight after the <meta>.
+_HEAD_CONTENT = frozenset({"meta", "link", "base", "basefont", "bgsound", "title", "style", "script",
+                           "noscript", "template", "xml", "head"})
 _BLOCK = frozenset(
     {
         "p", "div", "br", "tr", "li", "ul", "ol", "table", "h1", "h2", "h3", "h4", "h5", "h6",
@@ -33,6 +39,7 @@ class _TextExtractor(HTMLParser):
         self._skip = 0
         self._quote = 0
         self._pre = 0
+        self._head = False
 
     def _break(self, blank: bool = False) -> None:
         """End the current line; an empty one is kept only where ``blank`` asks (br, end of a paragraph)."""
@@ -47,6 +54,11 @@ class _TextExtractor(HTMLParser):
         self._line = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "head":
+            self._head = True
+            return
+        if self._head and tag not in _HEAD_CONTENT:
+            self._head = False
         if tag in _SKIP:
             self._skip += 1
         elif tag == "br":
@@ -67,7 +79,9 @@ class _TextExtractor(HTMLParser):
             self._break(blank=tag == "br" and not self._line)
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIP:
+        if tag == "head":
+            self._head = False
+        elif tag in _SKIP:
             self._skip = max(0, self._skip - 1)
         elif tag in _BLOCK:
             self._break(blank=tag in _PARAGRAPHS)
@@ -79,6 +93,10 @@ class _TextExtractor(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._skip:
             return
+        if self._head:
+            if data.isspace():
+                return
+            self._head = False
         if self._pre:
             for i, part in enumerate(data.split("\n")):
                 if i:

@@ -5,7 +5,8 @@ shape of ``omnigate parse --context`` (the corpus's ``*.meta.json``): the
 account's ``token``, ``encoding_aes_key`` and ``appid``, and the request's
 ``query``. What the checks refuse is :class:`PayloadRejected`
 (``envelope.open_callback``); everything else normalizes, unknown kinds as an
-``event`` Inbound carrying their raw type.
+``event`` Inbound carrying their raw type (and their ``Content``, if any, as
+its text: the hardware platform's ``device_text``/``device_event``).
 
 The XML-fields → Inbound mapping (:func:`xml_inbound`) is shared with WeCom,
 whose app callbacks use the same message kinds; only the sender differs.
@@ -158,6 +159,9 @@ def xml_inbound(fields: Mapping[str, Any], *, channel: str, account: str, sender
         raw_type = (text_field(fields, "Event") if msg_type == "event" else None) or msg_type
         if msg_type == "event" and raw_type == msg_type:
             defects.append("event without an Event field")
+        # an event's own data, where it has some: the hardware platform's
+        # device_text/device_event carry it (base64) in Content, kept as sent
+        text = text_field(fields, "Content") or ""
     if raw_type in SESSION_STATUS:
         meta["ticket_status"] = SESSION_STATUS[raw_type]
     if raw_type == "subscribe" and meta.get("EventKey", "").startswith("qrscene_"):

@@ -15,7 +15,11 @@ What each becomes (https://developers.facebook.com/docs/whatsapp/cloud-api/webho
 - ``location``, ``contacts`` → a message with a readable text and the facts
   in ``meta``; ``interactive`` (button/list replies, flows) and ``button``
   (a template's quick reply) → a message whose text is what the customer
-  chose, the choice's id in ``meta["reply_id"]``; ``order`` (a cart from
+  chose, the choice's id in ``meta["reply_id"]``; an ``interactive`` that is
+  no reply (``call_permission_reply``, the customer's answer to a call
+  permission request; a type Meta adds; none, when it comes with only
+  ``errors``) → an event of raw_type the interactive type (or
+  ``interactive``), its scalar fields in ``meta``; ``order`` (a cart from
   the catalog) → a message listing its items;
 - ``reaction`` → an event on the reacted-to message;
 - ``edit`` → a message that ``edits`` the original; ``revoke`` (the customer
@@ -232,6 +236,28 @@ def _content(kind: str, m: Mapping[str, Any], meta: dict[str, str], defects: lis
     return "", []
 
 
+#: Interactive replies that are what the customer chose (a button, a list row, a Flow's answer).
+_INTERACTIVE_REPLIES = frozenset({"button_reply", "list_reply", "nfm_reply"})
+
+
+def _interactive_event(m: Mapping[str, Any], inbound: Inbound) -> bool:
+    """Make an interactive message that is no reply an event: a call-permission
+    answer (raw_type ``call_permission_reply``, its fields in meta), another
+    type Meta adds, or none at all (undeliverable: only ``errors``). True if it did."""
+    body = m.get("interactive") if isinstance(m.get("interactive"), dict) else {}
+    sub = _str(body.get("type")) or ""
+    if sub in _INTERACTIVE_REPLIES:
+        return False
+    inbound.kind = "event"
+    if sub:
+        inbound.raw_type = sub
+        choice = body.get(sub) if isinstance(body.get(sub), dict) else {}
+        for key, value in choice.items():
+            if isinstance(value, (str, int, float)):
+                inbound.meta[key] = str(value)
+    return True
+
+
 def _message(m: dict[str, Any], account: str, names: Mapping[str, str], user_ids: list[str] = ()) -> Inbound:
     kind = _str(m.get("type")) or "unknown"
     bsuid = _bsuid(m, "from_user_id", list(user_ids))
@@ -285,6 +311,8 @@ def _message(m: dict[str, Any], account: str, names: Mapping[str, str], user_ids
     known = kind in ("text", "location", "contacts", "interactive", "button", "order", *MEDIA_TYPES)
     if not known:  # "unsupported", "order", new types: kept as an event, never dropped
         inbound.kind = "event"
+        return inbound
+    if kind == "interactive" and _interactive_event(m, inbound):
         return inbound
     inbound.text, inbound.attachments = _content(kind, m, meta, defects)
     return inbound

@@ -213,6 +213,44 @@ def test_utf16_charset_names_and_junk_glued_to_a_charset_are_decoded():
     assert not [d for d in msg.defects if "Charset" in d]
 
 
+def test_an_iso2022jp_word_holding_shift_jis_bytes_is_read_as_japanese():
+    # 8-bit bytes cannot be ISO-2022-JP; they were read as GB18030 ("僒億乕僩", the classic
+    # Shift_JIS-as-GBK mojibake) because the trial order put Chinese first (Zammad mail093)
+    msg = fixture("synthetic_iso2022jp_word_with_sjis_bytes.eml")
+    assert (msg.sender.value, msg.sender.name) == ("support@example.jp", "サポート窓口")
+    assert msg.subject == "ご注文の確認"
+    assert msg.text.startswith("ご注文ありがとうございます。")
+
+
+def test_a_latin1_byte_after_a_capital_in_a_short_name_is_latin():
+    # "W\xf6lbung" declared us-ascii: the header detection's penalty for one ideograph inside
+    # a Latin word wanted lower case on both sides, and RFC 2231 names went through the body's
+    # trial order (GB18030 first) anyway: "W鰈bung" (Zammad mail073)
+    msg = fixture("synthetic_rfc2231_name_latin1_byte_declared_ascii.eml")
+    assert [a.name for a in msg.attachments] == ["Platte mit Wölbung.jpg"]
+
+
+def test_a_few_undeclared_gbk_bytes_in_a_long_ascii_body_are_chinese():
+    # 12 8-bit bytes in a long body: charset-normalizer judged them a Central-European
+    # code page ("»ú·ż»·"); the plausibility choice reads them as GB18030 (Zammad mail023)
+    msg = fixture("synthetic_undeclared_gbk_line_in_ascii_body.eml")
+    assert msg.text.startswith("机房环境监控\nDear customer,")
+
+
+def test_html_text_after_the_meta_of_a_head_never_closed_is_the_body():
+    # the whole <head> was skipped up to </head>, which never came: an empty message
+    # (Kopano html-charset-02.eml, iconvonly02.eml); a browser ends the head at the text
+    msg = fixture("synthetic_html_text_in_unclosed_head.eml")
+    assert msg.text == "Bitte um Rückruf wegen Auftrag 4711."
+
+
+def test_a_utf16_word_cut_mid_code_unit_is_read_without_the_stray_byte():
+    # an odd number of UTF-16 bytes failed the codec and went to detection, which read
+    # them as single bytes: NULs between the letters (Kopano encoded-word-split.eml)
+    msg = fixture("synthetic_utf16_word_cut_mid_code_unit.eml")
+    assert msg.subject == "Ticket übernommen"
+
+
 def test_a_bare_address_among_words_in_from_is_the_sender():
     # RFC 5322 section 3.4 wants `Big Bug <bb@bug.example.com>`; mailers write `Big Bug bb@…`
     # (mikel/mail mix_caps_content_type.eml, Zammad mail087). The address is the From's, not the

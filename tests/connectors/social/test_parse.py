@@ -211,6 +211,17 @@ def test_whatsapp_messages_change_with_only_errors_is_an_event() -> None:
     assert event.meta["error_details"].startswith("Message failed to send")
 
 
+def test_whatsapp_interactive_that_is_no_reply_is_an_event() -> None:
+    # a call-permission answer, and an interactive message WhatsApp could not deliver (errors,
+    # no interactive object), were customer messages with an empty text
+    answer, failed = whatsapp.parse((FIXTURES / "whatsapp_synthetic_call_permission_reply.json").read_bytes(), {})
+    assert (answer.kind, answer.raw_type, answer.text) == ("event", "call_permission_reply", "")
+    assert answer.sender.value == "+15551234567" and answer.thread.in_reply_to == "wamid.synthetic-permission-request"
+    assert (answer.meta["response"], answer.meta["expiration_timestamp"]) == ("accept", "1753186982")
+    assert (failed.kind, failed.raw_type) == ("event", "interactive")
+    assert failed.defects == ["WhatsApp error 131051: Message type unknown"]
+
+
 def test_whatsapp_field_changes_of_different_bodies_have_different_ids() -> None:
     # the external id ended in the last key of the value ("…:reason"): a second
     # template's status update was taken for a redelivery of the first and dropped

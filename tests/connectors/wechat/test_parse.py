@@ -99,6 +99,16 @@ def test_an_event_keeps_its_documented_key_beside_a_job_msgid():
     assert inbound.meta["MsgID"] == "200163836"
 
 
+def test_an_event_keeps_its_content_as_text():
+    # device_text / device_event (the hardware platform) carry their data in Content;
+    # it was dropped (Content is not meta), leaving an empty event
+    (inbound,) = parse((FIXTURES / "oa_device_text_synthetic.xml").read_bytes(), {"appid": APPID})
+    assert (inbound.kind, inbound.raw_type) == ("event", "device_text")
+    assert inbound.text == "6K6+5aSH5bey5byA5py6"
+    assert inbound.external_id == "7300000000000000011"
+    assert inbound.meta["DeviceID"] == "dev-synthetic-0001"
+
+
 def test_unionid_goes_to_meta():
     (inbound,) = parse((FIXTURES / "oa_text_unionid_synthetic.xml").read_bytes(), {"appid": APPID})
     assert inbound.meta["unionid"] == "uSyntheticUnion0002"
