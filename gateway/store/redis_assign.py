@@ -952,10 +952,8 @@ class _Step:
                 tx.op("ZADD", k.sla_due, min(v[4] for v in timers.values()), tid)
             else:
                 tx.op("ZREM", k.sla_due, tid)
-        if self._entries:
-            last = int(await self._x(self.r.incrby(k.timeline_seq, len(self._entries))))
-            for i, (e, origin) in enumerate(self._entries):
-                self.s._add_entry(tx, e, last - len(self._entries) + 1 + i, origin)
+        for e, origin in self._entries:  # their seqs drawn in the program
+            self.s._add_entry(tx, e, None, origin)
         for topic, ticket_id, payload in self._outbox:
             self.s._add_outbox(tx, topic, ticket_id, payload, self.now_ms)
         for tid in sorted(self._synced):
