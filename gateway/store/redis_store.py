@@ -51,7 +51,7 @@ import msgspec
 import structlog
 
 from connectors.base import IngestResult, Nonce, NonceReused
-from gateway.store.redis_codec import j as _j, s as _s, dt, ms, retry_conflicts
+from gateway.store.redis_codec import j as _j, s as _s, dt, evalsha, ms, retry_conflicts
 from gateway.store.base import (
     JOURNAL_STATUSES,
     REPLY_TOPIC,
@@ -81,7 +81,7 @@ from routing.state import Commit, CommitResult, ContactState, Hit, Snapshot, Tic
 try:  # redis-py is a dependency of omnigate; imported lazily by callers that pick this backend
     import redis.asyncio as aioredis
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
+    from redis.exceptions import NoScriptError, ResponseError, TimeoutError as RedisTimeoutError
 except ImportError:  # pragma: no cover
     aioredis = None  # type: ignore[assignment]
 
@@ -429,6 +429,27 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
             return await coro
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+
+    async def _pipelined(self, build: Callable[[Any], None], scripts: tuple[Any, ...] = ()) -> list:
+        """One round trip: the pipeline ``build`` fills (not a transaction), its
+        scripts (``scripts``, called as ``EVALSHA`` by ``build`` with
+        :func:`evalsha`) included. redis-py's own script-in-pipeline asks Redis
+        ``SCRIPT EXISTS`` first, a round trip of its own every time; here a Redis
+        that forgot them (a restart, ``SCRIPT FLUSH``) answers ``NOSCRIPT``,
+        they are loaded and the whole pipeline is sent again — so only
+        pipelines whose every command may run twice (reads, a lease taken by
+        the same holder) go through here."""
+        for attempt in range(2):
+            pipe = self.r.pipeline(transaction=False)
+            build(pipe)
+            try:
+                return await self._call(pipe.execute())
+            except NoScriptError:
+                if attempt:
+                    raise
+                for script in scripts:
+                    await self._call(self.r.script_load(script.script))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _run(self, tx: Tx) -> int | None:
         """Run a guarded program; the ticket number drawn (or None). Raises
