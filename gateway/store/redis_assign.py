@@ -1130,7 +1130,7 @@ class RedisAssignOps:
                            *args: Any, prefetch: tuple[str, ...] = ()) -> Any:
         for attempt in range(_RETRIES):
             holder = new_id()
-            version, prefetched = await self._lock(holder, prefetch)
+            version, prefetched = await self._lock_reading(holder, prefetch)
             renew = asyncio.create_task(self._keep(holder))
             try:
                 step = await _Step(self, directory, now, holder).start(version, prefetched)
@@ -1162,7 +1162,11 @@ class RedisAssignOps:
         except StoreError:
             return
 
-    async def _lock(self, holder: str, prefetch: tuple[str, ...] = ()) -> tuple[str | None, dict[str, list]]:
+    async def _lock(self, holder: str) -> str | None:
+        """Take the ``assign`` lease (waiting for it); the agents' version, read in the same round trip."""
+        return (await self._lock_reading(holder, ()))[0]
+
+    async def _lock_reading(self, holder: str, prefetch: tuple[str, ...]) -> tuple[str | None, dict[str, list]]:
         """Take the ``assign`` lease (waiting for it); the agents' version and the
         ``prefetch`` tickets' reads, in the same round trip (Redis runs them after
         the lease script, so they are read under the lease when it was taken)."""
