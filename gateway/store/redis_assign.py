@@ -358,18 +358,30 @@ class _Step:
         return list(self.fixed)
 
     async def state(self, teams: frozenset[str] | None = None) -> AssignmentState:
-        """The chooser's view of the members of ``teams`` (every agent when None or empty), in id order."""
+        """The chooser's view of the members of ``teams`` (every agent when None or empty), in id order.
+
+        An agent whose fixed fields (the same objects), presence, load and last
+        assignment equal those of the state the store handed out last keeps
+        that (frozen, never mutated) state object: the chooser's searches
+        recognise unchanged members by identity (``routing.assign``) and
+        check again only the others."""
         ids = self._member_ids(teams)
         if teams:
             members = {team: self.members.get(team, ()) for team in teams}
         else:
             members = self.members
         await self._live(ids)
+        kept = self.s._agent_states
         agents = {}
         for i in ids:
             f = self.fixed[i]
-            agents[i] = AgentState(i, f.teams, f.skills, f.capacity, self._presence[i], f.roles,
-                                   dict(self._load[i]), self._last[i])
+            presence, load, last = self._presence[i], self._load[i], self._last[i]
+            state = kept.get(i)
+            if state is None or state.skills is not f.skills or state.teams is not f.teams or \
+                    state.capacity is not f.capacity or state.roles is not f.roles or state.presence != presence or \
+                    state.load != load or state.last_assigned_at != last:
+                state = kept[i] = AgentState(i, f.teams, f.skills, f.capacity, presence, f.roles, dict(load), last)
+            agents[i] = state
         return AssignmentState(agents, members)
 
     async def contact_last_agent(self, t: TicketRow) -> str | None:
@@ -1080,6 +1092,14 @@ class RedisAssignOps:
     _agents_cache: tuple[str | None, dict[str, _Fixed], dict[str, tuple[str, ...]]] | None = None
     _local_lock: asyncio.Lock | None = None
     _live_script: Any = None
+    _agent_states_kept: dict[str, AgentState] | None = None
+
+    @property
+    def _agent_states(self) -> dict[str, AgentState]:
+        """Agent id → the AgentState the last step handed the chooser (``_Step.state``)."""
+        if self._agent_states_kept is None:
+            self._agent_states_kept = {}
+        return self._agent_states_kept
 
     def _live_lua(self) -> Any:
         if self._live_script is None:
