@@ -704,8 +704,7 @@ class ApiOps:
             attachments=list(draft.attachments), data=data,
         )
         origin = _s(await self._call(self.r.hget(tkey, "origin_contact_id"))) or t.contact_id
-        seq = int(await self._call(self.r.incr(k.timeline_seq)))
-        self._add_entry(tx, entry, seq, origin)
+        self._add_entry(tx, entry, None, origin)  # its seq drawn in the program
         if draft.public:
             assert target is not None
             outbound = draft.outbound(new_id(), t, target)

@@ -13,7 +13,9 @@ one *assignment step*:
 2. it reads what it needs (tickets, held assignments, queue rows, agents'
    presence and load, SLA clocks and timers) into an in-memory unit of work
    (:class:`_Step`) and runs the deciders on it, each read seeing the step's
-   own earlier changes;
+   own earlier changes (``assign_next`` reads its ticket in the lease's own
+   round trip, then the contact and the live state of the teams the ticket
+   goes to in one more: three round trips with the write);
 3. it writes everything in ONE ``APPLY`` program guarded by: the lease still
    being held by this step's token (a fence: a step whose lease expired
    writes nothing), each agent's load per capacity class still being the
@@ -48,7 +50,8 @@ from typing import Any, Awaitable, Callable
 import msgspec
 import structlog
 
-from gateway.store.redis_codec import dt as _dt, j as _j, ms as _ms, s as _s
+from gateway.store.redis_codec import dt as _dt, evalsha, j as _j, ms as _ms, s as _s
+from gateway.store.redis_keys import Keys
 from gateway.store.base import AgentView, Conflict, InvalidTransition, NotFound, StoreError
 from gateway.store.sqlite_assign import (
     RELEASING,
@@ -133,6 +136,14 @@ _TICKET_COLS = ("contact_id", "origin_contact_id", "status", "priority", "team",
                 "channels", "created_at", "first_response_at", "version", "solved_at", "updated_at", "sla")
 
 
+def _ticket_reads(pipe: Any, k: Keys, ticket_id: str) -> None:
+    """The four reads :meth:`_Step.ticket` starts from, queued on ``pipe``."""
+    pipe.hmget(k.ticket(ticket_id), *_TICKET_COLS)
+    pipe.get(k.ticket_held(ticket_id))
+    pipe.hmget(k.ticket_assignment(ticket_id), "agent", "team", "skills")
+    pipe.hget(k.assign_queue_items, ticket_id)
+
+
 class _NeedsStep(Exception):
     """A read-only look (no lease) found something to write: the full step must run."""
 
@@ -175,6 +186,10 @@ class _Step:
         self._synced: set[str] = set()
         self.fixed: dict[str, _Fixed] = {}
         self.members: dict[str, tuple[str, ...]] = {}
+        #: ticket id → its four reads, sent with the lease (``_lock``'s prefetch)
+        self._prefetched: dict[str, list] = {}
+        #: contact id → its tickets, read ahead with a ticket (``ticket(ahead=True)``)
+        self._contact_tickets: dict[str, list[str]] = {}
 
     def _writing(self) -> None:
         if self.holder is None:
@@ -183,8 +198,9 @@ class _Step:
     def _refuse(self, *args: Any) -> None:
         raise _NeedsStep
 
-    async def start(self, version: str | None) -> "_Step":
+    async def start(self, version: str | None, prefetched: dict[str, list] | None = None) -> "_Step":
         self.fixed, self.members = await self.s._agent_cache_current(version)
+        self._prefetched = prefetched or {}
         return self
 
     async def _x(self, coro: Awaitable) -> Any:
@@ -192,16 +208,21 @@ class _Step:
 
     # -- reads: tickets
 
-    async def ticket(self, ticket_id: str) -> TicketRow | None:
+    async def ticket(self, ticket_id: str, ahead: bool = False) -> TicketRow | None:
+        """The ticket as this step sees it. ``ahead`` (an assignment of this
+        ticket follows): the contact's tier, the contact's tickets (sticky
+        assignment) and the live state of the members of the teams the ticket
+        will be offered to are read in the same round trip — under the lease
+        nothing else writes them, and the step's own changes apply on top."""
         if ticket_id in self._tickets:
             return self._tickets[ticket_id]
         k = self.k
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hmget(k.ticket(ticket_id), *_TICKET_COLS)
-        pipe.get(k.ticket_held(ticket_id))
-        pipe.hmget(k.ticket_assignment(ticket_id), "agent", "team", "skills")
-        pipe.hget(k.assign_queue_items, ticket_id)
-        fields, held, asg, queued = await self._x(pipe.execute())
+        rows = self._prefetched.pop(ticket_id, None)
+        if rows is None:
+            pipe = self.r.pipeline(transaction=False)
+            _ticket_reads(pipe, k, ticket_id)
+            rows = await self._x(pipe.execute())
+        fields, held, asg, queued = rows
         if ticket_id not in self._held:
             self._held_of(ticket_id, held, asg)
         if ticket_id not in self._queue:
@@ -210,7 +231,11 @@ class _Step:
         if r["version"] is None:
             self._tickets[ticket_id] = None
             return None
-        tier = await self._x(self.r.hget(k.contact(_s(r["contact_id"])), "tier"))
+        contact = _s(r["contact_id"])
+        if ahead:
+            tier = await self._read_ahead(contact, self._queue[ticket_id], _s(r["team"]))
+        else:
+            tier = await self._x(self.r.hget(k.contact(contact), "tier"))
         reply_to = _dec.decode(r["reply_to"]) if r["reply_to"] else None
         channels = _dec.decode(r["channels"]) if r["channels"] else []
         channel = (reply_to or {}).get("channel") or (channels[0] if channels else "")
@@ -224,6 +249,30 @@ class _Step:
                                  "sla": _s(r["sla"]), "touched": 0}
         self.tx.hash_is(k.ticket(ticket_id), "version", _s(r["version"]))
         return row
+
+    async def _read_ahead(self, contact: str, queued: dict | None, team: str | None) -> Any:
+        """One round trip: the contact's tier (returned), its tickets, and the live
+        state of the members of the teams a demand for the ticket names (the
+        queued demand's, else the ticket's team; every agent when none)."""
+        k = self.k
+        if queued is not None:
+            teams = frozenset((queued["team"], *queued["also_teams"])) if queued["team"] is not None else frozenset()
+        else:
+            teams = frozenset((team,)) if team is not None else frozenset()
+        want = [i for i in self._member_ids(teams) if i not in self._presence]
+        live = self.s._live_lua()
+
+        def build(pipe: Any) -> None:
+            pipe.hget(k.contact(contact), "tier")
+            pipe.zrange(k.contact_tickets(contact), 0, -1)
+            if want:
+                evalsha(pipe, live, [k.agent_presence, k.agent_last] + [k.agent_load(i) for i in want], want)
+
+        tier, tickets, *res = await self.s._pipelined(build, (live,))
+        self._contact_tickets[contact] = [_s(i) for i in tickets]
+        if want:
+            self._live_of(want, res[0])
+        return tier
 
     def touch_ticket(self, ticket_id: str, **columns: Any) -> None:
         """Update ticket fields (None: removed); bumps the version like SQLite's touch."""
@@ -291,6 +340,9 @@ class _Step:
         k = self.k
         res = await self._x(self.s._agents_live(keys=[k.agent_presence, k.agent_last] +
                                                  [k.agent_load(i) for i in want], args=want))
+        self._live_of(want, res)
+
+    def _live_of(self, want: list[str], res: list) -> None:
         for n, i in enumerate(want):
             presence, last, flat = res[n]
             self._presence[i] = _s(presence) or "offline"
@@ -299,24 +351,44 @@ class _Step:
             self._load_read[i] = raw
             self._load[i] = {c: int(v) for c, v in raw.items() if int(v)}
 
-    async def state(self, teams: frozenset[str] | None = None) -> AssignmentState:
-        """The chooser's view of the members of ``teams`` (every agent when None or empty), in id order."""
+    def _member_ids(self, teams: frozenset[str] | None) -> list[str]:
+        """The members of ``teams`` (every agent when None or empty), in the order ``state`` reads them."""
         if teams:
-            ids = list(dict.fromkeys(i for team in sorted(teams) for i in self.members.get(team, ())))
+            return list(dict.fromkeys(i for team in sorted(teams) for i in self.members.get(team, ())))
+        return list(self.fixed)
+
+    async def state(self, teams: frozenset[str] | None = None) -> AssignmentState:
+        """The chooser's view of the members of ``teams`` (every agent when None or empty), in id order.
+
+        An agent whose fixed fields (the same objects), presence, load and last
+        assignment equal those of the state the store handed out last keeps
+        that (frozen, never mutated) state object: the chooser's searches
+        recognise unchanged members by identity (``routing.assign``) and
+        check again only the others."""
+        ids = self._member_ids(teams)
+        if teams:
             members = {team: self.members.get(team, ()) for team in teams}
         else:
-            ids, members = list(self.fixed), self.members
+            members = self.members
         await self._live(ids)
+        kept = self.s._agent_states
         agents = {}
         for i in ids:
             f = self.fixed[i]
-            agents[i] = AgentState(i, f.teams, f.skills, f.capacity, self._presence[i], f.roles,
-                                   dict(self._load[i]), self._last[i])
+            presence, load, last = self._presence[i], self._load[i], self._last[i]
+            state = kept.get(i)
+            if state is None or state.skills is not f.skills or state.teams is not f.teams or \
+                    state.capacity is not f.capacity or state.roles is not f.roles or state.presence != presence or \
+                    state.load != load or state.last_assigned_at != last:
+                state = kept[i] = AgentState(i, f.teams, f.skills, f.capacity, presence, f.roles, dict(load), last)
+            agents[i] = state
         return AssignmentState(agents, members)
 
     async def contact_last_agent(self, t: TicketRow) -> str | None:
         """Who served this contact last (on another ticket), for sticky assignment."""
-        others = [_s(i) for i in await self._x(self.r.zrange(self.k.contact_tickets(t.contact_id), 0, -1))]
+        others = self._contact_tickets.get(t.contact_id)
+        if others is None:
+            others = [_s(i) for i in await self._x(self.r.zrange(self.k.contact_tickets(t.contact_id), 0, -1))]
         others = [i for i in others if i != t.id]
         if not others:
             return None
@@ -952,10 +1024,8 @@ class _Step:
                 tx.op("ZADD", k.sla_due, min(v[4] for v in timers.values()), tid)
             else:
                 tx.op("ZREM", k.sla_due, tid)
-        if self._entries:
-            last = int(await self._x(self.r.incrby(k.timeline_seq, len(self._entries))))
-            for i, (e, origin) in enumerate(self._entries):
-                self.s._add_entry(tx, e, last - len(self._entries) + 1 + i, origin)
+        for e, origin in self._entries:  # their seqs drawn in the program
+            self.s._add_entry(tx, e, None, origin)
         for topic, ticket_id, payload in self._outbox:
             self.s._add_outbox(tx, topic, ticket_id, payload, self.now_ms)
         for tid in sorted(self._synced):
@@ -993,7 +1063,7 @@ async def _sync(step: _Step, ticket_ids: list[str]) -> list[Decision]:
 
 
 async def _assign_next(step: _Step, ticket_id: str) -> Decision:
-    t = await step.ticket(ticket_id)
+    t = await step.ticket(ticket_id, ahead=True)
     if t is None:
         raise NotFound(f"ticket {ticket_id} not found")
     if t.status not in OPEN_STATUSES:
@@ -1022,11 +1092,22 @@ class RedisAssignOps:
     _agents_cache: tuple[str | None, dict[str, _Fixed], dict[str, tuple[str, ...]]] | None = None
     _local_lock: asyncio.Lock | None = None
     _live_script: Any = None
+    _agent_states_kept: dict[str, AgentState] | None = None
 
-    def _agents_live(self, keys: list[str], args: list[str]) -> Awaitable[Any]:
+    @property
+    def _agent_states(self) -> dict[str, AgentState]:
+        """Agent id → the AgentState the last step handed the chooser (``_Step.state``)."""
+        if self._agent_states_kept is None:
+            self._agent_states_kept = {}
+        return self._agent_states_kept
+
+    def _live_lua(self) -> Any:
         if self._live_script is None:
             self._live_script = self.r.register_script(LIVE_LUA)  # type: ignore[attr-defined]
-        return self._live_script(keys=keys, args=args)
+        return self._live_script
+
+    def _agents_live(self, keys: list[str], args: list[str]) -> Awaitable[Any]:
+        return self._live_lua()(keys=keys, args=args)
 
     def _dir(self) -> Directory:
         if self._directory is None:
@@ -1052,26 +1133,27 @@ class RedisAssignOps:
         return cache[1], cache[2]
 
     async def _step(self, now: datetime, fn: Callable[..., Awaitable[Any]], *args: Any,
-                    directory: Directory | None = None) -> Any:
+                    directory: Directory | None = None, prefetch: tuple[str, ...] = ()) -> Any:
         """Run ``fn(step, *args)`` as one assignment step (see the module docstring):
         under the ``assign`` lease, written in one fenced APPLY; run again from
-        scratch when a guard failed (a ticket changed by a commit meanwhile)."""
+        scratch when a guard failed (a ticket changed by a commit meanwhile).
+        ``prefetch``: tickets the step reads first, read in the lease's round trip."""
         directory = directory or self._dir()
         if self._local_lock is None:
             self._local_lock = asyncio.Lock()
         # one step at a time per instance, in call order (asyncio.Lock is FIFO); the
         # lease then orders the instances
         async with self._local_lock:
-            return await self._step_locked(now, directory, fn, *args)
+            return await self._step_locked(now, directory, fn, *args, prefetch=prefetch)
 
     async def _step_locked(self, now: datetime, directory: Directory, fn: Callable[..., Awaitable[Any]],
-                           *args: Any) -> Any:
+                           *args: Any, prefetch: tuple[str, ...] = ()) -> Any:
         for attempt in range(_RETRIES):
             holder = new_id()
-            version = await self._lock(holder)
+            version, prefetched = await self._lock_reading(holder, prefetch)
             renew = asyncio.create_task(self._keep(holder))
             try:
-                step = await _Step(self, directory, now, holder).start(version)
+                step = await _Step(self, directory, now, holder).start(version, prefetched)
                 result = await fn(step, *args)
                 await step.flush()
                 return result
@@ -1102,18 +1184,28 @@ class RedisAssignOps:
 
     async def _lock(self, holder: str) -> str | None:
         """Take the ``assign`` lease (waiting for it); the agents' version, read in the same round trip."""
+        return (await self._lock_reading(holder, ()))[0]
+
+    async def _lock_reading(self, holder: str, prefetch: tuple[str, ...]) -> tuple[str | None, dict[str, list]]:
+        """Take the ``assign`` lease (waiting for it); the agents' version and the
+        ``prefetch`` tickets' reads, in the same round trip (Redis runs them after
+        the lease script, so they are read under the lease when it was taken)."""
         k = self.k  # type: ignore[attr-defined]
+        lease = self._lease  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LOCK_WAIT_S
         wait = 0.0005
+
+        def build(pipe: Any) -> None:
+            evalsha(pipe, lease, [k.lease(LOCK)], [holder, int(LOCK_TTL_S * 1000), "acquire"])
+            pipe.get(k.agents_version)
+            for tid in prefetch:
+                _ticket_reads(pipe, k, tid)
+
         while True:
-            async with self.r.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
-                await self._lease(keys=[k.lease(LOCK)], args=[holder, int(LOCK_TTL_S * 1000), "acquire"],
-                                  client=pipe)  # type: ignore[attr-defined]
-                pipe.get(k.agents_version)
-                got, version = await self._call(pipe.execute())  # type: ignore[attr-defined]
+            got, version, *rows = await self._pipelined(build, (lease,))  # type: ignore[attr-defined]
             if got:
-                return _s(version)
+                return _s(version), {tid: rows[4 * i:4 * i + 4] for i, tid in enumerate(prefetch)}
             if loop.time() > deadline:
                 raise StoreError(f"assignment: the lease was busy for {LOCK_WAIT_S:.0f}s")
             await asyncio.sleep(random.uniform(wait / 2, wait))
@@ -1175,7 +1267,7 @@ class RedisAssignOps:
         return await self._step(now, _Step.set_presence, agent_id, presence, return_chats, actor)
 
     async def assign_next(self, ticket_id: str, now: datetime) -> Decision:
-        return await self._step(now, _assign_next, ticket_id)
+        return await self._step(now, _assign_next, ticket_id, prefetch=(ticket_id,))
 
     async def ticket_sync(self, ticket_ids: list[str], now: datetime) -> list[Decision]:
         """Bring assignment and SLA in line with each ticket (idempotent): the

@@ -1,6 +1,7 @@
 """How the Redis backend writes values: JSON text, milliseconds since the
-epoch, and strings from redis-py's bytes; and how a guarded program that
-met a concurrent change is tried again (one copy for every mixin)."""
+epoch, and strings from redis-py's bytes; how a guarded program that
+met a concurrent change is tried again, and how a script joins a pipeline
+(one copy for every mixin)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,10 @@ async def retry_conflicts(attempt: Callable[[], Awaitable[T]], tries: int, what:
         except Conflict:
             continue
     raise Conflict(f"{what} kept changing; try again")
+
+
+def evalsha(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
+    """``script`` (a registered redis-py Script) queued on ``pipe`` as a bare
+    ``EVALSHA`` — sent through ``RedisStore._pipelined``, which loads the
+    scripts again when Redis forgot them."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)

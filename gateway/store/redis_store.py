@@ -51,7 +51,7 @@ import msgspec
 import structlog
 
 from connectors.base import IngestResult, Nonce, NonceReused
-from gateway.store.redis_codec import j as _j, s as _s, dt, ms, retry_conflicts
+from gateway.store.redis_codec import j as _j, s as _s, dt, evalsha, ms, retry_conflicts
 from gateway.store.base import (
     JOURNAL_STATUSES,
     REPLY_TOPIC,
@@ -81,7 +81,7 @@ from routing.state import Commit, CommitResult, ContactState, Hit, Snapshot, Tic
 try:  # redis-py is a dependency of omnigate; imported lazily by callers that pick this backend
     import redis.asyncio as aioredis
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
+    from redis.exceptions import NoScriptError, ResponseError, TimeoutError as RedisTimeoutError
 except ImportError:  # pragma: no cover
     aioredis = None  # type: ignore[assignment]
 
@@ -132,7 +132,8 @@ return {created, jid}
 
 APPLY_LUA = REINDEX_LUA + """
 -- ARGV[1]: {"g": guards, "n": [counter key index, first] | null, "o": writes,
---           "x": [[ticket key index, ticket id]…] reindexed after the writes, "xb": index names' base}
+--           "q": [counter key index, count] (absent: none), "x": [[ticket key index, ticket id]…]
+--           reindexed after the writes, "xb": index names' base}
 -- guard: ["t", k] message key taken -> {"taken", value} (checked first, in order)
 --        ["h", k, field, expected|null] hash field equals (null: absent)
 --        ["v", k, expected|null] string value equals (null: absent)
@@ -140,6 +141,10 @@ APPLY_LUA = REINDEX_LUA + """
 --        ["n", k, field, max] / ["z", k, min, limit]: see redis_api.REINDEX_LUA (api_guard)
 -- write: [command, k, arg…]; an arg {"$":"N"} is the ticket number drawn,
 --        {"$":"L"} the previous write's reply (an XADD's new id),
+--        {"$":"Q","i":i} the i-th timeline seq drawn by "q" (after the guards: seqs follow
+--        the order the programs ran in, and a refused program draws none),
+--        {"$":"QM","i":i,"m":id} the member '<seq, 16 digits>:<id>',
+--        {"$":"QJ","i":i,"j":text} text .. seq .. '}' (a timeline record's JSON ending in "s"),
 --        {"$":"H"|"S"|"G","k":i} KEYS[i]'s hash / set (JSON) or value as it is at that
 --        point of the program (an event's snapshot as committed: redis_webhooks.py)
 local p = cjson.decode(ARGV[1])
@@ -173,6 +178,8 @@ if p.n ~= cjson.null and p.n then
     num = redis.call('INCR', ck)
   end
 end
+local qbase = 0
+if p.q then qbase = redis.call('INCRBY', KEYS[p.q[1]], p.q[2]) - p.q[2] end
 local last = false
 for _, op in ipairs(p.o) do
   local args = {}
@@ -181,6 +188,9 @@ for _, op in ipairs(p.o) do
     if type(a) == 'table' then
       local t = a['$']
       if t == 'N' then a = num
+      elseif t == 'Q' then a = string.format('%d', qbase + a['i'])
+      elseif t == 'QM' then a = string.format('%016d', qbase + a['i']) .. ':' .. a['m']
+      elseif t == 'QJ' then a = a['j'] .. string.format('%d', qbase + a['i']) .. '}'
       elseif t == 'H' then a = cjson.encode(redis.call('HGETALL', KEYS[a['k']]))
       elseif t == 'S' then a = cjson.encode(redis.call('SMEMBERS', KEYS[a['k']]))
       elseif t == 'G' then a = redis.call('GET', KEYS[a['k']]) or ''
@@ -270,6 +280,7 @@ class Tx:
         self.guards: list[list] = []
         self.ops: list[list] = []
         self.number: list | None = None
+        self.seqs: list | None = None
         self.reindexed: list[list] = []
         self.index_base = ""
 
@@ -295,6 +306,14 @@ class Tx:
     def draw_number(self, counter: str, first: int) -> None:
         self.number = [self.k(counter), str(first)]
 
+    def draw_seq(self, counter: str) -> int:
+        """One more seq drawn from ``counter`` inside the program (after its
+        guards); the draw's index for the ``Q``/``QM``/``QJ`` arguments."""
+        if self.seqs is None:
+            self.seqs = [self.k(counter), 0]
+        self.seqs[1] += 1
+        return self.seqs[1]
+
     def op(self, cmd: str, key: str, *args: Any) -> None:
         self.ops.append([cmd, self.k(key), *(a if isinstance(a, dict) else _s(a) for a in args)])
 
@@ -316,6 +335,8 @@ class Tx:
 
     def program(self) -> str:
         prog: dict[str, Any] = {"g": self.taken + self.guards, "n": self.number, "o": self.ops}
+        if self.seqs is not None:
+            prog["q"] = self.seqs
         if self.reindexed:
             prog["x"], prog["xb"] = self.reindexed, self.index_base
         return _j(prog)
@@ -408,6 +429,27 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
             return await coro
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+
+    async def _pipelined(self, build: Callable[[Any], None], scripts: tuple[Any, ...] = ()) -> list:
+        """One round trip: the pipeline ``build`` fills (not a transaction), its
+        scripts (``scripts``, called as ``EVALSHA`` by ``build`` with
+        :func:`evalsha`) included. redis-py's own script-in-pipeline asks Redis
+        ``SCRIPT EXISTS`` first, a round trip of its own every time; here a Redis
+        that forgot them (a restart, ``SCRIPT FLUSH``) answers ``NOSCRIPT``,
+        they are loaded and the whole pipeline is sent again — so only
+        pipelines whose every command may run twice (reads, a lease taken by
+        the same holder) go through here."""
+        for attempt in range(2):
+            pipe = self.r.pipeline(transaction=False)
+            build(pipe)
+            try:
+                return await self._call(pipe.execute())
+            except NoScriptError:
+                if attempt:
+                    raise
+                for script in scripts:
+                    await self._call(self.r.script_load(script.script))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _run(self, tx: Tx) -> int | None:
         """Run a guarded program; the ticket number drawn (or None). Raises
@@ -645,10 +687,6 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
 
     # ------------------------------------------------------------ snapshot
 
-    async def _hit(self, key: tuple[str, str, str]) -> Hit | None:
-        raw = await self._call(self.r.get(self.k.message_key(*key)))
-        return await self._hit_of(raw) if raw else None
-
     async def _hit_of(self, raw: bytes) -> Hit:
         h = _dec.decode(raw)
         jkey = await self._call(self.r.hget(self.k.journal_entry(h["j"]), "key"))
@@ -674,70 +712,84 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
         return out
 
     async def snapshot(self, look: Lookup, now: datetime) -> Snapshot:
-        """What one Inbound is decided on. Read in a few pipelined round trips;
-        not one point in time — the commit's guards (versions, absent keys)
-        catch anything that changed, as SQLite's version checks do."""
+        """What one Inbound is decided on. Read in three pipelined round trips
+        (what the message names: its key, the edited message's key, the
+        identities' owners, thread refs, ticket numbers; then what the owners
+        name: contacts, their latest tickets, the near-duplicate; then the
+        tickets' states), more only on a hit (its journal key) or a reply to
+        another contact's thread (participants). Not one point in time — the
+        commit's guards (versions, absent keys) catch anything that changed, as
+        SQLite's version checks do."""
         k, r = self.k, self.r
-        snap = Snapshot(now=now, exact=await self._hit(look.message_key))
+        idents = look.identities
+        pipe = r.pipeline(transaction=False)
+        pipe.get(k.message_key(*look.message_key))
+        if look.edits_key is not None:
+            pipe.get(k.message_key(*look.edits_key))
+        for ident in idents:
+            pipe.hget(k.identity(ident.kind, ident.value), "contact")
+        if look.refs:
+            pipe.mget([k.thread_ref(ref) for ref in look.refs])
+        if look.numbers:
+            pipe.hmget(k.ticket_numbers, [str(n) for n in look.numbers])
+        res = iter(await self._call(pipe.execute()))
+        exact = next(res)
+        snap = Snapshot(now=now, exact=await self._hit_of(exact) if exact else None)
         if snap.exact is not None and not look.call and not reused_id(snap.exact.journal_key, look.content_sha):
             return snap
         if look.edits_key is not None:
-            snap.edited = await self._hit(look.edits_key)
-        idents = look.identities
-        pipe = r.pipeline(transaction=False)
+            edited = next(res)
+            snap.edited = await self._hit_of(edited) if edited else None
         for ident in idents:
-            pipe.hget(k.identity(ident.kind, ident.value), "contact")
-        for ident, owner in zip(idents, await self._call(pipe.execute())):
+            owner = next(res)
             if owner:
                 snap.owners[ident.key()] = _s(owner)
+        ref_owners = next(res) if look.refs else []
+        number_owners = next(res) if look.numbers else []
         cids = list(dict.fromkeys(snap.owners.values()))
-        if cids:
+        sender_owner = snap.owners.get(look.sender.key())
+        near = bool(look.text_hash and sender_owner)
+        tids: list[str] = []
+        if cids or near:
             pipe = r.pipeline(transaction=False)
             for cid in cids:
                 pipe.hmget(k.contact(cid), "version", "name", "tier", "tags", "flags")
                 pipe.zrevrange(k.contact_tickets(cid), 0, 19)
-            res = await self._call(pipe.execute())
-            tids: list[str] = []
+            if near:
+                horizon = ms(now) - int(look.near_window_s * 1000)
+                pipe.zrangebyscore(k.contact_text(sender_owner, look.text_hash), horizon, "+inf", start=0, num=1)
+            res2 = await self._call(pipe.execute())
             for i, cid in enumerate(cids):
-                c, tickets = res[2 * i], res[2 * i + 1]
+                c, tickets = res2[2 * i], res2[2 * i + 1]
                 if c[0] is None:
                     continue
                 snap.contacts[cid] = ContactState(
                     id=cid, version=int(c[0]), name=_s(c[1]), tier=_s(c[2]),
                     tags=tuple(_dec.decode(c[3])) if c[3] else (), flags=tuple(_dec.decode(c[4])) if c[4] else ())
                 tids += [_s(t) for t in tickets]
-            snap.tickets = [t for t in await self._ticket_states(tids) if t is not None]
+            if near and res2[-1]:
+                h = _dec.decode(res2[-1][0])
+                snap.near_duplicate = Hit(h["j"], h["e"], h.get("t"), h.get("c"))
+        found = [(ref, _s(t)) for ref, t in zip(look.refs, ref_owners) if t]
+        found_n = [(n, _s(t)) for n, t in zip(look.numbers, number_owners) if t]
+        # every ticket state in one round trip: the contacts' tickets, then the refs', then the numbers'
+        states = await self._ticket_states(tids + [t for _, t in found] + [t for _, t in found_n])
+        if cids:
+            snap.tickets = [t for t in states[:len(tids)] if t is not None]
             snap.tickets.sort(key=lambda t: t.last_message_at, reverse=True)
-        if look.refs:
-            owners = await self._call(r.mget([k.thread_ref(ref) for ref in look.refs]))
-            found = [(ref, _s(t)) for ref, t in zip(look.refs, owners) if t]
-            states = await self._ticket_states([t for _, t in found])
-            for (ref, _), st in zip(found, states):
-                if st is not None:
-                    snap.ref_tickets[ref] = st
+        for (ref, _), st in zip(found, states[len(tids):len(tids) + len(found)]):
+            if st is not None:
+                snap.ref_tickets[ref] = st
         if snap.ref_tickets:
-            sender_owner = snap.owners.get(look.sender.key())
             member = _j([look.sender.kind, look.sender.value])
             part = set()
             for t in snap.ref_tickets.values():
                 if t.contact_id != sender_owner and await self._call(r.hexists(k.ticket_participants(t.id), member)):
                     part.add(t.id)
             snap.participating = frozenset(part)
-        if look.numbers:
-            tids = await self._call(r.hmget(k.ticket_numbers, [str(n) for n in look.numbers]))
-            found_n = [(n, _s(t)) for n, t in zip(look.numbers, tids) if t]
-            states = await self._ticket_states([t for _, t in found_n])
-            for (n, _), st in zip(found_n, states):
-                if st is not None:
-                    snap.numbered[n] = st
-        sender_owner = snap.owners.get(look.sender.key())
-        if look.text_hash and sender_owner:
-            horizon = ms(now) - int(look.near_window_s * 1000)
-            first = await self._call(r.zrangebyscore(k.contact_text(sender_owner, look.text_hash), horizon, "+inf",
-                                                     start=0, num=1))
-            if first:
-                h = _dec.decode(first[0])
-                snap.near_duplicate = Hit(h["j"], h["e"], h.get("t"), h.get("c"))
+        for (n, _), st in zip(found_n, states[len(tids) + len(found):]):
+            if st is not None:
+                snap.numbered[n] = st
         return snap
 
     # ------------------------------------------------------------ commit
@@ -760,7 +812,8 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
         participants, outbox, journal status and stream ack)."""
         k = self.k
         now = ms(self.clock())
-        seq, sid, _ = await self._journal_head(c.journal_id)
+        plain = c.message_key is not None and c.outcome == "processed" and c.delivery is None
+        (seq, sid, _), rows = await self._commit_reads(c, plain)
         if c.message_key is None or c.outcome != "processed":
             if c.final:
                 tx = Tx()
@@ -774,7 +827,7 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
         try:
             if c.delivery is not None:  # a platform's delivery report of one of our replies (redis_delivery.py)
                 return await self._commit_delivery(c)
-            return await self._commit(c, now, seq, sid)
+            return await self._commit(c, now, seq, sid, rows)
         except _Taken as taken:
             hit = await self._hit_of(taken.value)
             if c.key_taken_conflicts and hit.journal_id != c.journal_id:
@@ -790,8 +843,40 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
                 await self._run(tx)
             return CommitResult("duplicate", hit.contact_id, hit.ticket_id, await self._number_of(hit.ticket_id))
 
-    async def _commit(self, c: Commit, now: int, seq: int, sid: str | None) -> CommitResult:
-        k, r = self.k, self.r
+    async def _commit_reads(self, c: Commit, plain: bool) -> tuple[tuple[int, str | None, str | None], dict[str, Any]]:
+        """The journal entry's head and, for a plain commit (``plain``), every row
+        ``_commit`` reads — the contact's head, the origin identity, the changed
+        ticket's row, the ticket's number, an edited entry — in ONE pipelined
+        round trip: none depends on another, and each is what a separate read
+        would have returned (the program's guards check the versions either way)."""
+        k = self.k
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(k.journal_entry(c.journal_id), "seq", "sid", "status")
+        names: list[str] = []
+        if plain:
+            if c.new_contact is None and c.contact_id is not None:
+                pipe.hmget(k.contact(c.contact_id), "version", "name", "flags", "merged_into")
+                names.append("contact")
+                if c.origin_identity is not None:
+                    pipe.hget(k.identity(c.origin_identity.kind, c.origin_identity.value), "origin")
+                    names.append("origin")
+            if c.new_ticket is None and c.ticket_change is not None:
+                pipe.hmget(k.ticket(c.ticket_change.id), "version", "channels", "tags", "origin_contact_id",
+                           "contact_id", "last_message_at")
+                names.append("ticket")
+            if c.new_ticket is None and c.ticket_id is not None:  # its number (set once, at its creation)
+                pipe.hget(k.ticket(c.ticket_id), "number")
+                names.append("number")
+            if c.edit is not None:
+                pipe.get(k.timeline_entry(c.edit.timeline_id))
+                names.append("edit")
+        head, *rest = await self._call(pipe.execute())
+        if head[0] is None:
+            raise NotFound(f"journal entry {c.journal_id} not found")
+        return (int(head[0]), _s(head[1]), _s(head[2])), dict(zip(names, rest))
+
+    async def _commit(self, c: Commit, now: int, seq: int, sid: str | None, rows: dict[str, Any]) -> CommitResult:
+        k = self.k
         tx = Tx()
         tx.take(k.message_key(*c.message_key))
         cid = c.contact_id
@@ -805,7 +890,7 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
             tx.op("HINCRBY", k.counts, "contacts", 1)
             tx.op("ZADD", k.contacts_by_id, 0, cid)
         else:
-            version, name, flags_raw, merged = await self._call(r.hmget(ckey, "version", "name", "flags", "merged_into"))
+            version, name, flags_raw, merged = rows["contact"]
             if version is None or merged or int(version) != c.contact_expect_version:
                 raise Conflict(f"contact {cid} changed since the snapshot")
             tx.hash_is(ckey, "version", str(c.contact_expect_version))
@@ -825,8 +910,7 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
 
         origin = cid
         if c.origin_identity is not None and c.new_contact is None:
-            o = await self._call(r.hget(k.identity(c.origin_identity.kind, c.origin_identity.value), "origin"))
-            origin = _s(o) or cid
+            origin = _s(rows["origin"]) or cid
         ticket_origin = origin
         ticket_contact = cid
         if c.new_ticket is not None:
@@ -849,8 +933,7 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
         elif c.ticket_change is not None:
             ch = c.ticket_change
             tkey = k.ticket(ch.id)
-            row = await self._call(r.hmget(tkey, "version", "channels", "tags", "origin_contact_id", "contact_id",
-                                           "last_message_at"))
+            row = rows["ticket"]
             if row[0] is None or int(row[0]) != ch.expect_version:
                 raise Conflict(f"ticket {ch.id} changed since the snapshot")
             tx.hash_is(tkey, "version", str(ch.expect_version))
@@ -881,14 +964,12 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
             if ch.responded_at is not None:
                 tx.op("HSETNX", tkey, "first_response_at", ms(ch.responded_at))
 
-        if c.timeline:
-            last = int(await self._call(r.incrby(k.timeline_seq, len(c.timeline))))
-            for i, e in enumerate(c.timeline):
-                self._add_entry(tx, e, last - len(c.timeline) + 1 + i,
-                                ticket_origin if e.ticket_id == c.ticket_id else origin, journal_id=c.journal_id)
+        for e in c.timeline:  # their seqs drawn in the program
+            self._add_entry(tx, e, None, ticket_origin if e.ticket_id == c.ticket_id else origin,
+                            journal_id=c.journal_id)
         if c.edit is not None:
             ekey = k.timeline_entry(c.edit.timeline_id)
-            raw = await self._call(r.get(ekey))
+            raw = rows["edit"]
             if raw is not None:
                 tx.value_is(ekey, _s(raw))
                 rec = _dec.decode(raw)
@@ -921,16 +1002,25 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
         if c.final:
             self._journal_done(tx, c, seq, sid, "processed", now, c.ticket_id, cid)
         number = await self._run(tx)
-        if number is None:
-            number = await self._number_of(c.ticket_id)
+        if number is None:  # not drawn now: the number read before (a ticket's number never changes)
+            number = int(rows["number"]) if rows.get("number") is not None else await self._number_of(c.ticket_id)
         return CommitResult("processed", cid, c.ticket_id, number)
 
-    def _add_entry(self, tx: Tx, e: TimelineEntry, seq: int, origin: str, journal_id: str | None = None) -> None:
+    def _add_entry(self, tx: Tx, e: TimelineEntry, seq: int | None, origin: str, journal_id: str | None = None) -> None:
+        """The entry's record and indexes; ``seq`` None: drawn from the timeline
+        counter inside the program (no round trip of its own; ``migrate`` gives
+        the seq it copies)."""
         k = self.k
-        member = f"{seq:016d}:{e.id}"
         at = ms(e.at)
-        tx.op("SET", k.timeline_entry(e.id), _j({"e": e, "o": origin, "s": seq}))
-        tx.op("ZADD", k.timeline_all, seq, e.id)
+        if seq is None:
+            i = tx.draw_seq(k.timeline_seq)
+            member: Any = {"$": "QM", "i": i, "m": e.id}
+            tx.op("SET", k.timeline_entry(e.id), {"$": "QJ", "i": i, "j": _j({"e": e, "o": origin})[:-1] + ',"s":'})
+            tx.op("ZADD", k.timeline_all, {"$": "Q", "i": i}, e.id)
+        else:
+            member = f"{seq:016d}:{e.id}"
+            tx.op("SET", k.timeline_entry(e.id), _j({"e": e, "o": origin, "s": seq}))
+            tx.op("ZADD", k.timeline_all, seq, e.id)
         tx.op("ZADD", k.contact_timeline(e.contact_id), at, member)
         if e.ticket_id:
             tx.op("ZADD", k.ticket_timeline(e.ticket_id), at, member)
@@ -1116,8 +1206,7 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
         await self._run(tx)
 
     async def _note_entry(self, tx: Tx, e: TimelineEntry) -> None:
-        seq = int(await self._call(self.r.incr(self.k.timeline_seq)))
-        self._add_entry(tx, e, seq, e.contact_id)
+        self._add_entry(tx, e, None, e.contact_id)
 
     async def unmerge_contact(self, contact_id: str, actor: str, reason: str | None = None) -> Contact:
         await retry_conflicts(lambda: self._unmerge(contact_id, actor, reason), 5, f"contact {contact_id}")

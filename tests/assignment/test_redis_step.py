@@ -1,6 +1,6 @@
 """The Redis assignment step's own guarantees (``gateway/store/redis_assign.py``):
-a step whose lease was lost writes nothing, and a ticket_sync that changes
-nothing takes no lease."""
+a step whose lease was lost writes nothing, a ticket_sync that changes
+nothing takes no lease, and a step still runs after Redis forgot its scripts."""
 
 from __future__ import annotations
 
@@ -58,3 +58,17 @@ async def test_a_step_longer_than_the_lease_keeps_it(store, monkeypatch):
 
     decision = await store._step(T0, slow, t)
     assert decision.agent is not None and await assignee(store, t) == decision.agent
+
+
+@REDIS
+async def test_a_step_runs_after_redis_forgot_its_scripts(store):
+    """assign_next sends its scripts (the lease, the team's live state) inside
+    pipelines as bare EVALSHA: a Redis restarted since (SCRIPT FLUSH here)
+    answers NOSCRIPT, and the step loads them and goes on."""
+    first = await make_ticket(store, team="billing")
+    await store.assign_next(first, T0)
+    await store.r.script_flush()
+    t = await make_ticket(store, team="billing")
+    decision = await store.assign_next(t, T0)
+    assert decision.agent in ("a-li", "a-han") and await assignee(store, t) == decision.agent
+    assert await store.r.script_exists(store._lease.sha, store._live_lua().sha) == [True, True]
