@@ -161,8 +161,9 @@ async def test_daemon_restart_mid_chat_loses_and_duplicates_nothing(browser, sit
         await box.press("Enter")
         await daemon.start()
         async with Agent(daemon.base) as agent:
-            # the widget reconnects by itself and delivers its queue, in order
-            first = await agent.wait("message", text="while it was down")
+            # the widget reconnects by itself and delivers its queue, in order (its back-off reaches 15 s
+            # while the daemon is down, and the daemon's start on a loaded machine takes seconds more)
+            first = await agent.wait("message", text="while it was down", timeout=60)
             second = await agent.wait("message", text="and one more")
             assert first["seq"] < second["seq"]
             await agent.reply(ticket["ticket_id"], "All received")
