@@ -17,7 +17,16 @@ rate would fall as the offered load rises. Three parts keep it steady:
 - :class:`AdmissionGate` — when the pipeline is **starved** (backlog at or
   above ``high_water`` *and* the loop busy at least ``busy_at`` of the
   time), an intake needs a credit before its journal append; the pipeline
-  grants ``ratio`` credits per entry it settles. An intake without a credit waits for one —
+  grants ``ratio`` credits per entry it settles. Starvation has a
+  hysteresis (:meth:`AdmissionGate.starved`): once starved, the pipeline
+  stays so until the backlog falls below ``low_water`` (half the high-water
+  mark: an empty backlog ends it at once) or the loop has been busy less
+  than ``busy_at`` for ``calm_s`` on end — not at the first reading under
+  either threshold. While intake is held to the processing rate the backlog
+  hovers at the high-water mark, and the busy share dips for a moment
+  whenever the machine makes the process wait for a core; each such flip
+  let intake in free, at the offered rate, for as long as it lasted.
+  An intake without a credit waits for one —
   at most ``max_delay_s``, then it goes through anyway: the gate **delays,
   never refuses** (WeChat gives up after three tries within 15 s, so a
   refusal there loses the message). Intake is thereby held to ``ratio``
@@ -75,6 +84,11 @@ SAMPLE_S = 2.0
 BUSY_TICK_S = 0.1
 #: Weight of the newest reading in the busy average.
 BUSY_ALPHA = 0.3
+#: Seconds the loop must stay under ``busy_at`` before a starved pipeline counts as having time to
+#: spare (:meth:`AdmissionGate.starved`): the busy average follows a change within ~0.3 s (its
+#: time constant at :data:`BUSY_TICK_S` and :data:`BUSY_ALPHA`), and the dips it shows while the
+#: machine makes the process wait for a core last up to about a second.
+CALM_S = 2.0
 
 
 class Backlog:
@@ -216,17 +230,24 @@ class LoopBusy:
 class AdmissionGate:
     """Credits for intake while the pipeline is starved (module docstring).
 
-    ``backlog`` and ``busy`` are callables so that tests drive the decisions
-    directly; :meth:`try_admit` is the decision, :meth:`admit` the waiting."""
+    ``backlog``, ``busy`` and ``clock`` (monotonic seconds) are callables so
+    that tests drive the decisions directly; :meth:`starved` is the
+    starvation test, :meth:`try_admit` the decision, :meth:`admit` the
+    waiting. ``low_water`` (default: half of ``high_water``; at least 1) and
+    ``calm_s`` say when a starvation ends (:meth:`starved`)."""
 
     def __init__(self, *, backlog: Callable[[], int], busy: Callable[[], float], ratio: float = 2.0,
                  high_water: int = 512, busy_at: float = 0.7, max_delay_s: float = 0.5, burst: float = 64.0,
-                 shed: bool = False, shed_ratio: float | None = None):
+                 shed: bool = False, shed_ratio: float | None = None, low_water: int | None = None,
+                 calm_s: float = CALM_S, clock: Callable[[], float] = time.monotonic):
         self.backlog = backlog
         self.busy = busy
         self.ratio = ratio
         self.high_water = high_water
+        self.low_water = max(1, high_water // 2 if low_water is None else low_water)  # 1: an empty backlog ends it
         self.busy_at = busy_at
+        self.calm_s = calm_s
+        self.clock = clock
         self.max_delay_s = max_delay_s
         self.burst = burst
         self.credits = burst
@@ -246,23 +267,63 @@ class AdmissionGate:
         #: credits :meth:`reserve` took as requests were parsed, and of those given back (:meth:`release`)
         self.reserved = 0
         self.released = 0
-        self._was_starved = False
+        #: what :meth:`starved` keeps: starved now, and since when (``clock``) the loop has been
+        #: under ``busy_at`` while starved (None: it is not); ``episodes``: starvations begun
+        self._starved = False
+        self._calm_since: float | None = None
+        self.episodes = 0
 
     @property
     def enabled(self) -> bool:
         return self.ratio > 0
 
     def starved(self) -> bool:
-        return self.enabled and self.backlog() >= self.high_water and self.busy() >= self.busy_at
+        """The pipeline is starved: intake needs a credit (and may be shed).
+
+        A hysteresis, evaluated at each call (every intake asks): starvation
+        **begins** when the backlog is at or above ``high_water`` and the
+        loop is busy at least ``busy_at`` of the time, and **ends** only when
+
+        - the backlog falls below ``low_water`` (half the high-water mark,
+          one claim batch in production): the pipeline has gained on
+          intake; an empty backlog ends it at once; or
+        - the loop has been busy less than ``busy_at`` at every call for
+          ``calm_s`` on end: it has time to spare, so the backlog has
+          another cause (a slow disk, say) and holding intake back gains
+          nothing.
+
+        Past capacity, with intake held to the processing rate, the backlog
+        stays near ``high_water``, and the busy share dips under ``busy_at``
+        whenever the machine makes the process wait for a core (a wait
+        after ``select`` returns counts as idle): the test without the
+        hysteresis said "not starved" at each such reading, and intake went
+        in free, at the offered rate, while it lasted."""
+        if not self.enabled:
+            return False
+        if not self._starved:
+            if self.backlog() >= self.high_water and self.busy() >= self.busy_at:
+                self._change(True)
+        elif self.backlog() < self.low_water:
+            self._change(False, "backlog")
+        elif self.busy() >= self.busy_at:
+            self._calm_since = None
+        elif self._calm_since is None:
+            self._calm_since = self.clock()
+        elif self.clock() - self._calm_since >= self.calm_s:
+            self._change(False, "loop_calm")
+        return self._starved
+
+    def _change(self, starved: bool, why: str | None = None) -> None:
+        """Starvation begins or ends (``why``): logged on each change, not per intake."""
+        self._starved, self._calm_since = starved, None
+        self.episodes += starved
+        extra = {} if why is None else {"why": why}
+        log.info("admission.starved" if starved else "admission.recovered", backlog=self.backlog(),
+                 loop_busy=round(self.busy(), 2), ratio=self.ratio, shed=self.shed_count, **extra, **self.stats)
 
     def try_admit(self) -> bool:
         """Admit now (True) or wait for a credit (False)."""
-        starved = self.starved()
-        if starved is not self._was_starved:  # logged on each change, not per intake
-            self._was_starved = starved
-            log.info("admission.starved" if starved else "admission.recovered", backlog=self.backlog(),
-                     loop_busy=round(self.busy(), 2), ratio=self.ratio, shed=self.shed_count, **self.stats)
-        if not starved:
+        if not self.starved():
             self.stats["free"] += 1
             return True
         # every intake while starved, credited or about to wait, spends the shedding account
@@ -343,7 +404,7 @@ class AdmissionGate:
                 credits -= 1
                 fut.set_result(True)
         self.credits = min(self.burst, credits)  # what nobody waits for is kept up to the burst
-        if self._waiters and not self.starved():  # no longer starved: let everyone in
+        if self._waiters and not self.starved():  # starvation ended (:meth:`starved`): let everyone in
             self.release_all()
 
     def release_all(self) -> None:

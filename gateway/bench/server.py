@@ -202,7 +202,8 @@ async def _admission_stats(app: web.Application, path: Path, intake: IntakeTimes
                                         "shed_as_parsed": getattr(app.get(REFUSAL), "count", 0),
                                         # credits taken as requests were parsed, and given back unused
                                         "reserved": load.gate.reserved, "released": load.gate.released,
-                                        "backlog": load.backlog.pending,
+                                        # starvations begun (gateway/admission.py, AdmissionGate.starved)
+                                        "episodes": load.gate.episodes, "backlog": load.backlog.pending,
                                         "loop_busy": round(load.busy(), 2), "intake_buckets": intake.counts,
                                         # the pinned clock: WeChat callbacks are stamped near it
                                         "clock": app[keys.CLOCK]().timestamp()}))

@@ -434,7 +434,8 @@ async def _step(servers: Servers, db: sqlite3.Connection, rate: float, first: in
 
 
 #: the gate's counters a step reports the growth of (gateway.bench.server writes them)
-GATE_COUNTERS = ("free", "credited", "waited", "timed_out", "shed", "shed_as_parsed", "reserved", "released")
+GATE_COUNTERS = ("free", "credited", "waited", "timed_out", "shed", "shed_as_parsed", "reserved", "released",
+                 "episodes")
 
 
 def _gate_delta(before: dict, after: dict) -> dict:
@@ -444,7 +445,8 @@ def _gate_delta(before: dict, after: dict) -> dict:
     (``shed``), of them answered as parsed (``shed_as_parsed``,
     gateway/fast_refusal.py) and by the handler (``shed_by_handler``);
     credits taken as requests were parsed (``reserved``) and given back
-    unused (``released``)."""
+    unused (``released``); starvations begun (``episodes``: since the
+    seventh pass of issue 11, 0 from a daemon before it)."""
     delta = {name: after.get(name, 0) - before.get(name, 0) for name in GATE_COUNTERS}
     delta["shed_by_handler"] = delta["shed"] - delta["shed_as_parsed"]
     return delta

@@ -334,3 +334,106 @@ async def test_an_intake_that_goes_away_while_waiting_leaves_no_waiter_behind():
     assert not g._waiters
     g.settled(1)  # its credit is kept for the next intake
     assert g.try_admit()
+
+
+class Seconds:
+    """A monotonic clock the test moves by hand (the gate's ``clock``)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def starved_gate(probe: Probe, clock: Seconds | None = None, **kw) -> AdmissionGate:
+    """A gate (high water 100, busy at 0.9, low water 50, calm after 2 s) that has become starved."""
+    g = gate(probe, clock=clock or Seconds(), calm_s=2.0, **kw)
+    probe.backlog, probe.busy = 100, 0.9
+    assert g.starved() and g.episodes == 1
+    return g
+
+
+def test_starvation_lasts_until_the_backlog_falls_below_half_the_high_water_mark():
+    """Past capacity intake is held to the processing rate and the backlog
+    hovers at the high-water mark: a backlog just under it keeps the
+    pipeline starved (intake still needs a credit), only one under half of
+    it ends the starvation; starting again takes the high-water mark."""
+    probe = Probe()
+    g = starved_gate(probe, burst=0.0)
+    for backlog in (99, 75, 50):
+        probe.backlog = backlog
+        assert g.starved() and not g.try_admit()  # held: no credit, no free admission
+    probe.backlog = 49
+    assert not g.starved() and g.try_admit() and g.stats["free"] == 1
+    probe.backlog = 99  # under the high-water mark: not starved again
+    assert not g.starved() and g.try_admit()
+    probe.backlog = 100
+    assert g.starved() and g.episodes == 2
+
+
+def test_an_empty_backlog_ends_starvation_at_once_however_busy_the_loop():
+    probe = Probe()
+    g = starved_gate(probe, low_water=0)  # even with no low-water mark to speak of
+    probe.busy = 1.0
+    probe.backlog = 0
+    assert not g.starved() and g.try_admit()
+
+
+def test_a_dip_in_the_busy_share_does_not_end_starvation_a_calm_loop_does():
+    """The busy share under ``busy_at`` ends the starvation only once it has
+    stayed there for ``calm_s``; a reading back above it starts the count
+    again. Driven on the injected clock: nothing here waits."""
+    probe, clock = Probe(), Seconds()
+    g = starved_gate(probe, clock, burst=0.0, shed=True)
+    probe.busy = 0.5  # the machine made the process wait for a core
+    for clock.now in (0.0, 1.0, 1.99):
+        assert g.starved() and not g.try_admit() and g.shed()
+    probe.busy = 0.95  # busy again: the calm period starts over
+    assert g.starved()
+    probe.busy = 0.5
+    for clock.now in (2.5, 4.49):
+        assert g.starved()
+    clock.now = 4.5  # two seconds on end under busy_at: time to spare
+    assert not g.starved() and g.try_admit() and not g.shed()
+    assert g.stats["free"] == 1 and g.stats["credited"] == 0
+
+
+async def test_waiters_are_let_in_when_starvation_ends_not_when_the_backlog_dips():
+    """``settled`` lets everyone waiting in when the (hysteresis) test says
+    the starvation is over, not at the first backlog under the high-water mark."""
+    probe = Probe()
+    g = starved_gate(probe, burst=0.0)
+    task = asyncio.create_task(g.admit())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    probe.backlog = 80  # under the high-water mark, above the low: still starved
+    g.settled(0)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not task.done() and len(g._waiters) == 1
+    probe.backlog = 10
+    g.settled(0)
+    await asyncio.wait_for(task, PATIENCE_S)
+    assert g.stats["waited"] == 1 and not g._waiters
+
+
+def test_the_gate_logs_why_starvation_ended():
+    from structlog.testing import capture_logs
+
+    probe, clock = Probe(), Seconds()
+    g = gate(probe, clock=clock, calm_s=2.0)
+    with capture_logs() as logs:
+        probe.backlog, probe.busy = 5000, 1.0
+        g.try_admit()
+        probe.busy = 0.1
+        for clock.now in (0.0, 1.0, 2.0, 3.0):
+            g.try_admit()
+        probe.busy = 1.0
+        g.try_admit()
+        probe.backlog = 0
+        g.try_admit()
+    assert [(e["event"], e.get("why")) for e in logs] == [
+        ("admission.starved", None), ("admission.recovered", "loop_calm"),
+        ("admission.starved", None), ("admission.recovered", "backlog")]
+    assert g.episodes == 2
