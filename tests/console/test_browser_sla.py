@@ -23,7 +23,7 @@ from gateway.app import create_app
 from gateway.config import load
 from tests.clock import BUSINESS_HOURS, INSTANTS, FakeClock
 from tests.console.conftest import DIRECTORY, agent_token, console_env
-from tests.console.test_browser import ARGS, CHROMIUM, PATIENCE_MS, browser_available  # noqa: F401
+from tests.console.test_browser import PATIENCE_MS, browser, browser_available  # noqa: F401 (fixtures)
 from tests.console.test_console import SLA_POLICY, api_message
 
 pytestmark = [pytest.mark.integration]
@@ -39,18 +39,6 @@ async def gateway(aiohttp_client, tmp_path, browser_available):  # noqa: F811
                                   server_kwargs={"host": "127.0.0.1"})
     await api_message(client, "退款还没到账", ext="sla-1", subject="退款")  # first response due in 1 h
     return client
-
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 async def badge(page) -> str:
