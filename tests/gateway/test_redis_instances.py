@@ -17,9 +17,11 @@ with a ``RedisStore``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -132,20 +134,26 @@ async def test_two_instances_one_killed_mid_stream_lose_nothing_and_duplicate_no
             async def send(session: aiohttp.ClientSession, i: int) -> None:
                 ext = f"m{i}"
                 targets = ["a", "b"] if i % 2 else ["b", "a"]
-                for attempt in range(200):  # a platform redelivers until acknowledged
+                # a platform redelivers until acknowledged: for 90 s here (the survivor may shed with 503
+                # while the killed instance's backlog is not yet claimed)
+                give_up, last = time.monotonic() + 90, None
+                for attempt in itertools.count():
+                    if time.monotonic() > give_up:
+                        break
                     target = targets[attempt % 2] if killed.is_set() or attempt else targets[0]
                     if target == "a" and procs["a"].poll() is not None:
                         target = "b"
                     try:
                         async with session.post(f"http://127.0.0.1:{ports[target]}/channels/api/messages",
                                                 json=body(ext, i), headers=AUTH) as r:
+                            last = r.status
                             if r.status == 202:
                                 acked[ext] = (await r.json())["journal_id"]
                                 return
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
-                        pass
+                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                        last = type(exc).__name__
                     await asyncio.sleep(0.05)
-                raise AssertionError(f"{ext} never acknowledged")
+                raise AssertionError(f"{ext} never acknowledged (last answer: {last})")
 
             async def killer() -> None:
                 while len(acked) < 300:
