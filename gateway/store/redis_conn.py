@@ -66,15 +66,17 @@ def parse_sentinel_url(url: str) -> SentinelURL:
 
 def connect(url: str, **kw: Any) -> Any:
     """A ``redis.asyncio.Redis`` for ``url`` (``kw``: connection options such as
-    ``socket_timeout``, ``decode_responses``, ``health_check_interval``)."""
-    import redis.asyncio as aioredis
+    ``socket_timeout``, ``decode_responses``, ``health_check_interval``): a
+    :class:`~gateway.store.redis_mux.MuxRedis`, which auto-pipelines what one
+    loop turn sends over one shared connection."""
+    from gateway.store.redis_mux import MuxRedis
 
     if not url.startswith(SENTINEL_SCHEME):
-        return aioredis.Redis.from_url(url, **kw)
+        return MuxRedis.from_url(url, **kw)
     from redis.asyncio.sentinel import Sentinel
 
     s = parse_sentinel_url(url)
     timeouts = {k: kw[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kw}
     sentinel = Sentinel(s.hosts, sentinel_kwargs={**timeouts, "password": s.sentinel_password}, **timeouts)
-    return sentinel.master_for(s.service, redis_class=aioredis.Redis, db=s.db, username=s.username,
+    return sentinel.master_for(s.service, redis_class=MuxRedis, db=s.db, username=s.username,
                                password=s.password, **kw)

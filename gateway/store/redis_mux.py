@@ -1,0 +1,294 @@
+"""Auto-pipelining: what the coroutines of one process ask Redis within one
+event-loop turn goes out in one write, on one shared connection, and the
+replies are handed back in order.
+
+redis-py gives every command and every pipeline a connection of its own
+from its pool: a checkout and a release, a retry wrapper, a timeout context,
+a ``send`` system call and a wake-up of the loop for its reply, per round
+trip. With the pipeline's 64 tasks each waiting on its own connection that
+machinery was most of the Redis backend's CPU (py-spy of the bare pipeline
+on Redis: ~48 % of the loop in redis-py's command path, 10.5 % in the
+sockets' ``send``, 9 % checking connections out of the pool). Redis runs
+one command at a time whatever the number of connections, so one connection
+loses nothing: commands asked for in the same turn are packed together
+(redis-py's own encoder), written once when the turn ends, and the replies,
+parsed by hiredis as they arrive, resolve the callers' futures in order
+(ioredis calls it ``enableAutoPipelining``).
+
+:class:`MuxRedis` is a ``redis.asyncio.Redis`` whose ``execute_command``
+and non-transactional pipelines go through it; everything else is redis-py
+as before:
+
+- what would hold the shared connection or change its state goes through
+  the pool: blocking commands (``WAIT``, the ``B…`` pops, ``XREAD``/
+  ``XREADGROUP`` with ``BLOCK``), ``MULTI``/``EXEC``/``WATCH`` and
+  transactions, connection commands (``SELECT``, ``AUTH``, ``CLIENT``…),
+  pipelines holding redis-py ``Script`` objects (it loads them first);
+- a command whose shared connection failed (closed, reset, no reply within
+  ``socket_timeout``) is sent once more through the pool, exactly what
+  redis-py's retry does for its own connections; a ``READONLY`` answer (a
+  primary demoted by Sentinel) drops the shared connection, so that the next
+  one is opened to the primary the Sentinels name, and the command goes
+  through the pool the same way;
+- the shared connection is opened by redis-py (address from Sentinel,
+  TLS, ``AUTH``, ``SELECT``) and replaced after ``health_check_interval``
+  seconds idle instead of being pinged.
+
+Replies are converted by redis-py's own response callbacks, so a caller
+sees what redis-py would have given it, errors included (a pipeline raises
+its first error, as ``raise_on_error`` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+from typing import Any
+
+import hiredis
+from redis._parsers.base import BaseParser
+from redis.asyncio.client import EMPTY_RESPONSE, NEVER_DECODE, Pipeline, Redis
+from redis.exceptions import ConnectionError, InvalidResponse, ReadOnlyError, ResponseError, TimeoutError
+
+#: commands that hold the connection (blocking) or change its state: never shared
+_POOL_ONLY = frozenset({
+    "WAIT", "WAITAOF", "BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP",
+    "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "SELECT", "AUTH", "HELLO", "CLIENT", "RESET", "QUIT",
+    "MONITOR", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE",
+    "SYNC", "PSYNC", "REPLICAOF", "SLAVEOF", "SHUTDOWN", "DEBUG", "READONLY", "READWRITE", "ASKING",
+})
+_BLOCK_WHEN = frozenset({"XREAD", "XREADGROUP"})  # blocking only with BLOCK
+_NOT_ENOUGH = object()
+
+_names: dict[Any, str] = {}
+
+
+def shareable(args: tuple) -> bool:
+    """Whether the command ``args`` may go through the shared connection."""
+    first = args[0]
+    name = _names.get(first)
+    if name is None:
+        text = first.decode() if isinstance(first, bytes) else str(first)
+        name = _names[first] = text.split(" ", 1)[0].upper()
+    if name in _POOL_ONLY:
+        return False
+    return name not in _BLOCK_WHEN or ("BLOCK" not in args and b"BLOCK" not in args)
+
+
+class _Mux:
+    """The shared connection of one client: the write buffer of this loop
+    turn and the requests waiting for their replies, in order."""
+
+    def __init__(self, pool: Any):
+        self.pool = pool
+        kw = pool.connection_kwargs
+        self.timeout: float | None = kw.get("socket_timeout")
+        self.idle_s: float = kw.get("health_check_interval") or 0
+        self._conn: Any = None
+        self._reader: Any = None  # the connection's asyncio StreamReader / StreamWriter
+        self._writer: Any = None
+        self._parser: Any = None
+        self._opening: asyncio.Lock | None = None
+        #: packed commands of this turn, written by :meth:`_flush`
+        self._out: list[bytes] = []
+        self._flush_at: asyncio.Handle | None = None
+        #: [future, replies expected, replies so far], in the order they were written
+        self._waiting: collections.deque[list] = collections.deque()
+        self._read_task: asyncio.Task | None = None
+        self._last_io = 0.0
+        #: replace the connection once nothing is in flight on it (a ``READONLY`` answer)
+        self._replace = False
+        self._closing: set[asyncio.Task] = set()
+        self.closed = False
+
+    async def send(self, commands: list[tuple]) -> list:
+        """The raw replies to ``commands`` (an error reply as its exception,
+        not raised); ConnectionError or TimeoutError when the connection
+        failed before every reply came."""
+        loop = asyncio.get_running_loop()
+        conn = self._conn
+        if conn is None or ((self._replace or (self.idle_s and loop.time() - self._last_io > self.idle_s))
+                            and not self._waiting and not self._out):
+            conn = await self._open(conn)
+        packed = conn.pack_commands(commands)
+        fut = loop.create_future()
+        self._out.extend(packed)
+        self._waiting.append([fut, len(commands), []])
+        if self._flush_at is None:
+            self._flush_at = loop.call_soon(self._flush)
+        return await fut
+
+    async def _open(self, seen: Any) -> Any:
+        if self.closed:
+            raise ConnectionError("the client is closed")
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._conn is not seen and self._conn is not None:
+                return self._conn  # another caller opened it meanwhile
+            self.drop()
+            self._replace = False
+            conn = self.pool.make_connection()
+            await conn.connect()  # redis-py: the address (Sentinel), TLS, AUTH, SELECT
+            self._conn, self._reader, self._writer = conn, conn._reader, conn._writer
+            self._parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error,
+                                          notEnoughData=_NOT_ENOUGH)
+            self._last_io = asyncio.get_running_loop().time()
+            return conn
+
+    def _flush(self) -> None:
+        self._flush_at = None
+        if not self._out:
+            return
+        data = b"".join(self._out)
+        self._out.clear()
+        self._writer.write(data)
+        if self._read_task is None:
+            self._read_task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        reader, parser, waiting = self._reader, self._parser, self._waiting
+        try:
+            while waiting:
+                reply = parser.gets()
+                if reply is _NOT_ENOUGH:
+                    if self.timeout:
+                        async with asyncio.timeout(self.timeout):
+                            data = await reader.read(65536)
+                    else:
+                        data = await reader.read(65536)
+                    if not data:
+                        raise ConnectionError("Connection closed by server.")
+                    parser.feed(data)
+                    continue
+                if isinstance(reply, ReadOnlyError):
+                    self._replace = True  # a demoted primary: replaced once nothing is in flight
+                request = waiting[0]
+                got = request[2]
+                got.append(reply)
+                if len(got) == request[1]:
+                    waiting.popleft()
+                    if not request[0].done():
+                        request[0].set_result(got)
+            self._last_io = asyncio.get_running_loop().time()
+        except asyncio.CancelledError:
+            self._fail(ConnectionError("the client is closing"))
+            raise
+        except asyncio.TimeoutError:
+            self._fail(TimeoutError("Timeout reading from the shared connection"))
+        except Exception as exc:  # noqa: BLE001 - every waiter learns the connection failed
+            self._fail(exc if isinstance(exc, (ConnectionError, TimeoutError)) else ConnectionError(str(exc)))
+        finally:
+            self._read_task = None
+
+    def _fail(self, exc: BaseException) -> None:
+        waiting, self._waiting = self._waiting, collections.deque()
+        self._out.clear()
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        self.drop()
+        for request in waiting:
+            if not request[0].done():
+                request[0].set_exception(exc)
+
+    def drop(self) -> None:
+        """Forget the shared connection (the next request opens another)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._read_task is not None and self._read_task is not asyncio.current_task():
+            self._read_task.cancel()
+        task = asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._conn is not None:
+            self._fail(ConnectionError("the client is closing"))
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def _parsed(client: Any, args: tuple, reply: Any, options: dict) -> Any:
+    """``reply`` as redis-py's ``parse_response`` would give it."""
+    if isinstance(reply, ResponseError):
+        if EMPTY_RESPONSE in options:
+            return options[EMPTY_RESPONSE]
+        raise reply
+    options.pop(EMPTY_RESPONSE, None)
+    options.pop(NEVER_DECODE, None)
+    options.pop("keys", None)
+    callback = client.response_callbacks.get(args[0])
+    if callback is None:
+        return reply
+    value = callback(reply, **options)
+    return await value if inspect.isawaitable(value) else value
+
+
+class MuxRedis(Redis):
+    """A ``redis.asyncio.Redis`` that shares one connection among what its
+    callers send in the same loop turn (module docstring). Bytes replies
+    only (``decode_responses=False``); with decoding on it is plain redis-py."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        pool = self.connection_pool
+        self._mux = None if pool.connection_kwargs.get("decode_responses") else _Mux(pool)
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        mux = self._mux
+        if mux is None or self.single_connection_client or not shareable(args):
+            return await super().execute_command(*args, **options)
+        try:
+            (reply,) = await mux.send([args])
+        except (ConnectionError, TimeoutError):
+            return await super().execute_command(*args, **options)  # once more, the pool's way
+        if isinstance(reply, ReadOnlyError):
+            return await super().execute_command(*args, **options)
+        return await _parsed(self, args, reply, options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+        if self._mux is None:
+            return super().pipeline(transaction, shard_hint)
+        return MuxPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint, mux=self._mux)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        if self._mux is not None:
+            await self._mux.close()
+        await super().aclose(close_connection_pool)
+
+
+class MuxPipeline(Pipeline):
+    """A pipeline of :class:`MuxRedis`: without a transaction, scripts or
+    commands that must not be shared, it goes out with whatever else the
+    loop turn sends."""
+
+    def __init__(self, *args: Any, mux: _Mux, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._mux = mux
+
+    async def execute(self, raise_on_error: bool = True) -> list:
+        stack = self.command_stack
+        if (not stack or self.watching or self.scripts or self.is_transaction or self.explicit_transaction
+                or not all(shareable(args) for args, _ in stack)):
+            return await super().execute(raise_on_error)
+        await self.reset()
+        try:
+            replies = await self._mux.send([args for args, _ in stack])
+        except (ConnectionError, TimeoutError):
+            replies = None
+        if replies is None or any(isinstance(r, ReadOnlyError) for r in replies):
+            self.command_stack = stack  # once more, the pool's way
+            return await super().execute(raise_on_error)
+        response = []
+        for (args, options), reply in zip(stack, replies):
+            try:
+                response.append(await _parsed(self, args, reply, options))
+            except ResponseError as exc:
+                response.append(exc)
+        if raise_on_error:
+            self.raise_first_error(stack, response)
+        return response
