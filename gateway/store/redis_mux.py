@@ -86,17 +86,18 @@ class _Mux:
         self.timeout: float | None = kw.get("socket_timeout")
         self.idle_s: float = kw.get("health_check_interval") or 0
         self._conn: Any = None
-        self._reader: Any = None  # the connection's asyncio StreamReader / StreamWriter
-        self._writer: Any = None
-        self._parser: Any = None
+        self._writer: Any = None  # the connection's asyncio StreamWriter
         self._opening: asyncio.Lock | None = None
         #: packed commands of this turn, written by :meth:`_flush`
         self._out: list[bytes] = []
         self._flush_at: asyncio.Handle | None = None
         #: [future, replies expected, replies so far], in the order they were written
         self._waiting: collections.deque[list] = collections.deque()
+        #: the connection's reader (one task for its life) and the timer of ``socket_timeout``
         self._read_task: asyncio.Task | None = None
-        self._last_io = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+        #: when bytes last came (or a request went out on an idle connection), loop time
+        self._progress = 0.0
         #: replace the connection once nothing is in flight on it (a ``READONLY`` answer)
         self._replace = False
         self._closing: set[asyncio.Task] = set()
@@ -105,18 +106,26 @@ class _Mux:
     async def send(self, commands: list[tuple]) -> list:
         """The raw replies to ``commands`` (an error reply as its exception,
         not raised); ConnectionError or TimeoutError when the connection
-        failed before every reply came."""
+        failed before every reply came. Written at once when nothing is in
+        flight, else with the rest of this loop turn's."""
         loop = asyncio.get_running_loop()
         conn = self._conn
-        if conn is None or ((self._replace or (self.idle_s and loop.time() - self._last_io > self.idle_s))
-                            and not self._waiting and not self._out):
+        if conn is None or ((self._replace or (self.idle_s and loop.time() - self._progress > self.idle_s))
+                            and not self._waiting):
             conn = await self._open(conn)
         packed = conn.pack_commands(commands)
         fut = loop.create_future()
-        self._out.extend(packed)
-        self._waiting.append([fut, len(commands), []])
-        if self._flush_at is None:
-            self._flush_at = loop.call_soon(self._flush)
+        waiting = self._waiting
+        waiting.append([fut, len(commands), []])
+        if len(waiting) == 1:
+            self._progress = loop.time()
+            self._writer.writelines(packed)
+            if self.timeout and self._watchdog is None:
+                self._watchdog = loop.call_later(self.timeout, self._check)
+        else:
+            self._out.extend(packed)
+            if self._flush_at is None:
+                self._flush_at = loop.call_soon(self._flush)
         return await fut
 
     async def _open(self, seen: Any) -> Any:
@@ -131,63 +140,70 @@ class _Mux:
             self._replace = False
             conn = self.pool.make_connection()
             await conn.connect()  # redis-py: the address (Sentinel), TLS, AUTH, SELECT
-            self._conn, self._reader, self._writer = conn, conn._reader, conn._writer
-            self._parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error,
-                                          notEnoughData=_NOT_ENOUGH)
-            self._last_io = asyncio.get_running_loop().time()
+            parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error,
+                                    notEnoughData=_NOT_ENOUGH)
+            loop = asyncio.get_running_loop()
+            self._conn, self._writer, self._progress = conn, conn._writer, loop.time()
+            self._read_task = loop.create_task(self._read(conn, conn._reader, parser))
             return conn
 
     def _flush(self) -> None:
         self._flush_at = None
-        if not self._out:
-            return
-        data = b"".join(self._out)
-        self._out.clear()
-        self._writer.write(data)
-        if self._read_task is None:
-            self._read_task = asyncio.get_running_loop().create_task(self._read())
+        if self._out:
+            self._writer.writelines(self._out)
+            self._out.clear()
 
-    async def _read(self) -> None:
-        reader, parser, waiting = self._reader, self._parser, self._waiting
-        try:
-            while waiting:
-                reply = parser.gets()
-                if reply is _NOT_ENOUGH:
-                    if self.timeout:
-                        async with asyncio.timeout(self.timeout):
-                            data = await reader.read(65536)
-                    else:
-                        data = await reader.read(65536)
-                    if not data:
-                        raise ConnectionError("Connection closed by server.")
-                    parser.feed(data)
-                    continue
-                if isinstance(reply, ReadOnlyError):
-                    self._replace = True  # a demoted primary: replaced once nothing is in flight
-                request = waiting[0]
-                got = request[2]
-                got.append(reply)
-                if len(got) == request[1]:
-                    waiting.popleft()
-                    if not request[0].done():
-                        request[0].set_result(got)
-            self._last_io = asyncio.get_running_loop().time()
-        except asyncio.CancelledError:
-            self._fail(ConnectionError("the client is closing"))
-            raise
-        except asyncio.TimeoutError:
+    def _check(self) -> None:
+        """``socket_timeout`` passed since the watchdog was set: fail what is in
+        flight if nothing came meanwhile, else look again later."""
+        self._watchdog = None
+        if not self._waiting or not self.timeout:
+            return
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._progress
+        if quiet >= self.timeout:
             self._fail(TimeoutError("Timeout reading from the shared connection"))
+        else:
+            self._watchdog = loop.call_later(self.timeout - quiet, self._check)
+
+    async def _read(self, conn: Any, reader: asyncio.StreamReader, parser: Any) -> None:
+        """Hand each reply to the oldest request, for the connection's life."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionError("Connection closed by server.")
+                self._progress = loop.time()
+                parser.feed(data)
+                waiting = self._waiting
+                while (reply := parser.gets()) is not _NOT_ENOUGH:
+                    if not waiting:
+                        raise InvalidResponse("a reply nobody asked for")
+                    if isinstance(reply, ReadOnlyError):
+                        self._replace = True  # a demoted primary: replaced once nothing is in flight
+                    request = waiting[0]
+                    got = request[2]
+                    got.append(reply)
+                    if len(got) == request[1]:
+                        waiting.popleft()
+                        if not request[0].done():
+                            request[0].set_result(got)
+        except asyncio.CancelledError:
+            if self._conn is conn:
+                self._fail(ConnectionError("the client is closing"))
+            raise
         except Exception as exc:  # noqa: BLE001 - every waiter learns the connection failed
-            self._fail(exc if isinstance(exc, (ConnectionError, TimeoutError)) else ConnectionError(str(exc)))
-        finally:
-            self._read_task = None
+            if self._conn is conn:
+                self._fail(exc if isinstance(exc, (ConnectionError, TimeoutError)) else ConnectionError(str(exc)))
 
     def _fail(self, exc: BaseException) -> None:
         waiting, self._waiting = self._waiting, collections.deque()
         self._out.clear()
-        if self._flush_at is not None:
-            self._flush_at.cancel()
-            self._flush_at = None
+        for handle in (self._flush_at, self._watchdog):
+            if handle is not None:
+                handle.cancel()
+        self._flush_at = self._watchdog = None
         self.drop()
         for request in waiting:
             if not request[0].done():
@@ -196,13 +212,16 @@ class _Mux:
     def drop(self) -> None:
         """Forget the shared connection (the next request opens another)."""
         conn, self._conn = self._conn, None
+        task, self._read_task = self._read_task, None
         if conn is None:
             return
-        if self._read_task is not None and self._read_task is not asyncio.current_task():
-            self._read_task.cancel()
-        task = asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        ending = [asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))]
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            ending.append(task)
+        for t in ending:  # awaited by close()
+            self._closing.add(t)
+            t.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         self.closed = True
