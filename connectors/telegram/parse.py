@@ -104,6 +104,11 @@ SERVICE_FIELDS = (
     "direct_message_price_changed",
     "checklist_tasks_done",
     "checklist_tasks_added",
+    "suggested_post_approved",
+    "suggested_post_approval_failed",
+    "suggested_post_declined",
+    "suggested_post_paid",
+    "suggested_post_refunded",
 )
 
 #: File-carrying message fields in the order they are read, with the content
