@@ -9,9 +9,9 @@ platform (``messenger`` or ``instagram``), its ``account`` the entry id.
 
 Identities are page-scoped (CONTRACTS.md): ``messenger`` ``<pageid>:<psid>``,
 ``instagram`` ``<igid>:<igsid>`` — a PSID means nothing outside its page. A
-Chat Plugin guest (or a checkbox-plugin opt-in) has no PSID, only a
-``user_ref``: ``<pageid>:user_ref:<ref>``, which ``send`` answers by
-``recipient.user_ref``.
+Chat Plugin guest (or a checkbox-plugin opt-in, whose ``optin`` event has
+no sender but ``optin.user_ref``) has no PSID, only a ``user_ref``:
+``<pageid>:user_ref:<ref>``, which ``send`` answers by ``recipient.user_ref``.
 
 What each event becomes:
 
@@ -198,7 +198,8 @@ def _party(party: Any) -> str | None:
 
 
 def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> list[Inbound]:
-    sender_id = _party(ev.get("sender")) or "unknown"
+    # a Checkbox Plugin opt-in has no sender at all: its user is only ``optin.user_ref``
+    sender_id = _party(ev.get("sender")) or _party({"user_ref": _d(ev.get("optin")).get("user_ref")}) or "unknown"
     recipient_id = _party(ev.get("recipient")) or ""
     account = eid or recipient_id
     msg = _d(ev.get("message"))

@@ -243,6 +243,15 @@ def test_messenger_chat_plugin_guests_have_their_own_identities() -> None:
     assert messenger_client.recipient_of("106540352242922:6247348") == {"id": "6247348"}
 
 
+def test_messenger_checkbox_optins_name_their_user_ref() -> None:
+    # no sender, only optin.user_ref: both were "<page>:unknown", one contact for every shopper
+    one, two = messenger.parse((FIXTURES / "messenger_synthetic_checkbox_optin.json").read_bytes(), {})
+    assert (one.kind, one.raw_type, one.meta["ref"]) == ("event", "optin", "checkout-page")
+    assert one.sender.value == "106540352242922:user_ref:shopper-ref-0001" and not one.defects
+    assert two.sender.value == "106540352242922:user_ref:shopper-ref-0002"
+    assert messenger_client.recipient_of(one.sender.value) == {"user_ref": "shopper-ref-0001"}
+
+
 def test_instagram_story_reply_names_the_story() -> None:
     (reply,) = messenger.parse((FIXTURES / "instagram_synthetic_story_reply.json").read_bytes(), {})
     assert (reply.channel, reply.kind, reply.text) == ("instagram", "message", "Is this jacket still available?")
