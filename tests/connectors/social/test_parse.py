@@ -127,6 +127,18 @@ def test_line_corpus_batch_gives_every_event() -> None:
     assert line.parse(raw, {})[0].account == "U123"
 
 
+def test_line_module_account_events_come_from_the_account() -> None:
+    # module/botSuspended/botResumed have no source: they were "<account>:unknown", a LINE
+    # user contact shared by every account-level event
+    attached, suspended, resumed = line.parse(
+        (FIXTURES / "line_synthetic_module_account_events.json").read_bytes(), {"channel_id": "1650000001"})
+    for event in (attached, suspended, resumed):
+        assert (event.kind, event.sender.kind, event.sender.value) == ("event", "external", "line-account:1650000001")
+        assert not event.defects
+    assert (attached.raw_type, attached.meta["module"]) == ("module", "attached")
+    assert (suspended.raw_type, resumed.raw_type) == ("botSuspended", "botResumed")
+
+
 def test_line_signature() -> None:
     raw = corpus_file("line_webhook_v3.json").read_bytes()
     good = base64.b64encode(hmac.new(b"s3cret", raw, hashlib.sha256).digest()).decode()
