@@ -165,6 +165,17 @@ def test_suggested_post_notices_are_events(field: str) -> None:
     assert (event.kind, event.raw_type, event.text) == ("event", f"message.{field}", "")
 
 
+@pytest.mark.parametrize("field", ["voice_chat_started", "voice_chat_scheduled", "voice_chat_ended",
+                                   "voice_chat_participants_invited", "user_shared"])
+def test_service_notices_under_their_older_names_are_events(field: str) -> None:
+    # recorded Bot API 5.x/6.x updates (https://core.telegram.org/bots/api-changelog): they were
+    # empty customer messages
+    update = json.loads((FIXTURES / "synthetic_voice_chat_started.json").read_text())
+    update["message"][field] = update["message"].pop("voice_chat_started")
+    event = parse_one(json.dumps(update).encode())
+    assert (event.kind, event.raw_type, event.text) == ("event", f"message.{field}", "")
+
+
 def test_ids_written_as_strings_and_dates_out_of_range_still_parse() -> None:
     # A relay that re-serialises the Bot API Update (https://core.telegram.org/bots/api#update)
     # with numbers as strings; a date no datetime holds was an OverflowError crash.
