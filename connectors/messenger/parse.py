@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from typing import Any, Mapping
 
 from connectors.base import PayloadRejected
@@ -178,6 +179,17 @@ def _change_event(channel: str, eid: str, field: str, value: Mapping[str, Any], 
                    raw_type=field, meta=meta)
 
 
+def _event_time(value: Any) -> datetime | None:
+    """A messaging event's ``timestamp``: Unix milliseconds — or seconds, as an
+    Instagram ``messages`` change can give it (Meta's field test sends
+    ``"timestamp": "1527459824"``), which read as milliseconds fell in 1970."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return _time(n * 1000 if 0 < n < 10**11 else n)
+
+
 def _status(channel: str, account: str, user: Sender, mid: str, status: str, ev: Mapping[str, Any],
             key: str) -> Inbound:
     meta = {"status_of": mid, "status": status}
@@ -185,7 +197,7 @@ def _status(channel: str, account: str, user: Sender, mid: str, status: str, ev:
     if watermark:
         meta["watermark"] = watermark
     return Inbound(channel=channel, account=account, external_id=key, kind="event", sender=user,
-                   sent_at=_time(ev.get("timestamp")), raw_type="status", meta=meta)
+                   sent_at=_event_time(ev.get("timestamp")), raw_type="status", meta=meta)
 
 
 def _party(party: Any) -> str | None:
@@ -207,7 +219,7 @@ def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> l
     customer = recipient_id if echo else sender_id
     user = Sender(kind=channel, value=f"{account}:{customer}")
     key = event_key(eid, ev)
-    at = _time(ev.get("timestamp"))
+    at = _event_time(ev.get("timestamp"))
     meta: dict[str, str] = {}
     if "delivery" in ev:
         given = _d(ev["delivery"]).get("mids")

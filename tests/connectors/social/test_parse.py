@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -262,6 +263,18 @@ def test_messenger_checkbox_optins_name_their_user_ref() -> None:
     assert one.sender.value == "106540352242922:user_ref:shopper-ref-0001" and not one.defects
     assert two.sender.value == "106540352242922:user_ref:shopper-ref-0002"
     assert messenger_client.recipient_of(one.sender.value) == {"user_ref": "shopper-ref-0001"}
+
+
+def test_instagram_messages_change_in_seconds_keeps_its_time() -> None:
+    # value.timestamp "1717000499" (seconds) was read as milliseconds: sent_at in January 1970
+    (msg,) = messenger.parse((FIXTURES / "instagram_synthetic_messages_change_seconds.json").read_bytes(), {})
+    assert (msg.channel, msg.kind, msg.text, msg.sender.value) == (
+        "instagram", "message", "Do you have this in size 42?", "17841400000000002:99887700")
+    assert msg.sent_at == datetime(2024, 5, 29, 16, 34, 59, tzinfo=timezone.utc)
+    # messaging events keep their milliseconds
+    message, read = messenger.parse((FIXTURES / "instagram_synthetic_message_read.json").read_bytes(), {})
+    assert message.sent_at == datetime.fromtimestamp(1790000000, timezone.utc)
+    assert read.sent_at == datetime.fromtimestamp(1790000000.001, timezone.utc)
 
 
 def test_instagram_story_reply_names_the_story() -> None:
