@@ -26,14 +26,12 @@ from typing import Any, Callable, Mapping
 from connectors.base import PayloadRejected
 from connectors.wechat.envelope import open_callback
 from connectors.wechat.safexml import MAX_XML_BYTES, text_field
-from connectors.wechat.parse import xml_inbound
+from connectors.wechat.parse import SYSTEM_SENDER, xml_inbound
 from connectors.webhooks import decode_json
 from routing.model import Attachment, Inbound, Sender, ThreadHints
 
 CHANNEL = "wecom"
 KF_NOTIFY_EVENT = "kf_msg_or_event"
-#: FromUserName of the events WeCom generates itself (通讯录、客户联系 changes).
-SYSTEM_SENDER = "sys"
 
 #: sync_msg ``origin``: who wrote the message.
 ORIGIN_CUSTOMER, ORIGIN_SYSTEM, ORIGIN_SERVICER = 3, 4, 5

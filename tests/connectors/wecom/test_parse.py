@@ -73,6 +73,18 @@ def test_system_events_come_from_whom_they_name():
     assert not (added.defects or created.defects or chat.defects)
 
 
+def test_system_events_of_one_second_keep_their_own_keys():
+    # FromUserName "sys" + CreateTime + Event was the key of every add_external_contact in a
+    # second: the second customer's event was taken for a redelivery of the first and dropped
+    raw = (FIXTURES / "system_event_add_external_contact_synthetic.xml").read_bytes()
+    other = raw.replace(b"wmSyntheticCustomer01", b"wmSyntheticCustomer02")
+    context = {"corp_id": "wwsyntheticcorp01"}
+    first, second, again = (parse(body, context)[0] for body in (raw, other, raw))
+    assert first.external_id != second.external_id
+    assert first.external_id == again.external_id  # a retry of the same callback is still one
+    assert first.external_id.startswith("sys:1700000200:change_external_contact:")
+
+
 @pytest.mark.parametrize("msg", SYNC["msg_list"], ids=lambda m: m["msgid"])
 def test_sync_msg_message(msg):
     want = SYNC["expected"][msg["msgid"]]
