@@ -18,7 +18,11 @@ A body is ``{"destination": <bot user id>, "events": [...]}``; each event has
   event emptying it (``meta["deleted"]``).
 - ``follow``/``unfollow`` → events setting ``meta["blocked"]``; ``postback``
   → an event with ``meta["data"]`` (its ``displayText``, when given, is the
-  text); anything else → an event carrying the raw type.
+  text); anything else → an event carrying the raw type. A module channel's
+  events about the account itself (``module`` attached/detached,
+  ``botSuspended``, ``botResumed``) name no user: they come from the
+  ``external`` identity ``line-account:<account>``, as WhatsApp's account
+  events do.
 
 Idempotency: a message's external id is its message id; any other event's is
 its ``webhookEventId``, which LINE keeps when it redelivers
@@ -45,6 +49,9 @@ from routing.model import Attachment, Inbound, Sender
 CHANNEL = "line"
 SIGNATURE_HEADER = "X-Line-Signature"
 MEDIA_TYPES = {"image": "image/jpeg", "video": "video/mp4", "audio": "audio/m4a", "file": "application/octet-stream"}
+#: Events about the LINE Official Account itself, sent to a module channel
+#: without a ``source`` (module attached/detached, account suspended/resumed).
+ACCOUNT_EVENTS = frozenset({"module", "botSuspended", "botResumed"})
 
 
 def decode(raw: bytes) -> dict[str, Any]:
@@ -119,9 +126,14 @@ def _event(ev: dict[str, Any], account: str) -> Inbound:
     user = _str(source.get("userId"))
     chat = _str(source.get("groupId")) or _str(source.get("roomId"))
     defects: list[str] = []
-    if user is None and chat is None:
+    sender = Sender(kind=CHANNEL, value=f"{account}:{user or chat or 'unknown'}")
+    if user is None and chat is None and kind in ACCOUNT_EVENTS:
+        sender = Sender(kind="external", value=f"line-account:{account}", name=f"LINE Official Account {account}")
+    elif user is None and chat is None:
         defects.append(f"{kind}: no source user, group or room")
     meta: dict[str, str] = {"source_type": _str(source.get("type")) or ""}
+    if kind == "module" and _str(_d(ev.get("module")).get("type")):
+        meta["module"] = ev["module"]["type"]  # attached / detached
     if chat:
         meta["chat_id"] = f"{account}:{chat}"
     if _d(ev.get("deliveryContext")).get("isRedelivery") is True:
@@ -130,8 +142,7 @@ def _event(ev: dict[str, Any], account: str) -> Inbound:
         meta["webhook_event_id"] = ev["webhookEventId"]
     if _str(ev.get("mode")) == "standby":
         meta["mode"] = "standby"
-    inbound = Inbound(channel=CHANNEL, account=account, external_id=event_key(ev), kind="event",
-                      sender=Sender(kind=CHANNEL, value=f"{account}:{user or chat or 'unknown'}"),
+    inbound = Inbound(channel=CHANNEL, account=account, external_id=event_key(ev), kind="event", sender=sender,
                       sent_at=_time(ev.get("timestamp")), raw_type=kind, meta=meta, defects=defects)
     msg = _d(ev.get("message"))
     if kind == "message":

@@ -9,9 +9,9 @@ platform (``messenger`` or ``instagram``), its ``account`` the entry id.
 
 Identities are page-scoped (CONTRACTS.md): ``messenger`` ``<pageid>:<psid>``,
 ``instagram`` ``<igid>:<igsid>`` — a PSID means nothing outside its page. A
-Chat Plugin guest (or a checkbox-plugin opt-in) has no PSID, only a
-``user_ref``: ``<pageid>:user_ref:<ref>``, which ``send`` answers by
-``recipient.user_ref``.
+Chat Plugin guest (or a checkbox-plugin opt-in, whose ``optin`` event has
+no sender but ``optin.user_ref``) has no PSID, only a ``user_ref``:
+``<pageid>:user_ref:<ref>``, which ``send`` answers by ``recipient.user_ref``.
 
 What each event becomes:
 
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from typing import Any, Mapping
 
 from connectors.base import PayloadRejected
@@ -178,6 +179,17 @@ def _change_event(channel: str, eid: str, field: str, value: Mapping[str, Any], 
                    raw_type=field, meta=meta)
 
 
+def _event_time(value: Any) -> datetime | None:
+    """A messaging event's ``timestamp``: Unix milliseconds — or seconds, as an
+    Instagram ``messages`` change can give it (Meta's field test sends
+    ``"timestamp": "1527459824"``), which read as milliseconds fell in 1970."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return _time(n * 1000 if 0 < n < 10**11 else n)
+
+
 def _status(channel: str, account: str, user: Sender, mid: str, status: str, ev: Mapping[str, Any],
             key: str) -> Inbound:
     meta = {"status_of": mid, "status": status}
@@ -185,7 +197,7 @@ def _status(channel: str, account: str, user: Sender, mid: str, status: str, ev:
     if watermark:
         meta["watermark"] = watermark
     return Inbound(channel=channel, account=account, external_id=key, kind="event", sender=user,
-                   sent_at=_time(ev.get("timestamp")), raw_type="status", meta=meta)
+                   sent_at=_event_time(ev.get("timestamp")), raw_type="status", meta=meta)
 
 
 def _party(party: Any) -> str | None:
@@ -198,7 +210,8 @@ def _party(party: Any) -> str | None:
 
 
 def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> list[Inbound]:
-    sender_id = _party(ev.get("sender")) or "unknown"
+    # a Checkbox Plugin opt-in has no sender at all: its user is only ``optin.user_ref``
+    sender_id = _party(ev.get("sender")) or _party({"user_ref": _d(ev.get("optin")).get("user_ref")}) or "unknown"
     recipient_id = _party(ev.get("recipient")) or ""
     account = eid or recipient_id
     msg = _d(ev.get("message"))
@@ -206,7 +219,7 @@ def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> l
     customer = recipient_id if echo else sender_id
     user = Sender(kind=channel, value=f"{account}:{customer}")
     key = event_key(eid, ev)
-    at = _time(ev.get("timestamp"))
+    at = _event_time(ev.get("timestamp"))
     meta: dict[str, str] = {}
     if "delivery" in ev:
         given = _d(ev["delivery"]).get("mids")

@@ -633,18 +633,35 @@ def _freeswitch_record(variables: Mapping[str, str], profile: Mapping[str, Any],
         raise PayloadRejected(f"{module} record: {exc}") from None
 
 
+def _plain_xml(body: bytes) -> Any:
+    """The document's element tree, read without namespace processing: each
+    channel variable is an element named after it, and a name such as
+    ``nolocal:req_uuid`` (what ``export nolocal:…`` sets) is no namespace
+    prefix — ``ET.fromstring`` refused the record as "unbound prefix"."""
+    import xml.etree.ElementTree as ET
+    from xml.parsers import expat
+
+    parser = expat.ParserCreate()
+    builder = ET.TreeBuilder()
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
+    parser.Parse(body, True)
+    return builder.close()
+
+
 def _freeswitch_xml(body: bytes, p: _Ctx) -> Inbound:
     """A ``mod_xml_cdr`` record (``<cdr><variables>…</variables><callflow>
     <caller_profile>…``), the XML twin of mod_json_cdr, values URL-encoded
     the same way. A DOCTYPE (and so any entity declaration) is refused."""
-    import xml.etree.ElementTree as ET
     from urllib.parse import unquote
+    from xml.parsers import expat
 
     if b"<!DOCTYPE" in body[:4096].upper() or b"<!ENTITY" in body.upper():
         raise PayloadRejected("not a mod_xml_cdr record: XML with a DOCTYPE is refused")
     try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
+        root = _plain_xml(body)
+    except expat.ExpatError as exc:
         raise PayloadRejected(f"not a mod_xml_cdr record: invalid XML ({exc})") from None
     variables = root.find("variables") if root.tag == "cdr" else None
     if variables is None:

@@ -104,6 +104,18 @@ SERVICE_FIELDS = (
     "direct_message_price_changed",
     "checklist_tasks_done",
     "checklist_tasks_added",
+    "suggested_post_approved",
+    "suggested_post_approval_failed",
+    "suggested_post_declined",
+    "suggested_post_paid",
+    "suggested_post_refunded",
+    # the names older Bot API versions gave (video chats were "voice chats"
+    # before 6.0, users_shared was user_shared before 7.0): recorded updates keep them
+    "voice_chat_scheduled",
+    "voice_chat_started",
+    "voice_chat_ended",
+    "voice_chat_participants_invited",
+    "user_shared",
 )
 
 #: File-carrying message fields in the order they are read, with the content

@@ -14,6 +14,8 @@ whose app callbacks use the same message kinds; only the sender differs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
@@ -39,6 +41,9 @@ _META_MAX_CHARS = 1024
 _MEDIA_TYPES = {"image": "image/jpeg", "video": "video/mp4", "shortvideo": "video/mp4"}
 _VOICE_TYPES = {"amr": "audio/amr", "speex": "audio/speex", "mp3": "audio/mpeg"}
 
+#: FromUserName of the events WeCom generates itself (通讯录、客户联系 changes).
+SYSTEM_SENDER = "sys"
+
 #: Customer-service session events and the ticket status they imply.
 SESSION_STATUS = {"kf_create_session": "open", "kf_close_session": "solved"}
 
@@ -47,7 +52,8 @@ def external_id(fields: Mapping[str, Any]) -> str:
     """The idempotency key: MsgId, else FromUserName + CreateTime + Event.
 
     WeChat retries a callback up to three times; its documentation names
-    exactly these as the deduplication key (events carry no MsgId). A
+    exactly these as the deduplication key (events carry no MsgId) — WeCom's
+    own events (FromUserName ``sys``) add a digest of their fields. A
     message's ``MsgID`` (how SDKs that re-serialize messages, WxJava, spell
     it) is its MsgId; the job events' ``MsgID`` (TEMPLATESENDJOBFINISH) names
     the job, not the callback, and stays in meta.
@@ -58,7 +64,15 @@ def external_id(fields: Mapping[str, Any]) -> str:
     if msg_id:
         return msg_id
     kind = text_field(fields, "Event") or text_field(fields, "MsgType") or ""
-    return f"{text_field(fields, 'FromUserName') or ''}:{text_field(fields, 'CreateTime') or ''}:{kind}"
+    key = f"{text_field(fields, 'FromUserName') or ''}:{text_field(fields, 'CreateTime') or ''}:{kind}"
+    if text_field(fields, "FromUserName") == SYSTEM_SENDER:
+        # WeCom's own events all come from "sys": two customers adding an
+        # employee in one second had one key, and the second was dropped as a
+        # redelivery. A retry repeats the same fields, so their digest tells
+        # the events apart and still matches the retry.
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+        key = f"{key}:{digest}"
+    return key
 
 
 #: Nesting levels of a callback's elements read into meta (WeChat's nest two

@@ -6,7 +6,8 @@ Pure. One journal payload is either
   opened with wechatpy's ``enterprise`` crypto, receive_id = corp_id) — the
   message kinds are an Official Account's, so the mapping is shared
   (:func:`connectors.wechat.parse.xml_inbound`); the sender is the employee,
-  ``wecom_userid`` = ``"<corp_id>:<userid>"``;
+  ``wecom_userid`` = ``"<corp_id>:<userid>"`` — for an event WeCom generated
+  itself (FromUserName ``sys``) the customer or employee it names;
 - one message of a ``kf/sync_msg`` answer, as the WeCom connector journals
   them (JSON). Customers are ``wecom_external`` = their external_userid;
   messages a servicer (接待人员) sent from the WeCom client are
@@ -25,7 +26,7 @@ from typing import Any, Callable, Mapping
 from connectors.base import PayloadRejected
 from connectors.wechat.envelope import open_callback
 from connectors.wechat.safexml import MAX_XML_BYTES, text_field
-from connectors.wechat.parse import xml_inbound
+from connectors.wechat.parse import SYSTEM_SENDER, xml_inbound
 from connectors.webhooks import decode_json
 from routing.model import Attachment, Inbound, Sender, ThreadHints
 
@@ -63,6 +64,18 @@ def open_kfid_of(session_id: str | None) -> str | None:
 # ---------------------------------------------------------------- XML callbacks
 
 
+def _system_event_sender(fields: Mapping[str, Any], corp_id: str) -> Sender:
+    """Who an event WeCom generated itself (FromUserName ``sys``: 通讯录 and
+    客户联系 changes …) is about — never an employee named "sys": the customer
+    (``ExternalUserID``, e.g. add_external_contact), else the employee
+    (``UserID``), else the corp."""
+    external = text_field(fields, "ExternalUserID")
+    if external:
+        return Sender(kind="wecom_external", value=external)
+    employee = text_field(fields, "UserID")
+    return wecom_user(corp_id, employee) if employee else Sender(kind="wecom_userid", value=corp_id)
+
+
 def _parse_callback(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
     fields = open_callback(raw, context, "wecom").fields
     if text_field(fields, "Event") == KF_NOTIFY_EVENT:
@@ -73,7 +86,10 @@ def _parse_callback(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
     userid = text_field(fields, "FromUserName")
     if not userid and not corp_id:  # nobody to attribute it to: never an empty identity
         raise PayloadRejected("not a WeCom callback: neither FromUserName nor ToUserName")
-    sender = wecom_user(corp_id, userid) if userid else Sender(kind="wecom_userid", value=corp_id)
+    if userid == SYSTEM_SENDER:
+        sender = _system_event_sender(fields, corp_id)
+    else:
+        sender = wecom_user(corp_id, userid) if userid else Sender(kind="wecom_userid", value=corp_id)
     inbound = xml_inbound(fields, channel=CHANNEL, account=account, sender=sender)
     if userid is None:
         inbound.defects.append("no FromUserName: the corp itself is the sender")

@@ -297,6 +297,17 @@ def test_mod_xml_cdr_record_is_one_call_posted_raw_or_as_a_form():
         parse(b"<cdr><channel_data/></cdr>", {"channel": "freeswitch"})
 
 
+def test_mod_xml_cdr_variable_named_with_a_colon_is_read():
+    # <nolocal:req_uuid> (an "export nolocal:…" variable) is no namespace prefix: the record
+    # was refused as invalid XML ("unbound prefix")
+    (call,) = fixture("synthetic_freeswitch_xml_cdr_nolocal_var.xml")
+    assert (call.raw_type, call.external_id, call.sender.value) == (
+        "freeswitch.xml", "2b7d4c1e-5f6a-4b8c-9d0e-0242ac120003", "+8613900139000")
+    assert (call.call.disposition, call.call.duration_s) == ("answered", 122)
+    with pytest.raises(PayloadRejected, match="invalid XML"):
+        parse(b"<cdr><variables><uuid>x</variables></cdr>", {"channel": "freeswitch"})
+
+
 @pytest.mark.parametrize("name, source", [
     ("synthetic_twilio_status_completed.form", "twilio"), ("synthetic_asterisk_cdr_bad_row.csv", "asterisk"),
     ("synthetic_freeswitch_custom_template.csv", "freeswitch"),

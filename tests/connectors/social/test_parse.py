@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,18 @@ def test_line_corpus_batch_gives_every_event() -> None:
     assert line.parse(raw, {})[0].account == "U123"
 
 
+def test_line_module_account_events_come_from_the_account() -> None:
+    # module/botSuspended/botResumed have no source: they were "<account>:unknown", a LINE
+    # user contact shared by every account-level event
+    attached, suspended, resumed = line.parse(
+        (FIXTURES / "line_synthetic_module_account_events.json").read_bytes(), {"channel_id": "1650000001"})
+    for event in (attached, suspended, resumed):
+        assert (event.kind, event.sender.kind, event.sender.value) == ("event", "external", "line-account:1650000001")
+        assert not event.defects
+    assert (attached.raw_type, attached.meta["module"]) == ("module", "attached")
+    assert (suspended.raw_type, resumed.raw_type) == ("botSuspended", "botResumed")
+
+
 def test_line_signature() -> None:
     raw = corpus_file("line_webhook_v3.json").read_bytes()
     good = base64.b64encode(hmac.new(b"s3cret", raw, hashlib.sha256).digest()).decode()
@@ -241,6 +254,27 @@ def test_messenger_chat_plugin_guests_have_their_own_identities() -> None:
     assert not one.defects and one.text == "Hi, do you ship to Austria?"
     assert messenger_client.recipient_of(one.sender.value) == {"user_ref": "guest-ref-0001"}
     assert messenger_client.recipient_of("106540352242922:6247348") == {"id": "6247348"}
+
+
+def test_messenger_checkbox_optins_name_their_user_ref() -> None:
+    # no sender, only optin.user_ref: both were "<page>:unknown", one contact for every shopper
+    one, two = messenger.parse((FIXTURES / "messenger_synthetic_checkbox_optin.json").read_bytes(), {})
+    assert (one.kind, one.raw_type, one.meta["ref"]) == ("event", "optin", "checkout-page")
+    assert one.sender.value == "106540352242922:user_ref:shopper-ref-0001" and not one.defects
+    assert two.sender.value == "106540352242922:user_ref:shopper-ref-0002"
+    assert messenger_client.recipient_of(one.sender.value) == {"user_ref": "shopper-ref-0001"}
+
+
+def test_instagram_messages_change_in_seconds_keeps_its_time() -> None:
+    # value.timestamp "1717000499" (seconds) was read as milliseconds: sent_at in January 1970
+    (msg,) = messenger.parse((FIXTURES / "instagram_synthetic_messages_change_seconds.json").read_bytes(), {})
+    assert (msg.channel, msg.kind, msg.text, msg.sender.value) == (
+        "instagram", "message", "Do you have this in size 42?", "17841400000000002:99887700")
+    assert msg.sent_at == datetime(2024, 5, 29, 16, 34, 59, tzinfo=timezone.utc)
+    # messaging events keep their milliseconds
+    message, read = messenger.parse((FIXTURES / "instagram_synthetic_message_read.json").read_bytes(), {})
+    assert message.sent_at == datetime.fromtimestamp(1790000000, timezone.utc)
+    assert read.sent_at == datetime.fromtimestamp(1790000000.001, timezone.utc)
 
 
 def test_instagram_story_reply_names_the_story() -> None:

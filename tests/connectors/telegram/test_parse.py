@@ -154,6 +154,28 @@ def test_payment_notice_is_an_event_and_odd_shapes_are_not_refused() -> None:
     assert [a.url for a in parse_one(json.dumps(update).encode()).attachments] == ["paidlarge"]
 
 
+@pytest.mark.parametrize("field", ["suggested_post_paid", "suggested_post_approved", "suggested_post_approval_failed",
+                                   "suggested_post_declined", "suggested_post_refunded"])
+def test_suggested_post_notices_are_events(field: str) -> None:
+    # Bot API 9.2 service messages (https://core.telegram.org/bots/api#message): they
+    # were empty customer messages from the channel
+    update = json.loads((FIXTURES / "synthetic_suggested_post_paid.json").read_text())
+    update["message"][field] = update["message"].pop("suggested_post_paid")
+    event = parse_one(json.dumps(update).encode())
+    assert (event.kind, event.raw_type, event.text) == ("event", f"message.{field}", "")
+
+
+@pytest.mark.parametrize("field", ["voice_chat_started", "voice_chat_scheduled", "voice_chat_ended",
+                                   "voice_chat_participants_invited", "user_shared"])
+def test_service_notices_under_their_older_names_are_events(field: str) -> None:
+    # recorded Bot API 5.x/6.x updates (https://core.telegram.org/bots/api-changelog): they were
+    # empty customer messages
+    update = json.loads((FIXTURES / "synthetic_voice_chat_started.json").read_text())
+    update["message"][field] = update["message"].pop("voice_chat_started")
+    event = parse_one(json.dumps(update).encode())
+    assert (event.kind, event.raw_type, event.text) == ("event", f"message.{field}", "")
+
+
 def test_ids_written_as_strings_and_dates_out_of_range_still_parse() -> None:
     # A relay that re-serialises the Bot API Update (https://core.telegram.org/bots/api#update)
     # with numbers as strings; a date no datetime holds was an OverflowError crash.
