@@ -12,9 +12,9 @@ the instances:
   ingest-only nodes): the rate of durable 202s (the journal append script on
   Redis with ``appendfsync always``; SQLite's group commit with
   ``synchronous=FULL``);
-- ``redis_pipeline``: workers on, no rules or directory (assignment and
-  SLAs are not on the Redis backend yet; the SQLite baseline runs the same
-  bare configuration): messages per second from the first request to the
+- ``redis_pipeline``: workers on, no rules or directory (the backends'
+  bare pipelines; assignment on Redis is ``redis_assign``'s figure; the
+  SQLite baseline runs the same bare configuration): messages per second from the first request to the
   last entry processed (read from the store), so the figure is the slower
   of ingest and processing, end to end.
 
