@@ -250,12 +250,14 @@ async def _parsed(client: Any, args: tuple, reply: Any, options: dict) -> Any:
 class MuxRedis(Redis):
     """A ``redis.asyncio.Redis`` that shares one connection among what its
     callers send in the same loop turn (module docstring). Bytes replies
-    only (``decode_responses=False``); with decoding on it is plain redis-py."""
+    and RESP2 only (``decode_responses=False``, no ``protocol=3``, whose
+    pushes are not replies); otherwise it is plain redis-py."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        pool = self.connection_pool
-        self._mux = None if pool.connection_kwargs.get("decode_responses") else _Mux(pool)
+        kw = self.connection_pool.connection_kwargs
+        plain = not kw.get("decode_responses") and str(kw.get("protocol") or 2) == "2"  # RESP3 may push
+        self._mux = _Mux(self.connection_pool) if plain else None
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         mux = self._mux
