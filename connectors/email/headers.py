@@ -190,11 +190,32 @@ def _split_addresses(values: list[str]) -> list[tuple[str, str]]:
             _ONE_ANGLE_ADDR.fullmatch(value) or _ONE_BARE_ADDR.fullmatch(value)
         )
         if simple is None:
-            out.extend(getaddresses([value]))
+            try:
+                out.extend(getaddresses([value]))
+            except RecursionError:  # the stdlib recurses once per ':' (a group) it meets
+                out.extend(_split_plainly(value))
         elif simple.re is _ONE_BARE_ADDR:
             out.append(("", simple.group(1)))
         else:
             out.append(((simple.group(1) or simple.group(2) or "").strip(), simple.group(3)))
+    return out
+
+
+def _split_plainly(value: str) -> list[tuple[str, str]]:
+    """The addresses of a value ``getaddresses`` cannot read (a colon for every
+    one of a thousand encoded words, each taken for a group inside the last:
+    a RecursionError), split on commas without recursion or backtracking:
+    ``name <addr>``, else the first word with an ``@``."""
+    out: list[tuple[str, str]] = []
+    for piece in value.split(","):
+        lt = piece.find("<")
+        gt = piece.find(">", lt + 1) if lt >= 0 else -1
+        if gt > lt:
+            out.append((piece[:lt].strip().strip('"'), piece[lt + 1 : gt].strip()))
+            continue
+        bare = next((w.strip("\"'():;") for w in piece.split() if "@" in w), None)
+        if bare:
+            out.append(("", bare))
     return out
 
 

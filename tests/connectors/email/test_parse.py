@@ -435,3 +435,12 @@ def test_short_raw_headers_pick_the_plausible_charset(codec, subject):
     raw = (b"From: a@example.net\r\nSubject: " + subject.encode(codec) + b"\r\nMIME-Version: 1.0\r\n"
            b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nx\r\n")
     assert one(raw).subject == subject
+
+
+def test_an_address_list_with_a_colon_in_every_encoded_word_is_read_not_a_crash():
+    # RFC 2047 section 5 keeps ':' out of an encoded word in a phrase; a To of a thousand
+    # `=?utf-8?Q?…10:08:28…?=` words (MimeKit's stack-overflow.txt) made the stdlib's address
+    # parser recurse once per colon, taken for a group: a RecursionError crash
+    msg = fixture("synthetic_to_with_colons_in_encoded_words.eml")
+    assert (msg.sender.value, msg.subject, msg.text) == ("customer@example.org", "Order status", "Where is my order 4711?")
+    assert msg.recipients == ["support@example.com"] and msg.account == "support@example.com"
