@@ -45,6 +45,7 @@ from routing.model import Attachment, Inbound, Sender, ThreadHints
 _FIRST_LINE = re.compile(rb"(?:From |[\x21-\x39\x3b-\x7e]+[ \t]*:)")
 _HEADER_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
+_BOUNDARY_PARAM = re.compile(rb'boundary\s*=\s*"?([^"\s;]+)', re.I)
 #: "Name:" with 8-bit bytes in the name: not a valid header, not a continuation either.
 _BAD_HEADER_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]*[\x80-\xff][\x21-\x39\x3b-\xff]*[ \t]*:")
 _BODY_TYPES = frozenset({"text/plain", "text/html", "text/enriched"})
@@ -113,11 +114,21 @@ def _repair_folding(data: bytes) -> bytes | None:
 
     A line that is neither a header nor a continuation, followed later in the
     block by real headers, is taken as a continuation: the stdlib would
-    otherwise end the headers there and read the rest as body.
+    otherwise end the headers there and read the rest as body. Lines from
+    the message's own MIME boundary on are its body already (a preamble
+    with no blank line before it; the headers after it are a part's).
     """
     end = _END_OF_HEADERS.search(data)
     head, rest = (data[: end.start()], data[end.start() :]) if end else (data, b"")
     lines = head.split(b"\n")
+    # the message's own MIME boundary: the body has begun (a preamble line with no
+    # blank line before it); the part headers after it are not the message's
+    boundary = _BOUNDARY_PARAM.search(head)
+    body_start = len(lines)
+    if boundary is not None:
+        delimiter = b"--" + boundary.group(1)
+        body_start = next((i for i, line in enumerate(lines) if line.startswith(delimiter)), body_start)
+    lines, body = lines[:body_start], lines[body_start:]
     is_header = [bool(_HEADER_NAME.match(line)) for line in lines]
     if True not in is_header:
         return None
@@ -130,7 +141,7 @@ def _repair_folding(data: bytes) -> bytes | None:
             # own, not the previous one's continuation (it would end up in the From)
             lines[i] = b"X-Invalid-Header-Name: " + line if _BAD_HEADER_NAME.match(line) else b" " + line
             changed = True
-    return b"\n".join(lines) + rest if changed else None
+    return b"\n".join(lines + body) + rest if changed else None
 
 
 def _read(data: bytes, defects: list[str]) -> Message:

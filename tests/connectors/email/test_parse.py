@@ -444,3 +444,14 @@ def test_an_address_list_with_a_colon_in_every_encoded_word_is_read_not_a_crash(
     msg = fixture("synthetic_to_with_colons_in_encoded_words.eml")
     assert (msg.sender.value, msg.subject, msg.text) == ("customer@example.org", "Order status", "Where is my order 4711?")
     assert msg.recipients == ["support@example.com"] and msg.account == "support@example.com"
+
+
+def test_a_preamble_right_after_the_headers_keeps_the_parts():
+    # no blank line between the headers and "This is a multi-part message" (jhillyerd/enmime
+    # qp-utf8-header-no-break.raw): the header repair took the preamble and the boundary line
+    # for folded continuations and the first part's headers for the message's own, so the
+    # boundary was never seen and the text was lost
+    msg = fixture("synthetic_preamble_without_blank_line.eml")
+    assert msg.text == "Please refund order 4711, it arrived broken."
+    assert msg.html is not None and msg.subject == "Refund for order 4711" and msg.attachments == []
+    assert "BrokenHeaderFolding" not in msg.defects
