@@ -11,7 +11,8 @@ measures the result against the bare compat32 parse.
 
 What is recovered rather than refused (each listed in ``defects``):
 broken header folding (an unindented continuation line in the middle of the
-header block, which makes the stdlib end the headers early), missing or
+header block, which makes the stdlib end the headers early; a quoted
+boundary folded over lines, ``FoldedBoundary``), missing or
 lying charsets, broken encoded words, duplicate or unusable From headers
 (a bare address among words, ``Big Bug bb@bug.com``, is taken),
 bad dates, MIME structure defects (the stdlib's defect class names; parts
@@ -144,7 +145,26 @@ def _repair_folding(data: bytes) -> bytes | None:
     return b"\n".join(lines + body) + rest if changed else None
 
 
+#: A quoted boundary folded over two lines (``boundary="simple\n boundary"``).
+_FOLDED_BOUNDARY = re.compile(rb'(boundary[ \t]*=[ \t]*")([^"\r\n]*(?:\r?\n[ \t][^"\r\n]*)+)"', re.I)
+_FOLD_BYTES = re.compile(rb"\r?\n(?=[ \t])")
+
+
+def _unfold_boundaries(data: bytes) -> bytes | None:
+    """The mail with every quoted boundary that is folded over lines unfolded
+    (RFC 5322 section 2.2.3: the line break goes, the space stays), or None
+    when there is none: the stdlib keeps the line break in the boundary,
+    finds no delimiter line and loses every part."""
+    if _FOLDED_BOUNDARY.search(data) is None:
+        return None
+    return _FOLDED_BOUNDARY.sub(lambda m: m.group(1) + _FOLD_BYTES.sub(b"", m.group(2)) + b'"', data)
+
+
 def _read(data: bytes, defects: list[str]) -> Message:
+    unfolded = _unfold_boundaries(data)
+    if unfolded is not None:
+        defects.append("FoldedBoundary")
+        data = unfolded
     try:
         msg = message_from_bytes(data, policy=compat32)
     except RecursionError:  # the stdlib parser recurses once per nested multipart

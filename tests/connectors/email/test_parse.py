@@ -455,3 +455,13 @@ def test_a_preamble_right_after_the_headers_keeps_the_parts():
     assert msg.text == "Please refund order 4711, it arrived broken."
     assert msg.html is not None and msg.subject == "Refund for order 4711" and msg.attachments == []
     assert "BrokenHeaderFolding" not in msg.defects
+
+
+def test_a_quoted_boundary_folded_over_two_lines_is_unfolded():
+    # `boundary="simple<CRLF> boundary"` (apache/james-mime4j mimetools-testmsgs multi-simple.msg,
+    # multi-badnames.msg …) is "simple boundary" once unfolded (RFC 5322 section 2.2.3); the
+    # stdlib kept the line break, found no delimiter and lost the text and every attachment
+    msg = fixture("synthetic_folded_quoted_boundary.eml")
+    assert msg.text == "The parcel for order 4711 arrived crushed, photo attached."
+    assert [(a.name, a.content_type) for a in msg.attachments] == [("parcel.png", "image/png")]
+    assert "FoldedBoundary" in msg.defects
