@@ -43,9 +43,14 @@ def _first(headers: Headers, name: str) -> str:
 
 
 def classify(
-    headers: Headers, content_type: str, report_type: str | None, sender: str, subject: str
+    headers: Headers, content_type: str, report_type: str | None, sender: str, subject: str,
+    delivery_status: bool = False,
 ) -> tuple[str | None, str | None]:
-    """``(auto, reason)``: the kind of machine-sent mail this is, or ``(None, None)``."""
+    """``(auto, reason)``: the kind of machine-sent mail this is, or ``(None, None)``.
+
+    ``delivery_status``: the mail has a ``message/delivery-status`` part of its
+    own — a DSN (RFC 3464) whatever its wrapper says (a multipart/report with
+    no ``report-type``, a multipart/mixed)."""
     if content_type == "multipart/report" and (report_type or "").lower() == "delivery-status":
         return "bounce", "multipart/report; report-type=delivery-status"
     if content_type == "multipart/report" and report_type:
@@ -56,6 +61,8 @@ def classify(
         return "bounce", "X-Failed-Recipients"
     if sender.partition("@")[0] in _DAEMONS and _FAILURE_SUBJECT.search(subject):
         return "bounce", f"{sender.partition('@')[0]} sender with a delivery-failure subject"
+    if delivery_status:
+        return "bounce", "message/delivery-status part"
     auto_submitted = _first(headers, "auto-submitted").split(";")[0].strip()
     if auto_submitted and auto_submitted != "no":
         return "auto_reply", f"Auto-Submitted: {auto_submitted}"

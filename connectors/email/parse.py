@@ -71,6 +71,7 @@ class _Body:
     charsets: list[str] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     dsn: dict[str, str] = field(default_factory=dict)
+    delivery_status: bool = False  # a message/delivery-status part (RFC 3464)
     tnef: list[str] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
 
@@ -265,13 +266,19 @@ def _walk(part: Message, body: _Body, in_report: bool = False, in_alternative: b
             body.defects.append("MimeNestingTooDeep")
             return
         payload = part.get_payload()
-        for sub in payload if isinstance(payload, list) else ():
-            _walk(sub, body, in_report or ctype == "multipart/report", ctype == "multipart/alternative", depth + 1)
+        subs = payload if isinstance(payload, list) else []
+        # a DSN in a multipart/mixed (McAfee, some Sendmails): the returned original beside its
+        # message/delivery-status part is the report's, as in a multipart/report
+        report = in_report or ctype == "multipart/report" or any(
+            sub.get_content_type() == "message/delivery-status" for sub in subs)
+        for sub in subs:
+            _walk(sub, body, report, ctype == "multipart/alternative", depth + 1)
         return
     name = attachments.filename(part, body.hints, body.defects)
     if in_alternative and ctype in _ALTERNATIVE_RENDERINGS and name is None and _disposition(part) != "attachment":
         return
     if ctype == "message/delivery-status":
+        body.delivery_status = True
         body.dsn.update({k: v for k, v in dsn.delivery_status(part).items() if k not in body.dsn})
     elif in_report and ctype in _REPORT_ORIGINALS:
         original = dsn.original_message_id(part)
@@ -440,7 +447,8 @@ def _inbound(msg: Message, raw: bytes, context: Mapping[str, Any], defects: list
     text, full_text = _text(body)
     content_type = msg.get_content_type()
     report_type = msg.get_param("report-type") if content_type == "multipart/report" else None
-    auto, reason = dsn.classify(hmap, content_type, report_type, sender.value, subject or "")
+    auto, reason = dsn.classify(hmap, content_type, report_type, sender.value, subject or "",
+                                body.delivery_status)
 
     meta: dict[str, str] = {"content_type": content_type, **_envelope(context, hmap)}
     if thread.message_id:  # as in the journal key: the pipeline tells a reused Message-ID by it

@@ -465,3 +465,16 @@ def test_a_quoted_boundary_folded_over_two_lines_is_unfolded():
     assert msg.text == "The parcel for order 4711 arrived crushed, photo attached."
     assert [(a.name, a.content_type) for a in msg.attachments] == [("parcel.png", "image/png")]
     assert "FoldedBoundary" in msg.defects
+
+
+@pytest.mark.parametrize("content_type", [b"multipart/report;", b"multipart/mixed;"])
+def test_a_delivery_status_part_makes_a_bounce_whatever_wraps_it(content_type):
+    # a message/delivery-status part is a DSN (RFC 3464); without report-type on its multipart/report
+    # (sisimai/set-of-emails maildir/bsd/lhost-x3-05.eml) or inside a multipart/mixed (lhost-mcafee-04,
+    # rfc3464-09) it was a customer message that opens a ticket
+    raw = (FIXTURES / "synthetic_dsn_without_report_type.eml").read_bytes().replace(
+        b"multipart/report;", content_type)
+    msg = one(raw)
+    assert (msg.auto, msg.meta["auto_reason"]) == ("bounce", "message/delivery-status part")
+    assert (msg.meta["dsn_status"], msg.meta["dsn_recipient"]) == ("5.1.1", "nobody@customer.example.org")
+    assert msg.meta["dsn_original_message_id"] == "reply-4711@support.example.com"
