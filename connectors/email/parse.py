@@ -374,6 +374,18 @@ def _sender(msg: Message, raw: bytes, context: Mapping[str, Any], hmap: dict[str
     return Sender("external", f"email-unknown:{hashlib.sha256(raw).hexdigest()[:32]}", any_name)
 
 
+def _from_mailbox(hmap: dict[str, list[str]], hints: tuple[str, ...], sender: Sender) -> str:
+    """Who the From says sent the mail, for telling a mailer daemon: the
+    sender, else the From's mailbox that no reply could go to —
+    ``<MAILER-DAEMON>`` with no domain, ``MAILER-DAEMON <>`` (its name)."""
+    if sender.kind == "email":
+        return sender.value
+    for name, addr in headers.addresses(hmap.get("from", []), hints, []):
+        if addr or (name and " " not in name):
+            return addr or name.lower()
+    return sender.value
+
+
 def _envelope(context: Mapping[str, Any], hmap: dict[str, list[str]]) -> dict[str, str]:
     """What the envelope says, as meta: ``return_path`` (the SMTP ``MAIL FROM``
     this gateway received, else the ``Return-Path`` the delivering MTA wrote;
@@ -447,7 +459,7 @@ def _inbound(msg: Message, raw: bytes, context: Mapping[str, Any], defects: list
     text, full_text = _text(body)
     content_type = msg.get_content_type()
     report_type = msg.get_param("report-type") if content_type == "multipart/report" else None
-    auto, reason = dsn.classify(hmap, content_type, report_type, sender.value, subject or "",
+    auto, reason = dsn.classify(hmap, content_type, report_type, _from_mailbox(hmap, hints, sender), subject or "",
                                 body.delivery_status)
 
     meta: dict[str, str] = {"content_type": content_type, **_envelope(context, hmap)}

@@ -478,3 +478,18 @@ def test_a_delivery_status_part_makes_a_bounce_whatever_wraps_it(content_type):
     assert (msg.auto, msg.meta["auto_reason"]) == ("bounce", "message/delivery-status part")
     assert (msg.meta["dsn_status"], msg.meta["dsn_recipient"]) == ("5.1.1", "nobody@customer.example.org")
     assert msg.meta["dsn_original_message_id"] == "reply-4711@support.example.com"
+
+
+@pytest.mark.parametrize("from_", [b"MAILER-DAEMON <>", b"Mail Delivery Subsystem <MAILER-DAEMON>"])
+def test_a_mailer_daemon_with_no_domain_still_sends_bounces(from_):
+    # `MAILER-DAEMON <>` (sisimai/set-of-emails maildir/bsd/lhost-dragonfly-*.eml) and
+    # `<MAILER-DAEMON>` (lhost-sendmail-53.eml, lhost-x1-02.eml) are no address a reply could go
+    # to, so the sender is unknown; the daemon was not seen and the bounce was a customer message
+    raw = (FIXTURES / "synthetic_daemon_from_without_domain.eml").read_bytes().replace(
+        b"From: MAILER-DAEMON <>", b"From: " + from_)
+    msg = one(raw)
+    assert msg.sender.kind == "external"
+    assert (msg.auto, msg.meta["auto_reason"]) == ("bounce", "mailer-daemon sender with a delivery-failure subject")
+    assert (msg.meta["dsn_status"], msg.meta["dsn_original_message_id"]) == ("5.1.1", "reply-4711@support.example.com")
+    # a customer with no usable address is still a customer
+    assert one(raw.replace(from_, b"Kunde <>")).auto is None
