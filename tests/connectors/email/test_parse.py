@@ -493,3 +493,20 @@ def test_a_mailer_daemon_with_no_domain_still_sends_bounces(from_):
     assert (msg.meta["dsn_status"], msg.meta["dsn_original_message_id"]) == ("5.1.1", "reply-4711@support.example.com")
     # a customer with no usable address is still a customer
     assert one(raw.replace(from_, b"Kunde <>")).auto is None
+
+
+@pytest.mark.parametrize("subject", [
+    b"Mail could not be delivered", b"failed delivery", b"failure delivery", b"Delayed Mail (still being retried)",
+    b"mail failed, returning to sender", b"=?ISO-2022-JP?B?GyRCJWElQyU7ITwlOCRyR1s/LiRHJC0kXiQ7JHMhIxsoQg==?=",
+])
+def test_more_delivery_failure_subjects_from_a_mailer_daemon_are_bounces(subject):
+    # sisimai/set-of-emails maildir/bsd: lhost-trendmicro-01..03, lhost-x2-03, lhost-x2-05,
+    # rfc3464-34, rfc3464-37 — postmaster and MAILER-DAEMON notices with these subjects were
+    # customer messages
+    raw = (FIXTURES / "synthetic_postmaster_could_not_be_delivered.eml").read_bytes().replace(
+        b"Subject: Mail could not be delivered", b"Subject: " + subject)
+    msg = one(raw)
+    assert (msg.auto, msg.meta["auto_reason"]) == ("bounce", "postmaster sender with a delivery-failure subject")
+    assert (msg.meta["dsn_status"], msg.meta["dsn_original_message_id"]) == ("5.1.1", "reply-4711@support.example.com")
+    # the same subject from a customer is a customer's message
+    assert one(raw.replace(b"postmaster@gw.example.net", b"li@customer.example.org")).auto is None
