@@ -45,13 +45,16 @@ def _first(headers: Headers, name: str) -> str:
 
 def classify(
     headers: Headers, content_type: str, report_type: str | None, sender: str, subject: str,
-    delivery_status: bool = False,
+    delivery_status: bool = False, *, null_sender: bool = False,
 ) -> tuple[str | None, str | None]:
     """``(auto, reason)``: the kind of machine-sent mail this is, or ``(None, None)``.
 
     ``delivery_status``: the mail has a ``message/delivery-status`` part of its
     own — a DSN (RFC 3464) whatever its wrapper says (a multipart/report with
-    no ``report-type``, a multipart/mixed)."""
+    no ``report-type``, a multipart/mixed). ``null_sender``: its envelope
+    sender is null (``Return-Path: <>``), which RFC 5321 section 4.5.5 keeps
+    for notifications: with a delivery-failure subject it is a bounce
+    whoever the From names."""
     if content_type == "multipart/report" and (report_type or "").lower() == "delivery-status":
         return "bounce", "multipart/report; report-type=delivery-status"
     if content_type == "multipart/report" and report_type:
@@ -64,6 +67,8 @@ def classify(
         return "bounce", f"{sender.partition('@')[0]} sender with a delivery-failure subject"
     if delivery_status:
         return "bounce", "message/delivery-status part"
+    if null_sender and _FAILURE_SUBJECT.search(subject):
+        return "bounce", "null envelope sender with a delivery-failure subject"
     auto_submitted = _first(headers, "auto-submitted").split(";")[0].strip()
     if auto_submitted and auto_submitted != "no":
         return "auto_reply", f"Auto-Submitted: {auto_submitted}"

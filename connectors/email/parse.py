@@ -459,10 +459,11 @@ def _inbound(msg: Message, raw: bytes, context: Mapping[str, Any], defects: list
     text, full_text = _text(body)
     content_type = msg.get_content_type()
     report_type = msg.get_param("report-type") if content_type == "multipart/report" else None
+    envelope = _envelope(context, hmap)
     auto, reason = dsn.classify(hmap, content_type, report_type, _from_mailbox(hmap, hints, sender), subject or "",
-                                body.delivery_status)
+                                body.delivery_status, null_sender=envelope.get("return_path") == "<>")
 
-    meta: dict[str, str] = {"content_type": content_type, **_envelope(context, hmap)}
+    meta: dict[str, str] = {"content_type": content_type, **envelope}
     if thread.message_id:  # as in the journal key: the pipeline tells a reused Message-ID by it
         meta["content_sha"] = keys.content_digest(raw)
     if sender.kind == "external":

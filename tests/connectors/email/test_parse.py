@@ -491,8 +491,8 @@ def test_a_mailer_daemon_with_no_domain_still_sends_bounces(from_):
     assert msg.sender.kind == "external"
     assert (msg.auto, msg.meta["auto_reason"]) == ("bounce", "mailer-daemon sender with a delivery-failure subject")
     assert (msg.meta["dsn_status"], msg.meta["dsn_original_message_id"]) == ("5.1.1", "reply-4711@support.example.com")
-    # a customer with no usable address is still a customer
-    assert one(raw.replace(from_, b"Kunde <>")).auto is None
+    # a customer with no usable address is still a customer (when the envelope sender is not null)
+    assert one(raw.replace(from_, b"Kunde <>").replace(b"Return-Path: <>\n", b"")).auto is None
 
 
 @pytest.mark.parametrize("subject", [
@@ -510,3 +510,20 @@ def test_more_delivery_failure_subjects_from_a_mailer_daemon_are_bounces(subject
     assert (msg.meta["dsn_status"], msg.meta["dsn_original_message_id"]) == ("5.1.1", "reply-4711@support.example.com")
     # the same subject from a customer is a customer's message
     assert one(raw.replace(b"postmaster@gw.example.net", b"li@customer.example.org")).auto is None
+
+
+def test_a_failure_notice_with_a_null_envelope_sender_is_a_bounce():
+    # RFC 5321 section 4.5.5: the null reverse-path is for notifications; a failure notice sent
+    # with it from an address that names no daemon (sisimai/set-of-emails maildir/bsd
+    # lhost-mfilter-03.eml `From: <>`, lhost-verizon-01.eml, lhost-opensmtpd-05.eml) was a customer message
+    raw = (FIXTURES / "synthetic_null_sender_failure_notice.eml").read_bytes()
+    msg = one(raw)
+    assert (msg.auto, msg.meta["auto_reason"]) == ("bounce", "null envelope sender with a delivery-failure subject")
+    assert (msg.meta["dsn_status"], msg.meta["dsn_original_message_id"]) == ("5.1.1", "reply-4711@support.example.com")
+    assert one(raw.replace(b"From: Mail Filter <filter@gw.example.net>", b"From: <>")).auto == "bounce"
+    # the SMTP envelope says so when it is known
+    without_header = raw.replace(b"Return-Path: <>\n", b"")
+    assert one(without_header).auto is None
+    assert one(without_header, mail_from="").auto == "bounce"
+    # a null sender under another subject is not taken for a bounce
+    assert one(raw.replace(b"Subject: failure notice", b"Subject: Your invoice")).auto is None
