@@ -191,7 +191,7 @@ def _split_addresses(values: list[str]) -> list[tuple[str, str]]:
         )
         if simple is None:
             try:
-                out.extend(getaddresses([value]))
+                out.extend(_unglued(value, getaddresses([value])))
             except RecursionError:  # the stdlib recurses once per ':' (a group) it meets
                 out.extend(_split_plainly(value))
         elif simple.re is _ONE_BARE_ADDR:
@@ -199,6 +199,23 @@ def _split_addresses(values: list[str]) -> list[tuple[str, str]]:
         else:
             out.append(((simple.group(1) or simple.group(2) or "").strip(), simple.group(3)))
     return out
+
+
+#: An addr-spec standing as one word.
+_ADDR_WORD = re.compile(r"[^\s@<>\"(),;:]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def _unglued(value: str, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``getaddresses``' pairs, unless it glued words of a list written
+    without commas into one address (``a@x.com www.x.com`` →
+    ``a@x.comwww.x.com``, ``a@x.com b@y.com`` → ``@y.com``): then each word
+    that is an addr-spec. Values with brackets or quotes are left alone."""
+    if "<" in value or '"' in value:
+        return pairs
+    if not any(a and (a.startswith("@") or (" " not in a and a not in value)) for _n, a in pairs):
+        return pairs
+    words = [w for w in value.replace(",", " ").replace(";", " ").split() if _ADDR_WORD.fullmatch(w)]
+    return [("", w) for w in words] or pairs
 
 
 def _split_plainly(value: str) -> list[tuple[str, str]]:

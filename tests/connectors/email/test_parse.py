@@ -527,3 +527,13 @@ def test_a_failure_notice_with_a_null_envelope_sender_is_a_bounce():
     assert one(without_header, mail_from="").auto == "bounce"
     # a null sender under another subject is not taken for a bounce
     assert one(raw.replace(b"Subject: failure notice", b"Subject: Your invoice")).auto is None
+
+
+def test_recipients_written_without_commas_are_not_glued_together():
+    # `To: vishnu@chatwoot.com www.chatwoot.com` (chatwoot/chatwoot spec/fixtures/files/
+    # mail_with_invalid_to_2.eml): the stdlib glued the words into `vishnu@chatwoot.comwww.chatwoot.com`,
+    # a recipient (and the mailbox account) that does not exist; `a@x b@y` lost the first address
+    msg = fixture("synthetic_recipients_without_commas.eml")
+    assert msg.recipients == ["help@example.com", "li@customer.example.org", "wang@customer.example.org"]
+    assert msg.account == "help@example.com"
+    assert msg.sender.value == "mark@customer.example.org"
