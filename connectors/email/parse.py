@@ -253,6 +253,28 @@ def _collect_attachment(part: Message, ctype: str, name: str | None, body: _Body
     body.attachments.append(attachments.make(data, name, ctype, inline=inline, content_id=content_id))
 
 
+#: A MIME parameter (``boundary="…"``) at the start of a line.
+_PARAM_LINE = re.compile(r"[A-Za-z0-9_.-]+\*?[ \t]*=")
+
+
+def _refold_part(part: Message, payload: str) -> Message | None:
+    """A multipart part read again when the stdlib ended its headers at a
+    parameter line that lost its indent (``boundary="…"`` under
+    ``Content-Type: multipart/alternative;``) and so found no boundary; None
+    when that is not what happened."""
+    if not any(type(d).__name__ == "MissingHeaderBodySeparatorDefect" for d in part.defects):
+        return None
+    first, sep, rest = payload.partition("\n")
+    if not _PARAM_LINE.match(first):
+        return None
+    head = "".join(f"{k}: {v}\n" for k, v in part.raw_items())
+    data = (head.rstrip("\n") + "\n " + first + sep + rest).encode("ascii", "surrogateescape")
+    try:
+        return message_from_bytes(data, policy=compat32)
+    except RecursionError:
+        return None
+
+
 #: Multiparts deeper than this are not walked (real mail nests a handful; the
 #: walk recurses once per level).
 _MAX_DEPTH = 100
@@ -266,6 +288,11 @@ def _walk(part: Message, body: _Body, in_report: bool = False, in_alternative: b
             body.defects.append("MimeNestingTooDeep")
             return
         payload = part.get_payload()
+        if isinstance(payload, str) and depth:
+            repaired = _refold_part(part, payload)
+            if repaired is not None:
+                body.defects.append("BrokenHeaderFolding")
+                part, payload = repaired, repaired.get_payload()
         subs = payload if isinstance(payload, list) else []
         # a DSN in a multipart/mixed (McAfee, some Sendmails): the returned original beside its
         # message/delivery-status part is the report's, as in a multipart/report

@@ -537,3 +537,13 @@ def test_recipients_written_without_commas_are_not_glued_together():
     assert msg.recipients == ["help@example.com", "li@customer.example.org", "wang@customer.example.org"]
     assert msg.account == "help@example.com"
     assert msg.sender.value == "mark@customer.example.org"
+
+
+def test_a_part_header_parameter_that_lost_its_indent_keeps_the_part():
+    # `Content-Type: multipart/alternative; differences=Content-Type;` then `boundary="…"` on an
+    # unindented line (sisimai/set-of-emails maildir/bsd lhost-office365-09..12.eml): the stdlib ended
+    # that part's headers there, found no boundary, and the text inside it was lost
+    msg = fixture("synthetic_part_boundary_param_unindented.eml")
+    assert msg.text == "Invoice 4711 lists the parcel twice."
+    assert msg.html is not None and [a.name for a in msg.attachments] == ["invoice-4711.pdf"]
+    assert "BrokenHeaderFolding" in msg.defects
