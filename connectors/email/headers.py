@@ -30,6 +30,8 @@ from connectors.email import charsets
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+?)\?([bBqQ])\?(.*?)\?=", re.S)
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _SPACES = re.compile(r"\s+")
+#: C0 controls and DEL, which no header text means (a NUL a mailer encoded at a subject's end).
+_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 _NOT_B64 = re.compile(r"[^A-Za-z0-9+/]")
 _MSG_ID = re.compile(r"<([^<>]*)>")
 #: One MIME parameter: name, RFC 2231 section number and "*", quoted or bare value.
@@ -80,7 +82,7 @@ def decode_header(value: str | None, hints: tuple[str, ...], defects: list[str])
         return ""
     value = _FOLD.sub("", value)
     if "=?" not in value:
-        return _SPACES.sub(" ", decode_raw(value, hints, defects)).strip()
+        return _SPACES.sub(" ", _CONTROLS.sub("", decode_raw(value, hints, defects))).strip()
     out: list[str] = []
     # adjacent encoded words not yet decoded: a charset and its words' bytes
     # (joined once at the flush: appending bytes to bytes was quadratic in a
@@ -111,7 +113,7 @@ def decode_header(value: str | None, hints: tuple[str, ...], defects: list[str])
         pos = m.end()
     flush()
     out.append(decode_raw(value[pos:], hints, defects))
-    return _SPACES.sub(" ", "".join(out)).strip()
+    return _SPACES.sub(" ", _CONTROLS.sub("", "".join(out))).strip()
 
 
 def param(value: str | None, wanted: str, hints: tuple[str, ...], defects: list[str]) -> str | None:

@@ -547,3 +547,11 @@ def test_a_part_header_parameter_that_lost_its_indent_keeps_the_part():
     assert msg.text == "Invoice 4711 lists the parcel twice."
     assert msg.html is not None and [a.name for a in msg.attachments] == ["invoice-4711.pdf"]
     assert "BrokenHeaderFolding" in msg.defects
+
+
+def test_control_characters_in_decoded_headers_are_dropped():
+    # a Japanese MTA's `=?ISO-2022-JP?B?…?=` subject whose bytes end in a NUL (sisimai/set-of-emails
+    # maildir/err/make-test-31.eml) kept the NUL in the subject
+    msg = fixture("synthetic_control_characters_in_encoded_words.eml")
+    assert msg.subject == "配送エラー (Error message)"
+    assert msg.sender.name == "Mail Administrator"
