@@ -53,9 +53,15 @@ def _word_bytes(encoding: str, payload: str) -> bytes:
 
 
 def decode_raw(text: str, hints: tuple[str, ...], defects: list[str]) -> str:
-    """Text outside encoded words: surrogate-escaped 8-bit bytes decoded by detection."""
+    """Text outside encoded words: surrogate-escaped 8-bit bytes decoded by
+    detection, and raw ISO-2022-JP (7-bit, told by its escape sequences)."""
     if text.isascii():
-        return text
+        if "\x1b" not in text:
+            return text
+        decoded, codec = charsets.detect(text.encode("ascii"))
+        if codec != "ascii":
+            defects.append(f"RawNonAsciiHeader:{codec}")
+        return decoded
     data = text.encode("ascii", "surrogateescape")
     decoded, codec = charsets.detect_header(data, hints)
     if codec == "utf-8":
@@ -166,13 +172,28 @@ def addresses(
 ) -> list[tuple[str | None, str]]:
     """``(display name, lower-cased addr-spec)`` pairs; the addr-spec may be "" when unusable."""
     out: list[tuple[str | None, str]] = []
-    for name, addr in _split_addresses([_FOLD.sub("", v) for v in values]):
+    for name, addr in _split_addresses([_jis_as_words(_FOLD.sub("", v)) for v in values]):
         text = decode_header(name, hints, defects).strip("\"' ") or None
         addr = decode_raw(addr, hints, defects).strip().lower()
         if text is None and not addr:
             continue
         out.append((text, addr))
     return out
+
+
+#: A run of raw ISO-2022-JP: from its escape into JIS X 0208 back to ASCII (or the end),
+#: with the spaces between such runs ("山田 太郎").
+_JIS_RUN = re.compile(r"\x1b\$[@B].*?(?:\x1b\([BJ](?:[ \t]+\x1b\$[@B].*?\x1b\([BJ])*|$)", re.S)
+
+
+def _jis_as_words(value: str) -> str:
+    """Raw ISO-2022-JP runs as RFC 2047 encoded words: the address parser
+    took the ``(`` of each ``ESC ( B`` for a comment and lost the address."""
+    if "\x1b" not in value:
+        return value
+    return _JIS_RUN.sub(
+        lambda m: "=?ISO-2022-JP?B?" + binascii.b2a_base64(m.group(0).encode("ascii", "surrogateescape"),
+                                                           newline=False).decode("ascii") + "?=", value)
 
 
 def decoded_addresses(text: str) -> list[tuple[str | None, str]]:

@@ -555,3 +555,14 @@ def test_control_characters_in_decoded_headers_are_dropped():
     msg = fixture("synthetic_control_characters_in_encoded_words.eml")
     assert msg.subject == "配送エラー (Error message)"
     assert msg.sender.name == "Mail Administrator"
+
+
+def test_raw_iso_2022_jp_headers_are_decoded_and_keep_the_sender():
+    # old Japanese mailers wrote ISO-2022-JP into headers without encoded words (the returned
+    # original of sisimai/set-of-emails maildir/bsd/lhost-office365-13.eml has such a Subject):
+    # the escapes stayed in the subject, and the `(` of each `ESC ( B` opened a comment in From,
+    # so the sender's address was lost
+    msg = fixture("synthetic_raw_iso2022jp_headers.eml")
+    assert (msg.sender.kind, msg.sender.value, msg.sender.name) == ("email", "yamada@customer.example.jp", "山田 太郎")
+    assert msg.subject == "件名：注文番号 4711 について"
+    assert msg.text == "注文番号 4711 の商品がまだ届きません。"
