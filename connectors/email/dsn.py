@@ -22,6 +22,7 @@ _FAILURE_SUBJECT = re.compile(
     r"undeliver|delivery (?:status|failure|failed|notification|problem|has failed)|returned mail|"
     r"mail delivery failed|failure notice|could not send|non[- ]?delivery|not delivered|"
     r"(?:could|can) ?not be delivered|fail(?:ed|ure) delivery|delayed mail|\bmail failed|"
+    r"mail failure|message \S+ delayed|error sending your mail|bounce notification|"
     r"nicht zustellbar|unzustellbar|übermittlungsstatus|fehlgeschlagen|non remis|"
     r"退信|投递失败|无法投递|未能送达|發送失敗|配信エラー|配送エラー|配信できません",
     re.I,

@@ -498,6 +498,10 @@ def test_a_mailer_daemon_with_no_domain_still_sends_bounces(from_):
 @pytest.mark.parametrize("subject", [
     b"Mail could not be delivered", b"failed delivery", b"failure delivery", b"Delayed Mail (still being retried)",
     b"mail failed, returning to sender", b"=?ISO-2022-JP?B?GyRCJWElQyU7ITwlOCRyR1s/LiRHJC0kXiQ7JHMhIxsoQg==?=",
+    # Exim's delay warning and failure notice, a webmail's and a German provider's
+    # (lhost-exim-38.eml, lhost-exim-52.eml, lhost-x6-01.eml, maildir/not/rb-issue-368-bug.eml)
+    b"Warning: message 1kXyZ-0004Ab-Cd delayed 24 hours", b"Mail failure - malformed recipient address",
+    b"There was an error sending your mail", b"email bounce notification",
 ])
 def test_more_delivery_failure_subjects_from_a_mailer_daemon_are_bounces(subject):
     # sisimai/set-of-emails maildir/bsd: lhost-trendmicro-01..03, lhost-x2-03, lhost-x2-05,
