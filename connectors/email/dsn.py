@@ -21,8 +21,10 @@ _DAEMONS = frozenset({"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemo
 _FAILURE_SUBJECT = re.compile(
     r"undeliver|delivery (?:status|failure|failed|notification|problem|has failed)|returned mail|"
     r"mail delivery failed|failure notice|could not send|non[- ]?delivery|not delivered|"
+    r"(?:could|can) ?not be delivered|fail(?:ed|ure) delivery|delayed mail|\bmail failed|"
+    r"mail failure|message \S+ delayed|error sending your mail|bounce notification|"
     r"nicht zustellbar|unzustellbar|übermittlungsstatus|fehlgeschlagen|non remis|"
-    r"退信|投递失败|无法投递|未能送达|發送失敗|配信エラー|配送エラー",
+    r"退信|投递失败|无法投递|未能送达|發送失敗|配信エラー|配送エラー|配信できません",
     re.I,
 )
 _AUTO_REPLY_SUBJECT = re.compile(
@@ -43,9 +45,17 @@ def _first(headers: Headers, name: str) -> str:
 
 
 def classify(
-    headers: Headers, content_type: str, report_type: str | None, sender: str, subject: str
+    headers: Headers, content_type: str, report_type: str | None, sender: str, subject: str,
+    delivery_status: bool = False, *, null_sender: bool = False,
 ) -> tuple[str | None, str | None]:
-    """``(auto, reason)``: the kind of machine-sent mail this is, or ``(None, None)``."""
+    """``(auto, reason)``: the kind of machine-sent mail this is, or ``(None, None)``.
+
+    ``delivery_status``: the mail has a ``message/delivery-status`` part of its
+    own — a DSN (RFC 3464) whatever its wrapper says (a multipart/report with
+    no ``report-type``, a multipart/mixed). ``null_sender``: its envelope
+    sender is null (``Return-Path: <>``), which RFC 5321 section 4.5.5 keeps
+    for notifications: with a delivery-failure subject it is a bounce
+    whoever the From names."""
     if content_type == "multipart/report" and (report_type or "").lower() == "delivery-status":
         return "bounce", "multipart/report; report-type=delivery-status"
     if content_type == "multipart/report" and report_type:
@@ -56,6 +66,10 @@ def classify(
         return "bounce", "X-Failed-Recipients"
     if sender.partition("@")[0] in _DAEMONS and _FAILURE_SUBJECT.search(subject):
         return "bounce", f"{sender.partition('@')[0]} sender with a delivery-failure subject"
+    if delivery_status:
+        return "bounce", "message/delivery-status part"
+    if null_sender and _FAILURE_SUBJECT.search(subject):
+        return "bounce", "null envelope sender with a delivery-failure subject"
     auto_submitted = _first(headers, "auto-submitted").split(";")[0].strip()
     if auto_submitted and auto_submitted != "no":
         return "auto_reply", f"Auto-Submitted: {auto_submitted}"

@@ -30,6 +30,8 @@ from connectors.email import charsets
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+?)\?([bBqQ])\?(.*?)\?=", re.S)
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _SPACES = re.compile(r"\s+")
+#: C0 controls and DEL, which no header text means (a NUL a mailer encoded at a subject's end).
+_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 _NOT_B64 = re.compile(r"[^A-Za-z0-9+/]")
 _MSG_ID = re.compile(r"<([^<>]*)>")
 #: One MIME parameter: name, RFC 2231 section number and "*", quoted or bare value.
@@ -51,9 +53,15 @@ def _word_bytes(encoding: str, payload: str) -> bytes:
 
 
 def decode_raw(text: str, hints: tuple[str, ...], defects: list[str]) -> str:
-    """Text outside encoded words: surrogate-escaped 8-bit bytes decoded by detection."""
+    """Text outside encoded words: surrogate-escaped 8-bit bytes decoded by
+    detection, and raw ISO-2022-JP (7-bit, told by its escape sequences)."""
     if text.isascii():
-        return text
+        if "\x1b" not in text:
+            return text
+        decoded, codec = charsets.detect(text.encode("ascii"))
+        if codec != "ascii":
+            defects.append(f"RawNonAsciiHeader:{codec}")
+        return decoded
     data = text.encode("ascii", "surrogateescape")
     decoded, codec = charsets.detect_header(data, hints)
     if codec == "utf-8":
@@ -80,7 +88,7 @@ def decode_header(value: str | None, hints: tuple[str, ...], defects: list[str])
         return ""
     value = _FOLD.sub("", value)
     if "=?" not in value:
-        return _SPACES.sub(" ", decode_raw(value, hints, defects)).strip()
+        return _SPACES.sub(" ", _CONTROLS.sub("", decode_raw(value, hints, defects))).strip()
     out: list[str] = []
     # adjacent encoded words not yet decoded: a charset and its words' bytes
     # (joined once at the flush: appending bytes to bytes was quadratic in a
@@ -111,7 +119,7 @@ def decode_header(value: str | None, hints: tuple[str, ...], defects: list[str])
         pos = m.end()
     flush()
     out.append(decode_raw(value[pos:], hints, defects))
-    return _SPACES.sub(" ", "".join(out)).strip()
+    return _SPACES.sub(" ", _CONTROLS.sub("", "".join(out))).strip()
 
 
 def param(value: str | None, wanted: str, hints: tuple[str, ...], defects: list[str]) -> str | None:
@@ -164,13 +172,28 @@ def addresses(
 ) -> list[tuple[str | None, str]]:
     """``(display name, lower-cased addr-spec)`` pairs; the addr-spec may be "" when unusable."""
     out: list[tuple[str | None, str]] = []
-    for name, addr in _split_addresses([_FOLD.sub("", v) for v in values]):
+    for name, addr in _split_addresses([_jis_as_words(_FOLD.sub("", v)) for v in values]):
         text = decode_header(name, hints, defects).strip("\"' ") or None
         addr = decode_raw(addr, hints, defects).strip().lower()
         if text is None and not addr:
             continue
         out.append((text, addr))
     return out
+
+
+#: A run of raw ISO-2022-JP: from its escape into JIS X 0208 back to ASCII (or the end),
+#: with the spaces between such runs ("山田 太郎").
+_JIS_RUN = re.compile(r"\x1b\$[@B].*?(?:\x1b\([BJ](?:[ \t]+\x1b\$[@B].*?\x1b\([BJ])*|$)", re.S)
+
+
+def _jis_as_words(value: str) -> str:
+    """Raw ISO-2022-JP runs as RFC 2047 encoded words: the address parser
+    took the ``(`` of each ``ESC ( B`` for a comment and lost the address."""
+    if "\x1b" not in value:
+        return value
+    return _JIS_RUN.sub(
+        lambda m: "=?ISO-2022-JP?B?" + binascii.b2a_base64(m.group(0).encode("ascii", "surrogateescape"),
+                                                           newline=False).decode("ascii") + "?=", value)
 
 
 def decoded_addresses(text: str) -> list[tuple[str | None, str]]:
@@ -190,11 +213,49 @@ def _split_addresses(values: list[str]) -> list[tuple[str, str]]:
             _ONE_ANGLE_ADDR.fullmatch(value) or _ONE_BARE_ADDR.fullmatch(value)
         )
         if simple is None:
-            out.extend(getaddresses([value]))
+            try:
+                out.extend(_unglued(value, getaddresses([value])))
+            except RecursionError:  # the stdlib recurses once per ':' (a group) it meets
+                out.extend(_split_plainly(value))
         elif simple.re is _ONE_BARE_ADDR:
             out.append(("", simple.group(1)))
         else:
             out.append(((simple.group(1) or simple.group(2) or "").strip(), simple.group(3)))
+    return out
+
+
+#: An addr-spec standing as one word.
+_ADDR_WORD = re.compile(r"[^\s@<>\"(),;:]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def _unglued(value: str, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``getaddresses``' pairs, unless it glued words of a list written
+    without commas into one address (``a@x.com www.x.com`` →
+    ``a@x.comwww.x.com``, ``a@x.com b@y.com`` → ``@y.com``): then each word
+    that is an addr-spec. Values with brackets or quotes are left alone."""
+    if "<" in value or '"' in value:
+        return pairs
+    if not any(a and (a.startswith("@") or (" " not in a and a not in value)) for _n, a in pairs):
+        return pairs
+    words = [w for w in value.replace(",", " ").replace(";", " ").split() if _ADDR_WORD.fullmatch(w)]
+    return [("", w) for w in words] or pairs
+
+
+def _split_plainly(value: str) -> list[tuple[str, str]]:
+    """The addresses of a value ``getaddresses`` cannot read (a colon for every
+    one of a thousand encoded words, each taken for a group inside the last:
+    a RecursionError), split on commas without recursion or backtracking:
+    ``name <addr>``, else the first word with an ``@``."""
+    out: list[tuple[str, str]] = []
+    for piece in value.split(","):
+        lt = piece.find("<")
+        gt = piece.find(">", lt + 1) if lt >= 0 else -1
+        if gt > lt:
+            out.append((piece[:lt].strip().strip('"'), piece[lt + 1 : gt].strip()))
+            continue
+        bare = next((w.strip("\"'():;") for w in piece.split() if "@" in w), None)
+        if bare:
+            out.append(("", bare))
     return out
 
 

@@ -11,7 +11,8 @@ measures the result against the bare compat32 parse.
 
 What is recovered rather than refused (each listed in ``defects``):
 broken header folding (an unindented continuation line in the middle of the
-header block, which makes the stdlib end the headers early), missing or
+header block, which makes the stdlib end the headers early; a quoted
+boundary folded over lines, ``FoldedBoundary``), missing or
 lying charsets, broken encoded words, duplicate or unusable From headers
 (a bare address among words, ``Big Bug bb@bug.com``, is taken),
 bad dates, MIME structure defects (the stdlib's defect class names; parts
@@ -45,6 +46,7 @@ from routing.model import Attachment, Inbound, Sender, ThreadHints
 _FIRST_LINE = re.compile(rb"(?:From |[\x21-\x39\x3b-\x7e]+[ \t]*:)")
 _HEADER_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
+_BOUNDARY_PARAM = re.compile(rb'boundary\s*=\s*"?([^"\s;]+)', re.I)
 #: "Name:" with 8-bit bytes in the name: not a valid header, not a continuation either.
 _BAD_HEADER_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]*[\x80-\xff][\x21-\x39\x3b-\xff]*[ \t]*:")
 _BODY_TYPES = frozenset({"text/plain", "text/html", "text/enriched"})
@@ -69,6 +71,7 @@ class _Body:
     charsets: list[str] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     dsn: dict[str, str] = field(default_factory=dict)
+    delivery_status: bool = False  # a message/delivery-status part (RFC 3464)
     tnef: list[str] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
 
@@ -113,11 +116,21 @@ def _repair_folding(data: bytes) -> bytes | None:
 
     A line that is neither a header nor a continuation, followed later in the
     block by real headers, is taken as a continuation: the stdlib would
-    otherwise end the headers there and read the rest as body.
+    otherwise end the headers there and read the rest as body. Lines from
+    the message's own MIME boundary on are its body already (a preamble
+    with no blank line before it; the headers after it are a part's).
     """
     end = _END_OF_HEADERS.search(data)
     head, rest = (data[: end.start()], data[end.start() :]) if end else (data, b"")
     lines = head.split(b"\n")
+    # the message's own MIME boundary: the body has begun (a preamble line with no
+    # blank line before it); the part headers after it are not the message's
+    boundary = _BOUNDARY_PARAM.search(head)
+    body_start = len(lines)
+    if boundary is not None:
+        delimiter = b"--" + boundary.group(1)
+        body_start = next((i for i, line in enumerate(lines) if line.startswith(delimiter)), body_start)
+    lines, body = lines[:body_start], lines[body_start:]
     is_header = [bool(_HEADER_NAME.match(line)) for line in lines]
     if True not in is_header:
         return None
@@ -130,10 +143,29 @@ def _repair_folding(data: bytes) -> bytes | None:
             # own, not the previous one's continuation (it would end up in the From)
             lines[i] = b"X-Invalid-Header-Name: " + line if _BAD_HEADER_NAME.match(line) else b" " + line
             changed = True
-    return b"\n".join(lines) + rest if changed else None
+    return b"\n".join(lines + body) + rest if changed else None
+
+
+#: A quoted boundary folded over two lines (``boundary="simple\n boundary"``).
+_FOLDED_BOUNDARY = re.compile(rb'(boundary[ \t]*=[ \t]*")([^"\r\n]*(?:\r?\n[ \t][^"\r\n]*)+)"', re.I)
+_FOLD_BYTES = re.compile(rb"\r?\n(?=[ \t])")
+
+
+def _unfold_boundaries(data: bytes) -> bytes | None:
+    """The mail with every quoted boundary that is folded over lines unfolded
+    (RFC 5322 section 2.2.3: the line break goes, the space stays), or None
+    when there is none: the stdlib keeps the line break in the boundary,
+    finds no delimiter line and loses every part."""
+    if _FOLDED_BOUNDARY.search(data) is None:
+        return None
+    return _FOLDED_BOUNDARY.sub(lambda m: m.group(1) + _FOLD_BYTES.sub(b"", m.group(2)) + b'"', data)
 
 
 def _read(data: bytes, defects: list[str]) -> Message:
+    unfolded = _unfold_boundaries(data)
+    if unfolded is not None:
+        defects.append("FoldedBoundary")
+        data = unfolded
     try:
         msg = message_from_bytes(data, policy=compat32)
     except RecursionError:  # the stdlib parser recurses once per nested multipart
@@ -221,6 +253,28 @@ def _collect_attachment(part: Message, ctype: str, name: str | None, body: _Body
     body.attachments.append(attachments.make(data, name, ctype, inline=inline, content_id=content_id))
 
 
+#: A MIME parameter (``boundary="…"``) at the start of a line.
+_PARAM_LINE = re.compile(r"[A-Za-z0-9_.-]+\*?[ \t]*=")
+
+
+def _refold_part(part: Message, payload: str) -> Message | None:
+    """A multipart part read again when the stdlib ended its headers at a
+    parameter line that lost its indent (``boundary="…"`` under
+    ``Content-Type: multipart/alternative;``) and so found no boundary; None
+    when that is not what happened."""
+    if not any(type(d).__name__ == "MissingHeaderBodySeparatorDefect" for d in part.defects):
+        return None
+    first, sep, rest = payload.partition("\n")
+    if not _PARAM_LINE.match(first):
+        return None
+    head = "".join(f"{k}: {v}\n" for k, v in part.raw_items())
+    data = (head.rstrip("\n") + "\n " + first + sep + rest).encode("ascii", "surrogateescape")
+    try:
+        return message_from_bytes(data, policy=compat32)
+    except RecursionError:
+        return None
+
+
 #: Multiparts deeper than this are not walked (real mail nests a handful; the
 #: walk recurses once per level).
 _MAX_DEPTH = 100
@@ -234,13 +288,24 @@ def _walk(part: Message, body: _Body, in_report: bool = False, in_alternative: b
             body.defects.append("MimeNestingTooDeep")
             return
         payload = part.get_payload()
-        for sub in payload if isinstance(payload, list) else ():
-            _walk(sub, body, in_report or ctype == "multipart/report", ctype == "multipart/alternative", depth + 1)
+        if isinstance(payload, str) and depth:
+            repaired = _refold_part(part, payload)
+            if repaired is not None:
+                body.defects.append("BrokenHeaderFolding")
+                part, payload = repaired, repaired.get_payload()
+        subs = payload if isinstance(payload, list) else []
+        # a DSN in a multipart/mixed (McAfee, some Sendmails): the returned original beside its
+        # message/delivery-status part is the report's, as in a multipart/report
+        report = in_report or ctype == "multipart/report" or any(
+            sub.get_content_type() == "message/delivery-status" for sub in subs)
+        for sub in subs:
+            _walk(sub, body, report, ctype == "multipart/alternative", depth + 1)
         return
     name = attachments.filename(part, body.hints, body.defects)
     if in_alternative and ctype in _ALTERNATIVE_RENDERINGS and name is None and _disposition(part) != "attachment":
         return
     if ctype == "message/delivery-status":
+        body.delivery_status = True
         body.dsn.update({k: v for k, v in dsn.delivery_status(part).items() if k not in body.dsn})
     elif in_report and ctype in _REPORT_ORIGINALS:
         original = dsn.original_message_id(part)
@@ -336,6 +401,18 @@ def _sender(msg: Message, raw: bytes, context: Mapping[str, Any], hmap: dict[str
     return Sender("external", f"email-unknown:{hashlib.sha256(raw).hexdigest()[:32]}", any_name)
 
 
+def _from_mailbox(hmap: dict[str, list[str]], hints: tuple[str, ...], sender: Sender) -> str:
+    """Who the From says sent the mail, for telling a mailer daemon: the
+    sender, else the From's mailbox that no reply could go to —
+    ``<MAILER-DAEMON>`` with no domain, ``MAILER-DAEMON <>`` (its name)."""
+    if sender.kind == "email":
+        return sender.value
+    for name, addr in headers.addresses(hmap.get("from", []), hints, []):
+        if addr or (name and " " not in name):
+            return addr or name.lower()
+    return sender.value
+
+
 def _envelope(context: Mapping[str, Any], hmap: dict[str, list[str]]) -> dict[str, str]:
     """What the envelope says, as meta: ``return_path`` (the SMTP ``MAIL FROM``
     this gateway received, else the ``Return-Path`` the delivering MTA wrote;
@@ -409,9 +486,11 @@ def _inbound(msg: Message, raw: bytes, context: Mapping[str, Any], defects: list
     text, full_text = _text(body)
     content_type = msg.get_content_type()
     report_type = msg.get_param("report-type") if content_type == "multipart/report" else None
-    auto, reason = dsn.classify(hmap, content_type, report_type, sender.value, subject or "")
+    envelope = _envelope(context, hmap)
+    auto, reason = dsn.classify(hmap, content_type, report_type, _from_mailbox(hmap, hints, sender), subject or "",
+                                body.delivery_status, null_sender=envelope.get("return_path") == "<>")
 
-    meta: dict[str, str] = {"content_type": content_type, **_envelope(context, hmap)}
+    meta: dict[str, str] = {"content_type": content_type, **envelope}
     if thread.message_id:  # as in the journal key: the pipeline tells a reused Message-ID by it
         meta["content_sha"] = keys.content_digest(raw)
     if sender.kind == "external":

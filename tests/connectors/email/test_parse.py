@@ -435,3 +435,138 @@ def test_short_raw_headers_pick_the_plausible_charset(codec, subject):
     raw = (b"From: a@example.net\r\nSubject: " + subject.encode(codec) + b"\r\nMIME-Version: 1.0\r\n"
            b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nx\r\n")
     assert one(raw).subject == subject
+
+
+def test_an_address_list_with_a_colon_in_every_encoded_word_is_read_not_a_crash():
+    # RFC 2047 section 5 keeps ':' out of an encoded word in a phrase; a To of a thousand
+    # `=?utf-8?Q?…10:08:28…?=` words (MimeKit's stack-overflow.txt) made the stdlib's address
+    # parser recurse once per colon, taken for a group: a RecursionError crash
+    msg = fixture("synthetic_to_with_colons_in_encoded_words.eml")
+    assert (msg.sender.value, msg.subject, msg.text) == ("customer@example.org", "Order status", "Where is my order 4711?")
+    assert msg.recipients == ["support@example.com"] and msg.account == "support@example.com"
+
+
+def test_a_preamble_right_after_the_headers_keeps_the_parts():
+    # no blank line between the headers and "This is a multi-part message" (jhillyerd/enmime
+    # qp-utf8-header-no-break.raw): the header repair took the preamble and the boundary line
+    # for folded continuations and the first part's headers for the message's own, so the
+    # boundary was never seen and the text was lost
+    msg = fixture("synthetic_preamble_without_blank_line.eml")
+    assert msg.text == "Please refund order 4711, it arrived broken."
+    assert msg.html is not None and msg.subject == "Refund for order 4711" and msg.attachments == []
+    assert "BrokenHeaderFolding" not in msg.defects
+
+
+def test_a_quoted_boundary_folded_over_two_lines_is_unfolded():
+    # `boundary="simple<CRLF> boundary"` (apache/james-mime4j mimetools-testmsgs multi-simple.msg,
+    # multi-badnames.msg …) is "simple boundary" once unfolded (RFC 5322 section 2.2.3); the
+    # stdlib kept the line break, found no delimiter and lost the text and every attachment
+    msg = fixture("synthetic_folded_quoted_boundary.eml")
+    assert msg.text == "The parcel for order 4711 arrived crushed, photo attached."
+    assert [(a.name, a.content_type) for a in msg.attachments] == [("parcel.png", "image/png")]
+    assert "FoldedBoundary" in msg.defects
+
+
+@pytest.mark.parametrize("content_type", [b"multipart/report;", b"multipart/mixed;"])
+def test_a_delivery_status_part_makes_a_bounce_whatever_wraps_it(content_type):
+    # a message/delivery-status part is a DSN (RFC 3464); without report-type on its multipart/report
+    # (sisimai/set-of-emails maildir/bsd/lhost-x3-05.eml) or inside a multipart/mixed (lhost-mcafee-04,
+    # rfc3464-09) it was a customer message that opens a ticket
+    raw = (FIXTURES / "synthetic_dsn_without_report_type.eml").read_bytes().replace(
+        b"multipart/report;", content_type)
+    msg = one(raw)
+    assert (msg.auto, msg.meta["auto_reason"]) == ("bounce", "message/delivery-status part")
+    assert (msg.meta["dsn_status"], msg.meta["dsn_recipient"]) == ("5.1.1", "nobody@customer.example.org")
+    assert msg.meta["dsn_original_message_id"] == "reply-4711@support.example.com"
+
+
+@pytest.mark.parametrize("from_", [b"MAILER-DAEMON <>", b"Mail Delivery Subsystem <MAILER-DAEMON>"])
+def test_a_mailer_daemon_with_no_domain_still_sends_bounces(from_):
+    # `MAILER-DAEMON <>` (sisimai/set-of-emails maildir/bsd/lhost-dragonfly-*.eml) and
+    # `<MAILER-DAEMON>` (lhost-sendmail-53.eml, lhost-x1-02.eml) are no address a reply could go
+    # to, so the sender is unknown; the daemon was not seen and the bounce was a customer message
+    raw = (FIXTURES / "synthetic_daemon_from_without_domain.eml").read_bytes().replace(
+        b"From: MAILER-DAEMON <>", b"From: " + from_)
+    msg = one(raw)
+    assert msg.sender.kind == "external"
+    assert (msg.auto, msg.meta["auto_reason"]) == ("bounce", "mailer-daemon sender with a delivery-failure subject")
+    assert (msg.meta["dsn_status"], msg.meta["dsn_original_message_id"]) == ("5.1.1", "reply-4711@support.example.com")
+    # a customer with no usable address is still a customer (when the envelope sender is not null)
+    assert one(raw.replace(from_, b"Kunde <>").replace(b"Return-Path: <>\n", b"")).auto is None
+
+
+@pytest.mark.parametrize("subject", [
+    b"Mail could not be delivered", b"failed delivery", b"failure delivery", b"Delayed Mail (still being retried)",
+    b"mail failed, returning to sender", b"=?ISO-2022-JP?B?GyRCJWElQyU7ITwlOCRyR1s/LiRHJC0kXiQ7JHMhIxsoQg==?=",
+    # Exim's delay warning and failure notice, a webmail's and a German provider's
+    # (lhost-exim-38.eml, lhost-exim-52.eml, lhost-x6-01.eml, maildir/not/rb-issue-368-bug.eml)
+    b"Warning: message 1kXyZ-0004Ab-Cd delayed 24 hours", b"Mail failure - malformed recipient address",
+    b"There was an error sending your mail", b"email bounce notification",
+])
+def test_more_delivery_failure_subjects_from_a_mailer_daemon_are_bounces(subject):
+    # sisimai/set-of-emails maildir/bsd: lhost-trendmicro-01..03, lhost-x2-03, lhost-x2-05,
+    # rfc3464-34, rfc3464-37 — postmaster and MAILER-DAEMON notices with these subjects were
+    # customer messages
+    raw = (FIXTURES / "synthetic_postmaster_could_not_be_delivered.eml").read_bytes().replace(
+        b"Subject: Mail could not be delivered", b"Subject: " + subject)
+    msg = one(raw)
+    assert (msg.auto, msg.meta["auto_reason"]) == ("bounce", "postmaster sender with a delivery-failure subject")
+    assert (msg.meta["dsn_status"], msg.meta["dsn_original_message_id"]) == ("5.1.1", "reply-4711@support.example.com")
+    # the same subject from a customer is a customer's message
+    assert one(raw.replace(b"postmaster@gw.example.net", b"li@customer.example.org")).auto is None
+
+
+def test_a_failure_notice_with_a_null_envelope_sender_is_a_bounce():
+    # RFC 5321 section 4.5.5: the null reverse-path is for notifications; a failure notice sent
+    # with it from an address that names no daemon (sisimai/set-of-emails maildir/bsd
+    # lhost-mfilter-03.eml `From: <>`, lhost-verizon-01.eml, lhost-opensmtpd-05.eml) was a customer message
+    raw = (FIXTURES / "synthetic_null_sender_failure_notice.eml").read_bytes()
+    msg = one(raw)
+    assert (msg.auto, msg.meta["auto_reason"]) == ("bounce", "null envelope sender with a delivery-failure subject")
+    assert (msg.meta["dsn_status"], msg.meta["dsn_original_message_id"]) == ("5.1.1", "reply-4711@support.example.com")
+    assert one(raw.replace(b"From: Mail Filter <filter@gw.example.net>", b"From: <>")).auto == "bounce"
+    # the SMTP envelope says so when it is known
+    without_header = raw.replace(b"Return-Path: <>\n", b"")
+    assert one(without_header).auto is None
+    assert one(without_header, mail_from="").auto == "bounce"
+    # a null sender under another subject is not taken for a bounce
+    assert one(raw.replace(b"Subject: failure notice", b"Subject: Your invoice")).auto is None
+
+
+def test_recipients_written_without_commas_are_not_glued_together():
+    # `To: vishnu@chatwoot.com www.chatwoot.com` (chatwoot/chatwoot spec/fixtures/files/
+    # mail_with_invalid_to_2.eml): the stdlib glued the words into `vishnu@chatwoot.comwww.chatwoot.com`,
+    # a recipient (and the mailbox account) that does not exist; `a@x b@y` lost the first address
+    msg = fixture("synthetic_recipients_without_commas.eml")
+    assert msg.recipients == ["help@example.com", "li@customer.example.org", "wang@customer.example.org"]
+    assert msg.account == "help@example.com"
+    assert msg.sender.value == "mark@customer.example.org"
+
+
+def test_a_part_header_parameter_that_lost_its_indent_keeps_the_part():
+    # `Content-Type: multipart/alternative; differences=Content-Type;` then `boundary="…"` on an
+    # unindented line (sisimai/set-of-emails maildir/bsd lhost-office365-09..12.eml): the stdlib ended
+    # that part's headers there, found no boundary, and the text inside it was lost
+    msg = fixture("synthetic_part_boundary_param_unindented.eml")
+    assert msg.text == "Invoice 4711 lists the parcel twice."
+    assert msg.html is not None and [a.name for a in msg.attachments] == ["invoice-4711.pdf"]
+    assert "BrokenHeaderFolding" in msg.defects
+
+
+def test_control_characters_in_decoded_headers_are_dropped():
+    # a Japanese MTA's `=?ISO-2022-JP?B?…?=` subject whose bytes end in a NUL (sisimai/set-of-emails
+    # maildir/err/make-test-31.eml) kept the NUL in the subject
+    msg = fixture("synthetic_control_characters_in_encoded_words.eml")
+    assert msg.subject == "配送エラー (Error message)"
+    assert msg.sender.name == "Mail Administrator"
+
+
+def test_raw_iso_2022_jp_headers_are_decoded_and_keep_the_sender():
+    # old Japanese mailers wrote ISO-2022-JP into headers without encoded words (the returned
+    # original of sisimai/set-of-emails maildir/bsd/lhost-office365-13.eml has such a Subject):
+    # the escapes stayed in the subject, and the `(` of each `ESC ( B` opened a comment in From,
+    # so the sender's address was lost
+    msg = fixture("synthetic_raw_iso2022jp_headers.eml")
+    assert (msg.sender.kind, msg.sender.value, msg.sender.name) == ("email", "yamada@customer.example.jp", "山田 太郎")
+    assert msg.subject == "件名：注文番号 4711 について"
+    assert msg.text == "注文番号 4711 の商品がまだ届きません。"
