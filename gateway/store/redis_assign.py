@@ -101,15 +101,25 @@ log = structlog.get_logger(__name__)
 _dec = msgspec.json.Decoder()
 _clock_dec = msgspec.json.Decoder(SlaClock)
 
-#: Read-only: each agent's presence, last assignment and load in one round trip
-#: (KEYS: presence hash, last hash, then each agent's load hash; ARGV: the agent ids).
+#: Read-only: each agent's presence, last assignment, load and live version in one round
+#: trip (KEYS: presence hash, last hash, agents_live_v, then each agent's load hash;
+#: ARGV: the agent ids).
 LIVE_LUA = """
 local out = {}
 for i = 1, #ARGV do
   out[i] = {redis.call('HGET', KEYS[1], ARGV[i]) or false, redis.call('HGET', KEYS[2], ARGV[i]) or false,
-            redis.call('HGETALL', KEYS[2 + i])}
+            redis.call('HGETALL', KEYS[3 + i]), redis.call('HGET', KEYS[3], ARGV[i]) or false}
 end
 return out
+"""
+
+#: Read-only, sent with the lease: the agents' live counter, and the live version of every
+#: agent when it is not the one the caller's cache holds (KEYS: agents_live_seq,
+#: agents_live_v; ARGV[1]: the counter the cache was taken at, '' for no cache).
+LIVE_SEQ_LUA = """
+local seq = redis.call('GET', KEYS[1]) or '0'
+if ARGV[1] == '' or seq == ARGV[1] then return {seq} end
+return {seq, redis.call('HGETALL', KEYS[2])}
 """
 
 LOCK = "assign"
@@ -177,6 +187,13 @@ class _Step:
         self._load_written: set[tuple[str, str]] = set()
         self._presence: dict[str, str] = {}
         self._last: dict[str, datetime | None] = {}
+        #: agent → its live version as this step knows it (read, or from the store's cache)
+        self._live_ver: dict[str, int] = {}
+        #: agents whose presence, last assignment or load this step writes (their live
+        #: version is bumped in the APPLY program)
+        self._live_dirty: set[str] = set()
+        #: the live counter at the lease (None: no cache use — a look without the lease)
+        self._live_seq: int | None = None
         self._clock_raw: dict[str, str | None] = {}
         self._clock_dirty: dict[str, str] = {}
         self._timers: dict[str, dict[str, list]] = {}
@@ -198,10 +215,34 @@ class _Step:
     def _refuse(self, *args: Any) -> None:
         raise _NeedsStep
 
-    async def start(self, version: str | None, prefetched: dict[str, list] | None = None) -> "_Step":
+    async def start(self, version: str | None, prefetched: dict[str, list] | None = None,
+                    live: list | None = None) -> "_Step":
+        """``live``: the LIVE_SEQ answer read with the lease (the store's cache of the
+        agents' live state is checked against it: see :meth:`RedisAssignOps._live_check`)."""
         self.fixed, self.members = await self.s._agent_cache_current(version)
         self._prefetched = prefetched or {}
+        if live is not None and self.holder is not None:
+            self._live_seq = self.s._live_check(version, live)
         return self
+
+    def _from_cache(self, ids: list[str]) -> list[str]:
+        """Fill the live state of ``ids`` from the store's cache where it holds them
+        (only under the lease, at the counter it was checked against); the ids still to read."""
+        if self._live_seq is None:
+            return [i for i in ids if i not in self._presence]
+        cache, vers = self.s._live_cache, self.s._live_vers
+        want = []
+        for i in ids:
+            if i in self._presence:
+                continue
+            got = cache.get(i)
+            if got is None:
+                want.append(i)
+                continue
+            self._presence[i], self._last[i], self._load_read[i], load = got
+            self._load[i] = dict(load)
+            self._live_ver[i] = vers.get(i, 0)
+        return want
 
     async def _x(self, coro: Awaitable) -> Any:
         return await self.s._call(coro)
@@ -259,14 +300,15 @@ class _Step:
             teams = frozenset((queued["team"], *queued["also_teams"])) if queued["team"] is not None else frozenset()
         else:
             teams = frozenset((team,)) if team is not None else frozenset()
-        want = [i for i in self._member_ids(teams) if i not in self._presence]
+        want = self._from_cache(self._member_ids(teams))
         live = self.s._live_lua()
 
         def build(pipe: Any) -> None:
             pipe.hget(k.contact(contact), "tier")
             pipe.zrange(k.contact_tickets(contact), 0, -1)
             if want:
-                evalsha(pipe, live, [k.agent_presence, k.agent_last] + [k.agent_load(i) for i in want], want)
+                evalsha(pipe, live, [k.agent_presence, k.agent_last, k.agents_live_v] +
+                        [k.agent_load(i) for i in want], want)
 
         tier, tickets, *res = await self.s._pipelined(build, (live,))
         self._contact_tickets[contact] = [_s(i) for i in tickets]
@@ -334,17 +376,18 @@ class _Step:
 
     async def _live(self, ids: list[str]) -> None:
         """Presence, last assignment and load of ``ids`` not read yet (one round trip)."""
-        want = [i for i in ids if i not in self._presence]
+        want = self._from_cache(ids)
         if not want:
             return
         k = self.k
-        res = await self._x(self.s._agents_live(keys=[k.agent_presence, k.agent_last] +
+        res = await self._x(self.s._agents_live(keys=[k.agent_presence, k.agent_last, k.agents_live_v] +
                                                  [k.agent_load(i) for i in want], args=want))
         self._live_of(want, res)
 
     def _live_of(self, want: list[str], res: list) -> None:
         for n, i in enumerate(want):
-            presence, last, flat = res[n]
+            presence, last, flat, ver = res[n]
+            self._live_ver[i] = int(ver or 0)
             self._presence[i] = _s(presence) or "offline"
             self._last[i] = _dt(last)
             raw = {_s(flat[j]): _s(flat[j + 1]) for j in range(0, len(flat), 2)}
@@ -459,6 +502,7 @@ class _Step:
         if not load[cls]:
             del load[cls]
         self._load_written.add((agent, cls))
+        self._live_dirty.add(agent)
         self.tx.op("HINCRBY", k.agent_load(agent), cls, n)
 
     async def _hold(self, t: TicketRow, agent: str, cls: str) -> None:
@@ -471,6 +515,7 @@ class _Step:
                    "skills", _j(t.skills), "assigned_at", self.now_ms)
         self.tx.op("ZADD", k.agent_tickets(agent), self.now_ms, t.id)
         self.tx.op("HSET", k.agent_last, agent, self.now_ms)
+        self._live_dirty.add(agent)
         self._add_load(agent, cls, 1)
         self._last[agent] = self.now
         self._held[t.id] = _Held(agent, cls, t.team, dict(t.skills))
@@ -690,6 +735,7 @@ class _Step:
             k = self.k
             self.tx.op("HSET", k.agent_presence, agent_id, presence)
             self.tx.op("HSET", k.agent_presence_at, agent_id, self.now_ms)
+            self._live_dirty.add(agent_id)
             self._presence[agent_id] = presence
             await self.s._audit(self.tx, self.now_ms, actor, "agent.presence", agent_id,
                                 {"from": before, "to": presence})
@@ -770,6 +816,7 @@ class _Step:
         if before is None:  # presence belongs to the API once the agent exists
             self.tx.op("HSETNX", k.agent_presence, a.id, a.presence)
             self.tx.op("HSETNX", k.agent_presence_at, a.id, self.now_ms)
+            self._live_dirty.add(a.id)
 
     # -- SLA
 
@@ -1032,9 +1079,34 @@ class _Step:
             meta = self._trow.get(tid)
             if meta is not None:
                 tx.op("HSET", k.ticket(tid), "synced", f"{meta['updated_at']}:{meta['version'] + meta['touched']}")
+        for agent in sorted(self._live_dirty):
+            tx.op("HINCRBY", k.agents_live_v, agent, 1)
+        if self._live_dirty:
+            tx.op("INCR", k.agents_live_seq)
         if self.holder is not None:
             tx.op("DEL", k.lease(LOCK))
         await self.s._run(tx)
+        if self._live_seq is not None:
+            self._keep_live()
+
+    def _keep_live(self) -> None:
+        """After the APPLY: the store's cache takes the live state this step ended
+        with — what it read, with its own writes on top — at the counter its writes
+        moved it to (the step ran under the lease, and every other writer of that
+        state bumps the counter: a write between the lease and the APPLY shows at
+        the next step's check)."""
+        cache, vers, dirty = self.s._live_cache, self.s._live_vers, self._live_dirty
+        written: dict[str, list[str]] = {}
+        for agent, cls in self._load_written:
+            written.setdefault(agent, []).append(cls)
+        for i, presence in self._presence.items():
+            raw = self._load_read.get(i, {})
+            load = self._load.get(i, {})
+            if i in written:
+                raw = {**raw, **{cls: str(load.get(cls, 0)) for cls in written[i]}}
+            cache[i] = (presence, self._last.get(i), raw, load)
+            vers[i] = self._live_ver.get(i, 0) + (i in dirty)
+        self.s._live_at = self._live_seq + bool(dirty)
 
 
 def _wants(t: TicketRow) -> str:
@@ -1092,7 +1164,57 @@ class RedisAssignOps:
     _agents_cache: tuple[str | None, dict[str, _Fixed], dict[str, tuple[str, ...]]] | None = None
     _local_lock: asyncio.Lock | None = None
     _live_script: Any = None
+    _live_seq_script: Any = None
     _agent_states_kept: dict[str, AgentState] | None = None
+    #: the agents' live state (presence, last assignment, raw load as stored, load) as the
+    #: last steps of this instance left it, valid at the live counter ``_live_at`` for the
+    #: agents' version ``_live_for`` (None: no cache); ``_live_vers``: their live versions
+    _live_at: int | None = None
+    _live_for: str | None = None
+    _live_cache_kept: dict[str, tuple] | None = None
+    _live_vers_kept: dict[str, int] | None = None
+
+    @property
+    def _live_cache(self) -> dict[str, tuple]:
+        if self._live_cache_kept is None:
+            self._live_cache_kept = {}
+        return self._live_cache_kept
+
+    @property
+    def _live_vers(self) -> dict[str, int]:
+        if self._live_vers_kept is None:
+            self._live_vers_kept = {}
+        return self._live_vers_kept
+
+    def _live_forget(self) -> None:
+        """Drop the cache of the agents' live state (a step failed: what it held is unknown)."""
+        self._live_at = None
+        self._live_cache.clear()
+        self._live_vers.clear()
+
+    def _live_check(self, version: str | None, answer: list) -> int:
+        """Check the cache against LIVE_SEQ's ``answer`` (read with the lease) and
+        return the live counter: at the cache's counter it is whole; else the agents
+        whose live version moved (another instance's step, an API write) are dropped
+        from it and the rest stays; another agents' version drops it all."""
+        seq = int(answer[0])
+        if version != self._live_for or self._live_at is None:
+            self._live_forget()
+            self._live_for = version
+        elif seq != self._live_at:
+            flat = answer[1] if len(answer) > 1 else []
+            now = {_s(flat[j]): int(flat[j + 1]) for j in range(0, len(flat), 2)}
+            cache, vers = self._live_cache, self._live_vers
+            for agent in [a for a in cache if now.get(a, 0) != vers.get(a, 0)]:
+                del cache[agent]
+                vers.pop(agent, None)
+        self._live_at = seq
+        return seq
+
+    def _live_seq_lua(self) -> Any:
+        if self._live_seq_script is None:
+            self._live_seq_script = self.r.register_script(LIVE_SEQ_LUA)  # type: ignore[attr-defined]
+        return self._live_seq_script
 
     @property
     def _agent_states(self) -> dict[str, AgentState]:
@@ -1150,17 +1272,19 @@ class RedisAssignOps:
                            *args: Any, prefetch: tuple[str, ...] = ()) -> Any:
         for attempt in range(_RETRIES):
             holder = new_id()
-            version, prefetched = await self._lock_reading(holder, prefetch)
+            version, prefetched, live = await self._lock_reading(holder, prefetch)
             renew = asyncio.create_task(self._keep(holder))
             try:
-                step = await _Step(self, directory, now, holder).start(version, prefetched)
+                step = await _Step(self, directory, now, holder).start(version, prefetched, live)
                 result = await fn(step, *args)
                 await step.flush()
                 return result
             except Conflict:
+                self._live_forget()
                 await self.lease_release(LOCK, holder)  # type: ignore[attr-defined]
                 await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
             except BaseException:
+                self._live_forget()
                 try:
                     await asyncio.shield(self.lease_release(LOCK, holder))  # type: ignore[attr-defined]
                 except Exception:  # noqa: BLE001 - the lease expires on its own
@@ -1184,14 +1308,19 @@ class RedisAssignOps:
 
     async def _lock(self, holder: str) -> str | None:
         """Take the ``assign`` lease (waiting for it); the agents' version, read in the same round trip."""
-        return (await self._lock_reading(holder, ()))[0]
+        version, _, live = await self._lock_reading(holder, ())
+        self._live_check(version, live)
+        return version
 
-    async def _lock_reading(self, holder: str, prefetch: tuple[str, ...]) -> tuple[str | None, dict[str, list]]:
-        """Take the ``assign`` lease (waiting for it); the agents' version and the
-        ``prefetch`` tickets' reads, in the same round trip (Redis runs them after
-        the lease script, so they are read under the lease when it was taken)."""
+    async def _lock_reading(self, holder: str, prefetch: tuple[str, ...]
+                            ) -> tuple[str | None, dict[str, list], list]:
+        """Take the ``assign`` lease (waiting for it); the agents' version, the
+        LIVE_SEQ answer for the cache of their live state, and the ``prefetch``
+        tickets' reads, in the same round trip (Redis runs them after the lease
+        script, so they are read under the lease when it was taken)."""
         k = self.k  # type: ignore[attr-defined]
         lease = self._lease  # type: ignore[attr-defined]
+        live_seq = self._live_seq_lua()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LOCK_WAIT_S
         wait = 0.0005
@@ -1199,13 +1328,15 @@ class RedisAssignOps:
         def build(pipe: Any) -> None:
             evalsha(pipe, lease, [k.lease(LOCK)], [holder, int(LOCK_TTL_S * 1000), "acquire"])
             pipe.get(k.agents_version)
+            evalsha(pipe, live_seq, [k.agents_live_seq, k.agents_live_v],
+                    ["" if self._live_at is None else str(self._live_at)])
             for tid in prefetch:
                 _ticket_reads(pipe, k, tid)
 
         while True:
-            got, version, *rows = await self._pipelined(build, (lease,))  # type: ignore[attr-defined]
+            got, version, live, *rows = await self._pipelined(build, (lease, live_seq))  # type: ignore[attr-defined]
             if got:
-                return _s(version), {tid: rows[4 * i:4 * i + 4] for i, tid in enumerate(prefetch)}
+                return _s(version), {tid: rows[4 * i:4 * i + 4] for i, tid in enumerate(prefetch)}, live
             if loop.time() > deadline:
                 raise StoreError(f"assignment: the lease was busy for {LOCK_WAIT_S:.0f}s")
             await asyncio.sleep(random.uniform(wait / 2, wait))

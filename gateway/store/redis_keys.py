@@ -175,6 +175,18 @@ class Keys:
         return f"{self.p}agents:ver"
 
     @property
+    def agents_live_seq(self) -> str:
+        """A counter every write of an agent's presence, last assignment or load bumps
+        (with its entry in :attr:`agents_live_v`): an instance whose cache of that live
+        state was taken at the current value may decide from it without reading it."""
+        return f"{self.p}agents:live_seq"
+
+    @property
+    def agents_live_v(self) -> str:
+        """Hash: agent id → how often its presence, last assignment or load was written."""
+        return f"{self.p}agents:live_v"
+
+    @property
     def agent_presence(self) -> str:
         """Hash: agent id → presence (shared by every instance)."""
         return f"{self.p}agents:presence"

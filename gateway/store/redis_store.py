@@ -223,15 +223,18 @@ return 1
 """
 
 TAKE_LUA = """
--- KEYS[1]: the ticket's holder; KEYS[2..]: the candidates' load hashes, in preference order
+-- KEYS[1]: the ticket's holder; KEYS[2], KEYS[3]: agents_live_seq, agents_live_v;
+-- KEYS[4..]: the candidates' load hashes, in preference order
 -- ARGV[1]: capacity class; ARGV[2*i], ARGV[2*i+1]: candidate i's agent id and capacity
 local held = redis.call('GET', KEYS[1])
 if held then return {'held', held} end
-for i = 2, #KEYS do
-  local agent, cap = ARGV[2 * (i - 1)], tonumber(ARGV[2 * (i - 1) + 1])
+for i = 4, #KEYS do
+  local agent, cap = ARGV[2 * (i - 3)], tonumber(ARGV[2 * (i - 3) + 1])
   local load = tonumber(redis.call('HGET', KEYS[i], ARGV[1]) or '0')
   if load < cap then
     redis.call('HINCRBY', KEYS[i], ARGV[1], 1)
+    redis.call('INCR', KEYS[2])
+    redis.call('HINCRBY', KEYS[3], agent, 1)
     redis.call('SET', KEYS[1], agent .. ' ' .. ARGV[1])
     return {'took', agent}
   end
@@ -240,11 +243,16 @@ return {'full', ''}
 """
 
 RELEASE_LUA = """
--- KEYS[1]: the ticket's holder, KEYS[2]: that agent's load; ARGV[1]: the holder value read
+-- KEYS[1]: the ticket's holder, KEYS[2]: that agent's load, KEYS[3], KEYS[4]: agents_live_seq,
+-- agents_live_v; ARGV[1]: the holder value read ('<agent> <class>')
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-local cls = string.match(ARGV[1], ' (.*)$')
-if tonumber(redis.call('HGET', KEYS[2], cls) or '0') > 0 then redis.call('HINCRBY', KEYS[2], cls, -1) end
+local agent, cls = string.match(ARGV[1], '^(.-) (.*)$')
+if tonumber(redis.call('HGET', KEYS[2], cls) or '0') > 0 then
+  redis.call('HINCRBY', KEYS[2], cls, -1)
+  redis.call('INCR', KEYS[3])
+  redis.call('HINCRBY', KEYS[4], agent, 1)
+end
 return 1
 """
 
@@ -1402,7 +1410,8 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
         already held), or None when every candidate is full."""
         if not candidates:
             return None
-        keys = [self.k.ticket_held(ticket_id)] + [self.k.agent_load(a) for a, _ in candidates]
+        keys = [self.k.ticket_held(ticket_id), self.k.agents_live_seq, self.k.agents_live_v] + \
+            [self.k.agent_load(a) for a, _ in candidates]
         args: list[Any] = [cls]
         for agent, cap in candidates:
             args += [agent, cap]
@@ -1417,8 +1426,8 @@ class RedisStore(ApiOps, RedisDeliveryOps, RedisAssignOps, RedisWebhookOps, Redi
         if not held:
             return None
         agent = held.split(" ", 1)[0]
-        done = await self._call(self._release(keys=[self.k.ticket_held(ticket_id), self.k.agent_load(agent)],
-                                              args=[held]))
+        done = await self._call(self._release(keys=[self.k.ticket_held(ticket_id), self.k.agent_load(agent),
+                                                    self.k.agents_live_seq, self.k.agents_live_v], args=[held]))
         return agent if done else None
 
     async def agent_load(self, agent_id: str) -> dict[str, int]:
