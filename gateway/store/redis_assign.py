@@ -15,7 +15,15 @@ one *assignment step*:
    (:class:`_Step`) and runs the deciders on it, each read seeing the step's
    own earlier changes (``assign_next`` reads its ticket in the lease's own
    round trip, then the contact and the live state of the teams the ticket
-   goes to in one more: three round trips with the write);
+   goes to in one more: three round trips with the write). The agents' live
+   state (presence, last assignment, load) comes from the instance's cache
+   where it holds it: every writer of that state bumps ``agents_live_seq``
+   and the agent's entry in ``agents_live_v`` in the same script, the lease's
+   round trip reads the counter (and, when it moved since the cache, every
+   agent's version, so the changed ones are dropped), and a step's own writes
+   go into the cache after its APPLY. A stale load can only make a decision
+   worse, never over-fill: the APPLY's load guard (3.) compares with Redis,
+   and a failed step drops the cache;
 3. it writes everything in ONE ``APPLY`` program guarded by: the lease still
    being held by this step's token (a fence: a step whose lease expired
    writes nothing), each agent's load per capacity class still being the
