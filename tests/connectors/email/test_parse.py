@@ -570,3 +570,14 @@ def test_raw_iso_2022_jp_headers_are_decoded_and_keep_the_sender():
     assert (msg.sender.kind, msg.sender.value, msg.sender.name) == ("email", "yamada@customer.example.jp", "山田 太郎")
     assert msg.subject == "件名：注文番号 4711 について"
     assert msg.text == "注文番号 4711 の商品がまだ届きません。"
+
+
+def test_a_nested_multipart_that_reuses_its_parents_boundary_keeps_its_parts():
+    # Outlook Express for Mac gave the multipart/alternative inside a multipart/mixed the
+    # mixed's own boundary (python/cpython Lib/test/test_email/data/msg_15.txt; SpamScope
+    # mail_malformed_1.eml in the corpus): the stdlib took the nested part's delimiters as
+    # the outer's, found the alternative empty and left the attachment after it in the epilogue
+    msg = fixture("synthetic_nested_multipart_reuses_boundary.eml")
+    assert msg.text == "The delivery note for order 5520 is attached; the parcel arrived opened."
+    assert [(a.name, a.content_type) for a in msg.attachments] == [("parcel-5520.gif", "image/gif")]
+    assert "NestedBoundaryReused" in msg.defects and "StartBoundaryNotFoundDefect" not in msg.defects
