@@ -18,7 +18,7 @@ lying charsets, broken encoded words, duplicate or unusable From headers
 bad dates, MIME structure defects (the stdlib's defect class names; parts
 nested over a hundred deep are left out, ``MimeNestingTooDeep``; a nested
 multipart that reuses its parent's boundary is read innermost-first,
-``NestedBoundaryReused``), and
+``NestedBoundaryReused``), a file labelled text (``BinaryTextPart``), and
 Outlook ``.msg`` blobs handed over instead of MIME, a banner line or two
 above the headers (``LeadingNonHeaderLine``). Only bytes that are not mail
 at all — empty, or no header line at the start (after at most such a
@@ -256,8 +256,7 @@ def _charset_param(part: Message) -> str | None:
     return m.group(1).lower() if m else None
 
 
-def _decode_text(part: Message, body: _Body) -> str:
-    data = part.get_payload(decode=True) or b""
+def _decode_text(part: Message, body: _Body, data: bytes) -> str:
     declared = _charset_param(part)
     if declared and declared not in body.charsets:
         body.charsets.append(declared)
@@ -378,10 +377,35 @@ def _walk(part: Message, body: _Body, in_report: bool = False, in_alternative: b
     if _is_attachment(part, ctype, name):
         if ctype != "message/delivery-status" or name is not None:
             _collect_attachment(part, ctype, name, body)
+        return
+    data = part.get_payload(decode=True) or b""
+    sniffed = _binary_type(data)
+    if sniffed is not None:  # a file labelled text (a PNG sent as text/plain): not the body
+        body.defects.append(f"BinaryTextPart:{sniffed}")
+        content_id = (attachments.raw_header(part, "content-id") or "").strip().strip("<>") or None
+        body.attachments.append(attachments.make(data, None, sniffed, inline=_disposition(part) == "inline",
+                                                 content_id=content_id))
     elif ctype == "text/html":
-        body.html.append(_decode_text(part, body))
+        body.html.append(_decode_text(part, body, data))
     else:
-        body.plain.append(_decode_text(part, body))
+        body.plain.append(_decode_text(part, body, data))
+
+
+#: File signatures (magic numbers) at the start of a file, and the file's type.
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
+               (b"GIF89a", "image/gif"), (b"%PDF-", "application/pdf"), (b"PK\x03\x04", "application/zip"))
+
+
+def _binary_type(data: bytes) -> str | None:
+    """The file type of a "text" part's bytes when they are a file: they
+    start with a PNG, JPEG, GIF, PDF or ZIP signature and hold a NUL byte
+    (each of those formats has NULs in its headers or blocks; text in any
+    charset but UTF-16/32 has none, and none of these signatures starts
+    UTF-16/32 text); else None."""
+    for magic, ctype in _SIGNATURES:
+        if data.startswith(magic):
+            return ctype if b"\x00" in data else None
+    return None
 
 
 _WORD_CHARSET_BYTES = re.compile(rb"=\?([A-Za-z0-9_.:+-]+)(?:\*[^?]*)?\?[bBqQ]\?")

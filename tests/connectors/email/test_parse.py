@@ -581,3 +581,12 @@ def test_a_nested_multipart_that_reuses_its_parents_boundary_keeps_its_parts():
     assert msg.text == "The delivery note for order 5520 is attached; the parcel arrived opened."
     assert [(a.name, a.content_type) for a in msg.attachments] == [("parcel-5520.gif", "image/gif")]
     assert "NestedBoundaryReused" in msg.defects and "StartBoundaryNotFoundDefect" not in msg.defects
+
+
+def test_a_file_labelled_text_is_an_attachment_not_the_body():
+    # a PNG sent as `text/plain; charset=ISO-8859-1` (sisimai/set-of-emails maildir/bsd/rfc3464-66.eml)
+    # was the mail's text, 6 KB of Latin-1 junk; text that merely starts like a signature stays text
+    msg = fixture("synthetic_png_labelled_text_plain.eml")
+    assert msg.text == "GIF89a or PNG, I was not sure which you take: the screenshot follows."
+    assert [(a.name, a.content_type, a.size) for a in msg.attachments] == [(None, "image/png", 74)]
+    assert "BinaryTextPart:image/png" in msg.defects
