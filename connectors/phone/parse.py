@@ -763,8 +763,11 @@ def parse_twilio(raw: bytes, p: _Ctx) -> Inbound:
     disposition = _TWILIO_DISPOSITION.get(status)
     if (params.get("AnsweredBy") or "").startswith("machine") and disposition == "answered":
         disposition = "voicemail"
-    duration = _int(params.get("CallDuration") or params.get("Duration"), "CallDuration") if (
-        params.get("CallDuration") or params.get("Duration")) else None
+    try:
+        duration = _int(params.get("CallDuration") or params.get("Duration"), "CallDuration")
+    except RowError as exc:  # the call is still a call: kept without a duration
+        duration = None
+        defects.append(str(exc))
     at = None
     if params.get("Timestamp"):
         try:

@@ -149,6 +149,14 @@ def test_twilio_anonymous_ringing_callback():
     assert any("withheld" in d for d in call.defects)
 
 
+def test_twilio_duration_that_is_no_number_is_a_defect_not_a_crash():
+    raw = (FIXTURES / "synthetic_twilio_status_completed.form").read_bytes().replace(b"CallDuration=35",
+                                                                                    b"CallDuration=abc")
+    (call,) = parse(raw, {"channel": "twilio"})
+    assert (call.call.disposition, call.call.duration_s) == ("answered", None)
+    assert "CallDuration 'abc' is not a number" in call.defects
+
+
 def test_twilio_dial_action_reports_the_dialed_leg():
     # <Dial action="…">: the parent is in progress, the agent's leg was not picked up
     (call,) = fixture("synthetic_twilio_dial_action_no_answer.form", channel="twilio")
