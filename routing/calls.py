@@ -65,7 +65,8 @@ def merge_call(old: dict | None, new: dict) -> dict:
     """Two reports of one call (``data.call`` dicts, as stored) → one.
 
     Earliest start and answer, latest end, longest duration, the stronger
-    disposition (ties: the later report), the first known numbers and
+    disposition (ties: the later report; a report of the dialed leg,
+    ``dialed``, over one of the parent leg), the first known numbers and
     direction, the latest recording URL."""
     if not old:
         return dict(new)
@@ -80,9 +81,15 @@ def merge_call(old: dict | None, new: dict) -> dict:
     durations = [d for d in (old.get("duration_s"), new.get("duration_s")) if isinstance(d, int)]
     if durations:
         out["duration_s"] = max(durations)
-    if _DISPOSITION_RANK.get(new.get("disposition"), 0) >= _DISPOSITION_RANK.get(old.get("disposition"), 0) \
-            and new.get("disposition"):
+    # a report of the dialed leg outranks the parent's own status (Twilio
+    # answers a call to run its TwiML: "completed" there is no agent's answer)
+    old_dialed, new_dialed = bool(old.get("dialed")), bool(new.get("dialed"))
+    if new.get("disposition") and (new_dialed > old_dialed or (
+            new_dialed == old_dialed
+            and _DISPOSITION_RANK.get(new.get("disposition"), 0) >= _DISPOSITION_RANK.get(old.get("disposition"), 0))):
         out["disposition"] = new["disposition"]
+    if new_dialed and new.get("disposition"):
+        out["dialed"] = True
     if new.get("recording_url"):
         out["recording_url"] = new["recording_url"]
     return out

@@ -209,6 +209,9 @@ class CallInfo(msgspec.Struct, omit_defaults=True, rename={"from_": "from"}):
     duration_s: int | None = None
     disposition: str | None = None
     recording_url: str | None = None
+    #: This report is of the dialed party's leg (Twilio's ``<Dial action>``):
+    #: its disposition is the call's, whatever the parent leg's own status says.
+    dialed: bool = False
 
 
 class Inbound(msgspec.Struct, omit_defaults=True):

@@ -16,7 +16,9 @@ boundary folded over lines, ``FoldedBoundary``), missing or
 lying charsets, broken encoded words, duplicate or unusable From headers
 (a bare address among words, ``Big Bug bb@bug.com``, is taken),
 bad dates, MIME structure defects (the stdlib's defect class names; parts
-nested over a hundred deep are left out, ``MimeNestingTooDeep``), and
+nested over a hundred deep are left out, ``MimeNestingTooDeep``; a nested
+multipart that reuses its parent's boundary is read innermost-first,
+``NestedBoundaryReused``), a file labelled text (``BinaryTextPart``), and
 Outlook ``.msg`` blobs handed over instead of MIME, a banner line or two
 above the headers (``LeadingNonHeaderLine``). Only bytes that are not mail
 at all — empty, or no header line at the start (after at most such a
@@ -161,6 +163,54 @@ def _unfold_boundaries(data: bytes) -> bytes | None:
     return _FOLDED_BOUNDARY.sub(lambda m: m.group(1) + _FOLD_BYTES.sub(b"", m.group(2)) + b'"', data)
 
 
+def _reused_boundary(msg: Message) -> str | None:
+    """The boundary a nested multipart reuses from a multipart around it,
+    when the stdlib then found that nested part empty (its start delimiter
+    was taken as the outer's: ``StartBoundaryNotFoundDefect``); else None."""
+    stack: list[tuple[Message, tuple[str, ...], int]] = [(msg, (), 0)]
+    while stack:
+        part, outer, depth = stack.pop()
+        if depth > _MAX_DEPTH or not part.get_content_type().startswith("multipart/"):
+            continue
+        boundary = part.get_boundary()
+        if boundary and boundary in outer and any(
+                type(d).__name__ == "StartBoundaryNotFoundDefect" for d in part.defects):
+            return boundary
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            stack.extend((sub, (*outer, boundary or ""), depth + 1) for sub in payload)
+    return None
+
+
+def _rename_inner_boundary(data: bytes, boundary: str) -> bytes | None:
+    """The mail with the nested multipart that reuses its parent's boundary
+    given a boundary of its own, or None when that cannot be told. As
+    MIME readers that match the innermost boundary first (MimeKit, mime4j)
+    read it: the second declaration of the boundary is the nested part's,
+    and every delimiter line after it, up to and including the first close
+    delimiter, is the nested part's."""
+    b = boundary.encode("ascii", "surrogateescape")
+    declared = list(re.finditer(rb'(boundary[ \t]*=[ \t]*"?)' + re.escape(b) + rb'(?=["\s;]|$)', data, re.I))
+    if len(declared) < 2:
+        return None
+    new = b + b"=_nested"
+    while new in data:
+        new += b"_"
+    at = declared[1]
+    head, rest = data[: at.start()] + at.group(1) + new, data[at.end():]
+    out, pos = [], 0
+    for m in re.finditer(rb"^--" + re.escape(b) + rb"(--)?(?=[ \t]*\r?$)", rest, re.M):
+        out += [rest[pos : m.start()], b"--" + new + (m.group(1) or b"")]
+        pos = m.end()
+        if m.group(1):
+            return head + b"".join(out) + rest[pos:]
+    return None  # the nested part is never closed: no telling where it ends
+
+
+def _leaves(msg: Message) -> int:
+    return sum(1 for part in msg.walk() if not part.is_multipart())
+
+
 def _read(data: bytes, defects: list[str]) -> Message:
     unfolded = _unfold_boundaries(data)
     if unfolded is not None:
@@ -174,7 +224,20 @@ def _read(data: bytes, defects: list[str]) -> Message:
         repaired = _repair_folding(data)
         if repaired is not None:
             defects.append("BrokenHeaderFolding")
+            data = repaired
             msg = message_from_bytes(repaired, policy=compat32)
+    reused = _reused_boundary(msg) if msg.is_multipart() else None
+    if reused is not None:
+        renamed = _rename_inner_boundary(data, reused)
+        if renamed is not None:
+            try:
+                again = message_from_bytes(renamed, policy=compat32)
+                better = _reused_boundary(again) != reused and _leaves(again) >= _leaves(msg)
+            except RecursionError:
+                better = False
+            if better:
+                defects.append("NestedBoundaryReused")
+                msg = again
     return msg
 
 
@@ -193,8 +256,7 @@ def _charset_param(part: Message) -> str | None:
     return m.group(1).lower() if m else None
 
 
-def _decode_text(part: Message, body: _Body) -> str:
-    data = part.get_payload(decode=True) or b""
+def _decode_text(part: Message, body: _Body, data: bytes) -> str:
     declared = _charset_param(part)
     if declared and declared not in body.charsets:
         body.charsets.append(declared)
@@ -315,10 +377,35 @@ def _walk(part: Message, body: _Body, in_report: bool = False, in_alternative: b
     if _is_attachment(part, ctype, name):
         if ctype != "message/delivery-status" or name is not None:
             _collect_attachment(part, ctype, name, body)
+        return
+    data = part.get_payload(decode=True) or b""
+    sniffed = _binary_type(data)
+    if sniffed is not None:  # a file labelled text (a PNG sent as text/plain): not the body
+        body.defects.append(f"BinaryTextPart:{sniffed}")
+        content_id = (attachments.raw_header(part, "content-id") or "").strip().strip("<>") or None
+        body.attachments.append(attachments.make(data, None, sniffed, inline=_disposition(part) == "inline",
+                                                 content_id=content_id))
     elif ctype == "text/html":
-        body.html.append(_decode_text(part, body))
+        body.html.append(_decode_text(part, body, data))
     else:
-        body.plain.append(_decode_text(part, body))
+        body.plain.append(_decode_text(part, body, data))
+
+
+#: File signatures (magic numbers) at the start of a file, and the file's type.
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
+               (b"GIF89a", "image/gif"), (b"%PDF-", "application/pdf"), (b"PK\x03\x04", "application/zip"))
+
+
+def _binary_type(data: bytes) -> str | None:
+    """The file type of a "text" part's bytes when they are a file: they
+    start with a PNG, JPEG, GIF, PDF or ZIP signature and hold a NUL byte
+    (each of those formats has NULs in its headers or blocks; text in any
+    charset but UTF-16/32 has none, and none of these signatures starts
+    UTF-16/32 text); else None."""
+    for magic, ctype in _SIGNATURES:
+        if data.startswith(magic):
+            return ctype if b"\x00" in data else None
+    return None
 
 
 _WORD_CHARSET_BYTES = re.compile(rb"=\?([A-Za-z0-9_.:+-]+)(?:\*[^?]*)?\?[bBqQ]\?")

@@ -29,6 +29,9 @@ Routes (each body read whole, however TCP cut it, up to ``max_body_bytes``):
   (``twilio.request_validator.RequestValidator``) before anything is stored:
   a forged or missing one → 401. A signed ``Timestamp`` older than
   ``replay_window`` → 403; a redelivered body is the same journal entry.
+  The same route takes a ``<Dial action>`` request (``DialCallStatus``), the
+  same way; its answer is an empty TwiML ``<Response/>`` (the call ends, as it
+  does when the document has nothing after the ``<Dial>``).
 
 The tailer (an account with ``cdr_path``: Asterisk's ``Master.csv``, or
 FreeSWITCH ``mod_cdr_csv``'s in its ``csv_template``) reads complete lines only
@@ -74,6 +77,8 @@ from routing.model import Outbound
 
 log = structlog.get_logger(__name__)
 
+#: The answer to a ``<Dial action>`` request: nothing more to do, the call ends.
+_EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 MAX_BATCH = 256  # rows journaled together before the tail offset is stored
 
 
@@ -362,6 +367,8 @@ class PhoneConnector:
         meta = self._meta(acct, "twilio", url=url, headers={"X-Twilio-Signature": signature})
         key = f"twilio:{params['CallSid']}:" + hashlib.sha256(body).hexdigest()[:32]
         await self.ctx.ingest(account, key, body, meta)
+        if params.get("DialCallStatus"):  # a <Dial action> request: Twilio runs the TwiML answered
+            return web.Response(text=_EMPTY_TWIML, content_type="text/xml")
         return web.Response(status=204)
 
     # the tailer -------------------------------------------------------------

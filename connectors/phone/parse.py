@@ -26,7 +26,10 @@ Formats:
   same channel variables and caller profile), or ``mod_cdr_csv`` rows in the operator's column
   template (context ``template``/``csv_template``; the module's ``example``
   template when none is given). ``external_id`` = the channel uuid.
-- ``twilio`` — a voice status callback body (form-encoded); with
+- ``twilio`` — a voice status callback body (form-encoded), or a
+  ``<Dial action>`` request (``DialCallStatus``: the dialed leg's outcome,
+  which is the call's — ``no-answer`` under an in-progress parent is
+  missed); with
   ``auth_token`` and the request's ``url`` and ``headers`` in the context the
   ``X-Twilio-Signature`` is checked (``RequestValidator``) and a bad one is
   refused. ``external_id`` = the CallSid.
@@ -754,11 +757,17 @@ def parse_twilio(raw: bytes, p: _Ctx) -> Inbound:
             raise PayloadRejected("X-Twilio-Signature does not match the body, URL and auth token")
     defects: list[str] = []
     status = params.get("CallStatus", "").lower()
+    dial_status = params.get("DialCallStatus", "").lower()
+    if dial_status:  # a <Dial action> request: the parent is still up, the dialed leg has ended
+        return _twilio_dial(params, p, status, dial_status, defects)
     disposition = _TWILIO_DISPOSITION.get(status)
     if (params.get("AnsweredBy") or "").startswith("machine") and disposition == "answered":
         disposition = "voicemail"
-    duration = _int(params.get("CallDuration") or params.get("Duration"), "CallDuration") if (
-        params.get("CallDuration") or params.get("Duration")) else None
+    try:
+        duration = _int(params.get("CallDuration") or params.get("Duration"), "CallDuration")
+    except RowError as exc:  # the call is still a call: kept without a duration
+        duration = None
+        defects.append(str(exc))
     at = None
     if params.get("Timestamp"):
         try:
@@ -786,3 +795,32 @@ def parse_twilio(raw: bytes, p: _Ctx) -> Inbound:
     return _call_inbound(p, call_id=params["CallSid"], number_from=params.get("From") or params.get("Caller"),
                          number_to=params.get("To") or params.get("Called"), name=params.get("CallerName") or None,
                          call=call, defects=defects, meta=meta, raw_type=f"twilio.{status or 'callback'}")
+
+
+def _twilio_dial(params: Mapping[str, str], p: _Ctx, status: str, dial_status: str, defects: list[str]) -> Inbound:
+    """A ``<Dial action>`` request: the parent call's parameters (its
+    ``CallStatus`` mostly ``in-progress``) plus the dialed leg's
+    ``DialCallStatus``, ``DialCallSid``, ``DialCallDuration`` (only when it
+    was answered), ``DialBridged`` and the dial's ``RecordingUrl``. The
+    dialed leg's outcome is the call's: a dial nobody picked up under an
+    answered parent is a missed call. No times: the request carries none of
+    the dialed leg's."""
+    disposition = _TWILIO_DISPOSITION.get(dial_status)
+    if disposition is None:
+        defects.append(f"DialCallStatus {dial_status!r} is not one Twilio documents")
+    try:
+        duration = _int(params.get("DialCallDuration"), "DialCallDuration")
+    except RowError as exc:
+        duration = None
+        defects.append(str(exc))
+    direction = params.get("Direction", "inbound").lower()
+    call = CallInfo(direction="outbound" if direction.startswith("outbound") else None, duration_s=duration,
+                    disposition=disposition, recording_url=params.get("RecordingUrl") or None,
+                    dialed=disposition is not None)
+    meta = {"trunk": params.get("To", "") if not direction.startswith("outbound") else params.get("From", ""),
+            "call_status": status, "account_sid": params.get("AccountSid", ""),
+            "dial_call_status": dial_status, "dial_call_sid": params.get("DialCallSid", ""),
+            "dial_bridged": params.get("DialBridged", "")}
+    return _call_inbound(p, call_id=params["CallSid"], number_from=params.get("From") or params.get("Caller"),
+                         number_to=params.get("To") or params.get("Called"), name=params.get("CallerName") or None,
+                         call=call, defects=defects, meta=meta, raw_type=f"twilio.dial.{dial_status}")

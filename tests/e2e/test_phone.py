@@ -223,6 +223,26 @@ async def test_twilio_callbacks_of_one_call_update_it_and_a_forged_one_is_refuse
     assert call["ticket_id"] is not None
 
 
+async def test_twilio_dial_action_on_the_status_route_makes_the_call_missed(gw: Gateway) -> None:
+    dial = {**TWILIO, "CallSid": "CA43", "CallStatus": "in-progress", "DialCallSid": "CA44",
+            "DialCallStatus": "no-answer", "DialBridged": "false"}
+    forged = await twilio_post(gw, dial, signature="bm90IGEgc2lnbmF0dXJl")
+    assert forged.status == 401 and await gw.journal() == []
+    resp = await twilio_post(gw, dial)
+    assert resp.status == 200 and resp.content_type == "text/xml"
+    assert (await resp.text()).endswith("<Response/>")  # TwiML: nothing more, the call ends
+    await gw.drain()
+    # the parent's status callback afterwards: Twilio had answered it to run the TwiML
+    assert (await twilio_post(gw, {**TWILIO, "CallSid": "CA43", "CallStatus": "completed",
+                                   "CallDuration": "31"})).status == 204
+    await gw.drain()
+    journal = await gw.journal()
+    assert len(journal) == 2 and {e["status"] for e in journal} == {"processed"}
+    (call,) = await calls_of(gw, journal[0]["contact_id"])
+    c = call["data"]["call"]
+    assert (c["disposition"], c["duration_s"]) == ("missed", 31) and len(call["data"]["call_reports"]) == 1
+
+
 async def test_upload_needs_its_token(gw: Gateway) -> None:
     resp = await gw.client.post("/channels/phone/pbx1/upload", data=b"x", headers={"Authorization": "Bearer no"})
     assert resp.status == 401 and resp.content_type == "application/problem+json"

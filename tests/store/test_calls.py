@@ -149,3 +149,15 @@ def test_merge_call_keeps_the_stronger_disposition_and_the_widest_times():
     assert m["recording_url"] == "https://r/1.wav"
     assert merge_call({"disposition": None}, {"disposition": "busy"})["disposition"] == "busy"
     assert merge_call({"disposition": "missed"}, {"disposition": "busy"})["disposition"] == "busy"  # later, same rank
+
+
+def test_merge_call_lets_the_dialed_leg_decide_the_disposition():
+    # Twilio: the <Dial action> says the agent did not answer; the parent's own
+    # status callback ("completed": Twilio answered to run the TwiML) comes after
+    dial = {"disposition": "missed", "dialed": True}
+    parent = {"disposition": "answered", "duration_s": 35, "ended_at": "2026-11-30T02:05:40Z"}
+    m = merge_call(merge_call(None, dial), parent)
+    assert (m["disposition"], m["duration_s"], m["dialed"]) == ("missed", 35, True)
+    assert merge_call(parent, dial)["disposition"] == "missed"  # the other order
+    # a second <Dial> that reached someone: the stronger of the dialed legs
+    assert merge_call(m, {"disposition": "answered", "dialed": True, "duration_s": 60})["disposition"] == "answered"

@@ -570,3 +570,23 @@ def test_raw_iso_2022_jp_headers_are_decoded_and_keep_the_sender():
     assert (msg.sender.kind, msg.sender.value, msg.sender.name) == ("email", "yamada@customer.example.jp", "山田 太郎")
     assert msg.subject == "件名：注文番号 4711 について"
     assert msg.text == "注文番号 4711 の商品がまだ届きません。"
+
+
+def test_a_nested_multipart_that_reuses_its_parents_boundary_keeps_its_parts():
+    # Outlook Express for Mac gave the multipart/alternative inside a multipart/mixed the
+    # mixed's own boundary (python/cpython Lib/test/test_email/data/msg_15.txt; SpamScope
+    # mail_malformed_1.eml in the corpus): the stdlib took the nested part's delimiters as
+    # the outer's, found the alternative empty and left the attachment after it in the epilogue
+    msg = fixture("synthetic_nested_multipart_reuses_boundary.eml")
+    assert msg.text == "The delivery note for order 5520 is attached; the parcel arrived opened."
+    assert [(a.name, a.content_type) for a in msg.attachments] == [("parcel-5520.gif", "image/gif")]
+    assert "NestedBoundaryReused" in msg.defects and "StartBoundaryNotFoundDefect" not in msg.defects
+
+
+def test_a_file_labelled_text_is_an_attachment_not_the_body():
+    # a PNG sent as `text/plain; charset=ISO-8859-1` (sisimai/set-of-emails maildir/bsd/rfc3464-66.eml)
+    # was the mail's text, 6 KB of Latin-1 junk; text that merely starts like a signature stays text
+    msg = fixture("synthetic_png_labelled_text_plain.eml")
+    assert msg.text == "GIF89a or PNG, I was not sure which you take: the screenshot follows."
+    assert [(a.name, a.content_type, a.size) for a in msg.attachments] == [(None, "image/png", 74)]
+    assert "BinaryTextPart:image/png" in msg.defects

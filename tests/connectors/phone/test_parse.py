@@ -149,6 +149,33 @@ def test_twilio_anonymous_ringing_callback():
     assert any("withheld" in d for d in call.defects)
 
 
+def test_twilio_duration_that_is_no_number_is_a_defect_not_a_crash():
+    raw = (FIXTURES / "synthetic_twilio_status_completed.form").read_bytes().replace(b"CallDuration=35",
+                                                                                    b"CallDuration=abc")
+    (call,) = parse(raw, {"channel": "twilio"})
+    assert (call.call.disposition, call.call.duration_s) == ("answered", None)
+    assert "CallDuration 'abc' is not a number" in call.defects
+
+
+def test_twilio_dial_action_reports_the_dialed_leg():
+    # <Dial action="…">: the parent is in progress, the agent's leg was not picked up
+    (call,) = fixture("synthetic_twilio_dial_action_no_answer.form", channel="twilio")
+    c = call.call
+    assert call.external_id == "CA7d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a" and call.sender.value == "+8613812345678"
+    assert (c.direction, c.disposition, c.duration_s, c.dialed) == ("inbound", "missed", None, True)
+    assert call.raw_type == "twilio.dial.no-answer" and call.meta["dial_call_sid"].startswith("CA9f8e")
+    raw = (FIXTURES / "synthetic_twilio_dial_action_no_answer.form").read_bytes()
+    answered = raw.replace(b"DialCallStatus=no-answer&DialBridged=false",
+                           b"DialCallStatus=completed&DialBridged=true&DialCallDuration=48"
+                           b"&RecordingUrl=https%3A%2F%2Fapi.twilio.com%2Frec%2FRE1")
+    (call,) = parse(answered, {"channel": "twilio"})
+    assert (call.call.disposition, call.call.duration_s, call.call.recording_url) == (
+        "answered", 48, "https://api.twilio.com/rec/RE1")
+    for status, disposition in (("busy", "busy"), ("failed", "failed"), ("canceled", "missed")):
+        (call,) = parse(raw.replace(b"=no-answer", b"=" + status.encode()), {"channel": "twilio"})
+        assert call.call.disposition == disposition
+
+
 def test_twilio_signature_is_checked_when_the_context_has_the_token():
     raw = (FIXTURES / "synthetic_twilio_status_completed.form").read_bytes()
     from urllib.parse import parse_qsl
