@@ -110,6 +110,8 @@ class _Mux:
         flight, else with the rest of this loop turn's."""
         loop = asyncio.get_running_loop()
         conn = self._conn
+        if self._replace and self._waiting:  # a demoted primary's: the pool's way until it is idle
+            raise ConnectionError("the shared connection is being replaced")
         if conn is None or ((self._replace or (self.idle_s and loop.time() - self._progress > self.idle_s))
                             and not self._waiting):
             conn = await self._open(conn)
