@@ -138,3 +138,26 @@ async def test_a_connection_that_never_answers_times_out(unused_tcp_port):
         await r.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_readonly_answer_replaces_the_shared_connection(redis_server, tmp_path):
+    """A replica (a primary Sentinel demoted) answers writes READONLY: the caller gets
+    redis-py's own ReadOnlyError (sent once more through the pool), reads still work,
+    and the shared connection is replaced before it is used again."""
+    from redis.exceptions import ReadOnlyError
+
+    from tests.integration.redis import RedisServer
+
+    replica = RedisServer(tmp_path, replica_of=redis_server).start()
+    r = connect(replica.url, decode_responses=False, socket_timeout=5)
+    try:
+        assert await r.get("nothing") is None
+        first = r._mux._conn
+        with pytest.raises(ReadOnlyError):
+            await r.set("k", "v")
+        assert r._mux._replace
+        assert await r.get("nothing") is None  # on a new shared connection
+        assert r._mux._conn is not first and not r._mux._replace
+    finally:
+        await r.aclose()
+        replica.stop()
