@@ -238,7 +238,7 @@ class _Step:
         (only under the lease, at the counter it was checked against); the ids still to read."""
         if self._live_seq is None:
             return [i for i in ids if i not in self._presence]
-        cache, vers = self.s._live_cache, self.s._live_vers
+        cache = self.s._live_cache
         want = []
         for i in ids:
             if i in self._presence:
@@ -247,9 +247,8 @@ class _Step:
             if got is None:
                 want.append(i)
                 continue
-            self._presence[i], self._last[i], self._load_read[i], load = got
+            self._presence[i], self._last[i], self._load_read[i], load, self._live_ver[i] = got
             self._load[i] = dict(load)
-            self._live_ver[i] = vers.get(i, 0)
         return want
 
     async def _x(self, coro: Awaitable) -> Any:
@@ -1103,7 +1102,7 @@ class _Step:
         moved it to (the step ran under the lease, and every other writer of that
         state bumps the counter: a write between the lease and the APPLY shows at
         the next step's check)."""
-        cache, vers, dirty = self.s._live_cache, self.s._live_vers, self._live_dirty
+        cache, dirty = self.s._live_cache, self._live_dirty
         written: dict[str, list[str]] = {}
         for agent, cls in self._load_written:
             written.setdefault(agent, []).append(cls)
@@ -1112,8 +1111,7 @@ class _Step:
             load = self._load.get(i, {})
             if i in written:
                 raw = {**raw, **{cls: str(load.get(cls, 0)) for cls in written[i]}}
-            cache[i] = (presence, self._last.get(i), raw, load)
-            vers[i] = self._live_ver.get(i, 0) + (i in dirty)
+            cache[i] = (presence, self._last.get(i), raw, load, self._live_ver.get(i, 0) + (i in dirty))
         self.s._live_at = self._live_seq + bool(dirty)
 
 
@@ -1174,13 +1172,12 @@ class RedisAssignOps:
     _live_script: Any = None
     _live_seq_script: Any = None
     _agent_states_kept: dict[str, AgentState] | None = None
-    #: the agents' live state (presence, last assignment, raw load as stored, load) as the
-    #: last steps of this instance left it, valid at the live counter ``_live_at`` for the
-    #: agents' version ``_live_for`` (None: no cache); ``_live_vers``: their live versions
+    #: the agents' live state (presence, last assignment, raw load as stored, load, live
+    #: version) as the last steps of this instance left it, valid at the live counter
+    #: ``_live_at`` for the agents' version ``_live_for`` (None: no cache)
     _live_at: int | None = None
     _live_for: str | None = None
     _live_cache_kept: dict[str, tuple] | None = None
-    _live_vers_kept: dict[str, int] | None = None
 
     @property
     def _live_cache(self) -> dict[str, tuple]:
@@ -1188,17 +1185,10 @@ class RedisAssignOps:
             self._live_cache_kept = {}
         return self._live_cache_kept
 
-    @property
-    def _live_vers(self) -> dict[str, int]:
-        if self._live_vers_kept is None:
-            self._live_vers_kept = {}
-        return self._live_vers_kept
-
     def _live_forget(self) -> None:
         """Drop the cache of the agents' live state (a step failed: what it held is unknown)."""
         self._live_at = None
         self._live_cache.clear()
-        self._live_vers.clear()
 
     def _live_check(self, version: str | None, answer: list) -> int:
         """Check the cache against LIVE_SEQ's ``answer`` (read with the lease) and
@@ -1212,10 +1202,9 @@ class RedisAssignOps:
         elif seq != self._live_at:
             flat = answer[1] if len(answer) > 1 else []
             now = {_s(flat[j]): int(flat[j + 1]) for j in range(0, len(flat), 2)}
-            cache, vers = self._live_cache, self._live_vers
-            for agent in [a for a in cache if now.get(a, 0) != vers.get(a, 0)]:
+            cache = self._live_cache
+            for agent in [a for a, kept in cache.items() if now.get(a, 0) != kept[4]]:
                 del cache[agent]
-                vers.pop(agent, None)
         self._live_at = seq
         return seq
 
