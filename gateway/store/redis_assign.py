@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from datetime import datetime
 from typing import Any, Awaitable, Callable
 
@@ -131,6 +132,10 @@ return {seq, redis.call('HGETALL', KEYS[2])}
 """
 
 LOCK = "assign"
+#: how long an instance decides from its cache of the agents' live state before it reads
+#: it all again: a bound on what a writer that did not bump the live counter (an instance
+#: of an older version during a rolling update) can leave stale; most steps still hit it
+LIVE_CACHE_S = 2.0
 #: the assignment lease's time to live: a step must finish within it (it takes milliseconds)
 LOCK_TTL_S = 10.0
 #: how long a step waits for the lease before giving up (StoreError)
@@ -1177,6 +1182,7 @@ class RedisAssignOps:
     #: ``_live_at`` for the agents' version ``_live_for`` (None: no cache)
     _live_at: int | None = None
     _live_for: str | None = None
+    _live_since = 0.0  # (time.monotonic) when the cache was started
     _live_cache_kept: dict[str, tuple] | None = None
 
     @property
@@ -1194,16 +1200,18 @@ class RedisAssignOps:
         """Check the cache against LIVE_SEQ's ``answer`` (read with the lease) and
         return the live counter: at the cache's counter it is whole; else the agents
         whose live version moved (another instance's step, an API write) are dropped
-        from it and the rest stays; another agents' version drops it all."""
+        from it and the rest stays; another agents' version, or a cache older than
+        :data:`LIVE_CACHE_S`, drops it all."""
         seq = int(answer[0])
-        if version != self._live_for or self._live_at is None:
+        now = time.monotonic()
+        if version != self._live_for or self._live_at is None or now - self._live_since > LIVE_CACHE_S:
             self._live_forget()
-            self._live_for = version
+            self._live_for, self._live_since = version, now
         elif seq != self._live_at:
             flat = answer[1] if len(answer) > 1 else []
-            now = {_s(flat[j]): int(flat[j + 1]) for j in range(0, len(flat), 2)}
+            versions = {_s(flat[j]): int(flat[j + 1]) for j in range(0, len(flat), 2)}
             cache = self._live_cache
-            for agent in [a for a, kept in cache.items() if now.get(a, 0) != kept[4]]:
+            for agent in [a for a, kept in cache.items() if versions.get(a, 0) != kept[4]]:
                 del cache[agent]
         self._live_at = seq
         return seq

@@ -83,7 +83,9 @@ async def test_a_step_runs_after_redis_forgot_its_scripts(store):
 # -- the cache of the agents' live state (presence, last assignment, load)
 
 def _count_live_reads(monkeypatch) -> list[int]:
-    """How many agents each LIVE read asked Redis for."""
+    """How many agents each LIVE read asked Redis for (the cache's lifetime made
+    long: a slow machine must not end it between two steps)."""
+    monkeypatch.setattr(redis_assign, "LIVE_CACHE_S", 3600.0)
     reads: list[int] = []
     original = redis_assign._Step._live_of
 
@@ -137,7 +139,18 @@ async def test_a_release_outside_a_step_reaches_the_cache(store):
 
 
 @REDIS
-async def test_a_load_written_behind_the_caches_back_never_overfills(store):
+async def test_the_cache_is_read_again_after_its_lifetime(store, monkeypatch):
+    reads = _count_live_reads(monkeypatch)
+    await store.assign_next(await make_ticket(store, team="billing"), T0)
+    monkeypatch.setattr(redis_assign, "LIVE_CACHE_S", 0.0)  # every cache is too old now
+    reads.clear()
+    await store.assign_next(await make_ticket(store, team="billing"), T0)
+    assert reads == [2]  # both members read again
+
+
+@REDIS
+async def test_a_load_written_behind_the_caches_back_never_overfills(store, monkeypatch):
+    monkeypatch.setattr(redis_assign, "LIVE_CACHE_S", 3600.0)
     """A writer that did not bump the live counter (none should exist): the APPLY's load
     guard still refuses a stale load, the step runs again from Redis, capacity holds."""
     first = await store.assign_next(await make_ticket(store, team="billing"), T0)
