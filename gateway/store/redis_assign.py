@@ -1116,7 +1116,10 @@ class _Step:
             load = self._load.get(i, {})
             if i in written:
                 raw = {**raw, **{cls: str(load.get(cls, 0)) for cls in written[i]}}
-            cache[i] = (presence, self._last.get(i), raw, load, self._live_ver.get(i, 0) + (i in dirty))
+            last = self._last.get(i)
+            if i in dirty and last is not None:
+                last = _dt(_ms(last))  # as Redis keeps it (milliseconds), as a read would give it
+            cache[i] = (presence, last, raw, load, self._live_ver.get(i, 0) + (i in dirty))
         self.s._live_at = self._live_seq + bool(dirty)
 
 
