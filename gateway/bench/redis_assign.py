@@ -9,8 +9,8 @@ take the next ticket and await ``store.assign_next`` until every ticket is
 decided or ``assign_store``'s budget (:data:`gateway.bench.assign_store.BUDGET_S`) has passed.
 
 On Redis each decision is one *assignment step* (``gateway/store/redis_assign.py``):
-the ``assign`` lease, the reads (ticket, held, queue, the team's presence and
-load), the pure chooser, one fenced APPLY script (load guard, assignment,
+the ``assign`` lease, the reads (ticket, held, queue; the team's presence and
+load from the instance's cache where it holds them), the pure chooser, one fenced APPLY script (load guard, assignment,
 timeline entry, outbox event, lease release). Steps are serialised across
 instances by the lease, so this is also the ceiling of every instance
 together. The baseline is the same decisions on the SQLite backend
