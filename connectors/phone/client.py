@@ -176,7 +176,9 @@ def _problem(status: int, title: str, detail: str, **extra: Any) -> web.Response
 
 
 def _same(a: str | None, b: str | None) -> bool:
-    return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
+    # header bytes that are not UTF-8 arrive as surrogate escapes: compare them as the bytes they were
+    return a is not None and b is not None and hmac.compare_digest(a.encode("utf-8", "surrogateescape"),
+                                                                   b.encode("utf-8", "surrogateescape"))
 
 
 def row_key(account: str, record: bytes) -> str:

@@ -5,6 +5,7 @@ rules of the pipeline, internal calls."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 from urllib.parse import urlencode
@@ -228,6 +229,17 @@ async def test_upload_needs_its_token(gw: Gateway) -> None:
     assert resp.status == 401 and resp.content_type == "application/problem+json"
     resp = await gw.client.post("/channels/phone/nobody/upload", data=b"x")
     assert resp.status == 404
+    assert await gw.journal() == []
+
+
+async def test_an_upload_token_of_bytes_not_utf8_is_refused_not_a_500(gw: Gateway) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
+    writer.write(b"POST /channels/phone/pbx1/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                 b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\nab")
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
     assert await gw.journal() == []
 
 
