@@ -472,7 +472,7 @@ class WebchatConnector:
             wait = min(POLL_MAX_WAIT_S, max(0.0, float(body.get("wait", 0))))
             if not isinstance(frames, list) or not frames:
                 raise ValueError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: [[[[…]]]] thousands deep
             return problem(400, "the body must be {\"frames\": [hello, …], \"wait\": seconds} (frames[0] a hello)")
         session = PollSession(site, ip)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
