@@ -81,6 +81,16 @@ async def test_url_verification_decrypts_echostr(client):
     assert resp.status == 401
 
 
+async def test_a_signed_echostr_that_decodes_to_nothing_is_a_400(client):
+    """``echostr=%%%`` (base64 of no bytes) with a valid msg_signature: wechatpy's
+    unpadding indexes an empty plaintext — an IndexError that was a 500."""
+    for echostr in ("%%%", "===="):
+        query = {"msg_signature": sign(TOKEN, TIMESTAMP, NONCE, echostr), "timestamp": TIMESTAMP, "nonce": NONCE,
+                 "echostr": echostr}
+        resp = await client.get(URL, params=query)
+        assert resp.status == 400, await resp.text()
+
+
 async def test_app_message_is_journaled_under_its_msgid(client, connector):
     body, query = signed(APP_TEXT)
     resp = await client.post(URL, params=query, data=body)
