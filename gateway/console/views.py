@@ -204,7 +204,7 @@ async def read_form(request: web.Request) -> Any:
     except TimeoutError:
         raise _page_error(request, 408, "error.badform", f"the body was not received within {BODY_TIMEOUT_S:g} s") \
             from None
-    except (HttpProcessingError, ValueError, AssertionError) as exc:
+    except (HttpProcessingError, ValueError, AssertionError, LookupError) as exc:  # LookupError: charset=<unknown>
         raise _page_error(request, 400, "error.badform", str(exc).splitlines()[0] if str(exc) else "") from None
 
 
@@ -212,7 +212,8 @@ async def checked_form(request: web.Request, ctx: Ctx | None) -> Any:
     """The POSTed form, once its ``csrf`` field matches the session's (403 page otherwise)."""
     form = await read_form(request)
     want = ctx.csrf if ctx is not None else request.cookies.get(PRE_CSRF, "")
-    if not want or not hmac.compare_digest(str(form.get("csrf", "")), want):
+    # bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500)
+    if not want or not hmac.compare_digest(str(form.get("csrf", "")).encode("utf-8", "surrogateescape"), want.encode()):
         raise _page_error(request, 403, "error.csrf")
     return form
 

@@ -73,6 +73,16 @@ async def test_a_ticket_number_beyond_64_bits_or_not_ascii_is_the_404_page(conso
         assert resp.status < 500, (path, resp.status)
 
 
+async def test_a_form_of_an_unknown_charset_or_a_non_ascii_csrf_is_a_4xx_page(console) -> None:
+    login = await console.get("/console/login")
+    pre = CSRF.search(await login.text()).group(1)
+    resp = await console.post("/console/login", data=f"csrf={pre}&token=x".encode(), allow_redirects=False,
+                              headers={"Content-Type": "application/x-www-form-urlencoded; charset=no-such-charset"})
+    assert resp.status == 400, await resp.text()
+    resp = await console.post("/console/login", data={"csrf": "é", "token": TOKEN}, allow_redirects=False)
+    assert resp.status == 403, await resp.text()
+
+
 async def test_a_form_body_that_stalls_is_a_408_page(console, monkeypatch) -> None:
     import connectors.http
 
