@@ -743,6 +743,10 @@ def twilio_signature_ok(auth_token: str, url: str, params: Mapping[str, str], si
     return bool(signature) and RequestValidator(auth_token).validate(url, dict(params), signature)
 
 
+#: longer than any call (a week): a bigger CallDuration is a defect, not a time to subtract
+_MAX_CALL_S = 7 * 86400
+
+
 def parse_twilio(raw: bytes, p: _Ctx) -> Inbound:
     params = twilio_params(raw)
     if not params.get("CallSid"):
@@ -757,8 +761,14 @@ def parse_twilio(raw: bytes, p: _Ctx) -> Inbound:
     disposition = _TWILIO_DISPOSITION.get(status)
     if (params.get("AnsweredBy") or "").startswith("machine") and disposition == "answered":
         disposition = "voicemail"
-    duration = _int(params.get("CallDuration") or params.get("Duration"), "CallDuration") if (
-        params.get("CallDuration") or params.get("Duration")) else None
+    given = params.get("CallDuration") or params.get("Duration")
+    try:
+        duration = _int(given, "CallDuration")
+        if duration is not None and duration > _MAX_CALL_S:
+            raise RowError(f"CallDuration {given[:24]!r} is out of range")
+    except RowError as exc:  # still the call: kept without a duration (it was a parser crash)
+        defects.append(str(exc))
+        duration = None
     at = None
     if params.get("Timestamp"):
         try:

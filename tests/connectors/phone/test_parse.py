@@ -143,6 +143,20 @@ def test_twilio_completed_callback():
     assert c.started_at == datetime(2026, 11, 30, 2, 5, 5, tzinfo=timezone.utc)
 
 
+@pytest.mark.parametrize("duration", ["abc", "-1", "9" * 40, "1e308", "NaN", "604801"])
+def test_twilio_callback_with_a_bad_duration_is_the_call_with_a_defect_not_a_parser_crash(duration):
+    """A signed callback whose CallDuration is no number, negative or past any
+    call crashed the parser (RowError, OverflowError from the start time):
+    the journal entry failed with a traceback at error level."""
+    raw = (FIXTURES / "synthetic_twilio_status_completed.form").read_text()
+    raw = raw.replace("CallDuration=35", f"CallDuration={duration}").replace("Duration=1&", "")
+    (call,) = parse(raw.encode(), {"channel": "twilio"})
+    assert call.kind == "call" and call.external_id == "CA5a3e4b0f5d4b3f2f3e2c1b0a9f8e7d6c"
+    assert call.call.disposition == "answered" and call.call.ended_at is not None
+    assert call.call.duration_s is None and call.call.started_at is None
+    assert any("CallDuration" in d for d in call.defects), call.defects
+
+
 def test_twilio_anonymous_ringing_callback():
     (call,) = fixture("synthetic_twilio_status_ringing_anonymous.form", channel="twilio")
     assert call.sender.value == "anonymous" and call.call.disposition is None
