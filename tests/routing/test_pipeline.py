@@ -104,6 +104,16 @@ def test_explicit_ticket_ref_threads_first(subject):
     assert c.timeline[0].data["reasons"]["threading"]["by"] == "ticket_ref"
 
 
+@pytest.mark.parametrize("ref", ["\u00b2", "#" + "9" * 30, "9" * 19])
+def test_an_explicit_ticket_ref_that_is_no_ticket_number_is_no_reference(ref):
+    # the API channel's ticket_ref: "²" (a digit to isdigit(), not to int()) failed the message with a
+    # ValueError, thirty nines with SQLite's OverflowError in the lookup
+    i = msg(thread=ThreadHints(ticket_ref=ref))
+    assert lookup(i, Settings()).numbers == ()
+    c = decide(i, "J1", snap(owners=KNOWN), Settings())
+    assert c.new_ticket is not None
+
+
 def test_ticket_ref_of_another_contact_is_ignored_with_reason():
     s = snap(owners=KNOWN, numbered={1001: ticket(contact="C9")})
     c = decide(msg(subject="[#1001]"), "J1", s, Settings())
