@@ -114,6 +114,16 @@ def test_an_explicit_ticket_ref_that_is_no_ticket_number_is_no_reference(ref):
     assert c.new_ticket is not None
 
 
+@pytest.mark.parametrize("watermark", ["\u00b2", "9" * 16, "9" * 25])
+def test_a_read_watermark_no_datetime_holds_is_a_status_without_one_not_a_failure(watermark):
+    # a signed Messenger read/delivery: '²' was a ValueError, a year past 9999 an OverflowError — the
+    # pipeline failed the entry with a traceback
+    i = msg(channel="messenger", kind="event", raw_type="status", sender=Sender("messenger", "1:2"),
+            meta={"status_of": "", "status": "read", "watermark": watermark})
+    c = decide(i, "J1", snap(owners=KNOWN), Settings())
+    assert c.delivery is not None and c.delivery.watermark is None and c.delivery.status == "read"
+
+
 def test_ticket_ref_of_another_contact_is_ignored_with_reason():
     s = snap(owners=KNOWN, numbered={1001: ticket(contact="C9")})
     c = decide(msg(subject="[#1001]"), "J1", s, Settings())
