@@ -676,7 +676,7 @@ def _fs_time(r: Mapping[str, str], name: str, p: _Ctx) -> datetime | None:
     """``<name>_uepoch``/``_epoch`` (UTC, unambiguous) before ``<name>_stamp`` (the switch's local time)."""
     for key, scale in ((f"{name}_uepoch", 1e6), (f"{name}_epoch", 1.0)):
         value = (r.get(key) or "").strip()
-        if value and value.isdigit() and int(value) > 0:
+        if value and value.isascii() and value.isdigit() and int(value) > 0:  # "²" is a digit to isdigit() only
             try:
                 return datetime.fromtimestamp(int(value) / scale, tz=timezone.utc)
             except (OverflowError, OSError, ValueError):

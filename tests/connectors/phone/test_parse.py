@@ -361,3 +361,12 @@ def test_an_epoch_beyond_what_a_datetime_holds_is_refused_not_a_crash():
                          "start_uepoch": "9" * 23, "hangup_cause": "NORMAL_CLEARING", "duration": "5", "billsec": "5"}}
     with pytest.raises(PayloadRejected, match="start_uepoch .* is out of range"):
         parse(json.dumps(doc).encode(), {"channel": "freeswitch"})
+
+
+def test_an_epoch_in_digits_int_does_not_read_falls_back_to_the_stamp_not_a_crash():
+    # "²" is a digit to str.isdigit() but not to int(): the ValueError was a 500 at POST /channels/phone/<fs>/cdr
+    doc = {"variables": {"uuid": "u-2", "caller_id_number": "13800138000", "destination_number": "100",
+                         "start_epoch": "\u00b2", "start_stamp": "2026-12-01 10:00:00", "end_epoch": "\u00b2",
+                         "hangup_cause": "NORMAL_CLEARING", "duration": "5", "billsec": "5"}}
+    (call,) = parse(json.dumps(doc).encode(), {"channel": "freeswitch", "timezone": "UTC"})
+    assert call.external_id == "u-2" and call.call.started_at == datetime(2026, 12, 1, 10, tzinfo=timezone.utc)
