@@ -473,14 +473,15 @@ class WebchatConnector:
             if not isinstance(frames, list) or not frames:
                 raise ValueError
         except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: [[[[…]]]] thousands deep
-            return problem(400, "the body must be {\"frames\": [hello, …], \"wait\": seconds} (frames[0] a hello)")
+            return problem(400, "the body must be {\"frames\": [hello, …], \"wait\": seconds} (frames[0] a hello)",
+                           field="body")
         session = PollSession(site, ip)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         try:
             out: list[dict] = []
             for n, f in enumerate(frames):
                 if n == 0 and not (isinstance(f, dict) and f.get("type") == "hello"):
-                    return problem(400, "frames[0] must be a hello frame")
+                    return problem(400, "frames[0] must be a hello frame", field="frames[0]")
                 try:
                     out += await self.handle(session, json.dumps(f) if not isinstance(f, str) else f)
                 except Closed as c:

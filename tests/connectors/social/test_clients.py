@@ -119,6 +119,9 @@ async def test_refusals_store_nothing(aiohttp_server, case: Case) -> None:
         not_json = await http.post(url, data=b"[]", headers={**client_headers, case.header: case.sign(b"[]")})
     assert [r.status for r in (forged, missing, too_large, chunked_big, not_json)] == [401, 401, 413, 413, 400]
     assert {r.content_type for r in (forged, missing, too_large, chunked_big, not_json)} == {"application/problem+json"}
+    # each names the part of the request at fault
+    assert [(await r.json()).get("field") for r in (forged, missing, too_large, chunked_big, not_json)] == [
+        case.header, case.header, "body", "body", "body"]
     assert ctx.calls == []
 
 

@@ -408,6 +408,7 @@ async def test_a_poll_body_nested_thousands_deep_is_a_400_not_a_500(chat):
     for body in (b"[" * 10_000 + b"]" * 10_000, b'{"frames": [{"type": "hello"}, ' + b"[" * 5000 + b"]" * 5000 + b"]}"):
         r = await client.post("/channels/webchat/poll?site=shop", headers={"Origin": ORIGIN}, data=body)
         assert r.status == 400 and r.content_type == "application/problem+json", await r.text()
+        assert (await r.json())["field"] == "body"
 
 
 async def test_a_polling_visitor_who_stops_asking_is_shown_offline(chat):
