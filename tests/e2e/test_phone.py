@@ -318,7 +318,7 @@ async def test_malformed_multipart_upload_is_400_and_stores_nothing(gw: Gateway,
                                 headers={"Authorization": f"Bearer {UPLOAD}", "Content-Type": content_type})
     assert resp.status == 400, await resp.text()
     assert resp.content_type == "application/problem+json"
-    assert "multipart" in (await resp.json())["detail"]
+    assert "multipart" in (await resp.json())["detail"] and (await resp.json())["field"] == "body"
     assert await gw.journal() == []
 
 
