@@ -196,7 +196,7 @@ async def live_socket(request: web.Request) -> web.StreamResponse:
         try:
             msg = await ws.receive(timeout=AUTH_TIMEOUT_S)
             frame = json.loads(msg.data) if msg.type == WSMsgType.TEXT else {}
-        except (TimeoutError, ValueError):
+        except (TimeoutError, ValueError, RecursionError):  # RecursionError: [[[[…]]]] thousands deep
             frame = {}
         given = frame.get("token") if isinstance(frame, dict) and frame.get("type") == "auth" else None
         reason = "missing token: send {\"type\": \"auth\", \"token\": …} first"
@@ -242,7 +242,7 @@ async def agent_session(ws: web.WebSocketResponse, p: rest_auth.Principal, conn:
 async def _agent_frame(conn: Any, p: rest_auth.Principal, text: str) -> dict:
     try:
         f = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[…]]]] thousands deep
         return {"type": "error", "code": "bad_frame", "reason": "not JSON"}
     if not isinstance(f, dict):
         return {"type": "error", "code": "bad_frame", "reason": "a frame is an object"}

@@ -348,6 +348,13 @@ async def test_agent_socket_needs_the_token(chat):
     await ws.send_str(json.dumps({"type": "auth", "token": TOKEN}))
     assert json.loads((await ws.receive(timeout=5)).data)["type"] == "snapshot"
     assert (await client.get("/api/v1/live/webchat/chats")).status == 401
+    # a frame nested thousands deep, before and after the auth: an error frame, not a traceback and a dead socket
+    deep = "[" * 5000 + "]" * 5000
+    await ws.send_str(deep)
+    assert json.loads((await ws.receive(timeout=5)).data) == {"type": "error", "code": "bad_frame", "reason": "not JSON"}
+    anon = await client.ws_connect("/api/v1/live/webchat")
+    await anon.send_str(deep)
+    assert json.loads((await anon.receive(timeout=5)).data)["code"] == "unauthorized"
 
 
 async def test_files_both_ways_are_served_to_their_conversation_only(chat):
