@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import structlog
@@ -110,11 +110,15 @@ class LiveTyping(msgspec.Struct, forbid_unknown_fields=True):
     on: bool = True
 
 
+#: a message's place in its conversation: what the store's 64-bit integers hold
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
 class LiveRead(msgspec.Struct, forbid_unknown_fields=True):
     """The agent has read the visitor's messages up to ``seq``."""
 
     conversation: str
-    seq: int
+    seq: Seq
 
 
 class LiveChats(msgspec.Struct):
@@ -256,7 +260,7 @@ async def _agent_frame(conn: Any, p: rest_auth.Principal, text: str) -> dict:
         ok = await conn.hub.agent_typing(conv, who, bool(f.get("on", True)))
     else:
         seq = f.get("seq")
-        if not isinstance(seq, int):
+        if not isinstance(seq, int) or not 0 <= seq < 2**63:  # past 64 bits the store raised OverflowError
             return {"type": "error", "code": "bad_frame", "reason": "read needs an integer seq"}
         ok = await conn.hub.agent_read(conv, who, seq)
     if not ok:

@@ -357,6 +357,25 @@ async def test_agent_socket_needs_the_token(chat):
     assert json.loads((await anon.receive(timeout=5)).data)["code"] == "unauthorized"
 
 
+async def test_an_agent_read_mark_past_64_bits_is_refused_not_a_500(chat):
+    client, app = chat
+    v = await Visitor.connect(client)
+    await v.say("s1", "hello")
+    conv = v.welcome["conversation"]
+    for seq in (10**40, 2**63):
+        resp = await client.post("/api/v1/live/webchat/read", json={"conversation": conv, "seq": seq}, headers=AUTH)
+        assert resp.status == 400 and (await resp.json())["field"] == "$.seq", await resp.text()
+    ws = await client.ws_connect("/api/v1/live/webchat", headers=AUTH)
+    assert json.loads((await ws.receive(timeout=5)).data)["type"] == "snapshot"
+    await ws.send_str(json.dumps({"type": "read", "conversation": conv, "seq": 10**40}))
+    frame = json.loads((await ws.receive(timeout=5)).data)
+    while frame["type"] not in ("ok", "error"):
+        frame = json.loads((await ws.receive(timeout=5)).data)
+    assert frame["code"] == "bad_frame"
+    resp = await client.post("/api/v1/live/webchat/read", json={"conversation": conv, "seq": 1}, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+
+
 async def test_files_both_ways_are_served_to_their_conversation_only(chat):
     client, app = chat
     v = await Visitor.connect(client)
