@@ -260,7 +260,8 @@ async def _agent_frame(conn: Any, p: rest_auth.Principal, text: str) -> dict:
         ok = await conn.hub.agent_typing(conv, who, bool(f.get("on", True)))
     else:
         seq = f.get("seq")
-        if not isinstance(seq, int) or not 0 <= seq < 2**63:  # past 64 bits the store raised OverflowError
+        # past 64 bits the store raised OverflowError; true is an int to Python, not to Redis (DataError)
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
             return {"type": "error", "code": "bad_frame", "reason": "read needs an integer seq"}
         ok = await conn.hub.agent_read(conv, who, seq)
     if not ok:

@@ -721,7 +721,9 @@ class WebchatConnector:
 
     async def _visitor_read(self, s: Session, f: dict) -> None:
         seq = f.get("seq")
-        if isinstance(seq, int) and s.conv and await self.transcript.mark(s.conv, "visitor_read_seq", seq):
+        # a seq the store holds: true is an int to Python but not to Redis (a DataError taken for "Redis down": 503)
+        if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63 and s.conv \
+                and await self.transcript.mark(s.conv, "visitor_read_seq", seq):
             self.hub.publish({"type": "read", "conversation": s.conv, "from": "visitor", "seq": seq})
 
     # ------------------------------------------------------------ agent side

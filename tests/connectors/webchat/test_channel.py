@@ -372,8 +372,28 @@ async def test_an_agent_read_mark_past_64_bits_is_refused_not_a_500(chat):
     while frame["type"] not in ("ok", "error"):
         frame = json.loads((await ws.receive(timeout=5)).data)
     assert frame["code"] == "bad_frame"
+    await ws.send_str(json.dumps({"type": "read", "conversation": conv, "seq": True}))
+    frame = json.loads((await ws.receive(timeout=5)).data)
+    while frame["type"] not in ("ok", "error"):
+        frame = json.loads((await ws.receive(timeout=5)).data)
+    assert frame["code"] == "bad_frame"
     resp = await client.post("/api/v1/live/webchat/read", json={"conversation": conv, "seq": 1}, headers=AUTH)
     assert resp.status == 200, await resp.text()
+
+
+async def test_a_visitor_read_mark_of_true_or_past_64_bits_is_ignored_not_a_503(chat):
+    """On Redis a read frame's ``"seq": true`` was a DataError taken for "Redis
+    down": the poll answered 503 and a socket was closed with 1011."""
+    client, app = chat
+    v = await Visitor.connect(client)
+    await v.say("r1", "hello")
+    for seq in (True, 10**40, -1):
+        await v.send({"type": "read", "seq": seq})
+    await v.send({"type": "ping"})
+    assert (await v.expect("pong"))["type"] == "pong"  # the socket is still open
+    r = await client.post("/channels/webchat/poll?site=shop", headers={"Origin": ORIGIN},
+                          json={"frames": [{"type": "hello"}, {"type": "read", "seq": True}]})
+    assert r.status == 200, await r.text()
 
 
 async def test_files_both_ways_are_served_to_their_conversation_only(chat):
