@@ -618,7 +618,10 @@ class WebchatConnector:
         self.sessions.setdefault(conv, set()).add(s)
         await self.transcript.touch(conv, site.name, visitor, _ms(self.clock()), name=name, email=email)
         info = await self.transcript.conversation(conv) or {}
-        after = f.get("after") if isinstance(f.get("after"), int) else 0
+        after = f.get("after")
+        # a seq the store holds: true is an int to Python but not to Redis (a DataError taken for "Redis down"),
+        # past 64 bits SQLite overflows (the hello was a bad_frame, no welcome)
+        after = after if isinstance(after, int) and not isinstance(after, bool) and 0 <= after < 2**63 else 0
         history = [fr.public(conv) for fr in await self.transcript.history(conv, after)]
         online = True
         if self.hub.agents_online is not None:

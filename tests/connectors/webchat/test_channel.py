@@ -11,6 +11,8 @@ import gzip
 import json
 from pathlib import Path
 
+import pytest
+
 from connectors.webchat.parse import sign
 from gateway import keys
 from tests.connectors.webchat.conftest import ORIGIN, SECRET, Visitor
@@ -494,3 +496,12 @@ async def test_a_message_the_journal_cannot_take_is_not_acknowledged(chat):
     again = await Visitor.connect(client, visitor=v.welcome["visitor"], token=v.welcome["token"])
     ack = await again.say("d1", "lost?")
     assert ack["seq"] == 1
+
+
+@pytest.mark.parametrize("after", [True, 10**40, -1])
+async def test_a_hello_after_that_is_no_seq_replays_from_the_start_not_a_503(chat, after):
+    client, app = chat
+    v = await Visitor.connect(client)
+    await v.say("a1", "hello")
+    back = await Visitor.connect(client, visitor=v.welcome["visitor"], token=v.welcome["token"], after=after)
+    assert [m["text"] for m in back.welcome["history"]] == ["hello"]
