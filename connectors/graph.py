@@ -44,10 +44,10 @@ def verification(request: web.Request, verify_token: str | None) -> web.Response
     token matches, 403 otherwise."""
     q = request.query
     if q.get("hub.mode") != "subscribe" or "hub.challenge" not in q:
-        return problem(400, "expected hub.mode=subscribe and hub.challenge")
+        return problem(400, "expected hub.mode=subscribe and hub.challenge", field="hub.mode")
     if not secret_equal(q.get("hub.verify_token"), verify_token):
         log.warning("graph.webhook.verify_refused", path=request.path)
-        return problem(403, "hub.verify_token does not match")
+        return problem(403, "hub.verify_token does not match", field="hub.verify_token")
     log.info("graph.webhook.verified", path=request.path)
     return web.Response(text=q["hub.challenge"], content_type="text/plain")
 

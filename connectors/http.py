@@ -70,15 +70,16 @@ class Refused(Exception):
     where it happened), ``metric`` the ``omnigate_rejected`` reason for
     connectors that count refusals."""
 
-    def __init__(self, status: int, detail: str, *, reason: str | None = None, metric: str | None = None):
+    def __init__(self, status: int, detail: str, *, reason: str | None = None, metric: str | None = None,
+                 field: str | None = None):
         super().__init__(detail)
-        self.status, self.detail, self.reason, self.metric = status, detail, reason, metric
+        self.status, self.detail, self.reason, self.metric, self.field = status, detail, reason, metric, field
 
     def answer(self, log: Any, event: str) -> web.Response:
         """Log the refusal (``event``, warning) and give its problem answer."""
         if self.reason is not None:
             log.warning(event, reason=self.reason, status=self.status)
-        return problem(self.status, self.detail)
+        return problem(self.status, self.detail, field=self.field)
 
 
 async def read_webhook(request: web.BaseRequest, max_bytes: int, decode: Callable[[bytes], T], *,
@@ -92,13 +93,15 @@ async def read_webhook(request: web.BaseRequest, max_bytes: int, decode: Callabl
     try:
         body = await read_body(request, max_bytes)
     except BodyTooLarge as exc:
-        raise Refused(413, f"body larger than {exc.limit} bytes", reason="body too large", metric="too_large") from None
+        raise Refused(413, f"body larger than {exc.limit} bytes", reason="body too large", metric="too_large",
+                      field="body") from None
     if signature_ok is not None and not signature_ok(body, request.headers.get(signature_header or "")):
-        raise Refused(401, f"{signature_header} missing or wrong", reason="bad signature", metric="unauthorized")
+        raise Refused(401, f"{signature_header} missing or wrong", reason="bad signature", metric="unauthorized",
+                      field=signature_header)
     try:
         return body, decode(body)
     except PayloadRejected as exc:
-        raise Refused(400, str(exc), reason=str(exc), metric="invalid") from None
+        raise Refused(400, str(exc), reason=str(exc), metric="invalid", field="body") from None
 
 
 async def journal(ctx: ConnectorContext, account: str, key: str, body: bytes, log: Any, event: str) -> IngestResult:
@@ -116,11 +119,14 @@ _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
            413: "Payload too large", 503: "Service unavailable"}
 
 
-def problem(status: int, detail: str, title: str | None = None) -> web.Response:
+def problem(status: int, detail: str, title: str | None = None, *, field: str | None = None) -> web.Response:
     """An RFC 9457 problem document (the gateway's format for every 4xx/5xx),
-    for connectors, which do not import the gateway."""
+    for connectors, which do not import the gateway; ``field`` names the
+    part of the request at fault (a header, a query parameter, ``body``)."""
     body = {"type": "about:blank", "title": title or _TITLES.get(status, "Error"), "status": status,
             "detail": detail}
+    if field:
+        body["field"] = field
     return web.json_response(body, status=status, content_type="application/problem+json")
 
 

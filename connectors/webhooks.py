@@ -40,7 +40,7 @@ def hub_signature_ok(body: bytes, signature: str | None, app_secret: str | None)
     if not signature or not app_secret or not signature.startswith("sha256="):
         return False
     expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(signature[len("sha256="):].strip().lower().encode(), expected.encode())
+    return hmac.compare_digest(_header_bytes(signature[len("sha256="):].strip().lower()), expected.encode())
 
 
 def line_signature_ok(body: bytes, signature: str | None, channel_secret: str | None) -> bool:
@@ -49,12 +49,18 @@ def line_signature_ok(body: bytes, signature: str | None, channel_secret: str | 
     if not signature or not channel_secret:
         return False
     expected = base64.b64encode(hmac.new(channel_secret.encode(), body, hashlib.sha256).digest())
-    return hmac.compare_digest(signature.strip().encode(), expected)
+    return hmac.compare_digest(_header_bytes(signature.strip()), expected)
 
 
 def secret_equal(given: str | None, expected: str | None) -> bool:
     """A shared secret (the webhook verify token) compared in constant time."""
-    return bool(given and expected) and hmac.compare_digest(given.encode(), expected.encode())
+    return bool(given and expected) and hmac.compare_digest(_header_bytes(given), expected.encode())
+
+
+def _header_bytes(value: str) -> bytes:
+    """A header's value as the bytes it was: bytes that are not UTF-8 arrive
+    as surrogate escapes, which a plain ``encode()`` refuses (a 500)."""
+    return value.encode("utf-8", "surrogateescape")
 
 
 def verify_context(raw: bytes, context: Mapping[str, Any], *, signature_header: str, secret_field: str,

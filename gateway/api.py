@@ -161,7 +161,8 @@ async def ticket_or_404(request: web.Request):
     ref = request.match_info["id"]
     ticket = await store.get_ticket(ref)
     number = ref.lstrip("#")
-    if ticket is None and number.isdigit() and len(number) < 19:  # SQLite integers are 64-bit
+    # ASCII digits only ("²" is a digit to isdigit(), not to int()); SQLite integers are 64-bit
+    if ticket is None and number.isascii() and number.isdigit() and len(number) < 19:
         ticket = await store.get_ticket_by_number(int(number))
     if ticket is None:
         raise Problem(404, "Not found", f"no ticket {ref}")

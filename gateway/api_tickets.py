@@ -107,7 +107,7 @@ def _if_match(request: web.Request) -> int | None:
     if tag.startswith("W/"):
         tag = tag[2:]
     tag = tag.strip('"')
-    if not tag.isdigit() or len(tag) > 18:
+    if not (tag.isascii() and tag.isdigit()) or len(tag) > 18:  # "²" is a digit to isdigit(), not to int()
         raise Problem(400, "Invalid header", "If-Match must be the ETag of a ticket (e.g. \"12\")", field="If-Match")
     return int(tag)
 

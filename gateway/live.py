@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import structlog
@@ -110,11 +110,15 @@ class LiveTyping(msgspec.Struct, forbid_unknown_fields=True):
     on: bool = True
 
 
+#: a message's place in its conversation: what the store's 64-bit integers hold
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
 class LiveRead(msgspec.Struct, forbid_unknown_fields=True):
     """The agent has read the visitor's messages up to ``seq``."""
 
     conversation: str
-    seq: int
+    seq: Seq
 
 
 class LiveChats(msgspec.Struct):
@@ -196,7 +200,7 @@ async def live_socket(request: web.Request) -> web.StreamResponse:
         try:
             msg = await ws.receive(timeout=AUTH_TIMEOUT_S)
             frame = json.loads(msg.data) if msg.type == WSMsgType.TEXT else {}
-        except (TimeoutError, ValueError):
+        except (TimeoutError, ValueError, RecursionError):  # RecursionError: [[[[…]]]] thousands deep
             frame = {}
         given = frame.get("token") if isinstance(frame, dict) and frame.get("type") == "auth" else None
         reason = "missing token: send {\"type\": \"auth\", \"token\": …} first"
@@ -242,7 +246,7 @@ async def agent_session(ws: web.WebSocketResponse, p: rest_auth.Principal, conn:
 async def _agent_frame(conn: Any, p: rest_auth.Principal, text: str) -> dict:
     try:
         f = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[…]]]] thousands deep
         return {"type": "error", "code": "bad_frame", "reason": "not JSON"}
     if not isinstance(f, dict):
         return {"type": "error", "code": "bad_frame", "reason": "a frame is an object"}
@@ -256,7 +260,8 @@ async def _agent_frame(conn: Any, p: rest_auth.Principal, text: str) -> dict:
         ok = await conn.hub.agent_typing(conv, who, bool(f.get("on", True)))
     else:
         seq = f.get("seq")
-        if not isinstance(seq, int):
+        # past 64 bits the store raised OverflowError; true is an int to Python, not to Redis (DataError)
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
             return {"type": "error", "code": "bad_frame", "reason": "read needs an integer seq"}
         ok = await conn.hub.agent_read(conv, who, seq)
     if not ok:

@@ -104,3 +104,27 @@ def configure(level: str = "info", fmt: str = "auto", stream: object | None = No
     )
     # aiohttp / asyncio speak stdlib logging; send warnings and up to stderr.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(MALFORMED_REQUESTS)
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp's server logs a request it cannot parse (a header line past
+    8190 bytes, too many headers, a bad URL or chunk) at ERROR with a
+    traceback — any client could fill the log with them. Such a request has
+    had its 400 already: one info line naming the error's kind instead,
+    without the bytes (a header line may be a credential)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
+            structlog.get_logger("aiohttp.server").info("http.malformed_request", error=type(exc).__name__,
+                                                         status=exc.code)
+            return False
+        return True
+
+
+MALFORMED_REQUESTS = _MalformedRequests()

@@ -185,8 +185,12 @@ def stage_delivery_status(w: Work) -> None:
     if i.kind != "event" or i.raw_type != "status" or "status_of" not in i.meta:
         return
     watermark = None
-    if not i.meta["status_of"] and i.meta.get("watermark", "").isdigit():
-        watermark = datetime.fromtimestamp(int(i.meta["watermark"]) / 1000, timezone.utc)
+    mark = i.meta.get("watermark", "")
+    if not i.meta["status_of"] and mark.isascii() and mark.isdigit():  # "²" is a digit to isdigit(), not to int()
+        try:
+            watermark = datetime.fromtimestamp(int(mark) / 1000, timezone.utc)
+        except (OverflowError, OSError, ValueError):  # no time a datetime holds: nothing to mark read
+            watermark = None
     w.commit.delivery = DeliveryStatus(
         channel=i.channel, external_id=i.meta["status_of"], status=i.meta.get("status", "unknown"),
         at=i.sent_at or w.now, error_code=i.meta.get("error_code"),

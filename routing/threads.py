@@ -39,8 +39,11 @@ def compile_ref_patterns(patterns: Iterable[str]) -> list[re.Pattern[str]]:
 def ticket_numbers(inbound: Inbound, patterns: list[re.Pattern[str]]) -> list[int]:
     """Ticket display numbers the message names, subject first, in order."""
     out: list[int] = []
-    if inbound.thread.ticket_ref and inbound.thread.ticket_ref.strip().lstrip("#").isdigit():
-        out.append(int(inbound.thread.ticket_ref.strip().lstrip("#")))
+    ref = (inbound.thread.ticket_ref or "").strip().lstrip("#")
+    # ASCII digits a 64-bit number holds: "²" is a digit to isdigit() but not to int(), and a longer
+    # one overflowed the store's lookup — both failed the message in the pipeline
+    if ref.isascii() and ref.isdigit() and len(ref) < 19:
+        out.append(int(ref))
     for text in (inbound.subject, inbound.text):
         if not text:
             continue

@@ -167,7 +167,7 @@ class MessengerConnector:
             if obj["object"] != self._object:
                 reason = (f"object {obj['object']!r} posted to the {self.channel} webhook: subscribe it at "
                           f"/channels/{OBJECTS[obj['object']]}")
-                raise Refused(400, reason, reason=reason)
+                raise Refused(400, reason, reason=reason, field="object")
             evs = events(obj)
             account = evs[0][0] if evs and evs[0][0] else self.channel
             key = body_key(obj, body)

@@ -99,8 +99,9 @@ def event_key(eid: str, ev: Mapping[str, Any]) -> str:
     """External id of one event: the message id where it has one, else a
     hash of the event (Meta redelivers the same JSON)."""
     msg = _d(ev.get("message"))
-    if _str(msg.get("mid")):
-        return msg["mid"] if not msg.get("is_deleted") else f"{msg['mid']}:deleted"
+    mid = _str(msg.get("mid"))  # a number where a string belongs: its digits, like the parse's message id
+    if mid:
+        return mid if not msg.get("is_deleted") else f"{mid}:deleted"
     edit = _d(ev.get("message_edit"))
     if _str(edit.get("mid")):
         return f"{edit['mid']}:edit:{edit.get('num_edit', ev.get('timestamp'))}"
@@ -279,7 +280,7 @@ def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> l
         if not inbound.text:
             inbound.kind = "event"
         if _str(pb.get("mid")):
-            inbound.thread = ThreadHints(message_id=pb["mid"])
+            inbound.thread = ThreadHints(message_id=_str(pb["mid"]))
         return [inbound]
     kind = next((k for k in ev if k not in ("sender", "recipient", "timestamp")), "unknown")
     inbound.kind, inbound.raw_type = "event", kind
@@ -288,8 +289,8 @@ def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> l
         if isinstance(body.get(field), (str, int)):
             meta[field] = str(body[field])
     if kind == "reaction" and _str(body.get("mid")):
-        inbound.thread = ThreadHints(in_reply_to=body["mid"])
-        meta["reacted_to"] = body["mid"]
+        inbound.thread = ThreadHints(in_reply_to=_str(body["mid"]))
+        meta["reacted_to"] = _str(body["mid"])
     if sender_id == "unknown":
         inbound.defects.append(f"{kind}: no sender to attribute it to")
     return [inbound]

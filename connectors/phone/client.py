@@ -181,7 +181,9 @@ def _problem(status: int, title: str, detail: str, **extra: Any) -> web.Response
 
 
 def _same(a: str | None, b: str | None) -> bool:
-    return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
+    # header bytes that are not UTF-8 arrive as surrogate escapes: compare them as the bytes they were
+    return a is not None and b is not None and hmac.compare_digest(a.encode("utf-8", "surrogateescape"),
+                                                                   b.encode("utf-8", "surrogateescape"))
 
 
 def row_key(account: str, record: bytes) -> str:
@@ -261,7 +263,10 @@ class PhoneConnector:
                                 "Authorization", "unauthorized", account=name)
         file_name = request.query.get("name") or "upload"
         if request.content_type == "multipart/form-data":  # curl -F file=@Master.csv
-            body, part_name = await read_file_part(request, self.cfg.max_body_bytes)
+            try:
+                body, part_name = await read_file_part(request, self.cfg.max_body_bytes)
+            except web.HTTPBadRequest as exc:  # the 400 names the body, as the other refusals name theirs
+                return _problem(400, "Bad request", exc.text or "not a valid multipart/form-data body", field="body")
             file_name = part_name or file_name
         else:
             body = await read_body(request, self.cfg.max_body_bytes)

@@ -679,7 +679,7 @@ def _fs_time(r: Mapping[str, str], name: str, p: _Ctx) -> datetime | None:
     """``<name>_uepoch``/``_epoch`` (UTC, unambiguous) before ``<name>_stamp`` (the switch's local time)."""
     for key, scale in ((f"{name}_uepoch", 1e6), (f"{name}_epoch", 1.0)):
         value = (r.get(key) or "").strip()
-        if value and value.isdigit() and int(value) > 0:
+        if value and value.isascii() and value.isdigit() and int(value) > 0:  # "²" is a digit to isdigit() only
             try:
                 return datetime.fromtimestamp(int(value) / scale, tz=timezone.utc)
             except (OverflowError, OSError, ValueError):
@@ -746,6 +746,10 @@ def twilio_signature_ok(auth_token: str, url: str, params: Mapping[str, str], si
     return bool(signature) and RequestValidator(auth_token).validate(url, dict(params), signature)
 
 
+#: longer than any call (a week): a bigger CallDuration is a defect, not a time to subtract
+_MAX_CALL_S = 7 * 86400
+
+
 def parse_twilio(raw: bytes, p: _Ctx) -> Inbound:
     params = twilio_params(raw)
     if not params.get("CallSid"):
@@ -763,11 +767,14 @@ def parse_twilio(raw: bytes, p: _Ctx) -> Inbound:
     disposition = _TWILIO_DISPOSITION.get(status)
     if (params.get("AnsweredBy") or "").startswith("machine") and disposition == "answered":
         disposition = "voicemail"
+    given = params.get("CallDuration") or params.get("Duration")
     try:
-        duration = _int(params.get("CallDuration") or params.get("Duration"), "CallDuration")
-    except RowError as exc:  # the call is still a call: kept without a duration
-        duration = None
+        duration = _int(given, "CallDuration")
+        if duration is not None and duration > _MAX_CALL_S:
+            raise RowError(f"CallDuration {given[:24]!r} is out of range")
+    except RowError as exc:  # still the call: kept without a duration (it was a parser crash)
         defects.append(str(exc))
+        duration = None
     at = None
     if params.get("Timestamp"):
         try:

@@ -276,7 +276,7 @@ class TelegramConnector:
         try:
             if not secret_matches(request.headers.get(SECRET_HEADER), handle.config.secret_token):
                 raise Refused(401, "secret token missing or wrong", reason="secret token missing or wrong",
-                              metric="unauthorized")
+                              metric="unauthorized", field=SECRET_HEADER)
             body, update = await read_webhook(request, self._config.max_body_bytes, decode_update)
             key = update_key(update)
             # the journal could not take it: 503, Telegram retries on 5xx

@@ -284,7 +284,8 @@ def update_kind(update: Mapping[str, Any]) -> str | None:
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, str) and value.removeprefix("-").isdigit() and len(value) <= 20:
+    digits = value.removeprefix("-") if isinstance(value, str) else ""
+    if digits.isascii() and digits.isdigit() and len(value) <= 20:  # "²" is a digit to isdigit(), not to int()
         return int(value)  # a relay that wrote the number as a string
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 

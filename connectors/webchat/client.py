@@ -472,15 +472,16 @@ class WebchatConnector:
             wait = min(POLL_MAX_WAIT_S, max(0.0, float(body.get("wait", 0))))
             if not isinstance(frames, list) or not frames:
                 raise ValueError
-        except (ValueError, KeyError, TypeError):
-            return problem(400, "the body must be {\"frames\": [hello, …], \"wait\": seconds} (frames[0] a hello)")
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: [[[[…]]]] thousands deep
+            return problem(400, "the body must be {\"frames\": [hello, …], \"wait\": seconds} (frames[0] a hello)",
+                           field="body")
         session = PollSession(site, ip)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         try:
             out: list[dict] = []
             for n, f in enumerate(frames):
                 if n == 0 and not (isinstance(f, dict) and f.get("type") == "hello"):
-                    return problem(400, "frames[0] must be a hello frame")
+                    return problem(400, "frames[0] must be a hello frame", field="frames[0]")
                 try:
                     out += await self.handle(session, json.dumps(f) if not isinstance(f, str) else f)
                 except Closed as c:
@@ -617,7 +618,10 @@ class WebchatConnector:
         self.sessions.setdefault(conv, set()).add(s)
         await self.transcript.touch(conv, site.name, visitor, _ms(self.clock()), name=name, email=email)
         info = await self.transcript.conversation(conv) or {}
-        after = f.get("after") if isinstance(f.get("after"), int) else 0
+        after = f.get("after")
+        # a seq the store holds: true is an int to Python but not to Redis (a DataError taken for "Redis down"),
+        # past 64 bits SQLite overflows (the hello was a bad_frame, no welcome)
+        after = after if isinstance(after, int) and not isinstance(after, bool) and 0 <= after < 2**63 else 0
         history = [fr.public(conv) for fr in await self.transcript.history(conv, after)]
         online = True
         if self.hub.agents_online is not None:
@@ -720,7 +724,9 @@ class WebchatConnector:
 
     async def _visitor_read(self, s: Session, f: dict) -> None:
         seq = f.get("seq")
-        if isinstance(seq, int) and s.conv and await self.transcript.mark(s.conv, "visitor_read_seq", seq):
+        # a seq the store holds: true is an int to Python but not to Redis (a DataError taken for "Redis down": 503)
+        if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63 and s.conv \
+                and await self.transcript.mark(s.conv, "visitor_read_seq", seq):
             self.hub.publish({"type": "read", "conversation": s.conv, "from": "visitor", "seq": seq})
 
     # ------------------------------------------------------------ agent side

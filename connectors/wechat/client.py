@@ -117,7 +117,7 @@ class WeChatConnector:
         try:
             check_plain(account.token, request.query)
         except SignatureMismatch as exc:
-            return refuse(401, str(exc), channel=self.channel, appid=account.appid)
+            return refuse(401, str(exc), field="signature", channel=self.channel, appid=account.appid)
         return web.Response(text=request.query.get("echostr", ""))
 
     def _context(self, account: OaAccount, meta: dict[str, Any]) -> dict[str, Any]:

@@ -151,7 +151,8 @@ def verify_echo(flavor: Flavor, secrets: Secrets, query: Mapping[str, Any]) -> s
         return crypto.check_signature(*args)
     except InvalidSignatureException:
         raise SignatureMismatch("msg_signature does not match echostr") from None
-    except (InvalidAppIdException, InvalidCorpIdException, binascii.Error, UnicodeDecodeError, ValueError, struct.error):
+    except (InvalidAppIdException, InvalidCorpIdException, binascii.Error, UnicodeDecodeError, ValueError, struct.error,
+            IndexError):  # IndexError: an echostr that decodes to no bytes at all ("%%%")
         raise DecryptionFailed("echostr cannot be decrypted with this account's EncodingAESKey") from None
 
 

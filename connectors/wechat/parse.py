@@ -112,7 +112,8 @@ def _file(fields: Mapping[str, Any]) -> list[Attachment]:
         Attachment(
             name=text_field(fields, "Title"),
             content_type="application/octet-stream",
-            size=int(size) if size.isdigit() else 0,
+            # ASCII digits a 64-bit size holds ("²" is a digit to isdigit(), not to int())
+            size=int(size) if size.isascii() and size.isdigit() and len(size) < 19 else 0,
             sha256="",
         )
     ]

@@ -44,10 +44,15 @@ def callback_meta(request: web.Request) -> dict[str, Any]:
     return {"query": query, "url": request.path}
 
 
-def refuse(status: int, reason: str, **bound: Any) -> web.Response:
-    """An answer for a refused callback; the reason is logged and returned."""
+def refuse(status: int, reason: str, *, field: str | None = None, **bound: Any) -> web.Response:
+    """An answer for a refused callback; the reason is logged and returned, with
+    the part of the request at fault (``field``) when one is named."""
     log.warning("wechat.callback_refused", status=status, reason=reason, **bound)
-    return problem(status, reason)
+    return problem(status, reason, field=field)
+
+
+#: the part of the request a refusal's reason is about (CallbackGuard.refuse)
+_FIELDS = {"bad_xml": "body", "not_encrypted": "body", "stale_timestamp": "timestamp", "nonce_reused": "nonce"}
 
 
 def fallback_key(raw: bytes) -> str:
@@ -81,7 +86,9 @@ class CallbackGuard:
         """Log, count by ``reason`` (a short metric label), answer ``text``."""
         if self._count is not None:
             self._count(reason)
-        return refuse(status, text, **bound)
+        field = _FIELDS.get(reason) or (("msg_signature" if self.channel == "wecom" else "signature")
+                                        if reason == "signature" else None)
+        return refuse(status, text, field=field, **bound)
 
     def nonce(self, scope: str, query: Mapping[str, Any], **bound: Any) -> Nonce | web.Response:
         """The request's nonce to remember, or the refusal of a stale/odd timestamp.

@@ -115,9 +115,9 @@ class WeComConnector:
         try:
             echo = verify_echo("wecom", secrets, request.query)
         except SignatureMismatch as exc:
-            return refuse(401, str(exc), channel=self.channel, account=name)
+            return refuse(401, str(exc), field="msg_signature", channel=self.channel, account=name)
         except DecryptionFailed as exc:
-            return refuse(400, str(exc), channel=self.channel, account=name)
+            return refuse(400, str(exc), field="echostr", channel=self.channel, account=name)
         return web.Response(text=echo)
 
     async def _callback(self, request: web.Request) -> web.StreamResponse:

@@ -204,7 +204,7 @@ async def read_form(request: web.Request) -> Any:
     except TimeoutError:
         raise _page_error(request, 408, "error.badform", f"the body was not received within {BODY_TIMEOUT_S:g} s") \
             from None
-    except (HttpProcessingError, ValueError, AssertionError) as exc:
+    except (HttpProcessingError, ValueError, AssertionError, LookupError) as exc:  # LookupError: charset=<unknown>
         raise _page_error(request, 400, "error.badform", str(exc).splitlines()[0] if str(exc) else "") from None
 
 
@@ -212,7 +212,8 @@ async def checked_form(request: web.Request, ctx: Ctx | None) -> Any:
     """The POSTed form, once its ``csrf`` field matches the session's (403 page otherwise)."""
     form = await read_form(request)
     want = ctx.csrf if ctx is not None else request.cookies.get(PRE_CSRF, "")
-    if not want or not hmac.compare_digest(str(form.get("csrf", "")), want):
+    # bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500)
+    if not want or not hmac.compare_digest(str(form.get("csrf", "")).encode("utf-8", "surrogateescape"), want.encode()):
         raise _page_error(request, 403, "error.csrf")
     return form
 
@@ -426,10 +427,20 @@ async def _presence(request: web.Request, p: Principal) -> str:
 # ---------------------------------------------------------------- the ticket view
 
 
+def _number(text: Any, default: Any = None) -> Any:
+    """A number from the path, the query or a form: ASCII digits SQLite's 64-bit
+    integers hold, else ``default`` ("²" is a digit to ``isdigit()`` but not to
+    ``int()``; a longer one overflows the store — both were 500s)."""
+    text = str(text)
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else default
+
+
 async def _ticket(request: web.Request, p: Principal) -> Any:
     ref = request.match_info["number"]
     store = request.app[keys.STORE]
-    t = await store.get_ticket_by_number(int(ref)) if ref.isdigit() else await store.get_ticket(ref)
+    number = _number(ref)
+    t = await store.get_ticket_by_number(number) if number is not None else \
+        None if ref.isdigit() else await store.get_ticket(ref)
     if t is None:
         raise _page_error(request, 404, "error.notfound")
     record = await store.ticket_record(t.id)
@@ -538,7 +549,7 @@ async def ticket_newer(request: web.Request) -> web.Response:
     """Entries of the ticket's contact after ``seq`` (the live view appends them)."""
     ctx = await principal(request)
     t = await _ticket(request, ctx.p)
-    after = int(request.query.get("after", "0")) if request.query.get("after", "0").isdigit() else 0
+    after = _number(request.query.get("after", "0"), 0)
     rows = [r for r in await request.app[keys.STORE].timeline_tail(after) if r.entry.contact_id == t.contact_id]
     full = await request.app[keys.STORE].timeline_rows(contact_id=t.contact_id, position=None, backward=True,
                                                        limit=len(rows) + 1) if rows else []
@@ -576,7 +587,7 @@ async def ticket_attachment(request: web.Request) -> web.Response:
     rows = await store.timeline_rows(contact_id=t.contact_id, position=None, backward=True, limit=1000)
     found = [r for r in rows if r.entry.id == request.match_info["entry"]]
     index = request.match_info["index"]
-    if not found or not index.isdigit() or int(index) >= len(found[0].entry.attachments):
+    if not found or _number(index) is None or int(index) >= len(found[0].entry.attachments):
         raise _page_error(request, 404, "error.notfound")
     row = found[0]
     if row.entry.ticket_id and not can_read_ticket(ctx.p, _Facts(row.ticket_team, row.ticket_assignee)):
@@ -652,8 +663,8 @@ async def ticket_update(request: web.Request) -> web.Response:
     if changes.get("team") and not p.is_admin and changes["team"] not in p.teams:
         return await _ticket_render(request, ctx, t, notice="ticket.denied", status=403, notice_detail=changes["team"])
     version = str(form.get("version", ""))
-    expected = int(version) if version.isdigit() else None
-    seen_seq = int(form.get("seq", "0")) if str(form.get("seq", "0")).isdigit() else 0
+    expected = int(version) if version.isascii() and version.isdigit() else None  # compared, never stored
+    seen_seq = _number(form.get("seq", "0"), 0)
     store = request.app[keys.STORE]
     try:
         await store.ticket_patch(t.id, changes, now=_now(request), actor=p.agent_id, reason="console",
@@ -684,7 +695,7 @@ async def canned_search(request: web.Request) -> web.Response:
     items = await store.canned_list(request.query.get("q") or None, limit=20)
     name, number = None, None
     ref = request.query.get("ticket", "")
-    if ref.isdigit():
+    if _number(ref) is not None:
         t = await store.get_ticket_by_number(int(ref))
         if t is not None and can_read_ticket(ctx.p, await store.ticket_record(t.id)):
             contact = await store.get_contact(t.contact_id)
@@ -818,7 +829,9 @@ async def journal_replay(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.StreamResponse:
     ctx = await principal(request)
     raw = request.headers.get("Last-Event-ID") or request.query.get("after") or ""
-    after = int(raw) if raw.isdigit() else await request.app[keys.STORE].timeline_last_seq()
+    after = _number(raw)
+    if after is None:
+        after = await request.app[keys.STORE].timeline_last_seq()
     return await stream(request, ctx.p, request.app[CONSOLE].bus, after)
 
 

@@ -105,4 +105,6 @@ class FreshdeskClient(DeskClient):
         got = headers.get(TOKEN_HEADER) or ""
         if not got:
             return f"{TOKEN_HEADER} is required"
-        return None if hmac.compare_digest(got.encode(), secret.strip().encode()) else f"{TOKEN_HEADER} does not match"
+        # header bytes that are not UTF-8 arrive as surrogate escapes: compare them as the bytes they were
+        return None if hmac.compare_digest(got.encode("utf-8", "surrogateescape"), secret.strip().encode()) \
+            else f"{TOKEN_HEADER} does not match"

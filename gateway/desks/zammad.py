@@ -95,6 +95,8 @@ class ZammadClient(DeskClient):
         if not sig.startswith("sha1="):
             return "X-Hub-Signature (sha1=…) is required"
         want = "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
-        return None if hmac.compare_digest(want, sig) else "X-Hub-Signature does not match"
+        # header bytes that are not UTF-8 arrive as surrogate escapes: compare them as the bytes they were
+        return None if hmac.compare_digest(want.encode(), sig.encode("utf-8", "surrogateescape")) \
+            else "X-Hub-Signature does not match"
 
 

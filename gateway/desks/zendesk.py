@@ -120,4 +120,6 @@ class ZendeskClient(DeskClient):
         if abs(now - at) > MAX_SKEW:
             return "X-Zendesk-Webhook-Signature-Timestamp is too old (or ahead): a replay is refused"
         want = base64.b64encode(hmac.new(secret.encode(), ts.encode() + body, hashlib.sha256).digest()).decode()
-        return None if hmac.compare_digest(want, sig) else "X-Zendesk-Webhook-Signature does not match"
+        # header bytes that are not UTF-8 arrive as surrogate escapes: compare them as the bytes they were
+        return None if hmac.compare_digest(want.encode(), sig.encode("utf-8", "surrogateescape")) \
+            else "X-Zendesk-Webhook-Signature does not match"

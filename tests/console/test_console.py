@@ -58,6 +58,31 @@ async def test_a_malformed_form_body_is_a_400_page_not_a_500(console, path, cont
     assert resp.content_type == "text/html"
 
 
+@pytest.mark.parametrize("number", ["9" * 40, "%C2%B2", "%23" + "9" * 30])
+async def test_a_ticket_number_beyond_64_bits_or_not_ascii_is_the_404_page(console, number) -> None:
+    await api_message(console, "hello", ext="n-1")
+    ticket = (await (await console.get("/api/v1/tickets", headers=AUTH)).json())["items"][0]["number"]
+    await sign_in(console, TOKEN)
+    for path in (f"/console/tickets/{number}", f"/console/tickets/{number}/newer"):
+        resp = await console.get(path)
+        assert resp.status == 404, (path, resp.status)
+        assert resp.content_type == "text/html"
+    for path in (f"/console/canned?ticket={number}", f"/console/tickets/{ticket}/newer?after={number}",
+                 f"/console/tickets/{ticket}/entries/x/attachments/{number}"):
+        resp = await console.get(path)
+        assert resp.status < 500, (path, resp.status)
+
+
+async def test_a_form_of_an_unknown_charset_or_a_non_ascii_csrf_is_a_4xx_page(console) -> None:
+    login = await console.get("/console/login")
+    pre = CSRF.search(await login.text()).group(1)
+    resp = await console.post("/console/login", data=f"csrf={pre}&token=x".encode(), allow_redirects=False,
+                              headers={"Content-Type": "application/x-www-form-urlencoded; charset=no-such-charset"})
+    assert resp.status == 400, await resp.text()
+    resp = await console.post("/console/login", data={"csrf": "é", "token": TOKEN}, allow_redirects=False)
+    assert resp.status == 403, await resp.text()
+
+
 async def test_a_form_body_that_stalls_is_a_408_page(console, monkeypatch) -> None:
     import connectors.http
 

@@ -94,6 +94,24 @@ def test_zammad_hub_signature_is_hmac_sha1_of_the_body() -> None:
     assert c.verify(good, body, "other", NOW) == "X-Hub-Signature does not match"
 
 
+def test_way_back_headers_of_bytes_not_utf8_do_not_match_rather_than_raise() -> None:
+    """aiohttp hands header bytes that are not UTF-8 over as surrogate escapes
+    (``\\udcff``): each desk's check says they do not match — a 401, not the
+    UnicodeEncodeError/TypeError (a 500 with a traceback) it was."""
+    from gateway.desks.freshdesk import TOKEN_HEADER, FreshdeskClient
+
+    body = b'{"ticket":{"id":1}}'
+    bad = "\udcff\udcfe"
+    zm = ZammadClient("zm", DeskConfig(kind="zammad", url="http://x", token="t"))
+    assert zm.verify({"X-Hub-Signature": "sha1=" + bad}, body, "k", NOW) == "X-Hub-Signature does not match"
+    ts = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert "does not match" in zendesk().verify({"X-Zendesk-Webhook-Signature": bad,
+                                                 "X-Zendesk-Webhook-Signature-Timestamp": ts}, body, "s3", NOW)
+    fd = FreshdeskClient("fd", DeskConfig(kind="freshdesk", url="http://x", token="t"))
+    assert fd.verify({TOKEN_HEADER: bad}, body, "k", NOW) == f"{TOKEN_HEADER} does not match"
+    assert fd.verify({TOKEN_HEADER: "é"}, body, "k", NOW) == f"{TOKEN_HEADER} does not match"
+
+
 def test_desk_credentials_come_from_files_and_bad_keys_are_named(tmp_path) -> None:
     (tmp_path / "token").write_text("zd-token\n")
     (tmp_path / "hook").write_text("zd-hook\n")

@@ -5,6 +5,7 @@ rules of the pipeline, internal calls."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 from urllib.parse import urlencode
@@ -251,6 +252,17 @@ async def test_upload_needs_its_token(gw: Gateway) -> None:
     assert await gw.journal() == []
 
 
+async def test_an_upload_token_of_bytes_not_utf8_is_refused_not_a_500(gw: Gateway) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
+    writer.write(b"POST /channels/phone/pbx1/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                 b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\nab")
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    assert await gw.journal() == []
+
+
 async def test_twilio_stale_timestamp_and_foreign_account_are_refused(start_gateway) -> None:
     section = {"accounts": {"main": {**SECTION["accounts"]["main"], "account_sid": "AC0123"}}}
     gw = await start_gateway(phone=section)
@@ -326,7 +338,7 @@ async def test_malformed_multipart_upload_is_400_and_stores_nothing(gw: Gateway,
                                 headers={"Authorization": f"Bearer {UPLOAD}", "Content-Type": content_type})
     assert resp.status == 400, await resp.text()
     assert resp.content_type == "application/problem+json"
-    assert "multipart" in (await resp.json())["detail"]
+    assert "multipart" in (await resp.json())["detail"] and (await resp.json())["field"] == "body"
     assert await gw.journal() == []
 
 

@@ -96,3 +96,44 @@ def test_a_line_has_the_fields_and_order_of_the_previous_chain(monkeypatch):
     assert "ValueError: boom" in failed["exception"] and "exc_info" not in failed
     # the stack starts at the caller (this test), not inside gateway/logs.py
     assert "test_logs.py" in stacked["stack"].splitlines()[-2] and "stack_info" not in stacked
+
+
+# ---------------------------------------------------------------- what a client can make the log say
+
+
+async def test_a_request_aiohttp_cannot_parse_is_one_info_line_not_an_error_with_a_traceback(caplog):
+    """A header line past 8190 bytes (or a bad URL, a broken chunk) was logged by
+    aiohttp's server at ERROR with a traceback: a client could flood the log."""
+    import logging
+
+    from aiohttp import web
+    from structlog.testing import capture_logs
+
+    from gateway import logs
+
+    logs.configure("info", "json")
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        with capture_logs() as lines:
+            for raw in (b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"a" * 9000 + b"\r\n\r\n",
+                        b"GET /a\x00b HTTP/1.1\r\nHost: x\r\n\r\n"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(raw)
+                await writer.drain()
+                answer = await reader.read()
+                writer.close()
+                assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer[:100]
+    finally:
+        await runner.cleanup()
+        import structlog
+
+        structlog.reset_defaults()  # configure() set them for a daemon: the defaults for the tests after this one
+        logging.getLogger("aiohttp.server").removeFilter(logs.MALFORMED_REQUESTS)
+    assert [(e["event"], e["log_level"]) for e in lines] == [("http.malformed_request", "info")] * 2, lines
+    assert "aaaa" not in repr(lines)  # not the header's bytes
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "aiohttp.server"]
+    assert "Traceback" not in caplog.text

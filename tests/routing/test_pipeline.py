@@ -104,6 +104,26 @@ def test_explicit_ticket_ref_threads_first(subject):
     assert c.timeline[0].data["reasons"]["threading"]["by"] == "ticket_ref"
 
 
+@pytest.mark.parametrize("ref", ["\u00b2", "#" + "9" * 30, "9" * 19])
+def test_an_explicit_ticket_ref_that_is_no_ticket_number_is_no_reference(ref):
+    # the API channel's ticket_ref: "²" (a digit to isdigit(), not to int()) failed the message with a
+    # ValueError, thirty nines with SQLite's OverflowError in the lookup
+    i = msg(thread=ThreadHints(ticket_ref=ref))
+    assert lookup(i, Settings()).numbers == ()
+    c = decide(i, "J1", snap(owners=KNOWN), Settings())
+    assert c.new_ticket is not None
+
+
+@pytest.mark.parametrize("watermark", ["\u00b2", "9" * 16, "9" * 25])
+def test_a_read_watermark_no_datetime_holds_is_a_status_without_one_not_a_failure(watermark):
+    # a signed Messenger read/delivery: '²' was a ValueError, a year past 9999 an OverflowError — the
+    # pipeline failed the entry with a traceback
+    i = msg(channel="messenger", kind="event", raw_type="status", sender=Sender("messenger", "1:2"),
+            meta={"status_of": "", "status": "read", "watermark": watermark})
+    c = decide(i, "J1", snap(owners=KNOWN), Settings())
+    assert c.delivery is not None and c.delivery.watermark is None and c.delivery.status == "read"
+
+
 def test_ticket_ref_of_another_contact_is_ignored_with_reason():
     s = snap(owners=KNOWN, numbered={1001: ticket(contact="C9")})
     c = decide(msg(subject="[#1001]"), "J1", s, Settings())

@@ -143,6 +143,20 @@ def test_twilio_completed_callback():
     assert c.started_at == datetime(2026, 11, 30, 2, 5, 5, tzinfo=timezone.utc)
 
 
+@pytest.mark.parametrize("duration", ["abc", "-1", "9" * 40, "1e308", "NaN", "604801"])
+def test_twilio_callback_with_a_bad_duration_is_the_call_with_a_defect_not_a_parser_crash(duration):
+    """A signed callback whose CallDuration is no number, negative or past any
+    call crashed the parser (RowError, OverflowError from the start time):
+    the journal entry failed with a traceback at error level."""
+    raw = (FIXTURES / "synthetic_twilio_status_completed.form").read_text()
+    raw = raw.replace("CallDuration=35", f"CallDuration={duration}").replace("Duration=1&", "")
+    (call,) = parse(raw.encode(), {"channel": "twilio"})
+    assert call.kind == "call" and call.external_id == "CA5a3e4b0f5d4b3f2f3e2c1b0a9f8e7d6c"
+    assert call.call.disposition == "answered" and call.call.ended_at is not None
+    assert call.call.duration_s is None and call.call.started_at is None
+    assert any("CallDuration" in d for d in call.defects), call.defects
+
+
 def test_twilio_anonymous_ringing_callback():
     (call,) = fixture("synthetic_twilio_status_ringing_anonymous.form", channel="twilio")
     assert call.sender.value == "anonymous" and call.call.disposition is None
@@ -374,3 +388,12 @@ def test_an_epoch_beyond_what_a_datetime_holds_is_refused_not_a_crash():
                          "start_uepoch": "9" * 23, "hangup_cause": "NORMAL_CLEARING", "duration": "5", "billsec": "5"}}
     with pytest.raises(PayloadRejected, match="start_uepoch .* is out of range"):
         parse(json.dumps(doc).encode(), {"channel": "freeswitch"})
+
+
+def test_an_epoch_in_digits_int_does_not_read_falls_back_to_the_stamp_not_a_crash():
+    # "²" is a digit to str.isdigit() but not to int(): the ValueError was a 500 at POST /channels/phone/<fs>/cdr
+    doc = {"variables": {"uuid": "u-2", "caller_id_number": "13800138000", "destination_number": "100",
+                         "start_epoch": "\u00b2", "start_stamp": "2026-12-01 10:00:00", "end_epoch": "\u00b2",
+                         "hangup_cause": "NORMAL_CLEARING", "duration": "5", "billsec": "5"}}
+    (call,) = parse(json.dumps(doc).encode(), {"channel": "freeswitch", "timezone": "UTC"})
+    assert call.external_id == "u-2" and call.call.started_at == datetime(2026, 12, 1, 10, tzinfo=timezone.utc)

@@ -119,6 +119,22 @@ async def test_refusals_store_nothing(aiohttp_server, case: Case) -> None:
         not_json = await http.post(url, data=b"[]", headers={**client_headers, case.header: case.sign(b"[]")})
     assert [r.status for r in (forged, missing, too_large, chunked_big, not_json)] == [401, 401, 413, 413, 400]
     assert {r.content_type for r in (forged, missing, too_large, chunked_big, not_json)} == {"application/problem+json"}
+    # each names the part of the request at fault
+    assert [(await r.json()).get("field") for r in (forged, missing, too_large, chunked_big, not_json)] == [
+        case.header, case.header, "body", "body", "body"]
+    assert ctx.calls == []
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.channel)
+async def test_a_signature_header_of_bytes_not_utf8_is_refused_not_a_500(aiohttp_server, case: Case) -> None:
+    ctx, server = await serve(aiohttp_server, case)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(f"POST {case.path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(case.body)}\r\n"
+                 f"Connection: close\r\n{case.header}: ".encode() + b"sha256=\xff\xfe\r\n\r\n" + case.body)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
     assert ctx.calls == []
 
 

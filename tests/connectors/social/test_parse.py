@@ -416,3 +416,21 @@ def test_line_corpus_of_unexpected_shapes_never_crashes() -> None:
             line.parse(json.dumps(_retyped(base, rng)).encode(), {})
         except PayloadRejected:
             pass
+
+
+def test_a_message_id_sent_as_a_number_keys_the_body_by_its_digits() -> None:
+    """A signed Messenger/Instagram body whose ``mid`` is a JSON number (a
+    string by the docs) was a TypeError in the intake — a 500 the platform
+    retried; its key is now the number's digits, the parse's message id."""
+    ev = {"sender": {"id": "62"}, "recipient": {"id": "1065"}, "timestamp": 1, "message": {"mid": 4242, "text": "y"}}
+    reaction = {"sender": {"id": "62"}, "recipient": {"id": "1065"}, "timestamp": 1,
+                "reaction": {"mid": 4243, "action": "react", "emoji": "x"}}
+    for obj in ({"object": "page", "entry": [{"id": "1065", "messaging": [ev]}]},
+                {"object": "instagram", "entry": [{"id": "1065", "messaging": [ev]}]}):
+        raw = json.dumps(obj).encode()
+        assert messenger.body_key(obj, raw) == "4242"
+        (inbound,) = messenger.parse(raw, {})
+        assert inbound.thread.message_id == "4242"
+    body = {"object": "page", "entry": [{"id": "1065", "messaging": [reaction]}]}
+    (inbound,) = messenger.parse(json.dumps(body).encode(), {})
+    assert inbound.thread.in_reply_to == "4243"

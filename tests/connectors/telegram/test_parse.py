@@ -189,6 +189,16 @@ def test_ids_written_as_strings_and_dates_out_of_range_still_parse() -> None:
     assert msg.sent_at is None and msg.text
 
 
+def test_ids_written_in_digits_int_does_not_read_are_not_numbers_not_a_crash() -> None:
+    # "²" is a digit to str.isdigit() but not to int(): the webhook's key was a ValueError (a 500)
+    update = json.loads((FIXTURES / "synthetic_edited_message.json").read_text())
+    body = update["edited_message"]
+    body["message_id"], body["chat"]["id"] = "\u00b2", "-\u00b2"
+    assert update_key(update)  # not numbers: the update's own key
+    with pytest.raises(PayloadRejected, match="message_id"):  # refused with the field, not a ValueError crash
+        parse_one(json.dumps(update).encode())
+
+
 def test_callback_query_is_an_event_with_its_data() -> None:
     event = fixture("synthetic_callback_query.json")
     assert (event.kind, event.raw_type, event.external_id) == ("event", "callback_query", "callback:4382bfdwdsb323b2d9")

@@ -11,6 +11,8 @@ import gzip
 import json
 from pathlib import Path
 
+import pytest
+
 from connectors.webchat.parse import sign
 from gateway import keys
 from tests.connectors.webchat.conftest import ORIGIN, SECRET, Visitor
@@ -348,6 +350,52 @@ async def test_agent_socket_needs_the_token(chat):
     await ws.send_str(json.dumps({"type": "auth", "token": TOKEN}))
     assert json.loads((await ws.receive(timeout=5)).data)["type"] == "snapshot"
     assert (await client.get("/api/v1/live/webchat/chats")).status == 401
+    # a frame nested thousands deep, before and after the auth: an error frame, not a traceback and a dead socket
+    deep = "[" * 5000 + "]" * 5000
+    await ws.send_str(deep)
+    assert json.loads((await ws.receive(timeout=5)).data) == {"type": "error", "code": "bad_frame", "reason": "not JSON"}
+    anon = await client.ws_connect("/api/v1/live/webchat")
+    await anon.send_str(deep)
+    assert json.loads((await anon.receive(timeout=5)).data)["code"] == "unauthorized"
+
+
+async def test_an_agent_read_mark_past_64_bits_is_refused_not_a_500(chat):
+    client, app = chat
+    v = await Visitor.connect(client)
+    await v.say("s1", "hello")
+    conv = v.welcome["conversation"]
+    for seq in (10**40, 2**63):
+        resp = await client.post("/api/v1/live/webchat/read", json={"conversation": conv, "seq": seq}, headers=AUTH)
+        assert resp.status == 400 and (await resp.json())["field"] == "$.seq", await resp.text()
+    ws = await client.ws_connect("/api/v1/live/webchat", headers=AUTH)
+    assert json.loads((await ws.receive(timeout=5)).data)["type"] == "snapshot"
+    await ws.send_str(json.dumps({"type": "read", "conversation": conv, "seq": 10**40}))
+    frame = json.loads((await ws.receive(timeout=5)).data)
+    while frame["type"] not in ("ok", "error"):
+        frame = json.loads((await ws.receive(timeout=5)).data)
+    assert frame["code"] == "bad_frame"
+    await ws.send_str(json.dumps({"type": "read", "conversation": conv, "seq": True}))
+    frame = json.loads((await ws.receive(timeout=5)).data)
+    while frame["type"] not in ("ok", "error"):
+        frame = json.loads((await ws.receive(timeout=5)).data)
+    assert frame["code"] == "bad_frame"
+    resp = await client.post("/api/v1/live/webchat/read", json={"conversation": conv, "seq": 1}, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+
+
+async def test_a_visitor_read_mark_of_true_or_past_64_bits_is_ignored_not_a_503(chat):
+    """On Redis a read frame's ``"seq": true`` was a DataError taken for "Redis
+    down": the poll answered 503 and a socket was closed with 1011."""
+    client, app = chat
+    v = await Visitor.connect(client)
+    await v.say("r1", "hello")
+    for seq in (True, 10**40, -1):
+        await v.send({"type": "read", "seq": seq})
+    await v.send({"type": "ping"})
+    assert (await v.expect("pong"))["type"] == "pong"  # the socket is still open
+    r = await client.post("/channels/webchat/poll?site=shop", headers={"Origin": ORIGIN},
+                          json={"frames": [{"type": "hello"}, {"type": "read", "seq": True}]})
+    assert r.status == 200, await r.text()
 
 
 async def test_files_both_ways_are_served_to_their_conversation_only(chat):
@@ -403,6 +451,14 @@ async def test_hostile_frames_get_error_frames_not_a_dead_socket(chat):
     assert ack["seq"] >= 1
 
 
+async def test_a_poll_body_nested_thousands_deep_is_a_400_not_a_500(chat):
+    client, app = chat
+    for body in (b"[" * 10_000 + b"]" * 10_000, b'{"frames": [{"type": "hello"}, ' + b"[" * 5000 + b"]" * 5000 + b"]}"):
+        r = await client.post("/channels/webchat/poll?site=shop", headers={"Origin": ORIGIN}, data=body)
+        assert r.status == 400 and r.content_type == "application/problem+json", await r.text()
+        assert (await r.json())["field"] == "body"
+
+
 async def test_a_polling_visitor_who_stops_asking_is_shown_offline(chat):
     client, app = chat
     conn = app[keys.CONNECTORS]["webchat"]
@@ -440,3 +496,12 @@ async def test_a_message_the_journal_cannot_take_is_not_acknowledged(chat):
     again = await Visitor.connect(client, visitor=v.welcome["visitor"], token=v.welcome["token"])
     ack = await again.say("d1", "lost?")
     assert ack["seq"] == 1
+
+
+@pytest.mark.parametrize("after", [True, 10**40, -1])
+async def test_a_hello_after_that_is_no_seq_replays_from_the_start_not_a_503(chat, after):
+    client, app = chat
+    v = await Visitor.connect(client)
+    await v.say("a1", "hello")
+    back = await Visitor.connect(client, visitor=v.welcome["visitor"], token=v.welcome["token"], after=after)
+    assert [m["text"] for m in back.welcome["history"]] == ["hello"]

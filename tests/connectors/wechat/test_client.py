@@ -100,14 +100,14 @@ async def test_event_key_is_sender_time_and_event(client, connector):
 )
 async def test_bad_signature_is_401_and_nothing_stored(client, connector, query):
     resp = await client.post(URL, params=query, data=TEXT.encode())
-    assert resp.status == 401
+    assert resp.status == 401 and (await resp.json())["field"] == "signature"
     assert connector.ctx.journal == []
 
 
 async def test_doctype_is_400_and_nothing_stored(client, connector):
     xml = b'<!DOCTYPE xml [<!ENTITY e "x">]><xml><MsgType>&e;</MsgType></xml>'
     resp = await client.post(URL, params=plain_query(), data=xml)
-    assert resp.status == 400 and "DOCTYPE" in await resp.text()
+    assert resp.status == 400 and "DOCTYPE" in await resp.text() and (await resp.json())["field"] == "body"
     assert connector.ctx.journal == []
 
 
@@ -251,4 +251,5 @@ def test_bad_config_is_fatal(section, reason):
 async def test_a_signed_but_absurd_timestamp_is_refused_not_a_crash(client, connector, timestamp):
     resp = await client.post(URL, params=plain_query(timestamp=timestamp), data=TEXT.encode())
     assert resp.status == 403 and "Unix time" in (await resp.json())["detail"]
+    assert (await resp.json())["field"] == "timestamp"
     assert connector.ctx.journal == [] and connector.ctx.refusals == ["stale_timestamp"]

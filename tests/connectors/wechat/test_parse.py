@@ -57,6 +57,15 @@ def test_miniprogram_card_is_a_customer_message():
     assert inbound.meta["AppId"] == "wxsyntheticmini01" and inbound.external_id == "7300000000000000004"
 
 
+@pytest.mark.parametrize("length", ["\u00b2", "9" * 40, "-1", "abc"])
+def test_a_file_length_no_size_holds_is_size_zero_not_a_crash(length):
+    # "²" is a digit to str.isdigit() but not to int() (a ValueError: the parser crashed), and
+    # forty nines are no size the store's 64-bit integers hold
+    raw = (FIXTURES / "oa_file_synthetic.xml").read_text().replace("<FileTotalLen>48213", f"<FileTotalLen>{length}")
+    (inbound,) = parse(raw.encode(), {})
+    assert [(a.name, a.size) for a in inbound.attachments] == [("invoice.pdf", 0)]
+
+
 def test_an_element_given_twice_reads_the_first():
     (inbound,) = parse((FIXTURES / "oa_text_duplicate_content_synthetic.xml").read_bytes(), {})
     assert (inbound.kind, inbound.text) == ("message", "我要退货")

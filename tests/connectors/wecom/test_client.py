@@ -81,6 +81,16 @@ async def test_url_verification_decrypts_echostr(client):
     assert resp.status == 401
 
 
+async def test_a_signed_echostr_that_decodes_to_nothing_is_a_400(client):
+    """``echostr=%%%`` (base64 of no bytes) with a valid msg_signature: wechatpy's
+    unpadding indexes an empty plaintext — an IndexError that was a 500."""
+    for echostr in ("%%%", "===="):
+        query = {"msg_signature": sign(TOKEN, TIMESTAMP, NONCE, echostr), "timestamp": TIMESTAMP, "nonce": NONCE,
+                 "echostr": echostr}
+        resp = await client.get(URL, params=query)
+        assert resp.status == 400, await resp.text()
+
+
 async def test_app_message_is_journaled_under_its_msgid(client, connector):
     body, query = signed(APP_TEXT)
     resp = await client.post(URL, params=query, data=body)
@@ -94,8 +104,10 @@ async def test_app_message_is_journaled_under_its_msgid(client, connector):
 async def test_unsigned_or_plain_callbacks_are_refused(client, connector):
     body, query = signed(APP_TEXT)
     assert (await client.post(URL, params={"timestamp": "1", "nonce": "2"}, data=body)).status == 401
-    assert (await client.post(URL, params=dict(query, msg_signature="0" * 40), data=body)).status == 401
-    assert (await client.post(URL, params=query, data=APP_TEXT.encode())).status == 400
+    forged = await client.post(URL, params=dict(query, msg_signature="0" * 40), data=body)
+    assert forged.status == 401 and (await forged.json())["field"] == "msg_signature"
+    plain = await client.post(URL, params=query, data=APP_TEXT.encode())
+    assert plain.status == 400 and (await plain.json())["field"] == "body"
     assert (await client.post("/channels/wecom/wwother/kf", params=query, data=body)).status == 404
     assert connector.ctx.journal == []
 
