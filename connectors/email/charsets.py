@@ -167,6 +167,9 @@ def detect(data: bytes, hints: tuple[str, ...] = ()) -> tuple[str, str]:
             text = _try(data, "iso2022_jp")
             if text is not None:
                 return text, "iso2022_jp"
+            text = _iso2022jp_ms(data)
+            if text is not None:
+                return text, "iso2022_jp_ms"
         return data.decode("ascii"), "ascii"
     for codec in ("utf-8", *hints):
         text = _try(data, codec)
@@ -191,6 +194,45 @@ def detect(data: bytes, hints: tuple[str, ...] = ()) -> tuple[str, str]:
         if text is not None:
             return text, codec
     return data.decode("latin-1"), "latin-1"
+
+
+_JIS_ESCAPE = re.compile(rb"(\x1b(?:\$[@B]|\([BJI]))")
+
+
+def _iso2022jp_ms(data: bytes) -> str | None:
+    """ISO-2022-JP as Windows writes it (CP50220/CP50221, WHATWG's decoder): JIS
+    X 0208 with NEC's row 13 (①, ㈱, №) and the IBM extensions of rows 89-92,
+    which Python's ISO-2022-JP codecs refuse. A double-byte pair plain
+    ISO-2022-JP lacks is read through its Shift_JIS form by cp932; one cp932
+    lacks too (a carrier's pictogram) is U+FFFD. None when the bytes are no
+    such ISO-2022-JP (another escape, a double-byte run of odd length or with
+    bytes outside 0x21-0x7E)."""
+    out: list[str] = []
+    chunks = _JIS_ESCAPE.split(data)
+    if any(b"\x1b" in chunk for chunk in chunks[::2]):
+        return None
+    out.append(chunks[0].decode("ascii"))
+    for escape, chunk in zip(chunks[1::2], chunks[2::2]):
+        if escape[1:2] != b"$":
+            if escape == b"\x1b(I":  # JIS X 0201 katakana: the 0xA1-0xDF bytes of cp932
+                if any(not 0x21 <= b <= 0x5F for b in chunk):
+                    return None
+                out.append(bytes(b | 0x80 for b in chunk).decode("cp932"))
+            else:
+                out.append(chunk.decode("ascii"))
+            continue
+        if len(chunk) % 2 or any(not 0x21 <= b <= 0x7E for b in chunk):
+            return None
+        for j1, j2 in zip(chunk[::2], chunk[1::2]):
+            plain = _try(b"\x1b$B" + bytes((j1, j2)), "iso2022_jp")  # 〜 stays U+301C, not cp932's ～
+            if plain is not None:
+                out.append(plain)
+                continue
+            s1 = ((j1 - 0x21) >> 1) + 0x81
+            s1 += 0x40 if s1 > 0x9F else 0
+            s2 = j2 + (0x1F + (j2 >= 0x60) if j1 % 2 else 0x7E)
+            out.append(bytes((s1, s2)).decode("cp932", "replace")[:1])
+    return "".join(out)
 
 
 _NON_ASCII_RUN = re.compile(rb"[\x80-\xff]+")

@@ -572,6 +572,16 @@ def test_raw_iso_2022_jp_headers_are_decoded_and_keep_the_sender():
     assert msg.text == "注文番号 4711 の商品がまだ届きません。"
 
 
+def test_iso2022jp_with_windows_extensions_is_decoded():
+    # Windows' ISO-2022-JP (CP50220) writes NEC row 13 (①, ㈱) and IBM kanji (髙) that plain
+    # RFC 1468 lacks: Python's codecs refused them and the text kept its raw escape sequences
+    # (milter-manager/test-mails normal/machine-dependent/au-iso-2022-jp-extra-7bit.eml)
+    msg = fixture("synthetic_iso2022jp_nec_ibm_extensions.eml")
+    assert msg.sender.name == "高橋 一郎"
+    assert msg.subject == "注文①の件（㈱髙橋商店）"
+    assert msg.text == "㈱髙橋商店の高橋です。\n注文番号①と②の請求書が届いていません。"
+
+
 def test_a_nested_multipart_that_reuses_its_parents_boundary_keeps_its_parts():
     # Outlook Express for Mac gave the multipart/alternative inside a multipart/mixed the
     # mixed's own boundary (python/cpython Lib/test/test_email/data/msg_15.txt; SpamScope
