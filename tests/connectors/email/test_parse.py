@@ -593,6 +593,21 @@ def test_a_nested_multipart_that_reuses_its_parents_boundary_keeps_its_parts():
     assert "NestedBoundaryReused" in msg.defects and "StartBoundaryNotFoundDefect" not in msg.defects
 
 
+def test_a_first_delimiter_inside_the_header_block_keeps_the_parts():
+    # no blank line between the headers and the first delimiter, whose line has a colon in it
+    # (apache/spamassassin t/data/spam/016): the stdlib read it and the first part's headers as
+    # the mail's own; the first part was lost in the preamble, and with it the mail's only text
+    raw = (FIXTURES / "synthetic_delimiter_in_header_block.eml").read_bytes()
+    msg = one(raw)
+    assert msg.subject == "Refund for order 8812"
+    assert msg.text == "Order 8812 arrived broken; please refund it to my card."
+    assert msg.html == "<p>Order 8812 arrived broken.</p>\n"
+    assert "DelimiterInHeaders" in msg.defects
+    only_part = one(raw[: raw.index(b"\n----7-1203=:4411\nContent-Type: text/html")] + b"\n----7-1203=:4411--\n")
+    assert only_part.text == "Order 8812 arrived broken; please refund it to my card."
+    assert "StartBoundaryNotFoundDefect" not in only_part.defects
+
+
 def test_a_file_labelled_text_is_an_attachment_not_the_body():
     # a PNG sent as `text/plain; charset=ISO-8859-1` (sisimai/set-of-emails maildir/bsd/rfc3464-66.eml)
     # was the mail's text, 6 KB of Latin-1 junk; text that merely starts like a signature stays text
