@@ -608,6 +608,16 @@ def test_a_first_delimiter_inside_the_header_block_keeps_the_parts():
     assert "StartBoundaryNotFoundDefect" not in only_part.defects
 
 
+def test_text_glued_after_a_quoted_boundary_is_no_part_of_it():
+    # `boundary="…" Message-Id: <…>` on one line (rjbs/Mail-DeliveryStatus-BounceParser
+    # t/corpus/spam-rejection15.msg): the stdlib kept the quotes and the glued header in the
+    # boundary, found no delimiter and the mail lost its text and its attachment
+    msg = fixture("synthetic_text_after_quoted_boundary.eml")
+    assert msg.text == "My card was charged twice for invoice 3306; the statement is attached."
+    assert [(a.name, a.content_type) for a in msg.attachments] == [("statement-3306.pdf", "application/pdf")]
+    assert "TextAfterQuotedBoundary" in msg.defects and "StartBoundaryNotFoundDefect" not in msg.defects
+
+
 def test_a_file_labelled_text_is_an_attachment_not_the_body():
     # a PNG sent as `text/plain; charset=ISO-8859-1` (sisimai/set-of-emails maildir/bsd/rfc3464-66.eml)
     # was the mail's text, 6 KB of Latin-1 junk; text that merely starts like a signature stays text
