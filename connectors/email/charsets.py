@@ -11,7 +11,10 @@ Japanese and Western mail actually needs:
 - ``iso-8859-1``/``us-ascii`` are the usual lies of misconfigured mailers:
   bytes that are valid UTF-8 win over them.
 - UTF-16/32 bytes with a code unit cut off (an odd count) are decoded
-  without the stray bytes, not handed to detection.
+  without the stray bytes, not handed to detection; UTF-16 of ASCII text
+  under a missing, unknown or wrong declaration is told by its NULs.
+- ISO-2022-JP with Windows' extensions (NEC's ①, IBM kanji) is read as
+  Windows and browsers read it (cp932 for the pairs plain JIS lacks).
 - A Japanese declaration the bytes fail (8-bit bytes labelled ISO-2022-JP)
   tries UTF-8, then the other Japanese encodings (Shift_JIS/cp932, EUC-JP)
   where their text is plausible (:func:`plausibility`).
@@ -170,6 +173,9 @@ def detect(data: bytes, hints: tuple[str, ...] = ()) -> tuple[str, str]:
             text = _iso2022jp_ms(data)
             if text is not None:
                 return text, "iso2022_jp_ms"
+        wide = _utf16_of_ascii(data) if b"\x00" in data else None
+        if wide is not None:
+            return wide
         return data.decode("ascii"), "ascii"
     for codec in ("utf-8", *hints):
         text = _try(data, codec)
@@ -194,6 +200,21 @@ def detect(data: bytes, hints: tuple[str, ...] = ()) -> tuple[str, str]:
         if text is not None:
             return text, codec
     return data.decode("latin-1"), "latin-1"
+
+
+def _utf16_of_ascii(data: bytes) -> tuple[str, str] | None:
+    """Undeclared UTF-16 of ASCII text, told by its NULs: every high byte NUL
+    and no low byte NUL (``\\x00a\\x00b`` is big-endian); None otherwise. A
+    last odd byte (a line break added after the text) is left out."""
+    even = data[: len(data) - len(data) % 2]
+    if len(even) < 4:
+        return None
+    high, low = even[0::2], even[1::2]
+    if high.count(0) == len(high) and 0 not in low:
+        return even.decode("utf-16-be"), "utf-16-be"
+    if low.count(0) == len(low) and 0 not in high:
+        return even.decode("utf-16-le"), "utf-16-le"
+    return None
 
 
 _JIS_ESCAPE = re.compile(rb"(\x1b(?:\$[@B]|\([BJI]))")
@@ -264,7 +285,7 @@ def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = (), *,
                 if text is not None:
                     return text, codec, True
         text, codec = detect(data)
-        return text, codec, True
+        return text, codec, not codec.startswith("utf-16")  # UTF-16 found by its NULs: not what was declared
     if candidates and _is_permissive(candidates[0]):
         # Valid multi-byte UTF-8 is never an accident in Latin text.
         text = _try(data, "utf-8")

@@ -618,6 +618,15 @@ def test_text_glued_after_a_quoted_boundary_is_no_part_of_it():
     assert "TextAfterQuotedBoundary" in msg.defects and "StartBoundaryNotFoundDefect" not in msg.defects
 
 
+def test_utf16_text_under_an_unknown_charset_is_decoded():
+    # UTF-16BE without a BOM labelled `charset=BadCharset` (mozilla/releases-comm-central
+    # mail/test/browser/composition/data/base64-bug1586890.eml): every byte is ASCII, so it was
+    # read as ASCII and the text was a NUL before every letter
+    msg = fixture("synthetic_utf16_text_under_unknown_charset.eml")
+    assert msg.text == "Hello, my order 6620 shows as delivered\nbut nothing arrived. Can you check?"
+    assert "CharsetMismatch:badcharset->utf-16-be" in msg.defects
+
+
 def test_a_file_labelled_text_is_an_attachment_not_the_body():
     # a PNG sent as `text/plain; charset=ISO-8859-1` (sisimai/set-of-emails maildir/bsd/rfc3464-66.eml)
     # was the mail's text, 6 KB of Latin-1 junk; text that merely starts like a signature stays text
