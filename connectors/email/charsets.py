@@ -87,6 +87,7 @@ _SIBLINGS = {"iso2022_jp": ("cp932", "euc_jp"), "euc_jp": ("cp932",), "cp932": (
 #: Codecs whose text is pure 7-bit ASCII bytes.
 _SEVEN_BIT = ("iso2022", "utf-7", "utf_7", "hz")
 _CJK = re.compile(r"[\u3000-\u30ff\u3400-\u9fff\uac00-\ud7af\uff00-\uffef]")
+_PRIVATE_USE = re.compile(r"[\ue000-\uf8ff]")
 
 
 @lru_cache(maxsize=256)
@@ -324,7 +325,8 @@ def recover_double_encoding(text: str, hints: tuple[str, ...], declared: bool = 
     turns every character into two such code points) or containing C1
     controls (which real text never has) — or ``declared``: the hints come
     from a CJK declaration the bytes failed — and the Latin-1 bytes must
-    decode strictly into text with CJK characters.
+    decode strictly into plausible text (:func:`plausibility`) with CJK
+    characters.
     """
     non_ascii = [c for c in text if c > "\x7f"]
     if len(non_ascii) < 4 or max(non_ascii) > "\xff":
@@ -336,7 +338,10 @@ def recover_double_encoding(text: str, hints: tuple[str, ...], declared: bool = 
     raw = text.encode("latin-1")
     for codec in (*hints, "utf-8", "gb18030", "big5hkscs"):
         fixed = _try(raw, codec)
-        if fixed is not None and _CJK.search(fixed):
+        # plausible only: accented Latin letters in a row ("éèàöüä") also decode as
+        # GB18030 pairs, rare ideographs and private-use characters ("殍圉\ue3ef")
+        if fixed is not None and _CJK.search(fixed) and not _PRIVATE_USE.search(fixed) \
+                and plausibility(fixed, codec) > 0:
             return fixed
     return None
 

@@ -627,6 +627,15 @@ def test_utf16_text_under_an_unknown_charset_is_decoded():
     assert "CharsetMismatch:badcharset->utf-16-be" in msg.defects
 
 
+def test_raw_utf8_latin_header_is_not_taken_for_double_encoded_cjk():
+    # raw UTF-8 `éèàöüä` in a Subject (GOVCERT-LU/eml_parser samples/sample_email_in_from.eml)
+    # was "undone" as UTF-8 of Latin-1 of GB18030 into rare ideographs and a private-use character
+    msg = fixture("synthetic_raw_utf8_latin_subject.eml")
+    assert msg.subject == "Lösung für Größe Übergröße"
+    assert msg.sender.name == "Jürgen Größler"
+    assert "DoubleEncodedHeader" not in msg.defects
+
+
 def test_a_file_labelled_text_is_an_attachment_not_the_body():
     # a PNG sent as `text/plain; charset=ISO-8859-1` (sisimai/set-of-emails maildir/bsd/rfc3464-66.eml)
     # was the mail's text, 6 KB of Latin-1 junk; text that merely starts like a signature stays text
