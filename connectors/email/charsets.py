@@ -445,13 +445,33 @@ def detect_header(data: bytes, declared: tuple[str, ...] = ()) -> tuple[str, str
     decodes as Latin-1, and an undeclared Latin-1 subject ("Formação",
     "Grüße") is no longer read as CJK: one ideograph inside a Latin word
     counts against a CJK reading, an accented letter or pair inside a word
-    for a Latin one."""
+    for a Latin one. A mail that declares a Japanese charset first has its
+    Japanese readings tried before that contest (:func:`_declared_japanese`)."""
     if data.isascii():
         return detect(data)
     text = _try(data, "utf-8")
     if text is not None:
         return text, "utf-8"
-    return _most_plausible(data, declared) or detect(data, declared)
+    return _declared_japanese(data, declared) or _most_plausible(data, declared) or detect(data, declared)
+
+
+_KANA = re.compile(r"[\u3041-\u30fa]")
+
+
+def _declared_japanese(data: bytes, declared: tuple[str, ...]) -> tuple[str, str] | None:
+    """A mail that declares a Japanese charset first: the first of its codec
+    and that codec's siblings (raw Shift_JIS or EUC-JP under an ISO-2022-JP
+    mail) that reads the bytes as plausible text with kana in it; else None.
+    Kana weigh less than ideographs in :func:`plausibility`, so a kana-only
+    subject (テスト) lost to its GB18030 or Big5 reading (嘆嘇嘊, 氾旦玄)."""
+    first = declared[0] if declared else ""
+    if first not in _SIBLINGS:
+        return None
+    for codec in (first, *_SIBLINGS[first]):
+        text = _try(data, codec)
+        if text is not None and _KANA.search(text) and plausibility(text, codec) > 0:
+            return text, codec
+    return None
 
 
 def _most_plausible(data: bytes, declared: tuple[str, ...]) -> tuple[str, str] | None:

@@ -636,6 +636,15 @@ def test_raw_utf8_latin_header_is_not_taken_for_double_encoded_cjk():
     assert "DoubleEncodedHeader" not in msg.defects
 
 
+def test_raw_euc_jp_headers_of_an_iso2022jp_mail_are_japanese():
+    # raw EUC-JP `テスト` in the Subject of a mail declaring ISO-2022-JP (milter-manager/test-mails
+    # normal/headers/subject/raw-euc-jp.eml) read as Big5 `氾旦玄`: kana weigh less than ideographs
+    msg = fixture("synthetic_raw_eucjp_headers_iso2022jp_body.eml")
+    assert msg.subject == "返品の手続きについて"
+    assert msg.sender.name == "サトウ ハナコ"
+    assert msg.text == "返品の手続きを教えてください。"
+
+
 def test_a_file_labelled_text_is_an_attachment_not_the_body():
     # a PNG sent as `text/plain; charset=ISO-8859-1` (sisimai/set-of-emails maildir/bsd/rfc3464-66.eml)
     # was the mail's text, 6 KB of Latin-1 junk; text that merely starts like a signature stays text
