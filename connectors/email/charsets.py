@@ -11,7 +11,10 @@ Japanese and Western mail actually needs:
 - ``iso-8859-1``/``us-ascii`` are the usual lies of misconfigured mailers:
   bytes that are valid UTF-8 win over them.
 - UTF-16/32 bytes with a code unit cut off (an odd count) are decoded
-  without the stray bytes, not handed to detection.
+  without the stray bytes, not handed to detection; UTF-16 of ASCII text
+  under a missing, unknown or wrong declaration is told by its NULs.
+- ISO-2022-JP with Windows' extensions (NEC's ①, IBM kanji) is read as
+  Windows and browsers read it (cp932 for the pairs plain JIS lacks).
 - A Japanese declaration the bytes fail (8-bit bytes labelled ISO-2022-JP)
   tries UTF-8, then the other Japanese encodings (Shift_JIS/cp932, EUC-JP)
   where their text is plausible (:func:`plausibility`).
@@ -84,6 +87,7 @@ _SIBLINGS = {"iso2022_jp": ("cp932", "euc_jp"), "euc_jp": ("cp932",), "cp932": (
 #: Codecs whose text is pure 7-bit ASCII bytes.
 _SEVEN_BIT = ("iso2022", "utf-7", "utf_7", "hz")
 _CJK = re.compile(r"[\u3000-\u30ff\u3400-\u9fff\uac00-\ud7af\uff00-\uffef]")
+_PRIVATE_USE = re.compile(r"[\ue000-\uf8ff]")
 
 
 @lru_cache(maxsize=256)
@@ -167,6 +171,12 @@ def detect(data: bytes, hints: tuple[str, ...] = ()) -> tuple[str, str]:
             text = _try(data, "iso2022_jp")
             if text is not None:
                 return text, "iso2022_jp"
+            text = _iso2022jp_ms(data)
+            if text is not None:
+                return text, "iso2022_jp_ms"
+        wide = _utf16_of_ascii(data) if b"\x00" in data else None
+        if wide is not None:
+            return wide
         return data.decode("ascii"), "ascii"
     for codec in ("utf-8", *hints):
         text = _try(data, codec)
@@ -191,6 +201,60 @@ def detect(data: bytes, hints: tuple[str, ...] = ()) -> tuple[str, str]:
         if text is not None:
             return text, codec
     return data.decode("latin-1"), "latin-1"
+
+
+def _utf16_of_ascii(data: bytes) -> tuple[str, str] | None:
+    """Undeclared UTF-16 of ASCII text, told by its NULs: every high byte NUL
+    and no low byte NUL (``\\x00a\\x00b`` is big-endian); None otherwise. A
+    last odd byte (a line break added after the text) is left out."""
+    even = data[: len(data) - len(data) % 2]
+    if len(even) < 4:
+        return None
+    high, low = even[0::2], even[1::2]
+    if high.count(0) == len(high) and 0 not in low:
+        return even.decode("utf-16-be"), "utf-16-be"
+    if low.count(0) == len(low) and 0 not in high:
+        return even.decode("utf-16-le"), "utf-16-le"
+    return None
+
+
+_JIS_ESCAPE = re.compile(rb"(\x1b(?:\$[@B]|\([BJI]))")
+
+
+def _iso2022jp_ms(data: bytes) -> str | None:
+    """ISO-2022-JP as Windows writes it (CP50220/CP50221, WHATWG's decoder): JIS
+    X 0208 with NEC's row 13 (①, ㈱, №) and the IBM extensions of rows 89-92,
+    which Python's ISO-2022-JP codecs refuse. A double-byte pair plain
+    ISO-2022-JP lacks is read through its Shift_JIS form by cp932; one cp932
+    lacks too (a carrier's pictogram) is U+FFFD. None when the bytes are no
+    such ISO-2022-JP (another escape, a double-byte run of odd length or with
+    bytes outside 0x21-0x7E)."""
+    out: list[str] = []
+    chunks = _JIS_ESCAPE.split(data)
+    if any(b"\x1b" in chunk for chunk in chunks[::2]):
+        return None
+    out.append(chunks[0].decode("ascii"))
+    for escape, chunk in zip(chunks[1::2], chunks[2::2]):
+        if escape[1:2] != b"$":
+            if escape == b"\x1b(I":  # JIS X 0201 katakana: the 0xA1-0xDF bytes of cp932
+                if any(not 0x21 <= b <= 0x5F for b in chunk):
+                    return None
+                out.append(bytes(b | 0x80 for b in chunk).decode("cp932"))
+            else:
+                out.append(chunk.decode("ascii"))
+            continue
+        if len(chunk) % 2 or any(not 0x21 <= b <= 0x7E for b in chunk):
+            return None
+        for j1, j2 in zip(chunk[::2], chunk[1::2]):
+            plain = _try(b"\x1b$B" + bytes((j1, j2)), "iso2022_jp")  # 〜 stays U+301C, not cp932's ～
+            if plain is not None:
+                out.append(plain)
+                continue
+            s1 = ((j1 - 0x21) >> 1) + 0x81
+            s1 += 0x40 if s1 > 0x9F else 0
+            s2 = j2 + (0x1F + (j2 >= 0x60) if j1 % 2 else 0x7E)
+            out.append(bytes((s1, s2)).decode("cp932", "replace")[:1])
+    return "".join(out)
 
 
 _NON_ASCII_RUN = re.compile(rb"[\x80-\xff]+")
@@ -222,7 +286,7 @@ def decode(data: bytes, declared: str | None, hints: tuple[str, ...] = (), *,
                 if text is not None:
                     return text, codec, True
         text, codec = detect(data)
-        return text, codec, True
+        return text, codec, not codec.startswith("utf-16")  # UTF-16 found by its NULs: not what was declared
     if candidates and _is_permissive(candidates[0]):
         # Valid multi-byte UTF-8 is never an accident in Latin text.
         text = _try(data, "utf-8")
@@ -261,7 +325,8 @@ def recover_double_encoding(text: str, hints: tuple[str, ...], declared: bool = 
     turns every character into two such code points) or containing C1
     controls (which real text never has) — or ``declared``: the hints come
     from a CJK declaration the bytes failed — and the Latin-1 bytes must
-    decode strictly into text with CJK characters.
+    decode strictly into plausible text (:func:`plausibility`) with CJK
+    characters.
     """
     non_ascii = [c for c in text if c > "\x7f"]
     if len(non_ascii) < 4 or max(non_ascii) > "\xff":
@@ -273,7 +338,10 @@ def recover_double_encoding(text: str, hints: tuple[str, ...], declared: bool = 
     raw = text.encode("latin-1")
     for codec in (*hints, "utf-8", "gb18030", "big5hkscs"):
         fixed = _try(raw, codec)
-        if fixed is not None and _CJK.search(fixed):
+        # plausible only: accented Latin letters in a row ("éèàöüä") also decode as
+        # GB18030 pairs, rare ideographs and private-use characters ("殍圉\ue3ef")
+        if fixed is not None and _CJK.search(fixed) and not _PRIVATE_USE.search(fixed) \
+                and plausibility(fixed, codec) > 0:
             return fixed
     return None
 
@@ -377,13 +445,33 @@ def detect_header(data: bytes, declared: tuple[str, ...] = ()) -> tuple[str, str
     decodes as Latin-1, and an undeclared Latin-1 subject ("Formação",
     "Grüße") is no longer read as CJK: one ideograph inside a Latin word
     counts against a CJK reading, an accented letter or pair inside a word
-    for a Latin one."""
+    for a Latin one. A mail that declares a Japanese charset first has its
+    Japanese readings tried before that contest (:func:`_declared_japanese`)."""
     if data.isascii():
         return detect(data)
     text = _try(data, "utf-8")
     if text is not None:
         return text, "utf-8"
-    return _most_plausible(data, declared) or detect(data, declared)
+    return _declared_japanese(data, declared) or _most_plausible(data, declared) or detect(data, declared)
+
+
+_KANA = re.compile(r"[\u3041-\u30fa]")
+
+
+def _declared_japanese(data: bytes, declared: tuple[str, ...]) -> tuple[str, str] | None:
+    """A mail that declares a Japanese charset first: the first of its codec
+    and that codec's siblings (raw Shift_JIS or EUC-JP under an ISO-2022-JP
+    mail) that reads the bytes as plausible text with kana in it; else None.
+    Kana weigh less than ideographs in :func:`plausibility`, so a kana-only
+    subject (テスト) lost to its GB18030 or Big5 reading (嘆嘇嘊, 氾旦玄)."""
+    first = declared[0] if declared else ""
+    if first not in _SIBLINGS:
+        return None
+    for codec in (first, *_SIBLINGS[first]):
+        text = _try(data, codec)
+        if text is not None and _KANA.search(text) and plausibility(text, codec) > 0:
+            return text, codec
+    return None
 
 
 def _most_plausible(data: bytes, declared: tuple[str, ...]) -> tuple[str, str] | None:

@@ -18,7 +18,9 @@ lying charsets, broken encoded words, duplicate or unusable From headers
 bad dates, MIME structure defects (the stdlib's defect class names; parts
 nested over a hundred deep are left out, ``MimeNestingTooDeep``; a nested
 multipart that reuses its parent's boundary is read innermost-first,
-``NestedBoundaryReused``), a file labelled text (``BinaryTextPart``), and
+``NestedBoundaryReused``; a first delimiter inside the header block,
+``DelimiterInHeaders``; text after a quoted boundary,
+``TextAfterQuotedBoundary``), a file labelled text (``BinaryTextPart``), and
 Outlook ``.msg`` blobs handed over instead of MIME, a banner line or two
 above the headers (``LeadingNonHeaderLine``). Only bytes that are not mail
 at all — empty, or no header line at the start (after at most such a
@@ -207,6 +209,40 @@ def _rename_inner_boundary(data: bytes, boundary: str) -> bytes | None:
     return None  # the nested part is never closed: no telling where it ends
 
 
+def _delimiter_in_headers(data: bytes, boundary: str) -> bytes | None:
+    """The mail with a blank line put before its first delimiter when that
+    delimiter stands in the header block (no blank line after the headers, or
+    one holding a space): the stdlib read the delimiter line (a name and a
+    colon: ``----9-2741=:18061``) and the first part's headers as the mail's
+    own and lost the first part (every part when no delimiter followed).
+    None when the delimiter is not there."""
+    end = _END_OF_HEADERS.search(data)
+    head = data[: end.start()] if end else data
+    b = boundary.encode("ascii", "surrogateescape")
+    m = re.search(rb"^--" + re.escape(b) + rb"[ \t]*\r?$", head, re.M)
+    if m is None or m.start() == 0:
+        return None
+    eol = b"\r\n" if data[: m.start()].endswith(b"\r\n") else b"\n"
+    return data[: m.start()] + eol + data[m.start() :]
+
+
+#: A quoted boundary with more on its line and no ";" before it (a header glued on:
+#: ``boundary="40F1.1312/mx.example" Message-Id: <…>``).
+_GLUED_BOUNDARY = re.compile(rb'(boundary[ \t]*=[ \t]*"[^"\r\n]*")(?=[ \t]+[^;\s])', re.I)
+
+
+def _glued_boundary(msg: Message) -> bool:
+    """Whether a multipart found no start delimiter because its boundary
+    parameter was read with what follows the closing quote (the stdlib keeps
+    the quotes and the text after them as the boundary)."""
+    for part in msg.walk():
+        boundary = part.get_boundary() if part.get_content_maintype() == "multipart" else None
+        if boundary and re.match(r'"[^"]*"\s+\S', boundary) and any(
+                type(d).__name__ == "StartBoundaryNotFoundDefect" for d in part.defects):
+            return True
+    return False
+
+
 def _leaves(msg: Message) -> int:
     return sum(1 for part in msg.walk() if not part.is_multipart())
 
@@ -226,6 +262,29 @@ def _read(data: bytes, defects: list[str]) -> Message:
             defects.append("BrokenHeaderFolding")
             data = repaired
             msg = message_from_bytes(repaired, policy=compat32)
+    boundary = msg.get_boundary() if msg.get_content_maintype() == "multipart" else None
+    if boundary and any(name.startswith("--") and f"--{boundary}".startswith(name) for name in msg.keys()):
+        # the first delimiter was read as a header field: its part is lost (in the
+        # preamble before the next delimiter), or all of them (no delimiter left)
+        split = _delimiter_in_headers(data, boundary)
+        if split is not None:
+            try:
+                again = message_from_bytes(split, policy=compat32)
+            except RecursionError:
+                again = msg
+            if again.is_multipart() and _leaves(again) >= _leaves(msg):
+                defects.append("DelimiterInHeaders")
+                data, msg = split, again
+    if _glued_boundary(msg):
+        # RFC 2045 section 5.1: the quoted string is the value; what follows it is no part of it
+        ended = _GLUED_BOUNDARY.sub(rb"\1;", data)
+        try:
+            again = message_from_bytes(ended, policy=compat32)
+        except RecursionError:
+            again = msg
+        if _leaves(again) > _leaves(msg):
+            defects.append("TextAfterQuotedBoundary")
+            data, msg = ended, again
     reused = _reused_boundary(msg) if msg.is_multipart() else None
     if reused is not None:
         renamed = _rename_inner_boundary(data, reused)

@@ -572,6 +572,16 @@ def test_raw_iso_2022_jp_headers_are_decoded_and_keep_the_sender():
     assert msg.text == "注文番号 4711 の商品がまだ届きません。"
 
 
+def test_iso2022jp_with_windows_extensions_is_decoded():
+    # Windows' ISO-2022-JP (CP50220) writes NEC row 13 (①, ㈱) and IBM kanji (髙) that plain
+    # RFC 1468 lacks: Python's codecs refused them and the text kept its raw escape sequences
+    # (milter-manager/test-mails normal/machine-dependent/au-iso-2022-jp-extra-7bit.eml)
+    msg = fixture("synthetic_iso2022jp_nec_ibm_extensions.eml")
+    assert msg.sender.name == "高橋 一郎"
+    assert msg.subject == "注文①の件（㈱髙橋商店）"
+    assert msg.text == "㈱髙橋商店の高橋です。\n注文番号①と②の請求書が届いていません。"
+
+
 def test_a_nested_multipart_that_reuses_its_parents_boundary_keeps_its_parts():
     # Outlook Express for Mac gave the multipart/alternative inside a multipart/mixed the
     # mixed's own boundary (python/cpython Lib/test/test_email/data/msg_15.txt; SpamScope
@@ -581,6 +591,58 @@ def test_a_nested_multipart_that_reuses_its_parents_boundary_keeps_its_parts():
     assert msg.text == "The delivery note for order 5520 is attached; the parcel arrived opened."
     assert [(a.name, a.content_type) for a in msg.attachments] == [("parcel-5520.gif", "image/gif")]
     assert "NestedBoundaryReused" in msg.defects and "StartBoundaryNotFoundDefect" not in msg.defects
+
+
+def test_a_first_delimiter_inside_the_header_block_keeps_the_parts():
+    # no blank line between the headers and the first delimiter, whose line has a colon in it
+    # (apache/spamassassin t/data/spam/016): the stdlib read it and the first part's headers as
+    # the mail's own; the first part was lost in the preamble, and with it the mail's only text
+    raw = (FIXTURES / "synthetic_delimiter_in_header_block.eml").read_bytes()
+    msg = one(raw)
+    assert msg.subject == "Refund for order 8812"
+    assert msg.text == "Order 8812 arrived broken; please refund it to my card."
+    assert msg.html == "<p>Order 8812 arrived broken.</p>\n"
+    assert "DelimiterInHeaders" in msg.defects
+    only_part = one(raw[: raw.index(b"\n----7-1203=:4411\nContent-Type: text/html")] + b"\n----7-1203=:4411--\n")
+    assert only_part.text == "Order 8812 arrived broken; please refund it to my card."
+    assert "StartBoundaryNotFoundDefect" not in only_part.defects
+
+
+def test_text_glued_after_a_quoted_boundary_is_no_part_of_it():
+    # `boundary="…" Message-Id: <…>` on one line (rjbs/Mail-DeliveryStatus-BounceParser
+    # t/corpus/spam-rejection15.msg): the stdlib kept the quotes and the glued header in the
+    # boundary, found no delimiter and the mail lost its text and its attachment
+    msg = fixture("synthetic_text_after_quoted_boundary.eml")
+    assert msg.text == "My card was charged twice for invoice 3306; the statement is attached."
+    assert [(a.name, a.content_type) for a in msg.attachments] == [("statement-3306.pdf", "application/pdf")]
+    assert "TextAfterQuotedBoundary" in msg.defects and "StartBoundaryNotFoundDefect" not in msg.defects
+
+
+def test_utf16_text_under_an_unknown_charset_is_decoded():
+    # UTF-16BE without a BOM labelled `charset=BadCharset` (mozilla/releases-comm-central
+    # mail/test/browser/composition/data/base64-bug1586890.eml): every byte is ASCII, so it was
+    # read as ASCII and the text was a NUL before every letter
+    msg = fixture("synthetic_utf16_text_under_unknown_charset.eml")
+    assert msg.text == "Hello, my order 6620 shows as delivered\nbut nothing arrived. Can you check?"
+    assert "CharsetMismatch:badcharset->utf-16-be" in msg.defects
+
+
+def test_raw_utf8_latin_header_is_not_taken_for_double_encoded_cjk():
+    # raw UTF-8 `éèàöüä` in a Subject (GOVCERT-LU/eml_parser samples/sample_email_in_from.eml)
+    # was "undone" as UTF-8 of Latin-1 of GB18030 into rare ideographs and a private-use character
+    msg = fixture("synthetic_raw_utf8_latin_subject.eml")
+    assert msg.subject == "Lösung für Größe Übergröße"
+    assert msg.sender.name == "Jürgen Größler"
+    assert "DoubleEncodedHeader" not in msg.defects
+
+
+def test_raw_euc_jp_headers_of_an_iso2022jp_mail_are_japanese():
+    # raw EUC-JP `テスト` in the Subject of a mail declaring ISO-2022-JP (milter-manager/test-mails
+    # normal/headers/subject/raw-euc-jp.eml) read as Big5 `氾旦玄`: kana weigh less than ideographs
+    msg = fixture("synthetic_raw_eucjp_headers_iso2022jp_body.eml")
+    assert msg.subject == "返品の手続きについて"
+    assert msg.sender.name == "サトウ ハナコ"
+    assert msg.text == "返品の手続きを教えてください。"
 
 
 def test_a_file_labelled_text_is_an_attachment_not_the_body():
