@@ -118,7 +118,8 @@ async def ticket_patch(request: web.Request) -> web.Response:
     body: T.TicketPatch = await read_body(request, T.TicketPatch)
     changes = {k: v for k, v in msgspec.structs.asdict(body).items() if k != "reason" and v is not msgspec.UNSET}
     if not changes:
-        raise Problem(400, "Invalid request body", "nothing to change: give status, priority, team, assignee or tags")
+        raise Problem(400, "Invalid request body", "nothing to change: give status, priority, team, assignee or tags",
+                      field="$")
     expected = _if_match(request)
     t = await _record(request, p)
     app = request.app

@@ -223,8 +223,10 @@ async def agent_put(request: web.Request) -> web.Response:
     try:
         config = AgentConfig(id=request.match_info["id"], name=body.name, login=body.login, roles=body.roles,
                              teams=body.teams, skills=body.skills, capacity=body.capacity)
-    except (ValueError, msgspec.ValidationError) as exc:
-        raise Problem(400, "Invalid agent", str(exc)) from None
+    except (ValueError, msgspec.ValidationError) as exc:  # AgentConfig's checks: a skill level, a capacity
+        text = str(exc)
+        field = "$.skills" if text.startswith("skill ") else "$.capacity" if text.startswith("capacity ") else "$"
+        raise Problem(400, "Invalid agent", text, field=field) from None
     errors = agent_errors(runtime.directory, config)
     if errors:
         field, message = errors[0]

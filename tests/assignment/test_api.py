@@ -144,6 +144,10 @@ async def test_agents_through_the_api_raised_capacity_takes_the_queue(aiohttp_cl
     assert r.status == 400 and (await r.json())["field"] == "$.teams[0]"
     r = await client.put("/api/v1/agents/new-one", headers=AUTH, json={"name": "New", "capacity": {"fax": 1}})
     assert r.status == 400 and "capacity class" in (await r.json())["detail"]
+    r = await client.put("/api/v1/agents/new-one", headers=AUTH, json={"name": "New", "skills": {"billing": 0}})
+    assert r.status == 400 and (await r.json())["field"] == "$.skills"
+    r = await client.put("/api/v1/agents/new-one", headers=AUTH, json={"name": "New", "capacity": {"email": -1}})
+    assert r.status == 400 and (await r.json())["field"] == "$.capacity"
     r = await client.put("/api/v1/agents/new-one", headers=AUTH, json={"name": "New", "capacity": {"email": 3}})
     assert r.status == 200 and (await r.json())["presence"] == "offline"
     agents = {a["id"] for a in (await (await client.get("/api/v1/agents", headers=AUTH)).json())["items"]}

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from gateway.config import WebhookEndpointConfig, WebhooksConfig
 from gateway.store.sqlite import SQLiteStore
-from gateway.webhooks.service import WebhookService
+from gateway.webhooks.service import WebhookService, parse_retry_after
 from gateway.webhooks.ssrf import GuardedResolver
 from tests.gateway.webhook_receiver import OLD_SECRET, SECRET, FakeClock, Receiver
 
@@ -383,3 +383,12 @@ def test_cli_lists_dead_letters_and_replays_them(tmp_path, capsys, backend, requ
     assert main(["--data-dir", str(tmp_path), "replay", "x", "--id", event_id]) == 0
     assert "requeued 1 events for x" in capsys.readouterr().out
     assert main(["--data-dir", str(tmp_path), "replay", "nope"]) == 1
+
+
+def test_retry_after_is_seconds_in_ascii_digits_or_an_http_date():
+    now = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
+    assert parse_retry_after("120", now) == 120.0
+    assert parse_retry_after("Tue, 01 Dec 2026 03:01:00 GMT", now) == 60.0
+    # "²" is a digit to str.isdigit(), not to float(): a receiver's odd header is no crash
+    assert parse_retry_after("²", now) is None
+    assert parse_retry_after("", now) is None and parse_retry_after(None, now) is None
