@@ -109,6 +109,12 @@ SERVICE_FIELDS = (
     "suggested_post_declined",
     "suggested_post_paid",
     "suggested_post_refunded",
+    "chat_owner_left",
+    "chat_owner_changed",
+    "gift_upgrade_sent",
+    "managed_bot_created",
+    "poll_option_added",
+    "poll_option_deleted",
     # the names older Bot API versions gave (video chats were "voice chats"
     # before 6.0, users_shared was user_shared before 7.0): recorded updates keep them
     "voice_chat_scheduled",

@@ -165,6 +165,17 @@ def test_suggested_post_notices_are_events(field: str) -> None:
     assert (event.kind, event.raw_type, event.text) == ("event", f"message.{field}", "")
 
 
+@pytest.mark.parametrize("field", ["chat_owner_left", "chat_owner_changed", "gift_upgrade_sent",
+                                   "managed_bot_created", "poll_option_added", "poll_option_deleted"])
+def test_bot_api_9_service_notices_are_events(field: str) -> None:
+    # Bot API 9.x service messages (https://core.telegram.org/bots/api#message): they were
+    # empty customer messages from whoever triggered them
+    update = json.loads((FIXTURES / "synthetic_chat_owner_left.json").read_text())
+    update["message"][field] = update["message"].pop("chat_owner_left")
+    event = parse_one(json.dumps(update).encode())
+    assert (event.kind, event.raw_type, event.text) == ("event", f"message.{field}", "")
+
+
 @pytest.mark.parametrize("field", ["voice_chat_started", "voice_chat_scheduled", "voice_chat_ended",
                                    "voice_chat_participants_invited", "user_shared"])
 def test_service_notices_under_their_older_names_are_events(field: str) -> None:
