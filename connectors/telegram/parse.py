@@ -593,7 +593,11 @@ def _other(kind: str, body: Any, update_id: int, key: str, account: str) -> Inbo
 def _find_sender(body: Any) -> Sender | None:
     if not isinstance(body, dict):
         return None
-    for field, type_, make in (("from", _User, _user_sender), ("user", _User, _user_sender), ("chat", _Chat, _chat_sender)):
+    # an anonymous voter or reacting admin is the chat they act for (``voter_chat``,
+    # ``actor_chat``), not the group the update happened in (``chat``)
+    for field, type_, make in (("from", _User, _user_sender), ("user", _User, _user_sender),
+                               ("voter_chat", _Chat, _chat_sender), ("actor_chat", _Chat, _chat_sender),
+                               ("chat", _Chat, _chat_sender)):
         try:
             return make(msgspec.convert(body[field], type_))
         except (KeyError, msgspec.ValidationError):

@@ -266,6 +266,17 @@ def test_unknown_update_without_a_person_records_a_defect() -> None:
     assert event.defects == ["poll: no user or chat to attribute it to"]
 
 
+@pytest.mark.parametrize(("name", "sender", "name_"), [
+    ("synthetic_poll_answer_voter_chat.json", "-1009000000051", "Shoe Shop News"),
+    ("synthetic_message_reaction_actor_chat.json", "-1009000000053", "Shoe Shop News"),
+])
+def test_an_update_on_behalf_of_a_chat_comes_from_that_chat(name: str, sender: str, name_: str) -> None:
+    # https://core.telegram.org/bots/api#pollanswer (voter_chat) and #messagereactionupdated
+    # (actor_chat): the vote was from the shared "unknown" sender, the reaction from the group
+    event = fixture(name)
+    assert (event.kind, event.sender.value, event.sender.name, event.defects) == ("event", sender, name_, [])
+
+
 # ---------------------------------------------------------------- keys, account, refusals
 
 
