@@ -31,7 +31,9 @@ What each event becomes:
   as text (an event when it has no title), the payload in ``meta``;
 - ``delivery`` (``mids``) and ``read`` → delivery statuses of our messages
   (raw_type ``status``), never customer messages;
-- ``reaction`` and anything else → an event carrying the raw type;
+- ``reaction`` and anything else → an event carrying the raw type; a
+  ``policy_enforcement`` or ``app_roles`` event names no user and comes
+  from the account (``external`` ``<channel>-account:<id>``);
 - attachments that are no file (a shared link, a location, a template)
   give the message a readable text when it has none;
 - a change of another field (Page ``feed``, Instagram ``comments`` and
@@ -61,6 +63,9 @@ from routing.model import Attachment, Inbound, Sender, ThreadHints
 OBJECTS = {"page": "messenger", "instagram": "instagram"}
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 OWN_METADATA = "omnigate:"  # what send() puts in message.metadata, echoed back
+#: Events about the Page (or Instagram account) itself, which name no user:
+#: a policy warning or block, the app roles of the handover protocol.
+ACCOUNT_EVENTS = frozenset({"policy_enforcement", "app_roles"})
 ATTACHMENT_TYPES = {"image": "image/jpeg", "video": "video/mp4", "audio": "audio/mpeg", "file": "application/octet-stream",
                     "ig_reel": "video/mp4", "reel": "video/mp4", "story_mention": "image/jpeg", "animated_image_share": "image/gif"}
 
@@ -291,7 +296,10 @@ def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> l
     if kind == "reaction" and _str(body.get("mid")):
         inbound.thread = ThreadHints(in_reply_to=_str(body["mid"]))
         meta["reacted_to"] = _str(body["mid"])
-    if sender_id == "unknown":
+    if sender_id == "unknown" and kind in ACCOUNT_EVENTS:
+        # the Page's own notice, as a change of another field: not a shared "<page>:unknown" contact
+        inbound.sender = Sender(kind="external", value=f"{channel}-account:{account}")
+    elif sender_id == "unknown":
         inbound.defects.append(f"{kind}: no sender to attribute it to")
     return [inbound]
 

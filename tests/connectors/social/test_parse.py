@@ -265,6 +265,16 @@ def test_messenger_checkbox_optins_name_their_user_ref() -> None:
     assert messenger_client.recipient_of(one.sender.value) == {"user_ref": "shopper-ref-0001"}
 
 
+def test_messenger_page_events_come_from_the_page_account() -> None:
+    # policy_enforcement and app_roles name no user: both were the shared "<page>:unknown" contact
+    policy, roles = messenger.parse((FIXTURES / "messenger_synthetic_page_account_events.json").read_bytes(), {})
+    assert (policy.kind, policy.raw_type, policy.meta["action"]) == ("event", "policy_enforcement", "warning")
+    assert (roles.kind, roles.raw_type) == ("event", "app_roles")
+    for event in (policy, roles):
+        assert (event.sender.kind, event.sender.value, event.defects) == (
+            "external", "messenger-account:106540352242922", [])
+
+
 def test_instagram_messages_change_in_seconds_keeps_its_time() -> None:
     # value.timestamp "1717000499" (seconds) was read as milliseconds: sent_at in January 1970
     (msg,) = messenger.parse((FIXTURES / "instagram_synthetic_messages_change_seconds.json").read_bytes(), {})
