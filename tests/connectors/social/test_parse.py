@@ -294,6 +294,17 @@ def test_instagram_story_reply_names_the_story() -> None:
     assert reply.meta["story_url"].startswith("https://lookaside.fbsbx.com/")
 
 
+def test_instagram_shared_post_is_its_caption_and_link_not_a_file() -> None:
+    # the ig_post attachment (Nov 2025) was a file "Spring sale: …" of application/octet-stream,
+    # beside the share's text
+    both, alone = messenger.parse((FIXTURES / "instagram_synthetic_ig_post_share.json").read_bytes(), {})
+    url = "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=18000000000000301&signature=synthetic"
+    assert (both.kind, both.text, both.attachments) == ("message", f"Spring sale: every sneaker 20% off {url}", [])
+    assert both.meta["ig_post_media_id"] == "18000000000000301"
+    assert (alone.kind, alone.attachments, alone.meta["ig_post_media_id"]) == ("message", [], "18000000000000302")
+    assert alone.text.startswith("New colours for the runner https://lookaside.fbsbx.com/")
+
+
 def test_instagram_comments_and_mentions_are_events_not_dropped() -> None:
     inbounds = messenger.parse((FIXTURES / "instagram_synthetic_comment_and_mention.json").read_bytes(), {})
     comment, mention = inbounds
