@@ -133,7 +133,9 @@ def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachmen
             meta["sticker_id"] = payload["sticker_id"]
         if _str(payload.get("ig_post_media_id")):
             meta["ig_post_media_id"] = payload["ig_post_media_id"]
-        if kind in ("fallback", "template", "share", "ig_post") or not url:
+        if kind in ("post", "ig_post") and _str(payload.get("id")):
+            meta["post_id"] = _str(payload["id"]) or ""
+        if kind in ("fallback", "template", "share", "post", "ig_post") or not url:
             meta[f"attachment_{n}"] = kind if not url else f"{kind} {url}"
             continue
         out.append(Attachment(name=_str(a.get("title")) or _str(payload.get("title")),
@@ -144,8 +146,8 @@ def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachmen
 
 def _attachment_text(msg: Mapping[str, Any]) -> str:
     """A readable text for attachments that are no file: a shared link's
-    title and URL (``fallback``, ``share``, an Instagram ``ig_post``), a
-    location's coordinates, a template's element titles."""
+    title and URL (``fallback``, ``share``, a shared ``post`` or Instagram
+    ``ig_post``), a location's coordinates, a template's element titles."""
     lines = []
     for a in _dicts(msg.get("attachments")):
         kind = _str(a.get("type")) or ""
@@ -153,7 +155,7 @@ def _attachment_text(msg: Mapping[str, Any]) -> str:
         coords = _d(payload.get("coordinates"))
         if kind == "location" or coords:
             lines.append(f"📍 {coords.get('lat')}, {coords.get('long')}")
-        elif kind in ("fallback", "share", "ig_post"):
+        elif kind in ("fallback", "share", "post", "ig_post"):
             title = _str(a.get("title")) or _str(payload.get("title"))
             line = " ".join(p for p in (title, _str(a.get("url")) or _str(payload.get("url"))) if p)
             if kind != "ig_post" or line not in lines:  # a post shared since Nov 2025 is also a ``share``

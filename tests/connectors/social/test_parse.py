@@ -305,6 +305,13 @@ def test_instagram_shared_post_is_its_caption_and_link_not_a_file() -> None:
     assert alone.text.startswith("New colours for the runner https://lookaside.fbsbx.com/")
 
 
+def test_messenger_shared_post_is_its_title_and_link_not_a_file() -> None:
+    # a post attachment was a file "Winter boots …" of application/octet-stream and no text
+    (post,) = messenger.parse((FIXTURES / "messenger_synthetic_shared_post.json").read_bytes(), {})
+    assert (post.kind, post.attachments, post.meta["post_id"]) == ("message", [], "122100000000000401")
+    assert post.text == "Winter boots are back in stock https://www.facebook.com/106540352242922/posts/122100000000000401"
+
+
 def test_instagram_comments_and_mentions_are_events_not_dropped() -> None:
     inbounds = messenger.parse((FIXTURES / "instagram_synthetic_comment_and_mention.json").read_bytes(), {})
     comment, mention = inbounds
