@@ -133,6 +133,9 @@ def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachmen
             meta["sticker_id"] = payload["sticker_id"]
         if _str(payload.get("ig_post_media_id")):
             meta["ig_post_media_id"] = payload["ig_post_media_id"]
+        retailer_ids = [_str(e.get("retailer_id")) for e in _dicts(_d(payload.get("product")).get("elements"))]
+        if any(retailer_ids):
+            meta["retailer_ids"] = ",".join(r for r in retailer_ids if r)
         if kind in ("post", "ig_post") and _str(payload.get("id")):
             meta["post_id"] = _str(payload["id"]) or ""
         if kind in ("fallback", "template", "share", "post", "ig_post") or not url:
@@ -147,7 +150,8 @@ def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachmen
 def _attachment_text(msg: Mapping[str, Any]) -> str:
     """A readable text for attachments that are no file: a shared link's
     title and URL (``fallback``, ``share``, a shared ``post`` or Instagram
-    ``ig_post``), a location's coordinates, a template's element titles."""
+    ``ig_post``), a location's coordinates, a template's element titles
+    (a shared product's title and price)."""
     lines = []
     for a in _dicts(msg.get("attachments")):
         kind = _str(a.get("type")) or ""
@@ -162,6 +166,9 @@ def _attachment_text(msg: Mapping[str, Any]) -> str:
                 lines.append(line)
         elif kind == "template":
             lines += [_str(e.get("title")) or "" for e in _dicts(payload.get("elements"))]
+            # a product the customer shared from the Page's shop: its title and price
+            lines += [" — ".join(p for p in (_str(e.get("title")), _str(e.get("subtitle"))) if p)
+                      for e in _dicts(_d(payload.get("product")).get("elements"))]
     return "\n".join(line for line in lines if line)
 
 

@@ -312,6 +312,13 @@ def test_messenger_shared_post_is_its_title_and_link_not_a_file() -> None:
     assert post.text == "Winter boots are back in stock https://www.facebook.com/106540352242922/posts/122100000000000401"
 
 
+def test_messenger_shared_product_names_the_products() -> None:
+    # payload.product.elements was not read: an empty customer message
+    (shared,) = messenger.parse((FIXTURES / "messenger_synthetic_product_template.json").read_bytes(), {})
+    assert (shared.kind, shared.text, shared.attachments) == ("message", "Leather boot, brown — €89.00\nWool socks — €9.50", [])
+    assert shared.meta["retailer_ids"] == "BOOT-BRN-42,SOCK-WOOL-M"
+
+
 def test_instagram_comments_and_mentions_are_events_not_dropped() -> None:
     inbounds = messenger.parse((FIXTURES / "instagram_synthetic_comment_and_mention.json").read_bytes(), {})
     comment, mention = inbounds
