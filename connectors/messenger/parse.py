@@ -48,8 +48,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import datetime, timezone, tzinfo
 from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from connectors.base import PayloadRejected
 from connectors.webhooks import as_dict as _d
@@ -136,6 +137,10 @@ def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachmen
         retailer_ids = [_str(e.get("retailer_id")) for e in _dicts(_d(payload.get("product")).get("elements"))]
         if any(retailer_ids):
             meta["retailer_ids"] = ",".join(r for r in retailer_ids if r)
+        if kind == "appointment_booking":
+            for key in ("booking_id", "status", "start_time", "end_time", "timezone"):
+                if _str(payload.get(key)):
+                    meta[f"booking_{key.removeprefix('booking_')}"] = _str(payload[key]) or ""
         if kind in ("post", "ig_post") and _str(payload.get("id")):
             meta["post_id"] = _str(payload["id"]) or ""
         if kind in ("fallback", "template", "share", "post", "ig_post") or not url:
@@ -147,11 +152,30 @@ def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachmen
     return out
 
 
+def _booking_text(booking: Mapping[str, Any]) -> str:
+    """An appointment booking's status and time span (``start_time``/``end_time``:
+    Unix seconds, shown in its IANA ``timezone`` when that is one)."""
+    name = _str(booking.get("timezone")) or "UTC"
+    try:
+        zone: tzinfo = ZoneInfo(name)
+    except (ValueError, OSError, ZoneInfoNotFoundError):  # "../x", "America" (a folder), unknown
+        zone, name = timezone.utc, "UTC"
+    when = []
+    for key in ("start_time", "end_time"):
+        value = booking.get(key)
+        at = _time(value * 1000) if isinstance(value, int) and not isinstance(value, bool) else None
+        if at is not None:
+            when.append(at.astimezone(zone).strftime("%Y-%m-%d %H:%M"))
+    span = f"{' – '.join(when)} ({name})" if when else ""
+    return " ".join(p for p in (f"Appointment {_str(booking.get('status')) or 'booking'}:", span) if p).rstrip(":")
+
+
 def _attachment_text(msg: Mapping[str, Any]) -> str:
     """A readable text for attachments that are no file: a shared link's
     title and URL (``fallback``, ``share``, a shared ``post`` or Instagram
     ``ig_post``), a location's coordinates, a template's element titles
-    (a shared product's title and price)."""
+    (a shared product's title and price), an appointment booking's status
+    and time."""
     lines = []
     for a in _dicts(msg.get("attachments")):
         kind = _str(a.get("type")) or ""
@@ -164,6 +188,8 @@ def _attachment_text(msg: Mapping[str, Any]) -> str:
             line = " ".join(p for p in (title, _str(a.get("url")) or _str(payload.get("url"))) if p)
             if kind != "ig_post" or line not in lines:  # a post shared since Nov 2025 is also a ``share``
                 lines.append(line)
+        elif kind == "appointment_booking":
+            lines.append(_booking_text(payload))
         elif kind == "template":
             lines += [_str(e.get("title")) or "" for e in _dicts(payload.get("elements"))]
             # a product the customer shared from the Page's shop: its title and price

@@ -319,6 +319,14 @@ def test_messenger_shared_product_names_the_products() -> None:
     assert shared.meta["retailer_ids"] == "BOOT-BRN-42,SOCK-WOOL-M"
 
 
+def test_messenger_appointment_booking_says_what_and_when() -> None:
+    # an appointment_booking attachment carries no url: it was an empty customer message
+    (booking,) = messenger.parse((FIXTURES / "messenger_synthetic_appointment_booking.json").read_bytes(), {})
+    assert (booking.kind, booking.attachments) == ("message", [])
+    assert booking.text == "Appointment requested: 2025-12-31 10:00 – 2025-12-31 10:30 (Europe/Berlin)"
+    assert (booking.meta["booking_id"], booking.meta["booking_status"]) == ("880000000000601", "requested")
+
+
 def test_instagram_comments_and_mentions_are_events_not_dropped() -> None:
     inbounds = messenger.parse((FIXTURES / "instagram_synthetic_comment_and_mention.json").read_bytes(), {})
     comment, mention = inbounds
