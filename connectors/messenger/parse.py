@@ -68,7 +68,8 @@ OWN_METADATA = "omnigate:"  # what send() puts in message.metadata, echoed back
 #: a policy warning or block, the app roles of the handover protocol.
 ACCOUNT_EVENTS = frozenset({"policy_enforcement", "app_roles"})
 ATTACHMENT_TYPES = {"image": "image/jpeg", "video": "video/mp4", "audio": "audio/mpeg", "file": "application/octet-stream",
-                    "ig_reel": "video/mp4", "reel": "video/mp4", "story_mention": "image/jpeg", "animated_image_share": "image/gif"}
+                    "ig_reel": "video/mp4", "reel": "video/mp4", "story_mention": "image/jpeg", "animated_image_share": "image/gif",
+                    "sticker": "image/png"}  # Messenger's stickers are PNG images
 
 
 def decode(raw: bytes) -> dict[str, Any]:
@@ -122,6 +123,9 @@ def body_key(obj: Mapping[str, Any], raw: bytes) -> str:
 
 def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachment]:
     out = []
+    # until August 2026 Meta sends a sticker twice, as a ``sticker`` and as an ``image`` with its sticker_id
+    stickers = {_str(_d(a.get("payload")).get("sticker_id")) for a in _dicts(msg.get("attachments"))
+                if a.get("type") == "sticker"} - {None}
     for n, a in enumerate(_dicts(msg.get("attachments"))):
         kind = _str(a.get("type")) or "file"
         payload = _d(a.get("payload"))
@@ -131,7 +135,9 @@ def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachmen
             meta["latitude"], meta["longitude"] = str(coords.get("lat")), str(coords.get("long"))
             continue
         if _str(payload.get("sticker_id")):
-            meta["sticker_id"] = payload["sticker_id"]
+            meta["sticker_id"] = _str(payload["sticker_id"]) or ""  # a number in Meta's JSON
+            if kind != "sticker" and meta["sticker_id"] in stickers:
+                continue
         if _str(payload.get("ig_post_media_id")):
             meta["ig_post_media_id"] = payload["ig_post_media_id"]
         retailer_ids = [_str(e.get("retailer_id")) for e in _dicts(_d(payload.get("product")).get("elements"))]

@@ -327,6 +327,16 @@ def test_messenger_appointment_booking_says_what_and_when() -> None:
     assert (booking.meta["booking_id"], booking.meta["booking_status"]) == ("880000000000601", "requested")
 
 
+def test_messenger_sticker_attachment_is_one_image() -> None:
+    # the sticker type was an application/octet-stream file, a second one beside the transition's
+    # image, and the sticker_id a number in meta
+    both, alone = messenger.parse((FIXTURES / "messenger_synthetic_sticker_transition.json").read_bytes(), {})
+    for message in (both, alone):
+        assert [(a.content_type, a.url) for a in message.attachments] == [
+            ("image/png", "https://scontent.example.invalid/like.png")]
+        assert message.meta["sticker_id"] == "369239263222822"
+
+
 def test_instagram_comments_and_mentions_are_events_not_dropped() -> None:
     inbounds = messenger.parse((FIXTURES / "instagram_synthetic_comment_and_mention.json").read_bytes(), {})
     comment, mention = inbounds
