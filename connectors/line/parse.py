@@ -20,9 +20,9 @@ A body is ``{"destination": <bot user id>, "events": [...]}``; each event has
   → an event with ``meta["data"]`` (its ``displayText``, when given, is the
   text); anything else → an event carrying the raw type. A module channel's
   events about the account itself (``module`` attached/detached,
-  ``botSuspended``, ``botResumed``) name no user: they come from the
-  ``external`` identity ``line-account:<account>``, as WhatsApp's account
-  events do.
+  ``botSuspended``, ``botResumed``) and a LINE notification message's
+  ``delivery`` completion name no user: they come from the ``external``
+  identity ``line-account:<account>``, as WhatsApp's account events do.
 
 Idempotency: a message's external id is its message id; any other event's is
 its ``webhookEventId``, which LINE keeps when it redelivers
@@ -49,9 +49,11 @@ from routing.model import Attachment, Inbound, Sender
 CHANNEL = "line"
 SIGNATURE_HEADER = "X-Line-Signature"
 MEDIA_TYPES = {"image": "image/jpeg", "video": "video/mp4", "audio": "audio/m4a", "file": "application/octet-stream"}
-#: Events about the LINE Official Account itself, sent to a module channel
-#: without a ``source`` (module attached/detached, account suspended/resumed).
-ACCOUNT_EVENTS = frozenset({"module", "botSuspended", "botResumed"})
+#: Events about the LINE Official Account itself, sent without a ``source``: to a
+#: module channel (module attached/detached, account suspended/resumed), and the
+#: delivery completion of a LINE notification message (``delivery``, which names
+#: its recipient only by a hashed phone number or the sender's delivery tag).
+ACCOUNT_EVENTS = frozenset({"module", "botSuspended", "botResumed", "delivery"})
 
 
 def decode(raw: bytes) -> dict[str, Any]:
@@ -134,6 +136,8 @@ def _event(ev: dict[str, Any], account: str) -> Inbound:
     meta: dict[str, str] = {"source_type": _str(source.get("type")) or ""}
     if kind == "module" and _str(_d(ev.get("module")).get("type")):
         meta["module"] = ev["module"]["type"]  # attached / detached
+    if kind == "delivery" and _str(_d(ev.get("delivery")).get("data")):
+        meta["delivery_data"] = ev["delivery"]["data"]  # hashed phone number or X-Line-Delivery-Tag
     if chat:
         meta["chat_id"] = f"{account}:{chat}"
     if _d(ev.get("deliveryContext")).get("isRedelivery") is True:
