@@ -150,6 +150,20 @@ def test_line_notification_delivery_comes_from_the_account() -> None:
     assert not delivered.defects
 
 
+def test_line_events_keep_what_their_object_says() -> None:
+    # who joined or left, a membership's type, a beacon's, a device's, a link's result: all were dropped
+    joined, left, membership, beacon, things, link, video = line.parse(
+        (FIXTURES / "line_synthetic_event_facts.json").read_bytes(), {"channel_id": "1650000001"})
+    assert all(e.kind == "event" and not e.defects for e in (joined, left, membership, beacon, things, link, video))
+    assert joined.meta["members"] == ("1650000001:U4af4980629a1b2c3d4e5f60718293a4c,"
+                                      "1650000001:U4af4980629a1b2c3d4e5f60718293a4d")
+    assert left.meta["members"] == "1650000001:U4af4980629a1b2c3d4e5f60718293a4c"
+    assert (membership.meta["membership"], membership.meta["membership_id"]) == ("renewed", "3189")
+    assert (beacon.meta["beacon"], beacon.meta["hwid"]) == ("enter", "d41d8cd98f")
+    assert (things.meta["things"], things.meta["device_id"]) == ("unlink", "t2c449c9d1")
+    assert (link.meta["link_result"], video.meta["tracking_id"]) == ("failed", "spring-sale-video")
+
+
 def test_line_signature() -> None:
     raw = corpus_file("line_webhook_v3.json").read_bytes()
     good = base64.b64encode(hmac.new(b"s3cret", raw, hashlib.sha256).digest()).decode()
