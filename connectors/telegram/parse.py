@@ -23,9 +23,10 @@ What an update becomes (https://core.telegram.org/bots/api#update):
   ``business:`` (the business chat numbers its messages apart from the
   bot's) and ``meta["business_connection_id"]`` kept; replies still go
   through the bot's own chat;
-- a venue, poll, dice, checklist, giveaway, invoice, game, Web App data or
-  forwarded story without text gets a readable one (venue name and address,
-  the question and its options, the emoji and value, the tasks, the prize …);
+- a location, venue, poll, dice, checklist, giveaway, invoice, game, Web App
+  data or forwarded story without text gets a readable one (📍 and the
+  coordinates, venue name and address, the question and its options, the
+  emoji and value, the tasks, the prize …);
   paid media's photos and videos are attachments like a photo's;
 - a message that only carries a service notice (member joined, title
   changed, message pinned …) → kind ``event``, raw_type ``message.<field>``;
@@ -458,6 +459,8 @@ def _message(kind: str, body: Any, update_id: int, key: str, account: str) -> In
         text = f"{name} {msg.contact.phone_number}".strip()
     if not text:
         text = _readable(msg)
+    if not text and msg.location:  # a shared (or live) location: where, as the other channels say it
+        text = f"📍 {msg.location.latitude}, {msg.location.longitude}"
     service = "" if text or attachments or msg.location or msg.contact else _service_field(body)
     return Inbound(
         channel=CHANNEL,

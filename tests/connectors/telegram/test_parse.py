@@ -165,6 +165,13 @@ def test_suggested_post_notices_are_events(field: str) -> None:
     assert (event.kind, event.raw_type, event.text) == ("event", f"message.{field}", "")
 
 
+def test_shared_location_says_where() -> None:
+    # https://core.telegram.org/bots/api#location: it was a customer message with an empty text
+    # (the coordinates only in meta), where the other channels say "📍 lat, long"
+    msg = fixture("synthetic_location.json")
+    assert (msg.kind, msg.text, msg.meta["latitude"]) == ("message", "📍 52.520008, 13.404954", "52.520008")
+
+
 @pytest.mark.parametrize("field", ["chat_owner_left", "chat_owner_changed", "gift_upgrade_sent",
                                    "managed_bot_created", "poll_option_added", "poll_option_deleted"])
 def test_bot_api_9_service_notices_are_events(field: str) -> None:
