@@ -30,6 +30,9 @@ What an update becomes (https://core.telegram.org/bots/api#update):
   paid media's photos and videos are attachments like a photo's;
 - a message that only carries a service notice (member joined, title
   changed, message pinned …) → kind ``event``, raw_type ``message.<field>``;
+- ``deleted_business_messages`` → one ``event`` per deleted message that
+  empties it (``edits`` = ``business:<chat>:<message>``, ``meta["deleted"]``),
+  its external id ``business:<chat>:<message>:deleted``;
 - ``callback_query`` → ``event``, the button's data in ``meta["data"]``;
 - ``my_chat_member`` / ``chat_member`` → ``event``; for ``my_chat_member``
   in a private chat ``meta["blocked"]`` says whether the user has just
@@ -242,6 +245,12 @@ class _CallbackQuery(msgspec.Struct, rename={"from_": "from"}):
     message: _MessageRef | None = None
     data: str | None = None
     game_short_name: str | None = None
+
+
+class _DeletedBusinessMessages(msgspec.Struct):
+    business_connection_id: str
+    chat: _Chat
+    message_ids: list[int]
 
 
 class _ChatMember(msgspec.Struct):
@@ -574,6 +583,30 @@ def _member_update(kind: str, body: Any, update_id: int, key: str, account: str)
     )
 
 
+def _deleted_business_messages(kind: str, body: Any, update_id: int, key: str, account: str) -> list[Inbound]:
+    """Messages deleted in a business chat: one event per message, each
+    emptying it (``edits`` = its id, ``meta["deleted"]``), as a revoke,
+    unsend or deleted message does on the other channels."""
+    deleted: _DeletedBusinessMessages = _convert(body, kind, _DeletedBusinessMessages)
+    if not deleted.message_ids:
+        return [_other(kind, body, update_id, key, account)]
+    meta = _chat_meta(deleted.chat, update_id)
+    meta.update(business_connection_id=deleted.business_connection_id, deleted="true")
+    return [
+        Inbound(
+            channel=CHANNEL,
+            account=account,
+            external_id=f"business:{deleted.chat.id}:{mid}:deleted",
+            kind="event",
+            sender=_chat_sender(deleted.chat),  # the private chat with the customer: their id
+            raw_type=kind,
+            edits=f"business:{deleted.chat.id}:{mid}",
+            meta={**meta, "message_id": str(mid)},
+        )
+        for mid in deleted.message_ids
+    ]
+
+
 def _other(kind: str, body: Any, update_id: int, key: str, account: str) -> Inbound:
     """An update kind this parser does not model: kept as an event, never dropped."""
     defects: list[str] = []
@@ -632,5 +665,8 @@ def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
     kind = update_kind(update)
     if kind is None:
         raise PayloadRejected("not a Telegram update: update_id but no update object (message, callback_query …)")
+    if kind == "deleted_business_messages":  # several messages at once: one Inbound each
+        return _deleted_business_messages(kind, update[kind], update["update_id"], update_key(update),
+                                          account_of(context))
     handler = _BY_KIND.get(kind, _other)
     return [handler(kind, update[kind], update["update_id"], update_key(update), account_of(context))]

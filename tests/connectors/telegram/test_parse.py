@@ -172,6 +172,17 @@ def test_shared_location_says_where() -> None:
     assert (msg.kind, msg.text, msg.meta["latitude"]) == ("message", "📍 52.520008, 13.404954", "52.520008")
 
 
+def test_deleted_business_messages_empty_each_message() -> None:
+    # https://core.telegram.org/bots/api#businessmessagesdeleted: it was one event naming no message,
+    # the deletion lost (WhatsApp's revoke, Messenger's is_deleted and LINE's unsend empty theirs)
+    first, second = parse((FIXTURES / "synthetic_deleted_business_messages.json").read_bytes(), CONTEXT)
+    assert (first.kind, first.raw_type, first.edits, first.meta["deleted"]) == (
+        "event", "deleted_business_messages", "business:424242:77", "true")
+    assert (second.edits, second.external_id) == ("business:424242:78", "business:424242:78:deleted")
+    assert first.sender.value == "424242"
+    assert first.meta["business_connection_id"] == "synthetic-business-connection-171"
+
+
 @pytest.mark.parametrize("field", ["chat_owner_left", "chat_owner_changed", "gift_upgrade_sent",
                                    "managed_bot_created", "poll_option_added", "poll_option_deleted"])
 def test_bot_api_9_service_notices_are_events(field: str) -> None:
