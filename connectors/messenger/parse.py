@@ -17,7 +17,8 @@ What each event becomes:
 
 - ``message`` → a message (text, attachments referenced by their CDN URL
   until ``fetch_media`` downloads them, ``quick_reply.payload`` in
-  ``meta["reply_id"]``, ``reply_to.mid`` as ``in_reply_to``, an Instagram
+  ``meta["reply_id"]``, the ad or Shops product it was written from in
+  ``meta["referral_…"]``, ``reply_to.mid`` as ``in_reply_to``, an Instagram
   story reply's ``reply_to.story`` as ``meta["story_id"]``/``["story_url"]``);
 - ``message`` with ``is_echo`` → the page's own message: sent by omnigate
   (its ``metadata`` starts with ``omnigate:``, or it comes from the
@@ -305,6 +306,12 @@ def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> l
         inbound.attachments = _attachments(msg, meta)
         if _str(_d(msg.get("quick_reply")).get("payload")):
             meta["reply_id"] = msg["quick_reply"]["payload"]
+        referral = _d(msg.get("referral"))  # written from an ad (Click-to-Messenger) or a Shops product page
+        for field in ("ref", "ad_id", "source", "type"):
+            if _str(referral.get(field)):
+                meta[f"referral_{field}"] = _str(referral[field]) or ""
+        if _str(_d(referral.get("product")).get("id")):
+            meta["referral_product_id"] = _str(referral["product"]["id"]) or ""
         if msg.get("is_unsupported"):
             inbound.kind, inbound.raw_type = "event", "unsupported"
         if echo:
@@ -335,7 +342,8 @@ def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> l
     kind = next((k for k in ev if k not in ("sender", "recipient", "timestamp")), "unknown")
     inbound.kind, inbound.raw_type = "event", kind
     body = _d(ev.get(kind))
-    for field in ("emoji", "action", "reaction", "ref", "source", "type"):
+    for field in ("emoji", "action", "reaction", "ref", "source", "type", "ad_id", "notification_messages_status",
+                  "new_owner_app_id", "previous_owner_app_id", "requested_owner_app_id"):
         if isinstance(body.get(field), (str, int)):
             meta[field] = str(body[field])
     if kind == "reaction" and _str(body.get("mid")):

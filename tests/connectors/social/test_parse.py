@@ -299,6 +299,20 @@ def test_messenger_page_events_come_from_the_page_account() -> None:
             "external", "messenger-account:106540352242922", [])
 
 
+def test_messenger_referral_opt_out_and_handover_facts_are_kept() -> None:
+    # the ad or product a message was written from, an ad referral's ad_id, a marketing opt-out's
+    # status and a handover's apps were all dropped
+    from_ad, from_shop, referral, optout, handover = messenger.parse(
+        (FIXTURES / "messenger_synthetic_referrals_optout_handover.json").read_bytes(), {})
+    assert (from_ad.kind, from_ad.meta["referral_ad_id"], from_ad.meta["referral_ref"]) == (
+        "message", "6400000000000001", "spring-boots")
+    assert from_shop.meta["referral_product_id"] == "7300000000000501"
+    assert (referral.kind, referral.meta["ad_id"]) == ("event", "6400000000000001")
+    assert (optout.kind, optout.meta["notification_messages_status"]) == ("event", "STOP_NOTIFICATIONS")
+    assert (handover.meta["previous_owner_app_id"], handover.meta["new_owner_app_id"]) == (
+        "263902037430900", "123456789012345")
+
+
 def test_instagram_messages_change_in_seconds_keeps_its_time() -> None:
     # value.timestamp "1717000499" (seconds) was read as milliseconds: sent_at in January 1970
     (msg,) = messenger.parse((FIXTURES / "instagram_synthetic_messages_change_seconds.json").read_bytes(), {})
