@@ -22,7 +22,10 @@ What an update becomes (https://core.telegram.org/bots/api#update):
   a connected Telegram Business account) → the same, their ids prefixed
   ``business:`` (the business chat numbers its messages apart from the
   bot's) and ``meta["business_connection_id"]`` kept; replies still go
-  through the bot's own chat;
+  through the bot's own chat; one the business account itself wrote (its
+  ``from`` is not the customer the private chat is with) is its agent's
+  outbound message to that customer (``meta["direction"] = "outbound"``),
+  as WhatsApp's and Messenger's echoes;
 - a location, venue, poll, dice, checklist, giveaway, invoice, game, Web App
   data or forwarded story without text gets a readable one (📍 and the
   coordinates, venue name and address, the question and its options, the
@@ -443,7 +446,15 @@ def _message(kind: str, body: Any, update_id: int, key: str, account: str) -> In
     sender = _message_sender(msg)
     meta = _chat_meta(msg.chat, update_id)
     meta["message_id"] = str(msg.message_id)
-    username = msg.from_.username if msg.from_ and msg.sender_chat is None else msg.chat.username
+    # the bot sees both sides of a business chat: a message from someone other than the
+    # customer the private chat is with is the business account's own (its owner or staff)
+    private = msg.sender_chat is None and msg.chat.type in ("private", "")
+    owner = msg.from_ if kind in BUSINESS_KINDS and private else None
+    outbound = owner is not None and owner.id != msg.chat.id
+    if owner is not None and outbound:
+        sender = _chat_sender(msg.chat)
+        meta.update(direction="outbound", agent=f"{CHANNEL}:business:{owner.id}")
+    username = msg.from_.username if msg.from_ and msg.sender_chat is None and not outbound else msg.chat.username
     if username:
         meta["username"] = username
     if msg.media_group_id:
@@ -452,7 +463,7 @@ def _message(kind: str, body: Any, update_id: int, key: str, account: str) -> In
         meta["latitude"], meta["longitude"] = str(msg.location.latitude), str(msg.location.longitude)
     if msg.contact:
         meta["contact_phone"] = msg.contact.phone_number
-        if msg.from_ is not None and msg.contact.user_id == msg.from_.id:
+        if msg.from_ is not None and msg.contact.user_id == msg.from_.id and not outbound:
             # the user shared their own number (Telegram's "share my phone"):
             # a phone identity Telegram vouches for, linked to other channels
             meta["phone"] = msg.contact.phone_number

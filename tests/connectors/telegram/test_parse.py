@@ -172,6 +172,17 @@ def test_shared_location_says_where() -> None:
     assert (msg.kind, msg.text, msg.meta["latitude"]) == ("message", "📍 52.520008, 13.404954", "52.520008")
 
 
+def test_business_owners_own_message_is_outbound_to_the_customer() -> None:
+    # both sides of a business chat arrive as business_message: the owner's answer was a customer
+    # message from a contact "Shoe Shop" (515151)
+    msg = fixture("synthetic_business_message_from_owner.json")
+    assert (msg.kind, msg.sender.value, msg.sender.name) == ("message", "424242", "Ann Lee")
+    assert (msg.meta["direction"], msg.meta["agent"], msg.meta["username"]) == (
+        "outbound", "telegram:business:515151", "annlee")
+    assert msg.thread.in_reply_to == "business:424242:77"
+    assert "direction" not in fixture("synthetic_business_message.json").meta  # the customer's own
+
+
 def test_deleted_business_messages_empty_each_message() -> None:
     # https://core.telegram.org/bots/api#businessmessagesdeleted: it was one event naming no message,
     # the deletion lost (WhatsApp's revoke, Messenger's is_deleted and LINE's unsend empty theirs)
