@@ -37,6 +37,8 @@ What an update becomes (https://core.telegram.org/bots/api#update):
   empties it (``edits`` = ``business:<chat>:<message>``, ``meta["deleted"]``),
   its external id ``business:<chat>:<message>:deleted``;
 - ``callback_query`` → ``event``, the button's data in ``meta["data"]``;
+- ``message_reaction`` → ``event`` on the reacted-to message
+  (``in_reply_to``), the emoji now set in ``meta["emoji"]`` (empty: removed);
 - ``my_chat_member`` / ``chat_member`` → ``event``; for ``my_chat_member``
   in a private chat ``meta["blocked"]`` says whether the user has just
   blocked (``"true"``) or unblocked (``"false"``) the bot;
@@ -637,6 +639,25 @@ def _other(kind: str, body: Any, update_id: int, key: str, account: str) -> Inbo
     )
 
 
+def _message_reaction(kind: str, body: Any, update_id: int, key: str, account: str) -> Inbound:
+    """A reaction changed on a message: an event on that message, with the
+    emoji now set (``meta["emoji"]``, empty when the reaction was removed),
+    as WhatsApp's and Messenger's reactions."""
+    event = _other(kind, body, update_id, key, account)  # body: an object (update_kind)
+    chat = body.get("chat") if isinstance(body.get("chat"), dict) else {}
+    chat_id, message_id = _int(chat.get("id")), _int(body.get("message_id"))
+    if chat_id is not None and message_id is not None:
+        event.thread = ThreadHints(in_reply_to=f"{chat_id}:{message_id}")
+        event.meta.update(chat_id=str(chat_id), reacted_to=f"{chat_id}:{message_id}")
+    new = body.get("new_reaction")
+    reactions = [r for r in new if isinstance(r, dict)] if isinstance(new, list) else []
+    event.meta["emoji"] = "".join(r["emoji"] for r in reactions if isinstance(r.get("emoji"), str))
+    if any(r.get("type") == "custom_emoji" for r in reactions):
+        event.meta["custom_emoji"] = "true"
+    event.sent_at = _time(_int(body.get("date")))
+    return event
+
+
 def _find_sender(body: Any) -> Sender | None:
     if not isinstance(body, dict):
         return None
@@ -655,6 +676,7 @@ def _find_sender(body: Any) -> Sender | None:
 _BY_KIND = {
     **dict.fromkeys(MESSAGE_KINDS, _message),
     "callback_query": _callback_query,
+    "message_reaction": _message_reaction,
     **dict.fromkeys(MEMBER_KINDS, _member_update),
 }
 

@@ -289,6 +289,17 @@ def test_unknown_update_kind_is_kept_as_an_event() -> None:
     assert event.sender.value == "111111" and not event.defects
 
 
+def test_reaction_names_the_message_and_the_emoji() -> None:
+    # https://core.telegram.org/bots/api#messagereactionupdated: which message and which emoji were
+    # dropped (WhatsApp's and Messenger's reactions keep both)
+    event = fixture("synthetic_message_reaction.json")
+    assert (event.thread.in_reply_to, event.meta["reacted_to"], event.meta["emoji"]) == (
+        "111111:42", "111111:42", "\N{THUMBS UP SIGN}")
+    removed = json.loads((FIXTURES / "synthetic_message_reaction_actor_chat.json").read_text())
+    removed["message_reaction"].update(old_reaction=removed["message_reaction"]["new_reaction"], new_reaction=[])
+    assert parse_one(json.dumps(removed).encode()).meta["emoji"] == ""
+
+
 def test_unknown_update_without_a_person_records_a_defect() -> None:
     event = parse_one(b'{"update_id": 9, "poll": {"id": "5", "question": "?", "options": []}}')
     assert (event.kind, event.raw_type, event.sender.value) == ("event", "poll", "unknown")
