@@ -403,6 +403,19 @@ def test_messenger_attachments_that_are_no_file_give_a_readable_text() -> None:
     assert all(i.kind == "message" and not i.attachments for i in (fallback, location, template))
 
 
+def test_whatsapp_keeps_the_ad_and_the_product_a_message_came_from() -> None:
+    # the ad's id, type, headline and click id, and the catalog product asked about, were dropped
+    from_ad, about_product = whatsapp.parse(
+        (FIXTURES / "whatsapp_synthetic_ad_and_product_referral.json").read_bytes(), {})
+    assert (from_ad.meta["referral_url"], from_ad.meta["referral_source_id"]) == (
+        "https://fb.me/synthetic-ad", "120200000000000001")
+    assert (from_ad.meta["referral_source_type"], from_ad.meta["referral_headline"]) == ("ad", "Spring sale: 20% off")
+    assert from_ad.meta["referral_ctwa_clid"] == "ARAkSYNTHETICclid"
+    assert (about_product.meta["referred_catalog_id"], about_product.meta["referred_product_retailer_id"]) == (
+        "354160437058781", "BOOT-BRN-42")
+    assert about_product.thread.in_reply_to == "wamid.SYNTHCATALOG01"
+
+
 def test_whatsapp_order_is_a_message_listing_the_cart() -> None:
     (order,) = whatsapp.parse((FIXTURES / "whatsapp_synthetic_order.json").read_bytes(), {})
     assert (order.kind, order.raw_type, order.sender.value) == ("message", "order", "+16315551234")
