@@ -69,6 +69,10 @@ EDIT_KINDS = frozenset({"edited_message", "edited_channel_post", "edited_busines
 #: its own chat, whose message ids are not the bot chat's.
 BUSINESS_KINDS = frozenset({"business_message", "edited_business_message"})
 MEMBER_KINDS = frozenset({"my_chat_member", "chat_member"})
+#: Updates about the bot's own things that name no user: a poll's new state
+#: (a bot only gets those of its own polls). They come from the bot, as the
+#: other channels' account events do, not from a shared "unknown" user.
+BOT_KINDS = frozenset({"poll"})
 
 #: Message fields that make a message a service notice rather than something
 #: a person wrote (Bot API, Message object).
@@ -624,7 +628,9 @@ def _other(kind: str, body: Any, update_id: int, key: str, account: str) -> Inbo
     """An update kind this parser does not model: kept as an event, never dropped."""
     defects: list[str] = []
     sender = _find_sender(body)
-    if sender is None:
+    if sender is None and kind in BOT_KINDS:
+        sender = Sender(kind="external", value=f"telegram-bot:{account}", name=f"Telegram bot {account}")
+    elif sender is None:
         sender = Sender(kind=CHANNEL, value="unknown")
         defects.append(f"{kind}: no user or chat to attribute it to")
     return Inbound(

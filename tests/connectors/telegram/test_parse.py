@@ -301,9 +301,17 @@ def test_reaction_names_the_message_and_the_emoji() -> None:
 
 
 def test_unknown_update_without_a_person_records_a_defect() -> None:
-    event = parse_one(b'{"update_id": 9, "poll": {"id": "5", "question": "?", "options": []}}')
-    assert (event.kind, event.raw_type, event.sender.value) == ("event", "poll", "unknown")
-    assert event.defects == ["poll: no user or chat to attribute it to"]
+    event = parse_one(b'{"update_id": 9, "future_update": {"id": "5", "question": "?", "options": []}}')
+    assert (event.kind, event.raw_type, event.sender.value) == ("event", "future_update", "unknown")
+    assert event.defects == ["future_update: no user or chat to attribute it to"]
+
+
+def test_poll_state_comes_from_the_bot() -> None:
+    # https://core.telegram.org/bots/api#update (poll: "bots receive only updates about manually
+    # stopped polls and polls, which are sent by the bot"): it was the shared "unknown" user
+    (event,) = parse((FIXTURES / "synthetic_poll_state.json").read_bytes(), CONTEXT)
+    assert (event.kind, event.raw_type, event.defects) == ("event", "poll", [])
+    assert (event.sender.kind, event.sender.value) == ("external", "telegram-bot:1111111")
 
 
 @pytest.mark.parametrize(("name", "sender", "name_"), [
