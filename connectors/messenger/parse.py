@@ -36,7 +36,9 @@ What each event becomes:
   ``policy_enforcement`` or ``app_roles`` event names no user and comes
   from the account (``external`` ``<channel>-account:<id>``);
 - attachments that are no file (a shared link, a location, a template)
-  give the message a readable text when it has none;
+  give the message a readable text when it has none; a message that is
+  only a ``fallback`` without payload (an unsupported share) is an event
+  ``unsupported``, as ``is_unsupported``;
 - a change of another field (Page ``feed``, Instagram ``comments`` and
   ``mentions`` …) → one event of raw_type = the field with the comment's
   text, never dropped.
@@ -312,7 +314,11 @@ def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> l
                 meta[f"referral_{field}"] = _str(referral[field]) or ""
         if _str(_d(referral.get("product")).get("id")):
             meta["referral_product_id"] = _str(referral["product"]["id"]) or ""
-        if msg.get("is_unsupported"):
+        attachments = _dicts(msg.get("attachments"))
+        # "for unsupported shares … a fallback with no payload might be sent": nothing to show
+        empty_fallback = bool(attachments) and all(a.get("type") == "fallback" and not a.get("payload")
+                                                   and not _str(a.get("url")) for a in attachments)
+        if msg.get("is_unsupported") or (empty_fallback and not inbound.text and not inbound.attachments):
             inbound.kind, inbound.raw_type = "event", "unsupported"
         if echo:
             meta["direction"] = "outbound"

@@ -377,6 +377,13 @@ def test_messenger_sticker_attachment_is_one_image() -> None:
         assert message.meta["sticker_id"] == "369239263222822"
 
 
+def test_messenger_unsupported_share_is_an_event() -> None:
+    # a fallback with no payload (an unsupported share) was an empty customer message
+    (share,) = messenger.parse((FIXTURES / "messenger_synthetic_unsupported_share.json").read_bytes(), {})
+    assert (share.kind, share.raw_type, share.text, share.attachments) == ("event", "unsupported", "", [])
+    assert share.sender.value == "106540352242922:6247348211"
+
+
 def test_instagram_comments_and_mentions_are_events_not_dropped() -> None:
     inbounds = messenger.parse((FIXTURES / "instagram_synthetic_comment_and_mention.json").read_bytes(), {})
     comment, mention = inbounds
