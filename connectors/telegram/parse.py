@@ -73,6 +73,9 @@ MEMBER_KINDS = frozenset({"my_chat_member", "chat_member"})
 #: (a bot only gets those of its own polls). They come from the bot, as the
 #: other channels' account events do, not from a shared "unknown" user.
 BOT_KINDS = frozenset({"poll"})
+#: The most deleted business messages one update empties (deleteBusinessMessages
+#: takes 100 at a time; a body may list more, but not without bound).
+MAX_DELETED = 1000
 
 #: Message fields that make a message a service notice rather than something
 #: a person wrote (Bot API, Message object).
@@ -609,7 +612,8 @@ def _deleted_business_messages(kind: str, body: Any, update_id: int, key: str, a
         return [_other(kind, body, update_id, key, account)]
     meta = _chat_meta(deleted.chat, update_id)
     meta.update(business_connection_id=deleted.business_connection_id, deleted="true")
-    return [
+    ids = list(dict.fromkeys(deleted.message_ids))  # a repeated id is one deletion
+    inbounds = [
         Inbound(
             channel=CHANNEL,
             account=account,
@@ -620,8 +624,11 @@ def _deleted_business_messages(kind: str, body: Any, update_id: int, key: str, a
             edits=f"business:{deleted.chat.id}:{mid}",
             meta={**meta, "message_id": str(mid)},
         )
-        for mid in deleted.message_ids
+        for mid in ids[:MAX_DELETED]
     ]
+    if len(ids) > MAX_DELETED:  # a hostile body of half a million ids: not as many Inbounds
+        inbounds[0].defects.append(f"{kind}: {len(ids)} message ids, only the first {MAX_DELETED} emptied")
+    return inbounds
 
 
 def _other(kind: str, body: Any, update_id: int, key: str, account: str) -> Inbound:

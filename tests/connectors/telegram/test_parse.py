@@ -172,6 +172,15 @@ def test_shared_location_says_where() -> None:
     assert (msg.kind, msg.text, msg.meta["latitude"]) == ("message", "📍 52.520008, 13.404954", "52.520008")
 
 
+def test_deleted_business_messages_are_bounded() -> None:
+    # a hostile body listing 200,000 ids (1.4 MB) gave as many Inbounds; a repeated id gave two
+    update = json.loads((FIXTURES / "synthetic_deleted_business_messages.json").read_text())
+    update["deleted_business_messages"]["message_ids"] = [7, 7, *range(100, 200_100)]
+    inbounds = parse(json.dumps(update).encode(), CONTEXT)
+    assert len(inbounds) == 1000 and len({i.external_id for i in inbounds}) == 1000
+    assert inbounds[0].defects == ["deleted_business_messages: 200001 message ids, only the first 1000 emptied"]
+
+
 def test_business_owners_own_message_is_outbound_to_the_customer() -> None:
     # both sides of a business chat arrive as business_message: the owner's answer was a customer
     # message from a contact "Shoe Shop" (515151)
