@@ -18,11 +18,13 @@ A body is ``{"destination": <bot user id>, "events": [...]}``; each event has
   event emptying it (``meta["deleted"]``).
 - ``follow``/``unfollow`` → events setting ``meta["blocked"]``; ``postback``
   → an event with ``meta["data"]`` (its ``displayText``, when given, is the
-  text); anything else → an event carrying the raw type. A module channel's
+  text); anything else → an event carrying the raw type, and what its own
+  object says in meta (who joined or left a group, a membership's type, a
+  beacon's, a LINE Things device's, an account link's result). A module channel's
   events about the account itself (``module`` attached/detached,
-  ``botSuspended``, ``botResumed``) name no user: they come from the
-  ``external`` identity ``line-account:<account>``, as WhatsApp's account
-  events do.
+  ``botSuspended``, ``botResumed``) and a LINE notification message's
+  ``delivery`` completion name no user: they come from the ``external``
+  identity ``line-account:<account>``, as WhatsApp's account events do.
 
 Idempotency: a message's external id is its message id; any other event's is
 its ``webhookEventId``, which LINE keeps when it redelivers
@@ -49,9 +51,23 @@ from routing.model import Attachment, Inbound, Sender
 CHANNEL = "line"
 SIGNATURE_HEADER = "X-Line-Signature"
 MEDIA_TYPES = {"image": "image/jpeg", "video": "video/mp4", "audio": "audio/m4a", "file": "application/octet-stream"}
-#: Events about the LINE Official Account itself, sent to a module channel
-#: without a ``source`` (module attached/detached, account suspended/resumed).
-ACCOUNT_EVENTS = frozenset({"module", "botSuspended", "botResumed"})
+#: Events about the LINE Official Account itself, sent without a ``source``: to a
+#: module channel (module attached/detached, account suspended/resumed), and the
+#: delivery completion of a LINE notification message (``delivery``, which names
+#: its recipient only by a hashed phone number or the sender's delivery tag).
+ACCOUNT_EVENTS = frozenset({"module", "botSuspended", "botResumed", "delivery"})
+
+
+#: What an event's own object says, kept in meta: ``(object, key, meta name)``
+#: — a membership joined/left/renewed, a beacon entered, a LINE Things device
+#: linked, an account link's result, the tracking id of a video watched.
+_EVENT_FACTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "membership": (("membership", "type", "membership"), ("membership", "membershipId", "membership_id")),
+    "beacon": (("beacon", "type", "beacon"), ("beacon", "hwid", "hwid")),
+    "things": (("things", "type", "things"), ("things", "deviceId", "device_id")),
+    "accountLink": (("link", "result", "link_result"),),
+    "videoPlayComplete": (("videoPlayComplete", "trackingId", "tracking_id"),),
+}
 
 
 def decode(raw: bytes) -> dict[str, Any]:
@@ -134,6 +150,16 @@ def _event(ev: dict[str, Any], account: str) -> Inbound:
     meta: dict[str, str] = {"source_type": _str(source.get("type")) or ""}
     if kind == "module" and _str(_d(ev.get("module")).get("type")):
         meta["module"] = ev["module"]["type"]  # attached / detached
+    for field, key, name in _EVENT_FACTS.get(kind, ()):
+        if _str(_d(ev.get(field)).get(key)):
+            meta[name] = _str(ev[field][key]) or ""
+    if kind in ("memberJoined", "memberLeft"):  # who joined or left the group: LINE identities
+        members = _d(ev.get("joined" if kind == "memberJoined" else "left")).get("members")
+        ids = [_str(_d(m).get("userId")) for m in members] if isinstance(members, list) else []
+        if any(ids):
+            meta["members"] = ",".join(f"{account}:{i}" for i in ids if i)
+    if kind == "delivery" and _str(_d(ev.get("delivery")).get("data")):
+        meta["delivery_data"] = ev["delivery"]["data"]  # hashed phone number or X-Line-Delivery-Tag
     if chat:
         meta["chat_id"] = f"{account}:{chat}"
     if _d(ev.get("deliveryContext")).get("isRedelivery") is True:

@@ -17,7 +17,8 @@ What each event becomes:
 
 - ``message`` → a message (text, attachments referenced by their CDN URL
   until ``fetch_media`` downloads them, ``quick_reply.payload`` in
-  ``meta["reply_id"]``, ``reply_to.mid`` as ``in_reply_to``, an Instagram
+  ``meta["reply_id"]``, the ad or Shops product it was written from in
+  ``meta["referral_…"]``, ``reply_to.mid`` as ``in_reply_to``, an Instagram
   story reply's ``reply_to.story`` as ``meta["story_id"]``/``["story_url"]``);
 - ``message`` with ``is_echo`` → the page's own message: sent by omnigate
   (its ``metadata`` starts with ``omnigate:``, or it comes from the
@@ -31,9 +32,13 @@ What each event becomes:
   as text (an event when it has no title), the payload in ``meta``;
 - ``delivery`` (``mids``) and ``read`` → delivery statuses of our messages
   (raw_type ``status``), never customer messages;
-- ``reaction`` and anything else → an event carrying the raw type;
+- ``reaction`` and anything else → an event carrying the raw type; a
+  ``policy_enforcement`` or ``app_roles`` event names no user and comes
+  from the account (``external`` ``<channel>-account:<id>``);
 - attachments that are no file (a shared link, a location, a template)
-  give the message a readable text when it has none;
+  give the message a readable text when it has none; a message that is
+  only a ``fallback`` without payload (an unsupported share) is an event
+  ``unsupported``, as ``is_unsupported``;
 - a change of another field (Page ``feed``, Instagram ``comments`` and
   ``mentions`` …) → one event of raw_type = the field with the comment's
   text, never dropped.
@@ -46,8 +51,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import datetime, timezone, tzinfo
 from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from connectors.base import PayloadRejected
 from connectors.webhooks import as_dict as _d
@@ -61,8 +67,12 @@ from routing.model import Attachment, Inbound, Sender, ThreadHints
 OBJECTS = {"page": "messenger", "instagram": "instagram"}
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 OWN_METADATA = "omnigate:"  # what send() puts in message.metadata, echoed back
+#: Events about the Page (or Instagram account) itself, which name no user:
+#: a policy warning or block, the app roles of the handover protocol.
+ACCOUNT_EVENTS = frozenset({"policy_enforcement", "app_roles"})
 ATTACHMENT_TYPES = {"image": "image/jpeg", "video": "video/mp4", "audio": "audio/mpeg", "file": "application/octet-stream",
-                    "ig_reel": "video/mp4", "reel": "video/mp4", "story_mention": "image/jpeg", "animated_image_share": "image/gif"}
+                    "ig_reel": "video/mp4", "reel": "video/mp4", "story_mention": "image/jpeg", "animated_image_share": "image/gif",
+                    "sticker": "image/png"}  # Messenger's stickers are PNG images
 
 
 def decode(raw: bytes) -> dict[str, Any]:
@@ -116,6 +126,9 @@ def body_key(obj: Mapping[str, Any], raw: bytes) -> str:
 
 def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachment]:
     out = []
+    # until August 2026 Meta sends a sticker twice, as a ``sticker`` and as an ``image`` with its sticker_id
+    stickers = {_str(_d(a.get("payload")).get("sticker_id")) for a in _dicts(msg.get("attachments"))
+                if a.get("type") == "sticker"} - {None}
     for n, a in enumerate(_dicts(msg.get("attachments"))):
         kind = _str(a.get("type")) or "file"
         payload = _d(a.get("payload"))
@@ -125,8 +138,21 @@ def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachmen
             meta["latitude"], meta["longitude"] = str(coords.get("lat")), str(coords.get("long"))
             continue
         if _str(payload.get("sticker_id")):
-            meta["sticker_id"] = payload["sticker_id"]
-        if kind in ("fallback", "template", "share") or not url:
+            meta["sticker_id"] = _str(payload["sticker_id"]) or ""  # a number in Meta's JSON
+            if kind != "sticker" and meta["sticker_id"] in stickers:
+                continue
+        if _str(payload.get("ig_post_media_id")):
+            meta["ig_post_media_id"] = payload["ig_post_media_id"]
+        retailer_ids = [_str(e.get("retailer_id")) for e in _dicts(_d(payload.get("product")).get("elements"))]
+        if any(retailer_ids):
+            meta["retailer_ids"] = ",".join(r for r in retailer_ids if r)
+        if kind == "appointment_booking":
+            for key in ("booking_id", "status", "start_time", "end_time", "timezone"):
+                if _str(payload.get(key)):
+                    meta[f"booking_{key.removeprefix('booking_')}"] = _str(payload[key]) or ""
+        if kind in ("post", "ig_post") and _str(payload.get("id")):
+            meta["post_id"] = _str(payload["id"]) or ""
+        if kind in ("fallback", "template", "share", "post", "ig_post") or not url:
             meta[f"attachment_{n}"] = kind if not url else f"{kind} {url}"
             continue
         out.append(Attachment(name=_str(a.get("title")) or _str(payload.get("title")),
@@ -135,10 +161,30 @@ def _attachments(msg: Mapping[str, Any], meta: dict[str, str]) -> list[Attachmen
     return out
 
 
+def _booking_text(booking: Mapping[str, Any]) -> str:
+    """An appointment booking's status and time span (``start_time``/``end_time``:
+    Unix seconds, shown in its IANA ``timezone`` when that is one)."""
+    name = _str(booking.get("timezone")) or "UTC"
+    try:
+        zone: tzinfo = ZoneInfo(name)
+    except (ValueError, OSError, ZoneInfoNotFoundError):  # "../x", "America" (a folder), unknown
+        zone, name = timezone.utc, "UTC"
+    when = []
+    for key in ("start_time", "end_time"):
+        value = booking.get(key)
+        at = _time(value * 1000) if isinstance(value, int) and not isinstance(value, bool) else None
+        if at is not None:
+            when.append(at.astimezone(zone).strftime("%Y-%m-%d %H:%M"))
+    span = f"{' – '.join(when)} ({name})" if when else ""
+    return " ".join(p for p in (f"Appointment {_str(booking.get('status')) or 'booking'}:", span) if p).rstrip(":")
+
+
 def _attachment_text(msg: Mapping[str, Any]) -> str:
     """A readable text for attachments that are no file: a shared link's
-    title and URL (``fallback``, ``share``), a location's coordinates, a
-    template's element titles."""
+    title and URL (``fallback``, ``share``, a shared ``post`` or Instagram
+    ``ig_post``), a location's coordinates, a template's element titles
+    (a shared product's title and price), an appointment booking's status
+    and time."""
     lines = []
     for a in _dicts(msg.get("attachments")):
         kind = _str(a.get("type")) or ""
@@ -146,11 +192,18 @@ def _attachment_text(msg: Mapping[str, Any]) -> str:
         coords = _d(payload.get("coordinates"))
         if kind == "location" or coords:
             lines.append(f"📍 {coords.get('lat')}, {coords.get('long')}")
-        elif kind in ("fallback", "share"):
+        elif kind in ("fallback", "share", "post", "ig_post"):
             title = _str(a.get("title")) or _str(payload.get("title"))
-            lines.append(" ".join(p for p in (title, _str(a.get("url")) or _str(payload.get("url"))) if p))
+            line = " ".join(p for p in (title, _str(a.get("url")) or _str(payload.get("url"))) if p)
+            if kind != "ig_post" or line not in lines:  # a post shared since Nov 2025 is also a ``share``
+                lines.append(line)
+        elif kind == "appointment_booking":
+            lines.append(_booking_text(payload))
         elif kind == "template":
             lines += [_str(e.get("title")) or "" for e in _dicts(payload.get("elements"))]
+            # a product the customer shared from the Page's shop: its title and price
+            lines += [" — ".join(p for p in (_str(e.get("title")), _str(e.get("subtitle"))) if p)
+                      for e in _dicts(_d(payload.get("product")).get("elements"))]
     return "\n".join(line for line in lines if line)
 
 
@@ -255,7 +308,17 @@ def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> l
         inbound.attachments = _attachments(msg, meta)
         if _str(_d(msg.get("quick_reply")).get("payload")):
             meta["reply_id"] = msg["quick_reply"]["payload"]
-        if msg.get("is_unsupported"):
+        referral = _d(msg.get("referral"))  # written from an ad (Click-to-Messenger) or a Shops product page
+        for field in ("ref", "ad_id", "source", "type"):
+            if _str(referral.get(field)):
+                meta[f"referral_{field}"] = _str(referral[field]) or ""
+        if _str(_d(referral.get("product")).get("id")):
+            meta["referral_product_id"] = _str(referral["product"]["id"]) or ""
+        attachments = _dicts(msg.get("attachments"))
+        # "for unsupported shares … a fallback with no payload might be sent": nothing to show
+        empty_fallback = bool(attachments) and all(a.get("type") == "fallback" and not a.get("payload")
+                                                   and not _str(a.get("url")) for a in attachments)
+        if msg.get("is_unsupported") or (empty_fallback and not inbound.text and not inbound.attachments):
             inbound.kind, inbound.raw_type = "event", "unsupported"
         if echo:
             meta["direction"] = "outbound"
@@ -285,13 +348,17 @@ def _event(channel: str, eid: str, ev: dict[str, Any], own_app: str | None) -> l
     kind = next((k for k in ev if k not in ("sender", "recipient", "timestamp")), "unknown")
     inbound.kind, inbound.raw_type = "event", kind
     body = _d(ev.get(kind))
-    for field in ("emoji", "action", "reaction", "ref", "source", "type"):
+    for field in ("emoji", "action", "reaction", "ref", "source", "type", "ad_id", "notification_messages_status",
+                  "new_owner_app_id", "previous_owner_app_id", "requested_owner_app_id"):
         if isinstance(body.get(field), (str, int)):
             meta[field] = str(body[field])
     if kind == "reaction" and _str(body.get("mid")):
         inbound.thread = ThreadHints(in_reply_to=_str(body["mid"]))
         meta["reacted_to"] = _str(body["mid"])
-    if sender_id == "unknown":
+    if sender_id == "unknown" and kind in ACCOUNT_EVENTS:
+        # the Page's own notice, as a change of another field: not a shared "<page>:unknown" contact
+        inbound.sender = Sender(kind="external", value=f"{channel}-account:{account}")
+    elif sender_id == "unknown":
         inbound.defects.append(f"{kind}: no sender to attribute it to")
     return [inbound]
 

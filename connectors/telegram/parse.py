@@ -22,14 +22,23 @@ What an update becomes (https://core.telegram.org/bots/api#update):
   a connected Telegram Business account) → the same, their ids prefixed
   ``business:`` (the business chat numbers its messages apart from the
   bot's) and ``meta["business_connection_id"]`` kept; replies still go
-  through the bot's own chat;
-- a venue, poll, dice, checklist, giveaway, invoice, game, Web App data or
-  forwarded story without text gets a readable one (venue name and address,
-  the question and its options, the emoji and value, the tasks, the prize …);
+  through the bot's own chat; one the business account itself wrote (its
+  ``from`` is not the customer the private chat is with) is its agent's
+  outbound message to that customer (``meta["direction"] = "outbound"``),
+  as WhatsApp's and Messenger's echoes;
+- a location, venue, poll, dice, checklist, giveaway, invoice, game, Web App
+  data or forwarded story without text gets a readable one (📍 and the
+  coordinates, venue name and address, the question and its options, the
+  emoji and value, the tasks, the prize …);
   paid media's photos and videos are attachments like a photo's;
 - a message that only carries a service notice (member joined, title
   changed, message pinned …) → kind ``event``, raw_type ``message.<field>``;
+- ``deleted_business_messages`` → one ``event`` per deleted message that
+  empties it (``edits`` = ``business:<chat>:<message>``, ``meta["deleted"]``),
+  its external id ``business:<chat>:<message>:deleted``;
 - ``callback_query`` → ``event``, the button's data in ``meta["data"]``;
+- ``message_reaction`` → ``event`` on the reacted-to message
+  (``in_reply_to``), the emoji now set in ``meta["emoji"]`` (empty: removed);
 - ``my_chat_member`` / ``chat_member`` → ``event``; for ``my_chat_member``
   in a private chat ``meta["blocked"]`` says whether the user has just
   blocked (``"true"``) or unblocked (``"false"``) the bot;
@@ -60,6 +69,13 @@ EDIT_KINDS = frozenset({"edited_message", "edited_channel_post", "edited_busines
 #: its own chat, whose message ids are not the bot chat's.
 BUSINESS_KINDS = frozenset({"business_message", "edited_business_message"})
 MEMBER_KINDS = frozenset({"my_chat_member", "chat_member"})
+#: Updates about the bot's own things that name no user: a poll's new state
+#: (a bot only gets those of its own polls). They come from the bot, as the
+#: other channels' account events do, not from a shared "unknown" user.
+BOT_KINDS = frozenset({"poll"})
+#: The most deleted business messages one update empties (deleteBusinessMessages
+#: takes 100 at a time; a body may list more, but not without bound).
+MAX_DELETED = 1000
 
 #: Message fields that make a message a service notice rather than something
 #: a person wrote (Bot API, Message object).
@@ -109,6 +125,12 @@ SERVICE_FIELDS = (
     "suggested_post_declined",
     "suggested_post_paid",
     "suggested_post_refunded",
+    "chat_owner_left",
+    "chat_owner_changed",
+    "gift_upgrade_sent",
+    "managed_bot_created",
+    "poll_option_added",
+    "poll_option_deleted",
     # the names older Bot API versions gave (video chats were "voice chats"
     # before 6.0, users_shared was user_shared before 7.0): recorded updates keep them
     "voice_chat_scheduled",
@@ -235,6 +257,12 @@ class _CallbackQuery(msgspec.Struct, rename={"from_": "from"}):
     message: _MessageRef | None = None
     data: str | None = None
     game_short_name: str | None = None
+
+
+class _DeletedBusinessMessages(msgspec.Struct):
+    business_connection_id: str
+    chat: _Chat
+    message_ids: list[int]
 
 
 class _ChatMember(msgspec.Struct):
@@ -427,7 +455,15 @@ def _message(kind: str, body: Any, update_id: int, key: str, account: str) -> In
     sender = _message_sender(msg)
     meta = _chat_meta(msg.chat, update_id)
     meta["message_id"] = str(msg.message_id)
-    username = msg.from_.username if msg.from_ and msg.sender_chat is None else msg.chat.username
+    # the bot sees both sides of a business chat: a message from someone other than the
+    # customer the private chat is with is the business account's own (its owner or staff)
+    private = msg.sender_chat is None and msg.chat.type in ("private", "")
+    owner = msg.from_ if kind in BUSINESS_KINDS and private else None
+    outbound = owner is not None and owner.id != msg.chat.id
+    if owner is not None and outbound:
+        sender = _chat_sender(msg.chat)
+        meta.update(direction="outbound", agent=f"{CHANNEL}:business:{owner.id}")
+    username = msg.from_.username if msg.from_ and msg.sender_chat is None and not outbound else msg.chat.username
     if username:
         meta["username"] = username
     if msg.media_group_id:
@@ -436,7 +472,7 @@ def _message(kind: str, body: Any, update_id: int, key: str, account: str) -> In
         meta["latitude"], meta["longitude"] = str(msg.location.latitude), str(msg.location.longitude)
     if msg.contact:
         meta["contact_phone"] = msg.contact.phone_number
-        if msg.from_ is not None and msg.contact.user_id == msg.from_.id:
+        if msg.from_ is not None and msg.contact.user_id == msg.from_.id and not outbound:
             # the user shared their own number (Telegram's "share my phone"):
             # a phone identity Telegram vouches for, linked to other channels
             meta["phone"] = msg.contact.phone_number
@@ -452,6 +488,8 @@ def _message(kind: str, body: Any, update_id: int, key: str, account: str) -> In
         text = f"{name} {msg.contact.phone_number}".strip()
     if not text:
         text = _readable(msg)
+    if not text and msg.location:  # a shared (or live) location: where, as the other channels say it
+        text = f"📍 {msg.location.latitude}, {msg.location.longitude}"
     service = "" if text or attachments or msg.location or msg.contact else _service_field(body)
     return Inbound(
         channel=CHANNEL,
@@ -565,11 +603,41 @@ def _member_update(kind: str, body: Any, update_id: int, key: str, account: str)
     )
 
 
+def _deleted_business_messages(kind: str, body: Any, update_id: int, key: str, account: str) -> list[Inbound]:
+    """Messages deleted in a business chat: one event per message, each
+    emptying it (``edits`` = its id, ``meta["deleted"]``), as a revoke,
+    unsend or deleted message does on the other channels."""
+    deleted: _DeletedBusinessMessages = _convert(body, kind, _DeletedBusinessMessages)
+    if not deleted.message_ids:
+        return [_other(kind, body, update_id, key, account)]
+    meta = _chat_meta(deleted.chat, update_id)
+    meta.update(business_connection_id=deleted.business_connection_id, deleted="true")
+    ids = list(dict.fromkeys(deleted.message_ids))  # a repeated id is one deletion
+    inbounds = [
+        Inbound(
+            channel=CHANNEL,
+            account=account,
+            external_id=f"business:{deleted.chat.id}:{mid}:deleted",
+            kind="event",
+            sender=_chat_sender(deleted.chat),  # the private chat with the customer: their id
+            raw_type=kind,
+            edits=f"business:{deleted.chat.id}:{mid}",
+            meta={**meta, "message_id": str(mid)},
+        )
+        for mid in ids[:MAX_DELETED]
+    ]
+    if len(ids) > MAX_DELETED:  # a hostile body of half a million ids: not as many Inbounds
+        inbounds[0].defects.append(f"{kind}: {len(ids)} message ids, only the first {MAX_DELETED} emptied")
+    return inbounds
+
+
 def _other(kind: str, body: Any, update_id: int, key: str, account: str) -> Inbound:
     """An update kind this parser does not model: kept as an event, never dropped."""
     defects: list[str] = []
     sender = _find_sender(body)
-    if sender is None:
+    if sender is None and kind in BOT_KINDS:
+        sender = Sender(kind="external", value=f"telegram-bot:{account}", name=f"Telegram bot {account}")
+    elif sender is None:
         sender = Sender(kind=CHANNEL, value="unknown")
         defects.append(f"{kind}: no user or chat to attribute it to")
     return Inbound(
@@ -584,10 +652,33 @@ def _other(kind: str, body: Any, update_id: int, key: str, account: str) -> Inbo
     )
 
 
+def _message_reaction(kind: str, body: Any, update_id: int, key: str, account: str) -> Inbound:
+    """A reaction changed on a message: an event on that message, with the
+    emoji now set (``meta["emoji"]``, empty when the reaction was removed),
+    as WhatsApp's and Messenger's reactions."""
+    event = _other(kind, body, update_id, key, account)  # body: an object (update_kind)
+    chat = body.get("chat") if isinstance(body.get("chat"), dict) else {}
+    chat_id, message_id = _int(chat.get("id")), _int(body.get("message_id"))
+    if chat_id is not None and message_id is not None:
+        event.thread = ThreadHints(in_reply_to=f"{chat_id}:{message_id}")
+        event.meta.update(chat_id=str(chat_id), reacted_to=f"{chat_id}:{message_id}")
+    new = body.get("new_reaction")
+    reactions = [r for r in new if isinstance(r, dict)] if isinstance(new, list) else []
+    event.meta["emoji"] = "".join(r["emoji"] for r in reactions if isinstance(r.get("emoji"), str))
+    if any(r.get("type") == "custom_emoji" for r in reactions):
+        event.meta["custom_emoji"] = "true"
+    event.sent_at = _time(_int(body.get("date")))
+    return event
+
+
 def _find_sender(body: Any) -> Sender | None:
     if not isinstance(body, dict):
         return None
-    for field, type_, make in (("from", _User, _user_sender), ("user", _User, _user_sender), ("chat", _Chat, _chat_sender)):
+    # an anonymous voter or reacting admin is the chat they act for (``voter_chat``,
+    # ``actor_chat``), not the group the update happened in (``chat``)
+    for field, type_, make in (("from", _User, _user_sender), ("user", _User, _user_sender),
+                               ("voter_chat", _Chat, _chat_sender), ("actor_chat", _Chat, _chat_sender),
+                               ("chat", _Chat, _chat_sender)):
         try:
             return make(msgspec.convert(body[field], type_))
         except (KeyError, msgspec.ValidationError):
@@ -598,6 +689,7 @@ def _find_sender(body: Any) -> Sender | None:
 _BY_KIND = {
     **dict.fromkeys(MESSAGE_KINDS, _message),
     "callback_query": _callback_query,
+    "message_reaction": _message_reaction,
     **dict.fromkeys(MEMBER_KINDS, _member_update),
 }
 
@@ -619,5 +711,8 @@ def parse(raw: bytes, context: Mapping[str, Any]) -> list[Inbound]:
     kind = update_kind(update)
     if kind is None:
         raise PayloadRejected("not a Telegram update: update_id but no update object (message, callback_query …)")
+    if kind == "deleted_business_messages":  # several messages at once: one Inbound each
+        return _deleted_business_messages(kind, update[kind], update["update_id"], update_key(update),
+                                          account_of(context))
     handler = _BY_KIND.get(kind, _other)
     return [handler(kind, update[kind], update["update_id"], update_key(update), account_of(context))]

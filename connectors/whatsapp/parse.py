@@ -42,6 +42,11 @@ What each becomes (https://developers.facebook.com/docs/whatsapp/cloud-api/webho
   from the WhatsApp Business app) → the agent's outbound message
   (``meta["direction"] = "outbound"``), as Messenger's echoes.
 
+A message written from a click-to-WhatsApp ad keeps the ad in ``meta``
+(``referral_url``, ``referral_source_type``/``_source_id``/``_headline``/
+``_ctwa_clid``), one asking about a catalog product that product
+(``referred_catalog_id``, ``referred_product_retailer_id``).
+
 The sender is the ``whatsapp`` identity ``+<wa_id>`` (a wa_id is the phone
 number in international form, so it also gives the ``phone`` identity). A
 user who adopted a WhatsApp username may come without a phone number, named
@@ -272,6 +277,14 @@ def _message(m: dict[str, Any], account: str, names: Mapping[str, str], user_ids
         meta["forwarded"] = "true"
     if isinstance(m.get("referral"), dict) and _str(m["referral"].get("source_url")):
         meta["referral_url"] = m["referral"]["source_url"]
+    referral = m.get("referral") if isinstance(m.get("referral"), dict) else {}
+    for key in ("source_type", "source_id", "headline", "ctwa_clid"):  # the ad or post a click-to-WhatsApp came from
+        if _str(referral.get(key)):
+            meta[f"referral_{key}"] = _str(referral[key]) or ""
+    product = context.get("referred_product") if isinstance(context.get("referred_product"), dict) else {}
+    for key in ("catalog_id", "product_retailer_id"):  # "Message business" on a catalog product
+        if _str(product.get(key)):
+            meta[f"referred_{key}"] = _str(product[key]) or ""
     for err in _dicts(m.get("errors")):
         defects.append(f"WhatsApp error {err.get('code')}: {err.get('title') or err.get('message')}")
     inbound = Inbound(

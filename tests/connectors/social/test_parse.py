@@ -140,6 +140,30 @@ def test_line_module_account_events_come_from_the_account() -> None:
     assert (suspended.raw_type, resumed.raw_type) == ("botSuspended", "botResumed")
 
 
+def test_line_notification_delivery_comes_from_the_account() -> None:
+    # a LINE notification message's delivery completion has no source: it was "<account>:unknown"
+    raw = (FIXTURES / "line_synthetic_pnp_delivery.json").read_bytes()
+    (delivered,) = line.parse(raw, {"channel_id": "1650000001"})
+    assert (delivered.kind, delivered.raw_type) == ("event", "delivery")
+    assert delivered.meta["delivery_data"] == "order-4711-shipped"
+    assert (delivered.sender.kind, delivered.sender.value) == ("external", "line-account:1650000001")
+    assert not delivered.defects
+
+
+def test_line_events_keep_what_their_object_says() -> None:
+    # who joined or left, a membership's type, a beacon's, a device's, a link's result: all were dropped
+    joined, left, membership, beacon, things, link, video = line.parse(
+        (FIXTURES / "line_synthetic_event_facts.json").read_bytes(), {"channel_id": "1650000001"})
+    assert all(e.kind == "event" and not e.defects for e in (joined, left, membership, beacon, things, link, video))
+    assert joined.meta["members"] == ("1650000001:U4af4980629a1b2c3d4e5f60718293a4c,"
+                                      "1650000001:U4af4980629a1b2c3d4e5f60718293a4d")
+    assert left.meta["members"] == "1650000001:U4af4980629a1b2c3d4e5f60718293a4c"
+    assert (membership.meta["membership"], membership.meta["membership_id"]) == ("renewed", "3189")
+    assert (beacon.meta["beacon"], beacon.meta["hwid"]) == ("enter", "d41d8cd98f")
+    assert (things.meta["things"], things.meta["device_id"]) == ("unlink", "t2c449c9d1")
+    assert (link.meta["link_result"], video.meta["tracking_id"]) == ("failed", "spring-sale-video")
+
+
 def test_line_signature() -> None:
     raw = corpus_file("line_webhook_v3.json").read_bytes()
     good = base64.b64encode(hmac.new(b"s3cret", raw, hashlib.sha256).digest()).decode()
@@ -265,6 +289,30 @@ def test_messenger_checkbox_optins_name_their_user_ref() -> None:
     assert messenger_client.recipient_of(one.sender.value) == {"user_ref": "shopper-ref-0001"}
 
 
+def test_messenger_page_events_come_from_the_page_account() -> None:
+    # policy_enforcement and app_roles name no user: both were the shared "<page>:unknown" contact
+    policy, roles = messenger.parse((FIXTURES / "messenger_synthetic_page_account_events.json").read_bytes(), {})
+    assert (policy.kind, policy.raw_type, policy.meta["action"]) == ("event", "policy_enforcement", "warning")
+    assert (roles.kind, roles.raw_type) == ("event", "app_roles")
+    for event in (policy, roles):
+        assert (event.sender.kind, event.sender.value, event.defects) == (
+            "external", "messenger-account:106540352242922", [])
+
+
+def test_messenger_referral_opt_out_and_handover_facts_are_kept() -> None:
+    # the ad or product a message was written from, an ad referral's ad_id, a marketing opt-out's
+    # status and a handover's apps were all dropped
+    from_ad, from_shop, referral, optout, handover = messenger.parse(
+        (FIXTURES / "messenger_synthetic_referrals_optout_handover.json").read_bytes(), {})
+    assert (from_ad.kind, from_ad.meta["referral_ad_id"], from_ad.meta["referral_ref"]) == (
+        "message", "6400000000000001", "spring-boots")
+    assert from_shop.meta["referral_product_id"] == "7300000000000501"
+    assert (referral.kind, referral.meta["ad_id"]) == ("event", "6400000000000001")
+    assert (optout.kind, optout.meta["notification_messages_status"]) == ("event", "STOP_NOTIFICATIONS")
+    assert (handover.meta["previous_owner_app_id"], handover.meta["new_owner_app_id"]) == (
+        "263902037430900", "123456789012345")
+
+
 def test_instagram_messages_change_in_seconds_keeps_its_time() -> None:
     # value.timestamp "1717000499" (seconds) was read as milliseconds: sent_at in January 1970
     (msg,) = messenger.parse((FIXTURES / "instagram_synthetic_messages_change_seconds.json").read_bytes(), {})
@@ -282,6 +330,58 @@ def test_instagram_story_reply_names_the_story() -> None:
     assert (reply.channel, reply.kind, reply.text) == ("instagram", "message", "Is this jacket still available?")
     assert reply.meta["story_id"] == "17900000000000001"
     assert reply.meta["story_url"].startswith("https://lookaside.fbsbx.com/")
+
+
+def test_instagram_shared_post_is_its_caption_and_link_not_a_file() -> None:
+    # the ig_post attachment (Nov 2025) was a file "Spring sale: …" of application/octet-stream,
+    # beside the share's text
+    both, alone = messenger.parse((FIXTURES / "instagram_synthetic_ig_post_share.json").read_bytes(), {})
+    url = "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=18000000000000301&signature=synthetic"
+    assert (both.kind, both.text, both.attachments) == ("message", f"Spring sale: every sneaker 20% off {url}", [])
+    assert both.meta["ig_post_media_id"] == "18000000000000301"
+    assert (alone.kind, alone.attachments, alone.meta["ig_post_media_id"]) == ("message", [], "18000000000000302")
+    assert alone.text.startswith("New colours for the runner https://lookaside.fbsbx.com/")
+
+
+def test_messenger_shared_post_is_its_title_and_link_not_a_file() -> None:
+    # a post attachment was a file "Winter boots …" of application/octet-stream and no text
+    (post,) = messenger.parse((FIXTURES / "messenger_synthetic_shared_post.json").read_bytes(), {})
+    assert (post.kind, post.attachments, post.meta["post_id"]) == ("message", [], "122100000000000401")
+    assert post.text == ("Winter boots are back in stock "
+                         "https://www.facebook.com/106540352242922/posts/122100000000000401")
+
+
+def test_messenger_shared_product_names_the_products() -> None:
+    # payload.product.elements was not read: an empty customer message
+    (shared,) = messenger.parse((FIXTURES / "messenger_synthetic_product_template.json").read_bytes(), {})
+    assert (shared.kind, shared.attachments) == ("message", [])
+    assert shared.text == "Leather boot, brown — €89.00\nWool socks — €9.50"
+    assert shared.meta["retailer_ids"] == "BOOT-BRN-42,SOCK-WOOL-M"
+
+
+def test_messenger_appointment_booking_says_what_and_when() -> None:
+    # an appointment_booking attachment carries no url: it was an empty customer message
+    (booking,) = messenger.parse((FIXTURES / "messenger_synthetic_appointment_booking.json").read_bytes(), {})
+    assert (booking.kind, booking.attachments) == ("message", [])
+    assert booking.text == "Appointment requested: 2025-12-31 10:00 – 2025-12-31 10:30 (Europe/Berlin)"
+    assert (booking.meta["booking_id"], booking.meta["booking_status"]) == ("880000000000601", "requested")
+
+
+def test_messenger_sticker_attachment_is_one_image() -> None:
+    # the sticker type was an application/octet-stream file, a second one beside the transition's
+    # image, and the sticker_id a number in meta
+    both, alone = messenger.parse((FIXTURES / "messenger_synthetic_sticker_transition.json").read_bytes(), {})
+    for message in (both, alone):
+        assert [(a.content_type, a.url) for a in message.attachments] == [
+            ("image/png", "https://scontent.example.invalid/like.png")]
+        assert message.meta["sticker_id"] == "369239263222822"
+
+
+def test_messenger_unsupported_share_is_an_event() -> None:
+    # a fallback with no payload (an unsupported share) was an empty customer message
+    (share,) = messenger.parse((FIXTURES / "messenger_synthetic_unsupported_share.json").read_bytes(), {})
+    assert (share.kind, share.raw_type, share.text, share.attachments) == ("event", "unsupported", "", [])
+    assert share.sender.value == "106540352242922:6247348211"
 
 
 def test_instagram_comments_and_mentions_are_events_not_dropped() -> None:
@@ -308,6 +408,19 @@ def test_messenger_attachments_that_are_no_file_give_a_readable_text() -> None:
     assert location.text == "📍 31.2304, 121.4737" and location.meta["latitude"] == "31.2304"
     assert template.text == "Blue shirt, size M"
     assert all(i.kind == "message" and not i.attachments for i in (fallback, location, template))
+
+
+def test_whatsapp_keeps_the_ad_and_the_product_a_message_came_from() -> None:
+    # the ad's id, type, headline and click id, and the catalog product asked about, were dropped
+    from_ad, about_product = whatsapp.parse(
+        (FIXTURES / "whatsapp_synthetic_ad_and_product_referral.json").read_bytes(), {})
+    assert (from_ad.meta["referral_url"], from_ad.meta["referral_source_id"]) == (
+        "https://fb.me/synthetic-ad", "120200000000000001")
+    assert (from_ad.meta["referral_source_type"], from_ad.meta["referral_headline"]) == ("ad", "Spring sale: 20% off")
+    assert from_ad.meta["referral_ctwa_clid"] == "ARAkSYNTHETICclid"
+    assert (about_product.meta["referred_catalog_id"], about_product.meta["referred_product_retailer_id"]) == (
+        "354160437058781", "BOOT-BRN-42")
+    assert about_product.thread.in_reply_to == "wamid.SYNTHCATALOG01"
 
 
 def test_whatsapp_order_is_a_message_listing_the_cart() -> None:

@@ -165,6 +165,55 @@ def test_suggested_post_notices_are_events(field: str) -> None:
     assert (event.kind, event.raw_type, event.text) == ("event", f"message.{field}", "")
 
 
+def test_shared_location_says_where() -> None:
+    # https://core.telegram.org/bots/api#location: it was a customer message with an empty text
+    # (the coordinates only in meta), where the other channels say "📍 lat, long"
+    msg = fixture("synthetic_location.json")
+    assert (msg.kind, msg.text, msg.meta["latitude"]) == ("message", "📍 52.520008, 13.404954", "52.520008")
+
+
+def test_deleted_business_messages_are_bounded() -> None:
+    # a hostile body listing 200,000 ids (1.4 MB) gave as many Inbounds; a repeated id gave two
+    update = json.loads((FIXTURES / "synthetic_deleted_business_messages.json").read_text())
+    update["deleted_business_messages"]["message_ids"] = [7, 7, *range(100, 200_100)]
+    inbounds = parse(json.dumps(update).encode(), CONTEXT)
+    assert len(inbounds) == 1000 and len({i.external_id for i in inbounds}) == 1000
+    assert inbounds[0].defects == ["deleted_business_messages: 200001 message ids, only the first 1000 emptied"]
+
+
+def test_business_owners_own_message_is_outbound_to_the_customer() -> None:
+    # both sides of a business chat arrive as business_message: the owner's answer was a customer
+    # message from a contact "Shoe Shop" (515151)
+    msg = fixture("synthetic_business_message_from_owner.json")
+    assert (msg.kind, msg.sender.value, msg.sender.name) == ("message", "424242", "Ann Lee")
+    assert (msg.meta["direction"], msg.meta["agent"], msg.meta["username"]) == (
+        "outbound", "telegram:business:515151", "annlee")
+    assert msg.thread.in_reply_to == "business:424242:77"
+    assert "direction" not in fixture("synthetic_business_message.json").meta  # the customer's own
+
+
+def test_deleted_business_messages_empty_each_message() -> None:
+    # https://core.telegram.org/bots/api#businessmessagesdeleted: it was one event naming no message,
+    # the deletion lost (WhatsApp's revoke, Messenger's is_deleted and LINE's unsend empty theirs)
+    first, second = parse((FIXTURES / "synthetic_deleted_business_messages.json").read_bytes(), CONTEXT)
+    assert (first.kind, first.raw_type, first.edits, first.meta["deleted"]) == (
+        "event", "deleted_business_messages", "business:424242:77", "true")
+    assert (second.edits, second.external_id) == ("business:424242:78", "business:424242:78:deleted")
+    assert first.sender.value == "424242"
+    assert first.meta["business_connection_id"] == "synthetic-business-connection-171"
+
+
+@pytest.mark.parametrize("field", ["chat_owner_left", "chat_owner_changed", "gift_upgrade_sent",
+                                   "managed_bot_created", "poll_option_added", "poll_option_deleted"])
+def test_bot_api_9_service_notices_are_events(field: str) -> None:
+    # Bot API 9.x service messages (https://core.telegram.org/bots/api#message): they were
+    # empty customer messages from whoever triggered them
+    update = json.loads((FIXTURES / "synthetic_chat_owner_left.json").read_text())
+    update["message"][field] = update["message"].pop("chat_owner_left")
+    event = parse_one(json.dumps(update).encode())
+    assert (event.kind, event.raw_type, event.text) == ("event", f"message.{field}", "")
+
+
 @pytest.mark.parametrize("field", ["voice_chat_started", "voice_chat_scheduled", "voice_chat_ended",
                                    "voice_chat_participants_invited", "user_shared"])
 def test_service_notices_under_their_older_names_are_events(field: str) -> None:
@@ -249,10 +298,40 @@ def test_unknown_update_kind_is_kept_as_an_event() -> None:
     assert event.sender.value == "111111" and not event.defects
 
 
+def test_reaction_names_the_message_and_the_emoji() -> None:
+    # https://core.telegram.org/bots/api#messagereactionupdated: which message and which emoji were
+    # dropped (WhatsApp's and Messenger's reactions keep both)
+    event = fixture("synthetic_message_reaction.json")
+    assert (event.thread.in_reply_to, event.meta["reacted_to"], event.meta["emoji"]) == (
+        "111111:42", "111111:42", "\N{THUMBS UP SIGN}")
+    removed = json.loads((FIXTURES / "synthetic_message_reaction_actor_chat.json").read_text())
+    removed["message_reaction"].update(old_reaction=removed["message_reaction"]["new_reaction"], new_reaction=[])
+    assert parse_one(json.dumps(removed).encode()).meta["emoji"] == ""
+
+
 def test_unknown_update_without_a_person_records_a_defect() -> None:
-    event = parse_one(b'{"update_id": 9, "poll": {"id": "5", "question": "?", "options": []}}')
-    assert (event.kind, event.raw_type, event.sender.value) == ("event", "poll", "unknown")
-    assert event.defects == ["poll: no user or chat to attribute it to"]
+    event = parse_one(b'{"update_id": 9, "future_update": {"id": "5", "question": "?", "options": []}}')
+    assert (event.kind, event.raw_type, event.sender.value) == ("event", "future_update", "unknown")
+    assert event.defects == ["future_update: no user or chat to attribute it to"]
+
+
+def test_poll_state_comes_from_the_bot() -> None:
+    # https://core.telegram.org/bots/api#update (poll: "bots receive only updates about manually
+    # stopped polls and polls, which are sent by the bot"): it was the shared "unknown" user
+    (event,) = parse((FIXTURES / "synthetic_poll_state.json").read_bytes(), CONTEXT)
+    assert (event.kind, event.raw_type, event.defects) == ("event", "poll", [])
+    assert (event.sender.kind, event.sender.value) == ("external", "telegram-bot:1111111")
+
+
+@pytest.mark.parametrize(("name", "sender", "name_"), [
+    ("synthetic_poll_answer_voter_chat.json", "-1009000000051", "Shoe Shop News"),
+    ("synthetic_message_reaction_actor_chat.json", "-1009000000053", "Shoe Shop News"),
+])
+def test_an_update_on_behalf_of_a_chat_comes_from_that_chat(name: str, sender: str, name_: str) -> None:
+    # https://core.telegram.org/bots/api#pollanswer (voter_chat) and #messagereactionupdated
+    # (actor_chat): the vote was from the shared "unknown" sender, the reaction from the group
+    event = fixture(name)
+    assert (event.kind, event.sender.value, event.sender.name, event.defects) == ("event", sender, name_, [])
 
 
 # ---------------------------------------------------------------- keys, account, refusals
