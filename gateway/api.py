@@ -26,6 +26,7 @@ from gateway.auth import require
 from gateway.http_util import Problem, check_bearer, json_response
 from gateway.ingest import Ingest
 from gateway.store.base import JournalEntry
+from routing.text import int64
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -160,10 +161,9 @@ async def ticket_or_404(request: web.Request):
     store = request.app[keys.STORE]
     ref = request.match_info["id"]
     ticket = await store.get_ticket(ref)
-    number = ref.lstrip("#")
-    # ASCII digits only ("²" is a digit to isdigit(), not to int()); SQLite integers are 64-bit
-    if ticket is None and number.isascii() and number.isdigit() and len(number) < 19:
-        ticket = await store.get_ticket_by_number(int(number))
+    number = int64(ref.lstrip("#"))
+    if ticket is None and number is not None:
+        ticket = await store.get_ticket_by_number(number)
     if ticket is None:
         raise Problem(404, "Not found", f"no ticket {ref}")
     return ticket

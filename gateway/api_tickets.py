@@ -37,6 +37,7 @@ from gateway.http_util import Problem, json_response
 from gateway.openapi import document
 from gateway.store.base import InvalidTransition, NotFound, StoreError
 from gateway.store.sqlite_tickets import TicketQuery, TicketRecord, TimelineRow, VersionMismatch
+from routing.text import int64
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -107,9 +108,10 @@ def _if_match(request: web.Request) -> int | None:
     if tag.startswith("W/"):
         tag = tag[2:]
     tag = tag.strip('"')
-    if not (tag.isascii() and tag.isdigit()) or len(tag) > 18:  # "²" is a digit to isdigit(), not to int()
+    version = int64(tag)
+    if version is None:
         raise Problem(400, "Invalid header", "If-Match must be the ETag of a ticket (e.g. \"12\")", field="If-Match")
-    return int(tag)
+    return version
 
 
 @routes.patch("/api/v1/tickets/{id}")

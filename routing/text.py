@@ -1,4 +1,4 @@
-"""Text folding shared by the stages: NFKC (width) and case.
+"""Text shared by the stages: NFKC (width) and case folding, and numbers written in text (:func:`int64`).
 
 Dedupe's near-duplicate key and the routing rules both compare a message's
 text NFKC-normalized (full-width ``ＲＥＦＵＮＤ`` and ``，`` fold to ASCII).
@@ -30,6 +30,14 @@ _memo: dict[str, str] = {}
 #: ideographic space, each → its NFKC form (one ASCII character).
 _WIDE = {chr(c): unicodedata.normalize("NFKC", chr(c)) for c in [*range(0xFF01, 0xFF5F), 0x3000]}
 _WIDE_RE = re.compile("[\uff01-\uff5e\u3000]")
+
+
+def int64(text: str) -> int | None:
+    """The number ``text`` spells in ASCII digits, when a 64-bit integer (SQLite's,
+    Redis's) holds it; else None. ``str.isdigit()`` alone is not enough: ``"²"`` is
+    a digit to it but not to ``int()``, and 19 digits or more overflow the store —
+    both were 500s or failed messages, from a path, a header or a payload."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
 
 
 def _narrow(match: re.Match[str]) -> str:

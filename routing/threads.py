@@ -30,6 +30,7 @@ import msgspec
 
 from routing.model import OPEN_STATUSES, Inbound
 from routing.state import Snapshot, TicketState
+from routing.text import int64
 
 
 def compile_ref_patterns(patterns: Iterable[str]) -> list[re.Pattern[str]]:
@@ -39,11 +40,9 @@ def compile_ref_patterns(patterns: Iterable[str]) -> list[re.Pattern[str]]:
 def ticket_numbers(inbound: Inbound, patterns: list[re.Pattern[str]]) -> list[int]:
     """Ticket display numbers the message names, subject first, in order."""
     out: list[int] = []
-    ref = (inbound.thread.ticket_ref or "").strip().lstrip("#")
-    # ASCII digits a 64-bit number holds: "²" is a digit to isdigit() but not to int(), and a longer
-    # one overflowed the store's lookup — both failed the message in the pipeline
-    if ref.isascii() and ref.isdigit() and len(ref) < 19:
-        out.append(int(ref))
+    ref = int64((inbound.thread.ticket_ref or "").strip().lstrip("#"))
+    if ref is not None:
+        out.append(ref)
     for text in (inbound.subject, inbound.text):
         if not text:
             continue

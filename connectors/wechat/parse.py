@@ -23,6 +23,7 @@ from connectors.base import PayloadRejected
 from connectors.wechat.envelope import open_callback
 from connectors.wechat.safexml import text_field
 from routing.model import Attachment, Inbound, Sender
+from routing.text import int64
 
 CHANNEL = "wechat"
 
@@ -112,8 +113,7 @@ def _file(fields: Mapping[str, Any]) -> list[Attachment]:
         Attachment(
             name=text_field(fields, "Title"),
             content_type="application/octet-stream",
-            # ASCII digits a 64-bit size holds ("²" is a digit to isdigit(), not to int())
-            size=int(size) if size.isascii() and size.isdigit() and len(size) < 19 else 0,
+            size=int64(size) or 0,
             sha256="",
         )
     ]

@@ -35,6 +35,7 @@ from gateway.store.sqlite_console import digest
 from gateway.store.sqlite_tickets import TicketQuery, VersionMismatch
 from gateway.store.sqlite_tokens import TOKEN_PREFIX
 from gateway.tasks import cancel_and_wait
+from routing.text import int64
 
 log = structlog.get_logger(__name__)
 HERE = Path(__file__).parent
@@ -428,11 +429,9 @@ async def _presence(request: web.Request, p: Principal) -> str:
 
 
 def _number(text: Any, default: Any = None) -> Any:
-    """A number from the path, the query or a form: ASCII digits SQLite's 64-bit
-    integers hold, else ``default`` ("²" is a digit to ``isdigit()`` but not to
-    ``int()``; a longer one overflows the store — both were 500s)."""
-    text = str(text)
-    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else default
+    """A number from the path, the query or a form (:func:`routing.text.int64`), else ``default``."""
+    number = int64(str(text))
+    return default if number is None else number
 
 
 async def _ticket(request: web.Request, p: Principal) -> Any:

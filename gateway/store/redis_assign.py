@@ -1186,18 +1186,13 @@ class RedisAssignOps:
     _live_at: int | None = None
     _live_for: str | None = None
     _live_since = 0.0  # (time.monotonic) when the cache was started
-    _live_cache_kept: dict[str, tuple] | None = None
-
-    @property
-    def _live_cache(self) -> dict[str, tuple]:
-        if self._live_cache_kept is None:
-            self._live_cache_kept = {}
-        return self._live_cache_kept
+    #: agent id → that live state (made by :meth:`_live_forget`, which the first check calls)
+    _live_cache: dict[str, tuple]
 
     def _live_forget(self) -> None:
         """Drop the cache of the agents' live state (a step failed: what it held is unknown)."""
         self._live_at = None
-        self._live_cache.clear()
+        self._live_cache = {}
 
     def _live_check(self, version: str | None, answer: list) -> int:
         """Check the cache against LIVE_SEQ's ``answer`` (read with the lease) and

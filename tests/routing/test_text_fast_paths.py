@@ -70,3 +70,9 @@ def test_nfkc_is_unicodedata_nfkc():
     for _ in range(30_000):
         s = "".join(rng.choice(pool) for _ in range(rng.randint(0, 12)))
         assert text.nfkc(s) == unicodedata.normalize("NFKC", s), repr(s)
+
+
+def test_int64_takes_ascii_digits_a_64_bit_integer_holds():
+    assert text.int64("0") == 0 and text.int64("42") == 42 and text.int64("9" * 18) == 10**18 - 1
+    # "²" and "٣" are digits to str.isdigit(), not numbers the store takes; 19 digits overflow it
+    assert [text.int64(t) for t in ("", "²", "٣", "9" * 19, "-1", "1.5", " 7")] == [None] * 7
